@@ -1,0 +1,396 @@
+"""The event vocabulary of meshlog: frozen, past-tense payload types.
+
+Invariants:
+- Every payload type is immutable (frozen) and rejects unknown fields, so a
+  typo in a rules file is an error rather than a silently ignored key.
+- Each type has a ``TYPE`` (the wire name) and a ``SCHEMA_VERSION``; bump the
+  version when the shape changes and add an upcaster in ``events.upcast``.
+- Each type knows its topic and its partition key (``key()``): events about
+  the same entity share a key and therefore a partition and an order.
+- Validation here is structural (ranges, formats, internal consistency of one
+  document). Cross-entity checks (does the destination service exist? does the
+  subset exist?) need the mesh state and belong to the projector's fold.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import (
+    Strict,
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from events import topics
+
+_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
+_INSTANCE_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._:-]{0,126}[A-Za-z0-9])?$")
+_LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
+_HEADER_RE = re.compile(r"^:?[a-z0-9!#$%&'*+.^_`|~-]+$")
+_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+def _service_name(value: str) -> str:
+    if not _NAME_RE.match(value):
+        raise ValueError(
+            "must be a lowercase DNS-style name: letters, digits, '-' and '.', 1-63 characters, "
+            "starting and ending with a letter or digit"
+        )
+    return value
+
+
+def _instance_id(value: str) -> str:
+    if not _INSTANCE_RE.match(value):
+        raise ValueError("must be 1-128 characters of letters, digits, '.', '_', ':' or '-'")
+    return value
+
+
+def _address(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if not _HOSTNAME_RE.match(value):
+        raise ValueError("must be an IPv4/IPv6 address or a hostname")
+    return value
+
+
+def _label_key(value: str) -> str:
+    if not _LABEL_KEY_RE.match(value):
+        raise ValueError("label keys must be 1-63 characters of letters, digits, '.', '_', '/' or '-'")
+    return value
+
+
+ServiceName = Annotated[str, AfterValidator(_service_name)]
+InstanceId = Annotated[str, AfterValidator(_instance_id)]
+Address = Annotated[str, AfterValidator(_address)]
+# ints are strict: a port given as "8080" (a string) is an error, not silently coerced
+Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
+LabelKey = Annotated[str, AfterValidator(_label_key)]
+LabelValue = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9._-]+$")]
+Labels = dict[LabelKey, LabelValue]
+NonEmptyText = Annotated[str, Field(min_length=1, max_length=256)]
+Millis = Annotated[int, Strict(), Field(ge=1, le=3_600_000)]
+Revision = Annotated[int, Strict(), Field(ge=1)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Payload(_Frozen):
+    TYPE: ClassVar[str]
+    SCHEMA_VERSION: ClassVar[int] = 1
+    TOPIC: ClassVar[str]
+
+    def key(self) -> str:  # pragma: no cover - every concrete type overrides
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------- registrations
+
+
+class SidecarPorts(_Frozen):
+    """Where the sidecar fronting an instance listens on the instance's host."""
+
+    inbound_port: Port
+    outbound_port: Port
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "SidecarPorts":
+        if self.inbound_port == self.outbound_port:
+            raise ValueError("inbound_port and outbound_port must differ")
+        return self
+
+
+class InstanceRegistered(Payload):
+    """An instance of a service became available at address:port."""
+
+    TYPE: ClassVar[str] = "instance.registered"
+    # v1 carried the version as a top-level field and had no weight (see events.upcast)
+    SCHEMA_VERSION: ClassVar[int] = 2
+    TOPIC: ClassVar[str] = topics.REGISTRATIONS
+
+    service: ServiceName
+    instance_id: InstanceId
+    address: Address
+    port: Port
+    protocol: Literal["http", "tcp", "grpc"] = "http"
+    labels: Labels = Field(default_factory=dict)
+    weight: Annotated[int, Strict(), Field(ge=1, le=128)] = 1
+    node_id: NonEmptyText | None = None
+    sidecar: SidecarPorts | None = None
+    depends_on: tuple[ServiceName, ...] = ()
+
+    @field_validator("depends_on")
+    @classmethod
+    def _no_duplicate_dependencies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists a service more than once")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "InstanceRegistered":
+        if self.service in self.depends_on:
+            raise ValueError("depends_on: a service cannot depend on itself")
+        if self.sidecar is not None and self.sidecar.inbound_port == self.port and self.address in (
+            "127.0.0.1",
+            "::1",
+        ):
+            raise ValueError("sidecar.inbound_port: must differ from the app port on the same address")
+        return self
+
+    def key(self) -> str:
+        return f"{self.service}/{self.instance_id}"
+
+
+class InstanceDeregistered(Payload):
+    """An instance left the mesh (drained, stopped, or its lease expired)."""
+
+    TYPE: ClassVar[str] = "instance.deregistered"
+    TOPIC: ClassVar[str] = topics.REGISTRATIONS
+
+    service: ServiceName
+    instance_id: InstanceId
+    reason: NonEmptyText = "deregistered"
+
+    def key(self) -> str:
+        return f"{self.service}/{self.instance_id}"
+
+
+# ---------------------------------------------------------------- health
+
+
+class InstanceHealthChanged(Payload):
+    """An observer saw an instance's health move to a new status."""
+
+    TYPE: ClassVar[str] = "instance.health_changed"
+    TOPIC: ClassVar[str] = topics.HEALTH
+
+    service: ServiceName
+    instance_id: InstanceId
+    status: Literal["healthy", "unhealthy", "draining"]
+    reason: NonEmptyText = "unspecified"
+    observer: NonEmptyText
+
+    def key(self) -> str:
+        return f"{self.service}/{self.instance_id}"
+
+
+# ---------------------------------------------------------------- routing rules
+
+
+class HeaderMatch(_Frozen):
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    exact: Annotated[str, Field(max_length=1024)] | None = None
+    prefix: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+    present: Annotated[bool, Strict()] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _header_name(cls, value: str) -> str:
+        if not _HEADER_RE.match(value):
+            raise ValueError("must be a lowercase HTTP header name")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "HeaderMatch":
+        given = [k for k in ("exact", "prefix", "present") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of exact, prefix, present")
+        if self.present is False:
+            raise ValueError("present: must be true when given (use no header match instead)")
+        return self
+
+
+class RouteMatch(_Frozen):
+    path_prefix: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+    path_exact: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+    headers: tuple[HeaderMatch, ...] = ()
+
+    @model_validator(mode="after")
+    def _path(self) -> "RouteMatch":
+        if self.path_prefix is not None and self.path_exact is not None:
+            raise ValueError("give at most one of path_prefix, path_exact")
+        for key in ("path_prefix", "path_exact"):
+            value = getattr(self, key)
+            if value is not None and not value.startswith("/"):
+                raise ValueError(f"{key}: must start with '/'")
+        return self
+
+
+class WeightedDestination(_Frozen):
+    """Send a share of matching requests to a service (default: the rule's host), optionally one subset."""
+
+    service: ServiceName | None = None
+    subset: ServiceName | None = None
+    weight: Annotated[int, Strict(), Field(ge=0, le=100)] = 100
+
+
+class RetryPolicy(_Frozen):
+    attempts: Annotated[int, Strict(), Field(ge=0, le=10)]
+    per_try_timeout_ms: Millis | None = None
+    retry_on: tuple[
+        Literal["5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx", "refused-stream"], ...
+    ] = ("5xx", "connect-failure", "reset")
+
+
+class HttpRoute(_Frozen):
+    match: RouteMatch = Field(default_factory=RouteMatch)
+    destinations: tuple[WeightedDestination, ...]
+    timeout_ms: Millis | None = None
+    retries: RetryPolicy | None = None
+
+    @model_validator(mode="after")
+    def _weights(self) -> "HttpRoute":
+        if not self.destinations:
+            raise ValueError("destinations: at least one destination is required")
+        total = sum(d.weight for d in self.destinations)
+        if total != 100:
+            raise ValueError(f"destinations: weights must sum to 100, got {total}")
+        seen = set()
+        for d in self.destinations:
+            ident = (d.service, d.subset)
+            if ident in seen:
+                raise ValueError(f"destinations: {d.service or '(host)'}/{d.subset or '(all)'} appears twice")
+            seen.add(ident)
+        return self
+
+
+class RouteRuleUpserted(Payload):
+    """The whole routing document for calls to ``host`` was replaced (revision-checked)."""
+
+    TYPE: ClassVar[str] = "route_rule.upserted"
+    TOPIC: ClassVar[str] = topics.RULES
+
+    host: ServiceName
+    revision: Revision
+    routes: tuple[HttpRoute, ...]
+
+    @field_validator("routes")
+    @classmethod
+    def _non_empty(cls, value: tuple[HttpRoute, ...]) -> tuple[HttpRoute, ...]:
+        if not value:
+            raise ValueError("at least one route is required")
+        return value
+
+    def key(self) -> str:
+        return f"route/{self.host}"
+
+
+class RouteRuleDeleted(Payload):
+    TYPE: ClassVar[str] = "route_rule.deleted"
+    TOPIC: ClassVar[str] = topics.RULES
+
+    host: ServiceName
+    revision: Revision
+
+    def key(self) -> str:
+        return f"route/{self.host}"
+
+
+class Subset(_Frozen):
+    name: ServiceName
+    labels: Labels
+
+    @field_validator("labels")
+    @classmethod
+    def _non_empty(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError("a subset needs at least one label to select by")
+        return value
+
+
+class CircuitBreaker(_Frozen):
+    max_connections: Annotated[int, Strict(), Field(ge=1, le=1_000_000)] = 1024
+    max_pending_requests: Annotated[int, Strict(), Field(ge=1, le=1_000_000)] = 1024
+    max_requests: Annotated[int, Strict(), Field(ge=1, le=1_000_000)] = 1024
+    max_retries: Annotated[int, Strict(), Field(ge=0, le=1_000_000)] = 3
+
+
+class OutlierDetection(_Frozen):
+    consecutive_5xx: Annotated[int, Strict(), Field(ge=1, le=1000)] = 5
+    interval_ms: Millis = 10_000
+    base_ejection_time_ms: Millis = 30_000
+    max_ejection_percent: Annotated[int, Strict(), Field(ge=0, le=100)] = 10
+
+
+class DestinationPolicyUpserted(Payload):
+    """How calls to ``service`` are balanced, limited and split into subsets (revision-checked)."""
+
+    TYPE: ClassVar[str] = "destination_policy.upserted"
+    TOPIC: ClassVar[str] = topics.RULES
+
+    service: ServiceName
+    revision: Revision
+    subsets: tuple[Subset, ...] = ()
+    lb_policy: Literal["round_robin", "least_request", "random", "ring_hash"] = "round_robin"
+    connect_timeout_ms: Millis = 1000
+    circuit_breaker: CircuitBreaker | None = None
+    outlier_detection: OutlierDetection | None = None
+
+    @field_validator("subsets")
+    @classmethod
+    def _unique_subsets(cls, value: tuple[Subset, ...]) -> tuple[Subset, ...]:
+        names = [s.name for s in value]
+        if len(set(names)) != len(names):
+            raise ValueError("subset names must be unique")
+        return value
+
+    def key(self) -> str:
+        return f"policy/{self.service}"
+
+
+class DestinationPolicyDeleted(Payload):
+    TYPE: ClassVar[str] = "destination_policy.deleted"
+    TOPIC: ClassVar[str] = topics.RULES
+
+    service: ServiceName
+    revision: Revision
+
+    def key(self) -> str:
+        return f"policy/{self.service}"
+
+
+# ---------------------------------------------------------------- decisions recorded by the projector
+
+
+class RuleRejected(Payload):
+    """The projector refused a rule event; the previous valid document keeps serving."""
+
+    TYPE: ClassVar[str] = "rule.rejected"
+    TOPIC: ClassVar[str] = topics.REJECTIONS
+
+    kind: Literal["route_rule", "destination_policy"]
+    name: ServiceName
+    revision: Revision
+    reason: Annotated[str, Field(min_length=1, max_length=2048)]
+    source_topic: NonEmptyText
+    source_partition: Annotated[int, Strict(), Field(ge=0)]
+    source_offset: Annotated[int, Strict(), Field(ge=0)]
+
+    def key(self) -> str:
+        return f"{self.kind}/{self.name}"
+
+
+PAYLOAD_TYPES: dict[str, type[Payload]] = {
+    cls.TYPE: cls
+    for cls in (
+        InstanceRegistered,
+        InstanceDeregistered,
+        InstanceHealthChanged,
+        RouteRuleUpserted,
+        RouteRuleDeleted,
+        DestinationPolicyUpserted,
+        DestinationPolicyDeleted,
+        RuleRejected,
+    )
+}

@@ -1,0 +1,130 @@
+"""Make the broker's topics match ``events.topics`` — without ever changing one silently.
+
+Invariants:
+- ``ensure_topics`` is idempotent: it creates what is missing and only reports
+  a topic whose partitions or settings differ from the spec; an operator
+  decides what to do about a mismatch (changing retention of history is not a
+  thing to do behind anyone's back).
+- Topics are pre-created here; the broker's auto-creation (wrong partition
+  counts, wrong policies) is never relied on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from events.topics import ALL_TOPICS, TopicSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicMismatch:
+    topic: str
+    setting: str
+    expected: str
+    actual: str
+
+    def __str__(self) -> str:
+        return f"{self.topic}: {self.setting} is {self.actual!r}, expected {self.expected!r}"
+
+
+@dataclass(slots=True)
+class TopicReport:
+    created: list[str] = field(default_factory=list)
+    ok: list[str] = field(default_factory=list)
+    mismatches: list[TopicMismatch] = field(default_factory=list)
+
+    @property
+    def consistent(self) -> bool:
+        return not self.mismatches
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker did not answer within the allowed time; nothing was sent."""
+
+
+class AppendFailed(BrokerUnavailable):
+    """A send was attempted but not acknowledged in time: its outcome is unknown."""
+
+
+async def connect_admin(bootstrap: str, timeout_s: float = 15.0) -> AIOKafkaAdminClient:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+    except (asyncio.TimeoutError, KafkaError, OSError) as exc:
+        try:
+            await admin.close()
+        except Exception:  # noqa: BLE001 - closing a never-started client can itself fail
+            pass
+        raise BrokerUnavailable(f"Kafka at {bootstrap} did not answer within {timeout_s:g}s ({type(exc).__name__})") from None
+    return admin
+
+
+def _configs_from_response(responses) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for response in responses:
+        for resource in response.resources:
+            error_code, _msg, _rtype, name, entries = resource[:5]
+            if error_code:
+                continue
+            out[name] = {entry[0]: entry[1] for entry in entries}
+    return out
+
+
+async def ensure_topics(
+    bootstrap: str, specs: Iterable[TopicSpec] = ALL_TOPICS, *, timeout_s: float = 30.0
+) -> TopicReport:
+    specs = list(specs)
+    report = TopicReport()
+    admin = await connect_admin(bootstrap, timeout_s)
+    try:
+        existing = set(await admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [
+                        NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=dict(s.config))
+                        for s in missing
+                    ],
+                    timeout_ms=int(timeout_s * 1000),
+                )
+            except TopicAlreadyExistsError:
+                pass  # a concurrent ensure_topics won the race; the check below still runs
+            report.created.extend(s.name for s in missing)
+            for s in missing:
+                log.info("created topic %s (%d partitions)", s.name, s.partitions)
+        present = [s for s in specs if s.name in existing]
+        if present:
+            described = await admin.describe_topics([s.name for s in present])
+            partitions = {t["topic"]: len(t["partitions"]) for t in described}
+            configs = _configs_from_response(
+                await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, s.name) for s in present])
+            )
+            for s in present:
+                bad = False
+                if partitions.get(s.name) != s.partitions:
+                    report.mismatches.append(
+                        TopicMismatch(s.name, "partitions", str(s.partitions), str(partitions.get(s.name)))
+                    )
+                    bad = True
+                for key, want in s.config.items():
+                    have = configs.get(s.name, {}).get(key)
+                    if have != want:
+                        report.mismatches.append(TopicMismatch(s.name, key, want, str(have)))
+                        bad = True
+                if not bad:
+                    report.ok.append(s.name)
+        for m in report.mismatches:
+            log.warning("topic mismatch (left unchanged): %s", m)
+        return report
+    finally:
+        await admin.close()

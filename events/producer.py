@@ -1,0 +1,115 @@
+"""A thin producer for envelopes: idempotent, acks=all, bounded in time.
+
+Invariants:
+- Only validated envelopes are appended (the types make an invalid one
+  unconstructible); the key is the payload's entity key.
+- ``append_many`` is all-or-nothing: several envelopes go in one Kafka
+  transaction, so a failure half-way leaves no visible half of a batch for
+  read_committed consumers (the projector and replay read that way).
+- Every network step has a deadline; a broker that does not answer becomes
+  ``BrokerUnavailable`` with the address in its message, never a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from typing import Sequence
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from events.admin import AppendFailed, BrokerUnavailable
+from events.codec import encode
+from events.envelope import Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    event_id: str
+    type: str
+    key: str
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+    def as_dict(self) -> dict:
+        return {
+            "event_id": self.event_id,
+            "type": self.type,
+            "key": self.key,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "timestamp_ms": self.timestamp_ms,
+        }
+
+
+class EventProducer:
+    """``async with EventProducer(bootstrap) as p: await p.append(env)``."""
+
+    def __init__(self, bootstrap: str, *, timeout_s: float = 15.0, transactional: bool = False):
+        self._bootstrap = bootstrap
+        self._timeout_s = timeout_s
+        kwargs = {}
+        if transactional:
+            kwargs["transactional_id"] = f"meshlog-registrar-{uuid.uuid4()}"
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            enable_idempotence=True,  # implies acks=all; aiokafka's default is acks=1 without it
+            acks="all",
+            request_timeout_ms=int(timeout_s * 1000),
+            linger_ms=0,
+            **kwargs,
+        )
+        self._started = False
+
+    async def __aenter__(self) -> "EventProducer":
+        try:
+            await asyncio.wait_for(self._producer.start(), self._timeout_s)
+        except (asyncio.TimeoutError, KafkaError, OSError) as exc:
+            await self._close_quietly()
+            raise BrokerUnavailable(
+                f"Kafka at {self._bootstrap} did not answer within {self._timeout_s:g}s ({type(exc).__name__})"
+            ) from None
+        self._started = True
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self._close_quietly()
+
+    async def _close_quietly(self) -> None:
+        try:
+            await asyncio.wait_for(self._producer.stop(), self._timeout_s)
+        except Exception:  # noqa: BLE001 - shutting down after a failure must not mask it
+            pass
+
+    async def _send(self, env: Envelope):
+        return await self._producer.send(env.topic, value=encode(env), key=env.key.encode())
+
+    @staticmethod
+    def _appended(env: Envelope, meta) -> Appended:
+        return Appended(env.event_id, env.type, env.key, meta.topic, meta.partition, meta.offset, meta.timestamp)
+
+    async def append(self, env: Envelope) -> Appended:
+        try:
+            future = await asyncio.wait_for(self._send(env), self._timeout_s)
+            meta = await asyncio.wait_for(future, self._timeout_s)
+        except (asyncio.TimeoutError, KafkaError) as exc:
+            raise AppendFailed(
+                f"append to {env.topic} at {self._bootstrap} was not acknowledged: {type(exc).__name__}: {exc}"
+            ) from None
+        return self._appended(env, meta)
+
+    async def append_many(self, envs: Sequence[Envelope]) -> list[Appended]:
+        """Append all of ``envs`` in one transaction (the producer must be transactional)."""
+        try:
+            async with self._producer.transaction():
+                futures = [await asyncio.wait_for(self._send(env), self._timeout_s) for env in envs]
+            metas = [await asyncio.wait_for(f, self._timeout_s) for f in futures]
+        except (asyncio.TimeoutError, KafkaError) as exc:
+            # the transaction was aborted or never committed: read_committed readers see none of it
+            raise AppendFailed(f"transactional append at {self._bootstrap} failed: {type(exc).__name__}: {exc}") from None
+        return [self._appended(env, meta) for env, meta in zip(envs, metas)]

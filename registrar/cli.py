@@ -1,0 +1,256 @@
+"""``registrar``: the write side of meshlog.
+
+Invariants:
+- Input is validated completely before anything is sent; a bad flag or rules
+  document exits 2 naming the field and appends nothing.
+- A multi-document ``rules apply`` is one Kafka transaction: all or nothing.
+- An unreachable broker exits 3 within ``--timeout`` seconds with the address
+  in the message.
+- On success every appended record is printed (topic, partition, offset,
+  broker timestamp); ``--json`` prints one JSON object per record instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import orjson
+
+from events.admin import AppendFailed, BrokerUnavailable
+from events.codec import validate_payload
+from events.envelope import Envelope, new_event
+from events.errors import EventValidationError
+from events.producer import Appended, EventProducer
+from events.types import (
+    DestinationPolicyDeleted,
+    InstanceDeregistered,
+    InstanceHealthChanged,
+    InstanceRegistered,
+    Payload,
+    RouteRuleDeleted,
+)
+from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
+from registrar.rules_file import parse_rules
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+EXIT_BROKER = 3
+
+log = logging.getLogger("registrar")
+
+# payload field -> the flag a user typed, so errors name what they can fix
+FLAG_OF_FIELD = {
+    "instance_id": "--instance-id",
+    "node_id": "--node-id",
+    "depends_on": "--depends-on",
+    "sidecar.inbound_port": "--inbound-port",
+    "sidecar.outbound_port": "--outbound-port",
+    "sidecar": "--inbound-port/--outbound-port",
+    "labels": "--label",
+}
+
+
+class BadInput(Exception):
+    pass
+
+
+def _labels(pairs: Sequence[str]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise EventValidationError.single("labels", f"{pair!r} is not KEY=VALUE")
+        if key in labels:
+            raise EventValidationError.single("labels", f"{key!r} given twice")
+        labels[key] = value
+    return labels
+
+
+def payload_from_args(args: argparse.Namespace) -> list[Payload]:
+    """Turn parsed flags into validated payloads (pure; no I/O)."""
+    if args.command == "publish":
+        sidecar = None
+        if args.inbound_port is not None or args.outbound_port is not None:
+            if args.inbound_port is None or args.outbound_port is None:
+                raise EventValidationError.single("sidecar", "give both --inbound-port and --outbound-port")
+            sidecar = {"inbound_port": args.inbound_port, "outbound_port": args.outbound_port}
+        data = {
+            "service": args.service,
+            "instance_id": args.instance_id,
+            "address": args.address,
+            "port": args.port,
+            "protocol": args.protocol,
+            "labels": _labels(args.label),
+            "weight": args.weight,
+            "node_id": args.node_id,
+            "sidecar": sidecar,
+            "depends_on": tuple(args.depends_on),
+        }
+        return [validate_payload(InstanceRegistered, data)]
+    if args.command == "deregister":
+        return [
+            validate_payload(
+                InstanceDeregistered,
+                {"service": args.service, "instance_id": args.instance_id, "reason": args.reason},
+            )
+        ]
+    if args.command == "health":
+        return [
+            validate_payload(
+                InstanceHealthChanged,
+                {
+                    "service": args.service,
+                    "instance_id": args.instance_id,
+                    "status": args.status,
+                    "reason": args.reason,
+                    "observer": args.observer,
+                },
+            )
+        ]
+    if args.command == "rules" and args.rules_command == "apply":
+        path = Path(args.file)
+        try:
+            text = sys.stdin.read() if args.file == "-" else path.read_text()
+        except OSError as exc:
+            raise EventValidationError.single("-f", f"cannot read {args.file}: {exc.strerror}") from None
+        return parse_rules(text, source=args.file)
+    if args.command == "rules" and args.rules_command == "delete":
+        if args.route:
+            return [validate_payload(RouteRuleDeleted, {"host": args.route, "revision": args.revision})]
+        return [validate_payload(DestinationPolicyDeleted, {"service": args.policy, "revision": args.revision})]
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def _describe(appended: Appended) -> str:
+    when = datetime.fromtimestamp(appended.timestamp_ms / 1000, timezone.utc).isoformat(timespec="milliseconds")
+    return (
+        f"appended {appended.type} {appended.key} -> {appended.topic}"
+        f" partition {appended.partition} offset {appended.offset} at {when}"
+    )
+
+
+async def _append(bootstrap: str, envelopes: list[Envelope], timeout_s: float) -> list[Appended]:
+    transactional = len(envelopes) > 1
+    async with EventProducer(bootstrap, timeout_s=timeout_s, transactional=transactional) as producer:
+        if transactional:
+            return await producer.append_many(envelopes)
+        return [await producer.append(envelopes[0])]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="registrar",
+        description="Append registrations, health transitions and routing rules to the meshlog event log.",
+        epilog="Exit codes: 0 appended (or validated with --dry-run); 2 invalid input, nothing appended; "
+        "3 broker unreachable (nothing appended) or the append was not acknowledged.",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        help="Kafka bootstrap address host:port (default: $MESHLOG_KAFKA_BOOTSTRAP, else the broker "
+        "started by `meshlog kafka up`)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object per appended record")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the broker (default 10)")
+    parser.add_argument("--producer", help="producer identity recorded in each event (default user@host/pid)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens to stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def instance_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--service", required=True, help="service name, e.g. reviews")
+        p.add_argument("--instance-id", required=True, help="unique id of this instance within the service")
+
+    pub = sub.add_parser("publish", help="register an instance (usually run by its sidecar)")
+    instance_args(pub)
+    pub.add_argument("--address", required=True, help="IP address or hostname the instance is reached at")
+    pub.add_argument("--port", required=True, type=int, help="the app's port (1-65535)")
+    pub.add_argument("--protocol", default="http", help="http, tcp or grpc (default http)")
+    pub.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="label such as version=v2 or zone=a (repeatable)")
+    pub.add_argument("--weight", type=int, default=1, help="load-balancing weight 1-128 (default 1)")
+    pub.add_argument("--node-id", help="xDS node id of the sidecar fronting this instance")
+    pub.add_argument("--inbound-port", type=int, help="the sidecar's inbound port (traffic to this instance)")
+    pub.add_argument("--outbound-port", type=int, help="the sidecar's outbound port (the app's calls out)")
+    pub.add_argument("--depends-on", action="append", default=[], metavar="SERVICE", help="a service this instance calls (repeatable)")
+
+    dereg = sub.add_parser("deregister", help="remove an instance from the mesh")
+    instance_args(dereg)
+    dereg.add_argument("--reason", default="deregistered", help="why (recorded in the event)")
+
+    health = sub.add_parser("health", help="record a health transition of an instance")
+    instance_args(health)
+    health.add_argument("--status", required=True, help="healthy, unhealthy or draining")
+    health.add_argument("--reason", default="unspecified", help="why the status changed")
+    health.add_argument("--observer", default="registrar-cli", help="who observed it (default registrar-cli)")
+
+    rules = sub.add_parser("rules", help="apply or delete routing rules and destination policies")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="RULES_COMMAND")
+    apply = rules_sub.add_parser("apply", help="upsert rules from a YAML or JSON file (one or many documents)")
+    apply.add_argument("-f", "--file", required=True, help="rules file, or - for standard input")
+    apply.add_argument("--dry-run", action="store_true", help="validate only; append nothing")
+    delete = rules_sub.add_parser("delete", help="delete a route rule or a destination policy")
+    which = delete.add_mutually_exclusive_group(required=True)
+    which.add_argument("--route", metavar="HOST", help="delete the route rule for calls to HOST")
+    which.add_argument("--policy", metavar="SERVICE", help="delete the destination policy of SERVICE")
+    delete.add_argument("--revision", required=True, type=int, help="the new revision (current + 1)")
+    return parser
+
+
+def _flagged(message: str) -> str:
+    for field, flag in FLAG_OF_FIELD.items():
+        if message.startswith(field + ":"):
+            return f"{message} ({flag})"
+    return message
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        payloads = payload_from_args(args)
+    except EventValidationError as exc:
+        for problem in exc.problems:
+            print(f"registrar: invalid input: {_flagged(str(problem))}", file=sys.stderr)
+        print("registrar: nothing was appended", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    envelopes = [new_event(p, producer=args.producer) for p in payloads]
+
+    if getattr(args, "dry_run", False):
+        for env in envelopes:
+            if args.json:
+                print(orjson.dumps({"valid": True, "type": env.type, "key": env.key, "topic": env.topic}).decode())
+            else:
+                print(f"valid {env.type} {env.key} (would append to {env.topic})")
+        return EXIT_OK
+
+    try:
+        bootstrap = resolve_bootstrap(args.bootstrap)
+    except NoBrokerAddress as exc:
+        print(f"registrar: {exc}", file=sys.stderr)
+        return EXIT_BROKER
+    try:
+        appended = asyncio.run(_append(bootstrap, envelopes, args.timeout))
+    except AppendFailed as exc:
+        outcome = "nothing was committed" if len(envelopes) > 1 else "the record may or may not be in the log"
+        print(f"registrar: {exc}; {outcome}", file=sys.stderr)
+        return EXIT_BROKER
+    except BrokerUnavailable as exc:
+        print(f"registrar: {exc}; nothing was appended", file=sys.stderr)
+        return EXIT_BROKER
+    for record in appended:
+        log.info("appended %s", record)
+        print(orjson.dumps(record.as_dict()).decode() if args.json else _describe(record))
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -90,18 +90,26 @@ async def ensure_topics(
         missing = [s for s in specs if s.name not in existing]
         if missing:
             try:
-                await admin.create_topics(
+                response = await admin.create_topics(
                     [
                         NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=dict(s.config))
                         for s in missing
                     ],
                     timeout_ms=int(timeout_s * 1000),
                 )
+                errors = {entry[0]: entry[1] for entry in response.topic_errors}
             except TopicAlreadyExistsError:
-                pass  # a concurrent ensure_topics won the race; the check below still runs
-            report.created.extend(s.name for s in missing)
+                errors = {s.name: TopicAlreadyExistsError.errno for s in missing}
             for s in missing:
-                log.info("created topic %s (%d partitions)", s.name, s.partitions)
+                code = errors.get(s.name, 0)
+                if code == TopicAlreadyExistsError.errno:
+                    # created meanwhile (by a concurrent ensure, or metadata lagged): check it like any other
+                    existing.add(s.name)
+                elif code:
+                    raise RuntimeError(f"creating topic {s.name} failed with Kafka error code {code}")
+                else:
+                    report.created.append(s.name)
+                    log.info("created topic %s (%d partitions)", s.name, s.partitions)
         present = [s for s in specs if s.name in existing]
         if present:
             described = await admin.describe_topics([s.name for s in present])

@@ -24,9 +24,9 @@ def resolve_bootstrap(explicit: str | None = None) -> str:
         return from_env
     from meshlog import kafka_local
 
-    running = kafka_local.running_bootstrap()
-    if running:
-        return running
+    state = kafka_local.load_state()
+    if state is not None and kafka_local.pid_alive(state.pid):
+        return state.bootstrap
     raise NoBrokerAddress(
         f"no Kafka address: pass --bootstrap HOST:PORT, set {ENV_VAR}, or start a local broker with `meshlog kafka up`"
     )

@@ -25,7 +25,7 @@ def resolve_bootstrap(explicit: str | None = None) -> str:
     from meshlog import kafka_local
 
     state = kafka_local.load_state()
-    if state is not None and kafka_local.pid_alive(state.pid):
+    if state is not None and kafka_local.pid_is_broker(state.pid, state.properties_path):
         return state.bootstrap
     raise NoBrokerAddress(
         f"no Kafka address: pass --bootstrap HOST:PORT, set {ENV_VAR}, or start a local broker with `meshlog kafka up`"

@@ -1,0 +1,23 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """A Kafka bootstrap address ("host:port") for the whole test session.
+
+    $MESHLOG_KAFKA_BOOTSTRAP if set, else a testcontainers Kafka when a Docker
+    engine answers, else a local broker JVM (see meshlog.kafka_local), stopped
+    at session end. Topics are not auto-created: create the ones you need.
+    """
+    from meshlog.kafka_local import kafka_for_tests
+
+    logging.getLogger("meshlog.kafka").setLevel(logging.INFO)
+    with kafka_for_tests() as bootstrap:
+        yield bootstrap

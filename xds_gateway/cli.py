@@ -1,0 +1,148 @@
+"""``xds-gateway``: one stateless ADS server replica.
+
+Starts tailing the view topics, serves gRPC (ADS delta + SotW, and the gRPC
+health service) and HTTP (``/ready``, ``/healthz``, ``/metrics``). Ready only
+after the view cache caught up. SIGTERM/SIGINT: report NOT_SERVING, stop
+accepting, give open streams ``--grace`` seconds, then close them so their
+clients reconnect to another replica; the process exits within the bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+from typing import Sequence
+
+import grpc
+import orjson
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
+from xds_gateway import metrics
+from xds_gateway.server import AdsServicer, add_to_server
+from xds_gateway.view_cache import ViewCache, ViewTail
+
+log = logging.getLogger("xds_gateway")
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xds-gateway", description="Stateless delta/SotW xDS server over meshlog's views.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="serve ADS until SIGTERM")
+    run.add_argument("--bootstrap", help="Kafka address (default: $MESHLOG_KAFKA_BOOTSTRAP or `meshlog kafka up`'s)")
+    run.add_argument("--listen", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    run.add_argument("--port", type=int, default=18000, help="gRPC port; 0 picks a free one (default 18000)")
+    run.add_argument("--http-port", type=int, default=0, help="HTTP port for /ready and /metrics; 0 picks one")
+    run.add_argument("--grace", type=float, default=2.0, help="seconds open streams get on shutdown (default 2)")
+    run.add_argument("--write-timeout", type=float, default=30.0,
+                     help="close a stream whose client has not read a response for this long (default 30)")
+    run.add_argument("--ready-file", help="write the bound ports as JSON to this file once ready")
+    run.add_argument("--log-level", default="INFO")
+    return parser
+
+
+async def _http_app(cache: ViewCache) -> web.Application:
+    async def ready(_request):
+        return web.Response(status=200 if cache.ready.is_set() else 503, text="ready\n" if cache.ready.is_set() else "catching up\n")
+
+    async def healthz(_request):
+        return web.Response(text="ok\n")
+
+    async def metrics_page(_request):
+        if cache.last_record_timestamp_ms:
+            metrics.VIEW_LAG.set(max(0.0, time.time() - cache.last_record_timestamp_ms / 1000))
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_page)
+    return app
+
+
+async def serve(args: argparse.Namespace, bootstrap: str) -> int:
+    cache = ViewCache()
+    tail = ViewTail(cache, bootstrap)
+    tail_task = asyncio.create_task(tail.run(), name="view-tail")
+
+    server = grpc.aio.server(
+        options=[
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.max_concurrent_streams", 100_000),
+        ]
+    )
+    add_to_server(AdsServicer(cache, write_timeout_s=args.write_timeout), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for service in ("", ADS_SERVICE):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    port = server.add_insecure_port(f"{args.listen}:{args.port}")
+    await server.start()
+
+    runner = web.AppRunner(await _http_app(cache), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, args.listen, args.http_port)
+    await site.start()
+    http_port = site._server.sockets[0].getsockname()[1]  # the bound port when 0 was asked
+    log.info("gRPC on %s:%d, HTTP on %s:%d; catching up on views from %s", args.listen, port, args.listen, http_port, bootstrap)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    ready_wait = asyncio.ensure_future(cache.ready.wait())
+    stop_wait = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({ready_wait, stop_wait, tail_task}, return_when=asyncio.FIRST_COMPLETED)
+    exit_code = 0
+    if tail_task.done():
+        log.error("view tail ended: %r", tail_task.exception())
+        exit_code = 1
+    elif cache.ready.is_set() and not stop.is_set():
+        for service in ("", ADS_SERVICE):
+            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        line = orjson.dumps({"xds_port": port, "http_port": http_port, "ready": True}).decode()
+        print(line, flush=True)
+        if args.ready_file:
+            with open(args.ready_file, "w") as fh:
+                fh.write(line)
+        log.info("ready: %d nodes in view", len(cache.nodes()))
+        await asyncio.wait({stop_wait, tail_task}, return_when=asyncio.FIRST_COMPLETED)
+        if tail_task.done() and not stop.is_set():
+            log.error("view tail ended: %r", tail_task.exception())
+            exit_code = 1
+
+    log.info("shutting down: NOT_SERVING, closing streams after %.1fs grace", args.grace)
+    for service in ("", ADS_SERVICE):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.stop(args.grace)
+    tail.stop()
+    tail_task.cancel()
+    await asyncio.gather(tail_task, return_exceptions=True)
+    await runner.cleanup()
+    log.info("stopped")
+    return exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    try:
+        bootstrap = resolve_bootstrap(args.bootstrap)
+    except NoBrokerAddress as exc:
+        print(f"xds-gateway: {exc}", file=sys.stderr)
+        return 3
+    return asyncio.run(serve(args, bootstrap))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Sans-I/O xDS protocol cores: one state machine per ADS stream.
+
+No asyncio, no gRPC, no clock. The gateway shell feeds requests and view
+changes in and writes the returned responses out, in order.
+
+- :class:`DeltaStream` -- ``DeltaAggregatedResources`` (incremental ADS)
+- :class:`SotwStream` -- ``StreamAggregatedResources`` (state of the world)
+- :class:`VersionedResource`, :func:`make_resource`, ``NodeView`` -- inputs
+"""
+
+from .common import Nack, ProtocolError
+from .delta import DeltaStream
+from .resources import (
+    CLUSTER,
+    CORE_TYPES,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    WILDCARD,
+    NodeView,
+    VersionedResource,
+    make_resource,
+    version_of,
+)
+from .sotw import WILDCARD_TYPES, SotwStream
+
+__all__ = [
+    "CLUSTER",
+    "CORE_TYPES",
+    "ENDPOINT",
+    "LISTENER",
+    "ROUTE",
+    "WILDCARD",
+    "WILDCARD_TYPES",
+    "DeltaStream",
+    "Nack",
+    "NodeView",
+    "ProtocolError",
+    "SotwStream",
+    "VersionedResource",
+    "make_resource",
+    "version_of",
+]

@@ -1,0 +1,95 @@
+"""Records and helpers shared by the delta and state-of-the-world machines."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable, Iterable, TypeVar
+
+from .resources import type_rank
+
+__all__ = ["Nack", "ProtocolError", "AllowFn", "entry_hash", "content_version", "order_segments"]
+
+#: ``allowed(type_url, name)``: may this node subscribe to this name explicitly?
+AllowFn = Callable[[str, str], bool]
+
+_MASK64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class Nack:
+    """A client's rejection of one response, kept for logs and metrics."""
+
+    stream_id: str
+    node_id: str
+    type_url: str
+    nonce: str
+    code: int
+    message: str
+    #: (name, version) pairs the rejected response carried; empty when the
+    #: nonce was no longer pending (stale or unknown).
+    resources: tuple[tuple[str, str], ...] = ()
+    #: names the rejected response removed (delta only)
+    removed: tuple[str, ...] = ()
+    #: the nonce was not one of this stream's pending nonces for the type
+    stale: bool = False
+
+
+@dataclass(frozen=True)
+class ProtocolError:
+    """A request the machine could not honour (it answered nothing)."""
+
+    stream_id: str
+    node_id: str
+    kind: str  # "unknown_type_url"
+    type_url: str
+    detail: str
+
+
+def entry_hash(name: str, version: str) -> int:
+    """A 64-bit hash of one (name, version) entry, for order-free digests."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(name.encode())
+    h.update(b"\0")
+    h.update(version.encode())
+    return int.from_bytes(h.digest(), "big")
+
+
+def digest_hex(acc: int) -> str:
+    return format(acc & _MASK64, "016x")
+
+
+def content_version(entries: Iterable[tuple[str, str]]) -> str:
+    """Order-independent version string of a set of (name, version) entries."""
+    acc = 0
+    for name, version in entries:
+        acc = (acc + entry_hash(name, version)) & _MASK64
+    return digest_hex(acc)
+
+
+S = TypeVar("S")
+
+
+def order_segments(
+    upserts: dict[str, S], removals: dict[str, S], merge: Callable[[S, S], S]
+) -> list[tuple[str, S]]:
+    """Make-before-break ordering of one batch of per-type work.
+
+    ``upserts`` and ``removals`` map type URL -> that type's part of the batch.
+    The result is: upserts in CDS, EDS, LDS, RDS (then other types) order,
+    followed by removals in the reverse order (RDS, LDS, EDS, CDS). Adjacent
+    segments of the same type are merged with ``merge`` (so a change touching
+    one type only yields one response).
+    """
+    seq: list[tuple[str, S]] = []
+    for t in sorted(upserts, key=type_rank):
+        seq.append((t, upserts[t]))
+    for t in sorted(removals, key=type_rank, reverse=True):
+        seq.append((t, removals[t]))
+    out: list[tuple[str, S]] = []
+    for t, seg in seq:
+        if out and out[-1][0] == t:
+            out[-1] = (t, merge(out[-1][1], seg))
+        else:
+            out.append((t, seg))
+    return out

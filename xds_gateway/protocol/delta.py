@@ -1,0 +1,527 @@
+"""Sans-I/O incremental (delta) ADS protocol machine, one per stream.
+
+``DeltaStream`` consumes ``DeltaDiscoveryRequest`` messages and changes of the
+node's view, and returns the ``DeltaDiscoveryResponse`` messages to send, in
+order. It does no I/O, keeps no clock and never blocks; the gateway shell owns
+the gRPC stream, the queue and the view.
+
+Spec decisions (quotes are from the xDS REST and gRPC protocol document,
+envoyproxy/envoy ``docs/root/api-docs/xds_protocol.rst``, and the comments of
+``envoy/service/discovery/v3/discovery.proto``):
+
+* Legacy wildcard. The *first* request for a type with both
+  ``resource_names_subscribe`` and ``resource_names_unsubscribe`` empty is a
+  subscription to ``*`` ("the request must have no resources in both
+  resource_names_subscribe and resource_names_unsubscribe"). From then on the
+  wildcard is an ordinary ``*`` subscription: "Client sends a request with
+  resource_names_subscribe set to "A". Server interprets this as continuing the
+  existing subscription to "*" and adding a new subscription to "A"", and it
+  ends only when the client unsubscribes ``*``. Later requests with empty lists
+  (ACKs) change nothing ("an empty resource_names_subscribe ... simply means
+  that no resources are to be added"); after ``*`` was unsubscribed an empty
+  set is *not* a wildcard again. (SotW differs: there a request naming only
+  "A" drops the legacy wildcard; see ``sotw.py``.)
+* "the server must respond with all resources listed in
+  resource_names_subscribe, even if it believes the client has the most recent
+  version of them": every subscribed name is sent again (or reported removed).
+  The one exception is the first request of a type on a reconnected stream: a
+  name the client lists in ``initial_resource_versions`` at the current
+  version is not resent (that is the point of the field). Subscribing ``*``
+  resends everything the wildcard covers.
+* A subscribed name that does not exist (or that ``allowed`` refuses) is sent in
+  ``removed_resources`` ("When a resource subscribed to by a client does not
+  exist, the server will send ... that resource's name in the
+  removed_resources field") and sent when it appears.
+* Unsubscribing a name sends nothing ("a server does not need to send any
+  response if a request does nothing except unsubscribe"), except while ``*``
+  is subscribed: then "the server must send a response that includes the
+  specific resource in either the removed_resources field (if it is not
+  included in the wildcard) or in the resources field (if it is)". Unknown
+  names in an unsubscribe are ignored ("phantom unsubscriptions"). A name in
+  both lists of one request stays subscribed.
+* Unsubscribing ``*`` sends nothing; the client drops what it held only through
+  the wildcard.
+* ``initial_resource_versions`` is read only on the first request of a type on
+  the stream (the proto: it is not populated "in any message after the first
+  in a stream (for a given type_url)"). Names whose version differs are sent;
+  names the client holds that no longer exist, or that are outside its
+  subscriptions, go in ``removed_resources``; equal versions are not sent.
+* A first request that subscribes the wildcard always gets a response, even an
+  empty one, so a client with nothing to receive still finishes initialising
+  (Envoy otherwise waits out its initial fetch timeout). Otherwise nothing is
+  sent when nothing changed, and an ACK alone produces nothing.
+* Stale nonces: "the server must honor changes to the subscription state even
+  if the nonce is stale". A nonce that is not pending for the request's type is
+  counted as stale and clears nothing; an ACK/NACK of a pending nonce clears it
+  and the older pending nonces of that type (a client processes responses in
+  order), never newer ones.
+* NACK (``error_detail`` present): recorded with the node, the reason and the
+  rejected (name, version) pairs; the server keeps believing the client was
+  offered those versions, so they are not resent (no resend loop) until the
+  view changes them, the client subscribes to them again, or it reconnects.
+* Ordering ("Eventual consistency considerations": CDS first, EDS after CDS,
+  LDS after CDS/EDS, RDS after LDS, stale clusters removed last): one batch is
+  emitted as CDS upserts, EDS upserts, LDS upserts, RDS upserts, then RDS, LDS,
+  EDS, CDS removals; adjacent parts of one type merge into one response. When a
+  Cluster is (re)sent, the ClusterLoadAssignment it reads over EDS is re-sent
+  after it if subscribed, even if unchanged ("Warming of Cluster is completed
+  only when a new ClusterLoadAssignment response is supplied by management
+  server even though there is no change in endpoints"). If EDS has not been
+  requested yet on the stream (a reconnect asks CDS first), those assignments
+  are sent with EDS's first response even if ``initial_resource_versions``
+  says the client has them.
+* Coalescing: while any response on the stream is un-ACKed, view changes are
+  only remembered (per type, as "dirty"); when the last pending nonce is ACKed
+  or NACKed the request that did so returns one batch computed from the
+  latest view. The gate is stream-wide rather than per type so that a batch is
+  always emitted whole and in make-before-break order (a per-type gate would
+  let an RDS update naming a new cluster overtake the CDS update defining it).
+  Answers to subscription changes are never held back (the client may be
+  waiting for them before it ACKs something else); they carry only the names
+  the request touched.
+* A request for a type the gateway does not serve (or with no type_url) gets no
+  response and is recorded in ``errors``; the stream stays open (closing it
+  would make Envoy reconnect and ask again in a loop).
+* Nonces are ``"{stream_id}-{n}"``: unique within the stream and, given unique
+  stream ids, within the process. ``system_version_info`` is an order-free
+  64-bit digest of the (name, version) pairs the server believes the client
+  holds for that type after the response.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Iterable
+
+from envoy.service.discovery.v3 import discovery_pb2
+
+from .common import AllowFn, Nack, ProtocolError, digest_hex, entry_hash, order_segments
+from .resources import CLUSTER, CORE_TYPES, ENDPOINT, WILDCARD, NodeView, VersionedResource
+
+__all__ = ["DeltaStream"]
+
+_MASK64 = (1 << 64) - 1
+_EMPTY: dict[str, VersionedResource] = {}
+
+
+@dataclass(frozen=True)
+class _Pending:
+    nonce: str
+    resources: tuple[tuple[str, str], ...]
+    removed: tuple[str, ...]
+    nbytes: int
+    names: frozenset[str]  # names in ``resources``
+
+
+class _TypeState:
+    """What the server knows about one type on one stream."""
+
+    __slots__ = ("type_url", "seen", "names", "sent", "digest", "pending", "dirty", "limbo")
+
+    def __init__(self, type_url: str) -> None:
+        self.type_url = type_url
+        self.seen = False  # first request processed
+        self.names: set[str] = set()  # explicit subscriptions, "*" included
+        # The server's model of the client's cache: name -> version, or None for
+        # "told it does not exist" (kept for explicit subscriptions only).
+        self.sent: dict[str, str | None] = {}
+        self.digest = 0
+        self.pending: dict[str, _Pending] = {}  # nonce -> response, oldest first
+        self.dirty = False  # the view changed since the last full diff
+        # Names the client unsubscribed while an un-ACKed response still carried
+        # them: name -> nonce of the newest such response. Should the client
+        # widen its scope (subscribe "*") before processing that response, it
+        # will keep the resource, so the server must treat it as held again.
+        self.limbo: dict[str, str] = {}
+
+    @property
+    def wildcard(self) -> bool:
+        return WILDCARD in self.names
+
+    def record(self, name: str, version: str | None) -> None:
+        old = self.sent.get(name)
+        if old is not None:
+            self.digest = (self.digest - entry_hash(name, old)) & _MASK64
+        self.sent[name] = version
+        if version is not None:
+            self.digest = (self.digest + entry_hash(name, version)) & _MASK64
+
+    def forget(self, name: str) -> None:
+        old = self.sent.pop(name, None)
+        if old is not None:
+            self.digest = (self.digest - entry_hash(name, old)) & _MASK64
+
+
+class _Work:
+    """One type's part of a batch: names to send and names to remove."""
+
+    __slots__ = ("upserts", "removals", "always")
+
+    def __init__(self) -> None:
+        self.upserts: dict[str, VersionedResource] = {}
+        self.removals: set[str] = set()
+        self.always = False  # respond even if empty
+
+    def upsert(self, res: VersionedResource) -> None:
+        self.upserts[res.name] = res
+        self.removals.discard(res.name)
+
+    def remove(self, name: str) -> None:
+        self.removals.add(name)
+        self.upserts.pop(name, None)
+
+    def drop(self, name: str) -> None:
+        self.upserts.pop(name, None)
+        self.removals.discard(name)
+
+
+class DeltaStream:
+    """Protocol state of one ``DeltaAggregatedResources`` stream.
+
+    ``view`` is this node's view (type URL -> name -> resource). ``allowed``
+    restricts explicit subscriptions (a refused name is reported as not
+    existing); ``wildcard_allowed=False`` makes a wildcard subscription cover
+    nothing. ``served_types`` are the type URLs this gateway answers.
+    """
+
+    def __init__(
+        self,
+        stream_id: str,
+        view: NodeView,
+        *,
+        allowed: AllowFn | None = None,
+        wildcard_allowed: bool = True,
+        served_types: Iterable[str] = CORE_TYPES,
+        max_records: int = 64,
+    ) -> None:
+        self.stream_id = stream_id
+        self.node_id = ""
+        self._view = view
+        self._allowed = allowed
+        self._wildcard_allowed = wildcard_allowed
+        self._served = frozenset(served_types)
+        self._types: dict[str, _TypeState] = {}
+        self._eds_owed: set[str] = set()  # CLAs to send with EDS's first response
+        self._seq = 0
+        self._nacks: deque[Nack] = deque(maxlen=max_records)
+        self._errors: deque[ProtocolError] = deque(maxlen=max_records)
+        self.nack_count = 0
+        self.ack_count = 0
+        self.error_count = 0
+        self.stale_nonce_count = 0
+        self.responses_sent = 0
+
+    # ------------------------------------------------------------------ inputs
+
+    def on_request(self, req: discovery_pb2.DeltaDiscoveryRequest) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+        """Handle one client request; return the responses to send, in order."""
+        if not self.node_id and req.HasField("node"):
+            self.node_id = req.node.id
+        t = req.type_url
+        if t not in self._served:
+            self._error("unknown_type_url", t, "type not served by this gateway" if t else "empty type_url")
+            return []
+        ts = self._types.get(t)
+        if ts is None:
+            ts = self._types[t] = _TypeState(t)
+        if req.response_nonce:
+            self._on_ack(ts, req.response_nonce, req.error_detail if req.HasField("error_detail") else None)
+        work: dict[str, _Work] = {}
+        self._subscriptions(ts, req, work)
+        if not self.blocked:
+            self._collect_dirty(work)
+        return self._emit(work)
+
+    def set_scope(self, *, allowed: AllowFn | None, wildcard_allowed: bool) -> None:
+        """Change what this node may see (an unknown node became known); the next ``on_view`` applies it."""
+        self._allowed = allowed
+        self._wildcard_allowed = wildcard_allowed
+
+    def on_view(self, view: NodeView) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+        """The node's view changed; return the responses to send now (maybe none)."""
+        old, self._view = self._view, view
+        for t, ts in self._types.items():
+            if ts.seen and view.get(t) is not old.get(t):
+                ts.dirty = True
+        if self.blocked:
+            return []
+        work: dict[str, _Work] = {}
+        self._collect_dirty(work)
+        return self._emit(work)
+
+    # ----------------------------------------------------------- introspection
+
+    @property
+    def view(self) -> NodeView:
+        return self._view
+
+    @property
+    def blocked(self) -> bool:
+        """True while any response on the stream awaits its ACK/NACK."""
+        return any(ts.pending for ts in self._types.values())
+
+    @property
+    def has_deferred(self) -> bool:
+        """True if view changes are waiting for the pending responses' ACKs."""
+        return any(ts.dirty for ts in self._types.values())
+
+    def types(self) -> tuple[str, ...]:
+        """Type URLs the client has requested on this stream."""
+        return tuple(t for t, ts in self._types.items() if ts.seen)
+
+    def subscriptions(self, type_url: str) -> frozenset[str]:
+        """Explicit subscriptions of a type (``"*"`` included when wildcard)."""
+        ts = self._types.get(type_url)
+        return frozenset(ts.names) if ts else frozenset()
+
+    def is_wildcard(self, type_url: str) -> bool:
+        ts = self._types.get(type_url)
+        return bool(ts and ts.wildcard)
+
+    def known_versions(self, type_url: str) -> dict[str, str]:
+        """What the server believes the client holds: name -> version."""
+        ts = self._types.get(type_url)
+        if ts is None:
+            return {}
+        return {n: v for n, v in ts.sent.items() if v is not None}
+
+    def pending_nonces(self) -> dict[str, tuple[str, ...]]:
+        """Un-ACKed nonces per type, oldest first."""
+        return {t: tuple(ts.pending) for t, ts in self._types.items() if ts.pending}
+
+    def pending_bytes(self) -> int:
+        """Approximate size of the resources in un-ACKed responses."""
+        return sum(p.nbytes for ts in self._types.values() for p in ts.pending.values())
+
+    @property
+    def nacks(self) -> tuple[Nack, ...]:
+        """The most recent NACKs (bounded); ``nack_count`` counts all."""
+        return tuple(self._nacks)
+
+    @property
+    def errors(self) -> tuple[ProtocolError, ...]:
+        """The most recent unanswerable requests (bounded); ``error_count`` counts all."""
+        return tuple(self._errors)
+
+    # --------------------------------------------------------------- internals
+
+    def _error(self, kind: str, type_url: str, detail: str) -> None:
+        self.error_count += 1
+        self._errors.append(ProtocolError(self.stream_id, self.node_id, kind, type_url, detail))
+
+    def _on_ack(self, ts: _TypeState, nonce: str, error) -> None:
+        p: _Pending | None = None
+        if nonce in ts.pending:
+            # this nonce and every older one of the type are answered
+            while ts.pending:
+                k = next(iter(ts.pending))
+                p = ts.pending.pop(k)
+                if ts.limbo:
+                    for name in [n for n, at in ts.limbo.items() if at == k]:
+                        del ts.limbo[name]  # processed while unsubscribed: ignored
+                if k == nonce:
+                    break
+        else:
+            self.stale_nonce_count += 1
+        if error is None:
+            if p is not None:
+                self.ack_count += 1
+            return
+        self.nack_count += 1
+        self._nacks.append(
+            Nack(
+                stream_id=self.stream_id,
+                node_id=self.node_id,
+                type_url=ts.type_url,
+                nonce=nonce,
+                code=error.code,
+                message=error.message,
+                resources=p.resources if p else (),
+                removed=p.removed if p else (),
+                stale=p is None,
+            )
+        )
+
+    def _permits(self, type_url: str, name: str) -> bool:
+        return self._allowed is None or self._allowed(type_url, name)
+
+    def _desired(self, ts: _TypeState, view_t, name: str) -> VersionedResource | None:
+        """The resource the client should hold under ``name``, or None."""
+        if ts.wildcard and self._wildcard_allowed:
+            return view_t.get(name)
+        if name in ts.names and name != WILDCARD and self._permits(ts.type_url, name):
+            return view_t.get(name)
+        return None
+
+    def _view_of(self, type_url: str):
+        return self._view.get(type_url) or _EMPTY
+
+    def _force(self, ts: _TypeState, w: _Work, name: str) -> None:
+        res = self._desired(ts, self._view_of(ts.type_url), name)
+        if res is not None:
+            w.upsert(res)
+        else:
+            w.remove(name)
+
+    def _full_diff(self, ts: _TypeState, w: _Work) -> None:
+        """Everything that differs between the client's model and its scope."""
+        view_t = self._view_of(ts.type_url)
+        sent = ts.sent
+        if ts.wildcard and self._wildcard_allowed:
+            for name, res in view_t.items():
+                if sent.get(name) != res.version:
+                    w.upsert(res)
+        else:
+            for name in ts.names:
+                if name == WILDCARD or not self._permits(ts.type_url, name):
+                    continue
+                res = view_t.get(name)
+                if res is not None and sent.get(name) != res.version:
+                    w.upsert(res)
+        for name, version in sent.items():
+            if version is not None and self._desired(ts, view_t, name) is None:
+                w.remove(name)
+
+    def _subscriptions(self, ts: _TypeState, req, work: dict[str, _Work]) -> None:
+        subs = list(req.resource_names_subscribe)
+        sub_set = set(subs)
+        unsubs = [n for n in req.resource_names_unsubscribe if n not in sub_set]
+        if not ts.seen:
+            ts.seen = True
+            w = work.setdefault(ts.type_url, _Work())
+            if not subs and not unsubs:
+                ts.names.add(WILDCARD)  # legacy wildcard
+            ts.names.update(sub_set)
+            irv = req.initial_resource_versions
+            for name, version in irv.items():
+                ts.record(name, version)
+            self._full_diff(ts, w)
+            ts.dirty = False
+            for name in sub_set:
+                if name != WILDCARD and name not in irv:
+                    self._force(ts, w, name)
+            if ts.type_url == ENDPOINT and self._eds_owed:
+                view_e = self._view_of(ENDPOINT)
+                for name in self._eds_owed:
+                    cla = self._desired(ts, view_e, name)
+                    if cla is not None:
+                        w.upsert(cla)
+                self._eds_owed.clear()
+            w.always = ts.wildcard
+            return
+        if not subs and not unsubs:
+            return
+        # First the new subscription state, then what to answer, judged on the
+        # state after the whole request (e.g. {"sub": ["x"], "unsub": ["*"]}).
+        w = work.setdefault(ts.type_url, _Work())
+        ts.names.update(sub_set)
+        dropped = [n for n in unsubs if n in ts.names]
+        ts.names.difference_update(dropped)
+        if WILDCARD in dropped:
+            view_t = self._view_of(ts.type_url)
+            for held, version in list(ts.sent.items()):
+                if held not in ts.names:
+                    self._drop_held(ts, held)  # the client drops what only "*" gave it
+                elif version is not None and self._desired(ts, view_t, held) is None:
+                    w.remove(held)  # explicit, but only the wildcard allowed it
+        for name in dropped:
+            if name == WILDCARD:
+                continue
+            if ts.wildcard:
+                self._force(ts, w, name)  # spec: resend it, or report it removed
+            else:
+                self._drop_held(ts, name)
+        if WILDCARD in sub_set:
+            w.always = True
+            if self._wildcard_allowed:
+                for res in self._view_of(ts.type_url).values():
+                    w.upsert(res)
+            for name in ts.limbo:  # may be kept by the client after all
+                if name not in w.upserts:
+                    self._force(ts, w, name)
+            ts.limbo.clear()
+        for name in sub_set:
+            if name != WILDCARD:
+                ts.limbo.pop(name, None)
+                self._force(ts, w, name)
+
+    def _drop_held(self, ts: _TypeState, name: str) -> None:
+        """The client unsubscribed ``name``: stop tracking it (no response)."""
+        ts.forget(name)
+        for p in reversed(ts.pending.values()):
+            if name in p.names:
+                ts.limbo[name] = p.nonce
+                break
+
+    def _collect_dirty(self, work: dict[str, _Work]) -> None:
+        for t, ts in self._types.items():
+            if ts.seen and ts.dirty:
+                ts.dirty = False
+                self._full_diff(ts, work.setdefault(t, _Work()))
+
+    def _add_eds_companions(self, work: dict[str, _Work]) -> None:
+        cds = work.get(CLUSTER)
+        if cds is None or not cds.upserts:
+            return
+        eds = self._types.get(ENDPOINT)
+        if eds is None or not eds.seen:
+            # Reconnect: CDS is asked before EDS, and EDS then lists the
+            # unchanged assignments in initial_resource_versions. Remember to
+            # send them anyway, or the updated clusters never finish warming.
+            self._eds_owed.update(n for n in (r.eds_name for r in cds.upserts.values()) if n is not None)
+            return
+        view_e = self._view_of(ENDPOINT)
+        for res in cds.upserts.values():
+            name = res.eds_name
+            if name is None:
+                continue
+            cla = self._desired(eds, view_e, name)
+            if cla is None:
+                continue
+            w = work.setdefault(ENDPOINT, _Work())
+            if name not in w.removals:
+                w.upsert(cla)
+
+    def _emit(self, work: dict[str, _Work]) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+        if not work:
+            return []
+        self._add_eds_companions(work)
+        ups: dict[str, tuple[dict[str, VersionedResource], set[str]]] = {}
+        rems: dict[str, tuple[dict[str, VersionedResource], set[str]]] = {}
+        for t, w in work.items():
+            if w.upserts or w.always:
+                ups[t] = (w.upserts, set())
+            if w.removals:
+                rems[t] = ({}, w.removals)
+        segments = order_segments(ups, rems, lambda a, b: ({**a[0], **b[0]}, a[1] | b[1]))
+        return [self._build(t, u, r) for t, (u, r) in segments]
+
+    def _build(self, t: str, upserts: dict[str, VersionedResource], removals: set[str]):
+        ts = self._types[t]
+        self._seq += 1
+        nonce = f"{self.stream_id}-{self._seq}"
+        resp = discovery_pb2.DeltaDiscoveryResponse(type_url=t, nonce=nonce)
+        nbytes = 0
+        sent_pairs = []
+        if upserts:
+            names = sorted(upserts)
+            resp.resources.extend([upserts[n].delta_resource for n in names])
+            for n in names:
+                res = upserts[n]
+                ts.record(n, res.version)
+                nbytes += res.size
+                sent_pairs.append((n, res.version))
+        removed = sorted(removals)
+        if removed:
+            resp.removed_resources.extend(removed)
+            for n in removed:
+                nbytes += len(n)
+                if n in ts.names:
+                    ts.record(n, None)
+                else:
+                    ts.forget(n)
+        resp.system_version_info = digest_hex(ts.digest)
+        ts.pending[nonce] = _Pending(nonce, tuple(sent_pairs), tuple(removed), nbytes, frozenset(upserts))
+        self.responses_sent += 1
+        return resp

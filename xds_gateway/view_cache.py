@@ -1,0 +1,192 @@
+"""The gateway's view cache: the projector's compacted view topics, in memory.
+
+Invariants:
+- Filled by reading ``meshlog.views.resources`` and ``meshlog.views.membership``
+  from the beginning with no consumer group (every replica reads everything;
+  a gateway holds no state of its own), then tailing them.
+- ``ready`` is set only once every partition has been read up to the end
+  offsets seen at start: a gateway never serves a half-built view.
+- Each resource body is wrapped once in a ``VersionedResource`` (version = hash
+  of its bytes, the same on every replica) and shared by every stream.
+- Applying a batch never waits for a stream: it computes which nodes changed
+  and calls the registered listeners, which only set flags (diff, then
+  publish; a slow stream can never hold the tail back).
+- Membership may name a body that has not arrived (it never should: the
+  projector publishes bodies first); such names are left out of the node's
+  view until the body arrives, and the node is notified then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from typing import Callable, Iterable, Mapping
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from events import topics
+from xds_gateway.protocol.resources import VersionedResource, make_resource
+
+log = logging.getLogger(__name__)
+
+# the pseudo-node whose membership lists what proxyless gRPC clients (unknown
+# nodes) may ask for by name; written by the projector's render_all
+PROXYLESS_NODE = "~proxyless"
+
+NodeView = Mapping[str, Mapping[str, VersionedResource]]
+Listener = Callable[[set[str]], None]
+
+
+class ViewCache:
+    """What every node should hold right now, kept current from the view topics."""
+
+    def __init__(self) -> None:
+        self._resources: dict[tuple[str, str], VersionedResource] = {}
+        self._membership: dict[str, dict[str, dict[str, str]]] = {}
+        # (type_url, name) -> nodes whose membership names it: lets a body change find its nodes in O(k)
+        self._referenced_by: dict[tuple[str, str], set[str]] = defaultdict(set)
+        self._listeners: list[Listener] = []
+        self.ready = asyncio.Event()
+        self.last_record_timestamp_ms: int = 0
+        self.records_applied = 0
+
+    # ------------------------------------------------------------ reading
+
+    def nodes(self) -> list[str]:
+        return [n for n in self._membership if n != PROXYLESS_NODE]
+
+    def knows_node(self, node_id: str) -> bool:
+        return node_id in self._membership
+
+    def node_view(self, node_id: str) -> dict[str, dict[str, VersionedResource]]:
+        view: dict[str, dict[str, VersionedResource]] = {}
+        for type_url, names in self._membership.get(node_id, {}).items():
+            present = {}
+            for name in names:
+                resource = self._resources.get((type_url, name))
+                if resource is not None:
+                    present[name] = resource
+            view[type_url] = present
+        return view
+
+    def proxyless_allowed(self, type_url: str, name: str) -> bool:
+        return name in self._membership.get(PROXYLESS_NODE, {}).get(type_url, {})
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    # ------------------------------------------------------------ applying records
+
+    def apply_resource(self, key: bytes, value: bytes | None, changed: set[str]) -> None:
+        type_url, sep, name = key.decode().partition("|")
+        if not sep:
+            log.warning("ignoring view resource with malformed key %r", key)
+            return
+        ident = (type_url, name)
+        if value is None:
+            if self._resources.pop(ident, None) is not None:
+                changed.update(self._referenced_by.get(ident, ()))
+            return
+        current = self._resources.get(ident)
+        resource = make_resource(type_url, name, value)
+        if current is not None and current.version == resource.version:
+            return  # a re-publication of the same bytes
+        self._resources[ident] = resource
+        changed.update(self._referenced_by.get(ident, ()))
+
+    def apply_membership(self, key: bytes, value: bytes | None, changed: set[str]) -> None:
+        node = key.decode()
+        old = self._membership.pop(node, None)
+        if old is not None:
+            for type_url, names in old.items():
+                for name in names:
+                    self._referenced_by[(type_url, name)].discard(node)
+        if value is not None:
+            try:
+                doc = orjson.loads(value)
+                new = {t: dict(names) for t, names in doc["resources"].items()}
+            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+                log.error("ignoring malformed membership for node %s: %s", node, exc)
+                new = None
+            if new is not None:
+                self._membership[node] = new
+                for type_url, names in new.items():
+                    for name in names:
+                        self._referenced_by[(type_url, name)].add(node)
+        if old != self._membership.get(node):
+            changed.add(node)
+
+    def apply_records(self, records: Iterable) -> set[str]:
+        """Apply consumer records (any order across the two topics); return the nodes whose view changed."""
+        changed: set[str] = set()
+        for record in records:
+            if record.topic == topics.VIEW_RESOURCES:
+                self.apply_resource(record.key, record.value, changed)
+            elif record.topic == topics.VIEW_MEMBERSHIP:
+                self.apply_membership(record.key, record.value, changed)
+            self.last_record_timestamp_ms = max(self.last_record_timestamp_ms, record.timestamp)
+            self.records_applied += 1
+        if changed and self.ready.is_set():
+            for listener in list(self._listeners):
+                listener(changed)
+        return changed
+
+
+class ViewTail:
+    """Reads the view topics into a ViewCache: catch up, mark ready, then tail until stopped."""
+
+    def __init__(self, cache: ViewCache, bootstrap: str, *, poll_ms: int = 100, max_records: int = 5000):
+        self.cache = cache
+        self.bootstrap = bootstrap
+        self.poll_ms = poll_ms
+        self.max_records = max_records
+        self._consumer: AIOKafkaConsumer | None = None
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+        )
+        self._consumer = consumer
+        await consumer.start()
+        try:
+            partitions = []
+            for topic in (topics.VIEW_RESOURCES, topics.VIEW_MEMBERSHIP):
+                spec = topics.BY_NAME[topic]
+                partitions += [TopicPartition(topic, p) for p in range(spec.partitions)]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            targets = await consumer.end_offsets(partitions)
+            started = time.monotonic()
+            log.info("catching up on view topics up to %s", {f"{tp.topic}[{tp.partition}]": o for tp, o in targets.items()})
+            while not self._stopping.is_set():
+                batch = await consumer.getmany(timeout_ms=self.poll_ms, max_records=self.max_records)
+                records = [r for rs in batch.values() for r in rs]
+                if records:
+                    changed = self.cache.apply_records(records)
+                    if self.cache.ready.is_set():
+                        log.debug("applied %d view records; %d nodes changed", len(records), len(changed))
+                if not self.cache.ready.is_set():
+                    # compare positions, not offsets seen: compaction leaves gaps
+                    positions = {tp: await consumer.position(tp) for tp in partitions}
+                    if all(positions[tp] >= targets[tp] for tp in partitions):
+                        self.cache.ready.set()
+                        log.info(
+                            "view cache ready after %.2fs: %d nodes, %d records",
+                            time.monotonic() - started,
+                            len(self.cache.nodes()),
+                            self.cache.records_applied,
+                        )
+        finally:
+            await consumer.stop()
+
+    def stop(self) -> None:
+        self._stopping.set()

@@ -14,3 +14,5 @@ PUSH_LATENCY = Histogram(
 VIEW_CHANGES = Counter("meshlog_view_changes_total", "Batches of view records that changed some node")
 VIEW_LAG = Gauge("meshlog_view_tail_lag_seconds", "Now minus the broker timestamp of the newest view record applied")
 SLOW_STREAMS_CLOSED = Counter("meshlog_xds_slow_streams_closed_total", "Streams closed for not reading their responses")
+RESOURCES_SENT = Counter("meshlog_xds_resources_sent_total", "Resources carried by xDS responses", ["kind", "type_url"])
+REMOVALS_SENT = Counter("meshlog_xds_removals_sent_total", "Names carried in delta removed_resources", ["kind", "type_url"])

@@ -156,6 +156,9 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "stream too slow; reconnect")
                     metrics.RESPONSES.labels(kind, response.type_url).inc()
                     metrics.BYTES_SENT.labels(kind).inc(response.ByteSize())
+                    metrics.RESOURCES_SENT.labels(kind, response.type_url).inc(len(response.resources))
+                    if kind == "delta":
+                        metrics.REMOVALS_SENT.labels(kind, response.type_url).inc(len(response.removed_resources))
                     if changed_at is not None:
                         metrics.PUSH_LATENCY.observe(time.monotonic() - changed_at)
         finally:

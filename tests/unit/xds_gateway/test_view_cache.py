@@ -1,0 +1,98 @@
+"""Story: the view cache turns view-topic records into per-node views and says who changed."""
+
+from dataclasses import dataclass
+
+import orjson
+
+from events import topics
+from xds_gateway.protocol.resources import CLUSTER, ENDPOINT, version_of
+from xds_gateway.view_cache import PROXYLESS_NODE, ViewCache
+
+
+@dataclass
+class Rec:
+    topic: str
+    key: bytes
+    value: bytes | None
+    timestamp: int = 1
+
+
+def body(type_url, name, payload=b""):
+    return Rec(topics.VIEW_RESOURCES, f"{type_url}|{name}".encode(), payload or name.encode())
+
+
+def member(node, resources):
+    return Rec(topics.VIEW_MEMBERSHIP, node.encode(), orjson.dumps({"node": node, "resources": resources}))
+
+
+def ready_cache():
+    cache = ViewCache()
+    cache.ready.set()
+    seen = []
+    cache.subscribe(lambda nodes: seen.append(set(nodes)))
+    return cache, seen
+
+
+def test_a_node_sees_exactly_the_bodies_its_membership_names():
+    cache, _ = ready_cache()
+    cache.apply_records([
+        body(CLUSTER, "reviews"), body(CLUSTER, "ratings"), body(ENDPOINT, "reviews"),
+        member("web-1", {CLUSTER: {"reviews": version_of(b"reviews")}, ENDPOINT: {"reviews": version_of(b"reviews")}}),
+    ])
+    view = cache.node_view("web-1")
+    assert set(view[CLUSTER]) == {"reviews"} and set(view[ENDPOINT]) == {"reviews"}
+    assert view[CLUSTER]["reviews"].version == version_of(b"reviews")
+    assert cache.node_view("stranger") == {}
+
+
+def test_a_body_change_notifies_only_the_nodes_that_reference_it():
+    cache, seen = ready_cache()
+    cache.apply_records([body(CLUSTER, "reviews"), body(CLUSTER, "ratings"),
+                         member("web-1", {CLUSTER: {"reviews": "x"}}), member("api-1", {CLUSTER: {"ratings": "y"}})])
+    seen.clear()
+    cache.apply_records([body(CLUSTER, "ratings", b"new ratings body")])
+    assert seen == [{"api-1"}]
+
+
+def test_republishing_identical_bytes_notifies_nobody():
+    cache, seen = ready_cache()
+    cache.apply_records([body(CLUSTER, "reviews"), member("web-1", {CLUSTER: {"reviews": "x"}})])
+    seen.clear()
+    assert cache.apply_records([body(CLUSTER, "reviews")]) == set()
+    assert seen == []
+
+
+def test_tombstones_remove_bodies_and_nodes():
+    cache, seen = ready_cache()
+    cache.apply_records([body(CLUSTER, "reviews"), member("web-1", {CLUSTER: {"reviews": "x"}})])
+    cache.apply_records([Rec(topics.VIEW_RESOURCES, f"{CLUSTER}|reviews".encode(), None)])
+    assert cache.node_view("web-1") == {CLUSTER: {}}
+    cache.apply_records([Rec(topics.VIEW_MEMBERSHIP, b"web-1", None)])
+    assert not cache.knows_node("web-1")
+    assert seen[-1] == {"web-1"}
+
+
+def test_membership_naming_a_body_not_yet_arrived_fills_in_when_it_arrives():
+    cache, seen = ready_cache()
+    cache.apply_records([member("web-1", {CLUSTER: {"reviews": "x"}})])
+    assert cache.node_view("web-1") == {CLUSTER: {}}
+    seen.clear()
+    cache.apply_records([body(CLUSTER, "reviews")])
+    assert set(cache.node_view("web-1")[CLUSTER]) == {"reviews"}
+    assert seen == [{"web-1"}]
+
+
+def test_no_notifications_before_ready_and_proxyless_names_are_allowed_by_membership():
+    cache = ViewCache()
+    seen = []
+    cache.subscribe(lambda nodes: seen.append(nodes))
+    cache.apply_records([body(CLUSTER, "greeter"), member(PROXYLESS_NODE, {CLUSTER: {"greeter": "v"}})])
+    assert seen == []
+    assert cache.proxyless_allowed(CLUSTER, "greeter") and not cache.proxyless_allowed(CLUSTER, "reviews")
+    assert cache.nodes() == []
+
+
+def test_a_malformed_membership_record_is_ignored_not_fatal():
+    cache, _ = ready_cache()
+    cache.apply_records([Rec(topics.VIEW_MEMBERSHIP, b"web-1", b"not json")])
+    assert not cache.knows_node("web-1")

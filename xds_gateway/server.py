@@ -33,7 +33,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from xds_gateway import metrics
 from xds_gateway.protocol.delta import DeltaStream
 from xds_gateway.protocol.sotw import SotwStream
-from xds_gateway.view_cache import PROXYLESS_NODE, ViewCache
+from xds_gateway.view_cache import ViewCache
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             for event in self._watchers.get(node, ()):
                 event.changed_at = getattr(event, "changed_at", None) or now  # type: ignore[attr-defined]
                 event.set()
-        # unknown nodes watch the proxyless view and wait to become known
-        if self._unknown_watchers:
+        # unknown nodes watch the shared resources and wait to become known
+        if self._unknown_watchers and (self.cache.shared_changed or nodes):
             for event in self._unknown_watchers:
                 event.changed_at = getattr(event, "changed_at", None) or now  # type: ignore[attr-defined]
                 event.set()
@@ -70,7 +70,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def _view_for(self, node_id: str):
         if self.cache.knows_node(node_id):
             return self.cache.node_view(node_id)
-        return self.cache.node_view(PROXYLESS_NODE)
+        return self.cache.shared_view()
 
     # ------------------------------------------------------------ RPCs
 

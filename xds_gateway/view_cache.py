@@ -11,6 +11,11 @@ Invariants:
 - Applying a batch never waits for a stream: it computes which nodes changed
   and calls the registered listeners, which only set flags (diff, then
   publish; a slow stream can never hold the tail back).
+- A node the view does not know (a proxyless gRPC client that never
+  registered) may fetch by name only *shared* resources — those whose name
+  carries no node id (``~``), such as a gRPC service's API listener, route,
+  clusters and endpoints — and nothing by wildcard. Per-node resources are
+  never handed to another node.
 - Membership may name a body that has not arrived (it never should: the
   projector publishes bodies first); such names are left out of the node's
   view until the body arrives, and the node is notified then.
@@ -32,9 +37,8 @@ from xds_gateway.protocol.resources import VersionedResource, make_resource
 
 log = logging.getLogger(__name__)
 
-# the pseudo-node whose membership lists what proxyless gRPC clients (unknown
-# nodes) may ask for by name; written by the projector's render_all
-PROXYLESS_NODE = "~proxyless"
+# per-node resource names carry the node id after this separator (projector.naming)
+_PER_NODE_MARK = "~"
 
 NodeView = Mapping[str, Mapping[str, VersionedResource]]
 Listener = Callable[[set[str]], None]
@@ -48,6 +52,8 @@ class ViewCache:
         self._membership: dict[str, dict[str, dict[str, str]]] = {}
         # (type_url, name) -> nodes whose membership names it: lets a body change find its nodes in O(k)
         self._referenced_by: dict[tuple[str, str], set[str]] = defaultdict(set)
+        self._shared: dict[str, dict[str, VersionedResource]] = defaultdict(dict)
+        self.shared_changed = False  # set when a shared body changed in the last apply_records
         self._listeners: list[Listener] = []
         self.ready = asyncio.Event()
         self.last_record_timestamp_ms: int = 0
@@ -56,7 +62,7 @@ class ViewCache:
     # ------------------------------------------------------------ reading
 
     def nodes(self) -> list[str]:
-        return [n for n in self._membership if n != PROXYLESS_NODE]
+        return list(self._membership)
 
     def knows_node(self, node_id: str) -> bool:
         return node_id in self._membership
@@ -72,8 +78,12 @@ class ViewCache:
             view[type_url] = present
         return view
 
+    def shared_view(self) -> dict[str, dict[str, VersionedResource]]:
+        """What an unknown node may name: every shared (not per-node) resource."""
+        return {type_url: dict(names) for type_url, names in self._shared.items()}
+
     def proxyless_allowed(self, type_url: str, name: str) -> bool:
-        return name in self._membership.get(PROXYLESS_NODE, {}).get(type_url, {})
+        return _PER_NODE_MARK not in name
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         self._listeners.append(listener)
@@ -87,15 +97,22 @@ class ViewCache:
             log.warning("ignoring view resource with malformed key %r", key)
             return
         ident = (type_url, name)
+        shared = _PER_NODE_MARK not in name
         if value is None:
             if self._resources.pop(ident, None) is not None:
                 changed.update(self._referenced_by.get(ident, ()))
+                if shared:
+                    self._shared[type_url].pop(name, None)
+                    self.shared_changed = True
             return
         current = self._resources.get(ident)
         resource = make_resource(type_url, name, value)
         if current is not None and current.version == resource.version:
             return  # a re-publication of the same bytes
         self._resources[ident] = resource
+        if shared:
+            self._shared[type_url][name] = resource
+            self.shared_changed = True
         changed.update(self._referenced_by.get(ident, ()))
 
     def apply_membership(self, key: bytes, value: bytes | None, changed: set[str]) -> None:
@@ -123,6 +140,7 @@ class ViewCache:
     def apply_records(self, records: Iterable) -> set[str]:
         """Apply consumer records (any order across the two topics); return the nodes whose view changed."""
         changed: set[str] = set()
+        self.shared_changed = False
         for record in records:
             if record.topic == topics.VIEW_RESOURCES:
                 self.apply_resource(record.key, record.value, changed)
@@ -130,7 +148,7 @@ class ViewCache:
                 self.apply_membership(record.key, record.value, changed)
             self.last_record_timestamp_ms = max(self.last_record_timestamp_ms, record.timestamp)
             self.records_applied += 1
-        if changed and self.ready.is_set():
+        if (changed or self.shared_changed) and self.ready.is_set():
             for listener in list(self._listeners):
                 listener(changed)
         return changed

@@ -6,7 +6,7 @@ import orjson
 
 from events import topics
 from xds_gateway.protocol.resources import CLUSTER, ENDPOINT, version_of
-from xds_gateway.view_cache import PROXYLESS_NODE, ViewCache
+from xds_gateway.view_cache import ViewCache
 
 
 @dataclass
@@ -82,14 +82,22 @@ def test_membership_naming_a_body_not_yet_arrived_fills_in_when_it_arrives():
     assert seen == [{"web-1"}]
 
 
-def test_no_notifications_before_ready_and_proxyless_names_are_allowed_by_membership():
+def test_no_notifications_before_ready():
     cache = ViewCache()
     seen = []
     cache.subscribe(lambda nodes: seen.append(nodes))
-    cache.apply_records([body(CLUSTER, "greeter"), member(PROXYLESS_NODE, {CLUSTER: {"greeter": "v"}})])
+    cache.apply_records([body(CLUSTER, "greeter"), member("web-1", {CLUSTER: {"greeter": "v"}})])
     assert seen == []
-    assert cache.proxyless_allowed(CLUSTER, "greeter") and not cache.proxyless_allowed(CLUSTER, "reviews")
-    assert cache.nodes() == []
+    assert cache.nodes() == ["web-1"]
+
+
+def test_an_unknown_node_may_name_shared_resources_but_never_another_nodes_own():
+    cache, _ = ready_cache()
+    cache.apply_records([body(CLUSTER, "greeter"), body(CLUSTER, "web-1~local"),
+                         member("web-1", {CLUSTER: {"greeter": "v", "web-1~local": "w"}})])
+    assert set(cache.shared_view()[CLUSTER]) == {"greeter"}
+    assert cache.proxyless_allowed(CLUSTER, "greeter")
+    assert not cache.proxyless_allowed(CLUSTER, "web-1~local")
 
 
 def test_a_malformed_membership_record_is_ignored_not_fatal():

@@ -1,0 +1,370 @@
+"""The fold: ``(MeshState, Logged event) -> MeshState`` (plus rule decisions).
+
+Pure: no clock, no I/O, no randomness; the input state is never mutated (the
+result shares untouched parts with it). The live projector and ``replay/``
+both call this module, so replay at "now" equals what is served.
+
+Ordering model (so that replay and live agree however the three event topics
+interleave):
+
+- Registrations and health are merged by the broker timestamp
+  (``logged.timestamp_ms``, LogAppendTime). A health record applies to an
+  instance only if it was logged at or after the instance's registration; a
+  re-registration therefore resets the instance to "healthy". A health record
+  for an instance not (yet) registered is kept: its registration may simply
+  not have been folded yet. A deregistration removes the instance and the
+  health records logged before it. Within one topic records arrive in offset
+  order, which is also timestamp order.
+- Rules (route rules and destination policies share the single-partition
+  rules topic) are totally ordered; they are validated here against the
+  rules state only, never against registrations (that is cross-topic and
+  checked at render time, see ``projector.render``).
+
+Rule validation (a refused event yields a ``RuleRejected`` decision and
+leaves the state unchanged: the previous valid document keeps serving):
+
+- Revisions count per document (``route/<host>``, ``policy/<service>``) and
+  never reset: the first upsert is revision 1, each later upsert *or delete*
+  must be exactly the last accepted revision + 1, and an upsert after a delete
+  at revision n must be n + 1. (A reset to 1 after a delete would let a stale
+  writer that read revision 1 long ago overwrite a newer decision — the ABA
+  problem optimistic concurrency exists to prevent.)
+- Deleting a document that does not exist is refused.
+- A route destination naming a subset must name one defined by the current
+  destination policy of the destination service.
+- A destination policy upsert that drops a subset, or a delete of a policy
+  whose subsets, a current route rule uses, is refused.
+
+Cost: O(1) map operations per event (each an O(√n) copy-on-write; use
+``fold_many`` to fold a batch with one copy per touched bucket).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+from events import types as t
+from events.envelope import Logged
+from projector.naming import instance_key
+from projector.state import (
+    Health,
+    Instance,
+    MeshState,
+    PMapEvolver,
+    ServiceMeta,
+    rule_users,
+)
+
+_REASON_MAX = 2048
+
+
+class _Tx:
+    """A transaction over a MeshState: lazily created evolvers, sealed by ``commit``."""
+
+    __slots__ = (
+        "base",
+        "_instances",
+        "_health",
+        "_services",
+        "_route_rules",
+        "_policies",
+        "_revisions",
+        "_by_service",
+        "_nodes",
+        "_subset_users",
+    )
+
+    def __init__(self, base: MeshState) -> None:
+        self.base = base
+        for name in self.__slots__[1:]:
+            setattr(self, name, None)
+
+    def m(self, field: str) -> PMapEvolver:
+        slot = "_" + field
+        ev = getattr(self, slot)
+        if ev is None:
+            ev = getattr(self.base, field).evolver()
+            setattr(self, slot, ev)
+        return ev
+
+    def commit(self) -> MeshState:
+        changed = {}
+        for slot in self.__slots__[1:]:
+            ev = getattr(self, slot)
+            if ev is not None:
+                changed[slot[1:]] = ev.persistent()
+        if not changed:
+            return self.base
+        b = self.base
+        self.base = MeshState(
+            instances=changed.get("instances", b.instances),
+            health=changed.get("health", b.health),
+            services=changed.get("services", b.services),
+            route_rules=changed.get("route_rules", b.route_rules),
+            policies=changed.get("policies", b.policies),
+            revisions=changed.get("revisions", b.revisions),
+            by_service=changed.get("by_service", b.by_service),
+            nodes=changed.get("nodes", b.nodes),
+            subset_users=changed.get("subset_users", b.subset_users),
+        )
+        return self.base
+
+
+def _index_add(ev: PMapEvolver, key: str, member: str) -> None:
+    cur = ev.get(key)
+    if cur is None:
+        ev[key] = frozenset((member,))
+    elif member not in cur:
+        ev[key] = cur | {member}
+
+
+def _index_remove(ev: PMapEvolver, key: str, member: str) -> None:
+    cur = ev.get(key)
+    if cur is None or member not in cur:
+        return
+    if len(cur) == 1:
+        del ev[key]
+    else:
+        ev[key] = cur - {member}
+
+
+# ---------------------------------------------------------------- registrations and health
+
+
+def _registered(tx: _Tx, p: t.InstanceRegistered, logged: Logged) -> None:
+    ts = logged.timestamp_ms
+    key = instance_key(p.service, p.instance_id)
+    instances = tx.m("instances")
+    old = instances.get(key)
+    if old is not None and old.reg.node_id != p.node_id and old.reg.node_id is not None:
+        _index_remove(tx.m("nodes"), old.reg.node_id, key)
+    instances[key] = Instance(p, ts)
+    _index_add(tx.m("by_service"), p.service, key)
+    if p.node_id is not None:
+        _index_add(tx.m("nodes"), p.node_id, key)
+    services = tx.m("services")
+    meta = services.get(p.service)
+    if meta is None or (ts, key) >= (meta.ts, meta.key):
+        services[p.service] = ServiceMeta(p.protocol, p.port, ts, key)
+    # a health record logged before this registration no longer applies
+    health = tx.m("health")
+    h = health.get(key)
+    if h is not None and h.ts < ts:
+        del health[key]
+
+
+def _deregistered(tx: _Tx, p: t.InstanceDeregistered, logged: Logged) -> None:
+    key = instance_key(p.service, p.instance_id)
+    instances = tx.m("instances")
+    old = instances.get(key)
+    if old is not None:
+        del instances[key]
+        _index_remove(tx.m("by_service"), p.service, key)
+        if old.reg.node_id is not None:
+            _index_remove(tx.m("nodes"), old.reg.node_id, key)
+    health = tx.m("health")
+    h = health.get(key)
+    if h is not None and h.ts < logged.timestamp_ms:
+        del health[key]
+
+
+def _health_changed(tx: _Tx, p: t.InstanceHealthChanged, logged: Logged) -> None:
+    ts = logged.timestamp_ms
+    key = instance_key(p.service, p.instance_id)
+    inst = tx.m("instances").get(key)
+    health = tx.m("health")
+    if inst is not None and ts < inst.ts:
+        return  # observed before the current registration: superseded by it
+    if p.status == "healthy":
+        health.discard(key)  # the default; absence means healthy
+    else:
+        health[key] = Health(p.status, ts)
+
+
+# ---------------------------------------------------------------- rules
+
+
+def _reject(
+    logged: Logged, kind: str, name: str, revision: int, reason: str
+) -> t.RuleRejected:
+    if len(reason) > _REASON_MAX:
+        reason = reason[: _REASON_MAX - 1] + "…"
+    return t.RuleRejected(
+        kind=kind,
+        name=name,
+        revision=revision,
+        reason=reason,
+        source_topic=logged.topic,
+        source_partition=logged.partition,
+        source_offset=logged.offset,
+    )
+
+
+def _revision_problem(tx: _Tx, doc_key: str, revision: int) -> str | None:
+    current = tx.m("revisions").get(doc_key, 0)
+    if revision != current + 1:
+        if current == 0:
+            return f"revision {revision} rejected: no earlier revision exists, the first revision must be 1"
+        return f"revision {revision} rejected: the current revision is {current}, expected {current + 1}"
+    return None
+
+
+def _subsets_of(policy: t.DestinationPolicyUpserted | None) -> set[str]:
+    return set() if policy is None else {s.name for s in policy.subsets}
+
+
+def _route_upserted(tx: _Tx, p: t.RouteRuleUpserted, logged: Logged) -> t.RuleRejected | None:
+    doc_key = f"route/{p.host}"
+    problem = _revision_problem(tx, doc_key, p.revision)
+    if problem is None:
+        policies = tx.m("policies")
+        for i, route in enumerate(p.routes):
+            for j, d in enumerate(route.destinations):
+                if d.subset is None:
+                    continue
+                service = d.service or p.host
+                policy = policies.get(service)
+                defined = _subsets_of(policy)
+                if d.subset not in defined:
+                    where = f"routes[{i}].destinations[{j}]"
+                    if policy is None:
+                        problem = (
+                            f"{where}: subset {d.subset!r} of {service!r} is unknown: "
+                            f"{service!r} has no destination policy defining subsets"
+                        )
+                    else:
+                        known = ", ".join(sorted(defined)) or "none"
+                        problem = (
+                            f"{where}: subset {d.subset!r} is not defined by the destination policy of "
+                            f"{service!r} (defines: {known})"
+                        )
+                    break
+            if problem is not None:
+                break
+    if problem is not None:
+        return _reject(logged, "route_rule", p.host, p.revision, problem)
+    rules = tx.m("route_rules")
+    old = rules.get(p.host)
+    _update_users(tx, p.host, old, p)
+    rules[p.host] = p
+    tx.m("revisions")[doc_key] = p.revision
+    return None
+
+
+def _route_deleted(tx: _Tx, p: t.RouteRuleDeleted, logged: Logged) -> t.RuleRejected | None:
+    doc_key = f"route/{p.host}"
+    rules = tx.m("route_rules")
+    old = rules.get(p.host)
+    if old is None:
+        return _reject(logged, "route_rule", p.host, p.revision, f"no route rule for {p.host!r} to delete")
+    problem = _revision_problem(tx, doc_key, p.revision)
+    if problem is not None:
+        return _reject(logged, "route_rule", p.host, p.revision, problem)
+    _update_users(tx, p.host, old, None)
+    del rules[p.host]
+    tx.m("revisions")[doc_key] = p.revision
+    return None
+
+
+def _update_users(tx: _Tx, host: str, old: t.RouteRuleUpserted | None, new: t.RouteRuleUpserted | None) -> None:
+    before = set(rule_users(old)) if old is not None else set()
+    after = set(rule_users(new)) if new is not None else set()
+    if before == after:
+        return
+    users = tx.m("subset_users")
+    for service in before - after:
+        _index_remove(users, service, host)
+    for service in after - before:
+        _index_add(users, service, host)
+
+
+def _used_subsets(tx: _Tx, service: str) -> dict[str, frozenset[str]]:
+    """host -> subsets of ``service`` its current route rule uses."""
+    rules = tx.m("route_rules")
+    out = {}
+    for host in tx.m("subset_users").get(service, ()):
+        used = rule_users(rules[host]).get(service)
+        if used:
+            out[host] = used
+    return out
+
+
+def _policy_upserted(tx: _Tx, p: t.DestinationPolicyUpserted, logged: Logged) -> t.RuleRejected | None:
+    doc_key = f"policy/{p.service}"
+    problem = _revision_problem(tx, doc_key, p.revision)
+    if problem is None:
+        defined = _subsets_of(p)
+        for host, used in sorted(_used_subsets(tx, p.service).items()):
+            dropped = sorted(used - defined)
+            if dropped:
+                problem = (
+                    f"subsets: {', '.join(dropped)} would be dropped but the route rule for {host!r} "
+                    f"routes to them; change that rule first"
+                )
+                break
+    if problem is not None:
+        return _reject(logged, "destination_policy", p.service, p.revision, problem)
+    tx.m("policies")[p.service] = p
+    tx.m("revisions")[doc_key] = p.revision
+    return None
+
+
+def _policy_deleted(tx: _Tx, p: t.DestinationPolicyDeleted, logged: Logged) -> t.RuleRejected | None:
+    doc_key = f"policy/{p.service}"
+    policies = tx.m("policies")
+    if p.service not in policies:
+        return _reject(
+            logged, "destination_policy", p.service, p.revision, f"no destination policy for {p.service!r} to delete"
+        )
+    problem = _revision_problem(tx, doc_key, p.revision)
+    if problem is None:
+        used = _used_subsets(tx, p.service)
+        if used:
+            detail = "; ".join(f"{h!r} uses {', '.join(sorted(s))}" for h, s in sorted(used.items()))
+            problem = f"its subsets are used by current route rules ({detail}); change those rules first"
+    if problem is not None:
+        return _reject(logged, "destination_policy", p.service, p.revision, problem)
+    del policies[p.service]
+    tx.m("revisions")[doc_key] = p.revision
+    return None
+
+
+_HANDLERS: dict[type, Callable[[_Tx, object, Logged], t.RuleRejected | None]] = {
+    t.InstanceRegistered: _registered,
+    t.InstanceDeregistered: _deregistered,
+    t.InstanceHealthChanged: _health_changed,
+    t.RouteRuleUpserted: _route_upserted,
+    t.RouteRuleDeleted: _route_deleted,
+    t.DestinationPolicyUpserted: _policy_upserted,
+    t.DestinationPolicyDeleted: _policy_deleted,
+    # RuleRejected is our own output (the rejections topic): nothing to fold
+}
+
+
+def _apply(tx: _Tx, logged: Logged) -> t.RuleRejected | None:
+    handler = _HANDLERS.get(type(logged.envelope.payload))
+    if handler is None:
+        return None
+    return handler(tx, logged.envelope.payload, logged)
+
+
+def fold_with_decisions(state: MeshState, logged: Logged) -> tuple[MeshState, tuple[t.RuleRejected, ...]]:
+    """Fold one logged event; also return the rule rejections it caused (zero or one)."""
+    tx = _Tx(state)
+    rejected = _apply(tx, logged)
+    return tx.commit(), (() if rejected is None else (rejected,))
+
+
+def fold(state: MeshState, logged: Logged) -> MeshState:
+    return fold_with_decisions(state, logged)[0]
+
+
+def fold_many(state: MeshState, events: Iterable[Logged]) -> tuple[MeshState, tuple[t.RuleRejected, ...]]:
+    """Fold a batch in order; equal to folding one by one, but copies each touched bucket once."""
+    tx = _Tx(state)
+    decisions = []
+    for logged in events:
+        rejected = _apply(tx, logged)
+        if rejected is not None:
+            decisions.append(rejected)
+    return tx.commit(), tuple(decisions)

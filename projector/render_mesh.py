@@ -1,0 +1,345 @@
+"""``render_all``: every node's view of the mesh, rendered from scratch or incrementally.
+
+``render_all(state)`` renders each distinct resource once and serializes it
+deterministically; ``render_all(state, previous=rm)`` gives exactly the same
+result but re-renders only what the state change can have touched (the
+states are compared map by map, skipping the structure they share), and
+reports what changed relative to ``previous``: the live projector folds a
+batch, calls ``render_all(state, previous=last)`` and publishes only
+``changed``/``removed`` resources and ``changed_nodes``/``removed_nodes``
+memberships.
+
+What a resource depends on (the incremental rules):
+
+- Cluster ``<svc>`` / ``<svc>|<subset>``: the service's protocol (its
+  ``ServiceMeta``) and destination policy.
+- ClusterLoadAssignment of those: the service's instances and their health,
+  and the policy (subset labels).
+- API RouteConfiguration ``<svc>``: the service's protocol and served rule.
+- A node's view (which names it holds), its route configuration and TCP
+  listeners: its instance, and for each dependency its protocol/port and
+  served rule. Its inbound/outbound listeners and local cluster: its
+  instance only.
+- Whether a rule is served: the rule, and which services are known (a set
+  that only grows).
+
+``previous`` is never modified; both results stay valid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from events import types as t
+from projector import naming
+from projector.render_view import Renderer
+from projector.state import MeshState, changed_keys, empty_state
+from projector.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_URLS
+from projector.versioning import version_of
+
+ResourceKey = tuple[str, str]  # (type_url, name)
+
+
+@dataclass(frozen=True, slots=True)
+class _Index:
+    """Bookkeeping that lets the next render be incremental."""
+
+    node_deps: dict[str, tuple[str, ...]] = field(default_factory=dict)  # node -> services its view depends on
+    dependents: dict[str, frozenset[str]] = field(default_factory=dict)  # service -> nodes depending on it
+    holders: dict[ResourceKey, frozenset[str]] = field(default_factory=dict)  # shared resource -> nodes holding it
+    shared_by_service: dict[str, frozenset[ResourceKey]] = field(default_factory=dict)
+    served: dict[str, t.RouteRuleUpserted | None] = field(default_factory=dict)  # host with a rule -> served rule
+    rule_problems: dict[str, str] = field(default_factory=dict)
+    res_problems: dict[ResourceKey, tuple[str, ...]] = field(default_factory=dict)
+    node_problems: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedMesh:
+    """Every node's view. Dict iteration order is unspecified: sort where order matters."""
+
+    resources: dict[ResourceKey, bytes]  # (type_url, name) -> SerializeToString(deterministic=True)
+    membership: dict[str, dict[str, dict[str, str]]]  # node -> type_url -> name -> version
+    versions: dict[ResourceKey, str]  # (type_url, name) -> version_of(body)
+    problems: tuple[str, ...]  # sorted: what was left out of the config, and why
+    # relative to ``previous`` (for a render from scratch: everything rendered)
+    changed: frozenset[ResourceKey] = frozenset()  # new, or new bytes
+    removed: frozenset[ResourceKey] = frozenset()
+    changed_nodes: frozenset[str] = frozenset()  # new, or membership names/versions changed
+    removed_nodes: frozenset[str] = frozenset()
+    state: MeshState = field(default_factory=empty_state, repr=False, compare=False)
+    _index: _Index = field(default_factory=_Index, repr=False, compare=False)
+
+
+_EMPTY = RenderedMesh(resources={}, membership={}, versions={}, problems=())
+
+
+def _service_of(key: ResourceKey) -> str | None:
+    type_url, name = key
+    if type_url in (CLUSTER, ENDPOINT):
+        parsed = naming.parse_cluster(name)
+        return None if parsed is None else parsed[0]
+    return None if naming.is_per_node(name) else name
+
+
+def _own_resources(node: str) -> frozenset[ResourceKey]:
+    """A node's resources that depend on its own instance only."""
+    return frozenset(
+        (
+            (LISTENER, naming.outbound_listener(node)),
+            (LISTENER, naming.inbound_listener(node)),
+            (CLUSTER, naming.local_cluster(node)),
+        )
+    )
+
+
+def render_all(state: MeshState, previous: RenderedMesh | None = None) -> RenderedMesh:
+    prev = previous if previous is not None else _EMPTY
+    old = prev.state
+    if old is state:
+        return replace(prev, changed=frozenset(), removed=frozenset(), changed_nodes=frozenset(), removed_nodes=frozenset())
+    return _Step(prev, state).run()
+
+
+class _Step:
+    def __init__(self, prev: RenderedMesh, state: MeshState) -> None:
+        self.prev = prev
+        self.state = state
+        self.r = Renderer(state)
+        idx = prev._index
+        self.resources = dict(prev.resources)
+        self.versions = dict(prev.versions)
+        self.membership = dict(prev.membership)
+        self.node_deps = dict(idx.node_deps)
+        self.dependents = dict(idx.dependents)
+        self.holders = dict(idx.holders)
+        self.shared_by_service = dict(idx.shared_by_service)
+        self.served = dict(idx.served)
+        self.rule_problems = dict(idx.rule_problems)
+        self.res_problems = dict(idx.res_problems)
+        self.node_problems = dict(idx.node_problems)
+        self.changed: set[ResourceKey] = set()
+        self.removed: set[ResourceKey] = set()
+        self.changed_nodes: set[str] = set()
+        self.removed_nodes: set[str] = set()
+
+    # ------------------------------------------------ small helpers
+
+    def _put(self, key: ResourceKey, msg) -> bool:
+        """Store a rendered resource; True if its bytes are new or changed."""
+        body = msg.SerializeToString(deterministic=True)
+        if self.resources.get(key) == body:
+            return False
+        self.resources[key] = body
+        self.versions[key] = version_of(body)
+        self.changed.add(key)
+        self.removed.discard(key)
+        return True
+
+    def _drop(self, key: ResourceKey) -> None:
+        if self.resources.pop(key, None) is not None:
+            del self.versions[key]
+            self.changed.discard(key)
+            if key in self.prev.resources:
+                self.removed.add(key)
+        self.res_problems.pop(key, None)
+
+    def _acquire(self, key: ResourceKey, node: str, fresh: set[ResourceKey]) -> None:
+        cur = self.holders.get(key)
+        if cur is None:
+            self.holders[key] = frozenset((node,))
+            svc = _service_of(key)
+            if svc is not None:
+                self.shared_by_service[svc] = self.shared_by_service.get(svc, frozenset()) | {key}
+            fresh.add(key)
+        else:
+            self.holders[key] = cur | {node}
+
+    def _release(self, key: ResourceKey, node: str, released: set[ResourceKey]) -> None:
+        cur = self.holders.get(key)
+        if cur is None or node not in cur:
+            return
+        if len(cur) == 1:
+            del self.holders[key]
+            svc = _service_of(key)
+            if svc is not None:
+                rest = self.shared_by_service[svc] - {key}
+                if rest:
+                    self.shared_by_service[svc] = rest
+                else:
+                    del self.shared_by_service[svc]
+            released.add(key)
+        else:
+            self.holders[key] = cur - {node}
+
+    def _set_dependents(self, node: str, deps: tuple[str, ...] | None) -> None:
+        for svc in self.node_deps.pop(node, ()):
+            rest = self.dependents[svc] - {node}
+            if rest:
+                self.dependents[svc] = rest
+            else:
+                del self.dependents[svc]
+        if deps:
+            self.node_deps[node] = deps
+            for svc in deps:
+                self.dependents[svc] = self.dependents.get(svc, frozenset()) | {node}
+
+    # ------------------------------------------------ the step
+
+    def run(self) -> RenderedMesh:
+        old, new, r = self.prev.state, self.state, self.r
+
+        # 1. what changed in the model
+        regs_changed = changed_keys(old.instances, new.instances)
+        health_changed = changed_keys(old.health, new.health)
+        # what rendering reads of a ServiceMeta is its protocol and port (ts/key only pick the latest)
+        meta_changed = {
+            svc
+            for svc in changed_keys(old.services, new.services)
+            if (m0 := old.services.get(svc)) is None
+            or (m1 := new.services.get(svc)) is None
+            or (m0.protocol, m0.port) != (m1.protocol, m1.port)
+        }
+        policies_changed = changed_keys(old.policies, new.policies)
+        rules_changed = changed_keys(old.route_rules, new.route_rules)
+        dirty_nodes = set(changed_keys(old.nodes, new.nodes))
+        endpoint_services = {naming.service_of_key(k) for k in regs_changed | health_changed}
+        for key in regs_changed:
+            for s in (old, new):
+                inst = s.instances.get(key)
+                if inst is not None and inst.reg.node_id is not None:
+                    dirty_nodes.add(inst.reg.node_id)
+
+        # 2. which hosts' served rule changed
+        recheck = set(rules_changed)
+        if any(svc not in new.services for svc in meta_changed):
+            # known services only grow along a log; a ``previous`` from another history may know more
+            recheck |= set(self.served) | set(new.route_rules.keys())
+        elif any(svc not in old.services for svc in meta_changed):
+            recheck |= set(self.rule_problems)  # an unknown destination may be known now
+        served_changed = set()
+        for host in recheck:
+            self.rule_problems.pop(host, None)
+            now = r.served_rule(host)
+            if host in r.rule_problems:
+                self.rule_problems[host] = r.rule_problems[host]
+            if self.served.get(host) is not now:
+                served_changed.add(host)
+            if host in new.route_rules:
+                self.served[host] = now
+            else:
+                self.served.pop(host, None)
+        # a node whose own instance changed is re-rendered whole; one whose dependencies changed
+        # keeps its inbound/outbound listeners and local cluster (they depend on its instance only)
+        self_dirty = set(dirty_nodes)
+        for svc in meta_changed | served_changed:
+            dirty_nodes |= self.dependents.get(svc, frozenset())
+
+        # 3. re-view dirty nodes; their own resources are re-rendered right away
+        fresh: set[ResourceKey] = set()
+        released: set[ResourceKey] = set()
+        views: dict[str, dict[str, tuple[str, ...]]] = {}
+        for node in sorted(dirty_nodes):
+            old_m = self.prev.membership.get(node)
+            old_keys = {(u, n) for u, named in old_m.items() for n in named} if old_m else set()
+            inst = new.node_instance(node)
+            self.node_problems.pop(node, None)
+            r.take_problems()
+            if inst is None:
+                new_keys: set[ResourceKey] = set()
+                self._set_dependents(node, None)
+            else:
+                view = r.view(node)
+                views[node] = view
+                new_keys = {(u, n) for u, names in view.items() for n in names}
+                self._set_dependents(node, inst.reg.depends_on)
+            for key in old_keys - new_keys:
+                if naming.is_per_node(key[1]):
+                    self._drop(key)
+                else:
+                    self._release(key, node, released)
+            own = None if node in self_dirty else _own_resources(node)
+            for key in sorted(new_keys):
+                if naming.is_per_node(key[1]):
+                    if own is not None and key in own and key in old_keys:
+                        continue
+                    msg = r.resource(key[0], key[1], node)
+                    assert msg is not None, key  # a view only names what exists
+                    self._put(key, msg)
+                elif key not in old_keys:
+                    self._acquire(key, node, fresh)
+            problems = r.take_problems()
+            if problems:
+                self.node_problems[node] = problems
+
+        # 4. shared resources whose inputs changed, plus newly held ones
+        todo = set(fresh)
+        by_service = self.shared_by_service
+        for svc in meta_changed | policies_changed:
+            todo.update(k for k in by_service.get(svc, ()) if k[0] == CLUSTER)
+        for svc in endpoint_services | policies_changed:
+            todo.update(k for k in by_service.get(svc, ()) if k[0] == ENDPOINT)
+        for svc in meta_changed | served_changed:
+            todo.update(k for k in by_service.get(svc, ()) if k[0] == ROUTE)
+        for key in sorted(todo):
+            holders = self.holders.get(key)
+            if holders is None:
+                continue
+            r.take_problems()
+            msg = r.resource(key[0], key[1], None)
+            assert msg is not None, key
+            problems = r.take_problems()
+            if problems:
+                self.res_problems[key] = problems
+            else:
+                self.res_problems.pop(key, None)
+            if self._put(key, msg):
+                version = self.versions[key]
+                for node in holders:
+                    if node in dirty_nodes or node not in self.membership:
+                        continue  # rebuilt (or removed) below
+                    m = dict(self.membership[node])
+                    m[key[0]] = {**m[key[0]], key[1]: version}
+                    self.membership[node] = m
+                    self.changed_nodes.add(node)
+        for key in released:
+            if key not in self.holders:
+                self._drop(key)
+
+        # 5. memberships of the dirty nodes
+        for node in dirty_nodes:
+            view = views.get(node)
+            if view is None:
+                if self.membership.pop(node, None) is not None:
+                    self.removed_nodes.add(node)
+                continue
+            m = {u: {n: self.versions[(u, n)] for n in view[u]} for u in TYPE_URLS}
+            if self.prev.membership.get(node) != m:
+                self.changed_nodes.add(node)
+            self.membership[node] = m
+
+        problems = set(self.rule_problems.values())
+        for group in (self.res_problems, self.node_problems):
+            for ps in group.values():
+                problems.update(ps)
+        return RenderedMesh(
+            resources=self.resources,
+            membership=self.membership,
+            versions=self.versions,
+            problems=tuple(sorted(problems)),
+            changed=frozenset(self.changed),
+            removed=frozenset(self.removed),
+            changed_nodes=frozenset(self.changed_nodes),
+            removed_nodes=frozenset(self.removed_nodes),
+            state=new,
+            _index=_Index(
+                node_deps=self.node_deps,
+                dependents=self.dependents,
+                holders=self.holders,
+                shared_by_service=self.shared_by_service,
+                served=self.served,
+                rule_problems=self.rule_problems,
+                res_problems=self.res_problems,
+                node_problems=self.node_problems,
+            ),
+        )

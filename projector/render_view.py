@@ -1,0 +1,232 @@
+"""One render pass over one MeshState: views (which names a node gets) and
+the message of each named resource. See ``projector.render`` for the rules.
+
+A ``Renderer`` caches what several resources share (served rules, virtual
+hosts, endpoints) for the life of one pass; make a new one per state.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.message import Message
+
+from events import types as t
+from projector import naming
+from projector import render_envoy as E
+from projector.state import Instance, MeshState
+from projector.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_URLS
+
+
+def _endpoint_order(row: tuple) -> tuple:
+    return row[0], row[1], row[2]
+
+
+class Renderer:
+    """One render pass over one state: caches shared pieces so each is built once."""
+
+    def __init__(self, state: MeshState) -> None:
+        self.s = state
+        self.problems: set[str] = set()  # from the resources rendered since the last take_problems()
+        self.rule_problems: dict[str, str] = {}  # host -> why its rule is not served
+        self._served: dict[str, t.RouteRuleUpserted | None] = {}
+        self._targets: dict[str, tuple[str, ...]] = {}
+        self._vhosts: dict[tuple[str, int | None], object] = {}
+        self._lb_endpoints: dict[str, object] = {}
+
+    # ------------------------------------------------ mesh facts
+
+    def protocol(self, service: str) -> str:
+        meta = self.s.services.get(service)
+        return "http" if meta is None else meta.protocol
+
+    def served_rule(self, host: str) -> t.RouteRuleUpserted | None:
+        if host in self._served:
+            return self._served[host]
+        rule = self.s.route_rules.get(host)
+        if rule is not None:
+            wanted = sorted({d.service or host for r in rule.routes for d in r.destinations})
+            unknown = [svc for svc in wanted if svc not in self.s.services]
+            if unknown:
+                self.rule_problems[host] = (
+                    f"route rule {host!r} revision {rule.revision} not served (default route instead): "
+                    f"destination service {', '.join(repr(u) for u in unknown)} has no registered instances"
+                )
+                rule = None
+        self._served[host] = rule
+        return rule
+
+    def host_clusters(self, host: str) -> tuple[str, ...]:
+        """The clusters traffic to ``host`` can go to: its own plus its served rule's destinations."""
+        got = self._targets.get(host)
+        if got is not None:
+            return got
+        names = {host}
+        if self.protocol(host) != "tcp":
+            rule = self.served_rule(host)
+            if rule is not None:
+                for r in rule.routes:
+                    for d in r.destinations:
+                        if d.weight > 0:
+                            names.add(naming.destination_cluster(d.service or host, d.subset))
+        got = tuple(sorted(names))
+        self._targets[host] = got
+        return got
+
+    # ------------------------------------------------ views
+
+    def view(self, node_id: str) -> dict[str, tuple[str, ...]]:
+        inst = self.s.node_instance(node_id)
+        if inst is None:
+            return {u: () for u in TYPE_URLS}
+        reg = inst.reg
+        clusters: set[str] = set()
+        listeners: list[str] = []
+        routes: list[str] = []
+        if reg.sidecar is not None:
+            listeners += [naming.outbound_listener(node_id), naming.inbound_listener(node_id)]
+            routes.append(naming.outbound_route(node_id))
+            for dep in reg.depends_on:
+                clusters.update(self.host_clusters(dep))
+            listeners += [naming.tcp_listener(node_id, svc) for svc, _ in self.tcp_ports(inst)]
+            local = [naming.local_cluster(node_id)]
+        else:
+            for dep in reg.depends_on:
+                if self.protocol(dep) == "grpc":
+                    listeners.append(naming.api_listener(dep))
+                    routes.append(naming.api_route(dep))
+                    clusters.update(self.host_clusters(dep))
+            local = []
+        shared = sorted(clusters)
+        return {
+            CLUSTER: tuple(sorted(shared + local)),
+            ENDPOINT: tuple(shared),
+            LISTENER: tuple(sorted(listeners)),
+            ROUTE: tuple(sorted(routes)),
+        }
+
+    def tcp_ports(self, inst: Instance) -> list[tuple[str, int]]:
+        """(service, local port) of the node's TCP dependencies that get a listener."""
+        reg = inst.reg
+        sc = reg.sidecar
+        assert sc is not None
+        taken = {reg.port: "the app's own port", sc.inbound_port: "the inbound port", sc.outbound_port: "the outbound port"}
+        out = []
+        for svc in sorted(reg.depends_on):
+            if self.protocol(svc) != "tcp":
+                continue
+            port = self.s.services[svc].port
+            if port in taken:
+                self.problems.add(
+                    f"node {reg.node_id!r}: no TCP listener for {svc!r}: its port {port} is {taken[port]}"
+                )
+                continue
+            taken[port] = f"the TCP port of {svc!r}"
+            out.append((svc, port))
+        return out
+
+    # ------------------------------------------------ resources by name
+
+    def resource(self, type_url: str, name: str, node_id: str | None) -> Message | None:
+        """The message of one named resource; per-node names need their node."""
+        if type_url == CLUSTER:
+            return self.cluster(name, node_id)
+        if type_url == ENDPOINT:
+            return self.endpoints(name)
+        if type_url == LISTENER:
+            return self.listener(name, node_id)
+        if type_url == ROUTE:
+            return self.route(name, node_id)
+        raise ValueError(f"unknown type url {type_url!r}")
+
+    def _node_inst(self, node_id: str | None) -> Instance | None:
+        return None if node_id is None else self.s.node_instance(node_id)
+
+    def cluster(self, name: str, node_id: str | None) -> Message | None:
+        parsed = naming.parse_cluster(name)
+        if parsed is None:
+            inst = self._node_inst(node_id)
+            if inst is None or inst.reg.sidecar is None or name != naming.local_cluster(node_id):
+                return None
+            return E.static_local_cluster(name, inst.reg.port, inst.reg.protocol)
+        service, _subset = parsed
+        return E.eds_cluster(name, self.protocol(service), self.s.policies.get(service))
+
+    def endpoints(self, name: str) -> Message | None:
+        parsed = naming.parse_cluster(name)
+        if parsed is None:
+            return None
+        service, subset = parsed
+        selector: dict[str, str] | None = None
+        if subset is not None:
+            policy = self.s.policies.get(service)
+            found = [s for s in policy.subsets if s.name == subset] if policy is not None else []
+            if not found:
+                self.problems.add(f"cluster {name!r}: subset {subset!r} is not defined; served with no endpoints")
+                return E.load_assignment(name, ())
+            selector = found[0].labels
+        zones: dict[str, list[tuple[str, int, str, object]]] = {}
+        instances = self.s.instances
+        for key in self.s.by_service.get(service, ()):
+            reg = instances[key].reg
+            labels = reg.labels
+            if selector is not None and any(labels.get(k) != v for k, v in selector.items()):
+                continue
+            if not E.is_ip(reg.address):
+                self.problems.add(
+                    f"instance {key!r}: address {reg.address!r} is not an IP address; left out of EDS"
+                )
+                continue
+            port = reg.sidecar.inbound_port if reg.sidecar is not None else reg.port
+            ep = self._lb_endpoints.get(key)
+            if ep is None:
+                ep = E.lb_endpoint(reg.address, port, self.s.effective_health(key), reg.weight)
+                self._lb_endpoints[key] = ep
+            zones.setdefault(labels.get("zone", ""), []).append((reg.address, port, key, ep))
+        # endpoints sorted by (address, port, instance key) inside zones sorted by name ("" first)
+        by_zone = [(zone, [row[3] for row in sorted(zones[zone], key=_endpoint_order)]) for zone in sorted(zones)]
+        return E.load_assignment(name, by_zone)
+
+    def listener(self, name: str, node_id: str | None) -> Message | None:
+        if not naming.is_per_node(name):
+            if name not in self.s.services:
+                return None
+            return E.api_listener(name, naming.api_route(name))
+        inst = self._node_inst(node_id)
+        if inst is None or inst.reg.sidecar is None:
+            return None
+        reg, sc = inst.reg, inst.reg.sidecar
+        if name == naming.outbound_listener(node_id):
+            return E.outbound_http_listener(name, sc.outbound_port, naming.outbound_route(node_id))
+        if name == naming.inbound_listener(node_id):
+            return E.inbound_listener(
+                name, E.bind_address(reg.address), sc.inbound_port, naming.local_cluster(node_id), reg.protocol
+            )
+        for svc, port in self.tcp_ports(inst):
+            if name == naming.tcp_listener(node_id, svc):
+                return E.outbound_tcp_listener(name, port, svc)
+        return None
+
+    def vhost(self, service: str, outbound_port: int | None):
+        key = (service, outbound_port)
+        vh = self._vhosts.get(key)
+        if vh is None:
+            domains = [service] if outbound_port is None else [service, f"{service}:{outbound_port}"]
+            vh = E.virtual_host(service, domains, self.served_rule(service), self.protocol(service) == "grpc")
+            self._vhosts[key] = vh
+        return vh
+
+    def route(self, name: str, node_id: str | None) -> Message | None:
+        if not naming.is_per_node(name):
+            if name not in self.s.services:
+                return None
+            return E.route_configuration(name, [self.vhost(name, None)])
+        inst = self._node_inst(node_id)
+        if inst is None or inst.reg.sidecar is None or name != naming.outbound_route(node_id):
+            return None
+        port = inst.reg.sidecar.outbound_port
+        deps = sorted(d for d in inst.reg.depends_on if self.protocol(d) != "tcp")
+        return E.route_configuration(name, [self.vhost(d, port) for d in deps])
+
+    def take_problems(self) -> tuple[str, ...]:
+        got = tuple(sorted(self.problems))
+        self.problems = set()
+        return got

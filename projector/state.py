@@ -1,0 +1,412 @@
+"""The folded mesh model.
+
+Invariants:
+- A ``MeshState`` is immutable from the outside. ``projector.fold`` returns a
+  new value that shares every untouched part with its input and never mutates
+  the input (a folded-away state stays valid: replay and diffs keep old ones).
+- It is a handful of keyed maps of per-entity entries, so a key-value store
+  (RocksDB) could hold it entry by entry:
+
+  ``instances``    ``"<service>/<instance_id>"`` -> ``Instance`` (the
+                   registration and the broker timestamp it was logged at)
+  ``health``       same key -> ``Health`` (status, broker timestamp); only
+                   non-default ("unhealthy"/"draining") statuses are kept.
+                   A record may exist for an instance that is not registered
+                   right now (its registration is not folded yet, or the
+                   record was logged before a deregistration but folded after
+                   it); it never renders, and the key's next registration or
+                   deregistration drops it if it is older. Hence two folds of
+                   the same events in different cross-topic orders render
+                   identically, though their state bytes may differ by such
+                   records.
+  ``services``     service -> ``ServiceMeta``: every service that ever had an
+                   instance registered, with the protocol and app port of its
+                   latest registration (kept after the last deregistration:
+                   "known" services, the render-time check for rules)
+  ``route_rules``  host -> the current valid ``RouteRuleUpserted``
+  ``policies``     service -> the current valid ``DestinationPolicyUpserted``
+  ``revisions``    ``"route/<host>"`` | ``"policy/<service>"`` -> the last
+                   accepted revision, a delete included (rule bookkeeping)
+
+  plus three derived indexes that are rebuilt on load and never serialized:
+  ``by_service`` (service -> instance keys), ``nodes`` (node id -> instance
+  keys claiming it) and ``subset_users`` (service -> hosts whose current route
+  rule names one of its subsets).
+- Map iteration order is unspecified (it depends on the process's string
+  hashing); everything observable (``state_to_bytes``, rendering) sorts.
+- ``state_to_bytes`` is deterministic (sorted keys, sorted entries) and
+  ``state_from_bytes(state_to_bytes(s)) == s``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, Iterator, NamedTuple, TypeVar
+
+import orjson
+
+from events.types import DestinationPolicyUpserted, InstanceRegistered, RouteRuleUpserted
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+_MIN_BUCKETS = 16
+
+
+class PMap(Generic[K, V]):
+    """A persistent (copy-on-write) hash map: O(√n) update, O(1) lookup.
+
+    The entries live in ``B`` buckets (plain dicts); an update copies one
+    bucket and the bucket tuple, sharing the rest with the previous version.
+    ``B`` grows ×4 once the map holds more than ``B²`` entries, so an update
+    costs about ``2·√n`` pointer copies. For many updates in a row use an
+    ``evolver()``, which copies each touched bucket once and then updates in
+    place until ``persistent()`` seals it.
+    """
+
+    __slots__ = ("_buckets", "_len")
+
+    def __init__(self, buckets: tuple[dict, ...] | None = None, length: int = 0) -> None:
+        self._buckets = buckets if buckets is not None else tuple({} for _ in range(_MIN_BUCKETS))
+        self._len = length
+
+    @classmethod
+    def from_items(cls, items: Any) -> "PMap[K, V]":
+        ev: PMapEvolver[K, V] = EMPTY_PMAP.evolver()
+        for k, v in items:
+            ev[k] = v
+        return ev.persistent()
+
+    def get(self, key: K, default: Any = None) -> Any:
+        b = self._buckets
+        return b[hash(key) % len(b)].get(key, default)
+
+    def __getitem__(self, key: K) -> V:
+        b = self._buckets
+        return b[hash(key) % len(b)][key]
+
+    def __contains__(self, key: object) -> bool:
+        b = self._buckets
+        return key in b[hash(key) % len(b)]
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __bool__(self) -> bool:
+        return self._len > 0
+
+    def __iter__(self) -> Iterator[K]:
+        for bucket in self._buckets:
+            yield from bucket
+
+    def keys(self) -> Iterator[K]:
+        return iter(self)
+
+    def items(self) -> Iterator[tuple[K, V]]:
+        for bucket in self._buckets:
+            yield from bucket.items()
+
+    def values(self) -> Iterator[V]:
+        for bucket in self._buckets:
+            yield from bucket.values()
+
+    def to_dict(self) -> dict[K, V]:
+        out: dict[K, V] = {}
+        for bucket in self._buckets:
+            out.update(bucket)
+        return out
+
+    def set(self, key: K, value: V) -> "PMap[K, V]":
+        ev = self.evolver()
+        ev[key] = value
+        return ev.persistent()
+
+    def discard(self, key: K) -> "PMap[K, V]":
+        if key not in self:
+            return self
+        ev = self.evolver()
+        del ev[key]
+        return ev.persistent()
+
+    def evolver(self) -> "PMapEvolver[K, V]":
+        return PMapEvolver(self)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PMap):
+            return NotImplemented
+        if self is other:
+            return True
+        if self._len != other._len:
+            return False
+        for k, v in self.items():
+            if k not in other or other[k] != v:
+                return False
+        return True
+
+    def __hash__(self) -> int:  # pragma: no cover - maps are not used as keys
+        raise TypeError("PMap is not hashable")
+
+    def __repr__(self) -> str:
+        return f"PMap({self.to_dict()!r})"
+
+
+EMPTY_PMAP: PMap = PMap()
+
+_MISSING = object()
+
+
+def changed_keys(old: PMap, new: PMap) -> set:
+    """Keys added, removed or re-valued between two maps.
+
+    Fast when ``new`` was derived from ``old`` by updates (shared buckets are
+    skipped by identity); exact in any case (values compared with ``==``).
+    """
+    if old is new:
+        return set()
+    out: set = set()
+    ob, nb = old._buckets, new._buckets
+    if len(ob) == len(nb):
+        pairs = zip(ob, nb)
+    else:
+        pairs = iter([(old.to_dict(), new.to_dict())])
+    for x, y in pairs:
+        if x is y:
+            continue
+        for k, v in x.items():
+            w = y.get(k, _MISSING)
+            if w is not v and (w is _MISSING or w != v):
+                out.add(k)
+        out.update(k for k in y if k not in x)
+    return out
+
+
+class PMapEvolver(Generic[K, V]):
+    """A transient, mutable builder over a PMap; the source map is never touched."""
+
+    __slots__ = ("_source", "_buckets", "_owned", "_len")
+
+    def __init__(self, source: PMap[K, V]) -> None:
+        self._source = source
+        self._buckets: list[dict] | None = None  # copied lazily on the first write
+        self._owned: set[int] = set()
+        self._len = source._len
+
+    def _view(self) -> tuple[dict, ...] | list[dict]:
+        return self._buckets if self._buckets is not None else self._source._buckets
+
+    def get(self, key: K, default: Any = None) -> Any:
+        b = self._view()
+        return b[hash(key) % len(b)].get(key, default)
+
+    def __getitem__(self, key: K) -> V:
+        b = self._view()
+        return b[hash(key) % len(b)][key]
+
+    def __contains__(self, key: object) -> bool:
+        b = self._view()
+        return key in b[hash(key) % len(b)]
+
+    def __len__(self) -> int:
+        return self._len
+
+    def _writable(self, key: object) -> dict:
+        if self._buckets is None:
+            self._buckets = list(self._source._buckets)
+        b = self._buckets
+        i = hash(key) % len(b)
+        if i not in self._owned:
+            b[i] = dict(b[i])
+            self._owned.add(i)
+        return b[i]
+
+    def __setitem__(self, key: K, value: V) -> None:
+        bucket = self._writable(key)
+        if key not in bucket:
+            self._len += 1
+        bucket[key] = value
+        nb = len(self._buckets)  # type: ignore[arg-type]
+        if self._len > nb * nb:
+            self._rehash(nb * 4)
+
+    def __delitem__(self, key: K) -> None:
+        if key not in self:
+            raise KeyError(key)
+        bucket = self._writable(key)
+        del bucket[key]
+        self._len -= 1
+
+    def discard(self, key: K) -> None:
+        if key in self:
+            del self[key]
+
+    def _rehash(self, nbuckets: int) -> None:
+        fresh: list[dict] = [{} for _ in range(nbuckets)]
+        for bucket in self._buckets:  # type: ignore[union-attr]
+            for k, v in bucket.items():
+                fresh[hash(k) % nbuckets][k] = v
+        self._buckets = fresh
+        self._owned = set(range(nbuckets))
+
+    def persistent(self) -> PMap[K, V]:
+        if self._buckets is None:
+            return self._source
+        sealed = PMap(tuple(self._buckets), self._len)
+        # later writes through this evolver must not touch the sealed map
+        self._source = sealed
+        self._buckets = None
+        self._owned = set()
+        return sealed
+
+
+# ---------------------------------------------------------------- entries
+
+
+class Instance(NamedTuple):
+    reg: InstanceRegistered
+    ts: int  # broker timestamp (ms) of the registration record
+
+
+class Health(NamedTuple):
+    status: str  # "unhealthy" | "draining" ("healthy" is the default and not stored)
+    ts: int  # broker timestamp (ms) of the health record
+
+
+class ServiceMeta(NamedTuple):
+    protocol: str
+    port: int  # the app port of the latest registration (the TCP outbound port scheme uses it)
+    ts: int
+    key: str  # instance key of that registration (tie-break for equal timestamps)
+
+
+@dataclass(frozen=True, slots=True, eq=True)
+class MeshState:
+    instances: PMap[str, Instance]
+    health: PMap[str, Health]
+    services: PMap[str, ServiceMeta]
+    route_rules: PMap[str, RouteRuleUpserted]
+    policies: PMap[str, DestinationPolicyUpserted]
+    revisions: PMap[str, int]
+    # derived (rebuilt by state_from_bytes, never serialized)
+    by_service: PMap[str, frozenset[str]]
+    nodes: PMap[str, frozenset[str]]
+    subset_users: PMap[str, frozenset[str]]
+
+    def effective_health(self, key: str) -> str:
+        """The health that applies to the instance under ``key``.
+
+        A health record applies only if it was logged at or after the
+        instance's registration; a (re-)registration resets to "healthy".
+        """
+        h = self.health.get(key)
+        if h is None:
+            return "healthy"
+        inst = self.instances.get(key)
+        if inst is not None and h.ts < inst.ts:
+            return "healthy"
+        return h.status
+
+    def node_instance(self, node_id: str) -> Instance | None:
+        """The instance a node stands for: the latest registration claiming the node id."""
+        keys = self.nodes.get(node_id)
+        if not keys:
+            return None
+        best = None
+        best_rank: tuple[int, str] | None = None
+        for k in keys:
+            inst = self.instances[k]
+            rank = (inst.ts, k)
+            if best_rank is None or rank > best_rank:
+                best, best_rank = inst, rank
+        return best
+
+
+_EMPTY = MeshState(*(EMPTY_PMAP,) * 9)
+
+
+def empty_state() -> MeshState:
+    return _EMPTY
+
+
+def rule_users(rule: RouteRuleUpserted) -> dict[str, frozenset[str]]:
+    """service -> subsets of it that a route rule names (its subset references)."""
+    used: dict[str, set[str]] = {}
+    for route in rule.routes:
+        for d in route.destinations:
+            if d.subset is not None:
+                used.setdefault(d.service or rule.host, set()).add(d.subset)
+    return {s: frozenset(v) for s, v in used.items()}
+
+
+# ---------------------------------------------------------------- serialization
+
+_FORMAT = 1
+
+
+def _dump_model(m: Any) -> Any:
+    return m.model_dump(mode="json")
+
+
+def state_to_bytes(state: MeshState) -> bytes:
+    """Deterministic bytes of the primary maps (the indexes are derived)."""
+
+    def rows(pmap: PMap, enc: Callable[[Any], Any]) -> list:
+        return [[k, enc(v)] for k, v in sorted(pmap.items(), key=lambda kv: kv[0])]
+
+    doc = {
+        "format": _FORMAT,
+        "instances": rows(state.instances, lambda i: {"reg": _dump_model(i.reg), "ts": i.ts}),
+        "health": rows(state.health, lambda h: [h.status, h.ts]),
+        "services": rows(state.services, lambda m: [m.protocol, m.port, m.ts, m.key]),
+        "route_rules": rows(state.route_rules, _dump_model),
+        "policies": rows(state.policies, _dump_model),
+        "revisions": rows(state.revisions, lambda r: r),
+    }
+    return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+
+
+def state_from_bytes(data: bytes) -> MeshState:
+    doc = orjson.loads(data)
+    if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
+        raise ValueError(f"not a meshlog state snapshot of format {_FORMAT}")
+    instances = PMap.from_items(
+        (k, Instance(InstanceRegistered.model_validate(v["reg"]), v["ts"])) for k, v in doc["instances"]
+    )
+    health = PMap.from_items((k, Health(v[0], v[1])) for k, v in doc["health"])
+    services = PMap.from_items((k, ServiceMeta(*v)) for k, v in doc["services"])
+    route_rules = PMap.from_items((k, RouteRuleUpserted.model_validate(v)) for k, v in doc["route_rules"])
+    policies = PMap.from_items((k, DestinationPolicyUpserted.model_validate(v)) for k, v in doc["policies"])
+    revisions = PMap.from_items((k, v) for k, v in doc["revisions"])
+    return with_indexes(instances, health, services, route_rules, policies, revisions)
+
+
+def with_indexes(
+    instances: PMap[str, Instance],
+    health: PMap[str, Health],
+    services: PMap[str, ServiceMeta],
+    route_rules: PMap[str, RouteRuleUpserted],
+    policies: PMap[str, DestinationPolicyUpserted],
+    revisions: PMap[str, int],
+) -> MeshState:
+    """A state from its primary maps, with the derived indexes rebuilt."""
+    by_service: dict[str, set[str]] = {}
+    nodes: dict[str, set[str]] = {}
+    for key, inst in instances.items():
+        by_service.setdefault(inst.reg.service, set()).add(key)
+        if inst.reg.node_id is not None:
+            nodes.setdefault(inst.reg.node_id, set()).add(key)
+    users: dict[str, set[str]] = {}
+    for host, rule in route_rules.items():
+        for service in rule_users(rule):
+            users.setdefault(service, set()).add(host)
+    frozen = lambda d: PMap.from_items((k, frozenset(v)) for k, v in d.items())  # noqa: E731
+    return MeshState(
+        instances=instances,
+        health=health,
+        services=services,
+        route_rules=route_rules,
+        policies=policies,
+        revisions=revisions,
+        by_service=frozen(by_service),
+        nodes=frozen(nodes),
+        subset_users=frozen(users),
+    )

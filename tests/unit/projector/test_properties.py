@@ -1,0 +1,289 @@
+"""Properties over random event histories: determinism, scoping, order independence."""
+
+from __future__ import annotations
+
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from events import topics
+from events import types as t
+from projector import naming
+from projector.fold import fold_many
+from projector.render import CLUSTER, ENDPOINT, LISTENER, ROUTE, render_all
+from projector.state import empty_state, state_from_bytes, state_to_bytes
+from tests.unit.projector.helpers import fold_log, logged
+
+SERVICES = ["a", "b", "c", "d"]
+SUBSETS = ["v1", "v2"]
+
+services = st.sampled_from(SERVICES)
+instance_ids = st.sampled_from(["1", "2", "3"])
+
+
+@st.composite
+def registrations(draw):
+    service = draw(services)
+    deps = draw(st.lists(st.sampled_from([s for s in SERVICES if s != service]), unique=True, max_size=3))
+    sidecar = draw(st.sampled_from([None, (15006, 15001), (16006, 16001)]))
+    return t.InstanceRegistered(
+        service=service,
+        instance_id=draw(instance_ids),
+        address=draw(st.sampled_from(["10.0.0.1", "10.0.0.2", "fd00::1", "10.0.0.3"])),
+        port=draw(st.sampled_from([80, 5432, 15001, 9000])),
+        protocol=draw(st.sampled_from(["http", "http", "grpc", "tcp"])),
+        labels=draw(st.fixed_dictionaries({}, optional={"version": st.sampled_from(SUBSETS),
+                                                        "zone": st.sampled_from(["a", "b"])})),
+        weight=draw(st.integers(1, 3)),
+        node_id=draw(st.sampled_from([None, "n1", "n2", "n3~x"])),
+        sidecar=None if sidecar is None else t.SidecarPorts(inbound_port=sidecar[0], outbound_port=sidecar[1]),
+        depends_on=tuple(deps),
+    )
+
+
+deregistrations = st.builds(t.InstanceDeregistered, service=services, instance_id=instance_ids)
+health = st.builds(
+    t.InstanceHealthChanged, service=services, instance_id=instance_ids,
+    status=st.sampled_from(["healthy", "unhealthy", "draining"]), observer=st.just("checker"),
+)
+
+
+@st.composite
+def destinations(draw):
+    n = draw(st.integers(1, 3))
+    picks = draw(st.lists(st.tuples(st.sampled_from([None, None, None, *SERVICES, "ghost"]),
+                                    st.none() | st.sampled_from(SUBSETS)),
+                          min_size=n, max_size=n, unique=True))
+    cuts = sorted(draw(st.lists(st.integers(0, 100), min_size=n - 1, max_size=n - 1)))
+    weights = [hi - lo for lo, hi in zip([0, *cuts], [*cuts, 100])]
+    return tuple(t.WeightedDestination(service=s, subset=sub, weight=w) for (s, sub), w in zip(picks, weights))
+
+
+http_routes = st.builds(
+    t.HttpRoute,
+    match=st.builds(t.RouteMatch, path_prefix=st.none() | st.just("/api"),
+                    headers=st.lists(st.builds(t.HeaderMatch, name=st.just("x-canary"), exact=st.just("1")),
+                                     max_size=1).map(tuple)),
+    destinations=destinations(),
+    timeout_ms=st.none() | st.just(1500),
+    retries=st.none() | st.builds(t.RetryPolicy, attempts=st.integers(0, 2)),
+)
+def _subset(name: str, variant: int) -> t.Subset:
+    labels = [{"version": name}, {"version": name, "zone": "a"}, {"zone": "b"}][variant]
+    return t.Subset(name=name, labels=labels)
+
+
+policy_subsets = st.tuples(
+    st.sampled_from([(), ("v1",), ("v1", "v2"), ("v1", "v2"), ("v1", "v2"), ("v2",)]),
+    st.integers(0, 2),
+    st.integers(0, 2),
+).map(lambda x: tuple(_subset(n, v) for n, v in zip(x[0], x[1:])))
+
+
+policy_subsets_all = tuple(t.Subset(name=n, labels={"version": n}) for n in SUBSETS)
+canary_split = t.HttpRoute(destinations=(t.WeightedDestination(subset="v1", weight=90),
+                                         t.WeightedDestination(subset="v2", weight=10)))
+
+
+@st.composite
+def rule_events(draw, n):
+    """Rules with mostly-right revisions (a writer that usually read the latest one)."""
+    counters: dict[str, int] = {}
+    out = []
+    if draw(st.booleans()):  # usually a mesh starts with its policies (and canary rules) in place
+        for svc in SERVICES:
+            out.append(t.DestinationPolicyUpserted(service=svc, revision=1, subsets=policy_subsets_all))
+            counters["policy/" + svc] = 1
+            if draw(st.booleans()):
+                out.append(t.RouteRuleUpserted(host=svc, revision=1, routes=(canary_split,)))
+                counters["route/" + svc] = 1
+    for _ in range(draw(st.integers(0, n))):
+        kind = draw(st.sampled_from(["route", "route", "policy", "policy", "route_delete", "policy_delete"]))
+        target = draw(services)
+        doc = ("route/" if kind.startswith("route") else "policy/") + target
+        if draw(st.integers(0, 9)) < 8:
+            revision = counters.get(doc, 0) + 1
+            counters[doc] = revision
+        else:
+            revision = draw(st.integers(1, 5))
+        if kind == "route":
+            out.append(t.RouteRuleUpserted(host=target, revision=revision,
+                                           routes=tuple(draw(st.lists(http_routes, min_size=1, max_size=2)))))
+        elif kind == "route_delete":
+            out.append(t.RouteRuleDeleted(host=target, revision=revision))
+        elif kind == "policy":
+            out.append(t.DestinationPolicyUpserted(
+                service=target, revision=revision, subsets=draw(policy_subsets),
+                lb_policy=draw(st.sampled_from(["round_robin", "least_request", "random", "ring_hash"])),
+                circuit_breaker=draw(st.none() | st.builds(t.CircuitBreaker)),
+                outlier_detection=draw(st.none() | st.builds(t.OutlierDetection)),
+            ))
+        else:
+            out.append(t.DestinationPolicyDeleted(service=target, revision=revision))
+    return out
+
+
+@st.composite
+def topic_logs(draw):
+    """Three per-topic logs with their own offsets and non-decreasing broker timestamps."""
+    out = {}
+    for topic, strat, n in (
+        (topics.REGISTRATIONS, st.one_of(registrations(), registrations(), deregistrations), 14),
+        (topics.HEALTH, health, 8),
+        (topics.RULES, None, 14),
+    ):
+        payloads = draw(rule_events(n) if strat is None else st.lists(strat, max_size=n))
+        ts = 1000
+        evs = []
+        for off, p in enumerate(payloads):
+            ts += draw(st.integers(0, 5))
+            evs.append(logged(p, ts=ts, offset=off, topic=topic))
+        out[topic] = evs
+    return out
+
+
+def by_timestamp(logs):
+    merged = [ev for evs in logs.values() for ev in evs]
+    return sorted(merged, key=lambda e: (e.timestamp_ms, e.topic, e.offset))
+
+
+@st.composite
+def interleaving(draw, logs):
+    """Any merge of the per-topic logs that keeps each topic in offset order."""
+    queues = {k: list(v) for k, v in logs.items() if v}
+    out = []
+    while queues:
+        topic = draw(st.sampled_from(sorted(queues)))
+        out.append(queues[topic].pop(0))
+        if not queues[topic]:
+            del queues[topic]
+    return out
+
+
+def _fingerprint(rm):
+    return rm.resources, rm.membership, rm.problems
+
+
+@settings(max_examples=150, deadline=None)
+@given(topic_logs())
+def test_render_is_deterministic_and_survives_snapshots(logs):
+    events = by_timestamp(logs)
+    s, _ = fold_log(events)
+    first = render_all(s)
+    assert _fingerprint(render_all(s)) == _fingerprint(first)
+    back = state_from_bytes(state_to_bytes(s))
+    assert back == s
+    again = render_all(back)
+    assert _fingerprint(again) == _fingerprint(first)
+    assert again.versions == first.versions
+    batched, _ = fold_many(empty_state(), events)
+    assert state_to_bytes(batched) == state_to_bytes(s)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_topic_interleaving_does_not_change_what_is_served(data):
+    logs = data.draw(topic_logs())
+    reference = render_all(fold_log(by_timestamp(logs))[0])
+    other = data.draw(interleaving(logs))
+    got = render_all(fold_log(other)[0])
+    assert _fingerprint(got) == _fingerprint(reference)
+
+
+def _unpack(any_msg, cls):
+    m = cls()
+    assert any_msg.Unpack(m)
+    return m
+
+
+@settings(max_examples=150, deadline=None)
+@given(topic_logs())
+def test_nodes_see_only_their_closure_and_hold_all_they_reference(logs):
+    s, _ = fold_log(by_timestamp(logs))
+    rm = render_all(s)
+    for node, per_type in rm.membership.items():
+        inst = s.node_instance(node)
+        deps = set(inst.reg.depends_on)
+        allowed = set(deps)
+        for dep in deps:
+            rule = s.route_rules.get(dep)
+            if rule is not None:
+                allowed |= {d.service or dep for r in rule.routes for d in r.destinations}
+        held_clusters = set(per_type[CLUSTER])
+        for name in held_clusters | set(per_type[ENDPOINT]):
+            parsed = naming.parse_cluster(name)
+            if parsed is None:
+                assert name == naming.local_cluster(node)
+            else:
+                assert parsed[0] in allowed, (node, name, allowed)
+        # every EDS cluster held has its endpoints held too, and vice versa
+        assert {n for n in held_clusters if naming.parse_cluster(n)} == set(per_type[ENDPOINT])
+        # everything a listener or route refers to is held by the node
+        referenced_clusters, referenced_routes = set(), set()
+        for name in per_type[LISTENER]:
+            lst = listener_pb2.Listener.FromString(rm.resources[(LISTENER, name)])
+            if lst.HasField("api_listener"):
+                hcm = _unpack(lst.api_listener.api_listener, hcm_pb2.HttpConnectionManager)
+                referenced_routes.add(hcm.rds.route_config_name)
+                continue
+            f = lst.filter_chains[0].filters[0]
+            if f.name == "envoy.filters.network.tcp_proxy":
+                referenced_clusters.add(_unpack(f.typed_config, tcp_proxy_pb2.TcpProxy).cluster)
+            else:
+                hcm = _unpack(f.typed_config, hcm_pb2.HttpConnectionManager)
+                if hcm.HasField("rds"):
+                    referenced_routes.add(hcm.rds.route_config_name)
+                else:
+                    for vh in hcm.route_config.virtual_hosts:
+                        referenced_clusters |= {r.route.cluster for r in vh.routes}
+        assert referenced_routes == set(per_type[ROUTE])
+        for name in per_type[ROUTE]:
+            rc = route_pb2.RouteConfiguration.FromString(rm.resources[(ROUTE, name)])
+            domains = [d for vh in rc.virtual_hosts for d in vh.domains]
+            assert len(domains) == len(set(domains))
+            for vh in rc.virtual_hosts:
+                for r in vh.routes:
+                    if r.route.cluster:
+                        referenced_clusters.add(r.route.cluster)
+                    for c in r.route.weighted_clusters.clusters:
+                        referenced_clusters.add(c.name)
+                        assert c.weight.value > 0
+        assert referenced_clusters <= held_clusters, (node, referenced_clusters - held_clusters)
+
+
+def _expected_delta(prev, cur):
+    changed = {k for k, v in cur.resources.items() if prev.resources.get(k) != v}
+    removed = set(prev.resources) - set(cur.resources)
+    changed_nodes = {n for n, m in cur.membership.items() if prev.membership.get(n) != m}
+    removed_nodes = set(prev.membership) - set(cur.membership)
+    return changed, removed, changed_nodes, removed_nodes
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_incremental_render_equals_render_from_scratch(data):
+    logs = data.draw(topic_logs())
+    events = data.draw(interleaving(logs))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(events)), max_size=6)))
+    s = empty_state()
+    rm = render_all(s)
+    start = 0
+    for cut in [*cuts, len(events)]:
+        s, _ = fold_many(s, events[start:cut])
+        start = cut
+        before = (dict(rm.resources), {n: {u: dict(d) for u, d in m.items()} for n, m in rm.membership.items()})
+        inc = render_all(s, previous=rm)
+        full = render_all(s)
+        assert _fingerprint(inc) == _fingerprint(full)
+        assert inc.versions == full.versions
+        assert (set(inc.changed), set(inc.removed), set(inc.changed_nodes), set(inc.removed_nodes)) == _expected_delta(rm, full)
+        # previous is left as it was
+        assert (rm.resources, rm.membership) == before
+        rm = inc
+    # going back in time (a previous from a later state) is exact too
+    first = render_all(fold_log(events[: len(events) // 2])[0])
+    back = render_all(first.state, previous=rm)
+    assert _fingerprint(back) == _fingerprint(first)

@@ -1,0 +1,90 @@
+"""The state's persistent maps and its snapshot bytes."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from projector.state import EMPTY_PMAP, PMap, empty_state, state_from_bytes, state_to_bytes
+from projector.versioning import version_of
+from tests.unit.projector.feature_mesh import feature_mesh
+
+
+def test_pmap_updates_share_and_never_mutate():
+    a = EMPTY_PMAP.set("x", 1)
+    b = a.set("y", 2)
+    c = b.discard("x")
+    assert a.to_dict() == {"x": 1}
+    assert b.to_dict() == {"x": 1, "y": 2}
+    assert c.to_dict() == {"y": 2}
+    assert len(a) == 1 and len(b) == 2 and len(c) == 1
+    assert c.discard("nope") is c
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 3000), st.integers()), max_size=3000))
+def test_pmap_behaves_like_a_dict_through_growth(ops):
+    ref: dict[int, int] = {}
+    m = EMPTY_PMAP
+    ev = EMPTY_PMAP.evolver()
+    versions = []
+    for put, k, v in ops:
+        if put:
+            ref[k] = v
+            abandoned = m.evolver()  # a transient that is never sealed leaves m alone
+            abandoned[k] = v
+            m = m.set(k, v)
+            ev[k] = v
+        else:
+            ref.pop(k, None)
+            m = m.discard(k)
+            ev.discard(k)
+        if len(versions) < 5:
+            versions.append((m, dict(ref)))
+    assert m.to_dict() == ref and len(m) == len(ref)
+    sealed = ev.persistent()
+    assert sealed == m and sealed.to_dict() == ref
+    for old, expected in versions:  # earlier versions are untouched by later updates
+        assert old.to_dict() == expected
+    assert PMap.from_items(ref.items()) == m
+
+
+def test_evolver_keeps_working_after_persistent():
+    ev = EMPTY_PMAP.evolver()
+    ev["a"] = 1
+    first = ev.persistent()
+    ev["b"] = 2
+    second = ev.persistent()
+    assert first.to_dict() == {"a": 1}
+    assert second.to_dict() == {"a": 1, "b": 2}
+
+
+def test_empty_state_round_trips():
+    assert state_from_bytes(state_to_bytes(empty_state())) == empty_state()
+
+
+def test_state_round_trips_with_indexes_rebuilt():
+    s = feature_mesh()
+    b = state_to_bytes(s)
+    back = state_from_bytes(b)
+    assert back == s
+    assert state_to_bytes(back) == b
+    assert back.nodes == s.nodes and back.by_service == s.by_service and back.subset_users == s.subset_users
+
+
+def test_state_bytes_are_deterministic_and_versionable():
+    assert version_of(state_to_bytes(feature_mesh())) == version_of(state_to_bytes(feature_mesh()))
+
+
+def test_state_from_bytes_refuses_foreign_documents():
+    import pytest
+
+    with pytest.raises(ValueError):
+        state_from_bytes(b'{"format": 99}')
+
+
+def test_version_is_16_hex_of_sha256():
+    import hashlib
+
+    assert version_of(b"abc") == hashlib.sha256(b"abc").hexdigest()[:16]
+    assert len(version_of(b"")) == 16

@@ -168,9 +168,13 @@ def load_assignment(
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=cluster_name)
     for zone, eps in by_zone:
         loc = cla.endpoints.add()
+        loc.locality.SetInParent()  # gRPC's xDS client NACKs a locality that is absent, even an empty one
         if zone:
             loc.locality.zone = zone
         loc.lb_endpoints.extend(eps)
+        # gRPC's xDS client drops a locality with no weight (Envoy ignores the
+        # field unless locality-weighted LB is on), so weigh each zone by its endpoints
+        loc.load_balancing_weight.value = max(1, sum(e.load_balancing_weight.value or 1 for e in eps))
     return cla
 
 

@@ -47,6 +47,7 @@ class EnvoyProcess:
         self.admin_port = admin_port
         self.base_id = base_id
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="meshlog-envoy-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_level = log_level
         self.die_with_parent = die_with_parent
         self.proc: subprocess.Popen | None = None

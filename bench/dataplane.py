@@ -1,0 +1,313 @@
+"""Data-plane latency: what the sidecar path adds over calling the app directly.
+
+Setup (everything real, on 127.0.0.1, ports picked at run time):
+- Kafka (``--bootstrap``, else ``meshlog.kafka_local.kafka_for_tests``:
+  $MESHLOG_KAFKA_BOOTSTRAP, a testcontainers broker, or a local broker), the
+  ``projector`` and one ``xds-gateway``;
+- the upstream app: an asyncio HTTP/1.1 responder with a fixed 11-byte body
+  (``python -m tests.support.apps --fast``) in its own process;
+- two ``meshlog-sidecar run`` processes (each one Envoy 1.40, one worker
+  thread): the server's, in front of the app, and the client's, whose app
+  depends on the server's service.
+
+Paths measured in interleaved rounds (direct, sidecar, direct, sidecar, ...;
+latencies pooled per path), same generator, same app:
+- direct:  generator -> app
+- sidecar: generator -> client sidecar 127.0.0.1:<outbound> (Host: <service>)
+           -> server sidecar <inbound> -> app           (two Envoy hops: the mesh)
+
+Load generator: this file's own ``generate`` — an open-loop, constant-rate
+generator in Python asyncio (no apt package, nothing to install): C
+keep-alive HTTP/1.1 connections, each sending at R/C requests/s on its own
+fixed schedule (connections staggered evenly), one request in flight per
+connection. Latency is measured from the *intended* send time to the end of
+the response (wrk2-style correction for coordinated omission: a late
+response delays the next send, and that delay is counted). It runs in its own
+process. Its own scheduling jitter is part of both paths' figures, which is
+why the figure of interest is the difference.
+
+The seeds' benchmark point: 40 connections, 1,600 requests/s. Defaults:
+2 rounds of 2 s warm-up + 10 s measured per path (32,000 measured requests
+per path). The 1-minute load average is printed before and after: on a
+shared machine the tail mostly measures the neighbours.
+
+Usage:  .venv/bin/python bench/dataplane.py [--duration 10] [--rounds 2] [--rate 1600] [--connections 40]
+                                            [--bootstrap HOST:PORT] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+BIN = Path(sys.executable).parent
+
+
+# ---------------------------------------------------------------- the generator (runs in its own process)
+
+
+async def _connection(i: int, port: int, request: bytes, t0: float, interval: float, stagger: float,
+                      end: float, warm_end: float, out: dict) -> None:
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    k = 0
+    try:
+        while True:
+            intended = t0 + stagger + k * interval
+            if intended >= end:
+                break
+            k += 1
+            delay = intended - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sent = loop.time()
+            writer.write(request)
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head.split(b" ", 2)[1])
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:].strip())
+                if length:
+                    await reader.readexactly(length)
+            except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
+                out["errors"].append(repr(exc))
+                writer.close()
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                continue
+            done = loop.time()
+            if intended < warm_end:
+                continue
+            if status != 200:
+                out["errors"].append(f"HTTP {status}")
+                continue
+            out["latency"].append(done - intended)
+            out["service"].append(done - sent)
+    finally:
+        writer.close()
+
+
+async def _generate(port: int, host: str, rate: float, connections: int, duration: float, warmup: float) -> dict:
+    request = f"GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: meshlog-bench\r\n\r\n".encode()
+    loop = asyncio.get_running_loop()
+    interval = connections / rate  # per connection
+    t0 = loop.time() + 0.2
+    warm_end = t0 + warmup
+    end = warm_end + duration
+    out: dict = {"latency": [], "service": [], "errors": []}
+    await asyncio.gather(*(
+        _connection(i, port, request, t0, interval, i * interval / connections, end, warm_end, out)
+        for i in range(connections)))
+    return out
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summarize(out: dict, duration: float) -> dict:
+    lat = out["latency"]
+    ms = lambda v: round(v * 1000, 3)  # noqa: E731
+    return {
+        "requests": len(lat),
+        "errors": len(out["errors"]),
+        "error_samples": out["errors"][:5],
+        "achieved_rps": round(len(lat) / duration, 1),
+        "p50_ms": ms(_pct(lat, 0.50)),
+        "p90_ms": ms(_pct(lat, 0.90)),
+        "p99_ms": ms(_pct(lat, 0.99)),
+        "p999_ms": ms(_pct(lat, 0.999)),
+        "max_ms": ms(max(lat)) if lat else None,
+        "mean_ms": ms(statistics.fmean(lat)) if lat else None,
+        "service_p50_ms": ms(_pct(out["service"], 0.50)),
+        "service_p99_ms": ms(_pct(out["service"], 0.99)),
+    }
+
+
+def generate_main(args: argparse.Namespace) -> None:
+    out = asyncio.run(_generate(args.port, args.host, args.rate, args.connections, args.duration, args.warmup))
+    print(json.dumps(out))
+
+
+def run_generator(port: int, host: str, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "generate", "--port", str(port), "--host", host, "--rate", str(args.rate),
+           "--connections", str(args.connections), "--duration", str(args.duration), "--warmup", str(args.warmup)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + args.warmup + 120)
+    if result.returncode != 0:
+        raise RuntimeError(f"generator failed: {result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- the mesh under test
+
+
+def _spawn(name: str, argv: list[str], workdir: Path):
+    from tests.support.stack import spawn
+
+    return spawn(name, argv, workdir, env={"PYTHONPATH": str(ROOT)})
+
+
+def envoy_stats(status_path: Path, prefix: str) -> dict[str, int]:
+    """Counters of the sidecar's Envoy whose name starts with ``prefix`` (admin /stats)."""
+    import urllib.request
+
+    admin = json.loads(Path(status_path).read_text())["ports"]["admin"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats?usedonly", timeout=5) as response:
+        text = response.read().decode()
+    out = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        if name.startswith(prefix) and value.strip().isdigit():
+            out[name] = int(value)
+    return out
+
+
+def sidecar_argv(workdir: Path, bootstrap: str, gateway: str, *, service: str, instance: str, app_port: int,
+                 depends_on: str | None = None) -> tuple[list[str], int, Path]:
+    from meshlog.kafka_local import free_port
+
+    outbound = free_port()
+    cache = workdir / f"sidecar-{service}-{instance}"
+    argv = [str(BIN / "meshlog-sidecar"), "run", "--service", service, "--instance-id", instance,
+            "--app-port", str(app_port), "--inbound-port", str(free_port()), "--outbound-port", str(outbound),
+            "--gateway", gateway, "--bootstrap", bootstrap, "--cache-dir", str(cache), "--drain-seconds", "0"]
+    if depends_on:
+        argv += ["--depends-on", depends_on]
+    return argv, outbound, cache / "status.json"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    gen = sub.add_parser("generate", help="(internal) run the load generator against one port")
+    gen.add_argument("--port", type=int, required=True)
+    gen.add_argument("--host", default="localhost")
+    for p in (parser, gen):
+        p.add_argument("--rate", type=float, default=1600.0, help="requests per second (default 1600)")
+        p.add_argument("--connections", type=int, default=40, help="keep-alive connections (default 40)")
+        p.add_argument("--duration", type=float, default=10.0, help="measured seconds per path (default 10)")
+        p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first (default 2)")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per path, pooled (default 2)")
+    parser.add_argument("--bootstrap", help="an existing Kafka (default: start one for the bench)")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    if args.command == "generate":
+        generate_main(args)
+        return 0
+    if not (1 <= args.connections <= 1000 and 1 <= args.rate <= 20000 and 1 <= args.duration <= 120
+            and 1 <= args.rounds <= 10):
+        parser.error("keep it bounded: 1-1000 connections, 1-20000 req/s, 1-120 s, 1-10 rounds")
+
+    import logging
+
+    from events.admin import ensure_topics
+    from meshlog.kafka_local import free_port, kafka_for_tests
+    from tests.support.apps import KeepAliveClient
+    from tests.support.stack import start_gateway, start_projector, wait_until
+
+    logging.basicConfig(level=logging.WARNING)
+    workdir = Path(tempfile.mkdtemp(prefix="meshlog-bench-dataplane-"))
+    sfx = uuid.uuid4().hex[:6]
+    service = f"bench-srv-{sfx}"
+    processes = []
+    with ExitStack() as stack:
+        bootstrap = args.bootstrap or stack.enter_context(kafka_for_tests())
+        try:
+            print(f"Kafka {bootstrap}; work dir {workdir}", flush=True)
+            asyncio.run(ensure_topics(bootstrap))
+            processes.append(start_projector(bootstrap, workdir))
+            gateway = start_gateway(bootstrap, workdir, "gateway")
+            processes.append(gateway)
+            gw = f"127.0.0.1:{gateway.info['xds_port']}"
+
+            app_port = free_port()
+            app = _spawn("app", [sys.executable, "-m", "tests.support.apps", "--fast", "--port", str(app_port)],
+                         workdir)
+            processes.append(app)
+            server_argv, _, server_status = sidecar_argv(workdir, bootstrap, gw, service=service, instance="s1",
+                                                         app_port=app_port)
+            processes.append(_spawn("sidecar-server", server_argv, workdir))
+            client_argv, outbound, client_status = sidecar_argv(workdir, bootstrap, gw, service=f"bench-cli-{sfx}",
+                                                    instance="c1", app_port=free_port(), depends_on=service)
+            processes.append(_spawn("sidecar-client", client_argv, workdir))
+
+            def through_mesh() -> bool:
+                try:
+                    return KeepAliveClient(outbound, timeout=2).get(service)[0] == 200
+                except OSError:
+                    return False
+
+            wait_until(through_mesh, 90, "a request through both sidecars", interval=0.3,
+                       on_fail=lambda: "\n".join(p.log_tail() for p in processes))
+            print(f"load: {args.connections} keep-alive connections, {args.rate:g} requests/s open loop, "
+                  f"{args.warmup:g} s warm-up + {args.duration:g} s measured per path; generator: this file's "
+                  "asyncio open-loop constant-rate generator (latency from intended send time)", flush=True)
+            load_before = os.getloadavg()
+            print(f"machine: {os.cpu_count()} CPUs, load average {load_before[0]:.2f} (1 min) before the runs",
+                  flush=True)
+            pooled: dict[str, dict] = {"direct": {"latency": [], "service": [], "errors": []},
+                                       "sidecar": {"latency": [], "service": [], "errors": []}}
+            for round_no in range(args.rounds):  # interleaved, so that a change in machine load hits both paths
+                for name, port, host in (("direct", app_port, "localhost"), ("sidecar", outbound, service)):
+                    raw = run_generator(port, host, args)
+                    for key in pooled[name]:
+                        pooled[name][key] += raw[key]
+                    print(f"  round {round_no + 1} {name}: p50 {_pct(raw['latency'], .5) * 1000:.3f} ms, "
+                          f"p99 {_pct(raw['latency'], .99) * 1000:.3f} ms", flush=True)
+            results = {name: summarize(raw, args.duration * args.rounds) for name, raw in pooled.items()}
+            pools = {"client sidecar -> server sidecar": (client_status, f"cluster.{service}."),
+                     "server sidecar -> app": (server_status, "cluster.bench-srv-")}
+            for what, (status_path, prefix) in pools.items():
+                stats = envoy_stats(status_path, prefix)
+                cx = sum(v for k, v in stats.items() if k.endswith(".upstream_cx_total"))
+                rq = sum(v for k, v in stats.items() if k.endswith(".upstream_rq_total"))
+                print(f"  {what}: {rq} requests over {cx} upstream connections (keep-alive pool)", flush=True)
+            load_after = os.getloadavg()
+            for name in ("direct", "sidecar"):
+                r = results[name]
+                print(f"{name:8s} n={r['requests']:6d} errors={r['errors']} rps={r['achieved_rps']:7.1f}  "
+                      f"p50 {r['p50_ms']:.3f} ms  p90 {r['p90_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  "
+                      f"p99.9 {r['p999_ms']:.3f} ms  max {r['max_ms']:.3f} ms  "
+                      f"(service time p50 {r['service_p50_ms']:.3f} / p99 {r['service_p99_ms']:.3f} ms)", flush=True)
+            added = {q: round(results["sidecar"][f"{q}_ms"] - results["direct"][f"{q}_ms"], 3) for q in ("p50", "p99")}
+            print(f"added by the sidecar path (two Envoy hops): p50 +{added['p50']:.3f} ms, p99 +{added['p99']:.3f} ms",
+                  flush=True)
+            print(f"load average {load_after[0]:.2f} (1 min) after the runs; on a shared machine the p99 mostly "
+                  "measures the neighbours: compare runs at a low load average", flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps({"results": results, "added_ms": added,
+                                                       "loadavg_before_after": [load_before[0], load_after[0]],
+                                                       "rate": args.rate, "connections": args.connections,
+                                                       "duration_s": args.duration}, indent=1))
+            bad = sum(r["errors"] for r in results.values())
+            return 1 if bad else 0
+        finally:
+            for p in processes:
+                if p.name.startswith("sidecar") and p.alive():
+                    p.proc.send_signal(signal.SIGTERM)
+            for p in reversed(processes):
+                p.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""Projector throughput: fold-only in process, then the live projector against a real broker.
+
+Figures printed:
+
+1. fold only (in process, no Kafka): events/s of ``fold_many`` in batches and
+   of ``fold_with_decisions`` one by one; ``render_all`` and
+   ``state_to_bytes`` time for the bench mesh.
+2. sustained: a running, caught-up projector (in this process, one asyncio
+   thread) while a separate producer process appends a mesh's registrations
+   and then ``--events`` health transitions as fast as it can; events/s
+   through decode + fold + render (once per batch) + publish + RocksDB
+   commit, over wall time and over the projector's own CPU time.
+3. burst: a ``--burst`` burst (default 10,000 health transitions) appended to
+   the caught-up projector; time from the burst's first broker timestamp to
+   the commit of the batch that published the views of its last event.
+
+Usage: python bench/projector.py [--services 200] [--instances 5] [--events 100000] [--burst 10000]
+Uses $MESHLOG_KAFKA_BOOTSTRAP, else starts a local broker for the run
+(meshlog.kafka_local). The mesh: services x instances, every instance a
+sidecar node depending on 3 other services; health transitions hit random
+instances, so each batch changes endpoints seen by many nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from events import topics  # noqa: E402
+from events import types as t  # noqa: E402
+from events.codec import encode  # noqa: E402
+from events.envelope import Envelope, Logged  # noqa: E402
+
+NOW = datetime.now(timezone.utc)
+
+
+def envelope(payload: t.Payload, n: int) -> Envelope:
+    return Envelope(f"bench-{n}", payload.TYPE, payload.SCHEMA_VERSION, NOW, "bench", payload)
+
+
+def registrations(services: int, instances: int, prefix: str) -> list[t.Payload]:
+    rnd = random.Random(7)
+    out = []
+    for s in range(services):
+        for i in range(instances):
+            deps = sorted({f"{prefix}-svc-{rnd.randrange(services)}" for _ in range(3)} - {f"{prefix}-svc-{s}"})
+            out.append(t.InstanceRegistered(
+                service=f"{prefix}-svc-{s}", instance_id=f"i{i}", address=f"10.{s // 250}.{s % 250}.{i + 1}",
+                port=8080, node_id=f"{prefix}-node-{s}-{i}",
+                sidecar=t.SidecarPorts(inbound_port=15001, outbound_port=15002), depends_on=tuple(deps),
+                labels={"version": "v1" if i % 2 else "v2"},
+            ))
+    return out
+
+
+def flaps(services: int, instances: int, prefix: str, count: int, seed: int) -> list[t.Payload]:
+    rnd = random.Random(seed)
+    return [
+        t.InstanceHealthChanged(
+            service=f"{prefix}-svc-{rnd.randrange(services)}", instance_id=f"i{rnd.randrange(instances)}",
+            status=rnd.choice(("healthy", "unhealthy")), observer="bench",
+        )
+        for _ in range(count)
+    ]
+
+
+# ---------------------------------------------------------------- 1. fold only
+
+
+def fold_only(services: int, instances: int, events: int) -> dict:
+    from projector.fold import fold_many, fold_with_decisions
+    from projector.render import render_all
+    from projector.state import empty_state, state_to_bytes
+
+    regs = [Logged(envelope(p, i), topics.REGISTRATIONS, 0, i, 1_000_000 + i)
+            for i, p in enumerate(registrations(services, instances, "f"))]
+    hs = [Logged(envelope(p, i), topics.HEALTH, 0, i, 2_000_000 + i)
+          for i, p in enumerate(flaps(services, instances, "f", events, 1))]
+    t0 = time.perf_counter()
+    state, _ = fold_many(empty_state(), regs)
+    t1 = time.perf_counter()
+    s = state
+    for i in range(0, len(hs), 5000):
+        s, _ = fold_many(s, hs[i : i + 5000])
+    t2 = time.perf_counter()
+    s1 = state
+    for lg in hs:
+        s1, _ = fold_with_decisions(s1, lg)
+    t3 = time.perf_counter()
+    r = render_all(s)
+    t4 = time.perf_counter()
+    body = state_to_bytes(s)
+    t5 = time.perf_counter()
+    return {
+        "registrations_per_s": len(regs) / (t1 - t0),
+        "fold_many_per_s": len(hs) / (t2 - t1),
+        "fold_one_by_one_per_s": len(hs) / (t3 - t2),
+        "render_all_ms": (t4 - t3) * 1000,
+        "resources": len(r.resources),
+        "nodes": len(r.membership),
+        "state_to_bytes_ms": (t5 - t4) * 1000,
+        "state_bytes": len(body),
+    }
+
+
+# ---------------------------------------------------------------- the producer process
+
+
+async def produce(bootstrap: str, kind: str, services: int, instances: int, prefix: str, count: int, seed: int) -> dict:
+    from aiokafka import AIOKafkaProducer
+
+    payloads = registrations(services, instances, prefix) if kind == "registrations" else flaps(
+        services, instances, prefix, count, seed)
+    records = [(p.TOPIC, p.key().encode(), encode(envelope(p, i))) for i, p in enumerate(payloads)]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, linger_ms=10,
+                                max_batch_size=1 << 20)
+    await producer.start()
+    try:
+        t0 = time.perf_counter()
+        futures = [await producer.send(topic, value=value, key=key) for topic, key, value in records]
+        metas = await asyncio.gather(*futures)
+        elapsed = time.perf_counter() - t0
+    finally:
+        await producer.stop()
+    last = max(metas, key=lambda m: m.offset)
+    return {"topic": last.topic, "last_offset": last.offset, "count": len(records),
+            "first_timestamp_ms": min(m.timestamp for m in metas), "produce_s": elapsed}
+
+
+def run_producer(bootstrap: str, kind: str, args: argparse.Namespace, prefix: str, count: int, seed: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, __file__, "--produce", kind, "--bootstrap", bootstrap, "--services", str(args.services),
+         "--instances", str(args.instances), "--prefix", prefix, "--count", str(count), "--seed", str(seed)],
+        stdout=subprocess.PIPE, text=True,
+    )
+
+
+# ---------------------------------------------------------------- 2./3. the live projector
+
+
+class Recorder:
+    """Wraps ProjectorService.process to time every batch."""
+
+    def __init__(self, svc) -> None:
+        self.svc = svc
+        self.batches: list[dict] = []
+        original = svc.process
+
+        async def process(records):
+            t0, c0 = time.perf_counter(), time.process_time()
+            res = await original(records)
+            self.batches.append({
+                "start": t0, "end": time.perf_counter(), "cpu": time.process_time() - c0, "wall_end": time.time(),
+                "records": res.records, "folded": res.folded, "rendered": res.rendered,
+                "published": len(res.plan.bodies) + len(res.plan.membership) + len(res.plan.removals),
+                "next_health": svc.next_folded.get(f"{topics.HEALTH}/0", 0),
+                "next_regs": svc.next_folded.get(f"{topics.REGISTRATIONS}/0", 0),
+            })
+            return res
+
+        svc.process = process
+
+    async def until(self, key: str, offset: int, timeout: float = 600) -> dict:
+        deadline = time.monotonic() + timeout
+        while not self.batches or self.batches[-1][key] <= offset:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"projector did not reach {key} > {offset}")
+            await asyncio.sleep(0.01)
+        return self.batches[-1]
+
+
+async def live(bootstrap: str, args: argparse.Namespace) -> dict:
+    import logging
+
+    from events.admin import ensure_topics
+    from projector.service import ProjectorConfig, ProjectorService
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    await ensure_topics(bootstrap)
+    prefix = f"b{os.getpid()}"
+    out: dict = {}
+    with tempfile.TemporaryDirectory(prefix="projector-bench-") as data:
+        svc = ProjectorService(ProjectorConfig(bootstrap=bootstrap, data_dir=Path(data), max_batch=args.max_batch,
+                                               gc_freeze=not args.no_gc_freeze))
+        rec = Recorder(svc)
+        task = asyncio.ensure_future(svc.run())
+        try:
+            await asyncio.wait_for(svc.caught_up.wait(), 300)
+            # the mesh: registrations (nodes appear), then the sustained stream of health transitions
+            p = run_producer(bootstrap, "registrations", args, prefix, 0, 0)
+            reg = json.loads(p.communicate()[0])
+            await rec.until("next_regs", reg["last_offset"])
+            n0 = len(rec.batches)
+            p = run_producer(bootstrap, "flaps", args, prefix, args.events, 2)
+            flap = json.loads(p.communicate()[0])
+            last = await rec.until("next_health", flap["last_offset"])
+            batches = [b for b in rec.batches[n0:]]
+            first = batches[0]
+            events = sum(b["folded"] for b in batches)
+            wall = last["end"] - first["start"]
+            cpu = sum(b["cpu"] for b in batches)
+            out["sustained"] = {
+                "events": events, "batches": len(batches), "wall_s": wall, "events_per_s_wall": events / wall,
+                "projector_cpu_s": cpu, "events_per_cpu_s": events / cpu,
+                "busy_fraction": sum(b["end"] - b["start"] for b in batches) / wall,
+                "view_records_published": sum(b["published"] for b in batches),
+                "producer_events_per_s": flap["count"] / flap["produce_s"],
+                "mean_batch": events / len(batches),
+            }
+            # the burst, against a caught-up projector
+            await asyncio.sleep(1.0)
+            n1 = len(rec.batches)
+            p = run_producer(bootstrap, "flaps", args, prefix, args.burst, 3)
+            burst = json.loads(p.communicate()[0])
+            done = await rec.until("next_health", burst["last_offset"])
+            bb = rec.batches[n1:]
+            out["burst"] = {
+                "events": burst["count"],
+                "catch_up_s": done["wall_end"] - burst["first_timestamp_ms"] / 1000.0,
+                "producer_s": burst["produce_s"],
+                "batches": len(bb),
+                "processing_s": sum(b["end"] - b["start"] for b in bb),
+                "view_records_published": sum(b["published"] for b in bb),
+            }
+        finally:
+            svc.request_stop()
+            await asyncio.wait_for(task, 60)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--services", type=int, default=200)
+    parser.add_argument("--instances", type=int, default=5)
+    parser.add_argument("--events", type=int, default=100_000, help="sustained health transitions")
+    parser.add_argument("--burst", type=int, default=10_000)
+    parser.add_argument("--max-batch", type=int, default=20_000)
+    parser.add_argument("--no-gc-freeze", action="store_true", help="leave Python's GC as it is")
+    parser.add_argument("--skip-live", action="store_true", help="fold-only figures, no broker")
+    # internal: the producer process
+    parser.add_argument("--produce", choices=("registrations", "flaps"), help=argparse.SUPPRESS)
+    parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.produce:
+        result = asyncio.run(produce(args.bootstrap, args.produce, args.services, args.instances, args.prefix,
+                                     args.count, args.seed))
+        print(json.dumps(result))
+        return 0
+
+    mesh = f"{args.services} services x {args.instances} instances = {args.services * args.instances} sidecar nodes"
+    print(f"mesh: {mesh}")
+    f = fold_only(args.services, args.instances, args.events)
+    print(f"fold only (in process): registrations {f['registrations_per_s']:,.0f}/s; health transitions "
+          f"fold_many {f['fold_many_per_s']:,.0f}/s, one by one {f['fold_one_by_one_per_s']:,.0f}/s")
+    print(f"render_all: {f['render_all_ms']:.0f} ms for {f['resources']:,} resources / {f['nodes']:,} nodes; "
+          f"state_to_bytes {f['state_to_bytes_ms']:.0f} ms ({f['state_bytes']:,} bytes)")
+    if args.skip_live:
+        return 0
+
+    with contextlib.ExitStack() as stack:
+        bootstrap = os.environ.get("MESHLOG_KAFKA_BOOTSTRAP")
+        if not bootstrap:
+            from meshlog.kafka_local import LocalKafka
+
+            kafka = stack.enter_context(LocalKafka())
+            bootstrap = kafka.bootstrap
+            print(f"started a local broker at {bootstrap}")
+        r = asyncio.run(live(bootstrap, args))
+    s, b = r["sustained"], r["burst"]
+    print(f"sustained: {s['events']:,} events in {s['wall_s']:.2f} s = {s['events_per_s_wall']:,.0f} events/s "
+          f"(fold+render+publish+commit; {s['batches']} batches, mean {s['mean_batch']:,.0f} events; "
+          f"projector CPU {s['projector_cpu_s']:.2f} s = {s['events_per_cpu_s']:,.0f} events/CPU-s; "
+          f"busy {s['busy_fraction']:.0%}; {s['view_records_published']:,} view records published; "
+          f"producer offered {s['producer_events_per_s']:,.0f}/s)")
+    print(f"burst: {b['events']:,} events caught up {b['catch_up_s']:.2f} s after the first was appended "
+          f"(producer took {b['producer_s']:.2f} s; projector busy {b['processing_s']:.2f} s in {b['batches']} "
+          f"batches; {b['view_records_published']:,} view records published)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""``meshlog-sidecar run`` arguments: parsing and validation (pure; no I/O beyond picking a free port).
+
+Invariants:
+- ``options_from_args`` either returns complete, consistent ``SidecarOptions``
+  (including the validated ``InstanceRegistered`` payload the agent will
+  append) or raises ``BadArguments`` listing every problem, each naming the
+  flag to fix. Nothing is started for invalid arguments.
+- The registration publishes ``port`` = the app's port and ``sidecar`` =
+  {inbound, outbound}: the projector sends other nodes the sidecar's inbound
+  port as this instance's endpoint, and this node's ``<node>~local`` cluster
+  points at 127.0.0.1:<app port>.
+- Every port this sidecar owns (app, inbound, outbound, admin, status) is
+  distinct.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from events.codec import validate_payload
+from events.errors import EventValidationError
+from events.types import InstanceRegistered
+
+# payload field -> flag, so a validation message names what the user typed
+FLAG_OF_FIELD = {
+    "service": "--service",
+    "instance_id": "--instance-id",
+    "address": "--address",
+    "port": "--app-port",
+    "protocol": "--protocol",
+    "labels": "--label",
+    "weight": "--weight",
+    "node_id": "--node-id",
+    "sidecar": "--inbound-port/--outbound-port",
+    "sidecar.inbound_port": "--inbound-port",
+    "sidecar.outbound_port": "--outbound-port",
+    "depends_on": "--depends-on",
+}
+
+_HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+MAX_DRAIN_SECONDS = 3600.0
+
+
+class BadArguments(ValueError):
+    def __init__(self, problems: Sequence[str]):
+        self.problems = tuple(problems)
+        super().__init__("; ".join(self.problems))
+
+
+@dataclass(frozen=True)
+class SidecarOptions:
+    registration: InstanceRegistered
+    gateways: tuple[str, ...]
+    bootstrap: str
+    node_id: str
+    node_cluster: str
+    admin_port: int
+    base_id: int
+    cache_dir: Path
+    status_file: Path
+    status_port: int | None
+    drain_seconds: float
+    append_timeout: float = 5.0
+    envoy_log_level: str = "warning"
+    concurrency: int = 1
+    hot_restart: bool = True
+    locality_zone: str | None = None
+
+    @property
+    def service(self) -> str:
+        return self.registration.service
+
+    @property
+    def instance_id(self) -> str:
+        return self.registration.instance_id
+
+    @property
+    def app_port(self) -> int:
+        return self.registration.port
+
+    @property
+    def inbound_port(self) -> int:
+        return self.registration.sidecar.inbound_port
+
+    @property
+    def outbound_port(self) -> int:
+        return self.registration.sidecar.outbound_port
+
+    @property
+    def workdir(self) -> Path:
+        return self.cache_dir / "run"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meshlog-sidecar",
+        description="The meshlog sidecar agent: runs and supervises Envoy for one app instance, registers the "
+        "instance, and keeps the last configuration Envoy accepted on disk to serve from when no gateway answers.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run the sidecar in the foreground (SIGTERM drains it)",
+                         epilog="Exit codes: 0 drained and stopped; 2 invalid arguments; 1 could not start.")
+    run.add_argument("--service", required=True, help="the app's service name, e.g. reviews")
+    run.add_argument("--instance-id", required=True, help="this instance's id within the service")
+    run.add_argument("--address", default="127.0.0.1",
+                     help="the IP other sidecars reach this instance at; the inbound listener binds it (default 127.0.0.1)")
+    run.add_argument("--app-port", type=int, required=True, help="the port the app listens on (on 127.0.0.1)")
+    run.add_argument("--inbound-port", type=int, required=True, help="the sidecar's inbound port (traffic to the app)")
+    run.add_argument("--outbound-port", type=int, required=True,
+                     help="the sidecar's outbound port on 127.0.0.1: the app calls it with Host: <service>")
+    run.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                     help="instance label such as version=v2 or zone=a (repeatable)")
+    run.add_argument("--depends-on", action="append", default=[], metavar="SERVICE",
+                     help="a service the app calls (repeatable)")
+    run.add_argument("--weight", type=int, default=1, help="load-balancing weight 1-128 (default 1)")
+    run.add_argument("--protocol", default="http", help="the app's protocol: http, grpc or tcp (default http)")
+    run.add_argument("--gateway", action="append", default=[], metavar="HOST:PORT",
+                     help="an xds-gateway replica (repeatable; Envoy fails over between them)")
+    run.add_argument("--bootstrap", help="Kafka bootstrap HOST:PORT for registration (default: "
+                     "$MESHLOG_KAFKA_BOOTSTRAP, else the broker of `meshlog kafka up`)")
+    run.add_argument("--node-id", help="xDS node id (default <service>-<instance-id>)")
+    run.add_argument("--node-cluster", help="xDS node cluster (default the service name)")
+    run.add_argument("--admin-port", type=int, help="Envoy admin port on 127.0.0.1 (default: a free port)")
+    run.add_argument("--base-id", type=int, help="Envoy --base-id (default: the admin port, unique per host)")
+    run.add_argument("--cache-dir", help="where the last accepted configuration, the status file and Envoy's "
+                     "files live (default ~/.meshlog/sidecar/<node-id>)")
+    run.add_argument("--status-file", help="status JSON, rewritten on every change (default <cache-dir>/status.json)")
+    run.add_argument("--status-port", type=int,
+                     help="also serve GET /status (JSON) and /healthz on 127.0.0.1:PORT (0 picks one)")
+    run.add_argument("--drain-seconds", type=float, default=5.0,
+                     help="on SIGTERM, seconds to keep serving after announcing 'draining' (default 5)")
+    run.add_argument("--append-timeout", type=float, default=5.0,
+                     help="seconds each registration/health append may take (default 5)")
+    run.add_argument("--envoy-log-level", default="warning", help="Envoy --log-level (default warning)")
+    run.add_argument("--concurrency", type=int, default=1, help="Envoy worker threads (default 1)")
+    run.add_argument("--no-hot-restart", action="store_true",
+                     help="switch from cache mode back to ADS with a cold Envoy restart (brief refusal of "
+                     "connections) instead of a hot restart")
+    status = sub.add_parser("status", help="print a running sidecar's status file")
+    status.add_argument("--cache-dir", help="the sidecar's cache dir")
+    status.add_argument("--status-file", help="or the status file itself")
+    status.add_argument("--node-id", help="with the default cache dir: the node id")
+    return parser
+
+
+def parse_labels(pairs: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    labels: dict[str, str] = {}
+    problems = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or not value:
+            problems.append(f"--label: {pair!r} is not KEY=VALUE")
+        elif key in labels:
+            problems.append(f"--label: {key!r} given twice")
+        else:
+            labels[key] = value
+    return labels, problems
+
+
+def check_gateway(address: str) -> str | None:
+    match = _HOSTPORT.match(address)
+    if not match:
+        return f"--gateway: {address!r} is not HOST:PORT"
+    if not 1 <= int(match.group(2)) <= 65535:
+        return f"--gateway: port of {address!r} is not 1-65535"
+    return None
+
+
+def _flagged(problem: str) -> str:
+    for name, flag in sorted(FLAG_OF_FIELD.items(), key=lambda kv: -len(kv[0])):
+        if problem.startswith(name + ":"):
+            return f"{flag}: {problem[len(name) + 1:].strip()}"
+    return problem
+
+
+def default_cache_dir(node_id: str) -> Path:
+    from meshlog.kafka_local import meshlog_home
+
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", node_id)
+    return meshlog_home() / "sidecar" / safe
+
+
+def options_from_args(
+    args: argparse.Namespace,
+    *,
+    resolve_bootstrap: Callable[[str | None], str],
+    free_port: Callable[[], int],
+) -> SidecarOptions:
+    """Validate ``run`` arguments completely; raise BadArguments naming every problem."""
+    problems: list[str] = []
+    labels, label_problems = parse_labels(args.label)
+    problems += label_problems
+    node_id = args.node_id if args.node_id is not None else f"{args.service}-{args.instance_id}"
+    if not node_id.strip():
+        problems.append("--node-id: must not be empty")
+
+    for flag, value in (("--app-port", args.app_port), ("--inbound-port", args.inbound_port),
+                        ("--outbound-port", args.outbound_port), ("--admin-port", args.admin_port)):
+        if value is not None and not 1 <= value <= 65535:
+            problems.append(f"{flag}: {value} is not a port (1-65535)")
+    if args.status_port is not None and not 0 <= args.status_port <= 65535:
+        problems.append(f"--status-port: {args.status_port} is not a port (0-65535)")
+    if not args.gateway:
+        problems.append("--gateway: give at least one xds-gateway HOST:PORT")
+    for gw in args.gateway:
+        bad = check_gateway(gw)
+        if bad:
+            problems.append(bad)
+    if len(set(args.gateway)) != len(args.gateway):
+        problems.append("--gateway: an address is given twice")
+    if not 0 <= args.drain_seconds <= MAX_DRAIN_SECONDS:
+        problems.append(f"--drain-seconds: must be between 0 and {MAX_DRAIN_SECONDS:g}")
+    if not 0.1 <= args.append_timeout <= 120:
+        problems.append("--append-timeout: must be between 0.1 and 120 seconds")
+    if not 1 <= args.concurrency <= 64:
+        problems.append("--concurrency: must be between 1 and 64")
+    if args.base_id is not None and not 0 <= args.base_id <= 400_000_000:
+        problems.append("--base-id: must be between 0 and 400000000")
+
+    registration = None
+    ports_ok = all(v is not None and 1 <= v <= 65535 for v in (args.app_port, args.inbound_port, args.outbound_port))
+    # with a bad port already reported, still check every other field (placeholder ports, port problems dropped)
+    app_port, inbound_port, outbound_port = (
+        (args.app_port, args.inbound_port, args.outbound_port) if ports_ok else (1, 2, 3))
+    try:
+        payload = validate_payload(InstanceRegistered, {
+            "service": args.service,
+            "instance_id": args.instance_id,
+            "address": args.address,
+            "port": app_port,
+            "protocol": args.protocol,
+            "labels": labels,
+            "weight": args.weight,
+            "node_id": node_id or None,
+            "sidecar": {"inbound_port": inbound_port, "outbound_port": outbound_port},
+            "depends_on": tuple(args.depends_on),
+        })
+        registration = payload if ports_ok else None
+    except EventValidationError as exc:
+        port_fields = ("port", "sidecar")
+        problems += [_flagged(str(p)) for p in exc.problems
+                     if ports_ok or not p.field.startswith(port_fields)]
+
+    admin_port = args.admin_port
+    owned = {"--app-port": args.app_port, "--inbound-port": args.inbound_port, "--outbound-port": args.outbound_port}
+    if admin_port is not None:
+        owned["--admin-port"] = admin_port
+    if args.status_port:
+        owned["--status-port"] = args.status_port
+    seen: dict[int, str] = {}
+    for flag, port in owned.items():
+        if port in seen:
+            problems.append(f"{flag}: port {port} is also {seen[port]}")
+        else:
+            seen[port] = flag
+
+    bootstrap = ""
+    try:
+        bootstrap = resolve_bootstrap(args.bootstrap)
+    except Exception as exc:  # noqa: BLE001 - NoBrokerAddress and friends: reported like any bad flag
+        problems.append(f"--bootstrap: {exc}")
+    if args.bootstrap is not None and not _HOSTPORT.match(args.bootstrap.split(",")[0].strip()):
+        problems.append(f"--bootstrap: {args.bootstrap!r} is not HOST:PORT")
+
+    if problems:
+        raise BadArguments(problems)
+    assert registration is not None
+    if admin_port is None:
+        while True:
+            admin_port = free_port()
+            if admin_port not in seen:
+                break
+    cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir(node_id)
+    return SidecarOptions(
+        registration=registration,
+        gateways=tuple(args.gateway),
+        bootstrap=bootstrap,
+        node_id=node_id,
+        node_cluster=args.node_cluster or args.service,
+        admin_port=admin_port,
+        base_id=args.base_id if args.base_id is not None else admin_port,
+        cache_dir=cache_dir,
+        status_file=Path(args.status_file).expanduser() if args.status_file else cache_dir / "status.json",
+        status_port=args.status_port,
+        drain_seconds=float(args.drain_seconds),
+        append_timeout=float(args.append_timeout),
+        envoy_log_level=args.envoy_log_level,
+        concurrency=args.concurrency,
+        hot_restart=not args.no_hot_restart,
+        locality_zone=labels.get("zone"),
+    )

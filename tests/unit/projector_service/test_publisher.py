@@ -1,0 +1,165 @@
+"""The view diff: only real changes, in the order bodies -> memberships -> body tombstones."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from events import topics
+from projector.publisher import (
+    PublishedViews,
+    ViewPlan,
+    membership_value,
+    parse_membership_value,
+    parse_resource_key,
+    plan_records,
+    plan_views,
+    resource_key,
+)
+from projector.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from projector.versioning import version_of
+
+
+class Rendered:
+    def __init__(self, resources, membership):
+        self.resources = resources
+        self.membership = membership
+        self.versions = {rk: version_of(b) for rk, b in resources.items()}
+
+
+def mesh(bodies: dict, nodes: dict) -> Rendered:
+    """bodies: (type, name) -> bytes; nodes: node -> list of (type, name)."""
+    membership = {}
+    for node, keys in nodes.items():
+        per = {u: {} for u in (CLUSTER, ENDPOINT, LISTENER, ROUTE)}
+        for rk in keys:
+            per[rk[0]][rk[1]] = version_of(bodies[rk])
+        membership[node] = per
+    return Rendered(bodies, membership)
+
+
+def test_first_plan_publishes_every_body_in_type_order_then_memberships():
+    bodies = {(ROUTE, "n~outbound"): b"r", (LISTENER, "n~outbound"): b"l", (ENDPOINT, "db"): b"e", (CLUSTER, "db"): b"c",
+              (CLUSTER, "db|v1"): b"c1"}
+    plan = plan_views(mesh(bodies, {"n": list(bodies)}), PublishedViews())
+    assert [rk for rk, _b, _v in plan.bodies] == [
+        (CLUSTER, "db"), (CLUSTER, "db|v1"), (ENDPOINT, "db"), (LISTENER, "n~outbound"), (ROUTE, "n~outbound")]
+    assert [n for n, _v, _r in plan.membership] == ["n"]
+    assert plan.removals == []
+    phases = plan_records(plan)
+    assert [r[0] for r in phases[0]] == [topics.VIEW_RESOURCES] * 5
+    assert phases[0][0][1] == f"{CLUSTER}|db".encode()
+    assert [r[0] for r in phases[1]] == [topics.VIEW_MEMBERSHIP]
+    node, resources = parse_membership_value(phases[1][0][2])
+    assert node == "n" and resources[CLUSTER]["db"] == version_of(b"c")
+
+
+def test_an_unchanged_mesh_plans_nothing():
+    bodies = {(CLUSTER, "db"): b"c", (ENDPOINT, "db"): b"e"}
+    rendered = mesh(bodies, {"n": list(bodies), "m": [(CLUSTER, "db")]})
+    published = PublishedViews()
+    published.apply(plan_views(rendered, published))
+    again = plan_views(mesh(dict(bodies), {"n": list(bodies), "m": [(CLUSTER, "db")]}), published)
+    assert again.empty and again.bodies == [] and again.membership == [] and again.removals == []
+
+
+def test_a_changed_body_is_sent_with_the_memberships_naming_its_new_version():
+    bodies = {(CLUSTER, "db"): b"c", (ENDPOINT, "db"): b"e"}
+    published = PublishedViews()
+    published.apply(plan_views(mesh(bodies, {"n": list(bodies), "m": [(CLUSTER, "db")]}), published))
+    bodies2 = {(CLUSTER, "db"): b"c", (ENDPOINT, "db"): b"e2"}
+    plan = plan_views(mesh(bodies2, {"n": list(bodies2), "m": [(CLUSTER, "db")]}), published)
+    assert [(rk, b) for rk, b, _v in plan.bodies] == [((ENDPOINT, "db"), b"e2")]
+    assert [n for n, _v, _r in plan.membership] == ["n"]  # m does not name the endpoints: unchanged
+    assert plan.removals == []
+
+
+def test_a_vanished_node_and_its_orphaned_bodies_are_tombstoned_after_the_memberships():
+    bodies = {(CLUSTER, "db"): b"c", (CLUSTER, "x"): b"x", (LISTENER, "gone~inbound"): b"l"}
+    published = PublishedViews()
+    published.apply(plan_views(mesh(bodies, {"gone": list(bodies), "stay": [(CLUSTER, "db")]}), published))
+    plan = plan_views(mesh({(CLUSTER, "db"): b"c"}, {"stay": [(CLUSTER, "db")]}), published)
+    assert plan.bodies == []
+    assert plan.membership == [("gone", None, None)]
+    assert sorted(plan.removals) == sorted([(CLUSTER, "x"), (LISTENER, "gone~inbound")])
+    phases = plan_records(plan)
+    assert phases[1] == [(topics.VIEW_MEMBERSHIP, b"gone", None)]
+    assert {k for _t, k, v in phases[2] if v is None} == {f"{CLUSTER}|x".encode(), f"{LISTENER}|gone~inbound".encode()}
+    published.apply(plan)
+    assert set(published.resources) == {(CLUSTER, "db")} and set(published.membership) == {"stay"}
+
+
+def test_a_body_moving_between_nodes_is_not_removed():
+    bodies = {(CLUSTER, "db"): b"c"}
+    published = PublishedViews()
+    published.apply(plan_views(mesh(bodies, {"a": [(CLUSTER, "db")]}), published))
+    plan = plan_views(mesh(bodies, {"b": [(CLUSTER, "db")]}), published)
+    assert plan.bodies == [] and plan.removals == []
+    assert [(n, v is None) for n, v, _r in plan.membership] == [("b", False), ("a", True)]
+
+
+def test_keys_and_values_round_trip():
+    assert parse_resource_key(resource_key(CLUSTER, "db|v1")) == (CLUSTER, "db|v1")  # split at the first '|'
+    with pytest.raises(ValueError):
+        parse_resource_key(b"no-separator")
+    value = membership_value("n~1", {CLUSTER: {"b": "2", "a": "1"}})
+    assert value == orjson.dumps({"node": "n~1", "resources": {CLUSTER: {"a": "1", "b": "2"}}})
+    assert parse_membership_value(value) == ("n~1", {CLUSTER: {"a": "1", "b": "2"}})
+    assert ViewPlan([], [], []).empty
+
+
+def test_planning_from_an_incremental_render_equals_the_full_diff():
+    """plan_changes (change sets of render_all(state, previous=...)) == plan_views (full diff), step by step."""
+    import random
+
+    from events import types as t
+    from events.envelope import Logged
+    from projector.fold import fold_many
+    from projector.publisher import plan_changes
+    from projector.render import render_all
+    from projector.state import empty_state
+
+    from .helpers import envelope
+
+    services = [f"s{i}" for i in range(6)]
+    offset = 0
+
+    def logged(p):
+        nonlocal offset
+        offset += 1
+        return Logged(envelope(p), p.TOPIC, 0, offset, 1000 + offset)
+
+    for seed in range(25):
+        rnd = random.Random(seed)
+        state, previous = empty_state(), None
+        full_pub, inc_pub = PublishedViews(), PublishedViews()
+        for _step in range(30):
+            batch = []
+            for _ in range(rnd.randint(1, 4)):
+                svc, inst = rnd.choice(services), f"i{rnd.randrange(3)}"
+                roll = rnd.random()
+                if roll < 0.45:
+                    deps = tuple(sorted(set(rnd.sample(services, 2)) - {svc}))
+                    node = f"n-{svc}-{inst}" if rnd.random() < 0.8 else None
+                    batch.append(logged(t.InstanceRegistered(
+                        service=svc, instance_id=inst, address=f"10.0.0.{rnd.randrange(1, 9)}", port=8080,
+                        node_id=node, depends_on=deps, protocol=rnd.choice(("http", "http", "grpc", "tcp")),
+                        sidecar=t.SidecarPorts(inbound_port=15001, outbound_port=15002) if rnd.random() < 0.7 else None,
+                    )))
+                elif roll < 0.65:
+                    batch.append(logged(t.InstanceDeregistered(service=svc, instance_id=inst)))
+                else:
+                    batch.append(logged(t.InstanceHealthChanged(
+                        service=svc, instance_id=inst, status=rnd.choice(("healthy", "unhealthy", "draining")),
+                        observer="test")))
+            state, _ = fold_many(state, batch)
+            full = render_all(state)
+            rendered = render_all(state, previous=previous) if previous is not None else full
+            expected = plan_views(full, full_pub)
+            got = plan_changes(rendered, inc_pub) if previous is not None else plan_views(rendered, inc_pub)
+            assert got.bodies == expected.bodies, seed
+            assert got.membership == expected.membership, seed
+            assert got.removals == expected.removals, seed
+            full_pub.apply(expected)
+            inc_pub.apply(got)
+            previous = rendered

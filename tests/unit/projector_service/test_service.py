@@ -1,0 +1,253 @@
+"""The projector's batch step without a broker: a fake producer, a real RocksDB in a temp dir.
+
+Covers: publish order, idempotent re-delivery, dead letters, rejections,
+restart without republishing, a crash before the commit, a failing fold,
+broker errors while publishing, and holding renders back during catch-up.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from events import topics
+from events import types as t
+from events.codec import decode
+from projector import service as service_mod
+from projector.deadletter import parse_dead_letter
+from projector.publisher import parse_membership_value, parse_resource_key
+from projector.service import ProjectorConfig, ProjectorService, Store, same_state
+from projector.typeurls import CLUSTER, LISTENER
+
+from .helpers import FakeProducer, Log, registered
+
+
+def make(tmp_path, producer: FakeProducer, ends: dict | None = None, **cfg) -> ProjectorService:
+    svc = ProjectorService(ProjectorConfig(bootstrap="test:9092", data_dir=tmp_path, sync_writes=False, **cfg))
+    svc.load_store("cluster-1")
+    svc.producer = producer
+    svc.hold_rendering_until(ends or {})
+    return svc
+
+
+def close(svc: ProjectorService) -> None:
+    svc.store.close()
+    svc.store = None
+
+
+def mesh_log() -> Log:
+    log = Log()
+    log.append(registered("db", "db-1"))
+    log.append(registered("api", "api-1", "node-api", deps=("db",)))
+    return log
+
+
+def views(producer: FakeProducer):
+    res = [(parse_resource_key(s.key), s.value) for s in producer.to(topics.VIEW_RESOURCES)]
+    mem = [(s.key.decode(), s.value) for s in producer.to(topics.VIEW_MEMBERSHIP)]
+    return res, mem
+
+
+async def test_a_batch_publishes_bodies_before_memberships_and_stores_the_versions(tmp_path):
+    log, producer = mesh_log(), FakeProducer()
+    svc = make(tmp_path, producer)
+    res = await svc.process(log.records[topics.REGISTRATIONS])
+    assert res.folded == 2 and res.rendered
+    kinds = [s.topic for s in producer.sent]
+    first_membership = kinds.index(topics.VIEW_MEMBERSHIP)
+    assert set(kinds[:first_membership]) == {topics.VIEW_RESOURCES}
+    assert kinds[first_membership:] == [topics.VIEW_MEMBERSHIP]
+    _res, mem = views(producer)
+    node, resources = parse_membership_value(mem[0][1])
+    assert node == "node-api" and "db" in resources[CLUSTER]
+    assert svc.emitted == {f"{topics.REGISTRATIONS}/0": 2}
+    close(svc)
+    stored = Store(tmp_path / service_mod.DB_NAME).load()
+    assert stored.published.membership["node-api"] == resources
+    assert set(stored.published.resources) == {rk for rk, _ in _res}
+
+
+async def test_redelivered_records_are_skipped(tmp_path):
+    log, producer = mesh_log(), FakeProducer()
+    svc = make(tmp_path, producer)
+    await svc.process(log.records[topics.REGISTRATIONS])
+    before, state = len(producer.sent), svc.state
+    res = await svc.process(log.records[topics.REGISTRATIONS])
+    assert res.skipped == 2 and res.folded == 0
+    assert len(producer.sent) == before and svc.state is state
+    close(svc)
+
+
+async def test_garbage_is_dead_lettered_and_the_rest_of_the_batch_is_folded(tmp_path):
+    log, producer = Log(), FakeProducer()
+    bad = log.raw(topics.REGISTRATIONS, b"x/y", b'{"type": "instance.registered"}')
+    log.append(registered("api", "api-1", "node-api"))
+    svc = make(tmp_path, producer)
+    res = await svc.process(log.records[topics.REGISTRATIONS])
+    assert res.dead_lettered == 1 and res.folded == 1
+    (letter,) = producer.to(topics.DEADLETTER)
+    assert letter.key == f"{topics.REGISTRATIONS}/0/{bad.offset}".encode()
+    parsed = parse_dead_letter(letter.value)
+    assert parsed.value == bad.value and "is required" in parsed.reason
+    assert producer.sent.index(letter) < min(i for i, s in enumerate(producer.sent) if s.topic == topics.VIEW_RESOURCES)
+    assert "node-api" in [n for n, _v in views(producer)[1]]
+    assert svc.counters["dead_lettered"] == 1 and svc.counters["events"] == 1
+    close(svc)
+
+
+async def test_an_invalid_rule_is_recorded_as_a_rejection_and_changes_no_view(tmp_path):
+    log, producer = mesh_log(), FakeProducer()
+    svc = make(tmp_path, producer)
+    await svc.process(log.records[topics.REGISTRATIONS])
+    sent_before = len(producer.sent)
+    rule = t.RouteRuleUpserted(host="db", revision=1, routes=(
+        t.HttpRoute(destinations=(t.WeightedDestination(subset="v9", weight=100),)),))
+    rec = log.append(rule)
+    res = await svc.process([rec])
+    assert res.rejected == 1 and not res.rendered  # state unchanged: nothing to render
+    new = producer.sent[sent_before:]
+    assert [s.topic for s in new] == [topics.REJECTIONS]
+    env = decode(new[0].value)
+    assert env.producer == "projector" and new[0].key == b"route_rule/db"
+    assert env.payload.source_offset == rec.offset and "v9" in env.payload.reason
+    close(svc)
+
+
+async def test_a_restart_republishes_nothing_and_repeats_no_side_effect(tmp_path):
+    log, producer = mesh_log(), FakeProducer()
+    log.raw(topics.REGISTRATIONS, None, b"garbage")
+    rule = t.RouteRuleUpserted(host="db", revision=1, routes=(
+        t.HttpRoute(destinations=(t.WeightedDestination(subset="v9", weight=100),)),))
+    log.append(rule)
+    # no checkpoint of the state at all: the restart refolds everything from offset 0
+    svc = make(tmp_path, producer, checkpoint_events=10**9, checkpoint_interval_s=10**9)
+    everything = log.records[topics.REGISTRATIONS] + log.records[topics.RULES]
+    await svc.process(everything)
+    assert producer.to(topics.DEADLETTER) and producer.to(topics.REJECTIONS)
+    state = svc.state
+    close(svc)  # like a crash after the commit: no final checkpoint
+
+    producer2 = FakeProducer()
+    svc2 = make(tmp_path, producer2, ends={f"{topics.REGISTRATIONS}/0": 3, f"{topics.RULES}/0": 1})
+    assert svc2.next_folded == {} and svc2.emitted == {f"{topics.REGISTRATIONS}/0": 3, f"{topics.RULES}/0": 1}
+    res = await svc2.process(everything)
+    assert res.rendered  # once caught up: the reconcile render...
+    assert producer2.sent == []  # ...found nothing to republish, and no dead letter / rejection repeats
+    assert svc2.state == state
+    close(svc2)
+
+
+async def test_a_crash_before_the_commit_loses_nothing(tmp_path, monkeypatch):
+    log, producer = mesh_log(), FakeProducer()
+    svc = make(tmp_path, producer)
+
+    def crash(*a, **k):
+        raise SystemExit("killed between publish and commit")
+
+    monkeypatch.setattr(svc.store, "commit", crash)
+    with pytest.raises(SystemExit):
+        await svc.process(log.records[topics.REGISTRATIONS])
+    monkeypatch.undo()
+    close(svc)
+
+    producer2 = FakeProducer()
+    svc2 = make(tmp_path, producer2)
+    await svc2.process(log.records[topics.REGISTRATIONS])
+    # at-least-once: the batch is redone and its views published again (identical records)
+    assert [(s.topic, s.key, s.value) for s in producer2.sent] == [(s.topic, s.key, s.value) for s in producer.sent]
+    close(svc2)
+
+
+async def test_a_fold_that_raises_dead_letters_only_the_offending_event(tmp_path, monkeypatch):
+    log, producer = Log(), FakeProducer()
+    log.append(registered("db", "db-1"))
+    poison = log.append(registered("api", "api-1", "node-api", deps=("db",)))
+    log.append(registered("web", "web-1", "node-web", deps=("db",)))
+    real = service_mod.fold_with_decisions
+
+    def many(state, events):
+        raise RuntimeError("fold_many bug")
+
+    def one(state, logged):
+        if logged.offset == poison.offset:
+            raise ValueError("bug in the fold")
+        return real(state, logged)
+
+    monkeypatch.setattr(service_mod, "fold_many", many)
+    monkeypatch.setattr(service_mod, "fold_with_decisions", one)
+    svc = make(tmp_path, producer)
+    res = await svc.process(log.records[topics.REGISTRATIONS])
+    assert res.dead_lettered == 1 and res.folded == 2
+    letter = parse_dead_letter(producer.to(topics.DEADLETTER)[0].value)
+    assert letter.stage == "fold" and letter.offset == poison.offset and "bug in the fold" in letter.reason
+    nodes = [n for n, _v in views(producer)[1]]
+    assert nodes == ["node-web"]
+    close(svc)
+
+
+async def test_broker_errors_while_publishing_are_retried(tmp_path):
+    log, producer = mesh_log(), FakeProducer(fail_next=1)
+    svc = make(tmp_path, producer)
+    await svc.process(log.records[topics.REGISTRATIONS])
+    assert "node-api" in [n for n, _v in views(producer)[1]]
+    close(svc)
+
+
+async def test_renders_wait_for_the_catch_up_after_start(tmp_path):
+    log, producer = Log(), FakeProducer()
+    for i in range(4):
+        log.append(registered("api", f"api-{i}", f"node-{i}"))
+    recs = log.records[topics.REGISTRATIONS]
+    svc = make(tmp_path, producer, ends={f"{topics.REGISTRATIONS}/0": 4})
+    res = await svc.process(recs[:2])
+    assert not res.rendered and views(producer) == ([], [])
+    res = await svc.process(recs[2:])
+    assert res.rendered
+    assert sorted(n for n, _v in views(producer)[1]) == [f"node-{i}" for i in range(4)]
+    # a listener of a node folded before the end was published only once, at the end
+    assert len([k for k, _b in views(producer)[0] if k == (LISTENER, "node-0~inbound")]) == 1
+    close(svc)
+
+
+async def test_checkpoint_and_snapshot(tmp_path):
+    log, producer = mesh_log(), FakeProducer()
+    svc = make(tmp_path, producer, snapshot_events=2, checkpoint_events=2)
+    await svc.process(log.records[topics.REGISTRATIONS])
+    (snap,) = producer.to(topics.SNAPSHOTS)
+    from projector.snapshots import decode_snapshot
+
+    decoded = decode_snapshot(snap.value)
+    assert decoded.next_offsets == {f"{topics.REGISTRATIONS}/0": 2} and decoded.events == 2
+    assert decoded.state() == svc.state
+    close(svc)
+    stored = Store(tmp_path / service_mod.DB_NAME).load()
+    assert stored.state == svc.state and stored.state_offsets == {f"{topics.REGISTRATIONS}/0": 2}
+    assert stored.snapshot_marks["events"] == 2
+
+
+def test_a_data_dir_of_another_cluster_is_refused(tmp_path):
+    svc = make(tmp_path, FakeProducer())
+    close(svc)
+    other = ProjectorService(ProjectorConfig(bootstrap="b:1", data_dir=tmp_path))
+    with pytest.raises(service_mod.ProjectorError, match="fresh --data-dir"):
+        other.load_store("cluster-2")
+
+
+def test_same_state_sees_shared_maps():
+    import dataclasses
+
+    from projector.state import empty_state
+
+    s = empty_state()
+    assert same_state(s, s) and same_state(s, dataclasses.replace(s))
+    assert not same_state(s, dataclasses.replace(s, instances=s.instances.set("k", 1)))
+
+
+async def test_a_stop_while_the_broker_fails_does_not_checkpoint_the_unpublished_batch(tmp_path):
+    log, producer = mesh_log(), FakeProducer(fail_next=10**6)
+    svc = make(tmp_path, producer, checkpoint_events=1)
+    svc.request_stop()
+    with pytest.raises(service_mod._Stopping):
+        await svc.process(log.records[topics.REGISTRATIONS])
+    await svc.close()
+    stored = Store(tmp_path / service_mod.DB_NAME).load()
+    assert stored.state_offsets == {} and stored.emitted == {}  # the batch is redone on the next start

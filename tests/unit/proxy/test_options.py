@@ -1,0 +1,101 @@
+"""``meshlog-sidecar run`` argument validation: every problem named by its flag, nothing started."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meshlog.bootstrap import NoBrokerAddress
+from proxy import cli
+from proxy.options import BadArguments, build_parser, options_from_args
+
+BASE = ["run", "--service", "web", "--instance-id", "w1", "--app-port", "8080", "--inbound-port", "15001",
+        "--outbound-port", "15002", "--gateway", "127.0.0.1:18000", "--bootstrap", "127.0.0.1:9092"]
+
+
+def _resolve(explicit):
+    if explicit:
+        return explicit
+    raise NoBrokerAddress("no Kafka address: pass --bootstrap HOST:PORT")
+
+
+def parse(*extra: str, base=BASE):
+    args = build_parser().parse_args([*base, *extra])
+    return options_from_args(args, resolve_bootstrap=_resolve, free_port=lambda: 19901)
+
+
+def problems(*extra: str, base=BASE) -> tuple[str, ...]:
+    with pytest.raises(BadArguments) as info:
+        parse(*extra, base=base)
+    return info.value.problems
+
+
+def test_defaults_and_the_registration_published():
+    o = parse("--label", "version=v2", "--label", "zone=a", "--depends-on", "reviews", "--gateway", "127.0.0.1:18001")
+    r = o.registration
+    # the app's port is `port`; other nodes reach this instance on the sidecar's inbound port
+    assert (r.service, r.instance_id, r.address, r.port) == ("web", "w1", "127.0.0.1", 8080)
+    assert (r.sidecar.inbound_port, r.sidecar.outbound_port) == (15001, 15002)
+    assert r.labels == {"version": "v2", "zone": "a"} and r.depends_on == ("reviews",)
+    assert r.node_id == o.node_id == "web-w1"
+    assert o.node_cluster == "web"
+    assert o.gateways == ("127.0.0.1:18000", "127.0.0.1:18001")
+    assert o.admin_port == 19901 and o.base_id == 19901  # a free port; the base id follows it
+    assert o.cache_dir.name == "web-w1" and o.status_file == o.cache_dir / "status.json"
+    assert o.locality_zone == "a"
+    assert o.hot_restart and o.drain_seconds == 5.0
+
+
+def test_explicit_values_win(tmp_path):
+    o = parse("--node-id", "n-1", "--admin-port", "9901", "--base-id", "77", "--cache-dir", str(tmp_path),
+              "--no-hot-restart", "--drain-seconds", "0", "--weight", "3", "--protocol", "grpc")
+    assert (o.node_id, o.admin_port, o.base_id, o.cache_dir) == ("n-1", 9901, 77, Path(tmp_path))
+    assert not o.hot_restart and o.drain_seconds == 0
+    assert o.registration.weight == 3 and o.registration.protocol == "grpc"
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--gateway", "nohost"], "--gateway: 'nohost' is not HOST:PORT"),
+    (["--gateway", "127.0.0.1:18000"], "--gateway: an address is given twice"),
+    (["--gateway", "h:99999"], "--gateway: port of 'h:99999' is not 1-65535"),
+    (["--label", "version"], "--label: 'version' is not KEY=VALUE"),
+    (["--label", "a=1", "--label", "a=2"], "--label: 'a' given twice"),
+    (["--drain-seconds", "-1"], "--drain-seconds"),
+    (["--admin-port", "8080"], "--admin-port: port 8080 is also --app-port"),
+    (["--depends-on", "web"], "--depends-on: a service cannot depend on itself"),
+    (["--weight", "0"], "--weight"),
+    (["--protocol", "udp"], "--protocol"),
+    (["--node-id", " "], "--node-id: must not be empty"),
+])
+def test_each_problem_names_its_flag(extra, expected):
+    found = problems(*extra)
+    assert any(p.startswith(expected) for p in found), found
+
+
+def test_every_problem_is_reported_at_once():
+    base = ["run", "--service", "Bad_Name", "--instance-id", "w1", "--app-port", "80", "--inbound-port", "80",
+            "--outbound-port", "70000", "--gateway", "x", "--bootstrap", "127.0.0.1:9092"]
+    found = problems(base=base)
+    assert any(p.startswith("--service:") for p in found)
+    assert any(p.startswith("--outbound-port: 70000") for p in found)
+    assert any(p.startswith("--inbound-port: port 80 is also --app-port") for p in found)
+    assert any(p.startswith("--gateway:") for p in found)
+
+
+def test_a_gateway_is_required():
+    base = [a for a in BASE if a not in ("--gateway", "127.0.0.1:18000")]
+    assert "--gateway: give at least one xds-gateway HOST:PORT" in problems(base=base)
+
+
+def test_no_broker_address_is_an_argument_problem():
+    base = BASE[: BASE.index("--bootstrap")]
+    assert any(p.startswith("--bootstrap: no Kafka address") for p in problems(base=base))
+
+
+def test_the_cli_exits_2_and_starts_nothing(capsys):
+    assert cli.main(["run", "--service", "web", "--instance-id", "w1", "--app-port", "1", "--inbound-port", "1",
+                     "--outbound-port", "2", "--gateway", "127.0.0.1:1", "--bootstrap", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid argument: --inbound-port: port 1 is also --app-port" in err
+    assert "nothing was started" in err

@@ -5,9 +5,10 @@ Invariants:
   into a ``DeltaStream``/``SotwStream`` and the machine's responses onto the
   wire. What to send is decided by the machine; what exists is decided by the
   projector (through the ``ViewCache``).
-- The view tail never waits for a stream: a view change only sets the
-  affected streams' "dirty" events; each stream then takes the latest view
-  itself (so bursts coalesce and a slow stream costs nobody else).
+- The view tail never waits for a stream: a view change only queues one
+  "view changed" token per affected stream (never a second while one is
+  pending); each stream then takes the latest view itself, so bursts coalesce
+  and a slow stream costs nobody else.
 - A stream whose client does not read its responses within
   ``write_timeout_s`` is closed (the client reconnects and resyncs cheaply
   with ``initial_resource_versions``) instead of holding memory.
@@ -38,6 +39,53 @@ from xds_gateway.view_cache import ViewCache
 log = logging.getLogger(__name__)
 
 _EOF = object()
+_VIEW = object()  # "the node's view changed": at most one queued per stream, so bursts coalesce
+_OVERRUN = object()
+
+
+class _Inbox:
+    """One queue per stream carrying client requests and view-change tokens, in arrival order."""
+
+    __slots__ = ("queue", "_changed_at")
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self._changed_at: float | None = None
+
+    def view_changed(self, now: float) -> None:
+        if self._changed_at is None:
+            self._changed_at = now
+            self.queue.put_nowait(_VIEW)
+
+    def take_change(self) -> float | None:
+        changed_at, self._changed_at = self._changed_at, None
+        return changed_at
+
+
+class _StreamMetrics:
+    """Label children resolved once per stream, not once per response."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.bytes = metrics.BYTES_SENT.labels(kind)
+        self._by_type: dict[str, tuple] = {}
+
+    def sent(self, response, changed_at: float | None) -> None:
+        children = self._by_type.get(response.type_url)
+        if children is None:
+            children = self._by_type[response.type_url] = (
+                metrics.RESPONSES.labels(self.kind, response.type_url),
+                metrics.RESOURCES_SENT.labels(self.kind, response.type_url),
+                metrics.REMOVALS_SENT.labels(self.kind, response.type_url),
+            )
+        responses, resources, removals = children
+        responses.inc()
+        self.bytes.inc(response.ByteSize())
+        resources.inc(len(response.resources))
+        if self.kind == "delta":
+            removals.inc(len(response.removed_resources))
+        if changed_at is not None:
+            metrics.PUSH_LATENCY.observe(time.monotonic() - changed_at)
 _stream_ids = itertools.count(1)
 
 
@@ -46,8 +94,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.cache = cache
         self.write_timeout_s = write_timeout_s
         self.request_queue = request_queue
-        self._watchers: dict[str, set[asyncio.Event]] = defaultdict(set)
-        self._unknown_watchers: set[asyncio.Event] = set()
+        self._watchers: dict[str, set[_Inbox]] = defaultdict(set)
+        self._unknown_watchers: set[_Inbox] = set()
         self._streams: set[asyncio.Task] = set()
         self._closing = False
         cache.subscribe(self._on_view_change)
@@ -58,14 +106,12 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         metrics.VIEW_CHANGES.inc()
         now = time.monotonic()
         for node in nodes:
-            for event in self._watchers.get(node, ()):
-                event.changed_at = getattr(event, "changed_at", None) or now  # type: ignore[attr-defined]
-                event.set()
+            for inbox in self._watchers.get(node, ()):
+                inbox.view_changed(now)
         # unknown nodes watch the shared resources and wait to become known
         if self._unknown_watchers and (self.cache.shared_changed or nodes):
-            for event in self._unknown_watchers:
-                event.changed_at = getattr(event, "changed_at", None) or now  # type: ignore[attr-defined]
-                event.set()
+            for inbox in self._unknown_watchers:
+                inbox.view_changed(now)
 
     def _view_for(self, node_id: str):
         if self.cache.knows_node(node_id):
@@ -84,8 +130,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
     async def _serve(self, kind: str, context) -> None:
         stream_id = f"{os.getpid()}-{next(_stream_ids)}"
-        requests: asyncio.Queue = asyncio.Queue(maxsize=self.request_queue)
-        dirty = asyncio.Event()
+        inbox = _Inbox()
 
         async def read_requests() -> None:
             try:
@@ -93,81 +138,70 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     request = await context.read()
                     if request is grpc.aio.EOF:
                         break
-                    await requests.put(request)
+                    if inbox.queue.qsize() >= self.request_queue:
+                        # the client sends faster than we answer: shed it rather than buffer without bound
+                        inbox.queue.put_nowait(_OVERRUN)
+                        return
+                    inbox.queue.put_nowait(request)
             except (asyncio.CancelledError, grpc.aio.AioRpcError, grpc.RpcError):
                 pass
             finally:
-                try:
-                    requests.put_nowait(_EOF)
-                except asyncio.QueueFull:
-                    pass  # the stream loop is behind; it ends when the RPC is torn down
+                inbox.queue.put_nowait(_EOF)
 
         reader = asyncio.create_task(read_requests())
-        first = await requests.get()
-        if first is _EOF:
+        first = await inbox.queue.get()
+        if first is _EOF or first is _OVERRUN:
             reader.cancel()
             return
         node_id = first.node.id
         if not node_id:
+            reader.cancel()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id")
         known = self.cache.knows_node(node_id)
         machine = self._new_machine(kind, stream_id, node_id, known)
-        watch_set = self._watchers[node_id] if known else self._unknown_watchers
-        watch_set.add(dirty)
+        (self._watchers[node_id] if known else self._unknown_watchers).add(inbox)
         metrics.STREAMS.labels(kind).inc()
+        counters = _StreamMetrics(kind)
         log.info("%s stream %s opened by node %s (%s)", kind, stream_id, node_id, "known" if known else "not in the view")
         try:
-            pending_request = first
+            item = first
             while True:
-                if pending_request is not None:
-                    request, pending_request = pending_request, None
-                    if request is _EOF:
-                        return
-                    responses = machine.on_request(request)
-                    self._log_nack(kind, node_id, request)
-                    changed_at = None
-                else:
-                    get_request = asyncio.ensure_future(requests.get())
-                    wait_dirty = asyncio.ensure_future(dirty.wait())
-                    done, _ = await asyncio.wait({get_request, wait_dirty}, return_when=asyncio.FIRST_COMPLETED)
-                    if get_request in done:
-                        wait_dirty.cancel()
-                        pending_request = get_request.result()
-                        continue
-                    get_request.cancel()
-                    changed_at = getattr(dirty, "changed_at", None)
-                    dirty.clear()
-                    dirty.changed_at = None  # type: ignore[attr-defined]
+                changed_at = None
+                if item is _EOF:
+                    return
+                if item is _OVERRUN:
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many unanswered requests")
+                if item is _VIEW:
+                    changed_at = inbox.take_change()
                     if not known and self.cache.knows_node(node_id):
                         # the node's registration was rendered: serve its own view from now on
                         known = True
-                        self._unknown_watchers.discard(dirty)
-                        self._watchers[node_id].add(dirty)
+                        self._unknown_watchers.discard(inbox)
+                        self._watchers[node_id].add(inbox)
                         machine.set_scope(allowed=None, wildcard_allowed=True)
                         log.info("%s stream %s: node %s now in the view", kind, stream_id, node_id)
                     responses = machine.on_view(self._view_for(node_id))
+                else:
+                    responses = machine.on_request(item)
+                    self._log_nack(kind, node_id, item)
                 for response in responses:
                     try:
-                        await asyncio.wait_for(context.write(response), self.write_timeout_s)
-                    except asyncio.TimeoutError:
+                        async with asyncio.timeout(self.write_timeout_s):
+                            await context.write(response)
+                    except TimeoutError:
                         metrics.SLOW_STREAMS_CLOSED.inc()
                         log.warning("%s stream %s (node %s) did not read for %.0fs: closing it", kind, stream_id,
                                     node_id, self.write_timeout_s)
                         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "stream too slow; reconnect")
-                    metrics.RESPONSES.labels(kind, response.type_url).inc()
-                    metrics.BYTES_SENT.labels(kind).inc(response.ByteSize())
-                    metrics.RESOURCES_SENT.labels(kind, response.type_url).inc(len(response.resources))
-                    if kind == "delta":
-                        metrics.REMOVALS_SENT.labels(kind, response.type_url).inc(len(response.removed_resources))
-                    if changed_at is not None:
-                        metrics.PUSH_LATENCY.observe(time.monotonic() - changed_at)
+                    counters.sent(response, changed_at)
+                item = await inbox.queue.get()
         finally:
             watch_set = self._watchers.get(node_id)
             if watch_set is not None:
-                watch_set.discard(dirty)
+                watch_set.discard(inbox)
                 if not watch_set:
                     self._watchers.pop(node_id, None)
-            self._unknown_watchers.discard(dirty)
+            self._unknown_watchers.discard(inbox)
             reader.cancel()
             metrics.STREAMS.labels(kind).dec()
             log.info("%s stream %s closed (node %s)", kind, stream_id, node_id)

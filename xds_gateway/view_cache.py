@@ -44,6 +44,10 @@ NodeView = Mapping[str, Mapping[str, VersionedResource]]
 Listener = Callable[[set[str]], None]
 
 
+def _same_names(a: Mapping[str, Mapping[str, str]], b: Mapping[str, Mapping[str, str]]) -> bool:
+    return a.keys() == b.keys() and all(a[t].keys() == b[t].keys() for t in a)
+
+
 class ViewCache:
     """What every node should hold right now, kept current from the view topics."""
 
@@ -117,24 +121,31 @@ class ViewCache:
 
     def apply_membership(self, key: bytes, value: bytes | None, changed: set[str]) -> None:
         node = key.decode()
-        old = self._membership.pop(node, None)
-        if old is not None:
-            for type_url, names in old.items():
-                for name in names:
-                    self._referenced_by[(type_url, name)].discard(node)
+        new = None
         if value is not None:
             try:
                 doc = orjson.loads(value)
                 new = {t: dict(names) for t, names in doc["resources"].items()}
             except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
                 log.error("ignoring malformed membership for node %s: %s", node, exc)
-                new = None
-            if new is not None:
-                self._membership[node] = new
-                for type_url, names in new.items():
-                    for name in names:
-                        self._referenced_by[(type_url, name)].add(node)
-        if old != self._membership.get(node):
+                return
+        old = self._membership.get(node)
+        if old is not None and new is not None and _same_names(old, new):
+            # only versions moved: the bodies' own arrival already notified this node, and the
+            # view is built from bodies, so there is nothing to re-index or re-send
+            self._membership[node] = new
+            return
+        if old is not None:
+            del self._membership[node]
+            for type_url, names in old.items():
+                for name in names:
+                    self._referenced_by[(type_url, name)].discard(node)
+        if new is not None:
+            self._membership[node] = new
+            for type_url, names in new.items():
+                for name in names:
+                    self._referenced_by[(type_url, name)].add(node)
+        if old != new:
             changed.add(node)
 
     def apply_records(self, records: Iterable) -> set[str]:

@@ -13,32 +13,43 @@ Invariants:
 - Records are yielded merged across partitions in a deterministic order
   (broker timestamp, then topic, partition, offset); the fold is built not to
   depend on cross-topic order, and this order makes output reproducible.
+  ``iter_cut`` streams that order with per-partition watermarks (a record is
+  released once no partition can still deliver an earlier one), so memory
+  stays bounded by what is fetched ahead, not by the length of the log.
 - A record that does not decode is reported (it was dead-lettered live), not
-  folded.
+  folded. Decoding follows ``events.codec`` exactly (``replay.decode``).
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
+import operator
+import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
+from typing import AsyncIterator, Callable, Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from events import topics
-from events.codec import decode_record
 from events.envelope import Logged
 from events.errors import EventValidationError
+from replay.decode import RecordDecoder
 
 log = logging.getLogger(__name__)
 
 TOPIC_RANK = {t.name: i for i, t in enumerate(topics.EVENT_TOPICS)}
 
+Undecodable = tuple[str, int, int, int, str]  # topic, partition, offset, broker timestamp, reason
+
+
+class ReadStalled(RuntimeError):
+    """A partition of a cut stopped advancing (the broker went away mid-read)."""
+
 
 @dataclass(slots=True)
 class Cut:
-    """Where reading starts and stops for each event partition."""
+    """Where reading starts and stops for each event partition (stop is exclusive)."""
 
     start: dict[TopicPartition, int]
     stop: dict[TopicPartition, int]
@@ -47,16 +58,51 @@ class Cut:
     def total(self) -> int:
         return sum(max(0, self.stop[tp] - self.start.get(tp, 0)) for tp in self.stop)
 
+    def stops_by_key(self) -> dict[str, int]:
+        return {f"{tp.topic}/{tp.partition}": off for tp, off in sorted(self.stop.items())}
+
 
 @dataclass(slots=True)
 class ReadResult:
     events: list[Logged] = field(default_factory=list)
-    undecodable: list[tuple[str, int, int, int, str]] = field(default_factory=list)  # topic, partition, offset, ts, reason
+    undecodable: list[Undecodable] = field(default_factory=list)
     first_timestamp_ms: int | None = None
+
+
+@dataclass(slots=True)
+class Batch:
+    """A slice of the merged order: events to fold, and records that did not decode."""
+
+    events: list[Logged]
+    undecodable: list[Undecodable]
+    records: int  # records consumed for this batch (for progress)
 
 
 def event_partitions() -> list[TopicPartition]:
     return [TopicPartition(t.name, p) for t in topics.EVENT_TOPICS for p in range(t.partitions)]
+
+
+def merge_key(e: Logged) -> tuple[int, int, int, int]:
+    return (e.timestamp_ms, TOPIC_RANK.get(e.topic, 99), e.partition, e.offset)
+
+
+def _tp_order(tp: TopicPartition) -> tuple[int, str, int]:
+    return (TOPIC_RANK.get(tp.topic, 99), tp.topic, tp.partition)
+
+
+_TIMESTAMP = operator.attrgetter("timestamp_ms")
+
+
+async def existing_topics(consumer: AIOKafkaConsumer) -> set[str]:
+    return set(await consumer.topics())
+
+
+async def first_event_ms(consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition] | None = None) -> int | None:
+    """Broker timestamp of the earliest record on the event topics, or None if they are empty."""
+    tps = list(partitions or event_partitions())
+    found = await consumer.offsets_for_times({tp: 0 for tp in tps})
+    stamps = [hit.timestamp for hit in found.values() if hit is not None]
+    return min(stamps) if stamps else None
 
 
 async def plan_cut(
@@ -65,7 +111,7 @@ async def plan_cut(
     start_after: Mapping[str, int] | None = None,
     partitions: Iterable[TopicPartition] | None = None,
 ) -> Cut:
-    """``start_after`` maps "topic/partition" to the next offset to read (from a snapshot)."""
+    """``start_after`` maps "topic/partition" to the next offset to read (from a snapshot, or an earlier cut)."""
     tps = list(partitions or event_partitions())
     ends = await consumer.end_offsets(tps)
     # offsets_for_times mutates its argument (FIELD-NOTES): pass a fresh dict
@@ -75,48 +121,168 @@ async def plan_cut(
     start = {}
     for tp in tps:
         hit = found.get(tp)
-        stop[tp] = hit.offset if hit is not None else ends[tp]
+        # read_committed end offsets are the last stable offsets: a transaction still open is not
+        # history yet (and reading into it would wait for its outcome)
+        stop[tp] = min(hit.offset, ends[tp]) if hit is not None else ends[tp]
         start[tp] = max(beginnings[tp], (start_after or {}).get(f"{tp.topic}/{tp.partition}", 0))
     return Cut(start=start, stop=stop)
+
+
+async def iter_cut(
+    consumer: AIOKafkaConsumer,
+    cut: Cut,
+    *,
+    decoder: Callable[[object], Logged] | None = None,
+    batch: int = 10_000,
+    stall_s: float = 60.0,
+) -> AsyncIterator[Batch]:
+    """The records of ``cut``, decoded, in merge order, as batches (each already in order)."""
+    decode = decoder or RecordDecoder()
+    # in (topic rank, partition) order: the stable merge below breaks timestamp ties in this order
+    todo = sorted((tp for tp in cut.stop if cut.stop[tp] > cut.start[tp]), key=_tp_order)
+    if not todo:
+        return
+    consumer.assign(todo)
+    for tp in todo:
+        consumer.seek(tp, cut.start[tp])
+    pending: dict[TopicPartition, list[Logged]] = {tp: [] for tp in todo}
+    watermark: dict[TopicPartition, tuple] = {}  # unfinished partition -> merge key of its last decoded record
+    remaining = set(todo)
+    last_progress = time.monotonic()
+    positions: dict[TopicPartition, int] = {}
+    while remaining:
+        fetched = await consumer.getmany(*remaining, timeout_ms=1000, max_records=batch)
+        count = 0
+        bad: list[Undecodable] = []
+        for tp, records in fetched.items():
+            stop = cut.stop[tp]
+            out = pending[tp]
+            last = None
+            for record in records:
+                if record.offset >= stop:
+                    break
+                count += 1
+                last = record
+                try:
+                    out.append(decode(record))
+                except EventValidationError as exc:
+                    bad.append((record.topic, record.partition, record.offset, record.timestamp, str(exc)))
+            if last is not None:
+                watermark[tp] = (last.timestamp, TOPIC_RANK.get(tp.topic, 99), last.partition, last.offset)
+        for tp in list(remaining):
+            pos = await consumer.position(tp)
+            if pos != positions.get(tp):
+                positions[tp] = pos
+                last_progress = time.monotonic()
+            if pos >= cut.stop[tp]:
+                remaining.discard(tp)
+                watermark.pop(tp, None)
+        if remaining and time.monotonic() - last_progress > stall_s:
+            raise ReadStalled(
+                f"reading {', '.join(f'{tp.topic}/{tp.partition}' for tp in sorted(remaining, key=_tp_order))} "
+                f"made no progress for {stall_s:g}s (broker unavailable?)"
+            )
+        # release what no unfinished partition can precede any more
+        if remaining:
+            if any(tp not in watermark for tp in remaining):
+                limit = None  # a partition has not delivered anything yet: it could hold anything
+            else:
+                limit = min(watermark[tp] for tp in remaining)
+        else:
+            limit = ()  # everything
+        if limit is None:
+            if count or bad:
+                yield Batch([], bad, count)
+            continue
+        ready = []
+        for tp, items in pending.items():
+            if not items:
+                continue
+            if limit == ():
+                ready.append(items)
+                pending[tp] = []
+            else:
+                # items are in offset (= merge key) order within a partition
+                n = _count_le(items, limit)
+                if n:
+                    ready.append(items[:n])
+                    pending[tp] = items[n:]
+        # heapq.merge is stable (ties go to the earlier iterable) and ``ready`` is in (rank, partition)
+        # order with offsets ascending inside each list: merging by timestamp alone yields merge_key order
+        merged = list(heapq.merge(*ready, key=_TIMESTAMP)) if len(ready) > 1 else (ready[0] if ready else [])
+        if merged or bad or count:
+            yield Batch(merged, bad, count)
+
+
+def _count_le(items: list[Logged], limit: tuple) -> int:
+    lo, hi = 0, len(items)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if merge_key(items[mid]) <= limit:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 async def read_cut(
     consumer: AIOKafkaConsumer, cut: Cut, progress: Callable[[int], None] | None = None, batch: int = 10_000
 ) -> ReadResult:
+    """The whole cut in memory (``iter_cut`` streams it)."""
     result = ReadResult()
-    todo = [tp for tp in cut.stop if cut.stop[tp] > cut.start[tp]]
-    per_partition: dict[TopicPartition, list[Logged]] = {tp: [] for tp in todo}
-    if todo:
-        consumer.assign(todo)
-        for tp in todo:
-            consumer.seek(tp, cut.start[tp])
-        remaining = set(todo)
-        while remaining:
-            fetched = await consumer.getmany(*remaining, timeout_ms=1000, max_records=batch)
-            count = 0
-            for tp, records in fetched.items():
-                stop = cut.stop[tp]
-                for record in records:
-                    if record.offset >= stop:
-                        break
-                    count += 1
-                    try:
-                        per_partition[tp].append(decode_record(record))
-                    except EventValidationError as exc:
-                        result.undecodable.append((record.topic, record.partition, record.offset, record.timestamp, str(exc)))
-            if progress and count:
-                progress(count)
-            for tp in list(remaining):
-                if await consumer.position(tp) >= cut.stop[tp]:
-                    remaining.discard(tp)
-    merged = heapq.merge(
-        *per_partition.values(), key=lambda e: (e.timestamp_ms, TOPIC_RANK.get(e.topic, 99), e.partition, e.offset)
-    )
-    result.events = list(merged)
+    async for b in iter_cut(consumer, cut, batch=batch):
+        result.events.extend(b.events)
+        result.undecodable.extend(b.undecodable)
+        if progress and b.records:
+            progress(b.records)
+    if result.events:
+        result.first_timestamp_ms = result.events[0].timestamp_ms
     return result
 
 
-def new_consumer(bootstrap: str) -> AIOKafkaConsumer:
+async def read_range(
+    consumer: AIOKafkaConsumer,
+    tp: TopicPartition,
+    start: int,
+    stop: int,
+    *,
+    until: Callable[[object], bool] | None = None,
+) -> list:
+    """Raw records of one partition with ``start <= offset < stop``, in order; stops early once ``until(record)``."""
+    out: list = []
+    if stop <= start:
+        return out
+    consumer.assign([tp])
+    consumer.seek(tp, start)
+    while await consumer.position(tp) < stop:
+        fetched = await consumer.getmany(tp, timeout_ms=1000, max_records=500)
+        for record in fetched.get(tp, ()):
+            if record.offset >= stop:
+                return out
+            out.append(record)
+            if until is not None and until(record):
+                return out
+    return out
+
+
+async def read_window(consumer: AIOKafkaConsumer, topic: str, from_ms: int, to_ms: int | None = None) -> list:
+    """Raw records of every partition of a (support) topic logged in ``[from_ms, to_ms]`` (to the end if None)."""
+    spec = topics.BY_NAME.get(topic)
+    tps = [TopicPartition(topic, p) for p in range(spec.partitions if spec else 1)]
+    ends = await consumer.end_offsets(tps)
+    starts = await consumer.offsets_for_times({tp: max(0, from_ms) for tp in tps})
+    stops = await consumer.offsets_for_times({tp: to_ms + 1 for tp in tps}) if to_ms is not None else {}
+    out: list = []
+    for tp in tps:
+        first = starts.get(tp)
+        if first is None:
+            continue
+        last = stops.get(tp)
+        out += await read_range(consumer, tp, first.offset, last.offset if last is not None else ends[tp])
+    return out
+
+
+def new_consumer(bootstrap: str, *, request_timeout_ms: int = 15_000) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -125,4 +291,8 @@ def new_consumer(bootstrap: str) -> AIOKafkaConsumer:
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=8 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
+        request_timeout_ms=request_timeout_ms,
+        # metadata for a topic is fetched on first use and the request retried after this backoff:
+        # the default 100 ms costs ~0.3 s per command before the first offset lookup answers
+        retry_backoff_ms=10,
     )

@@ -1,0 +1,502 @@
+"""Rebuild the mesh at an instant, and walk the log from one instant to another.
+
+Replay has no mesh logic of its own: it feeds logged events to
+``projector.fold`` and renders with ``projector.render`` — the very functions
+the live projector runs — so replay at "now" equals what is served.
+
+Invariants:
+- ``rebuild(at)`` folds exactly the records with broker timestamp <= at (a
+  clean offset cut per partition, ``replay.source``), starting from the best
+  snapshot whose folded records are all <= at (``replay.snapshots``), or from
+  the empty state. The result does not depend on which snapshot was used
+  (the fold is deterministic and snapshots are exact cuts).
+- ``Walker`` (pure) folds events one at a time (``fold_with_decisions``) and
+  renders incrementally, reporting for each step which resources and nodes
+  changed: that is how ``diff`` and ``log`` attribute changes to the events
+  that caused them. Rendering is either the whole mesh (``render_all`` with
+  ``previous``) or one node (``render``), whichever the question needs; a
+  long window over a large mesh is folded in small groups of events instead
+  of one by one (then a change is attributed to every event of its group and
+  the step says so).
+- Nothing here prints; the CLI decides the output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gc
+import logging
+import time
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable, Iterable, Iterator, Protocol
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+
+from events import topics
+from events import types as t
+from events.envelope import Logged
+from projector.fold import fold_many, fold_with_decisions
+from projector.render import RenderedMesh, render, render_all
+from projector.state import MeshState, empty_state
+from projector.typeurls import TYPE_URLS
+from projector.versioning import version_of
+from replay.decode import RecordDecoder
+from replay.snapshots import ChosenSnapshot, find_snapshot
+from replay.source import Cut, Undecodable, existing_topics, first_event_ms, iter_cut, new_consumer, plan_cut
+
+log = logging.getLogger(__name__)
+
+ResourceKey = tuple[str, str]  # (type_url, name)
+Versions = dict[str, dict[str, str]]  # type_url -> name -> version (a node's membership)
+
+_STATE_FIELDS = tuple(f.name for f in dataclasses.fields(MeshState))
+
+
+# ---------------------------------------------------------------- errors (each with its exit code)
+
+
+class ReplayError(Exception):
+    exit_code = 1
+
+
+class BrokerDown(ReplayError):
+    exit_code = 3
+
+
+class OutOfRange(ReplayError):
+    """The instant asked for is not covered by the log (before its first event, or in the future)."""
+
+    exit_code = 4
+
+
+class NotFound(ReplayError):
+    """The node or service asked for does not exist at that instant."""
+
+    exit_code = 5
+
+
+# ---------------------------------------------------------------- progress
+
+
+class Progress(Protocol):
+    def start(self, description: str, total: int) -> None: ...
+
+    def advance(self, n: int) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class NoProgress:
+    def start(self, description: str, total: int) -> None:
+        pass
+
+    def advance(self, n: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------- small pure helpers
+
+
+def same_state(a: MeshState, b: MeshState) -> bool:
+    """True if ``b`` is ``a`` unchanged (the fold shares every map it did not change)."""
+    return a is b or all(getattr(a, f) is getattr(b, f) for f in _STATE_FIELDS)
+
+
+def node_versions(state: MeshState, node_id: str) -> Versions:
+    """What ``node_id`` is served in ``state``: type_url -> name -> version (as ``render_all``'s membership)."""
+    out: Versions = {}
+    for type_url, named in render(state, node_id).items():
+        out[type_url] = {name: version_of(msg.SerializeToString(deterministic=True)) for name, msg in named.items()}
+    return out
+
+
+def node_bodies(state: MeshState, node_id: str) -> dict[str, dict[str, object]]:
+    """The rendered messages a node is served (type_url -> name -> protobuf message)."""
+    return render(state, node_id)
+
+
+def flatten(versions: Versions) -> dict[ResourceKey, str]:
+    return {(u, n): v for u, named in versions.items() for n, v in named.items()}
+
+
+@contextmanager
+def no_gc() -> Iterator[None]:
+    """Folding builds millions of long-lived objects; the cyclic GC would rescan them again and again."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+# ---------------------------------------------------------------- the log
+
+
+@asynccontextmanager
+async def open_log(bootstrap: str, timeout_s: float = 15.0) -> AsyncIterator[AIOKafkaConsumer]:
+    consumer = new_consumer(bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        await asyncio.wait_for(consumer.start(), timeout_s)
+    except (asyncio.TimeoutError, KafkaError, OSError) as exc:
+        try:
+            await consumer.stop()
+        except Exception:  # noqa: BLE001 - a never-started client may fail to stop
+            pass
+        raise BrokerDown(f"Kafka at {bootstrap} did not answer within {timeout_s:g}s ({type(exc).__name__})") from None
+    try:
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+def iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def check_instant(consumer: AIOKafkaConsumer, at_ms: int, now_ms: int, *, what: str = "TIME") -> int:
+    """Refuse an instant the log cannot answer for; return the log's first event time."""
+    have = await existing_topics(consumer)
+    missing = [t.name for t in topics.EVENT_TOPICS if t.name not in have]
+    if missing:
+        raise OutOfRange(
+            f"the event topics do not exist on this broker ({', '.join(missing)}): nothing has been logged yet"
+        )
+    if at_ms > now_ms:
+        raise OutOfRange(f"{what} {iso(at_ms)} is in the future (now is {iso(now_ms)}): the log cannot know it yet")
+    first = await first_event_ms(consumer)
+    if first is None:
+        raise OutOfRange("the event log is empty: there is no instant to replay")
+    if at_ms < first:
+        raise OutOfRange(f"{what} {iso(at_ms)} is before the first event in the log ({iso(first)})")
+    return first
+
+
+# ---------------------------------------------------------------- rebuild
+
+
+@dataclass(slots=True)
+class Rebuilt:
+    at_ms: int
+    state: MeshState
+    cut: Cut
+    snapshot: ChosenSnapshot | None
+    folded: int  # events folded on top of the snapshot (or the empty state)
+    undecodable: list[Undecodable]
+    first_ms: int | None
+    stats: dict = field(default_factory=dict)
+    _rendered: RenderedMesh | None = None
+
+    def rendered(self) -> RenderedMesh:
+        if self._rendered is None:
+            t0 = time.perf_counter()
+            with no_gc():
+                self._rendered = render_all(self.state)
+            self.stats["render_s"] = round(time.perf_counter() - t0, 4)
+        return self._rendered
+
+    def source(self) -> dict:
+        """Where the state came from (the ``source`` block of the JSON outputs)."""
+        return {
+            "snapshot": self.snapshot.describe() if self.snapshot else None,
+            "events_folded": self.folded,
+            "events_total": (self.snapshot.snapshot.events if self.snapshot else 0) + self.folded,
+            "undecodable": len(self.undecodable),
+            "cut": self.cut.stops_by_key(),
+            "first_event": iso(self.first_ms),
+        }
+
+
+async def rebuild(
+    consumer: AIOKafkaConsumer,
+    at_ms: int,
+    *,
+    use_snapshot: bool = True,
+    progress: Progress | None = None,
+    decoder: RecordDecoder | None = None,
+) -> Rebuilt:
+    """The mesh state as of ``at_ms`` (every event with broker timestamp <= at_ms folded)."""
+    progress = progress or NoProgress()
+    decoder = decoder or RecordDecoder()
+    stats: dict = {}
+    t0 = time.perf_counter()
+    cut = await plan_cut(consumer, at_ms)
+    chosen = None
+    state = empty_state()
+    if use_snapshot:
+        chosen = await find_snapshot(consumer, at_ms, cut.stops_by_key())
+        if chosen is not None:
+            try:
+                with no_gc():
+                    state = chosen.snapshot.state()
+            except (ValueError, KeyError, TypeError) as exc:  # a state encoding this build cannot read
+                log.warning("snapshot at offset %d unusable (%s): folding from the beginning", chosen.offset, exc)
+                chosen, state = None, empty_state()
+        if chosen is not None:
+            for tp in cut.start:
+                cut.start[tp] = max(cut.start[tp], chosen.snapshot.next_offset(tp.topic, tp.partition))
+    t1 = time.perf_counter()
+    stats["plan_s"] = round(t1 - t0, 4)
+    folded = 0
+    undecodable: list[Undecodable] = []
+    progress.start("folding events", cut.total)
+    with no_gc():
+        async for batch in iter_cut(consumer, cut, decoder=decoder):
+            if batch.events:
+                state, _decisions = fold_many(state, batch.events)
+                folded += len(batch.events)
+            undecodable += batch.undecodable
+            progress.advance(batch.records)
+    progress.finish()
+    stats["fold_s"] = round(time.perf_counter() - t1, 4)
+    stats["decode_memo_hit_rate"] = round(decoder.hit_rate, 4)
+    return Rebuilt(at_ms, state, cut, chosen, folded, undecodable, None, stats)
+
+
+# ---------------------------------------------------------------- walking a window
+
+
+@dataclass(slots=True)
+class Effect:
+    """What one step (one event, or one group of events) changed in what is served."""
+
+    changed: dict[ResourceKey, str]  # resource -> new version (new or changed bytes)
+    removed: dict[ResourceKey, str]  # resource -> its last version (no longer served)
+    changed_nodes: frozenset[str]
+    removed_nodes: frozenset[str]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.changed or self.removed or self.changed_nodes or self.removed_nodes)
+
+
+@dataclass(slots=True)
+class Step:
+    events: list[Logged]
+    decisions: list[tuple[Logged, t.RuleRejected]]
+    effect: Effect
+    exact: bool  # False when several events were folded together (attribution is by group)
+
+
+NO_EFFECT = Effect({}, {}, frozenset(), frozenset())
+
+
+class Walker:
+    """Fold events one by one from a base state and say what each changed (pure; no I/O).
+
+    ``node=None``: the whole mesh (``render_all`` incrementally). ``node=N``:
+    only what N is served (``render(state, N)`` after each change).
+    """
+
+    def __init__(self, state: MeshState, *, node: str | None = None, rendered: RenderedMesh | None = None) -> None:
+        self.node = node
+        self.state = state
+        if node is None:
+            self.rendered = rendered if rendered is not None else render_all(state)
+            self.start_versions: dict[ResourceKey, str] = dict(self.rendered.versions)
+            self.start_membership = dict(self.rendered.membership)
+        else:
+            self.rendered = None
+            self.node_view: Versions = node_versions(state, node)
+            self.start_versions = flatten(self.node_view)
+            self.start_membership = {node: self.node_view} if any(self.node_view.values()) else {}
+
+    # what is served now
+    def versions(self) -> dict[ResourceKey, str]:
+        if self.node is None:
+            return dict(self.rendered.versions)
+        return flatten(self.node_view)
+
+    def membership(self) -> dict[str, Versions]:
+        if self.node is None:
+            return dict(self.rendered.membership)
+        return {self.node: self.node_view} if any(self.node_view.values()) else {}
+
+    def step(self, events: list[Logged]) -> Step:
+        before = self.state
+        state = before
+        decisions: list[tuple[Logged, t.RuleRejected]] = []
+        for lg in events:
+            state, rejected = fold_with_decisions(state, lg)
+            for j in rejected:
+                decisions.append((lg, j))
+        self.state = state
+        if same_state(before, state):
+            return Step(events, decisions, NO_EFFECT, len(events) == 1)
+        if self.node is None:
+            prev = self.rendered
+            cur = render_all(state, previous=prev)
+            self.rendered = cur
+            changed = {k: cur.versions[k] for k in cur.changed}
+            removed = {k: prev.versions[k] for k in cur.removed if k in prev.versions}
+            effect = Effect(changed, removed, cur.changed_nodes, cur.removed_nodes)
+        else:
+            before_view = self.node_view
+            self.node_view = node_versions(state, self.node)
+            effect = _node_effect(self.node, before_view, self.node_view)
+        return Step(events, decisions, effect, len(events) == 1)
+
+
+    def steps_bisected(self, events: list[Logged]) -> list[Step]:
+        """Node mode over a long window: fold a group, render the node only where its view changed.
+
+        The node is rendered at the group's end; if that differs from the
+        start, bisection over the folded states finds the event that changed
+        it (``log2(len)`` renders), and the search goes on from there. A change
+        that was reverted within the rest of a group (A -> B -> A) is not seen:
+        the steps say ``exact=False``.
+        """
+        assert self.node is not None
+        node = self.node
+        states: list[MeshState] = []
+        decided: list[list[tuple[Logged, t.RuleRejected]]] = []
+        s = self.state
+        for lg in events:
+            s, rejected = fold_with_decisions(s, lg)
+            states.append(s)
+            decided.append([(lg, j) for j in rejected])
+        cache: dict[int, Versions] = {}
+        start_state = self.state
+
+        def state_at(i: int) -> MeshState:
+            return start_state if i < 0 else states[i]
+
+        def view(i: int) -> Versions:
+            got = cache.get(i)
+            if got is None:
+                got = cache[i] = node_versions(states[i], node)
+            return got
+
+        effects: dict[int, Effect] = {}
+        lo, lo_view = -1, self.node_view
+        last = len(events) - 1
+        while lo < last:
+            lo_flat = flatten(lo_view)
+            if flatten(view(last)) == lo_flat:
+                break
+            a, b = lo, last
+            while b - a > 1:
+                mid = (a + b) // 2
+                # an identical state renders identically: no need to render it
+                if not same_state(state_at(mid), state_at(a)) and flatten(view(mid)) != lo_flat:
+                    b = mid
+                else:
+                    a = mid
+            new_view = view(b)
+            effects[b] = _node_effect(node, lo_view, new_view)
+            lo, lo_view = b, new_view
+        self.state = states[-1] if states else self.state
+        self.node_view = view(last) if events else self.node_view
+        return [Step([lg], decided[i], effects.get(i, NO_EFFECT), False) for i, lg in enumerate(events)]
+
+
+def _node_effect(node: str, before: Versions, after: Versions) -> Effect:
+    old, new = flatten(before), flatten(after)
+    changed = {k: v for k, v in new.items() if old.get(k) != v}
+    removed = {k: v for k, v in old.items() if k not in new}
+    had, has = bool(old), bool(new)
+    return Effect(
+        changed,
+        removed,
+        frozenset((node,)) if (changed or removed) and has else frozenset(),
+        frozenset((node,)) if had and not has else frozenset(),
+    )
+
+
+EXACT_NODE_EVENTS = 20_000  # up to this many events, a node walk renders the node after every event
+NODE_GROUP = 256
+
+
+async def walk(
+    consumer: AIOKafkaConsumer,
+    base: Rebuilt,
+    to_ms: int,
+    *,
+    node: str | None = None,
+    progress: Progress | None = None,
+    on_undecodable: Callable[[Undecodable], None] | None = None,
+    render_budget_s: float = 20.0,
+) -> tuple[Walker, list[Step], Cut]:
+    """Fold the events in ``(base.at_ms, to_ms]`` step by step from ``base``."""
+    progress = progress or NoProgress()
+    start_after = base.cut.stops_by_key()
+    cut = await plan_cut(consumer, to_ms, start_after=start_after)
+    walker = Walker(base.state, node=node, rendered=base.rendered() if node is None else None)
+    pacer = _Pacer(cut.total, render_budget_s) if node is None else None
+    size = 1 if node is None or cut.total <= EXACT_NODE_EVENTS else NODE_GROUP
+    steps: list[Step] = []
+    progress.start("walking the window", cut.total)
+    with no_gc():
+        pending: list[Logged] = []
+        async for batch in iter_cut(consumer, cut):
+            pending.extend(batch.events)
+            i = 0
+            while len(pending) - i >= size:
+                steps.extend(_timed(walker, pending[i : i + size], pacer))
+                i += size
+                if pacer is not None:
+                    size = pacer.size()
+            del pending[:i]
+            for bad in batch.undecodable:
+                if on_undecodable:
+                    on_undecodable(bad)
+            progress.advance(batch.records)
+        i = 0
+        while i < len(pending):
+            steps.extend(_timed(walker, pending[i : i + size], pacer))
+            i += size
+            if pacer is not None:
+                size = pacer.size()
+    progress.finish()
+    return walker, steps, cut
+
+
+class _Pacer:
+    """Whole-mesh walks: one render per event while affordable, larger groups when the window is long.
+
+    Each step's time is measured; the group size is set so that the rest of
+    the window fits in what is left of ``budget_s`` of rendering, at the
+    current cost per step. Short windows (and small meshes) stay exact.
+    """
+
+    def __init__(self, total: int, budget_s: float) -> None:
+        self.remaining = total
+        self.budget_s = budget_s
+        self.spent = 0.0
+        self.per_step: float | None = None
+
+    def record(self, events: int, seconds: float) -> None:
+        self.remaining -= events
+        self.spent += seconds
+        self.per_step = seconds if self.per_step is None else 0.7 * self.per_step + 0.3 * seconds
+
+    def size(self) -> int:
+        if self.per_step is None or self.remaining <= 0:
+            return 1
+        affordable = max(1.0, (self.budget_s - self.spent) / max(self.per_step, 1e-6))
+        return max(1, int(-(-self.remaining // affordable)))
+
+
+def _timed(walker: Walker, group: list[Logged], pacer: "_Pacer | None") -> list[Step]:
+    t0 = time.perf_counter()
+    out = _grouped(walker, group)
+    if pacer is not None:
+        pacer.record(len(group), time.perf_counter() - t0)
+    return out
+
+
+def _grouped(walker: Walker, group: list[Logged]) -> list[Step]:
+    if walker.node is not None:
+        return walker.steps_bisected(group)
+    return [walker.step(group)]

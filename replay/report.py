@@ -1,0 +1,515 @@
+"""The documents replay prints: plain dicts with a stable, documented shape (``--json``).
+
+Pure functions of a folded ``MeshState`` and what the projector's render made
+of it; the text output (``replay.text``) is drawn from the same documents,
+so the table and the JSON never disagree. Every document carries
+``"format": 1`` and a ``"kind"``; lists are sorted; times are UTC ISO-8601
+with milliseconds (``...Z``) next to the epoch milliseconds they came from.
+
+Shapes (``format`` 1):
+
+``kind: "mesh"`` (``replay --at T --json``)::
+
+    {format, kind, at, at_ms, source, filter: {service?},
+     services: [{name, protocol, port, instances: [INSTANCE], health: {healthy, unhealthy, draining}}],
+     route_rules: [{host, revision, served, problem, routes}],
+     destination_policies: [{service, revision, policy}],
+     nodes: [{node, instance, service, sidecar, resources: {type_url: {name: version}}}],
+     problems: [str]}
+
+    INSTANCE = {service, instance_id, address, port, protocol, labels, weight, health, health_since,
+                node_id, sidecar: {inbound_port, outbound_port} | null, depends_on, registered, registered_ms}
+
+``kind: "node"`` (``replay --at T --node N --json``)::
+
+    {format, kind, at, at_ms, source, node, instance: INSTANCE,
+     resources: {type_url: {name: version}},            # exactly the node's view membership
+     bodies: {type_url: {name: <protobuf JSON>}}}       # only with --full
+
+``kind: "diff"`` (``replay diff``)::
+
+    {format, kind, from, from_ms, to, to_ms, node, events, exact,
+     added:   [{type_url, name, version, caused_by: [EVENT]}],
+     removed: [{type_url, name, version, caused_by: [EVENT]}],
+     changed: [{type_url, name, from_version, to_version, caused_by: [EVENT]}],
+     nodes: {added: [node], removed: [node], changed: [node]},
+     rejections: [REJECTION], undecodable: [DEAD]}
+
+``kind: "log"`` (``replay log``)::
+
+    {format, kind, from, from_ms, to, to_ms, filter: {service?, node?}, exact,
+     entries: [EVENT + {kind: "event", payload, effect: {changed: [[type_url, name, version]],
+                                                         removed: [[type_url, name]], nodes: [node],
+                                                         nodes_removed: [node]},
+                        rejection: {reason, recorded} | null}
+               | DEAD + {kind: "dead_letter"} | REJECTION + {kind: "rejection"}]}
+
+    EVENT = {time, timestamp_ms, topic, partition, offset, type, key, producer, event_id, occurred_at}
+    REJECTION = {time, timestamp_ms, kind_of_rule, name, revision, reason, source: {topic, partition, offset}}
+    DEAD = {time, timestamp_ms, source: {topic, partition, offset}, reason, stage,
+            recorded}   # log: whether the live projector dead-lettered it too; diff: null (not looked up)
+
+``xds`` (``replay --at T --xds --node N``): an Envoy ``/config_dump``
+(``envoy.admin.v3.ConfigDump`` as JSON with proto field names): the node's
+clusters, endpoints, listeners and routes as dynamic resources, each with
+its ``version_info``, plus a ``replay`` key saying which instant and node.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+from google.protobuf import any_pb2, json_format
+
+from events import types as t
+from events.envelope import Logged
+from projector import naming
+from projector.render import RenderedMesh, node_ids
+from projector.render_view import Renderer
+from projector.state import Instance, MeshState
+from projector.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_URLS
+from replay.engine import Effect, ResourceKey, Step, Versions, iso
+
+FORMAT = 1
+
+KIND_OF_TYPE = {CLUSTER: "cluster", ENDPOINT: "endpoints", LISTENER: "listener", ROUTE: "route"}
+
+
+# ---------------------------------------------------------------- building blocks
+
+
+def instance_doc(state: MeshState, key: str, inst: Instance) -> dict:
+    reg = inst.reg
+    health = state.effective_health(key)
+    h = state.health.get(key)
+    return {
+        "service": reg.service,
+        "instance_id": reg.instance_id,
+        "address": reg.address,
+        "port": reg.port,
+        "protocol": reg.protocol,
+        "labels": dict(sorted(reg.labels.items())),
+        "weight": reg.weight,
+        "health": health,
+        "health_since": iso(h.ts) if (h is not None and health != "healthy") else None,
+        "node_id": reg.node_id,
+        "sidecar": None
+        if reg.sidecar is None
+        else {"inbound_port": reg.sidecar.inbound_port, "outbound_port": reg.sidecar.outbound_port},
+        "depends_on": list(reg.depends_on),
+        "registered": iso(inst.ts),
+        "registered_ms": inst.ts,
+    }
+
+
+def event_ref(lg: Logged) -> dict:
+    env = lg.envelope
+    return {
+        "time": iso(lg.timestamp_ms),
+        "timestamp_ms": lg.timestamp_ms,
+        "topic": lg.topic,
+        "partition": lg.partition,
+        "offset": lg.offset,
+        "type": env.type,
+        "key": env.key,
+        "producer": env.producer,
+        "event_id": env.event_id,
+        "occurred_at": env.occurred_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    }
+
+
+def rule_destinations(rule: t.RouteRuleUpserted) -> set[str]:
+    return {d.service or rule.host for r in rule.routes for d in r.destinations}
+
+
+def payload_services(payload: t.Payload) -> set[str]:
+    """The services an event is about (its entity, and a route rule's destinations)."""
+    out: set[str] = set()
+    for attr in ("service", "host"):
+        value = getattr(payload, attr, None)
+        if isinstance(value, str):
+            out.add(value)
+    if isinstance(payload, t.RouteRuleUpserted):
+        out |= rule_destinations(payload)
+    if isinstance(payload, t.RuleRejected):
+        out.add(payload.name)
+    return out
+
+
+def resource_service(key: ResourceKey) -> str | None:
+    """The service a shared resource belongs to (None for per-node resources)."""
+    type_url, name = key
+    if naming.is_per_node(name):
+        return None
+    if type_url in (CLUSTER, ENDPOINT):
+        parsed = naming.parse_cluster(name)
+        return parsed[0] if parsed else None
+    return name
+
+
+# ---------------------------------------------------------------- mesh
+
+
+def services_known(state: MeshState) -> set[str]:
+    return set(state.services.keys()) | set(state.route_rules.keys()) | set(state.policies.keys())
+
+
+def mesh_document(
+    state: MeshState,
+    rendered: RenderedMesh | None,
+    *,
+    at_ms: int,
+    source: dict,
+    service: str | None = None,
+) -> dict:
+    r = Renderer(state)
+    services = []
+    for svc in sorted(state.services.keys()):
+        if service is not None and svc != service:
+            continue
+        meta = state.services[svc]
+        instances = [instance_doc(state, k, state.instances[k]) for k in sorted(state.by_service.get(svc, ()))]
+        counts = {"healthy": 0, "unhealthy": 0, "draining": 0}
+        for i in instances:
+            counts[i["health"]] += 1
+        services.append(
+            {"name": svc, "protocol": meta.protocol, "port": meta.port, "instances": instances, "health": counts}
+        )
+    rules = []
+    for host in sorted(state.route_rules.keys()):
+        rule = state.route_rules[host]
+        if service is not None and service != host and service not in rule_destinations(rule):
+            continue
+        served = r.served_rule(host) is not None
+        rules.append(
+            {
+                "host": host,
+                "revision": rule.revision,
+                "served": served,
+                "problem": r.rule_problems.get(host),
+                "routes": [route.model_dump(mode="json") for route in rule.routes],
+            }
+        )
+    policies = []
+    for svc in sorted(state.policies.keys()):
+        if service is not None and svc != service:
+            continue
+        p = state.policies[svc]
+        policies.append(
+            {"service": svc, "revision": p.revision, "policy": p.model_dump(mode="json", exclude={"service", "revision"})}
+        )
+    nodes = []
+    for node in node_ids(state):
+        inst = state.node_instance(node)
+        if inst is None:
+            continue
+        reg = inst.reg
+        if service is not None and reg.service != service and service not in reg.depends_on:
+            continue
+        if rendered is not None:
+            resources = rendered.membership.get(node, {u: {} for u in TYPE_URLS})
+        else:
+            resources = {u: {n: None for n in names} for u, names in r.view(node).items()}
+        nodes.append(
+            {
+                "node": node,
+                "instance": naming.instance_key(reg.service, reg.instance_id),
+                "service": reg.service,
+                "sidecar": reg.sidecar is not None,
+                "resources": {u: dict(sorted(resources.get(u, {}).items())) for u in TYPE_URLS},
+            }
+        )
+    problems = list(rendered.problems) if rendered is not None else sorted(set(r.rule_problems.values()))
+    if service is not None:
+        problems = [p for p in problems if f"'{service}'" in p or f"{service}/" in p]
+    return {
+        "format": FORMAT,
+        "kind": "mesh",
+        "at": iso(at_ms),
+        "at_ms": at_ms,
+        "source": source,
+        "filter": {"service": service} if service is not None else {},
+        "services": services,
+        "route_rules": rules,
+        "destination_policies": policies,
+        "nodes": nodes,
+        "problems": problems,
+    }
+
+
+# ---------------------------------------------------------------- one node
+
+
+def body_json(type_url: str, body: bytes) -> dict:
+    msg = any_pb2.Any(type_url=type_url, value=body)
+    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
+
+
+def node_document(
+    state: MeshState,
+    node: str,
+    versions: Versions,
+    *,
+    at_ms: int,
+    source: dict,
+    bodies: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict:
+    inst = state.node_instance(node)
+    doc = {
+        "format": FORMAT,
+        "kind": "node",
+        "at": iso(at_ms),
+        "at_ms": at_ms,
+        "source": source,
+        "node": node,
+        "instance": None
+        if inst is None
+        else instance_doc(state, naming.instance_key(inst.reg.service, inst.reg.instance_id), inst),
+        "resources": {u: dict(sorted(versions.get(u, {}).items())) for u in TYPE_URLS},
+    }
+    if bodies is not None:
+        doc["bodies"] = {
+            u: {
+                name: json_format.MessageToDict(msg, preserving_proto_field_name=True)
+                for name, msg in sorted(bodies.get(u, {}).items())
+            }
+            for u in TYPE_URLS
+        }
+    return doc
+
+
+def config_dump(
+    node: str, versions: Versions, bodies: Mapping[str, Mapping[str, Any]], *, at_ms: int
+) -> dict:
+    """The node's resources the way Envoy's ``/config_dump`` shows dynamic resources."""
+    from envoy.admin.v3 import config_dump_pb2, config_dump_shared_pb2 as shared
+
+    def packed(msg) -> any_pb2.Any:
+        out = any_pb2.Any()
+        out.Pack(msg, deterministic=True)
+        return out
+
+    def items(type_url: str):
+        named = bodies.get(type_url, {})
+        for name in sorted(named):
+            yield name, versions.get(type_url, {}).get(name, ""), named[name]
+
+    clusters = shared.ClustersConfigDump(
+        dynamic_active_clusters=[
+            shared.ClustersConfigDump.DynamicCluster(version_info=v, cluster=packed(m)) for _n, v, m in items(CLUSTER)
+        ]
+    )
+    endpoints = shared.EndpointsConfigDump(
+        dynamic_endpoint_configs=[
+            shared.EndpointsConfigDump.DynamicEndpointConfig(version_info=v, endpoint_config=packed(m))
+            for _n, v, m in items(ENDPOINT)
+        ]
+    )
+    listeners = shared.ListenersConfigDump(
+        dynamic_listeners=[
+            shared.ListenersConfigDump.DynamicListener(
+                name=n,
+                active_state=shared.ListenersConfigDump.DynamicListenerState(version_info=v, listener=packed(m)),
+            )
+            for n, v, m in items(LISTENER)
+        ]
+    )
+    routes = shared.RoutesConfigDump(
+        dynamic_route_configs=[
+            shared.RoutesConfigDump.DynamicRouteConfig(version_info=v, route_config=packed(m))
+            for _n, v, m in items(ROUTE)
+        ]
+    )
+    dump = config_dump_pb2.ConfigDump(configs=[packed(clusters), packed(endpoints), packed(listeners), packed(routes)])
+    doc = json_format.MessageToDict(dump, preserving_proto_field_name=True)
+    doc["replay"] = {"format": FORMAT, "node": node, "at": iso(at_ms), "at_ms": at_ms}
+    return doc
+
+
+# ---------------------------------------------------------------- diff
+
+
+def rejection_doc(lg: Logged | None, j: t.RuleRejected, ts: int | None = None) -> dict:
+    when = lg.timestamp_ms if lg is not None else ts
+    return {
+        "time": iso(when),
+        "timestamp_ms": when,
+        "kind_of_rule": j.kind,
+        "name": j.name,
+        "revision": j.revision,
+        "reason": j.reason,
+        "source": {"topic": j.source_topic, "partition": j.source_partition, "offset": j.source_offset},
+    }
+
+
+def diff_document(
+    *,
+    from_ms: int,
+    to_ms: int,
+    node: str | None,
+    start_versions: Mapping[ResourceKey, str],
+    end_versions: Mapping[ResourceKey, str],
+    start_membership: Mapping[str, Any],
+    end_membership: Mapping[str, Any],
+    steps: Iterable[Step],
+    undecodable: Iterable[dict] = (),
+) -> dict:
+    causes: dict[ResourceKey, list[dict]] = {}
+    events = 0
+    exact = True
+    rejections = []
+    for step in steps:
+        events += len(step.events)
+        exact = exact and step.exact
+        for lg, j in step.decisions:
+            rejections.append(rejection_doc(lg, j))
+        eff = step.effect
+        if eff.empty:
+            continue
+        touched = set(eff.changed) | set(eff.removed)
+        if not touched:
+            continue
+        refs = [event_ref(lg) for lg in step.events]
+        for key in touched:
+            causes.setdefault(key, []).extend(refs)
+
+    def entry(key: ResourceKey, **kw) -> dict:
+        return {"type_url": key[0], "name": key[1], **kw, "caused_by": causes.get(key, [])}
+
+    order = {u: i for i, u in enumerate(TYPE_URLS)}
+
+    def sort_key(k: ResourceKey):
+        return (order.get(k[0], 99), k[1])
+
+    added = [entry(k, version=end_versions[k]) for k in sorted(set(end_versions) - set(start_versions), key=sort_key)]
+    removed = [
+        entry(k, version=start_versions[k]) for k in sorted(set(start_versions) - set(end_versions), key=sort_key)
+    ]
+    changed = [
+        entry(k, from_version=start_versions[k], to_version=end_versions[k])
+        for k in sorted(set(start_versions) & set(end_versions), key=sort_key)
+        if start_versions[k] != end_versions[k]
+    ]
+    nodes = {
+        "added": sorted(set(end_membership) - set(start_membership)),
+        "removed": sorted(set(start_membership) - set(end_membership)),
+        "changed": sorted(
+            n for n in set(start_membership) & set(end_membership) if start_membership[n] != end_membership[n]
+        ),
+    }
+    return {
+        "format": FORMAT,
+        "kind": "diff",
+        "from": iso(from_ms),
+        "from_ms": from_ms,
+        "to": iso(to_ms),
+        "to_ms": to_ms,
+        "node": node,
+        "events": events,
+        "exact": exact,
+        "added": added,
+        "removed": removed,
+        "changed": changed,
+        "nodes": nodes,
+        "rejections": rejections,
+        "undecodable": list(undecodable),
+    }
+
+
+# ---------------------------------------------------------------- log
+
+
+def effect_doc(eff: Effect) -> dict:
+    return {
+        "changed": [[k[0], k[1], v] for k, v in sorted(eff.changed.items())],
+        "removed": [[k[0], k[1]] for k in sorted(eff.removed)],
+        "nodes": sorted(eff.changed_nodes),
+        "nodes_removed": sorted(eff.removed_nodes),
+    }
+
+
+def event_matches(
+    lg: Logged,
+    eff: Effect,
+    *,
+    service: str | None,
+    node: str | None,
+    node_keys: set[str] = frozenset(),
+) -> bool:
+    """Whether an event belongs in a log filtered by service or node."""
+    if service is None and node is None:
+        return True
+    payload = lg.envelope.payload
+    if service is not None:
+        if service in payload_services(payload):
+            return True
+        keys = set(eff.changed) | set(eff.removed)
+        return any(resource_service(k) == service for k in keys)
+    # node filter
+    if node in eff.changed_nodes or node in eff.removed_nodes:
+        return True
+    if getattr(payload, "node_id", None) == node:
+        return True
+    return lg.envelope.key in node_keys
+
+
+def log_document(
+    *,
+    from_ms: int,
+    to_ms: int,
+    service: str | None,
+    node: str | None,
+    steps: Iterable[Step],
+    node_keys: set[str] = frozenset(),
+    recorded_rejections: Mapping[tuple[str, int, int], tuple[int, t.RuleRejected]] = {},
+    dead_letters: Iterable[dict] = (),
+) -> dict:
+    """The audit trail. ``recorded_rejections``: (source topic, partition, offset) -> (time, rejection) from the
+    rejections topic; ``dead_letters``: DEAD entries (already filtered to the window)."""
+    entries: list[dict] = []
+    exact = True
+    matched_recorded: set[tuple[str, int, int]] = set()
+    for step in steps:
+        exact = exact and step.exact
+        decided = {(j.source_topic, j.source_partition, j.source_offset): j for _lg, j in step.decisions}
+        for lg in step.events:
+            if not event_matches(lg, step.effect, service=service, node=node, node_keys=node_keys):
+                continue
+            src = (lg.topic, lg.partition, lg.offset)
+            j = decided.get(src)
+            rejection = None
+            if j is not None:
+                rejection = {"reason": j.reason, "recorded": src in recorded_rejections}
+                matched_recorded.add(src)
+            entries.append(
+                {
+                    "kind": "event",
+                    **event_ref(lg),
+                    "payload": lg.envelope.payload.model_dump(mode="json"),
+                    "effect": effect_doc(step.effect),
+                    "rejection": rejection,
+                }
+            )
+    for src, (ts, j) in sorted(recorded_rejections.items()):
+        if src in matched_recorded:
+            continue
+        if service is not None and j.name != service:
+            continue
+        if node is not None:
+            continue
+        entries.append({"kind": "rejection", **rejection_doc(None, j, ts)})
+    for dead in dead_letters:
+        entries.append({"kind": "dead_letter", **dead})
+    entries.sort(key=lambda e: (e["timestamp_ms"] or 0, e.get("topic") or e.get("source", {}).get("topic", ""),
+                                e.get("offset") if e.get("offset") is not None else e.get("source", {}).get("offset", 0)))
+    return {
+        "format": FORMAT,
+        "kind": "log",
+        "from": iso(from_ms),
+        "from_ms": from_ms,
+        "to": iso(to_ms),
+        "to_ms": to_ms,
+        "filter": {k: v for k, v in (("service", service), ("node", node)) if v is not None},
+        "exact": exact,
+        "entries": entries,
+    }

@@ -1,0 +1,224 @@
+"""Human output (rich tables) drawn from the documents in ``replay.report``."""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from replay.report import KIND_OF_TYPE
+
+_HEALTH_STYLE = {"healthy": "green", "unhealthy": "red", "draining": "yellow"}
+
+
+def _kind(type_url: str) -> str:
+    return KIND_OF_TYPE.get(type_url, type_url.rsplit(".", 1)[-1])
+
+
+def _source_line(doc: dict) -> str:
+    src = doc.get("source") or {}
+    snap = src.get("snapshot")
+    parts = []
+    if snap:
+        parts.append(f"snapshot @{snap['offset']} ({snap['events']} events)")
+    parts.append(f"{src.get('events_folded', 0)} events folded" + (" after it" if snap else ""))
+    if src.get("undecodable"):
+        parts.append(f"{src['undecodable']} undecodable records skipped (dead-lettered live)")
+    return "; ".join(parts)
+
+
+def _limited(console: Console, table: Table, rows: list, limit: int, what: str, add) -> None:
+    shown = rows if limit <= 0 else rows[:limit]
+    for row in shown:
+        add(row)
+    console.print(table)
+    if len(rows) > len(shown):
+        console.print(Text(f"… {len(rows) - len(shown)} more {what} (narrow with --service S; --limit 0 shows all; "
+                           f"--json has everything)", style="dim"))
+
+
+def print_mesh(console: Console, doc: dict, limit: int = 50) -> None:
+    title = f"mesh as of {doc['at']}"
+    if doc["filter"].get("service"):
+        title += f" — service {doc['filter']['service']}"
+    console.print(Text(title, style="bold"))
+    console.print(Text(_source_line(doc), style="dim"))
+
+    services = Table(title="services", title_justify="left")
+    for col in ("service", "protocol", "port", "instances", "healthy", "unhealthy", "draining"):
+        services.add_column(col, justify="right" if col not in ("service", "protocol") else "left")
+    def service_row(s: dict) -> None:
+        h = s["health"]
+        services.add_row(s["name"], s["protocol"], str(s["port"]), str(len(s["instances"])), str(h["healthy"]),
+                         str(h["unhealthy"]), str(h["draining"]))
+
+    _limited(console, services, doc["services"], limit, "services", service_row)
+
+    instances = Table(title="instances", title_justify="left")
+    for col in ("service", "instance", "address", "health", "weight", "labels", "node", "sidecar in/out", "depends on"):
+        instances.add_column(col)
+    def instance_row(i: dict) -> None:
+        health = Text(i["health"], style=_HEALTH_STYLE.get(i["health"], ""))
+        if i["health_since"]:
+            health.append(f" since {i['health_since']}", style="dim")
+        sc = i["sidecar"]
+        instances.add_row(
+            i["service"], i["instance_id"], f"{i['address']}:{i['port']}", health, str(i["weight"]),
+            ",".join(f"{k}={v}" for k, v in i["labels"].items()), i["node_id"] or "",
+            f"{sc['inbound_port']}/{sc['outbound_port']}" if sc else "", ",".join(i["depends_on"]),
+        )
+
+    _limited(console, instances, [i for s in doc["services"] for i in s["instances"]], limit, "instances",
+             instance_row)
+
+    rules = Table(title="rules", title_justify="left")
+    for col in ("kind", "name", "revision", "status", "summary"):
+        rules.add_column(col)
+    rule_rows = [("route", r) for r in doc["route_rules"]] + [("policy", p) for p in doc["destination_policies"]]
+
+    def rule_row(item: tuple) -> None:
+        kind, r = item
+        if kind == "policy":
+            pol = r["policy"]
+            subsets = ", ".join(f"{s['name']}({','.join(f'{k}={v}' for k, v in s['labels'].items())})"
+                                for s in pol.get("subsets", []))
+            rules.add_row("policy", r["service"], str(r["revision"]), Text("active", style="green"),
+                          f"lb={pol.get('lb_policy')} subsets: {subsets or '-'}")
+            return
+        dests = []
+        for route in r["routes"]:
+            match = route.get("match") or {}
+            where = match.get("path_prefix") or match.get("path_exact") or "/"
+            if match.get("headers"):
+                where += " +" + ",".join(h["name"] for h in match["headers"])
+            split = " ".join(
+                f"{(d.get('service') or r['host'])}{'|' + d['subset'] if d.get('subset') else ''}:{d['weight']}"
+                for d in route["destinations"]
+            )
+            dests.append(f"{where} → {split}")
+        status = Text("served", style="green") if r["served"] else Text(f"NOT served: {r['problem']}", style="red")
+        rules.add_row("route", r["host"], str(r["revision"]), status, "\n".join(dests))
+
+    _limited(console, rules, rule_rows, limit, "rules", rule_row)
+
+    nodes = Table(title="nodes", title_justify="left")
+    for col in ("node", "instance", "clusters", "endpoints", "listeners", "routes"):
+        nodes.add_column(col)
+    def node_row(n: dict) -> None:
+        counts = [str(len(n["resources"].get(u, {}))) for u in sorted(n["resources"], key=_type_order)]
+        nodes.add_row(n["node"], n["instance"], *counts)
+
+    _limited(console, nodes, doc["nodes"], limit, "nodes", node_row)
+    for p in doc["problems"]:
+        console.print(Text(f"problem: {p}", style="yellow"))
+
+
+def _type_order(type_url: str) -> int:
+    order = list(KIND_OF_TYPE)
+    return order.index(type_url) if type_url in order else 99
+
+
+def print_node(console: Console, doc: dict) -> None:
+    console.print(Text(f"node {doc['node']} as of {doc['at']}", style="bold"))
+    console.print(Text(_source_line(doc), style="dim"))
+    inst = doc["instance"]
+    if inst:
+        console.print(f"instance {inst['service']}/{inst['instance_id']} at {inst['address']}:{inst['port']} "
+                      f"({inst['health']}), depends on {', '.join(inst['depends_on']) or 'nothing'}")
+    table = Table(title="served resources", title_justify="left")
+    for col in ("type", "name", "version"):
+        table.add_column(col)
+    for type_url in sorted(doc["resources"], key=_type_order):
+        for name, version in doc["resources"][type_url].items():
+            table.add_row(_kind(type_url), name, version or "")
+    console.print(table)
+    if "bodies" in doc:
+        for type_url in sorted(doc["bodies"], key=_type_order):
+            for name, body in doc["bodies"][type_url].items():
+                console.print(Text(f"{_kind(type_url)} {name} ({doc['resources'][type_url].get(name)})", style="bold"))
+                console.print_json(json.dumps(body))
+
+
+def _causes(refs: list[dict]) -> str:
+    seen = []
+    for r in refs:
+        line = f"{r['time']} {r['type']} {r['key']} ({r['producer']})"
+        if line not in seen:
+            seen.append(line)
+    if len(seen) > 6:
+        seen = seen[:5] + [f"… and {len(seen) - 5} more"]
+    return "\n".join(seen)
+
+
+def print_diff(console: Console, doc: dict) -> None:
+    scope = f"node {doc['node']}" if doc["node"] else "whole mesh"
+    console.print(Text(f"diff {doc['from']} → {doc['to']} ({scope}): {doc['events']} events", style="bold"))
+    if not doc["exact"]:
+        console.print(Text("long window over a large mesh: changes are attributed to groups of events", style="dim"))
+    table = Table(title_justify="left")
+    for col in ("change", "type", "name", "version", "caused by"):
+        table.add_column(col)
+    for e in doc["added"]:
+        table.add_row(Text("added", style="green"), _kind(e["type_url"]), e["name"], e["version"], _causes(e["caused_by"]))
+    for e in doc["changed"]:
+        table.add_row(Text("changed", style="yellow"), _kind(e["type_url"]), e["name"],
+                      f"{e['from_version']} → {e['to_version']}", _causes(e["caused_by"]))
+    for e in doc["removed"]:
+        table.add_row(Text("removed", style="red"), _kind(e["type_url"]), e["name"], e["version"], _causes(e["caused_by"]))
+    if table.row_count:
+        console.print(table)
+    else:
+        console.print("no served resource differs")
+    nodes = doc["nodes"]
+    for what in ("added", "removed", "changed"):
+        if nodes[what]:
+            console.print(f"nodes {what}: {', '.join(nodes[what])}")
+    for j in doc["rejections"]:
+        console.print(Text(f"rejected {j['kind_of_rule']} {j['name']} r{j['revision']} at {j['time']}: {j['reason']}",
+                           style="red"))
+    for d in doc["undecodable"]:
+        console.print(Text(f"dead-lettered {d['source']['topic']}/{d['source']['partition']}/{d['source']['offset']} "
+                           f"at {d['time']}: {d['reason']}", style="red"))
+
+
+def _effect(e: dict) -> str:
+    eff = e["effect"]
+    lines = []
+    for type_url, name, version in eff["changed"][:8]:
+        lines.append(f"~ {_kind(type_url)} {name} {version}")
+    for type_url, name in eff["removed"][:8]:
+        lines.append(f"- {_kind(type_url)} {name}")
+    more = len(eff["changed"]) + len(eff["removed"]) - len(lines)
+    if more > 0:
+        lines.append(f"… {more} more")
+    if eff["nodes"] or eff["nodes_removed"]:
+        nodes = eff["nodes"] + [f"-{n}" for n in eff["nodes_removed"]]
+        lines.append("nodes: " + ", ".join(nodes[:6]) + (f" (+{len(nodes) - 6})" if len(nodes) > 6 else ""))
+    if e.get("rejection"):
+        r = e["rejection"]
+        lines.append(f"REJECTED: {r['reason']}" + ("" if r["recorded"] else " (not on the rejections topic)"))
+    return "\n".join(lines) or "no change to what is served"
+
+
+def print_log(console: Console, doc: dict) -> None:
+    scope = ", ".join(f"{k} {v}" for k, v in doc["filter"].items()) or "everything"
+    console.print(Text(f"log {doc['from']} → {doc['to']} ({scope}): {len(doc['entries'])} entries", style="bold"))
+    if not doc["exact"]:
+        console.print(Text("long window over a large mesh: effects are per group of events", style="dim"))
+    table = Table(title_justify="left")
+    for col in ("broker time", "producer", "type", "key", "effect"):
+        table.add_column(col)
+    for e in doc["entries"]:
+        if e["kind"] == "event":
+            style = "red" if e.get("rejection") else ""
+            table.add_row(e["time"], e["producer"], Text(e["type"], style=style), e["key"], _effect(e))
+        elif e["kind"] == "rejection":
+            table.add_row(e["time"], "projector", Text("rule.rejected", style="red"),
+                          f"{e['kind_of_rule']}/{e['name']}", f"revision {e['revision']}: {e['reason']}")
+        else:
+            src = e["source"]
+            table.add_row(e["time"], "-", Text("dead-lettered", style="red"),
+                          f"{src['topic']}/{src['partition']}/{src['offset']}", f"[{e['stage']}] {e['reason']}")
+    console.print(table)

@@ -14,10 +14,13 @@ Invariants:
   renders incrementally, reporting for each step which resources and nodes
   changed: that is how ``diff`` and ``log`` attribute changes to the events
   that caused them. Rendering is either the whole mesh (``render_all`` with
-  ``previous``) or one node (``render``), whichever the question needs; a
-  long window over a large mesh is folded in small groups of events instead
-  of one by one (then a change is attributed to every event of its group and
-  the step says so).
+  ``previous``) or one node (``render``), whichever the question needs. A
+  long window is not rendered after every event: whole-mesh walks fold
+  groups of events sized to keep rendering within a time budget (a change is
+  then attributed to every event of its group), node walks over more than
+  20,000 events bisect groups of 256 to find the events that changed the
+  node (a change reverted within a group can go unseen). Such steps say
+  ``exact=False`` and the documents carry ``"exact": false``.
 - Nothing here prints; the CLI decides the output.
 """
 
@@ -30,7 +33,7 @@ import logging
 import time
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable, Iterable, Iterator, Protocol
+from typing import AsyncIterator, Callable, Iterator, Protocol
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
@@ -41,7 +44,6 @@ from events.envelope import Logged
 from projector.fold import fold_many, fold_with_decisions
 from projector.render import RenderedMesh, render, render_all
 from projector.state import MeshState, empty_state
-from projector.typeurls import TYPE_URLS
 from projector.versioning import version_of
 from replay.decode import RecordDecoder
 from replay.snapshots import ChosenSnapshot, find_snapshot
@@ -437,7 +439,9 @@ async def walk(
     size = 1 if node is None or cut.total <= EXACT_NODE_EVENTS else NODE_GROUP
     steps: list[Step] = []
     progress.start("walking the window", cut.total)
-    with no_gc():
+    # not no_gc(): rendering makes cyclic garbage at every step; freezing what exists keeps collections cheap
+    gc.freeze()
+    try:
         pending: list[Logged] = []
         async for batch in iter_cut(consumer, cut):
             pending.extend(batch.events)
@@ -458,6 +462,8 @@ async def walk(
             i += size
             if pacer is not None:
                 size = pacer.size()
+    finally:
+        gc.unfreeze()
     progress.finish()
     return walker, steps, cut
 
@@ -497,6 +503,8 @@ def _timed(walker: Walker, group: list[Logged], pacer: "_Pacer | None") -> list[
 
 
 def _grouped(walker: Walker, group: list[Logged]) -> list[Step]:
+    if len(group) == 1:
+        return [walker.step(group)]
     if walker.node is not None:
         return walker.steps_bisected(group)
     return [walker.step(group)]

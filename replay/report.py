@@ -35,14 +35,22 @@ Shapes (``format`` 1):
      nodes: {added: [node], removed: [node], changed: [node]},
      rejections: [REJECTION], undecodable: [DEAD]}
 
+    (when events were folded in groups, "exact": false: a group's causes are its events about the
+     resource's service, at most 20, the last of them carrying "and_before": <events left out>)
+
 ``kind: "log"`` (``replay log``)::
 
     {format, kind, from, from_ms, to, to_ms, filter: {service?, node?}, exact,
-     entries: [EVENT + {kind: "event", payload, effect: {changed: [[type_url, name, version]],
-                                                         removed: [[type_url, name]], nodes: [node],
-                                                         nodes_removed: [node]},
+     entries: [EVENT + {kind: "event", payload, effect: EFFECT | null, group: int | null,
                         rejection: {reason, recorded} | null}
-               | DEAD + {kind: "dead_letter"} | REJECTION + {kind: "rejection"}]}
+               | DEAD + {kind: "dead_letter"} | REJECTION + {kind: "rejection"}],
+     groups: [{group, events, first: EVENT, last: EVENT, effect: EFFECT}]}
+
+    EFFECT = {changed: [[type_url, name, version]], removed: [[type_url, name]], nodes: [node],
+              nodes_removed: [node]}
+    (a long window over a large mesh folds events in groups: such an event has "effect": null and
+     "group": i, and groups[i] holds the group's effect — restricted to the service with --service;
+     with a filter, only events about the service or node itself are listed from a group)
 
     EVENT = {time, timestamp_ms, topic, partition, offset, type, key, producer, event_id, occurred_at}
     REJECTION = {time, timestamp_ms, kind_of_rule, name, revision, reason, source: {topic, partition, offset}}
@@ -71,6 +79,7 @@ from projector.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_URLS
 from replay.engine import Effect, ResourceKey, Step, Versions, iso
 
 FORMAT = 1
+GROUP_CAUSES = 20  # at most this many events of one group are listed as causes (inexact walks)
 
 KIND_OF_TYPE = {CLUSTER: "cluster", ENDPOINT: "endpoints", LISTENER: "listener", ROUTE: "route"}
 
@@ -354,11 +363,12 @@ def diff_document(
     steps: Iterable[Step],
     undecodable: Iterable[dict] = (),
 ) -> dict:
-    causes: dict[ResourceKey, list[dict]] = {}
+    steps = list(steps)
+    touched_by: dict[ResourceKey, list[int]] = {}  # resource -> indexes of the steps that changed it
     events = 0
     exact = True
     rejections = []
-    for step in steps:
+    for i, step in enumerate(steps):
         events += len(step.events)
         exact = exact and step.exact
         for lg, j in step.decisions:
@@ -366,15 +376,27 @@ def diff_document(
         eff = step.effect
         if eff.empty:
             continue
-        touched = set(eff.changed) | set(eff.removed)
-        if not touched:
-            continue
-        refs = [event_ref(lg) for lg in step.events]
-        for key in touched:
-            causes.setdefault(key, []).extend(refs)
+        for key in (*eff.changed, *eff.removed):
+            touched_by.setdefault(key, []).append(i)
+
+    def causes(key: ResourceKey) -> list[dict]:
+        out: list[dict] = []
+        service = resource_service(key)
+        for i in touched_by.get(key, ()):
+            group = steps[i].events
+            if len(group) > 1:
+                # a group of events was folded at once: prefer the ones about the resource's service
+                about = [lg for lg in group if service is not None and service in payload_services(lg.envelope.payload)]
+                group = about or group
+                if len(group) > GROUP_CAUSES:
+                    out += [event_ref(lg) for lg in group[: GROUP_CAUSES - 1]]
+                    out.append({**event_ref(group[-1]), "and_before": len(group) - GROUP_CAUSES})
+                    continue
+            out += [event_ref(lg) for lg in group]
+        return out
 
     def entry(key: ResourceKey, **kw) -> dict:
-        return {"type_url": key[0], "name": key[1], **kw, "caused_by": causes.get(key, [])}
+        return {"type_url": key[0], "name": key[1], **kw, "caused_by": causes(key)}
 
     order = {u: i for i, u in enumerate(TYPE_URLS)}
 
@@ -428,6 +450,25 @@ def effect_doc(eff: Effect) -> dict:
     }
 
 
+NO_EFFECT_DOC = Effect({}, {}, frozenset(), frozenset())
+
+
+def restrict(eff: Effect, *, service: str | None) -> Effect:
+    """Only the part of an effect about ``service``'s resources (all of it without a service)."""
+    if service is None:
+        return eff
+    return Effect(
+        {k: v for k, v in eff.changed.items() if resource_service(k) == service},
+        {k: v for k, v in eff.removed.items() if resource_service(k) == service},
+        eff.changed_nodes,
+        eff.removed_nodes,
+    )
+
+
+def touched_services(eff: Effect) -> set[str]:
+    return {svc for k in (*eff.changed, *eff.removed) if (svc := resource_service(k)) is not None}
+
+
 def event_matches(
     lg: Logged,
     eff: Effect,
@@ -435,6 +476,7 @@ def event_matches(
     service: str | None,
     node: str | None,
     node_keys: set[str] = frozenset(),
+    services_touched: set[str] | None = None,
 ) -> bool:
     """Whether an event belongs in a log filtered by service or node."""
     if service is None and node is None:
@@ -443,8 +485,7 @@ def event_matches(
     if service is not None:
         if service in payload_services(payload):
             return True
-        keys = set(eff.changed) | set(eff.removed)
-        return any(resource_service(k) == service for k in keys)
+        return service in (services_touched if services_touched is not None else touched_services(eff))
     # node filter
     if node in eff.changed_nodes or node in eff.removed_nodes:
         return True
@@ -467,14 +508,31 @@ def log_document(
     """The audit trail. ``recorded_rejections``: (source topic, partition, offset) -> (time, rejection) from the
     rejections topic; ``dead_letters``: DEAD entries (already filtered to the window)."""
     entries: list[dict] = []
+    groups: list[dict] = []
     exact = True
     matched_recorded: set[tuple[str, int, int]] = set()
     for step in steps:
         exact = exact and step.exact
         decided = {(j.source_topic, j.source_partition, j.source_offset): j for _lg, j in step.decisions}
-        for lg in step.events:
-            if not event_matches(lg, step.effect, service=service, node=node, node_keys=node_keys):
+        grouped = len(step.events) > 1
+        if grouped:
+            # several events folded at once: the effect belongs to the group, listed once; an event is in a
+            # filtered log only if it is itself about the service or node
+            eff = restrict(step.effect, service=service)
+            matching = [lg for lg in step.events if event_matches(lg, NO_EFFECT_DOC, service=service, node=node,
+                                                                  node_keys=node_keys, services_touched=set())]
+            if not matching:
                 continue
+            group_index = len(groups)
+            groups.append({"group": group_index, "events": len(step.events), "first": event_ref(step.events[0]),
+                           "last": event_ref(step.events[-1]), "effect": effect_doc(eff)})
+        else:
+            services_touched = touched_services(step.effect) if service is not None else None
+            matching = [lg for lg in step.events if event_matches(lg, step.effect, service=service, node=node,
+                                                                  node_keys=node_keys,
+                                                                  services_touched=services_touched)]
+            group_index = None
+        for lg in matching:
             src = (lg.topic, lg.partition, lg.offset)
             j = decided.get(src)
             rejection = None
@@ -486,7 +544,8 @@ def log_document(
                     "kind": "event",
                     **event_ref(lg),
                     "payload": lg.envelope.payload.model_dump(mode="json"),
-                    "effect": effect_doc(step.effect),
+                    "effect": None if grouped else effect_doc(step.effect),
+                    "group": group_index,
                     "rejection": rejection,
                 }
             )
@@ -512,4 +571,5 @@ def log_document(
         "filter": {k: v for k, v in (("service", service), ("node", node)) if v is not None},
         "exact": exact,
         "entries": entries,
+        "groups": groups,
     }

@@ -183,9 +183,13 @@ def print_diff(console: Console, doc: dict) -> None:
                            f"at {d['time']}: {d['reason']}", style="red"))
 
 
-def _effect(e: dict) -> str:
+def _effect(e: dict, groups: list[dict]) -> str:
     eff = e["effect"]
     lines = []
+    if eff is None:
+        g = groups[e["group"]]
+        lines.append(f"(folded with {g['events'] - 1} other events; the group's effect:)")
+        eff = g["effect"]
     for type_url, name, version in eff["changed"][:8]:
         lines.append(f"~ {_kind(type_url)} {name} {version}")
     for type_url, name in eff["removed"][:8]:
@@ -213,7 +217,8 @@ def print_log(console: Console, doc: dict) -> None:
     for e in doc["entries"]:
         if e["kind"] == "event":
             style = "red" if e.get("rejection") else ""
-            table.add_row(e["time"], e["producer"], Text(e["type"], style=style), e["key"], _effect(e))
+            table.add_row(e["time"], e["producer"], Text(e["type"], style=style), e["key"],
+                          _effect(e, doc.get("groups", [])))
         elif e["kind"] == "rejection":
             table.add_row(e["time"], "projector", Text("rule.rejected", style="red"),
                           f"{e['kind_of_rule']}/{e['name']}", f"revision {e['revision']}: {e['reason']}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import subprocess
 import sys
@@ -188,6 +187,12 @@ def test_diff_and_log_attribute_changes_to_the_events_that_made_them(bootstrap, 
     causes = changed[(ENDPOINT, dep)]["caused_by"]
     assert [(c["type"], c["key"]) for c in causes] == [("instance.registered", f"{dep}/late")]
     assert causes[0]["producer"] == f"replay-test-{RUN}"
+
+    whole = replay_json(bootstrap, "diff", "--from", f"@{before}", "--to", f"@{after}")
+    assert whole["node"] is None and whole["exact"]
+    [mesh_change] = [c for c in whole["changed"] if (c["type_url"], c["name"]) == (ENDPOINT, dep)]
+    assert [c["key"] for c in mesh_change["caused_by"]] == [f"{dep}/late"]
+    assert node in whole["nodes"]["changed"]
 
     log = replay_json(bootstrap, "log", "--from", f"@{before}", "--to", f"@{after}", "--service", dep)
     [entry] = [e for e in log["entries"] if e["kind"] == "event"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from events import types as t
 from projector.fold import fold_many
 from projector.render import render_all
 from projector.state import empty_state

@@ -217,3 +217,14 @@ def remove_shared_memory(base_id: int) -> None:
             path.unlink()
         except OSError:
             pass
+
+
+def endpoint_count(dump: dict, cluster: str) -> int:
+    """From /config_dump?include_eds: how many endpoints Envoy holds for ``cluster``."""
+    for config in dump.get("configs", []):
+        if config.get("@type", "").endswith("EndpointsConfigDump"):
+            for entry in config.get("dynamic_endpoint_configs", []):
+                cla = entry["endpoint_config"]
+                if cla.get("cluster_name") == cluster:
+                    return sum(len(group.get("lb_endpoints", [])) for group in cla.get("endpoints", []))
+    return 0

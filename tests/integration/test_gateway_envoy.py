@@ -24,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from events.admin import ensure_topics
 from meshlog.kafka_local import free_port
 from proxy.bootstrap import envoy_bootstrap
-from proxy.envoy_process import EnvoyProcess, dynamic_names
+from proxy.envoy_process import EnvoyProcess, dynamic_names, endpoint_count
 from tests.support.stack import metric_sum, metrics, start_gateway, start_projector, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.envoy]
@@ -73,14 +73,6 @@ def start_envoy(node: str, gateways, tmp_path: Path) -> EnvoyProcess:
                         workdir=str(tmp_path / f"envoy-{node}"), log_level="info").start()
 
 
-def endpoint_count(dump: dict, cluster: str) -> int:
-    for config in dump.get("configs", []):
-        if config.get("@type", "").endswith("EndpointsConfigDump"):
-            for e in config.get("dynamic_endpoint_configs", []):
-                cla = e["endpoint_config"]
-                if cla.get("cluster_name") == cluster:
-                    return sum(len(group.get("lb_endpoints", [])) for group in cla.get("endpoints", []))
-    return 0
 
 
 def connected(gateway) -> float:

@@ -33,7 +33,7 @@ from projector.render import render_all
 from projector.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from projector.versioning import version_of
 from proxy.bootstrap import envoy_bootstrap
-from proxy.envoy_process import EnvoyProcess, dynamic_names
+from proxy.envoy_process import EnvoyProcess, dynamic_names, endpoint_count
 from replay.engine import open_log, rebuild
 from tests.support.stack import start_gateway, start_projector, wait_until
 from tests.unit.replay.history import RandomHistory
@@ -292,14 +292,6 @@ def replayed(doc: dict) -> dict:
     return out
 
 
-def endpoint_count(dump: dict, cluster: str) -> int:
-    for config in dump.get("configs", []):
-        if config.get("@type", "").endswith("EndpointsConfigDump"):
-            for e in config.get("dynamic_endpoint_configs", []):
-                cla = e["endpoint_config"]
-                if cla.get("cluster_name") == cluster:
-                    return sum(len(g.get("lb_endpoints", [])) for g in cla.get("endpoints", []))
-    return 0
 
 
 @pytest.fixture(scope="module")

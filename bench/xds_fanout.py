@@ -47,8 +47,8 @@ Usage:  .venv/bin/python bench/xds_fanout.py            (full: ~2 min on 2 cores
         --profile    also runs 5 hot changes and the churn again under cProfile in the
                      gateway process and prints its top functions
         --json FILE  writes the figures as JSON
-        --gc-freeze, --lean-loop   experiments sizing suggested gateway fixes (gc.freeze()
-                     once the streams are up; a leaner stream loop defined in this file)
+        --no-gc-freeze  experiment: leave out the gc.freeze() that `xds-gateway run` does
+                     periodically (here once the streams are up)
         --no-floor   skips the closing calibration: a bare grpc.aio servicer pushing the
                      same payload to the same number of subscribers (this machine's and
                      these Python clients' floor for figure 1)
@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import json
 import math
 import multiprocessing as mp
@@ -247,126 +246,8 @@ def _as_records(rows: list, ts: int) -> list[_Rec]:
     return [_Rec(topic, key, value, ts) for topic, key, value in rows]
 
 
-def gateway_main(conn, write_timeout_s: float, gc_freeze: bool, lean: bool) -> None:
-    asyncio.run(_gateway(conn, write_timeout_s, gc_freeze, lean))
-
-
-def _lean_servicer_class():
-    """EXPERIMENT, not the gateway: ``AdsServicer`` with a leaner stream loop, to size a suggested fix.
-
-    Same machine, same view fan-out, same metrics; differs from ``AdsServicer._serve`` only in the shell:
-    one queue per stream carries both requests (from the reader task) and a "view changed" token (put
-    at most once until consumed), so a wake-up awaits one ``queue.get()`` instead of creating two tasks,
-    an ``asyncio.wait`` and a cancellation; the write deadline is a ``call_later`` timer that cancels the
-    stream instead of an ``asyncio.wait_for`` task per write; labelled metric children are cached.
-    (The request queue is unbounded here; the original bounds it at 64.)
-    """
-    import grpc
-
-    from xds_gateway import metrics
-    from xds_gateway.server import AdsServicer
-
-    dirty_token = object()
-    eof = object()
-    stream_ids = itertools.count(1)
-
-    class Wake:
-        __slots__ = ("queue", "queued", "changed_at")
-
-        def __init__(self, queue: asyncio.Queue) -> None:
-            self.queue, self.queued, self.changed_at = queue, False, None
-
-        def set(self) -> None:  # called by AdsServicer._on_view_change like Event.set
-            if not self.queued:
-                self.queued = True
-                self.queue.put_nowait(dirty_token)
-
-    children: dict = {}
-
-    def child(metric, *labels):
-        key = (id(metric), labels)
-        c = children.get(key)
-        if c is None:
-            c = children[key] = metric.labels(*labels)
-        return c
-
-    class LeanServicer(AdsServicer):
-        async def _serve(self, kind: str, context) -> None:
-            stream_id = f"{os.getpid()}-{next(stream_ids)}"
-            queue: asyncio.Queue = asyncio.Queue()
-            wake = Wake(queue)
-
-            async def read_requests() -> None:
-                try:
-                    while True:
-                        request = await context.read()
-                        if request is grpc.aio.EOF:
-                            break
-                        queue.put_nowait(request)
-                except (asyncio.CancelledError, grpc.aio.AioRpcError, grpc.RpcError):
-                    pass
-                finally:
-                    queue.put_nowait(eof)
-
-            reader = asyncio.create_task(read_requests())
-            first = await queue.get()
-            if first is eof:
-                reader.cancel()
-                return
-            node_id = first.node.id
-            if not node_id:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id")
-            known = self.cache.knows_node(node_id)
-            machine = self._new_machine(kind, stream_id, node_id, known)
-            watch_set = self._watchers[node_id] if known else self._unknown_watchers
-            watch_set.add(wake)
-            child(metrics.STREAMS, kind).inc()
-            loop = asyncio.get_running_loop()
-            me = asyncio.current_task()
-            try:
-                pending_request = first
-                while True:
-                    if pending_request is not None:
-                        request, pending_request = pending_request, None
-                        if request is eof:
-                            return
-                        responses = machine.on_request(request)
-                        self._log_nack(kind, node_id, request)
-                        changed_at = None
-                    else:
-                        item = await queue.get()
-                        if item is not dirty_token:
-                            pending_request = item
-                            continue
-                        changed_at, wake.changed_at, wake.queued = wake.changed_at, None, False
-                        if not known and self.cache.knows_node(node_id):
-                            known = True
-                            self._unknown_watchers.discard(wake)
-                            self._watchers[node_id].add(wake)
-                            machine.set_scope(allowed=None, wildcard_allowed=True)
-                        responses = machine.on_view(self._view_for(node_id))
-                    for response in responses:
-                        timer = loop.call_later(self.write_timeout_s, me.cancel)
-                        try:
-                            await context.write(response)
-                        finally:
-                            timer.cancel()
-                        child(metrics.RESPONSES, kind, response.type_url).inc()
-                        child(metrics.BYTES_SENT, kind).inc(response.ByteSize())
-                        child(metrics.RESOURCES_SENT, kind, response.type_url).inc(len(response.resources))
-                        if changed_at is not None:
-                            metrics.PUSH_LATENCY.observe(time.monotonic() - changed_at)
-            finally:
-                ws = self._watchers.get(node_id)
-                if ws is not None:
-                    ws.discard(wake)
-                    if not ws:
-                        self._watchers.pop(node_id, None)
-                self._unknown_watchers.discard(wake)
-                reader.cancel()
-                child(metrics.STREAMS, kind).dec()
-
-    return LeanServicer
+def gateway_main(conn, write_timeout_s: float, gc_freeze: bool) -> None:
+    asyncio.run(_gateway(conn, write_timeout_s, gc_freeze))
 
 
 def _gateway_counters() -> dict:
@@ -417,7 +298,7 @@ class _GcClock:
         return out
 
 
-async def _gateway(conn, write_timeout_s: float, gc_freeze: bool, lean: bool) -> None:
+async def _gateway(conn, write_timeout_s: float, gc_freeze: bool) -> None:
     import cProfile
     import gc
     import io
@@ -429,7 +310,7 @@ async def _gateway(conn, write_timeout_s: float, gc_freeze: bool, lean: bool) ->
     from xds_gateway.view_cache import ViewCache
 
     cache = ViewCache()
-    servicer = (_lean_servicer_class() if lean else AdsServicer)(cache, write_timeout_s=write_timeout_s)
+    servicer = AdsServicer(cache, write_timeout_s=write_timeout_s)
     server = grpc.aio.server(options=GATEWAY_SERVER_OPTIONS)
     add_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -709,12 +590,10 @@ def main(argv=None) -> int:
     p.add_argument("--profile", action="store_true",
                    help="profile the gateway (cProfile) during 5 more hot changes and a second churn")
     p.add_argument("--deadline", type=float, default=290.0, help="abort the run after this many seconds")
-    p.add_argument("--lean-loop", action="store_true",
-                   help="experiment: serve with a leaner stream loop defined in this bench (not the gateway's)")
     p.add_argument("--no-floor", action="store_true", help="skip the bare grpc.aio floor calibration")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--gc-freeze", action="store_true",
-                   help="experiment: gc.freeze() in the gateway once the streams are up (not what the CLI does)")
+    p.add_argument("--no-gc-freeze", dest="gc_freeze", action="store_false",
+                   help="experiment: skip gc.freeze() once the streams are up (xds-gateway run freezes every 30 s)")
     p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args(argv)
     if args.quick:
@@ -748,7 +627,7 @@ def main(argv=None) -> int:
 
     ctx = mp.get_context("spawn")
     gw_conn, gw_child = ctx.Pipe()
-    gw = ctx.Process(target=gateway_main, args=(gw_child, args.write_timeout, args.gc_freeze, args.lean_loop),
+    gw = ctx.Process(target=gateway_main, args=(gw_child, args.write_timeout, args.gc_freeze),
                      name="xds-gateway", daemon=True)
     clients: list = []
     client_conns: list = []
@@ -983,9 +862,8 @@ def report(r: dict) -> None:
     s, p1, p3, p4, p5 = r["streams"], r["phase1_latency"], r["phase3_throughput"], r["phase4_bytes"], \
         r["phase5_non_dependents"]
     print("\n=== xDS fan-out, one gateway process (in-process view feed, no Kafka) ===")
-    exp = [f for f in ("gc_freeze", "lean_loop") if r["config"].get(f)]
-    if exp:
-        print(f"EXPERIMENT ({', '.join(exp)}): not the gateway as shipped")
+    if not r["config"].get("gc_freeze", True):
+        print("EXPERIMENT (no gc.freeze): not the gateway as shipped")
     print(f"mesh: {r['mesh']['nodes']} nodes, {r['mesh']['resources']} resources; "
           f"{s['opened']} delta streams from {s['client_processes']} client processes over {s['connections']} "
           f"connections; run {r['run_s']}s")

@@ -17,6 +17,7 @@ SUBCOMMAND_MODULES: list[str] = [
     "meshlog.kafka_cli",
     "meshlog.topics_cli",
     "meshlog.demo",
+    "meshlog.demo_app",
 ]
 
 

@@ -579,9 +579,15 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _pdeathsig_preexec(parent_pid: int):
-    """preexec_fn: the child gets SIGKILL when the thread that spawned it dies (Linux only)."""
+    """preexec_fn: the child gets SIGKILL when the thread that spawned it dies (Linux only).
+
+    It also leads its own process group, so a Ctrl-C in the terminal reaches
+    only the parent, which stops the broker after its other children (which
+    may still need it to deregister).
+    """
 
     def preexec() -> None:
+        os.setpgid(0, 0)
         try:
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

@@ -7,82 +7,12 @@ that started it; PDEATHSIG makes the kernel stop it if pytest dies.
 
 from __future__ import annotations
 
-import ctypes
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-BIN = Path(sys.executable).parent
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1, on_fail=None):
-    deadline = time.monotonic() + timeout
-    last_exc = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline, then reported
-            last_exc = exc
-        time.sleep(interval)
-    detail = on_fail() if on_fail else ""
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc!r})\n{detail}")
-
-
-@dataclass
-class Process:
-    name: str
-    proc: subprocess.Popen
-    log_path: Path
-    info: dict = field(default_factory=dict)
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").splitlines()[-lines:]
-        except OSError:
-            return ""
-        return f"--- {self.name} log ({self.log_path}) ---\n" + "\n".join(text)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
-
-    def kill9(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-
-def spawn(name: str, argv: list[str], workdir: Path, env: dict | None = None) -> Process:
-    workdir.mkdir(parents=True, exist_ok=True)
-    log_path = workdir / f"{name}.log"
-    log = open(log_path, "ab")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
-                            env={**os.environ, **(env or {})}, cwd=workdir)
-    return Process(name, proc, log_path)
+from meshlog.procs import BIN, Process, spawn, wait_until  # noqa: F401 - the tests' process helpers
 
 
 def start_projector(bootstrap: str, workdir: Path, name: str = "projector", extra: list[str] | None = None) -> Process:

@@ -1,0 +1,134 @@
+"""Follow the event topics in a background thread, for the demo's "events" panel and its checks.
+
+Invariants:
+- Reads ``meshlog.registrations``, ``meshlog.health`` and ``meshlog.rules``
+  with read_committed, from the given start time (the demo's start), with no
+  consumer group: it never commits and never disturbs other readers.
+- Undecodable records are shown as such (the projector dead-letters them);
+  the tail never stops on one.
+- ``seen`` holds every decoded event in arrival order, with its broker log
+  time, so a scene can wait for "the checker logged reviews-v1-b unhealthy"
+  and count requests from that instant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from events import topics
+from events.codec import decode_record
+from events.errors import EventValidationError
+
+TAILED = (topics.REGISTRATIONS, topics.HEALTH, topics.RULES)
+
+
+@dataclass(frozen=True)
+class SeenEvent:
+    log_time: float  # seconds since the epoch (broker LogAppendTime)
+    topic: str
+    type: str
+    key: str
+    summary: str
+    producer: str
+    payload: object
+
+
+def summarize(payload) -> str:
+    kind = type(payload).__name__
+    if kind == "InstanceRegistered":
+        labels = ",".join(f"{k}={v}" for k, v in sorted(payload.labels.items()))
+        return f"{payload.address}:{payload.port} {labels}".strip()
+    if kind == "InstanceHealthChanged":
+        return f"{payload.status} ({payload.reason}) by {payload.observer}"
+    if kind == "RouteRuleUpserted":
+        parts = []
+        for route in payload.routes:
+            parts.append(" ".join(f"{d.subset or d.service or payload.host}={d.weight}" for d in route.destinations))
+        return f"rev {payload.revision}: " + " | ".join(parts)
+    if kind == "DestinationPolicyUpserted":
+        return f"rev {payload.revision}: subsets " + ",".join(s.name for s in payload.subsets)
+    if kind == "InstanceDeregistered":
+        return payload.reason
+    return ""
+
+
+class EventTail:
+    def __init__(self, bootstrap: str, since: float):
+        self.bootstrap = bootstrap
+        self.since_ms = int(since * 1000)
+        self.seen: list[SeenEvent] = []
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="event-tail", daemon=True)
+
+    def start(self) -> "EventTail":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._tail())
+        except Exception as exc:  # noqa: BLE001 - the panel shows it; the demo's checks then fail visibly
+            self.errors.append(f"event tail stopped: {exc!r}")
+
+    async def _tail(self) -> None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                    isolation_level="read_committed", auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            parts = [TopicPartition(t, 0) for t in TAILED]
+            consumer.assign(parts)
+            found = await consumer.offsets_for_times({tp: self.since_ms for tp in parts})
+            for tp in parts:
+                if found.get(tp) is not None:
+                    consumer.seek(tp, found[tp].offset)
+                else:
+                    await consumer.seek_to_end(tp)
+            while not self._stop.is_set():
+                batches = await consumer.getmany(timeout_ms=200)
+                for records in batches.values():
+                    for record in records:
+                        self._add(record)
+        finally:
+            await consumer.stop()
+
+    def _add(self, record) -> None:
+        try:
+            logged = decode_record(record)
+        except EventValidationError as exc:
+            with self._lock:
+                self.errors.append(f"{record.topic}@{record.offset}: undecodable ({exc})")
+            return
+        envelope = logged.envelope
+        payload = envelope.payload
+        event = SeenEvent(record.timestamp / 1000, record.topic, payload.TYPE, record.key.decode() if record.key else "",
+                          summarize(payload), envelope.producer, payload)
+        with self._lock:
+            self.seen.append(event)
+
+    def last(self, n: int) -> list[SeenEvent]:
+        with self._lock:
+            return self.seen[-n:]
+
+    def wait_for(self, predicate, timeout: float) -> SeenEvent | None:
+        deadline = time.monotonic() + timeout
+        checked = 0
+        while time.monotonic() < deadline:
+            with self._lock:
+                fresh = self.seen[checked:]
+                checked = len(self.seen)
+            for event in fresh:
+                if predicate(event):
+                    return event
+            time.sleep(0.1)
+        return None

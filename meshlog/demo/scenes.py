@@ -1,0 +1,302 @@
+"""The demo's scripted scenes. Each one acts on the real mesh, measures what
+the client app saw, and reports checks that can fail.
+
+Scenes, in order (``--scene`` picks some; the mesh is always started first):
+
+- ``baseline``          no rule: web's Envoy balances over all three reviews instances
+- ``canary``            route rule v1/v2 = 90/10, then 50/50, then 100/0 (rolled back to v1)
+- ``failing-instance``  reviews-v1-b starts failing: the central checkers log it unhealthy
+                        and traffic leaves it; it recovers and traffic returns
+- ``gateway-kill``      kill -9 of the gateway web's Envoy streams from: no request fails,
+                        and config still flows through the other replica
+- ``replay``            ``replay at`` an instant from the start and from the canary,
+                        and ``replay diff`` of the whole run (the real ``replay`` CLI)
+
+Invariants:
+- Every wait is bounded; a scene that times out reports a failed check and the
+  demo goes on to the next one (and exits 1 at the end).
+- Rules go through ``events.producer`` (the registrar's own path), as one
+  transaction; a scene waits until web's Envoy *holds* the new route before it
+  measures, so a split is never measured across a change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable, Protocol
+
+from events.envelope import new_event
+from events.producer import EventProducer
+from events.types import DestinationPolicyUpserted, HttpRoute, RouteRuleUpserted, Subset, WeightedDestination
+from meshlog.demo.events_tail import EventTail
+from meshlog.demo.stack import DemoStack
+from meshlog.demo.traffic import Traffic
+from meshlog.procs import BIN
+
+SCENES = ("baseline", "canary", "failing-instance", "gateway-kill", "replay")
+PRODUCER = "meshlog-demo"
+ROUTE_DUMP = "dynamic_route_configs"
+
+
+class Reporter(Protocol):
+    def scene(self, name: str, title: str) -> None: ...
+    def step(self, text: str) -> None: ...
+    def check(self, name: str, ok: bool, detail: str) -> None: ...
+    def block(self, title: str, text: str) -> None: ...
+
+
+@dataclass
+class Demo:
+    stack: DemoStack
+    traffic: Traffic
+    tail: EventTail
+    report: Reporter
+    pace: float = 6.0
+    marks: dict[str, float] = field(default_factory=dict)
+    revision: int = 0
+
+    @property
+    def web(self):
+        return self.stack.sidecars["web-1"]
+
+    def measure(self, what: str) -> "object":
+        """Count what the client sees for ``pace`` seconds from now."""
+        since = time.time()
+        self.report.step(f"measuring {what} for {self.pace:g} s…")
+        time.sleep(self.pace)
+        return self.traffic.window(since, time.time())
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def split_text(window) -> str:
+    parts = [f"{inst}={n}" for inst, n in sorted(window.by_instance.items())]
+    return f"{window.requests} requests, {window.errors} errors; " + ", ".join(parts)
+
+
+# ---------------------------------------------------------------- Envoy and replay readings
+
+
+def route_weights(route_configs: list[dict], host: str) -> dict[str, int] | None:
+    """Cluster -> weight of the first route of the virtual host serving ``host`` (None if there is none).
+
+    Works on Envoy's /config_dump route configs and on ``replay --full --json``
+    bodies alike: both are protobuf JSON with the proto field names.
+    """
+    for config in route_configs:
+        for vhost in config.get("virtual_hosts", []):
+            if host not in vhost.get("domains", []) and f"{host}:*" not in vhost.get("domains", []):
+                continue
+            for route in vhost.get("routes", []):
+                action = route.get("route") or {}
+                if "cluster" in action:
+                    return {action["cluster"]: 100}
+                if "weighted_clusters" in action:
+                    return {c["name"]: int(c.get("weight", 0)) for c in action["weighted_clusters"].get("clusters", [])}
+    return None
+
+
+def envoy_route_weights(sidecar, host: str) -> dict[str, int] | None:
+    dump = sidecar.config_dump(ROUTE_DUMP)
+    configs = [c.get("route_config", {}) for c in dump.get("configs", [])]
+    return route_weights(configs, host)
+
+
+def expected_weights(host: str, v1: int, v2: int) -> dict[str, int]:
+    live = {f"{host}|v1": v1, f"{host}|v2": v2}
+    live = {k: w for k, w in live.items() if w > 0}
+    return {next(iter(live)): 100} if len(live) == 1 else live
+
+
+def replay_cli(demo: Demo, *args: str, json_out: bool = False) -> tuple[int, str]:
+    argv = [str(BIN / "replay"), *args, "--bootstrap", demo.stack.bootstrap, "--no-progress"]
+    if json_out:
+        argv.append("--json")
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, env={"COLUMNS": "120",
+                                                                                     **_env()})
+    return result.returncode, result.stdout + (result.stderr if result.returncode else "")
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+# ---------------------------------------------------------------- actions
+
+
+def append_rules(demo: Demo, payloads) -> None:
+    async def go():
+        async with EventProducer(demo.stack.bootstrap, transactional=True) as producer:
+            await producer.append_many([new_event(p, producer=PRODUCER) for p in payloads])
+
+    asyncio.run(go())
+
+
+def set_split(demo: Demo, v1: int, v2: int, first: bool) -> bool:
+    host = demo.stack.reviews
+    demo.revision += 1
+    payloads = []
+    if first:
+        payloads.append(DestinationPolicyUpserted(
+            service=host, revision=1,
+            subsets=(Subset(name="v1", labels={"version": "v1"}), Subset(name="v2", labels={"version": "v2"}))))
+    payloads.append(RouteRuleUpserted(host=host, revision=demo.revision, routes=(HttpRoute(destinations=(
+        WeightedDestination(subset="v1", weight=v1), WeightedDestination(subset="v2", weight=v2))),)))
+    appended_at = time.time()
+    append_rules(demo, payloads)
+    demo.report.step(f"appended route rule rev {demo.revision}: {host} v1={v1} v2={v2}"
+                     + (" (with the v1/v2 subsets policy)" if first else ""))
+    want = expected_weights(host, v1, v2)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if envoy_route_weights(demo.web, host) == want:
+                demo.report.step(f"web's Envoy holds the new route {time.time() - appended_at:.2f} s after the append")
+                return True
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    demo.report.check(f"route {v1}/{v2} reached web's Envoy", False, "not within 30 s")
+    return False
+
+
+# ---------------------------------------------------------------- scenes
+
+
+def baseline(demo: Demo) -> None:
+    demo.report.scene("baseline", "no route rule yet: web's Envoy balances over all three reviews instances")
+    window = demo.measure("the default route")
+    everyone = all(window.by_instance.get(i, 0) > 0 for i in ("reviews-v1-a", "reviews-v1-b", "reviews-v2-a"))
+    demo.report.check("all three instances serve", everyone and window.errors == 0, split_text(window))
+    demo.marks["baseline"] = time.time()
+
+
+def canary(demo: Demo) -> None:
+    demo.report.scene("canary", "canary v2 at 10 %, then 50 %, then rolled back: v1/v2 = 90/10 → 50/50 → 100/0")
+    bands = {(90, 10): (0.02, 0.25), (50, 50): (0.30, 0.70), (100, 0): (0.0, 0.0)}
+    for i, ((v1, v2), (low, high)) in enumerate(bands.items()):
+        if not set_split(demo, v1, v2, first=i == 0):
+            continue
+        demo.marks[f"canary-{v1}-{v2}"] = time.time()
+        window = demo.measure(f"the {v1}/{v2} split")
+        share = window.share("v2")
+        demo.report.check(f"v1/v2 {v1}/{v2}", window.requests > 0 and window.errors == 0 and low <= share <= high,
+                          f"v2 got {share:.1%} (expected {low:.0%}–{high:.0%}); {split_text(window)}")
+
+
+def _health_event(demo: Demo, instance: str, status: str, timeout: float):
+    key = f"{demo.stack.reviews}/{instance}"
+    return demo.tail.wait_for(lambda e: e.type == "instance.health_changed" and e.key == key
+                              and e.payload.status == status, timeout)
+
+
+def failing_instance(demo: Demo) -> None:
+    demo.report.scene("failing-instance", "reviews-v1-b starts failing (503 on every request, its /healthz too)")
+    app = demo.stack.apps["reviews-v1-b"]
+    failed_at = time.time()
+    app.failing = True
+    demo.report.step("reviews-v1-b is failing; the central checkers probe every 0.5 s and need 3 failures")
+    event = _health_event(demo, "reviews-v1-b", "unhealthy", 30)
+    if event is None:
+        demo.report.check("checker logged reviews-v1-b unhealthy", False, "no health event within 30 s")
+        app.failing = False
+        return
+    before = demo.traffic.window(failed_at, event.log_time + 1.0)
+    demo.report.check("checker logged reviews-v1-b unhealthy", True,
+                      f"{event.log_time - failed_at:.2f} s after it began failing, by {event.payload.observer}; "
+                      f"{before.errors} requests failed until Envoy had the verdict")
+    time.sleep(max(0.0, event.log_time + 1.0 - time.time()))
+    window = demo.measure("traffic with reviews-v1-b unhealthy")
+    demo.report.check("no request reaches reviews-v1-b, none fails",
+                      window.requests > 0 and window.by_instance.get("reviews-v1-b", 0) == 0 and window.errors == 0,
+                      split_text(window))
+    demo.marks["failing"] = time.time()
+
+
+def recover(demo: Demo, what: str) -> None:
+    app = demo.stack.apps["reviews-v1-b"]
+    healed_at = time.time()
+    app.failing = False
+    demo.report.step("reviews-v1-b recovers; the checkers need 2 good probes")
+    event = _health_event(demo, "reviews-v1-b", "healthy", 30)
+    returned = demo.traffic.wait_for(lambda w: w.by_instance.get("reviews-v1-b", 0) > 0, 30) if event else None
+    demo.report.check(f"reviews-v1-b back in service {what}", event is not None and returned is not None,
+                      f"healthy logged {event.log_time - healed_at:.2f} s after recovery by {event.payload.observer}"
+                      if event else "no healthy event within 30 s")
+
+
+def gateway_kill(demo: Demo) -> None:
+    demo.report.scene("gateway-kill", "kill -9 the gateway replica web's Envoy streams from")
+    stack = demo.stack
+    by_address = {f"127.0.0.1:{port}": name for name, port in stack.gateway_ports.items()}
+    try:
+        connected = [by_address[a] for a in demo.web.connected_gateways() if a in by_address]
+    except OSError:
+        connected = []
+    victim = connected[0] if connected else next(iter(stack.gateways))
+    port = stack.gateway_ports[victim]
+    killed_at = time.time()
+    stack.gateways[victim].kill9()
+    demo.report.step(f"killed {victim} (127.0.0.1:{port}) with SIGKILL; web's Envoy reconnects to the other replica")
+    window = demo.measure("traffic after the kill")
+    demo.report.check("no request fails after the kill", window.requests > 0 and window.errors == 0, split_text(window))
+    if "failing" in demo.marks:
+        recover(demo, "through the surviving gateway")
+    demo.traffic.window(killed_at)
+    demo.report.step(f"scaling back up: a new replica on 127.0.0.1:{port}")
+    del stack.gateways[victim]
+    stack.start_gateway(victim + "-new", port)
+    del stack.gateway_ports[victim]
+
+
+def replay(demo: Demo) -> None:
+    demo.report.scene("replay", "what was every proxy told, and when? the real `replay` CLI over the same log")
+    stack = demo.stack
+    start = demo.marks.get("baseline") or demo.marks["mesh-up"]
+    code, text = replay_cli(demo, "at", "--at", iso(start), "--service", stack.reviews)
+    demo.report.block(f"$ replay at --at {iso(start)} --service {stack.reviews}", text)
+    if "canary-90-10" in demo.marks:
+        t90 = demo.marks["canary-90-10"]
+        code, text = replay_cli(demo, "at", "--at", iso(t90), "--node", "web-1")
+        demo.report.block(f"$ replay at --at {iso(t90)} --node web-1", text)
+        code, out = replay_cli(demo, "at", "--at", iso(t90), "--node", "web-1", "--full", json_out=True)
+        weights = None
+        if code == 0:
+            doc = json.loads(out)
+            bodies = doc.get("bodies", {}).get("type.googleapis.com/envoy.config.route.v3.RouteConfiguration", {})
+            weights = route_weights(list(bodies.values()), stack.reviews)
+        want = expected_weights(stack.reviews, 90, 10)
+        demo.report.check("replay at the canary instant shows web told 90/10", weights == want,
+                          f"route weights then: {weights}")
+    begin = demo.marks["begin"]
+    code, text = replay_cli(demo, "diff", "--from", iso(begin), "--to", "now", "--node", "web-1")
+    demo.report.block(f"$ replay diff --from {iso(begin)} --to now --node web-1", text)
+    code, out = replay_cli(demo, "diff", "--from", iso(begin), "--to", "now", json_out=True)
+    ok = code == 0
+    detail = out.strip().splitlines()[-1] if not ok and out.strip() else ""
+    if ok:
+        doc = json.loads(out)
+        added = doc.get("added", [])
+        causes = {c.get("type") for e in added for c in e.get("caused_by", [])}
+        ok = bool(added) and "instance.registered" in causes
+        detail = f"{len(added)} resources added, {len(doc.get('changed', []))} changed, " \
+                 f"{len(doc.get('removed', []))} removed over the whole run; causes include {sorted(causes)[:4]}"
+    demo.report.check("replay diff of the whole run explains it by events", ok, detail)
+
+
+SCENE_FUNCS: dict[str, Callable[[Demo], None]] = {
+    "baseline": baseline,
+    "canary": canary,
+    "failing-instance": failing_instance,
+    "gateway-kill": gateway_kill,
+    "replay": replay,
+}

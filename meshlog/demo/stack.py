@@ -1,0 +1,222 @@
+"""Everything the demo runs, started in dependency order and stopped in reverse.
+
+The topology (all on 127.0.0.1, ports picked free at start):
+
+    Kafka (a fresh single-node KRaft broker, unless --bootstrap)
+    projector                         one, RocksDB state under the work dir
+    gateway-1, gateway-2              xds-gateway replicas; every sidecar lists both
+    checker-1, checker-2              registrar healthcheck, splitting the instances
+    reviews-v1-a, reviews-v1-b        demo apps (in this process) behind sidecars (real Envoy)
+    reviews-v2-a
+    web-1                             the client app (this process) behind its sidecar
+
+Invariants:
+- Children run in their own process groups (Ctrl-C reaches only the demo)
+  and die with the demo (PDEATHSIG). ``stop`` is idempotent and stops, in
+  order: sidecars (they drain and deregister while Kafka is still up),
+  checkers, gateways, projector, then the broker it started.
+- Nothing listens beyond 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from meshlog.demo_app import DemoApp
+from meshlog.kafka_local import free_port
+from meshlog.procs import BIN, Process, spawn, wait_until
+
+
+@dataclass
+class Sidecar:
+    node: str
+    service: str
+    instance: str
+    version: str
+    process: Process
+    admin_port: int
+    inbound_port: int
+    outbound_port: int
+    status_file: Path
+    envoy_log: Path
+
+    def status(self) -> dict:
+        return json.loads(self.status_file.read_text())
+
+    def live(self) -> bool:
+        try:
+            status = self.status()
+        except (OSError, ValueError):
+            return False
+        return status.get("mode") in ("ads", "cache") and (status.get("envoy") or {}).get("state") == "LIVE"
+
+    def admin(self, path: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=3) as response:
+            return response.read().decode()
+
+    def config_dump(self, resource: str | None = None) -> dict:
+        return json.loads(self.admin("/config_dump" + (f"?resource={resource}" if resource else "")))
+
+    def connected_gateways(self) -> list[str]:
+        """Gateway addresses Envoy's xDS cluster has an open connection to (from /clusters)."""
+        out = []
+        for line in self.admin("/clusters").splitlines():
+            match = re.match(r"^meshlog_xds::([0-9.]+:\d+)::cx_active::(\d+)$", line)
+            if match and int(match.group(2)) > 0:
+                out.append(match.group(1))
+        return out
+
+    def log_tail(self) -> str:
+        tail = self.envoy_log.read_text(errors="replace").splitlines()[-15:] if self.envoy_log.exists() else []
+        return self.process.log_tail() + f"\n--- {self.node} envoy log ---\n" + "\n".join(tail)
+
+
+@dataclass
+class DemoStack:
+    workdir: Path
+    bootstrap: str | None = None
+    suffix: str = ""  # appended to service names when sharing someone else's broker
+    say: Callable[[str], None] = print
+    checkers: int = 2
+    kafka: object | None = None
+    projector: Process | None = None
+    gateways: dict[str, Process] = field(default_factory=dict)
+    gateway_ports: dict[str, int] = field(default_factory=dict)
+    checker_procs: dict[str, Process] = field(default_factory=dict)
+    apps: dict[str, DemoApp] = field(default_factory=dict)
+    sidecars: dict[str, Sidecar] = field(default_factory=dict)
+    _stopped: bool = False
+
+    @property
+    def reviews(self) -> str:
+        return "reviews" + self.suffix
+
+    @property
+    def web(self) -> str:
+        return "web" + self.suffix
+
+    def gateway_addresses(self) -> list[str]:
+        return [f"127.0.0.1:{port}" for port in self.gateway_ports.values()]
+
+    # -- start ----------------------------------------------------------------
+    def start_kafka(self) -> str:
+        if self.bootstrap:
+            self.say(f"using the Kafka broker at {self.bootstrap}")
+            return self.bootstrap
+        from meshlog.kafka_local import LocalKafka
+
+        self.say("starting a fresh local Kafka broker (KRaft; the first run fetches its jars from Maven Central)")
+        self.kafka = LocalKafka(self.workdir / "kafka", keep_data=False)
+        self.bootstrap = self.kafka.start()
+        self.say(f"Kafka is up at {self.bootstrap} ({self.kafka.startup_seconds or 0:.1f} s)")
+        return self.bootstrap
+
+    def start_control_plane(self) -> None:
+        assert self.bootstrap
+        self.projector = spawn("projector", [str(BIN / "projector"), "run", "--bootstrap", self.bootstrap,
+                                             "--data-dir", str(self.workdir / "projector-data")],
+                               self.workdir, own_group=True)
+        self.say(f"projector started (pid {self.projector.pid})")
+        for name in ("gateway-1", "gateway-2"):
+            self.start_gateway(name)
+        for i in range(1, self.checkers + 1):
+            self.start_checker(f"checker-{i}")
+
+    def start_gateway(self, name: str, port: int | None = None) -> Process:
+        port = port or free_port()
+        ready = self.workdir / f"{name}.ready.json"
+        ready.unlink(missing_ok=True)
+        gw = spawn(name, [str(BIN / "xds-gateway"), "run", "--bootstrap", self.bootstrap, "--port", str(port),
+                          "--http-port", "0", "--grace", "1", "--ready-file", str(ready)],
+                   self.workdir, own_group=True)
+        wait_until(lambda: ready.exists() and ready.read_text().strip(), 60, f"{name} to be ready",
+                   on_fail=gw.log_tail)
+        gw.info = json.loads(ready.read_text())
+        self.gateways[name] = gw
+        self.gateway_ports[name] = port
+        self.say(f"{name} serving delta xDS on 127.0.0.1:{port} (pid {gw.pid})")
+        return gw
+
+    def start_checker(self, name: str) -> Process:
+        checker = spawn(name, [str(BIN / "registrar"), "--bootstrap", self.bootstrap, "healthcheck",
+                               "--checker-id", name, "--interval", "0.5", "--timeout", "0.5", "--fall", "3",
+                               "--rise", "2", "--status-file", str(self.workdir / f"{name}.status.json")],
+                        self.workdir, own_group=True)
+        self.checker_procs[name] = checker
+        self.say(f"{name} started: central health checks, sharing instances through a consumer group (pid {checker.pid})")
+        return checker
+
+    def start_instance(self, instance: str, version: str, service: str, depends_on: tuple[str, ...] = ()) -> Sidecar:
+        app = DemoApp(instance, version, service).start()
+        self.apps[instance] = app
+        admin, inbound, outbound = free_port(), free_port(), free_port()
+        cache = self.workdir / f"sidecar-{instance}"
+        status_file = cache / "status.json"
+        status_file.unlink(missing_ok=True)
+        argv = [str(BIN / "meshlog-sidecar"), "run", "--service", service, "--instance-id", instance,
+                "--node-id", instance, "--app-port", str(app.port), "--inbound-port", str(inbound),
+                "--outbound-port", str(outbound), "--admin-port", str(admin), "--bootstrap", self.bootstrap,
+                "--cache-dir", str(cache), "--drain-seconds", "1", "--append-timeout", "3",
+                "--label", f"version={version}"]
+        for address in self.gateway_addresses():
+            argv += ["--gateway", address]
+        for dep in depends_on:
+            argv += ["--depends-on", dep]
+        process = spawn(f"sidecar-{instance}", argv, self.workdir, own_group=True)
+        sidecar = Sidecar(instance, service, instance, version, process, admin, inbound, outbound, status_file,
+                          cache / "run" / "envoy.log")
+        self.sidecars[instance] = sidecar
+        return sidecar
+
+    def start_mesh(self) -> None:
+        for instance, version in (("reviews-v1-a", "v1"), ("reviews-v1-b", "v1"), ("reviews-v2-a", "v2")):
+            self.start_instance(instance, version, self.reviews)
+        self.start_instance("web-1", "v1", self.web, depends_on=(self.reviews,))
+        for sidecar in self.sidecars.values():
+            wait_until(sidecar.live, 60, f"{sidecar.node}'s Envoy to be live", interval=0.2,
+                       on_fail=sidecar.log_tail)
+            self.say(f"sidecar {sidecar.node}: Envoy live (admin 127.0.0.1:{sidecar.admin_port}, "
+                     f"inbound {sidecar.inbound_port}, outbound {sidecar.outbound_port})")
+
+    # -- view -----------------------------------------------------------------
+    def processes(self) -> list[tuple[str, int | None, str]]:
+        rows: list[tuple[str, int | None, str]] = []
+        if self.kafka is not None:
+            pid = getattr(self.kafka, "pid", None)
+            rows.append(("kafka", pid, "running" if self.kafka.is_running() else "stopped"))
+        named: list[Process] = [p for p in (self.projector,) if p] + list(self.gateways.values()) \
+            + list(self.checker_procs.values()) + [s.process for s in self.sidecars.values()]
+        for process in named:
+            code = process.proc.poll()
+            rows.append((process.name, process.pid, "running" if code is None else f"exited {code}"))
+        return rows
+
+    def diagnostics(self) -> str:
+        parts = [s.log_tail() for s in self.sidecars.values()]
+        parts += [p.log_tail() for p in (self.projector, *self.gateways.values(), *self.checker_procs.values()) if p]
+        return "\n".join(parts)
+
+    # -- stop -----------------------------------------------------------------
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        for sidecar in self.sidecars.values():  # drain them all at once, then wait for each
+            sidecar.process.terminate()
+        for sidecar in self.sidecars.values():
+            sidecar.process.stop(20)
+        for process in [*self.checker_procs.values(), *self.gateways.values()]:
+            process.terminate()
+        for process in [*self.checker_procs.values(), *self.gateways.values()]:
+            process.stop(15)
+        if self.projector is not None:
+            self.projector.stop(20)
+        for app in self.apps.values():
+            app.stop()
+        if self.kafka is not None:
+            self.kafka.stop()

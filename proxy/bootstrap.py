@@ -6,14 +6,24 @@ Invariants:
 - The xDS cluster lists every gateway address, speaks HTTP/2, and is
   round-robin with fast reconnects, so losing one replica moves the stream to
   another without operator action.
+- All gateways given as IP literals: the cluster is ``STATIC``. Any gateway
+  given by host name (``xds-gateway:18000`` in docker compose): the cluster
+  is strict DNS (the ``envoy.cluster.dns`` extension with one endpoint per
+  address) over IPv4, re-resolved every ``DNS_REFRESH`` — every A record of a
+  name is an endpoint, so each scaled-out replica behind one name is used,
+  and a removed replica drops out at the next resolution.
 - The admin interface binds 127.0.0.1 only.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Sequence
 
 XDS_CLUSTER = "meshlog_xds"
+DNS_CLUSTER_TYPE = "type.googleapis.com/envoy.extensions.clusters.dns.v3.DnsCluster"
+DNS_REFRESH = "2s"
+DNS_FAILURE_REFRESH = {"base_interval": "0.5s", "max_interval": "5s"}
 
 
 def _hostport(address: str) -> tuple[str, int]:
@@ -21,6 +31,38 @@ def _hostport(address: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise ValueError(f"gateway address {address!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
+
+
+def is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def xds_cluster_discovery(hosts: Sequence[str]) -> dict:
+    """The xDS cluster's discovery fields: STATIC for IP literals only, else strict DNS (IPv4, short refresh).
+
+    Strict DNS is configured through the ``envoy.cluster.dns`` extension (``DnsCluster`` with
+    ``all_addresses_in_single_endpoint: false`` = STRICT_DNS semantics): Envoy 1.40 deprecates the
+    ``Cluster``-level ``dns_refresh_rate`` / ``dns_failure_refresh_rate`` that ``type: STRICT_DNS`` needs.
+    """
+    if all(is_ip_literal(h) for h in hosts):
+        return {"type": "STATIC"}
+    return {
+        "cluster_type": {
+            "name": "envoy.cluster.dns",
+            "typed_config": {
+                "@type": DNS_CLUSTER_TYPE,
+                "all_addresses_in_single_endpoint": False,  # every A record is an endpoint (strict DNS)
+                "dns_lookup_family": "V4_ONLY",
+                "dns_refresh_rate": DNS_REFRESH,
+                "dns_failure_refresh_rate": dict(DNS_FAILURE_REFRESH),
+                "respect_dns_ttl": False,  # docker's DNS gives long TTLs: refresh on our own clock
+            },
+        }
+    }
 
 
 def envoy_bootstrap(
@@ -35,8 +77,12 @@ def envoy_bootstrap(
     if not gateways:
         raise ValueError("at least one gateway address is required")
     endpoints = []
+    hosts = []
     for address in gateways:
         host, port = _hostport(address)
+        if not host:
+            raise ValueError(f"gateway address {address!r} has no host")
+        hosts.append(host)
         endpoints.append({"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}})
     node: dict = {"id": node_id, "cluster": node_cluster}
     if locality_zone:
@@ -59,7 +105,7 @@ def envoy_bootstrap(
             "clusters": [
                 {
                     "name": XDS_CLUSTER,
-                    "type": "STATIC",
+                    **xds_cluster_discovery(hosts),
                     "connect_timeout": "0.25s",
                     "lb_policy": "ROUND_ROBIN",
                     "typed_extension_protocol_options": {

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -32,6 +33,15 @@ def _free_port() -> int:
     from meshlog.kafka_local import free_port
 
     return free_port()
+
+
+def _host_address() -> str:
+    """``--address auto``: the IPv4 address this host's name resolves to (a container's own address)."""
+    name = socket.gethostname()
+    try:
+        return socket.gethostbyname(name)
+    except OSError as exc:
+        raise OSError(f"cannot resolve this host's name {name!r}: {exc}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
     try:
-        opts = options_from_args(args, resolve_bootstrap=_resolve, free_port=_free_port)
+        opts = options_from_args(args, resolve_bootstrap=_resolve, free_port=_free_port,
+                                 resolve_address=_host_address)
     except BadArguments as exc:
         for problem in exc.problems:
             print(f"meshlog-sidecar: invalid argument: {problem}", file=sys.stderr)

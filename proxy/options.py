@@ -11,11 +11,16 @@ Invariants:
   points at 127.0.0.1:<app port>.
 - Every port this sidecar owns (app, inbound, outbound, admin, status) is
   distinct.
+- ``--address auto`` is replaced by the IPv4 address this host's name
+  resolves to (asked of the injected ``resolve_address``, so this module stays
+  pure); a loopback or unresolvable answer is a ``--address`` problem, since
+  other sidecars could not reach the instance there.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +48,7 @@ FLAG_OF_FIELD = {
 
 _HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 MAX_DRAIN_SECONDS = 3600.0
+AUTO_ADDRESS = "auto"
 
 
 class BadArguments(ValueError):
@@ -107,8 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog="Exit codes: 0 drained and stopped; 2 invalid arguments; 1 could not start.")
     run.add_argument("--service", required=True, help="the app's service name, e.g. reviews")
     run.add_argument("--instance-id", required=True, help="this instance's id within the service")
-    run.add_argument("--address", default="127.0.0.1",
-                     help="the IP other sidecars reach this instance at; the inbound listener binds it (default 127.0.0.1)")
+    run.add_argument("--address", default="127.0.0.1", metavar="IP|auto",
+                     help="the IP other sidecars reach this instance at; the inbound listener binds it (default "
+                     "127.0.0.1). 'auto': the IPv4 address this host's name resolves to (in a container: the "
+                     "container's address on its network); refused if that is a loopback address")
     run.add_argument("--app-port", type=int, required=True, help="the port the app listens on (on 127.0.0.1)")
     run.add_argument("--inbound-port", type=int, required=True, help="the sidecar's inbound port (traffic to the app)")
     run.add_argument("--outbound-port", type=int, required=True,
@@ -185,14 +193,43 @@ def default_cache_dir(node_id: str) -> Path:
     return meshlog_home() / "sidecar" / safe
 
 
+def auto_address(resolve_address: Callable[[], str] | None) -> tuple[str | None, str | None]:
+    """(the address ``--address auto`` stands for, or None; the problem, or None)."""
+    if resolve_address is None:
+        return None, "--address: 'auto' is not available here (no host resolver); give the IP"
+    try:
+        resolved = resolve_address()
+    except Exception as exc:  # noqa: BLE001 - socket.gaierror and friends: reported like any bad flag
+        return None, f"--address: auto: {exc}; give the IP explicitly"
+    try:
+        ip = ipaddress.ip_address(resolved)
+    except ValueError:
+        return None, f"--address: auto: this host's name resolves to {resolved!r}, not an IP address; give the IP"
+    if ip.is_loopback or ip.is_unspecified:
+        return None, (f"--address: auto: this host's name resolves to {resolved}, a "
+                      f"{'loopback' if ip.is_loopback else 'wildcard'} address other sidecars cannot reach; "
+                      "give --address IP explicitly")
+    return str(ip), None
+
+
 def options_from_args(
     args: argparse.Namespace,
     *,
     resolve_bootstrap: Callable[[str | None], str],
     free_port: Callable[[], int],
+    resolve_address: Callable[[], str] | None = None,
 ) -> SidecarOptions:
-    """Validate ``run`` arguments completely; raise BadArguments naming every problem."""
+    """Validate ``run`` arguments completely; raise BadArguments naming every problem.
+
+    ``resolve_address`` (only called for ``--address auto``) returns the IP this host's name resolves to.
+    """
     problems: list[str] = []
+    address = args.address
+    if address == AUTO_ADDRESS:
+        address, problem = auto_address(resolve_address)
+        if problem:
+            problems.append(problem)
+            address = "127.0.0.1"  # placeholder: still check every other field; the problem is already named
     labels, label_problems = parse_labels(args.label)
     problems += label_problems
     node_id = args.node_id if args.node_id is not None else f"{args.service}-{args.instance_id}"
@@ -231,7 +268,7 @@ def options_from_args(
         payload = validate_payload(InstanceRegistered, {
             "service": args.service,
             "instance_id": args.instance_id,
-            "address": args.address,
+            "address": address,
             "port": app_port,
             "protocol": args.protocol,
             "labels": labels,

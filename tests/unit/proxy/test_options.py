@@ -99,3 +99,81 @@ def test_the_cli_exits_2_and_starts_nothing(capsys):
     err = capsys.readouterr().err
     assert "invalid argument: --inbound-port: port 1 is also --app-port" in err
     assert "nothing was started" in err
+
+
+# --address auto (docker compose: the container's own address, no shell wrapper)
+
+def _parse_with_host(resolved, *extra: str):
+    def resolve_address():
+        if isinstance(resolved, Exception):
+            raise resolved
+        return resolved
+
+    args = build_parser().parse_args([*BASE, "--address", "auto", *extra])
+    return options_from_args(args, resolve_bootstrap=_resolve, free_port=lambda: 19901,
+                             resolve_address=resolve_address)
+
+
+def test_address_auto_registers_the_address_the_host_name_resolves_to():
+    o = _parse_with_host("172.18.0.5")
+    assert o.registration.address == "172.18.0.5"
+
+
+def test_address_auto_resolving_to_loopback_is_refused_with_the_flag_named():
+    with pytest.raises(BadArguments) as info:
+        _parse_with_host("127.0.1.1")
+    [problem] = info.value.problems
+    assert problem.startswith("--address: auto:") and "127.0.1.1" in problem and "loopback" in problem
+    assert "--address IP" in problem
+
+
+@pytest.mark.parametrize("resolved, expected", [
+    (OSError("cannot resolve this host's name 'h': [Errno -2] Name or service not known"), "cannot resolve"),
+    ("0.0.0.0", "wildcard"),
+    ("not-an-ip", "not an IP address"),
+])
+def test_address_auto_that_cannot_be_used_is_an_argument_problem(resolved, expected):
+    with pytest.raises(BadArguments) as info:
+        _parse_with_host(resolved)
+    assert any(p.startswith("--address: auto:") and expected in p for p in info.value.problems), info.value.problems
+
+
+def test_address_auto_problems_are_reported_with_the_others():
+    with pytest.raises(BadArguments) as info:
+        _parse_with_host("127.0.0.1", "--label", "oops")
+    found = info.value.problems
+    assert any(p.startswith("--address: auto:") for p in found)
+    assert any(p.startswith("--label:") for p in found)
+
+
+def test_address_auto_without_a_resolver_is_refused_not_guessed():
+    args = build_parser().parse_args([*BASE, "--address", "auto"])
+    with pytest.raises(BadArguments) as info:
+        options_from_args(args, resolve_bootstrap=_resolve, free_port=lambda: 19901)
+    assert any(p.startswith("--address:") and "auto" in p for p in info.value.problems)
+
+
+def test_the_cli_resolves_address_auto_from_the_host_name(monkeypatch):
+    monkeypatch.setattr(cli.socket, "gethostname", lambda: "reviews-v1")
+    monkeypatch.setattr(cli.socket, "gethostbyname", lambda name: {"reviews-v1": "172.18.0.7"}[name])
+    assert cli._host_address() == "172.18.0.7"
+
+    def unknown(name):
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(cli.socket, "gethostbyname", unknown)
+    with pytest.raises(OSError, match="'reviews-v1'"):
+        cli._host_address()
+
+
+def test_the_cli_exits_2_when_address_auto_is_loopback(monkeypatch, capsys):
+    monkeypatch.setattr(cli.socket, "gethostbyname", lambda name: "127.0.1.1")
+    assert cli.main([*BASE, "--address", "auto"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid argument: --address: auto:" in err and "loopback" in err
+    assert "nothing was started" in err
+
+
+def test_address_auto_is_documented_in_help():
+    text = " ".join(build_parser()._subparsers._group_actions[0].choices["run"].format_help().split())
+    assert "'auto': the IPv4 address this host's name resolves to" in text

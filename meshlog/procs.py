@@ -62,6 +62,7 @@ class Process:
     proc: subprocess.Popen
     log_path: Path
     info: dict = field(default_factory=dict)
+    terminated: bool = False  # SIGTERM already sent: a second one would cut a sidecar's drain short
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -79,12 +80,13 @@ class Process:
 
     def terminate(self) -> None:
         """SIGTERM without waiting (to stop several at once, then ``stop`` each)."""
-        if self.proc.poll() is None:
+        if self.proc.poll() is None and not self.terminated:
             self.proc.send_signal(signal.SIGTERM)
+            self.terminated = True
 
     def stop(self, timeout: float = 15.0) -> int | None:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -18,6 +18,7 @@ Invariants:
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import tempfile
@@ -71,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     if problems:
         print("meshlog demo: " + "\n".join(problems), flush=True)
         return 2
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its retries while the broker warms up are not news
     chosen = [s for s in SCENES if s in args.scene] if args.scene else list(SCENES)
     report = PlainReporter() if args.headless else LiveReporter()
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="meshlog-demo-"))
@@ -83,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from meshlog.demo.traffic import Traffic
 
     stack = DemoStack(workdir, bootstrap=bootstrap, suffix=suffix, say=report.say)
-    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     traffic = tail = None
     code = 0
     report.say(f"work dir (logs, state): {workdir}")
@@ -91,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             begin = time.time()
             stack.start_kafka()
+            stack.ensure_topics()
             tail = EventTail(stack.bootstrap, since=begin - 1).start()
             stack.start_control_plane()
             stack.start_mesh()

@@ -116,6 +116,17 @@ class DemoStack:
         self.say(f"Kafka is up at {self.bootstrap} ({self.kafka.startup_seconds or 0:.1f} s)")
         return self.bootstrap
 
+    def ensure_topics(self) -> None:
+        import asyncio
+
+        from events.admin import ensure_topics
+
+        report = asyncio.run(ensure_topics(self.bootstrap))
+        if report.created:
+            self.say(f"created {len(report.created)} topics")
+        for mismatch in report.mismatches:
+            self.say(f"topic mismatch left unchanged: {mismatch}")
+
     def start_control_plane(self) -> None:
         assert self.bootstrap
         self.projector = spawn("projector", [str(BIN / "projector"), "run", "--bootstrap", self.bootstrap,
@@ -143,7 +154,7 @@ class DemoStack:
         return gw
 
     def start_checker(self, name: str) -> Process:
-        checker = spawn(name, [str(BIN / "registrar"), "--bootstrap", self.bootstrap, "healthcheck",
+        checker = spawn(name, [str(BIN / "registrar"), "healthcheck", "--bootstrap", self.bootstrap,
                                "--checker-id", name, "--interval", "0.5", "--timeout", "0.5", "--fall", "3",
                                "--rise", "2", "--status-file", str(self.workdir / f"{name}.status.json")],
                         self.workdir, own_group=True)

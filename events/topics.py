@@ -6,6 +6,9 @@ Invariants:
   partition and "the log as of T" is a clean offset cut per partition.
 - View topics are state: compacted, keyed by resource identity; a tombstone
   removes a resource.
+- The health-check shard topic carries no records, ever: only its consumer
+  group's partition assignment matters (partition i = shard i of the
+  instances, see ``registrar.healthcheck.shards``).
 - Nothing here talks to a broker; ``events.admin`` applies these specs.
 """
 
@@ -25,6 +28,7 @@ DEADLETTER = PREFIX + "deadletter"
 SNAPSHOTS = PREFIX + "snapshots"
 VIEW_RESOURCES = PREFIX + "views.resources"
 VIEW_MEMBERSHIP = PREFIX + "views.membership"
+HEALTHCHECK_SHARDS = PREFIX + "healthcheck.shards"
 
 _HISTORY = MappingProxyType(
     {
@@ -63,12 +67,17 @@ EVENT_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(RULES, 1, _HISTORY, key="route/<host> | policy/<service>"),
 )
 
+HEALTHCHECK_SHARD_COUNT = 12
+
 SUPPORT_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(REJECTIONS, 1, _HISTORY, key="<kind>/<name>"),
     TopicSpec(DEADLETTER, 1, _HISTORY, key="<source topic>/<partition>/<offset>"),
     TopicSpec(SNAPSHOTS, 1, _HISTORY, key="snapshot"),
     TopicSpec(VIEW_RESOURCES, 1, _COMPACTED, key="<type_url>|<name>"),
     TopicSpec(VIEW_MEMBERSHIP, 1, _COMPACTED, key="<node_id>"),
+    # never written: `registrar healthcheck` processes join one consumer group on it and each
+    # probes the instances hashing to the partitions (shards) the group assigned to it
+    TopicSpec(HEALTHCHECK_SHARDS, HEALTHCHECK_SHARD_COUNT, {"cleanup.policy": "delete"}, key="(no records)"),
 )
 
 ALL_TOPICS: tuple[TopicSpec, ...] = EVENT_TOPICS + SUPPORT_TOPICS

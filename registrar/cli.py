@@ -8,6 +8,9 @@ Invariants:
   in the message.
 - On success every appended record is printed (topic, partition, offset,
   broker timestamp); ``--json`` prints one JSON object per record instead.
+- ``healthcheck`` is the long-running central checker (``registrar.healthcheck``):
+  same exit codes for bad flags (2) and an unreachable broker at start (3);
+  0 after SIGTERM/SIGINT once it has left its consumer group.
 """
 
 from __future__ import annotations
@@ -197,7 +200,123 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--route", metavar="HOST", help="delete the route rule for calls to HOST")
     which.add_argument("--policy", metavar="SERVICE", help="delete the destination policy of SERVICE")
     delete.add_argument("--revision", required=True, type=int, help="the new revision (current + 1)")
+
+    add_healthcheck_parser(sub)
     return parser
+
+
+HEALTHCHECK_DESCRIPTION = """\
+Central ("master-mode") health checking: probe registered instances and append
+only health *transitions* to the log (InstanceHealthChanged, observer
+healthcheck/<checker id>).
+
+Run as many checkers as you like: they share the work through the Kafka
+consumer group --group on the record-less topic meshlog.healthcheck.shards
+(12 partitions = 12 shards). An instance belongs to shard
+crc32("<service>/<instance_id>") % 12 and is probed only by the checker the
+group assigned that shard to. Group session timeout 6 s, heartbeat 2 s: a
+checker stopped with SIGTERM/SIGINT leaves the group at once and the others
+take over its shards; one killed outright (kill -9) is replaced after the
+6 s session timeout.
+
+Every checker reads the whole registrations and health topics (no group,
+read_committed) and folds them with the projector's fold, so it knows the
+logged status of each instance: it appends "unhealthy" after --fall
+consecutive failed probes of an instance logged healthy, "healthy" after
+--rise consecutive passes of one logged unhealthy, and nothing otherwise.
+Instances logged "draining" are not probed. The probe target is the
+instance's sidecar inbound port when it has a sidecar, else its own port:
+HTTP GET --http-path (2xx/3xx passes) for protocol http, a TCP connect for
+tcp and grpc."""
+
+
+def add_healthcheck_parser(sub) -> argparse.ArgumentParser:
+    from registrar.healthcheck.checker import default_checker_id
+
+    hc = sub.add_parser(
+        "healthcheck",
+        help="run a central health checker until SIGTERM/SIGINT",
+        description=HEALTHCHECK_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Exit codes: 0 stopped by SIGTERM/SIGINT (group left cleanly); 2 invalid flag; "
+        "3 broker unreachable at start. The broker address is --bootstrap, given here or before "
+        "the subcommand (default: $MESHLOG_KAFKA_BOOTSTRAP, else `meshlog kafka up`'s broker); "
+        "registrar's global --timeout bounds broker calls.",
+    )
+    hc.add_argument("--bootstrap", dest="hc_bootstrap", metavar="HOST:PORT",
+                    help="Kafka bootstrap address (as for the other subcommands)")
+    hc.add_argument("--checker-id", default=default_checker_id(),
+                    help="this checker's name, recorded as observer healthcheck/<id> (default host-pid)")
+    hc.add_argument("--group", default="meshlog-healthcheck",
+                    help="consumer group the checkers share shards in (default meshlog-healthcheck)")
+    hc.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="seconds between probes of one instance (default 2.0)")
+    hc.add_argument("--timeout", dest="probe_timeout", type=float, default=1.0, metavar="SECONDS",
+                    help="seconds one probe may take (default 1.0)")
+    hc.add_argument("--jitter", type=float, default=0.2,
+                    help="probe spacing varies by +/- this fraction of --interval (default 0.2; 0 <= j < 1)")
+    hc.add_argument("--fall", type=int, default=3, help="consecutive failures to mark healthy -> unhealthy (default 3)")
+    hc.add_argument("--rise", type=int, default=2, help="consecutive successes to mark unhealthy -> healthy (default 2)")
+    hc.add_argument("--http-path", default="/healthz", help="path probed on http instances (default /healthz)")
+    hc.add_argument("--status-file", metavar="PATH",
+                    help="JSON rewritten on every change: checker id, assigned shards, instances checked with "
+                    "their believed status and counters")
+    return hc
+
+
+def healthcheck_main(args: argparse.Namespace) -> int:
+    """``registrar healthcheck``: validate flags (exit 2), run until SIGTERM/SIGINT (exit 0), broker down (exit 3)."""
+    import signal
+
+    from registrar.healthcheck.checker import Checker, Settings, problems
+
+    logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if not args.verbose:
+        logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    settings = Settings(
+        bootstrap="",
+        checker_id=args.checker_id,
+        group=args.group,
+        interval=args.interval,
+        timeout=args.probe_timeout,
+        jitter=args.jitter,
+        fall=args.fall,
+        rise=args.rise,
+        http_path=args.http_path,
+        status_file=Path(args.status_file) if args.status_file else None,
+        broker_timeout=args.timeout,
+        # a checker's events say which checker appended them, unless --producer says otherwise
+        producer=args.producer or f"healthcheck/{args.checker_id}",
+    )
+    bad = problems(settings)
+    if settings.status_file is not None and not settings.status_file.parent.is_dir():
+        bad.append(("--status-file", f"directory {settings.status_file.parent} does not exist"))
+    if bad:
+        for flag, message in bad:
+            print(f"registrar healthcheck: invalid input: {flag}: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        bootstrap = resolve_bootstrap(args.hc_bootstrap or args.bootstrap)
+    except NoBrokerAddress as exc:
+        print(f"registrar healthcheck: {exc}", file=sys.stderr)
+        return EXIT_BROKER
+    from dataclasses import replace
+
+    settings = replace(settings, bootstrap=bootstrap)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await Checker(settings).run(stop)
+
+    try:
+        asyncio.run(run())
+    except BrokerUnavailable as exc:
+        print(f"registrar healthcheck: {exc}", file=sys.stderr)
+        return EXIT_BROKER
+    log.info("healthcheck %s stopped", settings.checker_id)
+    return EXIT_OK
 
 
 def _flagged(message: str) -> str:
@@ -215,6 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.command == "healthcheck":
+        return healthcheck_main(args)
     try:
         payloads = payload_from_args(args)
     except EventValidationError as exc:

@@ -63,6 +63,7 @@ class EventTail:
         self.since_ms = int(since * 1000)
         self.seen: list[SeenEvent] = []
         self.errors: list[str] = []
+        self.health: dict[str, str] = {}  # "<service>/<instance>" -> last logged status (registered = healthy)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="event-tail", daemon=True)
@@ -115,6 +116,12 @@ class EventTail:
                           summarize(payload), envelope.producer, payload)
         with self._lock:
             self.seen.append(event)
+            if event.type == "instance.health_changed":
+                self.health[event.key] = payload.status
+            elif event.type == "instance.registered":
+                self.health.setdefault(event.key, "healthy")
+            elif event.type == "instance.deregistered":
+                self.health[event.key] = "deregistered"
 
     def last(self, n: int) -> list[SeenEvent]:
         with self._lock:

@@ -104,7 +104,7 @@ class LiveReporter(PlainReporter):
         header = Panel(Text.from_markup(self.current + "\n" + "\n".join(f"  {s}" for s in self.steps)),
                        title="meshlog demo — Ctrl-C stops everything", title_align="left")
         traffic = Table(title="web → reviews, last 5 s (as the client saw it)", expand=True)
-        for column in ("instance", "version", "requests", "share", ""):
+        for column in ("instance", "version", "in the log", "requests", "share", ""):
             traffic.add_column(column)
         window = demo.traffic.recent(5.0)
         ok_total = max(1, sum(window.by_instance.values()))
@@ -114,7 +114,9 @@ class LiveReporter(PlainReporter):
             n = window.by_instance.get(sidecar.instance, 0)
             app = demo.stack.apps.get(sidecar.instance)
             state = " [red](failing)[/]" if app is not None and app.failing else ""
-            traffic.add_row(sidecar.instance + state, sidecar.version, str(n), f"{n / ok_total:.0%}",
+            logged = demo.tail.health.get(f"{sidecar.service}/{sidecar.instance}", "?")
+            logged = logged if logged == "healthy" else f"[red]{logged}[/]"
+            traffic.add_row(sidecar.instance + state, sidecar.version, logged, str(n), f"{n / ok_total:.0%}",
                             "█" * round(30 * n / ok_total))
         total, errors = demo.traffic.total()
         traffic.caption = f"errors in the last 5 s: {window.errors} · since start: {total} requests, {errors} errors"

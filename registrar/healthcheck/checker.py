@@ -1,0 +1,455 @@
+"""The central health checker process: share, read, probe, append on change.
+
+Invariants:
+- Work is shared through one consumer group on the record-less shard topic
+  (``events.topics.HEALTHCHECK_SHARDS``): this checker probes exactly the
+  registered instances whose ``shards.shard_of`` is a partition the group
+  assigned to it. Session timeout 6 s, heartbeat 2 s: a checker that stops
+  cleanly leaves the group at once; one killed outright loses its shards to
+  the others after the session timeout.
+- It knows the mesh only by folding the FULL registrations and health topics
+  (read_committed, no group, from the beginning, then tailing) with the
+  projector's own ``projector.fold.fold_many``; there is no second copy of
+  mesh logic here. Probing starts only after catching up with the log as it
+  was at start, so the logged status is known before any decision.
+- Status changes are decided by ``hysteresis`` and appended only when they
+  change the logged status, as ``InstanceHealthChanged`` with observer
+  ``healthcheck/<checker id>``, through ``events.producer.EventProducer``.
+  An appended transition stays pending until the reader has folded past its
+  offset, so a slow read-back never causes a duplicate.
+- Instances logged "draining" are not probed; deregistered ones are dropped.
+- An append is never cancelled half-way by a rebalance: appends run as their
+  own tasks and are awaited (bounded) at shutdown.
+- SIGTERM/SIGINT: stop probing, leave the group, close, return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+
+from events import topics
+from events.admin import BrokerUnavailable, connect_admin, ensure_topics
+from events.codec import decode_record
+from events.envelope import new_event
+from events.errors import EventValidationError
+from events.producer import EventProducer
+from events.types import InstanceHealthChanged, InstanceRegistered
+from projector.fold import fold_many
+from projector.state import MeshState, changed_keys, empty_state
+from registrar.healthcheck.hysteresis import DRAINING, Hysteresis, Transition
+from registrar.healthcheck.probe import probe
+from registrar.healthcheck.shards import initial_delay, next_delay, shard_of
+
+log = logging.getLogger("registrar.healthcheck")
+
+SESSION_TIMEOUT_MS = 6000  # the broker's default group.min.session.timeout.ms: the shortest allowed
+HEARTBEAT_INTERVAL_MS = 2000
+SOURCE_TOPICS = (topics.REGISTRATIONS, topics.HEALTH)
+_REASON_MAX = 256
+
+
+def default_checker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    bootstrap: str
+    checker_id: str
+    group: str = "meshlog-healthcheck"
+    interval: float = 2.0
+    timeout: float = 1.0
+    jitter: float = 0.2
+    fall: int = 3
+    rise: int = 2
+    http_path: str = "/healthz"
+    status_file: Path | None = None
+    broker_timeout: float = 10.0
+    max_concurrent_probes: int = 512
+    producer: str | None = None
+
+    @property
+    def observer(self) -> str:
+        return f"healthcheck/{self.checker_id}"
+
+
+def problems(s: Settings) -> list[tuple[str, str]]:
+    """(flag, message) for every invalid setting (pure)."""
+    out = []
+    if not s.checker_id or len(s.checker_id) > 200 or any(c.isspace() for c in s.checker_id):
+        out.append(("--checker-id", "must be 1-200 characters without whitespace"))
+    if not s.group or len(s.group) > 249:
+        out.append(("--group", "must be 1-249 characters"))
+    if not s.interval > 0:
+        out.append(("--interval", f"must be > 0 seconds, got {s.interval:g}"))
+    if not s.timeout > 0:
+        out.append(("--timeout", f"must be > 0 seconds, got {s.timeout:g}"))
+    if not 0 <= s.jitter < 1:
+        out.append(("--jitter", f"must be a fraction of the interval in [0, 1), got {s.jitter:g}"))
+    if s.fall < 1:
+        out.append(("--fall", f"must be at least 1, got {s.fall}"))
+    if s.rise < 1:
+        out.append(("--rise", f"must be at least 1, got {s.rise}"))
+    if not s.http_path.startswith("/") or any(c.isspace() for c in s.http_path):
+        out.append(("--http-path", f"must start with '/' and contain no whitespace, got {s.http_path!r}"))
+    return out
+
+
+def probe_target(reg: InstanceRegistered) -> tuple[str, int]:
+    """Where an instance is probed: its sidecar's inbound port if it has a sidecar, else its own port."""
+    return reg.address, (reg.sidecar.inbound_port if reg.sidecar is not None else reg.port)
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, checker: "Checker") -> None:
+        self._checker = checker
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        self._checker.shards_revoked()
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        self._checker.shards_assigned({tp.partition for tp in assigned if tp.topic == topics.HEALTHCHECK_SHARDS})
+
+
+@dataclass
+class _Counters:
+    probes: int = 0
+    appended: int = 0
+    append_failures: int = 0
+    undecodable: int = 0
+
+
+class Checker:
+    def __init__(self, settings: Settings, *, rng: random.Random | None = None) -> None:
+        self.s = settings
+        self.rng = rng or random.Random()
+        self.state: MeshState = empty_state()
+        self.tracker = Hysteresis(settings.fall, settings.rise)
+        self.partitions = topics.HEALTHCHECK_SHARD_COUNT
+        self.shards: set[int] = set()
+        self._announced_shards: set[int] | None = None
+        self.caught_up = False
+        self.running = False
+        self.counters = _Counters()
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._appends: set[asyncio.Task] = set()
+        self._awaiting: dict[str, tuple[TopicPartition, int]] = {}
+        self._next_offset: dict[TopicPartition, int] = {}
+        self._sem = asyncio.Semaphore(settings.max_concurrent_probes)
+        self._dirty = asyncio.Event()
+        self._producer: EventProducer | None = None
+        self._reader: AIOKafkaConsumer | None = None
+        self._group: AIOKafkaConsumer | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set. Raises BrokerUnavailable if the broker does not answer at start."""
+        s = self.s
+        await ensure_topics(
+            s.bootstrap,
+            [topics.BY_NAME[t] for t in (*SOURCE_TOPICS, topics.HEALTHCHECK_SHARDS)],
+            timeout_s=s.broker_timeout,
+        )
+        counts = await self._partition_counts()
+        self.partitions = counts[topics.HEALTHCHECK_SHARDS]
+        source = [TopicPartition(t, p) for t in SOURCE_TOPICS for p in range(counts[t])]
+        background: list[asyncio.Task] = []
+        self._producer = EventProducer(s.bootstrap, timeout_s=s.broker_timeout)
+        await self._producer.__aenter__()
+        try:
+            self._reader = AIOKafkaConsumer(
+                bootstrap_servers=s.bootstrap, group_id=None, enable_auto_commit=False,
+                isolation_level="read_committed", auto_offset_reset="earliest",
+                client_id=f"healthcheck-reader-{s.checker_id}",
+            )
+            await self._start(self._reader)
+            self._reader.assign(source)
+            await self._reader.seek_to_beginning(*source)
+            await self._catch_up(source, stop)
+            if stop.is_set():
+                return
+            self._group = AIOKafkaConsumer(
+                bootstrap_servers=s.bootstrap, group_id=s.group, client_id=f"healthcheck-{s.checker_id}",
+                enable_auto_commit=False, auto_offset_reset="latest",
+                session_timeout_ms=SESSION_TIMEOUT_MS, heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+            )
+            await self._start(self._group)
+            self._group.subscribe([topics.HEALTHCHECK_SHARDS], listener=_Listener(self))
+            self.running = True
+            log.info("checker %s joining group %s on %s (%d shards)", s.checker_id, s.group,
+                     topics.HEALTHCHECK_SHARDS, self.partitions)
+            background = [
+                asyncio.create_task(self._tail(), name="tail"),
+                asyncio.create_task(self._poll_group(), name="group"),
+            ]
+            if s.status_file is not None:
+                self._write_status()
+                background.append(asyncio.create_task(self._write_status_loop(), name="status"))
+            stopper = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait([stopper, *background], return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            for task in done:
+                if task is not stopper and task.exception() is not None:
+                    raise task.exception()
+        finally:
+            await self._shutdown(background)
+
+    async def _start(self, consumer: AIOKafkaConsumer) -> None:
+        try:
+            await asyncio.wait_for(consumer.start(), self.s.broker_timeout)
+        except (asyncio.TimeoutError, KafkaError, OSError) as exc:
+            raise BrokerUnavailable(
+                f"Kafka at {self.s.bootstrap} did not answer within {self.s.broker_timeout:g}s ({type(exc).__name__})"
+            ) from None
+
+    async def _partition_counts(self) -> dict[str, int]:
+        admin = await connect_admin(self.s.bootstrap, self.s.broker_timeout)
+        try:
+            names = [*SOURCE_TOPICS, topics.HEALTHCHECK_SHARDS]
+            described = await admin.describe_topics(names)
+            return {t["topic"]: len(t["partitions"]) for t in described}
+        finally:
+            await admin.close()
+
+    async def _shutdown(self, background: list[asyncio.Task]) -> None:
+        self.running = False
+        for task in list(self._tasks.values()) + background:
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), *background, return_exceptions=True)
+        self._tasks.clear()
+        if self._appends:  # let decided transitions reach the log (bounded)
+            await asyncio.wait(list(self._appends), timeout=self.s.broker_timeout)
+        if self._group is not None:
+            try:
+                await asyncio.wait_for(self._group.stop(), self.s.broker_timeout)  # sends LeaveGroup
+            except Exception as exc:  # noqa: BLE001 - shutting down: report, go on
+                log.warning("leaving group %s: %s (its shards move after the session timeout)", self.s.group, exc)
+            else:
+                log.info("left group %s", self.s.group)
+        if self._reader is not None:
+            try:
+                await asyncio.wait_for(self._reader.stop(), self.s.broker_timeout)
+            except Exception:  # noqa: BLE001
+                pass
+        if self._producer is not None:
+            await self._producer.__aexit__(None, None, None)
+        self.shards = set()
+        self._write_status()
+
+    # ------------------------------------------------------------ the log
+
+    async def _catch_up(self, source: list[TopicPartition], stop: asyncio.Event) -> None:
+        assert self._reader is not None
+        ends = await self._reader.end_offsets(source)
+        while not stop.is_set():
+            positions = {tp: await self._reader.position(tp) for tp in source}
+            if all(positions[tp] >= ends[tp] for tp in source):
+                break
+            await self._read_batch(timeout_ms=500)
+        self.caught_up = True
+        unhealthy = sum(1 for k in self.state.instances if self.state.effective_health(k) != "healthy")
+        log.info("caught up with %s: %d instances registered, %d not healthy", ", ".join(SOURCE_TOPICS),
+                 len(self.state.instances), unhealthy)
+
+    async def _tail(self) -> None:
+        while True:
+            try:
+                await self._read_batch(timeout_ms=1000)
+            except KafkaError as exc:  # the broker went away: the consumer reconnects; keep the last state
+                log.warning("reading %s: %s; retrying", ", ".join(SOURCE_TOPICS), exc)
+                await asyncio.sleep(1.0)
+
+    async def _read_batch(self, timeout_ms: int) -> None:
+        assert self._reader is not None
+        batch = await self._reader.getmany(timeout_ms=timeout_ms, max_records=5000)
+        events = []
+        for tp, records in batch.items():
+            for record in records:
+                try:
+                    events.append(decode_record(record))
+                except EventValidationError as exc:
+                    self.counters.undecodable += 1
+                    log.warning("skipping undecodable record %s/%d@%d: %s", tp.topic, tp.partition, record.offset, exc)
+                self._next_offset[tp] = record.offset + 1
+        if not events and not batch:
+            return
+        old = self.state
+        self.state, _ = fold_many(old, events)
+        keys = changed_keys(old.instances, self.state.instances) | changed_keys(old.health, self.state.health)
+        if self.caught_up:
+            for key in keys:
+                self._update(key)
+        for key, (tp, offset) in list(self._awaiting.items()):
+            if self._next_offset.get(tp, 0) > offset:
+                del self._awaiting[key]
+                self.tracker.settled(key)
+                self._mark_dirty()
+
+    # ------------------------------------------------------------ shards
+
+    async def _poll_group(self) -> None:
+        assert self._group is not None
+        while True:  # nothing is ever written: polling keeps us a live member (max.poll.interval)
+            try:
+                await self._group.getmany(timeout_ms=1000)
+            except KafkaError as exc:
+                log.warning("group %s: %s; retrying", self.s.group, exc)
+                await asyncio.sleep(1.0)
+
+    def shards_revoked(self) -> None:
+        # stop probing at once (the new owner starts only after every member rejoined);
+        # counters are kept in case the same shards come back
+        self.shards = set()
+        for task in self._tasks.values():
+            task.cancel()
+        self._tasks.clear()
+        self._mark_dirty()
+
+    def shards_assigned(self, shards: set[int]) -> None:
+        self.shards = set(shards)
+        if self._announced_shards != self.shards:
+            before = sorted(self._announced_shards) if self._announced_shards is not None else "none"
+            log.info("checker %s: shards assigned %s (was %s) of %d", self.s.checker_id, sorted(self.shards),
+                     before, self.partitions)
+            self._announced_shards = set(self.shards)
+        for key in self.tracker.keys():
+            if key not in self.state.instances or shard_of(key, self.partitions) not in self.shards:
+                self.tracker.forget(key)
+                self._awaiting.pop(key, None)
+        for key in self.state.instances:
+            self._update(key)
+        self._mark_dirty()
+
+    def _wanted(self, key: str) -> bool:
+        return (
+            self.running
+            and key in self.state.instances
+            and shard_of(key, self.partitions) in self.shards
+            and self.state.effective_health(key) != DRAINING
+        )
+
+    def _update(self, key: str) -> None:
+        """Bring tracking and probing of ``key`` in line with the folded state and our shards."""
+        if self._wanted(key):
+            self.tracker.track(key, self.state.effective_health(key))
+            if key not in self._tasks:
+                self._tasks[key] = asyncio.create_task(self._probe_loop(key), name=f"probe {key}")
+        else:
+            task = self._tasks.pop(key, None)
+            if task is not None:
+                task.cancel()
+            if key in self.tracker:
+                self.tracker.forget(key)
+                self._awaiting.pop(key, None)
+        self._mark_dirty()
+
+    # ------------------------------------------------------------ probing
+
+    async def _probe_loop(self, key: str) -> None:
+        s = self.s
+        await asyncio.sleep(initial_delay(s.interval, self.rng))
+        while True:
+            inst = self.state.instances.get(key)
+            if inst is None:
+                return
+            host, port = probe_target(inst.reg)
+            async with self._sem:
+                result = await probe(host, port, inst.reg.protocol, http_path=s.http_path, timeout=s.timeout,
+                                     user_agent=f"meshlog-healthcheck/{s.checker_id}")
+            self.counters.probes += 1
+            log.debug("probe %s at %s:%d: %s", key, host, port, result.detail)
+            transition = self.tracker.record(key, result.ok, result.detail)
+            if transition is not None:
+                task = asyncio.create_task(self._append(transition, inst.reg))
+                self._appends.add(task)
+                task.add_done_callback(self._appends.discard)
+            self._mark_dirty()
+            await asyncio.sleep(next_delay(s.interval, s.jitter, self.rng))
+
+    async def _append(self, transition: Transition, reg: InstanceRegistered) -> None:
+        assert self._producer is not None
+        reason = transition.reason
+        if len(reason) > _REASON_MAX:
+            reason = reason[: _REASON_MAX - 1] + "…"
+        payload = InstanceHealthChanged(service=reg.service, instance_id=reg.instance_id, status=transition.status,
+                                        reason=reason, observer=self.s.observer)
+        try:
+            appended = await self._producer.append(new_event(payload, producer=self.s.producer))
+        except BrokerUnavailable as exc:
+            self.counters.append_failures += 1
+            self.tracker.append_failed(transition.key)
+            log.error("%s: NOT appended, will retry on the next probe: %s", transition.describe(), exc)
+            return
+        self.counters.appended += 1
+        log.info("%s [appended %s offset %d]", transition.describe(), appended.topic, appended.offset)
+        tp = TopicPartition(appended.topic, appended.partition)
+        if self._next_offset.get(tp, 0) > appended.offset:
+            self.tracker.settled(transition.key)  # already read back
+        else:
+            self._awaiting[transition.key] = (tp, appended.offset)
+        self._mark_dirty()
+
+    # ------------------------------------------------------------ status file
+
+    def _mark_dirty(self) -> None:
+        self._dirty.set()
+
+    def status(self) -> dict:
+        instances = {}
+        for key in sorted(self.tracker.keys()):
+            tracked = self.tracker.get(key)
+            inst = self.state.instances.get(key)
+            if tracked is None or inst is None:
+                continue
+            host, port = probe_target(inst.reg)
+            instances[key] = {
+                "service": inst.reg.service,
+                "instance_id": inst.reg.instance_id,
+                "protocol": inst.reg.protocol,
+                "target": f"{host}:{port}",
+                "shard": shard_of(key, self.partitions),
+                **tracked.as_dict(),
+            }
+        return {
+            "checker_id": self.s.checker_id,
+            "group": self.s.group,
+            "pid": os.getpid(),
+            "running": self.running,
+            "caught_up": self.caught_up,
+            "partitions": self.partitions,
+            "shards": sorted(self.shards),
+            "instances": instances,
+            "probes": self.counters.probes,
+            "appended": self.counters.appended,
+            "append_failures": self.counters.append_failures,
+            "undecodable": self.counters.undecodable,
+            "updated_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        }
+
+    def _write_status(self) -> None:
+        path = self.s.status_file
+        if path is None:
+            return
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(orjson.dumps(self.status(), option=orjson.OPT_INDENT_2))
+        os.replace(tmp, path)
+
+    async def _write_status_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            self._write_status()
+            await asyncio.sleep(0.1)  # coalesce bursts of probe results into one write

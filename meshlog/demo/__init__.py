@@ -21,6 +21,7 @@ import argparse
 import logging
 import os
 import signal
+import sys
 import tempfile
 import time
 import uuid
@@ -39,7 +40,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     demo.add_argument("--scene", action="append", default=[], metavar="NAME",
                       help="play only this scene (repeatable; default all, in order)")
     demo.add_argument("--headless", action="store_true",
-                      help="plain lines instead of the live screen, and exit when the scenes are done")
+                      help="plain lines instead of the live screen, and exit when the scenes are done "
+                      "(the default when standard output is not a terminal)")
     demo.add_argument("--pace", type=float, default=6.0,
                       help="seconds each measurement runs (default 6)")
     demo.add_argument("--rate", type=float, default=40.0, help="client requests per second (default 40)")
@@ -75,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its retries while the broker warms up are not news
     chosen = [s for s in SCENES if s in args.scene] if args.scene else list(SCENES)
-    report = PlainReporter() if args.headless else LiveReporter()
+    headless = args.headless or not sys.stdout.isatty()  # a live screen only makes sense on a terminal
+    report = PlainReporter() if headless else LiveReporter()
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="meshlog-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     bootstrap = args.bootstrap
@@ -109,8 +112,13 @@ def run(args: argparse.Namespace) -> int:
         report.say(f"mesh up in {time.time() - begin:.1f} s; {len(stack.sidecars)} Envoy sidecars, traffic flowing")
         report.start(demo)
         for name in chosen:
-            SCENE_FUNCS[name](demo)
-        if args.keep_running or not args.headless:
+            try:
+                SCENE_FUNCS[name](demo)
+            except _Interrupted:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one broken scene is a failed check, the others still run
+                report.check(f"scene {name} ran to its end", False, f"{type(exc).__name__}: {exc}")
+        if args.keep_running or not headless:
             report.scene("done", "the mesh keeps running with traffic — press Ctrl-C to stop every process")
             while True:
                 time.sleep(1)

@@ -41,6 +41,7 @@ from events.producer import EventProducer
 from events.types import InstanceDeregistered, InstanceHealthChanged, InstanceRegistered
 from meshlog.kafka_local import free_port
 from tests.support.stack import Process, spawn, start_gateway, start_projector, wait_until
+from tests.support.log import end_offset
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -101,16 +102,6 @@ class HealthApp:
 async def append(bootstrap: str, *payloads) -> list:
     async with EventProducer(bootstrap, timeout_s=20) as producer:
         return [await producer.append(new_event(p, producer="healthcheck-test")) for p in payloads]
-
-
-async def end_offset(bootstrap: str, topic: str) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, 0)
-        return (await consumer.end_offsets([tp]))[tp]
-    finally:
-        await consumer.stop()
 
 
 async def health_events(bootstrap: str, start: int, service: str) -> list:

@@ -21,6 +21,7 @@ from events import topics
 from events.admin import connect_admin, ensure_topics
 from events.codec import decode_record
 from events.topics import TopicSpec
+from tests.support.log import end_offset
 
 pytestmark = pytest.mark.integration
 
@@ -35,16 +36,6 @@ def run_registrar(bootstrap: str, *args: str) -> subprocess.CompletedProcess:
         timeout=60,
         env={**os.environ, "MESHLOG_PRODUCER": "integration-test"},
     )
-
-
-async def end_offset(bootstrap: str, topic: str) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, 0)
-        return (await consumer.end_offsets([tp]))[tp]
-    finally:
-        await consumer.stop()
 
 
 async def read_range(bootstrap: str, topic: str, start: int, stop: int):

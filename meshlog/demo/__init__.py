@@ -64,6 +64,23 @@ def _on_signal(signum, _frame):
     raise _Interrupted(signal.Signals(signum).name)
 
 
+def traffic_summary(demo: Demo) -> str:
+    """Every failed request of the run, attributed to the scene it happened in (none hidden)."""
+    total, errors = demo.traffic.total()
+    scenes = sorted((t, k[len("scene:"):]) for k, t in demo.marks.items() if k.startswith("scene:"))
+    by_scene: dict[str, int] = {}
+    for sample in list(demo.traffic.records):
+        if sample.ok:
+            continue
+        where = "start-up"
+        for started, name in scenes:
+            if sample.started >= started:
+                where = name
+        by_scene[where] = by_scene.get(where, 0) + 1
+    detail = ", ".join(f"{n} during {where}" for where, n in by_scene.items())
+    return f"traffic over the whole run: {total} requests, {errors} failed" + (f" ({detail})" if detail else "")
+
+
 def run(args: argparse.Namespace) -> int:
     unknown = [s for s in args.scene if s not in SCENES]
     problems = [f"--scene: unknown scene {s!r} (choose from {', '.join(SCENES)})" for s in unknown]
@@ -112,12 +129,14 @@ def run(args: argparse.Namespace) -> int:
         report.say(f"mesh up in {time.time() - begin:.1f} s; {len(stack.sidecars)} Envoy sidecars, traffic flowing")
         report.start(demo)
         for name in chosen:
+            demo.marks[f"scene:{name}"] = time.time()
             try:
                 SCENE_FUNCS[name](demo)
             except _Interrupted:
                 raise
             except Exception as exc:  # noqa: BLE001 - one broken scene is a failed check, the others still run
                 report.check(f"scene {name} ran to its end", False, f"{type(exc).__name__}: {exc}")
+        report.say(traffic_summary(demo))
         if args.keep_running or not headless:
             report.scene("done", "the mesh keeps running with traffic — press Ctrl-C to stop every process")
             while True:

@@ -68,6 +68,7 @@ class LiveReporter(PlainReporter):
         self.current = "starting"
         self.steps: list[str] = []
         self.live: Live | None = None
+        self._route_seen = (0.0, "")  # (when read, what web's Envoy holds): read at most once a second
 
     def say(self, text: str) -> None:
         if self.live is None:
@@ -99,6 +100,19 @@ class LiveReporter(PlainReporter):
             self.live.stop()
             self.live = None
 
+    def _envoy_route(self, demo) -> str:
+        when, text = self._route_seen
+        if time.monotonic() - when >= 1.0:
+            from meshlog.demo.scenes import envoy_route_weights
+
+            try:
+                weights = envoy_route_weights(demo.web, demo.stack.reviews) or {}
+                text = ", ".join(f"{name} {weight}%" for name, weight in sorted(weights.items())) or "(no route)"
+            except (OSError, ValueError) as exc:
+                text = f"(admin not answering: {type(exc).__name__})"
+            self._route_seen = (time.monotonic(), text)
+        return text
+
     def __rich__(self):
         demo = self.demo
         header = Panel(Text.from_markup(self.current + "\n" + "\n".join(f"  {s}" for s in self.steps)),
@@ -119,7 +133,8 @@ class LiveReporter(PlainReporter):
             traffic.add_row(sidecar.instance + state, sidecar.version, logged, str(n), f"{n / ok_total:.0%}",
                             "█" * round(30 * n / ok_total))
         total, errors = demo.traffic.total()
-        traffic.caption = f"errors in the last 5 s: {window.errors} · since start: {total} requests, {errors} errors"
+        traffic.caption = (f"errors in the last 5 s: {window.errors} · since start: {total} requests, {errors} errors"
+                           f"\nweb's Envoy routes {demo.stack.reviews} to: {self._envoy_route(demo)}")
         events = Table(title="event log (tail)", expand=True)
         for column in ("time", "event", "key", "what"):
             events.add_column(column, overflow="fold")

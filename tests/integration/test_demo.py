@@ -76,6 +76,11 @@ def test_the_headless_demo_plays_every_scene_and_every_check_passes(tmp_path):
     # the replay scene printed what web's Envoy was told at the canary instant, by the real replay CLI
     assert "$ replay at --at" in output and "reviews|v2" in output
     assert "instance.health_changed reviews/reviews-v1-b" in output  # the checker's event is in the diff's causes
+    # every failed request of the run is attributed to a scene; only the failing instance may cost any
+    summary = re.search(r"traffic over the whole run: (\d+) requests, (\d+) failed(?: \((.*)\))?", output)
+    assert summary, output[-3000:]
+    attributed = dict((where, int(n)) for n, where in re.findall(r"(\d+) during ([\w-]+)", summary.group(3) or ""))
+    assert set(attributed) <= {"failing-instance"}, f"requests failed outside the failing-instance scene: {attributed}"
     assert _left_behind(workdir) == []
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -110,6 +111,7 @@ def envoy_route_weights(sidecar, host: str) -> dict[str, int] | None:
 
 
 def expected_weights(host: str, v1: int, v2: int) -> dict[str, int]:
+    """A v1/v2 split as any route holding it reads: zero-weight subsets absent, a lone one at 100."""
     live = {f"{host}|v1": v1, f"{host}|v2": v2}
     live = {k: w for k, w in live.items() if w > 0}
     return {next(iter(live)): 100} if len(live) == 1 else live
@@ -119,15 +121,9 @@ def replay_cli(demo: Demo, *args: str, json_out: bool = False) -> tuple[int, str
     argv = [str(BIN / "replay"), *args, "--bootstrap", demo.stack.bootstrap, "--no-progress"]
     if json_out:
         argv.append("--json")
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, env={"COLUMNS": "120",
-                                                                                     **_env()})
+    # its tables are printed inside the demo's own output: a fixed width keeps them readable in logs
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "120"})
     return result.returncode, result.stdout + (result.stderr if result.returncode else "")
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
 
 
 # ---------------------------------------------------------------- actions

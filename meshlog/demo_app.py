@@ -165,9 +165,10 @@ class KeepAliveClient:
 
 
 def classify(status: int, body: bytes) -> tuple[bool, str, str]:
-    """(ok, version, instance) of one response; a non-200 is (False, "", "HTTP <status>")."""
+    """(ok, version, instance) of one response; a non-200 is (False, "", "HTTP <status>: <start of body>")."""
     if status != 200:
-        return False, "", f"HTTP {status}"
+        detail = body[:60].decode(errors="replace").strip()
+        return False, "", f"HTTP {status}" + (f": {detail}" if detail else "")
     try:
         doc = json.loads(body)
         return True, str(doc.get("version", "?")), str(doc.get("instance", "?"))

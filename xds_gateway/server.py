@@ -182,8 +182,20 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         log.info("%s stream %s: node %s now in the view", kind, stream_id, node_id)
                     responses = machine.on_view(self._view_for(node_id))
                 else:
+                    if log.isEnabledFor(logging.DEBUG):
+                        subscribe = item.resource_names_subscribe if kind == "delta" else item.resource_names
+                        unsubscribe = item.resource_names_unsubscribe if kind == "delta" else ()
+                        log.debug("%s stream %s <- %s nonce=%s sub=%s unsub=%s%s", kind, stream_id,
+                                  _short(item.type_url), item.response_nonce, list(subscribe), list(unsubscribe),
+                                  " NACK" if item.HasField("error_detail") else "")
                     responses = machine.on_request(item)
                     self._log_nack(kind, node_id, item)
+                if responses and log.isEnabledFor(logging.DEBUG):
+                    for r in responses:
+                        log.debug("%s stream %s -> %s nonce=%s resources=%s removed=%s", kind, stream_id,
+                                  _short(r.type_url), r.nonce,
+                                  [x.name for x in r.resources][:8] if kind == "delta" else len(r.resources),
+                                  list(r.removed_resources) if kind == "delta" else [])
                 for response in responses:
                     try:
                         async with asyncio.timeout(self.write_timeout_s):
@@ -218,6 +230,10 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             metrics.NACKS.labels(kind, request.type_url).inc()
             log.warning("node %s NACKed %s (nonce %s): %s", node_id, request.type_url, request.response_nonce,
                         request.error_detail.message)
+
+
+def _short(type_url: str) -> str:
+    return type_url.rsplit(".", 1)[-1]
 
 
 def add_to_server(servicer: AdsServicer, server: grpc.aio.Server) -> None:

@@ -19,6 +19,16 @@ Invariants:
 - Membership may name a body that has not arrived (it never should: the
   projector publishes bodies first); such names are left out of the node's
   view until the body arrives, and the node is notified then.
+- A node sees a body at the version its membership names. The projector
+  publishes a batch's bodies before its memberships, so a changed body (a
+  route now pointing at new subset clusters) arrives before the membership
+  that adds those clusters; serving it at once would hand Envoy a route to
+  clusters it does not have yet (503 until they arrive). So the body a
+  membership names is kept while a newer one waits for the membership to
+  move (the cache keeps the latest and the one before it per name), and the
+  node's view changes when its membership does: clusters and the routes that
+  use them change together, and the stream machine orders them. A membership
+  naming a version the cache no longer has gets the latest body.
 """
 
 from __future__ import annotations
@@ -53,6 +63,8 @@ class ViewCache:
 
     def __init__(self) -> None:
         self._resources: dict[tuple[str, str], VersionedResource] = {}
+        # the body each name had before its latest one, while memberships may still name it
+        self._previous: dict[tuple[str, str], VersionedResource] = {}
         self._membership: dict[str, dict[str, dict[str, str]]] = {}
         # (type_url, name) -> nodes whose membership names it: lets a body change find its nodes in O(k)
         self._referenced_by: dict[tuple[str, str], set[str]] = defaultdict(set)
@@ -75,12 +87,20 @@ class ViewCache:
         view: dict[str, dict[str, VersionedResource]] = {}
         for type_url, names in self._membership.get(node_id, {}).items():
             present = {}
-            for name in names:
-                resource = self._resources.get((type_url, name))
+            for name, version in names.items():
+                resource = self._resolve((type_url, name), version)
                 if resource is not None:
                     present[name] = resource
             view[type_url] = present
         return view
+
+    def _resolve(self, ident: tuple[str, str], version: str | None) -> VersionedResource | None:
+        """The body a membership naming ``version`` sees: that version if still held, else the latest."""
+        latest = self._resources.get(ident)
+        if latest is None or latest.version == version:
+            return latest
+        previous = self._previous.get(ident)
+        return previous if previous is not None and previous.version == version else latest
 
     def shared_view(self) -> dict[str, dict[str, VersionedResource]]:
         """What an unknown node may name: every shared (not per-node) resource."""
@@ -103,6 +123,7 @@ class ViewCache:
         ident = (type_url, name)
         shared = _PER_NODE_MARK not in name
         if value is None:
+            self._previous.pop(ident, None)
             if self._resources.pop(ident, None) is not None:
                 changed.update(self._referenced_by.get(ident, ()))
                 if shared:
@@ -114,10 +135,15 @@ class ViewCache:
         if current is not None and current.version == resource.version:
             return  # a re-publication of the same bytes
         self._resources[ident] = resource
+        if current is not None:
+            self._previous[ident] = current
         if shared:
             self._shared[type_url][name] = resource
             self.shared_changed = True
-        changed.update(self._referenced_by.get(ident, ()))
+        for node in self._referenced_by.get(ident, ()):
+            # a node whose membership names the body just replaced keeps it until its membership moves
+            if current is None or self._membership[node][type_url].get(name) != current.version:
+                changed.add(node)
 
     def apply_membership(self, key: bytes, value: bytes | None, changed: set[str]) -> None:
         node = key.decode()
@@ -131,9 +157,16 @@ class ViewCache:
                 return
         old = self._membership.get(node)
         if old is not None and new is not None and _same_names(old, new):
-            # only versions moved: the bodies' own arrival already notified this node, and the
-            # view is built from bodies, so there is nothing to re-index or re-send
+            # only versions moved: nothing to re-index; the node's view changes if a name now
+            # resolves to another body (it moved on to a body that arrived before it)
             self._membership[node] = new
+            for type_url, names in new.items():
+                before = old[type_url]
+                for name, version in names.items():
+                    if before[name] != version and (
+                            self._resolve((type_url, name), before[name]) is not self._resolve((type_url, name), version)):
+                        changed.add(node)
+                        return
             return
         if old is not None:
             del self._membership[node]

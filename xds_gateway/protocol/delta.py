@@ -70,6 +70,18 @@ envoyproxy/envoy ``docs/root/api-docs/xds_protocol.rst``, and the comments of
   requested yet on the stream (a reconnect asks CDS first), those assignments
   are sent with EDS's first response even if ``initial_resource_versions``
   says the client has them.
+* New clusters before the routes that use them ("make before break"). A
+  Cluster new to the client warms until its ClusterLoadAssignment arrives,
+  and Envoy asks for that assignment (explicit EDS subscription) only after it
+  has seen the Cluster. A listener or route update sent right behind such a
+  Cluster would reach Envoy while the Cluster is still warming, and requests
+  routed to it fail (503, cluster not found) until it warms. So when a batch
+  of view changes adds a Cluster whose assignment the client has not
+  subscribed to, that batch carries CDS (and EDS) only; LDS and RDS changes
+  stay deferred until the client has ACKed or NACKed an EDS response carrying
+  the assignment — or has ACKed the Cluster without subscribing to it (then it
+  is not going to). Updated clusters need no hold (the old one serves while
+  the new one warms), nor does an assignment sent in the same batch.
 * Coalescing: while any response on the stream is un-ACKed, view changes are
   only remembered (per type, as "dirty"); when the last pending nonce is ACKed
   or NACKed the request that did so returns one batch computed from the
@@ -97,11 +109,12 @@ from typing import Iterable
 from envoy.service.discovery.v3 import discovery_pb2
 
 from .common import AllowFn, Nack, ProtocolError, digest_hex, entry_hash, order_segments
-from .resources import CLUSTER, CORE_TYPES, ENDPOINT, WILDCARD, NodeView, VersionedResource
+from .resources import CLUSTER, CORE_TYPES, ENDPOINT, LISTENER, ROUTE, WILDCARD, NodeView, VersionedResource
 
 __all__ = ["DeltaStream"]
 
 _MASK64 = (1 << 64) - 1
+_HELD_WHILE_WARMING = frozenset((LISTENER, ROUTE))
 _EMPTY: dict[str, VersionedResource] = {}
 
 
@@ -203,6 +216,8 @@ class DeltaStream:
         self._served = frozenset(served_types)
         self._types: dict[str, _TypeState] = {}
         self._eds_owed: set[str] = set()  # CLAs to send with EDS's first response
+        # New clusters' assignment name -> cluster name, while LDS/RDS changes wait for them to warm
+        self._warming: dict[str, str] = {}
         self._seq = 0
         self._nacks: deque[Nack] = deque(maxlen=max_records)
         self._errors: deque[ProtocolError] = deque(maxlen=max_records)
@@ -266,6 +281,11 @@ class DeltaStream:
         """True if view changes are waiting for the pending responses' ACKs."""
         return any(ts.dirty for ts in self._types.values())
 
+    @property
+    def warming(self) -> frozenset[str]:
+        """Assignments of new clusters that listener and route changes are waiting for."""
+        return frozenset(self._warming)
+
     def types(self) -> tuple[str, ...]:
         """Type URLs the client has requested on this stream."""
         return tuple(t for t, ts in self._types.items() if ts.seen)
@@ -320,6 +340,8 @@ class DeltaStream:
                 if ts.limbo:
                     for name in [n for n, at in ts.limbo.items() if at == k]:
                         del ts.limbo[name]  # processed while unsubscribed: ignored
+                if self._warming:
+                    self._settle_warming(ts, p)
                 if k == nonce:
                     break
         else:
@@ -455,10 +477,53 @@ class DeltaStream:
                 break
 
     def _collect_dirty(self, work: dict[str, _Work]) -> None:
+        cds = self._types.get(CLUSTER)
+        if cds is not None and cds.seen and cds.dirty:
+            cds.dirty = False
+            self._full_diff(cds, work.setdefault(CLUSTER, _Work()))
+            self._note_new_clusters(cds, work[CLUSTER])
+        if self._warming:
+            clusters = self._view_of(CLUSTER)
+            for cla, cluster in list(self._warming.items()):
+                if cluster not in clusters:  # gone again: nothing can route to it
+                    del self._warming[cla]
         for t, ts in self._types.items():
-            if ts.seen and ts.dirty:
-                ts.dirty = False
-                self._full_diff(ts, work.setdefault(t, _Work()))
+            if t == CLUSTER or not ts.seen or not ts.dirty:
+                continue
+            if self._warming and t in _HELD_WHILE_WARMING:
+                continue  # stays dirty: sent once the new clusters have their endpoints
+            ts.dirty = False
+            self._full_diff(ts, work.setdefault(t, _Work()))
+
+    def _note_new_clusters(self, cds: _TypeState, w: _Work) -> None:
+        """Remember the new EDS clusters in ``w`` whose assignment the client has yet to ask for."""
+        eds = self._types.get(ENDPOINT)
+        if eds is None or not eds.seen:
+            return  # no EDS on this stream yet (a first connection): Envoy asks LDS only once clusters warmed
+        view_e = self._view_of(ENDPOINT)
+        for name, res in w.upserts.items():
+            cla = res.eds_name
+            if cla is None or cds.sent.get(name) is not None:
+                continue  # not EDS, or an update: the old cluster serves while the new one warms
+            if cla not in view_e or cla in eds.names or eds.wildcard:
+                # no assignment to wait for, or the client's subscription already decides what it gets
+                # in this very batch (sent with the cluster, or refused): no request is coming for it
+                continue
+            self._warming[cla] = name
+
+    def _settle_warming(self, ts: _TypeState, p: _Pending) -> None:
+        """An answered response may end the wait for new clusters' assignments."""
+        if ts.type_url == ENDPOINT:
+            for name in (*p.names, *p.removed):
+                self._warming.pop(name, None)
+        elif ts.type_url == CLUSTER:
+            eds = self._types.get(ENDPOINT)
+            asked = eds.names if eds is not None else set()
+            for cla, cluster in list(self._warming.items()):
+                # Envoy subscribes to a new cluster's assignment before it ACKs the cluster;
+                # one that did not is not going to, and must not stall listeners and routes
+                if cluster in p.names and cla not in asked:
+                    del self._warming[cla]
 
     def _add_eds_companions(self, work: dict[str, _Work]) -> None:
         cds = work.get(CLUSTER)

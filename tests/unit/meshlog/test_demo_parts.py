@@ -48,7 +48,8 @@ def test_a_demo_app_answers_with_its_version_until_it_is_made_to_fail():
 
 def test_classify_reads_version_and_instance_and_calls_anything_else_an_error():
     assert classify(200, b'{"version": "v1", "instance": "a"}') == (True, "v1", "a")
-    assert classify(503, b"x") == (False, "", "HTTP 503")
+    assert classify(503, b"no healthy upstream") == (False, "", "HTTP 503: no healthy upstream")
+    assert classify(503, b"") == (False, "", "HTTP 503")
     assert classify(200, b"<html>") == (False, "", "not JSON")
 
 
@@ -63,7 +64,7 @@ def test_traffic_counts_by_instance_and_errors_by_kind_over_a_time_window():
     before = traffic.window(0, failing_since - 0.1)  # a request in flight at the switch may get either answer
     after = traffic.window(failing_since + 0.05)
     assert before.by_instance.get("a", 0) > 20 and before.errors == 0 and before.share("v1") == 1.0
-    assert after.errors > 10 and after.by_instance == {} and set(after.error_kinds) == {"HTTP 503"}
+    assert after.errors > 10 and after.by_instance == {} and set(after.error_kinds) == {"HTTP 503: instance is failing"}
 
 
 def test_route_weights_read_envoy_and_replay_route_configs_alike():

@@ -404,6 +404,62 @@ def test_cluster_replacement_is_make_before_break():
     ]
 
 
+def _holding_a(route_tag="to-A"):
+    """A client as Envoy leaves it after start-up: cluster A with endpoints, listener l, route r."""
+    s = DeltaStream("s1", view({CDS: {"A": 1}, EDS: {"A": 1}, LDS: {"l": 1}, RDS: {"r": route_tag}}))
+    ack_all(s, s.on_request(dreq(CDS)))
+    ack_all(s, s.on_request(dreq(EDS, sub=["A"])))
+    ack_all(s, s.on_request(dreq(LDS)))
+    ack_all(s, s.on_request(dreq(RDS, sub=["r"])))
+    return s
+
+
+def test_a_route_to_a_new_cluster_waits_until_envoy_has_its_endpoints():
+    # What Envoy does: sees cluster B, subscribes to B's endpoints, then ACKs CDS;
+    # the route to B must arrive after B's endpoints, or B is still warming when
+    # requests are routed to it (503 until it warms)
+    s = _holding_a()
+    [cds] = s.on_view(view({CDS: {"A": 1, "B": 1}, EDS: {"A": 1, "B": 1}, LDS: {"l": 1}, RDS: {"r": "to-B"}}))
+    assert summary([cds]) == [("CDS", ["B"], [])]
+    assert s.warming == {"B"}
+    [eds] = s.on_request(dreq(EDS, sub=["B"]))  # subscription answers are never held
+    assert summary([eds]) == [("EDS", ["B"], [])]
+    assert ack(s, cds) == []  # the endpoints are not ACKed yet
+    assert summary(ack(s, eds)) == [("RDS", ["r"], [])]
+    assert s.warming == frozenset()
+
+
+def test_a_client_that_acks_a_new_cluster_without_asking_its_endpoints_does_not_stall_routes():
+    s = _holding_a()
+    [cds] = s.on_view(view({CDS: {"A": 1, "B": 1}, EDS: {"A": 1, "B": 1}, LDS: {"l": 1}, RDS: {"r": "to-B"}}))
+    assert summary(ack(s, cds)) == [("RDS", ["r"], [])]
+
+
+def test_a_nacked_assignment_also_releases_the_routes():
+    s = _holding_a()
+    [cds] = s.on_view(view({CDS: {"A": 1, "B": 1}, EDS: {"A": 1, "B": 1}, LDS: {"l": 1}, RDS: {"r": "to-B"}}))
+    [eds] = s.on_request(dreq(EDS, sub=["B"]))
+    ack(s, cds)
+    assert summary(ack(s, eds, error="bad endpoints")) == [("RDS", ["r"], [])]
+
+
+def test_a_new_cluster_dropped_again_while_warming_ends_in_order():
+    s2 = _holding_a()
+    [cds] = s2.on_view(view({CDS: {"A": 1, "B": 1}, EDS: {"A": 1, "B": 1}, LDS: {"l": 1}, RDS: {"r": "to-B"}}))
+    [eds] = s2.on_request(dreq(EDS, sub=["B"]))
+    assert s2.on_view(view({CDS: {"A": 1}, EDS: {"A": 1}, LDS: {"l": 2}, RDS: {"r": "to-A2"}})) == []  # un-ACKed
+    out = ack_all(s2, [cds, eds])
+    assert summary(out) == [("LDS", ["l"], []), ("RDS", ["r"], []), ("EDS", [], ["B"]), ("CDS", [], ["B"])]
+    assert s2.warming == frozenset()
+
+
+def test_updated_clusters_and_listeners_still_go_in_one_batch():
+    s = _holding_a()
+    out = s.on_view(view({CDS: {"A": 2}, EDS: {"A": 1}, LDS: {"l": 2}, RDS: {"r": "to-A2"}}))
+    assert summary(out) == [("CDS", ["A"], []), ("EDS", ["A"], []), ("LDS", ["l"], []), ("RDS", ["r"], [])]
+    assert s.warming == frozenset()
+
+
 def test_removals_of_one_type_alone_merge_into_one_response():
     s = DeltaStream("s1", view({CDS: {"A": 1}}))
     ack_all(s, s.on_request(dreq(CDS)))

@@ -104,3 +104,46 @@ def test_a_malformed_membership_record_is_ignored_not_fatal():
     cache, _ = ready_cache()
     cache.apply_records([Rec(topics.VIEW_MEMBERSHIP, b"web-1", b"not json")])
     assert not cache.knows_node("web-1")
+
+
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+
+
+def test_a_changed_body_waits_for_the_membership_that_names_it():
+    # The projector publishes a batch's bodies before its memberships: web-1's route now points at
+    # the new subset cluster reviews|v1, whose name web-1's membership does not list yet
+    cache, seen = ready_cache()
+    old_route, new_route = b"route to reviews", b"route to reviews|v1"
+    cache.apply_records([body(CLUSTER, "reviews"), body(ROUTE, "web-1~outbound", old_route),
+                         member("web-1", {CLUSTER: {"reviews": version_of(b"reviews")},
+                                          ROUTE: {"web-1~outbound": version_of(old_route)}})])
+    seen.clear()
+    cache.apply_records([body(CLUSTER, "reviews|v1"), body(ROUTE, "web-1~outbound", new_route)])
+    assert not any("web-1" in nodes for nodes in seen)  # nothing web-1 may see has changed yet
+    assert cache.node_view("web-1")[ROUTE]["web-1~outbound"].version == version_of(old_route)
+    cache.apply_records([member("web-1", {CLUSTER: {"reviews": version_of(b"reviews"),
+                                                    "reviews|v1": version_of(b"reviews|v1")},
+                                          ROUTE: {"web-1~outbound": version_of(new_route)}})])
+    assert seen[-1] == {"web-1"}  # the new cluster and the route to it, in one change
+    view = cache.node_view("web-1")
+    assert view[ROUTE]["web-1~outbound"].version == version_of(new_route) and "reviews|v1" in view[CLUSTER]
+
+
+def test_a_version_only_membership_move_notifies_the_node_once_it_names_the_new_body():
+    cache, seen = ready_cache()
+    cache.apply_records([body(ENDPOINT, "reviews", b"one endpoint"),
+                         member("web-1", {ENDPOINT: {"reviews": version_of(b"one endpoint")}})])
+    seen.clear()
+    cache.apply_records([body(ENDPOINT, "reviews", b"two endpoints")])
+    assert not any("web-1" in nodes for nodes in seen)
+    assert cache.node_view("web-1")[ENDPOINT]["reviews"].version == version_of(b"one endpoint")
+    cache.apply_records([member("web-1", {ENDPOINT: {"reviews": version_of(b"two endpoints")}})])
+    assert seen[-1] == {"web-1"}
+    assert cache.node_view("web-1")[ENDPOINT]["reviews"].version == version_of(b"two endpoints")
+
+
+def test_a_membership_naming_a_version_no_longer_held_gets_the_latest_body():
+    cache, _ = ready_cache()
+    cache.apply_records([body(ENDPOINT, "reviews", b"v1"), member("web-1", {ENDPOINT: {"reviews": version_of(b"v1")}})])
+    cache.apply_records([body(ENDPOINT, "reviews", b"v2"), body(ENDPOINT, "reviews", b"v3")])  # v1 dropped
+    assert cache.node_view("web-1")[ENDPOINT]["reviews"].version == version_of(b"v3")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
@@ -131,12 +130,9 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--window", type=float, default=10.0)
     args = parser.parse_args()
-    with contextlib.ExitStack() as stack:
-        bootstrap = os.environ.get("MESHLOG_KAFKA_BOOTSTRAP")
-        if not bootstrap:
-            from meshlog.kafka_local import LocalKafka
+    from meshlog.kafka_local import kafka_for_tests  # $MESHLOG_KAFKA_BOOTSTRAP, else a broker for the run
 
-            bootstrap = stack.enter_context(LocalKafka()).bootstrap
+    with kafka_for_tests() as bootstrap:
         asyncio.run(bench(bootstrap, args.instances, args.interval, args.window))
 
 

@@ -137,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
             except Exception as exc:  # noqa: BLE001 - one broken scene is a failed check, the others still run
                 report.check(f"scene {name} ran to its end", False, f"{type(exc).__name__}: {exc}")
         report.say(traffic_summary(demo))
+        for problem in tail.errors[-5:]:  # the events panel could not show these records
+            report.say(f"event tail: {problem}")
         if args.keep_running or not headless:
             report.scene("done", "the mesh keeps running with traffic — press Ctrl-C to stop every process")
             while True:

@@ -79,8 +79,9 @@ class EventTail:
     def _main(self) -> None:
         try:
             asyncio.run(self._tail())
-        except Exception as exc:  # noqa: BLE001 - the panel shows it; the demo's checks then fail visibly
-            self.errors.append(f"event tail stopped: {exc!r}")
+        except Exception as exc:  # noqa: BLE001 - reported at the end; the demo's health checks then fail visibly
+            with self._lock:
+                self.errors.append(f"event tail stopped: {exc!r}")
 
     async def _tail(self) -> None:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,

@@ -138,6 +138,8 @@ class LiveReporter(PlainReporter):
         events = Table(title="event log (tail)", expand=True)
         for column in ("time", "event", "key", "what"):
             events.add_column(column, overflow="fold")
+        if demo.tail.errors:
+            events.caption = f"[red]{demo.tail.errors[-1]}[/]"
         for event in demo.tail.last(10):
             events.add_row(time.strftime("%H:%M:%S", time.localtime(event.log_time)), event.type, event.key,
                            event.summary)

@@ -1,66 +1,26 @@
-"""replay.source.iter_cut: the streamed merge equals a full sort by (timestamp, topic, partition, offset).
+"""replay.source: the cut at T, and the streamed merge equals a full sort by (timestamp, topic, partition, offset).
 
-The consumer here is an in-memory stand-in for the few calls iter_cut makes
-(assign, seek, getmany, position) so that fetch boundaries, offset gaps
-(transaction markers) and undecodable records can be placed at will; the
-real broker is exercised in tests/integration/test_replay.py.
+The consumer is an in-memory stand-in (``fake_consumer``) so that fetch
+boundaries, offset gaps (transaction markers), equal timestamps and
+undecodable records can be placed at will; the real broker is exercised in
+tests/integration/test_replay.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from dataclasses import dataclass
 
 import pytest
 from aiokafka import TopicPartition
 
 from events import topics
+from events import types as t
 from events.codec import encode
 from events.envelope import new_event
-from replay.source import Cut, iter_cut, merge_key, read_cut
+from replay.source import Cut, iter_cut, merge_key, plan_cut, read_cut
+from tests.unit.replay.fake_consumer import FakeConsumer, Rec
 from tests.unit.replay.history import RandomHistory
-
-
-@dataclass
-class Rec:
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    value: bytes | None
-    key: bytes | None = None
-
-
-class FakeConsumer:
-    def __init__(self, logs: dict[TopicPartition, list[Rec]], rnd: random.Random) -> None:
-        self.logs = logs
-        self.rnd = rnd
-        self.pos: dict[TopicPartition, int] = {}
-
-    def assign(self, tps):
-        self.pos = {tp: 0 for tp in tps}
-
-    def seek(self, tp, offset):
-        self.pos[tp] = offset
-
-    async def position(self, tp):
-        return self.pos[tp]
-
-    async def getmany(self, *tps, timeout_ms=0, max_records=None):
-        out = {}
-        for tp in tps:
-            if self.rnd.random() < 0.3:
-                continue  # nothing arrived for this partition in this poll
-            recs = [r for r in self.logs[tp] if r.offset >= self.pos[tp]][: self.rnd.randint(1, 7)]
-            if recs:
-                out[tp] = recs
-                self.pos[tp] = recs[-1].offset + 1
-            else:
-                # past the last record: skip over a trailing gap (a transaction marker)
-                self.pos[tp] = max(self.pos[tp], (self.logs[tp][-1].offset + 2) if self.logs[tp] else 0)
-        await asyncio.sleep(0)
-        return out
 
 
 def build(seed: int):
@@ -128,3 +88,56 @@ def test_empty_cut_reads_nothing():
     rnd, logs = build(1)
     cut = Cut(start={tp: 5 for tp in logs}, stop={tp: 5 for tp in logs})
     assert asyncio.run(read_cut(FakeConsumer(logs, rnd), cut)).events == []
+
+
+# ---------------------------------------------------------------- the cut at T
+
+
+T = 1_700_000_000_000
+REG, HEALTH, RULES = (TopicPartition(t, 0) for t in (topics.REGISTRATIONS, topics.HEALTH, topics.RULES))
+
+
+def registered(instance: str, offset: int, timestamp: int) -> Rec:
+    payload = t.InstanceRegistered(service="cut", instance_id=instance, address="127.0.0.1", port=8080)
+    return Rec(REG.topic, 0, offset, timestamp, encode(new_event(payload)))
+
+
+def health(instance: str, offset: int, timestamp: int) -> Rec:
+    payload = t.InstanceHealthChanged(service="cut", instance_id=instance, status="unhealthy", observer="test")
+    return Rec(HEALTH.topic, 0, offset, timestamp, encode(new_event(payload)))
+
+
+def read_at(logs, at_ms: int):
+    async def go():
+        consumer = FakeConsumer(logs, random.Random(at_ms))
+        cut = await plan_cut(consumer, at_ms)
+        return cut, await read_cut(consumer, cut)
+
+    return asyncio.run(go())
+
+
+def test_the_cut_at_t_holds_every_record_logged_at_exactly_t_and_none_after():
+    logs = {
+        # T-1, T, (a transaction marker), T, T+1
+        REG: [registered("before", 0, T - 1), registered("at-1", 1, T), registered("at-2", 3, T),
+              registered("after", 4, T + 1)],
+        # the last record of a partition at exactly T: the cut is its end
+        HEALTH: [health("before", 0, T - 1), health("at-1", 1, T)],
+        RULES: [],
+    }
+    cut, result = read_at(logs, T)
+    assert cut.stop == {REG: 4, HEALTH: 2, RULES: 0}
+    assert [(e.topic, e.offset, e.timestamp_ms) for e in result.events] == [
+        (REG.topic, 0, T - 1), (HEALTH.topic, 0, T - 1),
+        (REG.topic, 1, T), (REG.topic, 3, T), (HEALTH.topic, 1, T),
+    ]
+    # one millisecond earlier, none of the records at T is in
+    cut, result = read_at(logs, T - 1)
+    assert cut.stop == {REG: 1, HEALTH: 1, RULES: 0}
+    assert {e.timestamp_ms for e in result.events} == {T - 1}
+
+
+def test_the_cut_starts_where_a_snapshot_left_off():
+    logs = {REG: [registered(f"i{n}", n, T - 10 + n) for n in range(6)], HEALTH: [], RULES: []}
+    cut = asyncio.run(plan_cut(FakeConsumer(logs, random.Random(1)), T, start_after={f"{REG.topic}/0": 4}))
+    assert (cut.start[REG], cut.stop[REG]) == (4, 6) and cut.total == 2

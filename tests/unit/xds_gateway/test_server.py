@@ -1,0 +1,174 @@
+"""xds_gateway.server: a stream whose client stops reading is shed after ``write_timeout_s``.
+
+Two clients that never read: a servicer context whose ``write`` never
+completes (the shell's contract with grpc), and a real gRPC client on a
+loopback stream that sends its first request and then never reads (with
+BDP probing off, so its HTTP/2 window stays at 64 KiB and a response of a
+few MB cannot be buffered for it). Bounds on waits only catch a hang; they
+measure nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import grpc
+import orjson
+import pytest
+from envoy.service.discovery.v3 import ads_pb2_grpc
+from prometheus_client import REGISTRY
+
+from events import topics
+from xds_gateway.protocol.resources import version_of
+from xds_gateway.server import AdsServicer, add_to_server
+from xds_gateway.view_cache import ViewCache
+from tests.unit.xds_gateway.helpers import CDS, body, dreq
+
+NODE = "slow-node"
+TIMEOUT_S = 0.3
+
+
+@dataclass
+class Rec:
+    topic: str
+    key: bytes
+    value: bytes | None
+    timestamp: int = 1
+
+
+def cache_with(clusters: int, pad: int = 0) -> ViewCache:
+    """A ready view cache in which NODE holds ``clusters`` clusters (each padded by ``pad`` bytes)."""
+    cache = ViewCache()
+    records, names = [], {}
+    for i in range(clusters):
+        name = f"c{i}-{'x' * pad}"
+        value = body(CDS, name, "y" * pad)
+        records.append(Rec(topics.VIEW_RESOURCES, f"{CDS}|{name}".encode(), value))
+        names[name] = version_of(value)
+    records.append(Rec(topics.VIEW_MEMBERSHIP, NODE.encode(),
+                       orjson.dumps({"node": NODE, "resources": {CDS: names}})))
+    cache.apply_records(records)
+    cache.ready.set()
+    return cache
+
+
+def slow_streams_closed() -> float:
+    return REGISTRY.get_sample_value("meshlog_xds_slow_streams_closed_total") or 0.0
+
+
+def watched(servicer: AdsServicer) -> int:
+    """Inboxes the servicer still fans view changes out to (per node, and for nodes not in the view)."""
+    return sum(len(s) for s in servicer._watchers.values()) + len(servicer._unknown_watchers)
+
+
+class Aborted(Exception):
+    pass
+
+
+class Context:
+    """A servicer context: the first request, then a client that stays connected and sends nothing more."""
+
+    def __init__(self, *, reads: bool) -> None:
+        self.reads = reads
+        self._first = dreq(CDS, node=NODE)
+        self.writes = 0
+        self.aborted: tuple | None = None
+
+    async def read(self):
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        await asyncio.Event().wait()
+
+    async def write(self, response) -> None:
+        self.writes += 1
+        if not self.reads:
+            await asyncio.Event().wait()  # the client never reads: the write never completes
+
+    async def abort(self, code, details):
+        self.aborted = (code, details)
+        raise Aborted(details)
+
+
+async def test_a_stream_whose_writes_never_complete_is_aborted_resource_exhausted():
+    servicer = AdsServicer(cache_with(3), write_timeout_s=TIMEOUT_S)
+    context = Context(reads=False)
+    before = slow_streams_closed()
+    stream = asyncio.create_task(servicer.DeltaAggregatedResources(None, context))
+    await asyncio.sleep(0)
+    with pytest.raises(Aborted):
+        # a bound against hanging (the timeout not applied), not a measurement
+        await asyncio.wait_for(stream, 30 * TIMEOUT_S)
+    assert context.writes == 1
+    assert context.aborted is not None and context.aborted[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert slow_streams_closed() == before + 1
+    assert watched(servicer) == 0 and NODE not in servicer._watchers
+
+
+async def test_a_stream_that_reads_is_not_shed():
+    servicer = AdsServicer(cache_with(3), write_timeout_s=TIMEOUT_S)
+    context = Context(reads=True)
+    before = slow_streams_closed()
+    stream = asyncio.create_task(servicer.DeltaAggregatedResources(None, context))
+    await asyncio.sleep(3 * TIMEOUT_S)
+    assert not stream.done() and context.writes == 1 and context.aborted is None
+    assert watched(servicer) == 1 and slow_streams_closed() == before
+    stream.cancel()
+    await asyncio.gather(stream, return_exceptions=True)
+    assert watched(servicer) == 0
+
+
+# ---------------------------------------------------------------- a real loopback stream
+
+
+@pytest.fixture
+async def loopback():
+    """A gateway servicer on 127.0.0.1 whose NODE view is one ~1.5 MB CDS response, and a non-reading client."""
+    servicer = AdsServicer(cache_with(3000, pad=200), write_timeout_s=TIMEOUT_S)
+    server = grpc.aio.server()
+    add_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    # no BDP probing: the client's stream window stays at 64 KiB instead of growing to swallow the response
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.http2.bdp_probe", 0)])
+    call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).DeltaAggregatedResources()
+    try:
+        yield servicer, call
+    finally:
+        call.cancel()
+        await channel.close()
+        await server.stop(0)
+
+
+async def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_client_that_never_reads_is_shed_on_a_real_stream(loopback):
+    servicer, call = loopback
+    before = slow_streams_closed()
+    await call.write(dreq(CDS, node=NODE))  # then never read
+    await wait_for(lambda: watched(servicer) == 1, 10, "the stream to open")
+    await wait_for(lambda: slow_streams_closed() > before, 30 * TIMEOUT_S, "the stream to be shed")
+    assert slow_streams_closed() == before + 1
+    await wait_for(lambda: watched(servicer) == 0, 10, "the stream's inbox to be dropped")
+    assert NODE not in servicer._watchers
+
+
+@pytest.mark.xfail(strict=True, raises=asyncio.TimeoutError, reason=(
+    "grpc aio: context.abort() after a write cancelled by the timeout fails with "
+    "GRPC_CALL_ERROR_TOO_MANY_OPERATIONS, so no status reaches the client and its stream hangs open"))
+async def test_the_shed_client_is_told_resource_exhausted(loopback):
+    servicer, call = loopback
+    before = slow_streams_closed()
+    await call.write(dreq(CDS, node=NODE))
+    await wait_for(lambda: slow_streams_closed() > before, 30 * TIMEOUT_S, "the stream to be shed")
+    # the client reads again: it gets what was in flight, then the status
+    response = await asyncio.wait_for(call.read(), 10)
+    assert len(response.resources) == 3000
+    assert await asyncio.wait_for(call.code(), 5) == grpc.StatusCode.RESOURCE_EXHAUSTED

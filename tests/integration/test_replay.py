@@ -30,11 +30,13 @@ from events.producer import EventProducer
 from meshlog.kafka_local import free_port
 from projector.publisher import parse_membership_value, parse_resource_key
 from projector.render import render_all
+from projector.snapshots import decode_header
 from projector.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from projector.versioning import version_of
 from proxy.bootstrap import envoy_bootstrap
 from proxy.envoy_process import EnvoyProcess, dynamic_names, endpoint_count
 from replay.engine import open_log, rebuild
+from replay.source import read_range
 from tests.support.stack import start_gateway, start_projector, wait_until
 from tests.unit.replay.history import RandomHistory
 
@@ -227,6 +229,53 @@ def test_diff_and_log_attribute_changes_to_the_events_that_made_them(bootstrap, 
     assert "JSON" in dead["reason"] and dead["stage"] == "decode"
     wait_until(lambda: dead_letters()[0]["recorded"], 30, "the projector to dead-letter the record")
     assert replay_json(bootstrap, "--at", "now", "--no-snapshot")["source"]["undecodable"] >= 1
+
+
+async def broker_timestamp(bootstrap: str, topic: str, partition: int, offset: int) -> int:
+    """The timestamp the broker stored for one record (LogAppendTime), read back from the log."""
+    async with open_log(bootstrap) as consumer:
+        tp = TopicPartition(topic, partition)
+        [record] = await read_range(consumer, tp, offset, offset + 1)
+        return record.timestamp
+
+
+def test_replay_at_t_shows_the_event_logged_at_exactly_t(bootstrap):
+    service = f"cut{RUN}"
+
+    async def register(instance: str):
+        async with EventProducer(bootstrap) as producer:
+            return await producer.append(new_event(t.InstanceRegistered(
+                service=service, instance_id=instance, address="127.0.0.1", port=free_port())))
+
+    earlier = asyncio.run(register("earlier"))
+    time.sleep(0.02)  # the next record is logged at least 2 ms later
+    appended = asyncio.run(register("at-t"))
+    at_t = asyncio.run(broker_timestamp(bootstrap, appended.topic, appended.partition, appended.offset))
+    assert asyncio.run(broker_timestamp(bootstrap, earlier.topic, earlier.partition, earlier.offset)) < at_t - 1
+
+    def instances(at_ms: int) -> set[str]:
+        doc = replay_json(bootstrap, "--at", f"@{at_ms}", "--service", service)
+        return {i["instance_id"] for s in doc["services"] if s["name"] == service for i in s["instances"]}
+
+    assert instances(at_t) == {"earlier", "at-t"}
+    assert instances(at_t - 1) == {"earlier"}
+
+
+def test_replay_at_a_snapshots_last_event_starts_from_that_snapshot(bootstrap, random_history):
+    """A snapshot folded up to exactly T is the one a replay at T starts from (it is at or before T)."""
+
+    async def last_snapshot_header() -> dict:
+        async with open_log(bootstrap) as consumer:
+            tp = TopicPartition(topics.SNAPSHOTS, 0)
+            end = (await consumer.end_offsets([tp]))[tp]
+            records = await read_range(consumer, tp, max(0, end - 5), end)
+        return decode_header(records[-1].value)
+
+    header = asyncio.run(last_snapshot_header())
+    at_t = header["max_timestamp_ms"]
+    chosen = replay_json(bootstrap, "--at", f"@{at_t}")["source"]["snapshot"]
+    assert chosen is not None, f"no snapshot used at {at_t}, the last event of {header}"
+    assert chosen["max_timestamp_ms"] == at_t, (chosen, header)
 
 
 def test_instants_outside_the_log_and_unknown_names_are_refused(bootstrap, random_history):

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import http.client
 import json
 import os
 import re
@@ -394,6 +395,79 @@ def test_d2_an_envoy_that_dies_is_restarted_by_its_sidecar(mesh):
                on_fail=client.log_tail)
     counts = send(client.outbound_port, mesh.srv, 100)
     assert sum(counts.values()) == 100 and set(counts) <= {"s1", "s2"}, counts
+
+
+def _instance_via(port: int) -> str | None:
+    """GET on a new connection to 127.0.0.1:port: the answering app's instance id, None if it failed."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        body = response.read()
+        return json.loads(body)["instance"] if response.status == 200 else None
+    except (OSError, http.client.HTTPException, ValueError, KeyError):
+        return None
+    finally:
+        conn.close()
+
+
+_SIDECAR_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
+_ENVOY_STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\.(\d{3})\]")
+
+
+def _first_line(text: str, needle: str, stamp: re.Pattern) -> tuple[int, str]:
+    """(line index, "YYYY-MM-DD HH:MM:SS.mmm" local time) of the first line containing ``needle``."""
+    for index, line in enumerate(text.splitlines()):
+        match = stamp.match(line)
+        if needle in line and match:
+            return index, f"{match.group(1)}.{match.group(2)}"
+    raise AssertionError(f"no line with {needle!r} in:\n{text[-3000:]}")
+
+
+def test_d3_a_draining_sidecar_deregisters_before_its_envoy_stops(mesh):
+    """SIGTERM: 'draining' is appended, the inbound listener keeps serving for --drain-seconds, the instance is
+    deregistered, and only then does Envoy stop (peers are never sent to a port nobody listens on).
+
+    A sidecar of its own (service ``drn<sfx>``, no peers depend on it) so that the mesh of the other scenarios
+    is untouched. Requests go straight to its inbound listener, each on a new connection. Envoy's "caught
+    ENVOY_SIGTERM" line (a warning) dates its stop; the agent and Envoy both log local time.
+    """
+    service = "drn" + mesh.srv[3:]
+    app = App("d1", "v1", service).start()
+    sidecar = None
+    try:
+        sidecar = start_sidecar("d1", mesh.workdir, mesh.bootstrap, mesh.gateway_addresses, service=service,
+                                instance="d1", app_port=app.port,
+                                extra=("--drain-seconds", "3"))
+        inbound = sidecar.status()["ports"]["inbound"]
+        wait_until(lambda: _instance_via(inbound) == "d1", 60, "the inbound listener to serve the app",
+                   on_fail=sidecar.log_tail)
+        envoy_log = Path(sidecar.status()["envoy"]["log"])
+        log_path = sidecar.process.log_path
+        deregistered = f"deregistered {service}/d1"
+
+        sidecar.process.terminate()
+        during_drain: list[str | None] = []  # requests begun after 'draining' and answered before 'deregistered'
+        deadline = time.monotonic() + 30
+        while sidecar.process.alive() and time.monotonic() < deadline:
+            before = log_path.read_text(errors="replace")
+            answer = _instance_via(inbound)
+            if "draining:" in before and deregistered not in log_path.read_text(errors="replace"):
+                during_drain.append(answer)
+            time.sleep(0.05)
+        assert sidecar.stop() == 0, sidecar.log_tail()
+
+        assert len(during_drain) >= 5 and set(during_drain) == {"d1"}, (during_drain, sidecar.log_tail())
+        text = log_path.read_text(errors="replace")
+        draining_line, _ = _first_line(text, "draining:", _SIDECAR_STAMP)
+        deregistered_line, deregistered_at = _first_line(text, deregistered, _SIDECAR_STAMP)
+        assert draining_line < deregistered_line
+        _, envoy_stopped_at = _first_line(envoy_log.read_text(errors="replace"), "caught ENVOY_SIGTERM", _ENVOY_STAMP)
+        assert deregistered_at <= envoy_stopped_at, (deregistered_at, envoy_stopped_at)
+    finally:
+        if sidecar is not None:
+            sidecar.stop()
+        app.stop()
 
 
 def test_e_a_restarted_sidecar_serves_from_its_cache_while_the_control_plane_is_down(mesh):

@@ -398,17 +398,15 @@ def test_d2_an_envoy_that_dies_is_restarted_by_its_sidecar(mesh):
 
 
 def _instance_via(port: int) -> str | None:
-    """GET on a new connection to 127.0.0.1:port: the answering app's instance id, None if it failed."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    """One GET on a new connection to 127.0.0.1:port: the answering app's instance id, None if it failed."""
+    client = KeepAliveClient(port, timeout=2)
     try:
-        conn.request("GET", "/")
-        response = conn.getresponse()
-        body = response.read()
-        return json.loads(body)["instance"] if response.status == 200 else None
+        status, body = client.get("inbound")
+        return json.loads(body)["instance"] if status == 200 else None
     except (OSError, http.client.HTTPException, ValueError, KeyError):
         return None
     finally:
-        conn.close()
+        client.close()
 
 
 _SIDECAR_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -15,6 +16,16 @@ from xds_gateway.protocol import CLUSTER, ENDPOINT, LISTENER, ROUTE, VersionedRe
 
 CDS, EDS, LDS, RDS = CLUSTER, ENDPOINT, LISTENER, ROUTE
 SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+
+
+@dataclass
+class ViewRec:
+    """A view-topic record as the view cache reads it (looks like an aiokafka ConsumerRecord)."""
+
+    topic: str
+    key: bytes
+    value: bytes | None
+    timestamp: int = 1
 
 
 def body(type_url: str, name: str, tag: object) -> bytes:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 
 import grpc
 import orjson
@@ -24,18 +23,10 @@ from events import topics
 from xds_gateway.protocol.resources import version_of
 from xds_gateway.server import AdsServicer, add_to_server
 from xds_gateway.view_cache import ViewCache
-from tests.unit.xds_gateway.helpers import CDS, body, dreq
+from tests.unit.xds_gateway.helpers import CDS, ViewRec, body, dreq
 
 NODE = "slow-node"
 TIMEOUT_S = 0.3
-
-
-@dataclass
-class Rec:
-    topic: str
-    key: bytes
-    value: bytes | None
-    timestamp: int = 1
 
 
 def cache_with(clusters: int, pad: int = 0) -> ViewCache:
@@ -45,9 +36,9 @@ def cache_with(clusters: int, pad: int = 0) -> ViewCache:
     for i in range(clusters):
         name = f"c{i}-{'x' * pad}"
         value = body(CDS, name, "y" * pad)
-        records.append(Rec(topics.VIEW_RESOURCES, f"{CDS}|{name}".encode(), value))
+        records.append(ViewRec(topics.VIEW_RESOURCES, f"{CDS}|{name}".encode(), value))
         names[name] = version_of(value)
-    records.append(Rec(topics.VIEW_MEMBERSHIP, NODE.encode(),
+    records.append(ViewRec(topics.VIEW_MEMBERSHIP, NODE.encode(),
                        orjson.dumps({"node": NODE, "resources": {CDS: names}})))
     cache.apply_records(records)
     cache.ready.set()

@@ -1,20 +1,11 @@
 """Story: the view cache turns view-topic records into per-node views and says who changed."""
 
-from dataclasses import dataclass
-
 import orjson
 
 from events import topics
 from xds_gateway.protocol.resources import CLUSTER, ENDPOINT, version_of
 from xds_gateway.view_cache import ViewCache
-
-
-@dataclass
-class Rec:
-    topic: str
-    key: bytes
-    value: bytes | None
-    timestamp: int = 1
+from tests.unit.xds_gateway.helpers import ViewRec as Rec
 
 
 def body(type_url, name, payload=b""):

@@ -19,7 +19,9 @@ the mesh as the next expects; the last one stops the control plane):
 rule in place an unhealthy v2 would empty a subset); (b) a 90/10 route rule
 between subsets v1/v2 holds over 1,000 requests; (d) kill -9 of the gateway
 holding the client Envoy's ADS stream fails no request; (d2) an Envoy killed
-under its sidecar is restarted; (e) with the control plane stopped, a
+under its sidecar is restarted; (d3) a sidecar told to stop keeps serving
+while it drains, deregisters, and only then stops its Envoy (on a service of
+its own); (e) with the control plane stopped, a
 restarted client sidecar serves from its disk cache, then goes back to ADS
 (hot restart) when a gateway returns, failing no request.
 

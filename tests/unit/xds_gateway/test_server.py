@@ -6,6 +6,13 @@ loopback stream that sends its first request and then never reads (with
 BDP probing off, so its HTTP/2 window stays at 64 KiB and a response of a
 few MB cannot be buffered for it). Bounds on waits only catch a hang; they
 measure nothing.
+
+Known gap (strict xfail below): on the real stream the shed client is never
+told. The write cancelled by the timeout stays pending in grpc's core, so
+``context.abort`` fails with GRPC_CALL_ERROR_TOO_MANY_OPERATIONS: the handler
+and its inbox are gone, but the client gets no status; one that resumes
+reading gets the response, can ACK it, and then waits on a stream nobody
+serves (it does not reconnect).
 """
 
 from __future__ import annotations

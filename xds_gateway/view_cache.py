@@ -29,6 +29,8 @@ Invariants:
   node's view changes when its membership does: clusters and the routes that
   use them change together, and the stream machine orders them. A membership
   naming a version the cache no longer has gets the latest body.
+- A broker outage is logged by ``meshlog.outage`` (started, at a backoff,
+  ended with its duration), not as aiokafka's line per failed retry.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from events import topics
+from meshlog.outage import KafkaOutageLog
 from xds_gateway.protocol.resources import VersionedResource, make_resource
 
 log = logging.getLogger(__name__)
@@ -210,6 +213,10 @@ class ViewTail:
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
+        with KafkaOutageLog(f"Kafka at {self.bootstrap} (view tail)", log):
+            await self._run()
+
+    async def _run(self) -> None:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=None,

@@ -161,3 +161,24 @@ async def test_nack_lines_are_bounded_escaped_and_throttled(gateway, caplog):
     assert "bad\\x1b[31m\\x0aline mmm" in nack_lines[0] and "…[+" in nack_lines[0]
     assert sum(len(line) for line in lines) < 5000  # was 2000 lines of 10 KB: ~20 MB
     assert lines[-1].endswith(f"closed (node evil\\x1b[2J\\x0anode; {n - NACK_LOG_BURST} NACK lines not logged)")
+
+
+@pytest.mark.parametrize("kind", ["delta", "sotw"])
+def test_the_stream_machines_keep_a_bounded_part_of_a_clients_text(kind):
+    from xds_gateway.protocol import DeltaStream, SotwStream
+    from xds_gateway.protocol.common import CLIENT_TEXT_MAX
+
+    machine = (DeltaStream if kind == "delta" else SotwStream)("s-1", {})
+    request = discovery_pb2.DeltaDiscoveryRequest if kind == "delta" else discovery_pb2.DiscoveryRequest
+    huge = "m" * (1 << 20)
+    [answer] = machine.on_request(request(node=base_pb2.Node(id="n"), type_url=CLUSTER))
+    machine.on_request(request(type_url="t" + huge))  # a type this gateway does not serve
+    # delta: a stale nonce of the client's own making; SotW: a NACK of the answer
+    nonce = "x" * (1 << 20) if kind == "delta" else answer.nonce
+    machine.on_request(request(type_url=CLUSTER, response_nonce=nonce,
+                               error_detail=status_pb2.Status(code=3, message=huge)))
+    [error] = machine.errors
+    assert len(error.type_url) == CLIENT_TEXT_MAX
+    [rejected] = machine.nacks
+    assert len(rejected.message) == CLIENT_TEXT_MAX
+    assert len(rejected.nonce) <= CLIENT_TEXT_MAX

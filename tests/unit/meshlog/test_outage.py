@@ -61,6 +61,7 @@ def test_aiokafka_error_records_become_one_line(caplog):
     clock = _Clock()
     ours = logging.getLogger("test.outage.ours")
     caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="aiokafka")  # a CLI test may have left it at WARNING
     with KafkaOutageLog("Kafka at k:1", ours, clock=clock):
         client_log = logging.getLogger("aiokafka")
         fetcher_log = logging.getLogger("aiokafka.consumer.fetcher")

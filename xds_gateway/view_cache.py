@@ -45,6 +45,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from events import topics
+from meshlog.logbounds import excerpt
 from meshlog.outage import KafkaOutageLog
 from xds_gateway.protocol.resources import VersionedResource, make_resource
 
@@ -121,7 +122,7 @@ class ViewCache:
     def apply_resource(self, key: bytes, value: bytes | None, changed: set[str]) -> None:
         type_url, sep, name = key.decode().partition("|")
         if not sep:
-            log.warning("ignoring view resource with malformed key %r", key)
+            log.warning("ignoring view resource with malformed key %s", excerpt(repr(key), 200))
             return
         ident = (type_url, name)
         shared = _PER_NODE_MARK not in name
@@ -156,7 +157,7 @@ class ViewCache:
                 doc = orjson.loads(value)
                 new = {t: dict(names) for t, names in doc["resources"].items()}
             except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-                log.error("ignoring malformed membership for node %s: %s", node, exc)
+                log.error("ignoring malformed membership for node %s: %s", excerpt(node, 256), excerpt(str(exc), 200))
                 return
         old = self._membership.get(node)
         if old is not None and new is not None and _same_names(old, new):

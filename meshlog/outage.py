@@ -94,7 +94,8 @@ class Outage:
         """The "ended" line once ``quiet`` seconds passed without a failure (then the outage is over)."""
         if self._started is None or now - self._last < self.quiet:
             return None
-        line = f"{self.what} recovered: the outage ended after {self._last - self._started:.1f}s ({self._count} errors)"
+        errors = f"{self._count} error" + ("" if self._count == 1 else "s")
+        line = f"{self.what} recovered: the outage ended after {self._last - self._started:.1f}s ({errors})"
         self._started = None
         self._count = 0
         return line

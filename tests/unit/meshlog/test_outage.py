@@ -40,6 +40,8 @@ def test_the_end_comes_after_a_quiet_window_with_the_duration():
     assert line == "K recovered: the outage ended after 9.9s (100 errors)"
     assert not o.ongoing and o.failures == 0
     assert o.check(100.0) is None  # said once
+    o.failure(150.0, "once")
+    assert o.check(160.0) == "K recovered: the outage ended after 0.0s (1 error)"
     assert o.failure(200.0, "again").startswith("K failing: again")  # a new outage starts afresh
 
 

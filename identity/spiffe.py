@@ -7,7 +7,9 @@ Scheme (``<domain>`` is the trust domain, e.g. ``mesh.local``)::
     spiffe://<domain>/projector
     spiffe://<domain>/checker/<name>
     spiffe://<domain>/operator/<user>
-    spiffe://<domain>/ca
+    spiffe://<domain>/broker/<id>
+    spiffe://<domain>/ca-server/<replica>
+    spiffe://<domain>/ca                      (the root; never a workload certificate)
 
 Invariants:
 - ``parse(format(x)) == x`` and ``format(parse(s)) == s`` for every accepted
@@ -42,7 +44,9 @@ ROLES: Mapping[str, tuple[str, ...]] = {
     "projector": (),
     "checker": ("name",),
     "operator": ("user",),
-    "ca": (),
+    "broker": ("id",),         # a Kafka broker's own certificate (issued offline, before the log exists)
+    "ca-server": ("replica",),  # a `meshlog ca serve` replica's TLS certificate
+    "ca": (),                   # the trust domain's root itself, never a workload
 }
 
 _DOMAIN_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,253}[a-z0-9])?$")

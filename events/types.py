@@ -52,11 +52,29 @@ def _instance_id(value: str) -> str:
     return value
 
 
-def _address(value: str) -> str:
+def _node_id(value: str) -> str:
+    # same characters as an instance id: a node id is printed by replay and the gateway's logs
+    # and is part of resource names, so no control characters, spaces or markup
+    if not _INSTANCE_RE.match(value):
+        raise ValueError("must be 1-128 characters of letters, digits, '.', '_', ':' or '-', "
+                         "starting and ending with a letter or digit")
+    return value
+
+
+def check_address(value: str) -> str:
+    """``value`` if it is an IPv4/IPv6 literal or a host name; else ValueError saying why."""
     # The hostname pattern also accepts every IPv4 literal, so it goes first: one regex
     # match instead of ipaddress' parser on the hot decode path. Only what it rejects
     # (IPv6 literals, or garbage) goes on to ipaddress. Same accepted set as either order.
     if _HOSTNAME_RE.match(value):
+        # A name whose last label is all digits is read as an IPv4 literal by resolvers and
+        # Envoy alike ("1.2.3" is 1.2.0.3 to inet_aton), never as a host name: it must be a
+        # valid dotted-quad or nothing.
+        if value.rpartition(".")[2].isdigit():
+            try:
+                ipaddress.IPv4Address(value)
+            except ValueError:
+                raise ValueError("looks like an IPv4 address but is not one (four numbers 0-255)") from None
         return value
     try:
         ipaddress.ip_address(value)
@@ -73,7 +91,8 @@ def _label_key(value: str) -> str:
 
 ServiceName = Annotated[str, AfterValidator(_service_name)]
 InstanceId = Annotated[str, AfterValidator(_instance_id)]
-Address = Annotated[str, AfterValidator(_address)]
+NodeId = Annotated[str, AfterValidator(_node_id)]
+Address = Annotated[str, AfterValidator(check_address)]
 # ints are strict: a port given as "8080" (a string) is an error, not silently coerced
 Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
 LabelKey = Annotated[str, AfterValidator(_label_key)]
@@ -81,7 +100,8 @@ LabelValue = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-
 Labels = dict[LabelKey, LabelValue]
 NonEmptyText = Annotated[str, Field(min_length=1, max_length=256)]
 Millis = Annotated[int, Strict(), Field(ge=1, le=3_600_000)]
-Revision = Annotated[int, Strict(), Field(ge=1)]
+# bounded to what a Kafka record's JSON (orjson: 64-bit integers) can carry
+Revision = Annotated[int, Strict(), Field(ge=1, le=2**63 - 1)]
 
 
 class _Frozen(BaseModel):
@@ -128,7 +148,7 @@ class InstanceRegistered(Payload):
     protocol: Literal["http", "tcp", "grpc"] = "http"
     labels: Labels = Field(default_factory=dict)
     weight: Annotated[int, Strict(), Field(ge=1, le=128)] = 1
-    node_id: NonEmptyText | None = None
+    node_id: NodeId | None = None
     sidecar: SidecarPorts | None = None
     depends_on: tuple[ServiceName, ...] = ()
 

@@ -9,6 +9,7 @@ import sys
 from typing import Sequence
 
 from meshlog import kafka_local as kl
+from meshlog import argtypes
 
 log = logging.getLogger("meshlog.kafka")
 
@@ -65,8 +66,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     up.add_argument("--data-dir", metavar="DIR",
                     help="broker data directory (default: a new temp dir); an existing meshlog data dir is reused")
-    up.add_argument("--port", type=int, metavar="PORT", help="PLAINTEXT port (default: a free port)")
-    up.add_argument("--timeout", type=float, default=kl.DEFAULT_START_TIMEOUT, metavar="SECONDS",
+    up.add_argument("--port", type=argtypes.port, metavar="PORT", help="PLAINTEXT port (default: a free port)")
+    up.add_argument("--timeout", type=argtypes.seconds(0, 3600), default=kl.DEFAULT_START_TIMEOUT, metavar="SECONDS",
                     help="start-up timeout, not counting the one-time jar download (default: %(default)s)")
     common(up)
     up.set_defaults(kafka_func=_cmd_up)
@@ -79,7 +80,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     down.add_argument("--keep-data", action="store_true", help="keep the data directory")
-    down.add_argument("--timeout", type=float, default=kl.DEFAULT_STOP_TIMEOUT, metavar="SECONDS",
+    down.add_argument("--timeout", type=argtypes.seconds(0, 3600, low_inclusive=True), default=kl.DEFAULT_STOP_TIMEOUT, metavar="SECONDS",
                       help="wait this long after SIGTERM before SIGKILL (default: %(default)s)")
     common(down)
     down.set_defaults(kafka_func=_cmd_down)

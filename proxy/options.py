@@ -29,6 +29,8 @@ from typing import Callable, Sequence
 from events.codec import validate_payload
 from events.errors import EventValidationError
 from events.types import InstanceRegistered
+from meshlog import argtypes
+from meshlog.bootstrap import BadBrokerAddress
 
 # payload field -> flag, so a validation message names what the user typed
 FLAG_OF_FIELD = {
@@ -46,7 +48,6 @@ FLAG_OF_FIELD = {
     "depends_on": "--depends-on",
 }
 
-_HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 MAX_DRAIN_SECONDS = 3600.0
 AUTO_ADDRESS = "auto"
 
@@ -171,12 +172,8 @@ def parse_labels(pairs: Sequence[str]) -> tuple[dict[str, str], list[str]]:
 
 
 def check_gateway(address: str) -> str | None:
-    match = _HOSTPORT.match(address)
-    if not match:
-        return f"--gateway: {address!r} is not HOST:PORT"
-    if not 1 <= int(match.group(2)) <= 65535:
-        return f"--gateway: port of {address!r} is not 1-65535"
-    return None
+    problem = argtypes.host_port_problem(address)
+    return f"--gateway: {problem}" if problem else None
 
 
 def _flagged(problem: str) -> str:
@@ -236,12 +233,13 @@ def options_from_args(
     if not node_id.strip():
         problems.append("--node-id: must not be empty")
 
-    for flag, value in (("--app-port", args.app_port), ("--inbound-port", args.inbound_port),
-                        ("--outbound-port", args.outbound_port), ("--admin-port", args.admin_port)):
-        if value is not None and not 1 <= value <= 65535:
-            problems.append(f"{flag}: {value} is not a port (1-65535)")
-    if args.status_port is not None and not 0 <= args.status_port <= 65535:
-        problems.append(f"--status-port: {args.status_port} is not a port (0-65535)")
+    for flag, value, zero_picks_free in (
+            ("--app-port", args.app_port, False), ("--inbound-port", args.inbound_port, False),
+            ("--outbound-port", args.outbound_port, False), ("--admin-port", args.admin_port, False),
+            ("--status-port", args.status_port, True)):
+        bad_port = None if value is None else argtypes.port_problem(value, zero_picks_free=zero_picks_free)
+        if bad_port:
+            problems.append(f"{flag}: {bad_port}")
     if not args.gateway:
         problems.append("--gateway: give at least one xds-gateway HOST:PORT")
     for gw in args.gateway:
@@ -297,12 +295,16 @@ def options_from_args(
             seen[port] = flag
 
     bootstrap = ""
-    try:
-        bootstrap = resolve_bootstrap(args.bootstrap)
-    except Exception as exc:  # noqa: BLE001 - NoBrokerAddress and friends: reported like any bad flag
-        problems.append(f"--bootstrap: {exc}")
-    if args.bootstrap is not None and not _HOSTPORT.match(args.bootstrap.split(",")[0].strip()):
-        problems.append(f"--bootstrap: {args.bootstrap!r} is not HOST:PORT")
+    bad_bootstrap = args.bootstrap is not None and argtypes.address_list_problem(args.bootstrap)
+    if bad_bootstrap:
+        problems.append(f"--bootstrap: {bad_bootstrap}")
+    else:
+        try:
+            bootstrap = resolve_bootstrap(args.bootstrap)
+        except BadBrokerAddress as exc:  # names where the address came from ($MESHLOG_KAFKA_BOOTSTRAP)
+            problems.append(str(exc))
+        except Exception as exc:  # noqa: BLE001 - NoBrokerAddress and friends: reported like any bad flag
+            problems.append(f"--bootstrap: {exc}")
 
     if problems:
         raise BadArguments(problems)

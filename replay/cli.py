@@ -31,6 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from events import topics
 from events.codec import decode_record
 from events.errors import EventValidationError
+from meshlog import argtypes
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 from projector.deadletter import parse_dead_letter
 from projector.render import render
@@ -80,9 +81,9 @@ log = logging.getLogger("replay")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bootstrap", metavar="HOST:PORT",
+    p.add_argument("--bootstrap", metavar="HOST:PORT", type=argtypes.bootstrap,
                    help="Kafka address (default: $MESHLOG_KAFKA_BOOTSTRAP, else the broker of `meshlog kafka up`)")
-    p.add_argument("--timeout", type=float, default=15.0, metavar="S",
+    p.add_argument("--timeout", type=argtypes.seconds(0, 3600), default=15.0, metavar="S",
                    help="seconds to wait for the broker to answer (default 15)")
     prog = p.add_mutually_exclusive_group()
     prog.add_argument("--progress", dest="progress", action="store_true", default=None,
@@ -102,7 +103,7 @@ def _at_options(p: argparse.ArgumentParser, *, required: bool) -> None:
                    help="with --node: print an Envoy-style /config_dump (JSON) of the node's resources")
     p.add_argument("--json", action="store_true",
                    help="machine-readable output (shapes documented in replay.report; 'format': 1)")
-    p.add_argument("--limit", type=int, default=50, metavar="N",
+    p.add_argument("--limit", type=argtypes.integer(0, 10_000_000), default=50, metavar="N",
                    help="rows per table in the text output (default 50; 0 = all)")
     _common(p)
 
@@ -164,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--at", required=True, metavar="TIME", help=TIME_HELP)
     serve.add_argument("--listen", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=0, help="gRPC port; 0 picks a free one (default 0)")
-    serve.add_argument("--grace", type=float, default=1.0, help="seconds open streams get on shutdown (default 1)")
+    serve.add_argument("--port", type=argtypes.port_or_free, default=0, help="gRPC port; 0 picks a free one (default 0)")
+    serve.add_argument("--grace", type=argtypes.seconds(0, 600, low_inclusive=True), default=1.0, help="seconds open streams get on shutdown (default 1)")
     serve.add_argument("--ready-file", help="also write the ready JSON line to this file")
     _common(serve)
     return parser

@@ -27,6 +27,7 @@ import time
 import uuid
 from pathlib import Path
 
+from meshlog import argtypes
 from meshlog.demo.scenes import SCENE_FUNCS, SCENES, Demo
 from meshlog.demo.view import LiveReporter, PlainReporter
 
@@ -42,10 +43,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     demo.add_argument("--headless", action="store_true",
                       help="plain lines instead of the live screen, and exit when the scenes are done "
                       "(the default when standard output is not a terminal)")
-    demo.add_argument("--pace", type=float, default=6.0,
+    demo.add_argument("--pace", type=argtypes.seconds(0, 600), default=6.0,
                       help="seconds each measurement runs (default 6)")
-    demo.add_argument("--rate", type=float, default=40.0, help="client requests per second (default 40)")
-    demo.add_argument("--bootstrap", metavar="HOST:PORT",
+    demo.add_argument("--rate", type=argtypes.number(0.1, 10_000), default=40.0, help="client requests per second (default 40)")
+    demo.add_argument("--bootstrap", metavar="HOST:PORT", type=argtypes.bootstrap,
                       help="use this Kafka instead of starting a fresh one (service names then get a unique "
                       "suffix so earlier rule revisions do not collide)")
     demo.add_argument("--workdir", help="where logs and state go (default: a new temp dir, kept for reading)")

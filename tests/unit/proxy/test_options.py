@@ -58,7 +58,7 @@ def test_explicit_values_win(tmp_path):
 @pytest.mark.parametrize("extra, expected", [
     (["--gateway", "nohost"], "--gateway: 'nohost' is not HOST:PORT"),
     (["--gateway", "127.0.0.1:18000"], "--gateway: an address is given twice"),
-    (["--gateway", "h:99999"], "--gateway: port of 'h:99999' is not 1-65535"),
+    (["--gateway", "h:99999"], "--gateway: 'h:99999': 99999 is not a port (1-65535)"),
     (["--label", "version"], "--label: 'version' is not KEY=VALUE"),
     (["--label", "a=1", "--label", "a=2"], "--label: 'a' given twice"),
     (["--drain-seconds", "-1"], "--drain-seconds"),

@@ -34,7 +34,7 @@ def port_problem(value: int, *, zero_picks_free: bool = False) -> str | None:
     low = 0 if zero_picks_free else 1
     if low <= value <= MAX_PORT:
         return None
-    what = "0 (pick a free port) or 1-65535" if zero_picks_free else "1-65535"
+    what = "1-65535, or 0 to pick a free one" if zero_picks_free else "1-65535"
     return f"{value} is not a port ({what})"
 
 

@@ -273,13 +273,27 @@ def _nearby(names: Sequence[str], wanted: str, limit: int = 5) -> str:
 # ---------------------------------------------------------------- commands
 
 
-async def cmd_at(args: argparse.Namespace, bootstrap: str) -> int:
-    now = datetime.now(timezone.utc)
-    at_ms = _parse(args.at, now, "--at")
-    if (args.xds or args.full) and not args.node:
+def check_usage(args: argparse.Namespace, now: datetime) -> None:
+    """Every check that needs no broker, done before connecting (pure but for setting the parsed times on args).
+
+    Sets ``now_ms`` and, per subcommand, ``at_ms`` or ``from_ms``/``to_ms``; raises UsageError (exit 2).
+    """
+    args.now_ms = to_ms(now)
+    if args.command in ("at", "serve"):
+        args.at_ms = _parse(args.at, now, "--at")
+    if args.command == "at" and (args.xds or args.full) and not args.node:
         raise UsageError("--xds and --full need --node N")
+    if args.command in ("diff", "log"):
+        args.from_ms = _parse(args.from_, now, "--from")
+        args.to_ms = _parse(args.to, now, "--to")
+        if args.from_ms > args.to_ms:
+            raise UsageError(f"--from {iso(args.from_ms)} is after --to {iso(args.to_ms)}")
+
+
+async def cmd_at(args: argparse.Namespace, bootstrap: str) -> int:
+    at_ms = args.at_ms
     async with open_log(bootstrap, args.timeout) as consumer:
-        first = await check_instant(consumer, at_ms, to_ms(now), what="--at")
+        first = await check_instant(consumer, at_ms, args.now_ms, what="--at")
         rebuilt = await rebuild(consumer, at_ms, use_snapshot=not args.no_snapshot, progress=RichProgress(args.progress))
         rebuilt.first_ms = first
     state = rebuilt.state
@@ -313,14 +327,9 @@ async def cmd_at(args: argparse.Namespace, bootstrap: str) -> int:
 
 
 async def _window(args: argparse.Namespace, consumer) -> tuple[int, int]:
-    now = datetime.now(timezone.utc)
-    from_ms = _parse(args.from_, now, "--from")
-    to_ms_ = _parse(args.to, now, "--to")
-    if from_ms > to_ms_:
-        raise UsageError(f"--from {iso(from_ms)} is after --to {iso(to_ms_)}")
     # a window may start before the first event (the state there is empty); it must end by now
-    await check_instant(consumer, to_ms_, to_ms(now), what="--to")
-    return from_ms, to_ms_
+    await check_instant(consumer, args.to_ms, args.now_ms, what="--to")
+    return args.from_ms, args.to_ms
 
 
 async def cmd_diff(args: argparse.Namespace, bootstrap: str) -> int:
@@ -451,10 +460,9 @@ def _dead_matches(args: argparse.Namespace, rec: dict | None, walker, base) -> b
 async def cmd_serve(args: argparse.Namespace, bootstrap: str) -> int:
     from replay.serve import serve_frozen
 
-    now = datetime.now(timezone.utc)
-    at_ms = _parse(args.at, now, "--at")
+    at_ms = args.at_ms
     async with open_log(bootstrap, args.timeout) as consumer:
-        first = await check_instant(consumer, at_ms, to_ms(now), what="--at")
+        first = await check_instant(consumer, at_ms, args.now_ms, what="--at")
         rebuilt = await rebuild(consumer, at_ms, use_snapshot=not args.no_snapshot, progress=RichProgress(args.progress))
         rebuilt.first_ms = first
     rendered = rebuilt.rendered()
@@ -479,6 +487,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    try:
+        check_usage(args, datetime.now(timezone.utc))
+    except UsageError as exc:
+        print(f"replay: {exc}", file=sys.stderr)
+        return exc.exit_code
     try:
         bootstrap = resolve_bootstrap(args.bootstrap)
     except NoBrokerAddress as exc:

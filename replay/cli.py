@@ -33,6 +33,7 @@ from events.codec import decode_record
 from events.errors import EventValidationError
 from meshlog import argtypes
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
+from meshlog.terminal import printable
 from projector.deadletter import parse_dead_letter
 from projector.render import render
 from replay import report, text
@@ -247,11 +248,6 @@ def _emit_json(doc: dict) -> None:
     sys.stdout.flush()
 
 
-def _console() -> Console:
-    # piped output is not cut at 80 columns
-    return Console(soft_wrap=False) if sys.stdout.isatty() else Console(width=200, soft_wrap=False)
-
-
 def _parse(text_value: str, now: datetime, flag: str) -> int:
     try:
         return to_ms(parse_instant(text_value, now))
@@ -311,7 +307,7 @@ async def cmd_at(args: argparse.Namespace, bootstrap: str) -> int:
         if args.json:
             _emit_json(doc)
         else:
-            text.print_node(_console(), doc)
+            text.print_node(text.console(), doc)
         return EXIT_OK
     if args.service and args.service not in report.services_known(state):
         raise NotFound(f"service {args.service!r} is unknown at {iso(at_ms)}"
@@ -322,7 +318,7 @@ async def cmd_at(args: argparse.Namespace, bootstrap: str) -> int:
     if args.json:
         _emit_json(doc)
     else:
-        text.print_mesh(_console(), doc, limit=args.limit)
+        text.print_mesh(text.console(), doc, limit=args.limit)
     return EXIT_OK
 
 
@@ -352,7 +348,7 @@ async def cmd_diff(args: argparse.Namespace, bootstrap: str) -> int:
     if args.json:
         _emit_json(doc)
     else:
-        text.print_diff(_console(), doc)
+        text.print_diff(text.console(), doc)
     return EXIT_OK
 
 
@@ -438,7 +434,7 @@ async def cmd_log(args: argparse.Namespace, bootstrap: str) -> int:
     if args.json:
         _emit_json(doc)
     else:
-        text.print_log(_console(), doc)
+        text.print_log(text.console(), doc)
     return EXIT_OK
 
 
@@ -500,8 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         code = asyncio.run(COMMANDS[args.command](args, bootstrap))
-    except ReplayError as exc:
-        print(f"replay: {exc}", file=sys.stderr)
+    except ReplayError as exc:  # (may quote names from the log)
+        print(f"replay: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except ReadStalled as exc:
         print(f"replay: {exc}", file=sys.stderr)

@@ -11,6 +11,7 @@ escapes control characters itself.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from rich.console import Console
@@ -24,11 +25,13 @@ _HEALTH_STYLE = {"healthy": "green", "unhealthy": "red", "draining": "yellow"}
 
 
 def console(file=None) -> Console:
-    """Where the print functions below print (stdout by default), with no markup; output that is not a
-    terminal is not cut at 80 columns."""
+    """Where the print functions below print (stdout by default), with no markup. Output that is not a
+    terminal is $COLUMNS wide (how the demo fits replay's tables into its panels), else 200, not 80."""
     if file is None and sys.stdout.isatty():
         return plain_console(soft_wrap=False)
-    return plain_console(file=file, width=200, soft_wrap=False)
+    columns = os.environ.get("COLUMNS", "")
+    width = int(columns) if columns.isdigit() and 20 <= int(columns) <= 1000 else 200
+    return plain_console(file=file, width=width, soft_wrap=False)
 
 
 def _kind(type_url: str) -> str:

@@ -30,11 +30,14 @@ from pydantic import (
 
 from events import topics
 
-_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
-_INSTANCE_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._:-]{0,126}[A-Za-z0-9])?$")
-_LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
-_HEADER_RE = re.compile(r"^:?[a-z0-9!#$%&'*+.^_`|~-]+$")
-_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+# \Z, not $: $ also matches before a trailing newline, which would let "web-1\n" through
+_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?\Z")
+_INSTANCE_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._:-]{0,126}[A-Za-z0-9])?\Z")
+_LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?\Z")
+_HEADER_RE = re.compile(r"^:?[a-z0-9!#$%&'*+.^_`|~-]+\Z")
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # no leading zeros, as ipaddress
+_IPV4_RE = re.compile(rf"^{_OCTET}(\.{_OCTET}){{3}}\Z")
+_HOSTNAME_RE = re.compile(r"^(?=.{1,253}\Z)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z")
 
 
 def _service_name(value: str) -> str:
@@ -70,11 +73,8 @@ def check_address(value: str) -> str:
         # A name whose last label is all digits is read as an IPv4 literal by resolvers and
         # Envoy alike ("1.2.3" is 1.2.0.3 to inet_aton), never as a host name: it must be a
         # valid dotted-quad or nothing.
-        if value.rpartition(".")[2].isdigit():
-            try:
-                ipaddress.IPv4Address(value)
-            except ValueError:
-                raise ValueError("looks like an IPv4 address but is not one (four numbers 0-255)") from None
+        if value[-1].isdigit() and value.rpartition(".")[2].isdigit() and not _IPV4_RE.match(value):
+            raise ValueError("looks like an IPv4 address but is not one (four numbers 0-255)")
         return value
     try:
         ipaddress.ip_address(value)

@@ -36,12 +36,6 @@ def printable(text: str, limit: int = DEFAULT_LIMIT) -> str:
     return safe if len(text) <= limit else f"{safe}… ({len(text) - limit} more characters)"
 
 
-def printable_lines(text: str, limit: int = DEFAULT_LIMIT) -> str:
-    """Like ``printable`` but keeps line breaks (for our own multi-line messages)."""
-    return "\n".join(printable(line, limit) for line in text[:limit].split("\n")) + (
-        f"… ({len(text) - limit} more characters)" if len(text) > limit else "")
-
-
 def plain_strings(doc: Any, limit: int = DEFAULT_LIMIT) -> Any:
     """A copy of a JSON-like document with every string (keys too) passed through ``printable``."""
     if isinstance(doc, str):

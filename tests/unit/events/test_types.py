@@ -63,6 +63,13 @@ def test_node_ids_follow_the_instance_id_characters(node_id):
     assert "node_id" in problems(t.InstanceRegistered, {**REG, "node_id": node_id})
 
 
+@pytest.mark.parametrize("field", ["service", "instance_id", "address", "node_id"])
+def test_no_name_may_end_in_a_newline(field):
+    # a regex anchored with $ also matches before a trailing newline
+    value = {"service": "reviews", "instance_id": "reviews-1", "address": "10.0.0.5", "node_id": "n1"}[field]
+    assert field in problems(t.InstanceRegistered, {**REG, field: value + "\n"})
+
+
 def test_ordinary_node_ids_are_accepted():
     for node_id in ("web-1", "reviews-v1-a", "sidecar.ns_1:a", "A" * 128):
         assert validate_payload(t.InstanceRegistered, {**REG, "node_id": node_id}).node_id == node_id

@@ -24,12 +24,16 @@ from replay.report import KIND_OF_TYPE
 _HEALTH_STYLE = {"healthy": "green", "unhealthy": "red", "draining": "yellow"}
 
 
+WIDTH_VAR = "MESHLOG_REPLAY_WIDTH"
+
+
 def console(file=None) -> Console:
     """Where the print functions below print (stdout by default), with no markup. Output that is not a
-    terminal is $COLUMNS wide (how the demo fits replay's tables into its panels), else 200, not 80."""
+    terminal is 200 columns wide, not 80 (a $COLUMNS exported by a shell does not narrow it), or
+    $MESHLOG_REPLAY_WIDTH: how the demo fits replay's tables into its panels."""
     if file is None and sys.stdout.isatty():
         return plain_console(soft_wrap=False)
-    columns = os.environ.get("COLUMNS", "")
+    columns = os.environ.get(WIDTH_VAR, "")
     width = int(columns) if columns.isdigit() and 20 <= int(columns) <= 1000 else 200
     return plain_console(file=file, width=width, soft_wrap=False)
 

@@ -38,6 +38,7 @@ from meshlog.demo.events_tail import EventTail
 from meshlog.demo.stack import DemoStack
 from meshlog.demo.traffic import Traffic
 from meshlog.procs import BIN
+from replay.text import WIDTH_VAR
 
 SCENES = ("baseline", "canary", "failing-instance", "gateway-kill", "replay")
 PRODUCER = "meshlog-demo"
@@ -123,9 +124,9 @@ def replay_cli(demo: Demo, *args: str, json_out: bool = False) -> tuple[int, str
     if json_out:
         argv.append("--json")
     # its tables are printed inside the demo's own output, as wide as that has room for (a panel on the live
-    # screen, 120 columns in the headless lines): wider lines would wrap and break the tables' box edges
+    # screen; 200 columns in the headless lines): wider lines would wrap and break the tables' box edges
     width = str(demo.report.block_width)
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": width})
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**os.environ, WIDTH_VAR: width})
     return result.returncode, result.stdout + (result.stderr if result.returncode else "")
 
 

@@ -30,7 +30,7 @@ class PlainReporter:
         self.t0 = time.monotonic()
         self.checks: list[tuple[str, bool, str]] = []
 
-    block_width = 120  # columns the blocks (replay's tables) are printed in
+    block_width = 200  # columns the blocks (replay's tables) are printed in: wide, for logs
 
     def _line(self, text: str) -> None:
         print(f"[{time.monotonic() - self.t0:6.1f}s] {printable(text, 2000)}", file=self.out, flush=True)

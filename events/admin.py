@@ -55,6 +55,17 @@ class AppendFailed(BrokerUnavailable):
     """A send was attempted but not acknowledged in time: its outcome is unknown."""
 
 
+class TopicsMissing(BrokerUnavailable):
+    """The broker answers but lacks a topic meshlog writes to; nothing was sent."""
+
+    def __init__(self, bootstrap: str, missing: Iterable[str]):
+        self.missing = sorted(missing)
+        super().__init__(
+            f"Kafka at {bootstrap} has no topic {', '.join(self.missing)}: create meshlog's topics with "
+            f"`meshlog topics ensure` (`meshlog kafka up` does it for the broker it starts)"
+        )
+
+
 async def connect_admin(bootstrap: str, timeout_s: float = 15.0) -> AIOKafkaAdminClient:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
     try:

@@ -8,6 +8,9 @@ Invariants:
   read_committed consumers (the projector and replay read that way).
 - Every network step has a deadline; a broker that does not answer becomes
   ``BrokerUnavailable`` with the address in its message, never a hang.
+- Nothing is sent to a topic the broker does not have: that is
+  ``TopicsMissing`` at once (one metadata request), not aiokafka's retry loop
+  logging "Topic ... not found" until the deadline.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Sequence
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from events.admin import AppendFailed, BrokerUnavailable
+from events.admin import AppendFailed, BrokerUnavailable, TopicsMissing
 from events.codec import encode
 from events.envelope import Envelope
 
@@ -65,6 +68,7 @@ class EventProducer:
             **kwargs,
         )
         self._started = False
+        self._topics_seen: set[str] = set()
 
     async def __aenter__(self) -> "EventProducer":
         try:
@@ -86,6 +90,19 @@ class EventProducer:
         except Exception:  # noqa: BLE001 - shutting down after a failure must not mask it
             pass
 
+    async def _require_topics(self, topics: set[str]) -> None:
+        if topics <= self._topics_seen:
+            return
+        try:
+            metadata = await asyncio.wait_for(self._producer.client.fetch_all_metadata(), self._timeout_s)
+        except (asyncio.TimeoutError, KafkaError) as exc:
+            raise BrokerUnavailable(
+                f"Kafka at {self._bootstrap} did not answer within {self._timeout_s:g}s ({type(exc).__name__})"
+            ) from None
+        self._topics_seen = set(metadata.topics())
+        if not topics <= self._topics_seen:
+            raise TopicsMissing(self._bootstrap, topics - self._topics_seen)
+
     async def _send(self, env: Envelope):
         return await self._producer.send(env.topic, value=encode(env), key=env.key.encode())
 
@@ -94,6 +111,7 @@ class EventProducer:
         return Appended(env.event_id, env.type, env.key, meta.topic, meta.partition, meta.offset, meta.timestamp)
 
     async def append(self, env: Envelope) -> Appended:
+        await self._require_topics({env.topic})
         try:
             future = await asyncio.wait_for(self._send(env), self._timeout_s)
             meta = await asyncio.wait_for(future, self._timeout_s)
@@ -105,6 +123,7 @@ class EventProducer:
 
     async def append_many(self, envs: Sequence[Envelope]) -> list[Appended]:
         """Append all of ``envs`` in one transaction (the producer must be transactional)."""
+        await self._require_topics({env.topic for env in envs})
         try:
             async with self._producer.transaction():
                 futures = [await asyncio.wait_for(self._send(env), self._timeout_s) for env in envs]

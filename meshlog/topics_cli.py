@@ -9,6 +9,7 @@ import sys
 import orjson
 
 from events.admin import BrokerUnavailable, ensure_topics
+from meshlog import argtypes
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 
 
@@ -20,7 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="create missing topics; report (never change) topics whose settings differ",
         epilog="Exit codes: 0 all topics as specified; 1 some topic differs (left unchanged); 3 broker unreachable.",
     )
-    ensure.add_argument("--bootstrap", help="Kafka address (default: $MESHLOG_KAFKA_BOOTSTRAP or `meshlog kafka up`'s)")
+    ensure.add_argument("--bootstrap", type=argtypes.bootstrap, metavar="HOST:PORT[,HOST:PORT]", help="Kafka address (default: $MESHLOG_KAFKA_BOOTSTRAP or `meshlog kafka up`'s)")
     ensure.add_argument("--json", action="store_true", help="print the report as JSON")
     ensure.set_defaults(func=run_ensure)
     return topics

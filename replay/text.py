@@ -1,16 +1,41 @@
-"""Human output (rich tables) drawn from the documents in ``replay.report``."""
+"""Human output (rich tables) drawn from the documents in ``replay.report``.
+
+Invariant: this is the one place replay renders text, and every string in a
+document (names, keys, producers, reasons: all of it came from the log) is
+shown as plain text — control characters escaped, each string bounded
+(``meshlog.terminal.plain_strings``), never read as Rich markup or emoji
+codes (print through ``console()``). ``--json`` output is orjson's, which
+escapes control characters itself.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from meshlog.terminal import plain_console, plain_strings
 from replay.report import KIND_OF_TYPE
 
 _HEALTH_STYLE = {"healthy": "green", "unhealthy": "red", "draining": "yellow"}
+
+
+WIDTH_VAR = "MESHLOG_REPLAY_WIDTH"
+
+
+def console(file=None) -> Console:
+    """Where the print functions below print (stdout by default), with no markup. Output that is not a
+    terminal is 200 columns wide, not 80 (a $COLUMNS exported by a shell does not narrow it), or
+    $MESHLOG_REPLAY_WIDTH: how the demo fits replay's tables into its panels."""
+    if file is None and sys.stdout.isatty():
+        return plain_console(soft_wrap=False)
+    columns = os.environ.get(WIDTH_VAR, "")
+    width = int(columns) if columns.isdigit() and 20 <= int(columns) <= 1000 else 200
+    return plain_console(file=file, width=width, soft_wrap=False)
 
 
 def _kind(type_url: str) -> str:
@@ -40,6 +65,7 @@ def _limited(console: Console, table: Table, rows: list, limit: int, what: str, 
 
 
 def print_mesh(console: Console, doc: dict, limit: int = 50) -> None:
+    doc = plain_strings(doc)
     title = f"mesh as of {doc['at']}"
     if doc["filter"].get("service"):
         title += f" — service {doc['filter']['service']}"
@@ -121,12 +147,13 @@ def _type_order(type_url: str) -> int:
 
 
 def print_node(console: Console, doc: dict) -> None:
+    doc = plain_strings(doc)
     console.print(Text(f"node {doc['node']} as of {doc['at']}", style="bold"))
     console.print(Text(_source_line(doc), style="dim"))
     inst = doc["instance"]
     if inst:
-        console.print(f"instance {inst['service']}/{inst['instance_id']} at {inst['address']}:{inst['port']} "
-                      f"({inst['health']}), depends on {', '.join(inst['depends_on']) or 'nothing'}")
+        console.print(Text(f"instance {inst['service']}/{inst['instance_id']} at {inst['address']}:{inst['port']} "
+                           f"({inst['health']}), depends on {', '.join(inst['depends_on']) or 'nothing'}"))
     table = Table(title="served resources", title_justify="left")
     for col in ("type", "name", "version"):
         table.add_column(col)
@@ -153,6 +180,7 @@ def _causes(refs: list[dict]) -> str:
 
 
 def print_diff(console: Console, doc: dict) -> None:
+    doc = plain_strings(doc)
     scope = f"node {doc['node']}" if doc["node"] else "whole mesh"
     console.print(Text(f"diff {doc['from']} → {doc['to']} ({scope}): {doc['events']} events", style="bold"))
     if not doc["exact"]:
@@ -174,7 +202,7 @@ def print_diff(console: Console, doc: dict) -> None:
     nodes = doc["nodes"]
     for what in ("added", "removed", "changed"):
         if nodes[what]:
-            console.print(f"nodes {what}: {', '.join(nodes[what])}")
+            console.print(Text(f"nodes {what}: {', '.join(nodes[what])}"))
     for j in doc["rejections"]:
         console.print(Text(f"rejected {j['kind_of_rule']} {j['name']} r{j['revision']} at {j['time']}: {j['reason']}",
                            style="red"))
@@ -207,6 +235,7 @@ def _effect(e: dict, groups: list[dict]) -> str:
 
 
 def print_log(console: Console, doc: dict) -> None:
+    doc = plain_strings(doc)
     scope = ", ".join(f"{k} {v}" for k, v in doc["filter"].items()) or "everything"
     console.print(Text(f"log {doc['from']} → {doc['to']} ({scope}): {len(doc['entries'])} entries", style="bold"))
     if not doc["exact"]:

@@ -24,6 +24,7 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from meshlog import argtypes
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 from xds_gateway import metrics
 from xds_gateway.server import AdsServicer, add_to_server
@@ -37,12 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xds-gateway", description="Stateless delta/SotW xDS server over meshlog's views.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="serve ADS until SIGTERM")
-    run.add_argument("--bootstrap", help="Kafka address (default: $MESHLOG_KAFKA_BOOTSTRAP or `meshlog kafka up`'s)")
+    run.add_argument("--bootstrap", type=argtypes.bootstrap, metavar="HOST:PORT[,HOST:PORT]", help="Kafka address (default: $MESHLOG_KAFKA_BOOTSTRAP or `meshlog kafka up`'s)")
     run.add_argument("--listen", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    run.add_argument("--port", type=int, default=18000, help="gRPC port; 0 picks a free one (default 18000)")
-    run.add_argument("--http-port", type=int, default=0, help="HTTP port for /ready and /metrics; 0 picks one")
-    run.add_argument("--grace", type=float, default=2.0, help="seconds open streams get on shutdown (default 2)")
-    run.add_argument("--write-timeout", type=float, default=30.0,
+    run.add_argument("--port", type=argtypes.port_or_free, default=18000, help="gRPC port; 0 picks a free one (default 18000)")
+    run.add_argument("--http-port", type=argtypes.port_or_free, default=0, help="HTTP port for /ready and /metrics; 0 picks one")
+    run.add_argument("--grace", type=argtypes.seconds(0, 600, low_inclusive=True), default=2.0, help="seconds open streams get on shutdown (default 2)")
+    run.add_argument("--write-timeout", type=argtypes.seconds(0, 3600), default=30.0,
                      help="close a stream whose client has not read a response for this long (default 30)")
     run.add_argument("--ready-file", help="write the bound ports as JSON to this file once ready")
     run.add_argument("--log-level", default="INFO")

@@ -38,6 +38,7 @@ from meshlog.demo.events_tail import EventTail
 from meshlog.demo.stack import DemoStack
 from meshlog.demo.traffic import Traffic
 from meshlog.procs import BIN
+from replay.text import WIDTH_VAR
 
 SCENES = ("baseline", "canary", "failing-instance", "gateway-kill", "replay")
 PRODUCER = "meshlog-demo"
@@ -49,6 +50,7 @@ class Reporter(Protocol):
     def step(self, text: str) -> None: ...
     def check(self, name: str, ok: bool, detail: str) -> None: ...
     def block(self, title: str, text: str) -> None: ...
+    block_width: int  # columns a block's text may use
 
 
 @dataclass
@@ -121,8 +123,10 @@ def replay_cli(demo: Demo, *args: str, json_out: bool = False) -> tuple[int, str
     argv = [str(BIN / "replay"), *args, "--bootstrap", demo.stack.bootstrap, "--no-progress"]
     if json_out:
         argv.append("--json")
-    # its tables are printed inside the demo's own output: a fixed width keeps them readable in logs
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "120"})
+    # its tables are printed inside the demo's own output, as wide as that has room for (a panel on the live
+    # screen; 200 columns in the headless lines): wider lines would wrap and break the tables' box edges
+    width = str(demo.report.block_width)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**os.environ, WIDTH_VAR: width})
     return result.returncode, result.stdout + (result.stderr if result.returncode else "")
 
 

@@ -56,6 +56,10 @@ def _instance_id(value: str) -> str:
     return value
 
 
+#: The longest node id a registration may carry (the instance-id rule); gateways refuse longer ones.
+NODE_ID_MAX_LENGTH = 128
+
+
 def _node_id(value: str) -> str:
     # same characters as an instance id: a node id is printed by replay and the gateway's logs
     # and is part of resource names, so no control characters, spaces or markup

@@ -37,6 +37,7 @@ from typing import Callable
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+from events import types
 from meshlog.logbounds import Throttle, excerpt
 from xds_gateway import metrics
 from xds_gateway.protocol.delta import DeltaStream
@@ -49,9 +50,8 @@ _EOF = object()
 _VIEW = object()  # "the node's view changed": at most one queued per stream, so bursts coalesce
 _OVERRUN = object()
 
-#: The longest node id a stream may carry: what a registration may name (``events.types``,
-#: ``node_id`` max_length); a longer one can never be in the view.
-NODE_ID_MAX_LENGTH = 256
+#: The longest node id a stream may carry is what a registration may name: a longer one can never be in the view.
+NODE_ID_MAX_LENGTH = types.NODE_ID_MAX_LENGTH
 _MESSAGE_EXCERPT = 300  # characters of a NACK's error_detail.message that reach the log
 NACK_LOG_BURST, NACK_LOG_INTERVAL_S = 5, 10.0  # per stream: NACK lines logged at once, then one per interval
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-PACKAGES = ("events", "registrar", "projector", "xds_gateway", "proxy", "replay", "meshlog")
+PACKAGES = ("events", "registrar", "projector", "xds_gateway", "proxy", "replay", "meshlog", "identity")
 
 # declared, needed, and never imported
 NOT_IMPORTED = {

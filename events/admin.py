@@ -20,6 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from events.kafka_security import KafkaSecurity, connection_kwargs
 from events.topics import ALL_TOPICS, TopicSpec
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,9 @@ class AppendFailed(BrokerUnavailable):
     """A send was attempted but not acknowledged in time: its outcome is unknown."""
 
 
-async def connect_admin(bootstrap: str, timeout_s: float = 15.0) -> AIOKafkaAdminClient:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+async def connect_admin(bootstrap: str, timeout_s: float = 15.0, *,
+                        security: KafkaSecurity | None = None) -> AIOKafkaAdminClient:
+    admin = AIOKafkaAdminClient(**connection_kwargs(bootstrap, security), request_timeout_ms=int(timeout_s * 1000))
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
     except (asyncio.TimeoutError, KafkaError, OSError) as exc:
@@ -80,11 +82,12 @@ def _configs_from_response(responses) -> dict[str, dict[str, str]]:
 
 
 async def ensure_topics(
-    bootstrap: str, specs: Iterable[TopicSpec] = ALL_TOPICS, *, timeout_s: float = 30.0
+    bootstrap: str, specs: Iterable[TopicSpec] = ALL_TOPICS, *, timeout_s: float = 30.0,
+    security: KafkaSecurity | None = None,
 ) -> TopicReport:
     specs = list(specs)
     report = TopicReport()
-    admin = await connect_admin(bootstrap, timeout_s)
+    admin = await connect_admin(bootstrap, timeout_s, security=security)
     try:
         existing = set(await admin.list_topics())
         missing = [s for s in specs if s.name not in existing]

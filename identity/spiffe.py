@@ -7,6 +7,8 @@ Scheme (``<domain>`` is the trust domain, e.g. ``mesh.local``)::
     spiffe://<domain>/projector
     spiffe://<domain>/checker/<name>
     spiffe://<domain>/operator/<user>
+    spiffe://<domain>/replay/<name>
+    spiffe://<domain>/kafka/<name>      (the broker and its admin: Kafka super users)
     spiffe://<domain>/ca
 
 Invariants:
@@ -42,6 +44,8 @@ ROLES: Mapping[str, tuple[str, ...]] = {
     "projector": (),
     "checker": ("name",),
     "operator": ("user",),
+    "replay": ("name",),
+    "kafka": ("name",),
     "ca": (),
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from typing import Sequence
 
@@ -65,7 +66,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     up.add_argument("--data-dir", metavar="DIR",
                     help="broker data directory (default: a new temp dir); an existing meshlog data dir is reused")
-    up.add_argument("--port", type=int, metavar="PORT", help="PLAINTEXT port (default: a free port)")
+    up.add_argument("--port", type=int, metavar="PORT", help="client port (default: a free port)")
+    up.add_argument("--secure", action="store_true",
+                    help="TLS listeners that require a client certificate from the broker's CA (DATA_DIR/tls/ca), "
+                    "principals from the certificate's role, ACLs enforced; prints the admin identity's "
+                    "MESHLOG_KAFKA_* variables (apply the ACL table with `meshlog topics ensure`)")
     up.add_argument("--timeout", type=float, default=kl.DEFAULT_START_TIMEOUT, metavar="SECONDS",
                     help="start-up timeout, not counting the one-time jar download (default: %(default)s)")
     common(up)
@@ -151,11 +156,14 @@ def _emit(args: argparse.Namespace, text: str, payload: dict) -> None:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    st = kl.up(data_dir=args.data_dir, port=args.port, start_timeout=args.timeout)
+    st = kl.up(data_dir=args.data_dir, port=args.port, start_timeout=args.timeout, secure=args.secure)
     assert st.state is not None
     if not st.already_running:
         log.info("started Kafka %s at %s (pid %d); data %s; log %s",
                  st.state.version, st.state.bootstrap, st.state.pid, st.state.data_dir, st.state.log_path)
+    if st.state.security_env:
+        log.info("secure broker; CA in %s/tls/ca. The admin identity (a super user):\n%s", st.state.data_dir,
+                 "\n".join(f"  export {k}={shlex.quote(v)}" for k, v in sorted(st.state.security_env.items())))
     _emit(args, st.state.bootstrap, st.as_dict())
     return EXIT_OK
 

@@ -35,6 +35,7 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 from xml.sax.saxutils import escape as _xml_escape
@@ -82,8 +83,8 @@ ENV_BOOTSTRAP = "MESHLOG_KAFKA_BOOTSTRAP"
 ENV_JVM_OPTS = "MESHLOG_KAFKA_JVM_OPTS"
 ENV_IMAGE = "MESHLOG_KAFKA_IMAGE"
 
-# --secure: a certificate's CN is its SPIFFE path (``sidecar/reviews/i1``); the principal is its first
-# segment, the role (``User:sidecar``), which is what events.kafka_acls grants to. Any other subject keeps
+# --secure: a certificate's CN is its SPIFFE path (``sidecar/reviews/i1``, identity.spiffe); the principal is
+# its first segment, the role (``User:sidecar``), which is what events.kafka_acls grants to. Any other subject keeps
 # Kafka's default principal (the whole DN), which no ACL names. ('/' is escaped inside a rule.)
 PRINCIPAL_MAPPING_RULES = r"RULE:^CN=([a-z][a-z0-9-]*)(\/[^,]*)?(,.*)?$/$1/,DEFAULT"
 AUTHORIZER_CLASS = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
@@ -897,19 +898,17 @@ class LocalKafka:
         return self._require_data_dir() / TLS_DIR_NAME
 
     def _prepare_tls(self) -> dict[str, str]:
+        from identity import spiffe
         from meshlog import kafka_tls
 
-        tls = self.tls_dir
-        if (tls / "ca.crt").exists() and (tls / "ca.key").exists():
-            ca = kafka_tls.load_ca(tls)
-        else:
-            ca = kafka_tls.new_ca()
-            kafka_tls.write_ca(tls, ca)
-        broker = kafka_tls.write(tls, kafka_tls.BROKER_IDENTITY,
-                                 kafka_tls.issue(ca, kafka_tls.BROKER_IDENTITY, hosts=(HOST, "localhost"), days=30))
-        kafka_tls.write(tls, kafka_tls.ADMIN_IDENTITY, kafka_tls.issue(ca, kafka_tls.ADMIN_IDENTITY, days=30))
-        return secure_properties(keystore=broker.keystore, truststore=tls / "ca.crt",
-                                 super_users=(kafka_tls.BROKER_IDENTITY, kafka_tls.ADMIN_IDENTITY))
+        ca = kafka_tls.ensure_ca(self.tls_dir)
+        broker_id = spiffe.SpiffeId.of(ca.domain, kafka_tls.KAFKA_ROLE, kafka_tls.BROKER_NAME)
+        broker_dir = kafka_tls.identity_dir(self.tls_dir, broker_id)
+        files = kafka_tls.issue_files(ca, broker_id, broker_dir, server_names=(HOST, "localhost"),
+                                      lifetime=kafka_tls.LOCAL_LIFETIME)
+        self.security_for(f"{kafka_tls.KAFKA_ROLE}/{kafka_tls.ADMIN_NAME}", lifetime=kafka_tls.LOCAL_LIFETIME)
+        return secure_properties(keystore=broker_dir / kafka_tls.KEYSTORE_FILE, truststore=files.bundle,
+                                 super_users=(kafka_tls.KAFKA_ROLE,))
 
     @property
     def admin_security(self) -> KafkaSecurity | None:
@@ -918,21 +917,23 @@ class LocalKafka:
             return None
         from meshlog import kafka_tls
 
-        return self.security_for(kafka_tls.ADMIN_IDENTITY)
+        return self.security_for(f"{kafka_tls.KAFKA_ROLE}/{kafka_tls.ADMIN_NAME}")
 
-    def security_for(self, identity: str) -> KafkaSecurity:
-        """Client settings for ``identity`` (``sidecar/reviews/i1``: principal ``User:sidecar``), issuing its
-        certificate from this broker's CA into ``tls_dir`` if it has none yet."""
+    def security_for(self, path: str, *, lifetime: timedelta | None = None) -> KafkaSecurity:
+        """Client settings for the identity ``spiffe://<domain>/<path>`` (``sidecar/reviews/i1``: principal
+        ``User:sidecar``), issued from this broker's CA into ``tls_dir`` unless it is there already."""
+        from identity import pki, spiffe
         from meshlog import kafka_tls
 
         if not self.secure:
             raise KafkaLauncherError("security_for: this broker is not secure")
-        tls = self.tls_dir
-        name = identity.replace("/", "_")
-        if not (tls / f"{name}.crt").exists():
-            kafka_tls.write(tls, name, kafka_tls.issue(kafka_tls.load_ca(tls), identity, days=30))
-        return KafkaSecurity(protocol="SSL", ca_file=str(tls / "ca.crt"), cert_file=str(tls / f"{name}.crt"),
-                             key_file=str(tls / f"{name}.key"))
+        ca = kafka_tls.ensure_ca(self.tls_dir)
+        ident = spiffe.parse(f"spiffe://{ca.domain}/{path}")
+        directory = kafka_tls.identity_dir(self.tls_dir, ident)
+        files = pki.IdentityFiles.in_dir(directory)
+        if lifetime is not None or not files.cert.exists():
+            files = kafka_tls.issue_files(ca, ident, directory, lifetime=lifetime or pki.DEFAULT_LIFETIME)
+        return kafka_tls.security_of(files)
 
     def _choose_ports(self) -> tuple[int, int]:
         taken = [p for p in (self._fixed_port, self._fixed_controller_port) if p]

@@ -43,6 +43,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from events import topics
+from events.kafka_security import connection_kwargs
 from xds_gateway.protocol.resources import VersionedResource, make_resource
 
 log = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ class ViewTail:
 
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **connection_kwargs(self.bootstrap),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

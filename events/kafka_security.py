@@ -29,6 +29,7 @@ import ipaddress
 import logging
 import os
 import ssl
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -130,7 +131,7 @@ class KafkaSecurity:
         """The environment's settings with each flag given on the command line taking precedence."""
         given = _env_values(os.environ if environ is None else environ)
         for name in ("protocol", "ca_file", "cert_file", "key_file", "sasl_mechanism", "sasl_username"):
-            value = getattr(args, "kafka_" + name, None)
+            value = getattr(args, _SOURCES[name][0].lstrip("-").replace("-", "_"), None)
             if value:
                 given[name] = value
         password_file = getattr(args, "kafka_sasl_password_file", None)
@@ -293,8 +294,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def configure_from_args(args: argparse.Namespace) -> KafkaSecurity:
-    """Read flags over the environment, install the result for this process and return it."""
+    """Read flags over the environment, check that the TLS files load, install the result and return it."""
     security = KafkaSecurity.from_args(args)
+    security.client_kwargs()  # a missing or mismatched file is a usage error now, not a traceback at first connect
     configure(security)
     return security
 
@@ -309,3 +311,12 @@ def to_env(security: KafkaSecurity) -> dict[str, str]:
         if value:
             env[var] = value
     return env
+
+
+def configure_from_args_or_exit(args: argparse.Namespace, prog: str) -> KafkaSecurity:
+    """:func:`configure_from_args` for a CLI's ``main``: bad settings print the reason and exit 2."""
+    try:
+        return configure_from_args(args)
+    except KafkaSecurityError as exc:
+        print(f"{prog}: invalid input: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

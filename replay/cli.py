@@ -31,6 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from events import topics
 from events.codec import decode_record
 from events.errors import EventValidationError
+from events import kafka_security
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 from projector.deadletter import parse_dead_letter
 from projector.render import render
@@ -82,6 +83,7 @@ log = logging.getLogger("replay")
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", metavar="HOST:PORT",
                    help="Kafka address (default: $MESHLOG_KAFKA_BOOTSTRAP, else the broker of `meshlog kafka up`)")
+    kafka_security.add_arguments(p)
     p.add_argument("--timeout", type=float, default=15.0, metavar="S",
                    help="seconds to wait for the broker to answer (default 15)")
     prog = p.add_mutually_exclusive_group()
@@ -472,6 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     args = parser.parse_args(normalize_argv(raw))
+    kafka_security.configure_from_args_or_exit(args, "replay")
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE

@@ -24,6 +24,7 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from events import kafka_security
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 from xds_gateway import metrics
 from xds_gateway.server import AdsServicer, add_to_server
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="serve ADS until SIGTERM")
     run.add_argument("--bootstrap", help="Kafka address (default: $MESHLOG_KAFKA_BOOTSTRAP or `meshlog kafka up`'s)")
+    kafka_security.add_arguments(run)
     run.add_argument("--listen", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     run.add_argument("--port", type=int, default=18000, help="gRPC port; 0 picks a free one (default 18000)")
     run.add_argument("--http-port", type=int, default=0, help="HTTP port for /ready and /metrics; 0 picks one")
@@ -149,6 +151,7 @@ async def serve(args: argparse.Namespace, bootstrap: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    kafka_security.configure_from_args_or_exit(args, "xds-gateway")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     try:

@@ -18,7 +18,7 @@ from typing import Iterable
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, TopicAuthorizationFailedError
 
 from events.kafka_security import KafkaSecurity, connection_kwargs
 from events.topics import ALL_TOPICS, TopicSpec
@@ -50,6 +50,10 @@ class TopicReport:
 
 class BrokerUnavailable(RuntimeError):
     """The broker did not answer within the allowed time; nothing was sent."""
+
+
+class NotAuthorized(RuntimeError):
+    """The broker refused this identity an operation (Kafka's ACLs); nothing was changed."""
 
 
 class AppendFailed(BrokerUnavailable):
@@ -108,6 +112,12 @@ async def ensure_topics(
                 if code == TopicAlreadyExistsError.errno:
                     # created meanwhile (by a concurrent ensure, or metadata lagged): check it like any other
                     existing.add(s.name)
+                elif code == TopicAuthorizationFailedError.errno:
+                    # a topic this identity may not even describe looks missing; creating it is the admin's job
+                    raise NotAuthorized(
+                        f"topic {s.name} is missing or not visible to this identity, which may not create it "
+                        f"(Kafka error {code}, TOPIC_AUTHORIZATION_FAILED): run `meshlog topics ensure` as the Kafka admin"
+                    )
                 elif code:
                     raise RuntimeError(f"creating topic {s.name} failed with Kafka error code {code}")
                 else:

@@ -81,7 +81,7 @@ ACL_TABLE: Mapping[str, tuple[Grant, ...]] = MappingProxyType({
     PROJECTOR: (
         *_topics(_EVENTS, READ),
         *_topics(_PROJECTOR_OUTPUT, READ, WRITE),
-        *_topics(_ALL, DESCRIBE_CONFIGS),  # `projector run` checks every topic's settings on start
+        *_topics(_ALL, DESCRIBE, DESCRIBE_CONFIGS),  # `projector run` checks every topic's settings on start
         Grant(TRANSACTIONAL_ID, PROJECTOR_TRANSACTIONAL_PREFIX, (WRITE, DESCRIBE), PREFIXED),
     ),
     GATEWAY: _topics((topics.VIEW_RESOURCES, topics.VIEW_MEMBERSHIP), READ),

@@ -10,10 +10,10 @@ import sys
 import orjson
 
 from events import kafka_security
-from events.admin import BrokerUnavailable, ensure_topics
+from events.admin import BrokerUnavailable, NotAuthorized, ensure_topics
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 
-EXIT_ACLS = 4
+EXIT_NOT_AUTHORIZED = 4
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -23,7 +23,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "ensure",
         help="create missing topics; report (never change) topics whose settings differ; apply ACLs (secure broker)",
         epilog="Exit codes: 0 all topics as specified; 1 some topic differs (left unchanged); 2 bad security "
-               f"settings; 3 broker unreachable; {EXIT_ACLS} ACLs could not be applied. With a security protocol "
+               f"settings; 3 broker unreachable; {EXIT_NOT_AUTHORIZED} this identity may not create the topics or "
+               "apply the ACLs (or applying them failed). With a security protocol "
                "other than PLAINTEXT the ACL table is applied too (needs a super user's identity).",
     )
     ensure.add_argument("--bootstrap", help="Kafka address (default: $MESHLOG_KAFKA_BOOTSTRAP or `meshlog kafka up`'s)")
@@ -45,6 +46,9 @@ def run_ensure(args: argparse.Namespace) -> int:
     except (NoBrokerAddress, BrokerUnavailable) as exc:
         print(f"meshlog: {exc}", file=sys.stderr)
         return 3
+    except NotAuthorized as exc:
+        print(f"meshlog: {exc}", file=sys.stderr)
+        return EXIT_NOT_AUTHORIZED
     acls = None
     if security.secure:
         from meshlog.kafka_acl_apply import AclApplyFailed, apply_acls
@@ -53,7 +57,7 @@ def run_ensure(args: argparse.Namespace) -> int:
             acls = apply_acls(bootstrap, security)
         except AclApplyFailed as exc:
             print(f"meshlog: {exc}", file=sys.stderr)
-            return EXIT_ACLS
+            return EXIT_NOT_AUTHORIZED
     if args.json:
         out = {"created": report.created, "ok": report.ok, "mismatches": [str(m) for m in report.mismatches]}
         if acls is not None:

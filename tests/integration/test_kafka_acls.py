@@ -11,8 +11,13 @@ this CA never get in.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -24,7 +29,7 @@ from aiokafka.errors import (
 )
 
 from events import topics
-from events.admin import BrokerUnavailable, connect_admin, ensure_topics
+from events.admin import BrokerUnavailable, NotAuthorized, connect_admin, ensure_topics
 from events.envelope import new_event
 from events.kafka_acls import (
     ACL_TABLE,
@@ -39,7 +44,7 @@ from events.kafka_acls import (
     TOPIC,
     WRITE,
 )
-from events.kafka_security import SSL, KafkaSecurity, connection_kwargs
+from events.kafka_security import SSL, KafkaSecurity, connection_kwargs, to_env
 from events.producer import EventProducer
 from events.types import InstanceRegistered, RouteRuleDeleted
 from identity import pki, spiffe
@@ -61,6 +66,7 @@ IDENTITIES = {
 }
 ALL_TOPIC_NAMES = [t.name for t in topics.ALL_TOPICS]
 TIMEOUT = 20.0
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
@@ -239,3 +245,31 @@ async def test_certificate_from_another_ca_is_refused(secure_kafka, roles, tmp_p
         await admin.close()
     with pytest.raises((KafkaError, asyncio.TimeoutError)):
         await try_write(secure_kafka.bootstrap, forged, topics.RULES)
+
+
+def test_topics_ensure_cli_applies_the_table_with_the_admin_identity(secure_kafka):
+    env = {**os.environ, **to_env(secure_kafka.admin_security), "MESHLOG_KAFKA_BOOTSTRAP": secure_kafka.bootstrap}
+    done = subprocess.run([str(BIN / "meshlog"), "topics", "ensure", "--json"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["acls"] == {"created": 0, "present": secure_kafka.first_acl_report.created, "extra": 0}
+    assert sorted(report["ok"]) == sorted(ALL_TOPIC_NAMES)
+    # a non-admin identity may not manage ACLs: exit 4, the Java tool's reason on stderr
+    sidecar = secure_kafka.security_for(IDENTITIES[SIDECAR])
+    env = {**os.environ, **to_env(sidecar), "MESHLOG_KAFKA_BOOTSTRAP": secure_kafka.bootstrap}
+    refused = subprocess.run([str(BIN / "meshlog"), "topics", "ensure"], env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode == 4, (refused.returncode, refused.stderr)
+    assert "may not create it" in refused.stderr
+
+
+async def test_roles_that_check_topics_on_start_may_do_so(secure_kafka, roles):
+    """`projector run` and `registrar healthcheck` call ensure_topics for their topics at start."""
+    report = await ensure_topics(secure_kafka.bootstrap, security=roles[PROJECTOR])
+    assert report.consistent and not report.created and len(report.ok) == len(ALL_TOPIC_NAMES)
+    checked = [topics.BY_NAME[t] for t in (topics.REGISTRATIONS, topics.HEALTH, topics.HEALTHCHECK_SHARDS)]
+    report = await ensure_topics(secure_kafka.bootstrap, checked, security=roles[CHECKER])
+    assert report.consistent and len(report.ok) == 3
+    with pytest.raises(NotAuthorized, match="meshlog topics ensure"):
+        await ensure_topics(secure_kafka.bootstrap, security=roles[GATEWAY])

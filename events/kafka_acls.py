@@ -30,7 +30,8 @@ LITERAL, PREFIXED = "LITERAL", "PREFIXED"
 READ, WRITE, DESCRIBE, DESCRIBE_CONFIGS = "READ", "WRITE", "DESCRIBE", "DESCRIBE_CONFIGS"
 
 SIDECAR, CHECKER, OPERATOR, PROJECTOR, GATEWAY, REPLAY = "sidecar", "checker", "operator", "projector", "gateway", "replay"
-ROLES = (SIDECAR, CHECKER, OPERATOR, PROJECTOR, GATEWAY, REPLAY)
+CA_SERVER = "ca-server"
+ROLES = (SIDECAR, CHECKER, OPERATOR, PROJECTOR, GATEWAY, REPLAY, CA_SERVER)
 
 # EventProducer(transactional=True) ids (`registrar publish` of several envelopes)
 REGISTRAR_TRANSACTIONAL_PREFIX = "meshlog-registrar-"
@@ -71,9 +72,10 @@ ACL_TABLE: Mapping[str, tuple[Grant, ...]] = MappingProxyType({
         *_topics((topics.HEALTHCHECK_SHARDS,), READ, DESCRIBE_CONFIGS),
         Grant(GROUP, HEALTHCHECK_GROUP_PREFIX, (READ, DESCRIBE), PREFIXED),
     ),
-    # people: routing rules, manual registrations (`registrar publish`), and reading what became of them
+    # people: routing rules, manual registrations (`registrar publish`), offline `meshlog ca issue|revoke`,
+    # and reading what became of them
     OPERATOR: (
-        *_topics(_EVENTS, READ, WRITE),
+        *_topics((*_EVENTS, topics.IDENTITIES), READ, WRITE),
         *_topics((topics.REJECTIONS, topics.DEADLETTER), READ),
         Grant(TRANSACTIONAL_ID, REGISTRAR_TRANSACTIONAL_PREFIX, (WRITE, DESCRIBE), PREFIXED),
     ),
@@ -84,8 +86,11 @@ ACL_TABLE: Mapping[str, tuple[Grant, ...]] = MappingProxyType({
         *_topics(_ALL, DESCRIBE, DESCRIBE_CONFIGS),  # `projector run` checks every topic's settings on start
         Grant(TRANSACTIONAL_ID, PROJECTOR_TRANSACTIONAL_PREFIX, (WRITE, DESCRIBE), PREFIXED),
     ),
-    GATEWAY: _topics((topics.VIEW_RESOURCES, topics.VIEW_MEMBERSHIP), READ),
-    REPLAY: _topics((*_EVENTS, topics.SNAPSHOTS, topics.REJECTIONS, topics.DEADLETTER), READ),
+    # the views, and the identities log (a revoked identity's streams are closed)
+    GATEWAY: _topics((topics.VIEW_RESOURCES, topics.VIEW_MEMBERSHIP, topics.IDENTITIES), READ),
+    REPLAY: _topics((*_EVENTS, topics.SNAPSHOTS, topics.REJECTIONS, topics.DEADLETTER, topics.IDENTITIES), READ),
+    # `meshlog ca serve`: reads the identities log (token redemptions in log order) and appends to it
+    CA_SERVER: _topics((topics.IDENTITIES,), READ, WRITE),
 })
 
 

@@ -8,8 +8,9 @@ Scheme (``<domain>`` is the trust domain, e.g. ``mesh.local``)::
     spiffe://<domain>/checker/<name>
     spiffe://<domain>/operator/<user>
     spiffe://<domain>/replay/<name>
-    spiffe://<domain>/kafka/<name>      (the broker and its admin: Kafka super users)
-    spiffe://<domain>/ca
+    spiffe://<domain>/broker/<id>
+    spiffe://<domain>/ca-server/<replica>
+    spiffe://<domain>/ca                      (the root; never a workload certificate)
 
 Invariants:
 - ``parse(format(x)) == x`` and ``format(parse(s)) == s`` for every accepted
@@ -44,9 +45,10 @@ ROLES: Mapping[str, tuple[str, ...]] = {
     "projector": (),
     "checker": ("name",),
     "operator": ("user",),
-    "replay": ("name",),
-    "kafka": ("name",),
-    "ca": (),
+    "replay": ("name",),       # `replay` against a secure broker: reads the log, writes nothing
+    "broker": ("id",),         # a Kafka broker's own certificate (issued offline, before the log exists)
+    "ca-server": ("replica",),  # a `meshlog ca serve` replica's TLS certificate
+    "ca": (),                   # the trust domain's root itself, never a workload
 }
 
 _DOMAIN_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,253}[a-z0-9])?$")

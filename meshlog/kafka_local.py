@@ -902,13 +902,13 @@ class LocalKafka:
         from meshlog import kafka_tls
 
         ca = kafka_tls.ensure_ca(self.tls_dir)
-        broker_id = spiffe.SpiffeId.of(ca.domain, kafka_tls.KAFKA_ROLE, kafka_tls.BROKER_NAME)
+        broker_id = spiffe.SpiffeId.of(ca.domain, kafka_tls.BROKER_ROLE, kafka_tls.BROKER_ID)
         broker_dir = kafka_tls.identity_dir(self.tls_dir, broker_id)
         files = kafka_tls.issue_files(ca, broker_id, broker_dir, server_names=(HOST, "localhost"),
                                       lifetime=kafka_tls.LOCAL_LIFETIME)
-        self.security_for(f"{kafka_tls.KAFKA_ROLE}/{kafka_tls.ADMIN_NAME}", lifetime=kafka_tls.LOCAL_LIFETIME)
+        self.security_for(f"{kafka_tls.BROKER_ROLE}/{kafka_tls.ADMIN_ID}", lifetime=kafka_tls.LOCAL_LIFETIME)
         return secure_properties(keystore=broker_dir / kafka_tls.KEYSTORE_FILE, truststore=files.bundle,
-                                 super_users=(kafka_tls.KAFKA_ROLE,))
+                                 super_users=(kafka_tls.BROKER_ROLE,))
 
     @property
     def admin_security(self) -> KafkaSecurity | None:
@@ -917,7 +917,7 @@ class LocalKafka:
             return None
         from meshlog import kafka_tls
 
-        return self.security_for(f"{kafka_tls.KAFKA_ROLE}/{kafka_tls.ADMIN_NAME}")
+        return self.security_for(f"{kafka_tls.BROKER_ROLE}/{kafka_tls.ADMIN_ID}")
 
     def security_for(self, path: str, *, lifetime: timedelta | None = None) -> KafkaSecurity:
         """Client settings for the identity ``spiffe://<domain>/<path>`` (``sidecar/reviews/i1``: principal

@@ -20,9 +20,10 @@ from events.kafka_security import SSL, KafkaSecurity
 from identity import pki, spiffe
 
 DEFAULT_TRUST_DOMAIN = "meshlog.local"
-KAFKA_ROLE = "kafka"  # the broker's and the admin's principal, User:kafka, is the one super user
-BROKER_NAME = "broker"
-ADMIN_NAME = "admin"  # `meshlog topics ensure` on a secure broker: creates topics and applies the ACLs
+BROKER_ROLE = "broker"  # identity.spiffe's broker/<id>: principal User:broker, the one super user
+BROKER_ID = "1"  # the local broker's node id
+ADMIN_ID = "admin"  # `meshlog topics ensure` on a secure broker (creates topics, applies the ACLs): a broker-role
+#                     certificate, because only a super user may manage ACLs; only the launcher issues it
 LOCAL_LIFETIME = timedelta(days=30)  # the local broker's own certificates; reissued at every start
 KEYSTORE_FILE = "keystore.pem"
 
@@ -47,7 +48,7 @@ def issue_files(ca: pki.CertificateAuthority, spiffe_id: spiffe.SpiffeId, direct
     key = pki.generate_key()
     cert = pki.issue(ca, spiffe_id, key.public_key(), server_names=server_names, lifetime=lifetime)
     files = pki.save_identity(directory, cert, key, ca.certificate)
-    pki.write_file_atomic(directory / KEYSTORE_FILE, pki.key_to_pem(key) + pki.cert_to_pem(cert), 0o600)
+    pki.write_file_atomic(directory / KEYSTORE_FILE, pki.keystore_pem(cert, key), 0o600)
     return files
 
 

@@ -33,6 +33,7 @@ from events.admin import BrokerUnavailable, NotAuthorized, connect_admin, ensure
 from events.envelope import new_event
 from events.kafka_acls import (
     ACL_TABLE,
+    CA_SERVER,
     CHECKER,
     GATEWAY,
     HEALTHCHECK_GROUP_PREFIX,
@@ -63,6 +64,7 @@ IDENTITIES = {
     PROJECTOR: "projector",
     GATEWAY: "gateway/g1",
     REPLAY: "replay/r1",
+    CA_SERVER: "ca-server/c1",
 }
 ALL_TOPIC_NAMES = [t.name for t in topics.ALL_TOPICS]
 TIMEOUT = 20.0
@@ -170,6 +172,7 @@ def test_the_table_says_what_the_issue_asks():
     assert {topics.VIEW_RESOURCES, topics.VIEW_MEMBERSHIP} <= allowed(GATEWAY, READ)
     writers_of_views = {r for r in ACL_TABLE if topics.VIEW_RESOURCES in allowed(r, WRITE)}
     assert writers_of_views == {PROJECTOR}
+    assert {r for r in ACL_TABLE if topics.IDENTITIES in allowed(r, WRITE)} == {CA_SERVER, OPERATOR}
 
 
 def _registration(service: str = "reviews", instance: str = "r1"):

@@ -52,7 +52,8 @@ def test_certificate_cn_maps_to_its_role():
     for ident, role in ((spiffe.sidecar("mesh.local", "reviews", "r1"), "sidecar"),
                         (spiffe.projector("mesh.local"), "projector"),
                         (spiffe.gateway("mesh.local", "g-1"), "gateway"),
-                        (spiffe.SpiffeId.of("mesh.local", "kafka", "broker"), "kafka")):
+                        (spiffe.SpiffeId.of("mesh.local", "broker", "1"), "broker"),
+                        (spiffe.SpiffeId.of("mesh.local", "ca-server", "c1"), "ca-server")):
         assert _map_principal(f"CN={ident.common_name}") == role
     long_cn = spiffe.sidecar("mesh.local", "s" * 60, "i" * 60).common_name  # hashed past 64 characters
     assert _map_principal(f"CN={long_cn}") == "sidecar"
@@ -61,7 +62,7 @@ def test_certificate_cn_maps_to_its_role():
 
 
 def test_secure_broker_properties(tmp_path):
-    secure = kl.secure_properties(keystore=tmp_path / "k.pem", truststore=tmp_path / "ca.pem", super_users=("kafka",))
+    secure = kl.secure_properties(keystore=tmp_path / "k.pem", truststore=tmp_path / "ca.pem", super_users=("broker",))
     props = kl.server_properties(port=1, controller_port=2, log_dir=tmp_path, secure=secure)
     assert props["listeners"] == "SSL://127.0.0.1:1,CONTROLLER://127.0.0.1:2"
     assert props["listener.security.protocol.map"] == "SSL:SSL,CONTROLLER:SSL"
@@ -70,6 +71,6 @@ def test_secure_broker_properties(tmp_path):
     assert props["ssl.keystore.type"] == props["ssl.truststore.type"] == "PEM"
     assert props["authorizer.class.name"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
     assert props["allow.everyone.if.no.acl.found"] == "false"
-    assert props["super.users"] == "User:kafka"
+    assert props["super.users"] == "User:broker"
     # java.util.Properties reads '\\/' back as '\/', the rule's escaped slash
     assert "ssl.principal.mapping.rules=RULE:^CN=([a-z][a-z0-9-]*)(\\\\/" in kl.render_properties(props)

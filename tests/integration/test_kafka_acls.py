@@ -161,20 +161,6 @@ async def test_each_role_reads_exactly_its_topics(secure_kafka, roles, role):
     assert await readable_topics(secure_kafka.bootstrap, roles[role], ALL_TOPIC_NAMES) == allowed(role, READ)
 
 
-def test_the_table_says_what_the_issue_asks():
-    # spelled out, so a change to the table that breaks the trust model fails here and not only in review
-    assert allowed(SIDECAR, WRITE) == {topics.REGISTRATIONS, topics.HEALTH}
-    assert allowed(GATEWAY, WRITE) == set() and allowed(REPLAY, WRITE) == set()
-    assert allowed(OPERATOR, WRITE) == {topics.RULES, topics.REGISTRATIONS, topics.HEALTH}
-    assert allowed(CHECKER, WRITE) == {topics.HEALTH}
-    assert allowed(PROJECTOR, WRITE) == {topics.VIEW_RESOURCES, topics.VIEW_MEMBERSHIP, topics.SNAPSHOTS,
-                                         topics.REJECTIONS, topics.DEADLETTER}
-    assert {topics.VIEW_RESOURCES, topics.VIEW_MEMBERSHIP} <= allowed(GATEWAY, READ)
-    writers_of_views = {r for r in ACL_TABLE if topics.VIEW_RESOURCES in allowed(r, WRITE)}
-    assert writers_of_views == {PROJECTOR}
-    assert {r for r in ACL_TABLE if topics.IDENTITIES in allowed(r, WRITE)} == {CA_SERVER, OPERATOR}
-
-
 def _registration(service: str = "reviews", instance: str = "r1"):
     return new_event(InstanceRegistered(service=service, instance_id=instance, address="10.0.0.7", port=9080))
 

@@ -6,7 +6,8 @@ import re
 
 from events import topics
 from events.kafka_acls import (
-    ACL_TABLE, GATEWAY, PREFIXED, REGISTRAR_TRANSACTIONAL_PREFIX, REPLAY, ROLES, SIDECAR, WRITE, acl_bindings,
+    ACL_TABLE, CA_SERVER, CHECKER, GATEWAY, OPERATOR, PREFIXED, PROJECTOR, READ, REGISTRAR_TRANSACTIONAL_PREFIX, REPLAY,
+    ROLES, SIDECAR, TOPIC, WRITE, acl_bindings,
 )
 from identity import spiffe
 from meshlog import kafka_local as kl
@@ -74,3 +75,21 @@ def test_secure_broker_properties(tmp_path):
     assert props["super.users"] == "User:broker"
     # java.util.Properties reads '\\/' back as '\/', the rule's escaped slash
     assert "ssl.principal.mapping.rules=RULE:^CN=([a-z][a-z0-9-]*)(\\\\/" in kl.render_properties(props)
+
+
+def allowed(role: str, operation: str) -> set[str]:
+    return {g.name for g in ACL_TABLE[role] if g.resource_type == TOPIC and operation in g.operations}
+
+
+def test_the_table_says_what_the_issue_asks():
+    # spelled out, so a change to the table that breaks the trust model fails here and not only in review
+    assert allowed(SIDECAR, WRITE) == {topics.REGISTRATIONS, topics.HEALTH}
+    assert allowed(GATEWAY, WRITE) == set() and allowed(REPLAY, WRITE) == set()
+    assert allowed(OPERATOR, WRITE) == {topics.RULES, topics.REGISTRATIONS, topics.HEALTH, topics.IDENTITIES}
+    assert allowed(CHECKER, WRITE) == {topics.HEALTH}
+    assert allowed(PROJECTOR, WRITE) == {topics.VIEW_RESOURCES, topics.VIEW_MEMBERSHIP, topics.SNAPSHOTS,
+                                         topics.REJECTIONS, topics.DEADLETTER}
+    assert {topics.VIEW_RESOURCES, topics.VIEW_MEMBERSHIP} <= allowed(GATEWAY, READ)
+    writers_of_views = {r for r in ACL_TABLE if topics.VIEW_RESOURCES in allowed(r, WRITE)}
+    assert writers_of_views == {PROJECTOR}
+    assert {r for r in ACL_TABLE if topics.IDENTITIES in allowed(r, WRITE)} == {CA_SERVER, OPERATOR}

@@ -26,6 +26,7 @@ from aiokafka.errors import KafkaError
 from events.admin import AppendFailed, BrokerUnavailable, TopicsMissing
 from events.codec import encode
 from events.envelope import Envelope
+from events.kafka_security import KafkaSecurity, connection_kwargs
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,14 +54,15 @@ class Appended:
 class EventProducer:
     """``async with EventProducer(bootstrap) as p: await p.append(env)``."""
 
-    def __init__(self, bootstrap: str, *, timeout_s: float = 15.0, transactional: bool = False):
+    def __init__(self, bootstrap: str, *, timeout_s: float = 15.0, transactional: bool = False,
+                 security: KafkaSecurity | None = None):
         self._bootstrap = bootstrap
         self._timeout_s = timeout_s
         kwargs = {}
         if transactional:
             kwargs["transactional_id"] = f"meshlog-registrar-{uuid.uuid4()}"
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
+            **connection_kwargs(bootstrap, security),  # None: this process's settings
             enable_idempotence=True,  # implies acks=all; aiokafka's default is acks=1 without it
             acks="all",
             request_timeout_ms=int(timeout_s * 1000),

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import orjson
 
+from events import kafka_security
 from events.admin import BrokerUnavailable
 from events.envelope import default_producer_identity, new_event
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
@@ -69,6 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
     def with_bootstrap(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--bootstrap", help="Kafka address (default: $MESHLOG_KAFKA_BOOTSTRAP or `meshlog kafka up`'s)")
+        kafka_security.add_arguments(p)
         return p
 
     init = with_dir(actions.add_parser("init", help="create a trust domain's root (ECDSA P-256) in --dir"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from typing import Sequence
 
@@ -68,7 +69,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     up.add_argument("--data-dir", metavar="DIR",
                     help="broker data directory (default: a new temp dir); an existing meshlog data dir is reused")
-    up.add_argument("--port", type=argtypes.port, metavar="PORT", help="PLAINTEXT port (default: a free port)")
+    up.add_argument("--port", type=argtypes.port, metavar="PORT", help="client port (default: a free port)")
+    up.add_argument("--secure", action="store_true",
+                    help="TLS listeners that require a client certificate from the broker's CA (DATA_DIR/tls/ca), "
+                    "principals from the certificate's role, ACLs enforced; prints the admin identity's "
+                    "MESHLOG_KAFKA_* variables (apply the ACL table with `meshlog topics ensure`)")
     up.add_argument("--timeout", type=argtypes.seconds(0, 3600), default=kl.DEFAULT_START_TIMEOUT, metavar="SECONDS",
                     help="start-up timeout, not counting the one-time jar download (default: %(default)s)")
     common(up)
@@ -154,26 +159,32 @@ def _emit(args: argparse.Namespace, text: str, payload: dict) -> None:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    st = kl.up(data_dir=args.data_dir, port=args.port, start_timeout=args.timeout)
+    st = kl.up(data_dir=args.data_dir, port=args.port, start_timeout=args.timeout, secure=args.secure)
     assert st.state is not None
     if not st.already_running:
         log.info("started Kafka %s at %s (pid %d); data %s; log %s",
                  st.state.version, st.state.bootstrap, st.state.pid, st.state.data_dir, st.state.log_path)
-    if not _ensure_topics(st.state.bootstrap):
+    if st.state.security_env:
+        log.info("secure broker; CA in %s/tls/ca. The admin identity (a super user):\n%s", st.state.data_dir,
+                 "\n".join(f"  export {k}={shlex.quote(v)}" for k, v in sorted(st.state.security_env.items())))
+    if not _ensure_topics(st.state.bootstrap, st.state.security_env):
         return EXIT_FAILED
     _emit(args, st.state.bootstrap, st.as_dict())
     return EXIT_OK
 
 
-def _ensure_topics(bootstrap: str) -> bool:
-    """meshlog's topics on the broker ``up`` started (or found), so the commands after it work as they are."""
+def _ensure_topics(bootstrap: str, security_env: dict[str, str] | None) -> bool:
+    """meshlog's topics (and, on a secure broker, its ACL table) on the broker ``up`` started or found,
+    so the commands after it work as they are."""
     import asyncio
 
     from events.admin import BrokerUnavailable, ensure_topics
+    from events.kafka_security import KafkaSecurity
 
+    security = KafkaSecurity.from_env(security_env) if security_env else None
     logging.getLogger("events.admin").setLevel(logging.ERROR)  # its warnings are reported below, once
     try:
-        report = asyncio.run(ensure_topics(bootstrap))
+        report = asyncio.run(ensure_topics(bootstrap, security=security))
     except (BrokerUnavailable, RuntimeError) as exc:
         log.error("the broker at %s is up but meshlog's topics could not be created (%s); "
                   "try `meshlog topics ensure`", bootstrap, exc)
@@ -182,6 +193,15 @@ def _ensure_topics(bootstrap: str) -> bool:
         log.info("created topics %s", ", ".join(report.created))
     for mismatch in report.mismatches:
         log.warning("topic differs from meshlog's spec (left unchanged): %s", mismatch)
+    if security is not None and security.secure:
+        from meshlog.kafka_acl_apply import AclApplyFailed, apply_acls
+
+        try:
+            apply_acls(bootstrap, security)
+        except AclApplyFailed as exc:
+            log.error("the ACL table could not be applied (%s); try `meshlog topics ensure` as the admin", exc)
+            return False
+        log.info("applied meshlog's ACL table")
     return True
 
 

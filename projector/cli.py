@@ -24,6 +24,7 @@ from typing import Sequence
 import orjson
 
 from events.admin import BrokerUnavailable
+from events import kafka_security
 from meshlog import argtypes
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Kafka bootstrap address host:port (default: $MESHLOG_KAFKA_BOOTSTRAP, else the broker started by "
         "`meshlog kafka up`)",
     )
+    kafka_security.add_arguments(run)
     run.add_argument("--data-dir", required=True, type=Path, help="directory for the RocksDB state (created if missing)")
     run.add_argument("--max-batch", type=argtypes.integer(1, 10_000_000), default=20_000, help="most records folded per batch (default 20000)")
     run.add_argument(
@@ -191,6 +193,7 @@ def _inspect(data_dir: Path) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    kafka_security.configure_from_args_or_exit(args, "projector")
     if args.command == "inspect":
         return _inspect(args.data_dir)
     _setup_logging(args)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from events import kafka_security
 from events.codec import validate_payload
 from events.errors import EventValidationError
 from events.types import InstanceRegistered
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="an xds-gateway replica (repeatable; Envoy fails over between them)")
     run.add_argument("--bootstrap", type=argtypes.bootstrap, metavar="HOST:PORT[,HOST:PORT]", help="Kafka bootstrap HOST:PORT for registration (default: "
                      "$MESHLOG_KAFKA_BOOTSTRAP, else the broker of `meshlog kafka up`)")
+    kafka_security.add_arguments(run)
     run.add_argument("--node-id", help="xDS node id (default <service>-<instance-id>)")
     run.add_argument("--node-cluster", help="xDS node cluster (default the service name)")
     run.add_argument("--admin-port", type=argtypes.port, help="Envoy admin port on 127.0.0.1 (default: a free port)")

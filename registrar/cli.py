@@ -39,6 +39,7 @@ from events.types import (
     RouteRuleDeleted,
 )
 from meshlog import argtypes
+from events import kafka_security
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 from registrar.rules_file import parse_rules
 
@@ -161,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object per appended record")
     parser.add_argument("--timeout", type=argtypes.seconds(0, 3600), default=10.0, help="seconds to wait for the broker (default 10)")
+    kafka_security.add_arguments(parser)
     parser.add_argument("--producer", help="producer identity recorded in each event (default user@host/pid)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens to stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -330,6 +332,7 @@ def _flagged(message: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    kafka_security.configure_from_args_or_exit(args, "registrar")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -33,6 +33,7 @@ from events import topics
 from events.codec import decode_record
 from events.errors import EventValidationError
 from meshlog import argtypes
+from events import kafka_security
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 from meshlog.terminal import printable
 from projector.deadletter import parse_dead_letter
@@ -87,6 +88,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", metavar="HOST:PORT", type=argtypes.bootstrap,
                    help="Kafka address (default: $MESHLOG_KAFKA_BOOTSTRAP, else the broker of `meshlog kafka up`)")
     p.add_argument("--timeout", type=argtypes.seconds(0, 3600), default=15.0, metavar="S",
+    kafka_security.add_arguments(p)
                    help="seconds to wait for the broker to answer (default 15)")
     prog = p.add_mutually_exclusive_group()
     prog.add_argument("--progress", dest="progress", action="store_true", default=None,
@@ -511,6 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     args = parser.parse_args(normalize_argv(raw))
+    kafka_security.configure_from_args_or_exit(args, "replay")
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE

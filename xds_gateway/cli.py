@@ -25,6 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from meshlog import argtypes
+from events import kafka_security
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 from xds_gateway import metrics
 from xds_gateway.server import AdsServicer, add_to_server
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="serve ADS until SIGTERM")
     run.add_argument("--bootstrap", type=argtypes.bootstrap, metavar="HOST:PORT[,HOST:PORT]", help="Kafka address (default: $MESHLOG_KAFKA_BOOTSTRAP or `meshlog kafka up`'s)")
+    kafka_security.add_arguments(run)
     run.add_argument("--listen", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     run.add_argument("--port", type=argtypes.port_or_free, default=18000, help="gRPC port; 0 picks a free one (default 18000)")
     run.add_argument("--http-port", type=argtypes.port_or_free, default=0, help="HTTP port for /ready and /metrics; 0 picks one")
@@ -150,6 +152,7 @@ async def serve(args: argparse.Namespace, bootstrap: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    kafka_security.configure_from_args_or_exit(args, "xds-gateway")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     try:

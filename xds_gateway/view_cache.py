@@ -47,6 +47,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from events import topics
 from meshlog.logbounds import excerpt
 from meshlog.outage import KafkaOutageLog
+from events.kafka_security import connection_kwargs
 from xds_gateway.protocol.resources import VersionedResource, make_resource
 
 log = logging.getLogger(__name__)
@@ -219,7 +220,7 @@ class ViewTail:
 
     async def _run(self) -> None:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **connection_kwargs(self.bootstrap),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from events.kafka_security import connection_kwargs
 
 from meshlog import kafka_local as kl
 
@@ -26,7 +27,7 @@ ADDRESS = re.compile(r"^127\.0\.0\.1:\d{2,5}$")
 
 async def test_topic_produce_consume(kafka_bootstrap):
     topic = f"launcher-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**connection_kwargs(kafka_bootstrap))
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
@@ -35,7 +36,7 @@ async def test_topic_produce_consume(kafka_bootstrap):
     finally:
         await admin.close()
 
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True)
+    producer = AIOKafkaProducer(**connection_kwargs(kafka_bootstrap), enable_idempotence=True)
     await producer.start()
     try:
         meta = await producer.send_and_wait(topic, key=b"svc-a", value=b"hello mesh")
@@ -43,7 +44,7 @@ async def test_topic_produce_consume(kafka_bootstrap):
         await producer.stop()
     assert meta.topic == topic and meta.offset == 0
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
+    consumer = AIOKafkaConsumer(topic, **connection_kwargs(kafka_bootstrap), auto_offset_reset="earliest",
                                 group_id=f"g-{topic}")
     await consumer.start()
     try:
@@ -54,13 +55,13 @@ async def test_topic_produce_consume(kafka_bootstrap):
 
 
 async def test_auto_topic_creation_is_off(kafka_bootstrap):
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**connection_kwargs(kafka_bootstrap))
     await admin.start()
     try:
         topics = await admin.list_topics()
     finally:
         await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, request_timeout_ms=3000)
+    producer = AIOKafkaProducer(**connection_kwargs(kafka_bootstrap), request_timeout_ms=3000)
     await producer.start()
     try:
         missing = f"never-created-{uuid.uuid4().hex[:8]}"

@@ -87,8 +87,8 @@ log = logging.getLogger("replay")
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", metavar="HOST:PORT", type=argtypes.bootstrap,
                    help="Kafka address (default: $MESHLOG_KAFKA_BOOTSTRAP, else the broker of `meshlog kafka up`)")
-    p.add_argument("--timeout", type=argtypes.seconds(0, 3600), default=15.0, metavar="S",
     kafka_security.add_arguments(p)
+    p.add_argument("--timeout", type=argtypes.seconds(0, 3600), default=15.0, metavar="S",
                    help="seconds to wait for the broker to answer (default 15)")
     prog = p.add_mutually_exclusive_group()
     prog.add_argument("--progress", dest="progress", action="store_true", default=None,

@@ -205,7 +205,7 @@ def test_the_readme_path_up_then_publish_and_a_missing_topic_named_in_one_line(c
         assert "appended instance.registered first/first-1 -> meshlog.registrations" in first.stdout
 
         async def drop_registrations():
-            admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+            admin = AIOKafkaAdminClient(**connection_kwargs(bootstrap))
             await admin.start()
             try:
                 await admin.delete_topics(["meshlog.registrations"])

@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES: list[str] = [
     "meshlog.topics_cli",
     "meshlog.demo",
     "meshlog.demo_app",
+    "proxysync.status_cli",
 ]
 
 

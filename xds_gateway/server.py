@@ -16,6 +16,8 @@ Invariants:
   registration the projector has not rendered yet) gets nothing by wildcard
   and only the proxyless resources it names; once the node appears in the
   view it is served its own view on the same stream.
+- With a ``SyncLog``, each stream reports its opening, what its machine learned
+  from ACKs/NACKs and its closing (with why) to it; those calls never wait.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from xds_gateway import metrics
 from xds_gateway.protocol.delta import DeltaStream
 from xds_gateway.protocol.sotw import SotwStream
+from xds_gateway.sync_log import SyncLog
 from xds_gateway.view_cache import ViewCache
 
 log = logging.getLogger(__name__)
@@ -90,8 +93,10 @@ _stream_ids = itertools.count(1)
 
 
 class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
-    def __init__(self, cache: ViewCache, *, write_timeout_s: float = 30.0, request_queue: int = 64):
+    def __init__(self, cache: ViewCache, *, write_timeout_s: float = 30.0, request_queue: int = 64,
+                 sync_log: SyncLog | None = None):
         self.cache = cache
+        self.sync_log = sync_log
         self.write_timeout_s = write_timeout_s
         self.request_queue = request_queue
         self._watchers: dict[str, set[_Inbox]] = defaultdict(set)
@@ -99,6 +104,10 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self._streams: set[asyncio.Task] = set()
         self._closing = False
         cache.subscribe(self._on_view_change)
+
+    def begin_shutdown(self) -> None:
+        """Streams ending from now on end because the gateway stops (so the sync log says)."""
+        self._closing = True
 
     # ------------------------------------------------------------ view fan-out (never blocks)
 
@@ -163,13 +172,19 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         metrics.STREAMS.labels(kind).inc()
         counters = _StreamMetrics(kind)
         log.info("%s stream %s opened by node %s (%s)", kind, stream_id, node_id, "known" if known else "not in the view")
+        sync = self.sync_log
+        if sync is not None:
+            sync.opened(stream_id, node_id, kind, context.peer())
+        close_reason = "error"
         try:
             item = first
             while True:
                 changed_at = None
                 if item is _EOF:
+                    close_reason = "client_closed"
                     return
                 if item is _OVERRUN:
+                    close_reason = "too_many_requests"
                     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many unanswered requests")
                 if item is _VIEW:
                     changed_at = inbox.take_change()
@@ -190,6 +205,10 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                                   " NACK" if item.HasField("error_detail") else "")
                     responses = machine.on_request(item)
                     self._log_nack(kind, node_id, item)
+                    if sync is not None:
+                        learned = machine.take_learned()
+                        if learned:
+                            sync.learned(stream_id, learned)
                 if responses and log.isEnabledFor(logging.DEBUG):
                     for r in responses:
                         log.debug("%s stream %s -> %s nonce=%s resources=%s removed=%s", kind, stream_id,
@@ -202,6 +221,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                             await context.write(response)
                     except TimeoutError:
                         metrics.SLOW_STREAMS_CLOSED.inc()
+                        close_reason = "slow_client"
                         log.warning("%s stream %s (node %s) did not read for %.0fs: closing it", kind, stream_id,
                                     node_id, self.write_timeout_s)
                         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "stream too slow; reconnect")
@@ -216,13 +236,15 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             self._unknown_watchers.discard(inbox)
             reader.cancel()
             metrics.STREAMS.labels(kind).dec()
+            if sync is not None:
+                sync.closed(stream_id, "gateway_stopping" if self._closing else close_reason)
             log.info("%s stream %s closed (node %s)", kind, stream_id, node_id)
 
     def _new_machine(self, kind: str, stream_id: str, node_id: str, known: bool):
         view = self._view_for(node_id)
         allowed: Callable[[str, str], bool] | None = None if known else self.cache.proxyless_allowed
         cls = DeltaStream if kind == "delta" else SotwStream
-        return cls(stream_id, view, allowed=allowed, wildcard_allowed=known)
+        return cls(stream_id, view, allowed=allowed, wildcard_allowed=known, report_sync=self.sync_log is not None)
 
     @staticmethod
     def _log_nack(kind: str, node_id: str, request) -> None:

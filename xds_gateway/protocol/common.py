@@ -8,7 +8,7 @@ from typing import Callable, Iterable, TypeVar
 
 from .resources import type_rank
 
-__all__ = ["Nack", "ProtocolError", "AllowFn", "entry_hash", "content_version", "order_segments"]
+__all__ = ["Acked", "Nack", "ProtocolError", "AllowFn", "entry_hash", "content_version", "order_segments"]
 
 #: ``allowed(type_url, name)``: may this node subscribe to this name explicitly?
 AllowFn = Callable[[str, str], bool]
@@ -33,6 +33,16 @@ class Nack:
     removed: tuple[str, ...] = ()
     #: the nonce was not one of this stream's pending nonces for the type
     stale: bool = False
+
+
+@dataclass(frozen=True)
+class Acked:
+    """A client's ACK of a response: what it holds of the type now (plain data, for the sync log)."""
+
+    type_url: str
+    nonce: str
+    #: name -> version of every resource of the type the client holds after applying the response
+    held: dict[str, str]
 
 
 @dataclass(frozen=True)

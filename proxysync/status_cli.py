@@ -60,11 +60,22 @@ def _stream_doc(s: StreamInfo) -> dict:
     }
 
 
-def proxy_statuses(snapshot: SyncSnapshot, node: str) -> dict[str, TypeStatus]:
-    view = snapshot.views.get(node)
-    told = view.resources if view is not None else {}
-    statuses = compare_proxy(told, snapshot.table.proxies.get(node), view.changed_ms if view is not None else None)
+def sorted_statuses(statuses: dict[str, TypeStatus]) -> dict[str, TypeStatus]:
     return dict(sorted(statuses.items(), key=lambda kv: (_RANK.get(kv[0], 99), kv[0])))
+
+
+def proxy_row(node: str, proxy: ProxySync | None, told: dict[str, dict[str, str]] | None,
+              view_changed_ms: int | None) -> dict:
+    """One proxy's status document: its stream(s) and, per type, what it ACKed against what it was ``told``."""
+    statuses = sorted_statuses(compare_proxy(told or {}, proxy, view_changed_ms))
+    return {
+        "node": node,
+        "connected": proxy is not None and proxy.stream.open,
+        "stream": _stream_doc(proxy.stream) if proxy is not None else None,
+        "previous": [_stream_doc(s) for s in proxy.previous] if proxy is not None else [],
+        "in_view": told is not None,
+        "types": {short(u): st.as_dict() for u, st in statuses.items()},
+    }
 
 
 def status_doc(snapshot: SyncSnapshot, *, include_closed: bool, now_ms: int) -> dict:
@@ -73,14 +84,8 @@ def status_doc(snapshot: SyncSnapshot, *, include_closed: bool, now_ms: int) -> 
         proxy: ProxySync = snapshot.table.proxies[node]
         if not proxy.stream.open and not include_closed:
             continue
-        rows.append({
-            "node": node,
-            "connected": proxy.stream.open,
-            "stream": _stream_doc(proxy.stream),
-            "previous": [_stream_doc(s) for s in proxy.previous],
-            "in_view": node in snapshot.views,
-            "types": {short(u): s.as_dict() for u, s in proxy_statuses(snapshot, node).items()},
-        })
+        view = snapshot.views.get(node)
+        rows.append(proxy_row(node, proxy, view.resources if view else None, view.changed_ms if view else None))
     return {"as_of_ms": now_ms, "proxies": rows, "undecodable_sync_records": snapshot.undecodable,
             "malformed_view_records": snapshot.bad_views}
 
@@ -131,12 +136,16 @@ def render_text(doc: dict) -> str:
     return out
 
 
-def render_node_text(node_doc: dict) -> str:
+def render_node_text(node_doc: dict, told_header: str = "TOLD (view)") -> str:
     now = node_doc["as_of_ms"]
     s = node_doc["stream"]
-    lines = [f"{clean_text(node_doc['node'], 80)}: {'open' if node_doc['connected'] else 'closed'} stream "
-             f"{clean_text(s['stream_id'], 40)} on {clean_text(s['gateway'], 60)} (peer {clean_text(s['peer'], 80)})"]
-    rows = [["TYPE", "STATE", "NAME", "TOLD (view)", "ACKED", "REJECTED"]]
+    if s is None:
+        lines = [f"{clean_text(node_doc['node'], 80)}: no stream on record"]
+    else:
+        lines = [f"{clean_text(node_doc['node'], 80)}: {'open' if node_doc['connected'] else 'closed'} stream "
+                 f"{clean_text(s['stream_id'], 40)} on {clean_text(s['gateway'], 60)} "
+                 f"(peer {clean_text(s['peer'], 80)})"]
+    rows = [["TYPE", "STATE", "NAME", told_header, "ACKED", "REJECTED"]]
     for t, st in node_doc["types"].items():
         lines.append(f"  {t}: {_cell(st, now)}" + (f" — {clean_text(st['reason'], 400)}" if st["reason"] else ""))
         for d in st["differences"]:
@@ -177,8 +186,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"meshlog status: --node: no proxy {clean_text(args.node, 80)!s} in meshlog.sync{hint}",
                   file=sys.stderr)
             return 2
-        row = status_doc(snapshot, include_closed=True, now_ms=now_ms)
-        [node_doc] = [r for r in row["proxies"] if r["node"] == args.node]
+        view = snapshot.views.get(args.node)
+        node_doc = proxy_row(args.node, proxy, view.resources if view else None, view.changed_ms if view else None)
         node_doc["as_of_ms"] = now_ms
         if args.json:
             print(orjson.dumps(node_doc).decode())
@@ -190,4 +199,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_parser", "run", "status_doc", "proxy_statuses", "SYNCED"]
+__all__ = ["add_parser", "run", "status_doc", "proxy_row", "render_node_text", "SYNCED"]

@@ -34,6 +34,8 @@ from events.errors import EventValidationError
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 from projector.deadletter import parse_dead_letter
 from projector.render import render
+from proxysync.read import read_sync
+from proxysync.status_cli import proxy_row, render_node_text
 from replay import report, text
 from replay.engine import (
     NotFound,
@@ -100,6 +102,9 @@ def _at_options(p: argparse.ArgumentParser, *, required: bool) -> None:
     p.add_argument("--full", action="store_true", help="with --node: also the resource bodies (protobuf JSON)")
     p.add_argument("--xds", action="store_true",
                    help="with --node: print an Envoy-style /config_dump (JSON) of the node's resources")
+    p.add_argument("--accepted", action="store_true",
+                   help="with --node: also what the proxy had ACKed by TIME (meshlog.sync), next to what it was "
+                        "told; NACKed and not-yet-ACKed resources are listed")
     p.add_argument("--json", action="store_true",
                    help="machine-readable output (shapes documented in replay.report; 'format': 1)")
     p.add_argument("--limit", type=int, default=50, metavar="N",
@@ -275,12 +280,13 @@ def _nearby(names: Sequence[str], wanted: str, limit: int = 5) -> str:
 async def cmd_at(args: argparse.Namespace, bootstrap: str) -> int:
     now = datetime.now(timezone.utc)
     at_ms = _parse(args.at, now, "--at")
-    if (args.xds or args.full) and not args.node:
-        raise UsageError("--xds and --full need --node N")
+    if (args.xds or args.full or args.accepted) and not args.node:
+        raise UsageError("--xds, --full and --accepted need --node N")
     async with open_log(bootstrap, args.timeout) as consumer:
         first = await check_instant(consumer, at_ms, to_ms(now), what="--at")
         rebuilt = await rebuild(consumer, at_ms, use_snapshot=not args.no_snapshot, progress=RichProgress(args.progress))
         rebuilt.first_ms = first
+        sync_table = (await read_sync(consumer, until_ms=at_ms))[0] if args.accepted else None
     state = rebuilt.state
     if args.node:
         node = args.node
@@ -293,10 +299,19 @@ async def cmd_at(args: argparse.Namespace, bootstrap: str) -> int:
             return EXIT_OK
         doc = report.node_document(state, node, versions, at_ms=at_ms, source=rebuilt.source(),
                                    bodies=render(state, node) if args.full else None)
+        accepted = None
+        if sync_table is not None:
+            # the same matching `meshlog status` does, against what replay says the node was told at TIME
+            accepted = proxy_row(node, sync_table.proxies.get(node), versions, None)
+            accepted["as_of_ms"] = at_ms
+            doc["accepted"] = accepted
         if args.json:
             _emit_json(doc)
         else:
             text.print_node(_console(), doc)
+            if accepted is not None:
+                print(f"\nwhat the proxy had ACKed by {iso(at_ms)} (meshlog.sync):")
+                print(render_node_text(accepted, told_header="TOLD (at TIME)"))
         return EXIT_OK
     if args.service and args.service not in report.services_known(state):
         raise NotFound(f"service {args.service!r} is unknown at {iso(at_ms)}"

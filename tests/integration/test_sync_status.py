@@ -214,3 +214,61 @@ def test_a_config_envoy_rejects_is_nacked_in_the_log_and_the_next_good_version_c
                    on_fail=lambda: f"{row(bootstrap, node)}\n{envoy.log_tail()}")
     finally:
         envoy.stop()
+
+
+def all_records(bootstrap: str, topic: str) -> list:
+    async def read() -> list:
+        consumer = new_consumer(bootstrap)
+        await consumer.start()
+        try:
+            tp = TopicPartition(topic, 0)
+            return await read_range(consumer, tp, 0, (await consumer.end_offsets([tp]))[tp])
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(read())
+
+
+def replay_accepted(bootstrap: str, node: str, at_ms: int) -> dict:
+    result = subprocess.run([str(BIN / "replay"), "at", "--at", f"@{at_ms}", "--node", node, "--accepted", "--json",
+                             "--bootstrap", bootstrap], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return orjson.loads(result.stdout)["accepted"]
+
+
+def test_replay_at_accepted_between_the_event_and_the_ack_shows_what_was_not_acked_yet(control_plane, tmp_path):
+    from events.codec import decode
+
+    bootstrap, gateways, _started = control_plane
+    mesh = a_mesh(bootstrap, uuid.uuid4().hex[:6])
+    node, reviews = mesh["node"], mesh["reviews"]
+    envoy = start_envoy(node, gateways, tmp_path)
+    try:
+        wait_until(lambda: all_synced(row(bootstrap, node)), 60, "status to show every type SYNCED",
+                   on_fail=lambda: f"{row(bootstrap, node)}\n{envoy.log_tail()}")
+        registrar(bootstrap, "publish", "--service", reviews, "--instance-id", "r3", "--address", "127.0.0.5",
+                  "--port", "9080", "--label", "version=v2")
+        event_ms = all_records(bootstrap, topics.REGISTRATIONS)[-1].timestamp
+        wait_until(lambda: endpoint_count(envoy.config_dump(), reviews) == 3 and all_synced(row(bootstrap, node)), 60,
+                   "the new endpoint ACKed")
+        new_eds = status(bootstrap, "--node", node)
+        eds_url = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+        new_version = view_versions(bootstrap, node)[eds_url][reviews]
+        acks = [r for r in all_records(bootstrap, topics.SYNC)
+                if (e := decode(r.value)).type == "sync.acked" and e.payload.node == node
+                and e.payload.type_url == eds_url and e.payload.held.get(reviews) == new_version]
+        ack_ms = acks[0].timestamp
+        assert ack_ms > event_ms  # causality: the ACK is logged after the event that caused it
+
+        # at the event's instant the proxy was told the new endpoints but had not ACKed them
+        between = replay_accepted(bootstrap, node, event_ms)
+        eds = between["types"]["EDS"]
+        assert eds["state"] == "STALE", between
+        [diff] = [d for d in eds["differences"] if d["name"] == reviews]
+        assert diff["told"] == new_version and diff["acked"] not in (None, new_version)
+        # once the ACK is logged, what it was told and what it held agree
+        after = replay_accepted(bootstrap, node, ack_ms)
+        assert after["types"]["EDS"]["state"] == "SYNCED", after
+        assert new_eds["types"]["EDS"]["state"] == "SYNCED"
+    finally:
+        envoy.stop()

@@ -34,6 +34,9 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from xds_gateway import metrics
+from proxysync.compare import SYNCED, compare_type
+from proxysync.table import TypeSync
+from xds_gateway.protocol.common import Acked
 from xds_gateway.protocol.delta import DeltaStream
 from xds_gateway.protocol.sotw import SotwStream
 from xds_gateway.sync_log import SyncLog
@@ -176,6 +179,10 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         if sync is not None:
             sync.opened(stream_id, node_id, kind, context.peer())
         close_reason = "error"
+        # per type, the source event whose views this stream's proxy was last seen to ACK (convergence metric);
+        # what was current when the stream opened is not measured (it may be hours old)
+        converged: dict[str, int | None] = {}
+        opened_source = self.cache.source_ms(node_id)
         try:
             item = first
             while True:
@@ -209,6 +216,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         learned = machine.take_learned()
                         if learned:
                             sync.learned(stream_id, learned)
+                            self._observe_convergence(node_id, learned, converged, opened_source)
                 if responses and log.isEnabledFor(logging.DEBUG):
                     for r in responses:
                         log.debug("%s stream %s -> %s nonce=%s resources=%s removed=%s", kind, stream_id,
@@ -239,6 +247,19 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             if sync is not None:
                 sync.closed(stream_id, "gateway_stopping" if self._closing else close_reason)
             log.info("%s stream %s closed (node %s)", kind, stream_id, node_id)
+
+    def _observe_convergence(self, node_id: str, learned, converged: dict, opened_source: int | None) -> None:
+        """Append-to-ACK time: once per type and source event, when an ACK makes the proxy hold its view."""
+        source = self.cache.source_ms(node_id)
+        if source is None:
+            return
+        for fact in learned:
+            if not isinstance(fact, Acked) or converged.get(fact.type_url, opened_source) == source:
+                continue
+            told = self.cache.membership_versions(node_id, fact.type_url)
+            if compare_type(fact.type_url, told, TypeSync(held=fact.held, acked_ms=0), None).state == SYNCED:
+                converged[fact.type_url] = source
+                metrics.CONVERGENCE.labels(fact.type_url).observe(max(0.0, time.time() - source / 1000))
 
     def _new_machine(self, kind: str, stream_id: str, node_id: str, known: bool):
         view = self._view_for(node_id)

@@ -79,7 +79,7 @@ class _Stream:
 class SyncLog:
     """``opened``/``learned``/``closed`` from streams; ``run`` appends; ``close`` finishes."""
 
-    def __init__(self, sink: Sink, gateway: str, *, window_s: float = 0.25, queue_size: int = 10_000,
+    def __init__(self, sink: Sink, gateway: str, *, window_s: float = 1.0, queue_size: int = 10_000,
                  batch: int = 500) -> None:
         self.gateway = gateway
         self.window_s = window_s

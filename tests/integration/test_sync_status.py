@@ -30,7 +30,7 @@ from projector.versioning import version_of
 from proxy.envoy_process import dynamic_names, endpoint_count
 from replay.source import new_consumer, read_range
 from tests.integration.test_gateway_envoy import a_mesh, registrar, start_envoy
-from tests.support.stack import BIN, start_gateway, start_projector, wait_until
+from tests.support.stack import BIN, metric_sum, metrics, start_gateway, start_projector, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.envoy]
 
@@ -270,5 +270,9 @@ def test_replay_at_accepted_between_the_event_and_the_ack_shows_what_was_not_ack
         after = replay_accepted(bootstrap, node, ack_ms)
         assert after["types"]["EDS"]["state"] == "SYNCED", after
         assert new_eds["types"]["EDS"]["state"] == "SYNCED"
+        # the gateway measured the append of that event to this ACK (meshlog-source-ms on the view records)
+        observed = sum(metric_sum(metrics(g.info["http_port"]), "meshlog_xds_convergence_seconds_count",
+                                  type_url=eds_url) for g in gateways)
+        assert observed >= 1
     finally:
         envoy.stop()

@@ -27,7 +27,9 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import secrets
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -96,6 +98,11 @@ class SyncLog:
         self._idle.set()
         self._warn = RateLimitedLog(log)
         self._tasks: list[asyncio.Task] = []
+        # event ids: a random 64-bit prefix per gateway process and a counter (a uuid4 per record cost
+        # more than validating it, and these records are many)
+        self._id_prefix = secrets.token_hex(8) + "-"
+        self._ids = itertools.count(1)
+        self._appended = {}  # event type -> its counter child, resolved once
 
     # ------------------------------------------------------------ from streams (never block)
 
@@ -190,7 +197,8 @@ class SyncLog:
             metrics.SYNC_DROPPED.labels("invalid").inc()
             self._warn.warning("sync record %s not valid, dropped: %s", payload_type.TYPE, clean_text(str(exc), 500))
             return
-        self._queue.append(new_event(payload, producer=self.gateway, occurred_at=when))
+        self._queue.append(new_event(payload, producer=self.gateway, occurred_at=when,
+                                     event_id=f"{self._id_prefix}{next(self._ids)}"))
         self._write_wake.set()
 
     async def _write_loop(self) -> None:
@@ -203,7 +211,10 @@ class SyncLog:
                 try:
                     await self._sink(batch)
                     for env in batch:
-                        metrics.SYNC_RECORDS.labels(env.type).inc()
+                        counter = self._appended.get(env.type)
+                        if counter is None:
+                            counter = self._appended[env.type] = metrics.SYNC_RECORDS.labels(env.type)
+                        counter.inc()
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - a broker outage must not end the writer

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from aiokafka import TopicPartition
 
 from events import topics
+from events.envelope import Logged
 from events.errors import EventValidationError
 from projector.publisher import parse_membership_value
 from proxysync.table import SyncTable
@@ -51,19 +52,25 @@ async def _records(consumer, topic: str, until_ms: int | None) -> list:
     return out
 
 
-async def read_sync(consumer, until_ms: int | None = None) -> tuple[SyncTable, int]:
-    """The sync table folded from ``meshlog.sync`` (up to ``until_ms``), and how many records did not decode."""
+async def read_sync_records(consumer, until_ms: int | None = None) -> tuple[list[Logged], int]:
+    """The decoded ``meshlog.sync`` events (up to ``until_ms``) in log order, and how many did not decode."""
+    if topics.SYNC not in await consumer.topics():
+        return [], 0  # a log from before the sync topic existed
     decode = RecordDecoder()
-    table = SyncTable()
+    out: list[Logged] = []
     bad = 0
     for record in await _records(consumer, topics.SYNC, until_ms):
         try:
-            logged = decode(record)
+            out.append(decode(record))
         except EventValidationError:
             bad += 1
-            continue
-        table.apply(logged)
-    return table, bad
+    return out, bad
+
+
+async def read_sync(consumer, until_ms: int | None = None) -> tuple[SyncTable, int]:
+    """The sync table folded from ``meshlog.sync`` (up to ``until_ms``), and how many records did not decode."""
+    records, bad = await read_sync_records(consumer, until_ms)
+    return SyncTable().apply_all(records), bad
 
 
 async def read_views(consumer) -> tuple[dict[str, ViewEntry], int]:

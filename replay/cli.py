@@ -34,7 +34,8 @@ from events.errors import EventValidationError
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 from projector.deadletter import parse_dead_letter
 from projector.render import render
-from proxysync.read import read_sync
+from proxysync.convergence import convergences
+from proxysync.read import read_sync, read_sync_records
 from proxysync.status_cli import proxy_row, render_node_text
 from replay import report, text
 from replay.engine import (
@@ -73,6 +74,7 @@ TIME_HELP = (
 )
 
 SUBCOMMANDS = ("at", "diff", "log", "serve")
+SYNC_GRACE_MS = 60_000  # `replay log` reads ACKs this long past the window for convergence
 PROGRESS_MIN_RECORDS = 50_000
 
 log = logging.getLogger("replay")
@@ -419,6 +421,14 @@ async def cmd_log(args: argparse.Namespace, bootstrap: str) -> int:
                     recorded_dead.setdefault((d.topic, d.partition, d.offset), {
                         "reason": d.reason, "stage": d.stage, "timestamp_ms": d.timestamp_ms,
                         "service": _entity_service(d.key)})
+        # what the proxies ACKed: read past the window's end so late ACKs of its last events still count
+        sync_records, _bad = await read_sync_records(consumer, min(to_ms_ + SYNC_GRACE_MS, to_ms(datetime.now(timezone.utc))))
+    changes = [((lg.topic, lg.partition, lg.offset), lg.timestamp_ms, step.effect.views)
+               for step in steps if step.effect.views and step.events for lg in step.events[-1:]]
+    converged = {key: c.as_dict() for key, c in convergences(changes, sync_records).items()}
+    sync_entries = [report.sync_entry(lg) for lg in sync_records
+                    if from_ms < lg.timestamp_ms <= to_ms_ and (args.node is None or lg.payload.node == args.node)
+                    and args.service is None and lg.envelope.type in ("sync.acked", "sync.nacked")]
     dead_docs = []
     seen = set()
     for u in undecodable:
@@ -438,7 +448,8 @@ async def cmd_log(args: argparse.Namespace, bootstrap: str) -> int:
             node_keys |= set(s.nodes.get(args.node, ()))
     doc = report.log_document(
         from_ms=from_ms, to_ms=to_ms_, service=args.service, node=args.node, steps=steps, node_keys=node_keys,
-        recorded_rejections=recorded_rejections, dead_letters=dead_docs,
+        recorded_rejections=recorded_rejections, dead_letters=dead_docs, convergence=converged,
+        sync_entries=sync_entries,
     )
     if args.json:
         _emit_json(doc)

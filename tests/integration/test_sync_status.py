@@ -229,6 +229,13 @@ def all_records(bootstrap: str, topic: str) -> list:
     return asyncio.run(read())
 
 
+def replay_json(bootstrap: str, *args: str) -> dict:
+    result = subprocess.run([str(BIN / "replay"), *args, "--json", "--bootstrap", bootstrap], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return orjson.loads(result.stdout)
+
+
 def replay_accepted(bootstrap: str, node: str, at_ms: int) -> dict:
     result = subprocess.run([str(BIN / "replay"), "at", "--at", f"@{at_ms}", "--node", node, "--accepted", "--json",
                              "--bootstrap", bootstrap], capture_output=True, text=True, timeout=120)
@@ -270,6 +277,16 @@ def test_replay_at_accepted_between_the_event_and_the_ack_shows_what_was_not_ack
         after = replay_accepted(bootstrap, node, ack_ms)
         assert after["types"]["EDS"]["state"] == "SYNCED", after
         assert new_eds["types"]["EDS"]["state"] == "SYNCED"
+        # replay log: the ACK interleaved with the event, and the event's convergence
+        log_doc = replay_json(bootstrap, "log", "--from", f"@{event_ms - 1}", "--to", f"@{ack_ms}", "--node", node)
+        kinds = [(e["kind"], e.get("type")) for e in log_doc["entries"]]
+        [event] = [e for e in log_doc["entries"] if e["kind"] == "event" and e["timestamp_ms"] == event_ms]
+        assert event["convergence"]["reached"] == event["convergence"]["proxies"] == 1, event
+        assert event["convergence"]["slowest"] == node
+        assert ("ack", None) in kinds and kinds.index(("event", event["type"])) < kinds.index(("ack", None))
+        text = subprocess.run([str(BIN / "replay"), "log", "--from", f"@{event_ms - 1}", "--to", f"@{ack_ms}",
+                               "--node", node, "--bootstrap", bootstrap], capture_output=True, text=True, timeout=120)
+        assert "reached 1 of 1 proxies" in text.stdout and f"slowest {node}" in text.stdout, text.stdout
         # the gateway measured the append of that event to this ACK (meshlog-source-ms on the view records)
         observed = sum(metric_sum(metrics(g.info["http_port"]), "meshlog_xds_convergence_seconds_count",
                                   type_url=eds_url) for g in gateways)

@@ -33,9 +33,9 @@ from typing import Callable
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from xds_gateway import metrics
 from proxysync.compare import SYNCED, compare_type
 from proxysync.table import TypeSync
+from xds_gateway import metrics
 from xds_gateway.protocol.common import Acked
 from xds_gateway.protocol.delta import DeltaStream
 from xds_gateway.protocol.sotw import SotwStream

@@ -14,7 +14,9 @@ Invariants:
   proxy holds then — and at most one NACK record per type (the latest); a
   NACK is never hidden by a later ACK, and both keep their order. Stream
   opened/closed records are never coalesced; a stream's pending ACK/NACK
-  records go out before its closed record.
+  records go out before its closed record. Building and writing records
+  yields to the event loop every ``slice_`` records, so a burst (every stream
+  ACKing one change) never stalls the streams for long.
 - Bounded: records wait in a queue of at most ``queue_size``; when it is full
   the new record is dropped and counted (``meshlog_sync_records_dropped_total``)
   with a rate-limited warning. A record that fails validation is dropped the
@@ -82,15 +84,18 @@ class SyncLog:
     """``opened``/``learned``/``closed`` from streams; ``run`` appends; ``close`` finishes."""
 
     def __init__(self, sink: Sink, gateway: str, *, window_s: float = 1.0, queue_size: int = 10_000,
-                 batch: int = 500) -> None:
+                 batch: int = 200, slice_: int = 200) -> None:
         self.gateway = gateway
         self.window_s = window_s
         self._sink = sink
         self._queue_size = queue_size
         self._batch = batch
+        self._slice = slice_
         self._streams: dict[str, _Stream] = {}
-        # (stream_id, type_url, "ack"|"nack") -> (fact, when); insertion order = order of the latest fact
-        self._coalesced: dict[tuple[str, str, str], tuple[Acked | Nack, datetime]] = {}
+        # stream_id -> {(type_url, "ack"|"nack"): (fact, when)}; within a stream, insertion order = order of
+        # the latest fact (what matters: one stream's records keep their order)
+        self._coalesced: dict[str, dict[tuple[str, str], tuple[Acked | Nack, datetime]]] = {}
+        self._flushing: dict[str, dict[tuple[str, str], tuple[Acked | Nack, datetime]]] = {}  # being flushed now
         self._queue: deque[Envelope] = deque()
         self._coalesce_wake = asyncio.Event()
         self._write_wake = asyncio.Event()
@@ -114,11 +119,14 @@ class SyncLog:
 
     def learned(self, stream_id: str, facts: Sequence[Acked | Nack]) -> None:
         now = _now()
+        pending = self._coalesced.get(stream_id)
+        if pending is None:
+            pending = self._coalesced[stream_id] = {}
         for fact in facts:
-            key = (stream_id, fact.type_url, "ack" if isinstance(fact, Acked) else "nack")
-            if self._coalesced.pop(key, None) is not None:
+            key = (fact.type_url, "ack" if isinstance(fact, Acked) else "nack")
+            if pending.pop(key, None) is not None:
                 metrics.SYNC_COALESCED.inc()
-            self._coalesced[key] = (fact, now)
+            pending[key] = (fact, now)
         if facts:
             self._coalesce_wake.set()
 
@@ -159,20 +167,33 @@ class SyncLog:
         while True:
             await self._coalesce_wake.wait()
             self._coalesce_wake.clear()
-            self._flush_all()
+            self._flushing, self._coalesced = self._coalesced, {}
+            done = 0
+            for stream_id in list(self._flushing):
+                pending = self._flushing.pop(stream_id, None)  # gone if its stream closed meanwhile (flushed then)
+                stream = self._streams.get(stream_id)
+                if pending is None or stream is None:
+                    continue
+                for fact, when in pending.values():
+                    self._enqueue_fact(stream_id, stream, fact, when)
+                done += len(pending)
+                if done >= self._slice:
+                    done = 0
+                    await asyncio.sleep(0)
             await asyncio.sleep(self.window_s)
 
     def _flush_all(self) -> None:
-        pending, self._coalesced = self._coalesced, {}
-        for (stream_id, _type_url, _kind), (fact, when) in pending.items():
+        for stream_id in list(self._flushing) + list(self._coalesced):
             stream = self._streams.get(stream_id)
             if stream is not None:
-                self._enqueue_fact(stream_id, stream, fact, when)
+                self._flush_stream(stream_id, stream)
+        self._flushing.clear()
+        self._coalesced.clear()
 
     def _flush_stream(self, stream_id: str, stream: _Stream) -> None:
-        for key in [k for k in self._coalesced if k[0] == stream_id]:
-            fact, when = self._coalesced.pop(key)
-            self._enqueue_fact(stream_id, stream, fact, when)
+        for waiting in (self._flushing, self._coalesced):  # older first
+            for fact, when in waiting.pop(stream_id, {}).values():
+                self._enqueue_fact(stream_id, stream, fact, when)
 
     def _enqueue_fact(self, stream_id: str, stream: _Stream, fact: Acked | Nack, when: datetime) -> None:
         common = dict(node=stream.node, gateway=self.gateway, stream_id=stream_id, type_url=fact.type_url)

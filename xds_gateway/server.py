@@ -235,6 +235,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "stream too slow; reconnect")
                     counters.sent(response, changed_at)
                 item = await inbox.queue.get()
+        except asyncio.CancelledError:
+            # grpc cancels the handler when the client resets the stream or its connection drops
+            if close_reason == "error":
+                close_reason = "client_closed"
+            raise
         finally:
             watch_set = self._watchers.get(node_id)
             if watch_set is not None:

@@ -207,6 +207,10 @@ def test_a_config_envoy_rejects_is_nacked_in_the_log_and_the_next_good_version_c
                               capture_output=True, text=True, timeout=60)
         assert "NACKED" in text.stdout and bad_version in text.stdout, text.stdout
 
+        unknown = subprocess.run([str(BIN / "meshlog"), "status", "--bootstrap", bootstrap, "--node", node + "x"],
+                                 capture_output=True, text=True, timeout=60)
+        assert unknown.returncode == 2 and "--node" in unknown.stderr and node in unknown.stderr, unknown.stderr
+
         # the next good version (the projector's own) clears it
         append_view(bootstrap, [(topics.VIEW_RESOURCES, resource_key(CDS, reviews), good_body),
                                 (topics.VIEW_MEMBERSHIP, node.encode(), good_membership)])

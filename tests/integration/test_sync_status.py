@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import uuid
+from contextlib import contextmanager
 
 import orjson
 import pytest
@@ -69,22 +70,22 @@ def all_synced(r: dict | None) -> bool:
     return bool(r) and r["connected"] and set(states(r)) == set(KINDS) and set(states(r).values()) == {"SYNCED"}
 
 
-def latest_value(bootstrap: str, topic: str, key: bytes) -> bytes | None:
-    async def read() -> bytes | None:
+def all_records(bootstrap: str, topic: str) -> list:
+    async def read() -> list:
         consumer = new_consumer(bootstrap)
         await consumer.start()
         try:
             tp = TopicPartition(topic, 0)
-            end = (await consumer.end_offsets([tp]))[tp]
-            found = None
-            for record in await read_range(consumer, tp, 0, end):
-                if record.key == key:
-                    found = record.value
-            return found
+            return await read_range(consumer, tp, 0, (await consumer.end_offsets([tp]))[tp])
         finally:
             await consumer.stop()
 
     return asyncio.run(read())
+
+
+def latest_value(bootstrap: str, topic: str, key: bytes) -> bytes | None:
+    values = [r.value for r in all_records(bootstrap, topic) if r.key == key]
+    return values[-1] if values else None
 
 
 def append_view(bootstrap: str, records: list[tuple[str, bytes, bytes]]) -> None:
@@ -104,14 +105,23 @@ def view_versions(bootstrap: str, node: str) -> dict[str, dict[str, str]]:
     return parse_membership_value(latest_value(bootstrap, topics.VIEW_MEMBERSHIP, node.encode()))[1]
 
 
-def test_status_follows_a_proxy_across_a_killed_and_a_stopped_gateway(control_plane, tmp_path):
-    bootstrap, gateways, started = control_plane
+@contextmanager
+def synced_envoy(bootstrap: str, gateways, tmp_path):
+    """A mesh, and a real Envoy on both gateways whose every type `meshlog status` shows SYNCED."""
     mesh = a_mesh(bootstrap, uuid.uuid4().hex[:6])
     node, reviews = mesh["node"], mesh["reviews"]
     envoy = start_envoy(node, gateways, tmp_path)
     try:
         wait_until(lambda: all_synced(row(bootstrap, node)), 60, "status to show every type SYNCED",
                    on_fail=lambda: f"{row(bootstrap, node)}\n{envoy.log_tail()}")
+        yield node, reviews, envoy
+    finally:
+        envoy.stop()
+
+
+def test_status_follows_a_proxy_across_a_killed_and_a_stopped_gateway(control_plane, tmp_path):
+    bootstrap, gateways, started = control_plane
+    with synced_envoy(bootstrap, gateways, tmp_path) as (node, reviews, envoy):
         first = row(bootstrap, node)
         # what status says Envoy ACKed is what Envoy reports holding, version for version
         envoy_held = dynamic_names(envoy.config_dump())
@@ -165,18 +175,11 @@ def test_status_follows_a_proxy_across_a_killed_and_a_stopped_gateway(control_pl
                    on_fail=lambda: f"{row(bootstrap, node)}\n{envoy.log_tail()}")
         [stopped] = [p for p in on_replacement()["previous"] if p["gateway"] == standby.name]
         assert stopped["close_reason"] == "gateway_stopping"
-    finally:
-        envoy.stop()
 
 
 def test_a_config_envoy_rejects_is_nacked_in_the_log_and_the_next_good_version_clears_it(control_plane, tmp_path):
     bootstrap, gateways, _started = control_plane
-    mesh = a_mesh(bootstrap, uuid.uuid4().hex[:6])
-    node, reviews = mesh["node"], mesh["reviews"]
-    envoy = start_envoy(node, gateways, tmp_path)
-    try:
-        wait_until(lambda: all_synced(row(bootstrap, node)), 60, "status to show every type SYNCED",
-                   on_fail=lambda: f"{row(bootstrap, node)}\n{envoy.log_tail()}")
+    with synced_envoy(bootstrap, gateways, tmp_path) as (node, reviews, envoy):
         good_body = latest_value(bootstrap, topics.VIEW_RESOURCES, resource_key(CDS, reviews))
         good_membership = latest_value(bootstrap, topics.VIEW_MEMBERSHIP, node.encode())
         _node, resources = parse_membership_value(good_membership)
@@ -216,21 +219,6 @@ def test_a_config_envoy_rejects_is_nacked_in_the_log_and_the_next_good_version_c
                                 (topics.VIEW_MEMBERSHIP, node.encode(), good_membership)])
         wait_until(lambda: all_synced(row(bootstrap, node)), 60, "the good version ACKed: SYNCED again",
                    on_fail=lambda: f"{row(bootstrap, node)}\n{envoy.log_tail()}")
-    finally:
-        envoy.stop()
-
-
-def all_records(bootstrap: str, topic: str) -> list:
-    async def read() -> list:
-        consumer = new_consumer(bootstrap)
-        await consumer.start()
-        try:
-            tp = TopicPartition(topic, 0)
-            return await read_range(consumer, tp, 0, (await consumer.end_offsets([tp]))[tp])
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(read())
 
 
 def replay_json(bootstrap: str, *args: str) -> dict:
@@ -251,12 +239,7 @@ def test_replay_at_accepted_between_the_event_and_the_ack_shows_what_was_not_ack
     from events.codec import decode
 
     bootstrap, gateways, _started = control_plane
-    mesh = a_mesh(bootstrap, uuid.uuid4().hex[:6])
-    node, reviews = mesh["node"], mesh["reviews"]
-    envoy = start_envoy(node, gateways, tmp_path)
-    try:
-        wait_until(lambda: all_synced(row(bootstrap, node)), 60, "status to show every type SYNCED",
-                   on_fail=lambda: f"{row(bootstrap, node)}\n{envoy.log_tail()}")
+    with synced_envoy(bootstrap, gateways, tmp_path) as (node, reviews, envoy):
         registrar(bootstrap, "publish", "--service", reviews, "--instance-id", "r3", "--address", "127.0.0.5",
                   "--port", "9080", "--label", "version=v2")
         event_ms = all_records(bootstrap, topics.REGISTRATIONS)[-1].timestamp
@@ -295,5 +278,3 @@ def test_replay_at_accepted_between_the_event_and_the_ack_shows_what_was_not_ack
         observed = sum(metric_sum(metrics(g.info["http_port"]), "meshlog_xds_convergence_seconds_count",
                                   type_url=eds_url) for g in gateways)
         assert observed >= 1
-    finally:
-        envoy.stop()

@@ -114,7 +114,7 @@ from typing import Iterable
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from .common import Acked, AllowFn, Nack, ProtocolError, digest_hex, entry_hash, order_segments
+from .common import Acked, AllowFn, Nack, ReportsSync, ProtocolError, digest_hex, entry_hash, order_segments
 from .resources import CLUSTER, CORE_TYPES, ENDPOINT, LISTENER, ROUTE, WILDCARD, NodeView, VersionedResource
 
 __all__ = ["DeltaStream"]
@@ -204,7 +204,7 @@ class _Work:
         self.removals.discard(name)
 
 
-class DeltaStream:
+class DeltaStream(ReportsSync):
     """Protocol state of one ``DeltaAggregatedResources`` stream.
 
     ``view`` is this node's view (type URL -> name -> resource). ``allowed``
@@ -331,19 +331,6 @@ class DeltaStream:
     def pending_bytes(self) -> int:
         """Approximate size of the resources in un-ACKed responses."""
         return sum(p.nbytes for ts in self._types.values() for p in ts.pending.values())
-
-    def acked_versions(self, type_url: str) -> dict[str, str]:
-        """What the client holds of a type, as far as its ACKs tell: name -> version."""
-        ts = self._types.get(type_url)
-        return dict(ts.acked) if ts else {}
-
-    def take_learned(self) -> list[Acked | Nack]:
-        """The ACKs and NACKs seen since the last call (only with ``report_sync``), oldest first."""
-        learned = self._learned
-        if not learned:
-            return []
-        self._learned = []
-        return learned
 
     @property
     def nacks(self) -> tuple[Nack, ...]:

@@ -69,7 +69,7 @@ from typing import Iterable
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from .common import Acked, AllowFn, Nack, ProtocolError, content_version, order_segments
+from .common import Acked, AllowFn, Nack, ReportsSync, ProtocolError, content_version, order_segments
 from .resources import CLUSTER, CORE_TYPES, ENDPOINT, LISTENER, WILDCARD, NodeView, VersionedResource, type_rank
 
 __all__ = ["SotwStream", "WILDCARD_TYPES"]
@@ -124,7 +124,7 @@ class _TypeState:
         self.acked: dict[str, str] = {}  # the content of the last ACKed response: what the client holds
 
 
-class SotwStream:
+class SotwStream(ReportsSync):
     """Protocol state of one ``StreamAggregatedResources`` stream."""
 
     def __init__(
@@ -288,19 +288,6 @@ class SotwStream:
 
     def pending_bytes(self) -> int:
         return sum(ts.pending_bytes for ts in self._types.values() if ts.pending)
-
-    def acked_versions(self, type_url: str) -> dict[str, str]:
-        """What the client holds of a type, as far as its ACKs tell: name -> version."""
-        ts = self._types.get(type_url)
-        return dict(ts.acked) if ts else {}
-
-    def take_learned(self) -> list[Acked | Nack]:
-        """The ACKs and NACKs seen since the last call (only with ``report_sync``), oldest first."""
-        learned = self._learned
-        if not learned:
-            return []
-        self._learned = []
-        return learned
 
     @property
     def nacks(self) -> tuple[Nack, ...]:

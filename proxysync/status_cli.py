@@ -20,7 +20,7 @@ import orjson
 
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 from projector.typeurls import TYPE_URLS
-from proxysync.compare import NACKED, STALE, SYNCED, TypeStatus, compare_proxy
+from proxysync.compare import NACKED, STALE, TypeStatus, compare_proxy
 from proxysync.read import SyncSnapshot, read_snapshot
 from proxysync.table import ProxySync, StreamInfo
 from proxysync.text import clean_text
@@ -199,4 +199,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_parser", "run", "status_doc", "proxy_row", "render_node_text", "SYNCED"]
+__all__ = ["add_parser", "run", "status_doc", "proxy_row", "render_node_text"]

@@ -123,6 +123,14 @@ class EventProducer:
             ) from None
         return self._appended(env, meta)
 
+    async def append_batch(self, envs: Sequence[Envelope]) -> None:
+        """Append ``envs`` pipelined (all sent, then all acknowledged); not atomic: for high-volume facts."""
+        try:
+            futures = [await asyncio.wait_for(self._send(env), self._timeout_s) for env in envs]
+            await asyncio.wait_for(asyncio.gather(*futures), self._timeout_s)
+        except (asyncio.TimeoutError, KafkaError) as exc:
+            raise AppendFailed(f"append at {self._bootstrap} was not acknowledged: {type(exc).__name__}: {exc}") from None
+
     async def append_many(self, envs: Sequence[Envelope]) -> list[Appended]:
         """Append all of ``envs`` in one transaction (the producer must be transactional)."""
         await self._require_topics({env.topic for env in envs})

@@ -502,6 +502,76 @@ class JoinTokenRedeemed(Payload):
         return f"token/{self.token_id}"
 
 
+# ---------------------------------------------------------------- what the proxies accepted (written by gateways)
+
+_TYPE_URL_RE = r"^type\.googleapis\.com/[A-Za-z0-9_.]{1,200}$"
+TypeUrl = Annotated[str, Field(min_length=1, max_length=256, pattern=_TYPE_URL_RE)]
+ResourceName = Annotated[str, Field(min_length=1, max_length=1024)]
+ResourceVersion = Annotated[str, Field(min_length=1, max_length=64)]
+#: at most this many names per sync record: a record stays well under Kafka's 1 MB default
+MAX_SYNC_NAMES = 10_000
+ResourceVersions = Annotated[dict[ResourceName, ResourceVersion], Field(max_length=MAX_SYNC_NAMES)]
+StreamId = Annotated[str, Field(min_length=1, max_length=128)]
+GatewayId = Annotated[str, Field(min_length=1, max_length=256)]
+Nonce = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class _SyncFact(Payload):
+    """Something one gateway stream learned about its proxy. Keyed by node: a node's facts stay in order."""
+
+    TOPIC: ClassVar[str] = topics.SYNC
+
+    node: NonEmptyText
+    gateway: GatewayId  # the replica id of the gateway holding the stream
+    stream_id: StreamId  # unique within the gateway process
+
+    def key(self) -> str:
+        return self.node
+
+
+class ProxyStreamOpened(_SyncFact):
+    """A proxy opened an ADS stream to a gateway replica."""
+
+    TYPE: ClassVar[str] = "sync.stream_opened"
+
+    kind: Literal["delta", "sotw"]
+    peer: NonEmptyText  # the client's address as gRPC reports it ("ipv4:10.0.0.7:51234")
+    identity: NonEmptyText | None = None  # the client certificate's identity, once mTLS is on
+
+
+class ProxyStreamClosed(_SyncFact):
+    """An ADS stream ended: the client went away, was shed, or the gateway stopped."""
+
+    TYPE: ClassVar[str] = "sync.stream_closed"
+
+    reason: Literal["client_closed", "gateway_stopping", "slow_client", "too_many_requests", "error"]
+
+
+class ProxyAcked(_SyncFact):
+    """The proxy ACKed a response: ``held`` is every name (and version) of the type it holds now."""
+
+    TYPE: ClassVar[str] = "sync.acked"
+
+    type_url: TypeUrl
+    nonce: Nonce  # the newest response it answered
+    held: ResourceVersions
+    truncated: Annotated[bool, Strict()] = False  # it held more than MAX_SYNC_NAMES names; ``held`` is a part
+
+
+class ProxyNacked(_SyncFact):
+    """The proxy rejected a response; it keeps what it held before."""
+
+    TYPE: ClassVar[str] = "sync.nacked"
+
+    type_url: TypeUrl
+    nonce: Nonce
+    rejected: ResourceVersions  # the names and versions the rejected response carried
+    removed: Annotated[tuple[ResourceName, ...], Field(max_length=MAX_SYNC_NAMES)] = ()
+    code: Annotated[int, Strict()] = 0
+    # the proxy's own words, cut to size and with control characters escaped by the gateway
+    reason: Annotated[str, Field(min_length=1, max_length=2048)]
+
+
 PAYLOAD_TYPES: dict[str, type[Payload]] = {
     cls.TYPE: cls
     for cls in (
@@ -516,5 +586,9 @@ PAYLOAD_TYPES: dict[str, type[Payload]] = {
         IdentityIssued,
         IdentityRevoked,
         JoinTokenRedeemed,
+        ProxyStreamOpened,
+        ProxyStreamClosed,
+        ProxyAcked,
+        ProxyNacked,
     )
 }

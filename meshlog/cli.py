@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES: list[str] = [
     "meshlog.ca_cli",
     "meshlog.demo",
     "meshlog.demo_app",
+    "proxysync.status_cli",
 ]
 
 

@@ -708,7 +708,9 @@ class ProjectorService:
             # until the commit below, the in-memory state holds records whose side effects are not
             # recorded as published: it must not be checkpointed (close() checks this)
             self._unpublished = True
-            await self._publish_with_retry(dead_out, rej_out, plan)
+            # the newest event of the batch: gateways measure append-to-ACK from it (meshlog-source-ms)
+            source_ms = max((r.timestamp for r in fresh if r.timestamp is not None), default=None)
+            await self._publish_with_retry(dead_out, rej_out, plan, source_ms)
             t4 = time.perf_counter()
             self.published.apply(plan)
             for k, v in self.next_folded.items():
@@ -786,7 +788,8 @@ class ProjectorService:
 
     # ------------------------------------------------ side effects
 
-    async def _publish_with_retry(self, dead: list, rejections: list, plan: pub.ViewPlan) -> None:
+    async def _publish_with_retry(self, dead: list, rejections: list, plan: pub.ViewPlan,
+                                  source_ms: int | None = None) -> None:
         first = []
         for record, exc, stage in dead:
             key, value = dead_letter_record(record, exc, stage=stage)
@@ -797,7 +800,8 @@ class ProjectorService:
         while True:
             try:
                 await pub.send_phase(self.producer, first, self.cfg.send_timeout_s)
-                sent = len(first) + await pub.publish_plan(self.producer, plan, timeout_s=self.cfg.send_timeout_s)
+                sent = len(first) + await pub.publish_plan(self.producer, plan, timeout_s=self.cfg.send_timeout_s,
+                                                           source_ms=source_ms)
                 break
             except (KafkaError, asyncio.TimeoutError, OSError) as exc:
                 if self.stopping:

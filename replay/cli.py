@@ -38,6 +38,9 @@ from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 from meshlog.terminal import printable
 from projector.deadletter import parse_dead_letter
 from projector.render import render
+from proxysync.convergence import convergences
+from proxysync.read import read_sync, read_sync_records
+from proxysync.status_cli import proxy_row, render_node_text
 from replay import identities, report, text
 from replay.engine import (
     NotFound,
@@ -76,6 +79,7 @@ TIME_HELP = (
 )
 
 SUBCOMMANDS = ("at", "diff", "log", "serve", "identities")
+SYNC_GRACE_MS = 60_000  # `replay log` reads ACKs this long past the window for convergence
 PROGRESS_MIN_RECORDS = 50_000
 
 log = logging.getLogger("replay")
@@ -106,6 +110,9 @@ def _at_options(p: argparse.ArgumentParser, *, required: bool) -> None:
     p.add_argument("--full", action="store_true", help="with --node: also the resource bodies (protobuf JSON)")
     p.add_argument("--xds", action="store_true",
                    help="with --node: print an Envoy-style /config_dump (JSON) of the node's resources")
+    p.add_argument("--accepted", action="store_true",
+                   help="with --node: also what the proxy had ACKed by TIME (meshlog.sync), next to what it was "
+                        "told; NACKed and not-yet-ACKed resources are listed")
     p.add_argument("--json", action="store_true",
                    help="machine-readable output (shapes documented in replay.report; 'format': 1)")
     p.add_argument("--limit", type=argtypes.integer(0, 10_000_000), default=50, metavar="N",
@@ -293,8 +300,8 @@ def check_usage(args: argparse.Namespace, now: datetime) -> None:
     args.now_ms = to_ms(now)
     if args.command in ("at", "serve"):
         args.at_ms = _parse(args.at, now, "--at")
-    if args.command == "at" and (args.xds or args.full) and not args.node:
-        raise UsageError("--xds and --full need --node N")
+    if args.command == "at" and (args.xds or args.full or args.accepted) and not args.node:
+        raise UsageError("--xds, --full and --accepted need --node N")
     if args.command in ("diff", "log"):
         args.from_ms = _parse(args.from_, now, "--from")
         args.to_ms = _parse(args.to, now, "--to")
@@ -308,6 +315,7 @@ async def cmd_at(args: argparse.Namespace, bootstrap: str) -> int:
         first = await check_instant(consumer, at_ms, args.now_ms, what="--at")
         rebuilt = await rebuild(consumer, at_ms, use_snapshot=not args.no_snapshot, progress=RichProgress(args.progress))
         rebuilt.first_ms = first
+        sync_table = (await read_sync(consumer, until_ms=at_ms))[0] if args.accepted else None
     state = rebuilt.state
     if args.node:
         node = args.node
@@ -320,10 +328,19 @@ async def cmd_at(args: argparse.Namespace, bootstrap: str) -> int:
             return EXIT_OK
         doc = report.node_document(state, node, versions, at_ms=at_ms, source=rebuilt.source(),
                                    bodies=render(state, node) if args.full else None)
+        accepted = None
+        if sync_table is not None:
+            # the same matching `meshlog status` does, against what replay says the node was told at TIME
+            accepted = proxy_row(node, sync_table.proxies.get(node), versions, None)
+            accepted["as_of_ms"] = at_ms
+            doc["accepted"] = accepted
         if args.json:
             _emit_json(doc)
         else:
             text.print_node(text.console(), doc)
+            if accepted is not None:
+                print(f"\nwhat the proxy had ACKed by {iso(at_ms)} (meshlog.sync):")
+                print(render_node_text(accepted, told_header="TOLD (at TIME)"))
         return EXIT_OK
     if args.service and args.service not in report.services_known(state):
         raise NotFound(f"service {args.service!r} is unknown at {iso(at_ms)}"
@@ -427,6 +444,14 @@ async def cmd_log(args: argparse.Namespace, bootstrap: str) -> int:
                         "reason": d.reason, "stage": d.stage, "timestamp_ms": d.timestamp_ms,
                         "service": _entity_service(d.key)})
         identity_events, _bad = await identities.read_identity_events(consumer, from_ms + 1, to_ms_)
+        # what the proxies ACKed: read past the window's end so late ACKs of its last events still count
+        sync_records, _bad = await read_sync_records(consumer, min(to_ms_ + SYNC_GRACE_MS, to_ms(datetime.now(timezone.utc))))
+    changes = [((lg.topic, lg.partition, lg.offset), lg.timestamp_ms, step.effect.views)
+               for step in steps if step.effect.views and step.events for lg in step.events[-1:]]
+    converged = {key: c.as_dict() for key, c in convergences(changes, sync_records).items()}
+    sync_entries = [report.sync_entry(lg) for lg in sync_records
+                    if from_ms < lg.timestamp_ms <= to_ms_ and (args.node is None or lg.payload.node == args.node)
+                    and args.service is None and lg.envelope.type in ("sync.acked", "sync.nacked")]
     dead_docs = []
     seen = set()
     for u in undecodable:
@@ -446,7 +471,8 @@ async def cmd_log(args: argparse.Namespace, bootstrap: str) -> int:
             node_keys |= set(s.nodes.get(args.node, ()))
     doc = report.log_document(
         from_ms=from_ms, to_ms=to_ms_, service=args.service, node=args.node, steps=steps, node_keys=node_keys,
-        recorded_rejections=recorded_rejections, dead_letters=dead_docs,
+        recorded_rejections=recorded_rejections, dead_letters=dead_docs, convergence=converged,
+        sync_entries=sync_entries,
     )
     # identities are not bound to node ids yet (part 2 of the trust work): --node shows none
     doc["identities"] = [] if args.node else identities.log_entries(identity_events, service=args.service)

@@ -5,6 +5,9 @@ health service) and HTTP (``/ready``, ``/healthz``, ``/metrics``). Ready only
 after the view cache caught up. SIGTERM/SIGINT: report NOT_SERVING, stop
 accepting, give open streams ``--grace`` seconds, then close them so their
 clients reconnect to another replica; the process exits within the bound.
+Unless ``--no-sync-log``, what the streams learn (opened, ACKed, NACKed,
+closed) is appended to ``meshlog.sync`` under ``--replica-id``; a graceful stop
+records every open stream as closed by the gateway.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 import gc
 import logging
 import signal
+import socket
 import sys
 import time
 from typing import Sequence
@@ -26,9 +30,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from meshlog import argtypes
 from events import kafka_security
+from events.admin import BrokerUnavailable
+from events.producer import EventProducer
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 from xds_gateway import metrics
 from xds_gateway.server import AdsServicer, add_to_server
+from xds_gateway.sync_log import SyncLog
 from xds_gateway.view_cache import ViewCache, ViewTail
 
 log = logging.getLogger("xds_gateway")
@@ -47,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--grace", type=argtypes.seconds(0, 600, low_inclusive=True), default=2.0, help="seconds open streams get on shutdown (default 2)")
     run.add_argument("--write-timeout", type=argtypes.seconds(0, 3600), default=30.0,
                      help="close a stream whose client has not read a response for this long (default 30)")
+    run.add_argument("--replica-id", help="this replica's name in meshlog.sync (default: HOSTNAME:PORT)")
+    run.add_argument("--no-sync-log", dest="sync_log", action="store_false",
+                     help="do not append what the proxies ACK and NACK to meshlog.sync")
+    run.add_argument("--sync-window", type=float, default=1.0,
+                     help="seconds over which one stream's ACKs of one type coalesce into one record (default 1)")
     run.add_argument("--ready-file", help="write the bound ports as JSON to this file once ready")
     run.add_argument("--log-level", default="INFO")
     return parser
@@ -94,12 +106,29 @@ async def serve(args: argparse.Namespace, bootstrap: str) -> int:
             ("grpc.max_concurrent_streams", 100_000),
         ]
     )
-    add_to_server(AdsServicer(cache, write_timeout_s=args.write_timeout), server)
+    sync_log: SyncLog | None = None
+    producer: EventProducer | None = None
+    if args.sync_log:
+        producer = EventProducer(bootstrap)
+        try:
+            await producer.__aenter__()
+        except BrokerUnavailable as exc:
+            log.error("sync log: %s", exc)
+            tail.stop()
+            tail_task.cancel()
+            await asyncio.gather(tail_task, return_exceptions=True)
+            return 1
+        sync_log = SyncLog(producer.append_batch, "", window_s=args.sync_window)
+    servicer = AdsServicer(cache, write_timeout_s=args.write_timeout, sync_log=sync_log)
+    add_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in ("", ADS_SERVICE):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     port = server.add_insecure_port(f"{args.listen}:{args.port}")
+    if sync_log is not None:
+        sync_log.gateway = args.replica_id or f"{socket.gethostname()}:{port}"
+        sync_log.start()
     await server.start()
 
     runner = web.AppRunner(await _http_app(cache), access_log=None)
@@ -141,7 +170,12 @@ async def serve(args: argparse.Namespace, bootstrap: str) -> int:
     log.info("shutting down: NOT_SERVING, closing streams after %.1fs grace", args.grace)
     for service in ("", ADS_SERVICE):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    servicer.begin_shutdown()
     await server.stop(args.grace)
+    if sync_log is not None:
+        await sync_log.close()
+    if producer is not None:
+        await producer.__aexit__(None, None, None)
     tail.stop()
     tail_task.cancel()
     await asyncio.gather(tail_task, return_exceptions=True)

@@ -18,6 +18,8 @@ import time
 
 import orjson
 
+from events import kafka_security
+from meshlog import argtypes
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 from projector.typeurls import TYPE_URLS
 from proxysync.compare import NACKED, STALE, TypeStatus, compare_proxy
@@ -41,7 +43,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                     "for how long) / NACKED (with the reason) / NOT SENT, against the versions of its view.",
         epilog="Exit codes: 0 shown; 2 unknown --node; 3 broker unreachable.",
     )
-    p.add_argument("--bootstrap", help="Kafka address (default: $MESHLOG_KAFKA_BOOTSTRAP or `meshlog kafka up`'s)")
+    p.add_argument("--bootstrap", type=argtypes.bootstrap, metavar="HOST:PORT[,HOST:PORT]", help="Kafka address (default: $MESHLOG_KAFKA_BOOTSTRAP or `meshlog kafka up`'s)")
+    kafka_security.add_arguments(p)
     p.add_argument("--node", help="show this proxy's names whose ACKed version differs from its view")
     p.add_argument("--all", action="store_true", help="also proxies whose stream is closed")
     p.add_argument("--json", action="store_true", help="print JSON")

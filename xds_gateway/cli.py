@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--replica-id", help="this replica's name in meshlog.sync (default: HOSTNAME:PORT)")
     run.add_argument("--no-sync-log", dest="sync_log", action="store_false",
                      help="do not append what the proxies ACK and NACK to meshlog.sync")
-    run.add_argument("--sync-window", type=float, default=1.0,
+    run.add_argument("--sync-window", type=argtypes.seconds(0, 60), default=1.0,
                      help="seconds over which one stream's ACKs of one type coalesce into one record (default 1)")
     run.add_argument("--ready-file", help="write the bound ports as JSON to this file once ready")
     run.add_argument("--log-level", default="INFO")

@@ -26,6 +26,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 
 from events import topics
 from events.admin import ensure_topics
+from events.kafka_security import connection_kwargs
 from projector.publisher import membership_value, parse_membership_value, resource_key
 from projector.versioning import version_of
 from proxy.envoy_process import dynamic_names, endpoint_count
@@ -90,7 +91,7 @@ def latest_value(bootstrap: str, topic: str, key: bytes) -> bytes | None:
 
 def append_view(bootstrap: str, records: list[tuple[str, bytes, bytes]]) -> None:
     async def send() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        producer = AIOKafkaProducer(**connection_kwargs(bootstrap), acks="all")
         await producer.start()
         try:
             for topic, key, value in records:  # in order: bodies before the membership naming them

@@ -203,7 +203,7 @@ def test_bootstrap_lists(text, ok):
 @pytest.mark.parametrize("argv, expected", [
     (["--at", "not-a-time"], "--at: not a time: 'not-a-time'"),
     (["at", "--at", "-99999999999w"], "--at: not a usable time"),
-    (["--at", "now", "--xds"], "--xds and --full need --node N"),
+    (["--at", "now", "--xds"], "--xds, --full and --accepted need --node N"),
     (["diff", "--from", "now", "--to", "-1h"], "is after --to"),
     (["log", "--from", "garbage", "--to", "now"], "--from: not a time"),
     (["log", "--from", "-1h", "--to", "@99999999999999999999"], "--to: not a usable time"),

@@ -16,3 +16,8 @@ VIEW_LAG = Gauge("meshlog_view_tail_lag_seconds", "Now minus the broker timestam
 SLOW_STREAMS_CLOSED = Counter("meshlog_xds_slow_streams_closed_total", "Streams closed for not reading their responses")
 RESOURCES_SENT = Counter("meshlog_xds_resources_sent_total", "Resources carried by xDS responses", ["kind", "type_url"])
 REMOVALS_SENT = Counter("meshlog_xds_removals_sent_total", "Names carried in delta removed_resources", ["kind", "type_url"])
+REFUSED = Counter("meshlog_xds_refused_total",
+                  "Streams refused or ended: authentication/authorization reasons and admission limit names",
+                  ["reason"])
+REVOKED_STREAMS_CLOSED = Counter("meshlog_xds_revoked_streams_closed_total",
+                                 "Open streams closed because their client certificate was revoked")

@@ -16,6 +16,15 @@ Invariants:
   registration the projector has not rendered yet) gets nothing by wildcard
   and only the proxyless resources it names; once the node appears in the
   view it is served its own view on the same stream.
+- Trust (with a ``TrustGuard``, i.e. TLS): a stream gets a node's view only
+  if ``authz`` allows its certificate's identity that node, decided at the
+  first request and again at every change of the node (its owner may
+  change); a denied stream ends with ``PERMISSION_DENIED`` having received
+  nothing of the node; a stream whose certificate is revoked is closed.
+  Without a guard (``--insecure``) every stream is trusted, as before.
+- Admission: over a cap of ``GatewayLimits`` (streams per connection and per
+  process here; per-stream caps in the protocol machine) the one stream
+  ends with ``RESOURCE_EXHAUSTED``.
 """
 
 from __future__ import annotations
@@ -32,7 +41,11 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from xds_gateway import metrics
+from xds_gateway.admission import DEFAULT_LIMITS, GatewayLimits, StreamSlots
+from xds_gateway.authz import ALLOW, DENY
+from xds_gateway.guard import TrustGuard
 from xds_gateway.protocol.delta import DeltaStream
+from xds_gateway.protocol.limits import Refused
 from xds_gateway.protocol.sotw import SotwStream
 from xds_gateway.view_cache import ViewCache
 
@@ -41,6 +54,7 @@ log = logging.getLogger(__name__)
 _EOF = object()
 _VIEW = object()  # "the node's view changed": at most one queued per stream, so bursts coalesce
 _OVERRUN = object()
+_REVOKED = object()
 
 
 class _Inbox:
@@ -90,10 +104,14 @@ _stream_ids = itertools.count(1)
 
 
 class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
-    def __init__(self, cache: ViewCache, *, write_timeout_s: float = 30.0, request_queue: int = 64):
+    def __init__(self, cache: ViewCache, *, write_timeout_s: float = 30.0, request_queue: int = 64,
+                 limits: GatewayLimits = DEFAULT_LIMITS, guard: TrustGuard | None = None):
         self.cache = cache
         self.write_timeout_s = write_timeout_s
         self.request_queue = request_queue
+        self.limits = limits
+        self.guard = guard
+        self._slots = StreamSlots(limits)
         self._watchers: dict[str, set[_Inbox]] = defaultdict(set)
         self._unknown_watchers: set[_Inbox] = set()
         self._streams: set[asyncio.Task] = set()
@@ -113,10 +131,18 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             for inbox in self._unknown_watchers:
                 inbox.view_changed(now)
 
-    def _view_for(self, node_id: str):
-        if self.cache.knows_node(node_id):
+    def _view_for(self, node_id: str, known: bool = True):
+        if known and self.cache.knows_node(node_id):
             return self.cache.node_view(node_id)
         return self.cache.shared_view()
+
+    def _authorized(self, peer, node_id: str):
+        """Is the node known and may this stream have it: (known, decision); decision None without a guard."""
+        known = self.cache.knows_node(node_id)
+        if self.guard is None:
+            return known, None
+        decision = self.guard.decide(peer, node_id, self.cache.owner_of(node_id))
+        return known and decision.outcome == ALLOW, decision
 
     # ------------------------------------------------------------ RPCs
 
@@ -129,6 +155,23 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         await self._serve("sotw", context)
 
     async def _serve(self, kind: str, context) -> None:
+        connection = context.peer()
+        try:
+            self._slots.take(connection)
+        except Refused as exc:
+            metrics.REFUSED.labels(exc.limit).inc()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.detail)
+        try:
+            await self._serve_admitted(kind, context)
+        finally:
+            self._slots.give_back(connection)
+
+    async def _serve_admitted(self, kind: str, context) -> None:
+        peer = None
+        if self.guard is not None:
+            peer = self.guard.identify(context.auth_context())
+            if peer.refusal is not None:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, peer.refusal.detail)
         stream_id = f"{os.getpid()}-{next(_stream_ids)}"
         inbox = _Inbox()
 
@@ -157,7 +200,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         if not node_id:
             reader.cancel()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id")
-        known = self.cache.knows_node(node_id)
+        known, decision = self._authorized(peer, node_id)
+        if decision is not None and decision.outcome == DENY:
+            reader.cancel()
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, decision.detail)
+        release = self.guard.hold(peer, lambda: inbox.queue.put_nowait(_REVOKED)) if self.guard else None
         machine = self._new_machine(kind, stream_id, node_id, known)
         (self._watchers[node_id] if known else self._unknown_watchers).add(inbox)
         metrics.STREAMS.labels(kind).inc()
@@ -171,16 +218,25 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     return
                 if item is _OVERRUN:
                     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many unanswered requests")
+                if item is _REVOKED:
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "client certificate revoked")
                 if item is _VIEW:
                     changed_at = inbox.take_change()
-                    if not known and self.cache.knows_node(node_id):
+                    if self.guard is not None:
+                        # the node's owner may have changed (or appeared): decide again before serving it
+                        allowed, decision = self._authorized(peer, node_id)
+                        if decision.outcome == DENY:
+                            await context.abort(grpc.StatusCode.PERMISSION_DENIED, decision.detail)
+                    else:
+                        allowed = self.cache.knows_node(node_id)
+                    if not known and allowed:
                         # the node's registration was rendered: serve its own view from now on
                         known = True
                         self._unknown_watchers.discard(inbox)
                         self._watchers[node_id].add(inbox)
                         machine.set_scope(allowed=None, wildcard_allowed=True)
                         log.info("%s stream %s: node %s now in the view", kind, stream_id, node_id)
-                    responses = machine.on_view(self._view_for(node_id))
+                    responses = machine.on_view(self._view_for(node_id, known))
                 else:
                     if log.isEnabledFor(logging.DEBUG):
                         subscribe = item.resource_names_subscribe if kind == "delta" else item.resource_names
@@ -188,7 +244,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         log.debug("%s stream %s <- %s nonce=%s sub=%s unsub=%s%s", kind, stream_id,
                                   _short(item.type_url), item.response_nonce, list(subscribe), list(unsubscribe),
                                   " NACK" if item.HasField("error_detail") else "")
-                    responses = machine.on_request(item)
+                    try:
+                        responses = machine.on_request(item)
+                    except Refused as exc:
+                        metrics.REFUSED.labels(exc.limit).inc()
+                        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.detail)
                     self._log_nack(kind, node_id, item)
                 if responses and log.isEnabledFor(logging.DEBUG):
                     for r in responses:
@@ -208,6 +268,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     counters.sent(response, changed_at)
                 item = await inbox.queue.get()
         finally:
+            if release is not None:
+                release()
             watch_set = self._watchers.get(node_id)
             if watch_set is not None:
                 watch_set.discard(inbox)
@@ -219,10 +281,10 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             log.info("%s stream %s closed (node %s)", kind, stream_id, node_id)
 
     def _new_machine(self, kind: str, stream_id: str, node_id: str, known: bool):
-        view = self._view_for(node_id)
+        view = self._view_for(node_id, known)
         allowed: Callable[[str, str], bool] | None = None if known else self.cache.proxyless_allowed
         cls = DeltaStream if kind == "delta" else SotwStream
-        return cls(stream_id, view, allowed=allowed, wildcard_allowed=known)
+        return cls(stream_id, view, allowed=allowed, wildcard_allowed=known, limits=self.limits.stream)
 
     @staticmethod
     def _log_nack(kind: str, node_id: str, request) -> None:

@@ -259,7 +259,7 @@ async def test_each_stream_limit_ends_that_stream_only(gw, limit, requests):
 async def test_a_request_over_the_size_cap_ends_that_stream_only(gw):
     web1 = gw.ca.issue(spiffe.sidecar(D, "web", "web-1"), "web-1")
     async with gw.channel(web1) as ch:
-        big = dreq("web-1", CLUSTER, ["x" * 1000 for _ in range(70)])  # ~70 KB > 64 KiB
+        big = dreq("web-1", CLUSTER, ["x" * 7000 + str(i) for i in range(10)])  # ~70 KB > 64 KiB, 10 names
         err = await _ends_with_resource_exhausted(stream(ch), big)
         assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         await _still_served(ch)

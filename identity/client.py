@@ -5,7 +5,10 @@ agent. The client verifies the CA server against the trust bundle (``ca.pem``,
 distributed out of band like SPIRE's bundle) and that the certificate it got
 back is for the identity it asked for and chains to that root.
 
-Invariant: a refusal becomes ``CaRefused(status, reason, detail)`` carrying the
+Invariant: a certificate that does not chain to the bundle is refused here,
+before connecting (``pki.CertificateRefused``, e.g. ``untrusted_issuer``),
+because the server's TLS handshake would refuse it without a reason. A refusal
+by the server becomes ``CaRefused(status, reason, detail)`` carrying the
 server's reason code; nothing is written to disk unless a certificate was
 issued and checked.
 """
@@ -97,6 +100,9 @@ async def renew(url: str, files: pki.IdentityFiles, *, key: ec.EllipticCurvePriv
     """Present the certificate in ``files`` over mTLS and get a new one (same SPIFFE id) for a new key."""
     root = pki.load_bundle(files.bundle)
     current = pki.cert_from_pem(files.cert.read_bytes())
+    # a certificate the root did not sign would fail the TLS handshake with a bare alert (the server's
+    # TLS layer cannot pass it on): say why here. Expiry and revocation are the CA's to decide and name.
+    pki.verify(current, root, check_time=False)
     key = key or pki.generate_key()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
         body = await _post(session, url.rstrip("/") + "/v1/renew", {"csr": _csr_pem(key)},

@@ -56,7 +56,7 @@ class IdentityLog:
             raise LogUnavailable(f"Kafka at {self._bootstrap} did not answer within {self._timeout_s:g}s "
                                  f"({type(exc).__name__})") from None
         self._consumer.assign([PARTITION])
-        self._consumer.seek_to_beginning(PARTITION)
+        await self._consumer.seek_to_beginning(PARTITION)
         return self
 
     async def __aexit__(self, *exc_info) -> None:

@@ -254,11 +254,13 @@ def spiffe_id_of(cert: x509.Certificate) -> SpiffeId:
         raise CertificateRefused("no_spiffe_id", str(exc)) from None
 
 
-def verify(cert: x509.Certificate, root: x509.Certificate, *, now: datetime | None = None) -> SpiffeId:
+def verify(cert: x509.Certificate, root: x509.Certificate, *, now: datetime | None = None,
+           check_time: bool = True) -> SpiffeId:
     """Check that ``cert`` is a current workload certificate of ``root``'s trust domain; return its id.
 
     Refuses (``CertificateRefused``) with reason: untrusted_issuer, not_a_workload, not_yet_valid,
-    expired, no_spiffe_id, other_trust_domain. Revocation is the registry's job.
+    expired, no_spiffe_id, other_trust_domain. Revocation is the registry's job. ``check_time=False``
+    checks only who issued it (a client checking its own certificate before presenting it).
     """
     at = _utc(now)
     ident = spiffe_id_of(cert)
@@ -278,6 +280,8 @@ def verify(cert: x509.Certificate, root: x509.Certificate, *, now: datetime | No
         is_ca = False
     if is_ca or ident.role == "ca":
         raise CertificateRefused("not_a_workload", f"{ident.uri} is a CA certificate, not a workload certificate")
+    if not check_time:
+        return ident
     if at < cert.not_valid_before_utc:
         raise CertificateRefused("not_yet_valid", f"{ident.uri} (serial {serial_hex(cert)}) is valid only from "
                                  f"{cert.not_valid_before_utc.isoformat()}")

@@ -20,7 +20,8 @@ Invariants:
   *without the time check* (OpenSSL's X509_V_FLAG_NO_CHECK_TIME): an expired
   certificate reaches ``authority.check_renewal`` and gets a clear 403
   "expired" instead of a bare TLS alert. A certificate of another root fails
-  the handshake (the client sees an ``unknown ca`` alert); nothing is issued.
+  the handshake (Python's ssl has no verify callback to pass it on); nothing
+  is issued, and ``identity.client`` names the reason before it connects.
 - A refusal is counted per reason (``/healthz``) and logged once, bounded.
 """
 

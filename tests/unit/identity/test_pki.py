@@ -192,3 +192,13 @@ def test_public_key_pem_round_trip(ca):
     cert, key = _issue(ca)
     pem = pki.public_key_pem(cert)
     assert pki.public_key_from_pem(pem).public_numbers() == key.public_key().public_numbers()
+
+
+def test_verify_without_time_checks_only_the_issuer(ca):
+    cert, _ = _issue(ca)
+    late = cert.not_valid_after_utc + timedelta(days=1)
+    assert pki.verify(cert, ca.certificate, now=late, check_time=False) == pki.spiffe_id_of(cert)
+    forged, _ = _issue(pki.create_root(DOMAIN, now=T0))
+    with pytest.raises(CertificateRefused) as err:
+        pki.verify(forged, ca.certificate, now=late, check_time=False)
+    assert err.value.reason == "untrusted_issuer"

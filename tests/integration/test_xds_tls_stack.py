@@ -138,3 +138,83 @@ def test_mtls_mesh_renews_the_workload_certificate_during_traffic_and_refuses_im
             process.stop()
         for app in apps.values():
             app.stop()
+
+
+GRPC_XDS_CLIENT = """
+import sys, grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+channel = grpc.insecure_channel("xds:///" + sys.argv[1])
+reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=float(sys.argv[2]),
+                                                   wait_for_ready=True)
+print(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+"""
+
+
+def _grpc_xds_client(tmp_path, name: str, server_uri: str, node_id: str, cluster: str, channel_creds: list, target: str,
+                     timeout: float = 30.0):
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / f"{name}-bootstrap.json"
+    path.write_text(json.dumps({"xds_servers": [{"server_uri": server_uri, "channel_creds": channel_creds,
+                                                 "server_features": ["xds_v3"]}],
+                                "node": {"id": node_id, "cluster": cluster, "locality": {}}}))
+    env = {**os.environ, "GRPC_XDS_BOOTSTRAP": str(path)}
+    if os.environ.get("MESHLOG_DEBUG_XDS"):
+        env.update(GRPC_VERBOSITY="debug", GRPC_TRACE="xds_client,xds_resolver")
+    return subprocess.run([sys.executable, "-c", GRPC_XDS_CLIENT, target, str(timeout)], capture_output=True, text=True,
+                          timeout=90, env=env)
+
+
+def test_a_proxyless_grpcio_client_gets_its_config_over_mtls(kafka_bootstrap, tmp_path):
+    """grpcio's xDS bootstrap with TLS channel credentials from files (gRFC A65): the client presents its
+    workload certificate to the TLS-only gateway and resolves xds:///<service> through it."""
+    import subprocess
+    import sys
+    from concurrent import futures
+
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from meshlog.kafka_local import free_port
+
+    asyncio.run(ensure_topics(kafka_bootstrap))
+    ca = MeshCA(D, tmp_path / "ca")
+    sfx = uuid.uuid4().hex[:6]
+    greeter, client = f"greeter{sfx}", f"gclient{sfx}"
+    gw_ident = ca.issue(spiffe.gateway(D, "g1"), "gateway", server_names=["127.0.0.1", "localhost"])
+    me = ca.issue(spiffe.sidecar(D, client, "c1"), "client")
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    health_servicer = health.HealthServicer()
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    started = []
+    try:
+        started.append(start_projector(kafka_bootstrap, tmp_path))
+        gateway = start_gateway(kafka_bootstrap, tmp_path, "gateway-grpc-tls", identity=files(gw_ident))
+        started.append(gateway)
+        registrar = [str(__import__("pathlib").Path(sys.executable).parent / "registrar"), "--bootstrap",
+                     kafka_bootstrap, "publish"]
+        for argv in (["--service", greeter, "--instance-id", "g1", "--address", "127.0.0.1", "--port", str(port),
+                      "--protocol", "grpc"],
+                     ["--service", client, "--instance-id", "c1", "--address", "127.0.0.1", "--port",
+                      str(free_port()), "--protocol", "grpc", "--node-id", f"{client}-node", "--depends-on", greeter]):
+            done = subprocess.run([*registrar, *argv], capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+        tls_creds = [{"type": "tls", "config": {"ca_certificate_file": str(me.ca), "certificate_file": str(me.cert),
+                                                "private_key_file": str(me.key)}}]
+        uri = f"127.0.0.1:{gateway.info['xds_port']}"
+        result = _grpc_xds_client(tmp_path, "tls", uri, f"{client}-node", client, tls_creds, greeter)
+        (tmp_path / "grpc-client.log").write_text(result.stderr)
+        assert result.returncode == 0, result.stderr[-3000:] + "\n" + gateway.log_tail()
+        assert result.stdout.strip() == "SERVING"
+        # and the same client with plaintext channel creds gets nothing from the TLS-only gateway
+        plain = _grpc_xds_client(tmp_path, "plain", uri, f"{client}-node", client, [{"type": "insecure"}], greeter,
+                                 timeout=8)
+        assert plain.returncode != 0 and "SERVING" not in plain.stdout
+    finally:
+        server.stop(0)
+        for process in reversed(started):
+            process.stop()

@@ -306,11 +306,14 @@ async def _gateway(conn, write_timeout_s: float, gc_freeze: bool) -> None:
 
     import grpc
 
+    from xds_gateway.admission import GatewayLimits
     from xds_gateway.server import AdsServicer, add_to_server
     from xds_gateway.view_cache import ViewCache
 
     cache = ViewCache()
-    servicer = AdsServicer(cache, write_timeout_s=write_timeout_s)
+    # the simulated Envoys share connections (--streams-per-channel): lift the per-connection cap (16)
+    servicer = AdsServicer(cache, write_timeout_s=write_timeout_s,
+                           limits=GatewayLimits(max_streams_per_connection=100_000))
     server = grpc.aio.server(options=GATEWAY_SERVER_OPTIONS)
     add_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")

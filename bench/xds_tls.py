@@ -41,13 +41,16 @@ CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 DOMAIN = "bench.local"
 
 
-def make_identities(directory: Path) -> dict[str, Path]:
+def make_identities(directory: Path, client_role: str = "sidecar") -> dict[str, Path]:
+    """A root and two identities' dirs (cert.pem, key.pem, ca.pem): the gateway's, and the clients'
+    (``sidecar/bench/b0``, the owner of ``bench-0``; or ``operator/bench``, allowed every node)."""
     from identity import pki, spiffe
 
     ca = pki.create_root(DOMAIN)
     out = {}
+    client = spiffe.sidecar(DOMAIN, "bench", "b0") if client_role == "sidecar" else spiffe.operator(DOMAIN, "bench")
     for name, ident, names in (("gateway", spiffe.gateway(DOMAIN, "g1"), ["127.0.0.1", "localhost"]),
-                               ("client", spiffe.sidecar(DOMAIN, "bench", "b0"), [])):
+                               ("client", client, [])):
         key = pki.generate_key()
         cert = pki.issue(ca, ident, key.public_key(), server_names=names)
         files = pki.save_identity(directory / name, cert, key, ca.certificate)

@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
-import os
 import sys
 import tempfile
 import time

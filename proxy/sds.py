@@ -26,15 +26,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-from identity.pki import CertificateRefused, spiffe_id_of, write_file_atomic
-from identity.spiffe import SpiffeId
+from identity.pki import write_file_atomic
+from meshlog.xds_trust import TlsFiles, TlsFilesError, TlsMaterial, files_stamp, load_tls_files
 
 log = logging.getLogger(__name__)
 
@@ -49,50 +44,11 @@ __all__ = ["SidecarTls", "TlsProblem", "load_tls", "secret_documents", "upstream
            "SecretSync"]
 
 
-class TlsProblem(ValueError):
-    """Unusable TLS files for this sidecar; the message names the flag and the problem."""
-
-
-@dataclass(frozen=True, slots=True)
-class SidecarTls:
-    cert: Path
-    key: Path
-    ca: Path
-
-
-@dataclass(frozen=True, slots=True)
-class Material:
-    cert_pem: bytes
-    key_pem: bytes
-    ca_pem: bytes
-    identity: SpiffeId
-    serial: int
-
-
-def load_tls(files: SidecarTls) -> Material:
-    """Read and check the three files; ``TlsProblem`` names the first that is unusable."""
-    pems = {}
-    for flag, path in (("--tls-cert", files.cert), ("--tls-key", files.key), ("--tls-ca", files.ca)):
-        try:
-            pems[flag] = path.read_bytes()
-        except OSError as exc:
-            raise TlsProblem(f"{flag}: {str(path)!r}: {exc.strerror or exc}") from None
-    try:
-        cert = x509.load_pem_x509_certificate(pems["--tls-cert"])
-        x509.load_pem_x509_certificate(pems["--tls-ca"])
-    except ValueError as exc:
-        raise TlsProblem(f"--tls-cert/--tls-ca: not a PEM certificate ({exc})") from None
-    try:
-        key = load_pem_private_key(pems["--tls-key"], password=None)
-    except (ValueError, TypeError) as exc:
-        raise TlsProblem(f"--tls-key: {str(files.key)!r} is not an unencrypted PEM private key ({exc})") from None
-    if key.public_key().public_numbers() != cert.public_key().public_numbers():
-        raise TlsProblem(f"--tls-key: {str(files.key)!r} is not the key of --tls-cert {str(files.cert)!r}")
-    try:
-        identity = spiffe_id_of(cert)
-    except CertificateRefused as exc:
-        raise TlsProblem(f"--tls-cert: {exc}") from None
-    return Material(pems["--tls-cert"], pems["--tls-key"], pems["--tls-ca"], identity, cert.serial_number)
+# the sidecar reads its files exactly as the gateway reads its own (meshlog.xds_trust)
+SidecarTls = TlsFiles
+TlsProblem = TlsFilesError
+Material = TlsMaterial
+load_tls = load_tls_files
 
 
 def secret_documents(m: Material) -> dict[str, dict]:
@@ -141,17 +97,6 @@ def write_secrets(sds_dir: Path, m: Material) -> None:
     write_file_atomic(sds_dir / WORKLOAD_FILE, json.dumps(docs[WORKLOAD_FILE]).encode(), 0o600)
 
 
-def _stamp(files: SidecarTls) -> tuple:
-    out = []
-    for p in (files.cert, files.key, files.ca):
-        try:
-            st = os.stat(p)
-            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
-        except OSError:
-            out.append(None)
-    return tuple(out)
-
-
 class SecretSync:
     """Keeps the SDS files in step with the operator's certificate files (polled: a few ``stat`` calls)."""
 
@@ -159,7 +104,7 @@ class SecretSync:
         self.files = files
         self.sds_dir = sds_dir
         self.current = first
-        self._stamp = _stamp(files)
+        self._stamp = files_stamp(files)
         self._bad_stamp: tuple | None = None
         self.renewals = 0
 
@@ -168,7 +113,7 @@ class SecretSync:
 
     def check(self) -> bool:
         """Rewrite the secrets if the files changed to a usable pair; True if they were rewritten."""
-        stamp = _stamp(self.files)
+        stamp = files_stamp(self.files)
         if stamp == self._stamp or stamp == self._bad_stamp:
             return False
         try:

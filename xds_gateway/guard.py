@@ -152,4 +152,6 @@ async def tail_revocations(guard: TrustGuard, bootstrap: str, *, period_s: float
                     await asyncio.sleep(period_s)
         except LogUnavailable as exc:
             log.warning("identities topic unavailable (%s); revocations not seen until it answers", exc)
-            await asyncio.sleep(max(period_s, 2.0))
+        except Exception:  # noqa: BLE001 - the tail must outlive any reader failure; it starts over
+            log.exception("reading the identities topic failed; starting over")
+        await asyncio.sleep(max(period_s, 2.0))

@@ -16,84 +16,19 @@ Invariants:
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from identity.pki import CertificateRefused, spiffe_id_of
-from identity.spiffe import SpiffeId
+from meshlog.xds_trust import TlsFiles, TlsFilesError, TlsMaterial, files_stamp, load_tls_files
 
 log = logging.getLogger(__name__)
 
 __all__ = ["TlsFiles", "TlsConfigError", "load_material", "server_credentials"]
 
-
-class TlsConfigError(ValueError):
-    """Unusable TLS files; the message names the flag/file and the problem."""
-
-
-@dataclass(frozen=True, slots=True)
-class TlsFiles:
-    cert: Path
-    key: Path
-    ca: Path
-
-
-@dataclass(frozen=True, slots=True)
-class Material:
-    cert_pem: bytes
-    key_pem: bytes
-    ca_pem: bytes
-    identity: SpiffeId  # the gateway's own SPIFFE id (its trust domain is the mesh's)
-
-
-def _read(path: Path, what: str) -> bytes:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise TlsConfigError(f"{what} {str(path)!r}: {exc.strerror or exc}") from None
-    if not data.strip():
-        raise TlsConfigError(f"{what} {str(path)!r} is empty")
-    return data
-
-
-def load_material(files: TlsFiles) -> Material:
-    cert_pem, key_pem, ca_pem = (_read(files.cert, "--tls-cert"), _read(files.key, "--tls-key"),
-                                 _read(files.ca, "--tls-ca"))
-    try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
-    except ValueError as exc:
-        raise TlsConfigError(f"--tls-cert {str(files.cert)!r} is not a PEM certificate ({exc})") from None
-    try:
-        x509.load_pem_x509_certificate(ca_pem)
-    except ValueError as exc:
-        raise TlsConfigError(f"--tls-ca {str(files.ca)!r} is not a PEM certificate ({exc})") from None
-    try:
-        key = load_pem_private_key(key_pem, password=None)
-    except (ValueError, TypeError) as exc:
-        raise TlsConfigError(f"--tls-key {str(files.key)!r} is not an unencrypted PEM private key ({exc})") from None
-    if key.public_key().public_numbers() != cert.public_key().public_numbers():
-        raise TlsConfigError(f"--tls-key {str(files.key)!r} is not the key of --tls-cert {str(files.cert)!r}")
-    try:
-        identity = spiffe_id_of(cert)
-    except CertificateRefused as exc:
-        raise TlsConfigError(f"--tls-cert {str(files.cert)!r}: {exc}") from None
-    return Material(cert_pem, key_pem, ca_pem, identity)
-
-
-def _stamp(files: TlsFiles) -> tuple:
-    out = []
-    for p in (files.cert, files.key, files.ca):
-        try:
-            st = os.stat(p)
-            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
-        except OSError:
-            out.append(None)
-    return tuple(out)
+# the gateway reads its files exactly as a sidecar reads its own (meshlog.xds_trust)
+TlsConfigError = TlsFilesError
+Material = TlsMaterial
+load_material = load_tls_files
 
 
 def server_credentials(files: TlsFiles, first: Material) -> grpc.ServerCredentials:
@@ -102,10 +37,10 @@ def server_credentials(files: TlsFiles, first: Material) -> grpc.ServerCredentia
     def config(m: Material):
         return grpc.ssl_server_certificate_configuration([(m.key_pem, m.cert_pem)], root_certificates=m.ca_pem)
 
-    seen = [_stamp(files), None]  # files in use, files last found unusable (logged once)
+    seen = [files_stamp(files), None]  # files in use, files last found unusable (logged once)
 
     def fetch():
-        stamp = _stamp(files)
+        stamp = files_stamp(files)
         if stamp == seen[0] or stamp == seen[1]:
             return None
         try:

@@ -193,8 +193,18 @@ def test_a_proxyless_grpcio_client_gets_its_config_over_mtls(kafka_bootstrap, tm
     started = []
     try:
         started.append(start_projector(kafka_bootstrap, tmp_path))
-        gateway = start_gateway(kafka_bootstrap, tmp_path, "gateway-grpc-tls", identity=files(gw_ident))
+        # gRPC and HTTP on separate addresses: /metrics on 127.0.0.2 only
+        gateway = start_gateway(kafka_bootstrap, tmp_path, "gateway-grpc-tls", identity=files(gw_ident),
+                                extra=("--http-listen", "127.0.0.2"))
         started.append(gateway)
+        import urllib.error
+        import urllib.request
+
+        http = gateway.info["http_port"]
+        with urllib.request.urlopen(f"http://127.0.0.2:{http}/ready", timeout=5) as ready:
+            assert ready.status == 200
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(f"http://127.0.0.1:{http}/ready", timeout=5)
         registrar = [str(__import__("pathlib").Path(sys.executable).parent / "registrar"), "--bootstrap",
                      kafka_bootstrap, "publish"]
         for argv in (["--service", greeter, "--instance-id", "g1", "--address", "127.0.0.1", "--port", str(port),

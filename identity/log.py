@@ -55,6 +55,14 @@ class IdentityLog:
             await self.close()
             raise LogUnavailable(f"Kafka at {self._bootstrap} did not answer within {self._timeout_s:g}s "
                                  f"({type(exc).__name__})") from None
+        try:
+            known = await asyncio.wait_for(self._consumer.topics(), self._timeout_s)
+        except (asyncio.TimeoutError, KafkaError) as exc:
+            await self.close()
+            raise LogUnavailable(f"Kafka at {self._bootstrap} did not list its topics ({type(exc).__name__})") from None
+        if topics.IDENTITIES not in known:
+            await self.close()
+            raise LogUnavailable(f"topic {topics.IDENTITIES} does not exist: run `meshlog topics ensure`")
         self._consumer.assign([PARTITION])
         await self._consumer.seek_to_beginning(PARTITION)
         return self

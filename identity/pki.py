@@ -347,6 +347,11 @@ def key_from_pem(data: bytes | str) -> ec.EllipticCurvePrivateKey:
     return key  # type: ignore[return-value]
 
 
+def keystore_pem(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> bytes:
+    """One PEM with the PKCS#8 key then the certificate: Kafka's ``ssl.keystore.type=PEM`` file layout."""
+    return key_to_pem(key) + cert_to_pem(cert)
+
+
 def public_key_pem(key: ec.EllipticCurvePublicKey | x509.Certificate) -> str:
     pub = key.public_key() if isinstance(key, x509.Certificate) else key
     return pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()

@@ -97,6 +97,10 @@ class Registry:
             return "expired"
         return "held"
 
+    def held(self, serial: str, at_ms: int) -> Certificate | None:
+        """The certificate ``serial`` if it was held at ``at_ms`` (e.g. to verify an event logged then), else None."""
+        return self.certificates[serial] if self.status_at(serial, at_ms) == "held" else None
+
     def held_at(self, at_ms: int) -> list[Certificate]:
         """Certificates held at ``at_ms``, by SPIFFE id then not-before."""
         held = [c for s, c in self.certificates.items() if self.status_at(s, at_ms) == "held"]

@@ -14,6 +14,10 @@ Invariants:
   the log to its end first, so a revocation logged before the request is
   seen. Each issued certificate is appended as ``IdentityIssued`` before it
   is returned: a certificate nobody can find in the log is never handed out.
+  (A replica that dies between a won claim and the issuance burns the token:
+  the operator mints another; a token is never granted twice.)
+- Without the log there is no decision: if Kafka does not answer, the
+  request gets 503 ``log_unavailable``, never a certificate.
 - TLS: the server presents a ``ca-server/<replica>`` certificate (issued at
   start, logged, re-issued at 2/3 of its life). Client certificates are
   optional (joins have none) and verified against the root in the handshake
@@ -42,6 +46,7 @@ import orjson
 from aiohttp import web
 from cryptography import x509
 
+from events.admin import BrokerUnavailable
 from events.envelope import new_event
 from events.producer import EventProducer
 from identity import authority, pki, records
@@ -135,8 +140,12 @@ class CaService:
             issued = await action(body)
         except Refused as exc:
             return self._refuse(request, exc)
-        except LogUnavailable as exc:
-            log.warning("refused %s: the identities log is unavailable: %s", request.path, exc)
+        except pki.PkiError as exc:  # e.g. an unreadable client certificate
+            return self._refuse(request, Refused(exc.reason, exc.detail))
+        except (LogUnavailable, BrokerUnavailable) as exc:
+            # no decision without the log: a token's use or a revocation could be missed
+            self.refusals["log_unavailable"] += 1
+            log.warning("refused %s: the identities log is unavailable: %s", request.path, str(exc)[:300])
             return _json({"error": "log_unavailable", "detail": str(exc)[:300]}, 503)
         log.info("issued %s serial %s (%s)", pki.spiffe_id_of(issued.cert).uri, pki.serial_hex(issued.cert),
                  request.path)
@@ -151,8 +160,7 @@ class CaService:
         return await self._respond(request, self.join)
 
     async def handle_renew(self, request: web.Request) -> web.Response:
-        peer = _peer_certificate(request)
-        return await self._respond(request, lambda body: self.renew(body, peer))
+        return await self._respond(request, lambda body: self.renew(body, _peer_certificate(request)))
 
     async def handle_health(self, request: web.Request) -> web.Response:
         return _json({"ok": True, "replica": self.replica, "domain": self.ca.domain,

@@ -202,3 +202,10 @@ def test_verify_without_time_checks_only_the_issuer(ca):
     with pytest.raises(CertificateRefused) as err:
         pki.verify(forged, ca.certificate, now=late, check_time=False)
     assert err.value.reason == "untrusted_issuer"
+
+
+def test_keystore_pem_is_key_then_certificate(ca):
+    cert, key = _issue(ca)
+    data = pki.keystore_pem(cert, key)
+    assert data.startswith(b"-----BEGIN PRIVATE KEY-----") and data.endswith(pki.cert_to_pem(cert))
+    assert pki.key_from_pem(data).public_key().public_numbers() == key.public_key().public_numbers()

@@ -51,6 +51,7 @@ def test_revoked_from_the_revocation_log_time(ca):
     reg = fold_many(EMPTY, [logged(event, MS0, 0), logged(revoke, MS0 + HOUR, 1)])
     assert reg.status_at(serial, MS0 + HOUR - 1) == "held"
     assert reg.status_at(serial, MS0 + HOUR) == "revoked"
+    assert reg.held(serial, MS0 + HOUR - 1).serial == serial and reg.held(serial, MS0 + HOUR) is None
     assert reg.revocation(serial).reason == "key leaked"
 
 

@@ -185,12 +185,14 @@ def envoy_stats(status_path: Path, prefix: str) -> dict[str, int]:
 def sidecar_argv(workdir: Path, bootstrap: str, gateway: str, *, service: str, instance: str, app_port: int,
                  depends_on: str | None = None) -> tuple[list[str], int, Path]:
     from meshlog.kafka_local import free_port
+    from meshlog.xds_trust import sidecar_tls_args
 
     outbound = free_port()
     cache = workdir / f"sidecar-{service}-{instance}"
     argv = [str(BIN / "meshlog-sidecar"), "run", "--service", service, "--instance-id", instance,
             "--app-port", str(app_port), "--inbound-port", str(free_port()), "--outbound-port", str(outbound),
-            "--gateway", gateway, "--bootstrap", bootstrap, "--cache-dir", str(cache), "--drain-seconds", "0"]
+            "--gateway", gateway, "--bootstrap", bootstrap, "--cache-dir", str(cache), "--drain-seconds", "0",
+            *sidecar_tls_args(None)]
     if depends_on:
         argv += ["--depends-on", depends_on]
     return argv, outbound, cache / "status.json"

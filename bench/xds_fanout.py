@@ -49,6 +49,10 @@ Usage:  .venv/bin/python bench/xds_fanout.py            (full: ~2 min on 2 cores
         --json FILE  writes the figures as JSON
         --no-gc-freeze  experiment: leave out the gc.freeze() that `xds-gateway run` does
                      periodically (here once the streams are up)
+        --tls        the gateway serves mTLS as `xds-gateway run` does (xds_gateway.tls credentials and a
+                     TrustGuard deciding every stream and view change); the clients present an
+                     operator certificate (operators may watch any node, so one certificate serves
+                     10,000 node ids; the decision path is the same pure function a sidecar's takes)
         --no-floor   skips the closing calibration: a bare grpc.aio servicer pushing the
                      same payload to the same number of subscribers (this machine's and
                      these Python clients' floor for figure 1)
@@ -246,8 +250,8 @@ def _as_records(rows: list, ts: int) -> list[_Rec]:
     return [_Rec(topic, key, value, ts) for topic, key, value in rows]
 
 
-def gateway_main(conn, write_timeout_s: float, gc_freeze: bool, sync_log: bool = True) -> None:
-    asyncio.run(_gateway(conn, write_timeout_s, gc_freeze, sync_log))
+def gateway_main(conn, write_timeout_s: float, gc_freeze: bool, sync_log: bool = True, tls_dir: str | None = None) -> None:
+    asyncio.run(_gateway(conn, write_timeout_s, gc_freeze, sync_log, tls_dir))
 
 
 def _gateway_counters() -> dict:
@@ -313,7 +317,7 @@ class _GcClock:
         return out
 
 
-async def _gateway(conn, write_timeout_s: float, gc_freeze: bool, sync_log: bool = True) -> None:
+async def _gateway(conn, write_timeout_s: float, gc_freeze: bool, sync_log: bool = True, tls_dir: str | None = None) -> None:
     import cProfile
     import gc
     import io
@@ -321,6 +325,7 @@ async def _gateway(conn, write_timeout_s: float, gc_freeze: bool, sync_log: bool
 
     import grpc
 
+    from xds_gateway.admission import GatewayLimits
     from xds_gateway.server import AdsServicer, add_to_server
     from xds_gateway.view_cache import ViewCache
 
@@ -330,10 +335,23 @@ async def _gateway(conn, write_timeout_s: float, gc_freeze: bool, sync_log: bool
     sync = SyncLog(_encoding_sink, "bench-gateway") if sync_log else None
     if sync is not None:
         sync.start()
-    servicer = AdsServicer(cache, write_timeout_s=write_timeout_s, sync_log=sync)
+    guard = None
+    if tls_dir:
+        from xds_gateway.guard import TrustGuard
+        from xds_gateway.tls import TlsFiles, load_material, server_credentials
+
+        files = TlsFiles(Path(tls_dir) / "cert.pem", Path(tls_dir) / "key.pem", Path(tls_dir) / "ca.pem")
+        material = load_material(files)
+        guard = TrustGuard(material.identity.domain)
+    # the simulated Envoys share connections (--streams-per-channel): lift the per-connection cap (16)
+    servicer = AdsServicer(cache, write_timeout_s=write_timeout_s, sync_log=sync,
+                           limits=GatewayLimits(max_streams_per_connection=100_000), guard=guard)
     server = grpc.aio.server(options=GATEWAY_SERVER_OPTIONS)
     add_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    if guard is not None:
+        port = server.add_secure_port("127.0.0.1:0", server_credentials(files, material))
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     loop = asyncio.get_running_loop()
     conn.send(("port", port))
@@ -562,15 +580,16 @@ def wait_until(pred, timeout: float, step: float = 0.002) -> bool:
     return pred()
 
 
-async def sotw_probe(port: int, node_id: str, timeout: float) -> dict:
+async def sotw_probe(port: int, node_id: str, timeout: float, tls_dir: str | None = None) -> dict:
     """State of the world for a node depending on every service: CDS wildcard, then EDS for all clusters."""
     import grpc
     from envoy.config.cluster.v3 import cluster_pb2
     from envoy.config.core.v3 import base_pb2
     from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}",
-                                         options=[("grpc.max_receive_message_length", 256 << 20)]) as ch:
+    from xds_fanout_client import _channel
+
+    async with _channel(port, [("grpc.max_receive_message_length", 256 << 20)], tls_dir) as ch:
         call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(ch).StreamAggregatedResources()
         await call.write(discovery_pb2.DiscoveryRequest(node=base_pb2.Node(id=node_id), type_url=CDS))
         cds = await asyncio.wait_for(call.read(), timeout)
@@ -611,6 +630,7 @@ def main(argv=None) -> int:
                    help="profile the gateway (cProfile) during 5 more hot changes and a second churn")
     p.add_argument("--deadline", type=float, default=290.0, help="abort the run after this many seconds")
     p.add_argument("--no-floor", action="store_true", help="skip the bare grpc.aio floor calibration")
+    p.add_argument("--tls", action="store_true", help="mTLS between the clients and the gateway")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--no-gc-freeze", dest="gc_freeze", action="store_false",
                    help="experiment: skip gc.freeze() once the streams are up (xds-gateway run freezes every 30 s)")
@@ -649,7 +669,15 @@ def main(argv=None) -> int:
 
     ctx = mp.get_context("spawn")
     gw_conn, gw_child = ctx.Pipe()
-    gw = ctx.Process(target=gateway_main, args=(gw_child, args.write_timeout, args.gc_freeze, args.sync_log),
+    tls_dirs = {"gateway": None, "client": None}
+    if args.tls:
+        import tempfile
+
+        from xds_tls import make_identities
+
+        tls_dirs = {k: str(v) for k, v in make_identities(Path(tempfile.mkdtemp(prefix="fanout-tls-")),
+                                                          client_role="operator").items()}
+    gw = ctx.Process(target=gateway_main, args=(gw_child, args.write_timeout, args.gc_freeze, args.sync_log, tls_dirs["gateway"]),
                      name="xds-gateway", daemon=True)
     clients: list = []
     client_conns: list = []
@@ -680,7 +708,7 @@ def main(argv=None) -> int:
             deps = [n in mesh.dependents for n in chunk]
             proc = ctx.Process(target=client_main, name=f"xds-client-{i}", daemon=True,
                                args=(child_end, port, i, chunk, deps, HOT, args.streams_per_channel, args.ramp,
-                                     ready, hot_count, failed))
+                                     ready, hot_count, failed, tls_dirs["client"]))
             proc.start()
             clients.append(proc)
             client_conns.append(parent_end)
@@ -839,7 +867,7 @@ def main(argv=None) -> int:
 
         # ---------------------------------------------------------------- phase 4
         deadline.check("phase 4")
-        sotw = asyncio.run(sotw_probe(port, "edge-1", 30.0))
+        sotw = asyncio.run(sotw_probe(port, "edge-1", 30.0, tls_dirs["client"]))
         delta_bytes = statistics.median(sizes) if sizes else float("nan")
         results["phase4_bytes"] = {
             "delta_change_bytes_median": delta_bytes, "delta_change_bytes_max": max(sizes) if sizes else None,

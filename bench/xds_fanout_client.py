@@ -156,23 +156,34 @@ async def run_stream(stub, node_id: str, dependent: bool, st: Stats, idx: int, r
 
 
 def client_main(conn, port: int, idx: int, nodes: list[str], dependent: list[bool], hot_name: str,
-                streams_per_channel: int, ramp: int, ready, hot_count, failed) -> None:
+                streams_per_channel: int, ramp: int, ready, hot_count, failed, tls_dir: str | None = None) -> None:
     asyncio.run(_client(conn, port, idx, nodes, dependent, hot_name, streams_per_channel, ramp, ready, hot_count,
-                        failed))
+                        failed, tls_dir))
+
+
+def _channel(port: int, options: list, tls_dir: str | None):
+    if tls_dir is None:
+        return grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
+    from pathlib import Path
+
+    d = Path(tls_dir)
+    creds = grpc.ssl_channel_credentials((d / "ca.pem").read_bytes(), (d / "key.pem").read_bytes(),
+                                         (d / "cert.pem").read_bytes())
+    return grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=options)
 
 
 async def _client(conn, port, idx, nodes, dependent, hot_name, streams_per_channel, ramp_n, ready, hot_count,
-                  failed) -> None:
+                  failed, tls_dir=None) -> None:
     st = Stats(hot_name)
     st.nondep_streams = sum(1 for d in dependent if not d)
     nch = max(1, -(-len(nodes) // streams_per_channel))
     # a local subchannel pool gives every channel its own HTTP/2 connection
     channels = [
-        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[
+        _channel(port, [
             ("grpc.use_local_subchannel_pool", 1),
             ("grpc.max_receive_message_length", 256 << 20),
             ("grpc.keepalive_time_ms", 60_000),
-        ])
+        ], tls_dir)
         for _ in range(nch)
     ]
     stubs = [ads_pb2_grpc.AggregatedDiscoveryServiceStub(ch) for ch in channels]

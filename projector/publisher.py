@@ -9,8 +9,11 @@ Two compacted topics (``events.topics``):
   tombstone (value ``None``) when the resource is in no node's membership
   any more.
 - ``VIEW_MEMBERSHIP``: key ``<node_id>`` (utf-8), value = orjson (sorted
-  keys) of ``{"node": id, "resources": {type_url: {name: version}}}``; a
-  tombstone when the node is gone.
+  keys) of ``{"node": id, "owner": {"service": S, "instance": I},
+  "resources": {type_url: {name: version}}}``; a tombstone when the node is
+  gone. ``owner`` is the registered instance the node stands for (the
+  gateway lets only that instance's identity stream the node); records
+  written before it existed lack it, and are republished with it.
 - Every view record carries the header ``meshlog-source-ms``: the broker time
   (ms) of the newest event folded into the batch that produced it, so a
   gateway can measure from an event's append to the proxy's ACK.
@@ -44,6 +47,7 @@ from projector.versioning import version_of
 
 ResourceKey = tuple[str, str]  # (type_url, name)
 Membership = dict[str, dict[str, str]]  # type_url -> name -> version
+Owner = tuple[str, str]  # (service, instance_id) of the node's registration
 
 _TYPE_RANK = {u: i for i, u in enumerate(TYPE_URLS)}
 
@@ -74,13 +78,27 @@ def parse_resource_key(key: bytes | str) -> ResourceKey:
     return type_url, name
 
 
-def membership_value(node: str, resources: Mapping[str, Mapping[str, str]]) -> bytes:
-    return orjson.dumps({"node": node, "resources": resources}, option=orjson.OPT_SORT_KEYS)
+def membership_value(node: str, resources: Mapping[str, Mapping[str, str]], owner: Owner | None = None) -> bytes:
+    doc: dict[str, Any] = {"node": node, "resources": resources}
+    if owner is not None:
+        doc["owner"] = {"service": owner[0], "instance": owner[1]}
+    return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
 
 
 def parse_membership_value(value: bytes) -> tuple[str, Membership]:
     doc = orjson.loads(value)
     return doc["node"], doc["resources"]
+
+
+def parse_membership_owner(value: bytes) -> Owner | None:
+    """The owner a membership record names, or None (a record from before owners were published)."""
+    owner = orjson.loads(value).get("owner")
+    if not isinstance(owner, dict):
+        return None
+    service, instance = owner.get("service"), owner.get("instance")
+    if not isinstance(service, str) or not isinstance(instance, str):
+        return None
+    return service, instance
 
 
 def _type_order(rk: ResourceKey) -> tuple[int, str, str]:
@@ -93,6 +111,7 @@ class PublishedViews:
 
     resources: dict[ResourceKey, str] = field(default_factory=dict)
     membership: dict[str, Membership] = field(default_factory=dict)
+    owners: dict[str, Owner] = field(default_factory=dict)
 
     def apply(self, plan: "ViewPlan") -> None:
         for rk, _body, version in plan.bodies:
@@ -100,8 +119,12 @@ class PublishedViews:
         for node, _value, resources in plan.membership:
             if resources is None:
                 self.membership.pop(node, None)
+                self.owners.pop(node, None)
             else:
                 self.membership[node] = resources
+                owner = plan.owners.get(node)
+                if owner is not None:
+                    self.owners[node] = owner
         for rk in plan.removals:
             self.resources.pop(rk, None)
 
@@ -111,6 +134,7 @@ class ViewPlan:
     bodies: list[tuple[ResourceKey, bytes, str]]  # (key, body, version): new or changed
     membership: list[tuple[str, bytes | None, Membership | None]]  # (node, value, resources); None = tombstone
     removals: list[ResourceKey]  # bodies to tombstone
+    owners: dict[str, Owner] = field(default_factory=dict)  # owner of each node in ``membership``
 
     @property
     def empty(self) -> bool:
@@ -140,15 +164,20 @@ def plan_views(rendered: Any, published: PublishedViews) -> ViewPlan:
 
     membership: list[tuple[str, bytes | None, Membership | None]] = []
     rendered_membership: Mapping[str, Membership] = rendered.membership
+    rendered_owners: Mapping[str, Owner] = getattr(rendered, "owners", None) or {}
+    owners: dict[str, Owner] = {}
     for node in sorted(rendered_membership):
         res = rendered_membership[node]
-        if published.membership.get(node) != res:
-            membership.append((node, membership_value(node, res), res))
+        owner = rendered_owners.get(node)
+        if published.membership.get(node) != res or published.owners.get(node) != owner:
+            membership.append((node, membership_value(node, res, owner), res))
+            if owner is not None:
+                owners[node] = owner
     for node in sorted(set(published.membership) - set(rendered_membership)):
         membership.append((node, None, None))
 
     removals = sorted((rk for rk in published.resources if rk not in resources), key=_type_order, reverse=True)
-    return ViewPlan(bodies, membership, removals)
+    return ViewPlan(bodies, membership, removals, owners)
 
 
 def plan_changes(rendered: Any, published: PublishedViews) -> ViewPlan:
@@ -173,10 +202,15 @@ def plan_changes(rendered: Any, published: PublishedViews) -> ViewPlan:
 
     membership: list[tuple[str, bytes | None, Membership | None]] = []
     rendered_membership: Mapping[str, Membership] = rendered.membership
+    rendered_owners: Mapping[str, Owner] = getattr(rendered, "owners", None) or {}
+    owners: dict[str, Owner] = {}
     for node in sorted(rendered.changed_nodes):
         res = rendered_membership.get(node)
-        if res is not None and published.membership.get(node) != res:
-            membership.append((node, membership_value(node, res), res))
+        owner = rendered_owners.get(node)
+        if res is not None and (published.membership.get(node) != res or published.owners.get(node) != owner):
+            membership.append((node, membership_value(node, res, owner), res))
+            if owner is not None:
+                owners[node] = owner
     for node in sorted(rendered.removed_nodes):
         if node not in rendered_membership and node in published.membership:
             membership.append((node, None, None))
@@ -186,7 +220,7 @@ def plan_changes(rendered: Any, published: PublishedViews) -> ViewPlan:
         key=_type_order,
         reverse=True,
     )
-    return ViewPlan(bodies, membership, removals)
+    return ViewPlan(bodies, membership, removals, owners)
 
 
 def plan_records(plan: ViewPlan) -> list[list[tuple[str, bytes, bytes | None]]]:

@@ -62,10 +62,13 @@ class RenderedMesh:
     membership: dict[str, dict[str, dict[str, str]]]  # node -> type_url -> name -> version
     versions: dict[ResourceKey, str]  # (type_url, name) -> version_of(body)
     problems: tuple[str, ...]  # sorted: what was left out of the config, and why
+    # node -> (service, instance_id) of the registration the node stands for: who owns the node
+    # (published with its membership; the gateway authorizes streams by it)
+    owners: dict[str, tuple[str, str]] = field(default_factory=dict)
     # relative to ``previous`` (for a render from scratch: everything rendered)
     changed: frozenset[ResourceKey] = frozenset()  # new, or new bytes
     removed: frozenset[ResourceKey] = frozenset()
-    changed_nodes: frozenset[str] = frozenset()  # new, or membership names/versions changed
+    changed_nodes: frozenset[str] = frozenset()  # new, or membership names/versions or owner changed
     removed_nodes: frozenset[str] = frozenset()
     state: MeshState = field(default_factory=empty_state, repr=False, compare=False)
     _index: _Index = field(default_factory=_Index, repr=False, compare=False)
@@ -110,6 +113,7 @@ class _Step:
         self.resources = dict(prev.resources)
         self.versions = dict(prev.versions)
         self.membership = dict(prev.membership)
+        self.owners = dict(prev.owners)
         self.node_deps = dict(idx.node_deps)
         self.dependents = dict(idx.dependents)
         self.holders = dict(idx.holders)
@@ -239,6 +243,7 @@ class _Step:
         fresh: set[ResourceKey] = set()
         released: set[ResourceKey] = set()
         views: dict[str, dict[str, tuple[str, ...]]] = {}
+        owners_now: dict[str, tuple[str, str]] = {}
         for node in sorted(dirty_nodes):
             old_m = self.prev.membership.get(node)
             old_keys = {(u, n) for u, named in old_m.items() for n in named} if old_m else set()
@@ -251,6 +256,7 @@ class _Step:
             else:
                 view = r.view(node)
                 views[node] = view
+                owners_now[node] = (inst.reg.service, inst.reg.instance_id)
                 new_keys = {(u, n) for u, names in view.items() for n in names}
                 self._set_dependents(node, inst.reg.depends_on)
             for key in old_keys - new_keys:
@@ -310,13 +316,16 @@ class _Step:
         for node in dirty_nodes:
             view = views.get(node)
             if view is None:
+                self.owners.pop(node, None)
                 if self.membership.pop(node, None) is not None:
                     self.removed_nodes.add(node)
                 continue
             m = {u: {n: self.versions[(u, n)] for n in view[u]} for u in TYPE_URLS}
-            if self.prev.membership.get(node) != m:
+            # another instance taking over a node id changes its membership record even with equal names
+            if self.prev.membership.get(node) != m or self.prev.owners.get(node) != owners_now[node]:
                 self.changed_nodes.add(node)
             self.membership[node] = m
+            self.owners[node] = owners_now[node]
 
         problems = set(self.rule_problems.values())
         for group in (self.res_problems, self.node_problems):
@@ -326,6 +335,7 @@ class _Step:
             resources=self.resources,
             membership=self.membership,
             versions=self.versions,
+            owners=self.owners,
             problems=tuple(sorted(problems)),
             changed=frozenset(self.changed),
             removed=frozenset(self.removed),

@@ -228,7 +228,11 @@ class Store:
         for k, v in self._prefixed(self.P_RESOURCE):
             published.resources[pub.parse_resource_key(k[len(self.P_RESOURCE) :])] = v.decode()
         for k, v in self._prefixed(self.P_NODE):
-            published.membership[k[len(self.P_NODE) :].decode()] = pub.parse_membership_value(v)[1]
+            node = k[len(self.P_NODE) :].decode()
+            published.membership[node] = pub.parse_membership_value(v)[1]
+            owner = pub.parse_membership_owner(v)
+            if owner is not None:
+                published.owners[node] = owner
         cluster = db.get(self.K_CLUSTER)
         return Stored(
             state=state,
@@ -263,7 +267,7 @@ class Store:
                 if resources is None:
                     wb.delete(key)
                 else:
-                    wb.put(key, value or pub.membership_value(node, resources))
+                    wb.put(key, value or pub.membership_value(node, resources, plan.owners.get(node)))
             for rk in plan.removals:
                 wb.delete(self.P_RESOURCE + pub.resource_key(*rk))
         if emitted is not None:
@@ -511,6 +515,7 @@ class ProjectorService:
         """
         resources: dict[pub.ResourceKey, str] = {}
         membership: dict[str, pub.Membership] = {}
+        owners: dict[str, pub.Owner] = {}
         emitted: dict[str, int] = {}
 
         def on_view(r: Any) -> None:
@@ -524,10 +529,14 @@ class ProjectorService:
                     resources[rk] = pub.version_of(r.value)
             else:
                 node = r.key.decode()
+                owners.pop(node, None)
                 if r.value is None:
                     membership.pop(node, None)
                 else:
                     membership[node] = pub.parse_membership_value(r.value)[1]
+                    owner = pub.parse_membership_owner(r.value)
+                    if owner is not None:
+                        owners[node] = owner
 
         def on_effect(r: Any) -> None:
             if r.topic == topics.DEADLETTER:
@@ -541,10 +550,10 @@ class ProjectorService:
 
         await self._scan((topics.VIEW_RESOURCES, topics.VIEW_MEMBERSHIP), on_view)
         await self._scan((topics.DEADLETTER, topics.REJECTIONS), on_effect)
-        self.published = pub.PublishedViews(resources, membership)
+        self.published = pub.PublishedViews(resources, membership, owners)
         self.emitted = {k: v for k, v in emitted.items() if k.rpartition("/")[0] in self.cfg.source_topics}
         adopted = pub.ViewPlan(
-            [(rk, b"", v) for rk, v in resources.items()], [(n, b"", m) for n, m in membership.items()], []
+            [(rk, b"", v) for rk, v in resources.items()], [(n, b"", m) for n, m in membership.items()], [], owners
         )
         self.store.commit(plans=[adopted], emitted=dict(self.emitted), snapshot_marks=self.snapshot_marks)
         log.info(

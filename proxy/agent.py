@@ -15,6 +15,13 @@ delta LDS wildcard request as this node, 2 s).
 - Otherwise ADS mode (first start: the view appears once the registration is
   folded; Envoy keeps retrying unreachable gateways itself).
 
+mTLS. Unless ``--insecure``, Envoy dials the gateways over mTLS with the
+workload certificate handed over by file-watched SDS (``proxy.sds``): the
+agent writes the secrets under ``<workdir>/sds`` before the first Envoy
+starts and rewrites them (atomic rename) whenever the certificate files are
+renewed, so Envoy uses the new certificate without a restart. The agent's
+own probes of the gateways present the same certificate.
+
 Registration. Once Envoy's admin answers, ``InstanceRegistered`` is appended
 (retried with backoff 1 s .. 30 s until acknowledged).
 
@@ -63,7 +70,9 @@ import time
 from collections import deque
 from datetime import datetime, timezone
 
-from proxy import config_cache, probe, registration
+import grpc
+
+from proxy import config_cache, probe, registration, sds
 from proxy.bootstrap import envoy_bootstrap
 from proxy.envoy_process import EnvoyProcess, dynamic_names, remove_shared_memory
 from proxy.options import SidecarOptions
@@ -113,6 +122,8 @@ class SidecarAgent:
         self._state_checked = 0.0
         self._status_server: asyncio.AbstractServer | None = None
         self.status_port: int | None = None
+        self.sds_dir = opts.workdir / "sds"
+        self.secrets: sds.SecretSync | None = None  # set at start with --tls-*
 
     # ------------------------------------------------------------ reporting
 
@@ -189,9 +200,18 @@ class SidecarAgent:
     # ------------------------------------------------------------ Envoy
 
     def _ads_bootstrap(self) -> dict:
+        upstream_tls = None
+        if self.secrets is not None:
+            upstream_tls = sds.upstream_tls_context(self.sds_dir, self.secrets.current.identity.domain)
         return envoy_bootstrap(node_id=self.opts.node_id, node_cluster=self.opts.node_cluster,
                                gateways=list(self.opts.gateways), admin_port=self.opts.admin_port,
-                               locality_zone=self.opts.locality_zone)
+                               locality_zone=self.opts.locality_zone, upstream_tls=upstream_tls)
+
+    def _probe_credentials(self) -> grpc.ChannelCredentials | None:
+        if self.secrets is None:
+            return None
+        m = self.secrets.current
+        return grpc.ssl_channel_credentials(m.ca_pem, m.key_pem, m.cert_pem)
 
     def _launch(self, bootstrap: dict, mode: str, epoch: int) -> EnvoyProcess:
         """Spawn an Envoy (from the loop thread: PDEATHSIG is tied to the forking thread) and own it."""
@@ -213,8 +233,10 @@ class SidecarAgent:
 
     async def _serving_this_node(self) -> tuple[list[str], list[str]]:
         """(gateways answering SERVING, those of them that would give this node listeners now)."""
-        serving = await probe.serving_gateways(self.opts.gateways)
-        counts = await asyncio.gather(*(probe.listeners_served(gw, self.opts.node_id, self.opts.node_cluster)
+        creds = self._probe_credentials()
+        serving = await probe.serving_gateways(self.opts.gateways, credentials=creds)
+        counts = await asyncio.gather(*(probe.listeners_served(gw, self.opts.node_id, self.opts.node_cluster,
+                                                               credentials=creds)
                                         for gw in serving))
         return serving, [gw for gw, n in zip(serving, counts) if n]
 
@@ -531,6 +553,11 @@ class SidecarAgent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         self.opts.workdir.mkdir(parents=True, exist_ok=True)
+        if self.opts.tls is not None:
+            self.secrets = sds.SecretSync(self.opts.tls, self.sds_dir, sds.load_tls(self.opts.tls))
+            self.secrets.start()
+        else:
+            log.warning("--insecure: plaintext xDS to the gateways (loopback development only)")
         if self.opts.status_port is not None:
             await self._serve_status()
         r = self.opts.registration
@@ -545,6 +572,8 @@ class SidecarAgent:
                 await self._start_fresh("boot")
             tasks = [asyncio.create_task(coro) for coro in
                      (self._supervise(), self._save_cache(), self._switch_back(), self._register())]
+            if self.secrets is not None:
+                tasks.append(asyncio.create_task(self.secrets.run()))
             await self._stop.wait()
             await self._drain()
         except Exception:  # noqa: BLE001 - reported, then Envoy is still stopped

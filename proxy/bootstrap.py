@@ -13,6 +13,8 @@ Invariants:
   name is an endpoint, so each scaled-out replica behind one name is used,
   and a removed replica drops out at the next resolution.
 - The admin interface binds 127.0.0.1 only.
+- With ``upstream_tls`` (``proxy.sds.upstream_tls_context``) every gateway is
+  dialed over mTLS; without it, plaintext (``--insecure``).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ def envoy_bootstrap(
     admin_port: int,
     api_type: str = "DELTA_GRPC",
     locality_zone: str | None = None,
+    upstream_tls: dict | None = None,
 ) -> dict:
     if not gateways:
         raise ValueError("at least one gateway address is required")
@@ -88,6 +91,21 @@ def envoy_bootstrap(
     if locality_zone:
         node["locality"] = {"zone": locality_zone}
     ads_source = {"ads": {}, "resource_api_version": "V3"}
+    xds_cluster = {
+        "name": XDS_CLUSTER,
+        **xds_cluster_discovery(hosts),
+        "connect_timeout": "0.25s",
+        "lb_policy": "ROUND_ROBIN",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {"cluster_name": XDS_CLUSTER, "endpoints": [{"lb_endpoints": endpoints}]},
+    }
+    if upstream_tls is not None:
+        xds_cluster["transport_socket"] = upstream_tls
     return {
         "node": node,
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
@@ -101,21 +119,5 @@ def envoy_bootstrap(
             "cds_config": ads_source,
             "lds_config": ads_source,
         },
-        "static_resources": {
-            "clusters": [
-                {
-                    "name": XDS_CLUSTER,
-                    **xds_cluster_discovery(hosts),
-                    "connect_timeout": "0.25s",
-                    "lb_policy": "ROUND_ROBIN",
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                            "explicit_http_config": {"http2_protocol_options": {}},
-                        }
-                    },
-                    "load_assignment": {"cluster_name": XDS_CLUSTER, "endpoints": [{"lb_endpoints": endpoints}]},
-                }
-            ]
-        },
+        "static_resources": {"clusters": [xds_cluster]},
     }

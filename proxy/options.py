@@ -1,4 +1,5 @@
-"""``meshlog-sidecar run`` arguments: parsing and validation (pure; no I/O beyond picking a free port).
+"""``meshlog-sidecar run`` arguments: parsing and validation (pure; no I/O beyond picking a free port
+and reading the TLS files it checks).
 
 Invariants:
 - ``options_from_args`` either returns complete, consistent ``SidecarOptions``
@@ -15,12 +16,17 @@ Invariants:
   resolves to (asked of the injected ``resolve_address``, so this module stays
   pure); a loopback or unresolvable answer is a ``--address`` problem, since
   other sidecars could not reach the instance there.
+- mTLS to the gateways unless ``--insecure``: the certificate must be a
+  usable pair with its key and name exactly this sidecar
+  (``spiffe://<domain>/sidecar/<service>/<instance-id>``), or the gateways
+  would refuse every stream; that is reported here, before anything starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +38,7 @@ from events.errors import EventValidationError
 from events.types import InstanceRegistered
 from meshlog import argtypes
 from meshlog.bootstrap import BadBrokerAddress
+from proxy.sds import SidecarTls, TlsProblem, load_tls
 
 # payload field -> flag, so a validation message names what the user typed
 FLAG_OF_FIELD = {
@@ -77,6 +84,7 @@ class SidecarOptions:
     concurrency: int = 1
     hot_restart: bool = True
     locality_zone: str | None = None
+    tls: SidecarTls | None = None  # None: plaintext to the gateways (--insecure)
 
     @property
     def service(self) -> str:
@@ -134,6 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bootstrap", type=argtypes.bootstrap, metavar="HOST:PORT[,HOST:PORT]", help="Kafka bootstrap HOST:PORT for registration (default: "
                      "$MESHLOG_KAFKA_BOOTSTRAP, else the broker of `meshlog kafka up`)")
     kafka_security.add_arguments(run)
+    tls = run.add_argument_group("mTLS to the gateways (required unless --insecure)")
+    tls.add_argument("--tls-cert", default=os.environ.get("MESHLOG_SIDECAR_TLS_CERT"),
+                     help="workload certificate, PEM, spiffe://<domain>/sidecar/<service>/<instance> "
+                          "($MESHLOG_SIDECAR_TLS_CERT); renewed in place, Envoy picks it up over SDS")
+    tls.add_argument("--tls-key", default=os.environ.get("MESHLOG_SIDECAR_TLS_KEY"),
+                     help="its private key, PEM ($MESHLOG_SIDECAR_TLS_KEY)")
+    tls.add_argument("--tls-ca", default=os.environ.get("MESHLOG_SIDECAR_TLS_CA"),
+                     help="the mesh root; gateways must present spiffe://<domain>/gateway/... "
+                          "($MESHLOG_SIDECAR_TLS_CA)")
+    tls.add_argument("--insecure", action="store_true",
+                     help="plaintext xDS to the gateways: loopback development only")
     run.add_argument("--node-id", help="xDS node id (default <service>-<instance-id>)")
     run.add_argument("--node-cluster", help="xDS node cluster (default the service name)")
     run.add_argument("--admin-port", type=argtypes.port, help="Envoy admin port on 127.0.0.1 (default: a free port)")
@@ -244,6 +263,9 @@ def options_from_args(
     if len(set(args.gateway)) != len(args.gateway):
         problems.append("--gateway: an address is given twice")
     # ports, durations and counts are range-checked by their argparse types (meshlog.argtypes)
+    tls, tls_problem = tls_from_args(args)
+    if tls_problem:
+        problems.append(tls_problem)
 
     registration = None
     ports_ok = all(v is not None and 1 <= v <= 65535 for v in (args.app_port, args.inbound_port, args.outbound_port))
@@ -316,4 +338,27 @@ def options_from_args(
         concurrency=args.concurrency,
         hot_restart=not args.no_hot_restart,
         locality_zone=labels.get("zone"),
+        tls=tls,
     )
+
+
+def tls_from_args(args: argparse.Namespace) -> tuple[SidecarTls | None, str | None]:
+    """The sidecar's TLS files, checked (a usable pair naming this very instance), or the problem."""
+    given = {"--tls-cert": args.tls_cert, "--tls-key": args.tls_key, "--tls-ca": args.tls_ca}
+    if args.insecure:
+        if any(given.values()):
+            return None, "--insecure and --tls-* contradict each other: give one or the other"
+        return None, None
+    missing = [flag for flag, value in given.items() if not value]
+    if missing:
+        return None, (f"{', '.join(missing)} missing: the sidecar dials the gateways over mTLS (flags or "
+                      "$MESHLOG_SIDECAR_TLS_CERT, _KEY, _CA); --insecure dials plaintext for loopback development")
+    tls = SidecarTls(Path(args.tls_cert).expanduser(), Path(args.tls_key).expanduser(), Path(args.tls_ca).expanduser())
+    try:
+        ident = load_tls(tls).identity
+    except TlsProblem as exc:
+        return None, str(exc)
+    if ident.role != "sidecar" or ident.segments != (args.service, args.instance_id):
+        return None, (f"--tls-cert: the certificate is for {ident.uri}, but this sidecar is --service "
+                      f"{args.service!r} --instance-id {args.instance_id!r} (the gateways would refuse it)")
+    return tls, None

@@ -3,6 +3,9 @@
 An xds-gateway reports SERVING only once it has caught up on the view topics,
 so a gateway that accepts connections but would hand out an empty view is not
 counted. Every probe is bounded by ``timeout`` seconds and never raises.
+With ``credentials`` (the sidecar's mTLS) the probes dial TLS, presenting the
+workload certificate, so the gateway answers them as it answers Envoy; the
+gateway's certificate must then name the dialed host (DNS/IP SAN).
 """
 
 from __future__ import annotations
@@ -14,9 +17,16 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
-async def gateway_serving(address: str, timeout: float = 1.0) -> bool:
+def _channel(address: str, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
+    if credentials is None:
+        return grpc.aio.insecure_channel(address)
+    return grpc.aio.secure_channel(address, credentials)
+
+
+async def gateway_serving(address: str, timeout: float = 1.0,
+                          credentials: grpc.ChannelCredentials | None = None) -> bool:
     try:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with _channel(address, credentials) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
             return reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -26,16 +36,18 @@ async def gateway_serving(address: str, timeout: float = 1.0) -> bool:
         return False
 
 
-async def serving_gateways(addresses: Sequence[str], timeout: float = 1.0) -> list[str]:
+async def serving_gateways(addresses: Sequence[str], timeout: float = 1.0,
+                           credentials: grpc.ChannelCredentials | None = None) -> list[str]:
     """The addresses (in the given order) whose health check answered SERVING within ``timeout``."""
-    results = await asyncio.gather(*(gateway_serving(a, timeout) for a in addresses))
+    results = await asyncio.gather(*(gateway_serving(a, timeout, credentials) for a in addresses))
     return [a for a, ok in zip(addresses, results) if ok]
 
 
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 
 
-async def listeners_served(address: str, node_id: str, node_cluster: str, timeout: float = 2.0) -> int | None:
+async def listeners_served(address: str, node_id: str, node_cluster: str, timeout: float = 2.0,
+                           credentials: grpc.ChannelCredentials | None = None) -> int | None:
     """How many listeners the gateway would give this node now (a one-shot delta LDS wildcard), None if unknown.
 
     Asked before leaving cache mode: a gateway that is up but has no view of
@@ -46,7 +58,7 @@ async def listeners_served(address: str, node_id: str, node_cluster: str, timeou
     from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
     try:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with _channel(address, credentials) as channel:
             stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
             call = stub.DeltaAggregatedResources(timeout=timeout)
             await call.write(discovery_pb2.DeltaDiscoveryRequest(

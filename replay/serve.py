@@ -34,7 +34,7 @@ def cache_from_rendered(rendered: RenderedMesh) -> ViewCache:
     for (type_url, name), body in sorted(rendered.resources.items()):
         cache.apply_resource(resource_key(type_url, name), body, changed)
     for node, resources in sorted(rendered.membership.items()):
-        cache.apply_membership(node.encode(), membership_value(node, resources), changed)
+        cache.apply_membership(node.encode(), membership_value(node, resources, rendered.owners.get(node)), changed)
     cache.ready.set()
     return cache
 

@@ -2,7 +2,15 @@
 
 Starts tailing the view topics, serves gRPC (ADS delta + SotW, and the gRPC
 health service) and HTTP (``/ready``, ``/healthz``, ``/metrics``). Ready only
-after the view cache caught up. SIGTERM/SIGINT: report NOT_SERVING, stop
+after the view cache caught up.
+
+gRPC is mTLS: client certificates are required and must chain to the mesh
+root (``--tls-*`` or ``$MESHLOG_XDS_TLS_*``); each stream gets only the nodes
+its certificate's identity owns (``xds_gateway.authz``), and streams of
+revoked certificates are closed (the identities topic is tailed). Plaintext
+only with ``--insecure`` (loopback development; a warning is logged).
+Admission limits (``--max-*``) end one stream with ``RESOURCE_EXHAUSTED``.
+Bad flags or unusable TLS files: a message naming them, exit 2. SIGTERM/SIGINT: report NOT_SERVING, stop
 accepting, give open streams ``--grace`` seconds, then close them so their
 clients reconnect to another replica; the process exits within the bound.
 Unless ``--no-sync-log``, what the streams learn (opened, ACKed, NACKed,
@@ -15,11 +23,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import ipaddress
 import logging
+import os
 import signal
 import socket
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
 import grpc
@@ -34,8 +45,12 @@ from events.admin import BrokerUnavailable
 from events.producer import EventProducer
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 from xds_gateway import metrics
+from xds_gateway.admission import DEFAULT_LIMITS, GatewayLimits
+from xds_gateway.guard import TrustGuard, tail_revocations
+from xds_gateway.protocol.limits import StreamLimits
 from xds_gateway.server import AdsServicer, add_to_server
 from xds_gateway.sync_log import SyncLog
+from xds_gateway.tls import TlsConfigError, TlsFiles, load_material, server_credentials
 from xds_gateway.view_cache import ViewCache, ViewTail
 
 log = logging.getLogger("xds_gateway")
@@ -48,9 +63,33 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="serve ADS until SIGTERM")
     run.add_argument("--bootstrap", type=argtypes.bootstrap, metavar="HOST:PORT[,HOST:PORT]", help="Kafka address (default: $MESHLOG_KAFKA_BOOTSTRAP or `meshlog kafka up`'s)")
     kafka_security.add_arguments(run)
-    run.add_argument("--listen", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    run.add_argument("--listen", default="127.0.0.1", help="address gRPC binds (default 127.0.0.1)")
     run.add_argument("--port", type=argtypes.port_or_free, default=18000, help="gRPC port; 0 picks a free one (default 18000)")
+    run.add_argument("--http-listen", help="address HTTP (/ready, /metrics) binds (default: --listen's)")
     run.add_argument("--http-port", type=argtypes.port_or_free, default=0, help="HTTP port for /ready and /metrics; 0 picks one")
+    tls = run.add_argument_group("mTLS (required unless --insecure)")
+    tls.add_argument("--tls-cert", default=os.environ.get("MESHLOG_XDS_TLS_CERT"),
+                     help="the gateway's certificate, PEM, with its SPIFFE id ($MESHLOG_XDS_TLS_CERT)")
+    tls.add_argument("--tls-key", default=os.environ.get("MESHLOG_XDS_TLS_KEY"),
+                     help="its private key, PEM ($MESHLOG_XDS_TLS_KEY)")
+    tls.add_argument("--tls-ca", default=os.environ.get("MESHLOG_XDS_TLS_CA"),
+                     help="the mesh root: client certificates must chain to it ($MESHLOG_XDS_TLS_CA)")
+    tls.add_argument("--insecure", action="store_true",
+                     help="plaintext gRPC, no client identity, every node served to anyone: loopback development only")
+    lim = run.add_argument_group("admission limits (over one: that stream ends with RESOURCE_EXHAUSTED)")
+    d, ds = DEFAULT_LIMITS, DEFAULT_LIMITS.stream
+    lim.add_argument("--max-streams-per-connection", type=argtypes.integer(1, 1 << 30), default=d.max_streams_per_connection,
+                     help=f"ADS streams open at once on one connection (default {d.max_streams_per_connection})")
+    lim.add_argument("--max-streams", type=argtypes.integer(1, 1 << 30), default=d.max_streams,
+                     help=f"ADS streams open at once in this process (default {d.max_streams})")
+    lim.add_argument("--max-request-bytes", type=argtypes.integer(1, 1 << 30), default=d.max_request_bytes,
+                     help=f"largest request message (default {d.max_request_bytes})")
+    lim.add_argument("--max-names-per-subscription", type=argtypes.integer(1, 1 << 30), default=ds.max_names_per_type,
+                     help=f"names one stream subscribes to per type (default {ds.max_names_per_type})")
+    lim.add_argument("--max-initial-versions", type=argtypes.integer(1, 1 << 30), default=ds.max_initial_versions,
+                     help=f"initial_resource_versions entries per request (default {ds.max_initial_versions})")
+    lim.add_argument("--max-pending-nonces", type=argtypes.integer(1, 1 << 30), default=ds.max_pending_nonces,
+                     help=f"un-ACKed responses per stream (default {ds.max_pending_nonces})")
     run.add_argument("--grace", type=argtypes.seconds(0, 600, low_inclusive=True), default=2.0, help="seconds open streams get on shutdown (default 2)")
     run.add_argument("--write-timeout", type=argtypes.seconds(0, 3600), default=30.0,
                      help="close a stream whose client has not read a response for this long (default 30)")
@@ -94,7 +133,47 @@ async def _keep_long_lived_objects_out_of_gc(period_s: float = 30.0) -> None:
         await asyncio.sleep(period_s)
 
 
-async def serve(args: argparse.Namespace, bootstrap: str) -> int:
+class UsageError(ValueError):
+    """A flag combination or file that cannot be served; the message names it (exit 2)."""
+
+
+def limits_from(args: argparse.Namespace) -> GatewayLimits:
+    try:
+        return GatewayLimits(
+            max_streams_per_connection=args.max_streams_per_connection,
+            max_streams=args.max_streams,
+            max_request_bytes=args.max_request_bytes,
+            stream=StreamLimits(max_names_per_type=args.max_names_per_subscription,
+                                max_initial_versions=args.max_initial_versions,
+                                max_pending_nonces=args.max_pending_nonces),
+        )
+    except ValueError as exc:
+        flag = str(exc).split(" ", 1)[0].replace("max_names_per_type", "max_names_per_subscription")
+        raise UsageError(f"--{flag.replace('_', '-')}: {str(exc).split(' ', 1)[1]}") from None
+
+
+def tls_files_from(args: argparse.Namespace) -> TlsFiles | None:
+    given = {"--tls-cert": args.tls_cert, "--tls-key": args.tls_key, "--tls-ca": args.tls_ca}
+    if args.insecure:
+        if any(given.values()):
+            raise UsageError("--insecure and --tls-* contradict each other: give one or the other")
+        return None
+    missing = [flag for flag, value in given.items() if not value]
+    if missing:
+        raise UsageError(f"{', '.join(missing)} missing: xDS is served over mTLS (flags or $MESHLOG_XDS_TLS_CERT, "
+                         "_KEY, _CA); --insecure serves plaintext for loopback development")
+    return TlsFiles(Path(args.tls_cert), Path(args.tls_key), Path(args.tls_ca))
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+async def serve(args: argparse.Namespace, bootstrap: str, limits: GatewayLimits, tls_files: TlsFiles | None) -> int:
+    material = load_material(tls_files) if tls_files is not None else None
     cache = ViewCache()
     tail = ViewTail(cache, bootstrap)
     tail_task = asyncio.create_task(tail.run(), name="view-tail")
@@ -104,6 +183,7 @@ async def serve(args: argparse.Namespace, bootstrap: str) -> int:
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.max_concurrent_streams", 100_000),
+            ("grpc.max_receive_message_length", limits.max_request_bytes),
         ]
     )
     sync_log: SyncLog | None = None
@@ -119,24 +199,37 @@ async def serve(args: argparse.Namespace, bootstrap: str) -> int:
             await asyncio.gather(tail_task, return_exceptions=True)
             return 1
         sync_log = SyncLog(producer.append_batch, "", window_s=args.sync_window)
-    servicer = AdsServicer(cache, write_timeout_s=args.write_timeout, sync_log=sync_log)
+    guard = TrustGuard(material.identity.domain) if material is not None else None
+    servicer = AdsServicer(cache, write_timeout_s=args.write_timeout, sync_log=sync_log, limits=limits, guard=guard)
     add_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in ("", ADS_SERVICE):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-    port = server.add_insecure_port(f"{args.listen}:{args.port}")
+    address = f"{args.listen}:{args.port}"
+    if material is None:
+        log.warning("--insecure: plaintext xDS on %s; any client can read any node's config. Loopback development "
+                    "only%s", address, "" if _is_loopback(args.listen) else " -- and this address is NOT loopback")
+        port = server.add_insecure_port(address)
+        revocations = None
+    else:
+        port = server.add_secure_port(address, server_credentials(tls_files, material))
+        log.info("mTLS xDS as %s (trust domain %s); client certificates required", material.identity.uri,
+                 material.identity.domain)
+        revocations = asyncio.create_task(tail_revocations(guard, bootstrap), name="revocations")
     if sync_log is not None:
         sync_log.gateway = args.replica_id or f"{socket.gethostname()}:{port}"
         sync_log.start()
     await server.start()
 
+    http_listen = args.http_listen or args.listen
     runner = web.AppRunner(await _http_app(cache), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, args.listen, args.http_port)
+    site = web.TCPSite(runner, http_listen, args.http_port)
     await site.start()
     http_port = site._server.sockets[0].getsockname()[1]  # the bound port when 0 was asked
-    log.info("gRPC on %s:%d, HTTP on %s:%d; catching up on views from %s", args.listen, port, args.listen, http_port, bootstrap)
+    log.info("gRPC on %s:%d, HTTP on %s:%d; catching up on views from %s", args.listen, port, http_listen, http_port,
+             bootstrap)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -167,6 +260,8 @@ async def serve(args: argparse.Namespace, bootstrap: str) -> int:
 
     if "freezer" in locals():
         freezer.cancel()
+    if revocations is not None:
+        revocations.cancel()
     log.info("shutting down: NOT_SERVING, closing streams after %.1fs grace", args.grace)
     for service in ("", ADS_SERVICE):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -190,11 +285,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     try:
+        limits = limits_from(args)
+        tls_files = tls_files_from(args)
+        if tls_files is not None:
+            load_material(tls_files)  # refuse unusable files before touching Kafka
+    except (UsageError, TlsConfigError) as exc:
+        print(f"xds-gateway: {exc}", file=sys.stderr)
+        return 2
+    try:
         bootstrap = resolve_bootstrap(args.bootstrap)
     except NoBrokerAddress as exc:
         print(f"xds-gateway: {exc}", file=sys.stderr)
         return 3
-    return asyncio.run(serve(args, bootstrap))
+    return asyncio.run(serve(args, bootstrap, limits, tls_files))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,7 +23,6 @@ def type_label(type_url: str) -> str:
 
 
 STREAMS = Gauge("meshlog_xds_streams", "Connected xDS streams", ["kind"])
-STREAMS_REFUSED = Counter("meshlog_xds_streams_refused_total", "Streams refused at their first request", ["reason"])
 RESPONSES = Counter("meshlog_xds_responses_total", "xDS responses sent", ["kind", "type_url"])
 BYTES_SENT = Counter("meshlog_xds_response_bytes_total", "Serialized bytes of xDS responses sent", ["kind"])
 NACKS = Counter("meshlog_xds_nacks_total", "Responses rejected by clients (error_detail set)", ["kind", "type_url"])
@@ -49,3 +48,9 @@ CONVERGENCE = Histogram(
     ["type_url"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+
+REFUSED = Counter("meshlog_xds_refused_total",
+                  "Streams refused or ended: authentication/authorization reasons and admission limit names",
+                  ["reason"])
+REVOKED_STREAMS_CLOSED = Counter("meshlog_xds_revoked_streams_closed_total",
+                                 "Open streams closed because their client certificate was revoked")

@@ -24,6 +24,15 @@ Invariants:
   never carry a client's text (``metrics.type_label``).
 - With a ``SyncLog``, each stream reports its opening, what its machine learned
   from ACKs/NACKs and its closing (with why) to it; those calls never wait.
+- Trust (with a ``TrustGuard``, i.e. TLS): a stream gets a node's view only
+  if ``authz`` allows its certificate's identity that node, decided at the
+  first request and again at every change of the node (its owner may
+  change); a denied stream ends with ``PERMISSION_DENIED`` having received
+  nothing of the node; a stream whose certificate is revoked is closed.
+  Without a guard (``--insecure``) every stream is trusted, as before.
+- Admission: over a cap of ``GatewayLimits`` (streams per connection and per
+  process here; per-stream caps in the protocol machine) the one stream
+  ends with ``RESOURCE_EXHAUSTED``.
 """
 
 from __future__ import annotations
@@ -45,7 +54,11 @@ from proxysync.compare import SYNCED, compare_type
 from proxysync.table import TypeSync
 from xds_gateway import metrics
 from xds_gateway.protocol.common import Acked
+from xds_gateway.admission import DEFAULT_LIMITS, GatewayLimits, StreamSlots
+from xds_gateway.authz import ALLOW, DENY
+from xds_gateway.guard import TrustGuard
 from xds_gateway.protocol.delta import DeltaStream
+from xds_gateway.protocol.limits import Refused
 from xds_gateway.protocol.sotw import SotwStream
 from xds_gateway.sync_log import SyncLog
 from xds_gateway.view_cache import ViewCache
@@ -55,6 +68,7 @@ log = logging.getLogger(__name__)
 _EOF = object()
 _VIEW = object()  # "the node's view changed": at most one queued per stream, so bursts coalesce
 _OVERRUN = object()
+_REVOKED = object()
 
 #: The longest node id a stream may carry is what a registration may name: a longer one can never be in the view.
 NODE_ID_MAX_LENGTH = types.NODE_ID_MAX_LENGTH
@@ -111,11 +125,15 @@ _stream_ids = itertools.count(1)
 
 class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def __init__(self, cache: ViewCache, *, write_timeout_s: float = 30.0, request_queue: int = 64,
-                 sync_log: SyncLog | None = None):
+                 sync_log: SyncLog | None = None, limits: GatewayLimits = DEFAULT_LIMITS,
+                 guard: TrustGuard | None = None):
         self.cache = cache
         self.sync_log = sync_log
         self.write_timeout_s = write_timeout_s
         self.request_queue = request_queue
+        self.limits = limits
+        self.guard = guard
+        self._slots = StreamSlots(limits)
         self._watchers: dict[str, set[_Inbox]] = defaultdict(set)
         self._unknown_watchers: set[_Inbox] = set()
         self._streams: set[asyncio.Task] = set()
@@ -139,10 +157,18 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             for inbox in self._unknown_watchers:
                 inbox.view_changed(now)
 
-    def _view_for(self, node_id: str):
-        if self.cache.knows_node(node_id):
+    def _view_for(self, node_id: str, known: bool = True):
+        if known and self.cache.knows_node(node_id):
             return self.cache.node_view(node_id)
         return self.cache.shared_view()
+
+    def _authorized(self, peer, node_id: str):
+        """Is the node known and may this stream have it: (known, decision); decision None without a guard."""
+        known = self.cache.knows_node(node_id)
+        if self.guard is None:
+            return known, None
+        decision = self.guard.decide(peer, node_id, self.cache.owner_of(node_id))
+        return known and decision.outcome == ALLOW, decision
 
     # ------------------------------------------------------------ RPCs
 
@@ -155,6 +181,23 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         await self._serve("sotw", context)
 
     async def _serve(self, kind: str, context) -> None:
+        connection = context.peer()
+        try:
+            self._slots.take(connection)
+        except Refused as exc:
+            metrics.REFUSED.labels(exc.limit).inc()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.detail)
+        try:
+            await self._serve_admitted(kind, context)
+        finally:
+            self._slots.give_back(connection)
+
+    async def _serve_admitted(self, kind: str, context) -> None:
+        peer = None
+        if self.guard is not None:
+            peer = self.guard.identify(context.auth_context())
+            if peer.refusal is not None:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, peer.refusal.detail)
         stream_id = f"{os.getpid()}-{next(_stream_ids)}"
         inbox = _Inbox()
 
@@ -182,16 +225,20 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         node_id = first.node.id
         if not node_id:
             reader.cancel()
-            metrics.STREAMS_REFUSED.labels("no_node_id").inc()
+            metrics.REFUSED.labels("no_node_id").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id")
         if len(node_id) > NODE_ID_MAX_LENGTH:
             reader.cancel()
-            metrics.STREAMS_REFUSED.labels("node_id_too_long").inc()
+            metrics.REFUSED.labels("node_id_too_long").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"node.id is {len(node_id)} characters long; at most {NODE_ID_MAX_LENGTH} are accepted")
         shown_node = excerpt(node_id, NODE_ID_MAX_LENGTH)  # escaped for the log
         nack_log = Throttle(burst=NACK_LOG_BURST, interval=NACK_LOG_INTERVAL_S)
-        known = self.cache.knows_node(node_id)
+        known, decision = self._authorized(peer, node_id)
+        if decision is not None and decision.outcome == DENY:
+            reader.cancel()
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, decision.detail)
+        release = self.guard.hold(peer, lambda: inbox.queue.put_nowait(_REVOKED)) if self.guard else None
         machine = self._new_machine(kind, stream_id, node_id, known)
         (self._watchers[node_id] if known else self._unknown_watchers).add(inbox)
         metrics.STREAMS.labels(kind).inc()
@@ -199,7 +246,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         log.info("%s stream %s opened by node %s (%s)", kind, stream_id, shown_node, "known" if known else "not in the view")
         sync = self.sync_log
         if sync is not None:
-            sync.opened(stream_id, node_id, kind, context.peer())
+            sync.opened(stream_id, node_id, kind, context.peer(),
+                        peer.identity.uri if peer is not None and peer.identity is not None else None)
         close_reason = "error"
         # per type, the source event whose views this stream's proxy was last seen to ACK (convergence metric);
         # what was current when the stream opened is not measured (it may be hours old)
@@ -215,16 +263,25 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 if item is _OVERRUN:
                     close_reason = "too_many_requests"
                     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many unanswered requests")
+                if item is _REVOKED:
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "client certificate revoked")
                 if item is _VIEW:
                     changed_at = inbox.take_change()
-                    if not known and self.cache.knows_node(node_id):
+                    if self.guard is not None:
+                        # the node's owner may have changed (or appeared): decide again before serving it
+                        allowed, decision = self._authorized(peer, node_id)
+                        if decision.outcome == DENY:
+                            await context.abort(grpc.StatusCode.PERMISSION_DENIED, decision.detail)
+                    else:
+                        allowed = self.cache.knows_node(node_id)
+                    if not known and allowed:
                         # the node's registration was rendered: serve its own view from now on
                         known = True
                         self._unknown_watchers.discard(inbox)
                         self._watchers[node_id].add(inbox)
                         machine.set_scope(allowed=None, wildcard_allowed=True)
                         log.info("%s stream %s: node %s now in the view", kind, stream_id, shown_node)
-                    responses = machine.on_view(self._view_for(node_id))
+                    responses = machine.on_view(self._view_for(node_id, known))
                 else:
                     if log.isEnabledFor(logging.DEBUG):
                         subscribe = item.resource_names_subscribe if kind == "delta" else item.resource_names
@@ -232,7 +289,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         log.debug("%s stream %s <- %s nonce=%s sub=%s unsub=%s%s", kind, stream_id,
                                   excerpt(_short(item.type_url), 80), excerpt(item.response_nonce, 80),
                                   _names(subscribe), _names(unsubscribe), " NACK" if item.HasField("error_detail") else "")
-                    responses = machine.on_request(item)
+                    try:
+                        responses = machine.on_request(item)
+                    except Refused as exc:
+                        metrics.REFUSED.labels(exc.limit).inc()
+                        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.detail)
                     self._log_nack(kind, stream_id, shown_node, item, nack_log)
                     if sync is not None:
                         learned = machine.take_learned()
@@ -263,6 +324,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 close_reason = "client_closed"
             raise
         finally:
+            if release is not None:
+                release()
             watch_set = self._watchers.get(node_id)
             if watch_set is not None:
                 watch_set.discard(inbox)
@@ -290,10 +353,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 metrics.CONVERGENCE.labels(fact.type_url).observe(max(0.0, time.time() - source / 1000))
 
     def _new_machine(self, kind: str, stream_id: str, node_id: str, known: bool):
-        view = self._view_for(node_id)
+        view = self._view_for(node_id, known)
         allowed: Callable[[str, str], bool] | None = None if known else self.cache.proxyless_allowed
         cls = DeltaStream if kind == "delta" else SotwStream
-        return cls(stream_id, view, allowed=allowed, wildcard_allowed=known, report_sync=self.sync_log is not None)
+        return cls(stream_id, view, allowed=allowed, wildcard_allowed=known, report_sync=self.sync_log is not None,
+                   limits=self.limits.stream)
 
     @staticmethod
     def _log_nack(kind: str, stream_id: str, shown_node: str, request, throttle: Throttle) -> None:

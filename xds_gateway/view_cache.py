@@ -34,6 +34,10 @@ Invariants:
 - ``source_ms(node)``: the broker time of the newest event behind the node's
   current membership (its ``meshlog-source-ms`` header), for measuring
   append-to-ACK; None when the record carries none.
+- Each membership record names the node's owner, the (service, instance)
+  whose registration the projector rendered as the node; ``owner_of`` gives
+  it to the gateway's authorization (which holds the rule; the cache only
+  carries the fact). A change of owner alone is a change of the node.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ class ViewCache:
         self._previous: dict[tuple[str, str], VersionedResource] = {}
         self._membership: dict[str, dict[str, dict[str, str]]] = {}
         self._source_ms: dict[str, int] = {}  # node -> append time of the newest event behind its membership
+        self._owners: dict[str, tuple[str, str]] = {}
         # (type_url, name) -> nodes whose membership names it: lets a body change find its nodes in O(k)
         self._referenced_by: dict[tuple[str, str], set[str]] = defaultdict(set)
         self._shared: dict[str, dict[str, VersionedResource]] = defaultdict(dict)
@@ -99,6 +104,9 @@ class ViewCache:
 
     def source_ms(self, node_id: str) -> int | None:
         return self._source_ms.get(node_id)
+    def owner_of(self, node_id: str) -> tuple[str, str] | None:
+        """(service, instance id) of the registration the node stands for; None if unknown or unnamed."""
+        return self._owners.get(node_id)
 
     def node_view(self, node_id: str) -> dict[str, dict[str, VersionedResource]]:
         view: dict[str, dict[str, VersionedResource]] = {}
@@ -165,13 +173,25 @@ class ViewCache:
     def apply_membership(self, key: bytes, value: bytes | None, changed: set[str]) -> None:
         node = key.decode()
         new = None
+        owner = None
         if value is not None:
             try:
                 doc = orjson.loads(value)
                 new = {t: dict(names) for t, names in doc["resources"].items()}
+                named = doc.get("owner")
+                if named is not None:
+                    owner = (named["service"], named["instance"])
+                    if not all(isinstance(x, str) for x in owner):
+                        raise TypeError("owner service and instance must be strings")
             except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
                 log.error("ignoring malformed membership for node %s: %s", excerpt(node, 256), excerpt(str(exc), 200))
                 return
+        if self._owners.get(node) != owner:
+            if owner is None:
+                self._owners.pop(node, None)
+            else:
+                self._owners[node] = owner
+            changed.add(node)
         old = self._membership.get(node)
         if old is not None and new is not None and _same_names(old, new):
             # only versions moved: nothing to re-index; the node's view changes if a name now

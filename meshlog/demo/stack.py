@@ -29,7 +29,9 @@ from typing import Callable
 
 from meshlog.demo_app import DemoApp
 from meshlog.kafka_local import free_port
+from identity.pki import IdentityFiles
 from meshlog.procs import BIN, Process, spawn, wait_until
+from meshlog.xds_trust import gateway_tls_args, sidecar_tls_args
 
 
 @dataclass
@@ -138,12 +140,21 @@ class DemoStack:
         for i in range(1, self.checkers + 1):
             self.start_checker(f"checker-{i}")
 
+    def xds_identity(self, process: str) -> IdentityFiles | None:
+        """The identity files a gateway or sidecar of the demo speaks xDS with; None: plaintext (--insecure).
+
+        The switch to mTLS by default: create the demo's CA in the work dir, issue each process its
+        identity (gateways with 127.0.0.1 as a SAN) and return its files here.
+        """
+        return None
+
     def start_gateway(self, name: str, port: int | None = None) -> Process:
         port = port or free_port()
         ready = self.workdir / f"{name}.ready.json"
         ready.unlink(missing_ok=True)
         gw = spawn(name, [str(BIN / "xds-gateway"), "run", "--bootstrap", self.bootstrap, "--port", str(port),
-                          "--http-port", "0", "--grace", "1", "--ready-file", str(ready)],
+                          "--http-port", "0", "--grace", "1", "--ready-file", str(ready),
+                          *gateway_tls_args(self.xds_identity(name))],
                    self.workdir, own_group=True)
         wait_until(lambda: ready.exists() and ready.read_text().strip(), 60, f"{name} to be ready",
                    on_fail=gw.log_tail)
@@ -173,7 +184,7 @@ class DemoStack:
                 "--node-id", instance, "--app-port", str(app.port), "--inbound-port", str(inbound),
                 "--outbound-port", str(outbound), "--admin-port", str(admin), "--bootstrap", self.bootstrap,
                 "--cache-dir", str(cache), "--drain-seconds", "1", "--append-timeout", "3",
-                "--label", f"version={version}"]
+                "--label", f"version={version}", *sidecar_tls_args(self.xds_identity(instance))]
         for address in self.gateway_addresses():
             argv += ["--gateway", address]
         for dep in depends_on:

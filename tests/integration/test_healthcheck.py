@@ -41,6 +41,7 @@ from events.kafka_security import connection_kwargs
 from events.producer import EventProducer
 from events.types import InstanceDeregistered, InstanceHealthChanged, InstanceRegistered
 from meshlog.kafka_local import free_port
+from meshlog.xds_trust import sidecar_tls_args
 from tests.support.stack import Process, spawn, start_gateway, start_projector, wait_until
 from tests.support.log import end_offset
 
@@ -392,7 +393,7 @@ def test_c_an_instance_whose_sidecar_stopped_is_marked_unhealthy_and_replay_show
             "--app-port", str(app.port), "--inbound-port", str(inbound), "--outbound-port", str(outbound),
             "--admin-port", str(admin), "--bootstrap", bootstrap, "--cache-dir", str(workdir / "cache"),
             "--drain-seconds", "1", "--append-timeout", "3", "--gateway", f"127.0.0.1:{gateway.info['xds_port']}",
-            "--status-file", str(status_file),
+            "--status-file", str(status_file), *sidecar_tls_args(None),
         ], workdir)
         started.append(sidecar)
         registered.append((service, "s1"))

@@ -51,6 +51,7 @@ import pytest
 
 from events.admin import ensure_topics
 from meshlog.kafka_local import free_port
+from meshlog.xds_trust import sidecar_tls_args
 from proxy.envoy_process import dynamic_names
 from tests.support.apps import App, KeepAliveClient
 from tests.support.stack import Process, spawn, start_gateway, start_projector, wait_until
@@ -118,13 +119,14 @@ def _spawn_sidecar(name, argv, workdir, status_file, admin_port, outbound_port) 
 
 def start_sidecar(name: str, workdir: Path, bootstrap: str, gateways: list[str], *, service: str, instance: str,
                   app_port: int, labels: tuple[str, ...] = (), depends_on: tuple[str, ...] = (),
-                  extra: tuple[str, ...] = ()) -> Sidecar:
+                  extra: tuple[str, ...] = (), identity=None) -> Sidecar:
+    """A ``meshlog-sidecar run``: mTLS to the gateways with ``identity``'s files, else ``--insecure``."""
     admin, inbound, outbound = free_port(), free_port(), free_port()
     status_file = workdir / f"cache-{name}" / "status.json"
     argv = [str(BIN / "meshlog-sidecar"), "run", "--service", service, "--instance-id", instance,
             "--app-port", str(app_port), "--inbound-port", str(inbound), "--outbound-port", str(outbound),
             "--admin-port", str(admin), "--bootstrap", bootstrap, "--cache-dir", str(workdir / f"cache-{name}"),
-            "--drain-seconds", "1", "--append-timeout", "3"]
+            "--drain-seconds", "1", "--append-timeout", "3", *sidecar_tls_args(identity)]
     for gw in gateways:
         argv += ["--gateway", gw]
     for label in labels:

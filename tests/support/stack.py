@@ -12,7 +12,9 @@ import re
 import urllib.request
 from pathlib import Path
 
+from identity.pki import IdentityFiles
 from meshlog.procs import BIN, Process, spawn, wait_until  # noqa: F401 - the tests' process helpers
+from meshlog.xds_trust import gateway_tls_args
 
 
 def start_projector(bootstrap: str, workdir: Path, name: str = "projector", extra: list[str] | None = None) -> Process:
@@ -21,12 +23,13 @@ def start_projector(bootstrap: str, workdir: Path, name: str = "projector", extr
 
 
 def start_gateway(bootstrap: str, workdir: Path, name: str, port: int = 0, timeout: float = 60.0,
-                  extra: list[str] | None = None) -> Process:
+                  identity: IdentityFiles | None = None, extra: list[str] | tuple[str, ...] | None = None) -> Process:
+    """An ``xds-gateway run``: mTLS with ``identity``'s files, else plaintext (``--insecure``)."""
     ready_file = workdir / f"{name}.ready.json"
     ready_file.unlink(missing_ok=True)
     gw = spawn(name, [str(BIN / "xds-gateway"), "run", "--bootstrap", bootstrap, "--port", str(port),
-                      "--http-port", "0", "--grace", "1", "--ready-file", str(ready_file), *(extra or [])],
-                workdir)
+                      "--http-port", "0", "--grace", "1", "--ready-file", str(ready_file),
+                      *gateway_tls_args(identity), *(extra or [])], workdir)
     wait_until(lambda: ready_file.exists() and ready_file.read_text().strip(), timeout, f"{name} ready",
                on_fail=gw.log_tail)
     gw.info = json.loads(ready_file.read_text())

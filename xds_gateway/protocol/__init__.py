@@ -10,6 +10,7 @@ changes in and writes the returned responses out, in order.
 
 from .common import Nack, ProtocolError
 from .delta import DeltaStream
+from .limits import DEFAULT_STREAM_LIMITS, Refused, StreamLimits
 from .resources import (
     CLUSTER,
     CORE_TYPES,
@@ -26,6 +27,7 @@ from .sotw import WILDCARD_TYPES, SotwStream
 
 __all__ = [
     "CLUSTER",
+    "DEFAULT_STREAM_LIMITS",
     "CORE_TYPES",
     "ENDPOINT",
     "LISTENER",
@@ -36,7 +38,9 @@ __all__ = [
     "Nack",
     "NodeView",
     "ProtocolError",
+    "Refused",
     "SotwStream",
+    "StreamLimits",
     "VersionedResource",
     "make_resource",
     "version_of",

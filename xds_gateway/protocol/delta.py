@@ -102,6 +102,11 @@ envoyproxy/envoy ``docs/root/api-docs/xds_protocol.rst``, and the comments of
 * A request for a type the gateway does not serve (or with no type_url) gets no
   response and is recorded in ``errors``; the stream stays open (closing it
   would make Envoy reconnect and ask again in a loop).
+* Limits (:mod:`.limits`): a request with more ``initial_resource_versions``
+  entries than allowed, or that would take a type's subscriptions over the
+  names cap, raises ``Refused`` before it changes anything; a request after
+  which more responses are pending than allowed raises ``Refused`` instead
+  of returning them. The shell ends the stream either way.
 * Nonces are ``"{stream_id}-{n}"``: unique within the stream and, given unique
   stream ids, within the process. ``system_version_info`` is an order-free
   64-bit digest of the (name, version) pairs the server believes the client
@@ -117,6 +122,7 @@ from typing import Iterable
 from envoy.service.discovery.v3 import discovery_pb2
 
 from .common import CLIENT_TEXT_MAX, Acked, AllowFn, Nack, ReportsSync, ProtocolError, digest_hex, entry_hash, order_segments
+from .limits import DEFAULT_STREAM_LIMITS, Refused, StreamLimits
 from .resources import CLUSTER, CORE_TYPES, ENDPOINT, LISTENER, ROUTE, WILDCARD, NodeView, VersionedResource
 
 __all__ = ["DeltaStream"]
@@ -213,6 +219,8 @@ class DeltaStream(ReportsSync):
     restricts explicit subscriptions (a refused name is reported as not
     existing); ``wildcard_allowed=False`` makes a wildcard subscription cover
     nothing. ``served_types`` are the type URLs this gateway answers.
+    ``limits`` caps what one client may make the stream hold
+    (:mod:`.limits`); ``on_request`` raises :class:`Refused` over them.
     """
 
     def __init__(
@@ -225,6 +233,7 @@ class DeltaStream(ReportsSync):
         served_types: Iterable[str] = CORE_TYPES,
         max_records: int = 64,
         report_sync: bool = False,
+        limits: StreamLimits = DEFAULT_STREAM_LIMITS,
     ) -> None:
         self.stream_id = stream_id
         self.node_id = ""
@@ -232,6 +241,7 @@ class DeltaStream(ReportsSync):
         self._allowed = allowed
         self._wildcard_allowed = wildcard_allowed
         self._served = frozenset(served_types)
+        self._limits = limits
         self._types: dict[str, _TypeState] = {}
         self._eds_owed: set[str] = set()  # CLAs to send with EDS's first response
         # New clusters' assignment name -> cluster name, while LDS/RDS changes wait for them to warm
@@ -250,13 +260,18 @@ class DeltaStream(ReportsSync):
     # ------------------------------------------------------------------ inputs
 
     def on_request(self, req: discovery_pb2.DeltaDiscoveryRequest) -> list[discovery_pb2.DeltaDiscoveryResponse]:
-        """Handle one client request; return the responses to send, in order."""
+        """Handle one client request; return the responses to send, in order.
+
+        Raises :class:`Refused` when the request goes over a stream limit
+        (the stream is to end; checks on the request itself change nothing).
+        """
         if not self.node_id and req.HasField("node"):
             self.node_id = req.node.id
         t = req.type_url
         if t not in self._served:
             self._error("unknown_type_url", t, "type not served by this gateway" if t else "empty type_url")
             return []
+        self._admit(self._types.get(t), req)
         ts = self._types.get(t)
         if ts is None:
             ts = self._types[t] = _TypeState(t)
@@ -266,7 +281,29 @@ class DeltaStream(ReportsSync):
         self._subscriptions(ts, req, work)
         if not self.blocked:
             self._collect_dirty(work)
-        return self._emit(work)
+        responses = self._emit(work)
+        pending = sum(len(x.pending) for x in self._types.values())
+        if pending > self._limits.max_pending_nonces:
+            raise Refused("max_pending_nonces", f"{pending} responses un-ACKed, at most "
+                                                f"{self._limits.max_pending_nonces} allowed")
+        return responses
+
+    def _admit(self, ts: _TypeState | None, req) -> None:
+        """Refuse a request over the initial-versions or names cap, before it changes anything."""
+        lim = self._limits
+        irv = len(req.initial_resource_versions)
+        if irv > lim.max_initial_versions:
+            raise Refused("max_initial_versions", f"{irv} initial_resource_versions entries for {req.type_url}, "
+                                                  f"at most {lim.max_initial_versions} allowed")
+        subs = req.resource_names_subscribe
+        if len(subs) > lim.max_names_per_type:
+            raise Refused("max_names_per_type", f"{len(subs)} names subscribed to {req.type_url} in one request, "
+                                                f"at most {lim.max_names_per_type} allowed")
+        held = ts.names if ts is not None else ()
+        total = len(held) + sum(1 for n in set(subs) if n not in held)
+        if total > lim.max_names_per_type:
+            raise Refused("max_names_per_type", f"{total} names subscribed to {req.type_url}, "
+                                                f"at most {lim.max_names_per_type} allowed")
 
     def set_scope(self, *, allowed: AllowFn | None, wildcard_allowed: bool) -> None:
         """Change what this node may see (an unknown node became known); the next ``on_view`` applies it."""

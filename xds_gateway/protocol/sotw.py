@@ -60,6 +60,10 @@ Spec decisions (xDS REST and gRPC protocol document):
   after it even if unchanged (Envoy needs it to finish warming the cluster).
 * A request for a type the gateway does not serve gets nothing and is recorded
   in ``errors``.
+* Limits (:mod:`.limits`): a request listing more than
+  ``max_names_per_type`` names raises ``Refused`` before it changes anything.
+  At most one response per type is pending here, so the pending-nonce cap
+  cannot be reached.
 * ``version_info`` is an order-free digest of the response's (name, version)
   pairs: equal content gives equal versions on every gateway replica.
 """
@@ -72,6 +76,7 @@ from typing import Iterable
 from envoy.service.discovery.v3 import discovery_pb2
 
 from .common import CLIENT_TEXT_MAX, Acked, AllowFn, Nack, ReportsSync, ProtocolError, content_version, order_segments
+from .limits import DEFAULT_STREAM_LIMITS, Refused, StreamLimits
 from .resources import CLUSTER, CORE_TYPES, ENDPOINT, LISTENER, WILDCARD, NodeView, VersionedResource, type_rank
 
 __all__ = ["SotwStream", "WILDCARD_TYPES"]
@@ -139,6 +144,7 @@ class SotwStream(ReportsSync):
         served_types: Iterable[str] = CORE_TYPES,
         max_records: int = 64,
         report_sync: bool = False,
+        limits: StreamLimits = DEFAULT_STREAM_LIMITS,
     ) -> None:
         self.stream_id = stream_id
         self.node_id = ""
@@ -146,6 +152,7 @@ class SotwStream(ReportsSync):
         self._allowed = allowed
         self._wildcard_allowed = wildcard_allowed
         self._served = frozenset(served_types)
+        self._limits = limits
         self._types: dict[str, _TypeState] = {}
         self._seq = 0
         self._nacks: deque[Nack] = deque(maxlen=max_records)
@@ -171,6 +178,11 @@ class SotwStream(ReportsSync):
                               "type not served by this gateway" if t else "empty type_url")
             )
             return []
+        listed_n = len(req.resource_names)
+        if listed_n > self._limits.max_names_per_type:
+            # a SotW list replaces the previous one, so the request's own list is the subscription
+            raise Refused("max_names_per_type", f"{listed_n} names requested for {t}, "
+                                                f"at most {self._limits.max_names_per_type} allowed")
         ts = self._types.get(t)
         if ts is None:
             ts = self._types[t] = _TypeState(t)

@@ -164,7 +164,7 @@ def interleaving(draw, logs):
 
 
 def _fingerprint(rm):
-    return rm.resources, rm.membership, rm.problems
+    return rm.resources, rm.membership, rm.problems, rm.owners
 
 
 @settings(max_examples=150, deadline=None)
@@ -257,7 +257,8 @@ def test_nodes_see_only_their_closure_and_hold_all_they_reference(logs):
 def _expected_delta(prev, cur):
     changed = {k for k, v in cur.resources.items() if prev.resources.get(k) != v}
     removed = set(prev.resources) - set(cur.resources)
-    changed_nodes = {n for n, m in cur.membership.items() if prev.membership.get(n) != m}
+    changed_nodes = {n for n, m in cur.membership.items()
+                     if prev.membership.get(n) != m or prev.owners.get(n) != cur.owners.get(n)}
     removed_nodes = set(prev.membership) - set(cur.membership)
     return changed, removed, changed_nodes, removed_nodes
 

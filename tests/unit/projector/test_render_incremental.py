@@ -83,3 +83,17 @@ def test_unchanged_state_renders_nothing_new():
     assert not (again.changed or again.removed or again.changed_nodes or again.removed_nodes)
     full = render_all(s)
     assert full.changed == set(full.resources) and full.changed_nodes == set(full.membership)
+
+
+def test_each_node_names_its_owner_the_instance_it_stands_for():
+    inc = _step(_mesh(), lambda log: None)
+    assert inc.owners == {"web-1": ("web", "w1"), "web-2": ("web", "w2"), "api-1": ("api", "a1")}
+
+
+def test_another_instance_taking_over_a_node_id_changes_the_node_even_with_an_identical_view():
+    # same address, ports and dependencies: the same names and bodies, only the owner differs
+    inc = _step(_mesh(), lambda log: log.register("web", "w9", "10.0.0.1", node_id="web-1", sidecar=(15006, 15001),
+                                                  depends_on=("reviews",)))
+    assert inc.owners["web-1"] == ("web", "w9")
+    assert inc.changed_nodes == {"web-1"}
+    assert render_all(fold_log(_mesh().events)[0]).membership["web-1"] == inc.membership["web-1"]

@@ -163,3 +163,29 @@ def test_planning_from_an_incremental_render_equals_the_full_diff():
             full_pub.apply(expected)
             inc_pub.apply(got)
             previous = rendered
+
+
+def test_a_membership_record_names_the_node_owner_and_a_new_owner_alone_is_republished():
+    from projector.publisher import parse_membership_owner
+
+    bodies = {(CLUSTER, "db"): b"c"}
+    rendered = mesh(bodies, {"n": list(bodies)})
+    rendered.owners = {"n": ("web", "w1")}
+    published = PublishedViews()
+    plan = plan_views(rendered, published)
+    value = plan.membership[0][1]
+    assert parse_membership_owner(value) == ("web", "w1")
+    assert orjson.loads(value)["owner"] == {"service": "web", "instance": "w1"}
+    published.apply(plan)
+    assert published.owners == {"n": ("web", "w1")}
+    assert plan_views(rendered, published).empty
+    rendered.owners = {"n": ("web", "w9")}
+    again = plan_views(rendered, published)
+    assert [n for n, _v, _r in again.membership] == ["n"] and not again.bodies
+    assert parse_membership_owner(again.membership[0][1]) == ("web", "w9")
+
+
+def test_a_record_from_before_owners_has_none():
+    from projector.publisher import parse_membership_owner
+
+    assert parse_membership_owner(membership_value("n", {CLUSTER: {}})) is None

@@ -11,7 +11,7 @@ from proxy import cli
 from proxy.options import BadArguments, build_parser, options_from_args
 
 BASE = ["run", "--service", "web", "--instance-id", "w1", "--app-port", "8080", "--inbound-port", "15001",
-        "--outbound-port", "15002", "--gateway", "127.0.0.1:18000", "--bootstrap", "127.0.0.1:9092"]
+        "--outbound-port", "15002", "--gateway", "127.0.0.1:18000", "--bootstrap", "127.0.0.1:9092", "--insecure"]
 
 
 def _resolve(explicit):
@@ -186,3 +186,52 @@ def test_the_cli_exits_2_when_address_auto_is_loopback(monkeypatch, capsys):
 def test_address_auto_is_documented_in_help():
     text = " ".join(build_parser()._subparsers._group_actions[0].choices["run"].format_help().split())
     assert "'auto': the IPv4 address this host's name resolves to" in text
+
+
+# mTLS to the gateways
+
+PLAIN = [a for a in BASE if a != "--insecure"]
+
+
+def test_tls_files_or_insecure_are_required():
+    found = problems(base=PLAIN)
+    assert any(p.startswith("--tls-cert, --tls-key, --tls-ca missing") for p in found), found
+    assert parse().tls is None  # --insecure
+
+
+def test_insecure_and_tls_files_contradict():
+    assert any("contradict" in p for p in problems("--tls-ca", "/x"))
+
+
+def _identity(tmp_path, service, instance):
+    from identity import spiffe
+    from tests.support.trust import MeshCA
+
+    ca = MeshCA("mesh.test", tmp_path / "ca")
+    return ca.issue(spiffe.sidecar("mesh.test", service, instance), f"{service}-{instance}")
+
+
+def test_a_certificate_naming_this_sidecar_is_taken(tmp_path):
+    ident = _identity(tmp_path, "web", "w1")
+    opts = parse("--tls-cert", str(ident.cert), "--tls-key", str(ident.key), "--tls-ca", str(ident.ca), base=PLAIN)
+    assert opts.tls is not None and opts.tls.cert == ident.cert
+
+
+def test_a_certificate_of_another_instance_is_an_argument_problem(tmp_path):
+    ident = _identity(tmp_path, "web", "w2")
+    found = problems("--tls-cert", str(ident.cert), "--tls-key", str(ident.key), "--tls-ca", str(ident.ca), base=PLAIN)
+    assert any(p.startswith("--tls-cert: the certificate is for spiffe://mesh.test/sidecar/web/w2") for p in found)
+
+
+def test_a_key_that_is_not_the_certificates_is_an_argument_problem(tmp_path):
+    a, b = _identity(tmp_path, "web", "w1"), _identity(tmp_path / "b", "web", "w1")
+    found = problems("--tls-cert", str(a.cert), "--tls-key", str(b.key), "--tls-ca", str(a.ca), base=PLAIN)
+    assert any(p.startswith("--tls-key ") and "is not the key of" in p for p in found), found
+
+
+def test_tls_files_come_from_the_environment_too(tmp_path, monkeypatch):
+    ident = _identity(tmp_path, "web", "w1")
+    monkeypatch.setenv("MESHLOG_SIDECAR_TLS_CERT", str(ident.cert))
+    monkeypatch.setenv("MESHLOG_SIDECAR_TLS_KEY", str(ident.key))
+    monkeypatch.setenv("MESHLOG_SIDECAR_TLS_CA", str(ident.ca))
+    assert parse(base=PLAIN).tls is not None

@@ -123,7 +123,7 @@ async def test_an_over_long_node_id_is_refused(gateway, rpc, caplog):
     assert refused.value.details() == f"node.id is 1048576 characters long; at most {NODE_ID_MAX_LENGTH} are accepted"
     assert sum(len(r.getMessage()) for r in caplog.records) < 1000  # the 1 MB id is not logged
     after = await get_metrics(http_port)
-    refused_line = 'meshlog_xds_streams_refused_total{reason="node_id_too_long"} '
+    refused_line = 'meshlog_xds_refused_total{reason="node_id_too_long"} '
     count = lambda text: sum(float(l[len(refused_line):]) for l in text.splitlines() if l.startswith(refused_line))
     assert count(after) - count(before) == 1
 

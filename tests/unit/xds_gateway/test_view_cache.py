@@ -138,3 +138,28 @@ def test_a_membership_naming_a_version_no_longer_held_gets_the_latest_body():
     cache.apply_records([body(ENDPOINT, "reviews", b"v1"), member("web-1", {ENDPOINT: {"reviews": version_of(b"v1")}})])
     cache.apply_records([body(ENDPOINT, "reviews", b"v2"), body(ENDPOINT, "reviews", b"v3")])  # v1 dropped
     assert cache.node_view("web-1")[ENDPOINT]["reviews"].version == version_of(b"v3")
+
+
+def test_the_cache_carries_each_node_owner_and_a_new_owner_alone_changes_the_node():
+    cache, seen = ready_cache()
+
+    def owned(node, resources, service, instance):
+        doc = {"node": node, "owner": {"service": service, "instance": instance}, "resources": resources}
+        return Rec(topics.VIEW_MEMBERSHIP, node.encode(), orjson.dumps(doc))
+
+    names = {CLUSTER: {"reviews": version_of(b"reviews")}}
+    cache.apply_records([body(CLUSTER, "reviews"), owned("web-1", names, "web", "w1")])
+    assert cache.owner_of("web-1") == ("web", "w1")
+    assert cache.owner_of("stranger") is None
+    seen.clear()
+    cache.apply_records([owned("web-1", names, "web", "w9")])
+    assert cache.owner_of("web-1") == ("web", "w9") and seen == [{"web-1"}]
+    cache.apply_records([Rec(topics.VIEW_MEMBERSHIP, b"web-1", None)])
+    assert cache.owner_of("web-1") is None
+
+
+def test_a_malformed_owner_is_ignored_with_the_record():
+    cache, _ = ready_cache()
+    doc = {"node": "n", "owner": {"service": 7, "instance": "x"}, "resources": {}}
+    cache.apply_records([Rec(topics.VIEW_MEMBERSHIP, b"n", orjson.dumps(doc))])
+    assert not cache.knows_node("n") and cache.owner_of("n") is None

@@ -79,13 +79,15 @@ async def open_stream(stub, node: str):
 
 async def send_in_steps(call, requests, step: int = 50) -> None:
     """Write requests; every ``step`` a subscription whose answer shows the gateway took them all
-    (the gateway sheds a client that runs more than 64 requests ahead of it)."""
+    (the gateway sheds a client that runs more than 64 requests ahead of it), ACKed."""
     for i, request in enumerate(requests, 1):
         await call.write(request)
         if i % step == 0:
             await call.write(delta(type_url=CLUSTER, resource_names_subscribe=[f"sync-{i}"]))
             answer = await call.read()
             assert list(answer.removed_resources) == [f"sync-{i}"]
+            # ACK it, as a client does: un-ACKed responses are capped per stream (--max-pending-nonces)
+            await call.write(delta(type_url=CLUSTER, response_nonce=answer.nonce))
 
 
 async def test_distinct_nacked_type_urls_do_not_grow_metrics(gateway):

@@ -74,6 +74,9 @@ class Context:
         self.writes = 0
         self.aborted: tuple | None = None
 
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:50000"
+
     async def read(self):
         if self._first is not None:
             first, self._first = self._first, None

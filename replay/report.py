@@ -55,7 +55,7 @@ Shapes (``format`` 1):
     EVENT = {time, timestamp_ms, topic, partition, offset, type, key, producer, event_id, occurred_at}
     REJECTION = {time, timestamp_ms, kind_of_rule, name, revision, reason, source: {topic, partition, offset}}
     DEAD = {time, timestamp_ms, source: {topic, partition, offset}, reason, stage,
-            recorded}   # log: whether the live projector dead-lettered it too; diff: null (not looked up)
+            recorded}   # whether the live projector dead-lettered it (found on the dead-letter topic)
 
 ``xds`` (``replay --at T --xds --node N``): an Envoy ``/config_dump``
 (``envoy.admin.v3.ConfigDump`` as JSON with proto field names): the node's

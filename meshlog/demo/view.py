@@ -139,10 +139,10 @@ class LiveReporter(PlainReporter):
         for column in ("time", "event", "key", "what"):
             events.add_column(column, overflow="fold")
         if demo.tail.errors:
-            events.caption = f"[red]{demo.tail.errors[-1]}[/]"
+            events.caption = Text(demo.tail.errors[-1], style="red")  # text from the log: never markup
         for event in demo.tail.last(10):
-            events.add_row(time.strftime("%H:%M:%S", time.localtime(event.log_time)), event.type, event.key,
-                           event.summary)
+            events.add_row(time.strftime("%H:%M:%S", time.localtime(event.log_time)), event.type, Text(event.key),
+                           Text(event.summary))
         procs = Table(title="processes", expand=True)
         for column in ("name", "pid", "state"):
             procs.add_column(column)

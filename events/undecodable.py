@@ -100,12 +100,20 @@ class UndecodableLog:
         return entry
 
 
+def try_decode(record: Any, decoder: Callable[[Any], Logged] = decode_record) -> Logged | EventValidationError:
+    """The record's event, or the reason it has none (for a reader that does more than skip: the projector)."""
+    try:
+        return decoder(record)
+    except EventValidationError as exc:
+        return exc
+
+
 def decode_or_skip(
     record: Any, skipped: UndecodableLog, decoder: Callable[[Any], Logged] = decode_record
 ) -> Logged | None:
     """The record's event, or None after noting it in ``skipped``."""
-    try:
-        return decoder(record)
-    except EventValidationError as exc:
-        skipped.note(record, exc)
+    got = try_decode(record, decoder)
+    if isinstance(got, EventValidationError):
+        skipped.note(record, got)
         return None
+    return got

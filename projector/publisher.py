@@ -24,7 +24,13 @@ Invariants:
   membership naming a body that is not already in the log, and a body
   disappears only after no membership names it.
 
-``plan_views`` is pure (unit-tested); ``publish_plan`` does the I/O.
+- Sending is resumable and never appends a record twice by itself
+  (``OrderedSender``): after a failure, a retry resends only what the broker
+  did not acknowledge. A record the broker refuses for good (too large,
+  invalid: ``UNDELIVERABLE``) is set aside and reported instead of being
+  retried forever, so one such record cannot stop the projector.
+
+``plan_views`` is pure (unit-tested); ``publish_plan`` and ``OrderedSender`` do the I/O.
 """
 
 from __future__ import annotations
@@ -34,6 +40,13 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import orjson
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTimestampError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 
 from events import topics
 from projector.typeurls import TYPE_URLS
@@ -194,3 +207,74 @@ async def publish_plan(producer: Any, plan: ViewPlan, *, timeout_s: float = 30.0
     for phase in plan_records(plan):
         sent += await send_phase(producer, phase, timeout_s)
     return sent
+
+
+# The broker (or the client, before sending) refuses the record itself: sending it again gives the same
+# answer. Everything else (a broker away, a timeout, a moving leader) is worth retrying.
+UNDELIVERABLE: tuple[type[BaseException], ...] = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    CorruptRecordException,
+    InvalidTimestampError,
+)
+
+Record = tuple[str, bytes | None, bytes | None]  # topic, key, value
+
+
+class OrderedSender:
+    """Send phases of records in order, each phase settled before the next; ``run()`` again resumes.
+
+    A record is settled once the broker acknowledged it (``acked``) or refused it for good
+    (``undeliverable``, with the error). ``run()`` raises the first other failure after every record
+    in flight has settled or timed out; calling it again sends only what is not settled.
+    """
+
+    def __init__(self, producer: Any, phases: Iterable[Iterable[Record]], timeout_s: float) -> None:
+        self._producer = producer
+        self._phases = [list(p) for p in phases]
+        self._settled: list[set[int]] = [set() for _ in self._phases]
+        self._timeout_s = timeout_s
+        self._phase = 0
+        self.acked = [0] * len(self._phases)  # acknowledged records per phase
+        self.undeliverable: list[tuple[Record, BaseException]] = []
+
+    def _give_up(self, phase: int, index: int, exc: BaseException) -> None:
+        self._settled[phase].add(index)
+        self.undeliverable.append((self._phases[phase][index], exc))
+
+    async def run(self) -> None:
+        while self._phase < len(self._phases):
+            await self._send(self._phase)
+            self._phase += 1
+
+    async def _send(self, phase: int) -> None:
+        records, settled = self._phases[phase], self._settled[phase]
+        error: BaseException | None = None
+        in_flight = []
+        for i, (topic, key, value) in enumerate(records):
+            if i in settled:
+                continue
+            try:
+                in_flight.append((i, await self._producer.send(topic, value=value, key=key)))
+            except UNDELIVERABLE as exc:  # the client's own size check refuses before sending
+                self._give_up(phase, i, exc)
+            except Exception as exc:  # noqa: BLE001 - settle what is in flight, then let the caller retry
+                error = exc
+                break
+        if in_flight:
+            await asyncio.wait([f for _i, f in in_flight], timeout=self._timeout_s)
+        for i, fut in in_flight:
+            if not fut.done() or fut.cancelled():  # unknown outcome: sent again on the next run (at-least-once)
+                error = error or asyncio.TimeoutError(f"not acknowledged within {self._timeout_s:g}s")
+                continue
+            exc = fut.exception()
+            if exc is None:
+                settled.add(i)
+                self.acked[phase] += 1
+            elif isinstance(exc, UNDELIVERABLE):
+                self._give_up(phase, i, exc)
+            else:
+                error = error or exc
+        if error is not None:
+            raise error

@@ -58,8 +58,9 @@ _COMPACTED = MappingProxyType(
 EVENT_MAX_MESSAGE_BYTES = 1 << 20
 # what a writer may send as one event's key + value: the batch and record framing needs the rest
 EVENT_RECORD_MAX_BYTES = EVENT_MAX_MESSAGE_BYTES - 4096
-# dead letters and rejections are bounded by construction (projector.deadletter: under 64 KiB)
-SUPPORT_MAX_MESSAGE_BYTES = 1 << 20
+# dead letters and rejections are bounded by construction (projector.deadletter: under 64 KiB each); the
+# cap is above the projector's producer batch size (1 MiB), so a full batch of them is never refused
+SUPPORT_MAX_MESSAGE_BYTES = 2 << 20
 # snapshots and view records grow with the mesh (a whole state; a node's membership or a large route
 # table): up to what the projector's producer sends (max_request_size 16 MiB)
 LARGE_MAX_MESSAGE_BYTES = 16 << 20

@@ -17,6 +17,10 @@ Shapes (``format`` 1):
      nodes: [{node, instance, service, sidecar, resources: {type_url: {name: version}}}],
      problems: [str]}
 
+    source = {snapshot, events_folded, events_total, cut, first_event,
+              undecodable,                  # records skipped as undecodable (after the snapshot used)
+              undecodable_dead_lettered?}   # how many of them the dead-letter topic records (when any)
+
     INSTANCE = {service, instance_id, address, port, protocol, labels, weight, health, health_since,
                 node_id, sidecar: {inbound_port, outbound_port} | null, depends_on, registered, registered_ms}
 

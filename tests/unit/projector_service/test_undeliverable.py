@@ -66,7 +66,7 @@ async def test_the_projector_goes_on_when_the_broker_refuses_a_record_for_good(t
 
 
 async def test_a_900_kb_record_is_dead_lettered_within_what_the_broker_accepts(tmp_path):
-    log, producer = Log(), FakeProducer(refuse_over=1 << 20)  # the dead-letter topic's max.message.bytes
+    log, producer = Log(), FakeProducer(refuse_over=1 << 20)  # under the dead-letter topic's max.message.bytes
     bad = log.raw(topics.REGISTRATIONS, b"x/y", bytes(range(256)) * 3600)
     log.append(registered("api", "api-1", "node-api"))
     svc = make(tmp_path, producer)

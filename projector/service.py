@@ -102,7 +102,7 @@ from events.envelope import Logged, new_event
 from events.errors import EventValidationError
 from events.undecodable import UndecodableLog, decode_or_skip, printable, try_decode
 from projector import publisher as pub
-from projector.deadletter import dead_letter_record, parse_dead_letter
+from projector.deadletter import dead_letter_key, dead_letter_record, parse_dead_letter
 from projector.fold import fold_many, fold_with_decisions
 from projector.render import render_all
 from projector.snapshots import KEY as SNAPSHOT_KEY
@@ -317,8 +317,6 @@ class ProjectorService:
         self._snapshot_retry_at = 0.0
         self._full_gc_mono = time.monotonic()
         self._unpublished = False
-        # counted here, said once per record by the dead-letter log line after it is published
-        self.undecodable = UndecodableLog(None, reader="projector")
 
     # ------------------------------------------------ lifecycle
 
@@ -661,7 +659,6 @@ class ProjectorService:
         for r in fresh:
             got = try_decode(r)  # total: an event, or why not (events.undecodable)
             if isinstance(got, EventValidationError):
-                self.undecodable.note(r, got)
                 dead.append((r, got, "decode"))
             else:
                 decoded.append((r, got))
@@ -816,6 +813,7 @@ class ProjectorService:
         self.totals["dead_letters"] += len(dead)
         self.totals["rejections"] += len(envs)
         self.totals["undeliverable"] += len(sender.undeliverable)
+        refused = {(topic, key) for (topic, key, _value), _exc in sender.undeliverable}
         for (topic, key, value), exc in sender.undeliverable:
             log.error(
                 "the broker refused a %d-byte record for %s (key %s) for good: %s; it is skipped and projecting "
@@ -824,6 +822,8 @@ class ProjectorService:
                 printable(f"{type(exc).__name__}: {exc}", 300), self.totals["undeliverable"],
             )
         for (record, exc, stage) in dead:
+            if (topics.DEADLETTER, dead_letter_key(record.topic, record.partition, record.offset)) in refused:
+                continue  # said above: its dead letter did not make it either
             log.warning(
                 "dead-lettered %s/%d/%d (%s): %s", record.topic, record.partition, record.offset, stage, printable(exc)
             )

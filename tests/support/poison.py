@@ -68,6 +68,19 @@ huge_numbers = st.sampled_from([10**30, -(10**30), 2**63, 2**64, -(2**63) - 1]).
 )
 
 
+def _spliced(doc: dict, field: str, raw: bytes) -> bytes:
+    """``doc`` as JSON with ``raw`` (JSON orjson would not write) as the value of ``field``.
+
+    ``field`` is an envelope field ("payload", "schema_version") or a field of the payload.
+    """
+    marker = "\u2603SPLICE\u2603"
+    if field in ("payload", "schema_version"):
+        doc[field] = marker
+    else:
+        doc["payload"][field] = marker
+    return orjson.dumps(doc).replace(orjson.dumps(marker), raw)
+
+
 def _nested(depth: int, opener: bytes, closer: bytes) -> bytes:
     return opener * depth + b"1" + closer * depth
 
@@ -79,14 +92,8 @@ def deep_nesting(draw) -> tuple[str, bytes]:
     doc = valid_document(payload)
     depth = draw(st.integers(200, 5000))
     opener, closer = draw(st.sampled_from([(b"[", b"]"), (b'{"a":', b"}")]))
-    field = draw(st.sampled_from(sorted(doc["payload"]) + ["(payload)"]))
-    marker = "\u2603NESTED\u2603"
-    if field == "(payload)":
-        doc["payload"] = marker
-    else:
-        doc["payload"][field] = marker
-    text = orjson.dumps(doc).replace(orjson.dumps(marker), _nested(depth, opener, closer))
-    return payload.TOPIC, text
+    field = draw(st.sampled_from(sorted(doc["payload"]) + ["payload"]))
+    return payload.TOPIC, _spliced(doc, field, _nested(depth, opener, closer))
 
 
 @st.composite
@@ -119,12 +126,7 @@ def near_valid(draw) -> tuple[str, bytes]:
         doc["occurred_at"] = draw(odd_times)
     elif kind == "huge":
         field = draw(st.sampled_from(sorted(doc["payload"]) + ["schema_version"]))
-        marker = "\u2603HUGE\u2603"
-        if field == "schema_version":
-            doc["schema_version"] = marker
-        else:
-            doc["payload"][field] = marker
-        return payload.TOPIC, orjson.dumps(doc).replace(orjson.dumps(marker), draw(huge_numbers))
+        return payload.TOPIC, _spliced(doc, field, draw(huge_numbers))
     elif kind == "type":
         doc["type"] = draw(st.sampled_from(sorted(PAYLOAD_TYPES)) | st.text(max_size=20))
     elif kind == "drop":

@@ -17,7 +17,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     actions = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
     ensure = actions.add_parser(
         "ensure",
-        help="create missing topics; report (never change) topics whose settings differ",
+        help="create missing topics; set size caps (max.message.bytes); report (never change) other settings that differ",
         epilog="Exit codes: 0 all topics as specified; 1 some topic differs (left unchanged); 3 broker unreachable.",
     )
     ensure.add_argument("--bootstrap", help="Kafka address (default: $MESHLOG_KAFKA_BOOTSTRAP or `meshlog kafka up`'s)")
@@ -34,12 +34,15 @@ def run_ensure(args: argparse.Namespace) -> int:
         return 3
     if args.json:
         print(orjson.dumps({"created": report.created, "ok": report.ok,
+                            "updated": [f"{m.topic}: {m.setting} {m.actual} -> {m.expected}" for m in report.updated],
                             "mismatches": [str(m) for m in report.mismatches]}).decode())
     else:
         for name in report.created:
             print(f"created  {name}")
         for name in report.ok:
             print(f"ok       {name}")
+        for m in report.updated:
+            print(f"updated  {m.topic}: {m.setting} {m.actual} -> {m.expected}")
         for mismatch in report.mismatches:
             print(f"MISMATCH {mismatch} (left unchanged)")
     return 0 if report.consistent else 1

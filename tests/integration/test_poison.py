@@ -153,6 +153,40 @@ def test_event_topics_are_capped_and_the_registrar_refuses_an_oversized_event_wi
     assert asyncio.run(end_offset(bootstrap, topics.RULES)) == before
 
 
+def test_topics_ensure_sets_the_size_cap_on_an_existing_topic_and_keeps_its_other_settings(bootstrap):
+    from aiokafka.admin import NewTopic
+
+    from events.topics import TopicSpec
+
+    name = f"meshlog-test.cap-{RUN}"
+
+    async def settings_of() -> dict[str, str]:
+        admin = await connect_admin(bootstrap)
+        try:
+            [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
+        finally:
+            await admin.close()
+        return {e[0]: e[1] for e in response.resources[0][4]}
+
+    async def create() -> None:
+        admin = await connect_admin(bootstrap)
+        try:
+            await admin.create_topics([NewTopic(name, 1, 1, topic_configs={
+                "retention.ms": "-1", "segment.ms": "3600000", "max.message.bytes": "500000"})])
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    spec = TopicSpec(name, 1, {"retention.ms": "-1", "max.message.bytes": "1048576"})
+    report = asyncio.run(ensure_topics(bootstrap, [spec]))
+    assert [(m.setting, m.actual, m.expected) for m in report.updated] == [("max.message.bytes", "500000", "1048576")]
+    assert report.consistent and report.ok == [name]
+    got = asyncio.run(settings_of())
+    assert (got["max.message.bytes"], got["segment.ms"], got["retention.ms"]) == ("1048576", "3600000", "-1")
+    again = asyncio.run(ensure_topics(bootstrap, [spec]))
+    assert again.updated == [] and again.consistent
+
+
 def test_replay_says_dead_lettered_live_only_for_what_the_projector_dead_lettered(bootstrap, workdir):
     t0 = int(time.time() * 1000) - 1
     [src] = asyncio.run(append_raw(bootstrap, [(topics.REGISTRATIONS, b"x/y", b"not an event " + RUN.encode())]))

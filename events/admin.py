@@ -4,7 +4,10 @@ Invariants:
 - ``ensure_topics`` is idempotent: it creates what is missing and only reports
   a topic whose partitions or settings differ from the spec; an operator
   decides what to do about a mismatch (changing retention of history is not a
-  thing to do behind anyone's back).
+  thing to do behind anyone's back). The one exception is a size cap
+  (``ADJUSTABLE``): it limits future writes and rewrites no history, so an
+  existing topic gets the spec's cap, reported as updated, with every other
+  setting the topic has kept as it is.
 - Topics are pre-created here; the broker's auto-creation (wrong partition
   counts, wrong policies) is never relied on.
 """
@@ -37,11 +40,17 @@ class TopicMismatch:
         return f"{self.topic}: {self.setting} is {self.actual!r}, expected {self.expected!r}"
 
 
+# settings ensure_topics also sets on an existing topic (see the module invariants)
+ADJUSTABLE = frozenset({"max.message.bytes"})
+_DYNAMIC_TOPIC_CONFIG = 1  # DescribeConfigs (v1+) config_source of a topic's own setting
+
+
 @dataclass(slots=True)
 class TopicReport:
     created: list[str] = field(default_factory=list)
     ok: list[str] = field(default_factory=list)
     mismatches: list[TopicMismatch] = field(default_factory=list)
+    updated: list[TopicMismatch] = field(default_factory=list)  # adjustable settings changed: from actual to expected
 
     @property
     def consistent(self) -> bool:
@@ -148,15 +157,52 @@ async def ensure_topics(
                         TopicMismatch(s.name, "partitions", str(s.partitions), str(partitions.get(s.name)))
                     )
                     bad = True
+                adjust = []
                 for key, want in s.config.items():
                     have = configs.get(s.name, {}).get(key)
-                    if have != want:
+                    if have != want and key in ADJUSTABLE:
+                        adjust.append(TopicMismatch(s.name, key, want, str(have)))
+                    elif have != want:
                         report.mismatches.append(TopicMismatch(s.name, key, want, str(have)))
                         bad = True
+                if adjust and not await _adjust(admin, s.name, adjust):
+                    report.mismatches += adjust
+                    bad = True
+                elif adjust:
+                    report.updated += adjust
                 if not bad:
                     report.ok.append(s.name)
+        for m in report.updated:
+            log.info("topic setting updated: %s: %s %r -> %r", m.topic, m.setting, m.actual, m.expected)
         for m in report.mismatches:
             log.warning("topic mismatch (left unchanged): %s", m)
         return report
     finally:
         await admin.close()
+
+
+async def _adjust(admin: AIOKafkaAdminClient, topic: str, changes: list[TopicMismatch]) -> bool:
+    """Set adjustable settings on an existing topic, keeping every setting of its own; False if refused.
+
+    AlterConfigs replaces all of a topic's own settings at once (aiokafka has no incremental
+    variant), so the request carries the topic's current ones (config_source DYNAMIC_TOPIC_CONFIG)
+    with only the adjusted values changed.
+    """
+    [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)], include_synonyms=True)
+    own: dict[str, str] = {}
+    for resource in response.resources:
+        error_code, _msg, _rtype, _name, entries = resource[:5]
+        if error_code:
+            return False
+        for entry in entries:
+            name, value, read_only, source = entry[:4]
+            if source == _DYNAMIC_TOPIC_CONFIG and not read_only and value is not None:
+                own[name] = value
+    own.update({c.setting: c.expected for c in changes})
+    answers = await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=own)])
+    codes = [resource[0] for answer in answers for resource in getattr(answer, "resources", ())]
+    if any(codes):
+        log.warning("topic %s: setting %s refused (Kafka error codes %s)", topic,
+                    ", ".join(f"{c.setting}={c.expected}" for c in changes), codes)
+        return False
+    return True

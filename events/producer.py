@@ -6,6 +6,9 @@ Invariants:
 - ``append_many`` is all-or-nothing: several envelopes go in one Kafka
   transaction, so a failure half-way leaves no visible half of a batch for
   read_committed consumers (the projector and replay read that way).
+- No event over ``topics.EVENT_RECORD_MAX_BYTES`` (key + value) is sent:
+  ``encoded_event`` refuses it with ``EventValidationError`` first, so a
+  writer says what is too big instead of the broker's MessageSizeTooLarge.
 - Every network step has a deadline; a broker that does not answer becomes
   ``BrokerUnavailable`` with the address in its message, never a hang.
 - Nothing is sent to a topic the broker does not have: that is
@@ -23,10 +26,25 @@ from typing import Sequence
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from events import topics
 from events.admin import AppendFailed, BrokerUnavailable, TopicsMissing
 from events.codec import encode
 from events.envelope import Envelope
+from events.errors import EventValidationError
 from events.kafka_security import KafkaSecurity, connection_kwargs
+
+
+def encoded_event(env: Envelope) -> tuple[bytes, bytes]:
+    """(key, value) of ``env`` as appended; EventValidationError if the log would refuse it as too large."""
+    key, value = env.key.encode(), encode(env)
+    size = len(key) + len(value)
+    if size > topics.EVENT_RECORD_MAX_BYTES:
+        raise EventValidationError.single(
+            "", f"the {env.type} event for {env.key[:100]} is {size:,} bytes encoded, over the "
+            f"{topics.EVENT_RECORD_MAX_BYTES:,} bytes an event may have ({env.topic} accepts at most "
+            f"{topics.EVENT_MAX_MESSAGE_BYTES:,} bytes per record batch)",
+        )
+    return key, value
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +124,8 @@ class EventProducer:
             raise TopicsMissing(self._bootstrap, topics - self._topics_seen)
 
     async def _send(self, env: Envelope):
-        return await self._producer.send(env.topic, value=encode(env), key=env.key.encode())
+        key, value = encoded_event(env)
+        return await self._producer.send(env.topic, value=value, key=key)
 
     @staticmethod
     def _appended(env: Envelope, meta) -> Appended:

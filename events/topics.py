@@ -9,6 +9,10 @@ Invariants:
 - The health-check shard topic carries no records, ever: only its consumer
   group's partition assignment matters (partition i = shard i of the
   instances, see ``registrar.healthcheck.shards``).
+- Every topic that holds records has a size cap (``max.message.bytes``, set
+  when ``events.admin`` creates it): an event is a small document, so an
+  event topic takes at most ``EVENT_MAX_MESSAGE_BYTES`` per record batch and
+  writers refuse an event over ``EVENT_RECORD_MAX_BYTES`` before sending.
 - Nothing here talks to a broker; ``events.admin`` applies these specs.
 """
 
@@ -51,6 +55,23 @@ _COMPACTED = MappingProxyType(
 )
 
 
+# An event is a small document (a registration ~400 bytes, a large rules document a few KB); every
+# reader holds and decodes each one, so the log refuses what no writer should send.
+EVENT_MAX_MESSAGE_BYTES = 1 << 20
+# what a writer may send as one event's key + value: the batch and record framing needs the rest
+EVENT_RECORD_MAX_BYTES = EVENT_MAX_MESSAGE_BYTES - 4096
+# dead letters and rejections are bounded by construction (projector.deadletter: under 64 KiB each); the
+# cap is above the projector's producer batch size (1 MiB), so a full batch of them is never refused
+SUPPORT_MAX_MESSAGE_BYTES = 2 << 20
+# snapshots and view records grow with the mesh (a whole state; a node's membership or a large route
+# table): up to what the projector's producer sends (max_request_size 16 MiB)
+LARGE_MAX_MESSAGE_BYTES = 16 << 20
+
+
+def _capped(config: Mapping[str, str], max_bytes: int) -> Mapping[str, str]:
+    return MappingProxyType({**config, "max.message.bytes": str(max_bytes)})
+
+
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
     name: str
@@ -63,27 +84,28 @@ class TopicSpec:
 # The event topics are single-partition today: the projector folds the whole
 # mesh in one worker and replay cuts one offset per topic. The fold is written
 # so that raising partitions (per-entity keys are already set) keeps it correct.
+_EVENTS = _capped(_HISTORY, EVENT_MAX_MESSAGE_BYTES)
 EVENT_TOPICS: tuple[TopicSpec, ...] = (
-    TopicSpec(REGISTRATIONS, 1, _HISTORY, key="<service>/<instance_id>"),
-    TopicSpec(HEALTH, 1, _HISTORY, key="<service>/<instance_id>"),
-    TopicSpec(RULES, 1, _HISTORY, key="route/<host> | policy/<service>"),
+    TopicSpec(REGISTRATIONS, 1, _EVENTS, key="<service>/<instance_id>"),
+    TopicSpec(HEALTH, 1, _EVENTS, key="<service>/<instance_id>"),
+    TopicSpec(RULES, 1, _EVENTS, key="route/<host> | policy/<service>"),
 )
 
 HEALTHCHECK_SHARD_COUNT = 12
 
 SUPPORT_TOPICS: tuple[TopicSpec, ...] = (
-    TopicSpec(REJECTIONS, 1, _HISTORY, key="<kind>/<name>"),
-    TopicSpec(DEADLETTER, 1, _HISTORY, key="<source topic>/<partition>/<offset>"),
-    TopicSpec(SNAPSHOTS, 1, _HISTORY, key="snapshot"),
-    TopicSpec(SYNC, 1, _HISTORY, key="<node_id>"),
-    TopicSpec(VIEW_RESOURCES, 1, _COMPACTED, key="<type_url>|<name>"),
-    TopicSpec(VIEW_MEMBERSHIP, 1, _COMPACTED, key="<node_id>"),
+    TopicSpec(REJECTIONS, 1, _capped(_HISTORY, SUPPORT_MAX_MESSAGE_BYTES), key="<kind>/<name>"),
+    TopicSpec(DEADLETTER, 1, _capped(_HISTORY, SUPPORT_MAX_MESSAGE_BYTES), key="<source topic>/<partition>/<offset>"),
+    TopicSpec(SNAPSHOTS, 1, _capped(_HISTORY, LARGE_MAX_MESSAGE_BYTES), key="snapshot"),
+    TopicSpec(SYNC, 1, _capped(_HISTORY, SUPPORT_MAX_MESSAGE_BYTES), key="<node_id>"),
+    TopicSpec(VIEW_RESOURCES, 1, _capped(_COMPACTED, LARGE_MAX_MESSAGE_BYTES), key="<type_url>|<name>"),
+    TopicSpec(VIEW_MEMBERSHIP, 1, _capped(_COMPACTED, LARGE_MAX_MESSAGE_BYTES), key="<node_id>"),
     # never written: `registrar healthcheck` processes join one consumer group on it and each
     # probes the instances hashing to the partitions (shards) the group assigned to it
     TopicSpec(HEALTHCHECK_SHARDS, HEALTHCHECK_SHARD_COUNT, {"cleanup.policy": "delete"}, key="(no records)"),
     # every certificate the mesh CA issued or revoked, and every join token redeemed; one partition
     # because "the first redemption of a token in log order wins" needs one total order (identity.tokens)
-    TopicSpec(IDENTITIES, 1, _HISTORY, key="<spiffe path> | token/<jti>"),
+    TopicSpec(IDENTITIES, 1, _EVENTS, key="<spiffe path> | token/<jti>"),
 )
 
 ALL_TOPICS: tuple[TopicSpec, ...] = EVENT_TOPICS + SUPPORT_TOPICS

@@ -22,7 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     actions = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
     ensure = actions.add_parser(
         "ensure",
-        help="create missing topics; report (never change) topics whose settings differ; apply ACLs (secure broker)",
+        help="create missing topics; set size caps (max.message.bytes); report (never change) other settings that "
+             "differ; apply ACLs (secure broker)",
         epilog="Exit codes: 0 all topics as specified; 1 some topic differs (left unchanged); 2 bad security "
                f"settings; 3 broker unreachable; {EXIT_NOT_AUTHORIZED} this identity may not create the topics or "
                "apply the ACLs (or applying them failed). With a security protocol "
@@ -60,7 +61,9 @@ def run_ensure(args: argparse.Namespace) -> int:
             print(f"meshlog: {exc}", file=sys.stderr)
             return EXIT_NOT_AUTHORIZED
     if args.json:
-        out = {"created": report.created, "ok": report.ok, "mismatches": [str(m) for m in report.mismatches]}
+        out = {"created": report.created, "ok": report.ok,
+               "updated": [f"{m.topic}: {m.setting} {m.actual} -> {m.expected}" for m in report.updated],
+               "mismatches": [str(m) for m in report.mismatches]}
         if acls is not None:
             out["acls"] = {"created": acls.created, "present": acls.present, "extra": acls.extra}
         print(orjson.dumps(out).decode())
@@ -69,6 +72,8 @@ def run_ensure(args: argparse.Namespace) -> int:
             print(f"created  {name}")
         for name in report.ok:
             print(f"ok       {name}")
+        for m in report.updated:
+            print(f"updated  {m.topic}: {m.setting} {m.actual} -> {m.expected}")
         for mismatch in report.mismatches:
             print(f"MISMATCH {mismatch} (left unchanged)")
         if acls is not None:

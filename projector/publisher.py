@@ -30,7 +30,13 @@ Invariants:
   membership naming a body that is not already in the log, and a body
   disappears only after no membership names it.
 
-``plan_views`` is pure (unit-tested); ``publish_plan`` does the I/O.
+- Sending is resumable and never appends a record twice by itself
+  (``OrderedSender``): after a failure, a retry resends only what the broker
+  did not acknowledge. A record the broker refuses for good (too large,
+  invalid: ``UNDELIVERABLE``) is set aside and reported instead of being
+  retried forever, so one such record cannot stop the projector.
+
+``plan_views`` is pure (unit-tested); ``OrderedSender`` does the I/O.
 """
 
 from __future__ import annotations
@@ -40,6 +46,13 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import orjson
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTimestampError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 
 from events import topics
 from projector.typeurls import TYPE_URLS
@@ -53,6 +66,11 @@ _TYPE_RANK = {u: i for i, u in enumerate(TYPE_URLS)}
 
 
 SOURCE_MS_HEADER = "meshlog-source-ms"
+
+
+def source_headers(source_ms: int | None) -> list[tuple[str, bytes]] | None:
+    """The headers of a view record: the broker time of the newest event behind it, when known."""
+    return [(SOURCE_MS_HEADER, str(source_ms).encode())] if source_ms is not None else None
 
 
 def source_ms_of(headers) -> int | None:
@@ -232,19 +250,75 @@ def plan_records(plan: ViewPlan) -> list[list[tuple[str, bytes, bytes | None]]]:
     ]
 
 
-async def send_phase(producer: Any, records: Iterable[tuple[str, bytes, bytes | None]], timeout_s: float,
-                     headers: list[tuple[str, bytes]] | None = None) -> int:
-    """Send records and wait until the broker acknowledged every one (raises on any failure)."""
-    extra = {"headers": headers} if headers else {}
-    futures = [await producer.send(topic, value=value, key=key, **extra) for topic, key, value in records]
-    if futures:
-        await asyncio.wait_for(asyncio.gather(*futures), timeout_s)
-    return len(futures)
+# The broker (or the client, before sending) refuses the record itself: sending it again gives the same
+# answer. Everything else (a broker away, a timeout, a moving leader) is worth retrying.
+UNDELIVERABLE: tuple[type[BaseException], ...] = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    CorruptRecordException,
+    InvalidTimestampError,
+)
+
+Record = tuple[str, bytes | None, bytes | None]  # topic, key, value
 
 
-async def publish_plan(producer: Any, plan: ViewPlan, *, timeout_s: float = 30.0, source_ms: int | None = None) -> int:
-    headers = [(SOURCE_MS_HEADER, str(source_ms).encode())] if source_ms is not None else None
-    sent = 0
-    for phase in plan_records(plan):
-        sent += await send_phase(producer, phase, timeout_s, headers)
-    return sent
+class OrderedSender:
+    """Send phases of records in order, each phase settled before the next; ``run()`` again resumes.
+
+    A record is settled once the broker acknowledged it (``acked``) or refused it for good
+    (``undeliverable``, with the error). ``run()`` raises the first other failure after every record
+    in flight has settled or timed out; calling it again sends only what is not settled.
+    """
+
+    def __init__(self, producer: Any, phases: Iterable[Iterable[Record]], timeout_s: float,
+                 phase_headers: Iterable[list[tuple[str, bytes]] | None] | None = None) -> None:
+        self._producer = producer
+        self._phases = [list(p) for p in phases]
+        self._headers = list(phase_headers) if phase_headers is not None else [None] * len(self._phases)
+        self._settled: list[set[int]] = [set() for _ in self._phases]
+        self._timeout_s = timeout_s
+        self._phase = 0
+        self.acked = [0] * len(self._phases)  # acknowledged records per phase
+        self.undeliverable: list[tuple[Record, BaseException]] = []
+
+    def _give_up(self, phase: int, index: int, exc: BaseException) -> None:
+        self._settled[phase].add(index)
+        self.undeliverable.append((self._phases[phase][index], exc))
+
+    async def run(self) -> None:
+        while self._phase < len(self._phases):
+            await self._send(self._phase)
+            self._phase += 1
+
+    async def _send(self, phase: int) -> None:
+        records, settled = self._phases[phase], self._settled[phase]
+        extra = {"headers": self._headers[phase]} if self._headers[phase] else {}
+        error: BaseException | None = None
+        in_flight = []
+        for i, (topic, key, value) in enumerate(records):
+            if i in settled:
+                continue
+            try:
+                in_flight.append((i, await self._producer.send(topic, value=value, key=key, **extra)))
+            except UNDELIVERABLE as exc:  # the client's own size check refuses before sending
+                self._give_up(phase, i, exc)
+            except Exception as exc:  # noqa: BLE001 - settle what is in flight, then let the caller retry
+                error = exc
+                break
+        if in_flight:
+            await asyncio.wait([f for _i, f in in_flight], timeout=self._timeout_s)
+        for i, fut in in_flight:
+            if not fut.done() or fut.cancelled():  # unknown outcome: sent again on the next run (at-least-once)
+                error = error or asyncio.TimeoutError(f"not acknowledged within {self._timeout_s:g}s")
+                continue
+            exc = fut.exception()
+            if exc is None:
+                settled.add(i)
+                self.acked[phase] += 1
+            elif isinstance(exc, UNDELIVERABLE):
+                self._give_up(phase, i, exc)
+            else:
+                error = error or exc
+        if error is not None:
+            raise error

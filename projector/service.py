@@ -36,7 +36,7 @@ Processing (one loop, one batch at a time):
 
 1. ``getmany`` up to ``max_batch`` records (read_committed); records at
    offsets already folded are skipped (idempotent re-delivery).
-2. Decode each (``events.codec.decode_record``); an invalid record is
+2. Decode each (``events.undecodable.try_decode``: total); an invalid record is
    dead-lettered (``projector.deadletter``) and processing goes on. Fold the
    batch with ``fold_many`` (equal to folding one by one); should the fold
    raise, the batch is refolded one event at a time and the offending event
@@ -100,13 +100,14 @@ from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
 from events import topics
 from events.admin import BrokerUnavailable, connect_admin, ensure_topics
-from events.codec import decode_record, encode
+from events.codec import encode
 from events.envelope import Logged, new_event
 from events.errors import EventValidationError
 from meshlog.outage import KafkaOutageLog
 from events.kafka_security import connection_kwargs
+from events.undecodable import UndecodableLog, decode_or_skip, printable, try_decode
 from projector import publisher as pub
-from projector.deadletter import dead_letter_record, parse_dead_letter
+from projector.deadletter import dead_letter_key, dead_letter_record, parse_dead_letter
 from projector.fold import fold_many, fold_with_decisions
 from projector.render import render_all
 from projector.snapshots import KEY as SNAPSHOT_KEY
@@ -311,7 +312,8 @@ class ProjectorService:
         self.published = pub.PublishedViews()
         self.counters: dict[str, Any] = {"events": 0, "dead_lettered": 0, "max_timestamp_ms": None}
         self.snapshot_marks: dict[str, Any] = {"events": 0, "at": None}
-        self.totals = {"batches": 0, "published_records": 0, "rejections": 0, "dead_letters": 0, "snapshots": 0}
+        self.totals = {"batches": 0, "published_records": 0, "rejections": 0, "dead_letters": 0, "snapshots": 0,
+                       "undeliverable": 0}
         self._checkpoint_events = 0  # events folded since the last checkpoint
         self._checkpoint_mono = time.monotonic()
         self._reconcile_pending = True
@@ -455,13 +457,14 @@ class ProjectorService:
             self.store = None
         log.info(
             "projector stopped at %s (%d events folded in all); this run: %d dead letters, %d rejections, "
-            "%d view records published, %d snapshots",
+            "%d view records published, %d snapshots, %d records refused by the broker for good",
             _fmt_offsets(self.next_folded),
             self.counters.get("events", 0),
             self.totals["dead_letters"],
             self.totals["rejections"],
             self.totals["published_records"],
             self.totals["snapshots"],
+            self.totals["undeliverable"],
         )
 
     async def _start_client(self, client: Any) -> None:
@@ -538,12 +541,17 @@ class ProjectorService:
                     if owner is not None:
                         owners[node] = owner
 
+        unreadable = UndecodableLog(log, reader="projector (adopting recorded rejections)")
+
         def on_effect(r: Any) -> None:
             if r.topic == topics.DEADLETTER:
                 src = parse_dead_letter(r.value)
                 k, off = tp_key(src.topic, src.partition), src.offset
             else:
-                j = decode_record(r).payload
+                logged = decode_or_skip(r, unreadable)
+                if logged is None:
+                    return
+                j = logged.payload
                 k, off = tp_key(j.source_topic, j.source_partition), j.source_offset
             if off + 1 > emitted.get(k, 0):
                 emitted[k] = off + 1
@@ -666,12 +674,11 @@ class ProjectorService:
         decoded: list[tuple[Any, Logged]] = []
         dead: list[tuple[Any, BaseException, str]] = []
         for r in fresh:
-            try:
-                decoded.append((r, decode_record(r)))
-            except EventValidationError as exc:
-                dead.append((r, exc, "decode"))
-            except Exception as exc:  # noqa: BLE001 - decode promises EventValidationError only; never crash anyway
-                dead.append((r, exc, "decode"))
+            got = try_decode(r)  # total: an event, or why not (events.undecodable)
+            if isinstance(got, EventValidationError):
+                dead.append((r, got, "decode"))
+            else:
+                decoded.append((r, got))
         t1 = time.perf_counter()
 
         before = self.state
@@ -805,12 +812,15 @@ class ProjectorService:
             first.append((topics.DEADLETTER, key, value))
         envs = [new_event(j, producer=PRODUCER_IDENTITY) for j in rejections]
         first += [(topics.REJECTIONS, env.key.encode(), encode(env)) for env in envs]
+        # a retry resends only what was not acknowledged, and a record the broker refuses for good is set
+        # aside (below) instead of being retried forever: it must not stop the projector
+        view_headers = pub.source_headers(source_ms)
+        sender = pub.OrderedSender(self.producer, [first, *pub.plan_records(plan)], self.cfg.send_timeout_s,
+                                   phase_headers=[None, view_headers, view_headers, view_headers])
         delay = 0.5
         while True:
             try:
-                await pub.send_phase(self.producer, first, self.cfg.send_timeout_s)
-                sent = len(first) + await pub.publish_plan(self.producer, plan, timeout_s=self.cfg.send_timeout_s,
-                                                           source_ms=source_ms)
+                await sender.run()
                 break
             except (KafkaError, asyncio.TimeoutError, OSError) as exc:
                 if self.stopping:
@@ -821,12 +831,23 @@ class ProjectorService:
                 except asyncio.TimeoutError:
                     pass
                 delay = min(delay * 2, 10.0)
-        self.totals["published_records"] += sent - len(first)
+        self.totals["published_records"] += sum(sender.acked[1:])
         self.totals["dead_letters"] += len(dead)
         self.totals["rejections"] += len(envs)
+        self.totals["undeliverable"] += len(sender.undeliverable)
+        refused = {(topic, key) for (topic, key, _value), _exc in sender.undeliverable}
+        for (topic, key, value), exc in sender.undeliverable:
+            log.error(
+                "the broker refused a %d-byte record for %s (key %s) for good: %s; it is skipped and projecting "
+                "goes on (%d such records since start)",
+                len(value or b""), topic, printable(bytes(key or b"").decode(errors="replace"), 200),
+                printable(f"{type(exc).__name__}: {exc}", 300), self.totals["undeliverable"],
+            )
         for (record, exc, stage) in dead:
+            if (topics.DEADLETTER, dead_letter_key(record.topic, record.partition, record.offset)) in refused:
+                continue  # said above: its dead letter did not make it either
             log.warning(
-                "dead-lettered %s/%d/%d (%s): %s", record.topic, record.partition, record.offset, stage, exc
+                "dead-lettered %s/%d/%d (%s): %s", record.topic, record.partition, record.offset, stage, printable(exc)
             )
         for env in envs:
             j = env.payload

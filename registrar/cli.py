@@ -29,7 +29,7 @@ from events.admin import AppendFailed, BrokerUnavailable
 from events.codec import validate_payload
 from events.envelope import Envelope, new_event
 from events.errors import EventValidationError
-from events.producer import Appended, EventProducer
+from events.producer import Appended, EventProducer, encoded_event
 from events.types import (
     DestinationPolicyDeleted,
     InstanceDeregistered,
@@ -348,6 +348,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("registrar: nothing was appended", file=sys.stderr)
         return EXIT_BAD_INPUT
     envelopes = [new_event(p, producer=args.producer) for p in payloads]
+    try:
+        for env in envelopes:
+            encoded_event(env)  # refuses an event the log would refuse as too large, before connecting
+    except EventValidationError as exc:
+        for problem in exc.problems:
+            print(f"registrar: invalid input: {problem}", file=sys.stderr)
+        print("registrar: nothing was appended", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
     if getattr(args, "dry_run", False):
         for env in envelopes:

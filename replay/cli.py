@@ -30,18 +30,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from events import topics
-from events.codec import decode_record
-from events.errors import EventValidationError
 from meshlog import argtypes
 from events import kafka_security
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 from meshlog.terminal import printable
-from projector.deadletter import parse_dead_letter
 from projector.render import render
 from proxysync.convergence import convergences
 from proxysync.read import read_sync, read_sync_records
 from proxysync.status_cli import proxy_row, render_node_text
 from replay import identities, report, text
+from events.undecodable import UndecodableLog, decode_or_skip
+from replay.deadletters import dead_lettered_among, recorded_dead_letters
 from replay.engine import (
     NotFound,
     OutOfRange,
@@ -315,6 +314,9 @@ async def cmd_at(args: argparse.Namespace, bootstrap: str) -> int:
         first = await check_instant(consumer, at_ms, args.now_ms, what="--at")
         rebuilt = await rebuild(consumer, at_ms, use_snapshot=not args.no_snapshot, progress=RichProgress(args.progress))
         rebuilt.first_ms = first
+        source = rebuilt.source()
+        if rebuilt.undecodable:
+            source["undecodable_dead_lettered"] = len(await dead_lettered_among(consumer, rebuilt.undecodable))
         sync_table = (await read_sync(consumer, until_ms=at_ms))[0] if args.accepted else None
     state = rebuilt.state
     if args.node:
@@ -326,7 +328,7 @@ async def cmd_at(args: argparse.Namespace, bootstrap: str) -> int:
         if args.xds:
             _emit_json(report.config_dump(node, versions, render(state, node), at_ms=at_ms))
             return EXIT_OK
-        doc = report.node_document(state, node, versions, at_ms=at_ms, source=rebuilt.source(),
+        doc = report.node_document(state, node, versions, at_ms=at_ms, source=source,
                                    bodies=render(state, node) if args.full else None)
         accepted = None
         if sync_table is not None:
@@ -347,7 +349,7 @@ async def cmd_at(args: argparse.Namespace, bootstrap: str) -> int:
                        f"{_nearby(sorted(report.services_known(state)), args.service)}")
     # the table shows names only (cheap); --json carries every node's resource versions (a full render)
     rendered = rebuilt.rendered() if args.json else None
-    doc = report.mesh_document(state, rendered, at_ms=at_ms, source=rebuilt.source(), service=args.service)
+    doc = report.mesh_document(state, rendered, at_ms=at_ms, source=source, service=args.service)
     if args.json:
         _emit_json(doc)
     else:
@@ -369,6 +371,7 @@ async def cmd_diff(args: argparse.Namespace, bootstrap: str) -> int:
         base = await rebuild(consumer, from_ms, use_snapshot=not args.no_snapshot, progress=progress)
         walker, steps, _cut = await walk(consumer, base, to_ms_, node=args.node, progress=progress,
                                          on_undecodable=undecodable.append)
+        recorded = await dead_lettered_among(consumer, undecodable)
     if args.node and not walker.start_membership and not walker.membership():
         raise NotFound(f"node {args.node!r} has no registered instance at {iso(from_ms)} nor at {iso(to_ms_)}"
                        f"{_nearby(list(walker.state.nodes.keys()) + list(base.state.nodes.keys()), args.node)}")
@@ -376,7 +379,7 @@ async def cmd_diff(args: argparse.Namespace, bootstrap: str) -> int:
         from_ms=from_ms, to_ms=to_ms_, node=args.node,
         start_versions=walker.start_versions, end_versions=walker.versions(),
         start_membership=walker.start_membership, end_membership=walker.membership(),
-        steps=steps, undecodable=[{**_dead_doc(u, None), "recorded": None} for u in undecodable],
+        steps=steps, undecodable=[_dead_doc(u, recorded.get((u.topic, u.partition, u.offset))) for u in undecodable],
     )
     if args.json:
         _emit_json(doc)
@@ -397,16 +400,6 @@ def _dead_doc(u: tuple, recorded: dict | None) -> dict:
     }
 
 
-def _entity_service(key: bytes | None) -> str | None:
-    if not key:
-        return None
-    text_key = key.decode(errors="replace")
-    head, sep, tail = text_key.partition("/")
-    if not sep:
-        return None
-    return tail if head in ("route", "policy") else head
-
-
 async def cmd_log(args: argparse.Namespace, bootstrap: str) -> int:
     undecodable: list = []
     async with open_log(bootstrap, args.timeout) as consumer:
@@ -424,25 +417,16 @@ async def cmd_log(args: argparse.Namespace, bootstrap: str) -> int:
         have = set(await consumer.topics())
         recorded_rejections = {}
         if topics.REJECTIONS in have:
+            unreadable = UndecodableLog(log, reader="replay log (rejections topic)")
             for record in await read_window(consumer, topics.REJECTIONS, from_ms):
-                try:
-                    j = decode_record(record).payload
-                except EventValidationError:
+                logged = decode_or_skip(record, unreadable)
+                if logged is None:
                     continue
+                j = logged.payload
                 src = (j.source_topic, j.source_partition, j.source_offset)
                 if in_window(*src):
                     recorded_rejections.setdefault(src, (record.timestamp, j))
-        recorded_dead: dict[tuple[str, int, int], dict] = {}
-        if topics.DEADLETTER in have:
-            for record in await read_window(consumer, topics.DEADLETTER, from_ms):
-                try:
-                    d = parse_dead_letter(record.value)
-                except (ValueError, KeyError, TypeError):
-                    continue
-                if in_window(d.topic, d.partition, d.offset):
-                    recorded_dead.setdefault((d.topic, d.partition, d.offset), {
-                        "reason": d.reason, "stage": d.stage, "timestamp_ms": d.timestamp_ms,
-                        "service": _entity_service(d.key)})
+        recorded_dead = await recorded_dead_letters(consumer, from_ms, in_window)
         identity_events, _bad = await identities.read_identity_events(consumer, from_ms + 1, to_ms_)
         # what the proxies ACKed: read past the window's end so late ACKs of its last events still count
         sync_records, _bad = await read_sync_records(consumer, min(to_ms_ + SYNC_GRACE_MS, to_ms(datetime.now(timezone.utc))))

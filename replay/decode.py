@@ -14,25 +14,24 @@ Invariants:
   a heartbeat re-registration), which is where most of a cold replay's
   decoding time goes.
 - Only the common, canonical shape takes the fast path (a JSON object with
-  exactly the six envelope fields of the right JSON types, a known type and a
-  supported schema version, an offset-carrying ``occurred_at``). Anything else
-  — and every first sighting of a payload — goes through ``envelope_from_dict``.
+  exactly the six envelope fields of the right JSON types, a known type that
+  belongs on the record's topic and a supported schema version, an
+  ``occurred_at`` with an offset that stays in range in UTC). Anything else —
+  and every first sighting of a payload — goes through the codec
+  (``decode_document``), so the decoder is exactly as total as the codec.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any
 
 import orjson
 
-from events.codec import decode_record, envelope_from_dict
+from events.codec import decode_document, decode_record, utc_time_or_none
 from events.envelope import Envelope, Logged
 from events.types import PAYLOAD_TYPES
 
 _FIELDS = frozenset(("event_id", "type", "schema_version", "occurred_at", "producer", "payload"))
-_UTC = timezone.utc
-
 
 def _payload_text(value: bytes, doc: dict) -> bytes | None:
     """The payload's own bytes inside ``value``, when the record has the codec's canonical layout.
@@ -82,19 +81,26 @@ class RecordDecoder:
         ptype = PAYLOAD_TYPES.get(typ) if type(typ) is str else None
         if (
             ptype is None
+            or ptype.TOPIC != record.topic
             or type(version) is not int
             or not 1 <= version <= ptype.SCHEMA_VERSION
             or type(payload) is not dict
         ):
             return decode_record(record)
-        key = (typ, version, _payload_text(value, doc) or orjson.dumps(payload))
+        text = _payload_text(value, doc)
+        if text is None:
+            try:
+                text = orjson.dumps(payload)
+            except TypeError:  # e.g. nested deeper than orjson writes (it reads deeper than it writes)
+                return decode_record(record)
+        key = (typ, version, text)
         validated = self._memo.get(key)
         if validated is not None:
             env = self._fast_envelope(doc, typ, ptype.SCHEMA_VERSION, validated)
             if env is not None:
                 self.hits += 1
                 return Logged(env, record.topic, record.partition, record.offset, record.timestamp)
-        env = envelope_from_dict(doc)  # the reference path; raises EventValidationError
+        env = decode_document(doc, record.topic)  # the reference path; raises EventValidationError
         self.misses += 1
         if len(self._memo) >= self.max_entries:
             self._memo.clear()
@@ -107,15 +113,9 @@ class RecordDecoder:
         event_id, producer, occurred = doc["event_id"], doc["producer"], doc["occurred_at"]
         if type(event_id) is not str or not event_id or type(producer) is not str or not producer:
             return None
-        if type(occurred) is not str:
+        at = utc_time_or_none(occurred)
+        if at is None:
             return None
-        try:
-            at = datetime.fromisoformat(occurred)
-        except ValueError:
-            return None
-        if at.tzinfo is None:
-            return None
-        at = at.astimezone(_UTC)
         try:
             return Envelope(event_id, typ, schema_version, at, producer, payload)
         except ValueError:

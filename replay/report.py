@@ -17,6 +17,10 @@ Shapes (``format`` 1):
      nodes: [{node, instance, service, sidecar, resources: {type_url: {name: version}}}],
      problems: [str]}
 
+    source = {snapshot, events_folded, events_total, cut, first_event,
+              undecodable,                  # records skipped as undecodable (after the snapshot used)
+              undecodable_dead_lettered?}   # how many of them the dead-letter topic records (when any)
+
     INSTANCE = {service, instance_id, address, port, protocol, labels, weight, health, health_since,
                 node_id, sidecar: {inbound_port, outbound_port} | null, depends_on, registered, registered_ms}
 
@@ -55,7 +59,7 @@ Shapes (``format`` 1):
     EVENT = {time, timestamp_ms, topic, partition, offset, type, key, producer, event_id, occurred_at}
     REJECTION = {time, timestamp_ms, kind_of_rule, name, revision, reason, source: {topic, partition, offset}}
     DEAD = {time, timestamp_ms, source: {topic, partition, offset}, reason, stage,
-            recorded}   # log: whether the live projector dead-lettered it too; diff: null (not looked up)
+            recorded}   # whether the live projector dead-lettered it (found on the dead-letter topic)
 
 ``xds`` (``replay --at T --xds --node N``): an Envoy ``/config_dump``
 (``envoy.admin.v3.ConfigDump`` as JSON with proto field names): the node's

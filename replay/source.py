@@ -16,8 +16,11 @@ Invariants:
   ``iter_cut`` streams that order with per-partition watermarks (a record is
   released once no partition can still deliver an earlier one), so memory
   stays bounded by what is fetched ahead, not by the length of the log.
-- A record that does not decode is reported (it was dead-lettered live), not
-  folded. Decoding follows ``events.codec`` exactly (``replay.decode``).
+- A record that does not decode is reported, not folded, and never stops a
+  read: it is skipped as every reader skips it (``events.undecodable``).
+  Decoding follows ``events.codec`` exactly (``replay.decode``), topic check
+  included; whether the live projector dead-lettered a record is a separate
+  question (``replay.deadletters``).
 """
 
 from __future__ import annotations
@@ -33,15 +36,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from events import topics
 from events.envelope import Logged
-from events.errors import EventValidationError
 from events.kafka_security import connection_kwargs
+from events.undecodable import Undecodable, UndecodableLog, decode_or_skip
 from replay.decode import RecordDecoder
 
 log = logging.getLogger(__name__)
 
 TOPIC_RANK = {t.name: i for i, t in enumerate(topics.EVENT_TOPICS)}
-
-Undecodable = tuple[str, int, int, int, str]  # topic, partition, offset, broker timestamp, reason
 
 
 class ReadStalled(RuntimeError):
@@ -139,6 +140,7 @@ async def iter_cut(
 ) -> AsyncIterator[Batch]:
     """The records of ``cut``, decoded, in merge order, as batches (each already in order)."""
     decode = decoder or RecordDecoder()
+    skipped = UndecodableLog(None, reader="replay")  # reported in the output, not logged
     # in (topic rank, partition) order: the stable merge below breaks timestamp ties in this order
     todo = sorted((tp for tp in cut.stop if cut.stop[tp] > cut.start[tp]), key=_tp_order)
     if not todo:
@@ -164,10 +166,11 @@ async def iter_cut(
                     break
                 count += 1
                 last = record
-                try:
-                    out.append(decode(record))
-                except EventValidationError as exc:
-                    bad.append((record.topic, record.partition, record.offset, record.timestamp, str(exc)))
+                logged = decode_or_skip(record, skipped, decode)
+                if logged is None:
+                    bad.append(skipped.last)
+                else:
+                    out.append(logged)
             if last is not None:
                 watermark[tp] = (last.timestamp, TOPIC_RANK.get(tp.topic, 99), last.partition, last.offset)
         for tp in list(remaining):

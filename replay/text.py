@@ -52,7 +52,9 @@ def _source_line(doc: dict) -> str:
         parts.append(f"snapshot @{snap['offset']} ({snap['events']} events)")
     parts.append(f"{src.get('events_folded', 0)} events folded" + (" after it" if snap else ""))
     if src.get("undecodable"):
-        parts.append(f"{src['undecodable']} undecodable records skipped (dead-lettered live)")
+        # "dead-lettered live" only for what the dead-letter topic records (replay.deadletters)
+        live = src.get("undecodable_dead_lettered", 0)
+        parts.append(f"{src['undecodable']} undecodable records skipped ({live} of them dead-lettered live)")
     return "; ".join(parts)
 
 
@@ -209,7 +211,8 @@ def print_diff(console: Console, doc: dict) -> None:
         console.print(Text(f"rejected {j['kind_of_rule']} {j['name']} r{j['revision']} at {j['time']}: {j['reason']}",
                            style="red"))
     for d in doc["undecodable"]:
-        console.print(Text(f"dead-lettered {d['source']['topic']}/{d['source']['partition']}/{d['source']['offset']} "
+        what = "dead-lettered" if d["recorded"] else "undecodable (not on the dead-letter topic)"
+        console.print(Text(f"{what} {d['source']['topic']}/{d['source']['partition']}/{d['source']['offset']} "
                            f"at {d['time']}: {d['reason']}", style="red"))
 
 
@@ -268,6 +271,6 @@ def print_log(console: Console, doc: dict) -> None:
                           Text(clean_text(e["node"], 80)), Text(what))
         else:
             src = e["source"]
-            table.add_row(e["time"], "-", Text("dead-lettered", style="red"),
+            table.add_row(e["time"], "-", Text("dead-lettered" if e["recorded"] else "undecodable", style="red"),
                           f"{src['topic']}/{src['partition']}/{src['offset']}", f"[{e['stage']}] {e['reason']}")
     console.print(table)

@@ -4,8 +4,9 @@ Invariants:
 - Reads ``meshlog.registrations``, ``meshlog.health`` and ``meshlog.rules``
   with read_committed, from the given start time (the demo's start), with no
   consumer group: it never commits and never disturbs other readers.
-- Undecodable records are shown as such (the projector dead-letters them);
-  the tail never stops on one.
+- Undecodable records are skipped the way every reader skips them
+  (``events.undecodable``): the tail never stops on one, and ``errors``
+  keeps the last ``ERRORS_KEPT`` problems, each bounded and printable.
 - ``seen`` holds every decoded event in arrival order, with its broker log
   time, so a scene can wait for "the checker logged reviews-v1-b unhealthy"
   and count requests from that instant.
@@ -21,11 +22,11 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from events import topics
-from events.codec import decode_record
-from events.errors import EventValidationError
+from events.undecodable import UndecodableLog, decode_or_skip, printable
 from events.kafka_security import connection_kwargs
 
 TAILED = (topics.REGISTRATIONS, topics.HEALTH, topics.RULES)
+ERRORS_KEPT = 50
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,8 @@ class EventTail:
         self.bootstrap = bootstrap
         self.since_ms = int(since * 1000)
         self.seen: list[SeenEvent] = []
-        self.errors: list[str] = []
+        self.errors: list[str] = []  # the last ERRORS_KEPT problems (the screen shows the last few)
+        self.skipped = UndecodableLog(None, reader="demo event tail")
         self.health: dict[str, str] = {}  # "<service>/<instance>" -> last logged status (registered = healthy)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -106,15 +108,18 @@ class EventTail:
             await consumer.stop()
 
     def _add(self, record) -> None:
-        try:
-            logged = decode_record(record)
-        except EventValidationError as exc:
+        logged = decode_or_skip(record, self.skipped)
+        if logged is None:
+            bad = self.skipped.last
             with self._lock:
-                self.errors.append(f"{record.topic}@{record.offset}: undecodable ({exc})")
+                self.errors.append(f"{bad.topic}@{bad.offset}: undecodable ({bad.reason})")
+                del self.errors[:-ERRORS_KEPT]
             return
         envelope = logged.envelope
         payload = envelope.payload
-        event = SeenEvent(record.timestamp / 1000, record.topic, payload.TYPE, record.key.decode() if record.key else "",
+        # the key is the writer's, not validated by the decoder: shown escaped, never decoded strictly
+        key = printable(record.key.decode(errors="replace"), 200) if record.key else ""
+        event = SeenEvent(record.timestamp / 1000, record.topic, payload.TYPE, key,
                           summarize(payload), envelope.producer, payload)
         with self._lock:
             self.seen.append(event)

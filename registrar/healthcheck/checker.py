@@ -44,13 +44,12 @@ from aiokafka.errors import KafkaError
 
 from events import topics
 from events.admin import BrokerUnavailable, connect_admin, ensure_topics
-from events.codec import decode_record
 from events.envelope import new_event
-from events.errors import EventValidationError
 from events.kafka_security import connection_kwargs
 from events.producer import EventProducer
 from events.types import InstanceHealthChanged, InstanceRegistered
 from meshlog.outage import KafkaOutageLog
+from events.undecodable import UndecodableLog, decode_or_skip
 from projector.fold import fold_many
 from projector.state import MeshState, changed_keys, empty_state
 from registrar.healthcheck.hysteresis import DRAINING, Hysteresis, Transition
@@ -148,6 +147,7 @@ class Checker:
         self.caught_up = False
         self.running = False
         self.counters = _Counters()
+        self.skipped = UndecodableLog(log, reader=f"healthcheck/{settings.checker_id}")
         self._tasks: dict[str, asyncio.Task] = {}
         self._appends: set[asyncio.Task] = set()
         self._awaiting: dict[str, tuple[TopicPartition, int]] = {}
@@ -288,12 +288,11 @@ class Checker:
         events = []
         for tp, records in batch.items():
             for record in records:
-                try:
-                    events.append(decode_record(record))
-                except EventValidationError as exc:
-                    self.counters.undecodable += 1
-                    log.warning("skipping undecodable record %s/%d@%d: %s", tp.topic, tp.partition, record.offset, exc)
+                logged = decode_or_skip(record, self.skipped)
+                if logged is not None:
+                    events.append(logged)
                 self._next_offset[tp] = record.offset + 1
+        self.counters.undecodable = self.skipped.count
         if not events and not batch:
             return
         old = self.state

@@ -62,9 +62,17 @@ class FakeProducer:
 
     sent: list[Sent] = field(default_factory=list)
     fail_next: int = 0
+    refuse_over: int | None = None  # the broker answers MessageSizeTooLarge for values longer than this
+    attempts: int = 0
 
     async def send(self, topic, value=None, key=None, headers=None):
+        self.attempts += 1
         fut = asyncio.get_running_loop().create_future()
+        if self.refuse_over is not None and len(value or b"") > self.refuse_over:
+            from aiokafka.errors import MessageSizeTooLargeError
+
+            fut.set_exception(MessageSizeTooLargeError())
+            return fut
         if self.fail_next:
             from aiokafka.errors import KafkaTimeoutError
 

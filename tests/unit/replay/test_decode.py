@@ -35,8 +35,8 @@ def outcome(fn, rec):
         return ("error", str(exc))
 
 
-def same(decoder: RecordDecoder, value: bytes | None) -> None:
-    rec = Rec(value)
+def same(decoder: RecordDecoder, value: bytes | None, topic: str = "meshlog.registrations") -> None:
+    rec = Rec(value, topic)
     assert outcome(decoder, rec) == outcome(decode_record, rec)
 
 
@@ -44,7 +44,7 @@ def test_valid_history_decodes_identically_and_repeats_hit_the_memo():
     decoder = RecordDecoder()
     payloads = RandomHistory("dec", 3).payloads(400)
     for p in payloads + payloads:  # the second round: every payload is known
-        same(decoder, encode(new_event(p, producer="tester")))
+        same(decoder, encode(new_event(p, producer="tester")), p.TOPIC)
     assert decoder.hits >= len(payloads)
 
 
@@ -107,5 +107,5 @@ def test_arbitrary_bytes(value):
 def test_memo_is_bounded():
     decoder = RecordDecoder(max_entries=10)
     for p in RandomHistory("dec", 5).payloads(200):
-        decoder(Rec(encode(new_event(p))))
+        decoder(Rec(encode(new_event(p)), p.TOPIC))
     assert len(decoder._memo) <= 10

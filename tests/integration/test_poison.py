@@ -28,6 +28,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from events.kafka_security import connection_kwargs
 from events import topics
 from events.admin import connect_admin, ensure_topics
 from events.codec import decode, encode
@@ -62,7 +63,7 @@ def registrar(bootstrap: str, *args: str) -> None:
 
 async def append_raw(bootstrap: str, records: list[tuple[str, bytes | None, bytes | None]]) -> list[tuple[str, int, int]]:
     """Append (topic, key, value) records as they are, like anyone with a producer could; their (topic, partition, offset)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=2 << 20, enable_idempotence=True)
+    producer = AIOKafkaProducer(**connection_kwargs(bootstrap), max_request_size=2 << 20, enable_idempotence=True)
     await producer.start()
     try:
         out = []
@@ -76,7 +77,7 @@ async def append_raw(bootstrap: str, records: list[tuple[str, bytes | None, byte
 
 async def dead_letters(bootstrap: str, start: int = 0) -> dict[tuple[str, int, int], list]:
     """Every dead letter from ``start`` to the current end, by source record (a list: it must be one)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**connection_kwargs(bootstrap), isolation_level="read_committed", enable_auto_commit=False)
     await consumer.start()
     try:
         tp = TopicPartition(topics.DEADLETTER, 0)

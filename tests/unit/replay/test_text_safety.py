@@ -63,7 +63,7 @@ def test_diff_output_escapes_causes():
                                end_versions=walker.versions(), start_membership=walker.start_membership,
                                end_membership=walker.membership(), steps=steps,
                                undecodable=[{"time": "t", "source": {"topic": "x", "partition": 0, "offset": 1},
-                                             "reason": NASTY}])
+                                             "reason": NASTY, "recorded": False}])
     _assert_plain(_printed(text.print_diff, doc))
 
 

@@ -8,6 +8,7 @@ Forms (``replay --at T ...`` is short for ``replay at --at T ...``)::
     replay diff --from T1 --to T2 [--node N]         what was added, removed, changed, and which events did it
     replay log --from T1 --to T2 [--service S | --node N]   the audit trail of the window
     replay serve --at TIME [--port P]                a frozen, read-only xDS server for a debug Envoy
+    replay ui [--port P]                             the incident console: the log's history in the browser
 
 Replay folds the event topics up to TIME with the projector's own fold and
 render (no mesh logic here), starting from the latest usable snapshot.
@@ -47,6 +48,7 @@ from replay.engine import (
 )
 from replay.source import ReadStalled, read_window
 from replay.timeparse import BadTime, parse_instant, to_ms
+from replay.ui import cli as ui_cli
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -70,7 +72,7 @@ TIME_HELP = (
     "relative to now (-15m, -2h, -1d, -30s), 'now', or epoch milliseconds (@1714557600000)"
 )
 
-SUBCOMMANDS = ("at", "diff", "log", "serve")
+SUBCOMMANDS = ("at", "diff", "log", "serve", "ui")
 PROGRESS_MIN_RECORDS = 50_000
 
 log = logging.getLogger("replay")
@@ -168,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--grace", type=float, default=1.0, help="seconds open streams get on shutdown (default 1)")
     serve.add_argument("--ready-file", help="also write the ready JSON line to this file")
     _common(serve)
+    ui_cli.add_parser(sub, _common, EXIT_CODES)
     return parser
 
 
@@ -462,7 +465,7 @@ async def cmd_serve(args: argparse.Namespace, bootstrap: str) -> int:
                               ready_file=args.ready_file)
 
 
-COMMANDS = {"at": cmd_at, "diff": cmd_diff, "log": cmd_log, "serve": cmd_serve}
+COMMANDS = {"at": cmd_at, "diff": cmd_diff, "log": cmd_log, "serve": cmd_serve, "ui": ui_cli.cmd_ui}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -49,6 +49,7 @@ function svg(tag, attrs) {
 function iso(ms) { return new Date(ms).toISOString(); }
 function parseMs(text) {
   if (!text) return null;
+  if (/^@\d{1,15}$/.test(text)) return Number(text.slice(1));
   const ms = Date.parse(text);
   return Number.isFinite(ms) ? ms : null;
 }
@@ -125,7 +126,7 @@ function writeUrl() {
 async function loadTimeline() {
   const box = document.getElementById("timeline");
   const width = Math.max(400, box.clientWidth || 1000);
-  const buckets = Math.max(20, Math.min(400, Math.floor((width - 200) / 4)));
+  const buckets = Math.max(20, Math.min(400, Math.floor((width - 240) / 4)));
   try {
     timeline = await api("/api/timeline", { from: view.from, to: view.to, buckets });
   } catch (err) {
@@ -142,7 +143,7 @@ function drawTimeline() {
   const t = timeline;
   if (!t) return;
   const width = Math.max(400, box.clientWidth || 1000);
-  const left = 200, right = 10, rowH = 16, top = 18;
+  const left = 240, right = 10, rowH = 16, top = 18;
   const rows = [["kinds", null], ...t.by_kind.map(r => [r.kind, r]), ["services", null],
                 ...t.by_service.map(r => [r.service || "(no service)", r])];
   const height = top + rows.length * rowH + 20;
@@ -174,7 +175,7 @@ function drawTimeline() {
   rows.forEach(([name, row], i) => {
     const y = top + i * rowH;
     const label = svg("text", { x: row ? 8 : 2, y: y + 12, "font-weight": row ? "normal" : "bold" });
-    label.textContent = row ? `${name.slice(0, 30)} (${row.total})` : name;
+    label.textContent = row ? `${name.slice(0, 36)} (${row.total})` : name;
     s.append(label);
     if (!row) return;
     const color = KIND_COLORS[row.kind] || "#4a7fd4";

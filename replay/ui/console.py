@@ -62,6 +62,7 @@ class Console:
         self._rejections_next: dict[int, int] = {}  # rejections partition -> next offset to index
         self._refreshed_at = float("-inf")
         self._cache: OrderedDict[int, Rebuilt] = OrderedDict()
+        self._docs: OrderedDict[tuple, dict] = OrderedDict()  # (question, instant, node) -> document
         self.stats: dict[str, float] = {}
 
     # ------------------------------------------------------------ the timeline index
@@ -130,21 +131,34 @@ class Console:
         hit.first_ms = first
         return hit
 
+    def _remember(self, key: tuple, doc: dict) -> dict:
+        self._docs[key] = doc
+        while len(self._docs) > 4 * CACHED_INSTANTS:
+            self._docs.popitem(last=False)
+        return doc
+
     async def mesh(self, at_ms: int) -> dict:
         """``replay at --at T --json``."""
         async with self.lock:
             rebuilt = await self._rebuilt(at_ms, what="at")
-        return report.mesh_document(rebuilt.state, rebuilt.rendered(), at_ms=at_ms, source=rebuilt.source())
+        hit = self._docs.get(("mesh", at_ms, None))
+        if hit is not None:
+            return hit
+        return self._remember(("mesh", at_ms, None), report.mesh_document(
+            rebuilt.state, rebuilt.rendered(), at_ms=at_ms, source=rebuilt.source()))
 
     async def node(self, at_ms: int, node: str) -> dict:
         """``replay at --at T --node N --full --json``."""
         async with self.lock:
             rebuilt = await self._rebuilt(at_ms, what="at")
+        hit = self._docs.get(("node", at_ms, node))
+        if hit is not None:
+            return hit
         state = rebuilt.state
         if state.node_instance(node) is None:
             raise NotFound(f"node {node!r} has no registered instance at {iso(at_ms)}")
-        return report.node_document(state, node, node_versions(state, node), at_ms=at_ms, source=rebuilt.source(),
-                                    bodies=render(state, node))
+        return self._remember(("node", at_ms, node), report.node_document(
+            state, node, node_versions(state, node), at_ms=at_ms, source=rebuilt.source(), bodies=render(state, node)))
 
     async def diff(self, from_ms: int, to_ms_: int, node: str | None) -> dict:
         """``replay diff --from A --to B [--node N] --json``."""

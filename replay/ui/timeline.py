@@ -5,13 +5,14 @@ service it is about and where it sits in Kafka (topic, partition, offset) —
 never its payload and never mesh state (that is the fold's job, at a cursor).
 
 Invariants:
-- Per (kind, service) group, timestamps are kept sorted (records arrive in
+- Per kind and per service, timestamps are kept sorted (records arrive in
   merge order, so adding is an append; a late fact such as a rejection
   recorded after newer events is inserted in place).
 - ``window(from, to, buckets)`` counts with bisections over those sorted
-  arrays: its cost grows with groups x buckets x log(events), not with how
-  many events the window holds, so a window over the whole 1M-event bench
-  log answers as fast as a window over one second.
+  arrays: its cost grows with (kinds + shown services) x buckets x
+  log(events) plus two bisections per other service, not with how many
+  events the window holds, so a window over the whole 1M-event bench log
+  answers about as fast as a window over one second.
 - Windows are inclusive ``[from_ms, to_ms]``; bucket ``i`` covers
   ``[from_ms + i*width, from_ms + (i+1)*width)`` cut at ``to_ms``; every
   event in the window is in exactly one bucket, so the row totals add up.
@@ -52,29 +53,50 @@ def event_service(payload: t.Payload) -> str:
 
 
 @dataclass(slots=True)
-class _Group:
+class _Kind:
+    """One kind's events: times (sorted) and, in step, each event's service and place in Kafka."""
+
     ts: array = field(default_factory=lambda: array("q"))
+    service: array = field(default_factory=lambda: array("I"))
     topic: array = field(default_factory=lambda: array("H"))
     partition: array = field(default_factory=lambda: array("H"))
     offset: array = field(default_factory=lambda: array("q"))
 
-    def add(self, ts: int, topic: int, partition: int, offset: int) -> None:
-        if not self.ts or self.ts[-1] <= ts:
-            self.ts.append(ts)
-            self.topic.append(topic)
-            self.partition.append(partition)
-            self.offset.append(offset)
-            return
-        i = bisect_right(self.ts, ts)
-        self.ts.insert(i, ts)
-        self.topic.insert(i, topic)
-        self.partition.insert(i, partition)
-        self.offset.insert(i, offset)
+    def add(self, ts: int, service: int, topic: int, partition: int, offset: int) -> None:
+        i = len(self.ts) if not self.ts or self.ts[-1] <= ts else bisect_right(self.ts, ts)
+        for column, value in ((self.ts, ts), (self.service, service), (self.topic, topic),
+                              (self.partition, partition), (self.offset, offset)):
+            if i == len(column):
+                column.append(value)
+            else:
+                column.insert(i, value)
+
+
+def _insert(ts_list: array, ts: int) -> None:
+    if not ts_list or ts_list[-1] <= ts:
+        ts_list.append(ts)
+    else:
+        ts_list.insert(bisect_right(ts_list, ts), ts)
+
+
+def _counts(ts: array, edges: list[int], n: int) -> tuple[list[int], int, int]:
+    """Per-bucket counts of sorted ``ts`` between ``edges`` (n+1 of them), and the slice they cover."""
+    lo, hi = bisect_left(ts, edges[0]), bisect_left(ts, edges[-1])
+    if lo == hi:
+        return [0] * n, lo, hi
+    pos = [lo] + [bisect_left(ts, e, lo, hi) for e in edges[1:-1]] + [hi]
+    return [pos[i + 1] - pos[i] for i in range(n)], lo, hi
 
 
 class TimelineIndex:
+    """Kept twice over: by kind (with each event's service and place) and by service (times only), so a
+    window costs (kinds + busiest services) x buckets bisections, and the other services two each."""
+
     def __init__(self) -> None:
-        self._groups: dict[tuple[str, str], _Group] = {}
+        self._kinds: dict[str, _Kind] = {}
+        self._services: dict[str, array] = {}
+        self._service_names: list[str] = []
+        self._service_ids: dict[str, int] = {}
         self._topics: list[str] = []
         self._topic_ids: dict[str, int] = {}
         self.count = 0
@@ -86,10 +108,16 @@ class TimelineIndex:
         if tid is None:
             tid = self._topic_ids[topic] = len(self._topics)
             self._topics.append(topic)
-        group = self._groups.get((kind, service))
+        sid = self._service_ids.get(service)
+        if sid is None:
+            sid = self._service_ids[service] = len(self._service_names)
+            self._service_names.append(service)
+            self._services[service] = array("q")
+        group = self._kinds.get(kind)
         if group is None:
-            group = self._groups[(kind, service)] = _Group()
-        group.add(ts, tid, partition, offset)
+            group = self._kinds[kind] = _Kind()
+        group.add(ts, sid, tid, partition, offset)
+        _insert(self._services[service], ts)
         self.count += 1
         self.first_ms = ts if self.first_ms is None else min(self.first_ms, ts)
         self.last_ms = ts if self.last_ms is None else max(self.last_ms, ts)
@@ -105,39 +133,42 @@ class TimelineIndex:
         width = max(1, -(-span // buckets))
         n = -(-span // width)
         edges = [from_ms + i * width for i in range(n)] + [to_ms + 1]
-        by_kind: dict[str, list[int]] = {}
-        by_service: dict[str, list[int]] = {}
-        spans: list[tuple[tuple[str, str], _Group, int, int]] = []
-        total = 0
-        for key, g in self._groups.items():
-            ts = g.ts
-            if not ts or ts[-1] < from_ms or ts[0] > to_ms:
+        by_kind: list[dict] = []
+        slices: list[tuple[_Kind, int, int]] = []
+        all_counts = [0] * n
+        for kind in sorted(self._kinds):
+            g = self._kinds[kind]
+            if not g.ts or g.ts[-1] < from_ms or g.ts[0] > to_ms:
                 continue
-            lo, hi = bisect_left(ts, from_ms), bisect_left(ts, to_ms + 1)
+            counts, lo, hi = _counts(g.ts, edges, n)
             if lo == hi:
                 continue
-            pos = [lo] + [bisect_left(ts, e, lo, hi) for e in edges[1:-1]] + [hi]
-            counts = [pos[i + 1] - pos[i] for i in range(n)]
-            total += hi - lo
-            spans.append((key, g, lo, hi))
-            for row, name in ((by_kind, key[0]), (by_service, key[1])):
-                acc = row.get(name)
-                if acc is None:
-                    row[name] = counts
-                else:
-                    row[name] = [a + b for a, b in zip(acc, counts)]
-        service_rows = sorted(by_service.items(), key=lambda kv: (-sum(kv[1]), kv[0]))
-        if len(service_rows) > services:
-            rest = [0] * n
-            for _name, counts in service_rows[services:]:
-                rest = [a + b for a, b in zip(rest, counts)]
-            service_rows = service_rows[:services] + [(OTHER_SERVICES, rest)]
+            slices.append((g, lo, hi))
+            all_counts = [a + b for a, b in zip(all_counts, counts)]
+            by_kind.append({"kind": kind, "total": hi - lo, "counts": counts})
+        total = sum(all_counts)
+        totals = []
+        for name, ts in self._services.items():
+            if ts and ts[-1] >= from_ms and ts[0] <= to_ms:
+                k = bisect_left(ts, to_ms + 1) - bisect_left(ts, from_ms)
+                if k:
+                    totals.append((-k, name))
+        totals.sort()
+        by_service = []
+        rest = list(all_counts)
+        for _neg, name in totals[:services]:
+            counts, lo, hi = _counts(self._services[name], edges, n)
+            by_service.append({"service": name, "total": hi - lo, "counts": counts})
+            rest = [a - b for a, b in zip(rest, counts)]
+        if len(totals) > services:
+            by_service.append({"service": OTHER_SERVICES, "total": sum(rest), "counts": rest})
         points = None
         if total <= max_points:
             points = []
-            for (kind, service), g, lo, hi in spans:
+            for kind_name, (g, lo, hi) in zip((k["kind"] for k in by_kind), slices):
                 for i in range(lo, hi):
-                    points.append({"timestamp_ms": g.ts[i], "kind": kind, "service": service,
+                    points.append({"timestamp_ms": g.ts[i], "kind": kind_name,
+                                   "service": self._service_names[g.service[i]],
                                    "topic": self._topics[g.topic[i]], "partition": g.partition[i],
                                    "offset": g.offset[i]})
             points.sort(key=lambda p: (p["timestamp_ms"], p["topic"], p["partition"], p["offset"]))
@@ -147,8 +178,8 @@ class TimelineIndex:
             "width_ms": width,
             "buckets": n,
             "total": total,
-            "by_kind": [{"kind": k, "total": sum(c), "counts": c} for k, c in sorted(by_kind.items())],
-            "by_service": [{"service": s, "total": sum(c), "counts": c} for s, c in service_rows],
+            "by_kind": by_kind,
+            "by_service": by_service,
             "points": points,
             "log": {"first_ms": self.first_ms, "last_ms": self.last_ms, "events": self.count},
         }

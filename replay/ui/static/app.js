@@ -244,7 +244,7 @@ function drawCursors() {
   const c = document.getElementById("cursors");
   c.replaceChildren(el("span", { class: "a" }, `A: ${view.at || "-"}`),
                     el("span", { class: "b" }, `B: ${view.b || "-"}`),
-                    view.node ? el("span", {}, ` node: ${view.node}`) : null);
+                    el("span", {}, view.node ? ` node: ${view.node}` : ""));
 }
 
 function pick(ms, asB, lo, hi, row) {

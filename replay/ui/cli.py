@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 from aiohttp import web
 
-from replay.engine import open_log
+from replay.engine import ReplayError, open_log
 
 
 def port_number(text: str) -> int:
@@ -51,7 +51,11 @@ async def cmd_ui(args: argparse.Namespace, bootstrap: str) -> int:
         runner = web.AppRunner(build_app(console, guard), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, args.listen, args.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ReplayError(f"cannot listen on {args.listen}:{args.port}: {exc.strerror or exc}") from None
         port = site._server.sockets[0].getsockname()[1]  # the port picked when --port 0
         guard.allowed = hosts_for(args.listen, port)
         host = f"[{args.listen}]" if ":" in args.listen else args.listen

@@ -139,6 +139,15 @@ def test_bad_input_is_a_clear_error(history, console):
     assert status == 416 and "future" in doc["error"]
 
 
+def test_a_port_in_use_is_refused_with_a_clear_message(history, console):
+    bootstrap, _marks = history
+    port = urllib.parse.urlsplit(console).port
+    proc = subprocess.run([str(BIN / "replay"), "ui", "--bootstrap", bootstrap, "--port", str(port)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr
+
+
 # ---------------------------------------------------------------- a real browser
 
 WEIGHTS = """(() => {
@@ -235,6 +244,13 @@ async def _browse(history, base: str, exe: str) -> None:
         assert [t for t in texts if "unhealthy" in t] and all(HOSTILE in t for t in texts if "unhealthy" in t)
         assert await page.js("window.__pwned === undefined && document.querySelectorAll('main script, main img').length === 0")
         await page.screenshot(ARTEFACTS / "5-hostile-text.png")
+
+        # a relative view ("the last hour, now") is pinned in the address bar, so the link stays the same view
+        await page.open(f"{base}/?from=-1h&to=now&at=now")
+        pinned = await page.wait_for("(() => { const q = new URLSearchParams(location.search); "
+                                     "return q.get('at') !== 'now' && q.get('to') !== 'now' && q.get('from') !== '-1h' "
+                                     "? Object.fromEntries(q) : null; })()")
+        assert all(pinned[k].endswith("Z") for k in ("from", "to", "at")), pinned
 
         # bad input shows a clear message in the page, never a blank page
         await page.open(f"{base}/?" + urllib.parse.urlencode({**window, "at": "2001-01-01T00:00", "node": "no-such-node"}))

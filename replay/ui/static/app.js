@@ -129,6 +129,10 @@ async function loadTimeline() {
   const buckets = Math.max(20, Math.min(400, Math.floor((width - 240) / 4)));
   try {
     timeline = await api("/api/timeline", { from: view.from, to: view.to, buckets });
+    // a relative window ("-1h", "now") is pinned to what it meant, so the address stays a stable link
+    if (parseMs(view.from) === null || parseMs(view.to) === null) {
+      view.from = iso(timeline.from_ms); view.to = iso(timeline.to_ms); writeUrl();
+    }
   } catch (err) {
     timeline = null;
     box.replaceChildren();
@@ -274,6 +278,7 @@ async function loadMesh() {
   const title = ["mesh at ", el("span", { class: "mono" }, view.at)];
   let doc;
   try { doc = await api("/api/mesh", { at: view.at }); } catch (err) { panelError("mesh-panel", title, err); return; }
+  if (parseMs(view.at) === null) { view.at = doc.at; writeUrl(); drawCursors(); drawTimeline(); }
   const body = panel("mesh-panel", title);
   body.append(el("h3", {}, `services (${doc.services.length})`));
   const services = el("table", { id: "services" }, el("tr", {}, el("th", {}, "service"), el("th", {}, "protocol:port"), el("th", {}, "instances")));

@@ -70,7 +70,7 @@ async def page_load(base: str, query: dict) -> float:
     async with Chromium(exe) as browser:
         page = await browser.page()
         t0 = time.perf_counter()
-        await page.open(f"{base}/?{urllib.parse.urlencode(query)}")
+        await page.open(f"{base}/?{urllib.parse.urlencode(query)}", timeout=1800)
         await page.wait_for("!!document.querySelector('#services') && !!document.querySelector('#timeline svg')", 600)
         return time.perf_counter() - t0
 
@@ -103,26 +103,30 @@ def main() -> None:
             base = json.loads(ready.read_text())["url"].rstrip("/")
             index_s, info = get(base, "/api/info")
             first, last = info["first_ms"], info["last_ms"]
+            print(f"log: {info['events']:,} events over {(last - first) / 1000:.1f}s; machine load average "
+                  f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
+            print(f"index build (one scan of the log, from ready to the first answer): {index_s:.1f}s", flush=True)
             whole_s, whole = median_of(base, "/api/timeline", **{"from": f"@{first}", "to": f"@{last}", "buckets": 300})
+            print(f"/api/timeline whole log, 300 buckets: {whole_s * 1000:.0f} ms wall (server-side "
+                  f"{whole['compute_ms']} ms; {len(whole['by_kind'])} kind rows, {len(whole['by_service'])} service rows)",
+                  flush=True)
             minute_s, _ = median_of(base, "/api/timeline", **{"from": f"@{last - 60_000}", "to": f"@{last}", "buckets": 300})
             second_s, sec = median_of(base, "/api/timeline", **{"from": f"@{last - 1000}", "to": f"@{last}", "buckets": 300})
+            print(f"/api/timeline last minute: {minute_s * 1000:.0f} ms; last second: {second_s * 1000:.0f} ms "
+                  f"({sec['total']} events, {'each drawn' if sec['points'] is not None else 'bucketed'})", flush=True)
             mesh_cold_s, mesh = get(base, "/api/mesh", at=f"@{end_ms}")
             mesh_warm_s, _ = get(base, "/api/mesh", at=f"@{end_ms}")
-            load_s = asyncio.run(page_load(base, {"from": f"@{first}", "to": f"@{last}", "at": f"@{end_ms - 1}"}))
-            load_warm_s = asyncio.run(page_load(base, {"from": f"@{first}", "to": f"@{last}", "at": f"@{end_ms - 1}"}))
+            print(f"/api/mesh at the end ({len(mesh['nodes']):,} nodes; snapshot + tail, then render_all): "
+                  f"cold {mesh_cold_s:.2f}s, cached {mesh_warm_s * 1000:.0f} ms", flush=True)
+            view = {"from": f"@{first}", "to": f"@{last}"}
+            warm = asyncio.run(page_load(base, {**view, "at": f"@{end_ms}"}))
+            print(f"page load in Chromium, whole-log window, cursor already asked: {warm:.2f}s", flush=True)
+            cold = asyncio.run(page_load(base, {**view, "at": f"@{end_ms - 1}"}))
+            print(f"page load in Chromium, whole-log window, a new cursor (rebuild + render first): {cold:.2f}s",
+                  flush=True)
         finally:
             proc.terminate()
             proc.wait()
-        print()
-        print(f"log: {info['events']:,} events over {(last - first) / 1000:.1f}s; mesh: {len(mesh['nodes']):,} nodes; "
-              f"machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-        print(f"index build (one scan of the log): {index_s:.1f}s")
-        print(f"/api/timeline whole log, 300 buckets: {whole_s * 1000:.0f} ms (server-side {whole['compute_ms']} ms; "
-              f"{len(whole['by_kind'])} kind rows, {len(whole['by_service'])} service rows)")
-        print(f"/api/timeline last minute: {minute_s * 1000:.0f} ms; last second: {second_s * 1000:.0f} ms "
-              f"({sec['total']} events, points {'drawn' if sec['points'] is not None else 'bucketed'})")
-        print(f"/api/mesh at the end (snapshot + tail): cold {mesh_cold_s:.2f}s, cached {mesh_warm_s * 1000:.0f} ms")
-        print(f"page load (Chromium, new cursor: rebuild + render in it): {load_s:.2f}s; same view again: {load_warm_s:.2f}s")
 
 
 if __name__ == "__main__":

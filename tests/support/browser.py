@@ -72,9 +72,10 @@ class Page:
             await asyncio.sleep(0.1)
         raise AssertionError(f"page never satisfied {expression!r} within {timeout:g}s (last value {last!r})")
 
-    async def open(self, url: str) -> None:
+    async def open(self, url: str, timeout: float = 60.0) -> None:
         await self.call("Page.navigate", url=url)
-        await self.wait_for("document.readyState === 'complete' && document.body && document.body.dataset.busy === '0'")
+        await self.wait_for("document.readyState === 'complete' && document.body && document.body.dataset.busy === '0'",
+                            timeout)
 
     async def settle(self) -> None:
         await self.wait_for("document.body.dataset.busy === '0'")

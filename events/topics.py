@@ -29,6 +29,7 @@ SNAPSHOTS = PREFIX + "snapshots"
 VIEW_RESOURCES = PREFIX + "views.resources"
 VIEW_MEMBERSHIP = PREFIX + "views.membership"
 HEALTHCHECK_SHARDS = PREFIX + "healthcheck.shards"
+IDENTITIES = PREFIX + "identities"
 
 _HISTORY = MappingProxyType(
     {
@@ -78,6 +79,9 @@ SUPPORT_TOPICS: tuple[TopicSpec, ...] = (
     # never written: `registrar healthcheck` processes join one consumer group on it and each
     # probes the instances hashing to the partitions (shards) the group assigned to it
     TopicSpec(HEALTHCHECK_SHARDS, HEALTHCHECK_SHARD_COUNT, {"cleanup.policy": "delete"}, key="(no records)"),
+    # every certificate the mesh CA issued or revoked, and every join token redeemed; one partition
+    # because "the first redemption of a token in log order wins" needs one total order (identity.tokens)
+    TopicSpec(IDENTITIES, 1, _HISTORY, key="<spiffe path> | token/<jti>"),
 )
 
 ALL_TOPICS: tuple[TopicSpec, ...] = EVENT_TOPICS + SUPPORT_TOPICS

@@ -19,6 +19,7 @@ import re
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import (
+    AwareDatetime,
     Strict,
     AfterValidator,
     BaseModel,
@@ -383,6 +384,100 @@ class RuleRejected(Payload):
         return f"{self.kind}/{self.name}"
 
 
+# ---------------------------------------------------------------- mesh identities (identity/)
+
+
+def _spiffe_id_text(value: str) -> str:
+    from identity.spiffe import SpiffeIdError, parse  # identity.spiffe is pure and imports nothing of events
+
+    try:
+        parse(value)
+    except SpiffeIdError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+SpiffeIdText = Annotated[str, Field(max_length=2048), AfterValidator(_spiffe_id_text)]
+SerialHex = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[0-9a-f]+$")]
+TokenId = Annotated[str, Field(min_length=16, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+PemText = Annotated[str, Field(min_length=1, max_length=8192, pattern=r"^-----BEGIN [A-Z ]+-----\n")]
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+def _spiffe_path(uri: str) -> str:
+    return uri.split("/", 3)[3]  # spiffe://<domain>/<path>: the key groups one identity's certificates
+
+
+class IdentityIssued(Payload):
+    """The mesh CA issued a certificate: who (SPIFFE id) holds which key (serial) from when to when.
+
+    Carries everything a verifier needs from the log alone: the public key (to check an
+    event's signature), the validity, and the certificate itself (to check, with the root,
+    that the CA really signed it). ``issuer`` is the CA's SPIFFE id, ``issuer_fingerprint``
+    the SHA-256 of its root certificate (DER), so a re-created root is never confused.
+    """
+
+    TYPE: ClassVar[str] = "identity.issued"
+    TOPIC: ClassVar[str] = topics.IDENTITIES
+
+    spiffe_id: SpiffeIdText
+    serial: SerialHex
+    public_key: PemText
+    certificate: PemText
+    not_before: AwareDatetime
+    not_after: AwareDatetime
+    issuer: SpiffeIdText
+    issuer_fingerprint: Sha256Hex
+    how: Literal["join_token", "renewal", "offline"]
+    join_token_id: TokenId | None = None   # how == "join_token"
+    renews_serial: SerialHex | None = None  # how == "renewal"
+    requested_by: NonEmptyText              # the renewing identity, or the operator of an offline issue
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "IdentityIssued":
+        if self.not_after <= self.not_before:
+            raise ValueError("not_after: must be later than not_before")
+        if (self.how == "join_token") != (self.join_token_id is not None):
+            raise ValueError("join_token_id: given exactly when how is join_token")
+        if (self.how == "renewal") != (self.renews_serial is not None):
+            raise ValueError("renews_serial: given exactly when how is renewal")
+        return self
+
+    def key(self) -> str:
+        return _spiffe_path(self.spiffe_id)
+
+
+class IdentityRevoked(Payload):
+    """The certificate with ``serial`` is no longer accepted, from this event's log time on."""
+
+    TYPE: ClassVar[str] = "identity.revoked"
+    TOPIC: ClassVar[str] = topics.IDENTITIES
+
+    spiffe_id: SpiffeIdText
+    serial: SerialHex
+    reason: NonEmptyText
+    revoked_by: NonEmptyText
+
+    def key(self) -> str:
+        return _spiffe_path(self.spiffe_id)
+
+
+class JoinTokenRedeemed(Payload):
+    """A CA replica claims a join token's one use; the first claim of a token in log order wins."""
+
+    TYPE: ClassVar[str] = "join_token.redeemed"
+    TOPIC: ClassVar[str] = topics.IDENTITIES
+
+    token_id: TokenId
+    service: ServiceName
+    instance_id: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
+    expires_at: AwareDatetime
+    claim_id: TokenId  # unique per attempt: tells a replica whether the winning claim is its own
+
+    def key(self) -> str:
+        return f"token/{self.token_id}"
+
+
 PAYLOAD_TYPES: dict[str, type[Payload]] = {
     cls.TYPE: cls
     for cls in (
@@ -394,5 +489,8 @@ PAYLOAD_TYPES: dict[str, type[Payload]] = {
         DestinationPolicyUpserted,
         DestinationPolicyDeleted,
         RuleRejected,
+        IdentityIssued,
+        IdentityRevoked,
+        JoinTokenRedeemed,
     )
 }

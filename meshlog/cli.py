@@ -16,6 +16,7 @@ from typing import Sequence
 SUBCOMMAND_MODULES: list[str] = [
     "meshlog.kafka_cli",
     "meshlog.topics_cli",
+    "meshlog.ca_cli",
     "meshlog.demo",
     "meshlog.demo_app",
 ]

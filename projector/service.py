@@ -75,6 +75,9 @@ Restart and crash safety:
   instead of republishing everything.
 - A data dir created against another Kafka cluster (cluster id stored) is
   refused with a message; ``--reset`` discards it.
+
+A broker outage is logged by ``meshlog.outage`` (started, at a backoff, ended
+with its duration), not as a line per failed retry of ours or of aiokafka's.
 """
 
 from __future__ import annotations
@@ -100,6 +103,7 @@ from events.admin import BrokerUnavailable, connect_admin, ensure_topics
 from events.codec import decode_record, encode
 from events.envelope import Logged, new_event
 from events.errors import EventValidationError
+from meshlog.outage import KafkaOutageLog
 from projector import publisher as pub
 from projector.deadletter import dead_letter_record, parse_dead_letter
 from projector.fold import fold_many, fold_with_decisions
@@ -315,6 +319,8 @@ class ProjectorService:
         self._snapshot_retry_at = 0.0
         self._full_gc_mono = time.monotonic()
         self._unpublished = False
+        # a broker outage reads as: started, still failing (at a backoff), ended (meshlog.outage)
+        self._outage = KafkaOutageLog(f"Kafka at {config.bootstrap}", log)
 
     # ------------------------------------------------ lifecycle
 
@@ -326,11 +332,12 @@ class ProjectorService:
         return self._stop.is_set()
 
     async def run(self) -> None:
-        try:
-            await self.start()
-            await self.loop()
-        finally:
-            await self.close()
+        with self._outage:
+            try:
+                await self.start()
+                await self.loop()
+            finally:
+                await self.close()
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -794,7 +801,7 @@ class ProjectorService:
             except (KafkaError, asyncio.TimeoutError, OSError) as exc:
                 if self.stopping:
                     raise _Stopping() from exc
-                log.warning("publishing failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay)
+                self._outage.failure(f"publishing failed ({type(exc).__name__}: {exc}); retrying in {delay:.1f}s")
                 try:
                     await asyncio.wait_for(self._stop.wait(), delay)
                 except asyncio.TimeoutError:

@@ -1,8 +1,29 @@
-"""Prometheus metrics of one gateway process (exposed on its HTTP port at /metrics)."""
+"""Prometheus metrics of one gateway process (exposed on its HTTP port at /metrics).
+
+Invariant: every label value is chosen by the gateway, never taken from a
+client. Each distinct label value is a new time series kept for the life of
+the process, so a client's text as a label lets it grow /metrics without
+bound (measured: 10k distinct NACKed ``type_url``s grew it from 8 KB to
+5.8 MB). ``kind`` is "delta" or "sotw"; ``type_url`` goes through
+``type_label``; node ids are never labels.
+"""
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from xds_gateway.protocol.resources import CORE_TYPES
+
+#: the ``type_url`` label of every type this gateway does not serve
+OTHER_TYPE = "other"
+_SERVED_TYPES = frozenset(CORE_TYPES)  # what the stream machines serve (their default served_types)
+
+
+def type_label(type_url: str) -> str:
+    """The ``type_url`` label value: a type this gateway serves, else ``OTHER_TYPE``."""
+    return type_url if type_url in _SERVED_TYPES else OTHER_TYPE
+
+
 STREAMS = Gauge("meshlog_xds_streams", "Connected xDS streams", ["kind"])
+STREAMS_REFUSED = Counter("meshlog_xds_streams_refused_total", "Streams refused at their first request", ["reason"])
 RESPONSES = Counter("meshlog_xds_responses_total", "xDS responses sent", ["kind", "type_url"])
 BYTES_SENT = Counter("meshlog_xds_response_bytes_total", "Serialized bytes of xDS responses sent", ["kind"])
 NACKS = Counter("meshlog_xds_nacks_total", "Responses rejected by clients (error_detail set)", ["kind", "type_url"])

@@ -16,6 +16,12 @@ Invariants:
   registration the projector has not rendered yet) gets nothing by wildcard
   and only the proxyless resources it names; once the node appears in the
   view it is served its own view on the same stream.
+- What a client sends is bounded before it is kept or logged: a node id
+  longer than ``NODE_ID_MAX_LENGTH`` is refused (INVALID_ARGUMENT) on the
+  first request; node ids, type URLs, nonces and NACK messages reach the log
+  only as ``logbounds.excerpt``s; NACK lines are throttled per stream (a
+  burst, then one per interval, with the count suppressed); metric labels
+  never carry a client's text (``metrics.type_label``).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Callable
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+from meshlog.logbounds import Throttle, excerpt
 from xds_gateway import metrics
 from xds_gateway.protocol.delta import DeltaStream
 from xds_gateway.protocol.sotw import SotwStream
@@ -41,6 +48,12 @@ log = logging.getLogger(__name__)
 _EOF = object()
 _VIEW = object()  # "the node's view changed": at most one queued per stream, so bursts coalesce
 _OVERRUN = object()
+
+#: The longest node id a stream may carry: what a registration may name (``events.types``,
+#: ``node_id`` max_length); a longer one can never be in the view.
+NODE_ID_MAX_LENGTH = 256
+_MESSAGE_EXCERPT = 300  # characters of a NACK's error_detail.message that reach the log
+NACK_LOG_BURST, NACK_LOG_INTERVAL_S = 5, 10.0  # per stream: NACK lines logged at once, then one per interval
 
 
 class _Inbox:
@@ -73,10 +86,11 @@ class _StreamMetrics:
     def sent(self, response, changed_at: float | None) -> None:
         children = self._by_type.get(response.type_url)
         if children is None:
+            label = metrics.type_label(response.type_url)
             children = self._by_type[response.type_url] = (
-                metrics.RESPONSES.labels(self.kind, response.type_url),
-                metrics.RESOURCES_SENT.labels(self.kind, response.type_url),
-                metrics.REMOVALS_SENT.labels(self.kind, response.type_url),
+                metrics.RESPONSES.labels(self.kind, label),
+                metrics.RESOURCES_SENT.labels(self.kind, label),
+                metrics.REMOVALS_SENT.labels(self.kind, label),
             )
         responses, resources, removals = children
         responses.inc()
@@ -156,13 +170,21 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         node_id = first.node.id
         if not node_id:
             reader.cancel()
+            metrics.STREAMS_REFUSED.labels("no_node_id").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id")
+        if len(node_id) > NODE_ID_MAX_LENGTH:
+            reader.cancel()
+            metrics.STREAMS_REFUSED.labels("node_id_too_long").inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"node.id is {len(node_id)} characters long; at most {NODE_ID_MAX_LENGTH} are accepted")
+        shown_node = excerpt(node_id, NODE_ID_MAX_LENGTH)  # escaped for the log
+        nack_log = Throttle(burst=NACK_LOG_BURST, interval=NACK_LOG_INTERVAL_S)
         known = self.cache.knows_node(node_id)
         machine = self._new_machine(kind, stream_id, node_id, known)
         (self._watchers[node_id] if known else self._unknown_watchers).add(inbox)
         metrics.STREAMS.labels(kind).inc()
         counters = _StreamMetrics(kind)
-        log.info("%s stream %s opened by node %s (%s)", kind, stream_id, node_id, "known" if known else "not in the view")
+        log.info("%s stream %s opened by node %s (%s)", kind, stream_id, shown_node, "known" if known else "not in the view")
         try:
             item = first
             while True:
@@ -179,17 +201,17 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         self._unknown_watchers.discard(inbox)
                         self._watchers[node_id].add(inbox)
                         machine.set_scope(allowed=None, wildcard_allowed=True)
-                        log.info("%s stream %s: node %s now in the view", kind, stream_id, node_id)
+                        log.info("%s stream %s: node %s now in the view", kind, stream_id, shown_node)
                     responses = machine.on_view(self._view_for(node_id))
                 else:
                     if log.isEnabledFor(logging.DEBUG):
                         subscribe = item.resource_names_subscribe if kind == "delta" else item.resource_names
                         unsubscribe = item.resource_names_unsubscribe if kind == "delta" else ()
                         log.debug("%s stream %s <- %s nonce=%s sub=%s unsub=%s%s", kind, stream_id,
-                                  _short(item.type_url), item.response_nonce, list(subscribe), list(unsubscribe),
-                                  " NACK" if item.HasField("error_detail") else "")
+                                  excerpt(_short(item.type_url), 80), excerpt(item.response_nonce, 80),
+                                  _names(subscribe), _names(unsubscribe), " NACK" if item.HasField("error_detail") else "")
                     responses = machine.on_request(item)
-                    self._log_nack(kind, node_id, item)
+                    self._log_nack(kind, stream_id, shown_node, item, nack_log)
                 if responses and log.isEnabledFor(logging.DEBUG):
                     for r in responses:
                         log.debug("%s stream %s -> %s nonce=%s resources=%s removed=%s", kind, stream_id,
@@ -203,7 +225,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     except TimeoutError:
                         metrics.SLOW_STREAMS_CLOSED.inc()
                         log.warning("%s stream %s (node %s) did not read for %.0fs: closing it", kind, stream_id,
-                                    node_id, self.write_timeout_s)
+                                    shown_node, self.write_timeout_s)
                         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "stream too slow; reconnect")
                     counters.sent(response, changed_at)
                 item = await inbox.queue.get()
@@ -216,7 +238,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             self._unknown_watchers.discard(inbox)
             reader.cancel()
             metrics.STREAMS.labels(kind).dec()
-            log.info("%s stream %s closed (node %s)", kind, stream_id, node_id)
+            suppressed = f"; {nack_log.suppressed} NACK lines not logged" if nack_log.suppressed else ""
+            log.info("%s stream %s closed (node %s%s)", kind, stream_id, shown_node, suppressed)
 
     def _new_machine(self, kind: str, stream_id: str, node_id: str, known: bool):
         view = self._view_for(node_id)
@@ -225,15 +248,25 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         return cls(stream_id, view, allowed=allowed, wildcard_allowed=known)
 
     @staticmethod
-    def _log_nack(kind: str, node_id: str, request) -> None:
+    def _log_nack(kind: str, stream_id: str, shown_node: str, request, throttle: Throttle) -> None:
         if request.HasField("error_detail") and request.error_detail.message:
-            metrics.NACKS.labels(kind, request.type_url).inc()
-            log.warning("node %s NACKed %s (nonce %s): %s", node_id, request.type_url, request.response_nonce,
-                        request.error_detail.message)
+            metrics.NACKS.labels(kind, metrics.type_label(request.type_url)).inc()
+            suppressed = throttle.admit(time.monotonic())
+            if suppressed is None:
+                return
+            log.warning("%s stream %s: node %s NACKed %s (nonce %s): %s%s", kind, stream_id, shown_node,
+                        excerpt(request.type_url, 120), excerpt(request.response_nonce, 80),
+                        excerpt(request.error_detail.message, _MESSAGE_EXCERPT),
+                        f" [{suppressed} NACK lines of this stream not logged before this one]" if suppressed else "")
 
 
 def _short(type_url: str) -> str:
     return type_url.rsplit(".", 1)[-1]
+
+
+def _names(names) -> str:
+    """A client's resource name list for a DEBUG line: its length and a bounded excerpt."""
+    return f"{len(names)}[{excerpt(', '.join(itertools.islice(names, 20)), 300)}]"
 
 
 def add_to_server(servicer: AdsServicer, server: grpc.aio.Server) -> None:

@@ -29,6 +29,8 @@ Invariants:
   node's view changes when its membership does: clusters and the routes that
   use them change together, and the stream machine orders them. A membership
   naming a version the cache no longer has gets the latest body.
+- A broker outage is logged by ``meshlog.outage`` (started, at a backoff,
+  ended with its duration), not as aiokafka's line per failed retry.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from events import topics
+from meshlog.logbounds import excerpt
+from meshlog.outage import KafkaOutageLog
 from xds_gateway.protocol.resources import VersionedResource, make_resource
 
 log = logging.getLogger(__name__)
@@ -118,7 +122,7 @@ class ViewCache:
     def apply_resource(self, key: bytes, value: bytes | None, changed: set[str]) -> None:
         type_url, sep, name = key.decode().partition("|")
         if not sep:
-            log.warning("ignoring view resource with malformed key %r", key)
+            log.warning("ignoring view resource with malformed key %s", excerpt(repr(key), 200))
             return
         ident = (type_url, name)
         shared = _PER_NODE_MARK not in name
@@ -153,7 +157,7 @@ class ViewCache:
                 doc = orjson.loads(value)
                 new = {t: dict(names) for t, names in doc["resources"].items()}
             except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-                log.error("ignoring malformed membership for node %s: %s", node, exc)
+                log.error("ignoring malformed membership for node %s: %s", excerpt(node, 256), excerpt(str(exc), 200))
                 return
         old = self._membership.get(node)
         if old is not None and new is not None and _same_names(old, new):
@@ -210,6 +214,10 @@ class ViewTail:
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
+        with KafkaOutageLog(f"Kafka at {self.bootstrap} (view tail)", log):
+            await self._run()
+
+    async def _run(self) -> None:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=None,

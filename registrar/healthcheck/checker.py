@@ -21,6 +21,9 @@ Invariants:
 - An append is never cancelled half-way by a rebalance: appends run as their
   own tasks and are awaited (bounded) at shutdown.
 - SIGTERM/SIGINT: stop probing, leave the group, close, return.
+- A broker outage is logged by ``meshlog.outage`` (started, at a backoff,
+  ended with its duration), not as a line per failed retry of ours or of
+  aiokafka's.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from events.envelope import new_event
 from events.errors import EventValidationError
 from events.producer import EventProducer
 from events.types import InstanceHealthChanged, InstanceRegistered
+from meshlog.outage import KafkaOutageLog
 from projector.fold import fold_many
 from projector.state import MeshState, changed_keys, empty_state
 from registrar.healthcheck.hysteresis import DRAINING, Hysteresis, Transition
@@ -152,11 +156,16 @@ class Checker:
         self._producer: EventProducer | None = None
         self._reader: AIOKafkaConsumer | None = None
         self._group: AIOKafkaConsumer | None = None
+        self._outage = KafkaOutageLog(f"Kafka at {settings.bootstrap}", log)
 
     # ------------------------------------------------------------ lifecycle
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set. Raises BrokerUnavailable if the broker does not answer at start."""
+        with self._outage:
+            await self._run(stop)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         s = self.s
         await ensure_topics(
             s.bootstrap,
@@ -269,7 +278,7 @@ class Checker:
             try:
                 await self._read_batch(timeout_ms=1000)
             except KafkaError as exc:  # the broker went away: the consumer reconnects; keep the last state
-                log.warning("reading %s: %s; retrying", ", ".join(SOURCE_TOPICS), exc)
+                self._outage.failure(f"reading {', '.join(SOURCE_TOPICS)}: {exc}; retrying")
                 await asyncio.sleep(1.0)
 
     async def _read_batch(self, timeout_ms: int) -> None:
@@ -306,7 +315,7 @@ class Checker:
             try:
                 await self._group.getmany(timeout_ms=1000)
             except KafkaError as exc:
-                log.warning("group %s: %s; retrying", self.s.group, exc)
+                self._outage.failure(f"group {self.s.group}: {exc}; retrying")
                 await asyncio.sleep(1.0)
 
     def shards_revoked(self) -> None:

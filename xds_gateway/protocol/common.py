@@ -8,12 +8,17 @@ from typing import Callable, Iterable, TypeVar
 
 from .resources import type_rank
 
-__all__ = ["Nack", "ProtocolError", "AllowFn", "entry_hash", "content_version", "order_segments"]
+__all__ = ["Nack", "ProtocolError", "AllowFn", "CLIENT_TEXT_MAX", "entry_hash", "content_version", "order_segments"]
 
 #: ``allowed(type_url, name)``: may this node subscribe to this name explicitly?
 AllowFn = Callable[[str, str], bool]
 
 _MASK64 = (1 << 64) - 1
+
+#: The most characters of a client's free text (a NACK's message, a type URL or nonce we do not
+#: know) a machine keeps in a ``Nack``/``ProtocolError``: a stream keeps ``max_records`` of each,
+#: and one request may carry megabytes.
+CLIENT_TEXT_MAX = 1024
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,8 @@ envoyproxy/envoy ``docs/root/api-docs/xds_protocol.rst``, and the comments of
   rejected (name, version) pairs; the server keeps believing the client was
   offered those versions, so they are not resent (no resend loop) until the
   view changes them, the client subscribes to them again, or it reconnects.
+  The last ``max_records`` NACKs and refused requests are kept, each with at
+  most ``CLIENT_TEXT_MAX`` characters of the client's text.
 * Ordering ("Eventual consistency considerations": CDS first, EDS after CDS,
   LDS after CDS/EDS, RDS after LDS, stale clusters removed last): one batch is
   emitted as CDS upserts, EDS upserts, LDS upserts, RDS upserts, then RDS, LDS,
@@ -108,7 +110,7 @@ from typing import Iterable
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from .common import AllowFn, Nack, ProtocolError, digest_hex, entry_hash, order_segments
+from .common import CLIENT_TEXT_MAX, AllowFn, Nack, ProtocolError, digest_hex, entry_hash, order_segments
 from .resources import CLUSTER, CORE_TYPES, ENDPOINT, LISTENER, ROUTE, WILDCARD, NodeView, VersionedResource
 
 __all__ = ["DeltaStream"]
@@ -328,7 +330,7 @@ class DeltaStream:
 
     def _error(self, kind: str, type_url: str, detail: str) -> None:
         self.error_count += 1
-        self._errors.append(ProtocolError(self.stream_id, self.node_id, kind, type_url, detail))
+        self._errors.append(ProtocolError(self.stream_id, self.node_id, kind, type_url[:CLIENT_TEXT_MAX], detail))
 
     def _on_ack(self, ts: _TypeState, nonce: str, error) -> None:
         p: _Pending | None = None
@@ -356,9 +358,9 @@ class DeltaStream:
                 stream_id=self.stream_id,
                 node_id=self.node_id,
                 type_url=ts.type_url,
-                nonce=nonce,
+                nonce=nonce[:CLIENT_TEXT_MAX],  # the client's own text when it is not one of ours
                 code=error.code,
-                message=error.message,
+                message=error.message[:CLIENT_TEXT_MAX],
                 resources=p.resources if p else (),
                 removed=p.removed if p else (),
                 stale=p is None,

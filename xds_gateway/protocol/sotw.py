@@ -44,6 +44,8 @@ Spec decisions (xDS REST and gRPC protocol document):
   ``error_detail`` makes it a NACK ("The preferred mechanism for a server to
   detect a NACK is to look for the presence of the error_detail field"). A NACK
   is recorded; the rejected content is not resent until the view changes it.
+  As in :mod:`.delta`, the last ``max_records`` NACKs and refused requests are
+  kept, each with at most ``CLIENT_TEXT_MAX`` characters of the client's text.
 * Ordering and coalescing as in :mod:`.delta`: one batch in CDS, EDS, LDS, RDS
   order; the stream-wide gate holds view changes while any response is
   un-ACKed. Removal in SotW is implicit, so make-before-break is done by
@@ -66,7 +68,7 @@ from typing import Iterable
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from .common import AllowFn, Nack, ProtocolError, content_version, order_segments
+from .common import CLIENT_TEXT_MAX, AllowFn, Nack, ProtocolError, content_version, order_segments
 from .resources import CLUSTER, CORE_TYPES, ENDPOINT, LISTENER, WILDCARD, NodeView, VersionedResource, type_rank
 
 __all__ = ["SotwStream", "WILDCARD_TYPES"]
@@ -157,7 +159,8 @@ class SotwStream:
         if t not in self._served:
             self.error_count += 1
             self._errors.append(
-                ProtocolError(self.stream_id, self.node_id, "unknown_type_url", t, "type not served by this gateway" if t else "empty type_url")
+                ProtocolError(self.stream_id, self.node_id, "unknown_type_url", t[:CLIENT_TEXT_MAX],
+                              "type not served by this gateway" if t else "empty type_url")
             )
             return []
         ts = self._types.get(t)
@@ -296,7 +299,7 @@ class SotwStream:
                 type_url=ts.type_url,
                 nonce=ts.nonce or "",
                 code=error.code,
-                message=error.message,
+                message=error.message[:CLIENT_TEXT_MAX],
                 resources=ts.pending_resources,
             )
         )

@@ -6,8 +6,10 @@
   the same document builders (``replay.report``); nothing here folds or
   renders by other means.
 - ``timeline`` answers from a ``TimelineIndex`` of every event's time, kind and
-  service, built by one scan of the log at start and extended by reading only
-  what was appended since (at most once per ``refresh_s``).
+  service — the event topics, rejected rules (``meshlog.rejections``) and
+  identity events (``meshlog.identities``, when it exists) — built by one scan
+  of the log at start and extended by reading only what was appended since
+  (at most once per ``refresh_s``).
 - ``events(from, to)`` reads the window's records (bounded by ``limit``) for
   the details behind the timeline's marks; with ``kind``/``service`` only
   those rows.
@@ -43,6 +45,7 @@ from replay.ui.timeline import DEAD_LETTER, REJECTED, TimelineIndex, event_kind,
 log = logging.getLogger(__name__)
 
 EVENTS_LIMIT = 500
+SUPPORT_TOPICS = (topics.REJECTIONS, topics.IDENTITIES)  # facts about the mesh logged outside the event topics
 CACHED_INSTANTS = 6
 
 
@@ -59,7 +62,7 @@ class Console:
         self.lock = asyncio.Lock()
         self._decoder = RecordDecoder()
         self._stops: dict[str, int] = {}  # "topic/partition" -> next event offset to index
-        self._rejections_next: dict[int, int] = {}  # rejections partition -> next offset to index
+        self._support_next: dict[TopicPartition, int] = {}  # rejections/identities -> next offset to index
         self._refreshed_at = float("-inf")
         self._cache: OrderedDict[int, Rebuilt] = OrderedDict()
         self._docs: OrderedDict[tuple, dict] = OrderedDict()  # (question, instant, node) -> document
@@ -78,8 +81,9 @@ class Console:
                 cut = await plan_cut(self.consumer, now_ms(), start_after=self._stops)
                 await self._index_events(cut)
                 self._stops = cut.stops_by_key()
-            if topics.REJECTIONS in have:
-                await self._index_rejections()
+            for topic in SUPPORT_TOPICS:
+                if topic in have:
+                    await self._index_support(topic)
             self._refreshed_at = time.monotonic()
             self.stats["last_refresh_s"] = round(time.perf_counter() - t0, 4)
 
@@ -93,19 +97,16 @@ class Console:
             for topic, partition, offset, ts, _reason in batch.undecodable:
                 index.add(ts, DEAD_LETTER, "", topic, partition, offset)
 
-    async def _index_rejections(self) -> None:
-        spec = topics.BY_NAME[topics.REJECTIONS]
-        tps = [TopicPartition(topics.REJECTIONS, p) for p in range(spec.partitions)]
+    async def _index_support(self, topic: str) -> None:
+        spec = topics.BY_NAME[topic]
+        tps = [TopicPartition(topic, p) for p in range(spec.partitions)]
         ends = await self.consumer.end_offsets(tps)
         for tp in tps:
-            start = self._rejections_next.get(tp.partition, 0)
-            for record in await read_range(self.consumer, tp, start, ends[tp]):
-                try:
-                    j = decode_record(record).payload
-                except EventValidationError:
-                    continue  # not ours to judge here: the rejections topic is the projector's own output
-                self.index.add(record.timestamp, REJECTED, j.name, record.topic, record.partition, record.offset)
-            self._rejections_next[tp.partition] = ends[tp]
+            for record in await read_range(self.consumer, tp, self._support_next.get(tp, 0), ends[tp]):
+                kind_service = _support_kind(record)
+                if kind_service is not None:
+                    self.index.add(record.timestamp, *kind_service, record.topic, record.partition, record.offset)
+            self._support_next[tp] = ends[tp]
 
     async def timeline(self, from_ms: int, to_ms_: int, buckets: int) -> dict:
         await self.refresh()
@@ -209,17 +210,35 @@ class Console:
                     if len(out) > limit:
                         more = True
                         break
-            if topics.REJECTIONS in have and kind in (None, REJECTED) and not more:
-                for record in await read_window(self.consumer, topics.REJECTIONS, from_ms, to_ms_):
-                    try:
-                        j = decode_record(record).payload
-                    except EventValidationError:
+            for topic in SUPPORT_TOPICS:
+                if topic not in have or more:
+                    continue
+                for record in await read_window(self.consumer, topic, from_ms, to_ms_):
+                    kind_service = _support_kind(record)
+                    if kind_service is None or kind not in (None, kind_service[0]) or service not in (
+                            None, kind_service[1]):
                         continue
-                    if service is None or j.name == service:
-                        out.append({"kind": REJECTED, "service": j.name, **report.rejection_doc(None, j, record.timestamp)})
+                    lg = decode_record(record)
+                    if topic == topics.REJECTIONS:
+                        doc = report.rejection_doc(None, lg.payload, record.timestamp)
+                    else:
+                        doc = {**report.event_ref(lg), "payload": lg.payload.model_dump(mode="json")}
+                    out.append({"kind": kind_service[0], "service": kind_service[1], **doc})
         out.sort(key=lambda e: (e["timestamp_ms"], e.get("topic", ""), e.get("offset", 0)))
         if len(out) > limit:
             out, more = out[:limit], True
         return {"from": iso(from_ms), "from_ms": from_ms, "to": iso(to_ms_), "to_ms": to_ms_,
                 "filter": {k: v for k, v in (("kind", kind), ("service", service)) if v is not None},
                 "events": out, "truncated": more, "limit": limit}
+
+
+def _support_kind(record) -> tuple[str, str] | None:
+    """A rejections/identities record's timeline row (kind, service); None if it does not decode (the topics'
+    own readers report those)."""
+    try:
+        lg = decode_record(record)
+    except EventValidationError:
+        return None
+    if record.topic == topics.REJECTIONS:
+        return REJECTED, lg.payload.name
+    return event_kind(lg.payload, lg.envelope.type), event_service(lg.payload)

@@ -44,11 +44,17 @@ def event_kind(payload: t.Payload, type_name: str) -> str:
 
 
 def event_service(payload: t.Payload) -> str:
-    """The one service an event is filed under (its entity: service, rule host, rejected rule's name)."""
+    """The one service an event is filed under (its entity: service, rule host, rejected rule's name, a
+    sidecar identity's service)."""
     for attr in ("service", "host", "name"):
         value = getattr(payload, attr, None)
         if isinstance(value, str):
             return value
+    spiffe_id = getattr(payload, "spiffe_id", None)
+    if isinstance(spiffe_id, str):
+        from replay.identities import _service_of  # the one reading of a SPIFFE path's service
+
+        return _service_of(spiffe_id) or NO_SERVICE
     return NO_SERVICE
 
 

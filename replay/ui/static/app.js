@@ -10,6 +10,7 @@ const KIND_COLORS = {
   "instance.health_changed:draining": "#e0a800", "route_rule.upserted": "#4a7fd4", "route_rule.deleted": "#2b4f8a",
   "destination_policy.upserted": "#8a5cd4", "destination_policy.deleted": "#5b3a8f",
   "rule.rejected": "#c0392b", "dead_letter": "#000",
+  "identity.issued": "#0f8a8a", "identity.revoked": "#8a0f4f", "join_token.redeemed": "#5f8a0f",
 };
 const TYPE_KIND = {
   "type.googleapis.com/envoy.config.cluster.v3.Cluster": "clusters",

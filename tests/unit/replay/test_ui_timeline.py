@@ -113,3 +113,36 @@ def test_the_console_indexes_the_log_once_then_only_what_was_appended():
     assert {r["kind"]: r["total"] for r in second["by_kind"]} == {
         "instance.registered": 5, "instance.deregistered": 1, DEAD_LETTER: 1}
     assert console.index.count == 7  # nothing indexed twice
+
+
+def test_rejected_rules_and_identity_events_are_on_the_timeline_too():
+    from datetime import datetime, timedelta, timezone
+
+    reg = TopicPartition(topics.REGISTRATIONS, 0)
+    rej = TopicPartition(topics.REJECTIONS, 0)
+    ids = TopicPartition(topics.IDENTITIES, 0)
+    logs = {TopicPartition(spec.name, p): [] for spec in topics.EVENT_TOPICS for p in range(spec.partitions)}
+    payload = t.InstanceRegistered(service="reviews", instance_id="r1", address="10.0.0.1", port=80)
+    logs[reg] = [Rec(reg.topic, 0, 0, 1000, encode(new_event(payload)))]
+    rejected = t.RuleRejected(kind="route_rule", name="reviews", revision=1, reason="stale revision",
+                              source_topic=topics.RULES, source_partition=0, source_offset=3)
+    logs[rej] = [Rec(rej.topic, 0, 0, 1001, encode(new_event(rejected)))]
+    revoked = t.IdentityRevoked(spiffe_id="spiffe://mesh.local/sidecar/reviews/r1", serial="0a1b", reason="leak",
+                                revoked_by="ops")
+    redeemed = t.JoinTokenRedeemed(token_id="t" * 16, service="ratings", instance_id="ra-1",
+                                   expires_at=datetime.now(timezone.utc) + timedelta(minutes=5), claim_id="c" * 16)
+    logs[ids] = [Rec(ids.topic, 0, 0, 1002, encode(new_event(revoked))),
+                 Rec(ids.topic, 0, 1, 1003, encode(new_event(redeemed))),
+                 Rec(ids.topic, 0, 2, 1004, b"garbage")]
+    console = Console(FakeConsumer(logs, random.Random(5)), refresh_s=0)
+
+    async def go():
+        await console.refresh()
+        return console.index.window(0, 5000, 1), await console.events(0, 5000, service="reviews")
+
+    doc, events = asyncio.run(go())
+    rows = {(p["kind"], p["service"]) for p in doc["points"]}
+    assert rows == {("instance.registered", "reviews"), ("rule.rejected", "reviews"),
+                    ("identity.revoked", "reviews"), ("join_token.redeemed", "ratings")}
+    assert [e["kind"] for e in events["events"]] == ["instance.registered", "rule.rejected", "identity.revoked"]
+    assert events["events"][1]["reason"] == "stale revision"

@@ -148,6 +148,20 @@ def test_a_port_in_use_is_refused_with_a_clear_message(history, console):
     assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_the_demo_stack_starts_the_console_and_stops_it(history, tmp_path):
+    from meshlog.demo.stack import DemoStack
+
+    bootstrap, _marks = history
+    stack = DemoStack(tmp_path, bootstrap=bootstrap, say=lambda _line: None)
+    try:
+        url = stack.start_console()
+        status, info = api(url.rstrip("/"), "/api/info")
+        assert status == 200 and info["events"] >= 10
+    finally:
+        stack.stop()
+    assert stack.console.proc.poll() is not None
+
+
 # ---------------------------------------------------------------- a real browser
 
 WEIGHTS = """(() => {

@@ -128,6 +128,8 @@ async function loadTimeline() {
   const box = document.getElementById("timeline");
   const width = Math.max(400, box.clientWidth || 1000);
   const buckets = Math.max(20, Math.min(400, Math.floor((width - 240) / 4)));
+  document.getElementById("timeline-note").textContent =
+    "loading… (the console's first answer waits for its index of the log: one scan, about a minute per million events)";
   try {
     timeline = await api("/api/timeline", { from: view.from, to: view.to, buckets });
     // a relative window ("-1h", "now") is pinned to what it meant, so the address stays a stable link

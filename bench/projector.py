@@ -121,10 +121,12 @@ def fold_only(services: int, instances: int, events: int) -> dict:
 async def produce(bootstrap: str, kind: str, services: int, instances: int, prefix: str, count: int, seed: int) -> dict:
     from aiokafka import AIOKafkaProducer
 
+    from events.kafka_security import connection_kwargs
+
     payloads = registrations(services, instances, prefix) if kind == "registrations" else flaps(
         services, instances, prefix, count, seed)
     records = [(p.TOPIC, p.key().encode(), encode(envelope(p, i))) for i, p in enumerate(payloads)]
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, linger_ms=10,
+    producer = AIOKafkaProducer(**connection_kwargs(bootstrap), enable_idempotence=True, linger_ms=10,
                                 max_batch_size=1 << 20)
     await producer.start()
     try:

@@ -47,6 +47,7 @@ from aiokafka import AIOKafkaProducer  # noqa: E402
 
 from events import topics  # noqa: E402
 from events import types as t  # noqa: E402
+from events.kafka_security import connection_kwargs  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -172,7 +173,7 @@ def record(typ: str, payload: dict, n: int, run: str) -> tuple[str, bytes, bytes
 
 
 async def append(bootstrap: str, history: History, events: int, run: str) -> tuple[float, int]:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=50, max_batch_size=1 << 20,
+    producer = AIOKafkaProducer(**connection_kwargs(bootstrap), acks=1, linger_ms=50, max_batch_size=1 << 20,
                                 max_request_size=16 << 20, compression_type=None)
     await producer.start()
     t0 = time.perf_counter()
@@ -206,7 +207,7 @@ async def write_snapshot(bootstrap: str, at_ms: int) -> dict:
     offsets = {k: v for k, v in rebuilt.cut.stops_by_key().items()}
     value = encode_snapshot(state_to_bytes(rebuilt.state), next_offsets=offsets, max_timestamp_ms=at_ms,
                             events=rebuilt.folded)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=64 << 20)
+    producer = AIOKafkaProducer(**connection_kwargs(bootstrap), acks="all", max_request_size=64 << 20)
     await producer.start()
     try:
         await producer.send_and_wait(topics.SNAPSHOTS, value=value, key=KEY)

@@ -246,8 +246,8 @@ def _as_records(rows: list, ts: int) -> list[_Rec]:
     return [_Rec(topic, key, value, ts) for topic, key, value in rows]
 
 
-def gateway_main(conn, write_timeout_s: float, gc_freeze: bool) -> None:
-    asyncio.run(_gateway(conn, write_timeout_s, gc_freeze))
+def gateway_main(conn, write_timeout_s: float, gc_freeze: bool, sync_log: bool = True) -> None:
+    asyncio.run(_gateway(conn, write_timeout_s, gc_freeze, sync_log))
 
 
 def _gateway_counters() -> dict:
@@ -263,7 +263,22 @@ def _gateway_counters() -> dict:
         "view_changes": total(metrics.VIEW_CHANGES),
         "streams": streams,
         "slow_closed": total(metrics.SLOW_STREAMS_CLOSED),
+        "sync_records": {s.labels["type"]: s.value for fam in metrics.SYNC_RECORDS.collect() for s in fam.samples
+                         if s.name.endswith("_total")},
+        "sync_dropped": total(metrics.SYNC_DROPPED),
+        "sync_coalesced": total(metrics.SYNC_COALESCED),
+        "sync_bytes": _SYNC_BYTES[0],
     }
+
+
+_SYNC_BYTES = [0]
+
+
+async def _encoding_sink(envs) -> None:
+    """Stands in for the events producer: encodes every record (its cost is the gateway's), sends nothing."""
+    from events.codec import encode
+
+    _SYNC_BYTES[0] += sum(len(encode(e)) for e in envs)
 
 
 class _GcClock:
@@ -298,7 +313,7 @@ class _GcClock:
         return out
 
 
-async def _gateway(conn, write_timeout_s: float, gc_freeze: bool) -> None:
+async def _gateway(conn, write_timeout_s: float, gc_freeze: bool, sync_log: bool = True) -> None:
     import cProfile
     import gc
     import io
@@ -309,8 +324,13 @@ async def _gateway(conn, write_timeout_s: float, gc_freeze: bool) -> None:
     from xds_gateway.server import AdsServicer, add_to_server
     from xds_gateway.view_cache import ViewCache
 
+    from xds_gateway.sync_log import SyncLog
+
     cache = ViewCache()
-    servicer = AdsServicer(cache, write_timeout_s=write_timeout_s)
+    sync = SyncLog(_encoding_sink, "bench-gateway") if sync_log else None
+    if sync is not None:
+        sync.start()
+    servicer = AdsServicer(cache, write_timeout_s=write_timeout_s, sync_log=sync)
     server = grpc.aio.server(options=GATEWAY_SERVER_OPTIONS)
     add_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -595,6 +615,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-gc-freeze", dest="gc_freeze", action="store_false",
                    help="experiment: skip gc.freeze() once the streams are up (xds-gateway run freezes every 30 s)")
     p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument("--no-sync-log", dest="sync_log", action="store_false",
+                   help="leave out the gateway's sync log (ACK/NACK records, encoded but not sent: no Kafka here)")
     args = p.parse_args(argv)
     if args.quick:
         args.services, args.instances, args.hot, args.streams = 200, 5, 200, 1000
@@ -627,7 +649,7 @@ def main(argv=None) -> int:
 
     ctx = mp.get_context("spawn")
     gw_conn, gw_child = ctx.Pipe()
-    gw = ctx.Process(target=gateway_main, args=(gw_child, args.write_timeout, args.gc_freeze),
+    gw = ctx.Process(target=gateway_main, args=(gw_child, args.write_timeout, args.gc_freeze, args.sync_log),
                      name="xds-gateway", daemon=True)
     clients: list = []
     client_conns: list = []
@@ -825,6 +847,12 @@ def main(argv=None) -> int:
             "pct_of_sotw_eds": round(100 * delta_bytes / sotw["eds_bytes"], 3),
             "pct_of_sotw_cds": round(100 * delta_bytes / sotw["cds_bytes"], 3),
         }
+        end = ask(gw_conn, ("counters",), 30, "counters")[1]
+        results["sync_log"] = {"enabled": args.sync_log, "records": end["sync_records"],
+                               "records_total": sum(end["sync_records"].values()), "bytes": end["sync_bytes"],
+                               "dropped": end["sync_dropped"], "coalesced": end["sync_coalesced"],
+                               "responses": end["responses"],
+                               "records_after_ramp": sum(counters["sync_records"].values())}
         rss_end = proc_rss_kb(gw.pid)
         results["streams"]["rss_mb_end"] = round(rss_end["VmRSS"] / 1024, 1)
         results["streams"]["hwm_mb_end"] = round(rss_end["VmHWM"] / 1024, 1)
@@ -882,6 +910,16 @@ def report(r: dict) -> None:
           f"({p4['cds_resources']} clusters) = {p4['pct_of_sotw_cds']}%")
     print(f"5. non-dependent streams ({p5['streams']}): {p5['bytes']} bytes, {p5['responses']} responses "
           f"during phase 1 (dependents got {p5['dependent_bytes']} bytes)")
+    sl = r.get("sync_log") or {}
+    if sl.get("enabled"):
+        n = sl["records_total"]
+        print(f"6. sync log (encoded, not sent): {n:.0f} records ({', '.join(f'{k} {v:.0f}' for k, v in sorted(sl['records'].items()))}), "
+              f"{sl['bytes'] / 1e6:.2f} MB, {sl['bytes'] / n if n else 0:.0f} B/record; "
+              f"{n / sl['responses'] if sl['responses'] else 0:.2f} records per response sent "
+              f"({sl['records_after_ramp']:.0f} of them while the streams opened); "
+              f"{sl['coalesced']:.0f} ACKs coalesced, {sl['dropped']:.0f} dropped")
+    else:
+        print("6. sync log: off (--no-sync-log)")
     if r.get("floor"):
         f = r["floor"]
         print(f"   harness floor (bare grpc.aio servicer, same clients/machine, {f['subscribers']} streams, same "

@@ -18,8 +18,9 @@ from typing import Iterable
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, TopicAuthorizationFailedError
 
+from events.kafka_security import KafkaSecurity, connection_kwargs
 from events.topics import ALL_TOPICS, TopicSpec
 
 log = logging.getLogger(__name__)
@@ -51,12 +52,28 @@ class BrokerUnavailable(RuntimeError):
     """The broker did not answer within the allowed time; nothing was sent."""
 
 
+class NotAuthorized(RuntimeError):
+    """The broker refused this identity an operation (Kafka's ACLs); nothing was changed."""
+
+
 class AppendFailed(BrokerUnavailable):
     """A send was attempted but not acknowledged in time: its outcome is unknown."""
 
 
-async def connect_admin(bootstrap: str, timeout_s: float = 15.0) -> AIOKafkaAdminClient:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+class TopicsMissing(BrokerUnavailable):
+    """The broker answers but lacks a topic meshlog writes to; nothing was sent."""
+
+    def __init__(self, bootstrap: str, missing: Iterable[str]):
+        self.missing = sorted(missing)
+        super().__init__(
+            f"Kafka at {bootstrap} has no topic {', '.join(self.missing)}: create meshlog's topics with "
+            f"`meshlog topics ensure` (`meshlog kafka up` does it for the broker it starts)"
+        )
+
+
+async def connect_admin(bootstrap: str, timeout_s: float = 15.0, *,
+                        security: KafkaSecurity | None = None) -> AIOKafkaAdminClient:
+    admin = AIOKafkaAdminClient(**connection_kwargs(bootstrap, security), request_timeout_ms=int(timeout_s * 1000))
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
     except (asyncio.TimeoutError, KafkaError, OSError) as exc:
@@ -80,11 +97,12 @@ def _configs_from_response(responses) -> dict[str, dict[str, str]]:
 
 
 async def ensure_topics(
-    bootstrap: str, specs: Iterable[TopicSpec] = ALL_TOPICS, *, timeout_s: float = 30.0
+    bootstrap: str, specs: Iterable[TopicSpec] = ALL_TOPICS, *, timeout_s: float = 30.0,
+    security: KafkaSecurity | None = None,
 ) -> TopicReport:
     specs = list(specs)
     report = TopicReport()
-    admin = await connect_admin(bootstrap, timeout_s)
+    admin = await connect_admin(bootstrap, timeout_s, security=security)
     try:
         existing = set(await admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
@@ -105,6 +123,12 @@ async def ensure_topics(
                 if code == TopicAlreadyExistsError.errno:
                     # created meanwhile (by a concurrent ensure, or metadata lagged): check it like any other
                     existing.add(s.name)
+                elif code == TopicAuthorizationFailedError.errno:
+                    # a topic this identity may not even describe looks missing; creating it is the admin's job
+                    raise NotAuthorized(
+                        f"topic {s.name} is missing or not visible to this identity, which may not create it "
+                        f"(Kafka error {code}, TOPIC_AUTHORIZATION_FAILED): run `meshlog topics ensure` as the Kafka admin"
+                    )
                 elif code:
                     raise RuntimeError(f"creating topic {s.name} failed with Kafka error code {code}")
                 else:

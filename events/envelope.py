@@ -56,9 +56,10 @@ class Envelope(Generic[P]):
         return self.payload.key()
 
 
-def new_event(payload: P, *, producer: str | None = None, occurred_at: datetime | None = None) -> Envelope[P]:
+def new_event(payload: P, *, producer: str | None = None, occurred_at: datetime | None = None,
+              event_id: str | None = None) -> Envelope[P]:
     return Envelope(
-        event_id=str(uuid.uuid4()),
+        event_id=event_id or str(uuid.uuid4()),
         type=payload.TYPE,
         schema_version=payload.SCHEMA_VERSION,
         occurred_at=occurred_at or datetime.now(timezone.utc),

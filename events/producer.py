@@ -8,6 +8,9 @@ Invariants:
   read_committed consumers (the projector and replay read that way).
 - Every network step has a deadline; a broker that does not answer becomes
   ``BrokerUnavailable`` with the address in its message, never a hang.
+- Nothing is sent to a topic the broker does not have: that is
+  ``TopicsMissing`` at once (one metadata request), not aiokafka's retry loop
+  logging "Topic ... not found" until the deadline.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from typing import Sequence
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from events.admin import AppendFailed, BrokerUnavailable
+from events.admin import AppendFailed, BrokerUnavailable, TopicsMissing
 from events.codec import encode
 from events.envelope import Envelope
+from events.kafka_security import KafkaSecurity, connection_kwargs
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,14 +54,15 @@ class Appended:
 class EventProducer:
     """``async with EventProducer(bootstrap) as p: await p.append(env)``."""
 
-    def __init__(self, bootstrap: str, *, timeout_s: float = 15.0, transactional: bool = False):
+    def __init__(self, bootstrap: str, *, timeout_s: float = 15.0, transactional: bool = False,
+                 security: KafkaSecurity | None = None):
         self._bootstrap = bootstrap
         self._timeout_s = timeout_s
         kwargs = {}
         if transactional:
             kwargs["transactional_id"] = f"meshlog-registrar-{uuid.uuid4()}"
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
+            **connection_kwargs(bootstrap, security),  # None: this process's settings
             enable_idempotence=True,  # implies acks=all; aiokafka's default is acks=1 without it
             acks="all",
             request_timeout_ms=int(timeout_s * 1000),
@@ -65,6 +70,7 @@ class EventProducer:
             **kwargs,
         )
         self._started = False
+        self._topics_seen: set[str] = set()
 
     async def __aenter__(self) -> "EventProducer":
         try:
@@ -86,6 +92,19 @@ class EventProducer:
         except Exception:  # noqa: BLE001 - shutting down after a failure must not mask it
             pass
 
+    async def _require_topics(self, topics: set[str]) -> None:
+        if topics <= self._topics_seen:
+            return
+        try:
+            metadata = await asyncio.wait_for(self._producer.client.fetch_all_metadata(), self._timeout_s)
+        except (asyncio.TimeoutError, KafkaError) as exc:
+            raise BrokerUnavailable(
+                f"Kafka at {self._bootstrap} did not answer within {self._timeout_s:g}s ({type(exc).__name__})"
+            ) from None
+        self._topics_seen = set(metadata.topics())
+        if not topics <= self._topics_seen:
+            raise TopicsMissing(self._bootstrap, topics - self._topics_seen)
+
     async def _send(self, env: Envelope):
         return await self._producer.send(env.topic, value=encode(env), key=env.key.encode())
 
@@ -94,6 +113,7 @@ class EventProducer:
         return Appended(env.event_id, env.type, env.key, meta.topic, meta.partition, meta.offset, meta.timestamp)
 
     async def append(self, env: Envelope) -> Appended:
+        await self._require_topics({env.topic})
         try:
             future = await asyncio.wait_for(self._send(env), self._timeout_s)
             meta = await asyncio.wait_for(future, self._timeout_s)
@@ -103,8 +123,17 @@ class EventProducer:
             ) from None
         return self._appended(env, meta)
 
+    async def append_batch(self, envs: Sequence[Envelope]) -> None:
+        """Append ``envs`` pipelined (all sent, then all acknowledged); not atomic: for high-volume facts."""
+        try:
+            futures = [await asyncio.wait_for(self._send(env), self._timeout_s) for env in envs]
+            await asyncio.wait_for(asyncio.gather(*futures), self._timeout_s)
+        except (asyncio.TimeoutError, KafkaError) as exc:
+            raise AppendFailed(f"append at {self._bootstrap} was not acknowledged: {type(exc).__name__}: {exc}") from None
+
     async def append_many(self, envs: Sequence[Envelope]) -> list[Appended]:
         """Append all of ``envs`` in one transaction (the producer must be transactional)."""
+        await self._require_topics({env.topic for env in envs})
         try:
             async with self._producer.transaction():
                 futures = [await asyncio.wait_for(self._send(env), self._timeout_s) for env in envs]

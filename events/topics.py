@@ -30,6 +30,7 @@ VIEW_RESOURCES = PREFIX + "views.resources"
 VIEW_MEMBERSHIP = PREFIX + "views.membership"
 HEALTHCHECK_SHARDS = PREFIX + "healthcheck.shards"
 IDENTITIES = PREFIX + "identities"
+SYNC = PREFIX + "sync"  # what the proxies accepted: written by the gateways, read by `meshlog status` and replay
 
 _HISTORY = MappingProxyType(
     {
@@ -74,6 +75,7 @@ SUPPORT_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(REJECTIONS, 1, _HISTORY, key="<kind>/<name>"),
     TopicSpec(DEADLETTER, 1, _HISTORY, key="<source topic>/<partition>/<offset>"),
     TopicSpec(SNAPSHOTS, 1, _HISTORY, key="snapshot"),
+    TopicSpec(SYNC, 1, _HISTORY, key="<node_id>"),
     TopicSpec(VIEW_RESOURCES, 1, _COMPACTED, key="<type_url>|<name>"),
     TopicSpec(VIEW_MEMBERSHIP, 1, _COMPACTED, key="<node_id>"),
     # never written: `registrar healthcheck` processes join one consumer group on it and each

@@ -31,11 +31,14 @@ from pydantic import (
 
 from events import topics
 
-_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
-_INSTANCE_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._:-]{0,126}[A-Za-z0-9])?$")
-_LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
-_HEADER_RE = re.compile(r"^:?[a-z0-9!#$%&'*+.^_`|~-]+$")
-_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+# \Z, not $: $ also matches before a trailing newline, which would let "web-1\n" through
+_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?\Z")
+_INSTANCE_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._:-]{0,126}[A-Za-z0-9])?\Z")
+_LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?\Z")
+_HEADER_RE = re.compile(r"^:?[a-z0-9!#$%&'*+.^_`|~-]+\Z")
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # no leading zeros, as ipaddress
+_IPV4_RE = re.compile(rf"^{_OCTET}(\.{_OCTET}){{3}}\Z")
+_HOSTNAME_RE = re.compile(r"^(?=.{1,253}\Z)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z")
 
 
 def _service_name(value: str) -> str:
@@ -53,11 +56,30 @@ def _instance_id(value: str) -> str:
     return value
 
 
-def _address(value: str) -> str:
+#: The longest node id a registration may carry (the instance-id rule); gateways refuse longer ones.
+NODE_ID_MAX_LENGTH = 128
+
+
+def _node_id(value: str) -> str:
+    # same characters as an instance id: a node id is printed by replay and the gateway's logs
+    # and is part of resource names, so no control characters, spaces or markup
+    if not _INSTANCE_RE.match(value):
+        raise ValueError("must be 1-128 characters of letters, digits, '.', '_', ':' or '-', "
+                         "starting and ending with a letter or digit")
+    return value
+
+
+def check_address(value: str) -> str:
+    """``value`` if it is an IPv4/IPv6 literal or a host name; else ValueError saying why."""
     # The hostname pattern also accepts every IPv4 literal, so it goes first: one regex
     # match instead of ipaddress' parser on the hot decode path. Only what it rejects
     # (IPv6 literals, or garbage) goes on to ipaddress. Same accepted set as either order.
     if _HOSTNAME_RE.match(value):
+        # A name whose last label is all digits is read as an IPv4 literal by resolvers and
+        # Envoy alike ("1.2.3" is 1.2.0.3 to inet_aton), never as a host name: it must be a
+        # valid dotted-quad or nothing.
+        if value[-1].isdigit() and value.rpartition(".")[2].isdigit() and not _IPV4_RE.match(value):
+            raise ValueError("looks like an IPv4 address but is not one (four numbers 0-255)")
         return value
     try:
         ipaddress.ip_address(value)
@@ -74,7 +96,8 @@ def _label_key(value: str) -> str:
 
 ServiceName = Annotated[str, AfterValidator(_service_name)]
 InstanceId = Annotated[str, AfterValidator(_instance_id)]
-Address = Annotated[str, AfterValidator(_address)]
+NodeId = Annotated[str, AfterValidator(_node_id)]
+Address = Annotated[str, AfterValidator(check_address)]
 # ints are strict: a port given as "8080" (a string) is an error, not silently coerced
 Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
 LabelKey = Annotated[str, AfterValidator(_label_key)]
@@ -82,7 +105,8 @@ LabelValue = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-
 Labels = dict[LabelKey, LabelValue]
 NonEmptyText = Annotated[str, Field(min_length=1, max_length=256)]
 Millis = Annotated[int, Strict(), Field(ge=1, le=3_600_000)]
-Revision = Annotated[int, Strict(), Field(ge=1)]
+# bounded to what a Kafka record's JSON (orjson: 64-bit integers) can carry
+Revision = Annotated[int, Strict(), Field(ge=1, le=2**63 - 1)]
 
 
 class _Frozen(BaseModel):
@@ -129,7 +153,7 @@ class InstanceRegistered(Payload):
     protocol: Literal["http", "tcp", "grpc"] = "http"
     labels: Labels = Field(default_factory=dict)
     weight: Annotated[int, Strict(), Field(ge=1, le=128)] = 1
-    node_id: NonEmptyText | None = None
+    node_id: NodeId | None = None
     sidecar: SidecarPorts | None = None
     depends_on: tuple[ServiceName, ...] = ()
 
@@ -478,6 +502,76 @@ class JoinTokenRedeemed(Payload):
         return f"token/{self.token_id}"
 
 
+# ---------------------------------------------------------------- what the proxies accepted (written by gateways)
+
+_TYPE_URL_RE = r"^type\.googleapis\.com/[A-Za-z0-9_.]{1,200}$"
+TypeUrl = Annotated[str, Field(min_length=1, max_length=256, pattern=_TYPE_URL_RE)]
+ResourceName = Annotated[str, Field(min_length=1, max_length=1024)]
+ResourceVersion = Annotated[str, Field(min_length=1, max_length=64)]
+#: at most this many names per sync record: a record stays well under Kafka's 1 MB default
+MAX_SYNC_NAMES = 10_000
+ResourceVersions = Annotated[dict[ResourceName, ResourceVersion], Field(max_length=MAX_SYNC_NAMES)]
+StreamId = Annotated[str, Field(min_length=1, max_length=128)]
+GatewayId = Annotated[str, Field(min_length=1, max_length=256)]
+Nonce = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class _SyncFact(Payload):
+    """Something one gateway stream learned about its proxy. Keyed by node: a node's facts stay in order."""
+
+    TOPIC: ClassVar[str] = topics.SYNC
+
+    node: NonEmptyText
+    gateway: GatewayId  # the replica id of the gateway holding the stream
+    stream_id: StreamId  # unique within the gateway process
+
+    def key(self) -> str:
+        return self.node
+
+
+class ProxyStreamOpened(_SyncFact):
+    """A proxy opened an ADS stream to a gateway replica."""
+
+    TYPE: ClassVar[str] = "sync.stream_opened"
+
+    kind: Literal["delta", "sotw"]
+    peer: NonEmptyText  # the client's address as gRPC reports it ("ipv4:10.0.0.7:51234")
+    identity: NonEmptyText | None = None  # the client certificate's identity, once mTLS is on
+
+
+class ProxyStreamClosed(_SyncFact):
+    """An ADS stream ended: the client went away, was shed, or the gateway stopped."""
+
+    TYPE: ClassVar[str] = "sync.stream_closed"
+
+    reason: Literal["client_closed", "gateway_stopping", "slow_client", "too_many_requests", "error"]
+
+
+class ProxyAcked(_SyncFact):
+    """The proxy ACKed a response: ``held`` is every name (and version) of the type it holds now."""
+
+    TYPE: ClassVar[str] = "sync.acked"
+
+    type_url: TypeUrl
+    nonce: Nonce  # the newest response it answered
+    held: ResourceVersions
+    truncated: Annotated[bool, Strict()] = False  # it held more than MAX_SYNC_NAMES names; ``held`` is a part
+
+
+class ProxyNacked(_SyncFact):
+    """The proxy rejected a response; it keeps what it held before."""
+
+    TYPE: ClassVar[str] = "sync.nacked"
+
+    type_url: TypeUrl
+    nonce: Nonce
+    rejected: ResourceVersions  # the names and versions the rejected response carried
+    removed: Annotated[tuple[ResourceName, ...], Field(max_length=MAX_SYNC_NAMES)] = ()
+    code: Annotated[int, Strict()] = 0
+    # the proxy's own words, cut to size and with control characters escaped by the gateway
+    reason: Annotated[str, Field(min_length=1, max_length=2048)]
+
+
 PAYLOAD_TYPES: dict[str, type[Payload]] = {
     cls.TYPE: cls
     for cls in (
@@ -492,5 +586,9 @@ PAYLOAD_TYPES: dict[str, type[Payload]] = {
         IdentityIssued,
         IdentityRevoked,
         JoinTokenRedeemed,
+        ProxyStreamOpened,
+        ProxyStreamClosed,
+        ProxyAcked,
+        ProxyNacked,
     )
 }

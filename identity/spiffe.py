@@ -7,6 +7,7 @@ Scheme (``<domain>`` is the trust domain, e.g. ``mesh.local``)::
     spiffe://<domain>/projector
     spiffe://<domain>/checker/<name>
     spiffe://<domain>/operator/<user>
+    spiffe://<domain>/replay/<name>
     spiffe://<domain>/broker/<id>
     spiffe://<domain>/ca-server/<replica>
     spiffe://<domain>/ca                      (the root; never a workload certificate)
@@ -44,6 +45,7 @@ ROLES: Mapping[str, tuple[str, ...]] = {
     "projector": (),
     "checker": ("name",),
     "operator": ("user",),
+    "replay": ("name",),       # `replay` against a secure broker: reads the log, writes nothing
     "broker": ("id",),         # a Kafka broker's own certificate (issued offline, before the log exists)
     "ca-server": ("replica",),  # a `meshlog ca serve` replica's TLS certificate
     "ca": (),                   # the trust domain's root itself, never a workload

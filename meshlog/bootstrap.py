@@ -3,6 +3,8 @@
 Order: an explicit ``--bootstrap`` flag, then ``$MESHLOG_KAFKA_BOOTSTRAP``,
 then the broker recorded by ``meshlog kafka up``. No guessing beyond that: a
 command with no broker address fails with a message saying how to give one.
+An address that is not a ``HOST:PORT[,HOST:PORT...]`` list is refused here,
+whichever way it was given, before any client library sees it.
 """
 
 from __future__ import annotations
@@ -16,12 +18,25 @@ class NoBrokerAddress(RuntimeError):
     pass
 
 
+class BadBrokerAddress(NoBrokerAddress):
+    pass
+
+
+def _checked(address: str, where: str) -> str:
+    from meshlog.argtypes import address_list_problem
+
+    problem = address_list_problem(address)
+    if problem:
+        raise BadBrokerAddress(f"{where}: {problem}")
+    return address
+
+
 def resolve_bootstrap(explicit: str | None = None) -> str:
     if explicit:
-        return explicit
+        return _checked(explicit, "--bootstrap")
     from_env = os.environ.get(ENV_VAR)
     if from_env:
-        return from_env
+        return _checked(from_env, f"${ENV_VAR}")
     from meshlog import kafka_local
 
     state = kafka_local.load_state()

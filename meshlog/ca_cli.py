@@ -18,8 +18,10 @@ from pathlib import Path
 
 import orjson
 
+from events import kafka_security
 from events.admin import BrokerUnavailable
 from events.envelope import default_producer_identity, new_event
+from meshlog import argtypes
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 
 EXIT_OK, EXIT_REFUSED, EXIT_BROKER = 0, 2, 3
@@ -68,7 +70,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         return p
 
     def with_bootstrap(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--bootstrap", help="Kafka address (default: $MESHLOG_KAFKA_BOOTSTRAP or `meshlog kafka up`'s)")
+        p.add_argument("--bootstrap", type=argtypes.bootstrap, metavar="HOST:PORT[,HOST:PORT]", help="Kafka address (default: $MESHLOG_KAFKA_BOOTSTRAP or `meshlog kafka up`'s)")
+        kafka_security.add_arguments(p)
         return p
 
     init = with_dir(actions.add_parser("init", help="create a trust domain's root (ECDSA P-256) in --dir"))
@@ -94,7 +97,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
     serve = with_bootstrap(with_dir(actions.add_parser("serve", help="serve joins and renewals over HTTPS")))
     serve.add_argument("--listen", default="127.0.0.1", help="address to bind (default loopback)")
-    serve.add_argument("--port", type=int, default=8443, help="port (default 8443; 0 = any free port)")
+    serve.add_argument("--port", type=argtypes.port_or_free, default=8443, help="port (default 8443; 0 = any free port)")
     serve.add_argument("--replica", default="ca-0", help="this replica's name (its TLS identity ca-server/<replica>)")
     serve.add_argument("--lifetime", type=duration, default=timedelta(hours=24), help="certificate lifetime (24h)")
     serve.add_argument("--ready-file", type=Path, help="write the bound port here once serving")

@@ -12,6 +12,8 @@ import importlib
 import sys
 from typing import Sequence
 
+from events import kafka_security
+
 # Modules exposing add_parser(subparsers); each parser sets defaults(func=...).
 SUBCOMMAND_MODULES: list[str] = [
     "meshlog.kafka_cli",
@@ -19,6 +21,7 @@ SUBCOMMAND_MODULES: list[str] = [
     "meshlog.ca_cli",
     "meshlog.demo",
     "meshlog.demo_app",
+    "proxysync.status_cli",
 ]
 
 
@@ -42,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    kafka_security.configure_from_args_or_exit(args, "meshlog")  # flags where a subcommand has them, else $MESHLOG_KAFKA_*
     return int(args.func(args) or 0)
 
 

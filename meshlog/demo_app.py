@@ -27,6 +27,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from meshlog import argtypes
+
 HEALTH_PATH = "/healthz"
 
 
@@ -187,7 +189,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     app.add_argument("--service", required=True, help="service name, e.g. reviews")
     app.add_argument("--instance-id", required=True, help="instance id, e.g. reviews-v1")
     app.add_argument("--version", default="v1", help="version reported in each answer (default v1)")
-    app.add_argument("--port", type=int, default=9080, help="port to listen on (default 9080)")
+    app.add_argument("--port", type=argtypes.port, default=9080, help="port to listen on (default 9080)")
     app.add_argument("--listen", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     app.set_defaults(func=run_app)
 
@@ -195,23 +197,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                    description="Sends GETs to 127.0.0.1:PORT (the local sidecar's outbound "
                                    "port) with Host: HOST at a steady rate and prints one JSON line per report "
                                    "interval: requests, errors, counts by version and by instance.")
-    client.add_argument("--port", type=int, required=True, help="the local sidecar's outbound port")
+    client.add_argument("--port", type=argtypes.port, required=True, help="the local sidecar's outbound port")
     client.add_argument("--host", required=True, help="the destination service, sent as the Host header")
-    client.add_argument("--rate", type=float, default=10.0, help="requests per second (default 10)")
-    client.add_argument("--duration", type=float, default=0.0, help="seconds to run; 0 = until stopped (default)")
-    client.add_argument("--report-every", type=float, default=5.0, help="seconds between reports (default 5)")
+    client.add_argument("--rate", type=argtypes.number(0.01, 10_000), default=10.0, help="requests per second (default 10)")
+    client.add_argument("--duration", type=argtypes.seconds(0, 10**7, low_inclusive=True), default=0.0, help="seconds to run; 0 = until stopped (default)")
+    client.add_argument("--report-every", type=argtypes.seconds(0, 86_400), default=5.0, help="seconds between reports (default 5)")
     client.set_defaults(func=run_client)
 
 
-def _check_port(parser_name: str, flag: str, value: int) -> str | None:
-    return None if 1 <= value <= 65535 else f"{parser_name}: {flag}: {value} is not a port (1-65535)"
-
-
 def run_app(args: argparse.Namespace) -> int:
-    problem = _check_port("demo-app", "--port", args.port)
-    if problem:
-        print(problem, flush=True)
-        return 2
     try:
         app = DemoApp(args.instance_id, args.version, args.service, args.port, args.listen)
     except OSError as exc:
@@ -228,16 +222,6 @@ def run_app(args: argparse.Namespace) -> int:
 
 
 def run_client(args: argparse.Namespace) -> int:
-    problems = [p for p in (_check_port("demo-client", "--port", args.port),) if p]
-    if not 0 < args.rate <= 10_000:
-        problems.append("demo-client: --rate: must be between 0 and 10000 requests per second")
-    if args.duration < 0:
-        problems.append("demo-client: --duration: must not be negative")
-    if args.report_every <= 0:
-        problems.append("demo-client: --report-every: must be positive")
-    if problems:
-        print("\n".join(problems), flush=True)
-        return 2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     client = KeepAliveClient(args.port, timeout=5)

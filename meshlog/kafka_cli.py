@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from typing import Sequence
 
 from meshlog import kafka_local as kl
+from meshlog import argtypes
 
 log = logging.getLogger("meshlog.kafka")
 
@@ -19,8 +21,9 @@ EXIT_NOT_ANSWERING = 3  # status: the JVM is alive but does not answer admin req
 
 _EPILOG = f"""\
 exit codes:
-  up       {EXIT_OK} broker running (started now, or already running and answering)
-           {EXIT_FAILED} could not start (java/mvn missing, Java < 17, start-up failed or timed out)
+  up       {EXIT_OK} broker running (started now, or already running and answering), topics created
+           {EXIT_FAILED} could not start (java/mvn missing, Java < 17, start-up failed or timed out),
+             or could not create the topics
   down     {EXIT_OK} stopped, or nothing was running
            {EXIT_FAILED} could not stop the broker
   status   {EXIT_OK} running and answering
@@ -57,16 +60,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
     up = actions.add_parser(
         "up",
-        help="start the broker in the background (no-op if already running)",
+        help="start the broker in the background (no-op if already running) and create meshlog's topics",
         description="Start a detached broker and return once it answers admin requests. If the broker "
-        "recorded in the state file is already running and answering, just print its address.",
+        "recorded in the state file is already running and answering, just print its address. Either way, "
+        "create meshlog's topics that are missing (as `meshlog topics ensure` does).",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     up.add_argument("--data-dir", metavar="DIR",
                     help="broker data directory (default: a new temp dir); an existing meshlog data dir is reused")
-    up.add_argument("--port", type=int, metavar="PORT", help="PLAINTEXT port (default: a free port)")
-    up.add_argument("--timeout", type=float, default=kl.DEFAULT_START_TIMEOUT, metavar="SECONDS",
+    up.add_argument("--port", type=argtypes.port, metavar="PORT", help="client port (default: a free port)")
+    up.add_argument("--secure", action="store_true",
+                    help="TLS listeners that require a client certificate from the broker's CA (DATA_DIR/tls/ca), "
+                    "principals from the certificate's role, ACLs enforced; prints the admin identity's "
+                    "MESHLOG_KAFKA_* variables (apply the ACL table with `meshlog topics ensure`)")
+    up.add_argument("--timeout", type=argtypes.seconds(0, 3600), default=kl.DEFAULT_START_TIMEOUT, metavar="SECONDS",
                     help="start-up timeout, not counting the one-time jar download (default: %(default)s)")
     common(up)
     up.set_defaults(kafka_func=_cmd_up)
@@ -79,7 +87,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     down.add_argument("--keep-data", action="store_true", help="keep the data directory")
-    down.add_argument("--timeout", type=float, default=kl.DEFAULT_STOP_TIMEOUT, metavar="SECONDS",
+    down.add_argument("--timeout", type=argtypes.seconds(0, 3600, low_inclusive=True), default=kl.DEFAULT_STOP_TIMEOUT, metavar="SECONDS",
                       help="wait this long after SIGTERM before SIGKILL (default: %(default)s)")
     common(down)
     down.set_defaults(kafka_func=_cmd_down)
@@ -151,13 +159,50 @@ def _emit(args: argparse.Namespace, text: str, payload: dict) -> None:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    st = kl.up(data_dir=args.data_dir, port=args.port, start_timeout=args.timeout)
+    st = kl.up(data_dir=args.data_dir, port=args.port, start_timeout=args.timeout, secure=args.secure)
     assert st.state is not None
     if not st.already_running:
         log.info("started Kafka %s at %s (pid %d); data %s; log %s",
                  st.state.version, st.state.bootstrap, st.state.pid, st.state.data_dir, st.state.log_path)
+    if st.state.security_env:
+        log.info("secure broker; CA in %s/tls/ca. The admin identity (a super user):\n%s", st.state.data_dir,
+                 "\n".join(f"  export {k}={shlex.quote(v)}" for k, v in sorted(st.state.security_env.items())))
+    if not _ensure_topics(st.state.bootstrap, st.state.security_env):
+        return EXIT_FAILED
     _emit(args, st.state.bootstrap, st.as_dict())
     return EXIT_OK
+
+
+def _ensure_topics(bootstrap: str, security_env: dict[str, str] | None) -> bool:
+    """meshlog's topics (and, on a secure broker, its ACL table) on the broker ``up`` started or found,
+    so the commands after it work as they are."""
+    import asyncio
+
+    from events.admin import BrokerUnavailable, ensure_topics
+    from events.kafka_security import KafkaSecurity
+
+    security = KafkaSecurity.from_env(security_env) if security_env else None
+    logging.getLogger("events.admin").setLevel(logging.ERROR)  # its warnings are reported below, once
+    try:
+        report = asyncio.run(ensure_topics(bootstrap, security=security))
+    except (BrokerUnavailable, RuntimeError) as exc:
+        log.error("the broker at %s is up but meshlog's topics could not be created (%s); "
+                  "try `meshlog topics ensure`", bootstrap, exc)
+        return False
+    if report.created:
+        log.info("created topics %s", ", ".join(report.created))
+    for mismatch in report.mismatches:
+        log.warning("topic differs from meshlog's spec (left unchanged): %s", mismatch)
+    if security is not None and security.secure:
+        from meshlog.kafka_acl_apply import AclApplyFailed, apply_acls
+
+        try:
+            apply_acls(bootstrap, security)
+        except AclApplyFailed as exc:
+            log.error("the ACL table could not be applied (%s); try `meshlog topics ensure` as the admin", exc)
+            return False
+        log.info("applied meshlog's ACL table")
+    return True
 
 
 def _cmd_down(args: argparse.Namespace) -> int:

@@ -35,10 +35,13 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 from xml.sax.saxutils import escape as _xml_escape
 from xml.sax.saxutils import quoteattr as _xml_attr
+
+from events.kafka_security import KafkaSecurity, connection_kwargs, to_env
 
 log = logging.getLogger("meshlog.kafka")
 
@@ -79,6 +82,13 @@ ENV_HOME = "MESHLOG_HOME"
 ENV_BOOTSTRAP = "MESHLOG_KAFKA_BOOTSTRAP"
 ENV_JVM_OPTS = "MESHLOG_KAFKA_JVM_OPTS"
 ENV_IMAGE = "MESHLOG_KAFKA_IMAGE"
+
+# --secure: a certificate's CN is its SPIFFE path (``sidecar/reviews/i1``, identity.spiffe); the principal is
+# its first segment, the role (``User:sidecar``), which is what events.kafka_acls grants to. Any other subject keeps
+# Kafka's default principal (the whole DN), which no ACL names. ('/' is escaped inside a rule.)
+PRINCIPAL_MAPPING_RULES = r"RULE:^CN=([a-z][a-z0-9-]*)(\/[^,]*)?(,.*)?$/$1/,DEFAULT"
+AUTHORIZER_CLASS = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+TLS_DIR_NAME = "tls"
 
 
 class KafkaLauncherError(RuntimeError):
@@ -265,6 +275,27 @@ def _prop_escape(value: str) -> str:
     return str(value).replace("\\", "\\\\").replace("\n", "\\n")
 
 
+def secure_properties(*, keystore: str | os.PathLike, truststore: str | os.PathLike,
+                      super_users: Sequence[str]) -> dict[str, str]:
+    """TLS with required client certificates on every listener, principals from the certificate, ACLs enforced.
+
+    The controller listener is SSL too: with a PLAINTEXT one the broker's own controller requests would
+    come from ``User:ANONYMOUS``, which would then have to be a super user (and any local process could
+    be one through the controller port).
+    """
+    return {
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(keystore),
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(truststore),
+        "ssl.client.auth": "required",
+        "ssl.principal.mapping.rules": PRINCIPAL_MAPPING_RULES,
+        "authorizer.class.name": AUTHORIZER_CLASS,
+        "allow.everyone.if.no.acl.found": "false",
+        "super.users": ";".join(f"User:{u}" for u in super_users),
+    }
+
+
 def server_properties(
     *,
     port: int,
@@ -272,18 +303,20 @@ def server_properties(
     log_dir: str | os.PathLike,
     node_id: int = 1,
     host: str = HOST,
+    secure: Mapping[str, str] | None = None,
     extra: Mapping[str, object] | None = None,
 ) -> dict[str, str]:
-    """The broker configuration as an ordered dict (``extra`` overrides/extends)."""
+    """The broker configuration as an ordered dict (``secure``: :func:`secure_properties`; ``extra`` overrides/extends)."""
+    listener, protocol_map = ("SSL", "SSL:SSL,CONTROLLER:SSL") if secure else ("PLAINTEXT", "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT")
     props: dict[str, str] = {
         "process.roles": "broker,controller",
         "node.id": str(node_id),
         "controller.quorum.voters": f"{node_id}@{host}:{controller_port}",
-        "listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{host}:{port}",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listeners": f"{listener}://{host}:{port},CONTROLLER://{host}:{controller_port}",
+        "advertised.listeners": f"{listener}://{host}:{port}",
+        "listener.security.protocol.map": protocol_map,
         "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
+        "inter.broker.listener.name": listener,
         "log.dirs": str(log_dir),
         "num.partitions": "1",
         "default.replication.factor": "1",
@@ -297,6 +330,7 @@ def server_properties(
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
         "auto.create.topics.enable": "false",
+        **(secure or {}),
     }
     for k, v in (extra or {}).items():
         props[str(k)] = str(v).lower() if isinstance(v, bool) else str(v)
@@ -506,10 +540,10 @@ def ensure_kafka_jars(
 # --------------------------------------------------------------------------
 
 
-async def _describe_cluster(bootstrap: str, request_timeout_ms: int) -> dict:
+async def _describe_cluster(bootstrap: str, request_timeout_ms: int, security: KafkaSecurity | None) -> dict:
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=request_timeout_ms)
+    admin = AIOKafkaAdminClient(**connection_kwargs(bootstrap, security), request_timeout_ms=request_timeout_ms)
     try:
         await admin.start()
         return await admin.describe_cluster()
@@ -517,14 +551,14 @@ async def _describe_cluster(bootstrap: str, request_timeout_ms: int) -> dict:
         await admin.close()
 
 
-def describe_cluster(bootstrap: str, timeout: float = 5.0) -> dict:
+def describe_cluster(bootstrap: str, timeout: float = 5.0, security: KafkaSecurity | None = None) -> dict:
     """Run aiokafka's ``describe_cluster`` against ``bootstrap`` (sync; safe inside a running event loop)."""
     result: dict = {}
     error: list[BaseException] = []
 
     def runner() -> None:
         try:
-            result.update(asyncio.run(asyncio.wait_for(_describe_cluster(bootstrap, int(timeout * 1000)), timeout)))
+            result.update(asyncio.run(asyncio.wait_for(_describe_cluster(bootstrap, int(timeout * 1000), security), timeout)))
         except BaseException as e:  # noqa: BLE001 - reported to the caller
             error.append(e)
 
@@ -549,24 +583,25 @@ def port_accepts(bootstrap: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def broker_answers(bootstrap: str, timeout: float = 3.0) -> bool:
+def broker_answers(bootstrap: str, timeout: float = 3.0, security: KafkaSecurity | None = None) -> bool:
     """True if an admin ``describe_cluster`` succeeds and reports at least one broker."""
     if not port_accepts(bootstrap):  # cheap pre-check; spares aiokafka's connection-error logging
         return False
     try:
-        return bool(describe_cluster(bootstrap, timeout).get("brokers"))
+        return bool(describe_cluster(bootstrap, timeout, security).get("brokers"))
     except Exception:  # noqa: BLE001
         return False
 
 
-def wait_until_answers(bootstrap: str, timeout: float, pid: int | None = None) -> bool:
+def wait_until_answers(bootstrap: str, timeout: float, pid: int | None = None,
+                       security: KafkaSecurity | None = None) -> bool:
     """Poll :func:`broker_answers` until it succeeds (True), ``timeout`` passes or ``pid`` dies (False)."""
     deadline = time.monotonic() + timeout
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0 or (pid is not None and not pid_alive(pid)):
             return False
-        if broker_answers(bootstrap, timeout=min(3.0, max(0.5, remaining))):
+        if broker_answers(bootstrap, timeout=min(3.0, max(0.5, remaining)), security=security):
             return True
         time.sleep(0.2)
 
@@ -688,7 +723,9 @@ class LocalKafka:
         stop_timeout: float = DEFAULT_STOP_TIMEOUT,
         detached: bool = False,
         keep_data: bool | None = None,
+        secure: bool = False,
     ) -> None:
+        self.secure = secure
         self._given_data_dir = Path(data_dir).expanduser().resolve() if data_dir else None
         self.keep_data = keep_data if keep_data is not None else data_dir is not None
         self._fixed_port = port
@@ -809,7 +846,8 @@ class LocalKafka:
         self.port, self.controller_port = self._choose_ports()
         log_dir = d / "logs"
         props = server_properties(
-            port=self.port, controller_port=self.controller_port, log_dir=log_dir, extra=self.extra_properties
+            port=self.port, controller_port=self.controller_port, log_dir=log_dir,
+            secure=self._prepare_tls() if self.secure else None, extra=self.extra_properties,
         )
         self.properties_path.write_text(render_properties(props))
         (d / "log4j2.xml").write_text(render_log4j2_config(self.log_path))
@@ -853,6 +891,50 @@ class LocalKafka:
             self._kill_quietly()
             raise
 
+    # -- TLS (secure=True) ----------------------------------------------------
+    @property
+    def tls_dir(self) -> Path:
+        """CA, broker and admin certificates (kept with the data, so a restart keeps its identities)."""
+        return self._require_data_dir() / TLS_DIR_NAME
+
+    def _prepare_tls(self) -> dict[str, str]:
+        from identity import spiffe
+        from meshlog import kafka_tls
+
+        ca = kafka_tls.ensure_ca(self.tls_dir)
+        broker_id = spiffe.SpiffeId.of(ca.domain, kafka_tls.BROKER_ROLE, kafka_tls.BROKER_ID)
+        broker_dir = kafka_tls.identity_dir(self.tls_dir, broker_id)
+        files = kafka_tls.issue_files(ca, broker_id, broker_dir, server_names=(HOST, "localhost"),
+                                      lifetime=kafka_tls.LOCAL_LIFETIME)
+        self.security_for(f"{kafka_tls.BROKER_ROLE}/{kafka_tls.ADMIN_ID}", lifetime=kafka_tls.LOCAL_LIFETIME)
+        return secure_properties(keystore=broker_dir / kafka_tls.KEYSTORE_FILE, truststore=files.bundle,
+                                 super_users=(kafka_tls.BROKER_ROLE,))
+
+    @property
+    def admin_security(self) -> KafkaSecurity | None:
+        """A super user's client settings (secure broker only; what ``meshlog topics ensure`` needs)."""
+        if not self.secure:
+            return None
+        from meshlog import kafka_tls
+
+        return self.security_for(f"{kafka_tls.BROKER_ROLE}/{kafka_tls.ADMIN_ID}")
+
+    def security_for(self, path: str, *, lifetime: timedelta | None = None) -> KafkaSecurity:
+        """Client settings for the identity ``spiffe://<domain>/<path>`` (``sidecar/reviews/i1``: principal
+        ``User:sidecar``), issued from this broker's CA into ``tls_dir`` unless it is there already."""
+        from identity import pki, spiffe
+        from meshlog import kafka_tls
+
+        if not self.secure:
+            raise KafkaLauncherError("security_for: this broker is not secure")
+        ca = kafka_tls.ensure_ca(self.tls_dir)
+        ident = spiffe.parse(f"spiffe://{ca.domain}/{path}")
+        directory = kafka_tls.identity_dir(self.tls_dir, ident)
+        files = pki.IdentityFiles.in_dir(directory)
+        if lifetime is not None or not files.cert.exists():
+            files = kafka_tls.issue_files(ca, ident, directory, lifetime=lifetime or pki.DEFAULT_LIFETIME)
+        return kafka_tls.security_of(files)
+
     def _choose_ports(self) -> tuple[int, int]:
         taken = [p for p in (self._fixed_port, self._fixed_controller_port) if p]
         port = self._fixed_port or free_port(exclude=taken)
@@ -883,7 +965,7 @@ class LocalKafka:
                     f"Kafka broker did not answer on {self.bootstrap} within {self.start_timeout:.0f}s.\n"
                     f"--- {self.log_path} (tail) ---\n{tail_text(self.log_path)}"
                 )
-            if broker_answers(self.bootstrap, timeout=min(3.0, max(0.5, remaining))):
+            if broker_answers(self.bootstrap, timeout=min(3.0, max(0.5, remaining)), security=self.admin_security or KafkaSecurity()):
                 return
             time.sleep(0.1)
 
@@ -957,6 +1039,11 @@ class KafkaState:
     properties_path: str
     version: str = KAFKA_VERSION
     started_at: float = field(default_factory=time.time)
+    security_env: dict | None = None  # --secure: the admin identity's MESHLOG_KAFKA_* variables
+
+    @property
+    def admin_security(self) -> KafkaSecurity | None:
+        return KafkaSecurity.from_env(self.security_env) if self.security_env else None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -1008,7 +1095,7 @@ def status(home: Path | None = None, probe_timeout: float = 3.0) -> KafkaStatus:
     st = load_state(home)
     if st is None or not pid_is_broker(st.pid, st.properties_path):
         return KafkaStatus(False, False, st)
-    return KafkaStatus(True, broker_answers(st.bootstrap, probe_timeout), st)
+    return KafkaStatus(True, broker_answers(st.bootstrap, probe_timeout, st.admin_security or KafkaSecurity()), st)
 
 
 def up(
@@ -1018,13 +1105,22 @@ def up(
     port: int | None = None,
     start_timeout: float = DEFAULT_START_TIMEOUT,
     jvm_opts: Sequence[str] | None = None,
+    secure: bool = False,
 ) -> KafkaStatus:
-    """Ensure a detached broker is running; return its status (``already_running`` if it was)."""
+    """Ensure a detached broker is running; return its status (``already_running`` if it was).
+
+    ``secure``: TLS listeners requiring client certificates and ACLs (see :func:`secure_properties`)."""
     sf = state_file_path(home)
     with _file_lock(sf.with_name("lock")):
         current = status(home)
         if current.running:
-            if current.answering or wait_until_answers(current.state.bootstrap, start_timeout, current.state.pid):  # type: ignore[union-attr]
+            if bool(current.state.security_env) != secure:  # type: ignore[union-attr]
+                raise KafkaLauncherError(
+                    f"a {'secure' if current.state.security_env else 'plaintext'} broker is already running at "  # type: ignore[union-attr]
+                    f"{current.state.bootstrap}; run 'meshlog kafka down' first"  # type: ignore[union-attr]
+                )
+            if current.answering or wait_until_answers(current.state.bootstrap, start_timeout, current.state.pid,  # type: ignore[union-attr]
+                                                       current.state.admin_security or KafkaSecurity()):  # type: ignore[union-attr]
                 log.info("Kafka already running at %s (pid %d)", current.state.bootstrap, current.state.pid)  # type: ignore[union-attr]
                 current.already_running = True
                 current.answering = True
@@ -1037,8 +1133,9 @@ def up(
             log.info("removing stale state (pid %d is gone)", current.state.pid)
             _clear_state(home)
         kafka = LocalKafka(data_dir, port=port, start_timeout=start_timeout, jvm_opts=jvm_opts,
-                           detached=True, keep_data=True)
+                           detached=True, keep_data=True, secure=secure)
         kafka.start()
+        admin = kafka.admin_security
         st = KafkaState(
             pid=kafka.pid or 0,
             bootstrap=kafka.bootstrap,
@@ -1046,6 +1143,7 @@ def up(
             log_path=str(kafka.log_path),
             properties_path=str(kafka.properties_path),
             version=kafka.version,
+            security_env=to_env(admin) if admin else None,
         )
         _save_state(st, home)
         return KafkaStatus(True, True, st)

@@ -24,6 +24,8 @@ from typing import Sequence
 import orjson
 
 from events.admin import BrokerUnavailable
+from events import kafka_security
+from meshlog import argtypes
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 
 EXIT_OK = 0
@@ -53,31 +55,32 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     run.add_argument(
-        "--bootstrap",
+        "--bootstrap", type=argtypes.bootstrap, metavar="HOST:PORT[,HOST:PORT]",
         help="Kafka bootstrap address host:port (default: $MESHLOG_KAFKA_BOOTSTRAP, else the broker started by "
         "`meshlog kafka up`)",
     )
+    kafka_security.add_arguments(run)
     run.add_argument("--data-dir", required=True, type=Path, help="directory for the RocksDB state (created if missing)")
-    run.add_argument("--max-batch", type=int, default=20_000, help="most records folded per batch (default 20000)")
+    run.add_argument("--max-batch", type=argtypes.integer(1, 10_000_000), default=20_000, help="most records folded per batch (default 20000)")
     run.add_argument(
-        "--poll-ms", type=int, default=200, help="how long to wait for new records before an idle poll (default 200)"
+        "--poll-ms", type=argtypes.integer(1, 600_000), default=200, help="how long to wait for new records before an idle poll (default 200)"
     )
     run.add_argument(
-        "--snapshot-events", type=int, default=10_000, help="append a state snapshot every N events (default 10000)"
+        "--snapshot-events", type=argtypes.integer(1, 2**31), default=10_000, help="append a state snapshot every N events (default 10000)"
     )
     run.add_argument(
-        "--snapshot-interval", type=float, default=60.0,
+        "--snapshot-interval", type=argtypes.seconds(0, 86_400), default=60.0,
         help="... or every T seconds if anything was folded since the last one (default 60)",
     )
     run.add_argument(
-        "--checkpoint-events", type=int, default=20_000,
+        "--checkpoint-events", type=argtypes.integer(1, 2**31), default=20_000,
         help="write the whole state to RocksDB every N events (default 20000; bounds refolding after a crash)",
     )
     run.add_argument(
-        "--checkpoint-interval", type=float, default=5.0, help="... or every T seconds (default 5)"
+        "--checkpoint-interval", type=argtypes.seconds(0, 86_400), default=5.0, help="... or every T seconds (default 5)"
     )
     run.add_argument(
-        "--shutdown-timeout", type=float, default=15.0,
+        "--shutdown-timeout", type=argtypes.seconds(0, 3600), default=15.0,
         help="seconds allowed for a graceful stop after SIGTERM/SIGINT before exiting anyway (default 15)",
     )
     run.add_argument("--no-ensure-topics", action="store_true", help="do not create missing topics at start")
@@ -190,6 +193,7 @@ def _inspect(data_dir: Path) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    kafka_security.configure_from_args_or_exit(args, "projector")
     if args.command == "inspect":
         return _inspect(args.data_dir)
     _setup_logging(args)

@@ -11,6 +11,9 @@ Two compacted topics (``events.topics``):
 - ``VIEW_MEMBERSHIP``: key ``<node_id>`` (utf-8), value = orjson (sorted
   keys) of ``{"node": id, "resources": {type_url: {name: version}}}``; a
   tombstone when the node is gone.
+- Every view record carries the header ``meshlog-source-ms``: the broker time
+  (ms) of the newest event folded into the batch that produced it, so a
+  gateway can measure from an event's append to the proxy's ACK.
 
 Invariants:
 - Only real changes are published: a body whose version equals the one last
@@ -43,6 +46,20 @@ ResourceKey = tuple[str, str]  # (type_url, name)
 Membership = dict[str, dict[str, str]]  # type_url -> name -> version
 
 _TYPE_RANK = {u: i for i, u in enumerate(TYPE_URLS)}
+
+
+SOURCE_MS_HEADER = "meshlog-source-ms"
+
+
+def source_ms_of(headers) -> int | None:
+    """The ``meshlog-source-ms`` header of a view record (aiokafka's header tuples), or None."""
+    for name, value in headers or ():
+        if name == SOURCE_MS_HEADER:
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                return None
+    return None
 
 
 def resource_key(type_url: str, name: str) -> bytes:
@@ -181,16 +198,19 @@ def plan_records(plan: ViewPlan) -> list[list[tuple[str, bytes, bytes | None]]]:
     ]
 
 
-async def send_phase(producer: Any, records: Iterable[tuple[str, bytes, bytes | None]], timeout_s: float) -> int:
+async def send_phase(producer: Any, records: Iterable[tuple[str, bytes, bytes | None]], timeout_s: float,
+                     headers: list[tuple[str, bytes]] | None = None) -> int:
     """Send records and wait until the broker acknowledged every one (raises on any failure)."""
-    futures = [await producer.send(topic, value=value, key=key) for topic, key, value in records]
+    extra = {"headers": headers} if headers else {}
+    futures = [await producer.send(topic, value=value, key=key, **extra) for topic, key, value in records]
     if futures:
         await asyncio.wait_for(asyncio.gather(*futures), timeout_s)
     return len(futures)
 
 
-async def publish_plan(producer: Any, plan: ViewPlan, *, timeout_s: float = 30.0) -> int:
+async def publish_plan(producer: Any, plan: ViewPlan, *, timeout_s: float = 30.0, source_ms: int | None = None) -> int:
+    headers = [(SOURCE_MS_HEADER, str(source_ms).encode())] if source_ms is not None else None
     sent = 0
     for phase in plan_records(plan):
-        sent += await send_phase(producer, phase, timeout_s)
+        sent += await send_phase(producer, phase, timeout_s, headers)
     return sent

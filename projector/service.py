@@ -104,6 +104,7 @@ from events.codec import decode_record, encode
 from events.envelope import Logged, new_event
 from events.errors import EventValidationError
 from meshlog.outage import KafkaOutageLog
+from events.kafka_security import connection_kwargs
 from projector import publisher as pub
 from projector.deadletter import dead_letter_record, parse_dead_letter
 from projector.fold import fold_many, fold_with_decisions
@@ -354,7 +355,7 @@ class ProjectorService:
         stored = self.load_store(cluster_id)
 
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=cfg.bootstrap,
+            **connection_kwargs(cfg.bootstrap),
             enable_idempotence=True,  # implies acks=all (aiokafka defaults to acks=1 without it)
             acks="all",
             linger_ms=5,
@@ -367,7 +368,7 @@ class ProjectorService:
         if stored.fresh:
             await self._adopt_published_views()
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=cfg.bootstrap,
+            **connection_kwargs(cfg.bootstrap),
             group_id=None,  # positions live in RocksDB, committed with the state they produced
             enable_auto_commit=False,
             isolation_level="read_committed",  # multi-document rules are appended in transactions
@@ -478,7 +479,7 @@ class ProjectorService:
     async def _scan(self, topic_names: Sequence[str], on_record) -> None:
         """Read topics from the beginning to their current end (read_committed), calling ``on_record``."""
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.cfg.bootstrap, group_id=None, enable_auto_commit=False,
+            **connection_kwargs(self.cfg.bootstrap), group_id=None, enable_auto_commit=False,
             isolation_level="read_committed", max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
         )
         await self._start_client(consumer)
@@ -707,7 +708,9 @@ class ProjectorService:
             # until the commit below, the in-memory state holds records whose side effects are not
             # recorded as published: it must not be checkpointed (close() checks this)
             self._unpublished = True
-            await self._publish_with_retry(dead_out, rej_out, plan)
+            # the newest event of the batch: gateways measure append-to-ACK from it (meshlog-source-ms)
+            source_ms = max((r.timestamp for r in fresh if r.timestamp is not None), default=None)
+            await self._publish_with_retry(dead_out, rej_out, plan, source_ms)
             t4 = time.perf_counter()
             self.published.apply(plan)
             for k, v in self.next_folded.items():
@@ -785,7 +788,8 @@ class ProjectorService:
 
     # ------------------------------------------------ side effects
 
-    async def _publish_with_retry(self, dead: list, rejections: list, plan: pub.ViewPlan) -> None:
+    async def _publish_with_retry(self, dead: list, rejections: list, plan: pub.ViewPlan,
+                                  source_ms: int | None = None) -> None:
         first = []
         for record, exc, stage in dead:
             key, value = dead_letter_record(record, exc, stage=stage)
@@ -796,7 +800,8 @@ class ProjectorService:
         while True:
             try:
                 await pub.send_phase(self.producer, first, self.cfg.send_timeout_s)
-                sent = len(first) + await pub.publish_plan(self.producer, plan, timeout_s=self.cfg.send_timeout_s)
+                sent = len(first) + await pub.publish_plan(self.producer, plan, timeout_s=self.cfg.send_timeout_s,
+                                                           source_ms=source_ms)
                 break
             except (KafkaError, asyncio.TimeoutError, OSError) as exc:
                 if self.stopping:

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from events import kafka_security
 from proxy.options import BadArguments, build_parser, default_cache_dir, options_from_args
 
 EXIT_OK = 0
@@ -47,6 +48,7 @@ def _host_address() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    kafka_security.configure_from_args_or_exit(args, "meshlog-sidecar")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("aiokafka", "kafka"):

@@ -26,9 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from events import kafka_security
 from events.codec import validate_payload
 from events.errors import EventValidationError
 from events.types import InstanceRegistered
+from meshlog import argtypes
+from meshlog.bootstrap import BadBrokerAddress
 
 # payload field -> flag, so a validation message names what the user typed
 FLAG_OF_FIELD = {
@@ -46,7 +49,6 @@ FLAG_OF_FIELD = {
     "depends_on": "--depends-on",
 }
 
-_HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 MAX_DRAIN_SECONDS = 3600.0
 AUTO_ADDRESS = "auto"
 
@@ -117,9 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the IP other sidecars reach this instance at; the inbound listener binds it (default "
                      "127.0.0.1). 'auto': the IPv4 address this host's name resolves to (in a container: the "
                      "container's address on its network); refused if that is a loopback address")
-    run.add_argument("--app-port", type=int, required=True, help="the port the app listens on (on 127.0.0.1)")
-    run.add_argument("--inbound-port", type=int, required=True, help="the sidecar's inbound port (traffic to the app)")
-    run.add_argument("--outbound-port", type=int, required=True,
+    run.add_argument("--app-port", type=argtypes.port, required=True, help="the port the app listens on (on 127.0.0.1)")
+    run.add_argument("--inbound-port", type=argtypes.port, required=True, help="the sidecar's inbound port (traffic to the app)")
+    run.add_argument("--outbound-port", type=argtypes.port, required=True,
                      help="the sidecar's outbound port on 127.0.0.1: the app calls it with Host: <service>")
     run.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                      help="instance label such as version=v2 or zone=a (repeatable)")
@@ -129,23 +131,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--protocol", default="http", help="the app's protocol: http, grpc or tcp (default http)")
     run.add_argument("--gateway", action="append", default=[], metavar="HOST:PORT",
                      help="an xds-gateway replica (repeatable; Envoy fails over between them)")
-    run.add_argument("--bootstrap", help="Kafka bootstrap HOST:PORT for registration (default: "
+    run.add_argument("--bootstrap", type=argtypes.bootstrap, metavar="HOST:PORT[,HOST:PORT]", help="Kafka bootstrap HOST:PORT for registration (default: "
                      "$MESHLOG_KAFKA_BOOTSTRAP, else the broker of `meshlog kafka up`)")
+    kafka_security.add_arguments(run)
     run.add_argument("--node-id", help="xDS node id (default <service>-<instance-id>)")
     run.add_argument("--node-cluster", help="xDS node cluster (default the service name)")
-    run.add_argument("--admin-port", type=int, help="Envoy admin port on 127.0.0.1 (default: a free port)")
-    run.add_argument("--base-id", type=int, help="Envoy --base-id (default: the admin port, unique per host)")
+    run.add_argument("--admin-port", type=argtypes.port, help="Envoy admin port on 127.0.0.1 (default: a free port)")
+    run.add_argument("--base-id", type=argtypes.integer(0, 400_000_000), help="Envoy --base-id (default: the admin port, unique per host)")
     run.add_argument("--cache-dir", help="where the last accepted configuration, the status file and Envoy's "
                      "files live (default ~/.meshlog/sidecar/<node-id>)")
     run.add_argument("--status-file", help="status JSON, rewritten on every change (default <cache-dir>/status.json)")
-    run.add_argument("--status-port", type=int,
+    run.add_argument("--status-port", type=argtypes.port_or_free,
                      help="also serve GET /status (JSON) and /healthz on 127.0.0.1:PORT (0 picks one)")
-    run.add_argument("--drain-seconds", type=float, default=5.0,
+    run.add_argument("--drain-seconds", type=argtypes.seconds(0, MAX_DRAIN_SECONDS, low_inclusive=True), default=5.0,
                      help="on SIGTERM, seconds to keep serving after announcing 'draining' (default 5)")
-    run.add_argument("--append-timeout", type=float, default=5.0,
+    run.add_argument("--append-timeout", type=argtypes.seconds(0.1, 120, low_inclusive=True), default=5.0,
                      help="seconds each registration/health append may take (default 5)")
     run.add_argument("--envoy-log-level", default="warning", help="Envoy --log-level (default warning)")
-    run.add_argument("--concurrency", type=int, default=1, help="Envoy worker threads (default 1)")
+    run.add_argument("--concurrency", type=argtypes.integer(1, 64), default=1, help="Envoy worker threads (default 1)")
     run.add_argument("--no-hot-restart", action="store_true",
                      help="switch from cache mode back to ADS with a cold Envoy restart (brief refusal of "
                      "connections) instead of a hot restart")
@@ -171,12 +174,8 @@ def parse_labels(pairs: Sequence[str]) -> tuple[dict[str, str], list[str]]:
 
 
 def check_gateway(address: str) -> str | None:
-    match = _HOSTPORT.match(address)
-    if not match:
-        return f"--gateway: {address!r} is not HOST:PORT"
-    if not 1 <= int(match.group(2)) <= 65535:
-        return f"--gateway: port of {address!r} is not 1-65535"
-    return None
+    problem = argtypes.host_port_problem(address)
+    return f"--gateway: {problem}" if problem else None
 
 
 def _flagged(problem: str) -> str:
@@ -236,12 +235,6 @@ def options_from_args(
     if not node_id.strip():
         problems.append("--node-id: must not be empty")
 
-    for flag, value in (("--app-port", args.app_port), ("--inbound-port", args.inbound_port),
-                        ("--outbound-port", args.outbound_port), ("--admin-port", args.admin_port)):
-        if value is not None and not 1 <= value <= 65535:
-            problems.append(f"{flag}: {value} is not a port (1-65535)")
-    if args.status_port is not None and not 0 <= args.status_port <= 65535:
-        problems.append(f"--status-port: {args.status_port} is not a port (0-65535)")
     if not args.gateway:
         problems.append("--gateway: give at least one xds-gateway HOST:PORT")
     for gw in args.gateway:
@@ -250,14 +243,7 @@ def options_from_args(
             problems.append(bad)
     if len(set(args.gateway)) != len(args.gateway):
         problems.append("--gateway: an address is given twice")
-    if not 0 <= args.drain_seconds <= MAX_DRAIN_SECONDS:
-        problems.append(f"--drain-seconds: must be between 0 and {MAX_DRAIN_SECONDS:g}")
-    if not 0.1 <= args.append_timeout <= 120:
-        problems.append("--append-timeout: must be between 0.1 and 120 seconds")
-    if not 1 <= args.concurrency <= 64:
-        problems.append("--concurrency: must be between 1 and 64")
-    if args.base_id is not None and not 0 <= args.base_id <= 400_000_000:
-        problems.append("--base-id: must be between 0 and 400000000")
+    # ports, durations and counts are range-checked by their argparse types (meshlog.argtypes)
 
     registration = None
     ports_ok = all(v is not None and 1 <= v <= 65535 for v in (args.app_port, args.inbound_port, args.outbound_port))
@@ -298,11 +284,11 @@ def options_from_args(
 
     bootstrap = ""
     try:
-        bootstrap = resolve_bootstrap(args.bootstrap)
+        bootstrap = resolve_bootstrap(args.bootstrap)  # (--bootstrap itself was checked by its argparse type)
+    except BadBrokerAddress as exc:  # names where the address came from ($MESHLOG_KAFKA_BOOTSTRAP)
+        problems.append(str(exc))
     except Exception as exc:  # noqa: BLE001 - NoBrokerAddress and friends: reported like any bad flag
         problems.append(f"--bootstrap: {exc}")
-    if args.bootstrap is not None and not _HOSTPORT.match(args.bootstrap.split(",")[0].strip()):
-        problems.append(f"--bootstrap: {args.bootstrap!r} is not HOST:PORT")
 
     if problems:
         raise BadArguments(problems)

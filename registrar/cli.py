@@ -38,6 +38,8 @@ from events.types import (
     Payload,
     RouteRuleDeleted,
 )
+from meshlog import argtypes
+from events import kafka_security
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 from registrar.rules_file import parse_rules
 
@@ -154,12 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
         "3 broker unreachable (nothing appended) or the append was not acknowledged.",
     )
     parser.add_argument(
-        "--bootstrap",
+        "--bootstrap", type=argtypes.bootstrap, metavar="HOST:PORT[,HOST:PORT]",
         help="Kafka bootstrap address host:port (default: $MESHLOG_KAFKA_BOOTSTRAP, else the broker "
         "started by `meshlog kafka up`)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object per appended record")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the broker (default 10)")
+    parser.add_argument("--timeout", type=argtypes.seconds(0, 3600), default=10.0, help="seconds to wait for the broker (default 10)")
+    kafka_security.add_arguments(parser)
     parser.add_argument("--producer", help="producer identity recorded in each event (default user@host/pid)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens to stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -171,13 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     pub = sub.add_parser("publish", help="register an instance (usually run by its sidecar)")
     instance_args(pub)
     pub.add_argument("--address", required=True, help="IP address or hostname the instance is reached at")
-    pub.add_argument("--port", required=True, type=int, help="the app's port (1-65535)")
+    pub.add_argument("--port", required=True, type=argtypes.port, help="the app's port (1-65535)")
     pub.add_argument("--protocol", default="http", help="http, tcp or grpc (default http)")
     pub.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="label such as version=v2 or zone=a (repeatable)")
     pub.add_argument("--weight", type=int, default=1, help="load-balancing weight 1-128 (default 1)")
     pub.add_argument("--node-id", help="xDS node id of the sidecar fronting this instance")
-    pub.add_argument("--inbound-port", type=int, help="the sidecar's inbound port (traffic to this instance)")
-    pub.add_argument("--outbound-port", type=int, help="the sidecar's outbound port (the app's calls out)")
+    pub.add_argument("--inbound-port", type=argtypes.port, help="the sidecar's inbound port (traffic to this instance)")
+    pub.add_argument("--outbound-port", type=argtypes.port, help="the sidecar's outbound port (the app's calls out)")
     pub.add_argument("--depends-on", action="append", default=[], metavar="SERVICE", help="a service this instance calls (repeatable)")
 
     dereg = sub.add_parser("deregister", help="remove an instance from the mesh")
@@ -199,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     which = delete.add_mutually_exclusive_group(required=True)
     which.add_argument("--route", metavar="HOST", help="delete the route rule for calls to HOST")
     which.add_argument("--policy", metavar="SERVICE", help="delete the destination policy of SERVICE")
-    delete.add_argument("--revision", required=True, type=int, help="the new revision (current + 1)")
+    delete.add_argument("--revision", required=True, type=argtypes.integer(1, 2**63 - 1), help="the new revision (current + 1)")
 
     add_healthcheck_parser(sub)
     return parser
@@ -243,19 +246,19 @@ def add_healthcheck_parser(sub) -> argparse.ArgumentParser:
         "the subcommand (default: $MESHLOG_KAFKA_BOOTSTRAP, else `meshlog kafka up`'s broker); "
         "registrar's global --timeout bounds broker calls.",
     )
-    hc.add_argument("--bootstrap", dest="hc_bootstrap", metavar="HOST:PORT",
+    hc.add_argument("--bootstrap", dest="hc_bootstrap", metavar="HOST:PORT", type=argtypes.bootstrap,
                     help="Kafka bootstrap address (as for the other subcommands)")
     hc.add_argument("--checker-id", default=default_checker_id(),
                     help="this checker's name, recorded as observer healthcheck/<id> (default host-pid)")
     hc.add_argument("--group", default="meshlog-healthcheck",
                     help="consumer group the checkers share shards in (default meshlog-healthcheck)")
-    hc.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="seconds between probes of one instance (default 2.0)")
-    hc.add_argument("--timeout", dest="probe_timeout", type=float, default=1.0, metavar="SECONDS",
+    hc.add_argument("--interval", type=argtypes.seconds(0, 3600), default=2.0, metavar="SECONDS", help="seconds between probes of one instance (default 2.0)")
+    hc.add_argument("--timeout", dest="probe_timeout", type=argtypes.seconds(0, 600), default=1.0, metavar="SECONDS",
                     help="seconds one probe may take (default 1.0)")
-    hc.add_argument("--jitter", type=float, default=0.2,
+    hc.add_argument("--jitter", type=argtypes.number(0, 0.99), default=0.2,
                     help="probe spacing varies by +/- this fraction of --interval (default 0.2; 0 <= j < 1)")
-    hc.add_argument("--fall", type=int, default=3, help="consecutive failures to mark healthy -> unhealthy (default 3)")
-    hc.add_argument("--rise", type=int, default=2, help="consecutive successes to mark unhealthy -> healthy (default 2)")
+    hc.add_argument("--fall", type=argtypes.integer(1, 1000), default=3, help="consecutive failures to mark healthy -> unhealthy (default 3)")
+    hc.add_argument("--rise", type=argtypes.integer(1, 1000), default=2, help="consecutive successes to mark unhealthy -> healthy (default 2)")
     hc.add_argument("--http-path", default="/healthz", help="path probed on http instances (default /healthz)")
     hc.add_argument("--status-file", metavar="PATH",
                     help="JSON rewritten on every change: checker id, assigned shards, instances checked with "
@@ -329,6 +332,7 @@ def _flagged(message: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    kafka_security.configure_from_args_or_exit(args, "registrar")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

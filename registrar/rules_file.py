@@ -45,9 +45,18 @@ def _load_documents(text: str, source: str) -> list[Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise EventValidationError.single("", f"{source}: not valid YAML or JSON{where}") from None
+    except RecursionError:  # the YAML parser recurses per nesting level
+        raise EventValidationError.single("", f"{source}: nested too deeply") from None
 
 
 def parse_rules(text: str, source: str = "rules file") -> list[Payload]:
+    try:
+        return _parse_rules(text, source)
+    except RecursionError:  # a self-referencing YAML alias (`a: &a [*a]`) validated as a nested field
+        raise EventValidationError.single("", f"{source}: nested too deeply (or refers to itself)") from None
+
+
+def _parse_rules(text: str, source: str) -> list[Payload]:
     docs: list[Any] = []
     for doc in _load_documents(text, source):
         docs.extend(doc if isinstance(doc, list) else [doc])
@@ -62,8 +71,9 @@ def parse_rules(text: str, source: str = "rules file") -> list[Payload]:
             problems.append(FieldProblem(label, f"must be a mapping, got {type(doc).__name__}"))
             continue
         kind = doc.get("kind")
-        if kind not in KINDS:
-            problems.append(FieldProblem(f"{label}.kind", f"must be one of {', '.join(KINDS)}, got {kind!r}"))
+        if not isinstance(kind, str) or kind not in KINDS:  # (a list or a mapping is not even hashable)
+            shown = repr(kind) if len(repr(kind)) <= 80 else repr(kind)[:77] + "..."
+            problems.append(FieldProblem(f"{label}.kind", f"must be one of {', '.join(KINDS)}, got {shown}"))
             continue
         body = {k: v for k, v in doc.items() if k != "kind"}
         name = body.get("host") or body.get("service")

@@ -33,9 +33,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from events import topics
 from events.codec import decode_record
 from events.errors import EventValidationError
+from meshlog import argtypes
+from events import kafka_security
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
+from meshlog.terminal import printable
 from projector.deadletter import parse_dead_letter
 from projector.render import render
+from proxysync.convergence import convergences
+from proxysync.read import read_sync, read_sync_records
+from proxysync.status_cli import proxy_row, render_node_text
 from replay import identities, report, text
 from replay.engine import (
     NotFound,
@@ -75,6 +81,7 @@ TIME_HELP = (
 )
 
 SUBCOMMANDS = ("at", "diff", "log", "serve", "identities", "ui")
+SYNC_GRACE_MS = 60_000  # `replay log` reads ACKs this long past the window for convergence
 PROGRESS_MIN_RECORDS = 50_000
 
 log = logging.getLogger("replay")
@@ -84,9 +91,10 @@ log = logging.getLogger("replay")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bootstrap", metavar="HOST:PORT",
+    p.add_argument("--bootstrap", metavar="HOST:PORT", type=argtypes.bootstrap,
                    help="Kafka address (default: $MESHLOG_KAFKA_BOOTSTRAP, else the broker of `meshlog kafka up`)")
-    p.add_argument("--timeout", type=float, default=15.0, metavar="S",
+    kafka_security.add_arguments(p)
+    p.add_argument("--timeout", type=argtypes.seconds(0, 3600), default=15.0, metavar="S",
                    help="seconds to wait for the broker to answer (default 15)")
     prog = p.add_mutually_exclusive_group()
     prog.add_argument("--progress", dest="progress", action="store_true", default=None,
@@ -104,9 +112,12 @@ def _at_options(p: argparse.ArgumentParser, *, required: bool) -> None:
     p.add_argument("--full", action="store_true", help="with --node: also the resource bodies (protobuf JSON)")
     p.add_argument("--xds", action="store_true",
                    help="with --node: print an Envoy-style /config_dump (JSON) of the node's resources")
+    p.add_argument("--accepted", action="store_true",
+                   help="with --node: also what the proxy had ACKed by TIME (meshlog.sync), next to what it was "
+                        "told; NACKed and not-yet-ACKed resources are listed")
     p.add_argument("--json", action="store_true",
                    help="machine-readable output (shapes documented in replay.report; 'format': 1)")
-    p.add_argument("--limit", type=int, default=50, metavar="N",
+    p.add_argument("--limit", type=argtypes.integer(0, 10_000_000), default=50, metavar="N",
                    help="rows per table in the text output (default 50; 0 = all)")
     _common(p)
 
@@ -168,8 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--at", required=True, metavar="TIME", help=TIME_HELP)
     serve.add_argument("--listen", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=0, help="gRPC port; 0 picks a free one (default 0)")
-    serve.add_argument("--grace", type=float, default=1.0, help="seconds open streams get on shutdown (default 1)")
+    serve.add_argument("--port", type=argtypes.port_or_free, default=0, help="gRPC port; 0 picks a free one (default 0)")
+    serve.add_argument("--grace", type=argtypes.seconds(0, 600, low_inclusive=True), default=1.0, help="seconds open streams get on shutdown (default 1)")
     serve.add_argument("--ready-file", help="also write the ready JSON line to this file")
     _common(serve)
 
@@ -182,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     ids.add_argument("--at", required=True, metavar="TIME", help=TIME_HELP)
     ids.add_argument("--service", metavar="S", help="only sidecar identities of service S")
     ids.add_argument("--json", action="store_true", help="machine-readable output (replay.identities, kind 'identities')")
-    ids.add_argument("--limit", type=int, default=50, metavar="N", help="rows in the text output (default 50; 0 = all)")
+    ids.add_argument("--limit", type=argtypes.integer(0, 1_000_000), default=50, metavar="N", help="rows in the text output (default 50; 0 = all)")
     _common(ids)
     ui_cli.add_parser(sub, _common, EXIT_CODES)
     return parser
@@ -263,11 +274,6 @@ def _emit_json(doc: dict) -> None:
     sys.stdout.flush()
 
 
-def _console() -> Console:
-    # piped output is not cut at 80 columns
-    return Console(soft_wrap=False) if sys.stdout.isatty() else Console(width=200, soft_wrap=False)
-
-
 def _parse(text_value: str, now: datetime, flag: str) -> int:
     try:
         return to_ms(parse_instant(text_value, now))
@@ -289,15 +295,30 @@ def _nearby(names: Sequence[str], wanted: str, limit: int = 5) -> str:
 # ---------------------------------------------------------------- commands
 
 
+def check_usage(args: argparse.Namespace, now: datetime) -> None:
+    """Every check that needs no broker, done before connecting (pure but for setting the parsed times on args).
+
+    Sets ``now_ms`` and, per subcommand, ``at_ms`` or ``from_ms``/``to_ms``; raises UsageError (exit 2).
+    """
+    args.now_ms = to_ms(now)
+    if args.command in ("at", "serve"):
+        args.at_ms = _parse(args.at, now, "--at")
+    if args.command == "at" and (args.xds or args.full or args.accepted) and not args.node:
+        raise UsageError("--xds, --full and --accepted need --node N")
+    if args.command in ("diff", "log"):
+        args.from_ms = _parse(args.from_, now, "--from")
+        args.to_ms = _parse(args.to, now, "--to")
+        if args.from_ms > args.to_ms:
+            raise UsageError(f"--from {iso(args.from_ms)} is after --to {iso(args.to_ms)}")
+
+
 async def cmd_at(args: argparse.Namespace, bootstrap: str) -> int:
-    now = datetime.now(timezone.utc)
-    at_ms = _parse(args.at, now, "--at")
-    if (args.xds or args.full) and not args.node:
-        raise UsageError("--xds and --full need --node N")
+    at_ms = args.at_ms
     async with open_log(bootstrap, args.timeout) as consumer:
-        first = await check_instant(consumer, at_ms, to_ms(now), what="--at")
+        first = await check_instant(consumer, at_ms, args.now_ms, what="--at")
         rebuilt = await rebuild(consumer, at_ms, use_snapshot=not args.no_snapshot, progress=RichProgress(args.progress))
         rebuilt.first_ms = first
+        sync_table = (await read_sync(consumer, until_ms=at_ms))[0] if args.accepted else None
     state = rebuilt.state
     if args.node:
         node = args.node
@@ -310,10 +331,19 @@ async def cmd_at(args: argparse.Namespace, bootstrap: str) -> int:
             return EXIT_OK
         doc = report.node_document(state, node, versions, at_ms=at_ms, source=rebuilt.source(),
                                    bodies=render(state, node) if args.full else None)
+        accepted = None
+        if sync_table is not None:
+            # the same matching `meshlog status` does, against what replay says the node was told at TIME
+            accepted = proxy_row(node, sync_table.proxies.get(node), versions, None)
+            accepted["as_of_ms"] = at_ms
+            doc["accepted"] = accepted
         if args.json:
             _emit_json(doc)
         else:
-            text.print_node(_console(), doc)
+            text.print_node(text.console(), doc)
+            if accepted is not None:
+                print(f"\nwhat the proxy had ACKed by {iso(at_ms)} (meshlog.sync):")
+                print(render_node_text(accepted, told_header="TOLD (at TIME)"))
         return EXIT_OK
     if args.service and args.service not in report.services_known(state):
         raise NotFound(f"service {args.service!r} is unknown at {iso(at_ms)}"
@@ -324,19 +354,14 @@ async def cmd_at(args: argparse.Namespace, bootstrap: str) -> int:
     if args.json:
         _emit_json(doc)
     else:
-        text.print_mesh(_console(), doc, limit=args.limit)
+        text.print_mesh(text.console(), doc, limit=args.limit)
     return EXIT_OK
 
 
 async def _window(args: argparse.Namespace, consumer) -> tuple[int, int]:
-    now = datetime.now(timezone.utc)
-    from_ms = _parse(args.from_, now, "--from")
-    to_ms_ = _parse(args.to, now, "--to")
-    if from_ms > to_ms_:
-        raise UsageError(f"--from {iso(from_ms)} is after --to {iso(to_ms_)}")
     # a window may start before the first event (the state there is empty); it must end by now
-    await check_instant(consumer, to_ms_, to_ms(now), what="--to")
-    return from_ms, to_ms_
+    await check_instant(consumer, args.to_ms, args.now_ms, what="--to")
+    return args.from_ms, args.to_ms
 
 
 async def cmd_diff(args: argparse.Namespace, bootstrap: str) -> int:
@@ -359,7 +384,7 @@ async def cmd_diff(args: argparse.Namespace, bootstrap: str) -> int:
     if args.json:
         _emit_json(doc)
     else:
-        text.print_diff(_console(), doc)
+        text.print_diff(text.console(), doc)
     return EXIT_OK
 
 
@@ -422,6 +447,14 @@ async def cmd_log(args: argparse.Namespace, bootstrap: str) -> int:
                         "reason": d.reason, "stage": d.stage, "timestamp_ms": d.timestamp_ms,
                         "service": _entity_service(d.key)})
         identity_events, _bad = await identities.read_identity_events(consumer, from_ms + 1, to_ms_)
+        # what the proxies ACKed: read past the window's end so late ACKs of its last events still count
+        sync_records, _bad = await read_sync_records(consumer, min(to_ms_ + SYNC_GRACE_MS, to_ms(datetime.now(timezone.utc))))
+    changes = [((lg.topic, lg.partition, lg.offset), lg.timestamp_ms, step.effect.views)
+               for step in steps if step.effect.views and step.events for lg in step.events[-1:]]
+    converged = {key: c.as_dict() for key, c in convergences(changes, sync_records).items()}
+    sync_entries = [report.sync_entry(lg) for lg in sync_records
+                    if from_ms < lg.timestamp_ms <= to_ms_ and (args.node is None or lg.payload.node == args.node)
+                    and args.service is None and lg.envelope.type in ("sync.acked", "sync.nacked")]
     dead_docs = []
     seen = set()
     for u in undecodable:
@@ -441,15 +474,17 @@ async def cmd_log(args: argparse.Namespace, bootstrap: str) -> int:
             node_keys |= set(s.nodes.get(args.node, ()))
     doc = report.log_document(
         from_ms=from_ms, to_ms=to_ms_, service=args.service, node=args.node, steps=steps, node_keys=node_keys,
-        recorded_rejections=recorded_rejections, dead_letters=dead_docs,
+        recorded_rejections=recorded_rejections, dead_letters=dead_docs, convergence=converged,
+        sync_entries=sync_entries,
     )
     # identities are not bound to node ids yet (part 2 of the trust work): --node shows none
     doc["identities"] = [] if args.node else identities.log_entries(identity_events, service=args.service)
     if args.json:
         _emit_json(doc)
     else:
-        text.print_log(_console(), doc)
-        identities.print_log_section(_console(), doc["identities"])
+        console = text.console()
+        text.print_log(console, doc)
+        identities.print_log_section(console, doc["identities"])
     return EXIT_OK
 
 
@@ -471,10 +506,9 @@ def _dead_matches(args: argparse.Namespace, rec: dict | None, walker, base) -> b
 async def cmd_serve(args: argparse.Namespace, bootstrap: str) -> int:
     from replay.serve import serve_frozen
 
-    now = datetime.now(timezone.utc)
-    at_ms = _parse(args.at, now, "--at")
+    at_ms = args.at_ms
     async with open_log(bootstrap, args.timeout) as consumer:
-        first = await check_instant(consumer, at_ms, to_ms(now), what="--at")
+        first = await check_instant(consumer, at_ms, args.now_ms, what="--at")
         rebuilt = await rebuild(consumer, at_ms, use_snapshot=not args.no_snapshot, progress=RichProgress(args.progress))
         rebuilt.first_ms = first
     rendered = rebuilt.rendered()
@@ -494,7 +528,7 @@ async def cmd_identities(args: argparse.Namespace, bootstrap: str) -> int:
     if args.json:
         _emit_json(doc)
     else:
-        identities.print_held(_console(), doc, limit=args.limit)
+        identities.print_held(text.console(), doc, limit=args.limit)
     return EXIT_OK
 
 
@@ -509,12 +543,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     args = parser.parse_args(normalize_argv(raw))
+    kafka_security.configure_from_args_or_exit(args, "replay")
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    try:
+        check_usage(args, datetime.now(timezone.utc))
+    except UsageError as exc:
+        print(f"replay: {exc}", file=sys.stderr)
+        return exc.exit_code
     try:
         bootstrap = resolve_bootstrap(args.bootstrap)
     except NoBrokerAddress as exc:
@@ -523,8 +563,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         code = asyncio.run(COMMANDS[args.command](args, bootstrap))
-    except ReplayError as exc:
-        print(f"replay: {exc}", file=sys.stderr)
+    except ReplayError as exc:  # (may quote names from the log)
+        print(f"replay: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except ReadStalled as exc:
         print(f"replay: {exc}", file=sys.stderr)

@@ -33,7 +33,7 @@ import logging
 import time
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable, Iterator, Protocol
+from typing import AsyncIterator, Callable, Iterator, Mapping, Protocol
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
@@ -277,6 +277,9 @@ class Effect:
     removed: dict[ResourceKey, str]  # resource -> its last version (no longer served)
     changed_nodes: frozenset[str]
     removed_nodes: frozenset[str]
+    # the changed nodes' views after the step (node -> type_url -> name -> version): what each was told,
+    # for matching against what its proxy ACKed (proxysync)
+    views: Mapping[str, Versions] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -342,7 +345,8 @@ class Walker:
             self.rendered = cur
             changed = {k: cur.versions[k] for k in cur.changed}
             removed = {k: prev.versions[k] for k in cur.removed if k in prev.versions}
-            effect = Effect(changed, removed, cur.changed_nodes, cur.removed_nodes)
+            views = {n: cur.membership[n] for n in cur.changed_nodes if n in cur.membership}
+            effect = Effect(changed, removed, cur.changed_nodes, cur.removed_nodes, views)
         else:
             before_view = self.node_view
             self.node_view = node_versions(state, self.node)
@@ -413,6 +417,7 @@ def _node_effect(node: str, before: Versions, after: Versions) -> Effect:
         removed,
         frozenset((node,)) if (changed or removed) and has else frozenset(),
         frozenset((node,)) if had and not has else frozenset(),
+        {node: after} if (changed or removed) and has else {},
     )
 
 

@@ -21,15 +21,14 @@ from events.envelope import Logged
 from events.errors import EventValidationError
 from events.types import IdentityIssued, IdentityRevoked, JoinTokenRedeemed
 from identity.registry import EMPTY, Certificate, Registry, fold_many
+from meshlog.terminal import printable
 from replay.engine import iso
 from replay.source import read_window
 
 
 def plain(value: object, limit: int = 120) -> str:
-    """One line of printable text: control characters escaped, at most ``limit`` characters."""
-    text = str(value)
-    escaped = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-    return escaped if len(escaped) <= limit else escaped[: limit - 1] + "…"
+    """One line of printable text from the log (meshlog.terminal's escaping), at most ``limit`` characters."""
+    return printable(str(value), limit)
 
 
 async def read_identity_events(consumer: AIOKafkaConsumer, from_ms: int, to_ms: int) -> tuple[list[Logged], int]:

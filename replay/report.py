@@ -111,6 +111,27 @@ def instance_doc(state: MeshState, key: str, inst: Instance) -> dict:
     }
 
 
+def sync_entry(lg: Logged) -> dict:
+    """An ACK or NACK from meshlog.sync as a log entry (interleaved with the events by broker time)."""
+    p = lg.payload
+    acked = lg.envelope.type == "sync.acked"
+    return {
+        "kind": "ack" if acked else "nack",
+        "time": iso(lg.timestamp_ms),
+        "timestamp_ms": lg.timestamp_ms,
+        "topic": lg.topic,
+        "partition": lg.partition,
+        "offset": lg.offset,
+        "acked_at": lg.envelope.occurred_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "node": p.node,
+        "gateway": p.gateway,
+        "type_url": p.type_url,
+        "nonce": p.nonce,
+        "resources": dict(p.held) if acked else dict(p.rejected),
+        "reason": None if acked else p.reason,
+    }
+
+
 def event_ref(lg: Logged) -> dict:
     env = lg.envelope
     return {
@@ -504,6 +525,8 @@ def log_document(
     node_keys: set[str] = frozenset(),
     recorded_rejections: Mapping[tuple[str, int, int], tuple[int, t.RuleRejected]] = {},
     dead_letters: Iterable[dict] = (),
+    convergence: Mapping[tuple[str, int, int], dict] = {},
+    sync_entries: Iterable[dict] = (),
 ) -> dict:
     """The audit trail. ``recorded_rejections``: (source topic, partition, offset) -> (time, rejection) from the
     rejections topic; ``dead_letters``: DEAD entries (already filtered to the window)."""
@@ -524,8 +547,10 @@ def log_document(
             if not matching:
                 continue
             group_index = len(groups)
+            last = step.events[-1]
             groups.append({"group": group_index, "events": len(step.events), "first": event_ref(step.events[0]),
-                           "last": event_ref(step.events[-1]), "effect": effect_doc(eff)})
+                           "last": event_ref(last), "effect": effect_doc(eff),
+                           "convergence": convergence.get((last.topic, last.partition, last.offset))})
         else:
             services_touched = touched_services(step.effect) if service is not None else None
             matching = [lg for lg in step.events if event_matches(lg, step.effect, service=service, node=node,
@@ -547,6 +572,7 @@ def log_document(
                     "effect": None if grouped else effect_doc(step.effect),
                     "group": group_index,
                     "rejection": rejection,
+                    "convergence": None if grouped else convergence.get(src),
                 }
             )
     for src, (ts, j) in sorted(recorded_rejections.items()):
@@ -559,6 +585,7 @@ def log_document(
         entries.append({"kind": "rejection", **rejection_doc(None, j, ts)})
     for dead in dead_letters:
         entries.append({"kind": "dead_letter", **dead})
+    entries.extend(sync_entries)
     entries.sort(key=lambda e: (e["timestamp_ms"] or 0, e.get("topic") or e.get("source", {}).get("topic", ""),
                                 e.get("offset") if e.get("offset") is not None else e.get("source", {}).get("offset", 0)))
     return {

@@ -34,6 +34,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from events import topics
 from events.envelope import Logged
 from events.errors import EventValidationError
+from events.kafka_security import connection_kwargs
 from replay.decode import RecordDecoder
 
 log = logging.getLogger(__name__)
@@ -284,7 +285,7 @@ async def read_window(consumer: AIOKafkaConsumer, topic: str, from_ms: int, to_m
 
 def new_consumer(bootstrap: str, *, request_timeout_ms: int = 15_000) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **connection_kwargs(bootstrap),
         group_id=None,
         enable_auto_commit=False,
         isolation_level="read_committed",

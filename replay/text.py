@@ -1,16 +1,43 @@
-"""Human output (rich tables) drawn from the documents in ``replay.report``."""
+"""Human output (rich tables) drawn from the documents in ``replay.report``.
+
+Invariant: this is the one place replay renders text, and every string in a
+document (names, keys, producers, reasons: all of it came from the log) is
+shown as plain text — control characters escaped, each string bounded
+(``meshlog.terminal.plain_strings``), never read as Rich markup or emoji
+codes (print through ``console()``). ``--json`` output is orjson's, which
+escapes control characters itself.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from meshlog.terminal import plain_console, plain_strings
+from proxysync.convergence import summary_text
+from proxysync.text import clean_text
 from replay.report import KIND_OF_TYPE
 
 _HEALTH_STYLE = {"healthy": "green", "unhealthy": "red", "draining": "yellow"}
+
+
+WIDTH_VAR = "MESHLOG_REPLAY_WIDTH"
+
+
+def console(file=None) -> Console:
+    """Where the print functions below print (stdout by default), with no markup. Output that is not a
+    terminal is 200 columns wide, not 80 (a $COLUMNS exported by a shell does not narrow it), or
+    $MESHLOG_REPLAY_WIDTH: how the demo fits replay's tables into its panels."""
+    if file is None and sys.stdout.isatty():
+        return plain_console(soft_wrap=False)
+    columns = os.environ.get(WIDTH_VAR, "")
+    width = int(columns) if columns.isdigit() and 20 <= int(columns) <= 1000 else 200
+    return plain_console(file=file, width=width, soft_wrap=False)
 
 
 def _kind(type_url: str) -> str:
@@ -40,6 +67,7 @@ def _limited(console: Console, table: Table, rows: list, limit: int, what: str, 
 
 
 def print_mesh(console: Console, doc: dict, limit: int = 50) -> None:
+    doc = plain_strings(doc)
     title = f"mesh as of {doc['at']}"
     if doc["filter"].get("service"):
         title += f" — service {doc['filter']['service']}"
@@ -121,12 +149,13 @@ def _type_order(type_url: str) -> int:
 
 
 def print_node(console: Console, doc: dict) -> None:
+    doc = plain_strings(doc)
     console.print(Text(f"node {doc['node']} as of {doc['at']}", style="bold"))
     console.print(Text(_source_line(doc), style="dim"))
     inst = doc["instance"]
     if inst:
-        console.print(f"instance {inst['service']}/{inst['instance_id']} at {inst['address']}:{inst['port']} "
-                      f"({inst['health']}), depends on {', '.join(inst['depends_on']) or 'nothing'}")
+        console.print(Text(f"instance {inst['service']}/{inst['instance_id']} at {inst['address']}:{inst['port']} "
+                           f"({inst['health']}), depends on {', '.join(inst['depends_on']) or 'nothing'}"))
     table = Table(title="served resources", title_justify="left")
     for col in ("type", "name", "version"):
         table.add_column(col)
@@ -153,6 +182,7 @@ def _causes(refs: list[dict]) -> str:
 
 
 def print_diff(console: Console, doc: dict) -> None:
+    doc = plain_strings(doc)
     scope = f"node {doc['node']}" if doc["node"] else "whole mesh"
     console.print(Text(f"diff {doc['from']} → {doc['to']} ({scope}): {doc['events']} events", style="bold"))
     if not doc["exact"]:
@@ -174,7 +204,7 @@ def print_diff(console: Console, doc: dict) -> None:
     nodes = doc["nodes"]
     for what in ("added", "removed", "changed"):
         if nodes[what]:
-            console.print(f"nodes {what}: {', '.join(nodes[what])}")
+            console.print(Text(f"nodes {what}: {', '.join(nodes[what])}"))
     for j in doc["rejections"]:
         console.print(Text(f"rejected {j['kind_of_rule']} {j['name']} r{j['revision']} at {j['time']}: {j['reason']}",
                            style="red"))
@@ -200,6 +230,9 @@ def _effect(e: dict, groups: list[dict]) -> str:
     if eff["nodes"] or eff["nodes_removed"]:
         nodes = eff["nodes"] + [f"-{n}" for n in eff["nodes_removed"]]
         lines.append("nodes: " + ", ".join(nodes[:6]) + (f" (+{len(nodes) - 6})" if len(nodes) > 6 else ""))
+    conv = e.get("convergence") if e.get("effect") is not None else groups[e["group"]].get("convergence")
+    if conv and conv["proxies"]:
+        lines.append(clean_text(summary_text(conv), 300))
     if e.get("rejection"):
         r = e["rejection"]
         lines.append(f"REJECTED: {r['reason']}" + ("" if r["recorded"] else " (not on the rejections topic)"))
@@ -207,6 +240,7 @@ def _effect(e: dict, groups: list[dict]) -> str:
 
 
 def print_log(console: Console, doc: dict) -> None:
+    doc = plain_strings(doc)
     scope = ", ".join(f"{k} {v}" for k, v in doc["filter"].items()) or "everything"
     console.print(Text(f"log {doc['from']} → {doc['to']} ({scope}): {len(doc['entries'])} entries", style="bold"))
     if not doc["exact"]:
@@ -222,6 +256,16 @@ def print_log(console: Console, doc: dict) -> None:
         elif e["kind"] == "rejection":
             table.add_row(e["time"], "projector", Text("rule.rejected", style="red"),
                           f"{e['kind_of_rule']}/{e['name']}", f"revision {e['revision']}: {e['reason']}")
+        elif e["kind"] in ("ack", "nack"):
+            short = clean_text(e["type_url"].rsplit(".", 1)[-1], 40)
+            names = ", ".join(f"{clean_text(n, 80)}@{v}" for n, v in sorted(e["resources"].items())[:4])
+            more = len(e["resources"]) - 4
+            what = names + (f" (+{more})" if more > 0 else "")
+            if e["kind"] == "nack":
+                what = f"rejected {what}: {clean_text(e['reason'] or '', 300)}"
+            table.add_row(e["time"], Text(clean_text(e["gateway"], 60)),
+                          Text(f"{short} {e['kind'].upper()}", style="red" if e["kind"] == "nack" else "dim"),
+                          Text(clean_text(e["node"], 80)), Text(what))
         else:
             src = e["source"]
             table.add_row(e["time"], "-", Text("dead-lettered", style="red"),

@@ -2,6 +2,8 @@
 
 Invariants: naive times are UTC; the result is always timezone-aware UTC;
 ``now`` is passed in (never read here), so parsing is pure and testable.
+Any text gives an instant or ``BadTime`` — never another exception (an
+instant outside datetime's years 1-9999 is a BadTime too; property-tested).
 """
 
 from __future__ import annotations
@@ -19,6 +21,15 @@ class BadTime(ValueError):
 
 def parse_instant(text: str, now: datetime) -> datetime:
     """``2020-01-01T10:00`` (UTC), ``2020-01-01T12:00+02:00``, ``-15m``, ``-2h``, ``now``, or epoch ms ``@1577872800000``."""
+    try:
+        return _parse_instant(text, now)
+    except (OverflowError, OSError, ValueError) as exc:  # out of datetime's range (year 1-9999, platform time_t)
+        if isinstance(exc, BadTime):
+            raise
+        raise BadTime(f"not a usable time: {text[:80]!r} is out of range") from None
+
+
+def _parse_instant(text: str, now: datetime) -> datetime:
     value = text.strip()
     if value == "now":
         return now.astimezone(timezone.utc)
@@ -32,7 +43,7 @@ def parse_instant(text: str, now: datetime) -> datetime:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise BadTime(
-            f"not a time: {text!r} (use ISO-8601 like 2020-01-01T10:00, naive means UTC; or -15m, -2h, now)"
+            f"not a time: {text[:80]!r} (use ISO-8601 like 2020-01-01T10:00, naive means UTC; or -15m, -2h, now)"
         ) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)

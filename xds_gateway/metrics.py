@@ -37,3 +37,15 @@ VIEW_LAG = Gauge("meshlog_view_tail_lag_seconds", "Now minus the broker timestam
 SLOW_STREAMS_CLOSED = Counter("meshlog_xds_slow_streams_closed_total", "Streams closed for not reading their responses")
 RESOURCES_SENT = Counter("meshlog_xds_resources_sent_total", "Resources carried by xDS responses", ["kind", "type_url"])
 REMOVALS_SENT = Counter("meshlog_xds_removals_sent_total", "Names carried in delta removed_resources", ["kind", "type_url"])
+
+# the sync log (xds_gateway.sync_log): what the proxies ACKed and NACKed, appended to meshlog.sync
+SYNC_RECORDS = Counter("meshlog_sync_records_total", "Sync records appended to meshlog.sync", ["type"])
+SYNC_DROPPED = Counter("meshlog_sync_records_dropped_total", "Sync records dropped, by reason", ["reason"])
+SYNC_COALESCED = Counter("meshlog_sync_facts_coalesced_total",
+                         "ACK/NACK facts replaced by a later one of the same stream and type within a window")
+CONVERGENCE = Histogram(
+    "meshlog_xds_convergence_seconds",
+    "From the append of the event that changed a view to the proxy's ACK of the changed resources, per type",
+    ["type_url"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)

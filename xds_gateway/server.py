@@ -22,6 +22,8 @@ Invariants:
   only as ``logbounds.excerpt``s; NACK lines are throttled per stream (a
   burst, then one per interval, with the count suppressed); metric labels
   never carry a client's text (``metrics.type_label``).
+- With a ``SyncLog``, each stream reports its opening, what its machine learned
+  from ACKs/NACKs and its closing (with why) to it; those calls never wait.
 """
 
 from __future__ import annotations
@@ -37,10 +39,15 @@ from typing import Callable
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+from events import types
 from meshlog.logbounds import Throttle, excerpt
+from proxysync.compare import SYNCED, compare_type
+from proxysync.table import TypeSync
 from xds_gateway import metrics
+from xds_gateway.protocol.common import Acked
 from xds_gateway.protocol.delta import DeltaStream
 from xds_gateway.protocol.sotw import SotwStream
+from xds_gateway.sync_log import SyncLog
 from xds_gateway.view_cache import ViewCache
 
 log = logging.getLogger(__name__)
@@ -49,9 +56,8 @@ _EOF = object()
 _VIEW = object()  # "the node's view changed": at most one queued per stream, so bursts coalesce
 _OVERRUN = object()
 
-#: The longest node id a stream may carry: what a registration may name (``events.types``,
-#: ``node_id`` max_length); a longer one can never be in the view.
-NODE_ID_MAX_LENGTH = 256
+#: The longest node id a stream may carry is what a registration may name: a longer one can never be in the view.
+NODE_ID_MAX_LENGTH = types.NODE_ID_MAX_LENGTH
 _MESSAGE_EXCERPT = 300  # characters of a NACK's error_detail.message that reach the log
 NACK_LOG_BURST, NACK_LOG_INTERVAL_S = 5, 10.0  # per stream: NACK lines logged at once, then one per interval
 
@@ -104,8 +110,10 @@ _stream_ids = itertools.count(1)
 
 
 class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
-    def __init__(self, cache: ViewCache, *, write_timeout_s: float = 30.0, request_queue: int = 64):
+    def __init__(self, cache: ViewCache, *, write_timeout_s: float = 30.0, request_queue: int = 64,
+                 sync_log: SyncLog | None = None):
         self.cache = cache
+        self.sync_log = sync_log
         self.write_timeout_s = write_timeout_s
         self.request_queue = request_queue
         self._watchers: dict[str, set[_Inbox]] = defaultdict(set)
@@ -113,6 +121,10 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self._streams: set[asyncio.Task] = set()
         self._closing = False
         cache.subscribe(self._on_view_change)
+
+    def begin_shutdown(self) -> None:
+        """Streams ending from now on end because the gateway stops (so the sync log says)."""
+        self._closing = True
 
     # ------------------------------------------------------------ view fan-out (never blocks)
 
@@ -185,13 +197,23 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         metrics.STREAMS.labels(kind).inc()
         counters = _StreamMetrics(kind)
         log.info("%s stream %s opened by node %s (%s)", kind, stream_id, shown_node, "known" if known else "not in the view")
+        sync = self.sync_log
+        if sync is not None:
+            sync.opened(stream_id, node_id, kind, context.peer())
+        close_reason = "error"
+        # per type, the source event whose views this stream's proxy was last seen to ACK (convergence metric);
+        # what was current when the stream opened is not measured (it may be hours old)
+        converged: dict[str, int | None] = {}
+        opened_source = self.cache.source_ms(node_id)
         try:
             item = first
             while True:
                 changed_at = None
                 if item is _EOF:
+                    close_reason = "client_closed"
                     return
                 if item is _OVERRUN:
+                    close_reason = "too_many_requests"
                     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many unanswered requests")
                 if item is _VIEW:
                     changed_at = inbox.take_change()
@@ -212,6 +234,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                                   _names(subscribe), _names(unsubscribe), " NACK" if item.HasField("error_detail") else "")
                     responses = machine.on_request(item)
                     self._log_nack(kind, stream_id, shown_node, item, nack_log)
+                    if sync is not None:
+                        learned = machine.take_learned()
+                        if learned:
+                            sync.learned(stream_id, learned)
+                            self._observe_convergence(node_id, learned, converged, opened_source)
                 if responses and log.isEnabledFor(logging.DEBUG):
                     for r in responses:
                         log.debug("%s stream %s -> %s nonce=%s resources=%s removed=%s", kind, stream_id,
@@ -224,11 +251,17 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                             await context.write(response)
                     except TimeoutError:
                         metrics.SLOW_STREAMS_CLOSED.inc()
+                        close_reason = "slow_client"
                         log.warning("%s stream %s (node %s) did not read for %.0fs: closing it", kind, stream_id,
                                     shown_node, self.write_timeout_s)
                         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "stream too slow; reconnect")
                     counters.sent(response, changed_at)
                 item = await inbox.queue.get()
+        except asyncio.CancelledError:
+            # grpc cancels the handler when the client resets the stream or its connection drops
+            if close_reason == "error":
+                close_reason = "client_closed"
+            raise
         finally:
             watch_set = self._watchers.get(node_id)
             if watch_set is not None:
@@ -238,14 +271,29 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             self._unknown_watchers.discard(inbox)
             reader.cancel()
             metrics.STREAMS.labels(kind).dec()
+            if sync is not None:
+                sync.closed(stream_id, "gateway_stopping" if self._closing else close_reason)
             suppressed = f"; {nack_log.suppressed} NACK lines not logged" if nack_log.suppressed else ""
             log.info("%s stream %s closed (node %s%s)", kind, stream_id, shown_node, suppressed)
+
+    def _observe_convergence(self, node_id: str, learned, converged: dict, opened_source: int | None) -> None:
+        """Append-to-ACK time: once per type and source event, when an ACK makes the proxy hold its view."""
+        source = self.cache.source_ms(node_id)
+        if source is None:
+            return
+        for fact in learned:
+            if not isinstance(fact, Acked) or converged.get(fact.type_url, opened_source) == source:
+                continue
+            told = self.cache.membership_versions(node_id, fact.type_url)
+            if compare_type(fact.type_url, told, TypeSync(held=fact.held, acked_ms=0), None).state == SYNCED:
+                converged[fact.type_url] = source
+                metrics.CONVERGENCE.labels(fact.type_url).observe(max(0.0, time.time() - source / 1000))
 
     def _new_machine(self, kind: str, stream_id: str, node_id: str, known: bool):
         view = self._view_for(node_id)
         allowed: Callable[[str, str], bool] | None = None if known else self.cache.proxyless_allowed
         cls = DeltaStream if kind == "delta" else SotwStream
-        return cls(stream_id, view, allowed=allowed, wildcard_allowed=known)
+        return cls(stream_id, view, allowed=allowed, wildcard_allowed=known, report_sync=self.sync_log is not None)
 
     @staticmethod
     def _log_nack(kind: str, stream_id: str, shown_node: str, request, throttle: Throttle) -> None:

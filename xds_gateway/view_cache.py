@@ -31,6 +31,9 @@ Invariants:
   naming a version the cache no longer has gets the latest body.
 - A broker outage is logged by ``meshlog.outage`` (started, at a backoff,
   ended with its duration), not as aiokafka's line per failed retry.
+- ``source_ms(node)``: the broker time of the newest event behind the node's
+  current membership (its ``meshlog-source-ms`` header), for measuring
+  append-to-ACK; None when the record carries none.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from events import topics
 from meshlog.logbounds import excerpt
 from meshlog.outage import KafkaOutageLog
+from events.kafka_security import connection_kwargs
+from projector.publisher import source_ms_of
 from xds_gateway.protocol.resources import VersionedResource, make_resource
 
 log = logging.getLogger(__name__)
@@ -70,6 +75,7 @@ class ViewCache:
         # the body each name had before its latest one, while memberships may still name it
         self._previous: dict[tuple[str, str], VersionedResource] = {}
         self._membership: dict[str, dict[str, dict[str, str]]] = {}
+        self._source_ms: dict[str, int] = {}  # node -> append time of the newest event behind its membership
         # (type_url, name) -> nodes whose membership names it: lets a body change find its nodes in O(k)
         self._referenced_by: dict[tuple[str, str], set[str]] = defaultdict(set)
         self._shared: dict[str, dict[str, VersionedResource]] = defaultdict(dict)
@@ -86,6 +92,13 @@ class ViewCache:
 
     def knows_node(self, node_id: str) -> bool:
         return node_id in self._membership
+
+    def membership_versions(self, node_id: str, type_url: str) -> Mapping[str, str]:
+        """The versions the node's membership names for one type (name -> version)."""
+        return self._membership.get(node_id, {}).get(type_url, {})
+
+    def source_ms(self, node_id: str) -> int | None:
+        return self._source_ms.get(node_id)
 
     def node_view(self, node_id: str) -> dict[str, dict[str, VersionedResource]]:
         view: dict[str, dict[str, VersionedResource]] = {}
@@ -194,6 +207,12 @@ class ViewCache:
                 self.apply_resource(record.key, record.value, changed)
             elif record.topic == topics.VIEW_MEMBERSHIP:
                 self.apply_membership(record.key, record.value, changed)
+                source = source_ms_of(getattr(record, "headers", None))
+                node = record.key.decode(errors="replace")
+                if source is not None and record.value is not None:
+                    self._source_ms[node] = source
+                else:
+                    self._source_ms.pop(node, None)
             self.last_record_timestamp_ms = max(self.last_record_timestamp_ms, record.timestamp)
             self.records_applied += 1
         if (changed or self.shared_changed) and self.ready.is_set():
@@ -219,7 +238,7 @@ class ViewTail:
 
     async def _run(self) -> None:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **connection_kwargs(self.bootstrap),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

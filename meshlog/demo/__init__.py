@@ -27,6 +27,7 @@ import time
 import uuid
 from pathlib import Path
 
+from meshlog import argtypes
 from meshlog.demo.scenes import SCENE_FUNCS, SCENES, Demo
 from meshlog.demo.view import LiveReporter, PlainReporter
 
@@ -42,10 +43,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     demo.add_argument("--headless", action="store_true",
                       help="plain lines instead of the live screen, and exit when the scenes are done "
                       "(the default when standard output is not a terminal)")
-    demo.add_argument("--pace", type=float, default=6.0,
+    demo.add_argument("--pace", type=argtypes.seconds(0.5, 120, low_inclusive=True), default=6.0,
                       help="seconds each measurement runs (default 6)")
-    demo.add_argument("--rate", type=float, default=40.0, help="client requests per second (default 40)")
-    demo.add_argument("--bootstrap", metavar="HOST:PORT",
+    demo.add_argument("--rate", type=argtypes.number(1, 2000), default=40.0, help="client requests per second (default 40)")
+    demo.add_argument("--bootstrap", metavar="HOST:PORT", type=argtypes.bootstrap,
                       help="use this Kafka instead of starting a fresh one (service names then get a unique "
                       "suffix so earlier rule revisions do not collide)")
     demo.add_argument("--workdir", help="where logs and state go (default: a new temp dir, kept for reading)")
@@ -84,10 +85,6 @@ def traffic_summary(demo: Demo) -> str:
 def run(args: argparse.Namespace) -> int:
     unknown = [s for s in args.scene if s not in SCENES]
     problems = [f"--scene: unknown scene {s!r} (choose from {', '.join(SCENES)})" for s in unknown]
-    if not 0.5 <= args.pace <= 120:
-        problems.append("--pace: must be between 0.5 and 120 seconds")
-    if not 1 <= args.rate <= 2000:
-        problems.append("--rate: must be between 1 and 2000 requests per second")
     if problems:
         print("meshlog demo: " + "\n".join(problems), flush=True)
         return 2

@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from events import topics
 from events.codec import decode_record
 from events.errors import EventValidationError
+from events.kafka_security import connection_kwargs
 
 TAILED = (topics.REGISTRATIONS, topics.HEALTH, topics.RULES)
 
@@ -84,7 +85,7 @@ class EventTail:
                 self.errors.append(f"event tail stopped: {exc!r}")
 
     async def _tail(self) -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+        consumer = AIOKafkaConsumer(**connection_kwargs(self.bootstrap), enable_auto_commit=False,
                                     isolation_level="read_committed", auto_offset_reset="earliest")
         await consumer.start()
         try:

@@ -10,7 +10,9 @@ Scenes, in order (``--scene`` picks some; the mesh is always started first):
 - ``gateway-kill``      kill -9 of the gateway web's Envoy streams from: no request fails,
                         and config still flows through the other replica
 - ``replay``            ``replay at`` an instant from the start and from the canary,
-                        and ``replay diff`` of the whole run (the real ``replay`` CLI)
+                        and ``replay diff`` of the whole run (the real ``replay`` CLI);
+                        ``meshlog status`` and the last convergences of rule changes
+                        (``replay log``: from each rule's append to the last proxy's ACK)
 
 Invariants:
 - Every wait is bounded; a scene that times out reports a failed check and the
@@ -38,6 +40,7 @@ from meshlog.demo.events_tail import EventTail
 from meshlog.demo.stack import DemoStack
 from meshlog.demo.traffic import Traffic
 from meshlog.procs import BIN
+from replay.text import WIDTH_VAR
 
 SCENES = ("baseline", "canary", "failing-instance", "gateway-kill", "replay")
 PRODUCER = "meshlog-demo"
@@ -49,6 +52,7 @@ class Reporter(Protocol):
     def step(self, text: str) -> None: ...
     def check(self, name: str, ok: bool, detail: str) -> None: ...
     def block(self, title: str, text: str) -> None: ...
+    block_width: int  # columns a block's text may use
 
 
 @dataclass
@@ -121,8 +125,10 @@ def replay_cli(demo: Demo, *args: str, json_out: bool = False) -> tuple[int, str
     argv = [str(BIN / "replay"), *args, "--bootstrap", demo.stack.bootstrap, "--no-progress"]
     if json_out:
         argv.append("--json")
-    # its tables are printed inside the demo's own output: a fixed width keeps them readable in logs
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "120"})
+    # its tables are printed inside the demo's own output, as wide as that has room for (a panel on the live
+    # screen; 200 columns in the headless lines): wider lines would wrap and break the tables' box edges
+    width = str(demo.report.block_width)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**os.environ, WIDTH_VAR: width})
     return result.returncode, result.stdout + (result.stderr if result.returncode else "")
 
 
@@ -290,6 +296,26 @@ def replay(demo: Demo) -> None:
         detail = f"{len(added)} resources added, {len(doc.get('changed', []))} changed, " \
                  f"{len(doc.get('removed', []))} removed over the whole run; causes include {sorted(causes)[:4]}"
     demo.report.check("replay diff of the whole run explains it by events", ok, detail)
+
+    result = subprocess.run([str(BIN / "meshlog"), "status", "--bootstrap", stack.bootstrap], capture_output=True,
+                            text=True, timeout=120)
+    demo.report.block("$ meshlog status", result.stdout + (result.stderr if result.returncode else ""))
+    code, out = replay_cli(demo, "log", "--from", iso(begin), "--to", "now", json_out=True)
+    lines, ok = [], code == 0
+    if ok:
+        from proxysync.convergence import summary_text
+
+        rules = [e for e in json.loads(out)["entries"] if e["kind"] == "event" and e["type"] == "route_rule.upserted"]
+        for e in rules[-4:]:
+            conv = e.get("convergence") or {}
+            lines.append(f"{e['time']} {e['type']} {e['key']}: {summary_text(conv) or 'no connected proxy affected'}")
+        # every rule change of the run reached every proxy it changed (none left waiting)
+        ok = bool(rules) and all((e.get("convergence") or {}).get("reached", 0) >= 1
+                                 and e["convergence"]["not_reached"] == 0 for e in rules)
+    demo.report.block(f"$ replay log --from {iso(begin)} --to now   (convergence of the rule changes)",
+                      "\n".join(lines) or out)
+    demo.report.check("each rule change reached its proxies (append to ACK, from meshlog.sync)", ok,
+                      lines[-1] if lines else "no convergence recorded")
 
 
 SCENE_FUNCS: dict[str, Callable[[Demo], None]] = {

@@ -47,6 +47,7 @@ from events.admin import BrokerUnavailable, connect_admin, ensure_topics
 from events.codec import decode_record
 from events.envelope import new_event
 from events.errors import EventValidationError
+from events.kafka_security import connection_kwargs
 from events.producer import EventProducer
 from events.types import InstanceHealthChanged, InstanceRegistered
 from meshlog.outage import KafkaOutageLog
@@ -180,7 +181,7 @@ class Checker:
         await self._producer.__aenter__()
         try:
             self._reader = AIOKafkaConsumer(
-                bootstrap_servers=s.bootstrap, group_id=None, enable_auto_commit=False,
+                **connection_kwargs(s.bootstrap), group_id=None, enable_auto_commit=False,
                 isolation_level="read_committed", auto_offset_reset="earliest",
                 client_id=f"healthcheck-reader-{s.checker_id}",
             )
@@ -191,7 +192,7 @@ class Checker:
             if stop.is_set():
                 return
             self._group = AIOKafkaConsumer(
-                bootstrap_servers=s.bootstrap, group_id=s.group, client_id=f"healthcheck-{s.checker_id}",
+                **connection_kwargs(s.bootstrap), group_id=s.group, client_id=f"healthcheck-{s.checker_id}",
                 enable_auto_commit=False, auto_offset_reset="latest",
                 session_timeout_ms=SESSION_TIMEOUT_MS, heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
             )

@@ -11,18 +11,8 @@ from pathlib import Path
 import orjson
 from aiohttp import web
 
+from meshlog import argtypes
 from replay.engine import ReplayError, open_log
-
-
-def port_number(text: str) -> int:
-    """0 (pick a free port) or 1..65535."""
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text[:32]!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be 1..65535, or 0 for a free port; got {value}")
-    return value
 
 
 def add_parser(sub, common, epilog: str) -> None:
@@ -36,7 +26,7 @@ def add_parser(sub, common, epilog: str) -> None:
     )
     ui.add_argument("--listen", default="127.0.0.1",
                     help="address to bind (default 127.0.0.1; anything else exposes the log's history)")
-    ui.add_argument("--port", type=port_number, default=0, help="HTTP port; 0 picks a free one (default 0)")
+    ui.add_argument("--port", type=argtypes.port_or_free, default=0, help="HTTP port; 0 picks a free one (default 0)")
     ui.add_argument("--ready-file", help="also write the ready JSON line to this file")
     common(ui)
 

@@ -35,7 +35,8 @@ SCENE_CHECKS = {  # scene -> checks it reports
     "canary": ["v1/v2 90/10", "v1/v2 50/50", "v1/v2 100/0"],
     "failing-instance": ["checker logged reviews-v1-b unhealthy", "no request reaches reviews-v1-b, none fails"],
     "gateway-kill": ["no request fails after the kill", "reviews-v1-b back in service through the surviving gateway"],
-    "replay": ["replay at the canary instant shows web told 90/10", "replay diff of the whole run explains it by events"],
+    "replay": ["replay at the canary instant shows web told 90/10", "replay diff of the whole run explains it by events",
+               "each rule change reached its proxies (append to ACK, from meshlog.sync)"],
 }
 
 
@@ -76,6 +77,9 @@ def test_the_headless_demo_plays_every_scene_and_every_check_passes(tmp_path):
     # the replay scene printed what web's Envoy was told at the canary instant, by the real replay CLI
     assert "$ replay at --at" in output and "reviews|v2" in output
     assert "instance.health_changed reviews/reviews-v1-b" in output  # the checker's event is in the diff's causes
+    # what the proxies accepted: `meshlog status` rows, and each rule change's convergence from replay log
+    assert "$ meshlog status" in output and "web-1" in output and "SYNCED" in output
+    assert re.search(r"route_rule\.upserted route/reviews: reached 1 of 1 proxies \(median \d+ ms\); slowest web-1", output)
     # every failed request of the run is attributed to a scene; only the failing instance may cost any
     summary = re.search(r"traffic over the whole run: (\d+) requests, (\d+) failed(?: \((.*)\))?", output)
     assert summary, output[-3000:]

@@ -37,6 +37,7 @@ from events import topics
 from events.admin import ensure_topics
 from events.codec import decode_record
 from events.envelope import new_event
+from events.kafka_security import connection_kwargs
 from events.producer import EventProducer
 from events.types import InstanceDeregistered, InstanceHealthChanged, InstanceRegistered
 from meshlog.kafka_local import free_port
@@ -106,7 +107,7 @@ async def append(bootstrap: str, *payloads) -> list:
 
 async def health_events(bootstrap: str, start: int, service: str) -> list:
     """Decoded health events about ``service`` from ``start`` to the current end of the health topic."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed",
+    consumer = AIOKafkaConsumer(**connection_kwargs(bootstrap), isolation_level="read_committed",
                                 enable_auto_commit=False)
     await consumer.start()
     try:

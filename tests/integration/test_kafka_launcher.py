@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from events.kafka_security import connection_kwargs
 
 from meshlog import kafka_local as kl
 
@@ -25,7 +27,7 @@ ADDRESS = re.compile(r"^127\.0\.0\.1:\d{2,5}$")
 
 async def test_topic_produce_consume(kafka_bootstrap):
     topic = f"launcher-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**connection_kwargs(kafka_bootstrap))
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
@@ -34,7 +36,7 @@ async def test_topic_produce_consume(kafka_bootstrap):
     finally:
         await admin.close()
 
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True)
+    producer = AIOKafkaProducer(**connection_kwargs(kafka_bootstrap), enable_idempotence=True)
     await producer.start()
     try:
         meta = await producer.send_and_wait(topic, key=b"svc-a", value=b"hello mesh")
@@ -42,7 +44,7 @@ async def test_topic_produce_consume(kafka_bootstrap):
         await producer.stop()
     assert meta.topic == topic and meta.offset == 0
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
+    consumer = AIOKafkaConsumer(topic, **connection_kwargs(kafka_bootstrap), auto_offset_reset="earliest",
                                 group_id=f"g-{topic}")
     await consumer.start()
     try:
@@ -53,13 +55,13 @@ async def test_topic_produce_consume(kafka_bootstrap):
 
 
 async def test_auto_topic_creation_is_off(kafka_bootstrap):
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**connection_kwargs(kafka_bootstrap))
     await admin.start()
     try:
         topics = await admin.list_topics()
     finally:
         await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, request_timeout_ms=3000)
+    producer = AIOKafkaProducer(**connection_kwargs(kafka_bootstrap), request_timeout_ms=3000)
     await producer.start()
     try:
         missing = f"never-created-{uuid.uuid4().hex[:8]}"
@@ -186,3 +188,47 @@ def test_cli_keep_data_and_restart_same_cluster(cli_env, tmp_path):
     assert _meshlog(cli_env, "down").returncode == 0
     assert _gone(info["pid"])
     assert not data_dir.exists()
+
+
+def test_the_readme_path_up_then_publish_and_a_missing_topic_named_in_one_line(cli_env, tmp_path):
+    """Issue 11, item 10: `meshlog kafka up` then `registrar publish` works as the commands table shows;
+    a writer facing a broker without the topics says so in one line, naming the command that creates them."""
+    registrar = str(Path(sys.executable).with_name("registrar"))
+    publish = [registrar, "publish", "--service", "first", "--instance-id", "first-1", "--address", "127.0.0.1",
+               "--port", "9080"]
+    up = _meshlog(cli_env, "up")
+    assert up.returncode == 0, up.stderr
+    bootstrap = up.stdout.strip().splitlines()[-1]
+    try:
+        first = subprocess.run(publish, env=cli_env, capture_output=True, text=True, timeout=60)
+        assert first.returncode == 0, first.stderr
+        assert "appended instance.registered first/first-1 -> meshlog.registrations" in first.stdout
+
+        async def drop_registrations():
+            admin = AIOKafkaAdminClient(**connection_kwargs(bootstrap))
+            await admin.start()
+            try:
+                await admin.delete_topics(["meshlog.registrations"])
+                for _ in range(100):  # deletion is asynchronous in KRaft
+                    if "meshlog.registrations" not in await admin.list_topics():
+                        return
+                    await asyncio.sleep(0.1)
+            finally:
+                await admin.close()
+
+        asyncio.run(drop_registrations())
+        missing = subprocess.run(publish, env=cli_env, capture_output=True, text=True, timeout=60)
+        assert missing.returncode == 3
+        lines = missing.stderr.strip().splitlines()
+        assert len(lines) == 1, missing.stderr  # no aiokafka "Topic ... not found" retry spam
+        assert "has no topic meshlog.registrations" in lines[0] and "`meshlog topics ensure`" in lines[0]
+        assert "nothing was appended" in lines[0]
+
+        ensure = subprocess.run([sys.executable, "-m", "meshlog.cli", "topics", "ensure"], env=cli_env,
+                                capture_output=True, text=True, timeout=60)
+        assert ensure.returncode == 0, ensure.stderr
+        assert "created  meshlog.registrations" in ensure.stdout
+        again = subprocess.run(publish, env=cli_env, capture_output=True, text=True, timeout=60)
+        assert again.returncode == 0, again.stderr
+    finally:
+        assert _meshlog(cli_env, "down").returncode == 0

@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from events import topics
 from events.admin import ensure_topics
 from events.codec import decode
+from events.kafka_security import connection_kwargs
 from projector.deadletter import parse_dead_letter
 from projector.publisher import parse_membership_value, parse_resource_key
 from projector.snapshots import decode_snapshot
@@ -120,7 +121,7 @@ class Tail:
         self.consumer: AIOKafkaConsumer | None = None
 
     async def start(self, offset: int = 0) -> "Tail":
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+        self.consumer = AIOKafkaConsumer(**connection_kwargs(self.bootstrap), enable_auto_commit=False,
                                          isolation_level="read_committed")
         await self.consumer.start()
         self.consumer.assign([self.tp])
@@ -227,7 +228,7 @@ async def test_registrations_come_out_on_the_view_topics(bootstrap, projector, v
 async def test_garbage_record_is_dead_lettered_and_projection_continues(bootstrap, projector, views):
     res, mem = views
     dl = await Tail(bootstrap, topics.DEADLETTER).start()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
+    producer = AIOKafkaProducer(**connection_kwargs(bootstrap), enable_idempotence=True)
     await producer.start()
     garbage = b"\x00 not an event " + RUN.encode()
     try:

@@ -20,6 +20,7 @@ from aiokafka.admin import NewTopic
 from events import topics
 from events.admin import connect_admin, ensure_topics
 from events.codec import decode_record
+from events.kafka_security import connection_kwargs
 from events.topics import TopicSpec
 from tests.support.log import end_offset
 
@@ -40,7 +41,7 @@ def run_registrar(bootstrap: str, *args: str) -> subprocess.CompletedProcess:
 
 async def read_range(bootstrap: str, topic: str, start: int, stop: int):
     """Records of partition 0 with start <= offset < stop, read_committed."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**connection_kwargs(bootstrap), isolation_level="read_committed", enable_auto_commit=False)
     await consumer.start()
     try:
         tp = TopicPartition(topic, 0)

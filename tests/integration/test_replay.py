@@ -26,6 +26,7 @@ from events import topics
 from events import types as t
 from events.admin import ensure_topics
 from events.envelope import new_event
+from events.kafka_security import connection_kwargs
 from events.producer import EventProducer
 from meshlog.kafka_local import free_port
 from projector.publisher import parse_membership_value, parse_resource_key
@@ -71,7 +72,7 @@ async def append(bootstrap: str, payloads: list[t.Payload], seed: int) -> None:
 
 
 async def append_raw(bootstrap: str, topic: str, key: bytes, value: bytes):
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
+    producer = AIOKafkaProducer(**connection_kwargs(bootstrap), enable_idempotence=True)
     await producer.start()
     try:
         return await (await producer.send(topic, value=value, key=key))
@@ -81,7 +82,7 @@ async def append_raw(bootstrap: str, topic: str, key: bytes, value: bytes):
 
 async def read_views(bootstrap: str) -> tuple[dict, dict]:
     """The compacted view topics as they stand: resources (type_url, name) -> body, node -> membership."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed")
+    consumer = AIOKafkaConsumer(**connection_kwargs(bootstrap), enable_auto_commit=False, isolation_level="read_committed")
     await consumer.start()
     try:
         tps = [TopicPartition(topics.VIEW_RESOURCES, 0), TopicPartition(topics.VIEW_MEMBERSHIP, 0)]

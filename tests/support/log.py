@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from events.kafka_security import connection_kwargs
 
 async def end_offset(bootstrap: str, topic: str) -> int:
     """The next offset of partition 0 of ``topic`` (last committed record + 1)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
+    consumer = AIOKafkaConsumer(**connection_kwargs(bootstrap), isolation_level="read_committed")
     await consumer.start()
     try:
         tp = TopicPartition(topic, 0)

@@ -20,11 +20,13 @@ def start_projector(bootstrap: str, workdir: Path, name: str = "projector", extr
                         str(workdir / f"{name}-data"), *(extra or [])], workdir)
 
 
-def start_gateway(bootstrap: str, workdir: Path, name: str, port: int = 0, timeout: float = 60.0) -> Process:
+def start_gateway(bootstrap: str, workdir: Path, name: str, port: int = 0, timeout: float = 60.0,
+                  extra: list[str] | None = None) -> Process:
     ready_file = workdir / f"{name}.ready.json"
     ready_file.unlink(missing_ok=True)
     gw = spawn(name, [str(BIN / "xds-gateway"), "run", "--bootstrap", bootstrap, "--port", str(port),
-                      "--http-port", "0", "--grace", "1", "--ready-file", str(ready_file)], workdir)
+                      "--http-port", "0", "--grace", "1", "--ready-file", str(ready_file), *(extra or [])],
+                workdir)
     wait_until(lambda: ready_file.exists() and ready_file.read_text().strip(), timeout, f"{name} ready",
                on_fail=gw.log_tail)
     gw.info = json.loads(ready_file.read_text())

@@ -8,7 +8,8 @@ from typing import Callable, Iterable, TypeVar
 
 from .resources import type_rank
 
-__all__ = ["Nack", "ProtocolError", "AllowFn", "CLIENT_TEXT_MAX", "entry_hash", "content_version", "order_segments"]
+__all__ = ["Acked", "Nack", "ProtocolError", "ReportsSync", "AllowFn", "CLIENT_TEXT_MAX", "entry_hash", "content_version",
+           "order_segments"]
 
 #: ``allowed(type_url, name)``: may this node subscribe to this name explicitly?
 AllowFn = Callable[[str, str], bool]
@@ -38,6 +39,36 @@ class Nack:
     removed: tuple[str, ...] = ()
     #: the nonce was not one of this stream's pending nonces for the type
     stale: bool = False
+
+
+@dataclass(frozen=True)
+class Acked:
+    """A client's ACK of a response: what it holds of the type now (plain data, for the sync log)."""
+
+    type_url: str
+    nonce: str
+    #: name -> version of every resource of the type the client holds after applying the response
+    held: dict[str, str]
+
+
+class ReportsSync:
+    """What both stream machines tell the gateway's sync log (each keeps ``_types[url].acked`` and ``_learned``)."""
+
+    _types: dict
+    _learned: list | None
+
+    def acked_versions(self, type_url: str) -> dict[str, str]:
+        """What the client holds of a type, as far as its ACKs tell: name -> version."""
+        ts = self._types.get(type_url)
+        return dict(ts.acked) if ts else {}
+
+    def take_learned(self) -> list:
+        """The ACKs and NACKs (``Acked``/``Nack``) seen since the last call (only with ``report_sync``), oldest first."""
+        learned = self._learned
+        if not learned:
+            return []
+        self._learned = []
+        return learned
 
 
 @dataclass(frozen=True)

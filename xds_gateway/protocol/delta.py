@@ -61,6 +61,12 @@ envoyproxy/envoy ``docs/root/api-docs/xds_protocol.rst``, and the comments of
   view changes them, the client subscribes to them again, or it reconnects.
   The last ``max_records`` NACKs and refused requests are kept, each with at
   most ``CLIENT_TEXT_MAX`` characters of the client's text.
+* What the client holds (``acked``): per type, the versions of every response
+  it ACKed applied in order, its ``initial_resource_versions``, minus what it
+  unsubscribed. With ``report_sync`` the machine reports each ACK (with that
+  map) and each NACK as plain data (``take_learned``) for the gateway's sync
+  log; older pending responses cleared by an ACK/NACK of a newer nonce count
+  as ACKed (the client processes responses in order).
 * Ordering ("Eventual consistency considerations": CDS first, EDS after CDS,
   LDS after CDS/EDS, RDS after LDS, stale clusters removed last): one batch is
   emitted as CDS upserts, EDS upserts, LDS upserts, RDS upserts, then RDS, LDS,
@@ -110,7 +116,7 @@ from typing import Iterable
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from .common import CLIENT_TEXT_MAX, AllowFn, Nack, ProtocolError, digest_hex, entry_hash, order_segments
+from .common import CLIENT_TEXT_MAX, Acked, AllowFn, Nack, ReportsSync, ProtocolError, digest_hex, entry_hash, order_segments
 from .resources import CLUSTER, CORE_TYPES, ENDPOINT, LISTENER, ROUTE, WILDCARD, NodeView, VersionedResource
 
 __all__ = ["DeltaStream"]
@@ -132,7 +138,7 @@ class _Pending:
 class _TypeState:
     """What the server knows about one type on one stream."""
 
-    __slots__ = ("type_url", "seen", "names", "sent", "digest", "pending", "dirty", "limbo")
+    __slots__ = ("type_url", "seen", "names", "sent", "digest", "pending", "dirty", "limbo", "acked")
 
     def __init__(self, type_url: str) -> None:
         self.type_url = type_url
@@ -149,6 +155,15 @@ class _TypeState:
         # widen its scope (subscribe "*") before processing that response, it
         # will keep the resource, so the server must treat it as held again.
         self.limbo: dict[str, str] = {}
+        self.acked: dict[str, str] = {}  # what the client holds: ACKed responses applied in order
+
+    def apply_acked(self, p: _Pending) -> None:
+        wildcard = WILDCARD in self.names
+        for name, version in p.resources:
+            if wildcard or name in self.names:  # else unsubscribed meanwhile: the client ignores it
+                self.acked[name] = version
+        for name in p.removed:
+            self.acked.pop(name, None)
 
     @property
     def wildcard(self) -> bool:
@@ -191,7 +206,7 @@ class _Work:
         self.removals.discard(name)
 
 
-class DeltaStream:
+class DeltaStream(ReportsSync):
     """Protocol state of one ``DeltaAggregatedResources`` stream.
 
     ``view`` is this node's view (type URL -> name -> resource). ``allowed``
@@ -209,6 +224,7 @@ class DeltaStream:
         wildcard_allowed: bool = True,
         served_types: Iterable[str] = CORE_TYPES,
         max_records: int = 64,
+        report_sync: bool = False,
     ) -> None:
         self.stream_id = stream_id
         self.node_id = ""
@@ -228,6 +244,8 @@ class DeltaStream:
         self.error_count = 0
         self.stale_nonce_count = 0
         self.responses_sent = 0
+        # ACK/NACK facts for the sync log, oldest first, until the shell takes them
+        self._learned: list[Acked | Nack] | None = [] if report_sync else None
 
     # ------------------------------------------------------------------ inputs
 
@@ -346,26 +364,31 @@ class DeltaStream:
                     self._settle_warming(ts, p)
                 if k == nonce:
                     break
+                ts.apply_acked(p)  # an older response, processed in order before this one
         else:
             self.stale_nonce_count += 1
         if error is None:
             if p is not None:
                 self.ack_count += 1
+                ts.apply_acked(p)
+                if self._learned is not None:
+                    self._learned.append(Acked(ts.type_url, nonce, dict(ts.acked)))
             return
         self.nack_count += 1
-        self._nacks.append(
-            Nack(
-                stream_id=self.stream_id,
-                node_id=self.node_id,
-                type_url=ts.type_url,
-                nonce=nonce[:CLIENT_TEXT_MAX],  # the client's own text when it is not one of ours
-                code=error.code,
-                message=error.message[:CLIENT_TEXT_MAX],
-                resources=p.resources if p else (),
-                removed=p.removed if p else (),
-                stale=p is None,
-            )
+        nack = Nack(
+            stream_id=self.stream_id,
+            node_id=self.node_id,
+            type_url=ts.type_url,
+            nonce=nonce[:CLIENT_TEXT_MAX],  # the client's own text when it is not one of ours
+            code=error.code,
+            message=error.message[:CLIENT_TEXT_MAX],
+            resources=p.resources if p else (),
+            removed=p.removed if p else (),
+            stale=p is None,
         )
+        self._nacks.append(nack)
+        if self._learned is not None:
+            self._learned.append(nack)
 
     def _permits(self, type_url: str, name: str) -> bool:
         return self._allowed is None or self._allowed(type_url, name)
@@ -420,6 +443,7 @@ class DeltaStream:
             irv = req.initial_resource_versions
             for name, version in irv.items():
                 ts.record(name, version)
+                ts.acked[name] = version  # what it kept from before the reconnect
             self._full_diff(ts, w)
             ts.dirty = False
             for name in sub_set:
@@ -473,6 +497,7 @@ class DeltaStream:
     def _drop_held(self, ts: _TypeState, name: str) -> None:
         """The client unsubscribed ``name``: stop tracking it (no response)."""
         ts.forget(name)
+        ts.acked.pop(name, None)
         for p in reversed(ts.pending.values()):
             if name in p.names:
                 ts.limbo[name] = p.nonce

@@ -46,6 +46,9 @@ Spec decisions (xDS REST and gRPC protocol document):
   is recorded; the rejected content is not resent until the view changes it.
   As in :mod:`.delta`, the last ``max_records`` NACKs and refused requests are
   kept, each with at most ``CLIENT_TEXT_MAX`` characters of the client's text.
+  What the client holds (``acked``) is the content of the last ACKed response
+  of the type; with ``report_sync`` each ACK (with it) and NACK is reported as
+  plain data (``take_learned``) for the gateway's sync log.
 * Ordering and coalescing as in :mod:`.delta`: one batch in CDS, EDS, LDS, RDS
   order; the stream-wide gate holds view changes while any response is
   un-ACKed. Removal in SotW is implicit, so make-before-break is done by
@@ -68,7 +71,7 @@ from typing import Iterable
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from .common import CLIENT_TEXT_MAX, AllowFn, Nack, ProtocolError, content_version, order_segments
+from .common import CLIENT_TEXT_MAX, Acked, AllowFn, Nack, ReportsSync, ProtocolError, content_version, order_segments
 from .resources import CLUSTER, CORE_TYPES, ENDPOINT, LISTENER, WILDCARD, NodeView, VersionedResource, type_rank
 
 __all__ = ["SotwStream", "WILDCARD_TYPES"]
@@ -102,6 +105,7 @@ class _TypeState:
         "dirty",
         "owed",
         "owed_wildcard",
+        "acked",
     )
 
     def __init__(self, type_url: str) -> None:
@@ -119,9 +123,10 @@ class _TypeState:
         self.dirty = False
         self.owed: frozenset[str] = frozenset()  # newly requested by stale requests
         self.owed_wildcard = False
+        self.acked: dict[str, str] = {}  # the content of the last ACKed response: what the client holds
 
 
-class SotwStream:
+class SotwStream(ReportsSync):
     """Protocol state of one ``StreamAggregatedResources`` stream."""
 
     def __init__(
@@ -133,6 +138,7 @@ class SotwStream:
         wildcard_allowed: bool = True,
         served_types: Iterable[str] = CORE_TYPES,
         max_records: int = 64,
+        report_sync: bool = False,
     ) -> None:
         self.stream_id = stream_id
         self.node_id = ""
@@ -149,6 +155,8 @@ class SotwStream:
         self.error_count = 0
         self.stale_nonce_count = 0
         self.responses_sent = 0
+        # ACK/NACK facts for the sync log (with ``report_sync``), oldest first, until the shell takes them
+        self._learned: list[Acked | Nack] | None = [] if report_sync else None
 
     # ------------------------------------------------------------------ inputs
 
@@ -173,6 +181,9 @@ class SotwStream:
                 self._nack(ts, req.error_detail)
             else:
                 self.ack_count += 1
+                ts.acked = dict(ts.pending_resources)  # a state-of-the-world response replaces the type
+                if self._learned is not None:
+                    self._learned.append(Acked(t, req.response_nonce, dict(ts.acked)))
 
         # ---- the subscription this request states (honoured even if stale)
         first = not ts.seen
@@ -192,6 +203,7 @@ class SotwStream:
         view_t = self._view_of(t)
         for n in [n for n in ts.sent if not self._in_scope(ts, n)]:
             del ts.sent[n]  # the client drops names it no longer asks for
+            ts.acked.pop(n, None)
         if stale:
             # "The management server should not send a DiscoveryResponse for
             # any DiscoveryRequest that has a stale nonce": remember what it
@@ -292,17 +304,18 @@ class SotwStream:
 
     def _nack(self, ts: _TypeState, error) -> None:
         self.nack_count += 1
-        self._nacks.append(
-            Nack(
-                stream_id=self.stream_id,
-                node_id=self.node_id,
-                type_url=ts.type_url,
-                nonce=ts.nonce or "",
-                code=error.code,
-                message=error.message[:CLIENT_TEXT_MAX],
-                resources=ts.pending_resources,
-            )
+        nack = Nack(
+            stream_id=self.stream_id,
+            node_id=self.node_id,
+            type_url=ts.type_url,
+            nonce=ts.nonce or "",
+            code=error.code,
+            message=error.message[:CLIENT_TEXT_MAX],
+            resources=ts.pending_resources,
         )
+        self._nacks.append(nack)
+        if self._learned is not None:
+            self._learned.append(nack)
 
     def _view_of(self, type_url: str):
         return self._view.get(type_url) or _EMPTY

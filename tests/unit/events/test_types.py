@@ -47,6 +47,34 @@ def test_bad_registration_fields_are_named(field, value, expected_field):
     assert expected_field in found, found
 
 
+@pytest.mark.parametrize("address", ["999.1.1.1", "1.2.3", "10.0.0.256", "1", "01.2.3.4", "host.123"])
+def test_strings_that_look_like_ipv4_literals_must_be_valid_ones(address):
+    assert "address" in problems(t.InstanceRegistered, {**REG, "address": address})
+
+
+@pytest.mark.parametrize("address", ["10.0.0.5", "255.255.255.255", "fd00::1", "app-3.internal", "host-1", "1a.example",
+                                     "123.example", "reviews"])
+def test_addresses_and_host_names_still_accepted(address):
+    assert validate_payload(t.InstanceRegistered, {**REG, "address": address}).address == address
+
+
+@pytest.mark.parametrize("node_id", ["x\n\x1b[2J", "[/x]", "a b", "-a", "a" * 129, "x~tcp", "", "\u202ex"])
+def test_node_ids_follow_the_instance_id_characters(node_id):
+    assert "node_id" in problems(t.InstanceRegistered, {**REG, "node_id": node_id})
+
+
+@pytest.mark.parametrize("field", ["service", "instance_id", "address", "node_id"])
+def test_no_name_may_end_in_a_newline(field):
+    # a regex anchored with $ also matches before a trailing newline
+    value = {"service": "reviews", "instance_id": "reviews-1", "address": "10.0.0.5", "node_id": "n1"}[field]
+    assert field in problems(t.InstanceRegistered, {**REG, field: value + "\n"})
+
+
+def test_ordinary_node_ids_are_accepted():
+    for node_id in ("web-1", "reviews-v1-a", "sidecar.ns_1:a", "A" * 128):
+        assert validate_payload(t.InstanceRegistered, {**REG, "node_id": node_id}).node_id == node_id
+
+
 def test_a_service_cannot_depend_on_itself():
     found = problems(t.InstanceRegistered, {**REG, "depends_on": ["reviews"]})
     assert "depends_on" in found
@@ -143,6 +171,6 @@ def test_a_subset_needs_labels():
 
 
 def test_every_type_has_a_distinct_wire_name_and_a_topic():
-    assert len(t.PAYLOAD_TYPES) == 11
+    assert len(t.PAYLOAD_TYPES) == 15
     for name, cls in t.PAYLOAD_TYPES.items():
         assert cls.TYPE == name and cls.TOPIC.startswith("meshlog.") and cls.SCHEMA_VERSION >= 1

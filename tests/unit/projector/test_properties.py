@@ -38,7 +38,7 @@ def registrations(draw):
         labels=draw(st.fixed_dictionaries({}, optional={"version": st.sampled_from(SUBSETS),
                                                         "zone": st.sampled_from(["a", "b"])})),
         weight=draw(st.integers(1, 3)),
-        node_id=draw(st.sampled_from([None, "n1", "n2", "n3~x"])),
+        node_id=draw(st.sampled_from([None, "n1", "n2", "n3.x"])),
         sidecar=None if sidecar is None else t.SidecarPorts(inbound_port=sidecar[0], outbound_port=sidecar[1]),
         depends_on=tuple(deps),
     )

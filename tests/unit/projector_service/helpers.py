@@ -53,6 +53,7 @@ class Sent:
     topic: str
     key: bytes | None
     value: bytes | None
+    headers: list | None = None
 
 
 @dataclass
@@ -62,7 +63,7 @@ class FakeProducer:
     sent: list[Sent] = field(default_factory=list)
     fail_next: int = 0
 
-    async def send(self, topic, value=None, key=None):
+    async def send(self, topic, value=None, key=None, headers=None):
         fut = asyncio.get_running_loop().create_future()
         if self.fail_next:
             from aiokafka.errors import KafkaTimeoutError
@@ -70,7 +71,7 @@ class FakeProducer:
             self.fail_next -= 1
             fut.set_exception(KafkaTimeoutError())
             return fut
-        self.sent.append(Sent(topic, key, value))
+        self.sent.append(Sent(topic, key, value, headers))
         meta = type("Meta", (), {"topic": topic, "partition": 0, "offset": len(self.sent) - 1})()
         fut.set_result(meta)
         return fut

@@ -14,7 +14,7 @@ from events import types as t
 from events.codec import decode
 from projector import service as service_mod
 from projector.deadletter import parse_dead_letter
-from projector.publisher import parse_membership_value, parse_resource_key
+from projector.publisher import parse_membership_value, parse_resource_key, source_ms_of
 from projector.service import ProjectorConfig, ProjectorService, Store, same_state
 from projector.typeurls import CLUSTER, LISTENER
 
@@ -64,6 +64,17 @@ async def test_a_batch_publishes_bodies_before_memberships_and_stores_the_versio
     stored = Store(tmp_path / service_mod.DB_NAME).load()
     assert stored.published.membership["node-api"] == resources
     assert set(stored.published.resources) == {rk for rk, _ in _res}
+
+
+async def test_view_records_carry_the_append_time_of_the_newest_event_of_their_batch(tmp_path):
+    log, producer = mesh_log(), FakeProducer()
+    svc = make(tmp_path, producer)
+    records = log.records[topics.REGISTRATIONS]
+    await svc.process(records)
+    newest = max(r.timestamp for r in records)
+    views_sent = [s for s in producer.sent if s.topic in (topics.VIEW_RESOURCES, topics.VIEW_MEMBERSHIP)]
+    assert views_sent and all(source_ms_of(s.headers) == newest for s in views_sent)
+    close(svc)
 
 
 async def test_redelivered_records_are_skipped(tmp_path):

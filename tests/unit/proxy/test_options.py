@@ -58,10 +58,9 @@ def test_explicit_values_win(tmp_path):
 @pytest.mark.parametrize("extra, expected", [
     (["--gateway", "nohost"], "--gateway: 'nohost' is not HOST:PORT"),
     (["--gateway", "127.0.0.1:18000"], "--gateway: an address is given twice"),
-    (["--gateway", "h:99999"], "--gateway: port of 'h:99999' is not 1-65535"),
+    (["--gateway", "h:99999"], "--gateway: 'h:99999': 99999 is not a port (1-65535)"),
     (["--label", "version"], "--label: 'version' is not KEY=VALUE"),
     (["--label", "a=1", "--label", "a=2"], "--label: 'a' given twice"),
-    (["--drain-seconds", "-1"], "--drain-seconds"),
     (["--admin-port", "8080"], "--admin-port: port 8080 is also --app-port"),
     (["--depends-on", "web"], "--depends-on: a service cannot depend on itself"),
     (["--weight", "0"], "--weight"),
@@ -73,12 +72,22 @@ def test_each_problem_names_its_flag(extra, expected):
     assert any(p.startswith(expected) for p in found), found
 
 
+@pytest.mark.parametrize("flag, value", [
+    ("--outbound-port", "70000"), ("--admin-port", "0"), ("--status-port", "-1"), ("--drain-seconds", "-1"),
+    ("--drain-seconds", "nan"), ("--append-timeout", "inf"), ("--concurrency", "0"), ("--base-id", "-1"),
+])
+def test_out_of_range_numbers_exit_2_at_parse_naming_the_flag(flag, value, capsys):
+    with pytest.raises(SystemExit) as info:
+        parse(f"{flag}={value}")
+    assert info.value.code == 2
+    assert f"argument {flag}:" in capsys.readouterr().err
+
+
 def test_every_problem_is_reported_at_once():
     base = ["run", "--service", "Bad_Name", "--instance-id", "w1", "--app-port", "80", "--inbound-port", "80",
-            "--outbound-port", "70000", "--gateway", "x", "--bootstrap", "127.0.0.1:9092"]
+            "--outbound-port", "81", "--gateway", "x", "--bootstrap", "127.0.0.1:9092"]
     found = problems(base=base)
     assert any(p.startswith("--service:") for p in found)
-    assert any(p.startswith("--outbound-port: 70000") for p in found)
     assert any(p.startswith("--inbound-port: port 80 is also --app-port") for p in found)
     assert any(p.startswith("--gateway:") for p in found)
 

@@ -1,0 +1,123 @@
+"""Who may do what on the broker: the Kafka ACL table per role, as data.
+
+A role is the first path segment of a workload's SPIFFE id; the secure broker
+maps a client certificate's CN (``sidecar/reviews/i1``) to the principal
+``User:sidecar`` (``meshlog.kafka_local.PRINCIPAL_MAPPING_RULES``), so one row
+here covers every instance of the role.
+
+Invariants:
+- Allow-only, least privilege: everything not listed is denied by the
+  broker's ``StandardAuthorizer`` (no ``allow.everyone.if.no.acl.found``).
+  Only the broker's and the admin's own principals are super users.
+- Nobody but the projector writes the view, snapshot, rejection and dead
+  letter topics (they are what every Envoy is told, and what replay trusts).
+- Gateways and replay only read.
+- ``acl_bindings`` is pure and ordered; applying it (``events.kafka_acl_apply``)
+  is idempotent, so ``meshlog topics ensure`` can run it every time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Iterable, Mapping
+
+from events import topics
+
+# Kafka resource types / pattern types / operations, spelled as in its Java enums
+TOPIC, GROUP, TRANSACTIONAL_ID = "TOPIC", "GROUP", "TRANSACTIONAL_ID"
+LITERAL, PREFIXED = "LITERAL", "PREFIXED"
+READ, WRITE, DESCRIBE, DESCRIBE_CONFIGS = "READ", "WRITE", "DESCRIBE", "DESCRIBE_CONFIGS"
+
+SIDECAR, CHECKER, OPERATOR, PROJECTOR, GATEWAY, REPLAY = "sidecar", "checker", "operator", "projector", "gateway", "replay"
+CA_SERVER = "ca-server"
+ROLES = (SIDECAR, CHECKER, OPERATOR, PROJECTOR, GATEWAY, REPLAY, CA_SERVER)
+
+# EventProducer(transactional=True) ids (`registrar publish` of several envelopes)
+REGISTRAR_TRANSACTIONAL_PREFIX = "meshlog-registrar-"
+PROJECTOR_TRANSACTIONAL_PREFIX = "meshlog-projector"
+HEALTHCHECK_GROUP_PREFIX = "meshlog-healthcheck"  # the checkers' group (`--group`, default meshlog-healthcheck)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Allow ``operations`` on one resource (``name`` literal, or every name starting with it if PREFIXED)."""
+
+    resource_type: str
+    name: str
+    operations: tuple[str, ...]
+    pattern: str = LITERAL
+
+
+def _topics(names: Iterable[str], *operations: str) -> tuple[Grant, ...]:
+    return tuple(Grant(TOPIC, n, operations) for n in names)
+
+
+_EVENTS = (topics.REGISTRATIONS, topics.HEALTH, topics.RULES)
+_PROJECTOR_OUTPUT = (topics.VIEW_RESOURCES, topics.VIEW_MEMBERSHIP, topics.SNAPSHOTS, topics.REJECTIONS,
+                     topics.DEADLETTER)
+_ALL = tuple(t.name for t in topics.ALL_TOPICS)
+
+ACL_TABLE: Mapping[str, tuple[Grant, ...]] = MappingProxyType({
+    # the sidecar agent (and `registrar publish` under a sidecar identity): its own registration and health
+    SIDECAR: (
+        *_topics((topics.REGISTRATIONS, topics.HEALTH), WRITE, DESCRIBE),
+        Grant(TRANSACTIONAL_ID, REGISTRAR_TRANSACTIONAL_PREFIX, (WRITE, DESCRIBE), PREFIXED),
+    ),
+    # central health checkers: read who is registered and healthy, append transitions, share the shards group
+    # (DESCRIBE_CONFIGS: a checker checks the topics' settings on start)
+    CHECKER: (
+        *_topics((topics.REGISTRATIONS, topics.HEALTH), READ, DESCRIBE_CONFIGS),
+        *_topics((topics.HEALTH,), WRITE),
+        *_topics((topics.HEALTHCHECK_SHARDS,), READ, DESCRIBE_CONFIGS),
+        Grant(GROUP, HEALTHCHECK_GROUP_PREFIX, (READ, DESCRIBE), PREFIXED),
+    ),
+    # people: routing rules, manual registrations (`registrar publish`), offline `meshlog ca issue|revoke`,
+    # and reading what became of them
+    OPERATOR: (
+        *_topics((*_EVENTS, topics.IDENTITIES), READ, WRITE),
+        *_topics((topics.REJECTIONS, topics.DEADLETTER), READ),
+        Grant(TRANSACTIONAL_ID, REGISTRAR_TRANSACTIONAL_PREFIX, (WRITE, DESCRIBE), PREFIXED),
+    ),
+    # the one writer of everything proxies are told
+    PROJECTOR: (
+        *_topics(_EVENTS, READ),
+        *_topics(_PROJECTOR_OUTPUT, READ, WRITE),
+        *_topics(_ALL, DESCRIBE, DESCRIBE_CONFIGS),  # `projector run` checks every topic's settings on start
+        Grant(TRANSACTIONAL_ID, PROJECTOR_TRANSACTIONAL_PREFIX, (WRITE, DESCRIBE), PREFIXED),
+    ),
+    # the views, and the identities log (a revoked identity's streams are closed)
+    GATEWAY: _topics((topics.VIEW_RESOURCES, topics.VIEW_MEMBERSHIP, topics.IDENTITIES), READ),
+    REPLAY: _topics((*_EVENTS, topics.SNAPSHOTS, topics.REJECTIONS, topics.DEADLETTER, topics.IDENTITIES), READ),
+    # `meshlog ca serve`: reads the identities log (token redemptions in log order) and appends to it
+    CA_SERVER: _topics((topics.IDENTITIES,), READ, WRITE),
+})
+
+
+def principal(role: str) -> str:
+    return f"User:{role}"
+
+
+@dataclass(frozen=True, slots=True)
+class AclBinding:
+    """One ALLOW entry, as Kafka's Admin API takes it."""
+
+    principal: str
+    resource_type: str
+    pattern: str
+    name: str
+    operation: str
+
+    def line(self) -> str:
+        """The tab-separated line ``KafkaAcls.java`` reads."""
+        return "\t".join((self.principal, self.resource_type, self.pattern, self.name, self.operation))
+
+
+def acl_bindings(table: Mapping[str, tuple[Grant, ...]] = ACL_TABLE) -> list[AclBinding]:
+    """Every (principal, resource, operation) the table allows, without duplicates, in table order."""
+    out: dict[AclBinding, None] = {}
+    for role, grants in table.items():
+        for grant in grants:
+            for operation in grant.operations:
+                out[AclBinding(principal(role), grant.resource_type, grant.pattern, grant.name, operation)] = None
+    return list(out)

@@ -1,13 +1,14 @@
 """The console's questions, answered by replay's own engine over one Kafka reader.
 
 - ``mesh(at)`` is ``replay at --json``'s document, ``node(at, n)`` is
-  ``replay at --node n --full --json``'s, ``diff(a, b, n)`` is ``replay diff
+  ``replay at --node n --full --accepted --json``'s, ``diff(a, b, n)`` is ``replay diff
   [--node n] --json``'s: the same ``rebuild``/``walk`` (``replay.engine``) and
   the same document builders (``replay.report``); nothing here folds or
   renders by other means.
 - ``timeline`` answers from a ``TimelineIndex`` of every event's time, kind and
-  service — the event topics, rejected rules (``meshlog.rejections``) and
-  identity events (``meshlog.identities``, when it exists) — built by one scan
+  service — the event topics, rejected rules (``meshlog.rejections``),
+  identity events (``meshlog.identities``) and the proxies' ACKs/NACKs and
+  streams (``meshlog.sync``, filed under their node), where the log has them — built by one scan
   of the log at start and extended by reading only what was appended since
   (at most once per ``refresh_s``).
 - ``events(from, to)`` reads the window's records (bounded by ``limit``) for
@@ -35,6 +36,8 @@ from events import topics
 from events.codec import decode_record
 from events.errors import EventValidationError
 from projector.render import render
+from proxysync.read import read_sync
+from proxysync.status_cli import proxy_row
 from replay import report
 from replay.decode import RecordDecoder
 from replay.engine import NotFound, OutOfRange, Rebuilt, check_instant, iso, node_versions, rebuild, walk
@@ -45,7 +48,8 @@ from replay.ui.timeline import DEAD_LETTER, REJECTED, TimelineIndex, event_kind,
 log = logging.getLogger(__name__)
 
 EVENTS_LIMIT = 500
-SUPPORT_TOPICS = (topics.REJECTIONS, topics.IDENTITIES)  # facts about the mesh logged outside the event topics
+# facts about the mesh logged outside the event topics: rejected rules, identities, what the proxies ACKed/NACKed
+SUPPORT_TOPICS = (topics.REJECTIONS, topics.IDENTITIES, topics.SYNC)
 CACHED_INSTANTS = 6
 
 
@@ -158,8 +162,14 @@ class Console:
         state = rebuilt.state
         if state.node_instance(node) is None:
             raise NotFound(f"node {node!r} has no registered instance at {iso(at_ms)}")
-        return self._remember(("node", at_ms, node), report.node_document(
-            state, node, node_versions(state, node), at_ms=at_ms, source=rebuilt.source(), bodies=render(state, node)))
+        async with self.lock:
+            sync_table = (await read_sync(self.consumer, until_ms=at_ms))[0]
+        versions = node_versions(state, node)
+        doc = report.node_document(state, node, versions, at_ms=at_ms, source=rebuilt.source(),
+                                   bodies=render(state, node))
+        # what the proxy had ACKed by then, matched as `meshlog status` matches (replay at --accepted)
+        doc["accepted"] = {**proxy_row(node, sync_table.proxies.get(node), versions, None), "as_of_ms": at_ms}
+        return self._remember(("node", at_ms, node), doc)
 
     async def diff(self, from_ms: int, to_ms_: int, node: str | None) -> dict:
         """``replay diff --from A --to B [--node N] --json``."""
@@ -241,4 +251,6 @@ def _support_kind(record) -> tuple[str, str] | None:
         return None
     if record.topic == topics.REJECTIONS:
         return REJECTED, lg.payload.name
+    if record.topic == topics.SYNC:
+        return lg.envelope.type, f"node {lg.envelope.key}"  # a proxy's fact: filed under its node
     return event_kind(lg.payload, lg.envelope.type), event_service(lg.payload)

@@ -102,7 +102,8 @@ def test_the_mesh_node_and_diff_at_the_cursors_are_what_replay_prints(history, c
 
     status, node = api(console, "/api/node", at=at, node=n["node"])
     assert status == 200
-    assert node == replay_json(bootstrap, "at", "--at", at, "--node", n["node"], "--full")
+    assert node == replay_json(bootstrap, "at", "--at", at, "--node", n["node"], "--full", "--accepted")
+    assert node["accepted"]["node"] == n["node"] and not node["accepted"]["connected"]  # no proxy ever connected
 
     b = f"@{marks['canary-100-0']}"
     status, diff = api(console, "/api/diff", **{"from": at, "to": b, "node": n["node"]})
@@ -237,6 +238,7 @@ async def _browse(history, base: str, exe: str) -> None:
         cause = await page.wait_for(
             f"(document.querySelector('[data-causes-for$=\"|{v2}\"]') || {{}}).textContent")
         assert "last changed by" in cause and "route_rule.upserted" in cause
+        assert "meshlog.sync" in await page.js("document.querySelector('#accepted h3').textContent")
         await page.screenshot(ARTEFACTS / "3-node.png")
 
         # a diff: cursor B after the rollback; each change with its causing events

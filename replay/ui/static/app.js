@@ -10,6 +10,7 @@ const KIND_COLORS = {
   "instance.health_changed:draining": "#e0a800", "route_rule.upserted": "#4a7fd4", "route_rule.deleted": "#2b4f8a",
   "destination_policy.upserted": "#8a5cd4", "destination_policy.deleted": "#5b3a8f",
   "rule.rejected": "#c0392b", "dead_letter": "#000",
+  "sync.acked": "#7fa37f", "sync.nacked": "#e06c00", "sync.stream_opened": "#999", "sync.stream_closed": "#555",
   "identity.issued": "#0f8a8a", "identity.revoked": "#8a0f4f", "join_token.redeemed": "#5f8a0f",
 };
 const TYPE_KIND = {
@@ -342,6 +343,19 @@ async function loadNode() {
   const body = panel("node-panel", title);
   const inst = doc.instance;
   if (inst) body.append(el("div", {}, `instance ${inst.service}/${inst.instance_id} at ${inst.address}:${inst.port} (${inst.health}); depends on ${inst.depends_on.join(", ") || "nothing"}`));
+  const acc = doc.accepted;
+  if (acc) {
+    const stream = acc.stream ? `${acc.connected ? "connected" : "disconnected"} (${acc.stream.gateway || "?"})` : "no ADS stream logged";
+    const box = el("div", { id: "accepted" }, el("h3", {}, `what the proxy had ACKed by A (meshlog.sync): ${stream}`));
+    const table = el("table", {});
+    for (const [type, st] of Object.entries(acc.types || {})) {
+      table.append(el("tr", { "data-sync-type": type, "data-sync-state": st.state },
+        el("td", {}, type), el("td", { class: st.state === "SYNCED" ? "added" : "removed" }, st.state),
+        el("td", { class: "mono" }, st.reason || (st.differences.length ? `${st.differences.length} names differ` : ""))));
+    }
+    box.append(table);
+    body.append(box);
+  }
   const lastChange = el("div", { id: "last-change" });
   body.append(el("div", {}, el("button", { type: "button", id: "load-causes",
     on: { click: () => loadCauses(lastChange, doc) } }, "show the events that last changed each resource (within the window)")), lastChange);

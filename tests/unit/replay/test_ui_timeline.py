@@ -115,7 +115,7 @@ def test_the_console_indexes_the_log_once_then_only_what_was_appended():
     assert console.index.count == 7  # nothing indexed twice
 
 
-def test_rejected_rules_and_identity_events_are_on_the_timeline_too():
+def test_rejected_rules_identity_events_and_the_proxies_nacks_are_on_the_timeline_too():
     from datetime import datetime, timedelta, timezone
 
     reg = TopicPartition(topics.REGISTRATIONS, 0)
@@ -134,6 +134,11 @@ def test_rejected_rules_and_identity_events_are_on_the_timeline_too():
     logs[ids] = [Rec(ids.topic, 0, 0, 1002, encode(new_event(revoked))),
                  Rec(ids.topic, 0, 1, 1003, encode(new_event(redeemed))),
                  Rec(ids.topic, 0, 2, 1004, b"garbage")]
+    sync = TopicPartition(topics.SYNC, 0)
+    nacked = t.ProxyNacked(node="web-1", gateway="gw-1", stream_id="s1",
+                           type_url="type.googleapis.com/envoy.config.route.v3.RouteConfiguration", nonce="7",
+                           rejected={"web-1~outbound": "abc"}, reason="<b>bad route</b>")
+    logs[sync] = [Rec(sync.topic, 0, 0, 1005, encode(new_event(nacked)))]
     console = Console(FakeConsumer(logs, random.Random(5)), refresh_s=0)
 
     async def go():
@@ -143,6 +148,6 @@ def test_rejected_rules_and_identity_events_are_on_the_timeline_too():
     doc, events = asyncio.run(go())
     rows = {(p["kind"], p["service"]) for p in doc["points"]}
     assert rows == {("instance.registered", "reviews"), ("rule.rejected", "reviews"),
-                    ("identity.revoked", "reviews"), ("join_token.redeemed", "ratings")}
+                    ("identity.revoked", "reviews"), ("join_token.redeemed", "ratings"), ("sync.nacked", "node web-1")}
     assert [e["kind"] for e in events["events"]] == ["instance.registered", "rule.rejected", "identity.revoked"]
     assert events["events"][1]["reason"] == "stale revision"

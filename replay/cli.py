@@ -9,6 +9,7 @@ Forms (``replay --at T ...`` is short for ``replay at --at T ...``)::
     replay log --from T1 --to T2 [--service S | --node N]   the audit trail of the window
     replay serve --at TIME [--port P]                a frozen, read-only xDS server for a debug Envoy
     replay identities --at TIME [--service S]        the mesh identities (certificates) held at TIME
+    replay ui [--port P]                             the incident console: the log's history in the browser
 
 Replay folds the event topics up to TIME with the projector's own fold and
 render (no mesh logic here), starting from the latest usable snapshot.
@@ -54,6 +55,7 @@ from replay.engine import (
 )
 from replay.source import ReadStalled, read_window
 from replay.timeparse import BadTime, parse_instant, to_ms
+from replay.ui import cli as ui_cli
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -77,7 +79,7 @@ TIME_HELP = (
     "relative to now (-15m, -2h, -1d, -30s), 'now', or epoch milliseconds (@1714557600000)"
 )
 
-SUBCOMMANDS = ("at", "diff", "log", "serve", "identities")
+SUBCOMMANDS = ("at", "diff", "log", "serve", "identities", "ui")
 SYNC_GRACE_MS = 60_000  # `replay log` reads ACKs this long past the window for convergence
 PROGRESS_MIN_RECORDS = 50_000
 
@@ -192,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     ids.add_argument("--json", action="store_true", help="machine-readable output (replay.identities, kind 'identities')")
     ids.add_argument("--limit", type=argtypes.integer(0, 1_000_000), default=50, metavar="N", help="rows in the text output (default 50; 0 = all)")
     _common(ids)
+    ui_cli.add_parser(sub, _common, EXIT_CODES)
     return parser
 
 
@@ -513,7 +516,8 @@ async def cmd_identities(args: argparse.Namespace, bootstrap: str) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"at": cmd_at, "diff": cmd_diff, "log": cmd_log, "serve": cmd_serve, "identities": cmd_identities}
+COMMANDS = {"at": cmd_at, "diff": cmd_diff, "log": cmd_log, "serve": cmd_serve, "identities": cmd_identities,
+            "ui": ui_cli.cmd_ui}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

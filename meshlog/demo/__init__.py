@@ -137,6 +137,10 @@ def run(args: argparse.Namespace) -> int:
         for problem in tail.errors[-5:]:  # the events panel could not show these records
             report.say(f"event tail: {problem}")
         if args.keep_running or not headless:
+            try:
+                report.say(f"incident console (replay ui) over this run's log: {stack.start_console()}")
+            except (RuntimeError, AssertionError, OSError) as exc:
+                report.say(f"the incident console did not start: {exc}")
             report.scene("done", "the mesh keeps running with traffic — press Ctrl-C to stop every process")
             while True:
                 time.sleep(1)

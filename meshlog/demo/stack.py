@@ -92,6 +92,7 @@ class DemoStack:
     checker_procs: dict[str, Process] = field(default_factory=dict)
     apps: dict[str, DemoApp] = field(default_factory=dict)
     sidecars: dict[str, Sidecar] = field(default_factory=dict)
+    console: Process | None = None  # `replay ui` over the demo's log, once the scenes are done
     _stopped: bool = False
 
     @property
@@ -205,6 +206,16 @@ class DemoStack:
             self.say(f"sidecar {sidecar.node}: Envoy live (admin 127.0.0.1:{sidecar.admin_port}, "
                      f"inbound {sidecar.inbound_port}, outbound {sidecar.outbound_port})")
 
+    def start_console(self) -> str:
+        """`replay ui` over the demo's log (read-only, 127.0.0.1); returns its URL."""
+        ready = self.workdir / "console.ready.json"
+        ready.unlink(missing_ok=True)
+        self.console = spawn("console", [str(BIN / "replay"), "ui", "--bootstrap", self.bootstrap,
+                                         "--ready-file", str(ready)], self.workdir, own_group=True)
+        wait_until(lambda: ready.exists() and ready.read_text().strip(), 60, "the console to be ready",
+                   on_fail=self.console.log_tail)
+        return json.loads(ready.read_text())["url"]
+
     # -- view -----------------------------------------------------------------
     def processes(self) -> list[tuple[str, int | None, str]]:
         rows: list[tuple[str, int | None, str]] = []
@@ -228,6 +239,8 @@ class DemoStack:
         if self._stopped:
             return
         self._stopped = True
+        if self.console is not None:
+            self.console.stop(10)
         for sidecar in self.sidecars.values():  # drain them all at once, then wait for each
             sidecar.process.terminate()
         for sidecar in self.sidecars.values():

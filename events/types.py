@@ -168,6 +168,50 @@ class InstanceDeregistered(Payload):
         return f"{self.service}/{self.instance_id}"
 
 
+# ---------------------------------------------------------------- run-time subscriptions
+
+
+class DependencySubscribed(Payload):
+    """A registered instance began calling ``dependency`` (asked at run time, not declared).
+
+    ``origin`` says who asked: ``explicit`` (the app, through its sidecar's
+    local API or CLI) or ``learned`` (its proxy asked for the cluster on
+    demand). Same topic and key as the instance's registration, so the fold
+    sees it after the registration it refers to.
+    """
+
+    TYPE: ClassVar[str] = "dependency.subscribed"
+    TOPIC: ClassVar[str] = topics.REGISTRATIONS
+
+    service: ServiceName
+    instance_id: InstanceId
+    dependency: ServiceName
+    origin: Literal["explicit", "learned"] = "explicit"
+
+    @model_validator(mode="after")
+    def _not_itself(self) -> "DependencySubscribed":
+        if self.dependency == self.service:
+            raise ValueError("dependency: a service cannot depend on itself")
+        return self
+
+    def key(self) -> str:
+        return f"{self.service}/{self.instance_id}"
+
+
+class DependencyUnsubscribed(Payload):
+    """A registered instance stopped calling a service it had subscribed to at run time."""
+
+    TYPE: ClassVar[str] = "dependency.unsubscribed"
+    TOPIC: ClassVar[str] = topics.REGISTRATIONS
+
+    service: ServiceName
+    instance_id: InstanceId
+    dependency: ServiceName
+
+    def key(self) -> str:
+        return f"{self.service}/{self.instance_id}"
+
+
 # ---------------------------------------------------------------- health
 
 
@@ -383,16 +427,42 @@ class RuleRejected(Payload):
         return f"{self.kind}/{self.name}"
 
 
+class SubscriptionRejected(Payload):
+    """The projector refused a subscription event; the instance's dependencies stay as they were."""
+
+    TYPE: ClassVar[str] = "dependency.subscription_rejected"
+    TOPIC: ClassVar[str] = topics.REJECTIONS
+
+    action: Literal["subscribe", "unsubscribe"]
+    service: ServiceName
+    instance_id: InstanceId
+    dependency: ServiceName
+    reason: Annotated[str, Field(min_length=1, max_length=2048)]
+    source_topic: NonEmptyText
+    source_partition: Annotated[int, Strict(), Field(ge=0)]
+    source_offset: Annotated[int, Strict(), Field(ge=0)]
+
+    def key(self) -> str:
+        return f"subscription/{self.service}/{self.instance_id}"
+
+
+Decision = RuleRejected | SubscriptionRejected
+"""What the fold may decide about one event (recorded on the rejections topic)."""
+
+
 PAYLOAD_TYPES: dict[str, type[Payload]] = {
     cls.TYPE: cls
     for cls in (
         InstanceRegistered,
         InstanceDeregistered,
         InstanceHealthChanged,
+        DependencySubscribed,
+        DependencyUnsubscribed,
         RouteRuleUpserted,
         RouteRuleDeleted,
         DestinationPolicyUpserted,
         DestinationPolicyDeleted,
         RuleRejected,
+        SubscriptionRejected,
     )
 }

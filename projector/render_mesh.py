@@ -74,6 +74,11 @@ class RenderedMesh:
 _EMPTY = RenderedMesh(resources={}, membership={}, versions={}, problems=())
 
 
+def _only_subscriptions_changed(old: MeshState, new: MeshState, key: str) -> bool:
+    a, b = old.instances.get(key), new.instances.get(key)
+    return a is not None and b is not None and a.reg is b.reg and a.ts == b.ts
+
+
 def _service_of(key: ResourceKey) -> str | None:
     type_url, name = key
     if type_url in (CLUSTER, ENDPOINT):
@@ -203,7 +208,10 @@ class _Step:
         policies_changed = changed_keys(old.policies, new.policies)
         rules_changed = changed_keys(old.route_rules, new.route_rules)
         dirty_nodes = set(changed_keys(old.nodes, new.nodes))
-        endpoint_services = {naming.service_of_key(k) for k in regs_changed | health_changed}
+        # a run-time subscription changes the subscriber's view, not its own endpoints
+        endpoint_services = {naming.service_of_key(k) for k in health_changed} | {
+            naming.service_of_key(k) for k in regs_changed if not _only_subscriptions_changed(old, new, k)
+        }
         for key in regs_changed:
             for s in (old, new):
                 inst = s.instances.get(key)
@@ -252,7 +260,7 @@ class _Step:
                 view = r.view(node)
                 views[node] = view
                 new_keys = {(u, n) for u, names in view.items() for n in names}
-                self._set_dependents(node, inst.reg.depends_on)
+                self._set_dependents(node, inst.dependencies())
             for key in old_keys - new_keys:
                 if naming.is_per_node(key[1]):
                     self._drop(key)

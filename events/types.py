@@ -434,6 +434,8 @@ class SubscriptionRejected(Payload):
     TOPIC: ClassVar[str] = topics.REJECTIONS
 
     action: Literal["subscribe", "unsubscribe"]
+    # machine-readable, so a caller can answer "unknown service" without parsing the reason
+    problem: Literal["unknown_instance", "unknown_service", "declared", "not_subscribed"]
     service: ServiceName
     instance_id: InstanceId
     dependency: ServiceName

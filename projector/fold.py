@@ -210,10 +210,11 @@ def _health_changed(tx: _Tx, p: t.InstanceHealthChanged, logged: Logged) -> None
 
 
 def _refuse_subscription(
-    logged: Logged, action: str, p: t.DependencySubscribed | t.DependencyUnsubscribed, reason: str
+    logged: Logged, action: str, p: t.DependencySubscribed | t.DependencyUnsubscribed, problem: str, reason: str
 ) -> t.SubscriptionRejected:
     return t.SubscriptionRejected(
         action=action,
+        problem=problem,
         service=p.service,
         instance_id=p.instance_id,
         dependency=p.dependency,
@@ -229,10 +230,10 @@ def _subscribed(tx: _Tx, p: t.DependencySubscribed, logged: Logged) -> t.Subscri
     instances = tx.m("instances")
     inst = instances.get(key)
     if inst is None:
-        return _refuse_subscription(logged, "subscribe", p, f"instance {key!r} is not registered")
+        return _refuse_subscription(logged, "subscribe", p, "unknown_instance", f"instance {key!r} is not registered")
     if p.dependency not in tx.m("services"):
         return _refuse_subscription(
-            logged, "subscribe", p, f"unknown service {p.dependency!r}: no instance of it has ever registered"
+            logged, "subscribe", p, "unknown_service", f"unknown service {p.dependency!r}: no instance of it has ever registered"
         )
     if p.dependency in inst.reg.depends_on or inst.subscription(p.dependency) is not None:
         return None  # already in the closure: the earlier origin and time stay
@@ -246,15 +247,15 @@ def _unsubscribed(tx: _Tx, p: t.DependencyUnsubscribed, logged: Logged) -> t.Sub
     instances = tx.m("instances")
     inst = instances.get(key)
     if inst is None:
-        return _refuse_subscription(logged, "unsubscribe", p, f"instance {key!r} is not registered")
+        return _refuse_subscription(logged, "unsubscribe", p, "unknown_instance", f"instance {key!r} is not registered")
     if p.dependency in inst.reg.depends_on:
         return _refuse_subscription(
-            logged, "unsubscribe", p,
+            logged, "unsubscribe", p, "declared",
             f"{p.dependency!r} is declared in the registration of {key!r} (depends_on); "
             "only a re-registration without it drops it",
         )
     if inst.subscription(p.dependency) is None:
-        return _refuse_subscription(logged, "unsubscribe", p, f"{key!r} is not subscribed to {p.dependency!r}")
+        return _refuse_subscription(logged, "unsubscribe", p, "not_subscribed", f"{key!r} is not subscribed to {p.dependency!r}")
     subs = tuple(sub for sub in inst.subscriptions if sub.dependency != p.dependency)
     instances[key] = inst._replace(subscriptions=subs)
     return None

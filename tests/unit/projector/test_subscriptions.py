@@ -72,22 +72,22 @@ def test_subscribing_again_or_to_a_declared_dependency_changes_nothing():
 
 
 @pytest.mark.parametrize(
-    ("event", "reason"),
+    ("event", "problem", "reason"),
     [
         (t.DependencySubscribed(service="web", instance_id="nope", dependency="ratings"),
-         "instance 'web/nope' is not registered"),
+         "unknown_instance", "instance 'web/nope' is not registered"),
         (t.DependencySubscribed(service="web", instance_id="w1", dependency="unknown-svc"),
-         "unknown service 'unknown-svc': no instance of it has ever registered"),
+         "unknown_service", "unknown service 'unknown-svc': no instance of it has ever registered"),
         (t.DependencyUnsubscribed(service="web", instance_id="nope", dependency="ratings"),
-         "instance 'web/nope' is not registered"),
+         "unknown_instance", "instance 'web/nope' is not registered"),
         (t.DependencyUnsubscribed(service="web", instance_id="w1", dependency="ratings"),
-         "'web/w1' is not subscribed to 'ratings'"),
+         "not_subscribed", "'web/w1' is not subscribed to 'ratings'"),
         (t.DependencyUnsubscribed(service="web", instance_id="w1", dependency="reviews"),
-         "'reviews' is declared in the registration of 'web/w1' (depends_on); only a re-registration without it "
+         "declared", "'reviews' is declared in the registration of 'web/w1' (depends_on); only a re-registration without it "
          "drops it"),
     ],
 )
-def test_a_refused_subscription_leaves_the_state_unchanged_and_records_why(event, reason):
+def test_a_refused_subscription_leaves_the_state_unchanged_and_records_why(event, problem, reason):
     log = _mesh()
     before, _ = fold_log(log.events)
     bad = log.append(event)
@@ -95,7 +95,7 @@ def test_a_refused_subscription_leaves_the_state_unchanged_and_records_why(event
     assert after == before
     (j,) = decisions
     assert isinstance(j, t.SubscriptionRejected)
-    assert j.reason == reason
+    assert (j.problem, j.reason) == (problem, reason)
     assert (j.service, j.instance_id, j.dependency) == (event.service, event.instance_id, event.dependency)
     assert j.action == ("subscribe" if isinstance(event, t.DependencySubscribed) else "unsubscribe")
     assert (j.source_topic, j.source_partition, j.source_offset) == (bad.topic, bad.partition, bad.offset)

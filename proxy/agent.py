@@ -44,6 +44,10 @@ hot-restarts back into cache mode and retries with backoff. With
 ``--no-hot-restart`` the switch is a cold restart: connections are refused
 for the few hundred ms between the two processes.
 
+Subscriptions. With ``--api-port`` the app can subscribe to (and
+unsubscribe from) services at run time through ``proxy.subscriptions`` on
+127.0.0.1; each is an event in the log, answered once Envoy holds it.
+
 Drain (SIGTERM or SIGINT). Status ``draining``, ``/healthz`` 503;
 ``InstanceHealthChanged(draining)`` appended (so peers' Envoys stop choosing
 this instance); Envoy keeps serving for ``--drain-seconds``;
@@ -63,7 +67,7 @@ import time
 from collections import deque
 from datetime import datetime, timezone
 
-from proxy import config_cache, probe, registration
+from proxy import config_cache, probe, registration, subscriptions
 from proxy.bootstrap import envoy_bootstrap
 from proxy.envoy_process import EnvoyProcess, dynamic_names, remove_shared_memory
 from proxy.options import SidecarOptions
@@ -113,6 +117,8 @@ class SidecarAgent:
         self._state_checked = 0.0
         self._status_server: asyncio.AbstractServer | None = None
         self.status_port: int | None = None
+        self._api_server: asyncio.AbstractServer | None = None
+        self.api_port: int | None = None
 
     # ------------------------------------------------------------ reporting
 
@@ -137,7 +143,7 @@ class SidecarAgent:
             },
             "ports": {"app": self.opts.app_port, "inbound": self.opts.inbound_port,
                       "outbound": self.opts.outbound_port, "admin": self.opts.admin_port,
-                      "status": self.status_port},
+                      "status": self.status_port, "api": self.api_port},
             "gateways": list(self.opts.gateways),
             "registered": self.registered,
             "restarts": self.restarts,
@@ -185,6 +191,15 @@ class SidecarAgent:
 
         self._status_server = await asyncio.start_server(handle, "127.0.0.1", self.opts.status_port)
         self.status_port = self._status_server.sockets[0].getsockname()[1]
+
+    async def _serve_api(self) -> None:
+        """The local subscription API (``proxy.subscriptions``) on 127.0.0.1."""
+        service = subscriptions.SubscriptionService(
+            registration=self.opts.registration, bootstrap=self.opts.bootstrap, envoy=lambda: self.envoy,
+            registered=lambda: self.registered, timeout_s=self.opts.subscribe_timeout,
+            append_timeout_s=self.opts.append_timeout)
+        self._api_server = await subscriptions.serve(service, self.opts.api_port)
+        self.api_port = self._api_server.sockets[0].getsockname()[1]
 
     # ------------------------------------------------------------ Envoy
 
@@ -533,6 +548,8 @@ class SidecarAgent:
         self.opts.workdir.mkdir(parents=True, exist_ok=True)
         if self.opts.status_port is not None:
             await self._serve_status()
+        if self.opts.api_port is not None:
+            await self._serve_api()
         r = self.opts.registration
         self._event(logging.INFO, "sidecar for %s/%s (node %s): outbound 127.0.0.1:%d, inbound %s:%d -> app "
                     "127.0.0.1:%d, admin 127.0.0.1:%d, gateways %s, cache %s", r.service, r.instance_id,
@@ -559,6 +576,7 @@ class SidecarAgent:
                 remove_shared_memory(self.opts.base_id)
             self.mode, self.envoy_state = "stopped", None
             self._event(logging.INFO, "stopped (exit %d)", exit_code)
-            if self._status_server is not None:
-                self._status_server.close()
+            for server in (self._status_server, self._api_server):
+                if server is not None:
+                    server.close()
         return exit_code

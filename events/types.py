@@ -426,6 +426,9 @@ class RuleRejected(Payload):
     def key(self) -> str:
         return f"{self.kind}/{self.name}"
 
+    def summary(self) -> str:
+        return f"{self.kind} {self.name} revision {self.revision}"
+
 
 class SubscriptionRejected(Payload):
     """The projector refused a subscription event; the instance's dependencies stay as they were."""
@@ -446,6 +449,9 @@ class SubscriptionRejected(Payload):
 
     def key(self) -> str:
         return f"subscription/{self.service}/{self.instance_id}"
+
+    def summary(self) -> str:
+        return f"{self.action} of {self.service}/{self.instance_id} to {self.dependency}"
 
 
 Decision = RuleRejected | SubscriptionRejected

@@ -22,7 +22,8 @@ Invariants:
   bounded wait (``--subscribe-timeout``):
   200 Envoy holds it (subscribe: the cluster, its endpoints, and the outbound
   route's virtual host or the TCP listener; unsubscribe: neither the virtual
-  host nor the TCP listener any more); 404 unknown service; 409 refused for
+  host nor the TCP listener any more — when Envoy did not serve it to begin
+  with, only the fold can answer: a refusal, else 200 after the wait); 404 unknown service; 409 refused for
   another recorded reason (declared at registration, not subscribed, the
   instance not registered); 400 not a service name; 503 the sidecar cannot
   ask yet (not registered, no broker, no Envoy); 504 timed out (the event is
@@ -191,6 +192,11 @@ class SubscriptionService:
     async def _append_and_wait(self, payload: t.Payload, req: Request) -> Reply:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
                                     isolation_level="read_committed", request_timeout_ms=int(self.append_timeout_s * 1000))
+        # Unsubscribing what Envoy does not serve: "Envoy no longer serves it" holds already and says nothing;
+        # the fold's answer (most likely a refusal) is the only signal
+        dump = await self._dump()
+        served_before = dump is not None and req.dependency in held_dependencies(dump, self.node_id)
+        watch_envoy = req.action == "subscribe" or served_before
         try:
             try:
                 await asyncio.wait_for(consumer.start(), self.append_timeout_s)
@@ -209,7 +215,7 @@ class SubscriptionService:
                      appended.offset)
             rejected = asyncio.create_task(self._rejection_of(consumer, (appended.topic, appended.partition,
                                                                          appended.offset)))
-            visible = asyncio.create_task(self._envoy_shows(req))
+            visible = asyncio.create_task(self._envoy_shows(req) if watch_envoy else asyncio.Event().wait())
             try:
                 done, _ = await asyncio.wait({rejected, visible}, timeout=self.timeout_s,
                                              return_when=asyncio.FIRST_COMPLETED)
@@ -222,6 +228,9 @@ class SubscriptionService:
             if visible in done and visible.exception() is None:
                 verb = "holds" if req.action == "subscribe" else "no longer serves"
                 return Reply(200, {"result": f"{req.action}d: Envoy {verb} {req.dependency}", "event": where})
+            if not watch_envoy:
+                return Reply(200, {"result": f"unsubscribed: Envoy did not serve {req.dependency}, and no refusal "
+                                   f"was recorded within {self.timeout_s:g} s", "event": where})
             return Reply(504, {"error": f"the {payload.TYPE} event is in the log but Envoy did not "
                                f"{'hold' if req.action == 'subscribe' else 'drop'} {req.dependency!r} within "
                                f"{self.timeout_s:g} s (is the projector running?)", "event": where})

@@ -70,7 +70,7 @@ EVENT_TOPICS: tuple[TopicSpec, ...] = (
 HEALTHCHECK_SHARD_COUNT = 12
 
 SUPPORT_TOPICS: tuple[TopicSpec, ...] = (
-    TopicSpec(REJECTIONS, 1, _HISTORY, key="<kind>/<name>"),
+    TopicSpec(REJECTIONS, 1, _HISTORY, key="<kind>/<name> | subscription/<service>/<instance_id>"),
     TopicSpec(DEADLETTER, 1, _HISTORY, key="<source topic>/<partition>/<offset>"),
     TopicSpec(SNAPSHOTS, 1, _HISTORY, key="snapshot"),
     TopicSpec(VIEW_RESOURCES, 1, _COMPACTED, key="<type_url>|<name>"),

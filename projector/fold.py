@@ -225,29 +225,37 @@ def _refuse_subscription(
     )
 
 
-def _subscribed(tx: _Tx, p: t.DependencySubscribed, logged: Logged) -> t.SubscriptionRejected | None:
+def _subscriber(
+    tx: _Tx, p: t.DependencySubscribed | t.DependencyUnsubscribed, logged: Logged, action: str
+) -> tuple[str, Instance | t.SubscriptionRejected]:
+    """The instance key and its current entry, or the refusal because it is not registered."""
     key = instance_key(p.service, p.instance_id)
-    instances = tx.m("instances")
-    inst = instances.get(key)
+    inst = tx.m("instances").get(key)
     if inst is None:
-        return _refuse_subscription(logged, "subscribe", p, "unknown_instance", f"instance {key!r} is not registered")
+        return key, _refuse_subscription(logged, action, p, "unknown_instance", f"instance {key!r} is not registered")
+    return key, inst
+
+
+def _subscribed(tx: _Tx, p: t.DependencySubscribed, logged: Logged) -> t.SubscriptionRejected | None:
+    key, inst = _subscriber(tx, p, logged, "subscribe")
+    if isinstance(inst, t.SubscriptionRejected):
+        return inst
     if p.dependency not in tx.m("services"):
         return _refuse_subscription(
-            logged, "subscribe", p, "unknown_service", f"unknown service {p.dependency!r}: no instance of it has ever registered"
+            logged, "subscribe", p, "unknown_service",
+            f"unknown service {p.dependency!r}: no instance of it has ever registered",
         )
     if p.dependency in inst.reg.depends_on or inst.subscription(p.dependency) is not None:
         return None  # already in the closure: the earlier origin and time stay
     subs = tuple(sorted((*inst.subscriptions, Subscription(p.dependency, p.origin, logged.timestamp_ms))))
-    instances[key] = inst._replace(subscriptions=subs)
+    tx.m("instances")[key] = inst._replace(subscriptions=subs)
     return None
 
 
 def _unsubscribed(tx: _Tx, p: t.DependencyUnsubscribed, logged: Logged) -> t.SubscriptionRejected | None:
-    key = instance_key(p.service, p.instance_id)
-    instances = tx.m("instances")
-    inst = instances.get(key)
-    if inst is None:
-        return _refuse_subscription(logged, "unsubscribe", p, "unknown_instance", f"instance {key!r} is not registered")
+    key, inst = _subscriber(tx, p, logged, "unsubscribe")
+    if isinstance(inst, t.SubscriptionRejected):
+        return inst
     if p.dependency in inst.reg.depends_on:
         return _refuse_subscription(
             logged, "unsubscribe", p, "declared",
@@ -255,9 +263,11 @@ def _unsubscribed(tx: _Tx, p: t.DependencyUnsubscribed, logged: Logged) -> t.Sub
             "only a re-registration without it drops it",
         )
     if inst.subscription(p.dependency) is None:
-        return _refuse_subscription(logged, "unsubscribe", p, "not_subscribed", f"{key!r} is not subscribed to {p.dependency!r}")
+        return _refuse_subscription(
+            logged, "unsubscribe", p, "not_subscribed", f"{key!r} is not subscribed to {p.dependency!r}"
+        )
     subs = tuple(sub for sub in inst.subscriptions if sub.dependency != p.dependency)
-    instances[key] = inst._replace(subscriptions=subs)
+    tx.m("instances")[key] = inst._replace(subscriptions=subs)
     return None
 
 

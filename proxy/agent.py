@@ -67,7 +67,7 @@ import time
 from collections import deque
 from datetime import datetime, timezone
 
-from proxy import config_cache, probe, registration, subscriptions
+from proxy import config_cache, local_http, probe, registration, subscriptions
 from proxy.bootstrap import envoy_bootstrap
 from proxy.envoy_process import EnvoyProcess, dynamic_names, remove_shared_memory
 from proxy.options import SidecarOptions
@@ -165,31 +165,17 @@ class SidecarAgent:
             log.warning("cannot write status file %s: %s", path, exc)
 
     async def _serve_status(self) -> None:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                line = await asyncio.wait_for(reader.readline(), 5)
-                while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                    pass
-                path = line.split()[1].decode() if len(line.split()) > 1 else "/"
-                if path.startswith("/status"):
-                    code, body = 200, json.dumps(self.status(), indent=1)
-                elif path.startswith("/healthz"):
-                    ok = (self.mode in ("ads", "cache") and self.envoy is not None and self.envoy.alive()
-                          and self.envoy_state == "LIVE")
-                    code, body = (200, f"ok {self.mode}\n") if ok else (503, f"{self.mode}\n")
-                else:
-                    code, body = 404, "GET /status or /healthz\n"
-                data = body.encode()
-                reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[code]
-                writer.write(f"HTTP/1.1 {code} {reason}\r\nContent-Length: {len(data)}\r\n"
-                             f"Content-Type: text/plain\r\nConnection: close\r\n\r\n".encode() + data)
-                await writer.drain()
-            except (asyncio.TimeoutError, OSError, IndexError):
-                pass
-            finally:
-                writer.close()
+        async def handle(_method: str, path: str) -> tuple[int, str, bytes]:
+            if path.startswith("/status"):
+                return 200, "text/plain", json.dumps(self.status(), indent=1).encode()
+            if path.startswith("/healthz"):
+                ok = (self.mode in ("ads", "cache") and self.envoy is not None and self.envoy.alive()
+                      and self.envoy_state == "LIVE")
+                return (200, "text/plain", f"ok {self.mode}\n".encode()) if ok else (503, "text/plain",
+                                                                                   f"{self.mode}\n".encode())
+            return 404, "text/plain", b"GET /status or /healthz\n"
 
-        self._status_server = await asyncio.start_server(handle, "127.0.0.1", self.opts.status_port)
+        self._status_server = await local_http.serve(handle, self.opts.status_port)
         self.status_port = self._status_server.sockets[0].getsockname()[1]
 
     async def _serve_api(self) -> None:

@@ -56,6 +56,7 @@ from events.envelope import new_event
 from events.errors import EventValidationError
 from events.producer import EventProducer
 from projector import naming
+from proxy import local_http
 from proxy.envoy_process import EnvoyProcess, dynamic_names
 from proxy.registration import producer_identity
 
@@ -64,10 +65,7 @@ log = logging.getLogger("meshlog.sidecar.subscriptions")
 PREFIX = "/v1/subscriptions"
 POLL_S = 0.1
 _ECHO_MAX = 64
-_MAX_HEADER_LINES = 64
 _PROBLEM_STATUS = {"unknown_service": 404, "unknown_instance": 409, "declared": 409, "not_subscribed": 409}
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
-           503: "Service Unavailable", 504: "Gateway Timeout"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,26 +289,12 @@ class SubscriptionService:
 async def serve(service: SubscriptionService, port: int) -> asyncio.AbstractServer:
     """Start the API on 127.0.0.1:``port`` (0 picks one: read it from the server's socket)."""
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(), 5)
-            for _ in range(_MAX_HEADER_LINES):
-                if (await asyncio.wait_for(reader.readline(), 5)) in (b"\r\n", b"\n", b""):
-                    break
-            parts = line.decode("latin-1").split()
-            parsed = parse_request(parts[0], parts[1]) if len(parts) >= 2 else Reply(400, {"error": "bad request line"})
-            reply = parsed if isinstance(parsed, Reply) else await service.handle(parsed)
-            data = (json.dumps(reply.body, indent=1) + "\n").encode()
-            writer.write(f"HTTP/1.1 {reply.status} {REASONS.get(reply.status, 'Error')}\r\n"
-                         f"Content-Length: {len(data)}\r\nContent-Type: application/json\r\n"
-                         f"Connection: close\r\n\r\n".encode() + data)
-            await writer.drain()
-        except (asyncio.TimeoutError, OSError, ValueError):
-            pass
-        finally:
-            writer.close()
+    async def handle(method: str, path: str) -> tuple[int, str, bytes]:
+        parsed = parse_request(method, path)
+        reply = parsed if isinstance(parsed, Reply) else await service.handle(parsed)
+        return reply.status, "application/json", (json.dumps(reply.body, indent=1) + "\n").encode()
 
-    return await asyncio.start_server(handle, "127.0.0.1", port)
+    return await local_http.serve(handle, port)
 
 
 # ------------------------------------------------------------------ the client (``meshlog-sidecar subscribe``)

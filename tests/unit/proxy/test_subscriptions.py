@@ -100,3 +100,35 @@ def test_the_cli_refuses_a_bad_port_with_exit_2_and_finds_the_port_in_the_status
     status.write_text(json.dumps({"ports": {"api": None}}))
     assert cli.main(["subscriptions", "--status-file", str(status)]) == 1
     assert "serves no subscription API" in capsys.readouterr().err
+
+
+class _DumpOnly:
+    """Stands in for the running Envoy: answers /config_dump from the fixture."""
+
+    def config_dump(self) -> dict:
+        return DUMP
+
+
+async def test_the_api_answers_on_loopback_with_the_listing_and_refuses_before_registration():
+    import asyncio
+
+    from proxy import subscriptions
+
+    reg = t.InstanceRegistered(service="cli", instance_id="c1", address="127.0.0.1", port=8080, node_id=NODE,
+                               depends_on=("srv", "late"))
+    service = subscriptions.SubscriptionService(registration=reg, bootstrap="127.0.0.1:1", envoy=_DumpOnly,
+                                                registered=lambda: False)
+    server = await subscriptions.serve(service, 0)
+    host, port = server.sockets[0].getsockname()[:2]
+    try:
+        assert host == "127.0.0.1"
+        status, body = await asyncio.to_thread(subscriptions.call, port, "GET", None, 5)
+        assert (status, body) == (200, {"node_id": NODE, "declared": ["late", "srv"], "subscribed": [],
+                                        "declared_not_yet_served": ["late"]})
+        status, body = await asyncio.to_thread(subscriptions.call, port, "PUT", "ratings", 5)
+        assert status == 503 and "not registered yet" in body["error"]
+        status, body = await asyncio.to_thread(subscriptions.call, port, "PUT", "Bad Name", 5)
+        assert status == 400 and "'Bad Name'" in body["error"]
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -84,7 +84,9 @@ def test_subscribe_at_run_time_then_unsubscribe_and_replay_shows_it(kafka_bootst
             assert "unknown service" in subscribe.stderr, subscribe.stderr
             wait_until(ratings_known, 30, "ratings to be known to the projector", interval=0.5, on_fail=w1.log_tail)
         else:
-            assert json.loads(subscribe.stdout)["result"] == f"subscribed: Envoy holds {ratings}"
+            answer = json.loads(subscribe.stdout)
+            assert answer["result"] == f"subscribed: Envoy holds {ratings}"
+            print(f"subscribe answered after {answer['seconds']} s")  # measured, not asserted
         # it returned only after Envoy held the cluster and its endpoints: the first request succeeds
         names = dynamic_names(w1.config_dump())
         assert ratings in names["clusters"] and ratings in names["endpoints"]
@@ -99,6 +101,7 @@ def test_subscribe_at_run_time_then_unsubscribe_and_replay_shows_it(kafka_bootst
 
         unsubscribe = sidecar_cli("unsubscribe", ratings, "--api-port", str(api_port))
         assert unsubscribe.returncode == 0, unsubscribe.stderr + started[0].log_tail()
+        print(f"unsubscribe answered after {json.loads(unsubscribe.stdout)['seconds']} s")
         assert ratings not in dynamic_names(w1.config_dump())["clusters"]
         again = sidecar_cli("unsubscribe", ratings, "--api-port", str(api_port))
         assert again.returncode == 1 and "is not subscribed to" in again.stderr

@@ -817,7 +817,8 @@ class ProjectorService:
         for env in envs:
             j = env.payload
             log.info(
-                "rejected %s (%s/%d/%d): %s", j.summary(), j.source_topic, j.source_partition, j.source_offset, j.reason,
+                "rejected %s (%s/%d/%d): %s",
+                j.summary(), j.source_topic, j.source_partition, j.source_offset, j.reason,
             )
 
     def _snapshot_due(self) -> bool:

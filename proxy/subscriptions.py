@@ -189,7 +189,8 @@ class SubscriptionService:
 
     async def _append_and_wait(self, payload: t.Payload, req: Request) -> Reply:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                    isolation_level="read_committed", request_timeout_ms=int(self.append_timeout_s * 1000))
+                                    isolation_level="read_committed",
+                                    request_timeout_ms=int(self.append_timeout_s * 1000))
         # Unsubscribing what Envoy does not serve: "Envoy no longer serves it" holds already and says nothing;
         # the fold's answer (most likely a refusal) is the only signal
         dump = await self._dump()

@@ -208,15 +208,18 @@ class _Step:
         policies_changed = changed_keys(old.policies, new.policies)
         rules_changed = changed_keys(old.route_rules, new.route_rules)
         dirty_nodes = set(changed_keys(old.nodes, new.nodes))
-        # a run-time subscription changes the subscriber's view, not its own endpoints
-        endpoint_services = {naming.service_of_key(k) for k in health_changed} | {
-            naming.service_of_key(k) for k in regs_changed if not _only_subscriptions_changed(old, new, k)
-        }
+        endpoint_services = {naming.service_of_key(k) for k in health_changed}
+        # a run-time subscription changes only the subscriber's dependencies: not its endpoints, and not
+        # the resources that depend on its own instance only (like a dependency's change, below)
+        subscribers: set[str] = set()
         for key in regs_changed:
+            only_subscriptions = _only_subscriptions_changed(old, new, key)
+            if not only_subscriptions:
+                endpoint_services.add(naming.service_of_key(key))
             for s in (old, new):
                 inst = s.instances.get(key)
                 if inst is not None and inst.reg.node_id is not None:
-                    dirty_nodes.add(inst.reg.node_id)
+                    (subscribers if only_subscriptions else dirty_nodes).add(inst.reg.node_id)
 
         # 2. which hosts' served rule changed
         recheck = set(rules_changed)
@@ -240,6 +243,7 @@ class _Step:
         # a node whose own instance changed is re-rendered whole; one whose dependencies changed
         # keeps its inbound/outbound listeners and local cluster (they depend on its instance only)
         self_dirty = set(dirty_nodes)
+        dirty_nodes |= subscribers
         for svc in meta_changed | served_changed:
             dirty_nodes |= self.dependents.get(svc, frozenset())
 

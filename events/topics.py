@@ -94,7 +94,7 @@ EVENT_TOPICS: tuple[TopicSpec, ...] = (
 HEALTHCHECK_SHARD_COUNT = 12
 
 SUPPORT_TOPICS: tuple[TopicSpec, ...] = (
-    TopicSpec(REJECTIONS, 1, _capped(_HISTORY, SUPPORT_MAX_MESSAGE_BYTES), key="<kind>/<name>"),
+    TopicSpec(REJECTIONS, 1, _capped(_HISTORY, SUPPORT_MAX_MESSAGE_BYTES), key="<kind>/<name> | subscription/<service>/<instance_id>"),
     TopicSpec(DEADLETTER, 1, _capped(_HISTORY, SUPPORT_MAX_MESSAGE_BYTES), key="<source topic>/<partition>/<offset>"),
     TopicSpec(SNAPSHOTS, 1, _capped(_HISTORY, LARGE_MAX_MESSAGE_BYTES), key="snapshot"),
     TopicSpec(SYNC, 1, _capped(_HISTORY, SUPPORT_MAX_MESSAGE_BYTES), key="<node_id>"),

@@ -193,6 +193,50 @@ class InstanceDeregistered(Payload):
         return f"{self.service}/{self.instance_id}"
 
 
+# ---------------------------------------------------------------- run-time subscriptions
+
+
+class DependencySubscribed(Payload):
+    """A registered instance began calling ``dependency`` (asked at run time, not declared).
+
+    ``origin`` says who asked: ``explicit`` (the app, through its sidecar's
+    local API or CLI) or ``learned`` (its proxy asked for the cluster on
+    demand). Same topic and key as the instance's registration, so the fold
+    sees it after the registration it refers to.
+    """
+
+    TYPE: ClassVar[str] = "dependency.subscribed"
+    TOPIC: ClassVar[str] = topics.REGISTRATIONS
+
+    service: ServiceName
+    instance_id: InstanceId
+    dependency: ServiceName
+    origin: Literal["explicit", "learned"] = "explicit"
+
+    @model_validator(mode="after")
+    def _not_itself(self) -> "DependencySubscribed":
+        if self.dependency == self.service:
+            raise ValueError("dependency: a service cannot depend on itself")
+        return self
+
+    def key(self) -> str:
+        return f"{self.service}/{self.instance_id}"
+
+
+class DependencyUnsubscribed(Payload):
+    """A registered instance stopped calling a service it had subscribed to at run time."""
+
+    TYPE: ClassVar[str] = "dependency.unsubscribed"
+    TOPIC: ClassVar[str] = topics.REGISTRATIONS
+
+    service: ServiceName
+    instance_id: InstanceId
+    dependency: ServiceName
+
+    def key(self) -> str:
+        return f"{self.service}/{self.instance_id}"
+
+
 # ---------------------------------------------------------------- health
 
 
@@ -407,6 +451,37 @@ class RuleRejected(Payload):
     def key(self) -> str:
         return f"{self.kind}/{self.name}"
 
+    def summary(self) -> str:
+        return f"{self.kind} {self.name} revision {self.revision}"
+
+
+class SubscriptionRejected(Payload):
+    """The projector refused a subscription event; the instance's dependencies stay as they were."""
+
+    TYPE: ClassVar[str] = "dependency.subscription_rejected"
+    TOPIC: ClassVar[str] = topics.REJECTIONS
+
+    action: Literal["subscribe", "unsubscribe"]
+    # machine-readable, so a caller can answer "unknown service" without parsing the reason
+    problem: Literal["unknown_instance", "unknown_service", "declared", "not_subscribed"]
+    service: ServiceName
+    instance_id: InstanceId
+    dependency: ServiceName
+    reason: Annotated[str, Field(min_length=1, max_length=2048)]
+    source_topic: NonEmptyText
+    source_partition: Annotated[int, Strict(), Field(ge=0)]
+    source_offset: Annotated[int, Strict(), Field(ge=0)]
+
+    def key(self) -> str:
+        return f"subscription/{self.service}/{self.instance_id}"
+
+    def summary(self) -> str:
+        return f"{self.action} of {self.service}/{self.instance_id} to {self.dependency}"
+
+
+Decision = RuleRejected | SubscriptionRejected
+"""What the fold may decide about one event (recorded on the rejections topic)."""
+
 
 # ---------------------------------------------------------------- mesh identities (identity/)
 
@@ -578,6 +653,8 @@ PAYLOAD_TYPES: dict[str, type[Payload]] = {
         InstanceRegistered,
         InstanceDeregistered,
         InstanceHealthChanged,
+        DependencySubscribed,
+        DependencyUnsubscribed,
         RouteRuleUpserted,
         RouteRuleDeleted,
         DestinationPolicyUpserted,
@@ -590,5 +667,6 @@ PAYLOAD_TYPES: dict[str, type[Payload]] = {
         ProxyStreamClosed,
         ProxyAcked,
         ProxyNacked,
+        SubscriptionRejected,
     )
 }

@@ -1,4 +1,4 @@
-"""The fold: ``(MeshState, Logged event) -> MeshState`` (plus rule decisions).
+"""The fold: ``(MeshState, Logged event) -> MeshState`` (plus rejection decisions).
 
 Pure: no clock, no I/O, no randomness; the input state is never mutated (the
 result shares untouched parts with it). The live projector and ``replay/``
@@ -19,6 +19,27 @@ interleave):
   rules topic) are totally ordered; they are validated here against the
   rules state only, never against registrations (that is cross-topic and
   checked at render time, see ``projector.render``).
+
+Run-time subscriptions (``DependencySubscribed``/``DependencyUnsubscribed``)
+share the registrations topic and the instance's key, so each is folded in
+order with the registration it refers to. They are kept on the ``Instance``
+entry, and ``Instance.dependencies()`` (declared ∪ subscribed) is what the
+render uses as the node's closure roots: one model for both origins.
+
+- Subscribing is refused (a ``SubscriptionRejected`` decision, state
+  unchanged) if the instance is not registered, or if the dependency is an
+  unknown service (no instance of it ever registered): the caller gets a
+  clear "unknown service" rather than a cluster that may never fill.
+- Subscribing to a dependency already declared or subscribed changes
+  nothing (an app may re-subscribe at every start; the first one's time
+  stays its "since").
+- Unsubscribing is refused if the instance is not registered, if the
+  dependency is declared in its registration (only a re-registration changes
+  what was declared), or if it is not subscribed.
+- A re-registration of the same instance keeps its subscriptions (a sidecar
+  restart re-registers; its app still calls what it called), except those
+  the new registration declares (they become declared). A deregistration
+  ends them all.
 
 Rule validation (a refused event yields a ``RuleRejected`` decision and
 leaves the state unchanged: the previous valid document keeps serving):
@@ -52,6 +73,7 @@ from projector.state import (
     MeshState,
     PMapEvolver,
     ServiceMeta,
+    Subscription,
     rule_users,
 )
 
@@ -138,7 +160,10 @@ def _registered(tx: _Tx, p: t.InstanceRegistered, logged: Logged) -> None:
     old = instances.get(key)
     if old is not None and old.reg.node_id != p.node_id and old.reg.node_id is not None:
         _index_remove(tx.m("nodes"), old.reg.node_id, key)
-    instances[key] = Instance(p, ts)
+    kept = ()
+    if old is not None and old.subscriptions:
+        kept = tuple(sub for sub in old.subscriptions if sub.dependency not in p.depends_on)
+    instances[key] = Instance(p, ts, kept)
     _index_add(tx.m("by_service"), p.service, key)
     if p.node_id is not None:
         _index_add(tx.m("nodes"), p.node_id, key)
@@ -179,6 +204,71 @@ def _health_changed(tx: _Tx, p: t.InstanceHealthChanged, logged: Logged) -> None
         health.discard(key)  # the default; absence means healthy
     else:
         health[key] = Health(p.status, ts)
+
+
+# ---------------------------------------------------------------- run-time subscriptions
+
+
+def _refuse_subscription(
+    logged: Logged, action: str, p: t.DependencySubscribed | t.DependencyUnsubscribed, problem: str, reason: str
+) -> t.SubscriptionRejected:
+    return t.SubscriptionRejected(
+        action=action,
+        problem=problem,
+        service=p.service,
+        instance_id=p.instance_id,
+        dependency=p.dependency,
+        reason=reason,
+        source_topic=logged.topic,
+        source_partition=logged.partition,
+        source_offset=logged.offset,
+    )
+
+
+def _subscriber(
+    tx: _Tx, p: t.DependencySubscribed | t.DependencyUnsubscribed, logged: Logged, action: str
+) -> tuple[str, Instance | t.SubscriptionRejected]:
+    """The instance key and its current entry, or the refusal because it is not registered."""
+    key = instance_key(p.service, p.instance_id)
+    inst = tx.m("instances").get(key)
+    if inst is None:
+        return key, _refuse_subscription(logged, action, p, "unknown_instance", f"instance {key!r} is not registered")
+    return key, inst
+
+
+def _subscribed(tx: _Tx, p: t.DependencySubscribed, logged: Logged) -> t.SubscriptionRejected | None:
+    key, inst = _subscriber(tx, p, logged, "subscribe")
+    if isinstance(inst, t.SubscriptionRejected):
+        return inst
+    if p.dependency not in tx.m("services"):
+        return _refuse_subscription(
+            logged, "subscribe", p, "unknown_service",
+            f"unknown service {p.dependency!r}: no instance of it has ever registered",
+        )
+    if p.dependency in inst.reg.depends_on or inst.subscription(p.dependency) is not None:
+        return None  # already in the closure: the earlier origin and time stay
+    subs = tuple(sorted((*inst.subscriptions, Subscription(p.dependency, p.origin, logged.timestamp_ms))))
+    tx.m("instances")[key] = inst._replace(subscriptions=subs)
+    return None
+
+
+def _unsubscribed(tx: _Tx, p: t.DependencyUnsubscribed, logged: Logged) -> t.SubscriptionRejected | None:
+    key, inst = _subscriber(tx, p, logged, "unsubscribe")
+    if isinstance(inst, t.SubscriptionRejected):
+        return inst
+    if p.dependency in inst.reg.depends_on:
+        return _refuse_subscription(
+            logged, "unsubscribe", p, "declared",
+            f"{p.dependency!r} is declared in the registration of {key!r} (depends_on); "
+            "only a re-registration without it drops it",
+        )
+    if inst.subscription(p.dependency) is None:
+        return _refuse_subscription(
+            logged, "unsubscribe", p, "not_subscribed", f"{key!r} is not subscribed to {p.dependency!r}"
+        )
+    subs = tuple(sub for sub in inst.subscriptions if sub.dependency != p.dependency)
+    tx.m("instances")[key] = inst._replace(subscriptions=subs)
+    return None
 
 
 # ---------------------------------------------------------------- rules
@@ -329,27 +419,29 @@ def _policy_deleted(tx: _Tx, p: t.DestinationPolicyDeleted, logged: Logged) -> t
     return None
 
 
-_HANDLERS: dict[type, Callable[[_Tx, object, Logged], t.RuleRejected | None]] = {
+_HANDLERS: dict[type, Callable[[_Tx, object, Logged], t.Decision | None]] = {
     t.InstanceRegistered: _registered,
     t.InstanceDeregistered: _deregistered,
     t.InstanceHealthChanged: _health_changed,
+    t.DependencySubscribed: _subscribed,
+    t.DependencyUnsubscribed: _unsubscribed,
     t.RouteRuleUpserted: _route_upserted,
     t.RouteRuleDeleted: _route_deleted,
     t.DestinationPolicyUpserted: _policy_upserted,
     t.DestinationPolicyDeleted: _policy_deleted,
-    # RuleRejected is our own output (the rejections topic): nothing to fold
+    # RuleRejected and SubscriptionRejected are our own output (the rejections topic): nothing to fold
 }
 
 
-def _apply(tx: _Tx, logged: Logged) -> t.RuleRejected | None:
+def _apply(tx: _Tx, logged: Logged) -> t.Decision | None:
     handler = _HANDLERS.get(type(logged.envelope.payload))
     if handler is None:
         return None
     return handler(tx, logged.envelope.payload, logged)
 
 
-def fold_with_decisions(state: MeshState, logged: Logged) -> tuple[MeshState, tuple[t.RuleRejected, ...]]:
-    """Fold one logged event; also return the rule rejections it caused (zero or one)."""
+def fold_with_decisions(state: MeshState, logged: Logged) -> tuple[MeshState, tuple[t.Decision, ...]]:
+    """Fold one logged event; also return the rejections it caused (zero or one)."""
     tx = _Tx(state)
     rejected = _apply(tx, logged)
     return tx.commit(), (() if rejected is None else (rejected,))
@@ -359,7 +451,7 @@ def fold(state: MeshState, logged: Logged) -> MeshState:
     return fold_with_decisions(state, logged)[0]
 
 
-def fold_many(state: MeshState, events: Iterable[Logged]) -> tuple[MeshState, tuple[t.RuleRejected, ...]]:
+def fold_many(state: MeshState, events: Iterable[Logged]) -> tuple[MeshState, tuple[t.Decision, ...]]:
     """Fold a batch in order; equal to folding one by one, but copies each touched bucket once."""
     tx = _Tx(state)
     decisions = []

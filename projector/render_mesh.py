@@ -77,6 +77,11 @@ class RenderedMesh:
 _EMPTY = RenderedMesh(resources={}, membership={}, versions={}, problems=())
 
 
+def _only_subscriptions_changed(old: MeshState, new: MeshState, key: str) -> bool:
+    a, b = old.instances.get(key), new.instances.get(key)
+    return a is not None and b is not None and a.reg is b.reg and a.ts == b.ts
+
+
 def _service_of(key: ResourceKey) -> str | None:
     type_url, name = key
     if type_url in (CLUSTER, ENDPOINT):
@@ -207,12 +212,18 @@ class _Step:
         policies_changed = changed_keys(old.policies, new.policies)
         rules_changed = changed_keys(old.route_rules, new.route_rules)
         dirty_nodes = set(changed_keys(old.nodes, new.nodes))
-        endpoint_services = {naming.service_of_key(k) for k in regs_changed | health_changed}
+        endpoint_services = {naming.service_of_key(k) for k in health_changed}
+        # a run-time subscription changes only the subscriber's dependencies: not its endpoints, and not
+        # the resources that depend on its own instance only (like a dependency's change, below)
+        subscribers: set[str] = set()
         for key in regs_changed:
+            only_subscriptions = _only_subscriptions_changed(old, new, key)
+            if not only_subscriptions:
+                endpoint_services.add(naming.service_of_key(key))
             for s in (old, new):
                 inst = s.instances.get(key)
                 if inst is not None and inst.reg.node_id is not None:
-                    dirty_nodes.add(inst.reg.node_id)
+                    (subscribers if only_subscriptions else dirty_nodes).add(inst.reg.node_id)
 
         # 2. which hosts' served rule changed
         recheck = set(rules_changed)
@@ -236,6 +247,7 @@ class _Step:
         # a node whose own instance changed is re-rendered whole; one whose dependencies changed
         # keeps its inbound/outbound listeners and local cluster (they depend on its instance only)
         self_dirty = set(dirty_nodes)
+        dirty_nodes |= subscribers
         for svc in meta_changed | served_changed:
             dirty_nodes |= self.dependents.get(svc, frozenset())
 
@@ -258,7 +270,7 @@ class _Step:
                 views[node] = view
                 owners_now[node] = (inst.reg.service, inst.reg.instance_id)
                 new_keys = {(u, n) for u, names in view.items() for n in names}
-                self._set_dependents(node, inst.reg.depends_on)
+                self._set_dependents(node, inst.dependencies())
             for key in old_keys - new_keys:
                 if naming.is_per_node(key[1]):
                     self._drop(key)

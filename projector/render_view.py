@@ -84,12 +84,12 @@ class Renderer:
         if reg.sidecar is not None:
             listeners += [naming.outbound_listener(node_id), naming.inbound_listener(node_id)]
             routes.append(naming.outbound_route(node_id))
-            for dep in reg.depends_on:
+            for dep in inst.dependencies():
                 clusters.update(self.host_clusters(dep))
             listeners += [naming.tcp_listener(node_id, svc) for svc, _ in self.tcp_ports(inst)]
             local = [naming.local_cluster(node_id)]
         else:
-            for dep in reg.depends_on:
+            for dep in inst.dependencies():
                 if self.protocol(dep) == "grpc":
                     listeners.append(naming.api_listener(dep))
                     routes.append(naming.api_route(dep))
@@ -110,7 +110,7 @@ class Renderer:
         assert sc is not None
         taken = {reg.port: "the app's own port", sc.inbound_port: "the inbound port", sc.outbound_port: "the outbound port"}
         out = []
-        for svc in sorted(reg.depends_on):
+        for svc in inst.dependencies():
             if self.protocol(svc) != "tcp":
                 continue
             port = self.s.services[svc].port
@@ -223,7 +223,7 @@ class Renderer:
         if inst is None or inst.reg.sidecar is None or name != naming.outbound_route(node_id):
             return None
         port = inst.reg.sidecar.outbound_port
-        deps = sorted(d for d in inst.reg.depends_on if self.protocol(d) != "tcp")
+        deps = [d for d in inst.dependencies() if self.protocol(d) != "tcp"]
         return E.route_configuration(name, [self.vhost(d, port) for d in deps])
 
     def take_problems(self) -> tuple[str, ...]:

@@ -852,8 +852,8 @@ class ProjectorService:
         for env in envs:
             j = env.payload
             log.info(
-                "rejected %s %s revision %d (%s/%d/%d): %s",
-                j.kind, j.name, j.revision, j.source_topic, j.source_partition, j.source_offset, j.reason,
+                "rejected %s (%s/%d/%d): %s",
+                j.summary(), j.source_topic, j.source_partition, j.source_offset, j.reason,
             )
 
     def _snapshot_due(self) -> bool:

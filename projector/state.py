@@ -8,7 +8,11 @@ Invariants:
   (RocksDB) could hold it entry by entry:
 
   ``instances``    ``"<service>/<instance_id>"`` -> ``Instance`` (the
-                   registration and the broker timestamp it was logged at)
+                   registration and the broker timestamp it was logged at,
+                   plus its run-time ``Subscription``s: the dependencies it
+                   subscribed to after registering, each with its origin and
+                   broker timestamp; ``Instance.dependencies()`` is declared
+                   ∪ subscribed, the roots of the node's closure)
   ``health``       same key -> ``Health`` (status, broker timestamp); only
                    non-default ("unhealthy"/"draining") statuses are kept.
                    A record may exist for an instance that is not registered
@@ -261,9 +265,31 @@ class PMapEvolver(Generic[K, V]):
 # ---------------------------------------------------------------- entries
 
 
+class Subscription(NamedTuple):
+    """A dependency an instance subscribed to at run time (``DependencySubscribed``)."""
+
+    dependency: str
+    origin: str  # "explicit" | "learned"
+    ts: int  # broker timestamp (ms) of the subscription record
+
+
 class Instance(NamedTuple):
     reg: InstanceRegistered
     ts: int  # broker timestamp (ms) of the registration record
+    # run-time subscriptions, sorted by dependency, none of them also declared in reg.depends_on
+    subscriptions: tuple[Subscription, ...] = ()
+
+    def dependencies(self) -> tuple[str, ...]:
+        """The instance's closure roots: declared (``depends_on``) and subscribed, sorted."""
+        if not self.subscriptions:
+            return tuple(sorted(self.reg.depends_on))
+        return tuple(sorted({*self.reg.depends_on, *(s.dependency for s in self.subscriptions)}))
+
+    def subscription(self, dependency: str) -> Subscription | None:
+        for sub in self.subscriptions:
+            if sub.dependency == dependency:
+                return sub
+        return None
 
 
 class Health(NamedTuple):
@@ -346,6 +372,18 @@ def _dump_model(m: Any) -> Any:
     return m.model_dump(mode="json")
 
 
+def _instance_row(i: Instance) -> dict:
+    row: dict[str, Any] = {"reg": _dump_model(i.reg), "ts": i.ts}
+    if i.subscriptions:  # absent when empty: snapshots without subscriptions keep their bytes
+        row["subs"] = [list(sub) for sub in i.subscriptions]
+    return row
+
+
+def _instance_from_row(v: dict) -> Instance:
+    subs = tuple(Subscription(*sub) for sub in v.get("subs", ()))
+    return Instance(InstanceRegistered.model_validate(v["reg"]), v["ts"], subs)
+
+
 def state_to_bytes(state: MeshState) -> bytes:
     """Deterministic bytes of the primary maps (the indexes are derived)."""
 
@@ -354,7 +392,7 @@ def state_to_bytes(state: MeshState) -> bytes:
 
     doc = {
         "format": _FORMAT,
-        "instances": rows(state.instances, lambda i: {"reg": _dump_model(i.reg), "ts": i.ts}),
+        "instances": rows(state.instances, _instance_row),
         "health": rows(state.health, lambda h: [h.status, h.ts]),
         "services": rows(state.services, lambda m: [m.protocol, m.port, m.ts, m.key]),
         "route_rules": rows(state.route_rules, _dump_model),
@@ -369,7 +407,7 @@ def state_from_bytes(data: bytes) -> MeshState:
     if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
         raise ValueError(f"not a meshlog state snapshot of format {_FORMAT}")
     instances = PMap.from_items(
-        (k, Instance(InstanceRegistered.model_validate(v["reg"]), v["ts"])) for k, v in doc["instances"]
+        (k, _instance_from_row(v)) for k, v in doc["instances"]
     )
     health = PMap.from_items((k, Health(v[0], v[1])) for k, v in doc["health"])
     services = PMap.from_items((k, ServiceMeta(*v)) for k, v in doc["services"])

@@ -51,6 +51,10 @@ hot-restarts back into cache mode and retries with backoff. With
 ``--no-hot-restart`` the switch is a cold restart: connections are refused
 for the few hundred ms between the two processes.
 
+Subscriptions. With ``--api-port`` the app can subscribe to (and
+unsubscribe from) services at run time through ``proxy.subscriptions`` on
+127.0.0.1; each is an event in the log, answered once Envoy holds it.
+
 Drain (SIGTERM or SIGINT). Status ``draining``, ``/healthz`` 503;
 ``InstanceHealthChanged(draining)`` appended (so peers' Envoys stop choosing
 this instance); Envoy keeps serving for ``--drain-seconds``;
@@ -72,7 +76,7 @@ from datetime import datetime, timezone
 
 import grpc
 
-from proxy import config_cache, probe, registration, sds
+from proxy import config_cache, local_http, probe, registration, sds, subscriptions
 from proxy.bootstrap import envoy_bootstrap
 from proxy.envoy_process import EnvoyProcess, dynamic_names, remove_shared_memory
 from proxy.options import SidecarOptions
@@ -124,6 +128,8 @@ class SidecarAgent:
         self.status_port: int | None = None
         self.sds_dir = opts.workdir / "sds"
         self.secrets: sds.SecretSync | None = None  # set at start with --tls-*
+        self._api_server: asyncio.AbstractServer | None = None
+        self.api_port: int | None = None
 
     # ------------------------------------------------------------ reporting
 
@@ -148,7 +154,7 @@ class SidecarAgent:
             },
             "ports": {"app": self.opts.app_port, "inbound": self.opts.inbound_port,
                       "outbound": self.opts.outbound_port, "admin": self.opts.admin_port,
-                      "status": self.status_port},
+                      "status": self.status_port, "api": self.api_port},
             "gateways": list(self.opts.gateways),
             "registered": self.registered,
             "restarts": self.restarts,
@@ -170,32 +176,27 @@ class SidecarAgent:
             log.warning("cannot write status file %s: %s", path, exc)
 
     async def _serve_status(self) -> None:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                line = await asyncio.wait_for(reader.readline(), 5)
-                while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                    pass
-                path = line.split()[1].decode() if len(line.split()) > 1 else "/"
-                if path.startswith("/status"):
-                    code, body = 200, json.dumps(self.status(), indent=1)
-                elif path.startswith("/healthz"):
-                    ok = (self.mode in ("ads", "cache") and self.envoy is not None and self.envoy.alive()
-                          and self.envoy_state == "LIVE")
-                    code, body = (200, f"ok {self.mode}\n") if ok else (503, f"{self.mode}\n")
-                else:
-                    code, body = 404, "GET /status or /healthz\n"
-                data = body.encode()
-                reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[code]
-                writer.write(f"HTTP/1.1 {code} {reason}\r\nContent-Length: {len(data)}\r\n"
-                             f"Content-Type: text/plain\r\nConnection: close\r\n\r\n".encode() + data)
-                await writer.drain()
-            except (asyncio.TimeoutError, OSError, IndexError):
-                pass
-            finally:
-                writer.close()
+        async def handle(_method: str, path: str) -> tuple[int, str, bytes]:
+            if path.startswith("/status"):
+                return 200, "text/plain", json.dumps(self.status(), indent=1).encode()
+            if path.startswith("/healthz"):
+                ok = (self.mode in ("ads", "cache") and self.envoy is not None and self.envoy.alive()
+                      and self.envoy_state == "LIVE")
+                return (200, "text/plain", f"ok {self.mode}\n".encode()) if ok else (503, "text/plain",
+                                                                                   f"{self.mode}\n".encode())
+            return 404, "text/plain", b"GET /status or /healthz\n"
 
-        self._status_server = await asyncio.start_server(handle, "127.0.0.1", self.opts.status_port)
+        self._status_server = await local_http.serve(handle, self.opts.status_port)
         self.status_port = self._status_server.sockets[0].getsockname()[1]
+
+    async def _serve_api(self) -> None:
+        """The local subscription API (``proxy.subscriptions``) on 127.0.0.1."""
+        service = subscriptions.SubscriptionService(
+            registration=self.opts.registration, bootstrap=self.opts.bootstrap, envoy=lambda: self.envoy,
+            registered=lambda: self.registered, timeout_s=self.opts.subscribe_timeout,
+            append_timeout_s=self.opts.append_timeout)
+        self._api_server = await subscriptions.serve(service, self.opts.api_port)
+        self.api_port = self._api_server.sockets[0].getsockname()[1]
 
     # ------------------------------------------------------------ Envoy
 
@@ -560,6 +561,8 @@ class SidecarAgent:
             log.warning("--insecure: plaintext xDS to the gateways (loopback development only)")
         if self.opts.status_port is not None:
             await self._serve_status()
+        if self.opts.api_port is not None:
+            await self._serve_api()
         r = self.opts.registration
         self._event(logging.INFO, "sidecar for %s/%s (node %s): outbound 127.0.0.1:%d, inbound %s:%d -> app "
                     "127.0.0.1:%d, admin 127.0.0.1:%d, gateways %s, cache %s", r.service, r.instance_id,
@@ -588,6 +591,7 @@ class SidecarAgent:
                 remove_shared_memory(self.opts.base_id)
             self.mode, self.envoy_state = "stopped", None
             self._event(logging.INFO, "stopped (exit %d)", exit_code)
-            if self._status_server is not None:
-                self._status_server.close()
+            for server in (self._status_server, self._api_server):
+                if server is not None:
+                    server.close()
         return exit_code

@@ -1,6 +1,9 @@
-"""``meshlog-sidecar``: run the sidecar agent (``run``) or show a running one's status (``status``).
+"""``meshlog-sidecar``: run the sidecar agent (``run``), show a running one's status (``status``), or
+change what it depends on at run time (``subscribe``/``unsubscribe``/``subscriptions``, through its local
+API: ``proxy.subscriptions``).
 
-Exit codes: 0 drained and stopped (or status shown); 1 the agent failed;
+Exit codes: 0 drained and stopped (or status shown, or the subscription done); 1 the agent failed (or a
+subscription was refused or timed out);
 2 invalid arguments (every problem is listed, naming its flag; nothing is
 started).
 """
@@ -45,6 +48,59 @@ def _host_address() -> str:
         raise OSError(f"cannot resolve this host's name {name!r}: {exc}") from None
 
 
+def _status_path(args) -> Path | None:
+    if args.status_file:
+        return Path(args.status_file)
+    if args.cache_dir:
+        return Path(args.cache_dir) / "status.json"
+    if args.node_id:
+        return default_cache_dir(args.node_id) / "status.json"
+    print("meshlog-sidecar: give --status-file, --cache-dir or --node-id"
+          + (" (or --api-port)" if args.command != "status" else ""), file=sys.stderr)
+    return None
+
+
+def _subscriptions_command(args) -> int:
+    """``subscribe`` / ``unsubscribe`` / ``subscriptions``: one request to the running sidecar's local API."""
+    from proxy import subscriptions
+
+    if args.api_port is not None and not 1 <= args.api_port <= 65535:
+        print(f"meshlog-sidecar: invalid argument: --api-port: {args.api_port} is not a port (1-65535)",
+              file=sys.stderr)
+        return EXIT_BAD_ARGS
+    if not 0 < args.timeout <= 600:
+        print("meshlog-sidecar: invalid argument: --timeout: must be between 0 and 600 seconds", file=sys.stderr)
+        return EXIT_BAD_ARGS
+    port = args.api_port
+    if port is None:
+        path = _status_path(args)
+        if path is None:
+            return EXIT_BAD_ARGS
+        try:
+            port = json.loads(path.read_text())["ports"]["api"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"meshlog-sidecar: cannot read the API port from {path}: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
+            return EXIT_FAILED
+        if not isinstance(port, int):
+            print(f"meshlog-sidecar: the sidecar of {path} serves no subscription API (start it with --api-port)",
+                  file=sys.stderr)
+            return EXIT_FAILED
+    method = {"subscribe": "PUT", "unsubscribe": "DELETE", "subscriptions": "GET"}[args.command]
+    try:
+        status, body = subscriptions.call(port, method, getattr(args, "dependency", None), args.timeout)
+    except OSError as exc:
+        print(f"meshlog-sidecar: no answer from the sidecar's API at 127.0.0.1:{port}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if status == 200:
+        print(json.dumps(body, indent=1))
+        return EXIT_OK
+    # the sidecar's JSON encoder escaped it; still cut what reaches the terminal
+    print(f"meshlog-sidecar: {args.command} refused ({status}): {str(body.get('error', body))[:2048]}",
+          file=sys.stderr)
+    return EXIT_BAD_ARGS if status == 400 else EXIT_FAILED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -55,14 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.CRITICAL if not args.verbose else logging.DEBUG)
 
     if args.command == "status":
-        if args.status_file:
-            path = Path(args.status_file)
-        elif args.cache_dir:
-            path = Path(args.cache_dir) / "status.json"
-        elif args.node_id:
-            path = default_cache_dir(args.node_id) / "status.json"
-        else:
-            print("meshlog-sidecar: give --status-file, --cache-dir or --node-id", file=sys.stderr)
+        path = _status_path(args)
+        if path is None:
             return EXIT_BAD_ARGS
         try:
             print(json.dumps(json.loads(path.read_text()), indent=1))
@@ -70,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"meshlog-sidecar: cannot read {path}: {exc}", file=sys.stderr)
             return EXIT_FAILED
         return EXIT_OK
+    if args.command in ("subscribe", "unsubscribe", "subscriptions"):
+        return _subscriptions_command(args)
 
     try:
         opts = options_from_args(args, resolve_bootstrap=_resolve, free_port=_free_port,

@@ -10,8 +10,8 @@ Invariants:
   {inbound, outbound}: the projector sends other nodes the sidecar's inbound
   port as this instance's endpoint, and this node's ``<node>~local`` cluster
   points at 127.0.0.1:<app port>.
-- Every port this sidecar owns (app, inbound, outbound, admin, status) is
-  distinct.
+- Every port this sidecar owns (app, inbound, outbound, admin, status,
+  subscription API) is distinct.
 - ``--address auto`` is replaced by the IPv4 address this host's name
   resolves to (asked of the injected ``resolve_address``, so this module stays
   pure); a loopback or unresolvable answer is a ``--address`` problem, since
@@ -85,6 +85,8 @@ class SidecarOptions:
     hot_restart: bool = True
     locality_zone: str | None = None
     tls: SidecarTls | None = None  # None: plaintext to the gateways (--insecure)
+    api_port: int | None = None  # the local subscription API (proxy.subscriptions), 127.0.0.1 only
+    subscribe_timeout: float = 10.0
 
     @property
     def service(self) -> str:
@@ -162,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--status-file", help="status JSON, rewritten on every change (default <cache-dir>/status.json)")
     run.add_argument("--status-port", type=argtypes.port_or_free,
                      help="also serve GET /status (JSON) and /healthz on 127.0.0.1:PORT (0 picks one)")
+    run.add_argument("--api-port", type=argtypes.port_or_free,
+                     help="serve the local subscription API (PUT/DELETE /v1/subscriptions/NAME, GET "
+                     "/v1/subscriptions) on 127.0.0.1:PORT (0 picks one; default: not served)")
+    run.add_argument("--subscribe-timeout", type=argtypes.seconds(0.5, 120, low_inclusive=True), default=10.0,
+                     help="seconds a subscribe/unsubscribe waits for Envoy to hold the change (default 10)")
     run.add_argument("--drain-seconds", type=argtypes.seconds(0, MAX_DRAIN_SECONDS, low_inclusive=True), default=5.0,
                      help="on SIGTERM, seconds to keep serving after announcing 'draining' (default 5)")
     run.add_argument("--append-timeout", type=argtypes.seconds(0.1, 120, low_inclusive=True), default=5.0,
@@ -172,10 +179,30 @@ def build_parser() -> argparse.ArgumentParser:
                      help="switch from cache mode back to ADS with a cold Envoy restart (brief refusal of "
                      "connections) instead of a hot restart")
     status = sub.add_parser("status", help="print a running sidecar's status file")
-    status.add_argument("--cache-dir", help="the sidecar's cache dir")
-    status.add_argument("--status-file", help="or the status file itself")
-    status.add_argument("--node-id", help="with the default cache dir: the node id")
+    _locate_flags(status)
+    api_help = ("Talks to the running sidecar's local subscription API (run it with --api-port); the port comes "
+                "from --api-port or the sidecar's status file. Exit codes: 0 done (Envoy holds the change); "
+                "2 invalid arguments or service name; 1 refused, timed out or no sidecar answered.")
+    for name, what in (("subscribe", "subscribe this instance to SERVICE at run time (answers once Envoy holds it)"),
+                       ("unsubscribe", "drop a run-time subscription (answers once Envoy no longer serves it)")):
+        cmd = sub.add_parser(name, help=what, description=what + ". " + api_help)
+        cmd.add_argument("dependency", metavar="SERVICE")
+        _locate_flags(cmd, api=True)
+    listing = sub.add_parser("subscriptions", help="list what this instance depends on (declared and subscribed)",
+                             description=api_help)
+    _locate_flags(listing, api=True)
     return parser
+
+
+def _locate_flags(cmd: argparse.ArgumentParser, *, api: bool = False) -> None:
+    """How a command finds a running sidecar: its status file (or the local API's port)."""
+    cmd.add_argument("--cache-dir", help="the sidecar's cache dir")
+    cmd.add_argument("--status-file", help="or the status file itself")
+    cmd.add_argument("--node-id", help="with the default cache dir: the node id")
+    if api:
+        cmd.add_argument("--api-port", type=argtypes.port, help="the sidecar's --api-port (instead of its status file)")
+        cmd.add_argument("--timeout", type=float, default=30.0,
+                         help="seconds to wait for the sidecar's answer (default 30)")
 
 
 def parse_labels(pairs: Sequence[str]) -> tuple[dict[str, str], list[str]]:
@@ -297,6 +324,8 @@ def options_from_args(
         owned["--admin-port"] = admin_port
     if args.status_port:
         owned["--status-port"] = args.status_port
+    if args.api_port:
+        owned["--api-port"] = args.api_port
     seen: dict[int, str] = {}
     for flag, port in owned.items():
         if port in seen:
@@ -339,6 +368,8 @@ def options_from_args(
         hot_restart=not args.no_hot_restart,
         locality_zone=labels.get("zone"),
         tls=tls,
+        api_port=args.api_port,
+        subscribe_timeout=float(args.subscribe_timeout),
     )
 
 

@@ -289,7 +289,7 @@ class Effect:
 @dataclass(slots=True)
 class Step:
     events: list[Logged]
-    decisions: list[tuple[Logged, t.RuleRejected]]
+    decisions: list[tuple[Logged, t.Decision]]
     effect: Effect
     exact: bool  # False when several events were folded together (attribution is by group)
 
@@ -331,7 +331,7 @@ class Walker:
     def step(self, events: list[Logged]) -> Step:
         before = self.state
         state = before
-        decisions: list[tuple[Logged, t.RuleRejected]] = []
+        decisions: list[tuple[Logged, t.Decision]] = []
         for lg in events:
             state, rejected = fold_with_decisions(state, lg)
             for j in rejected:
@@ -366,7 +366,7 @@ class Walker:
         assert self.node is not None
         node = self.node
         states: list[MeshState] = []
-        decided: list[list[tuple[Logged, t.RuleRejected]]] = []
+        decided: list[list[tuple[Logged, t.Decision]]] = []
         s = self.state
         for lg in events:
             s, rejected = fold_with_decisions(s, lg)

@@ -22,7 +22,8 @@ Shapes (``format`` 1):
               undecodable_dead_lettered?}   # how many of them the dead-letter topic records (when any)
 
     INSTANCE = {service, instance_id, address, port, protocol, labels, weight, health, health_since,
-                node_id, sidecar: {inbound_port, outbound_port} | null, depends_on, registered, registered_ms}
+                node_id, sidecar: {inbound_port, outbound_port} | null, depends_on, registered, registered_ms,
+                subscriptions: [{dependency, origin, since, since_ms}]}   # run-time, besides depends_on
 
 ``kind: "node"`` (``replay --at T --node N --json``)::
 
@@ -112,6 +113,10 @@ def instance_doc(state: MeshState, key: str, inst: Instance) -> dict:
         "depends_on": list(reg.depends_on),
         "registered": iso(inst.ts),
         "registered_ms": inst.ts,
+        "subscriptions": [
+            {"dependency": sub.dependency, "origin": sub.origin, "since": iso(sub.ts), "since_ms": sub.ts}
+            for sub in inst.subscriptions
+        ],
     }
 
 
@@ -167,6 +172,9 @@ def payload_services(payload: t.Payload) -> set[str]:
         out |= rule_destinations(payload)
     if isinstance(payload, t.RuleRejected):
         out.add(payload.name)
+    dependency = getattr(payload, "dependency", None)  # a subscription is about its dependency too
+    if isinstance(dependency, str):
+        out.add(dependency)
     return out
 
 
@@ -238,7 +246,7 @@ def mesh_document(
         if inst is None:
             continue
         reg = inst.reg
-        if service is not None and reg.service != service and service not in reg.depends_on:
+        if service is not None and reg.service != service and service not in inst.dependencies():
             continue
         if rendered is not None:
             resources = rendered.membership.get(node, {u: {} for u in TYPE_URLS})
@@ -363,14 +371,17 @@ def config_dump(
 # ---------------------------------------------------------------- diff
 
 
-def rejection_doc(lg: Logged | None, j: t.RuleRejected, ts: int | None = None) -> dict:
+def rejection_doc(lg: Logged | None, j: t.Decision, ts: int | None = None) -> dict:
     when = lg.timestamp_ms if lg is not None else ts
+    if isinstance(j, t.SubscriptionRejected):
+        what = {"kind_of_rule": "subscription", "name": j.dependency, "revision": None,
+                "subscriber": naming.instance_key(j.service, j.instance_id), "action": j.action}
+    else:
+        what = {"kind_of_rule": j.kind, "name": j.name, "revision": j.revision}
     return {
         "time": iso(when),
         "timestamp_ms": when,
-        "kind_of_rule": j.kind,
-        "name": j.name,
-        "revision": j.revision,
+        **what,
         "reason": j.reason,
         "source": {"topic": j.source_topic, "partition": j.source_partition, "offset": j.source_offset},
     }
@@ -527,7 +538,7 @@ def log_document(
     node: str | None,
     steps: Iterable[Step],
     node_keys: set[str] = frozenset(),
-    recorded_rejections: Mapping[tuple[str, int, int], tuple[int, t.RuleRejected]] = {},
+    recorded_rejections: Mapping[tuple[str, int, int], tuple[int, t.Decision]] = {},
     dead_letters: Iterable[dict] = (),
     convergence: Mapping[tuple[str, int, int], dict] = {},
     sync_entries: Iterable[dict] = (),
@@ -582,7 +593,7 @@ def log_document(
     for src, (ts, j) in sorted(recorded_rejections.items()):
         if src in matched_recorded:
             continue
-        if service is not None and j.name != service:
+        if service is not None and service not in payload_services(j):
             continue
         if node is not None:
             continue

@@ -158,6 +158,8 @@ def print_node(console: Console, doc: dict) -> None:
     if inst:
         console.print(Text(f"instance {inst['service']}/{inst['instance_id']} at {inst['address']}:{inst['port']} "
                            f"({inst['health']}), depends on {', '.join(inst['depends_on']) or 'nothing'}"))
+        for sub in inst.get("subscriptions", ()):
+            console.print(Text(f"  subscribed to {sub['dependency']} ({sub['origin']}) since {sub['since']}"))
     table = Table(title="served resources", title_justify="left")
     for col in ("type", "name", "version"):
         table.add_column(col)
@@ -208,12 +210,17 @@ def print_diff(console: Console, doc: dict) -> None:
         if nodes[what]:
             console.print(Text(f"nodes {what}: {', '.join(nodes[what])}"))
     for j in doc["rejections"]:
-        console.print(Text(f"rejected {j['kind_of_rule']} {j['name']} r{j['revision']} at {j['time']}: {j['reason']}",
-                           style="red"))
+        console.print(Text(f"rejected {_rejected_what(j)} at {j['time']}: {j['reason']}", style="red"))
     for d in doc["undecodable"]:
         what = "dead-lettered" if d["recorded"] else "undecodable (not on the dead-letter topic)"
         console.print(Text(f"{what} {d['source']['topic']}/{d['source']['partition']}/{d['source']['offset']} "
                            f"at {d['time']}: {d['reason']}", style="red"))
+
+
+def _rejected_what(j: dict) -> str:
+    if j["kind_of_rule"] == "subscription":
+        return f"{j['action']} of {j['subscriber']} to {j['name']}"
+    return f"{j['kind_of_rule']} {j['name']} r{j['revision']}"
 
 
 def _effect(e: dict, groups: list[dict]) -> str:
@@ -257,8 +264,7 @@ def print_log(console: Console, doc: dict) -> None:
             table.add_row(e["time"], e["producer"], Text(e["type"], style=style), e["key"],
                           _effect(e, doc.get("groups", [])))
         elif e["kind"] == "rejection":
-            table.add_row(e["time"], "projector", Text("rule.rejected", style="red"),
-                          f"{e['kind_of_rule']}/{e['name']}", f"revision {e['revision']}: {e['reason']}")
+            table.add_row(e["time"], "projector", Text("rejected", style="red"), _rejected_what(e), e["reason"])
         elif e["kind"] in ("ack", "nack"):
             short = clean_text(e["type_url"].rsplit(".", 1)[-1], 40)
             names = ", ".join(f"{clean_text(n, 80)}@{v}" for n, v in sorted(e["resources"].items())[:4])

@@ -65,6 +65,15 @@ class Log:
             t.InstanceHealthChanged(service=service, instance_id=instance_id, status=status, observer="checker"), at
         )
 
+    def subscribe(self, service: str, instance_id: str, dependency: str, *, origin: str = "explicit",
+                  at: int | None = None) -> Logged:
+        return self.append(t.DependencySubscribed(service=service, instance_id=instance_id, dependency=dependency,
+                                                  origin=origin), at)
+
+    def unsubscribe(self, service: str, instance_id: str, dependency: str, *, at: int | None = None) -> Logged:
+        return self.append(t.DependencyUnsubscribed(service=service, instance_id=instance_id, dependency=dependency),
+                           at)
+
     def policy(self, service: str, revision: int, subsets: dict[str, dict[str, str]] | None = None, **kw) -> Logged:
         subs = tuple(t.Subset(name=n, labels=l) for n, l in (subsets or {}).items())
         return self.append(t.DestinationPolicyUpserted(service=service, revision=revision, subsets=subs, **kw))
@@ -94,10 +103,10 @@ def route(*dests: tuple, prefix: str | None = None, exact: str | None = None,
     )
 
 
-def fold_log(events: Iterable[Logged], state: MeshState | None = None) -> tuple[MeshState, list[t.RuleRejected]]:
+def fold_log(events: Iterable[Logged], state: MeshState | None = None) -> tuple[MeshState, list[t.Decision]]:
     """Fold one event at a time (the reference path), collecting decisions."""
     s = state if state is not None else empty_state()
-    decisions: list[t.RuleRejected] = []
+    decisions: list[t.Decision] = []
     for ev in events:
         s, d = fold_with_decisions(s, ev)
         decisions.extend(d)

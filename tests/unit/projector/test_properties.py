@@ -45,6 +45,19 @@ def registrations(draw):
 
 
 deregistrations = st.builds(t.InstanceDeregistered, service=services, instance_id=instance_ids)
+
+
+@st.composite
+def subscriptions(draw):
+    service = draw(services)
+    dependency = draw(st.sampled_from([s for s in [*SERVICES, "ghost"] if s != service]))
+    instance_id = draw(instance_ids)
+    if draw(st.booleans()):
+        return t.DependencySubscribed(service=service, instance_id=instance_id, dependency=dependency,
+                                      origin=draw(st.sampled_from(["explicit", "learned"])))
+    return t.DependencyUnsubscribed(service=service, instance_id=instance_id, dependency=dependency)
+
+
 health = st.builds(
     t.InstanceHealthChanged, service=services, instance_id=instance_ids,
     status=st.sampled_from(["healthy", "unhealthy", "draining"]), observer=st.just("checker"),
@@ -131,7 +144,7 @@ def topic_logs(draw):
     """Three per-topic logs with their own offsets and non-decreasing broker timestamps."""
     out = {}
     for topic, strat, n in (
-        (topics.REGISTRATIONS, st.one_of(registrations(), registrations(), deregistrations), 14),
+        (topics.REGISTRATIONS, st.one_of(registrations(), registrations(), deregistrations, subscriptions()), 14),
         (topics.HEALTH, health, 8),
         (topics.RULES, None, 14),
     ):

@@ -123,6 +123,30 @@ async def test_an_invalid_rule_is_recorded_as_a_rejection_and_changes_no_view(tm
     close(svc)
 
 
+async def test_a_refused_subscription_is_recorded_and_an_accepted_one_reaches_the_views(tmp_path):
+    log, producer = mesh_log(), FakeProducer()
+    svc = make(tmp_path, producer)
+    await svc.process(log.records[topics.REGISTRATIONS])
+    sent_before = len(producer.sent)
+    refused = log.append(t.DependencySubscribed(service="api", instance_id="api-1", dependency="nowhere"))
+    res = await svc.process([refused])
+    assert res.rejected == 1 and not res.rendered
+    new = producer.sent[sent_before:]
+    assert [s.topic for s in new] == [topics.REJECTIONS] and new[0].key == b"subscription/api/api-1"
+    env = decode(new[0].value)
+    assert env.payload.problem == "unknown_service" and env.payload.source_offset == refused.offset
+    log.append(registered("cache", "cache-1"))
+    await svc.process(log.records[topics.REGISTRATIONS][-1:])
+    await svc.process([log.append(t.DependencySubscribed(service="api", instance_id="api-1", dependency="cache"))])
+    assert any(name == "cache" for name in parse_resource_names(producer, CLUSTER))
+    close(svc)
+
+
+def parse_resource_names(producer: FakeProducer, type_url: str) -> list[str]:
+    return [name for s in producer.to(topics.VIEW_RESOURCES)
+            for u, name in [parse_resource_key(s.key)] if u == type_url]
+
+
 async def test_a_restart_republishes_nothing_and_repeats_no_side_effect(tmp_path):
     log, producer = mesh_log(), FakeProducer()
     log.raw(topics.REGISTRATIONS, None, b"garbage")

@@ -159,6 +159,42 @@ def test_diff_document_attributes_changes_to_events():
     assert [e["key"] for e in svcdoc["entries"]] == ["zzz/z"]
 
 
+def test_the_log_and_the_node_document_show_subscriptions_and_their_refusals():
+    import io
+
+    from rich.console import Console
+
+    from replay import text
+
+    log = Log()
+    log.register("b", "b1", "10.0.0.2")
+    log.register("a", "a1", "10.0.0.1", node_id="n", sidecar=(15001, 15002))
+    base, _ = fold_many(empty_state(), log.events)
+    sub = log.subscribe("a", "a1", "b", at=5_000)
+    bad = log.subscribe("a", "a1", "nowhere")
+    unsub = log.unsubscribe("a", "a1", "b")
+    walker = Walker(base, node="n")
+    steps = [walker.step([e]) for e in (sub, bad, unsub)]
+    for scope in ({"service": "b", "node": None}, {"service": "a", "node": None}, {"service": None, "node": "n"}):
+        doc = report.log_document(from_ms=0, to_ms=9_999, steps=steps, node_keys={"a/a1"}, **scope)
+        types = [e["type"] for e in doc["entries"] if e["payload"].get("dependency") == "b"]
+        assert types == ["dependency.subscribed", "dependency.unsubscribed"], scope
+    doc = report.log_document(from_ms=0, to_ms=9_999, service="nowhere", node=None, steps=steps)
+    [refused] = doc["entries"]
+    assert "unknown service 'nowhere'" in refused["rejection"]["reason"]
+    state, _ = fold_many(base, [sub])
+    inst = report.instance_doc(state, "a/a1", state.instances["a/a1"])
+    assert inst["subscriptions"] == [{"dependency": "b", "origin": "explicit", "since": report.iso(5_000),
+                                      "since_ms": 5_000}]
+    [(lg, j)] = steps[1].decisions
+    rdoc = report.rejection_doc(lg, j)
+    assert (rdoc["kind_of_rule"], rdoc["subscriber"], rdoc["name"], rdoc["action"]) == (
+        "subscription", "a/a1", "nowhere", "subscribe")
+    out = io.StringIO()
+    text.print_log(Console(file=out, width=200), {**doc, "entries": [{"kind": "rejection", **rdoc}]})
+    assert "subscribe of a/a1 to nowhere" in out.getvalue()
+
+
 # ---------------------------------------------------------------- the frozen gateway's cache
 
 

@@ -201,7 +201,7 @@ def _locate_flags(cmd: argparse.ArgumentParser, *, api: bool = False) -> None:
     cmd.add_argument("--node-id", help="with the default cache dir: the node id")
     if api:
         cmd.add_argument("--api-port", type=argtypes.port, help="the sidecar's --api-port (instead of its status file)")
-        cmd.add_argument("--timeout", type=float, default=30.0,
+        cmd.add_argument("--timeout", type=argtypes.seconds(0, 600), default=30.0,
                          help="seconds to wait for the sidecar's answer (default 30)")
 
 

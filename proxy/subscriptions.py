@@ -54,6 +54,7 @@ from events.admin import BrokerUnavailable
 from events.codec import decode_record, validate_payload
 from events.envelope import new_event
 from events.errors import EventValidationError
+from events.kafka_security import connection_kwargs
 from events.producer import EventProducer
 from projector import naming
 from proxy import local_http
@@ -188,7 +189,7 @@ class SubscriptionService:
         return reply
 
     async def _append_and_wait(self, payload: t.Payload, req: Request) -> Reply:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+        consumer = AIOKafkaConsumer(**connection_kwargs(self.bootstrap), enable_auto_commit=False,
                                     isolation_level="read_committed",
                                     request_timeout_ms=int(self.append_timeout_s * 1000))
         # Unsubscribing what Envoy does not serve: "Envoy no longer serves it" holds already and says nothing;

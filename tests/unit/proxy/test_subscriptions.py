@@ -87,13 +87,18 @@ def test_a_recorded_refusal_becomes_a_reply_naming_the_event(problem, status):
 def test_the_api_port_flag_is_validated_and_must_not_collide():
     assert parse("--api-port", "0").api_port == 0
     assert parse().api_port is None
-    assert "--api-port: 70000 is not a port (0-65535)" in problems("--api-port", "70000")
+    with pytest.raises(SystemExit) as exc:  # the shared argparse port type (meshlog.argtypes)
+        parse("--api-port", "70000")
+    assert exc.value.code == 2
     assert "--api-port: port 15001 is also --inbound-port" in problems("--api-port", "15001")
-    assert "--subscribe-timeout: must be between 0.5 and 120 seconds" in problems("--subscribe-timeout", "0")
+    with pytest.raises(SystemExit):
+        parse("--subscribe-timeout", "0")
 
 
 def test_the_cli_refuses_a_bad_port_with_exit_2_and_finds_the_port_in_the_status_file(tmp_path, capsys):
-    assert cli.main(["subscribe", "ratings", "--api-port", "0"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["subscribe", "ratings", "--api-port", "0"])
+    assert exc.value.code == 2
     assert "--api-port: 0 is not a port" in capsys.readouterr().err
     assert cli.main(["subscribe", "ratings"]) == 2
     status = tmp_path / "status.json"

@@ -392,8 +392,8 @@ async def _abort_behind_stalled_write(context, timeout_s: float) -> None:
     past it the handler ends (as if cancelled, which grpc logs only at debug
     level) and frees the stream's inbox and machine, while the status stays
     queued -- a client that reads again gets the response, then the status, and
-    reconnects. One that never reads keeps only its HTTP/2 stream in grpc
-    core until its connection closes.
+    reconnects. One that never reads keeps its HTTP/2 stream and the unsent
+    response in grpc core (not in the gateway) until its connection closes.
     """
     try:
         async with asyncio.timeout(timeout_s):

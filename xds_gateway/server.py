@@ -10,8 +10,11 @@ Invariants:
   pending); each stream then takes the latest view itself, so bursts coalesce
   and a slow stream costs nobody else.
 - A stream whose client does not read its responses within
-  ``write_timeout_s`` is closed (the client reconnects and resyncs cheaply
-  with ``initial_resource_versions``) instead of holding memory.
+  ``write_timeout_s`` is ended with RESOURCE_EXHAUSTED instead of holding
+  memory; the handler is gone within another ``write_timeout_s`` even if the
+  status cannot be sent yet (it queues behind the unread response, so a
+  client that reads again sees it, reconnects and resyncs cheaply with
+  ``initial_resource_versions``).
 - A node the view does not know (a proxyless gRPC client, or a sidecar whose
   registration the projector has not rendered yet) gets nothing by wildcard
   and only the proxyless resources it names; once the node appears in the
@@ -249,6 +252,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             sync.opened(stream_id, node_id, kind, context.peer(),
                         peer.identity.uri if peer is not None and peer.identity is not None else None)
         close_reason = "error"
+        headers_sent = False
         # per type, the source event whose views this stream's proxy was last seen to ACK (convergence metric);
         # what was current when the stream opened is not measured (it may be hours old)
         converged: dict[str, int | None] = {}
@@ -306,6 +310,14 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                                   _short(r.type_url), r.nonce,
                                   [x.name for x in r.resources][:8] if kind == "delta" else len(r.resources),
                                   list(r.removed_resources) if kind == "delta" else [])
+                if responses and not headers_sent:
+                    # Headers go out on their own, before the first response, not in its batch:
+                    # grpc aio marks them sent only when a write completes, so after a write the
+                    # timeout cancelled, abort() would send them again in its own batch and grpc
+                    # core refuses that (GRPC_CALL_ERROR_TOO_MANY_OPERATIONS): the client would
+                    # never get the status. Headers are not flow-controlled, so this cannot stall.
+                    await context.send_initial_metadata(())
+                    headers_sent = True
                 for response in responses:
                     try:
                         async with asyncio.timeout(self.write_timeout_s):
@@ -315,7 +327,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         close_reason = "slow_client"
                         log.warning("%s stream %s (node %s) did not read for %.0fs: closing it", kind, stream_id,
                                     shown_node, self.write_timeout_s)
-                        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "stream too slow; reconnect")
+                        await _abort_behind_stalled_write(context, self.write_timeout_s)
                     counters.sent(response, changed_at)
                 item = await inbox.queue.get()
         except asyncio.CancelledError:
@@ -370,6 +382,24 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         excerpt(request.type_url, 120), excerpt(request.response_nonce, 80),
                         excerpt(request.error_detail.message, _MESSAGE_EXCERPT),
                         f" [{suppressed} NACK lines of this stream not logged before this one]" if suppressed else "")
+
+
+async def _abort_behind_stalled_write(context, timeout_s: float) -> None:
+    """End a stream whose client stopped reading with RESOURCE_EXHAUSTED; never returns.
+
+    The status queues in grpc core behind the response the client is not
+    reading, and ``abort`` waits until it is sent. So the wait is bounded too:
+    past it the handler ends (as if cancelled, which grpc logs only at debug
+    level) and frees the stream's inbox and machine, while the status stays
+    queued -- a client that reads again gets the response, then the status, and
+    reconnects. One that never reads keeps its HTTP/2 stream and the unsent
+    response in grpc core (not in the gateway) until its connection closes.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "stream too slow; reconnect")
+    except TimeoutError:
+        raise asyncio.CancelledError("status queued behind a response the client does not read") from None
 
 
 def _short(type_url: str) -> str:

@@ -29,7 +29,13 @@ Spec decisions (xDS REST and gRPC protocol document):
   content of a type changes. An ACK, or a request that only drops names, gets
   nothing ("The management server should only send updates ... when the
   resources in the DiscoveryResponse have changed"); the client forgets
-  dropped names itself.
+  dropped names itself. But it forgets only what its own list no longer
+  covers: under ``*`` it keeps every resource it is sent ("the set of
+  resources being subscribed to is determined by the server instead of the
+  client"), even one this node may get by explicit name only
+  (``wildcard_allowed=False``, ``allowed``). So a subscription change is
+  answered whenever what the client keeps differs from what it may have --
+  for LDS/CDS a complete state without the extra names, which deletes them.
 * Nonces: a request whose ``response_nonce`` is not the latest nonce sent for
   its type is stale ("The management server should not send a
   DiscoveryResponse for any DiscoveryRequest that has a stale nonce"): it gets
@@ -211,9 +217,15 @@ class SotwStream(ReportsSync):
         # names (and the wildcard) newly asked for and not answered yet
         ts.owed = (ts.owed | (explicit - ts.names)) & explicit
         ts.owed_wildcard = wildcard and (ts.owed_wildcard or not ts.wildcard)
+        if (explicit, wildcard) != (ts.names, ts.wildcard):
+            # The client forgets what it no longer asks for, but what the
+            # server may send it can shrink further (a wildcard it may not
+            # use, a name ``allowed`` refuses): then only a new complete
+            # state tells it to drop the rest. The next flush compares.
+            ts.dirty = True
         ts.names, ts.wildcard = explicit, wildcard
         view_t = self._view_of(t)
-        for n in [n for n in ts.sent if not self._in_scope(ts, n)]:
+        for n in [n for n in ts.sent if not self._client_keeps(ts, n)]:
             del ts.sent[n]  # the client drops names it no longer asks for
             ts.acked.pop(n, None)
         if stale:
@@ -334,6 +346,17 @@ class SotwStream(ReportsSync):
 
     def _permits(self, type_url: str, name: str) -> bool:
         return self._allowed is None or self._allowed(type_url, name)
+
+    def _client_keeps(self, ts: _TypeState, name: str) -> bool:
+        """Whether the client keeps ``name`` from a response, by its own subscription.
+
+        "The client will silently ignore any supplied resources that were not
+        explicitly requested", but under a wildcard "the set of resources
+        being subscribed to is determined by the server instead of the
+        client": a wildcard client keeps every resource it is sent, even one
+        this node may fetch by explicit name only (``wildcard_allowed``).
+        """
+        return ts.wildcard or name in ts.names
 
     def _in_scope(self, ts: _TypeState, name: str) -> bool:
         if ts.wildcard and self._wildcard_allowed:

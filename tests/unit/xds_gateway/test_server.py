@@ -7,12 +7,12 @@ BDP probing off, so its HTTP/2 window stays at 64 KiB and a response of a
 few MB cannot be buffered for it). Bounds on waits only catch a hang; they
 measure nothing.
 
-Known gap (strict xfail below): on the real stream the shed client is never
-told. The write cancelled by the timeout stays pending in grpc's core, so
-``context.abort`` fails with GRPC_CALL_ERROR_TOO_MANY_OPERATIONS: the handler
-and its inbox are gone, but the client gets no status; one that resumes
-reading gets the response, can ACK it, and then waits on a stream nobody
-serves (it does not reconnect).
+The shed client is told: the write the timeout cancelled stays pending in
+grpc's core, and the RESOURCE_EXHAUSTED status is queued behind it, so a
+client that resumes reading gets the response in flight, then the status,
+and reconnects. (Before the headers were sent on their own, ``abort`` sent
+them again in its batch, grpc core refused it with
+GRPC_CALL_ERROR_TOO_MANY_OPERATIONS and the client hung on a dead stream.)
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ class Context:
         self._first = dreq(CDS, node=NODE)
         self.writes = 0
         self.aborted: tuple | None = None
+        self.headers_sent = False
 
     def peer(self) -> str:
         return "ipv4:127.0.0.1:50000"
@@ -82,6 +83,10 @@ class Context:
             first, self._first = self._first, None
             return first
         await asyncio.Event().wait()
+
+    async def send_initial_metadata(self, metadata) -> None:
+        assert not self.headers_sent, "headers sent twice"
+        self.headers_sent = True
 
     async def write(self, response) -> None:
         self.writes += 1
@@ -102,7 +107,7 @@ async def test_a_stream_whose_writes_never_complete_is_aborted_resource_exhauste
     with pytest.raises(Aborted):
         # a bound against hanging (the timeout not applied), not a measurement
         await asyncio.wait_for(stream, 30 * TIMEOUT_S)
-    assert context.writes == 1
+    assert context.writes == 1 and context.headers_sent
     assert context.aborted is not None and context.aborted[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert slow_streams_closed() == before + 1
     assert watched(servicer) == 0 and NODE not in servicer._watchers
@@ -161,15 +166,15 @@ async def test_a_client_that_never_reads_is_shed_on_a_real_stream(loopback):
     assert NODE not in servicer._watchers
 
 
-@pytest.mark.xfail(strict=True, raises=asyncio.TimeoutError, reason=(
-    "grpc aio: context.abort() after a write cancelled by the timeout fails with "
-    "GRPC_CALL_ERROR_TOO_MANY_OPERATIONS, so no status reaches the client and its stream hangs open"))
 async def test_the_shed_client_is_told_resource_exhausted(loopback):
     servicer, call = loopback
     before = slow_streams_closed()
     await call.write(dreq(CDS, node=NODE))
     await wait_for(lambda: slow_streams_closed() > before, 30 * TIMEOUT_S, "the stream to be shed")
-    # the client reads again: it gets what was in flight, then the status
+    # the handler is gone (the status is queued behind the unread response)...
+    await wait_for(lambda: watched(servicer) == 0, 10, "the stream's inbox to be dropped")
+    # ...and the client reads again: it gets what was in flight, then the status
     response = await asyncio.wait_for(call.read(), 10)
     assert len(response.resources) == 3000
     assert await asyncio.wait_for(call.code(), 5) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "reconnect" in await call.details()

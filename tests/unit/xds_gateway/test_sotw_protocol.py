@@ -135,6 +135,38 @@ def test_name_dropped_by_a_stale_request_and_asked_again_is_resent():
     assert ssummary([r2]) == [("LDS", ["a"])]
 
 
+def test_dropping_a_name_under_a_wildcard_the_node_may_not_use_deletes_it():
+    # A node outside the view may fetch shared listeners by explicit name only.
+    # Its client cannot know that: under "*" it keeps every listener it is
+    # sent ("the set of resources being subscribed to is determined by the
+    # server instead of the client"). So when it drops "a" but keeps "*", the
+    # server must send the complete state without "a" (absence deletes it).
+    s = SotwStream("g1", view({LDS: {"a": 1}}), wildcard_allowed=False)
+    [r1] = s.on_request(sreq(LDS, ["a", "b", "*"]))
+    assert ssummary([r1]) == [("LDS", ["a"])]
+    assert ack(s, r1, ["a", "b", "*"]) == []
+    [r2] = s.on_request(sreq(LDS, ["*"], nonce=r1.nonce))
+    assert ssummary([r2]) == [("LDS", [])]
+    assert ack(s, r2, ["*"]) == []
+    assert s.known_versions(LDS) == {} and s.pending_nonces() == {}
+
+
+def test_stale_request_dropping_a_name_under_a_disallowed_wildcard():
+    # Found by test_sotw_property: the client drops "a" while r1 (holding
+    # "a") is in flight, so its request is stale and gets nothing ("The
+    # management server should not send a DiscoveryResponse for any
+    # DiscoveryRequest that has a stale nonce"). Still under "*", it then
+    # keeps "a" from r1; its ACK must be answered with the state without "a".
+    s = SotwStream("g1", view({LDS: {"a": 1}}), wildcard_allowed=False)
+    [r1] = s.on_request(sreq(LDS, ["a", "b", "*"]))
+    assert s.on_request(sreq(LDS, ["*"])) == []  # empty nonce after r1: stale
+    assert s.stale_nonce_count == 1
+    [r2] = ack(s, r1, ["*"])
+    assert ssummary([r2]) == [("LDS", [])]
+    assert ack(s, r2, ["*"]) == []
+    assert s.known_versions(LDS) == {} and s.pending_nonces() == {}
+
+
 def test_nack_recorded_and_not_resent():
     s = SotwStream("g1", view({LDS: {"api": 1}}))
     [r1] = s.on_request(sreq(LDS, ["api"], node="grpc-9"))

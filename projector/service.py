@@ -105,7 +105,8 @@ from events.envelope import Logged, new_event
 from events.errors import EventValidationError
 from meshlog.outage import KafkaOutageLog
 from events.kafka_security import connection_kwargs
-from events.undecodable import UndecodableLog, decode_or_skip, printable, try_decode
+from events.printable import printable
+from events.undecodable import REASON_MAX, UndecodableLog, decode_or_skip, try_decode
 from projector import publisher as pub
 from projector.deadletter import dead_letter_key, dead_letter_record, parse_dead_letter
 from projector.fold import fold_many, fold_with_decisions
@@ -847,7 +848,7 @@ class ProjectorService:
             if (topics.DEADLETTER, dead_letter_key(record.topic, record.partition, record.offset)) in refused:
                 continue  # said above: its dead letter did not make it either
             log.warning(
-                "dead-lettered %s/%d/%d (%s): %s", record.topic, record.partition, record.offset, stage, printable(exc)
+                "dead-lettered %s/%d/%d (%s): %s", record.topic, record.partition, record.offset, stage, printable(exc, REASON_MAX)
             )
         for env in envs:
             j = env.payload

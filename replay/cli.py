@@ -34,7 +34,7 @@ from events import topics
 from meshlog import argtypes
 from events import kafka_security
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
-from meshlog.terminal import printable
+from events.printable import printable
 from projector.render import render
 from proxysync.convergence import convergences
 from proxysync.read import read_sync, read_sync_records

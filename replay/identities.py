@@ -21,14 +21,9 @@ from events.envelope import Logged
 from events.errors import EventValidationError
 from events.types import IdentityIssued, IdentityRevoked, JoinTokenRedeemed
 from identity.registry import EMPTY, Certificate, Registry, fold_many
-from meshlog.terminal import printable
+from events.printable import printable
 from replay.engine import iso
 from replay.source import read_window
-
-
-def plain(value: object, limit: int = 120) -> str:
-    """One line of printable text from the log (meshlog.terminal's escaping), at most ``limit`` characters."""
-    return printable(str(value), limit)
 
 
 async def read_identity_events(consumer: AIOKafkaConsumer, from_ms: int, to_ms: int) -> tuple[list[Logged], int]:
@@ -109,7 +104,7 @@ def print_held(console: Console, doc: dict, limit: int = 50) -> None:
         table.add_column(col)
     rows = doc["held"] if limit <= 0 else doc["held"][:limit]
     for c in rows:
-        table.add_row(*(Text(plain(v)) for v in (c["spiffe_id"], c["serial"], c["not_before"], c["not_after"],
+        table.add_row(*(Text(printable(v, 120)) for v in (c["spiffe_id"], c["serial"], c["not_before"], c["not_after"],
                                                    c["issued"], c["how"])))
     console.print(table)
     if len(doc["held"]) > len(rows):
@@ -119,7 +114,7 @@ def print_held(console: Console, doc: dict, limit: int = 50) -> None:
         for col in ("spiffe id", "serial", "revoked", "reason", "by"):
             revoked.add_column(col)
         for c in doc["revoked"]:
-            revoked.add_row(*(Text(plain(v)) for v in (c["spiffe_id"], c["serial"], c["revoked"], c["reason"],
+            revoked.add_row(*(Text(printable(v, 120)) for v in (c["spiffe_id"], c["serial"], c["revoked"], c["reason"],
                                                          c["revoked_by"])))
         console.print(revoked)
 
@@ -140,6 +135,6 @@ def print_log_section(console: Console, entries: list[dict]) -> None:
             if e.get("renews_serial"):
                 detail += f", renews {e['renews_serial']}"
             cells = (e["time"], e["type"], e["spiffe_id"], e["serial"], detail)
-        table.add_row(*(Text(plain(v, 160), style="red" if e["type"] == IdentityRevoked.TYPE else "")
+        table.add_row(*(Text(printable(v, 160), style="red" if e["type"] == IdentityRevoked.TYPE else "")
                         for v in cells))
     console.print(table)

@@ -19,7 +19,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from meshlog.terminal import printable
+from events.printable import printable
 
 
 class PlainReporter:

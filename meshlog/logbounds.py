@@ -7,6 +7,8 @@ Invariants:
   ``burst`` events pass, then one per ``interval`` seconds; every passing
   event learns how many were suppressed since the previous one, so a
   suppressed line is never silently lost, only counted.
+- ``ThrottledLog`` is a logger's ``warning`` through one ``Throttle``: a line
+  that passes after suppressed ones ends with their count.
 
 It keeps nothing per client: a caller holds one ``Throttle`` per stream
 (or per process), so the memory is bounded by what the caller already holds.
@@ -14,7 +16,11 @@ It keeps nothing per client: a caller holds one ``Throttle`` per stream
 
 from __future__ import annotations
 
-__all__ = ["Throttle"]
+import logging
+import time
+from typing import Callable
+
+__all__ = ["Throttle", "ThrottledLog"]
 
 
 class Throttle:
@@ -47,3 +53,23 @@ class Throttle:
     def suppressed(self) -> int:
         """Lines suppressed since the last one admitted (not yet reported)."""
         return self._suppressed
+
+
+class ThrottledLog:
+    """Warnings about one kind of trouble: ``burst`` lines at once, then one per ``interval`` seconds, with counts."""
+
+    __slots__ = ("_logger", "_throttle", "_clock")
+
+    def __init__(self, logger: logging.Logger, *, burst: int = 1, interval: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._logger = logger
+        self._throttle = Throttle(burst=burst, interval=interval)
+        self._clock = clock
+
+    def warning(self, msg: str, *args: object) -> None:
+        suppressed = self._throttle.admit(self._clock())
+        if suppressed is None:
+            return
+        if suppressed:
+            msg += f" ({suppressed} similar lines suppressed)"
+        self._logger.warning(msg, *args)

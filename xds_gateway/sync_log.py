@@ -32,7 +32,6 @@ import asyncio
 import itertools
 import logging
 import secrets
-import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -43,35 +42,13 @@ from events.codec import validate_payload
 from events.envelope import Envelope, new_event
 from events.errors import EventValidationError
 from events.printable import printable
+from meshlog.logbounds import ThrottledLog
 from xds_gateway import metrics
 from xds_gateway.protocol.common import Acked, Nack
 
 log = logging.getLogger(__name__)
 
 Sink = Callable[[Sequence[Envelope]], Awaitable[None]]
-
-
-class RateLimitedLog:
-    """At most one line per ``period_s`` for one kind of trouble; says how many were suppressed.
-
-    (A minimal local helper; the gateway's shared one can replace it.)"""
-
-    def __init__(self, logger: logging.Logger, period_s: float = 10.0) -> None:
-        self._log = logger
-        self._period = period_s
-        self._next = 0.0
-        self._suppressed = 0
-
-    def warning(self, msg: str, *args) -> None:
-        now = time.monotonic()
-        if now < self._next:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            msg += f" ({self._suppressed} similar lines suppressed)"
-        self._suppressed = 0
-        self._next = now + self._period
-        self._log.warning(msg, *args)
 
 
 @dataclass(slots=True)
@@ -101,7 +78,7 @@ class SyncLog:
         self._write_wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._warn = RateLimitedLog(log)
+        self._warn = ThrottledLog(log)
         self._tasks: list[asyncio.Task] = []
         # event ids: a random 64-bit prefix per gateway process and a counter (a uuid4 per record cost
         # more than validating it, and these records are many)

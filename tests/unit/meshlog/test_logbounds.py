@@ -1,10 +1,12 @@
-"""meshlog.logbounds: the log-line throttle."""
+"""meshlog.logbounds: the log-line throttle and the throttled logger."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
-from meshlog.logbounds import Throttle
+from meshlog.logbounds import Throttle, ThrottledLog
 
 
 def test_throttle_passes_a_burst_then_one_per_interval_with_the_suppressed_count():
@@ -34,3 +36,15 @@ def test_throttle_rejects_nonsense_settings():
         Throttle(burst=0)
     with pytest.raises(ValueError):
         Throttle(interval=0)
+
+
+def test_throttled_log_writes_one_line_per_interval_and_counts_the_rest(caplog):
+    now = [0.0]
+    warn = ThrottledLog(logging.getLogger("t.throttled"), interval=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="t.throttled"):
+        for i in range(5):
+            now[0] = float(i)
+            warn.warning("queue full: %d", i)
+        now[0] = 10.0
+        warn.warning("queue full: %d", 10)
+    assert [r.getMessage() for r in caplog.records] == ["queue full: 0", "queue full: 10 (4 similar lines suppressed)"]

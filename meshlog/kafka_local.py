@@ -41,6 +41,7 @@ from typing import Iterator, Mapping, Sequence
 from xml.sax.saxutils import escape as _xml_escape
 from xml.sax.saxutils import quoteattr as _xml_attr
 
+from events.files import write_file_atomic
 from events.kafka_security import KafkaSecurity, connection_kwargs, to_env
 
 log = logging.getLogger("meshlog.kafka")
@@ -1064,9 +1065,7 @@ def load_state(home: Path | None = None) -> KafkaState | None:
 def _save_state(state: KafkaState, home: Path | None = None) -> None:
     path = state_file_path(home)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(state.to_json())
-    os.replace(tmp, path)
+    write_file_atomic(path, state.to_json().encode())
 
 
 def _clear_state(home: Path | None = None) -> None:

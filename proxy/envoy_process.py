@@ -33,6 +33,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from events.files import write_file_atomic
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -96,9 +98,7 @@ class EnvoyProcess:
 
     def launch(self) -> "EnvoyProcess":
         """Write the bootstrap and spawn Envoy; do not wait for it."""
-        tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.bootstrap))
-        os.replace(tmp, self.config_path)
+        write_file_atomic(self.config_path, json.dumps(self.bootstrap).encode())
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 self.argv(), stdout=log, stderr=subprocess.STDOUT,

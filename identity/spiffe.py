@@ -174,6 +174,16 @@ def ca(domain: str) -> SpiffeId:
     return SpiffeId(domain, "ca", ())
 
 
+def sidecar_service(text: str) -> str | None:
+    """The service named by a sidecar's SPIFFE id text, None for any other role.
+
+    Lenient where ``parse`` is strict: it reads ids as the log holds them
+    (a report must not fail on an old or odd one), so it never raises.
+    """
+    parts = text.split("/")
+    return parts[4] if len(parts) >= 6 and parts[3] == "sidecar" else None
+
+
 def parse(text: str) -> SpiffeId:
     """Parse the one accepted spelling of a meshlog SPIFFE id, or raise ``SpiffeIdError``."""
     if not isinstance(text, str):

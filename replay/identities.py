@@ -21,6 +21,7 @@ from events.envelope import Logged
 from events.errors import EventValidationError
 from events.types import IdentityIssued, IdentityRevoked, JoinTokenRedeemed
 from identity.registry import EMPTY, Certificate, Registry, fold_many
+from identity.spiffe import sidecar_service
 from events.printable import printable
 from replay.engine import iso
 from replay.source import read_window
@@ -44,11 +45,6 @@ async def registry_at(consumer: AIOKafkaConsumer, at_ms: int) -> tuple[Registry,
     return fold_many(EMPTY, events), bad
 
 
-def _service_of(spiffe_id: str) -> str | None:
-    parts = spiffe_id.split("/")
-    return parts[4] if len(parts) >= 6 and parts[3] == "sidecar" else None
-
-
 def _cert_doc(c: Certificate) -> dict:
     return {"spiffe_id": c.spiffe_id, "serial": c.serial, "not_before": c.not_before.isoformat(),
             "not_after": c.not_after.isoformat(), "issued": iso(c.logged_ms), "how": c.how,
@@ -57,12 +53,12 @@ def _cert_doc(c: Certificate) -> dict:
 
 
 def held_document(registry: Registry, at_ms: int, *, service: str | None = None, undecodable: int = 0) -> dict:
-    held = [c for c in registry.held_at(at_ms) if service is None or _service_of(c.spiffe_id) == service]
+    held = [c for c in registry.held_at(at_ms) if service is None or sidecar_service(c.spiffe_id) == service]
     revoked = [
         {**_cert_doc(registry.certificates[s]), "revoked": iso(r.logged_ms), "reason": r.reason, "revoked_by": r.revoked_by}
         for s, r in sorted(registry.revocations.items())
         if r.logged_ms <= at_ms and s in registry.certificates
-        and (service is None or _service_of(r.spiffe_id) == service)
+        and (service is None or sidecar_service(r.spiffe_id) == service)
         and registry.certificates[s].not_after.timestamp() * 1000 > at_ms  # revoked while it would still be valid
     ]
     return {"format": 1, "kind": "identities", "at": iso(at_ms), "at_ms": at_ms,
@@ -88,7 +84,7 @@ def log_entries(events: Iterable[Logged], *, service: str | None = None) -> list
             subject = f"spiffe://-/sidecar/{p.service}/{p.instance_id}"
         else:
             continue
-        if service is not None and _service_of(subject) != service:
+        if service is not None and sidecar_service(subject) != service:
             continue
         out.append({"time": iso(lg.timestamp_ms), "timestamp_ms": lg.timestamp_ms, "offset": lg.offset,
                     "type": p.TYPE, "producer": lg.envelope.producer, **entry})

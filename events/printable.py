@@ -18,13 +18,17 @@ Invariants:
   a record field with a max_length. A cut is marked ``…[+N chars]`` (N: the
   characters of the original left out) when that fits in ``limit``, else
   ``…``; an escape is never cut in half.
+- ``quoted`` is the same rule for a value named inside an error message:
+  ``repr`` of its ``str`` cut to ``limit`` characters (a cut marked ``…``),
+  so it is quoted, escaped (``repr`` escapes exactly what ``str.isprintable``
+  refuses) and bounded.
 - Only the first ``limit`` characters of the original are ever looked at
   (each yields at least one character): a 4 MB message costs what a short one does.
 """
 
 from __future__ import annotations
 
-__all__ = ["printable", "DEFAULT_LIMIT"]
+__all__ = ["printable", "quoted", "DEFAULT_LIMIT"]
 
 DEFAULT_LIMIT = 1024
 
@@ -62,3 +66,9 @@ def printable(text: object, limit: int = DEFAULT_LIMIT) -> str:
     while kept < len(pieces) and ends[kept + 1] + 1 <= limit:  # too small a limit for a count: a bare ellipsis
         kept += 1
     return "".join(pieces[:kept]) + "…"
+
+
+def quoted(value: object, limit: int = 80) -> str:
+    """``value`` as an error message names it: quoted, escaped and at most ``limit`` characters of it."""
+    text = value if isinstance(value, str) else str(value)
+    return repr(text if len(text) <= limit else text[:limit] + "…")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from events.printable import printable
+from events.printable import printable, quoted
 
 
 def test_short_printable_text_is_itself():
@@ -55,3 +55,10 @@ def test_result_is_printable_and_within_the_limit(text, limit):
     assert out.isprintable() and len(out) <= limit
     if len(text) <= limit and text.isprintable():
         assert out == text
+
+
+def test_quoted_names_a_value_in_a_message_escaped_and_bounded():
+    assert quoted("web") == "'web'"
+    assert quoted("a\x1b[2J\u202e") == "'a\\x1b[2J\\u202e'"
+    assert quoted("x" * 100, 10) == "'" + "x" * 10 + "…'"
+    assert quoted(None) == "'None'"

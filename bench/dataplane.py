@@ -55,6 +55,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.support.apps import read_message  # noqa: E402  (the one HTTP/1.1 message reader, as the fast app's)
+
 BIN = Path(sys.executable).parent
 
 
@@ -79,14 +81,7 @@ async def _connection(i: int, port: int, request: bytes, t0: float, interval: fl
             sent = loop.time()
             writer.write(request)
             try:
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = int(head.split(b" ", 2)[1])
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line[:15].lower() == b"content-length:":
-                        length = int(line[15:].strip())
-                if length:
-                    await reader.readexactly(length)
+                status = int((await read_message(reader)).split(b" ", 2)[1])
             except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
                 out["errors"].append(repr(exc))
                 writer.close()

@@ -24,6 +24,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from events.envelope import Envelope, Logged
 from events.errors import EventValidationError, FieldProblem
+from events.printable import quoted
 from events.types import PAYLOAD_TYPES, Payload
 from events.upcast import upcast
 
@@ -112,27 +113,21 @@ def _parse_time(value: Any) -> datetime:
         return parsed
     if not isinstance(value, str):
         raise EventValidationError.single("occurred_at", "must be an ISO-8601 string")
-    shown = value if len(value) <= 64 else value[:64] + "…"
     try:
         naive = datetime.fromisoformat(value).tzinfo is None
     except ValueError:
-        raise EventValidationError.single("occurred_at", f"not an ISO-8601 time: {shown!r}") from None
+        raise EventValidationError.single("occurred_at", f"not an ISO-8601 time: {quoted(value, 64)}") from None
     if naive:
         raise EventValidationError.single("occurred_at", "must carry a UTC offset")
-    raise EventValidationError.single("occurred_at", f"{shown!r} is out of range once converted to UTC")
+    raise EventValidationError.single("occurred_at", f"{quoted(value, 64)} is out of range once converted to UTC")
 
 
 def check_topic(payload_type: type[Payload], topic: str | None) -> None:
     """Refuse an event type read from a topic it does not belong on (``topic=None``: not from the log)."""
     if topic is not None and payload_type.TOPIC != topic:
         raise EventValidationError.single(
-            "type", f"{payload_type.TYPE} events belong on {payload_type.TOPIC}, not on {_shown_topic(topic)}"
+            "type", f"{payload_type.TYPE} events belong on {payload_type.TOPIC}, not on {quoted(topic, 128)}"
         )
-
-
-def _shown_topic(topic: Any) -> str:
-    text = str(topic)
-    return repr(text if len(text) <= 128 else text[:128] + "…")
 
 
 def envelope_from_dict(doc: Any, topic: str | None = None) -> Envelope:

@@ -34,6 +34,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from events.printable import quoted
+
 log = logging.getLogger(__name__)
 
 PLAINTEXT = "PLAINTEXT"
@@ -72,11 +74,6 @@ def _name(field_name: str) -> str:
     return f"{flag} / ${env}"
 
 
-def _bounded(value: object, limit: int = 200) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "...'"
-
-
 @dataclass(frozen=True)
 class KafkaSecurity:
     """The security half of a Kafka connection. ``KafkaSecurity()`` is PLAINTEXT."""
@@ -92,7 +89,7 @@ class KafkaSecurity:
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
             raise KafkaSecurityError(
-                f"{_name('protocol')}: {_bounded(self.protocol)} is not one of {', '.join(PROTOCOLS)}"
+                f"{_name('protocol')}: {quoted(self.protocol, 200)} is not one of {', '.join(PROTOCOLS)}"
             )
         tls_files = [f for f in ("ca_file", "cert_file", "key_file") if getattr(self, f)]
         sasl = [f for f in ("sasl_mechanism", "sasl_username", "sasl_password") if getattr(self, f)]
@@ -110,7 +107,7 @@ class KafkaSecurity:
         if self.protocol == SASL_SSL:
             if self.sasl_mechanism not in SASL_MECHANISMS:
                 raise KafkaSecurityError(
-                    f"{_name('sasl_mechanism')}: {_bounded(self.sasl_mechanism)} is not one of {', '.join(SASL_MECHANISMS)}"
+                    f"{_name('sasl_mechanism')}: {quoted(self.sasl_mechanism, 200)} is not one of {', '.join(SASL_MECHANISMS)}"
                 )
             for required in ("sasl_username", "sasl_password"):
                 if not getattr(self, required):
@@ -161,14 +158,14 @@ class KafkaSecurity:
             try:
                 ctx.load_verify_locations(cafile=self.ca_file)
             except (OSError, ssl.SSLError) as exc:
-                raise KafkaSecurityError(f"{_name('ca_file')}: cannot load {_bounded(self.ca_file)}: {exc}") from None
+                raise KafkaSecurityError(f"{_name('ca_file')}: cannot load {quoted(self.ca_file, 200)}: {exc}") from None
         if self.cert_file:
             try:
                 ctx.load_cert_chain(certfile=self.cert_file, keyfile=self.key_file)
             except (OSError, ssl.SSLError) as exc:
                 raise KafkaSecurityError(
                     f"{_name('cert_file')} / {_name('key_file')}: cannot load "
-                    f"{_bounded(self.cert_file)} with {_bounded(self.key_file)}: {exc}"
+                    f"{quoted(self.cert_file, 200)} with {quoted(self.key_file, 200)}: {exc}"
                 ) from None
         return ctx
 
@@ -210,7 +207,7 @@ def _read_password_file(path: str | None) -> str | None:
             return f.read().strip() or None
     except OSError as exc:
         raise KafkaSecurityError(
-            f"--kafka-sasl-password-file / ${ENV_SASL_PASSWORD_FILE}: cannot read {_bounded(path)}: {exc.strerror}"
+            f"--kafka-sasl-password-file / ${ENV_SASL_PASSWORD_FILE}: cannot read {quoted(path, 200)}: {exc.strerror}"
         ) from None
 
 
@@ -251,7 +248,7 @@ def _warn_plaintext(bootstrap: str) -> None:
         _warned.add(bootstrap)
     log.warning(
         "Kafka at %s is reached over PLAINTEXT: anyone on that network can read and write the mesh's log "
-        "(set %s=SSL with %s, %s and %s)", _bounded(bootstrap)[1:-1], ENV_PROTOCOL, ENV_CA_FILE, ENV_CERT_FILE, ENV_KEY_FILE,
+        "(set %s=SSL with %s, %s and %s)", quoted(bootstrap, 200)[1:-1], ENV_PROTOCOL, ENV_CA_FILE, ENV_CERT_FILE, ENV_KEY_FILE,
     )
 
 

@@ -22,32 +22,15 @@ Invariants:
 from __future__ import annotations
 
 import logging
-import re
 from collections import deque
 from typing import Any, Callable, NamedTuple
 
 from events.codec import decode_record
 from events.envelope import Logged
 from events.errors import EventValidationError
+from events.printable import printable
 
 REASON_MAX = 512  # characters of a reason kept for a report or a log line
-
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
-
-
-def _escape(match: re.Match) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def printable(text: Any, limit: int = REASON_MAX) -> str:
-    """``text`` with control, bidi-override and surrogate characters escaped, cut to ``limit`` characters."""
-    text = str(text)
-    if len(text) > 4 * limit:  # escaping at most quadruples a character: never scan more than can be shown
-        text = text[: 4 * limit]
-    shown = _UNPRINTABLE.sub(_escape, text)
-    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
-
 
 class Undecodable(NamedTuple):
     """A record a reader skipped: where it is in the log, and why (bounded, printable)."""
@@ -61,7 +44,8 @@ class Undecodable(NamedTuple):
 
 def undecodable(record: Any, error: BaseException | str) -> Undecodable:
     return Undecodable(
-        printable(record.topic, 256), record.partition, record.offset, record.timestamp, printable(error) or "invalid"
+        printable(record.topic, 256), record.partition, record.offset, record.timestamp,
+        printable(error, REASON_MAX) or "invalid",
     )
 
 

@@ -10,7 +10,7 @@ Invariants:
   ``sidecar/<token's service>/<instance>``; a renewal's is the verified peer
   certificate's; the CSR contributes only its (checked) public key.
 - Request bodies are bounded (``MAX_BODY``) and every text that reaches a
-  message is bounded and escaped (``shown``).
+  message is bounded and escaped (``events.printable.quoted``).
 - Pure: the time is a parameter; the registry is the caller's fold of the log.
 """
 
@@ -22,6 +22,7 @@ from datetime import datetime
 import orjson
 from cryptography import x509
 
+from events.printable import quoted
 from identity import pki, tokens
 from identity.registry import Registry
 from identity.spiffe import SpiffeId, SpiffeIdError, sidecar
@@ -50,11 +51,6 @@ class Refused(Exception):
 
     def body(self) -> dict:
         return {"error": self.reason, "detail": self.detail}
-
-
-def shown(value: object, limit: int = 80) -> str:
-    text = str(value)
-    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +82,7 @@ def _json_object(body: bytes, fields: tuple[str, ...]) -> dict[str, str]:
             raise Refused("bad_request", f"field {name!r} is required (a non-empty string)")
     extra = sorted(str(k) for k in doc if k not in fields)
     if extra:
-        raise Refused("bad_request", f"unknown field {shown(extra[0])}")
+        raise Refused("bad_request", f"unknown field {quoted(extra[0])}")
     return doc
 
 
@@ -147,7 +143,7 @@ def check_renewal(ca: pki.CertificateAuthority, registry: Registry, peer: x509.C
     if status == "revoked":
         rev = registry.revocation(serial)
         raise Refused("revoked", f"certificate {serial} of {ident.uri} was revoked"
-                      + (f" ({shown(rev.reason)})" if rev else ""))
+                      + (f" ({quoted(rev.reason)})" if rev else ""))
     if status == "not_issued":
         raise Refused("not_issued", f"certificate {serial} of {ident.uri} was never recorded as issued in the log")
     return ident, _csr(csr_pem), serial

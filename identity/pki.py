@@ -28,8 +28,6 @@ Invariants:
 from __future__ import annotations
 
 import ipaddress
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -41,6 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from events.files import write_file_atomic
 from identity.spiffe import SpiffeId, SpiffeIdError, parse as parse_spiffe_id, ca as ca_spiffe_id
 
 DEFAULT_LIFETIME = timedelta(hours=24)
@@ -375,23 +374,7 @@ KEY_FILE = "key.pem"         # its private key (mode 0600)
 DOMAIN_FILE = "domain"
 
 
-def write_file_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` via a same-directory temp file created with ``mode``, then rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)  # mkstemp creates 0600 already; this sets the final mode before any data
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,7 @@ from cryptography import x509
 
 from events.admin import BrokerUnavailable
 from events.envelope import new_event
+from events.files import write_file_atomic
 from events.producer import EventProducer
 from identity import authority, pki, records
 from identity.authority import Refused
@@ -229,7 +230,7 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
             port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
             log.info("ca serve %s for %s on https://%s:%d", options.replica, ca.domain, options.listen, port)
             if options.ready_file:
-                pki.write_file_atomic(Path(options.ready_file), f"{port}\n".encode())
+                write_file_atomic(Path(options.ready_file), f"{port}\n".encode())
             try:
                 while not stop.is_set():
                     due = (pki.renewal_due(cert) - service.clock()).total_seconds()

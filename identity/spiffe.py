@@ -34,6 +34,8 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
+from events.printable import quoted
+
 SCHEME = "spiffe://"
 MAX_LENGTH = 2048  # SPIFFE-ID spec: URIs longer than 2048 bytes are not SPIFFE ids
 CN_MAX = 64  # X.509 upper bound for commonName
@@ -60,16 +62,10 @@ class SpiffeIdError(ValueError):
     """A string or part that is not a valid meshlog SPIFFE id; the message names the problem."""
 
 
-def _shown(value: str, limit: int = 80) -> str:
-    # ids come from certificates and HTTP clients: bounded and escaped before they reach a message
-    text = value if len(value) <= limit else value[:limit] + "..."
-    return repr(text)
-
-
 def validate_domain(domain: str) -> str:
     if not isinstance(domain, str) or not _DOMAIN_RE.match(domain):
         raise SpiffeIdError(
-            f"trust domain {_shown(str(domain))} must be 1-255 lowercase letters, digits, '.', '-' or '_', "
+            f"trust domain {quoted(domain)} must be 1-255 lowercase letters, digits, '.', '-' or '_', "
             "starting and ending with a letter or digit"
         )
     return domain
@@ -78,11 +74,11 @@ def validate_domain(domain: str) -> str:
 def _validate_segment(role: str, field: str, value: str) -> str:
     if not isinstance(value, str) or not _SEGMENT_RE.match(value) or value in (".", ".."):
         raise SpiffeIdError(
-            f"{role} {field} {_shown(str(value))} must be 1-128 letters, digits, '.', '-' or '_' (and not '.' or '..')"
+            f"{role} {field} {quoted(value)} must be 1-128 letters, digits, '.', '-' or '_' (and not '.' or '..')"
         )
     if role == "sidecar" and field == "service" and not _SERVICE_RE.match(value):
         raise SpiffeIdError(
-            f"sidecar service {_shown(value)} must be a lowercase DNS-style service name "
+            f"sidecar service {quoted(value)} must be a lowercase DNS-style service name "
             "(letters, digits, '-' and '.', 1-63 characters)"
         )
     return value
@@ -99,7 +95,7 @@ class SpiffeId:
     def __post_init__(self) -> None:
         validate_domain(self.domain)
         if self.role not in ROLES:
-            raise SpiffeIdError(f"role {_shown(str(self.role))} is not one of {', '.join(ROLES)}")
+            raise SpiffeIdError(f"role {quoted(self.role)} is not one of {', '.join(ROLES)}")
         names = ROLES[self.role]
         if not isinstance(self.segments, tuple) or len(self.segments) != len(names):
             want = "/".join(f"<{n}>" for n in names) or "nothing"
@@ -174,6 +170,16 @@ def ca(domain: str) -> SpiffeId:
     return SpiffeId(domain, "ca", ())
 
 
+def sidecar_service(text: str) -> str | None:
+    """The service named by a sidecar's SPIFFE id text, None for any other role.
+
+    Lenient where ``parse`` is strict: it reads ids as the log holds them
+    (a report must not fail on an old or odd one), so it never raises.
+    """
+    parts = text.split("/")
+    return parts[4] if len(parts) >= 6 and parts[3] == "sidecar" else None
+
+
 def parse(text: str) -> SpiffeId:
     """Parse the one accepted spelling of a meshlog SPIFFE id, or raise ``SpiffeIdError``."""
     if not isinstance(text, str):
@@ -181,20 +187,20 @@ def parse(text: str) -> SpiffeId:
     if len(text) > MAX_LENGTH:
         raise SpiffeIdError(f"SPIFFE id is longer than {MAX_LENGTH} characters")
     if not text.startswith(SCHEME):
-        raise SpiffeIdError(f"{_shown(text)} is not a SPIFFE id: it must start with {SCHEME!r}")
+        raise SpiffeIdError(f"{quoted(text)} is not a SPIFFE id: it must start with {SCHEME!r}")
     rest = text[len(SCHEME):]
     for bad, what in (("?", "a query"), ("#", "a fragment"), ("%", "percent-encoding"), ("@", "user info"), (":", "a port")):
         if bad in rest:
-            raise SpiffeIdError(f"SPIFFE id {_shown(text)} must not contain {what} ({bad!r})")
+            raise SpiffeIdError(f"SPIFFE id {quoted(text)} must not contain {what} ({bad!r})")
     domain, slash, path = rest.partition("/")
     if not domain:
-        raise SpiffeIdError(f"SPIFFE id {_shown(text)} has no trust domain")
+        raise SpiffeIdError(f"SPIFFE id {quoted(text)} has no trust domain")
     validate_domain(domain)
     if not slash or not path:
-        raise SpiffeIdError(f"SPIFFE id {_shown(text)} has no path: it must name a role, e.g. /projector")
+        raise SpiffeIdError(f"SPIFFE id {quoted(text)} has no path: it must name a role, e.g. /projector")
     parts = path.split("/")
     if "" in parts:
-        raise SpiffeIdError(f"SPIFFE id {_shown(text)} has an empty path segment (a doubled or trailing '/')")
+        raise SpiffeIdError(f"SPIFFE id {quoted(text)} has an empty path segment (a doubled or trailing '/')")
     return SpiffeId(domain, parts[0], tuple(parts[1:]))
 
 
@@ -205,11 +211,11 @@ def format(spiffe_id: SpiffeId) -> str:  # noqa: A001 - the inverse of parse, na
 def from_role(domain: str, role: str, name: str | None) -> SpiffeId:
     """Build an id from CLI-style input: ``--role gateway --name g1``; sidecar names are ``service/instance``."""
     if role not in ROLES:
-        raise SpiffeIdError(f"role {_shown(str(role))} is not one of {', '.join(ROLES)}")
+        raise SpiffeIdError(f"role {quoted(role)} is not one of {', '.join(ROLES)}")
     names = ROLES[role]
     if not names:
         if name:
-            raise SpiffeIdError(f"role {role!r} takes no name (got {_shown(name)})")
+            raise SpiffeIdError(f"role {role!r} takes no name (got {quoted(name)})")
         return SpiffeId(domain, role, ())
     if not name:
         raise SpiffeIdError(f"role {role!r} needs a name: {'/'.join(f'<{n}>' for n in names)}")

@@ -21,7 +21,6 @@ import asyncio
 import atexit
 import base64
 import contextlib
-import ctypes
 import fcntl
 import json
 import logging
@@ -41,7 +40,9 @@ from typing import Iterator, Mapping, Sequence
 from xml.sax.saxutils import escape as _xml_escape
 from xml.sax.saxutils import quoteattr as _xml_attr
 
+from events.files import write_file_atomic
 from events.kafka_security import KafkaSecurity, connection_kwargs, to_env
+from meshlog.procs import die_with_parent
 
 log = logging.getLogger("meshlog.kafka")
 
@@ -610,30 +611,6 @@ def wait_until_answers(bootstrap: str, timeout: float, pid: int | None = None,
 # Processes
 # --------------------------------------------------------------------------
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _pdeathsig_preexec(parent_pid: int):
-    """preexec_fn: the child gets SIGKILL when the thread that spawned it dies (Linux only).
-
-    It also leads its own process group, so a Ctrl-C in the terminal reaches
-    only the parent, which stops the broker after its other children (which
-    may still need it to deregister).
-    """
-
-    def preexec() -> None:
-        os.setpgid(0, 0)
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except Exception:  # noqa: BLE001 - best effort; atexit still stops it
-            return
-        if os.getppid() != parent_pid:  # parent died before prctl took effect
-            os._exit(1)
-
-    return preexec
-
-
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -839,7 +816,7 @@ class LocalKafka:
     def _popen_kwargs(self) -> dict:
         if self.detached:
             return {"start_new_session": True}
-        return {"preexec_fn": _pdeathsig_preexec(os.getpid())}
+        return {"preexec_fn": die_with_parent(own_group=True)}
 
     def _start_once(self, java: str, libs: Path, t0: float) -> None:
         d = self._require_data_dir()
@@ -1064,9 +1041,7 @@ def load_state(home: Path | None = None) -> KafkaState | None:
 def _save_state(state: KafkaState, home: Path | None = None) -> None:
     path = state_file_path(home)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(state.to_json())
-    os.replace(tmp, path)
+    write_file_atomic(path, state.to_json().encode())
 
 
 def _clear_state(home: Path | None = None) -> None:

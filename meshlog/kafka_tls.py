@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from events.kafka_security import SSL, KafkaSecurity
+from events.files import write_file_atomic
 from identity import pki, spiffe
 
 DEFAULT_TRUST_DOMAIN = "meshlog.local"
@@ -48,7 +49,7 @@ def issue_files(ca: pki.CertificateAuthority, spiffe_id: spiffe.SpiffeId, direct
     key = pki.generate_key()
     cert = pki.issue(ca, spiffe_id, key.public_key(), server_names=server_names, lifetime=lifetime)
     files = pki.save_identity(directory, cert, key, ca.certificate)
-    pki.write_file_atomic(directory / KEYSTORE_FILE, pki.keystore_pem(cert, key), 0o600)
+    write_file_atomic(directory / KEYSTORE_FILE, pki.keystore_pem(cert, key), 0o600)
     return files
 
 

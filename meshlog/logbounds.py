@@ -1,56 +1,26 @@
-"""Bounds on what a client (or the log) can put into our log lines, and on how often.
+"""How often a client (or the log) can make us write a log line.
+
+(What a line may quote is bounded and escaped by ``events.printable``.)
 
 Invariants:
-- ``excerpt(text, limit)`` is at most ``limit`` characters plus a short
-  ``…[+N chars]`` marker, never contains a control character (they are
-  escaped, so one log line stays one line and a terminal stays sane), and is
-  the text itself when that is short and printable.
 - ``Throttle`` is a pure token bucket (the caller passes the clock): the first
   ``burst`` events pass, then one per ``interval`` seconds; every passing
   event learns how many were suppressed since the previous one, so a
   suppressed line is never silently lost, only counted.
+- ``ThrottledLog`` is a logger's ``warning`` through one ``Throttle``: a line
+  that passes after suppressed ones ends with their count.
 
-Neither keeps anything per client: a caller holds one ``Throttle`` per stream
+It keeps nothing per client: a caller holds one ``Throttle`` per stream
 (or per process), so the memory is bounded by what the caller already holds.
 """
 
 from __future__ import annotations
 
-__all__ = ["excerpt", "Throttle"]
+import logging
+import time
+from typing import Callable
 
-
-def _escape_char(ch: str) -> str:
-    """A backslash, or a character ``str.isprintable`` refuses (controls, format and separator
-    characters such as ESC, U+2028 or U+202E, lone surrogates), as a Python-style escape."""
-    if ch == "\\":
-        return "\\\\"
-    code = ord(ch)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
-
-
-def excerpt(text: str, limit: int = 200) -> str:
-    """``text`` as one printable, bounded line: escaped, then cut to ``limit`` characters.
-
-    Only the first ``limit`` source characters are looked at (a 4 MB message
-    costs what a 200-character one does); the marker says how many characters
-    of the original were left out.
-    """
-    if limit < 1:
-        raise ValueError("limit must be at least 1")
-    head = text[:limit]
-    out: list[str] = []
-    length = 0
-    used = 0
-    for ch in head:
-        piece = ch if ch.isprintable() and ch != "\\" else _escape_char(ch)
-        if length + len(piece) > limit:
-            break
-        out.append(piece)
-        length += len(piece)
-        used += 1
-    left_out = len(text) - used
-    result = "".join(out)
-    return f"{result}…[+{left_out} chars]" if left_out else result
+__all__ = ["Throttle", "ThrottledLog"]
 
 
 class Throttle:
@@ -83,3 +53,23 @@ class Throttle:
     def suppressed(self) -> int:
         """Lines suppressed since the last one admitted (not yet reported)."""
         return self._suppressed
+
+
+class ThrottledLog:
+    """Warnings about one kind of trouble: ``burst`` lines at once, then one per ``interval`` seconds, with counts."""
+
+    __slots__ = ("_logger", "_throttle", "_clock")
+
+    def __init__(self, logger: logging.Logger, *, burst: int = 1, interval: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._logger = logger
+        self._throttle = Throttle(burst=burst, interval=interval)
+        self._clock = clock
+
+    def warning(self, msg: str, *args: object) -> None:
+        suppressed = self._throttle.admit(self._clock())
+        if suppressed is None:
+            return
+        if suppressed:
+            msg += f" ({suppressed} similar lines suppressed)"
+        self._logger.warning(msg, *args)

@@ -21,7 +21,7 @@ Invariants:
   themselves (the first one is quoted in the "started" line, a later one in
   each reminder); records below WARNING pass untouched. The end is noticed by
   a timer on the running event loop, so no loop has to poll for it.
-- Every failure text is quoted through ``logbounds.excerpt`` (bounded, control
+- Every failure text is quoted through ``events.printable`` (bounded, control
   characters escaped): broker error strings are not ours either.
 - Used by every long-running Kafka reader (projector, gateway view tail,
   health checker): one place decides how an outage reads in the logs.
@@ -36,7 +36,7 @@ from typing import Callable
 
 import aiokafka  # noqa: F401 - imported so its loggers exist when a filter is attached
 
-from meshlog.logbounds import excerpt
+from events.printable import printable
 
 __all__ = ["Outage", "KafkaOutageLog"]
 
@@ -79,7 +79,7 @@ class Outage:
             self._count = 1
             self._gap = self.first_reminder
             self._next_reminder = now + self._gap
-            return (f"{self.what} failing: {excerpt(detail, _DETAIL_MAX)} "
+            return (f"{self.what} failing: {printable(detail, _DETAIL_MAX)} "
                     "(repeats are counted, not logged, until it recovers)")
         self._count += 1
         self._last = max(self._last, now)
@@ -88,7 +88,7 @@ class Outage:
         self._gap = min(self._gap * 2, self.max_reminder)
         self._next_reminder = now + self._gap
         return (f"{self.what} still failing after {now - self._started:.0f}s: {self._count} errors so far; "
-                f"latest: {excerpt(detail, _DETAIL_MAX)}")
+                f"latest: {printable(detail, _DETAIL_MAX)}")
 
     def check(self, now: float) -> str | None:
         """The "ended" line once ``quiet`` seconds passed without a failure (then the outage is over)."""

@@ -1,7 +1,9 @@
 """Child processes that cannot outlive their parent: spawn, wait, stop.
 
 Used by ``meshlog demo`` and by the integration tests to run the real
-meshlog commands (projector, gateways, sidecars, checkers).
+meshlog commands (projector, gateways, sidecars, checkers); its
+``die_with_parent`` is also how the local broker and the sidecar's Envoy are
+spawned.
 
 Invariants:
 - Every child gets PR_SET_PDEATHSIG=SIGKILL: if the parent dies, even by
@@ -32,13 +34,27 @@ BIN = Path(sys.executable).parent
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def die_with_parent(*, own_group: bool = False) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets SIGKILL when the thread that spawned it dies (Linux only).
 
+    With ``own_group`` it also leads its own process group. Should the parent
+    die before the death signal is set, the child exits at once; where
+    ``prctl`` is missing it is best effort (the caller's own stop still runs).
+    The one copy for every spawner (``spawn``, the local broker, Envoy).
+    """
+    parent_pid = os.getpid()
 
-def _own_group_and_die_with_parent() -> None:
-    os.setpgid(0, 0)
-    _die_with_parent()
+    def preexec() -> None:
+        if own_group:
+            os.setpgid(0, 0)
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except Exception:  # noqa: BLE001 - best effort
+            return
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1, on_fail=None):
@@ -105,6 +121,6 @@ def spawn(name: str, argv: list[str], workdir: Path, env: dict | None = None, *,
     log_path = workdir / f"{name}.log"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                preexec_fn=_own_group_and_die_with_parent if own_group else _die_with_parent,
+                                preexec_fn=die_with_parent(own_group=own_group),
                                 env={**os.environ, **(env or {})}, cwd=workdir)
     return Process(name, proc, log_path)

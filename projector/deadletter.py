@@ -56,7 +56,7 @@ from typing import Any
 import orjson
 
 from events.errors import EventValidationError
-from events.undecodable import printable
+from events.printable import printable
 
 FORMAT = 2
 PRODUCER = "projector"

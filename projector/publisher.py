@@ -171,31 +171,8 @@ EMPTY_PLAN = ViewPlan([], [], [])
 
 def plan_views(rendered: Any, published: PublishedViews) -> ViewPlan:
     """Diff a ``RenderedMesh`` against what was published: the records to send, in order."""
-    versions: Mapping[ResourceKey, str] = getattr(rendered, "versions", None) or {}
-    resources: Mapping[ResourceKey, bytes] = rendered.resources
-    bodies = []
-    for rk, body in resources.items():
-        version = versions.get(rk) or version_of(body)
-        if published.resources.get(rk) != version:
-            bodies.append((rk, body, version))
-    bodies.sort(key=lambda item: _type_order(item[0]))
-
-    membership: list[tuple[str, bytes | None, Membership | None]] = []
-    rendered_membership: Mapping[str, Membership] = rendered.membership
-    rendered_owners: Mapping[str, Owner] = getattr(rendered, "owners", None) or {}
-    owners: dict[str, Owner] = {}
-    for node in sorted(rendered_membership):
-        res = rendered_membership[node]
-        owner = rendered_owners.get(node)
-        if published.membership.get(node) != res or published.owners.get(node) != owner:
-            membership.append((node, membership_value(node, res, owner), res))
-            if owner is not None:
-                owners[node] = owner
-    for node in sorted(set(published.membership) - set(rendered_membership)):
-        membership.append((node, None, None))
-
-    removals = sorted((rk for rk in published.resources if rk not in resources), key=_type_order, reverse=True)
-    return ViewPlan(bodies, membership, removals, owners)
+    return _plan(rendered, published, candidates=rendered.resources, nodes=rendered.membership,
+                 gone_nodes=published.membership, gone=published.resources)
 
 
 def plan_changes(rendered: Any, published: PublishedViews) -> ViewPlan:
@@ -206,10 +183,19 @@ def plan_changes(rendered: Any, published: PublishedViews) -> ViewPlan:
     are relative to ``last``, whose plan was published. Gives the same plan as
     ``plan_views`` then (unit-tested), in time proportional to the change.
     """
-    versions: Mapping[ResourceKey, str] = rendered.versions
+    return _plan(rendered, published, candidates=rendered.changed, nodes=rendered.changed_nodes,
+                 gone_nodes=rendered.removed_nodes, gone=rendered.removed)
+
+
+def _plan(rendered: Any, published: PublishedViews, *, candidates: Iterable[ResourceKey], nodes: Iterable[str],
+          gone_nodes: Iterable[str], gone: Iterable[ResourceKey]) -> ViewPlan:
+    """The plan over the resources and nodes that may have changed (``candidates``, ``nodes``) and
+    those that may be gone (``gone``, ``gone_nodes``): everything for a full diff, the render's
+    change sets for an incremental one."""
+    versions: Mapping[ResourceKey, str] = getattr(rendered, "versions", None) or {}
     resources: Mapping[ResourceKey, bytes] = rendered.resources
     bodies = []
-    for rk in rendered.changed:
+    for rk in candidates:
         body = resources.get(rk)
         if body is None:
             continue
@@ -222,19 +208,19 @@ def plan_changes(rendered: Any, published: PublishedViews) -> ViewPlan:
     rendered_membership: Mapping[str, Membership] = rendered.membership
     rendered_owners: Mapping[str, Owner] = getattr(rendered, "owners", None) or {}
     owners: dict[str, Owner] = {}
-    for node in sorted(rendered.changed_nodes):
+    for node in sorted(nodes):
         res = rendered_membership.get(node)
         owner = rendered_owners.get(node)
         if res is not None and (published.membership.get(node) != res or published.owners.get(node) != owner):
             membership.append((node, membership_value(node, res, owner), res))
             if owner is not None:
                 owners[node] = owner
-    for node in sorted(rendered.removed_nodes):
+    for node in sorted(gone_nodes):
         if node not in rendered_membership and node in published.membership:
             membership.append((node, None, None))
 
     removals = sorted(
-        (rk for rk in rendered.removed if rk not in resources and rk in published.resources),
+        (rk for rk in gone if rk not in resources and rk in published.resources),
         key=_type_order,
         reverse=True,
     )

@@ -83,7 +83,6 @@ with its duration), not as a line per failed retry of ours or of aiokafka's.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
 import logging
 import shutil
@@ -105,14 +104,15 @@ from events.envelope import Logged, new_event
 from events.errors import EventValidationError
 from meshlog.outage import KafkaOutageLog
 from events.kafka_security import connection_kwargs
-from events.undecodable import UndecodableLog, decode_or_skip, printable, try_decode
+from events.printable import printable
+from events.undecodable import REASON_MAX, UndecodableLog, decode_or_skip, try_decode
 from projector import publisher as pub
 from projector.deadletter import dead_letter_key, dead_letter_record, parse_dead_letter
 from projector.fold import fold_many, fold_with_decisions
 from projector.render import render_all
 from projector.snapshots import KEY as SNAPSHOT_KEY
 from projector.snapshots import encode_snapshot, parse_tp_key, tp_key
-from projector.state import MeshState, empty_state, state_from_bytes, state_to_bytes
+from projector.state import MeshState, empty_state, same_state, state_from_bytes, state_to_bytes
 
 log = logging.getLogger("projector")
 
@@ -120,9 +120,6 @@ PRODUCER_IDENTITY = "projector"
 SOURCE_TOPICS: tuple[str, ...] = (topics.REGISTRATIONS, topics.HEALTH, topics.RULES)
 DB_NAME = "projector.rocksdb"
 SNAPSHOT_RETRY_S = 30.0
-_STATE_FIELDS = tuple(f.name for f in dataclasses.fields(MeshState))
-
-
 class ProjectorError(RuntimeError):
     """A condition the projector cannot run under (message says what to do)."""
 
@@ -151,11 +148,6 @@ class ProjectorConfig:
     gc_freeze: bool = True
     full_gc_interval_s: float = 60.0
     source_topics: tuple[str, ...] = SOURCE_TOPICS
-
-
-def same_state(a: MeshState, b: MeshState) -> bool:
-    """True if ``b`` is ``a`` unchanged (the fold shares every untouched map)."""
-    return a is b or all(getattr(a, f) is getattr(b, f) for f in _STATE_FIELDS)
 
 
 # ---------------------------------------------------------------- store
@@ -847,7 +839,7 @@ class ProjectorService:
             if (topics.DEADLETTER, dead_letter_key(record.topic, record.partition, record.offset)) in refused:
                 continue  # said above: its dead letter did not make it either
             log.warning(
-                "dead-lettered %s/%d/%d (%s): %s", record.topic, record.partition, record.offset, stage, printable(exc)
+                "dead-lettered %s/%d/%d (%s): %s", record.topic, record.partition, record.offset, stage, printable(exc, REASON_MAX)
             )
         for env in envs:
             j = env.payload
@@ -980,6 +972,5 @@ __all__ = [
     "ProjectorService",
     "Store",
     "SOURCE_TOPICS",
-    "same_state",
     "parse_tp_key",
 ]

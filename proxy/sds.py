@@ -28,7 +28,7 @@ import json
 import logging
 from pathlib import Path
 
-from identity.pki import write_file_atomic
+from events.files import write_file_atomic
 from meshlog.xds_trust import TlsFiles, TlsFilesError, TlsMaterial, files_stamp, load_tls_files
 
 log = logging.getLogger(__name__)

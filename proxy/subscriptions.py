@@ -54,6 +54,7 @@ from events.admin import BrokerUnavailable
 from events.codec import decode_record, validate_payload
 from events.envelope import new_event
 from events.errors import EventValidationError
+from events.printable import printable, quoted
 from events.kafka_security import connection_kwargs
 from events.producer import EventProducer
 from projector import naming
@@ -75,10 +76,6 @@ class Reply:
     body: dict
 
 
-def _echo(text: str) -> str:
-    return text if len(text) <= _ECHO_MAX else text[: _ECHO_MAX - 1] + "…"
-
-
 # ------------------------------------------------------------------ pure parts
 
 
@@ -93,23 +90,23 @@ def parse_request(method: str, path: str) -> Request | Reply:
     path = path.split("?", 1)[0]
     if path.rstrip("/") == PREFIX:
         if method != "GET":
-            return Reply(405, {"error": f"{_echo(method)} {PREFIX}: use GET to list, PUT or DELETE "
+            return Reply(405, {"error": f"{printable(method, _ECHO_MAX)} {PREFIX}: use GET to list, PUT or DELETE "
                                f"{PREFIX}/<service> to change"})
         return Request("list")
     if not path.startswith(PREFIX + "/"):
-        return Reply(400, {"error": f"unknown path {_echo(path)!r}: use {PREFIX} or {PREFIX}/<service>"})
+        return Reply(400, {"error": f"unknown path {quoted(path, _ECHO_MAX)}: use {PREFIX} or {PREFIX}/<service>"})
     name = unquote(path[len(PREFIX) + 1:])
     if method in ("PUT", "POST"):
         action = "subscribe"
     elif method == "DELETE":
         action = "unsubscribe"
     else:
-        return Reply(405, {"error": f"{_echo(method)} {PREFIX}/<service>: use PUT to subscribe, DELETE to "
+        return Reply(405, {"error": f"{printable(method, _ECHO_MAX)} {PREFIX}/<service>: use PUT to subscribe, DELETE to "
                            "unsubscribe"})
     try:  # the dependency field's own rule, so the API refuses exactly what the event type refuses
         validate_payload(t.DependencyUnsubscribed, {"service": "x", "instance_id": "x", "dependency": name})
     except EventValidationError as exc:
-        return Reply(400, {"error": f"service {_echo(name)!r}: {exc.problems[0].problem}"})
+        return Reply(400, {"error": f"service {quoted(name, _ECHO_MAX)}: {exc.problems[0].problem}"})
     return Request(action, name)
 
 

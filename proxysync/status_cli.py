@@ -3,7 +3,7 @@
 Built from the log (``meshlog.sync`` and ``meshlog.views.membership``), not by
 asking replicas: it works with any number of gateways, and after one died.
 Everything printed that came from the log or from a proxy is escaped and
-bounded (``proxysync.text.clean_text``).
+bounded (``events.printable``).
 
 Exit codes: 0 shown; 2 bad usage (unknown ``--node``); 3 broker unreachable.
 """
@@ -25,14 +25,14 @@ from projector.typeurls import TYPE_URLS
 from proxysync.compare import NACKED, STALE, TypeStatus, compare_proxy
 from proxysync.read import SyncSnapshot, read_snapshot
 from proxysync.table import ProxySync, StreamInfo
-from proxysync.text import clean_text
+from events.printable import printable
 
 SHORT = dict(zip(TYPE_URLS, ("CDS", "EDS", "LDS", "RDS")))
 _RANK = {u: i for i, u in enumerate(TYPE_URLS)}
 
 
 def short(type_url: str) -> str:
-    return SHORT.get(type_url) or clean_text(type_url.rsplit(".", 1)[-1], 40)
+    return SHORT.get(type_url) or printable(type_url.rsplit(".", 1)[-1], 40)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -108,7 +108,7 @@ def _cell(status: dict, now_ms: int) -> str:
     if state == STALE:
         return f"STALE {_ago(status['since_ms'], now_ms)}"
     if state == NACKED:
-        return f"NACKED: {clean_text(status['reason'] or '', 60)}"
+        return f"NACKED: {printable(status['reason'] or '', 60)}"
     return state
 
 
@@ -130,9 +130,9 @@ def render_text(doc: dict) -> str:
         stream = "open" if r["connected"] else f"closed ({s['close_reason']})"
         moved = [p for p in r["previous"] if p["gateway"] != s["gateway"]]
         if moved:
-            stream += f", was on {clean_text(moved[-1]['gateway'], 60)} ({moved[-1]['close_reason']})"
+            stream += f", was on {printable(moved[-1]['gateway'], 60)} ({moved[-1]['close_reason']})"
         cells = [_cell(r["types"][t], now) if t in r["types"] else "-" for t in (*types, *extra)]
-        rows.append([clean_text(r["node"], 80), clean_text(s["gateway"], 60), stream, *cells])
+        rows.append([printable(r["node"], 80), printable(s["gateway"], 60), stream, *cells])
     out = _table(rows)
     if doc["undecodable_sync_records"]:
         out += f"\n({doc['undecodable_sync_records']} sync records did not decode and were skipped)"
@@ -143,16 +143,16 @@ def render_node_text(node_doc: dict, told_header: str = "TOLD (view)") -> str:
     now = node_doc["as_of_ms"]
     s = node_doc["stream"]
     if s is None:
-        lines = [f"{clean_text(node_doc['node'], 80)}: no stream on record"]
+        lines = [f"{printable(node_doc['node'], 80)}: no stream on record"]
     else:
-        lines = [f"{clean_text(node_doc['node'], 80)}: {'open' if node_doc['connected'] else 'closed'} stream "
-                 f"{clean_text(s['stream_id'], 40)} on {clean_text(s['gateway'], 60)} "
-                 f"(peer {clean_text(s['peer'], 80)})"]
+        lines = [f"{printable(node_doc['node'], 80)}: {'open' if node_doc['connected'] else 'closed'} stream "
+                 f"{printable(s['stream_id'], 40)} on {printable(s['gateway'], 60)} "
+                 f"(peer {printable(s['peer'], 80)})"]
     rows = [["TYPE", "STATE", "NAME", told_header, "ACKED", "REJECTED"]]
     for t, st in node_doc["types"].items():
-        lines.append(f"  {t}: {_cell(st, now)}" + (f" — {clean_text(st['reason'], 400)}" if st["reason"] else ""))
+        lines.append(f"  {t}: {_cell(st, now)}" + (f" — {printable(st['reason'], 400)}" if st["reason"] else ""))
         for d in st["differences"]:
-            rows.append([t, st["state"], clean_text(d["name"], 120), d["told"] or "-", d["acked"] or "-",
+            rows.append([t, st["state"], printable(d["name"], 120), d["told"] or "-", d["acked"] or "-",
                          d["rejected"] or ""])
     if len(rows) > 1:
         lines.append(_table(rows))
@@ -185,8 +185,8 @@ def run(args: argparse.Namespace) -> int:
         if proxy is None:
             known = sorted(snapshot.table.proxies)
             near = difflib.get_close_matches(args.node, known, n=5)
-            hint = f"; did you mean {', '.join(clean_text(n, 80) for n in near)}?" if near else ""
-            print(f"meshlog status: --node: no proxy {clean_text(args.node, 80)!s} in meshlog.sync{hint}",
+            hint = f"; did you mean {', '.join(printable(n, 80) for n in near)}?" if near else ""
+            print(f"meshlog status: --node: no proxy {printable(args.node, 80)!s} in meshlog.sync{hint}",
                   file=sys.stderr)
             return 2
         view = snapshot.views.get(args.node)

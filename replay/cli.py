@@ -34,7 +34,7 @@ from events import topics
 from meshlog import argtypes
 from events import kafka_security
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
-from meshlog.terminal import printable
+from events.printable import printable
 from projector.render import render
 from proxysync.convergence import convergences
 from proxysync.read import read_sync, read_sync_records
@@ -382,25 +382,13 @@ async def cmd_diff(args: argparse.Namespace, bootstrap: str) -> int:
         from_ms=from_ms, to_ms=to_ms_, node=args.node,
         start_versions=walker.start_versions, end_versions=walker.versions(),
         start_membership=walker.start_membership, end_membership=walker.membership(),
-        steps=steps, undecodable=[_dead_doc(u, recorded.get((u.topic, u.partition, u.offset))) for u in undecodable],
+        steps=steps, undecodable=[report.dead_letter_doc(u, recorded.get((u.topic, u.partition, u.offset))) for u in undecodable],
     )
     if args.json:
         _emit_json(doc)
     else:
         text.print_diff(text.console(), doc)
     return EXIT_OK
-
-
-def _dead_doc(u: tuple, recorded: dict | None) -> dict:
-    topic, partition, offset, ts, reason = u
-    return {
-        "time": iso(ts),
-        "timestamp_ms": ts,
-        "source": {"topic": topic, "partition": partition, "offset": offset},
-        "reason": recorded["reason"] if recorded else reason,
-        "stage": recorded["stage"] if recorded else "decode",
-        "recorded": recorded is not None,
-    }
 
 
 async def cmd_log(args: argparse.Namespace, bootstrap: str) -> int:
@@ -447,11 +435,11 @@ async def cmd_log(args: argparse.Namespace, bootstrap: str) -> int:
         rec = recorded_dead.get(src)
         if not _dead_matches(args, rec, walker, base):
             continue
-        dead_docs.append(_dead_doc(u, rec))
+        dead_docs.append(report.dead_letter_doc(u, rec))
     for src, rec in sorted(recorded_dead.items()):
         if src in seen or not _dead_matches(args, rec, walker, base):
             continue  # e.g. a fold-stage dead letter: the record decodes, the live fold raised
-        dead_docs.append(_dead_doc((*src, rec["timestamp_ms"], rec["reason"]), rec))
+        dead_docs.append(report.dead_letter_doc((*src, rec["timestamp_ms"], rec["reason"]), rec))
     node_keys: set[str] = set()
     if args.node:
         for s in (base.state, walker.state):

@@ -22,7 +22,8 @@ from typing import Callable
 from aiokafka import AIOKafkaConsumer
 
 from events import topics
-from events.undecodable import printable
+from events.printable import printable
+from events.undecodable import REASON_MAX
 from projector.deadletter import parse_dead_letter
 from replay.source import read_window
 
@@ -56,7 +57,7 @@ async def recorded_dead_letters(
             continue
         if wanted(d.topic, d.partition, d.offset):
             found.setdefault((d.topic, d.partition, d.offset), {
-                "reason": printable(d.reason), "stage": d.stage, "timestamp_ms": d.timestamp_ms,
+                "reason": printable(d.reason, REASON_MAX), "stage": d.stage, "timestamp_ms": d.timestamp_ms,
                 "service": _entity_service(d.key)})
     return found
 

@@ -27,7 +27,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
 import logging
 import time
@@ -43,7 +42,7 @@ from events import types as t
 from events.envelope import Logged
 from projector.fold import fold_many, fold_with_decisions
 from projector.render import RenderedMesh, render, render_all
-from projector.state import MeshState, empty_state
+from projector.state import MeshState, empty_state, same_state
 from projector.versioning import version_of
 from replay.decode import RecordDecoder
 from replay.snapshots import ChosenSnapshot, find_snapshot
@@ -53,9 +52,6 @@ log = logging.getLogger(__name__)
 
 ResourceKey = tuple[str, str]  # (type_url, name)
 Versions = dict[str, dict[str, str]]  # type_url -> name -> version (a node's membership)
-
-_STATE_FIELDS = tuple(f.name for f in dataclasses.fields(MeshState))
-
 
 # ---------------------------------------------------------------- errors (each with its exit code)
 
@@ -103,11 +99,6 @@ class NoProgress:
 
 
 # ---------------------------------------------------------------- small pure helpers
-
-
-def same_state(a: MeshState, b: MeshState) -> bool:
-    """True if ``b`` is ``a`` unchanged (the fold shares every map it did not change)."""
-    return a is b or all(getattr(a, f) is getattr(b, f) for f in _STATE_FIELDS)
 
 
 def node_versions(state: MeshState, node_id: str) -> Versions:

@@ -21,14 +21,10 @@ from events.envelope import Logged
 from events.errors import EventValidationError
 from events.types import IdentityIssued, IdentityRevoked, JoinTokenRedeemed
 from identity.registry import EMPTY, Certificate, Registry, fold_many
-from meshlog.terminal import printable
+from identity.spiffe import sidecar_service
+from events.printable import printable
 from replay.engine import iso
 from replay.source import read_window
-
-
-def plain(value: object, limit: int = 120) -> str:
-    """One line of printable text from the log (meshlog.terminal's escaping), at most ``limit`` characters."""
-    return printable(str(value), limit)
 
 
 async def read_identity_events(consumer: AIOKafkaConsumer, from_ms: int, to_ms: int) -> tuple[list[Logged], int]:
@@ -49,11 +45,6 @@ async def registry_at(consumer: AIOKafkaConsumer, at_ms: int) -> tuple[Registry,
     return fold_many(EMPTY, events), bad
 
 
-def _service_of(spiffe_id: str) -> str | None:
-    parts = spiffe_id.split("/")
-    return parts[4] if len(parts) >= 6 and parts[3] == "sidecar" else None
-
-
 def _cert_doc(c: Certificate) -> dict:
     return {"spiffe_id": c.spiffe_id, "serial": c.serial, "not_before": c.not_before.isoformat(),
             "not_after": c.not_after.isoformat(), "issued": iso(c.logged_ms), "how": c.how,
@@ -62,12 +53,12 @@ def _cert_doc(c: Certificate) -> dict:
 
 
 def held_document(registry: Registry, at_ms: int, *, service: str | None = None, undecodable: int = 0) -> dict:
-    held = [c for c in registry.held_at(at_ms) if service is None or _service_of(c.spiffe_id) == service]
+    held = [c for c in registry.held_at(at_ms) if service is None or sidecar_service(c.spiffe_id) == service]
     revoked = [
         {**_cert_doc(registry.certificates[s]), "revoked": iso(r.logged_ms), "reason": r.reason, "revoked_by": r.revoked_by}
         for s, r in sorted(registry.revocations.items())
         if r.logged_ms <= at_ms and s in registry.certificates
-        and (service is None or _service_of(r.spiffe_id) == service)
+        and (service is None or sidecar_service(r.spiffe_id) == service)
         and registry.certificates[s].not_after.timestamp() * 1000 > at_ms  # revoked while it would still be valid
     ]
     return {"format": 1, "kind": "identities", "at": iso(at_ms), "at_ms": at_ms,
@@ -93,7 +84,7 @@ def log_entries(events: Iterable[Logged], *, service: str | None = None) -> list
             subject = f"spiffe://-/sidecar/{p.service}/{p.instance_id}"
         else:
             continue
-        if service is not None and _service_of(subject) != service:
+        if service is not None and sidecar_service(subject) != service:
             continue
         out.append({"time": iso(lg.timestamp_ms), "timestamp_ms": lg.timestamp_ms, "offset": lg.offset,
                     "type": p.TYPE, "producer": lg.envelope.producer, **entry})
@@ -109,7 +100,7 @@ def print_held(console: Console, doc: dict, limit: int = 50) -> None:
         table.add_column(col)
     rows = doc["held"] if limit <= 0 else doc["held"][:limit]
     for c in rows:
-        table.add_row(*(Text(plain(v)) for v in (c["spiffe_id"], c["serial"], c["not_before"], c["not_after"],
+        table.add_row(*(Text(printable(v, 120)) for v in (c["spiffe_id"], c["serial"], c["not_before"], c["not_after"],
                                                    c["issued"], c["how"])))
     console.print(table)
     if len(doc["held"]) > len(rows):
@@ -119,7 +110,7 @@ def print_held(console: Console, doc: dict, limit: int = 50) -> None:
         for col in ("spiffe id", "serial", "revoked", "reason", "by"):
             revoked.add_column(col)
         for c in doc["revoked"]:
-            revoked.add_row(*(Text(plain(v)) for v in (c["spiffe_id"], c["serial"], c["revoked"], c["reason"],
+            revoked.add_row(*(Text(printable(v, 120)) for v in (c["spiffe_id"], c["serial"], c["revoked"], c["reason"],
                                                          c["revoked_by"])))
         console.print(revoked)
 
@@ -140,6 +131,6 @@ def print_log_section(console: Console, entries: list[dict]) -> None:
             if e.get("renews_serial"):
                 detail += f", renews {e['renews_serial']}"
             cells = (e["time"], e["type"], e["spiffe_id"], e["serial"], detail)
-        table.add_row(*(Text(plain(v, 160), style="red" if e["type"] == IdentityRevoked.TYPE else "")
+        table.add_row(*(Text(printable(v, 160), style="red" if e["type"] == IdentityRevoked.TYPE else "")
                         for v in cells))
     console.print(table)

@@ -387,6 +387,20 @@ def rejection_doc(lg: Logged | None, j: t.Decision, ts: int | None = None) -> di
     }
 
 
+def dead_letter_doc(u: tuple, recorded: dict | None) -> dict:
+    """A record the projector could not use: ``u`` is (topic, partition, offset, timestamp_ms, reason) as
+    replay met it; ``recorded`` the projector's dead letter for it (``replay.deadletters``), if it wrote one."""
+    topic, partition, offset, ts, reason = u
+    return {
+        "time": iso(ts),
+        "timestamp_ms": ts,
+        "source": {"topic": topic, "partition": partition, "offset": offset},
+        "reason": recorded["reason"] if recorded else reason,
+        "stage": recorded["stage"] if recorded else "decode",
+        "recorded": recorded is not None,
+    }
+
+
 def diff_document(
     *,
     from_ms: int,

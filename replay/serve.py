@@ -18,6 +18,7 @@ import grpc
 import orjson
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from events.files import write_file_atomic
 from projector.publisher import membership_value, resource_key
 from projector.render import RenderedMesh
 from xds_gateway.server import AdsServicer, add_to_server
@@ -70,8 +71,7 @@ async def serve_frozen(
     ).decode()
     print(line, flush=True)
     if ready_file:
-        with open(ready_file, "w") as fh:
-            fh.write(line)
+        write_file_atomic(ready_file, line.encode())
     log.info("serving the mesh as of %s on %s:%d (read-only); SIGTERM stops", info.get("at"), listen, bound)
     try:
         await stop.wait()

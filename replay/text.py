@@ -20,7 +20,7 @@ from rich.text import Text
 
 from meshlog.terminal import plain_console, plain_strings
 from proxysync.convergence import summary_text
-from proxysync.text import clean_text
+from events.printable import printable
 from replay.report import KIND_OF_TYPE
 
 _HEALTH_STYLE = {"healthy": "green", "unhealthy": "red", "draining": "yellow"}
@@ -242,7 +242,7 @@ def _effect(e: dict, groups: list[dict]) -> str:
         lines.append("nodes: " + ", ".join(nodes[:6]) + (f" (+{len(nodes) - 6})" if len(nodes) > 6 else ""))
     conv = e.get("convergence") if e.get("effect") is not None else groups[e["group"]].get("convergence")
     if conv and conv["proxies"]:
-        lines.append(clean_text(summary_text(conv), 300))
+        lines.append(printable(summary_text(conv), 300))
     if e.get("rejection"):
         r = e["rejection"]
         lines.append(f"REJECTED: {r['reason']}" + ("" if r["recorded"] else " (not on the rejections topic)"))
@@ -266,15 +266,15 @@ def print_log(console: Console, doc: dict) -> None:
         elif e["kind"] == "rejection":
             table.add_row(e["time"], "projector", Text("rejected", style="red"), _rejected_what(e), e["reason"])
         elif e["kind"] in ("ack", "nack"):
-            short = clean_text(e["type_url"].rsplit(".", 1)[-1], 40)
-            names = ", ".join(f"{clean_text(n, 80)}@{v}" for n, v in sorted(e["resources"].items())[:4])
+            short = printable(e["type_url"].rsplit(".", 1)[-1], 40)
+            names = ", ".join(f"{printable(n, 80)}@{v}" for n, v in sorted(e["resources"].items())[:4])
             more = len(e["resources"]) - 4
             what = names + (f" (+{more})" if more > 0 else "")
             if e["kind"] == "nack":
-                what = f"rejected {what}: {clean_text(e['reason'] or '', 300)}"
-            table.add_row(e["time"], Text(clean_text(e["gateway"], 60)),
+                what = f"rejected {what}: {printable(e['reason'] or '', 300)}"
+            table.add_row(e["time"], Text(printable(e["gateway"], 60)),
                           Text(f"{short} {e['kind'].upper()}", style="red" if e["kind"] == "nack" else "dim"),
-                          Text(clean_text(e["node"], 80)), Text(what))
+                          Text(printable(e["node"], 80)), Text(what))
         else:
             src = e["source"]
             table.add_row(e["time"], "-", Text("dead-lettered" if e["recorded"] else "undecodable", style="red"),

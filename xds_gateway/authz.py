@@ -41,17 +41,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Container, NamedTuple
 
+from events.printable import quoted
 from identity.spiffe import SpiffeId, SpiffeIdError, parse
 
-__all__ = ["NodeOwner", "Decision", "Authenticated", "authenticate", "authorize", "shown", "ALLOW", "DENY", "PENDING"]
+__all__ = ["NodeOwner", "Decision", "Authenticated", "authenticate", "authorize", "ALLOW", "DENY", "PENDING"]
 
 ALLOW, DENY, PENDING = "allow", "deny", "pending"
-
-
-def shown(value: object, limit: int = 120) -> str:
-    """A client- or log-supplied value as it may appear in a message: escaped (repr) and bounded."""
-    text = str(value)
-    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 class NodeOwner(NamedTuple):
@@ -95,10 +90,10 @@ def authenticate(peer_spiffe_ids: list[str], trust_domain: str, serial: str | No
         return Authenticated(None, Decision(DENY, "bad_spiffe_id", f"not a meshlog SPIFFE id: {exc}"))
     if ident.domain != trust_domain:
         return Authenticated(None, Decision(DENY, "other_trust_domain",
-                                            f"{shown(ident.uri)} is not of trust domain {trust_domain!r}"))
+                                            f"{quoted(ident.uri, 120)} is not of trust domain {trust_domain!r}"))
     if serial is not None and serial in revoked:
         return Authenticated(None, Decision(DENY, "revoked",
-                                            f"certificate {serial} of {shown(ident.uri)} is revoked"))
+                                            f"certificate {serial} of {quoted(ident.uri, 120)} is revoked"))
     return Authenticated(ident)
 
 
@@ -108,14 +103,14 @@ def authorize(identity: SpiffeId | None, node_id: str, owner: tuple[str, str] | 
         return Decision(ALLOW, "insecure")
     role = identity.role
     if role == "operator":
-        return Decision(ALLOW, "operator", f"operator {shown(identity.uri)} watches node {shown(node_id)}")
+        return Decision(ALLOW, "operator", f"operator {quoted(identity.uri, 120)} watches node {quoted(node_id, 120)}")
     if role != "sidecar":
-        return Decision(DENY, "role_has_no_node", f"a {role} identity has no node; {shown(identity.uri)} "
-                                                  f"asked for node {shown(node_id)}")
+        return Decision(DENY, "role_has_no_node", f"a {role} identity has no node; {quoted(identity.uri, 120)} "
+                                                  f"asked for node {quoted(node_id, 120)}")
     mine = NodeOwner(identity.field("service"), identity.field("instance"))
     if owner is None:
-        return Decision(PENDING, "not_in_view", f"node {shown(node_id)} is not in the view yet")
+        return Decision(PENDING, "not_in_view", f"node {quoted(node_id, 120)} is not in the view yet")
     if owner == mine:
         return Decision(ALLOW, "owner")
-    return Decision(DENY, "not_owner", f"{shown(identity.uri)} asked for node {shown(node_id)}, "
-                                       f"which belongs to {shown(str(NodeOwner(*owner)))}")
+    return Decision(DENY, "not_owner", f"{quoted(identity.uri, 120)} asked for node {quoted(node_id, 120)}, "
+                                       f"which belongs to {quoted(NodeOwner(*owner), 120)}")

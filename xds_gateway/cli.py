@@ -42,6 +42,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from meshlog import argtypes
 from events import kafka_security
 from events.admin import BrokerUnavailable
+from events.files import write_file_atomic
 from events.producer import EventProducer
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 from xds_gateway import metrics
@@ -249,8 +250,7 @@ async def serve(args: argparse.Namespace, bootstrap: str, limits: GatewayLimits,
         line = orjson.dumps({"xds_port": port, "http_port": http_port, "ready": True}).decode()
         print(line, flush=True)
         if args.ready_file:
-            with open(args.ready_file, "w") as fh:
-                fh.write(line)
+            write_file_atomic(args.ready_file, line.encode())
         log.info("ready: %d nodes in view", len(cache.nodes()))
         freezer = asyncio.create_task(_keep_long_lived_objects_out_of_gc())
         await asyncio.wait({stop_wait, tail_task}, return_when=asyncio.FIRST_COMPLETED)

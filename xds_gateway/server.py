@@ -22,7 +22,7 @@ Invariants:
 - What a client sends is bounded before it is kept or logged: a node id
   longer than ``NODE_ID_MAX_LENGTH`` is refused (INVALID_ARGUMENT) on the
   first request; node ids, type URLs, nonces and NACK messages reach the log
-  only as ``logbounds.excerpt``s; NACK lines are throttled per stream (a
+  only through ``events.printable``; NACK lines are throttled per stream (a
   burst, then one per interval, with the count suppressed); metric labels
   never carry a client's text (``metrics.type_label``).
 - With a ``SyncLog``, each stream reports its opening, what its machine learned
@@ -52,7 +52,8 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from events import types
-from meshlog.logbounds import Throttle, excerpt
+from events.printable import printable
+from meshlog.logbounds import Throttle
 from proxysync.compare import SYNCED, compare_type
 from proxysync.table import TypeSync
 from xds_gateway import metrics
@@ -235,7 +236,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             metrics.REFUSED.labels("node_id_too_long").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"node.id is {len(node_id)} characters long; at most {NODE_ID_MAX_LENGTH} are accepted")
-        shown_node = excerpt(node_id, NODE_ID_MAX_LENGTH)  # escaped for the log
+        shown_node = printable(node_id, NODE_ID_MAX_LENGTH)  # escaped for the log
         nack_log = Throttle(burst=NACK_LOG_BURST, interval=NACK_LOG_INTERVAL_S)
         known, decision = self._authorized(peer, node_id)
         if decision is not None and decision.outcome == DENY:
@@ -291,7 +292,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         subscribe = item.resource_names_subscribe if kind == "delta" else item.resource_names
                         unsubscribe = item.resource_names_unsubscribe if kind == "delta" else ()
                         log.debug("%s stream %s <- %s nonce=%s sub=%s unsub=%s%s", kind, stream_id,
-                                  excerpt(_short(item.type_url), 80), excerpt(item.response_nonce, 80),
+                                  printable(_short(item.type_url), 80), printable(item.response_nonce, 80),
                                   _names(subscribe), _names(unsubscribe), " NACK" if item.HasField("error_detail") else "")
                     try:
                         responses = machine.on_request(item)
@@ -379,8 +380,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             if suppressed is None:
                 return
             log.warning("%s stream %s: node %s NACKed %s (nonce %s): %s%s", kind, stream_id, shown_node,
-                        excerpt(request.type_url, 120), excerpt(request.response_nonce, 80),
-                        excerpt(request.error_detail.message, _MESSAGE_EXCERPT),
+                        printable(request.type_url, 120), printable(request.response_nonce, 80),
+                        printable(request.error_detail.message, _MESSAGE_EXCERPT),
                         f" [{suppressed} NACK lines of this stream not logged before this one]" if suppressed else "")
 
 
@@ -408,7 +409,7 @@ def _short(type_url: str) -> str:
 
 def _names(names) -> str:
     """A client's resource name list for a DEBUG line: its length and a bounded excerpt."""
-    return f"{len(names)}[{excerpt(', '.join(itertools.islice(names, 20)), 300)}]"
+    return f"{len(names)}[{printable(', '.join(itertools.islice(names, 20)), 300)}]"
 
 
 def add_to_server(servicer: AdsServicer, server: grpc.aio.Server) -> None:

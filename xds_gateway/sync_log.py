@@ -32,7 +32,6 @@ import asyncio
 import itertools
 import logging
 import secrets
-import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -42,36 +41,14 @@ from events import types as t
 from events.codec import validate_payload
 from events.envelope import Envelope, new_event
 from events.errors import EventValidationError
-from proxysync.text import clean_text
+from events.printable import printable
+from meshlog.logbounds import ThrottledLog
 from xds_gateway import metrics
 from xds_gateway.protocol.common import Acked, Nack
 
 log = logging.getLogger(__name__)
 
 Sink = Callable[[Sequence[Envelope]], Awaitable[None]]
-
-
-class RateLimitedLog:
-    """At most one line per ``period_s`` for one kind of trouble; says how many were suppressed.
-
-    (A minimal local helper; the gateway's shared one can replace it.)"""
-
-    def __init__(self, logger: logging.Logger, period_s: float = 10.0) -> None:
-        self._log = logger
-        self._period = period_s
-        self._next = 0.0
-        self._suppressed = 0
-
-    def warning(self, msg: str, *args) -> None:
-        now = time.monotonic()
-        if now < self._next:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            msg += f" ({self._suppressed} similar lines suppressed)"
-        self._suppressed = 0
-        self._next = now + self._period
-        self._log.warning(msg, *args)
 
 
 @dataclass(slots=True)
@@ -101,7 +78,7 @@ class SyncLog:
         self._write_wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._warn = RateLimitedLog(log)
+        self._warn = ThrottledLog(log)
         self._tasks: list[asyncio.Task] = []
         # event ids: a random 64-bit prefix per gateway process and a counter (a uuid4 per record cost
         # more than validating it, and these records are many)
@@ -114,7 +91,7 @@ class SyncLog:
     def opened(self, stream_id: str, node: str, kind: str, peer: str, identity: str | None = None) -> None:
         self._streams[stream_id] = _Stream(node, kind)
         self._enqueue(t.ProxyStreamOpened, dict(node=node, gateway=self.gateway, stream_id=stream_id, kind=kind,
-                                                peer=clean_text(peer or "unknown", 256), identity=identity),
+                                                peer=printable(peer or "unknown", 256), identity=identity),
                       _now())
 
     def learned(self, stream_id: str, facts: Sequence[Acked | Nack]) -> None:
@@ -204,7 +181,7 @@ class SyncLog:
             rejected, _ = _bounded(dict(fact.resources))
             self._enqueue(t.ProxyNacked, dict(common, nonce=fact.nonce or "unknown", rejected=rejected,
                                               removed=tuple(fact.removed[: t.MAX_SYNC_NAMES]), code=fact.code,
-                                              reason=clean_text(fact.message or "(no reason given)", 2048)), when)
+                                              reason=printable(fact.message or "(no reason given)", 2048)), when)
 
     def _enqueue(self, payload_type: type[t.Payload], data: dict, when: datetime) -> None:
         if len(self._queue) >= self._queue_size:
@@ -216,7 +193,7 @@ class SyncLog:
             payload = validate_payload(payload_type, data)
         except EventValidationError as exc:
             metrics.SYNC_DROPPED.labels("invalid").inc()
-            self._warn.warning("sync record %s not valid, dropped: %s", payload_type.TYPE, clean_text(str(exc), 500))
+            self._warn.warning("sync record %s not valid, dropped: %s", payload_type.TYPE, printable(str(exc), 500))
             return
         self._queue.append(new_event(payload, producer=self.gateway, occurred_at=when,
                                      event_id=f"{self._id_prefix}{next(self._ids)}"))
@@ -241,7 +218,7 @@ class SyncLog:
                 except Exception as exc:  # noqa: BLE001 - a broker outage must not end the writer
                     metrics.SYNC_DROPPED.labels("append_failed").inc(len(batch))
                     self._warn.warning("sync log: %d records not appended: %s", len(batch),
-                                       clean_text(f"{type(exc).__name__}: {exc}", 500))
+                                       printable(f"{type(exc).__name__}: {exc}", 500))
                 finally:
                     self._idle.set()
 

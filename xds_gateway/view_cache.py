@@ -52,7 +52,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from events import topics
-from meshlog.logbounds import excerpt
+from events.printable import printable
 from meshlog.outage import KafkaOutageLog
 from events.kafka_security import connection_kwargs
 from projector.publisher import source_ms_of
@@ -143,7 +143,7 @@ class ViewCache:
     def apply_resource(self, key: bytes, value: bytes | None, changed: set[str]) -> None:
         type_url, sep, name = key.decode().partition("|")
         if not sep:
-            log.warning("ignoring view resource with malformed key %s", excerpt(repr(key), 200))
+            log.warning("ignoring view resource with malformed key %s", printable(repr(key), 200))
             return
         ident = (type_url, name)
         shared = _PER_NODE_MARK not in name
@@ -184,7 +184,7 @@ class ViewCache:
                     if not all(isinstance(x, str) for x in owner):
                         raise TypeError("owner service and instance must be strings")
             except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-                log.error("ignoring malformed membership for node %s: %s", excerpt(node, 256), excerpt(str(exc), 200))
+                log.error("ignoring malformed membership for node %s: %s", printable(node, 256), printable(str(exc), 200))
                 return
         if self._owners.get(node) != owner:
             if owner is None:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from events import topics
-from events.undecodable import UndecodableLog, decode_or_skip, printable
+from events.printable import printable
+from events.undecodable import UndecodableLog, decode_or_skip
 from events.kafka_security import connection_kwargs
 
 TAILED = (topics.REGISTRATIONS, topics.HEALTH, topics.RULES)

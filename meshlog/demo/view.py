@@ -4,7 +4,7 @@ Both reporters record every check; ``failed`` lists the ones that failed so
 the demo can exit non-zero. The live screen re-reads the traffic, the event
 tail and the process table on each refresh; it never blocks the scenes. It
 fits the terminal's height (``fit_rows``; what does not fit is counted, never
-silently dropped), and shows text from the log escaped (``meshlog.terminal``).
+silently dropped), and shows text from the log escaped (``events.printable``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from meshlog.terminal import printable
+from events.printable import printable
 
 
 class PlainReporter:

@@ -45,6 +45,8 @@ from aiokafka.errors import KafkaError
 from events import topics
 from events.admin import BrokerUnavailable, connect_admin, ensure_topics
 from events.envelope import new_event
+from events.files import write_file_atomic
+from events.printable import printable
 from events.kafka_security import connection_kwargs
 from events.producer import EventProducer
 from events.types import InstanceHealthChanged, InstanceRegistered
@@ -390,9 +392,7 @@ class Checker:
 
     async def _append(self, transition: Transition, reg: InstanceRegistered) -> None:
         assert self._producer is not None
-        reason = transition.reason
-        if len(reason) > _REASON_MAX:
-            reason = reason[: _REASON_MAX - 1] + "…"
+        reason = printable(transition.reason, _REASON_MAX)
         payload = InstanceHealthChanged(service=reg.service, instance_id=reg.instance_id, status=transition.status,
                                         reason=reason, observer=self.s.observer)
         try:
@@ -452,9 +452,7 @@ class Checker:
         path = self.s.status_file
         if path is None:
             return
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(orjson.dumps(self.status(), option=orjson.OPT_INDENT_2))
-        os.replace(tmp, path)
+        write_file_atomic(path, orjson.dumps(self.status(), option=orjson.OPT_INDENT_2))
 
     async def _write_status_loop(self) -> None:
         while True:

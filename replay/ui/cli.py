@@ -6,11 +6,11 @@ import argparse
 import asyncio
 import signal
 import sys
-from pathlib import Path
 
 import orjson
 from aiohttp import web
 
+from events.files import write_file_atomic
 from meshlog import argtypes
 from replay.engine import ReplayError, open_log
 
@@ -52,7 +52,7 @@ async def cmd_ui(args: argparse.Namespace, bootstrap: str) -> int:
         ready = orjson.dumps({"url": f"http://{host}:{port}/", "port": port, "read_only": True}).decode()
         print(ready, flush=True)
         if args.ready_file:
-            Path(args.ready_file).write_text(ready + "\n")
+            write_file_atomic(args.ready_file, f"{ready}\n".encode())
         indexing = asyncio.create_task(console.refresh(force=True))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -173,8 +173,6 @@ class Console:
 
     async def diff(self, from_ms: int, to_ms_: int, node: str | None) -> dict:
         """``replay diff --from A --to B [--node N] --json``."""
-        from replay.cli import _dead_doc  # the CLI's one definition of an undecodable record's document
-
         if from_ms > to_ms_:
             raise OutOfRange(f"from {iso(from_ms)} is after to {iso(to_ms_)}")
         undecodable: list = []
@@ -190,7 +188,7 @@ class Console:
             from_ms=from_ms, to_ms=to_ms_, node=node,
             start_versions=walker.start_versions, end_versions=walker.versions(),
             start_membership=walker.start_membership, end_membership=walker.membership(),
-            steps=steps, undecodable=[{**_dead_doc(u, None), "recorded": None} for u in undecodable],
+            steps=steps, undecodable=[{**report.dead_letter_doc(u, None), "recorded": None} for u in undecodable],
         )
 
     # ------------------------------------------------------------ the records behind the marks

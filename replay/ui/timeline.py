@@ -27,6 +27,7 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
 from events import types as t
+from identity.spiffe import sidecar_service
 
 # kinds the log has besides event types
 REJECTED = "rule.rejected"
@@ -52,9 +53,7 @@ def event_service(payload: t.Payload) -> str:
             return value
     spiffe_id = getattr(payload, "spiffe_id", None)
     if isinstance(spiffe_id, str):
-        from replay.identities import _service_of  # the one reading of a SPIFFE path's service
-
-        return _service_of(spiffe_id) or NO_SERVICE
+        return sidecar_service(spiffe_id) or NO_SERVICE
     return NO_SERVICE
 
 

@@ -34,19 +34,25 @@ _FAST_RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent
                   + str(len(FAST_BODY)).encode() + b"\r\n\r\n" + FAST_BODY)
 
 
+async def read_message(reader: asyncio.StreamReader) -> bytes:
+    """One HTTP/1.1 message from ``reader``: its head is returned, its body (by Content-Length) read and dropped."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:].strip())
+    if length:
+        await reader.readexactly(length)
+    return head
+
+
 async def _fast_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     sock = writer.get_extra_info("socket")
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:].strip())
-            if length:
-                await reader.readexactly(length)
+            await read_message(reader)
             writer.write(_FAST_RESPONSE)
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):

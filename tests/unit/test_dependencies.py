@@ -13,12 +13,23 @@ import ast
 import re
 import sys
 import tomllib
+from fnmatch import fnmatch
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-PACKAGES = ("events", "registrar", "projector", "xds_gateway", "proxy", "replay", "meshlog", "identity")
+
+
+def _packages() -> tuple[str, ...]:
+    """The top-level packages setuptools ships: those ``[tool.setuptools.packages.find] include`` matches."""
+    find = PYPROJECT["tool"]["setuptools"]["packages"]["find"]
+    include, exclude = find.get("include", ["*"]), find.get("exclude", [])
+    tops = sorted(d.name for d in ROOT.iterdir() if (d / "__init__.py").is_file())
+    return tuple(t for t in tops if any(fnmatch(t, p) for p in include) and not any(fnmatch(t, p) for p in exclude))
+
+
+PACKAGES = _packages()
 
 # declared, needed, and never imported
 NOT_IMPORTED = {
@@ -98,3 +109,8 @@ def test_every_declared_dependency_is_imported_or_says_why_not():
 def test_the_rules_hold_the_dependencies_the_issue_named():
     assert "aiohttp" in RUNTIME and "rocksdict" in RUNTIME
     assert not any(d.startswith("faust") for d in RUNTIME | TEST)
+
+
+def test_the_scanned_packages_are_the_shipped_ones():
+    assert {"events", "identity", "proxysync", "replay", "meshlog"} <= set(PACKAGES)
+    assert "tests" not in PACKAGES and "bench" not in PACKAGES

@@ -300,9 +300,9 @@ def test_pdeathsig_kills_child_when_parent_dies(tmp_path):
     pidfile = tmp_path / "child.pid"
     parent_code = textwrap.dedent(f"""
         import os, subprocess, sys, time
-        from meshlog.kafka_local import _pdeathsig_preexec
+        from meshlog.procs import die_with_parent
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
-                                 preexec_fn=_pdeathsig_preexec(os.getpid()))
+                                 preexec_fn=die_with_parent(own_group=True))
         open({str(pidfile)!r}, "w").write(str(child.pid))
         time.sleep(60)
     """)

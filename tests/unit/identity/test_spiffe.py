@@ -101,3 +101,10 @@ def test_parse_is_total(text):
     except SpiffeIdError:
         return
     assert ident.uri == text
+
+
+def test_sidecar_service_reads_a_sidecar_id_and_nothing_else_without_raising():
+    assert spiffe.sidecar_service("spiffe://mesh.local/sidecar/web/web-1") == "web"
+    assert spiffe.sidecar_service("spiffe://mesh.local/gateway/g1") is None
+    assert spiffe.sidecar_service("spiffe://mesh.local/sidecar/web") is None
+    assert spiffe.sidecar_service("not an id") is None

@@ -1,46 +1,12 @@
-"""meshlog.logbounds: bounded, escaped excerpts and the log-line throttle."""
+"""meshlog.logbounds: the log-line throttle and the throttled logger."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
-from meshlog.logbounds import Throttle, excerpt
-
-
-def test_short_printable_text_is_itself():
-    assert excerpt("node-1.default", 200) == "node-1.default"
-    assert excerpt("héllo wörld ✓", 200) == "héllo wörld ✓"
-
-
-def test_control_characters_are_escaped_so_a_line_stays_one_line():
-    out = excerpt("a\x1b[2J\nb\rc\u202ed\u2028e\x00", 200)
-    assert out == "a\\x1b[2J\\x0ab\\x0dc\\u202ed\\u2028e\\x00"
-    assert out.isprintable()
-
-
-def test_backslashes_are_escaped_so_escapes_are_unambiguous():
-    assert excerpt("a\\x1b", 200) == "a\\\\x1b"
-
-
-def test_lone_surrogates_are_escaped():
-    assert excerpt("x\ud800", 200) == "x\\ud800"
-
-
-def test_long_text_is_cut_and_says_how_much_was_left_out():
-    out = excerpt("x" * 1_000_000, 200)
-    assert out == "x" * 200 + "…[+999800 chars]"
-
-
-def test_escapes_count_towards_the_limit():
-    out = excerpt("\n" * 1000, 10)
-    assert out.startswith("\\x0a\\x0a")
-    assert len(out.split("…")[0]) <= 10
-    assert out.endswith("…[+998 chars]")
-
-
-def test_limit_must_be_positive():
-    with pytest.raises(ValueError):
-        excerpt("x", 0)
+from meshlog.logbounds import Throttle, ThrottledLog
 
 
 def test_throttle_passes_a_burst_then_one_per_interval_with_the_suppressed_count():
@@ -70,3 +36,15 @@ def test_throttle_rejects_nonsense_settings():
         Throttle(burst=0)
     with pytest.raises(ValueError):
         Throttle(interval=0)
+
+
+def test_throttled_log_writes_one_line_per_interval_and_counts_the_rest(caplog):
+    now = [0.0]
+    warn = ThrottledLog(logging.getLogger("t.throttled"), interval=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="t.throttled"):
+        for i in range(5):
+            now[0] = float(i)
+            warn.warning("queue full: %d", i)
+        now[0] = 10.0
+        warn.warning("queue full: %d", 10)
+    assert [r.getMessage() for r in caplog.records] == ["queue full: 0", "queue full: 10 (4 similar lines suppressed)"]

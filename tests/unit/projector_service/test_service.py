@@ -15,7 +15,8 @@ from events.codec import decode
 from projector import service as service_mod
 from projector.deadletter import parse_dead_letter
 from projector.publisher import parse_membership_value, parse_resource_key, source_ms_of
-from projector.service import ProjectorConfig, ProjectorService, Store, same_state
+from projector.service import ProjectorConfig, ProjectorService, Store
+from projector.state import same_state
 from projector.typeurls import CLUSTER, LISTENER
 
 from .helpers import FakeProducer, Log, registered

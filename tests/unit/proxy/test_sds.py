@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from events.files import write_file_atomic
 from identity import pki, spiffe
 from proxy import sds
 from proxy.bootstrap import XDS_CLUSTER, envoy_bootstrap
@@ -58,10 +59,10 @@ def test_a_renewal_is_written_once_both_files_match(ca, ident, tmp_path):
     sync.start()
     assert not sync.check()  # nothing changed
     renewed = ca.issue(spiffe.sidecar(D, "web", "w1"), "renewed")
-    pki.write_file_atomic(ident.cert, renewed.cert_pem)  # the certificate first: its key is not there yet
+    write_file_atomic(ident.cert, renewed.cert_pem)  # the certificate first: its key is not there yet
     first = sync.current.cert_pem
     assert not sync.check() and sync.current.cert_pem == first
-    pki.write_file_atomic(ident.key, renewed.key_pem, 0o600)
+    write_file_atomic(ident.key, renewed.key_pem, 0o600)
     assert sync.check() and sync.renewals == 1
     doc = json.loads((tmp_path / "sds" / sds.WORKLOAD_FILE).read_text())
     assert doc["resources"][0]["tls_certificate"]["certificate_chain"]["inline_string"] == renewed.cert_pem.decode()
@@ -72,8 +73,8 @@ def test_a_certificate_of_another_identity_is_not_handed_to_envoy(ca, ident, tmp
     sync = sds.SecretSync(files, tmp_path / "sds", sds.load_tls(files))
     sync.start()
     other = ca.issue(spiffe.sidecar(D, "web", "w2"), "other")
-    pki.write_file_atomic(ident.key, other.key_pem, 0o600)
-    pki.write_file_atomic(ident.cert, other.cert_pem)
+    write_file_atomic(ident.key, other.key_pem, 0o600)
+    write_file_atomic(ident.cert, other.cert_pem)
     assert not sync.check() and sync.current.identity == spiffe.sidecar(D, "web", "w1")
 
 

@@ -8,7 +8,6 @@ from events import types as t
 from events.envelope import Logged, new_event
 from proxysync.compare import NACKED, NOT_SENT, STALE, SYNCED, Difference, compare_proxy
 from proxysync.table import SyncTable
-from proxysync.text import clean_text
 
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -85,9 +84,3 @@ def test_a_fact_from_a_stream_never_seen_opening_makes_it_current():
     table = SyncTable().apply_all([log(opened("web", "gw1", "1"), 0), log(acked("web", "gw2", "3", {"a": "v"}), 2)])
     assert table.proxies["web"].stream.ref == "gw2/3"
     assert table.proxies["web"].types[CDS].held == {"a": "v"}
-
-
-def test_clean_text_escapes_control_characters_and_bounds_length():
-    assert clean_text("a\nb\x1b[31m\u202e") == "a\\x0ab\\x1b[31m\\u202e"
-    assert clean_text("x" * 100, 10) == "x" * 9 + "…"
-    assert len(clean_text("\n" * 100, 10)) == 10

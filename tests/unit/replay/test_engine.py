@@ -7,7 +7,8 @@ import pytest
 from projector.fold import fold_many
 from projector.render import render_all
 from projector.state import empty_state
-from replay.engine import Walker, _Pacer, flatten, node_versions, same_state
+from projector.state import same_state
+from replay.engine import Walker, _Pacer, flatten, node_versions
 from tests.unit.projector.helpers import Log
 from tests.unit.replay.history import RandomHistory
 

@@ -53,9 +53,3 @@ def test_log_entries_cover_issue_revoke_and_redeem_and_escape_on_print():
     identities.print_log_section(Console(file=out, width=300, force_terminal=False), entries)
     text = out.getvalue()
     assert "\x1b" not in text and "\\x1b[31m" in text and a.spiffe_id in text
-
-
-def test_plain_is_bounded():
-    cut = identities.plain("x" * 1000, 50)
-    assert cut.startswith("x" * 50) and "x" * 51 not in cut and "950 more characters" in cut
-    assert identities.plain("a\nb") == "a\\x0ab"

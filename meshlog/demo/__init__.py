@@ -5,7 +5,9 @@ replicas, two central health checkers, three ``reviews`` instances in two
 versions and a ``web`` client, each behind its own sidecar (real Envoy), and
 sends steady traffic from web to reviews. Then it plays the scenes in
 ``meshlog.demo.scenes`` on a live screen (or as plain lines with
-``--headless``) and, at the end, replays the log.
+``--headless``) and, at the end, replays the log. Secure by default: a mesh
+CA in the work dir, the broker TLS-only with ACLs, and every process its own
+identity for Kafka and xDS over mTLS (``--insecure``: plaintext).
 
 Invariants:
 - Every process it starts is stopped when it ends — normally, on Ctrl-C, on

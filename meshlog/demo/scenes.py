@@ -295,13 +295,23 @@ def impostor(demo: Demo) -> None:
     attempt = ask_for_node(address, "web-1", None)
     demo.report.check("a plaintext client is refused", attempt.status is not None and attempt.responses == 0,
                       attempt.detail())
+    if stack.ca_url and f"sidecar/{stack.web}/web-1" in stack.trust.redeemed:
+        demo.report.step(f"the join token web-1 enrolled with is presented again at {stack.ca_url}")
+        refused = stack.trust.redeem_again(stack.ca_url, stack.web, "web-1")
+        demo.report.check("a join token used twice is refused", refused is not None and refused.reason == "used",
+                          f"HTTP {refused.status} {refused.reason}: {refused.detail[:160]}" if refused
+                          else "the CA issued a second certificate for it")
 
     web = demo.web
     before = presented_serials(web)
     renewed_at = time.time()
-    files = stack.trust.reissue(f"sidecar/{stack.web}/web-1")
+    path = f"sidecar/{stack.web}/web-1"
+    if stack.ca_url:  # as `meshlog ca renew` does: mTLS with the current certificate, a new key
+        files, how = stack.trust.renew(stack.ca_url, path), f"at {stack.ca_url} with its current certificate"
+    else:
+        files, how = stack.trust.reissue(path), "offline"
     new_serial = pki.load_identity(files.cert.parent)[0].serial_number
-    demo.report.step(f"renewed web-1's workload certificate (serial {new_serial:x}) during traffic")
+    demo.report.step(f"renewed web-1's workload certificate {how} (serial {new_serial:x}) during traffic")
     deadline = time.monotonic() + 30
     presented = False
     while time.monotonic() < deadline and not presented:

@@ -101,6 +101,8 @@ class DemoStack:
     trust: DemoTrust | None = None  # the CA and the identities it issued (secure only)
     kafka: object | None = None
     projector: Process | None = None
+    ca_server: Process | None = None  # `meshlog ca serve`: the sidecars' join tokens are redeemed there (secure)
+    ca_url: str | None = None
     gateways: dict[str, Process] = field(default_factory=dict)
     gateway_ports: dict[str, int] = field(default_factory=dict)
     checker_procs: dict[str, Process] = field(default_factory=dict)
@@ -124,8 +126,8 @@ class DemoStack:
     def start_kafka(self) -> str:
         if self.secure:
             self.trust = DemoTrust(self.workdir / "tls")
-            self.say(f"mesh CA for trust domain {self.trust.domain} in {self.trust.tls_dir / 'ca'}; "
-                     "every process gets its own certificate (offline issue)")
+            self.say(f"mesh CA for trust domain {self.trust.domain} in {self.trust.tls_dir / 'ca'}; every process "
+                     "gets its own certificate (sidecars: join tokens at `ca serve`; the others: offline issue)")
         if self.bootstrap:
             self.say(f"using the Kafka broker at {self.bootstrap} (its security from the MESHLOG_KAFKA_* variables)")
             return self.bootstrap
@@ -171,18 +173,48 @@ class DemoStack:
                                              "--data-dir", str(self.workdir / "projector-data")],
                                self.workdir, self.kafka_env("projector"), own_group=True)
         self.say(f"projector started (pid {self.projector.pid})")
+        if self.trust is not None:
+            self.start_ca_server()  # it starts while the gateways do; ready before the first sidecar enrols
         for name in ("gateway-1", "gateway-2"):
             self.start_gateway(name)
+        if self.ca_server is not None:
+            self.wait_ca_server()
         for i in range(1, self.checkers + 1):
             self.start_checker(f"checker-{i}")
+
+    def start_ca_server(self, replica: str = "ca-1") -> Process:
+        """``meshlog ca serve`` over the demo's CA (HTTPS on 127.0.0.1), appending what it issues to
+        ``meshlog.identities`` as ``ca-server/<replica>`` (``wait_ca_server``: until it serves)."""
+        assert self.trust is not None
+        ready = self.workdir / "ca-serve.ready"
+        ready.unlink(missing_ok=True)
+        self.ca_server = spawn("ca-serve", [str(BIN / "meshlog"), "ca", "serve", "--dir", str(self.trust.tls_dir / "ca"),
+                                            "--bootstrap", self.bootstrap, "--port", "0", "--replica", replica,
+                                            "--ready-file", str(ready)],
+                               self.workdir, self.kafka_env(f"ca-server/{replica}"), own_group=True)
+        return self.ca_server
+
+    def wait_ca_server(self) -> str:
+        ready = self.workdir / "ca-serve.ready"
+        wait_until(lambda: ready.exists() and ready.read_text().strip(), 60, "ca serve to be ready",
+                   on_fail=self.ca_server.log_tail)
+        self.ca_url = f"https://127.0.0.1:{int(ready.read_text())}"
+        self.say(f"ca serve at {self.ca_url}: sidecars enrol with one-time join tokens (pid {self.ca_server.pid})")
+        return self.ca_url
 
     def gateway_identity(self, name: str) -> IdentityFiles | None:
         """The files gateway replica ``name`` serves xDS with (127.0.0.1 as an IP SAN); None: --insecure."""
         return self.trust.gateway(name) if self.trust is not None else None
 
     def sidecar_identity(self, service: str, instance: str) -> IdentityFiles | None:
-        """The workload certificate a sidecar dials the gateways with; None: plaintext (--insecure)."""
-        return self.trust.sidecar(service, instance) if self.trust is not None else None
+        """The workload certificate a sidecar dials the gateways with (enrolled through ``ca serve`` with a join
+        token when it runs, else issued offline); None: plaintext (--insecure)."""
+        if self.trust is None:
+            return None
+        path = f"sidecar/{service}/{instance}"
+        if self.ca_url and path not in self.trust.issued:
+            return self.trust.join(self.ca_url, service, instance)
+        return self.trust.sidecar(service, instance)
 
     def start_gateway(self, name: str, port: int | None = None) -> Process:
         port = port or free_port()
@@ -295,7 +327,8 @@ class DemoStack:
 
     def diagnostics(self) -> str:
         parts = [s.log_tail() for s in self.sidecars.values()]
-        parts += [p.log_tail() for p in (self.projector, *self.gateways.values(), *self.checker_procs.values()) if p]
+        parts += [p.log_tail() for p in (self.projector, self.ca_server, *self.gateways.values(),
+                                         *self.checker_procs.values()) if p]
         return "\n".join(parts)
 
     # -- stop -----------------------------------------------------------------
@@ -309,9 +342,10 @@ class DemoStack:
             sidecar.process.terminate()
         for sidecar in self.sidecars.values():
             sidecar.process.stop(20)
-        for process in [*self.checker_procs.values(), *self.gateways.values()]:
+        others = [*self.checker_procs.values(), *self.gateways.values(), *([self.ca_server] if self.ca_server else [])]
+        for process in others:
             process.terminate()
-        for process in [*self.checker_procs.values(), *self.gateways.values()]:
+        for process in others:
             process.stop(15)
         if self.projector is not None:
             self.projector.stop(20)

@@ -37,6 +37,7 @@ SCENE_CHECKS = {  # scene -> checks it reports
     "failing-instance": ["checker logged reviews-v1-b unhealthy", "no request reaches reviews-v1-b, none fails"],
     "gateway-kill": ["no request fails after the kill", "reviews-v1-b back in service through the surviving gateway"],
     "impostor": ["another instance's certificate gets PERMISSION_DENIED for web's node", "a plaintext client is refused",
+                 "a join token used twice is refused",
                  "certificate renewal during traffic: Envoy uses the new one, no request fails"],
     "replay": ["replay at the canary instant shows web told 90/10", "replay diff of the whole run explains it by events",
                "each rule change reached its proxies (append to ACK, from meshlog.sync)"],
@@ -92,6 +93,8 @@ def test_the_headless_demo_plays_every_scene_and_every_check_passes(tmp_path):
     assert "TLS only, client certificates required, ACLs enforced" in output
     assert "ACLs per role applied" in output
     assert (workdir / "tls" / "ca" / "ca-key.pem").exists()
+    assert "sidecars enrol with one-time join tokens" in output  # `meshlog ca serve`, not offline issue
+    assert re.search(r"renewed web-1's workload certificate at https://127\.0\.0\.1:\d+ with its current", output)
     assert _left_behind(workdir) == []
 
 

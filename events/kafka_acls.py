@@ -11,7 +11,7 @@ Invariants:
   Only the broker's and the admin's own principals are super users.
 - Nobody but the projector writes the view, snapshot, rejection and dead
   letter topics (they are what every Envoy is told, and what replay trusts).
-- Gateways and replay only read.
+- Replay only reads; gateways only read, except their proxies' ACKs to ``meshlog.sync``.
 - ``acl_bindings`` is pure and ordered; applying it (``events.kafka_acl_apply``)
   is idempotent, so ``meshlog topics ensure`` can run it every time.
 """
@@ -86,9 +86,14 @@ ACL_TABLE: Mapping[str, tuple[Grant, ...]] = MappingProxyType({
         *_topics(_ALL, DESCRIBE, DESCRIBE_CONFIGS),  # `projector run` checks every topic's settings on start
         Grant(TRANSACTIONAL_ID, PROJECTOR_TRANSACTIONAL_PREFIX, (WRITE, DESCRIBE), PREFIXED),
     ),
-    # the views, and the identities log (a revoked identity's streams are closed)
-    GATEWAY: _topics((topics.VIEW_RESOURCES, topics.VIEW_MEMBERSHIP, topics.IDENTITIES), READ),
-    REPLAY: _topics((*_EVENTS, topics.SNAPSHOTS, topics.REJECTIONS, topics.DEADLETTER, topics.IDENTITIES), READ),
+    # the views, and the identities log (a revoked identity's streams are closed); the one thing a gateway
+    # writes is meshlog.sync, what its proxies ACKed or NACKed (an observation, never config: nobody folds it)
+    GATEWAY: (*_topics((topics.VIEW_RESOURCES, topics.VIEW_MEMBERSHIP, topics.IDENTITIES), READ),
+              *_topics((topics.SYNC,), WRITE, DESCRIBE)),
+    # replay, `meshlog status` and the console: the log and what became of it (the views every proxy should
+    # hold, what they ACKed); read only
+    REPLAY: _topics((*_EVENTS, topics.SNAPSHOTS, topics.REJECTIONS, topics.DEADLETTER, topics.IDENTITIES,
+                     topics.SYNC, topics.VIEW_RESOURCES, topics.VIEW_MEMBERSHIP), READ),
     # `meshlog ca serve`: reads the identities log (token redemptions in log order) and appends to it
     CA_SERVER: _topics((topics.IDENTITIES,), READ, WRITE),
 })

@@ -76,6 +76,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
     init = with_dir(actions.add_parser("init", help="create a trust domain's root (ECDSA P-256) in --dir"))
     init.add_argument("--domain", required=True, help="the trust domain, e.g. mesh.local")
+    init.add_argument("--if-missing", action="store_true",
+                      help="keep a CA of this domain already in --dir and exit 0 (a deployment's one-shot init job "
+                      "that runs at every start); a CA of another domain is still refused")
     init.set_defaults(func=lambda a: _run(cmd_init, a))
 
     token = with_dir(actions.add_parser("token", help="print a one-time join token bound to a service"))
@@ -150,6 +153,12 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     spiffe.validate_domain(args.domain)
     directory = _ca_dir(args)
+    if args.if_missing and (directory / pki.CA_KEY_FILE).exists():
+        existing = _load_ca(args)
+        if existing.domain != args.domain:
+            raise Refusal(f"--if-missing: {directory} holds the CA of {existing.domain!r}, not {args.domain!r}")
+        print(f"kept trust domain {args.domain}: root serial {pki.serial_hex(existing.certificate)} in {directory}")
+        return EXIT_OK
     ca = pki.create_root(args.domain)
     pki.save_ca(ca, directory)
     print(f"created trust domain {args.domain}: root serial {pki.serial_hex(ca.certificate)} in {directory}")
@@ -183,6 +192,10 @@ def cmd_issue(args: argparse.Namespace) -> int:
         event = records.issued(cert, ca.certificate, how="offline", requested_by=default_producer_identity())
         asyncio.run(_append(resolve_bootstrap(args.bootstrap), event))
     files = pki.save_identity(args.out, cert, key, ca.certificate)
+    if ident.role == "broker":  # Kafka's ssl.keystore.type=PEM reads its key and certificate from one file
+        from meshlog.kafka_tls import KEYSTORE_FILE
+
+        pki.write_file_atomic(Path(args.out) / KEYSTORE_FILE, pki.keystore_pem(cert, key), 0o600)
     print(f"issued {ident.uri} serial {pki.serial_hex(cert)} until {cert.not_valid_after_utc.isoformat()}: "
           f"{files.cert}, {files.key}" + (" (not logged)" if args.no_log else ""))
     return EXIT_OK

@@ -701,8 +701,10 @@ class LocalKafka:
         detached: bool = False,
         keep_data: bool | None = None,
         secure: bool = False,
+        tls_dir: str | os.PathLike | None = None,
     ) -> None:
         self.secure = secure
+        self._given_tls_dir = Path(tls_dir).expanduser().resolve() if tls_dir else None
         self._given_data_dir = Path(data_dir).expanduser().resolve() if data_dir else None
         self.keep_data = keep_data if keep_data is not None else data_dir is not None
         self._fixed_port = port
@@ -871,8 +873,9 @@ class LocalKafka:
     # -- TLS (secure=True) ----------------------------------------------------
     @property
     def tls_dir(self) -> Path:
-        """CA, broker and admin certificates (kept with the data, so a restart keeps its identities)."""
-        return self._require_data_dir() / TLS_DIR_NAME
+        """CA, broker and admin certificates: the given ``tls_dir`` (the demo keeps its mesh CA beside its
+        logs), else kept with the data, so a restart keeps its identities."""
+        return self._given_tls_dir or self._require_data_dir() / TLS_DIR_NAME
 
     def _prepare_tls(self) -> dict[str, str]:
         from identity import spiffe

@@ -5,7 +5,9 @@ replicas, two central health checkers, three ``reviews`` instances in two
 versions and a ``web`` client, each behind its own sidecar (real Envoy), and
 sends steady traffic from web to reviews. Then it plays the scenes in
 ``meshlog.demo.scenes`` on a live screen (or as plain lines with
-``--headless``) and, at the end, replays the log.
+``--headless``) and, at the end, replays the log. Secure by default: a mesh
+CA in the work dir, the broker TLS-only with ACLs, and every process its own
+identity for Kafka and xDS over mTLS (``--insecure``: plaintext).
 
 Invariants:
 - Every process it starts is stopped when it ends — normally, on Ctrl-C, on
@@ -49,6 +51,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     demo.add_argument("--bootstrap", metavar="HOST:PORT", type=argtypes.bootstrap,
                       help="use this Kafka instead of starting a fresh one (service names then get a unique "
                       "suffix so earlier rule revisions do not collide)")
+    demo.add_argument("--insecure", action="store_true",
+                      help="plaintext Kafka and xDS, no certificates (loopback development only; default: a mesh "
+                      "CA in the work dir, mTLS with an identity per process, Kafka ACLs enforced)")
     demo.add_argument("--workdir", help="where logs and state go (default: a new temp dir, kept for reading)")
     demo.add_argument("--keep-running", action="store_true",
                       help="after the scenes, keep the mesh and traffic running until Ctrl-C "
@@ -102,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     from meshlog.demo.stack import DemoStack
     from meshlog.demo.traffic import Traffic
 
-    stack = DemoStack(workdir, bootstrap=bootstrap, suffix=suffix, say=report.say)
+    stack = DemoStack(workdir, bootstrap=bootstrap, suffix=suffix, say=report.say, secure=not args.insecure)
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     traffic = tail = None
     code = 0

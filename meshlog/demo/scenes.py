@@ -9,6 +9,10 @@ Scenes, in order (``--scene`` picks some; the mesh is always started first):
                         and traffic leaves it; it recovers and traffic returns
 - ``gateway-kill``      kill -9 of the gateway web's Envoy streams from: no request fails,
                         and config still flows through the other replica
+- ``impostor``          (secure only) another instance's valid certificate asks a gateway for
+                        web's node: PERMISSION_DENIED, nothing of web's config; a plaintext
+                        client: refused; web's sidecar certificate renewed during traffic:
+                        Envoy presents the new one (file SDS), no request fails
 - ``replay``            ``replay at`` an instant from the start and from the canary,
                         and ``replay diff`` of the whole run (the real ``replay`` CLI);
                         ``meshlog status`` and the last convergences of rule changes
@@ -35,14 +39,15 @@ from typing import Callable, Protocol
 
 from events.envelope import new_event
 from events.producer import EventProducer
+from identity import pki
 from events.types import DestinationPolicyUpserted, HttpRoute, RouteRuleUpserted, Subset, WeightedDestination
 from meshlog.demo.events_tail import EventTail
-from meshlog.demo.stack import DemoStack
+from meshlog.demo.stack import REPLAY_IDENTITY, DemoStack
 from meshlog.demo.traffic import Traffic
 from meshlog.procs import BIN
 from replay.text import WIDTH_VAR
 
-SCENES = ("baseline", "canary", "failing-instance", "gateway-kill", "replay")
+SCENES = ("baseline", "canary", "failing-instance", "gateway-kill", "impostor", "replay")
 PRODUCER = "meshlog-demo"
 ROUTE_DUMP = "dynamic_route_configs"
 
@@ -128,7 +133,8 @@ def replay_cli(demo: Demo, *args: str, json_out: bool = False) -> tuple[int, str
     # its tables are printed inside the demo's own output, as wide as that has room for (a panel on the live
     # screen; 200 columns in the headless lines): wider lines would wrap and break the tables' box edges
     width = str(demo.report.block_width)
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**os.environ, WIDTH_VAR: width})
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, **demo.stack.kafka_env(REPLAY_IDENTITY), WIDTH_VAR: width})
     return result.returncode, result.stdout + (result.stderr if result.returncode else "")
 
 
@@ -263,6 +269,68 @@ def gateway_kill(demo: Demo) -> None:
     del stack.gateway_ports[victim]
 
 
+def presented_serials(sidecar) -> set[int]:
+    """Serials of the certificates Envoy's TLS contexts hold now (its admin ``/certs``)."""
+    doc = json.loads(sidecar.admin("/certs"))
+    return {int(c["serial_number"], 16) for ctx in doc.get("certificates", ()) for c in ctx.get("cert_chain", ())}
+
+
+def impostor(demo: Demo) -> None:
+    import grpc
+
+    from meshlog.demo.impostor import ask_for_node
+
+    stack = demo.stack
+    if stack.trust is None:
+        demo.report.scene("impostor", "skipped: the demo runs --insecure (no identities to check)")
+        return
+    demo.report.scene("impostor", "who may have web's config? only web's own sidecar identity")
+    address = stack.gateway_addresses()[0]
+    thief = stack.sidecar_identity(stack.reviews, "reviews-v1-a")
+    demo.report.step(f"a client holding reviews-v1-a's valid certificate asks {address} for node web-1")
+    attempt = ask_for_node(address, "web-1", thief)
+    demo.report.check("another instance's certificate gets PERMISSION_DENIED for web's node",
+                      attempt.refused_with(grpc.StatusCode.PERMISSION_DENIED), attempt.detail())
+    demo.report.step(f"a plaintext client asks {address} for node web-1")
+    attempt = ask_for_node(address, "web-1", None)
+    demo.report.check("a plaintext client is refused", attempt.status is not None and attempt.responses == 0,
+                      attempt.detail())
+    if stack.ca_url and f"sidecar/{stack.web}/web-1" in stack.trust.redeemed:
+        demo.report.step(f"the join token web-1 enrolled with is presented again at {stack.ca_url}")
+        refused = stack.trust.redeem_again(stack.ca_url, stack.web, "web-1")
+        demo.report.check("a join token used twice is refused", refused is not None and refused.reason == "used",
+                          f"HTTP {refused.status} {refused.reason}: {refused.detail[:160]}" if refused
+                          else "the CA issued a second certificate for it")
+
+    web = demo.web
+    before = presented_serials(web)
+    renewed_at = time.time()
+    path = f"sidecar/{stack.web}/web-1"
+    if stack.ca_url:  # as `meshlog ca renew` does: mTLS with the current certificate, a new key
+        files, how = stack.trust.renew(stack.ca_url, path), f"at {stack.ca_url} with its current certificate"
+    else:
+        files, how = stack.trust.reissue(path), "offline"
+    new_serial = pki.load_identity(files.cert.parent)[0].serial_number
+    demo.report.step(f"renewed web-1's workload certificate {how} (serial {new_serial:x}) during traffic")
+    deadline = time.monotonic() + 30
+    presented = False
+    while time.monotonic() < deadline and not presented:
+        try:
+            presented = new_serial in presented_serials(web)
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    if presented:
+        demo.report.step(f"web's Envoy presents the new certificate {time.time() - renewed_at:.2f} s after the "
+                         f"renewal (file SDS, no restart; it held {len(before)} before)")
+    time.sleep(max(0.0, renewed_at + demo.pace - time.time()))
+    window = demo.traffic.window(renewed_at, time.time())
+    demo.report.check("certificate renewal during traffic: Envoy uses the new one, no request fails",
+                      presented and window.requests > 0 and window.errors == 0,
+                      ("new serial presented; " if presented else "new serial not presented within 30 s; ")
+                      + split_text(window))
+
+
 def replay(demo: Demo) -> None:
     demo.report.scene("replay", "what was every proxy told, and when? the real `replay` CLI over the same log")
     stack = demo.stack
@@ -298,7 +366,7 @@ def replay(demo: Demo) -> None:
     demo.report.check("replay diff of the whole run explains it by events", ok, detail)
 
     result = subprocess.run([str(BIN / "meshlog"), "status", "--bootstrap", stack.bootstrap], capture_output=True,
-                            text=True, timeout=120)
+                            text=True, timeout=120, env={**os.environ, **stack.kafka_env(REPLAY_IDENTITY)})
     demo.report.block("$ meshlog status", result.stdout + (result.stderr if result.returncode else ""))
     code, out = replay_cli(demo, "log", "--from", iso(begin), "--to", "now", json_out=True)
     lines, ok = [], code == 0
@@ -323,5 +391,6 @@ SCENE_FUNCS: dict[str, Callable[[Demo], None]] = {
     "canary": canary,
     "failing-instance": failing_instance,
     "gateway-kill": gateway_kill,
+    "impostor": impostor,
     "replay": replay,
 }

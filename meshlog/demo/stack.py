@@ -10,6 +10,12 @@ The topology (all on 127.0.0.1, ports picked free at start):
     reviews-v2-a
     web-1                             the client app (this process) behind its sidecar
 
+Secure by default (``meshlog.demo.trust``): the broker listens TLS only,
+requires client certificates and enforces the ACL table; every process
+gets its own identity from the demo's CA and speaks Kafka and xDS over mTLS
+with it. ``secure=False`` (``meshlog demo --insecure``): plaintext, as for
+loopback development.
+
 Invariants:
 - Children run in their own process groups (Ctrl-C reaches only the demo)
   and die with the demo (PDEATHSIG). ``stop`` is idempotent and stops, in
@@ -20,6 +26,7 @@ Invariants:
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import urllib.request
@@ -27,11 +34,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from events import kafka_security
+from meshlog.demo.trust import DemoTrust
 from meshlog.demo_app import DemoApp
 from meshlog.kafka_local import free_port
 from identity.pki import IdentityFiles
 from meshlog.procs import BIN, Process, spawn, wait_until
 from meshlog.xds_trust import gateway_tls_args, sidecar_tls_args
+
+
+REPLAY_IDENTITY = "replay/demo"  # the replay, `meshlog status` and console steps: read-only on the broker
 
 
 @dataclass
@@ -85,8 +97,12 @@ class DemoStack:
     suffix: str = ""  # appended to service names when sharing someone else's broker
     say: Callable[[str], None] = print
     checkers: int = 2
+    secure: bool = True  # mTLS with the demo's CA (Kafka and xDS); False: plaintext (--insecure)
+    trust: DemoTrust | None = None  # the CA and the identities it issued (secure only)
     kafka: object | None = None
     projector: Process | None = None
+    ca_server: Process | None = None  # `meshlog ca serve`: the sidecars' join tokens are redeemed there (secure)
+    ca_url: str | None = None
     gateways: dict[str, Process] = field(default_factory=dict)
     gateway_ports: dict[str, int] = field(default_factory=dict)
     checker_procs: dict[str, Process] = field(default_factory=dict)
@@ -108,46 +124,97 @@ class DemoStack:
 
     # -- start ----------------------------------------------------------------
     def start_kafka(self) -> str:
+        if self.secure:
+            self.trust = DemoTrust(self.workdir / "tls")
+            self.say(f"mesh CA for trust domain {self.trust.domain} in {self.trust.tls_dir / 'ca'}; every process "
+                     "gets its own certificate (sidecars: join tokens at `ca serve`; the others: offline issue)")
         if self.bootstrap:
-            self.say(f"using the Kafka broker at {self.bootstrap}")
+            self.say(f"using the Kafka broker at {self.bootstrap} (its security from the MESHLOG_KAFKA_* variables)")
             return self.bootstrap
         from meshlog.kafka_local import LocalKafka
 
-        self.say("starting a fresh local Kafka broker (KRaft; the first run fetches its jars from Maven Central)")
-        self.kafka = LocalKafka(self.workdir / "kafka", keep_data=False)
+        self.say("starting a fresh local Kafka broker (KRaft; the first run fetches its jars from Maven Central)"
+                 + (": TLS only, client certificates required, ACLs enforced" if self.secure else ": PLAINTEXT"))
+        self.kafka = LocalKafka(self.workdir / "kafka", keep_data=False, secure=self.secure,
+                                tls_dir=self.workdir / "tls" if self.secure else None)
         self.bootstrap = self.kafka.start()
+        if self.trust is not None:  # the demo's own clients (rule appends, the event tail) speak as an operator
+            kafka_security.configure(self.trust.kafka_security("operator/demo"))
         self.say(f"Kafka is up at {self.bootstrap} ({self.kafka.startup_seconds or 0:.1f} s)")
         return self.bootstrap
+
+    def kafka_env(self, path: str) -> dict[str, str]:
+        """The ``MESHLOG_KAFKA_*`` variables a child runs with: identity ``path`` on the broker the demo started
+        secure; nothing on a plaintext one or on a ``--bootstrap`` broker (whose settings children inherit)."""
+        if self.trust is None or self.kafka is None:
+            return {}
+        return self.trust.kafka_env(path)
 
     def ensure_topics(self) -> None:
         import asyncio
 
         from events.admin import ensure_topics
 
-        report = asyncio.run(ensure_topics(self.bootstrap))
+        admin = self.kafka.admin_security if self.kafka is not None else None
+        report = asyncio.run(ensure_topics(self.bootstrap, security=admin))
         if report.created:
             self.say(f"created {len(report.created)} topics")
         for mismatch in report.mismatches:
             self.say(f"topic mismatch left unchanged: {mismatch}")
+        if admin is not None:  # what `meshlog topics ensure` does on a secure broker
+            from meshlog.kafka_acl_apply import apply_acls
+
+            acls = apply_acls(self.bootstrap, admin)
+            self.say(f"ACLs per role applied ({acls.created} created, {acls.present} already present)")
 
     def start_control_plane(self) -> None:
         assert self.bootstrap
         self.projector = spawn("projector", [str(BIN / "projector"), "run", "--bootstrap", self.bootstrap,
                                              "--data-dir", str(self.workdir / "projector-data")],
-                               self.workdir, own_group=True)
+                               self.workdir, self.kafka_env("projector"), own_group=True)
         self.say(f"projector started (pid {self.projector.pid})")
+        if self.trust is not None:
+            self.start_ca_server()  # it starts while the gateways do; ready before the first sidecar enrols
         for name in ("gateway-1", "gateway-2"):
             self.start_gateway(name)
+        if self.ca_server is not None:
+            self.wait_ca_server()
         for i in range(1, self.checkers + 1):
             self.start_checker(f"checker-{i}")
 
-    def xds_identity(self, process: str) -> IdentityFiles | None:
-        """The identity files a gateway or sidecar of the demo speaks xDS with; None: plaintext (--insecure).
+    def start_ca_server(self, replica: str = "ca-1") -> Process:
+        """``meshlog ca serve`` over the demo's CA (HTTPS on 127.0.0.1), appending what it issues to
+        ``meshlog.identities`` as ``ca-server/<replica>`` (``wait_ca_server``: until it serves)."""
+        assert self.trust is not None
+        ready = self.workdir / "ca-serve.ready"
+        ready.unlink(missing_ok=True)
+        self.ca_server = spawn("ca-serve", [str(BIN / "meshlog"), "ca", "serve", "--dir", str(self.trust.tls_dir / "ca"),
+                                            "--bootstrap", self.bootstrap, "--port", "0", "--replica", replica,
+                                            "--ready-file", str(ready)],
+                               self.workdir, self.kafka_env(f"ca-server/{replica}"), own_group=True)
+        return self.ca_server
 
-        The switch to mTLS by default: create the demo's CA in the work dir, issue each process its
-        identity (gateways with 127.0.0.1 as a SAN) and return its files here.
-        """
-        return None
+    def wait_ca_server(self) -> str:
+        ready = self.workdir / "ca-serve.ready"
+        wait_until(lambda: ready.exists() and ready.read_text().strip(), 60, "ca serve to be ready",
+                   on_fail=self.ca_server.log_tail)
+        self.ca_url = f"https://127.0.0.1:{int(ready.read_text())}"
+        self.say(f"ca serve at {self.ca_url}: sidecars enrol with one-time join tokens (pid {self.ca_server.pid})")
+        return self.ca_url
+
+    def gateway_identity(self, name: str) -> IdentityFiles | None:
+        """The files gateway replica ``name`` serves xDS with (127.0.0.1 as an IP SAN); None: --insecure."""
+        return self.trust.gateway(name) if self.trust is not None else None
+
+    def sidecar_identity(self, service: str, instance: str) -> IdentityFiles | None:
+        """The workload certificate a sidecar dials the gateways with (enrolled through ``ca serve`` with a join
+        token when it runs, else issued offline); None: plaintext (--insecure)."""
+        if self.trust is None:
+            return None
+        path = f"sidecar/{service}/{instance}"
+        if self.ca_url and path not in self.trust.issued:
+            return self.trust.join(self.ca_url, service, instance)
+        return self.trust.sidecar(service, instance)
 
     def start_gateway(self, name: str, port: int | None = None) -> Process:
         port = port or free_port()
@@ -155,8 +222,8 @@ class DemoStack:
         ready.unlink(missing_ok=True)
         gw = spawn(name, [str(BIN / "xds-gateway"), "run", "--bootstrap", self.bootstrap, "--port", str(port),
                           "--http-port", "0", "--grace", "1", "--ready-file", str(ready),
-                          *gateway_tls_args(self.xds_identity(name))],
-                   self.workdir, own_group=True)
+                          *gateway_tls_args(self.gateway_identity(name))],
+                   self.workdir, self.kafka_env(f"gateway/{name}"), own_group=True)
         wait_until(lambda: ready.exists() and ready.read_text().strip(), 60, f"{name} to be ready",
                    on_fail=gw.log_tail)
         gw.info = json.loads(ready.read_text())
@@ -169,7 +236,7 @@ class DemoStack:
         checker = spawn(name, [str(BIN / "registrar"), "healthcheck", "--bootstrap", self.bootstrap,
                                "--checker-id", name, "--interval", "0.5", "--timeout", "0.5", "--fall", "3",
                                "--rise", "2", "--status-file", str(self.workdir / f"{name}.status.json")],
-                        self.workdir, own_group=True)
+                        self.workdir, self.kafka_env(f"checker/{name}"), own_group=True)
         self.checker_procs[name] = checker
         self.say(f"{name} started: central health checks, sharing instances through a consumer group (pid {checker.pid})")
         return checker
@@ -185,12 +252,13 @@ class DemoStack:
                 "--node-id", instance, "--app-port", str(app.port), "--inbound-port", str(inbound),
                 "--outbound-port", str(outbound), "--admin-port", str(admin), "--bootstrap", self.bootstrap,
                 "--cache-dir", str(cache), "--drain-seconds", "1", "--append-timeout", "3",
-                "--label", f"version={version}", *sidecar_tls_args(self.xds_identity(instance))]
+                "--label", f"version={version}", *sidecar_tls_args(self.sidecar_identity(service, instance))]
         for address in self.gateway_addresses():
             argv += ["--gateway", address]
         for dep in depends_on:
             argv += ["--depends-on", dep]
-        process = spawn(f"sidecar-{instance}", argv, self.workdir, own_group=True)
+        process = spawn(f"sidecar-{instance}", argv, self.workdir, self.kafka_env(f"sidecar/{service}/{instance}"),
+                        own_group=True)
         sidecar = Sidecar(instance, service, instance, version, process, admin, inbound, outbound, status_file,
                           cache / "run" / "envoy.log")
         self.sidecars[instance] = sidecar
@@ -205,13 +273,41 @@ class DemoStack:
                        on_fail=sidecar.log_tail)
             self.say(f"sidecar {sidecar.node}: Envoy live (admin 127.0.0.1:{sidecar.admin_port}, "
                      f"inbound {sidecar.inbound_port}, outbound {sidecar.outbound_port})")
+        self.wait_until_routed()
+
+    def wait_until_routed(self, timeout: float = 60.0) -> None:
+        """Until a request through web's sidecar has reached every reviews instance: an Envoy is live once it
+        has *a* config, but the per-node listeners and endpoints may still be on their way (a node's own
+        resources follow its registration into the view). The demo's traffic and checks start after this."""
+        from meshlog.demo_app import KeepAliveClient, classify
+
+        wanted = {i for i, s in self.sidecars.items() if s.service == self.reviews}
+        seen: set[str] = set()
+        client = KeepAliveClient(self.sidecars["web-1"].outbound_port, timeout=2)
+
+        def probe() -> bool:
+            try:
+                ok, _version, instance = classify(*client.get(self.reviews))
+            except (OSError, ValueError, http.client.HTTPException):
+                client.close()
+                return False
+            if ok:
+                seen.add(instance)
+            return wanted <= seen
+
+        try:
+            wait_until(probe, timeout, "web's sidecar to route to every reviews instance", interval=0.05,
+                       on_fail=lambda: f"reached only {sorted(seen)}")
+        finally:
+            client.close()
 
     def start_console(self) -> str:
         """`replay ui` over the demo's log (read-only, 127.0.0.1); returns its URL."""
         ready = self.workdir / "console.ready.json"
         ready.unlink(missing_ok=True)
         self.console = spawn("console", [str(BIN / "replay"), "ui", "--bootstrap", self.bootstrap,
-                                         "--ready-file", str(ready)], self.workdir, own_group=True)
+                                         "--ready-file", str(ready)], self.workdir, self.kafka_env(REPLAY_IDENTITY),
+                        own_group=True)
         wait_until(lambda: ready.exists() and ready.read_text().strip(), 60, "the console to be ready",
                    on_fail=self.console.log_tail)
         return json.loads(ready.read_text())["url"]
@@ -231,7 +327,8 @@ class DemoStack:
 
     def diagnostics(self) -> str:
         parts = [s.log_tail() for s in self.sidecars.values()]
-        parts += [p.log_tail() for p in (self.projector, *self.gateways.values(), *self.checker_procs.values()) if p]
+        parts += [p.log_tail() for p in (self.projector, self.ca_server, *self.gateways.values(),
+                                         *self.checker_procs.values()) if p]
         return "\n".join(parts)
 
     # -- stop -----------------------------------------------------------------
@@ -245,9 +342,10 @@ class DemoStack:
             sidecar.process.terminate()
         for sidecar in self.sidecars.values():
             sidecar.process.stop(20)
-        for process in [*self.checker_procs.values(), *self.gateways.values()]:
+        others = [*self.checker_procs.values(), *self.gateways.values(), *([self.ca_server] if self.ca_server else [])]
+        for process in others:
             process.terminate()
-        for process in [*self.checker_procs.values(), *self.gateways.values()]:
+        for process in others:
             process.stop(15)
         if self.projector is not None:
             self.projector.stop(20)
@@ -255,3 +353,5 @@ class DemoStack:
             app.stop()
         if self.kafka is not None:
             self.kafka.stop()
+        if self.trust is not None:
+            kafka_security.configure(None)

@@ -1,7 +1,8 @@
 """Story: a newcomer runs README command 1 and sees the whole mesh work; Ctrl-C stops all of it.
 
 ``meshlog demo --headless`` is run exactly as a user would run it: it starts
-its own fresh Kafka broker (the launcher), the projector, two gateways, two
+its own fresh Kafka broker (the launcher; TLS only, with ACLs, and every
+process holding its own certificate from the demo's CA), the projector, two gateways, two
 central health checkers and four real Envoy sidecars, plays every scene, and
 exits 0 only if every check it made passed. The test reads its output: each
 scene ran, each check passed, the replay scene printed what web's Envoy held
@@ -35,6 +36,9 @@ SCENE_CHECKS = {  # scene -> checks it reports
     "canary": ["v1/v2 90/10", "v1/v2 50/50", "v1/v2 100/0"],
     "failing-instance": ["checker logged reviews-v1-b unhealthy", "no request reaches reviews-v1-b, none fails"],
     "gateway-kill": ["no request fails after the kill", "reviews-v1-b back in service through the surviving gateway"],
+    "impostor": ["another instance's certificate gets PERMISSION_DENIED for web's node", "a plaintext client is refused",
+                 "a join token used twice is refused",
+                 "certificate renewal during traffic: Envoy uses the new one, no request fails"],
     "replay": ["replay at the canary instant shows web told 90/10", "replay diff of the whole run explains it by events",
                "each rule change reached its proxies (append to ACK, from meshlog.sync)"],
 }
@@ -85,6 +89,12 @@ def test_the_headless_demo_plays_every_scene_and_every_check_passes(tmp_path):
     assert summary, output[-3000:]
     attributed = dict((where, int(n)) for n, where in re.findall(r"(\d+) during ([\w-]+)", summary.group(3) or ""))
     assert set(attributed) <= {"failing-instance"}, f"requests failed outside the failing-instance scene: {attributed}"
+    # secure by default: the broker and every hop over mTLS with identities from the demo's CA
+    assert "TLS only, client certificates required, ACLs enforced" in output
+    assert "ACLs per role applied" in output
+    assert (workdir / "tls" / "ca" / "ca-key.pem").exists()
+    assert "sidecars enrol with one-time join tokens" in output  # `meshlog ca serve`, not offline issue
+    assert re.search(r"renewed web-1's workload certificate at https://127\.0\.0\.1:\d+ with its current", output)
     assert _left_behind(workdir) == []
 
 

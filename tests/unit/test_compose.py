@@ -160,21 +160,59 @@ def test_each_command_is_a_declared_console_script_and_its_arguments_parse(servi
     _parse(argv)
 
 
+def _issue_job_of(out_dir: str) -> tuple[str, list[str]]:
+    """The one-shot `meshlog ca issue` service that writes the identity in ``out_dir``."""
+    [(name, argv)] = [(n, _argv(s)) for n, s in SERVICES.items()
+                      if "command" in s and _argv(s)[:3] == ["meshlog", "ca", "issue"] and _flag(_argv(s), "--out") == out_dir]
+    return name, argv
+
+
+def _identity_files_as_issued(argv: list[str], root: Path) -> dict[str, str]:
+    """Issue, under ``root``, the identity each ``/tls/<dir>/`` file in ``argv`` names, as its job would;
+    returns the container path -> local path map."""
+    from identity import pki, spiffe
+
+    ca = pki.create_root("meshlog.compose")
+    mapped = {}
+    for path in {a for a in argv if a.startswith("/tls/")}:
+        out = str(Path(path).parent)
+        _, job = _issue_job_of(out)
+        ident = spiffe.from_role(ca.domain, _flag(job, "--role"), _flag(job, "--name"))
+        key = pki.generate_key()
+        files = pki.save_identity(root / out.strip("/"), pki.issue(ca, ident, key.public_key()), key, ca.certificate)
+        mapped[path] = str(files.cert.parent / Path(path).name)
+    return mapped
+
+
 @pytest.mark.parametrize("service", sorted(_sidecars()))
-def test_each_sidecar_command_is_valid_in_full(service):
+def test_each_sidecar_command_is_valid_in_full(service, tmp_path):
     from proxy.options import options_from_args
 
-    args = _parse(_argv(SERVICES[service]))
+    argv = _argv(SERVICES[service])
+    local = _identity_files_as_issued(argv, tmp_path)  # the certificate its identity job writes
+    args = _parse([local.get(a, a) for a in argv])
     opts = options_from_args(args, resolve_bootstrap=lambda explicit: explicit or "unset",
                              free_port=lambda: 19901, resolve_address=lambda: "172.18.0.5")
     assert opts.registration.address == "172.18.0.5"  # --address auto: the container's own address
 
 
+def _client_listener() -> str:
+    env = SERVICES["kafka"]["environment"]
+    [listener] = [a.split("://", 1)[1] for a in env["KAFKA_ADVERTISED_LISTENERS"].split(",")]
+    return listener
+
+
+def _before_the_log(argv: list[str]) -> bool:
+    """The CA's own jobs that run before the broker exists: `ca init`, and identities issued --no-log."""
+    return argv[:3] == ["meshlog", "ca", "init"] or (argv[:3] == ["meshlog", "ca", "issue"] and "--no-log" in argv)
+
+
 def test_every_kafka_client_is_given_the_kafka_advertised_listener():
-    advertised = SERVICES["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
-    [listener] = [a.split("://", 1)[1] for a in advertised.split(",") if a.startswith("PLAINTEXT://")]
+    listener = _client_listener()
     clients = 0
     for name in MESHLOG_SERVICES:
+        if _before_the_log(_argv(SERVICES[name])):
+            continue
         args = _parse(_argv(SERVICES[name]))
         dests = [k for k in vars(args) if k.endswith("bootstrap")]  # registrar healthcheck: hc_bootstrap
         if not dests:
@@ -197,7 +235,7 @@ def test_kafka_is_a_single_kraft_node_of_apache_kafka():
     assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"].startswith("1@")
     assert env["KAFKA_CONTROLLER_LISTENER_NAMES"] == "CONTROLLER"
     listeners = env["KAFKA_LISTENERS"].split(",")
-    assert any(x.startswith("PLAINTEXT://") for x in listeners) and any(x.startswith("CONTROLLER://") for x in listeners)
+    assert any(x.startswith("CONTROLLER://") for x in listeners) and len(listeners) == 2
     assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"].rsplit(":", 1)[1] == \
         [x for x in listeners if x.startswith("CONTROLLER://")][0].rsplit(":", 1)[1]
     for key in ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
@@ -321,3 +359,76 @@ def test_docker_compose_config_accepts_the_file():
         proc = subprocess.run([*command, "-f", str(COMPOSE_FILE), *profile, "config", "-q"],
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------ trust (secure by default)
+
+
+def test_no_plaintext_anywhere_the_broker_requires_client_certificates_and_enforces_acls():
+    env = {k: str(v) for k, v in SERVICES["kafka"]["environment"].items()}
+    protocols = dict(p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert set(protocols.values()) == {"SSL"}
+    assert env["KAFKA_SSL_CLIENT_AUTH"] == "required"
+    assert env["KAFKA_SSL_KEYSTORE_TYPE"] == env["KAFKA_SSL_TRUSTSTORE_TYPE"] == "PEM"
+    assert env["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+    assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert env["KAFKA_SUPER_USERS"] == "User:broker"
+    assert Path(env["KAFKA_SSL_KEYSTORE_LOCATION"]).parent == Path(_flag(_issue_job_of("/tls/broker")[1], "--out"))
+    for name in MESHLOG_SERVICES:
+        assert "--insecure" not in _argv(SERVICES[name]), name
+
+
+def _compose_rule_principal(dn: str) -> str:
+    """The compose broker's principal for a certificate DN (Kafka applies the rule's regex to the whole DN)."""
+    rule = SERVICES["kafka"]["environment"]["KAFKA_SSL_PRINCIPAL_MAPPING_RULES"].replace("$$", "$")
+    pattern, replacement, rest = rule.removeprefix("RULE:").split("/")
+    assert rest == ",DEFAULT"
+    m = re.match(pattern, dn)
+    return m.expand(replacement.replace("$", "\\")) if m else dn
+
+
+def test_the_compose_principal_rule_maps_every_certificate_to_its_role_as_the_local_broker_does():
+    from identity import spiffe
+
+    for ident in (spiffe.sidecar("meshlog.compose", "reviews", "reviews-v1"), spiffe.projector("meshlog.compose"),
+                  spiffe.gateway("meshlog.compose", "xds-gateway"), spiffe.SpiffeId.of("meshlog.compose", "broker", "admin"),
+                  spiffe.sidecar("meshlog.compose", "s" * 60, "i" * 60)):
+        assert _compose_rule_principal(f"CN={ident.common_name}") == ident.role
+    assert _compose_rule_principal("CN=Some Person,O=Elsewhere") == "CN=Some Person,O=Elsewhere"
+
+
+def test_every_kafka_client_speaks_mtls_with_an_identity_of_its_own_role():
+    roles = {"projector": "projector", "xds-gateway": "gateway", "healthcheck": "checker", "rules": "operator",
+             "tools": "replay", "topics": "broker"}
+    roles.update({n: "sidecar" for n in _sidecars()})
+    for name, role in roles.items():
+        svc = SERVICES[name]
+        argv, env = _argv(svc), svc.get("environment") or {}
+        cert = _flag(argv, "--kafka-cert-file") or env.get("MESHLOG_KAFKA_CERT_FILE")
+        assert cert and (env.get("MESHLOG_KAFKA_SECURITY_PROTOCOL") == "SSL" or _flag(argv, "--kafka-cert-file")), name
+        job, issue = _issue_job_of(str(Path(cert).parent))
+        assert _flag(issue, "--role") == role, name
+        assert job in _depends_on(svc), f"{name} may start before its identity ({job}) exists"
+        assert any(v.startswith("tls:/tls") for v in svc.get("volumes") or []), name
+
+
+def test_each_sidecar_speaks_xds_and_kafka_as_its_own_instance_and_gateways_serve_the_name_they_are_dialed_by():
+    for name, svc in _sidecars().items():
+        argv = _argv(svc)
+        out = str(Path(_flag(argv, "--tls-cert")).parent)
+        assert str(Path(svc["environment"]["MESHLOG_KAFKA_CERT_FILE"]).parent) == out, name
+        issue = _issue_job_of(out)[1]
+        assert _flag(issue, "--name") == f"{_flag(argv, '--service')}/{_flag(argv, '--instance-id')}", name
+    gateway = _argv(SERVICES["xds-gateway"])
+    issue = _issue_job_of(str(Path(_flag(gateway, "--tls-cert")).parent))[1]
+    assert _flag(issue, "--role") == "gateway"
+    dialed = {g.rsplit(":", 1)[0] for s in _sidecars().values() for g in _flags(_argv(s), "--gateway")}
+    assert dialed <= set(_flags(issue, "--server-name"))
+
+
+def test_apps_hold_no_key_and_the_ca_jobs_run_before_the_broker():
+    for app in ("reviews-v1", "reviews-v2", "web"):
+        assert SERVICES[app]["volumes"] == [], app
+    assert _argv(SERVICES["ca"])[:3] == ["meshlog", "ca", "init"] and "--if-missing" in _argv(SERVICES["ca"])
+    assert "broker-identity" in _depends_on(SERVICES["kafka"])
+    assert "--no-log" in _argv(SERVICES["broker-identity"])

@@ -69,6 +69,21 @@ class AppendFailed(BrokerUnavailable):
     """A send was attempted but not acknowledged in time: its outcome is unknown."""
 
 
+class TopicsNotAuthorized(NotAuthorized, BrokerUnavailable):
+    """The broker hides a topic meshlog writes to from this identity (Kafka's ACLs); nothing was sent.
+
+    A ``BrokerUnavailable`` too, so every writer's existing handling (exit 3, retry with backoff) applies,
+    with a message that says what is wrong instead of "no topic".
+    """
+
+    def __init__(self, bootstrap: str, refused: Iterable[str]):
+        self.refused = sorted(refused)
+        super().__init__(
+            f"Kafka at {bootstrap} refused this identity the topic {', '.join(self.refused)} "
+            f"(TopicAuthorizationFailed): the ACL table does not let its role write there"
+        )
+
+
 class TopicsMissing(BrokerUnavailable):
     """The broker answers but lacks a topic meshlog writes to; nothing was sent."""
 

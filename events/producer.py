@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.cluster import ClusterMetadata
 from aiokafka.errors import KafkaError
 
 from events import topics
-from events.admin import AppendFailed, BrokerUnavailable, TopicsMissing
+from events.admin import AppendFailed, BrokerUnavailable, TopicsMissing, TopicsNotAuthorized
 from events.codec import encode
 from events.envelope import Envelope
 from events.errors import EventValidationError
@@ -120,8 +121,20 @@ class EventProducer:
                 f"Kafka at {self._bootstrap} did not answer within {self._timeout_s:g}s ({type(exc).__name__})"
             ) from None
         self._topics_seen = set(metadata.topics())
-        if not topics <= self._topics_seen:
-            raise TopicsMissing(self._bootstrap, topics - self._topics_seen)
+        missing = topics - self._topics_seen
+        if not missing:
+            return
+        # A broker with ACLs leaves out of "all topics" the ones this identity may not describe: ask for the
+        # missing ones by name, which answers TOPIC_AUTHORIZATION_FAILED for those instead of "unknown topic".
+        named = ClusterMetadata()
+        try:
+            await asyncio.wait_for(self._producer.client._metadata_update(named, sorted(missing)), self._timeout_s)
+        except (asyncio.TimeoutError, KafkaError):
+            pass  # the topics are missing either way; say the more common reason
+        refused = missing & set(named.unauthorized_topics)
+        if refused:
+            raise TopicsNotAuthorized(self._bootstrap, refused)
+        raise TopicsMissing(self._bootstrap, missing)
 
     async def _send(self, env: Envelope):
         key, value = encoded_event(env)

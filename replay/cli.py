@@ -146,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     diff = sub.add_parser(
         "diff", help="what changed between two instants, and which events caused it",
         description="Resources added, removed and changed (by version) between --from and --to, for the whole "
-                    "mesh or one node, each with the events (logged in (T1, T2]) that changed it.",
+                    "mesh or one node, each with the events (logged in (T1, T2]) that changed it and, from "
+                    "meshlog.sync, when the proxies accepted it: with --node, the proxy's ACK of each changed "
+                    "resource; for the whole mesh, how far each causing event reached (as `replay log` says).",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     diff.add_argument("--from", dest="from_", required=True, metavar="T1", help=TIME_HELP)

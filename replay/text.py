@@ -189,7 +189,9 @@ def _causes(refs: list[dict]) -> str:
 
 def _accepted(a: dict | None) -> Text:
     """The ACCEPTED cell of a node diff: when the proxy ACKed the view carrying the change."""
-    if a is None or a["state"] == "NO_PROXY":
+    if a is None:  # no view after the change (the node left): nothing to accept
+        return Text("—", style="dim")
+    if a["state"] == "NO_PROXY":
         return Text("no proxy connected", style="dim")
     if a["state"] == "NOT_YET":
         return Text("not ACKed (by the window's end + grace)", style="red")

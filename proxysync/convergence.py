@@ -15,6 +15,10 @@ Invariants:
 - A later change of the same node before it reached this one supersedes it
   there (the proxy never holds the earlier view as such); such nodes and
   those not reached by the end of the sync records are reported, not timed.
+- ``acceptance`` answers for one node and one change when its proxy accepted
+  it: at its own reaching ACK, or, if superseded, at the reaching ACK of the
+  first later change it did reach (that view carries the change forward),
+  named as ``via``.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ class Convergence:
     last_ms: int | None = None  # event append -> the last reaching ACK
     slowest: str | None = None
     times_ms: list[int] = field(default_factory=list)  # per reaching proxy
+    nodes: set[str] = field(default_factory=set)  # the counted (connected) nodes
+    acked_ms: dict[str, int] = field(default_factory=dict)  # node -> the gateway's time of its reaching ACK
+    superseded_by: dict[str, Hashable] = field(default_factory=dict)  # node -> the later change it got first
 
     @property
     def pending(self) -> int:
@@ -74,7 +81,8 @@ def convergences(changes: Sequence[tuple[Hashable, int, Mapping[str, Versions]]]
             del pending[node]
             c = out[key]
             c.reached += 1
-            took = int(record.envelope.occurred_at.timestamp() * 1000) - c.event_ms
+            c.acked_ms[node] = int(record.envelope.occurred_at.timestamp() * 1000)
+            took = c.acked_ms[node] - c.event_ms
             c.times_ms.append(took)
             if c.last_ms is None or took > c.last_ms:
                 c.last_ms, c.slowest = took, node
@@ -89,14 +97,42 @@ def convergences(changes: Sequence[tuple[Hashable, int, Mapping[str, Versions]]]
             if proxy is None or not proxy.stream.open:
                 continue
             c.proxies += 1
+            c.nodes.add(node)
             earlier = pending.get(node)
             if earlier is not None:
                 out[earlier[0]].superseded += 1
+                out[earlier[0]].superseded_by[node] = key
             pending[node] = (key, told)
     while upcoming is not None:
         apply(upcoming)
         upcoming = next(records, None)
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Acceptance:
+    state: str  # ACCEPTED, NOT_YET (no reaching ACK in the sync records read), NO_PROXY (none connected)
+    acked_ms: int | None = None  # the gateway's time of the reaching ACK
+    after_ms: int | None = None  # the change's append -> that ACK
+    via: Hashable | None = None  # the later change whose reaching ACK carried this one (superseded)
+
+
+ACCEPTED, NOT_YET, NO_PROXY = "ACCEPTED", "NOT_YET", "NO_PROXY"
+
+
+def acceptance(results: Mapping[Hashable, Convergence], key: Hashable, node: str) -> Acceptance:
+    """When ``node``'s proxy accepted change ``key`` (``results`` from ``convergences``)."""
+    first = results.get(key)
+    if first is None or node not in first.nodes:
+        return Acceptance(NO_PROXY)
+    via, c = key, first
+    while node not in c.acked_ms:
+        via = c.superseded_by.get(node)
+        if via is None:
+            return Acceptance(NOT_YET)
+        c = results[via]  # a later change: the chain only moves forward, so it ends
+    acked = c.acked_ms[node]
+    return Acceptance(ACCEPTED, acked, acked - first.event_ms, None if via == key else via)
 
 
 def summary_text(doc: Mapping) -> str:

@@ -40,6 +40,14 @@ Shapes (``format`` 1):
      nodes: {added: [node], removed: [node], changed: [node]},
      rejections: [REJECTION], undecodable: [DEAD]}
 
+    # from meshlog.sync (read to the window's end plus a grace):
+    #   whole mesh: each EVENT in caused_by carries convergence: {proxies, reached, superseded,
+    #               not_reached, last_ack_ms, slowest, median_ms} | null (its step's, as in `log`)
+    #   --node N:   each added/removed/changed entry carries accepted: ACCEPTED | null, when N's proxy
+    #               accepted the view of the last event that changed it:
+    ACCEPTED = {state: "ACCEPTED" | "NOT_YET" | "NO_PROXY", acked_at, acked_ms, after_ms,   # after the event
+                via: {topic, partition, offset} | null}   # a later event whose view carried it (superseded)
+
     (when events were folded in groups, "exact": false: a group's causes are its events about the
      resource's service, at most 20, the last of them carrying "and_before": <events left out>)
 
@@ -81,6 +89,7 @@ from projector.render import RenderedMesh, node_ids
 from projector.render_view import Renderer
 from projector.state import Instance, MeshState
 from projector.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_URLS
+from proxysync.convergence import Acceptance
 from replay.engine import Effect, ResourceKey, Step, Versions, iso
 
 FORMAT = 1
@@ -138,6 +147,17 @@ def sync_entry(lg: Logged) -> dict:
         "nonce": p.nonce,
         "resources": dict(p.held) if acked else dict(p.rejected),
         "reason": None if acked else p.reason,
+    }
+
+
+def acceptance_doc(a: Acceptance) -> dict:
+    """ACCEPTED (``kind: "diff"`` with a node) from ``proxysync.convergence.acceptance``; ``via`` is an event source."""
+    return {
+        "state": a.state,
+        "acked_at": None if a.acked_ms is None else iso(a.acked_ms),
+        "acked_ms": a.acked_ms,
+        "after_ms": a.after_ms,
+        "via": None if a.via is None else dict(zip(("topic", "partition", "offset"), a.via)),
     }
 
 
@@ -412,8 +432,16 @@ def diff_document(
     end_membership: Mapping[str, Any],
     steps: Iterable[Step],
     undecodable: Iterable[dict] = (),
+    convergence: Mapping[tuple[str, int, int], dict] = {},
+    accepted: Mapping[tuple[str, int, int], dict] = {},
 ) -> dict:
+    """``convergence`` (whole mesh) and ``accepted`` (one node): by the source of a step's last event."""
     steps = list(steps)
+
+    def step_source(i: int) -> tuple[str, int, int]:
+        last = steps[i].events[-1]
+        return (last.topic, last.partition, last.offset)
+
     touched_by: dict[ResourceKey, list[int]] = {}  # resource -> indexes of the steps that changed it
     events = 0
     exact = True
@@ -429,24 +457,34 @@ def diff_document(
         for key in (*eff.changed, *eff.removed):
             touched_by.setdefault(key, []).append(i)
 
+    def step_causes(i: int, service: str | None) -> list[dict]:
+        group = steps[i].events
+        if len(group) > 1:
+            # a group of events was folded at once: prefer the ones about the resource's service
+            about = [lg for lg in group if service is not None and service in payload_services(lg.envelope.payload)]
+            group = about or group
+            if len(group) > GROUP_CAUSES:
+                return [*(event_ref(lg) for lg in group[: GROUP_CAUSES - 1]),
+                        {**event_ref(group[-1]), "and_before": len(group) - GROUP_CAUSES}]
+        return [event_ref(lg) for lg in group]
+
     def causes(key: ResourceKey) -> list[dict]:
         out: list[dict] = []
         service = resource_service(key)
         for i in touched_by.get(key, ()):
-            group = steps[i].events
-            if len(group) > 1:
-                # a group of events was folded at once: prefer the ones about the resource's service
-                about = [lg for lg in group if service is not None and service in payload_services(lg.envelope.payload)]
-                group = about or group
-                if len(group) > GROUP_CAUSES:
-                    out += [event_ref(lg) for lg in group[: GROUP_CAUSES - 1]]
-                    out.append({**event_ref(group[-1]), "and_before": len(group) - GROUP_CAUSES})
-                    continue
-            out += [event_ref(lg) for lg in group]
+            refs = step_causes(i, service)
+            if node is None:  # the whole mesh: how far each causing event reached (its step's convergence)
+                conv = convergence.get(step_source(i))
+                refs = [{**r, "convergence": conv} for r in refs]
+            out += refs
         return out
 
     def entry(key: ResourceKey, **kw) -> dict:
-        return {"type_url": key[0], "name": key[1], **kw, "caused_by": causes(key)}
+        doc = {"type_url": key[0], "name": key[1], **kw, "caused_by": causes(key)}
+        if node is not None:  # one node: when its proxy accepted the view of the last event that changed this
+            touching = touched_by.get(key)
+            doc["accepted"] = accepted.get(step_source(touching[-1])) if touching else None
+        return doc
 
     order = {u: i for i, u in enumerate(TYPE_URLS)}
 

@@ -178,11 +178,28 @@ def _causes(refs: list[dict]) -> str:
     seen = []
     for r in refs:
         line = f"{r['time']} {r['type']} {r['key']} ({r['producer']})"
+        if r.get("convergence"):  # the whole mesh: how far the event reached
+            line += "\n  " + printable(summary_text(r["convergence"]), 300)
         if line not in seen:
             seen.append(line)
     if len(seen) > 6:
         seen = seen[:5] + [f"… and {len(seen) - 5} more"]
     return "\n".join(seen)
+
+
+def _accepted(a: dict | None) -> Text:
+    """The ACCEPTED cell of a node diff: when the proxy ACKed the view carrying the change."""
+    if a is None:  # no view after the change (the node left): nothing to accept
+        return Text("—", style="dim")
+    if a["state"] == "NO_PROXY":
+        return Text("no proxy connected", style="dim")
+    if a["state"] == "NOT_YET":
+        return Text("not ACKed (by the window's end + grace)", style="red")
+    via = a["via"]
+    line = f"{a['acked_at']} (+{a['after_ms']:,} ms)"
+    if via is not None:
+        line += f"\nwith a later view ({via['topic']}/{via['partition']}/{via['offset']})"
+    return Text(line, style="green")
 
 
 def print_diff(console: Console, doc: dict) -> None:
@@ -192,15 +209,20 @@ def print_diff(console: Console, doc: dict) -> None:
     if not doc["exact"]:
         console.print(Text("long window over a large mesh: changes are attributed to groups of events", style="dim"))
     table = Table(title_justify="left")
-    for col in ("change", "type", "name", "version", "caused by"):
+    one_node = doc["node"] is not None
+    for col in ("change", "type", "name", "version", "caused by", *(("accepted by the proxy",) if one_node else ())):
         table.add_column(col)
+
+    def row(change: Text, e: dict, version: str) -> None:
+        cells = [change, _kind(e["type_url"]), e["name"], version, _causes(e["caused_by"])]
+        table.add_row(*cells, *((_accepted(e.get("accepted")),) if one_node else ()))
+
     for e in doc["added"]:
-        table.add_row(Text("added", style="green"), _kind(e["type_url"]), e["name"], e["version"], _causes(e["caused_by"]))
+        row(Text("added", style="green"), e, e["version"])
     for e in doc["changed"]:
-        table.add_row(Text("changed", style="yellow"), _kind(e["type_url"]), e["name"],
-                      f"{e['from_version']} → {e['to_version']}", _causes(e["caused_by"]))
+        row(Text("changed", style="yellow"), e, f"{e['from_version']} → {e['to_version']}")
     for e in doc["removed"]:
-        table.add_row(Text("removed", style="red"), _kind(e["type_url"]), e["name"], e["version"], _causes(e["caused_by"]))
+        row(Text("removed", style="red"), e, e["version"])
     if table.row_count:
         console.print(table)
     else:

@@ -10,6 +10,11 @@ Invariants:
 - ``seen`` holds every decoded event in arrival order, with its broker log
   time, so a scene can wait for "the checker logged reviews-v1-b unhealthy"
   and count requests from that instant.
+- For the screen's convergences it also keeps, raw, what the gateways logged
+  on ``meshlog.sync`` (``sync``) and each membership view record as
+  (its ``meshlog-source-ms``, node, resources) (``views``); the matching is
+  ``proxysync.convergence``'s (``meshlog.demo.view``), never done here.
+  A membership record that does not parse is skipped like an undecodable one.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from events import topics
 from events.printable import printable
 from events.undecodable import UndecodableLog, decode_or_skip
 from events.kafka_security import connection_kwargs
+from projector.publisher import parse_membership_value, source_ms_of
 
 TAILED = (topics.REGISTRATIONS, topics.HEALTH, topics.RULES)
+FOR_CONVERGENCE = (topics.SYNC, topics.VIEW_MEMBERSHIP)  # kept raw, not in ``seen``
 ERRORS_KEPT = 50
 
 
@@ -68,6 +75,8 @@ class EventTail:
         self.errors: list[str] = []  # the last ERRORS_KEPT problems (the screen shows the last few)
         self.skipped = UndecodableLog(None, reader="demo event tail")
         self.health: dict[str, str] = {}  # "<service>/<instance>" -> last logged status (registered = healthy)
+        self.sync: list = []  # decoded meshlog.sync events (Logged), in log order
+        self.views: list[tuple[int, str, dict]] = []  # (source ms, node, resources) of membership records
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="event-tail", daemon=True)
@@ -92,7 +101,7 @@ class EventTail:
                                     isolation_level="read_committed", auto_offset_reset="earliest")
         await consumer.start()
         try:
-            parts = [TopicPartition(t, 0) for t in TAILED]
+            parts = [TopicPartition(t, 0) for t in (*TAILED, *FOR_CONVERGENCE)]
             consumer.assign(parts)
             found = await consumer.offsets_for_times({tp: self.since_ms for tp in parts})
             for tp in parts:
@@ -109,12 +118,19 @@ class EventTail:
             await consumer.stop()
 
     def _add(self, record) -> None:
+        if record.topic == topics.VIEW_MEMBERSHIP:
+            self._add_view(record)
+            return
         logged = decode_or_skip(record, self.skipped)
         if logged is None:
             bad = self.skipped.last
             with self._lock:
                 self.errors.append(f"{bad.topic}@{bad.offset}: undecodable ({bad.reason})")
                 del self.errors[:-ERRORS_KEPT]
+            return
+        if record.topic == topics.SYNC:
+            with self._lock:
+                self.sync.append(logged)
             return
         envelope = logged.envelope
         payload = envelope.payload
@@ -130,6 +146,27 @@ class EventTail:
                 self.health.setdefault(event.key, "healthy")
             elif event.type == "instance.deregistered":
                 self.health[event.key] = "deregistered"
+
+    def _add_view(self, record) -> None:
+        source_ms = source_ms_of(record.headers)
+        if record.value is None or source_ms is None:
+            return  # a node gone, or a record with no event behind it: nothing to converge to
+        try:
+            node, resources = parse_membership_value(record.value)
+            if not isinstance(node, str) or not all(isinstance(names, dict) for names in resources.values()):
+                raise TypeError("not a membership")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            with self._lock:
+                self.errors.append(f"{record.topic}@{record.offset}: membership record does not parse")
+                del self.errors[:-ERRORS_KEPT]
+            return
+        with self._lock:
+            self.views.append((source_ms, node, resources))
+
+    def convergence_inputs(self) -> tuple[list[SeenEvent], list[tuple[int, str, dict]], list]:
+        """Copies of (seen, views, sync) taken together, for ``meshlog.demo.view.convergence_lines``."""
+        with self._lock:
+            return list(self.seen), list(self.views), list(self.sync)
 
     def last(self, n: int) -> list[SeenEvent]:
         with self._lock:

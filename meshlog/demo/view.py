@@ -5,6 +5,9 @@ the demo can exit non-zero. The live screen re-reads the traffic, the event
 tail and the process table on each refresh; it never blocks the scenes. It
 fits the terminal's height (``fit_rows``; what does not fit is counted, never
 silently dropped), and shows text from the log escaped (``events.printable``).
+The last few convergences (an event's append to the last affected proxy's
+ACK) are ``proxysync.convergence``'s, from the views and sync records the
+event tail keeps (``convergence_lines``, pure).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from events.printable import printable
+from proxysync.convergence import convergences, summary_text
 
 
 class PlainReporter:
@@ -68,6 +72,7 @@ class PlainReporter:
 SPLIT_WINDOW_S = 5.0  # the traffic table's window: long enough for a stable share at 40 requests/s
 MAX_STEPS = 6
 MAX_EVENTS = 10
+MAX_CONVERGENCES = 3
 TABLE_CHROME = 5  # title, top border, header, header rule, bottom border
 
 
@@ -80,13 +85,16 @@ class Rows:
     checks: int
     processes: int
     show_tail: bool = True  # the event tail table at all (left out on a very short terminal)
+    convergences: int = 0  # rows of the convergence table (0: the table is left out)
 
 
-def fit_rows(height: int, *, steps: int, events: int, checks: int, processes: int, instances: int) -> Rows:
+def fit_rows(height: int, *, steps: int, events: int, checks: int, processes: int, instances: int,
+             convergences: int = 0) -> Rows:
     """Rows per part so the whole screen fits ``height`` terminal lines (pure; every row is one line).
 
-    Priority: every check, then the scene's steps, then the event tail (left out entirely when not
-    even its frame fits), then processes beyond what fits beside the traffic table. Captions
+    Priority: every check, then the scene's steps, then the last convergences (a table only when
+    there are some and at least one row fits), then the event tail (left out entirely when not even
+    its frame fits), then processes beyond what fits beside the traffic table. Captions
     ("N more ...") have a line reserved.
     """
     traffic_height = TABLE_CHROME + instances + 2  # two caption lines
@@ -95,12 +103,34 @@ def fit_rows(height: int, *, steps: int, events: int, checks: int, processes: in
     left -= shown_checks
     shown_steps = min(steps, MAX_STEPS, left)
     left -= shown_steps
+    conv_chrome = TABLE_CHROME  # no caption
+    shown_convergences = min(convergences, MAX_CONVERGENCES, left - conv_chrome) if left > conv_chrome else 0
+    left -= conv_chrome + shown_convergences if shown_convergences else 0
     show_tail = left > TABLE_CHROME + 1
     shown_events = min(events, MAX_EVENTS, left - TABLE_CHROME - 1) if show_tail else 0
     left -= TABLE_CHROME + 1 + shown_events if show_tail else 0
     beside_traffic = max(0, traffic_height - TABLE_CHROME - 1)  # processes that do not make the grid taller
     shown_processes = min(processes, beside_traffic + left)
-    return Rows(shown_steps, shown_events, shown_checks, shown_processes, show_tail)
+    return Rows(shown_steps, shown_events, shown_checks, shown_processes, show_tail, shown_convergences)
+
+
+def convergence_lines(seen, views, sync, n: int = MAX_CONVERGENCES) -> list[tuple[int, str, str]]:
+    """The last ``n`` view changes some proxy was affected by: (event ms, which event, how far it reached).
+
+    ``views`` are (``meshlog-source-ms``, node, resources) of membership records: the views one event
+    (the newest of a projector batch) caused; ``sync`` the meshlog.sync events; ``seen`` names the event.
+    """
+    caused: dict[int, dict] = {}
+    for source_ms, node, resources in views:
+        caused.setdefault(source_ms, {})[node] = resources
+    results = convergences([(ms, ms, nodes) for ms, nodes in caused.items()], sync)
+    by_ms = {round(e.log_time * 1000): e for e in seen}  # the last event of that instant: the newest folded
+    out = []
+    for ms in sorted(ms for ms, c in results.items() if c.proxies)[-n:]:
+        event = by_ms.get(ms)
+        label = f"{event.type} {event.key}" if event is not None else "events up to then"
+        out.append((ms, label, summary_text(results[ms].as_dict())))
+    return out
 
 
 def _line(text: str, style: str = "") -> Text:
@@ -123,6 +153,7 @@ class LiveReporter(PlainReporter):
         self.steps: list[str] = []
         self.live: Live | None = None
         self._route_seen = (0.0, "")  # (when read, what web's Envoy holds): read at most once a second
+        self._converged: tuple[tuple[int, int, int], list] = ((0, 0, 0), [])  # (inputs' sizes, lines)
 
     @property
     def block_width(self) -> int:
@@ -174,13 +205,22 @@ class LiveReporter(PlainReporter):
             self._route_seen = (time.monotonic(), text)
         return text
 
+    def _convergences(self, tail) -> list[tuple[int, str, str]]:
+        seen, views, sync = tail.convergence_inputs()
+        sizes = (len(seen), len(views), len(sync))
+        if sizes != self._converged[0]:  # recomputed only when the log moved, not 4 times a second
+            self._converged = (sizes, convergence_lines(seen, views, sync))
+        return self._converged[1]
+
     def __rich_console__(self, console: Console, options: ConsoleOptions):
         demo = self.demo
         instances = [s for s in demo.stack.sidecars.values() if s.service == demo.stack.reviews]
         processes = demo.stack.processes()
         events = demo.tail.last(MAX_EVENTS)
+        converged = self._convergences(demo.tail)
         rows = fit_rows(options.max_height or console.height, steps=len(self.steps), events=len(events),
-                        checks=len(self.checks), processes=len(processes), instances=len(instances))
+                        checks=len(self.checks), processes=len(processes), instances=len(instances),
+                        convergences=len(converged))
 
         name, title = self.current
         lines = [Text.assemble((name, "bold"), f": {title}" if title else "", no_wrap=True, overflow="ellipsis")]
@@ -229,6 +269,13 @@ class LiveReporter(PlainReporter):
             tail.add_row(time.strftime("%H:%M:%S", time.localtime(event.log_time)), _line(event.type),
                          _line(event.key), _line(event.summary))
 
+        reached = Table(title=_line("convergence: from the event's append to the last affected proxy's ACK"),
+                        expand=True)
+        for column in ("time", "event", "reached"):
+            reached.add_column(column, no_wrap=True, overflow="ellipsis", ratio=2 if column == "reached" else None)
+        for ms, label, summary in converged[len(converged) - rows.convergences:] if rows.convergences else []:
+            reached.add_row(time.strftime("%H:%M:%S", time.localtime(ms / 1000)), _line(label), _line(summary))
+
         checks = Table(title=_line("checks"), expand=True)
         checks.add_column("", no_wrap=True)
         checks.add_column("check", no_wrap=True, overflow="ellipsis")
@@ -243,4 +290,5 @@ class LiveReporter(PlainReporter):
         grid.add_column(ratio=3)
         grid.add_column(ratio=2)
         grid.add_row(traffic, procs)
-        yield Group(header, grid, *([tail] if rows.show_tail else []), checks)
+        yield Group(header, grid, *([reached] if rows.convergences else []), *([tail] if rows.show_tail else []),
+                    checks)

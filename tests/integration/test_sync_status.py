@@ -275,6 +275,28 @@ def test_replay_at_accepted_between_the_event_and_the_ack_shows_what_was_not_ack
         text = subprocess.run([str(BIN / "replay"), "log", "--from", f"@{event_ms - 1}", "--to", f"@{ack_ms}",
                                "--node", node, "--bootstrap", bootstrap], capture_output=True, text=True, timeout=120)
         assert "reached 1 of 1 proxies" in text.stdout and f"slowest {node}" in text.stdout, text.stdout
+        # replay diff --node: the changed endpoints, the event that caused them and when this Envoy accepted them
+        node_acks = {int(e.occurred_at.timestamp() * 1000) for r in all_records(bootstrap, topics.SYNC)
+                     if (e := decode(r.value)).type == "sync.acked" and e.payload.node == node}
+        diff_doc = replay_json(bootstrap, "diff", "--from", f"@{event_ms - 1}", "--to", f"@{ack_ms}", "--node", node)
+        [changed] = [c for c in diff_doc["changed"] if c["type_url"] == eds_url and c["name"] == reviews]
+        assert changed["to_version"] == new_version and [c["timestamp_ms"] for c in changed["caused_by"]] == [event_ms]
+        accepted = changed["accepted"]
+        assert accepted["state"] == "ACCEPTED" and accepted["via"] is None, accepted
+        assert accepted["acked_ms"] in node_acks  # the gateway's time of one of this Envoy's ACKs
+        assert accepted["after_ms"] == accepted["acked_ms"] - event_ms >= 0
+        assert accepted["acked_ms"] >= int(decode(acks[0].value).occurred_at.timestamp() * 1000)  # not before it held it
+        diff_text = subprocess.run([str(BIN / "replay"), "diff", "--from", f"@{event_ms - 1}", "--to", f"@{ack_ms}",
+                                    "--node", node, "--bootstrap", bootstrap], capture_output=True, text=True,
+                                   timeout=120)
+        assert accepted["acked_at"] in diff_text.stdout and f"+{accepted['after_ms']:,} ms" in diff_text.stdout, \
+            diff_text.stdout
+        # the whole mesh: the causing event says how far it reached
+        mesh_doc = replay_json(bootstrap, "diff", "--from", f"@{event_ms - 1}", "--to", f"@{ack_ms}")
+        [mesh_changed] = [c for c in mesh_doc["changed"] if c["type_url"] == eds_url and c["name"] == reviews]
+        [cause] = mesh_changed["caused_by"]
+        assert cause["convergence"]["reached"] == cause["convergence"]["proxies"] == 1, cause
+        assert cause["convergence"]["slowest"] == node
         # the gateway measured the append of that event to this ACK (meshlog-source-ms on the view records)
         observed = sum(metric_sum(metrics(g.info["http_port"]), "meshlog_xds_convergence_seconds_count",
                                   type_url=eds_url) for g in gateways)

@@ -9,13 +9,16 @@ from __future__ import annotations
 import io
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import pytest
 from rich.console import Console
 
+from events import types as t
+from events.envelope import Logged, new_event
 from meshlog.demo.events_tail import SeenEvent
 from meshlog.demo.traffic import Window
-from meshlog.demo.view import SPLIT_WINDOW_S, LiveReporter, fit_rows
+from meshlog.demo.view import SPLIT_WINDOW_S, LiveReporter, convergence_lines, fit_rows
 
 
 @dataclass
@@ -52,15 +55,44 @@ class FakeTraffic:
         return 4000, 24
 
 
+CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+RULE_MS = 1_767_225_600_000  # when the rule below was appended
+
+
+def sync_record(payload, ms: int, offset: int) -> Logged:
+    at = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return Logged(new_event(payload, producer="gw", occurred_at=at), "meshlog.sync", 0, offset, ms)
+
+
+def a_rule_reaching(nodes: dict[str, int | None], rule_key: str = "reviews"):
+    """(seen, views, sync): a rule at RULE_MS telling every node cluster x v2; each ACKs after its delay (ms)."""
+    seen = [SeenEvent(RULE_MS / 1000, "meshlog.rules", "route_rule.upserted", rule_key, "rev 2: v1=90 v2=10", "p",
+                      None)]
+    views = [(RULE_MS, node, {CDS: {"x": "v2"}}) for node in nodes]
+    sync, offset = [], 0
+    for node in nodes:
+        sync.append(sync_record(t.ProxyStreamOpened(node=node, gateway="gw", stream_id=node, kind="delta",
+                                                    peer="ipv4:127.0.0.1:1"), RULE_MS - 5_000, offset := offset + 1))
+    for node, delay in sorted(nodes.items(), key=lambda kv: kv[1] or 0):
+        if delay is not None:
+            sync.append(sync_record(t.ProxyAcked(node=node, gateway="gw", stream_id=node, type_url=CDS, nonce="n",
+                                                 held={"x": "v2"}), RULE_MS + delay, offset := offset + 1))
+    return seen, views, sync
+
+
 class FakeTail:
-    def __init__(self, key="reviews/reviews-v1-a", summary="10.0.0.1:9080 version=v1"):
+    def __init__(self, key="reviews/reviews-v1-a", summary="10.0.0.1:9080 version=v1", converged=None):
         self.health = {"reviews/reviews-v1-b": "unhealthy"}
         self.errors = ["meshlog.health@7: undecodable ([red]x[/] \x1b[2J)"]
         self.events = [SeenEvent(time.time(), "meshlog.registrations", "instance.registered", key, summary, "p", None)
                        for _ in range(14)]
+        self.converged = converged or a_rule_reaching({"web-1": 84, "reviews-v1-a": 20, "reviews-v2-a": None})
 
     def last(self, n):
         return self.events[-n:]
+
+    def convergence_inputs(self):
+        return self.converged
 
 
 @dataclass
@@ -133,3 +165,74 @@ def test_fit_rows_gives_checks_first_then_steps_then_events():
     assert short.checks == 10 and short.events < 10
     tiny = fit_rows(10, steps=6, events=10, checks=10, processes=11, instances=3)
     assert tiny.checks == tiny.steps == tiny.events == 0
+
+
+def test_the_screen_shows_the_last_convergences_by_event_with_the_slowest_proxy():
+    _, text = screen(200, 80)
+    assert "convergence: from the event's append to the last affected proxy's ACK" in text
+    assert "route_rule.upserted reviews" in text
+    assert "reached 2 of 3 proxies (median 52 ms); slowest web-1 84 ms (1 not yet)" in text
+
+
+def test_convergence_lines_keep_the_last_few_and_leave_out_changes_no_proxy_was_connected_for():
+    seen, views, sync = a_rule_reaching({"web-1": 30})
+    later = RULE_MS + 1_000
+    views += [(later + 100 * i, "web-1", {CDS: {"x": f"v{3 + i}"}}) for i in range(4)]  # no event seen for these
+    views.append((later + 1_000, "gone", {CDS: {"x": "v9"}}))  # no proxy: not a convergence
+    sync += [sync_record(t.ProxyAcked(node="web-1", gateway="gw", stream_id="web-1", type_url=CDS, nonce="n",
+                                      held={"x": f"v{3 + i}"}), later + 100 * i + 7, 100 + i) for i in range(4)]
+    lines = convergence_lines(seen, views, sync, n=3)
+    assert [ms for ms, _label, _summary in lines] == [later + 100, later + 200, later + 300]
+    assert all(summary == "reached 1 of 1 proxies (median 7 ms); slowest web-1 7 ms" for _ms, _l, summary in lines)
+    assert lines[0][1] == "events up to then"
+    [(ms, label, summary)] = convergence_lines(*a_rule_reaching({"web-1": 30}), n=3)
+    assert (ms, label) == (RULE_MS, "route_rule.upserted reviews")
+
+
+def test_a_node_name_from_the_log_is_shown_escaped_in_the_convergences():
+    _, text = screen(200, 80, tail=FakeTail(converged=a_rule_reaching({"[bold]w\x1b[2J": 5}, rule_key="\u202er")))
+    assert "\x1b[2J" not in text and "\u202e" not in text
+    assert "slowest [bold]w\\x1b[2J 5 ms" in text and "\\u202er" in text
+
+
+def test_fit_rows_gives_convergences_room_after_the_steps_and_before_the_tail():
+    tall = fit_rows(200, steps=6, events=10, checks=10, processes=11, instances=3, convergences=5)
+    assert (tall.convergences, tall.events) == (3, 10)
+    none_yet = fit_rows(200, steps=6, events=10, checks=10, processes=11, instances=3, convergences=0)
+    assert none_yet.convergences == 0
+    squeezed = fit_rows(45, steps=6, events=10, checks=10, processes=11, instances=3, convergences=3)
+    assert squeezed.convergences == 3 and squeezed.events < 10
+
+
+@dataclass
+class Record:  # what aiokafka hands the tail
+    topic: str
+    value: bytes | None
+    key: bytes = b"k"
+    offset: int = 0
+    partition: int = 0
+    timestamp: int = RULE_MS
+    headers: tuple = ()
+
+
+def test_the_tail_keeps_sync_records_and_membership_views_for_the_convergences_and_skips_bad_ones():
+    from events import topics
+    from events.codec import encode
+    from meshlog.demo.events_tail import EventTail
+    from projector.publisher import membership_value, source_headers
+
+    tail = EventTail("127.0.0.1:1", since=0)  # never started: records are handed to it
+    _seen, _views, [opened, ack] = a_rule_reaching({"web-1": 84})
+    tail._add(Record(topics.SYNC, encode(opened.envelope), offset=1, timestamp=opened.timestamp_ms))
+    tail._add(Record(topics.SYNC, encode(ack.envelope), offset=2, timestamp=ack.timestamp_ms))
+    tail._add(Record(topics.VIEW_MEMBERSHIP, membership_value("web-1", {CDS: {"x": "v2"}}),
+                     headers=tuple(source_headers(RULE_MS))))
+    tail._add(Record(topics.VIEW_MEMBERSHIP, b'{"node": "x", "resources": {"t": 3}}', offset=5,
+                     headers=tuple(source_headers(RULE_MS))))
+    tail._add(Record(topics.VIEW_MEMBERSHIP, None, offset=6))  # a node gone
+    seen, views, sync = tail.convergence_inputs()
+    assert seen == [] and views == [(RULE_MS, "web-1", {CDS: {"x": "v2"}})]
+    assert [lg.envelope.type for lg in sync] == ["sync.stream_opened", "sync.acked"]
+    assert tail.errors == [f"{topics.VIEW_MEMBERSHIP}@5: membership record does not parse"]
+    [(_ms, _label, summary)] = convergence_lines(seen, views, sync)
+    assert summary == "reached 1 of 1 proxies (median 84 ms); slowest web-1 84 ms"

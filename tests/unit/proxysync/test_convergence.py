@@ -38,3 +38,26 @@ def test_an_ack_that_leaves_another_type_behind_does_not_count():
                log(acked("a", "gw1", "1", {"l": "v2"}, type_url=other), 10.4)]
     got = convergences([("e", T0_MS + 10_000, {"a": {CDS: {"x": "v2"}, other: {"l": "v2"}}})], records)
     assert (got["e"].reached, got["e"].last_ms) == (1, 400)
+
+
+def test_acceptance_of_one_node_direct_through_a_later_view_not_yet_and_without_a_proxy():
+    from proxysync.convergence import ACCEPTED, NO_PROXY, NOT_YET, acceptance
+
+    log = Log()
+    records = [
+        log(opened("a", "gw1", "1"), 0), log(opened("c", "gw2", "3"), 0), log(opened("e", "gw2", "5"), 0),
+        log(acked("a", "gw1", "1", {"x": "v2"}), 10.05),
+        log(acked("c", "gw2", "3", {"x": "v3"}), 20.1),  # c skipped v2: its ACK of v3 carries e1 too
+    ]
+    told = lambda v: {CDS: {"x": v}}  # noqa: E731
+    changes = [("e1", T0_MS + 10_000, {"a": told("v2"), "c": told("v2"), "d": told("v2"), "e": told("v2")}),
+               ("e2", T0_MS + 20_000, {"c": told("v3")})]
+    got = convergences(changes, records)
+    a = acceptance(got, "e1", "a")
+    assert (a.state, a.acked_ms, a.after_ms, a.via) == (ACCEPTED, T0_MS + 10_050, 50, None)
+    c = acceptance(got, "e1", "c")
+    assert (c.state, c.acked_ms, c.after_ms, c.via) == (ACCEPTED, T0_MS + 20_100, 10_100, "e2")
+    assert acceptance(got, "e2", "c").via is None
+    assert acceptance(got, "e1", "d").state == NO_PROXY  # no stream when e1 was appended
+    assert acceptance(got, "e1", "e").state == NOT_YET  # connected, never ACKed v2
+    assert acceptance(got, "unknown", "a").state == NO_PROXY

@@ -217,3 +217,56 @@ def test_snapshot_bytes_round_trip_into_the_same_render():
     from projector.snapshots import decode_snapshot
 
     assert render_all(decode_snapshot(data).state()).versions == render_all(state).versions
+
+
+def _sync(payload, ms: int, offset: int):
+    from events.envelope import Logged, new_event
+
+    at = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return Logged(new_event(payload, producer="gw", occurred_at=at), "meshlog.sync", 0, offset, ms)
+
+
+def test_diff_says_when_the_proxy_accepted_each_change_and_how_far_each_causing_event_reached():
+    import io
+
+    from events import types as t
+    from replay import text
+
+    log = Log()
+    log.register("b", "b1", "10.0.0.2")
+    log.register("a", "a1", "10.0.0.1", node_id="n", sidecar=(15001, 15002), depends_on=("b",))
+    base, _ = fold_many(empty_state(), log.events)
+    added = log.register("b", "b2", "10.0.0.3", at=10_000)
+    walker = Walker(base, node="n")
+    steps = [walker.step([added])]
+    told = steps[0].effect.views["n"]
+    sync = [_sync(t.ProxyStreamOpened(node="n", gateway="gw1", stream_id="1", kind="delta", peer="ipv4:1.2.3.4:5"),
+                  5_000, 0)]
+    sync += [_sync(t.ProxyAcked(node="n", gateway="gw1", stream_id="1", type_url=u, nonce=str(i), held=dict(names)),
+                   10_084, i + 1) for i, (u, names) in enumerate(told.items())]
+
+    def diff(node, records):
+        w = walker if node else Walker(base)
+        s = steps if node else [w.step([added])]
+        return report.diff_document(from_ms=0, to_ms=10_000, node=node, start_versions=w.start_versions,
+                                    end_versions=w.versions(), start_membership=w.start_membership,
+                                    end_membership=w.membership(), steps=s, **cli.diff_sync_docs(s, records, node))
+
+    [changed] = diff("n", sync)["changed"]
+    assert (changed["name"], changed["accepted"]["state"]) == ("b", "ACCEPTED")
+    assert (changed["accepted"]["acked_ms"], changed["accepted"]["after_ms"], changed["accepted"]["via"]) == \
+        (10_084, 84, None)
+    out = io.StringIO()
+    text.print_diff(text.console(file=out), diff("n", sync))
+    assert "+84 ms" in out.getvalue() and "accepted by the proxy" in out.getvalue()
+    # the ACK of an older view does not count: told, not accepted
+    [stale] = diff("n", sync[:1])["changed"]
+    assert stale["accepted"]["state"] == "NOT_YET"
+
+    mesh = diff(None, sync)
+    [cause] = next(e for e in mesh["changed"] if e["name"] == "b" and e["type_url"] == ENDPOINT)["caused_by"]
+    assert (cause["convergence"]["reached"], cause["convergence"]["proxies"]) == (1, 1)
+    assert cause["convergence"]["slowest"] == "n" and cause["convergence"]["last_ack_ms"] == 84
+    out = io.StringIO()
+    text.print_diff(text.console(file=out), mesh)
+    assert "reached 1 of 1 proxies" in out.getvalue() and "slowest n 84 ms" in out.getvalue()

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.cluster import ClusterMetadata
-from aiokafka.errors import KafkaError
+from aiokafka.protocol.metadata import MetadataRequest
+from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
 
 from events import topics
 from events.admin import AppendFailed, BrokerUnavailable, TopicsMissing, TopicsNotAuthorized
@@ -125,13 +125,18 @@ class EventProducer:
         if not missing:
             return
         # A broker with ACLs leaves out of "all topics" the ones this identity may not describe: ask for the
-        # missing ones by name, which answers TOPIC_AUTHORIZATION_FAILED for those instead of "unknown topic".
-        named = ClusterMetadata()
+        # missing ones by name, which answers TOPIC_AUTHORIZATION_FAILED for those instead of "unknown topic"
+        # (read from the response itself: aiokafka's cluster model would log an error per unknown topic).
+        refused: set[str] = set()
+        client = self._producer.client
         try:
-            await asyncio.wait_for(self._producer.client._metadata_update(named, sorted(missing)), self._timeout_s)
+            response = await asyncio.wait_for(
+                client.send(client.get_random_node(),
+                            MetadataRequest(sorted(missing), allow_auto_topic_creation=False)),
+                self._timeout_s)
+            refused = {t[1] for t in response.topics if t[0] == TopicAuthorizationFailedError.errno}
         except (asyncio.TimeoutError, KafkaError):
             pass  # the topics are missing either way; say the more common reason
-        refused = missing & set(named.unauthorized_topics)
         if refused:
             raise TopicsNotAuthorized(self._bootstrap, refused)
         raise TopicsMissing(self._bootstrap, missing)

@@ -20,6 +20,8 @@ Invariants:
   usable pair with its key and name exactly this sidecar
   (``spiffe://<domain>/sidecar/<service>/<instance-id>``), or the gateways
   would refuse every stream; that is reported here, before anything starts.
+- ``--ca-url`` (``$MESHLOG_SIDECAR_CA_URL``) is an ``https://`` URL and needs
+  those files (not ``--insecure``): the agent renews them there.
 """
 
 from __future__ import annotations

@@ -305,8 +305,12 @@ def parse_serial(text: str) -> int:
 
 def renewal_due(cert: x509.Certificate) -> datetime:
     """When a holder should renew: 2/3 of the way from not-before to not-after."""
-    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
-    return start + (end - start) * RENEW_AT_FRACTION
+    return renewal_time(cert.not_valid_before_utc, cert.not_valid_after_utc)
+
+
+def renewal_time(not_before: datetime, not_after: datetime) -> datetime:
+    """``renewal_due`` from the two validity bounds alone (for schedulers that keep only those)."""
+    return not_before + (not_after - not_before) * RENEW_AT_FRACTION
 
 
 # ---- encodings ------------------------------------------------------------------------------

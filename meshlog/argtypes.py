@@ -161,3 +161,32 @@ def bootstrap(text: str) -> str:
     if problem:
         raise argparse.ArgumentTypeError(problem)
     return ",".join(a.strip() for a in text.split(","))
+
+
+def https_url_problem(url: str) -> str | None:
+    """The problem with an ``https://HOST:PORT[/path]`` endpoint (``meshlog ca serve``'s), or None."""
+    from urllib.parse import urlsplit
+
+    shown = repr(url[:80])
+    if not url.startswith("https://"):
+        return f"{shown} is not an https:// URL (the CA is only spoken to over TLS)"
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return f"{shown} contains spaces or control characters"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as exc:
+        return f"{shown}: {exc}"
+    if not parts.hostname:
+        return f"{shown} names no host"
+    if parts.query or parts.fragment or parts.username or parts.password:
+        return f"{shown}: give only https://HOST[:PORT][/PATH] (no user, query or fragment)"
+    return None
+
+
+def https_url(text: str) -> str:
+    """An ``https://HOST[:PORT][/PATH]`` endpoint."""
+    problem = https_url_problem(text.strip())
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text.strip()

@@ -20,7 +20,10 @@ workload certificate handed over by file-watched SDS (``proxy.sds``): the
 agent writes the secrets under ``<workdir>/sds`` before the first Envoy
 starts and rewrites them (atomic rename) whenever the certificate files are
 renewed, so Envoy uses the new certificate without a restart. The agent's
-own probes of the gateways present the same certificate.
+own probes of the gateways present the same certificate. With ``--ca-url``
+the agent renews the certificate itself at ``meshlog ca serve`` at 2/3 of
+its life, retried with backoff (``proxy.renewal``), and hands the new pair to
+Envoy the same way.
 
 Registration. Once Envoy's admin answers, ``InstanceRegistered`` is appended
 (retried with backoff 1 s .. 30 s until acknowledged).
@@ -78,7 +81,7 @@ import grpc
 
 from events.files import write_file_atomic
 
-from proxy import config_cache, local_http, probe, registration, sds, subscriptions
+from proxy import config_cache, local_http, probe, registration, renewal, sds, subscriptions
 from proxy.bootstrap import envoy_bootstrap
 from proxy.envoy_process import EnvoyProcess, dynamic_names, remove_shared_memory
 from proxy.options import SidecarOptions
@@ -130,6 +133,7 @@ class SidecarAgent:
         self.status_port: int | None = None
         self.sds_dir = opts.workdir / "sds"
         self.secrets: sds.SecretSync | None = None  # set at start with --tls-*
+        self.renewer: renewal.CertificateRenewer | None = None  # set at start with --ca-url
         self._api_server: asyncio.AbstractServer | None = None
         self.api_port: int | None = None
 
@@ -164,6 +168,7 @@ class SidecarAgent:
             "cache": {"path": str(self.cache_path), "saved_at": self.cache_saved_at,
                       "serving_from": self.cache_loaded_from},
             "updated_at": _now(),
+            "certificate": None if self.renewer is None else self.renewer.status(),
             "history": list(self.history),
         }
 
@@ -557,6 +562,9 @@ class SidecarAgent:
         if self.opts.tls is not None:
             self.secrets = sds.SecretSync(self.opts.tls, self.sds_dir, sds.load_tls(self.opts.tls))
             self.secrets.start()
+            if self.opts.ca_url:
+                self.renewer = renewal.CertificateRenewer(self.opts.ca_url, self.opts.tls, self.secrets,
+                                                          on_change=self._write_status)
         else:
             log.warning("--insecure: plaintext xDS to the gateways (loopback development only)")
         if self.opts.status_port is not None:
@@ -577,6 +585,8 @@ class SidecarAgent:
                      (self._supervise(), self._save_cache(), self._switch_back(), self._register())]
             if self.secrets is not None:
                 tasks.append(asyncio.create_task(self.secrets.run()))
+            if self.renewer is not None:
+                tasks.append(asyncio.create_task(self.renewer.run()))
             await self._stop.wait()
             await self._drain()
         except Exception:  # noqa: BLE001 - reported, then Envoy is still stopped

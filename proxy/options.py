@@ -20,6 +20,8 @@ Invariants:
   usable pair with its key and name exactly this sidecar
   (``spiffe://<domain>/sidecar/<service>/<instance-id>``), or the gateways
   would refuse every stream; that is reported here, before anything starts.
+- ``--ca-url`` (``$MESHLOG_SIDECAR_CA_URL``) is an ``https://`` URL and needs
+  those files (not ``--insecure``): the agent renews them there.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class SidecarOptions:
     locality_zone: str | None = None
     tls: SidecarTls | None = None  # None: plaintext to the gateways (--insecure)
     api_port: int | None = None  # the local subscription API (proxy.subscriptions), 127.0.0.1 only
+    ca_url: str | None = None  # `meshlog ca serve`: the agent renews its certificate there (proxy.renewal)
     subscribe_timeout: float = 10.0
 
     @property
@@ -153,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument("--tls-ca", default=os.environ.get("MESHLOG_SIDECAR_TLS_CA"),
                      help="the mesh root; gateways must present spiffe://<domain>/gateway/... "
                           "($MESHLOG_SIDECAR_TLS_CA)")
+    tls.add_argument("--ca-url", default=os.environ.get("MESHLOG_SIDECAR_CA_URL"), metavar="https://HOST:PORT",
+                     help="`meshlog ca serve`: renew the --tls-cert there by itself at 2/3 of its life (mTLS with "
+                          "the current certificate, a new key), retried with backoff ($MESHLOG_SIDECAR_CA_URL; "
+                          "default: renewed by someone else)")
     tls.add_argument("--insecure", action="store_true",
                      help="plaintext xDS to the gateways: loopback development only")
     run.add_argument("--node-id", help="xDS node id (default <service>-<instance-id>)")
@@ -293,6 +300,9 @@ def options_from_args(
     tls, tls_problem = tls_from_args(args)
     if tls_problem:
         problems.append(tls_problem)
+    ca_url, ca_url_problem = ca_url_from_args(args)
+    if ca_url_problem:
+        problems.append(ca_url_problem)
 
     registration = None
     ports_ok = all(v is not None and 1 <= v <= 65535 for v in (args.app_port, args.inbound_port, args.outbound_port))
@@ -370,7 +380,21 @@ def options_from_args(
         tls=tls,
         api_port=args.api_port,
         subscribe_timeout=float(args.subscribe_timeout),
+        ca_url=ca_url,
     )
+
+
+def ca_url_from_args(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """``--ca-url`` (or ``$MESHLOG_SIDECAR_CA_URL``), checked; it needs the certificate files it renews."""
+    url = (getattr(args, "ca_url", None) or "").strip()
+    if not url:
+        return None, None
+    problem = argtypes.https_url_problem(url)
+    if problem:
+        return None, f"--ca-url: {problem}"
+    if args.insecure:
+        return None, "--ca-url and --insecure contradict each other: the CA renews a --tls-cert"
+    return url, None
 
 
 def tls_from_args(args: argparse.Namespace) -> tuple[SidecarTls | None, str | None]:

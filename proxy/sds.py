@@ -11,8 +11,8 @@ connections without restarting Envoy.
 
 Invariants:
 - The secret files are derived from the operator's files (``--tls-cert``,
-  ``--tls-key``, ``--tls-ca``; renewed in place by ``meshlog ca renew`` or
-  any tool): the PEM is inlined, so Envoy never sees a certificate without
+  ``--tls-key``, ``--tls-ca``; renewed in place by ``meshlog ca renew``, any
+  tool, or the agent itself with ``--ca-url``: ``proxy.renewal``): the PEM is inlined, so Envoy never sees a certificate without
   its matching key. A pair that does not match (caught between the key's
   and the certificate's replacement) is not written; the previous secret
   stays until both match.

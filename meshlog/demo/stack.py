@@ -253,6 +253,8 @@ class DemoStack:
                 "--outbound-port", str(outbound), "--admin-port", str(admin), "--bootstrap", self.bootstrap,
                 "--cache-dir", str(cache), "--drain-seconds", "1", "--append-timeout", "3",
                 "--label", f"version={version}", *sidecar_tls_args(self.sidecar_identity(service, instance))]
+        if self.ca_url and self.trust is not None:  # enrolled at `ca serve`: the sidecar renews itself there
+            argv += ["--ca-url", self.ca_url]
         for address in self.gateway_addresses():
             argv += ["--gateway", address]
         for dep in depends_on:

@@ -8,7 +8,8 @@ SAN, the address sidecars dial), each checker, ``ca-server/ca-1``,
 ``replay/demo`` for the replay, status and console steps, and
 ``operator/demo`` for the demo's own rule appends and event tail; each
 sidecar (``sidecar/<service>/<instance>``) through a one-time join token
-redeemed at ``meshlog ca serve`` (``join``), as an operator would enrol one.
+redeemed at ``meshlog ca serve`` (``join``), as an operator would enrol one;
+the sidecar is started with ``--ca-url`` and renews it there by itself.
 
 Invariants:
 - A process speaks Kafka and xDS with the same identity (its one certificate);

@@ -54,12 +54,13 @@ def ca_dir(tmp_path_factory) -> Path:
     return d
 
 
-def _start_replica(bootstrap: str, ca_dir: Path, name: str, workdir: Path) -> tuple[subprocess.Popen, str]:
+def _start_replica(bootstrap: str, ca_dir: Path, name: str, workdir: Path,
+                   extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
     ready = workdir / f"{name}.port"
     logfile = open(workdir / f"{name}.log", "wb")
     proc = subprocess.Popen(
         [MESHLOG, "ca", "serve", "--dir", str(ca_dir), "--bootstrap", bootstrap, "--port", "0",
-         "--replica", name, "--ready-file", str(ready)],
+         "--replica", name, "--ready-file", str(ready), *extra],
         stdout=logfile, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while not ready.exists():

@@ -235,3 +235,50 @@ def test_tls_files_come_from_the_environment_too(tmp_path, monkeypatch):
     monkeypatch.setenv("MESHLOG_SIDECAR_TLS_KEY", str(ident.key))
     monkeypatch.setenv("MESHLOG_SIDECAR_TLS_CA", str(ident.ca))
     assert parse(base=PLAIN).tls is not None
+
+
+# --ca-url: the agent renews its certificate at `meshlog ca serve` (proxy.renewal)
+
+def _tls_flags(ident) -> tuple[str, ...]:
+    return ("--tls-cert", str(ident.cert), "--tls-key", str(ident.key), "--tls-ca", str(ident.ca))
+
+
+def test_a_ca_url_with_the_tls_files_is_taken(tmp_path):
+    ident = _identity(tmp_path, "web", "w1")
+    assert parse(*_tls_flags(ident), base=PLAIN).ca_url is None  # default: renewed by someone else
+    opts = parse(*_tls_flags(ident), "--ca-url", "https://127.0.0.1:8443", base=PLAIN)
+    assert opts.ca_url == "https://127.0.0.1:8443"
+
+
+def test_the_ca_url_comes_from_the_environment_too(tmp_path, monkeypatch):
+    ident = _identity(tmp_path, "web", "w1")
+    monkeypatch.setenv("MESHLOG_SIDECAR_CA_URL", "https://ca.mesh:8443")
+    assert parse(*_tls_flags(ident), base=PLAIN).ca_url == "https://ca.mesh:8443"
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("http://127.0.0.1:8443", "is not an https:// URL"),
+    ("127.0.0.1:8443", "is not an https:// URL"),
+    ("https://", "names no host"),
+    ("https://h:99999", "out of range"),
+    ("https://h:8443/ x", "spaces or control characters"),
+    ("https://h:8443/?a=1", "no user, query or fragment"),
+])
+def test_a_bad_ca_url_is_an_argument_problem_naming_the_flag(tmp_path, url, expected):
+    ident = _identity(tmp_path, "web", "w1")
+    found = problems(*_tls_flags(ident), "--ca-url", url, base=PLAIN)
+    assert any(p.startswith("--ca-url: ") and expected in p for p in found), found
+
+
+def test_a_ca_url_without_certificate_files_is_refused():
+    found = problems("--ca-url", "https://127.0.0.1:8443")  # BASE is --insecure
+    assert any(p.startswith("--ca-url and --insecure contradict") for p in found), found
+
+
+def test_the_cli_exits_2_for_a_bad_ca_url(tmp_path, capsys):
+    ident = _identity(tmp_path, "web", "w1")
+    argv = [*PLAIN, *_tls_flags(ident), "--ca-url", "http://127.0.0.1:8443"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "invalid argument: --ca-url: 'http://127.0.0.1:8443' is not an https:// URL" in err
+    assert "nothing was started" in err

@@ -73,10 +73,11 @@ ACL_TABLE: Mapping[str, tuple[Grant, ...]] = MappingProxyType({
         Grant(GROUP, HEALTHCHECK_GROUP_PREFIX, (READ, DESCRIBE), PREFIXED),
     ),
     # people: routing rules, manual registrations (`registrar publish`), offline `meshlog ca issue|revoke`,
-    # and reading what became of them
+    # and reading what became of them: refusals, what each proxy is told (views) and what it ACKed (sync)
     OPERATOR: (
         *_topics((*_EVENTS, topics.IDENTITIES), READ, WRITE),
-        *_topics((topics.REJECTIONS, topics.DEADLETTER), READ),
+        *_topics((topics.REJECTIONS, topics.DEADLETTER, topics.SYNC, topics.VIEW_RESOURCES, topics.VIEW_MEMBERSHIP),
+                 READ),
         Grant(TRANSACTIONAL_ID, REGISTRAR_TRANSACTIONAL_PREFIX, (WRITE, DESCRIBE), PREFIXED),
     ),
     # the one writer of everything proxies are told

@@ -36,12 +36,12 @@ from events import kafka_security
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 from events.printable import printable
 from projector.render import render
-from proxysync.convergence import acceptance, convergences
-from proxysync.read import read_sync, read_sync_records
+from proxysync.read import read_sync
 from proxysync.status_cli import proxy_row, render_node_text
 from replay import identities, report, text
 from events.undecodable import UndecodableLog, decode_or_skip
 from replay.deadletters import dead_lettered_among, recorded_dead_letters
+from replay.acceptance import diff_sync_docs, step_convergences, sync_records_for
 from replay.engine import (
     NotFound,
     OutOfRange,
@@ -80,7 +80,6 @@ TIME_HELP = (
 )
 
 SUBCOMMANDS = ("at", "diff", "log", "serve", "identities", "ui")
-SYNC_GRACE_MS = 60_000  # `replay log` and `replay diff` read ACKs this long past the window for convergence
 PROGRESS_MIN_RECORDS = 50_000
 
 log = logging.getLogger("replay")
@@ -368,28 +367,6 @@ async def _window(args: argparse.Namespace, consumer) -> tuple[int, int]:
     return args.from_ms, args.to_ms
 
 
-async def _sync_records_for(consumer, to_ms_: int) -> list:
-    """meshlog.sync read past the window's end, so late ACKs of its last events still count."""
-    until = min(to_ms_ + SYNC_GRACE_MS, to_ms(datetime.now(timezone.utc)))
-    return (await read_sync_records(consumer, until))[0]
-
-
-def _step_convergences(steps: Sequence, sync_records: list) -> dict:
-    """Each view-changing step's convergence, keyed by the source of its last event."""
-    changes = [((lg.topic, lg.partition, lg.offset), lg.timestamp_ms, step.effect.views)
-               for step in steps if step.effect.views and step.events for lg in step.events[-1:]]
-    return convergences(changes, sync_records)
-
-
-def diff_sync_docs(steps: Sequence, sync_records: list, node: str | None) -> dict:
-    """``replay diff``'s sync part (pure): each step's convergence (whole mesh), or when ``node`` accepted it."""
-    converged = _step_convergences(steps, sync_records)
-    if node is None:
-        return {"convergence": {key: c.as_dict() for key, c in converged.items()}, "accepted": {}}
-    return {"convergence": {},
-            "accepted": {key: report.acceptance_doc(acceptance(converged, key, node)) for key in converged}}
-
-
 async def cmd_diff(args: argparse.Namespace, bootstrap: str) -> int:
     undecodable: list = []
     async with open_log(bootstrap, args.timeout) as consumer:
@@ -399,7 +376,7 @@ async def cmd_diff(args: argparse.Namespace, bootstrap: str) -> int:
         walker, steps, _cut = await walk(consumer, base, to_ms_, node=args.node, progress=progress,
                                          on_undecodable=undecodable.append)
         recorded = await dead_lettered_among(consumer, undecodable)
-        sync_records = await _sync_records_for(consumer, to_ms_)
+        sync_records = await sync_records_for(consumer, to_ms_)
     if args.node and not walker.start_membership and not walker.membership():
         raise NotFound(f"node {args.node!r} has no registered instance at {iso(from_ms)} nor at {iso(to_ms_)}"
                        f"{_nearby(list(walker.state.nodes.keys()) + list(base.state.nodes.keys()), args.node)}")
@@ -445,8 +422,8 @@ async def cmd_log(args: argparse.Namespace, bootstrap: str) -> int:
                     recorded_rejections.setdefault(src, (record.timestamp, j))
         recorded_dead = await recorded_dead_letters(consumer, from_ms, in_window)
         identity_events, _bad = await identities.read_identity_events(consumer, from_ms + 1, to_ms_)
-        sync_records = await _sync_records_for(consumer, to_ms_)
-    converged = {key: c.as_dict() for key, c in _step_convergences(steps, sync_records).items()}
+        sync_records = await sync_records_for(consumer, to_ms_)
+    converged = {key: c.as_dict() for key, c in step_convergences(steps, sync_records).items()}
     sync_entries = [report.sync_entry(lg) for lg in sync_records
                     if from_ms < lg.timestamp_ms <= to_ms_ and (args.node is None or lg.payload.node == args.node)
                     and args.service is None and lg.envelope.type in ("sync.acked", "sync.nacked")]

@@ -38,6 +38,7 @@ from events.errors import EventValidationError
 from projector.render import render
 from proxysync.read import read_sync
 from proxysync.status_cli import proxy_row
+from replay.acceptance import diff_sync_docs, sync_records_for
 from replay import report
 from replay.decode import RecordDecoder
 from replay.engine import NotFound, OutOfRange, Rebuilt, check_instant, iso, node_versions, rebuild, walk
@@ -182,6 +183,7 @@ class Console:
             if base is None:
                 base = await rebuild(self.consumer, from_ms, use_snapshot=self.use_snapshot)
             walker, steps, _cut = await walk(self.consumer, base, to_ms_, node=node, on_undecodable=undecodable.append)
+            sync_records = await sync_records_for(self.consumer, to_ms_)
         if node and not walker.start_membership and not walker.membership():
             raise NotFound(f"node {node!r} has no registered instance at {iso(from_ms)} nor at {iso(to_ms_)}")
         return report.diff_document(
@@ -189,6 +191,7 @@ class Console:
             start_versions=walker.start_versions, end_versions=walker.versions(),
             start_membership=walker.start_membership, end_membership=walker.membership(),
             steps=steps, undecodable=[{**report.dead_letter_doc(u, None), "recorded": None} for u in undecodable],
+            **diff_sync_docs(steps, sync_records, node),
         )
 
     # ------------------------------------------------------------ the records behind the marks

@@ -222,7 +222,9 @@ def stack(bootstrap, workdir):
                on_fail=lambda: envoy.log_tail() + gateway.log_tail() + projector.log_tail())
     yield state
     envoy.stop()
-    for process in (gateway, projector):
+    # the tests may replace the projector (a restart): stop whichever runs now, or it outlives the module and
+    # keeps projecting the session's shared broker under the next module's feet
+    for process in (state["gateway"], state["projector"]):
         process.stop()
 
 

@@ -74,7 +74,7 @@ def join_body(token: str, instance: str) -> bytes:
 async def test_interleaved_replicas_grant_a_token_once():
     log = MemoryLog()
     a, b = replica(log, "ca-0"), replica(log, "ca-1")
-    token = tokens.mint(CA, "reviews", now=NOW)
+    token = tokens.mint(CA, "reviews", now=datetime.now(timezone.utc))
     results = await asyncio.gather(a.join(join_body(token, "r1")), b.join(join_body(token, "r2")),
                                    a.join(join_body(token, "r3")), return_exceptions=True)
     granted = [r for r in results if not isinstance(r, BaseException)]
@@ -88,7 +88,7 @@ async def test_interleaved_replicas_grant_a_token_once():
 async def test_renewal_after_revocation_is_refused_and_a_down_log_decides_nothing():
     log = MemoryLog()
     ca0 = replica(log, "ca-0")
-    issued = await ca0.join(join_body(tokens.mint(CA, "reviews", now=NOW), "r1"))
+    issued = await ca0.join(join_body(tokens.mint(CA, "reviews", now=datetime.now(timezone.utc)), "r1"))
     csr = pki.make_csr(pki.generate_key()).public_bytes(serialization.Encoding.PEM).decode()
     renewed = await ca0.renew(orjson.dumps({"csr": csr}), issued.cert)
     assert pki.spiffe_id_of(renewed.cert) == pki.spiffe_id_of(issued.cert)
@@ -101,5 +101,5 @@ async def test_renewal_after_revocation_is_refused_and_a_down_log_decides_nothin
     assert err.value.reason == "revoked"
     log.down = True
     with pytest.raises(LogUnavailable):
-        await ca0.join(join_body(tokens.mint(CA, "reviews", now=NOW), "r2"))
+        await ca0.join(join_body(tokens.mint(CA, "reviews", now=datetime.now(timezone.utc)), "r2"))
     assert ca0.issued == 2

@@ -13,7 +13,7 @@ from projector.snapshots import encode_snapshot
 from projector.state import empty_state, state_to_bytes
 from projector.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from proxy.envoy_process import dynamic_names
-from replay import cli, report
+from replay import acceptance, cli, report
 from replay.engine import Walker, node_versions
 from replay.serve import cache_from_rendered
 from replay.snapshots import Candidate, choose, valid_for
@@ -250,7 +250,7 @@ def test_diff_says_when_the_proxy_accepted_each_change_and_how_far_each_causing_
         s = steps if node else [w.step([added])]
         return report.diff_document(from_ms=0, to_ms=10_000, node=node, start_versions=w.start_versions,
                                     end_versions=w.versions(), start_membership=w.start_membership,
-                                    end_membership=w.membership(), steps=s, **cli.diff_sync_docs(s, records, node))
+                                    end_membership=w.membership(), steps=s, **acceptance.diff_sync_docs(s, records, node))
 
     [changed] = diff("n", sync)["changed"]
     assert (changed["name"], changed["accepted"]["state"]) == ("b", "ACCEPTED")

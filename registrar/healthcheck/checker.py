@@ -237,27 +237,38 @@ class Checker:
             await admin.close()
 
     async def _shutdown(self, background: list[asyncio.Task]) -> None:
+        # one budget for the whole shutdown, not one per step: a SIGTERM'd checker exits within about
+        # --broker-timeout even when leaving the group, closing the reader and the producer all stall
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.s.broker_timeout
+
+        def left() -> float:
+            return max(0.1, deadline - loop.time())
+
         self.running = False
         for task in list(self._tasks.values()) + background:
             task.cancel()
         await asyncio.gather(*self._tasks.values(), *background, return_exceptions=True)
         self._tasks.clear()
         if self._appends:  # let decided transitions reach the log (bounded)
-            await asyncio.wait(list(self._appends), timeout=self.s.broker_timeout)
+            await asyncio.wait(list(self._appends), timeout=left())
         if self._group is not None:
             try:
-                await asyncio.wait_for(self._group.stop(), self.s.broker_timeout)  # sends LeaveGroup
+                await asyncio.wait_for(self._group.stop(), left())  # sends LeaveGroup
             except Exception as exc:  # noqa: BLE001 - shutting down: report, go on
                 log.warning("leaving group %s: %s (its shards move after the session timeout)", self.s.group, exc)
             else:
                 log.info("left group %s", self.s.group)
         if self._reader is not None:
             try:
-                await asyncio.wait_for(self._reader.stop(), self.s.broker_timeout)
+                await asyncio.wait_for(self._reader.stop(), left())
             except Exception:  # noqa: BLE001
                 pass
         if self._producer is not None:
-            await self._producer.__aexit__(None, None, None)
+            try:
+                await asyncio.wait_for(self._producer.__aexit__(None, None, None), left())
+            except Exception:  # noqa: BLE001 - shutting down: the producer's outcome changes nothing now
+                pass
         self.shards = set()
         self._write_status()
 

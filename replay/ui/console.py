@@ -251,7 +251,8 @@ def _support_kind(record) -> tuple[str, str] | None:
     except EventValidationError:
         return None
     if record.topic == topics.REJECTIONS:
-        return REJECTED, lg.payload.name
+        # a refused rule names the rule; a refused subscription names the subscribing service
+        return REJECTED, getattr(lg.payload, "name", None) or getattr(lg.payload, "service", "")
     if record.topic == topics.SYNC:
         return lg.envelope.type, f"node {lg.envelope.key}"  # a proxy's fact: filed under its node
     return event_kind(lg.payload, lg.envelope.type), event_service(lg.payload)

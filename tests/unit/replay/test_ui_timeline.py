@@ -151,3 +151,19 @@ def test_rejected_rules_identity_events_and_the_proxies_nacks_are_on_the_timelin
                     ("identity.revoked", "reviews"), ("join_token.redeemed", "ratings"), ("sync.nacked", "node web-1")}
     assert [e["kind"] for e in events["events"]] == ["instance.registered", "rule.rejected", "identity.revoked"]
     assert events["events"][1]["reason"] == "stale revision"
+
+
+def test_a_refused_subscription_is_a_rejection_filed_under_its_service():
+    """The rejections topic carries rule refusals and subscription refusals; a subscription has no rule name
+    (before: the console's index raised AttributeError and every /api call answered 500)."""
+    from replay.ui.console import _support_kind
+    from replay.ui.timeline import REJECTED
+    from tests.unit.replay.fake_consumer import Rec
+
+    refused = new_event(t.SubscriptionRejected(
+        action="subscribe", problem="unknown_service", service="web", instance_id="web-1", dependency="ratings",
+        reason="ratings never had an instance", source_topic=topics.REGISTRATIONS, source_partition=0,
+        source_offset=7))
+    record = Rec(topics.REJECTIONS, 0, 0, 1_000, encode(refused), refused.key.encode())
+    kind, service = _support_kind(record)
+    assert (kind, service) == (REJECTED, "web")

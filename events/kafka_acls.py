@@ -11,7 +11,9 @@ Invariants:
   Only the broker's and the admin's own principals are super users.
 - Nobody but the projector writes the view, snapshot, rejection and dead
   letter topics (they are what every Envoy is told, and what replay trusts).
-- Replay only reads; gateways only read, except their proxies' ACKs to ``meshlog.sync``.
+- Replay only reads; gateways only read, except their proxies' ACKs to ``meshlog.sync`` and the
+  subscriptions their proxies learn on demand (``dependency.subscribed``, origin ``learned``) to the
+  registrations topic -- a request the fold judges like any subscription (``xds_gateway.on_demand``).
 - ``acl_bindings`` is pure and ordered; applying it (``events.kafka_acl_apply``)
   is idempotent, so ``meshlog topics ensure`` can run it every time.
 """
@@ -87,10 +89,11 @@ ACL_TABLE: Mapping[str, tuple[Grant, ...]] = MappingProxyType({
         *_topics(_ALL, DESCRIBE, DESCRIBE_CONFIGS),  # `projector run` checks every topic's settings on start
         Grant(TRANSACTIONAL_ID, PROJECTOR_TRANSACTIONAL_PREFIX, (WRITE, DESCRIBE), PREFIXED),
     ),
-    # the views, and the identities log (a revoked identity's streams are closed); the one thing a gateway
-    # writes is meshlog.sync, what its proxies ACKed or NACKed (an observation, never config: nobody folds it)
+    # the views, and the identities log (a revoked identity's streams are closed); a gateway writes
+    # meshlog.sync, what its proxies ACKed or NACKed (an observation, never config: nobody folds it), and the
+    # registrations topic: the subscriptions its authenticated proxies learn on demand (the fold judges them)
     GATEWAY: (*_topics((topics.VIEW_RESOURCES, topics.VIEW_MEMBERSHIP, topics.IDENTITIES), READ),
-              *_topics((topics.SYNC,), WRITE, DESCRIBE)),
+              *_topics((topics.SYNC, topics.REGISTRATIONS), WRITE, DESCRIBE)),
     # replay, `meshlog status` and the console: the log and what became of it (the views every proxy should
     # hold, what they ACKed); read only
     REPLAY: _topics((*_EVENTS, topics.SNAPSHOTS, topics.REJECTIONS, topics.DEADLETTER, topics.IDENTITIES,

@@ -50,6 +50,11 @@ def _service_name(value: str) -> str:
     return value
 
 
+def is_service_name(value: str) -> bool:
+    """Does ``value`` follow the service-name rule (without raising)?"""
+    return _NAME_RE.match(value) is not None
+
+
 def _instance_id(value: str) -> str:
     if not _INSTANCE_RE.match(value):
         raise ValueError("must be 1-128 characters of letters, digits, '.', '_', ':' or '-'")

@@ -17,6 +17,7 @@ from envoy.config.core.v3 import address_pb2, config_source_pb2, health_check_pb
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import api_listener_pb2, listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.on_demand.v3 import on_demand_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
@@ -29,9 +30,16 @@ from events import types as t
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
 ROUTER_FILTER = "envoy.filters.http.router"
+ON_DEMAND_FILTER = "envoy.filters.http.on_demand"
 HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 DEFAULT_CONNECT_TIMEOUT_MS = 1000
+# How long Envoy's on-demand filter waits for a cluster it asked for (its own default too). Longer than the
+# gateway's hold of such a request (xds-gateway --on-demand-hold, 3 s), so the gateway's answer -- the cluster,
+# or "does not exist" -- always arrives before Envoy gives up on its own.
+ON_DEMAND_CDS_TIMEOUT_MS = 5000
+#: The catch-all virtual host of a sidecar's outbound route (``~``: never a service's name).
+ON_DEMAND_VHOST = "~on-demand"
 
 _LB = {
     "round_robin": cluster_pb2.Cluster.ROUND_ROBIN,
@@ -81,6 +89,12 @@ def _http2_options() -> any_pb2.Any:
         )
     )
     return pack(opts)
+
+
+@lru_cache(maxsize=1)
+def _on_demand_filter() -> http_connection_manager_pb2.HttpFilter:
+    # no odcds here: on-demand CDS is off except where a route or virtual host turns it on (the catch-all)
+    return http_connection_manager_pb2.HttpFilter(name=ON_DEMAND_FILTER, typed_config=pack(on_demand_pb2.OnDemand()))
 
 
 @lru_cache(maxsize=1)
@@ -247,6 +261,29 @@ def virtual_host(
     return vh
 
 
+@lru_cache(maxsize=1)
+def on_demand_virtual_host() -> route_components_pb2.VirtualHost:
+    """The outbound catch-all: a Host no dependency's virtual host matches names the cluster to ask for.
+
+    ``cluster_header`` is the one route action for which Envoy's on-demand
+    filter asks for a missing cluster (ODCDS over the ADS stream) and holds
+    the request until it arrives or ``ON_DEMAND_CDS_TIMEOUT_MS`` passes. The
+    outbound connection manager strips the port from the Host first
+    (``strip_any_host_port``), so ``:authority`` is the service's name, which
+    is its cluster's name (``naming.service_cluster``). Once the node's
+    subscription is rendered the service has its own virtual host again.
+    Cached: callers only copy it into a route configuration.
+    """
+    odcds = on_demand_pb2.PerRouteConfig(odcds=on_demand_pb2.OnDemandCds(
+        source=ads_source(), timeout=duration_ms(ON_DEMAND_CDS_TIMEOUT_MS)))
+    vh = route_components_pb2.VirtualHost(
+        name=ON_DEMAND_VHOST, domains=["*"],
+        routes=[route_components_pb2.Route(name="on-demand", match=route_components_pb2.RouteMatch(prefix="/"),
+                                           route=route_components_pb2.RouteAction(cluster_header=":authority"))])
+    vh.typed_per_filter_config[ON_DEMAND_FILTER].CopyFrom(pack(odcds))
+    return vh
+
+
 def route_configuration(name: str, vhosts: Iterable[route_components_pb2.VirtualHost]) -> route_pb2.RouteConfiguration:
     rc = route_pb2.RouteConfiguration(name=name)
     rc.virtual_hosts.extend(vhosts)
@@ -256,13 +293,17 @@ def route_configuration(name: str, vhosts: Iterable[route_components_pb2.Virtual
 # ---------------------------------------------------------------- listeners
 
 
-def _hcm_rds(stat_prefix: str, route_name: str) -> http_connection_manager_pb2.HttpConnectionManager:
-    return http_connection_manager_pb2.HttpConnectionManager(
+def _hcm_rds(stat_prefix: str, route_name: str, on_demand: bool = False) -> http_connection_manager_pb2.HttpConnectionManager:
+    """``on_demand``: the sidecar's outbound side (a proxyless gRPC client has no on-demand filter)."""
+    hcm = http_connection_manager_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix,
         codec_type=http_connection_manager_pb2.HttpConnectionManager.AUTO,
         rds=http_connection_manager_pb2.Rds(config_source=ads_source(), route_config_name=route_name),
-        http_filters=[_router_filter()],
+        http_filters=[_on_demand_filter(), _router_filter()] if on_demand else [_router_filter()],
     )
+    if on_demand:
+        hcm.strip_any_host_port = True  # the catch-all reads the cluster's name from :authority
+    return hcm
 
 
 def _listener(name: str, address: address_pb2.Address, filter_name: str, typed_config) -> listener_pb2.Listener:
@@ -278,8 +319,8 @@ def _listener(name: str, address: address_pb2.Address, filter_name: str, typed_c
 
 
 def outbound_http_listener(name: str, port: int, route_name: str) -> listener_pb2.Listener:
-    """127.0.0.1:<outbound port>, routes by Host over RDS (ADS)."""
-    return _listener(name, socket_address("127.0.0.1", port), HCM_FILTER, _hcm_rds("outbound", route_name))
+    """127.0.0.1:<outbound port>, routes by Host over RDS (ADS); asks for unknown hosts' clusters on demand."""
+    return _listener(name, socket_address("127.0.0.1", port), HCM_FILTER, _hcm_rds("outbound", route_name, on_demand=True))
 
 
 def inbound_listener(name: str, bind: str, port: int, local_cluster: str, protocol: str) -> listener_pb2.Listener:
@@ -328,6 +369,7 @@ __all__ = [
     "inbound_listener",
     "lb_endpoint",
     "load_assignment",
+    "on_demand_virtual_host",
     "outbound_http_listener",
     "outbound_tcp_listener",
     "route_configuration",

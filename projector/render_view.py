@@ -224,7 +224,7 @@ class Renderer:
             return None
         port = inst.reg.sidecar.outbound_port
         deps = [d for d in inst.dependencies() if self.protocol(d) != "tcp"]
-        return E.route_configuration(name, [self.vhost(d, port) for d in deps])
+        return E.route_configuration(name, [*(self.vhost(d, port) for d in deps), E.on_demand_virtual_host()])
 
     def take_problems(self) -> tuple[str, ...]:
         got = tuple(sorted(self.problems))

@@ -50,6 +50,7 @@ from xds_gateway.admission import DEFAULT_LIMITS, GatewayLimits
 from xds_gateway.guard import TrustGuard, tail_revocations
 from xds_gateway.protocol.limits import StreamLimits
 from xds_gateway.server import AdsServicer, add_to_server
+from xds_gateway.on_demand import DEFAULT_HOLD_S, LearnedSubscriptions
 from xds_gateway.sync_log import SyncLog
 from xds_gateway.tls import TlsConfigError, TlsFiles, load_material, server_credentials
 from xds_gateway.view_cache import ViewCache, ViewTail
@@ -99,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="do not append what the proxies ACK and NACK to meshlog.sync")
     run.add_argument("--sync-window", type=argtypes.seconds(0, 60), default=1.0,
                      help="seconds over which one stream's ACKs of one type coalesce into one record (default 1)")
+    run.add_argument("--on-demand-hold", type=argtypes.seconds(0, 4.5, low_inclusive=True), default=DEFAULT_HOLD_S,
+                     help="seconds a sidecar's on-demand request for a service it does not depend on waits for its "
+                          "learned subscription to be rendered, before Envoy is told the cluster does not exist "
+                          f"(default {DEFAULT_HOLD_S:g}; under Envoy's own 5 s on-demand timeout); 0: no on-demand "
+                          "subscriptions, such a request is answered 'does not exist' at once and nothing is recorded")
     run.add_argument("--ready-file", help="write the bound ports as JSON to this file once ready")
     run.add_argument("--log-level", default="INFO")
     return parser
@@ -188,20 +194,25 @@ async def serve(args: argparse.Namespace, bootstrap: str, limits: GatewayLimits,
         ]
     )
     sync_log: SyncLog | None = None
+    on_demand: LearnedSubscriptions | None = None
     producer: EventProducer | None = None
-    if args.sync_log:
+    if args.sync_log or args.on_demand_hold:
         producer = EventProducer(bootstrap)
         try:
             await producer.__aenter__()
         except BrokerUnavailable as exc:
-            log.error("sync log: %s", exc)
+            log.error("event producer (sync log, on-demand subscriptions): %s", exc)
             tail.stop()
             tail_task.cancel()
             await asyncio.gather(tail_task, return_exceptions=True)
             return 1
-        sync_log = SyncLog(producer.append_batch, "", window_s=args.sync_window)
+        if args.sync_log:
+            sync_log = SyncLog(producer.append_batch, "", window_s=args.sync_window)
+        if args.on_demand_hold:
+            on_demand = LearnedSubscriptions(producer.append_batch, "")
     guard = TrustGuard(material.identity.domain) if material is not None else None
-    servicer = AdsServicer(cache, write_timeout_s=args.write_timeout, sync_log=sync_log, limits=limits, guard=guard)
+    servicer = AdsServicer(cache, write_timeout_s=args.write_timeout, sync_log=sync_log, limits=limits, guard=guard,
+                            on_demand=on_demand, hold_s=args.on_demand_hold)
     add_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -218,9 +229,13 @@ async def serve(args: argparse.Namespace, bootstrap: str, limits: GatewayLimits,
         log.info("mTLS xDS as %s (trust domain %s); client certificates required", material.identity.uri,
                  material.identity.domain)
         revocations = asyncio.create_task(tail_revocations(guard, bootstrap), name="revocations")
+    replica = args.replica_id or f"{socket.gethostname()}:{port}"
     if sync_log is not None:
-        sync_log.gateway = args.replica_id or f"{socket.gethostname()}:{port}"
+        sync_log.gateway = replica
         sync_log.start()
+    if on_demand is not None:
+        on_demand.gateway = replica
+        on_demand.start()
     await server.start()
 
     http_listen = args.http_listen or args.listen
@@ -269,6 +284,8 @@ async def serve(args: argparse.Namespace, bootstrap: str, limits: GatewayLimits,
     await server.stop(args.grace)
     if sync_log is not None:
         await sync_log.close()
+    if on_demand is not None:
+        await on_demand.close()
     if producer is not None:
         await producer.__aexit__(None, None, None)
     tail.stop()

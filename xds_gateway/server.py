@@ -33,6 +33,12 @@ Invariants:
   change); a denied stream ends with ``PERMISSION_DENIED`` having received
   nothing of the node; a stream whose certificate is revoked is closed.
   Without a guard (``--insecure``) every stream is trusted, as before.
+- On demand (with a ``LearnedSubscriptions``, delta streams of nodes in the
+  view): a service cluster Envoy asks for by name that the node's view lacks
+  is held by the machine; the shell hands it to the recorder (which appends
+  the learned subscription, see ``xds_gateway.on_demand``) and ends the
+  hold after ``hold_s`` seconds at most. Nothing about it is kept here: the
+  answer comes from the view once the projector rendered the fact.
 - Admission: over a cap of ``GatewayLimits`` (streams per connection and per
   process here; per-stream caps in the protocol machine) the one stream
   ends with ``RESOURCE_EXHAUSTED``.
@@ -61,6 +67,7 @@ from xds_gateway.protocol.common import Acked
 from xds_gateway.admission import DEFAULT_LIMITS, GatewayLimits, StreamSlots
 from xds_gateway.authz import ALLOW, DENY
 from xds_gateway.guard import TrustGuard
+from xds_gateway.on_demand import DEFAULT_HOLD_S, LearnedSubscriptions, may_learn
 from xds_gateway.protocol.delta import DeltaStream
 from xds_gateway.protocol.limits import Refused
 from xds_gateway.protocol.sotw import SotwStream
@@ -73,6 +80,10 @@ _EOF = object()
 _VIEW = object()  # "the node's view changed": at most one queued per stream, so bursts coalesce
 _OVERRUN = object()
 _REVOKED = object()
+
+
+class _HoldOver(tuple):
+    """Inbox item: the on-demand hold of these cluster names is over."""
 
 #: The longest node id a stream may carry is what a registration may name: a longer one can never be in the view.
 NODE_ID_MAX_LENGTH = types.NODE_ID_MAX_LENGTH
@@ -130,8 +141,11 @@ _stream_ids = itertools.count(1)
 class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def __init__(self, cache: ViewCache, *, write_timeout_s: float = 30.0, request_queue: int = 64,
                  sync_log: SyncLog | None = None, limits: GatewayLimits = DEFAULT_LIMITS,
-                 guard: TrustGuard | None = None):
+                 guard: TrustGuard | None = None, on_demand: LearnedSubscriptions | None = None,
+                 hold_s: float = DEFAULT_HOLD_S):
         self.cache = cache
+        self.on_demand = on_demand
+        self.hold_s = hold_s
         self.sync_log = sync_log
         self.write_timeout_s = write_timeout_s
         self.request_queue = request_queue
@@ -258,6 +272,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         # what was current when the stream opened is not measured (it may be hours old)
         converged: dict[str, int | None] = {}
         opened_source = self.cache.source_ms(node_id)
+        hold_timers: list[asyncio.TimerHandle] = []
         try:
             item = first
             while True:
@@ -287,6 +302,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         machine.set_scope(allowed=None, wildcard_allowed=True)
                         log.info("%s stream %s: node %s now in the view", kind, stream_id, shown_node)
                     responses = machine.on_view(self._view_for(node_id, known))
+                elif isinstance(item, _HoldOver):
+                    responses = machine.release_held(item)
                 else:
                     if log.isEnabledFor(logging.DEBUG):
                         subscribe = item.resource_names_subscribe if kind == "delta" else item.resource_names
@@ -300,6 +317,10 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         metrics.REFUSED.labels(exc.limit).inc()
                         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.detail)
                     self._log_nack(kind, stream_id, shown_node, item, nack_log)
+                    if self.on_demand is not None and kind == "delta":
+                        held = machine.take_held()
+                        if held:
+                            self._learn(node_id, held, inbox, hold_timers)
                     if sync is not None:
                         learned = machine.take_learned()
                         if learned:
@@ -337,6 +358,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 close_reason = "client_closed"
             raise
         finally:
+            for timer in hold_timers:
+                timer.cancel()
             if release is not None:
                 release()
             watch_set = self._watchers.get(node_id)
@@ -365,12 +388,26 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 converged[fact.type_url] = source
                 metrics.CONVERGENCE.labels(fact.type_url).observe(max(0.0, time.time() - source / 1000))
 
+    def _learn(self, node_id: str, held: list[str], inbox: _Inbox, timers: list[asyncio.TimerHandle]) -> None:
+        """Record what the node's proxy asked for on demand, and bound the hold of its request."""
+        owner = self.cache.owner_of(node_id)
+        for cluster in held:
+            self.on_demand.learned(owner, cluster)
+        timers[:] = [h for h in timers if not h.cancelled() and h.when() > asyncio.get_running_loop().time()]
+        timers.append(asyncio.get_running_loop().call_later(self.hold_s, inbox.queue.put_nowait, _HoldOver(held)))
+
     def _new_machine(self, kind: str, stream_id: str, node_id: str, known: bool):
         view = self._view_for(node_id, known)
         allowed: Callable[[str, str], bool] | None = None if known else self.cache.proxyless_allowed
-        cls = DeltaStream if kind == "delta" else SotwStream
-        return cls(stream_id, view, allowed=allowed, wildcard_allowed=known, report_sync=self.sync_log is not None,
-                   limits=self.limits.stream)
+        if kind == "delta":
+            hold = None
+            if self.on_demand is not None:
+                def hold(cluster: str) -> bool:  # only a node in the view has an instance to record it for
+                    return self.cache.knows_node(node_id) and may_learn(cluster)
+            return DeltaStream(stream_id, view, allowed=allowed, wildcard_allowed=known,
+                               report_sync=self.sync_log is not None, limits=self.limits.stream, hold_missing=hold)
+        return SotwStream(stream_id, view, allowed=allowed, wildcard_allowed=known, report_sync=self.sync_log is not None,
+                          limits=self.limits.stream)
 
     @staticmethod
     def _log_nack(kind: str, stream_id: str, shown_node: str, request, throttle: Throttle) -> None:

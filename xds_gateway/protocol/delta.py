@@ -99,6 +99,20 @@ envoyproxy/envoy ``docs/root/api-docs/xds_protocol.rst``, and the comments of
   Answers to subscription changes are never held back (the client may be
   waiting for them before it ACKs something else); they carry only the names
   the request touched.
+* On-demand hold (``hold_missing``, off by default). A Cluster subscribed
+  by name that is not in the node's view, and that ``hold_missing`` says the
+  gateway may yet add (Envoy's on-demand CDS asking for an unknown service),
+  is not answered "does not exist" at once: Envoy treats that answer as
+  final and fails the request it holds. It is *held* -- answered by nothing
+  -- until the view gains it (then it goes out like any view change) or the
+  shell calls ``release_held`` (then it is answered as above). The spec
+  allows the wait: "Envoy does not expect a DiscoveryResponse for every
+  DiscoveryRequest it issues", and "Management servers must remember the set
+  of resources being requested by the client, and if one of those resources
+  springs into existence later, the server must send an update". The machine
+  keeps no clock: ``take_held`` hands newly held names to the shell, which
+  bounds the hold. At most ``MAX_HELD`` names are held per stream; past that
+  a name is answered at once.
 * A request for a type the gateway does not serve (or with no type_url) gets no
   response and is recorded in ``errors``; the stream stays open (closing it
   would make Envoy reconnect and ask again in a loop).
@@ -117,7 +131,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 from envoy.service.discovery.v3 import discovery_pb2
 
@@ -125,7 +139,10 @@ from .common import CLIENT_TEXT_MAX, Acked, AllowFn, Nack, ReportsSync, Protocol
 from .limits import DEFAULT_STREAM_LIMITS, Refused, StreamLimits
 from .resources import CLUSTER, CORE_TYPES, ENDPOINT, LISTENER, ROUTE, WILDCARD, NodeView, VersionedResource
 
-__all__ = ["DeltaStream"]
+__all__ = ["DeltaStream", "MAX_HELD"]
+
+#: Clusters one stream may have on hold at once (see "On-demand hold").
+MAX_HELD = 16
 
 _MASK64 = (1 << 64) - 1
 _HELD_WHILE_WARMING = frozenset((LISTENER, ROUTE))
@@ -221,6 +238,8 @@ class DeltaStream(ReportsSync):
     nothing. ``served_types`` are the type URLs this gateway answers.
     ``limits`` caps what one client may make the stream hold
     (:mod:`.limits`); ``on_request`` raises :class:`Refused` over them.
+    ``hold_missing`` turns on the on-demand hold for the cluster names it
+    accepts (see the module docstring).
     """
 
     def __init__(
@@ -234,6 +253,7 @@ class DeltaStream(ReportsSync):
         max_records: int = 64,
         report_sync: bool = False,
         limits: StreamLimits = DEFAULT_STREAM_LIMITS,
+        hold_missing: Callable[[str], bool] | None = None,
     ) -> None:
         self.stream_id = stream_id
         self.node_id = ""
@@ -254,6 +274,9 @@ class DeltaStream(ReportsSync):
         self.error_count = 0
         self.stale_nonce_count = 0
         self.responses_sent = 0
+        self._hold_missing = hold_missing
+        self._held: dict[str, None] = {}  # clusters on hold, oldest first
+        self._newly_held: list[str] = []  # until the shell takes them
         # ACK/NACK facts for the sync log, oldest first, until the shell takes them
         self._learned: list[Acked | Nack] | None = [] if report_sync else None
 
@@ -322,7 +345,31 @@ class DeltaStream(ReportsSync):
         self._collect_dirty(work)
         return self._emit(work)
 
+    def take_held(self) -> list[str]:
+        """Clusters put on hold since the last call (the shell bounds each hold and may act on it)."""
+        got, self._newly_held = self._newly_held, []
+        return got
+
+    def release_held(self, names: Iterable[str]) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+        """End the hold of ``names`` (those still held): answer each now, as existing or not."""
+        ts = self._types.get(CLUSTER)
+        due = [n for n in names if n in self._held]
+        for name in due:
+            del self._held[name]
+        if ts is None or not due:
+            return []
+        w = _Work()
+        for name in due:
+            if name in ts.names:
+                self._force(ts, w, name)
+        return self._emit({CLUSTER: w})
+
     # ----------------------------------------------------------- introspection
+
+    @property
+    def held(self) -> tuple[str, ...]:
+        """Clusters subscribed by name and not answered yet (on-demand hold), oldest first."""
+        return tuple(self._held)
 
     @property
     def view(self) -> NodeView:
@@ -484,7 +531,7 @@ class DeltaStream(ReportsSync):
             self._full_diff(ts, w)
             ts.dirty = False
             for name in sub_set:
-                if name != WILDCARD and name not in irv:
+                if name != WILDCARD and name not in irv and not self._holds(ts, name):
                     self._force(ts, w, name)
             if ts.type_url == ENDPOINT and self._eds_owed:
                 view_e = self._view_of(ENDPOINT)
@@ -513,6 +560,7 @@ class DeltaStream(ReportsSync):
         for name in dropped:
             if name == WILDCARD:
                 continue
+            self._held.pop(name, None)
             if ts.wildcard:
                 self._force(ts, w, name)  # spec: resend it, or report it removed
             else:
@@ -529,7 +577,20 @@ class DeltaStream(ReportsSync):
         for name in sub_set:
             if name != WILDCARD:
                 ts.limbo.pop(name, None)
-                self._force(ts, w, name)
+                if not self._holds(ts, name):
+                    self._force(ts, w, name)
+
+    def _holds(self, ts: _TypeState, name: str) -> bool:
+        """Put a missing cluster on hold instead of answering it (see "On-demand hold")."""
+        if (self._hold_missing is None or ts.type_url != CLUSTER or name in self._view_of(CLUSTER)
+                or not self._hold_missing(name)):
+            return False
+        if name not in self._held:
+            if len(self._held) >= MAX_HELD:
+                return False
+            self._held[name] = None
+            self._newly_held.append(name)
+        return True
 
     def _drop_held(self, ts: _TypeState, name: str) -> None:
         """The client unsubscribed ``name``: stop tracking it (no response)."""
@@ -635,6 +696,9 @@ class DeltaStream(ReportsSync):
         sent_pairs = []
         if upserts:
             names = sorted(upserts)
+            if self._held and t == CLUSTER:
+                for n in names:
+                    self._held.pop(n, None)  # answered: the view has it now
             resp.resources.extend([upserts[n].delta_resource for n in names])
             for n in names:
                 res = upserts[n]

@@ -34,8 +34,9 @@ def test_bindings_are_unique_allow_entries_per_role_principal():
 
 def test_readers_never_write():
     assert not [g for g in ACL_TABLE[REPLAY] if WRITE in g.operations]
-    # a gateway appends only what its proxies ACKed (meshlog.sync), which nothing folds into a config
-    assert {g.name for g in ACL_TABLE[GATEWAY] if WRITE in g.operations} == {topics.SYNC}
+    # a gateway appends what its proxies ACKed (meshlog.sync), which nothing folds into a config, and the
+    # subscriptions they learn on demand (registrations topic), which the fold judges
+    assert {g.name for g in ACL_TABLE[GATEWAY] if WRITE in g.operations} == {topics.SYNC, topics.REGISTRATIONS}
     assert not [g for g in ACL_TABLE[SIDECAR] if g.name.startswith(topics.PREFIX + "views")]
 
 
@@ -85,7 +86,7 @@ def allowed(role: str, operation: str) -> set[str]:
 def test_the_table_says_what_the_issue_asks():
     # spelled out, so a change to the table that breaks the trust model fails here and not only in review
     assert allowed(SIDECAR, WRITE) == {topics.REGISTRATIONS, topics.HEALTH}
-    assert allowed(GATEWAY, WRITE) == {topics.SYNC} and allowed(REPLAY, WRITE) == set()
+    assert allowed(GATEWAY, WRITE) == {topics.SYNC, topics.REGISTRATIONS} and allowed(REPLAY, WRITE) == set()
     # replay log's convergence and `meshlog status` read the ACKs and the views they are compared with
     assert {topics.SYNC, topics.VIEW_MEMBERSHIP} <= allowed(REPLAY, READ)
     assert allowed(OPERATOR, WRITE) == {topics.RULES, topics.REGISTRATIONS, topics.HEALTH, topics.IDENTITIES}

@@ -106,8 +106,9 @@ def test_outbound_route_has_a_virtual_host_per_dependency_with_exact_domains():
     assert [(vh.name, list(vh.domains)) for vh in rc.virtual_hosts] == [
         ("details", ["details", "details:15001"]),
         ("reviews", ["reviews", "reviews:15001"]),
+        ("~on-demand", ["*"]),  # any other host: its cluster is asked for on demand
     ]
-    for vh in rc.virtual_hosts:
+    for vh in rc.virtual_hosts[:-1]:
         assert [(r.match.prefix, r.route.cluster) for r in vh.routes] == [("/", vh.name)]
 
 
@@ -120,7 +121,8 @@ def test_listeners_bind_where_documented_and_use_rds_over_ads():
     hcm = hcm_pb2.HttpConnectionManager()
     ob.filter_chains[0].filters[0].typed_config.Unpack(hcm)
     assert hcm.rds.route_config_name == "reviews-1~outbound" and hcm.rds.config_source.HasField("ads")
-    assert [f.name for f in hcm.http_filters] == ["envoy.filters.http.router"]
+    assert [f.name for f in hcm.http_filters] == ["envoy.filters.http.on_demand", "envoy.filters.http.router"]
+    assert hcm.strip_any_host_port  # the on-demand catch-all names the cluster by :authority
     ib.filter_chains[0].filters[0].typed_config.Unpack(hcm)
     assert hcm.route_config.virtual_hosts[0].routes[0].route.cluster == "reviews-1~local"
     local = render(s, "reviews-1")[CLUSTER]["reviews-1~local"]
@@ -318,7 +320,7 @@ def test_tcp_dependency_gets_a_tcp_listener_on_its_service_port():
     tp = tcp_proxy_pb2.TcpProxy()
     lst.filter_chains[0].filters[0].typed_config.Unpack(tp)
     assert tp.cluster == "db"
-    assert [vh.name for vh in out[ROUTE]["w~outbound"].virtual_hosts] == ["api"]
+    assert [vh.name for vh in out[ROUTE]["w~outbound"].virtual_hosts] == ["api", "~on-demand"]
     problems = render_all(s).problems
     assert any("'cache'" in p and "outbound port" in p for p in problems)
     # the TCP service's own inbound listener proxies TCP
@@ -403,3 +405,14 @@ def test_node_ids_with_separators_are_escaped():
     assert set(rm.membership["x~tcp"][LISTENER]) == {"x%7Etcp~outbound", "x%7Etcp~inbound"}
     assert set(rm.membership["x"][LISTENER]) == {"x~outbound", "x~inbound", "x~tcp~outbound"}
     assert naming.unescape_node(naming.escape_node("a~b%7E")) == "a~b%7E"
+
+
+def test_outbound_catch_all_asks_for_the_hosts_cluster_on_demand_over_ads():
+    from envoy.extensions.filters.http.on_demand.v3 import on_demand_pb2
+
+    s, _ = fold_log(_bookinfo().events)
+    vh = render(s, "productpage-1")[ROUTE]["productpage-1~outbound"].virtual_hosts[-1]
+    assert [(r.match.prefix, r.route.cluster_header) for r in vh.routes] == [("/", ":authority")]
+    per_route = on_demand_pb2.PerRouteConfig()
+    vh.typed_per_filter_config["envoy.filters.http.on_demand"].Unpack(per_route)
+    assert per_route.odcds.source.HasField("ads") and per_route.odcds.timeout.seconds == 5

@@ -45,7 +45,7 @@ def test_a_subscription_adds_the_dependency_to_the_nodes_view_with_its_origin_an
     assert inst.dependencies() == ("ratings", "reviews")
     # the outbound route gets a virtual host for the new dependency
     route = render(state, "web-1")[ROUTE]["web-1~outbound"]
-    assert [vh.name for vh in route.virtual_hosts] == ["ratings", "reviews"]
+    assert [vh.name for vh in route.virtual_hosts] == ["ratings", "reviews", "~on-demand"]
 
 
 def test_unsubscribing_removes_the_cluster_from_that_node_only():

@@ -400,7 +400,15 @@ class OutlierDetection(_Frozen):
 
 
 class DestinationPolicyUpserted(Payload):
-    """How calls to ``service`` are balanced, limited and split into subsets (revision-checked)."""
+    """How calls to ``service`` are balanced, limited and split into subsets (revision-checked).
+
+    ``restricted``: only instances that declare ``service`` in their
+    registration (``depends_on``) may discover it; a run-time subscription to
+    it -- explicit through a sidecar's API, or learned on demand from Envoy --
+    is refused (``SubscriptionRejected``, problem ``restricted``). It applies
+    to subscriptions folded from then on; those accepted before stay until
+    unsubscribed or the instance deregisters.
+    """
 
     TYPE: ClassVar[str] = "destination_policy.upserted"
     TOPIC: ClassVar[str] = topics.RULES
@@ -412,6 +420,7 @@ class DestinationPolicyUpserted(Payload):
     connect_timeout_ms: Millis = 1000
     circuit_breaker: CircuitBreaker | None = None
     outlier_detection: OutlierDetection | None = None
+    restricted: Annotated[bool, Strict()] = False
 
     @field_validator("subsets")
     @classmethod
@@ -468,7 +477,7 @@ class SubscriptionRejected(Payload):
 
     action: Literal["subscribe", "unsubscribe"]
     # machine-readable, so a caller can answer "unknown service" without parsing the reason
-    problem: Literal["unknown_instance", "unknown_service", "declared", "not_subscribed"]
+    problem: Literal["unknown_instance", "unknown_service", "declared", "not_subscribed", "restricted"]
     service: ServiceName
     instance_id: InstanceId
     dependency: ServiceName

@@ -30,6 +30,10 @@ render uses as the node's closure roots: one model for both origins.
   unchanged) if the instance is not registered, or if the dependency is an
   unknown service (no instance of it ever registered): the caller gets a
   clear "unknown service" rather than a cluster that may never fill.
+- Subscribing to a service whose destination policy is ``restricted`` is
+  refused (problem ``restricted``): only instances that declare it may call
+  it. Checked after the "already in the closure" rule, so an instance that
+  declares it, or subscribed before the restriction, re-subscribes as a no-op.
 - Subscribing to a dependency already declared or subscribed changes
   nothing (an app may re-subscribe at every start; the first one's time
   stays its "since").
@@ -247,6 +251,13 @@ def _subscribed(tx: _Tx, p: t.DependencySubscribed, logged: Logged) -> t.Subscri
         )
     if p.dependency in inst.reg.depends_on or inst.subscription(p.dependency) is not None:
         return None  # already in the closure: the earlier origin and time stay
+    policy = tx.m("policies").get(p.dependency)
+    if policy is not None and policy.restricted:
+        return _refuse_subscription(
+            logged, "subscribe", p, "restricted",
+            f"service {p.dependency!r} is restricted to the callers that declare it (destination policy revision "
+            f"{policy.revision}): a run-time subscription to it is refused",
+        )
     subs = tuple(sorted((*inst.subscriptions, Subscription(p.dependency, p.origin, logged.timestamp_ms))))
     tx.m("instances")[key] = inst._replace(subscriptions=subs)
     return None

@@ -24,7 +24,8 @@ Invariants:
   route's virtual host or the TCP listener; unsubscribe: neither the virtual
   host nor the TCP listener any more — when Envoy did not serve it to begin
   with, only the fold can answer: a refusal, else 200 after the wait); 404 unknown service; 409 refused for
-  another recorded reason (declared at registration, not subscribed, the
+  another recorded reason (declared at registration, not subscribed, a
+  service restricted to its declared callers, the
   instance not registered); 400 not a service name; 503 the sidecar cannot
   ask yet (not registered, no broker, no Envoy); 504 timed out (the event is
   in the log; Envoy did not show the change in time).
@@ -67,7 +68,8 @@ log = logging.getLogger("meshlog.sidecar.subscriptions")
 PREFIX = "/v1/subscriptions"
 POLL_S = 0.1
 _ECHO_MAX = 64
-_PROBLEM_STATUS = {"unknown_service": 404, "unknown_instance": 409, "declared": 409, "not_subscribed": 409}
+_PROBLEM_STATUS = {"unknown_service": 404, "unknown_instance": 409, "declared": 409, "not_subscribed": 409,
+                   "restricted": 409}
 
 
 @dataclass(frozen=True, slots=True)

@@ -177,3 +177,49 @@ def test_a_subscription_event_is_keyed_like_its_instance_and_cannot_name_itself(
         t.DependencySubscribed(service="web", instance_id="w1", dependency="web")
     with pytest.raises(ValidationError, match="origin"):
         t.DependencySubscribed(service="web", instance_id="w1", dependency="ratings", origin="guessed")
+
+
+# ---------------------------------------------------------------- restricted services
+
+
+def _restricted_mesh() -> Log:
+    """``ratings`` is restricted to declared callers; ``reviews`` declares it, ``web`` does not."""
+    log = _mesh()
+    log.register("reviews", "r2", "10.0.1.2", node_id="reviews-2", sidecar=(15006, 15001), depends_on=("ratings",),
+                 at=140)
+    log.policy("ratings", 1, restricted=True)
+    return log
+
+
+@pytest.mark.parametrize("origin", ["explicit", "learned"])
+def test_a_restricted_service_refuses_run_time_subscriptions_with_the_reason(origin):
+    log = _restricted_mesh()
+    before, _ = fold_log(log.events)
+    bad = log.subscribe("web", "w1", "ratings", origin=origin, at=500)
+    after, decisions = fold_log([bad], before)
+    assert after == before and _clusters(log) == ("reviews", "web-1~local")
+    (j,) = decisions
+    assert (j.action, j.problem, j.dependency) == ("subscribe", "restricted", "ratings")
+    assert j.reason == ("service 'ratings' is restricted to the callers that declare it (destination policy "
+                        "revision 1): a run-time subscription to it is refused")
+
+
+def test_a_restricted_service_still_reaches_the_callers_that_declare_it():
+    log = _restricted_mesh()
+    assert "ratings" in _clusters(log, "reviews-2")
+    log.subscribe("reviews", "r2", "ratings", at=500)  # already declared: a no-op, not a refusal
+    _, decisions = fold_log(log.events)
+    assert decisions == []
+
+
+def test_lifting_the_restriction_lets_subscriptions_in_and_earlier_ones_stay_when_it_returns():
+    log = _restricted_mesh()
+    log.policy("ratings", 2, restricted=False)
+    log.subscribe("web", "w1", "ratings", origin="learned", at=500)
+    log.policy("ratings", 3, restricted=True)
+    state, decisions = fold_log(log.events)
+    assert decisions == []
+    assert state.instances["web/w1"].subscriptions == (Subscription("ratings", "learned", 500),)
+    assert "ratings" in _clusters(log)
+    log.subscribe("web", "w1", "ratings", at=600)  # subscribed before the restriction: re-subscribing is a no-op
+    assert fold_log(log.events)[1] == []

@@ -74,7 +74,8 @@ def test_a_tcp_listener_counts_as_serving_its_service():
 
 
 @pytest.mark.parametrize(("problem", "status"), [("unknown_service", 404), ("declared", 409),
-                                                  ("not_subscribed", 409), ("unknown_instance", 409)])
+                                                  ("not_subscribed", 409), ("unknown_instance", 409),
+                                                  ("restricted", 409)])
 def test_a_recorded_refusal_becomes_a_reply_naming_the_event(problem, status):
     j = t.SubscriptionRejected(action="subscribe", problem=problem, service="web", instance_id="w1",
                                dependency="ratings", reason="why", source_topic="meshlog.registrations",

@@ -13,6 +13,9 @@ HTTP apps. ``web<sfx>`` (instance w1) registers depending on nothing;
 - later calls go through the ordinary virtual host of the new dependency;
 - a call to a service that never registered ends in Envoy's "not found"
   after the gateway's hold, and the fold's refusal is recorded;
+- ``secret<sfx>`` is restricted to declared callers (an operator's
+  destination policy): the local API refuses web's subscription with 409 and
+  the reason, and an on-demand call to it fails, each refusal recorded;
 - ``replay log`` shows the learned subscription and the refusal, and
   ``replay --at --node`` shows web depending on ratings since then, origin
   ``learned``.
@@ -26,9 +29,13 @@ import uuid
 
 import pytest
 
+from events import types as t
 from events.admin import ensure_topics
+from events.envelope import new_event
+from events.producer import EventProducer
 from meshlog.demo_app import KeepAliveClient
 from proxy.envoy_process import dynamic_names
+from proxy.subscriptions import call
 from tests.integration.test_sidecar_e2e import send, start_sidecar
 from tests.integration.test_subscribe_runtime import replay_json
 from tests.support.apps import App
@@ -41,7 +48,10 @@ def test_first_call_to_an_undeclared_service_succeeds_and_the_learned_dependency
                                                                                                tmp_path):
     asyncio.run(ensure_topics(kafka_bootstrap))
     sfx = uuid.uuid4().hex[:6]
-    web, ratings, nosuch = f"web{sfx}", f"ratings{sfx}", f"nosuch{sfx}"
+    web, ratings, nosuch, secret = f"web{sfx}", f"ratings{sfx}", f"nosuch{sfx}", f"secret{sfx}"
+    asyncio.run(_operator_appends(kafka_bootstrap, [
+        t.InstanceRegistered(service=secret, instance_id="s1", address="127.0.0.1", port=9),
+        t.DestinationPolicyUpserted(service=secret, revision=1, restricted=True)]))
     apps = {"r1": App("r1", "v1", ratings).start(), "w1": App("w1", "v1", web).start()}
     started = []
     try:
@@ -54,7 +64,7 @@ def test_first_call_to_an_undeclared_service_succeeds_and_the_learned_dependency
         started.append(r1)
         before_ms = int(time.time() * 1000)
         w1 = start_sidecar("w1", tmp_path, kafka_bootstrap, gateways, service=web, instance="w1",
-                           app_port=apps["w1"].port)
+                           app_port=apps["w1"].port, extra=("--api-port", "0", "--subscribe-timeout", "20"))
         started.append(w1)
         # both registrations rendered (so the projector knows ratings), web's outbound listener serving
         for sidecar, node in ((r1, f"{ratings}-r1"), (w1, f"{web}-w1")):
@@ -83,13 +93,28 @@ def test_first_call_to_an_undeclared_service_succeeds_and_the_learned_dependency
         assert status in (404, 503), status
         assert nosuch not in dynamic_names(w1.config_dump())["clusters"]
 
+        # restricted: refused through the API (409, the reason) and on demand
+        status, answer = call(w1.status()["ports"]["api"], "PUT", secret, 30)
+        assert status == 409 and answer["problem"] == "restricted", answer
+        assert "restricted to the callers that declare it" in answer["error"]
+        client = KeepAliveClient(w1.outbound_port, timeout=10)
+        try:
+            status, _ = client.get(secret)
+        finally:
+            client.close()
+        assert status in (404, 503), status
+
         # the log holds the facts; replay answers "since when did web depend on ratings?"
         def logged() -> list[dict]:
             log = replay_json(kafka_bootstrap, "log", "--from", f"@{before_ms}", "--to", "now", "--service", web)
             return [e for e in log["entries"] if e["kind"] == "event" and e["type"] == "dependency.subscribed"]
 
-        wait_until(lambda: any(e["payload"]["dependency"] == nosuch and e["rejection"] for e in logged()), 30,
-                   "the refusal of the unknown service")
+        def refused(dependency: str, origin: str) -> bool:
+            return any(e["payload"]["dependency"] == dependency and e["payload"]["origin"] == origin
+                       and e["rejection"] for e in logged())
+
+        wait_until(lambda: refused(nosuch, "learned") and refused(secret, "learned"), 30, "the on-demand refusals")
+        assert refused(secret, "explicit")
         events = logged()
         learned = [e for e in events if e["payload"]["dependency"] == ratings]
         assert len(learned) == 1 and learned[0]["payload"]["origin"] == "learned" and learned[0]["rejection"] is None
@@ -101,8 +126,16 @@ def test_first_call_to_an_undeclared_service_succeeds_and_the_learned_dependency
             {"dependency": ratings, "origin": "learned", "since": node["instance"]["subscriptions"][0]["since"],
              "since_ms": since}]
         assert ratings in node["resources"]["type.googleapis.com/envoy.config.cluster.v3.Cluster"]
+        secret_refusals = [e["rejection"]["reason"] for e in logged() if e["payload"]["dependency"] == secret]
+        assert secret_refusals and all("restricted to the callers that declare it" in r for r in secret_refusals)
     finally:
         for process in reversed(started):
             process.stop()
         for app in apps.values():
             app.stop()
+
+
+async def _operator_appends(bootstrap: str, payloads) -> None:
+    async with EventProducer(bootstrap) as producer:
+        for payload in payloads:
+            await producer.append(new_event(payload))

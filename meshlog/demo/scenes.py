@@ -13,6 +13,10 @@ Scenes, in order (``--scene`` picks some; the mesh is always started first):
                         web's node: PERMISSION_DENIED, nothing of web's config; a plaintext
                         client: refused; web's sidecar certificate renewed during traffic:
                         Envoy presents the new one (file SDS), no request fails
+- ``on-demand``         web starts calling ``ratings``, which it never declared: a
+                        ``ratings`` instance starts, web's first call to it succeeds (its
+                        Envoy asked the gateway on demand), the event log holds web's
+                        learned dependency and ``replay at --node web-1`` shows since when
 - ``replay``            ``replay at`` an instant from the start and from the canary,
                         and ``replay diff`` of the whole run (the real ``replay`` CLI);
                         ``meshlog status`` and the last convergences of rule changes
@@ -44,10 +48,11 @@ from events.types import DestinationPolicyUpserted, HttpRoute, RouteRuleUpserted
 from meshlog.demo.events_tail import EventTail
 from meshlog.demo.stack import REPLAY_IDENTITY, DemoStack
 from meshlog.demo.traffic import Traffic
-from meshlog.procs import BIN
+from meshlog.demo_app import KeepAliveClient, classify
+from meshlog.procs import BIN, wait_until
 from replay.text import WIDTH_VAR
 
-SCENES = ("baseline", "canary", "failing-instance", "gateway-kill", "impostor", "replay")
+SCENES = ("baseline", "canary", "failing-instance", "gateway-kill", "impostor", "on-demand", "replay")
 PRODUCER = "meshlog-demo"
 ROUTE_DUMP = "dynamic_route_configs"
 
@@ -331,6 +336,48 @@ def impostor(demo: Demo) -> None:
                       + split_text(window))
 
 
+def on_demand(demo: Demo) -> None:
+    stack = demo.stack
+    ratings = "ratings" + stack.suffix
+    demo.report.scene("on-demand", f"web starts calling {ratings}, which it never declared: its Envoy asks for it "
+                                   "on demand, and the dependency is a fact in the log")
+    started = time.time()
+    sidecar = stack.sidecars.get("ratings-1") or stack.start_instance("ratings-1", "v1", ratings)
+    own_listener = "ratings-1~outbound"
+    # its own listener rendered: the projector has folded the registration, so it knows the service
+    wait_until(lambda: sidecar.live() and own_listener in json.dumps(sidecar.config_dump()), 60,
+               "ratings-1's registration to be rendered", interval=0.2, on_fail=sidecar.log_tail)
+    demo.report.step(f"ratings-1 registered and serving; web declares only {stack.reviews}")
+    client = KeepAliveClient(demo.web.outbound_port, timeout=10)
+    try:
+        asked = time.monotonic()
+        ok, _version, instance = classify(*client.get(ratings))
+        took = time.monotonic() - asked
+        later = sum(classify(*client.get(ratings))[0] for _ in range(20))
+    except OSError as exc:
+        ok, instance, took, later = False, f"{type(exc).__name__}", 0.0, 0
+    finally:
+        client.close()
+    demo.report.check("web's first call to the undeclared ratings succeeds", ok and instance == "ratings-1",
+                      f"{'200 from ' + instance if ok else instance} after {took:.2f} s; 20 later calls: {later} ok")
+    code, out = replay_cli(demo, "log", "--from", iso(started), "--to", "now", "--service", stack.web, json_out=True)
+    learned = []
+    if code == 0:
+        learned = [e for e in json.loads(out)["entries"] if e["kind"] == "event" and e["type"] == "dependency.subscribed"
+                   and e["payload"].get("dependency") == ratings and e["rejection"] is None]
+    demo.report.check("the event log holds web's learned dependency on ratings",
+                      bool(learned) and learned[0]["payload"].get("origin") == "learned",
+                      f"dependency.subscribed {ratings} origin {learned[0]['payload'].get('origin')} at "
+                      f"{learned[0]['time']}" if learned else (out.strip().splitlines() or ["nothing logged"])[-1])
+    code, text = replay_cli(demo, "at", "--at", "now", "--node", "web-1")
+    demo.report.block("$ replay at --at now --node web-1", text)
+    code, out = replay_cli(demo, "at", "--at", "now", "--node", "web-1", json_out=True)
+    subs = json.loads(out).get("instance", {}).get("subscriptions", []) if code == 0 else []
+    since = [s for s in subs if s.get("dependency") == ratings and s.get("origin") == "learned"]
+    demo.report.check("replay shows since when web depends on ratings", bool(since),
+                      f"{ratings} (learned) since {since[0]['since']}" if since else f"subscriptions: {subs}")
+
+
 def replay(demo: Demo) -> None:
     demo.report.scene("replay", "what was every proxy told, and when? the real `replay` CLI over the same log")
     stack = demo.stack
@@ -392,5 +439,6 @@ SCENE_FUNCS: dict[str, Callable[[Demo], None]] = {
     "failing-instance": failing_instance,
     "gateway-kill": gateway_kill,
     "impostor": impostor,
+    "on-demand": on_demand,
     "replay": replay,
 }

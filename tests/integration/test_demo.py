@@ -39,6 +39,9 @@ SCENE_CHECKS = {  # scene -> checks it reports
     "impostor": ["another instance's certificate gets PERMISSION_DENIED for web's node", "a plaintext client is refused",
                  "a join token used twice is refused",
                  "certificate renewal during traffic: Envoy uses the new one, no request fails"],
+    "on-demand": ["web's first call to the undeclared ratings succeeds",
+                  "the event log holds web's learned dependency on ratings",
+                  "replay shows since when web depends on ratings"],
     "replay": ["replay at the canary instant shows web told 90/10", "replay diff of the whole run explains it by events",
                "each rule change reached its proxies (append to ACK, from meshlog.sync)"],
 }

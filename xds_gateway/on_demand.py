@@ -91,15 +91,15 @@ class LearnedSubscriptions:
         last = self._recent.get(key)
         if last is not None and now - last < self._repeat_s:
             return self._count("repeat")
-        if len(self._queue) >= self._queue_size or self._bucket.admit(now) is None:
-            self._warn.warning("on-demand subscriptions over their rate or queue bound: dropped (the request is "
-                               "answered 'does not exist' when its hold ends)")
-            return self._count("dropped")
         try:
             payload = validate_payload(t.DependencySubscribed, dict(service=service, instance_id=instance_id,
                                                                     dependency=cluster, origin="learned"))
         except EventValidationError:
             return self._count("invalid")  # e.g. the instance's own service: it cannot depend on itself
+        if len(self._queue) >= self._queue_size or self._bucket.admit(now) is None:
+            self._warn.warning("on-demand subscriptions over their rate or queue bound: dropped (the request is "
+                               "answered 'does not exist' when its hold ends)")
+            return self._count("dropped")
         self._recent[key] = now
         self._recent.move_to_end(key)
         while len(self._recent) > self._remembered:

@@ -123,7 +123,9 @@ def held_dependencies(dump: dict, node_id: str) -> set[str]:
             for r in config.get("dynamic_route_configs", []):
                 rc = r.get("route_config", {})
                 if rc.get("name") == route:
-                    out.update(vh.get("name", "") for vh in rc.get("virtual_hosts", []))
+                    # a virtual host named like a per-node resource is no service's (the on-demand catch-all)
+                    out.update(vh.get("name", "") for vh in rc.get("virtual_hosts", [])
+                               if not naming.is_per_node(vh.get("name", "")))
         elif kind.endswith("ListenersConfigDump"):
             for listener in config.get("dynamic_listeners", []):
                 name = listener.get("name", "")

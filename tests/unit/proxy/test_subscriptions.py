@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import copy
 import json
 from pathlib import Path
 
@@ -138,3 +139,12 @@ async def test_the_api_answers_on_loopback_with_the_listing_and_refuses_before_r
     finally:
         server.close()
         await server.wait_closed()
+
+
+def test_the_on_demand_catch_all_is_not_a_held_dependency():
+    dump = copy.deepcopy(DUMP)
+    for config in dump["configs"]:
+        for r in config.get("dynamic_route_configs", []):
+            if r.get("route_config", {}).get("name") == f"{NODE}~outbound":
+                r["route_config"]["virtual_hosts"].append({"name": "~on-demand", "domains": ["*"]})
+    assert held_dependencies(dump, NODE) == {"srv"}

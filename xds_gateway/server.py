@@ -303,7 +303,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         log.info("%s stream %s: node %s now in the view", kind, stream_id, shown_node)
                     responses = machine.on_view(self._view_for(node_id, known))
                 elif isinstance(item, _HoldOver):
-                    responses = machine.release_held(item)
+                    responses = machine.release_hold(item)
                 else:
                     if log.isEnabledFor(logging.DEBUG):
                         subscribe = item.resource_names_subscribe if kind == "delta" else item.resource_names
@@ -318,7 +318,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.detail)
                     self._log_nack(kind, stream_id, shown_node, item, nack_log)
                     if self.on_demand is not None and kind == "delta":
-                        held = machine.take_held()
+                        held = machine.take_on_hold()
                         if held:
                             self._learn(node_id, held, inbox, hold_timers)
                     if sync is not None:

@@ -105,12 +105,12 @@ envoyproxy/envoy ``docs/root/api-docs/xds_protocol.rst``, and the comments of
   is not answered "does not exist" at once: Envoy treats that answer as
   final and fails the request it holds. It is *held* -- answered by nothing
   -- until the view gains it (then it goes out like any view change) or the
-  shell calls ``release_held`` (then it is answered as above). The spec
+  shell calls ``release_hold`` (then it is answered as above). The spec
   allows the wait: "Envoy does not expect a DiscoveryResponse for every
   DiscoveryRequest it issues", and "Management servers must remember the set
   of resources being requested by the client, and if one of those resources
   springs into existence later, the server must send an update". The machine
-  keeps no clock: ``take_held`` hands newly held names to the shell, which
+  keeps no clock: ``take_on_hold`` hands newly held names to the shell, which
   bounds the hold. At most ``MAX_HELD`` names are held per stream; past that
   a name is answered at once.
 * A request for a type the gateway does not serve (or with no type_url) gets no
@@ -275,8 +275,8 @@ class DeltaStream(ReportsSync):
         self.stale_nonce_count = 0
         self.responses_sent = 0
         self._hold_missing = hold_missing
-        self._held: dict[str, None] = {}  # clusters on hold, oldest first
-        self._newly_held: list[str] = []  # until the shell takes them
+        self._on_hold: dict[str, None] = {}  # clusters on hold, oldest first
+        self._newly_on_hold: list[str] = []  # until the shell takes them
         # ACK/NACK facts for the sync log, oldest first, until the shell takes them
         self._learned: list[Acked | Nack] | None = [] if report_sync else None
 
@@ -345,17 +345,17 @@ class DeltaStream(ReportsSync):
         self._collect_dirty(work)
         return self._emit(work)
 
-    def take_held(self) -> list[str]:
+    def take_on_hold(self) -> list[str]:
         """Clusters put on hold since the last call (the shell bounds each hold and may act on it)."""
-        got, self._newly_held = self._newly_held, []
+        got, self._newly_on_hold = self._newly_on_hold, []
         return got
 
-    def release_held(self, names: Iterable[str]) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+    def release_hold(self, names: Iterable[str]) -> list[discovery_pb2.DeltaDiscoveryResponse]:
         """End the hold of ``names`` (those still held): answer each now, as existing or not."""
         ts = self._types.get(CLUSTER)
-        due = [n for n in names if n in self._held]
+        due = [n for n in names if n in self._on_hold]
         for name in due:
-            del self._held[name]
+            del self._on_hold[name]
         if ts is None or not due:
             return []
         w = _Work()
@@ -367,9 +367,9 @@ class DeltaStream(ReportsSync):
     # ----------------------------------------------------------- introspection
 
     @property
-    def held(self) -> tuple[str, ...]:
+    def on_hold(self) -> tuple[str, ...]:
         """Clusters subscribed by name and not answered yet (on-demand hold), oldest first."""
-        return tuple(self._held)
+        return tuple(self._on_hold)
 
     @property
     def view(self) -> NodeView:
@@ -531,7 +531,7 @@ class DeltaStream(ReportsSync):
             self._full_diff(ts, w)
             ts.dirty = False
             for name in sub_set:
-                if name != WILDCARD and name not in irv and not self._holds(ts, name):
+                if name != WILDCARD and name not in irv and not self._put_on_hold(ts, name):
                     self._force(ts, w, name)
             if ts.type_url == ENDPOINT and self._eds_owed:
                 view_e = self._view_of(ENDPOINT)
@@ -560,7 +560,7 @@ class DeltaStream(ReportsSync):
         for name in dropped:
             if name == WILDCARD:
                 continue
-            self._held.pop(name, None)
+            self._on_hold.pop(name, None)
             if ts.wildcard:
                 self._force(ts, w, name)  # spec: resend it, or report it removed
             else:
@@ -577,19 +577,19 @@ class DeltaStream(ReportsSync):
         for name in sub_set:
             if name != WILDCARD:
                 ts.limbo.pop(name, None)
-                if not self._holds(ts, name):
+                if not self._put_on_hold(ts, name):
                     self._force(ts, w, name)
 
-    def _holds(self, ts: _TypeState, name: str) -> bool:
+    def _put_on_hold(self, ts: _TypeState, name: str) -> bool:
         """Put a missing cluster on hold instead of answering it (see "On-demand hold")."""
         if (self._hold_missing is None or ts.type_url != CLUSTER or name in self._view_of(CLUSTER)
                 or not self._hold_missing(name)):
             return False
-        if name not in self._held:
-            if len(self._held) >= MAX_HELD:
+        if name not in self._on_hold:
+            if len(self._on_hold) >= MAX_HELD:
                 return False
-            self._held[name] = None
-            self._newly_held.append(name)
+            self._on_hold[name] = None
+            self._newly_on_hold.append(name)
         return True
 
     def _drop_held(self, ts: _TypeState, name: str) -> None:
@@ -696,9 +696,9 @@ class DeltaStream(ReportsSync):
         sent_pairs = []
         if upserts:
             names = sorted(upserts)
-            if self._held and t == CLUSTER:
+            if self._on_hold and t == CLUSTER:
                 for n in names:
-                    self._held.pop(n, None)  # answered: the view has it now
+                    self._on_hold.pop(n, None)  # answered: the view has it now
             resp.resources.extend([upserts[n].delta_resource for n in names])
             for n in names:
                 res = upserts[n]

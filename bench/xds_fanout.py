@@ -142,6 +142,44 @@ def pct(values: list[float], q: float) -> float:
 # ====================================================================== the mesh (parent process)
 
 
+def registrations(args: argparse.Namespace) -> tuple[list, list[str], set[str]]:
+    """The mesh's registrations (services x instances sidecar nodes, plus ``edge-0`` and ``edge-1``
+    depending on every service), the regular node ids, and the nodes whose view has ``HOT``
+    (``args.hot`` of them, ``edge-0`` included). Shared with ``bench/e2e_propagation.py``."""
+    from events import types as t
+
+    S, I = args.services, args.instances
+    rnd = random.Random(args.seed)
+    sidecar = t.SidecarPorts(inbound_port=15001, outbound_port=15002)
+    regs = []
+    regular: list[str] = []
+    dependents: set[str] = set()  # nodes whose view has the hot service
+    hot_regular = args.hot - 1  # edge-0 is the last subscriber
+    for s in range(S):
+        for i in range(I):
+            node = f"n-{s:03d}-{i}"
+            deps: set[str] = set()
+            while len(deps) < min(args.deps, S - 2):
+                d = rnd.randrange(1, S)
+                if d != s:
+                    deps.add(f"svc-{d:03d}")
+            if s != 0 and len(dependents) < hot_regular:
+                deps.add(HOT)
+                dependents.add(node)
+            regs.append(t.InstanceRegistered(
+                service=f"svc-{s:03d}", instance_id=f"i{i}", address=f"10.{s // 250}.{s % 250}.{i + 1}",
+                port=8080, node_id=node, sidecar=sidecar, depends_on=tuple(sorted(deps)),
+                labels={"version": "v1" if i % 2 else "v2"}))
+            regular.append(node)
+    everything = tuple(f"svc-{d:03d}" for d in range(S))
+    for e in range(2):
+        regs.append(t.InstanceRegistered(
+            service="edge", instance_id=f"e{e}", address=f"10.250.0.{e + 1}", port=8080,
+            node_id=f"edge-{e}", sidecar=sidecar, depends_on=everything))
+    dependents.add("edge-0")
+    return regs, regular, dependents
+
+
 class Mesh:
     """The rendered mesh, its view records, and the changes to apply (all precomputed)."""
 
@@ -160,34 +198,7 @@ class Mesh:
         self._now = datetime.now(timezone.utc)
         self._seq = 0
         S, I = args.services, args.instances
-        rnd = random.Random(args.seed)
-        sidecar = t.SidecarPorts(inbound_port=15001, outbound_port=15002)
-        regs = []
-        self.regular: list[str] = []
-        self.dependents: set[str] = set()  # nodes whose view has the hot service
-        hot_regular = args.hot - 1  # edge-0 is the last subscriber
-        for s in range(S):
-            for i in range(I):
-                node = f"n-{s:03d}-{i}"
-                deps: set[str] = set()
-                while len(deps) < min(args.deps, S - 2):
-                    d = rnd.randrange(1, S)
-                    if d != s:
-                        deps.add(f"svc-{d:03d}")
-                if s != 0 and len(self.dependents) < hot_regular:
-                    deps.add(HOT)
-                    self.dependents.add(node)
-                regs.append(t.InstanceRegistered(
-                    service=f"svc-{s:03d}", instance_id=f"i{i}", address=f"10.{s // 250}.{s % 250}.{i + 1}",
-                    port=8080, node_id=node, sidecar=sidecar, depends_on=tuple(sorted(deps)),
-                    labels={"version": "v1" if i % 2 else "v2"}))
-                self.regular.append(node)
-        everything = tuple(f"svc-{d:03d}" for d in range(S))
-        for e in range(2):
-            regs.append(t.InstanceRegistered(
-                service="edge", instance_id=f"e{e}", address=f"10.250.0.{e + 1}", port=8080,
-                node_id=f"edge-{e}", sidecar=sidecar, depends_on=everything))
-        self.dependents.add("edge-0")
+        regs, self.regular, self.dependents = registrations(args)
         self.health = {(s, i): "healthy" for s in range(S) for i in range(I)}
         self.S, self.I = S, I
 

@@ -285,6 +285,10 @@ class BatchResult:
     rendered: bool = False
     plan: pub.ViewPlan = pub.EMPTY_PLAN
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # wall-clock marks of the batch's way through (bench/e2e_propagation.py reads them from the DEBUG line)
+    newest_event_ms: int | None = None  # broker time of the batch's newest event
+    fetched_at: float | None = None  # time.time() when the fetch that returned the batch completed
+    published_at: float | None = None  # time.time() when its view records were all acknowledged
 
 
 class ProjectorService:
@@ -318,6 +322,7 @@ class ProjectorService:
         self._snapshot_retry_at = 0.0
         self._full_gc_mono = time.monotonic()
         self._unpublished = False
+        self._fetched_at: float | None = None  # time.time() when the last non-empty fetch returned
         # a broker outage reads as: started, still failing (at a backoff), ended (meshlog.outage)
         self._outage = KafkaOutageLog(f"Kafka at {config.bootstrap}", log)
 
@@ -614,6 +619,7 @@ class ProjectorService:
                 pass
             return []
         records = _flatten(fetch.result())
+        self._fetched_at = time.time()
         # drain what is already buffered, up to max_batch, without waiting
         while records and len(records) < self.cfg.max_batch:
             more = _flatten(await consumer.getmany(*self.tps, timeout_ms=0, max_records=self.cfg.max_batch - len(records)))
@@ -650,7 +656,7 @@ class ProjectorService:
 
     async def process(self, records: list) -> BatchResult:
         """Fold, render, publish and commit one batch of consumer records (any topic/partition mix)."""
-        res = BatchResult(records=len(records))
+        res = BatchResult(records=len(records), fetched_at=self._fetched_at)
         t0 = time.perf_counter()
         fresh = []
         for r in records:
@@ -720,6 +726,7 @@ class ProjectorService:
             source_ms = max((r.timestamp for r in fresh if r.timestamp is not None), default=None)
             await self._publish_with_retry(dead_out, rej_out, plan, source_ms)
             t4 = time.perf_counter()
+            res.newest_event_ms, res.published_at = source_ms, time.time()
             self.published.apply(plan)
             for k, v in self.next_folded.items():
                 if v > self.emitted.get(k, 0):
@@ -951,6 +958,11 @@ class ProjectorService:
             t.get("decode", 0), t.get("fold", 0), t.get("render", 0), t.get("publish", 0), t.get("commit", 0),
             _fmt_offsets(self.next_folded),
         )
+        if res.newest_event_ms is not None and res.fetched_at is not None and res.published_at is not None:
+            # where an event's time went before the gateways: log -> this fetch -> views acknowledged
+            log.debug("batch %d timeline: newest event logged at %d ms, fetched %.1f ms after it, views "
+                      "published %.1f ms after the fetch", self.totals["batches"], res.newest_event_ms,
+                      res.fetched_at * 1000 - res.newest_event_ms, (res.published_at - res.fetched_at) * 1000)
 
 
 def _flatten(batch: dict) -> list:

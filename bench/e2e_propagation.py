@@ -43,6 +43,7 @@ Usage:  .venv/bin/python bench/e2e_propagation.py            (full; a few minute
         .venv/bin/python bench/e2e_propagation.py --quick    (201 streams, 5 flips: under a minute)
         --json FILE   also write the figures (and every flip) as JSON
         --keep        keep the work dir (process logs) after a successful run
+        --projector-args "--linger-ms 5 --full-gc-interval 60"   the projector as it was before issue 14 (A/B)
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ import multiprocessing as mp
 import os
 import random
 import re
+import shlex
 import shutil
 import sys
 import tempfile
@@ -157,6 +159,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--keep", action="store_true", help="keep the work dir (process logs) after a successful run")
+    p.add_argument("--projector-args", default="", metavar="ARGS",
+                   help='extra `projector run` flags, e.g. "--linger-ms 5 --full-gc-interval 60" (the old defaults)')
     args = p.parse_args(argv)
     if args.quick:
         args.services, args.instances, args.hot, args.streams = 40, 5, 50, 201
@@ -211,7 +215,7 @@ def run(args: argparse.Namespace, workdir: Path, results: dict, deadline: float)
         print(f"Kafka at {bootstrap} in {time.monotonic() - t:.1f}s", flush=True)
         t = time.monotonic()
         loop.run_until_complete(append_all(bootstrap, regs))
-        projector = start_projector(bootstrap, workdir, extra=["-v"])
+        projector = start_projector(bootstrap, workdir, extra=["-v", *shlex.split(args.projector_args)])
         processes.append(projector)
         if not wait_until(lambda: "caught up at" in projector.log_path.read_text(errors="replace"),
                           max(1.0, deadline - time.monotonic()), 0.2):

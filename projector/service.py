@@ -134,6 +134,11 @@ class ProjectorConfig:
     data_dir: Path
     max_batch: int = 20_000
     poll_timeout_s: float = 0.2
+    # Every view change waits for this before it leaves the process, once per publish phase (bodies,
+    # memberships, tombstones: each acknowledged before the next), so it adds straight to the time an
+    # event takes to reach the proxies. It buys nothing here: a phase's records are all added to the
+    # producer before it yields, so they share batches anyway (5 ms was the old value: ~10 ms per change).
+    linger_ms: int = 0
     checkpoint_events: int = 20_000
     checkpoint_interval_s: float = 5.0
     snapshot_events: int = 10_000
@@ -144,9 +149,13 @@ class ProjectorConfig:
     sync_writes: bool = True
     # GC: the state and the last render are millions of long-lived objects that the cyclic
     # collector would rescan again and again; freeze them after each batch (measured ~25%
-    # of batch time on a 10,000-node mesh) and run a full collection now and then, when idle
+    # of batch time on a 10,000-node mesh) and run a full collection now and then, when idle.
+    # A full collection scans all of them and holds the loop meanwhile: an event arriving then
+    # waits for it (10,000 nodes: 0.45-5.1 s on the loaded shared 2-core host; bench/e2e_propagation.py
+    # saw a health flip fetched 1.3 s late behind one). The 4 collections of that run found 0
+    # unreachable objects, so it runs once an hour (was every minute); 0 turns it off.
     gc_freeze: bool = True
-    full_gc_interval_s: float = 60.0
+    full_gc_interval_s: float = 3600.0
     source_topics: tuple[str, ...] = SOURCE_TOPICS
 
 
@@ -361,7 +370,7 @@ class ProjectorService:
             **connection_kwargs(cfg.bootstrap),
             enable_idempotence=True,  # implies acks=all (aiokafka defaults to acks=1 without it)
             acks="all",
-            linger_ms=5,
+            linger_ms=cfg.linger_ms,
             max_batch_size=1 << 20,
             max_request_size=16 << 20,
             request_timeout_ms=int(cfg.send_timeout_s * 1000),
@@ -378,6 +387,10 @@ class ProjectorService:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=8 << 20,
             fetch_max_bytes=64 << 20,
+            # fetch_max_wait_ms (500) does not delay a new event: with fetch_min_bytes=1 the broker answers the
+            # waiting fetch as soon as one record is there (bench/e2e_propagation.py: a health flip is fetched
+            # p50 5 ms after its append); raising fetch_min_bytes would park every lone event for up to that
+            fetch_min_bytes=1,
             client_id="meshlog-projector",
         )
         await self._start_client(self.consumer)
@@ -596,12 +609,14 @@ class ProjectorService:
         if not self.cfg.gc_freeze:
             return
         since = time.monotonic() - self._full_gc_mono
-        if (idle and since >= self.cfg.full_gc_interval_s) or since >= 5 * self.cfg.full_gc_interval_s:
+        interval = self.cfg.full_gc_interval_s
+        if interval > 0 and ((idle and since >= interval) or since >= 5 * interval):
             t0 = time.perf_counter()
             gc.unfreeze()
             found = gc.collect()
             self._full_gc_mono = time.monotonic()
-            log.debug("full GC: %d unreachable objects, %.0f ms", found, (time.perf_counter() - t0) * 1000)
+            # INFO: it stalls the projector (see ProjectorConfig), and garbage found says how often it is worth it
+            log.info("full GC: %d unreachable objects, %.0f ms", found, (time.perf_counter() - t0) * 1000)
         gc.freeze()
 
     async def _fetch(self, stop_wait: asyncio.Future) -> list:

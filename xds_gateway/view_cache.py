@@ -247,7 +247,7 @@ def _note_applied(batch: Mapping[TopicPartition, list]) -> None:
     newest = [rs[-1] for rs in batch.values() if rs]
     metrics.VIEW_APPLIED_AT.set(time.time())
     metrics.VIEW_APPLIED_RECORD.set(max(r.timestamp for r in newest) / 1000)
-    metrics.VIEW_APPLIED_SOURCE.set(max((source_ms_of(r.headers) or 0) for r in newest) / 1000)
+    metrics.VIEW_APPLIED_SOURCE.set(max((source_ms_of(getattr(r, "headers", None)) or 0) for r in newest) / 1000)
 
 
 class ViewTail:
@@ -272,6 +272,10 @@ class ViewTail:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
+            # the tail's fetch waits up to fetch_max_wait_ms (500) only while there is nothing to read: with
+            # fetch_min_bytes=1 the broker answers as soon as a view record lands (as for the projector's
+            # consumer, bench/e2e_propagation.py); a larger fetch_min_bytes would park a lone change that long
+            fetch_min_bytes=1,
         )
         self._consumer = consumer
         await consumer.start()

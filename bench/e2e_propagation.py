@@ -43,7 +43,7 @@ Usage:  .venv/bin/python bench/e2e_propagation.py            (full; a few minute
         .venv/bin/python bench/e2e_propagation.py --quick    (201 streams, 5 flips: under a minute)
         --json FILE   also write the figures (and every flip) as JSON
         --keep        keep the work dir (process logs) after a successful run
-        --projector-args "--linger-ms 5 --full-gc-interval 60"   the projector as it was before issue 14 (A/B)
+        --projector-args "--linger-ms 5 --full-gc-interval 60 --checkpoint-interval 5"  the old defaults (A/B)
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--keep", action="store_true", help="keep the work dir (process logs) after a successful run")
     p.add_argument("--projector-args", default="", metavar="ARGS",
-                   help='extra `projector run` flags, e.g. "--linger-ms 5 --full-gc-interval 60" (the old defaults)')
+                   help='extra `projector run` flags, e.g. "--linger-ms 5 --full-gc-interval 60 --checkpoint-interval 5" (the old defaults)')
     args = p.parse_args(argv)
     if args.quick:
         args.services, args.instances, args.hot, args.streams = 40, 5, 50, 201

@@ -87,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the whole state to RocksDB every N events (default 20000; bounds refolding after a crash)",
     )
     run.add_argument(
-        "--checkpoint-interval", type=argtypes.seconds(0, 86_400), default=5.0, help="... or every T seconds (default 5)"
+        "--checkpoint-interval", type=argtypes.seconds(0, 86_400), default=60.0,
+        help="... or every T seconds (default 60); writing one holds the projector while it serializes the state "
+        "(about 0.2 CPU-s on 10,000 instances)"
     )
     run.add_argument(
         "--shutdown-timeout", type=argtypes.seconds(0, 3600), default=15.0,

@@ -2,8 +2,10 @@
 
 The view producer does not linger, a full garbage collection (which holds the
 loop for as long as it scans the whole state) runs once an hour rather than
-every idle minute, and each published batch logs its timeline (log ->
-fetched -> views acknowledged) at DEBUG for bench/e2e_propagation.py.
+every idle minute, the state checkpoint (which holds it while serializing the
+state) is timed every minute rather than every 5 s, and each published batch
+logs its timeline (log -> fetched -> views acknowledged) at DEBUG for
+bench/e2e_propagation.py.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from .helpers import FakeProducer
 from .test_service import close, make, mesh_log
 
 
-def test_the_view_producer_does_not_linger_and_full_gcs_are_hourly_by_default(tmp_path):
+def test_no_default_parks_events_linger_0_full_gc_hourly_checkpoint_each_minute(tmp_path):
     args = cli.build_parser().parse_args(["run", "--data-dir", str(tmp_path)])
     cfg = cli.config_from_args(args, "test:9092")
     assert cfg.linger_ms == 0
     assert cfg.full_gc_interval_s == 3600.0
+    assert cfg.checkpoint_interval_s == 60.0
     assert ProjectorConfig(bootstrap="b", data_dir=tmp_path).linger_ms == 0
 
 

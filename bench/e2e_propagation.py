@@ -67,7 +67,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(Path(__file__).resolve().parent))  # after ROOT: bench/projector.py must not shadow projector/
 
-from xds_fanout import HOT, ask, pct, registrations, wait_until  # noqa: E402
+from xds_fanout import HOT, add_mesh_arguments, ask, pct, registrations, wait_until  # noqa: E402
 
 TARGET_P99_MS = 150.0
 STAGES = ("append", "to_projector", "projector", "to_gateway", "to_client")
@@ -144,19 +144,13 @@ def summary(values: list[float]) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a small run (200 nodes, 201 streams, 5 flips)")
-    p.add_argument("--services", type=int, default=1000)
-    p.add_argument("--instances", type=int, default=10, help="instances (= sidecar nodes) per service")
-    p.add_argument("--deps", type=int, default=4, help="random dependencies per node (plus the hot one)")
-    p.add_argument("--hot", type=int, default=1000, help="subscribers of svc-000 (incl. edge-0)")
+    add_mesh_arguments(p)
     p.add_argument("--streams", type=int, default=10_000, help="delta streams, over all replicas")
     p.add_argument("--replicas", type=int, default=2, help="xds-gateway replicas")
     p.add_argument("--procs", type=int, default=4, help="client processes (each on one replica)")
-    p.add_argument("--streams-per-channel", type=int, default=1250)
-    p.add_argument("--ramp", type=int, default=200, help="streams initialising at once per client process")
     p.add_argument("--flips", type=int, default=40, help="health flips measured, one at a time")
     p.add_argument("--gap", type=float, default=0.5, help="pause after a flip reached everyone, +0-50%% jitter (s)")
     p.add_argument("--deadline", type=float, default=900.0, help="abort the run after this many seconds")
-    p.add_argument("--seed", type=int, default=7)
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--keep", action="store_true", help="keep the work dir (process logs) after a successful run")
     p.add_argument("--projector-args", default="", metavar="ARGS",

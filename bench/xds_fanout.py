@@ -142,6 +142,17 @@ def pct(values: list[float], q: float) -> float:
 # ====================================================================== the mesh (parent process)
 
 
+def add_mesh_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags ``registrations`` and the clients read (shared with ``bench/e2e_propagation.py``)."""
+    p.add_argument("--services", type=int, default=1000)
+    p.add_argument("--instances", type=int, default=10, help="instances (= sidecar nodes) per service")
+    p.add_argument("--deps", type=int, default=4, help="random dependencies per node (plus the hot one)")
+    p.add_argument("--hot", type=int, default=1000, help="subscribers of the hot service (incl. edge-0)")
+    p.add_argument("--streams-per-channel", type=int, default=1250)
+    p.add_argument("--ramp", type=int, default=200, help="streams initialising at once per client process")
+    p.add_argument("--seed", type=int, default=7)
+
+
 def registrations(args: argparse.Namespace) -> tuple[list, list[str], set[str]]:
     """The mesh's registrations (services x instances sidecar nodes, plus ``edge-0`` and ``edge-1``
     depending on every service), the regular node ids, and the nodes whose view has ``HOT``
@@ -623,14 +634,9 @@ async def sotw_probe(port: int, node_id: str, timeout: float, tls_dir: str | Non
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a small run (1,000 streams, 200 services)")
-    p.add_argument("--services", type=int, default=1000)
-    p.add_argument("--instances", type=int, default=10, help="instances (= sidecar nodes) per service")
-    p.add_argument("--deps", type=int, default=4, help="random dependencies per node (plus the hot one)")
-    p.add_argument("--hot", type=int, default=1000, help="subscribers of the hot service (incl. edge-0)")
+    add_mesh_arguments(p)
     p.add_argument("--streams", type=int, default=10_000, help="delta streams to open (incl. edge-0)")
     p.add_argument("--procs", type=int, default=4, help="client processes")
-    p.add_argument("--streams-per-channel", type=int, default=1250)
-    p.add_argument("--ramp", type=int, default=200, help="streams initialising at once per client process")
     p.add_argument("--changes", type=int, default=20, help="hot endpoint changes (phase 1)")
     p.add_argument("--gap", type=float, default=0.15, help="pause after a change reached everyone (s)")
     p.add_argument("--churn-services", type=int, default=10, help="services flipped per churn batch")
@@ -642,7 +648,6 @@ def main(argv=None) -> int:
     p.add_argument("--deadline", type=float, default=290.0, help="abort the run after this many seconds")
     p.add_argument("--no-floor", action="store_true", help="skip the bare grpc.aio floor calibration")
     p.add_argument("--tls", action="store_true", help="mTLS between the clients and the gateway")
-    p.add_argument("--seed", type=int, default=7)
     p.add_argument("--no-gc-freeze", dest="gc_freeze", action="store_false",
                    help="experiment: skip gc.freeze() once the streams are up (xds-gateway run freezes every 30 s)")
     p.add_argument("--json", help="also write the figures to this file")

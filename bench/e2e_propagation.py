@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import math
 import multiprocessing as mp
 import os
@@ -156,6 +157,8 @@ def main(argv=None) -> int:
     p.add_argument("--projector-args", default="", metavar="ARGS",
                    help='extra `projector run` flags, e.g. "--linger-ms 5 --full-gc-interval 60 --checkpoint-interval 5" (the old defaults)')
     args = p.parse_args(argv)
+    # a broker that has just created its topics answers the first appends NotLeaderForPartition; aiokafka retries
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
     if args.quick:
         args.services, args.instances, args.hot, args.streams = 40, 5, 50, 201
         args.procs, args.flips, args.gap, args.deadline = 2, 5, 0.2, 300.0

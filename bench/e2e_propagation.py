@@ -43,6 +43,7 @@ Usage:  .venv/bin/python bench/e2e_propagation.py            (full; a few minute
         .venv/bin/python bench/e2e_propagation.py --quick    (201 streams, 5 flips: under a minute)
         --json FILE   also write the figures (and every flip) as JSON
         --keep        keep the work dir (process logs) after a successful run
+        --projector-only  the projector alone, events arriving at random times (what its chores make wait)
         --projector-args "--linger-ms 5 --full-gc-interval 60 --checkpoint-interval 5"  the old defaults (A/B)
 """
 
@@ -154,6 +155,9 @@ def main(argv=None) -> int:
     p.add_argument("--deadline", type=float, default=900.0, help="abort the run after this many seconds")
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--keep", action="store_true", help="keep the work dir (process logs) after a successful run")
+    p.add_argument("--projector-only", action="store_true",
+                   help="no gateways or clients: --flips flips of random instances at random times (mean gap --gap), "
+                   "each measured from its append to the projector's fetch and to its views acknowledged")
     p.add_argument("--projector-args", default="", metavar="ARGS",
                    help='extra `projector run` flags, e.g. "--linger-ms 5 --full-gc-interval 60 --checkpoint-interval 5" (the old defaults)')
     args = p.parse_args(argv)
@@ -218,6 +222,11 @@ def run(args: argparse.Namespace, workdir: Path, results: dict, deadline: float)
                           max(1.0, deadline - time.monotonic()), 0.2):
             raise TimeoutError(f"the projector did not catch up before the deadline\n{projector.log_tail()}")
         print(f"{len(regs)} registrations appended and projected in {time.monotonic() - t:.1f}s", flush=True)
+        if args.projector_only:
+            logged = loop.run_until_complete(arrivals(args, bootstrap, deadline))
+            time.sleep(5.0)  # the last batches publish
+            results["arrivals"] = arrival_delays(logged, projector_timelines(projector.log_path))
+            return
         gateways = []
         for r in range(args.replicas):
             gw = start_gateway(bootstrap, workdir, f"gateway-{r}", timeout=max(1.0, deadline - time.monotonic()),
@@ -328,6 +337,45 @@ async def flip_all(args, bootstrap: str, subscribers: int, hot_count, http_ports
     return flips
 
 
+async def arrivals(args, bootstrap: str, deadline: float) -> list[int]:
+    """``--flips`` health flips of random instances at random times (exponential gaps of mean ``--gap``),
+    each appended without waiting for the last one's views: what arrives during the projector's chores waits."""
+    from events import types as t
+    from events.envelope import new_event
+    from events.producer import EventProducer
+
+    rnd = random.Random(args.seed + 4)
+    health: dict[tuple[int, int], str] = {}
+    logged = []
+    async with EventProducer(bootstrap) as producer:
+        for _ in range(args.flips):
+            if time.monotonic() > deadline:
+                break
+            s, i = rnd.randrange(args.services), rnd.randrange(args.instances)
+            status = health[(s, i)] = "unhealthy" if health.get((s, i), "healthy") == "healthy" else "healthy"
+            env = new_event(t.InstanceHealthChanged(service=f"svc-{s:03d}", instance_id=f"i{i}", status=status,
+                                                    observer="e2e-bench"), producer="e2e-bench")
+            logged.append((await producer.append(env)).timestamp_ms)
+            await asyncio.sleep(rnd.expovariate(1 / args.gap))
+    return logged
+
+
+def arrival_delays(logged: list[int], timelines: dict[int, dict]) -> dict:
+    """Per event: log -> fetched, and log -> its views acknowledged (its batch is the first whose newest event
+    is at or after it)."""
+    newest = sorted(timelines)
+    fetch, views = [], []
+    for ms in logged:
+        batch = next((n for n in newest if n >= ms), None)
+        if batch is None:
+            continue
+        fetched = batch + timelines[batch]["fetched_after_ms"]
+        fetch.append(fetched - ms)
+        views.append(fetched + timelines[batch]["published_after_ms"] - ms)
+    return {"events": len(logged), "measured": len(fetch), "log_to_fetched_ms": summary(fetch),
+            "log_to_views_ms": summary(views), "fetched_over_100ms": sum(1 for x in fetch if x > 100)}
+
+
 def attribute(flips: list, reports: list, replica_of: list[int], dependents: set[str], subscribers: int) -> None:
     """Each delivery belongs to the flip whose window [t0, next t0) holds its receive time."""
     starts = [f["t0"] for f in flips] + [math.inf]
@@ -352,6 +400,15 @@ def attribute(flips: list, reports: list, replica_of: list[int], dependents: set
 
 
 def report(r: dict) -> None:
+    if "arrivals" in r:
+        a = r["arrivals"]
+        f, v = a["log_to_fetched_ms"], a["log_to_views_ms"]
+        print("\n=== projector only: health flips at random times, append -> fetched -> views acknowledged ===")
+        print(f"{a['measured']}/{a['events']} events; log -> projector fetched: p50 {f['p50']} ms, p99 {f['p99']} ms, "
+              f"max {f['max']} ms ({a['fetched_over_100ms']} over 100 ms); log -> views acknowledged: p50 {v['p50']} "
+              f"ms, p99 {v['p99']} ms, max {v['max']} ms")
+        print(f"{r['load_start']} at start, {r.get('load_end', '?')} at the end")
+        return
     flips = r.get("flips") or []
     s = r.get("streams", {})
     complete = [f["reach_all_ms"] for f in flips if f.get("reach_all_ms") is not None]

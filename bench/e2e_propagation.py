@@ -304,6 +304,7 @@ async def flip_all(args, bootstrap: str, subscribers: int, hot_count, http_ports
     rnd = random.Random(args.seed + 3)
     health: dict[int, str] = {}
     flips = []
+    expected = subscribers  # deliveries per flip; fewer once a flip shows some subscriber streams failed
     async with EventProducer(bootstrap) as producer:
         for k in range(args.flips):
             if time.monotonic() > deadline:
@@ -313,14 +314,15 @@ async def flip_all(args, bootstrap: str, subscribers: int, hot_count, http_ports
             status = health[instance] = "unhealthy" if health.get(instance, "healthy") == "healthy" else "healthy"
             env = new_event(t.InstanceHealthChanged(service=HOT, instance_id=f"i{instance}", status=status,
                                                     observer="e2e-bench"), producer="e2e-bench")
-            want = subscribers * (k + 1)
+            base = sum(hot_count)
             t0 = time.time()
             appended = await producer.append(env)
             t_ack = time.time()
             end = time.monotonic() + 10.0
-            while sum(hot_count) < want and time.monotonic() < end:
+            while sum(hot_count) - base < expected and time.monotonic() < end:
                 await asyncio.sleep(0.002)
-            reached = sum(hot_count) >= want
+            got = sum(hot_count) - base
+            reached = got >= expected
             await asyncio.sleep(0.05)  # the gauges are set right after the last apply; let a straggler batch land
             gauges = {}
             for r, port in enumerate(http_ports):
@@ -331,8 +333,9 @@ async def flip_all(args, bootstrap: str, subscribers: int, hot_count, http_ports
                           "logged_ms": appended.timestamp_ms, "reached_all_within_10s": reached,
                           "gateways": gauges})
             if not reached:
-                print(f"  flip {k}: only {sum(hot_count) - subscribers * k}/{subscribers} deliveries after 10s",
+                print(f"  flip {k}: {got}/{expected} deliveries after 10s; expecting {max(1, got)} from now on",
                       flush=True)
+                expected = max(1, got)
             await asyncio.sleep(args.gap * (1 + 0.5 * rnd.random()))
     return flips
 
@@ -377,7 +380,8 @@ def arrival_delays(logged: list[int], timelines: dict[int, dict]) -> dict:
 
 
 def attribute(flips: list, reports: list, replica_of: list[int], dependents: set[str], subscribers: int) -> None:
-    """Each delivery belongs to the flip whose window [t0, next t0) holds its receive time."""
+    """Each delivery belongs to the flip whose window [t0, next t0) holds its receive time. A flip reached all
+    when every subscriber stream that received any flip received it (a stream that failed to open gets none)."""
     starts = [f["t0"] for f in flips] + [math.inf]
     firsts: list[dict[str, tuple[float, int]]] = [{} for _ in flips]
     for proc, rep in enumerate(reports):
@@ -388,10 +392,12 @@ def attribute(flips: list, reports: list, replica_of: list[int], dependents: set
                     if seen is None or t_recv < seen[0]:
                         firsts[k][node] = (t_recv, replica_of[proc])
                     break
+    reachable = len({node for got in firsts for node in got})
     for f, got in zip(flips, firsts):
+        f["subscribers_reachable"] = reachable
         f["deliveries"] = [round((tr - f["t0"]) * 1000, 2) for tr, _r in got.values()]
         f["subscribers_reached"] = len(got)
-        if len(got) >= subscribers and got:
+        if len(got) >= reachable and got:
             t_last, replica = max(got.values())
             f["t_last"], f["slowest_replica"] = t_last, replica
             f["reach_all_ms"] = (t_last - f["t0"]) * 1000
@@ -425,8 +431,11 @@ def report(r: dict) -> None:
     r["target"] = {"p99_ms": TARGET_P99_MS, "met": ra["p99"] is not None and ra["p99"] <= TARGET_P99_MS
                    and len(complete) == len(flips)}
     print("\n=== end to end: registrar append -> projector -> view topic -> gateway -> client ===")
+    reachable = flips[0]["subscribers_reachable"] if flips else 0
     print(f"streams: {s.get('initialised')}/{s.get('opened')} over replicas {s.get('per_replica')}; "
-          f"{s.get('subscribers')} subscribers of {HOT}; {len(flips)} flips, {len(complete)} reached all")
+          f"{s.get('subscribers')} subscribers of {HOT}"
+          + (f" ({reachable} reachable: the others' streams failed)" if reachable != s.get("subscribers") else "")
+          + f"; {len(flips)} flips, {len(complete)} reached all")
     print(f"reach all subscribers: p50 {ra['p50']} ms, p99 {ra['p99']} ms (min {ra['min']}, max {ra['max']}); "
           f"per delivery p50 {r['delivery_ms']['p50']} ms, p99 {r['delivery_ms']['p99']} ms")
     print(f"split of reach-all (p50 / p99 / max ms over {len(split)} flips):")

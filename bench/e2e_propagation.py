@@ -208,7 +208,7 @@ def run(args: argparse.Namespace, workdir: Path, results: dict, deadline: float)
     processes, clients, client_conns = [], [], []
     ctx = mp.get_context("spawn")
     loop = asyncio.new_event_loop()
-    kafka = LocalKafka(data_dir=workdir / "kafka", keep_data=False)
+    kafka = LocalKafka(data_dir=workdir / "kafka", keep_data=False, start_timeout=180)  # a loaded host starts it slowly
     try:
         t = time.monotonic()
         bootstrap = kafka.start()

@@ -172,8 +172,9 @@ def main(argv=None) -> int:
     deadline = time.monotonic() + args.deadline
     workdir = Path(tempfile.mkdtemp(prefix="meshlog-bench-e2e-"))
     results: dict = {"config": {k: v for k, v in vars(args).items() if k != "json"}, "load_start": load_line()}
-    print(f"e2e propagation: {args.services} services x {args.instances} instances, {args.hot} subscribers of "
-          f"{HOT}, {args.streams} streams over {args.replicas} gateway replicas; work dir {workdir}; "
+    shape = ("the projector alone" if args.projector_only else
+             f"{args.hot} subscribers of {HOT}, {args.streams} streams over {args.replicas} gateway replicas")
+    print(f"e2e propagation: {args.services} services x {args.instances} instances, {shape}; work dir {workdir}; "
           f"{results['load_start']}", flush=True)
     ok = False
     try:

@@ -40,7 +40,7 @@ slowest subscriber). p50 and p99 are over the flips (with ``--flips 40`` p99 is
 the worst but one).
 
 Usage:  .venv/bin/python bench/e2e_propagation.py            (full; a few minutes on 2 cores)
-        .venv/bin/python bench/e2e_propagation.py --quick    (201 streams, 5 flips: under a minute)
+        .venv/bin/python bench/e2e_propagation.py --quick    (201 streams, 5 flips: a minute or two)
         --json FILE   also write the figures (and every flip) as JSON
         --keep        keep the work dir (process logs) after a successful run
         --projector-only  the projector alone, events arriving at random times (what its chores make wait)

@@ -142,6 +142,55 @@ def pct(values: list[float], q: float) -> float:
 # ====================================================================== the mesh (parent process)
 
 
+def add_mesh_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags ``registrations`` and the clients read (shared with ``bench/e2e_propagation.py``)."""
+    p.add_argument("--services", type=int, default=1000)
+    p.add_argument("--instances", type=int, default=10, help="instances (= sidecar nodes) per service")
+    p.add_argument("--deps", type=int, default=4, help="random dependencies per node (plus the hot one)")
+    p.add_argument("--hot", type=int, default=1000, help="subscribers of the hot service (incl. edge-0)")
+    p.add_argument("--streams-per-channel", type=int, default=1250)
+    p.add_argument("--ramp", type=int, default=200, help="streams initialising at once per client process")
+    p.add_argument("--seed", type=int, default=7)
+
+
+def registrations(args: argparse.Namespace) -> tuple[list, list[str], set[str]]:
+    """The mesh's registrations (services x instances sidecar nodes, plus ``edge-0`` and ``edge-1``
+    depending on every service), the regular node ids, and the nodes whose view has ``HOT``
+    (``args.hot`` of them, ``edge-0`` included). Shared with ``bench/e2e_propagation.py``."""
+    from events import types as t
+
+    S, I = args.services, args.instances
+    rnd = random.Random(args.seed)
+    sidecar = t.SidecarPorts(inbound_port=15001, outbound_port=15002)
+    regs = []
+    regular: list[str] = []
+    dependents: set[str] = set()  # nodes whose view has the hot service
+    hot_regular = args.hot - 1  # edge-0 is the last subscriber
+    for s in range(S):
+        for i in range(I):
+            node = f"n-{s:03d}-{i}"
+            deps: set[str] = set()
+            while len(deps) < min(args.deps, S - 2):
+                d = rnd.randrange(1, S)
+                if d != s:
+                    deps.add(f"svc-{d:03d}")
+            if s != 0 and len(dependents) < hot_regular:
+                deps.add(HOT)
+                dependents.add(node)
+            regs.append(t.InstanceRegistered(
+                service=f"svc-{s:03d}", instance_id=f"i{i}", address=f"10.{s // 250}.{s % 250}.{i + 1}",
+                port=8080, node_id=node, sidecar=sidecar, depends_on=tuple(sorted(deps)),
+                labels={"version": "v1" if i % 2 else "v2"}))
+            regular.append(node)
+    everything = tuple(f"svc-{d:03d}" for d in range(S))
+    for e in range(2):
+        regs.append(t.InstanceRegistered(
+            service="edge", instance_id=f"e{e}", address=f"10.250.0.{e + 1}", port=8080,
+            node_id=f"edge-{e}", sidecar=sidecar, depends_on=everything))
+    dependents.add("edge-0")
+    return regs, regular, dependents
+
+
 class Mesh:
     """The rendered mesh, its view records, and the changes to apply (all precomputed)."""
 
@@ -160,34 +209,7 @@ class Mesh:
         self._now = datetime.now(timezone.utc)
         self._seq = 0
         S, I = args.services, args.instances
-        rnd = random.Random(args.seed)
-        sidecar = t.SidecarPorts(inbound_port=15001, outbound_port=15002)
-        regs = []
-        self.regular: list[str] = []
-        self.dependents: set[str] = set()  # nodes whose view has the hot service
-        hot_regular = args.hot - 1  # edge-0 is the last subscriber
-        for s in range(S):
-            for i in range(I):
-                node = f"n-{s:03d}-{i}"
-                deps: set[str] = set()
-                while len(deps) < min(args.deps, S - 2):
-                    d = rnd.randrange(1, S)
-                    if d != s:
-                        deps.add(f"svc-{d:03d}")
-                if s != 0 and len(self.dependents) < hot_regular:
-                    deps.add(HOT)
-                    self.dependents.add(node)
-                regs.append(t.InstanceRegistered(
-                    service=f"svc-{s:03d}", instance_id=f"i{i}", address=f"10.{s // 250}.{s % 250}.{i + 1}",
-                    port=8080, node_id=node, sidecar=sidecar, depends_on=tuple(sorted(deps)),
-                    labels={"version": "v1" if i % 2 else "v2"}))
-                self.regular.append(node)
-        everything = tuple(f"svc-{d:03d}" for d in range(S))
-        for e in range(2):
-            regs.append(t.InstanceRegistered(
-                service="edge", instance_id=f"e{e}", address=f"10.250.0.{e + 1}", port=8080,
-                node_id=f"edge-{e}", sidecar=sidecar, depends_on=everything))
-        self.dependents.add("edge-0")
+        regs, self.regular, self.dependents = registrations(args)
         self.health = {(s, i): "healthy" for s in range(S) for i in range(I)}
         self.S, self.I = S, I
 
@@ -612,14 +634,9 @@ async def sotw_probe(port: int, node_id: str, timeout: float, tls_dir: str | Non
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a small run (1,000 streams, 200 services)")
-    p.add_argument("--services", type=int, default=1000)
-    p.add_argument("--instances", type=int, default=10, help="instances (= sidecar nodes) per service")
-    p.add_argument("--deps", type=int, default=4, help="random dependencies per node (plus the hot one)")
-    p.add_argument("--hot", type=int, default=1000, help="subscribers of the hot service (incl. edge-0)")
+    add_mesh_arguments(p)
     p.add_argument("--streams", type=int, default=10_000, help="delta streams to open (incl. edge-0)")
     p.add_argument("--procs", type=int, default=4, help="client processes")
-    p.add_argument("--streams-per-channel", type=int, default=1250)
-    p.add_argument("--ramp", type=int, default=200, help="streams initialising at once per client process")
     p.add_argument("--changes", type=int, default=20, help="hot endpoint changes (phase 1)")
     p.add_argument("--gap", type=float, default=0.15, help="pause after a change reached everyone (s)")
     p.add_argument("--churn-services", type=int, default=10, help="services flipped per churn batch")
@@ -631,7 +648,6 @@ def main(argv=None) -> int:
     p.add_argument("--deadline", type=float, default=290.0, help="abort the run after this many seconds")
     p.add_argument("--no-floor", action="store_true", help="skip the bare grpc.aio floor calibration")
     p.add_argument("--tls", action="store_true", help="mTLS between the clients and the gateway")
-    p.add_argument("--seed", type=int, default=7)
     p.add_argument("--no-gc-freeze", dest="gc_freeze", action="store_false",
                    help="experiment: skip gc.freeze() once the streams are up (xds-gateway run freezes every 30 s)")
     p.add_argument("--json", help="also write the figures to this file")

@@ -66,6 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--poll-ms", type=argtypes.integer(1, 600_000), default=200, help="how long to wait for new records before an idle poll (default 200)"
     )
     run.add_argument(
+        "--linger-ms", type=argtypes.integer(0, 60_000), default=0,
+        help="how long the view producer waits to fill a batch, per publish phase; it adds to every change's "
+        "time to the proxies (default 0)",
+    )
+    run.add_argument(
+        "--full-gc-interval", type=argtypes.seconds(0, 7 * 86_400, low_inclusive=True), default=3600.0,
+        help="seconds between full garbage collections (when idle); each one holds the projector for as long as "
+        "it takes (0.5 s or more on 10,000 nodes); 0 never (default 3600)",
+    )
+    run.add_argument(
         "--snapshot-events", type=argtypes.integer(1, 2**31), default=10_000, help="append a state snapshot every N events (default 10000)"
     )
     run.add_argument(
@@ -77,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the whole state to RocksDB every N events (default 20000; bounds refolding after a crash)",
     )
     run.add_argument(
-        "--checkpoint-interval", type=argtypes.seconds(0, 86_400), default=5.0, help="... or every T seconds (default 5)"
+        "--checkpoint-interval", type=argtypes.seconds(0, 86_400), default=60.0,
+        help="... or every T seconds (default 60); writing one holds the projector while it serializes the state "
+        "(about 0.2 CPU-s on 10,000 instances)"
     )
     run.add_argument(
         "--shutdown-timeout", type=argtypes.seconds(0, 3600), default=15.0,
@@ -109,14 +121,17 @@ def _setup_logging(args: argparse.Namespace) -> None:
     logging.getLogger("aiokafka").setLevel(max(level, logging.WARNING))
 
 
-async def _run(args: argparse.Namespace, bootstrap: str) -> int:
-    from projector.service import ProjectorConfig, ProjectorService
+def config_from_args(args: argparse.Namespace, bootstrap: str):
+    """The ``ProjectorConfig`` of a parsed ``projector run``."""
+    from projector.service import ProjectorConfig
 
-    cfg = ProjectorConfig(
+    return ProjectorConfig(
         bootstrap=bootstrap,
         data_dir=args.data_dir,
         max_batch=args.max_batch,
         poll_timeout_s=args.poll_ms / 1000.0,
+        linger_ms=args.linger_ms,
+        full_gc_interval_s=args.full_gc_interval,
         snapshot_events=args.snapshot_events,
         snapshot_interval_s=args.snapshot_interval,
         checkpoint_events=args.checkpoint_events,
@@ -124,7 +139,12 @@ async def _run(args: argparse.Namespace, bootstrap: str) -> int:
         ensure_topics=not args.no_ensure_topics,
         reset=args.reset,
     )
-    service = ProjectorService(cfg)
+
+
+async def _run(args: argparse.Namespace, bootstrap: str) -> int:
+    from projector.service import ProjectorService
+
+    service = ProjectorService(config_from_args(args, bootstrap))
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(service.run())
     signals_seen = 0

@@ -134,8 +134,16 @@ class ProjectorConfig:
     data_dir: Path
     max_batch: int = 20_000
     poll_timeout_s: float = 0.2
+    # Every view change waits for this before it leaves the process, once per publish phase (bodies,
+    # memberships, tombstones: each acknowledged before the next), so it adds straight to the time an
+    # event takes to reach the proxies. It buys nothing here: a phase's records are all added to the
+    # producer before it yields, so they share batches anyway (5 ms was the old value: ~10 ms per change).
+    linger_ms: int = 0
     checkpoint_events: int = 20_000
-    checkpoint_interval_s: float = 5.0
+    # A checkpoint serializes the whole state in the loop (10,000 instances: ~0.19 CPU-s, 0.6-1.7 s wall on
+    # the loaded shared host), and an event arriving meanwhile waits: every 5 s (the old value) parked a few
+    # percent of events that long. A crash refolds at most checkpoint_events events either way (~40 ms).
+    checkpoint_interval_s: float = 60.0
     snapshot_events: int = 10_000
     snapshot_interval_s: float = 60.0
     send_timeout_s: float = 30.0
@@ -144,9 +152,13 @@ class ProjectorConfig:
     sync_writes: bool = True
     # GC: the state and the last render are millions of long-lived objects that the cyclic
     # collector would rescan again and again; freeze them after each batch (measured ~25%
-    # of batch time on a 10,000-node mesh) and run a full collection now and then, when idle
+    # of batch time on a 10,000-node mesh) and run a full collection now and then, when idle.
+    # A full collection scans all of them and holds the loop meanwhile: an event arriving then
+    # waits for it (10,000 nodes: 0.45-5.1 s on the loaded shared 2-core host; bench/e2e_propagation.py
+    # saw a health flip fetched 1.3 s late behind one). The 4 collections of that run found 0
+    # unreachable objects, so it runs once an hour (was every minute); 0 turns it off.
     gc_freeze: bool = True
-    full_gc_interval_s: float = 60.0
+    full_gc_interval_s: float = 3600.0
     source_topics: tuple[str, ...] = SOURCE_TOPICS
 
 
@@ -285,6 +297,10 @@ class BatchResult:
     rendered: bool = False
     plan: pub.ViewPlan = pub.EMPTY_PLAN
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # wall-clock marks of the batch's way through (bench/e2e_propagation.py reads them from the DEBUG line)
+    newest_event_ms: int | None = None  # broker time of the batch's newest event
+    fetched_at: float | None = None  # time.time() when the fetch that returned the batch completed
+    published_at: float | None = None  # time.time() when its view records were all acknowledged
 
 
 class ProjectorService:
@@ -318,6 +334,7 @@ class ProjectorService:
         self._snapshot_retry_at = 0.0
         self._full_gc_mono = time.monotonic()
         self._unpublished = False
+        self._fetched_at: float | None = None  # time.time() when the last non-empty fetch returned
         # a broker outage reads as: started, still failing (at a backoff), ended (meshlog.outage)
         self._outage = KafkaOutageLog(f"Kafka at {config.bootstrap}", log)
 
@@ -356,7 +373,7 @@ class ProjectorService:
             **connection_kwargs(cfg.bootstrap),
             enable_idempotence=True,  # implies acks=all (aiokafka defaults to acks=1 without it)
             acks="all",
-            linger_ms=5,
+            linger_ms=cfg.linger_ms,
             max_batch_size=1 << 20,
             max_request_size=16 << 20,
             request_timeout_ms=int(cfg.send_timeout_s * 1000),
@@ -373,6 +390,10 @@ class ProjectorService:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=8 << 20,
             fetch_max_bytes=64 << 20,
+            # fetch_max_wait_ms (500) does not delay a new event: with fetch_min_bytes=1 the broker answers the
+            # waiting fetch as soon as one record is there (bench/e2e_propagation.py: a health flip is fetched
+            # p50 5 ms after its append); raising fetch_min_bytes would park every lone event for up to that
+            fetch_min_bytes=1,
             client_id="meshlog-projector",
         )
         await self._start_client(self.consumer)
@@ -591,12 +612,14 @@ class ProjectorService:
         if not self.cfg.gc_freeze:
             return
         since = time.monotonic() - self._full_gc_mono
-        if (idle and since >= self.cfg.full_gc_interval_s) or since >= 5 * self.cfg.full_gc_interval_s:
+        interval = self.cfg.full_gc_interval_s
+        if interval > 0 and ((idle and since >= interval) or since >= 5 * interval):
             t0 = time.perf_counter()
             gc.unfreeze()
             found = gc.collect()
             self._full_gc_mono = time.monotonic()
-            log.debug("full GC: %d unreachable objects, %.0f ms", found, (time.perf_counter() - t0) * 1000)
+            # INFO: it stalls the projector (see ProjectorConfig), and garbage found says how often it is worth it
+            log.info("full GC: %d unreachable objects, %.0f ms", found, (time.perf_counter() - t0) * 1000)
         gc.freeze()
 
     async def _fetch(self, stop_wait: asyncio.Future) -> list:
@@ -614,6 +637,7 @@ class ProjectorService:
                 pass
             return []
         records = _flatten(fetch.result())
+        self._fetched_at = time.time()
         # drain what is already buffered, up to max_batch, without waiting
         while records and len(records) < self.cfg.max_batch:
             more = _flatten(await consumer.getmany(*self.tps, timeout_ms=0, max_records=self.cfg.max_batch - len(records)))
@@ -650,7 +674,7 @@ class ProjectorService:
 
     async def process(self, records: list) -> BatchResult:
         """Fold, render, publish and commit one batch of consumer records (any topic/partition mix)."""
-        res = BatchResult(records=len(records))
+        res = BatchResult(records=len(records), fetched_at=self._fetched_at)
         t0 = time.perf_counter()
         fresh = []
         for r in records:
@@ -720,6 +744,7 @@ class ProjectorService:
             source_ms = max((r.timestamp for r in fresh if r.timestamp is not None), default=None)
             await self._publish_with_retry(dead_out, rej_out, plan, source_ms)
             t4 = time.perf_counter()
+            res.newest_event_ms, res.published_at = source_ms, time.time()
             self.published.apply(plan)
             for k, v in self.next_folded.items():
                 if v > self.emitted.get(k, 0):
@@ -951,6 +976,11 @@ class ProjectorService:
             t.get("decode", 0), t.get("fold", 0), t.get("render", 0), t.get("publish", 0), t.get("commit", 0),
             _fmt_offsets(self.next_folded),
         )
+        if res.newest_event_ms is not None and res.fetched_at is not None and res.published_at is not None:
+            # where an event's time went before the gateways: log -> this fetch -> views acknowledged
+            log.debug("batch %d timeline: newest event logged at %d ms, fetched %.1f ms after it, views "
+                      "published %.1f ms after the fetch", self.totals["batches"], res.newest_event_ms,
+                      res.fetched_at * 1000 - res.newest_event_ms, (res.published_at - res.fetched_at) * 1000)
 
 
 def _flatten(batch: dict) -> list:

@@ -33,6 +33,13 @@ PUSH_LATENCY = Histogram(
 )
 VIEW_CHANGES = Counter("meshlog_view_changes_total", "Batches of view records that changed some node")
 VIEW_LAG = Gauge("meshlog_view_tail_lag_seconds", "Now minus the broker timestamp of the newest view record applied")
+# the last batch the view tail applied: when, the broker time of its newest record, and the append time of
+# the newest event behind it (meshlog-source-ms); their differences are the tail's delay and append-to-gateway
+VIEW_APPLIED_AT = Gauge("meshlog_view_tail_applied_timestamp_seconds", "Unix time the view tail last applied records")
+VIEW_APPLIED_RECORD = Gauge("meshlog_view_tail_applied_record_timestamp_seconds",
+                            "Broker timestamp of the newest view record in the last batch applied")
+VIEW_APPLIED_SOURCE = Gauge("meshlog_view_tail_applied_source_timestamp_seconds",
+                            "Append time of the newest event behind the last batch applied (meshlog-source-ms; 0 if none)")
 SLOW_STREAMS_CLOSED = Counter("meshlog_xds_slow_streams_closed_total", "Streams closed for not reading their responses")
 RESOURCES_SENT = Counter("meshlog_xds_resources_sent_total", "Resources carried by xDS responses", ["kind", "type_url"])
 REMOVALS_SENT = Counter("meshlog_xds_removals_sent_total", "Names carried in delta removed_resources", ["kind", "type_url"])

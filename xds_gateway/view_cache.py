@@ -56,6 +56,7 @@ from events.printable import printable
 from meshlog.outage import KafkaOutageLog
 from events.kafka_security import connection_kwargs
 from projector.publisher import source_ms_of
+from xds_gateway import metrics
 from xds_gateway.protocol.resources import VersionedResource, make_resource
 
 log = logging.getLogger(__name__)
@@ -241,6 +242,14 @@ class ViewCache:
         return changed
 
 
+def _note_applied(batch: Mapping[TopicPartition, list]) -> None:
+    """Export when a batch was applied and how old it was (each partition's last record is its newest)."""
+    newest = [rs[-1] for rs in batch.values() if rs]
+    metrics.VIEW_APPLIED_AT.set(time.time())
+    metrics.VIEW_APPLIED_RECORD.set(max(r.timestamp for r in newest) / 1000)
+    metrics.VIEW_APPLIED_SOURCE.set(max((source_ms_of(getattr(r, "headers", None)) or 0) for r in newest) / 1000)
+
+
 class ViewTail:
     """Reads the view topics into a ViewCache: catch up, mark ready, then tail until stopped."""
 
@@ -263,6 +272,10 @@ class ViewTail:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
+            # the tail's fetch waits up to fetch_max_wait_ms (500) only while there is nothing to read: with
+            # fetch_min_bytes=1 the broker answers as soon as a view record lands (as for the projector's
+            # consumer, bench/e2e_propagation.py); a larger fetch_min_bytes would park a lone change that long
+            fetch_min_bytes=1,
         )
         self._consumer = consumer
         await consumer.start()
@@ -281,6 +294,7 @@ class ViewTail:
                 records = [r for rs in batch.values() for r in rs]
                 if records:
                     changed = self.cache.apply_records(records)
+                    _note_applied(batch)
                     if self.cache.ready.is_set():
                         log.debug("applied %d view records; %d nodes changed", len(records), len(changed))
                 if not self.cache.ready.is_set():

@@ -49,13 +49,12 @@ from xds_gateway import metrics
 from xds_gateway.admission import DEFAULT_LIMITS, GatewayLimits
 from xds_gateway.guard import TrustGuard, tail_revocations
 from xds_gateway.protocol.limits import StreamLimits
-from xds_gateway.server import AdsServicer, add_to_server
+from xds_gateway.server import ADS_SERVICE, AdsServicer, add_to_server
 from xds_gateway.sync_log import SyncLog
 from xds_gateway.tls import TlsConfigError, TlsFiles, load_material, server_credentials
 from xds_gateway.view_cache import ViewCache, ViewTail
 
 log = logging.getLogger("xds_gateway")
-ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,9 @@ Invariants:
 - This module holds no mesh logic and no protocol logic: it moves requests
   into a ``DeltaStream``/``SotwStream`` and the machine's responses onto the
   wire. What to send is decided by the machine; what exists is decided by the
-  projector (through the ``ViewCache``).
+  projector (through the ``ViewCache``). Responses are written already
+  serialized (delta ones from bytes each resource serialized once), so the
+  ADS methods are registered with an identity response serializer.
 - The view tail never waits for a stream: a view change only queues one
   "view changed" token per affected stream (never a second while one is
   pending); each stream then takes the latest view itself, so bursts coalesce
@@ -107,7 +109,7 @@ class _StreamMetrics:
         self.bytes = metrics.BYTES_SENT.labels(kind)
         self._by_type: dict[str, tuple] = {}
 
-    def sent(self, response, changed_at: float | None) -> None:
+    def sent(self, response, nbytes: int, changed_at: float | None) -> None:
         children = self._by_type.get(response.type_url)
         if children is None:
             label = metrics.type_label(response.type_url)
@@ -118,7 +120,7 @@ class _StreamMetrics:
             )
         responses, resources, removals = children
         responses.inc()
-        self.bytes.inc(response.ByteSize())
+        self.bytes.inc(nbytes)
         resources.inc(len(response.resources))
         if self.kind == "delta":
             removals.inc(len(response.removed_resources))
@@ -320,16 +322,18 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     await context.send_initial_metadata(())
                     headers_sent = True
                 for response in responses:
+                    # delta: assembled from each resource's bytes, serialized once for every stream
+                    payload = response.encode() if kind == "delta" else response.SerializeToString()
                     try:
                         async with asyncio.timeout(self.write_timeout_s):
-                            await context.write(response)
+                            await context.write(payload)
                     except TimeoutError:
                         metrics.SLOW_STREAMS_CLOSED.inc()
                         close_reason = "slow_client"
                         log.warning("%s stream %s (node %s) did not read for %.0fs: closing it", kind, stream_id,
                                     shown_node, self.write_timeout_s)
                         await _abort_behind_stalled_write(context, self.write_timeout_s)
-                    counters.sent(response, changed_at)
+                    counters.sent(response, len(payload), changed_at)
                 item = await inbox.queue.get()
         except asyncio.CancelledError:
             # grpc cancels the handler when the client resets the stream or its connection drops
@@ -412,8 +416,25 @@ def _names(names) -> str:
     return f"{len(names)}[{printable(', '.join(itertools.islice(names, 20)), 300)}]"
 
 
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+
+def _already_serialized(payload: bytes) -> bytes:
+    return payload
+
+
 def add_to_server(servicer: AdsServicer, server: grpc.aio.Server) -> None:
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(servicer, server)
+    """Register the ADS methods; the handlers write responses already serialized (identity serializer)."""
+    handlers = {
+        "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+            servicer.StreamAggregatedResources, request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+            response_serializer=_already_serialized),
+        "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+            servicer.DeltaAggregatedResources, request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+            response_serializer=_already_serialized),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),))
+    server.add_registered_method_handlers(ADS_SERVICE, handlers)
 
 
 __all__ = ["AdsServicer", "add_to_server", "discovery_pb2"]

@@ -2,7 +2,8 @@
 
 ``DeltaStream`` consumes ``DeltaDiscoveryRequest`` messages and changes of the
 node's view, and returns the ``DeltaDiscoveryResponse`` messages to send, in
-order. It does no I/O, keeps no clock and never blocks; the gateway shell owns
+order (as :class:`.wire.DeltaResponse`: the decision, encoded from bytes each
+resource serialized once). It does no I/O, keeps no clock and never blocks; the gateway shell owns
 the gRPC stream, the queue and the view.
 
 Spec decisions (quotes are from the xDS REST and gRPC protocol document,
@@ -124,6 +125,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from .common import CLIENT_TEXT_MAX, Acked, AllowFn, Nack, ReportsSync, ProtocolError, digest_hex, entry_hash, order_segments
 from .limits import DEFAULT_STREAM_LIMITS, Refused, StreamLimits
 from .resources import CLUSTER, CORE_TYPES, ENDPOINT, LISTENER, ROUTE, WILDCARD, NodeView, VersionedResource
+from .wire import DeltaResponse
 
 __all__ = ["DeltaStream"]
 
@@ -259,7 +261,7 @@ class DeltaStream(ReportsSync):
 
     # ------------------------------------------------------------------ inputs
 
-    def on_request(self, req: discovery_pb2.DeltaDiscoveryRequest) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+    def on_request(self, req: discovery_pb2.DeltaDiscoveryRequest) -> list[DeltaResponse]:
         """Handle one client request; return the responses to send, in order.
 
         Raises :class:`Refused` when the request goes over a stream limit
@@ -310,7 +312,7 @@ class DeltaStream(ReportsSync):
         self._allowed = allowed
         self._wildcard_allowed = wildcard_allowed
 
-    def on_view(self, view: NodeView) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+    def on_view(self, view: NodeView) -> list[DeltaResponse]:
         """The node's view changed; return the responses to send now (maybe none)."""
         old, self._view = self._view, view
         for t, ts in self._types.items():
@@ -612,7 +614,7 @@ class DeltaStream(ReportsSync):
             if name not in w.removals:
                 w.upsert(cla)
 
-    def _emit(self, work: dict[str, _Work]) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+    def _emit(self, work: dict[str, _Work]) -> list[DeltaResponse]:
         if not work:
             return []
         self._add_eds_companions(work)
@@ -626,31 +628,24 @@ class DeltaStream(ReportsSync):
         segments = order_segments(ups, rems, lambda a, b: ({**a[0], **b[0]}, a[1] | b[1]))
         return [self._build(t, u, r) for t, (u, r) in segments]
 
-    def _build(self, t: str, upserts: dict[str, VersionedResource], removals: set[str]):
+    def _build(self, t: str, upserts: dict[str, VersionedResource], removals: set[str]) -> DeltaResponse:
         ts = self._types[t]
         self._seq += 1
         nonce = f"{self.stream_id}-{self._seq}"
-        resp = discovery_pb2.DeltaDiscoveryResponse(type_url=t, nonce=nonce)
         nbytes = 0
         sent_pairs = []
-        if upserts:
-            names = sorted(upserts)
-            resp.resources.extend([upserts[n].delta_resource for n in names])
-            for n in names:
-                res = upserts[n]
-                ts.record(n, res.version)
-                nbytes += res.size
-                sent_pairs.append((n, res.version))
+        resources = [upserts[n] for n in sorted(upserts)]
+        for res in resources:
+            ts.record(res.name, res.version)
+            nbytes += res.size
+            sent_pairs.append((res.name, res.version))
         removed = sorted(removals)
-        if removed:
-            resp.removed_resources.extend(removed)
-            for n in removed:
-                nbytes += len(n)
-                if n in ts.names:
-                    ts.record(n, None)
-                else:
-                    ts.forget(n)
-        resp.system_version_info = digest_hex(ts.digest)
+        for n in removed:
+            nbytes += len(n)
+            if n in ts.names:
+                ts.record(n, None)
+            else:
+                ts.forget(n)
         ts.pending[nonce] = _Pending(nonce, tuple(sent_pairs), tuple(removed), nbytes, frozenset(upserts))
         self.responses_sent += 1
-        return resp
+        return DeltaResponse(t, nonce, digest_hex(ts.digest), resources, removed)

@@ -13,7 +13,8 @@ Admission limits (``--max-*``) end one stream with ``RESOURCE_EXHAUSTED``.
 Bad flags or unusable TLS files: a message naming them, exit 2. SIGTERM/SIGINT: report NOT_SERVING, stop
 accepting, give open streams ``--grace`` seconds, then close them so their
 clients reconnect to another replica; the process exits within the bound.
-Unless ``--no-sync-log``, what the streams learn (opened, ACKed, NACKed,
+``--workers N`` runs N such gateways in processes sharing the gRPC port
+(``xds_gateway.workers``). Unless ``--no-sync-log``, what the streams learn (opened, ACKed, NACKed,
 closed) is appended to ``meshlog.sync`` under ``--replica-id``; a graceful stop
 records every open stream as closed by the gateway.
 """
@@ -31,7 +32,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import grpc
 import orjson
@@ -53,6 +54,7 @@ from xds_gateway.server import ADS_SERVICE, AdsServicer, add_to_server
 from xds_gateway.sync_log import SyncLog
 from xds_gateway.tls import TlsConfigError, TlsFiles, load_material, server_credentials
 from xds_gateway.view_cache import ViewCache, ViewTail
+from xds_gateway.workers import run_workers
 
 log = logging.getLogger("xds_gateway")
 
@@ -99,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sync-window", type=argtypes.seconds(0, 60), default=1.0,
                      help="seconds over which one stream's ACKs of one type coalesce into one record (default 1)")
     run.add_argument("--ready-file", help="write the bound ports as JSON to this file once ready")
+    run.add_argument("--workers", type=argtypes.integer(1, 64), default=1,
+                     help="gateway processes sharing the gRPC port (SO_REUSEPORT), each holding its share of the "
+                          "streams and a whole view; HTTP ports are --http-port + i (default 1)")
     run.add_argument("--log-level", default="INFO")
     return parser
 
@@ -172,7 +177,9 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-async def serve(args: argparse.Namespace, bootstrap: str, limits: GatewayLimits, tls_files: TlsFiles | None) -> int:
+async def serve(args: argparse.Namespace, bootstrap: str, limits: GatewayLimits, tls_files: TlsFiles | None,
+                on_ready: Callable[[dict], None] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; once ready, print the ports (or hand them to ``on_ready``, as a worker does)."""
     material = load_material(tls_files) if tls_files is not None else None
     cache = ViewCache()
     tail = ViewTail(cache, bootstrap)
@@ -246,10 +253,14 @@ async def serve(args: argparse.Namespace, bootstrap: str, limits: GatewayLimits,
     elif cache.ready.is_set() and not stop.is_set():
         for service in ("", ADS_SERVICE):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-        line = orjson.dumps({"xds_port": port, "http_port": http_port, "ready": True}).decode()
-        print(line, flush=True)
-        if args.ready_file:
-            write_file_atomic(args.ready_file, line.encode())
+        info = {"xds_port": port, "http_port": http_port, "ready": True}
+        if on_ready is not None:
+            on_ready(info)
+        else:
+            line = orjson.dumps(info).decode()
+            print(line, flush=True)
+            if args.ready_file:
+                write_file_atomic(args.ready_file, line.encode())
         log.info("ready: %d nodes in view", len(cache.nodes()))
         freezer = asyncio.create_task(_keep_long_lived_objects_out_of_gc())
         await asyncio.wait({stop_wait, tail_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -296,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NoBrokerAddress as exc:
         print(f"xds-gateway: {exc}", file=sys.stderr)
         return 3
+    if args.workers > 1:
+        return run_workers(args, bootstrap, limits, tls_files)
     return asyncio.run(serve(args, bootstrap, limits, tls_files))
 
 

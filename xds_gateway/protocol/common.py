@@ -89,8 +89,10 @@ class StreamMachine:
         self._limits = limits
         self._types: dict = {}  # type URL -> the subclass's per-type state
         self._seq = 0
-        self._nacks: deque[Nack] = deque(maxlen=max_records)
-        self._errors: deque[ProtocolError] = deque(maxlen=max_records)
+        # made at the first record: most streams never have one (two deques cost 1.2 kB per stream)
+        self._max_records = max_records
+        self._nacks: deque[Nack] | None = None
+        self._errors: deque[ProtocolError] | None = None
         self.nack_count = 0
         self.ack_count = 0
         self.error_count = 0
@@ -109,6 +111,8 @@ class StreamMachine:
         if t in self._served:
             return True
         self.error_count += 1
+        if self._errors is None:
+            self._errors = deque(maxlen=self._max_records)
         self._errors.append(ProtocolError(self.stream_id, self.node_id, "unknown_type_url", t[:CLIENT_TEXT_MAX],
                                           "type not served by this gateway" if t else "empty type_url"))
         return False
@@ -127,6 +131,8 @@ class StreamMachine:
 
     def _record_nack(self, nack: Nack) -> None:
         self.nack_count += 1
+        if self._nacks is None:
+            self._nacks = deque(maxlen=self._max_records)
         self._nacks.append(nack)
         if self._learned is not None:
             self._learned.append(nack)
@@ -158,12 +164,12 @@ class StreamMachine:
     @property
     def nacks(self) -> tuple[Nack, ...]:
         """The most recent NACKs (bounded); ``nack_count`` counts all."""
-        return tuple(self._nacks)
+        return tuple(self._nacks or ())
 
     @property
     def errors(self) -> tuple[ProtocolError, ...]:
         """The most recent unanswerable requests (bounded); ``error_count`` counts all."""
-        return tuple(self._errors)
+        return tuple(self._errors or ())
 
     def acked_versions(self, type_url: str) -> dict[str, str]:
         """What the client holds of a type, as far as its ACKs tell: name -> version."""

@@ -233,6 +233,8 @@ class ViewCache:
             self._membership[node] = new
             for type_url, names in new.items():
                 before = old[type_url]
+                if before == names:
+                    continue  # the usual case for all types but one (compared in C, not name by name)
                 for name, version in names.items():
                     if before[name] != version and (
                             self._resolve((type_url, name), before[name]) is not self._resolve((type_url, name), version)):

@@ -34,15 +34,17 @@ BIN = Path(sys.executable).parent
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent(*, own_group: bool = False) -> Callable[[], None]:
+def die_with_parent(*, own_group: bool = False, parent_pid: int | None = None) -> Callable[[], None]:
     """A ``preexec_fn``: the child gets SIGKILL when the thread that spawned it dies (Linux only).
 
     With ``own_group`` it also leads its own process group. Should the parent
     die before the death signal is set, the child exits at once; where
     ``prctl`` is missing it is best effort (the caller's own stop still runs).
-    The one copy for every spawner (``spawn``, the local broker, Envoy).
+    The one copy for every spawner (``spawn``, the local broker, Envoy); a
+    child already running calls it with its ``parent_pid`` (the caller's own
+    process by default).
     """
-    parent_pid = os.getpid()
+    parent_pid = os.getpid() if parent_pid is None else parent_pid
 
     def preexec() -> None:
         if own_group:

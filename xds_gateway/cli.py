@@ -13,7 +13,8 @@ Admission limits (``--max-*``) end one stream with ``RESOURCE_EXHAUSTED``.
 Bad flags or unusable TLS files: a message naming them, exit 2. SIGTERM/SIGINT: report NOT_SERVING, stop
 accepting, give open streams ``--grace`` seconds, then close them so their
 clients reconnect to another replica; the process exits within the bound.
-Unless ``--no-sync-log``, what the streams learn (opened, ACKed, NACKed,
+``--workers N`` runs N such gateways in processes sharing the gRPC port
+(``xds_gateway.workers``). Unless ``--no-sync-log``, what the streams learn (opened, ACKed, NACKed,
 closed) is appended to ``meshlog.sync`` under ``--replica-id``; a graceful stop
 records every open stream as closed by the gateway.
 """
@@ -31,7 +32,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import grpc
 import orjson
@@ -49,14 +50,14 @@ from xds_gateway import metrics
 from xds_gateway.admission import DEFAULT_LIMITS, GatewayLimits
 from xds_gateway.guard import TrustGuard, tail_revocations
 from xds_gateway.protocol.limits import StreamLimits
-from xds_gateway.server import AdsServicer, add_to_server
+from xds_gateway.server import ADS_SERVICE, AdsServicer, add_to_server
 from xds_gateway.on_demand import DEFAULT_HOLD_S, LearnedSubscriptions
 from xds_gateway.sync_log import SyncLog
 from xds_gateway.tls import TlsConfigError, TlsFiles, load_material, server_credentials
 from xds_gateway.view_cache import ViewCache, ViewTail
+from xds_gateway.workers import run_workers
 
 log = logging.getLogger("xds_gateway")
-ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                           f"(default {DEFAULT_HOLD_S:g}; under Envoy's own 5 s on-demand timeout); 0: no on-demand "
                           "subscriptions, such a request is answered 'does not exist' at once and nothing is recorded")
     run.add_argument("--ready-file", help="write the bound ports as JSON to this file once ready")
+    run.add_argument("--workers", type=argtypes.integer(1, 64), default=1,
+                     help="gateway processes sharing the gRPC port (SO_REUSEPORT), each holding its share of the "
+                          "streams and a whole view; HTTP ports are --http-port + i (default 1)")
     run.add_argument("--log-level", default="INFO")
     return parser
 
@@ -179,7 +183,9 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-async def serve(args: argparse.Namespace, bootstrap: str, limits: GatewayLimits, tls_files: TlsFiles | None) -> int:
+async def serve(args: argparse.Namespace, bootstrap: str, limits: GatewayLimits, tls_files: TlsFiles | None,
+                on_ready: Callable[[dict], None] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; once ready, print the ports (or hand them to ``on_ready``, as a worker does)."""
     material = load_material(tls_files) if tls_files is not None else None
     cache = ViewCache()
     tail = ViewTail(cache, bootstrap)
@@ -262,10 +268,14 @@ async def serve(args: argparse.Namespace, bootstrap: str, limits: GatewayLimits,
     elif cache.ready.is_set() and not stop.is_set():
         for service in ("", ADS_SERVICE):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-        line = orjson.dumps({"xds_port": port, "http_port": http_port, "ready": True}).decode()
-        print(line, flush=True)
-        if args.ready_file:
-            write_file_atomic(args.ready_file, line.encode())
+        info = {"xds_port": port, "http_port": http_port, "ready": True}
+        if on_ready is not None:
+            on_ready(info)
+        else:
+            line = orjson.dumps(info).decode()
+            print(line, flush=True)
+            if args.ready_file:
+                write_file_atomic(args.ready_file, line.encode())
         log.info("ready: %d nodes in view", len(cache.nodes()))
         freezer = asyncio.create_task(_keep_long_lived_objects_out_of_gc())
         await asyncio.wait({stop_wait, tail_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -314,6 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NoBrokerAddress as exc:
         print(f"xds-gateway: {exc}", file=sys.stderr)
         return 3
+    if args.workers > 1:
+        return run_workers(args, bootstrap, limits, tls_files)
     return asyncio.run(serve(args, bootstrap, limits, tls_files))
 
 

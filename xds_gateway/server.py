@@ -4,7 +4,9 @@ Invariants:
 - This module holds no mesh logic and no protocol logic: it moves requests
   into a ``DeltaStream``/``SotwStream`` and the machine's responses onto the
   wire. What to send is decided by the machine; what exists is decided by the
-  projector (through the ``ViewCache``).
+  projector (through the ``ViewCache``). Responses are written already
+  serialized (delta ones from bytes each resource serialized once), so the
+  ADS methods are registered with an identity response serializer.
 - The view tail never waits for a stream: a view change only queues one
   "view changed" token per affected stream (never a second while one is
   pending); each stream then takes the latest view itself, so bursts coalesce
@@ -51,7 +53,7 @@ import itertools
 import logging
 import os
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from typing import Callable
 
 import grpc
@@ -92,18 +94,42 @@ NACK_LOG_BURST, NACK_LOG_INTERVAL_S = 5, 10.0  # per stream: NACK lines logged a
 
 
 class _Inbox:
-    """One queue per stream carrying client requests and view-change tokens, in arrival order."""
+    """One queue per stream carrying client requests and view-change tokens, in arrival order.
 
-    __slots__ = ("queue", "_changed_at")
+    One consumer (the stream's handler) and no bound of its own (the reader
+    checks ``len``): a deque and at most one waiting future, instead of an
+    ``asyncio.Queue`` (four deques and an event per stream at 10k streams).
+    """
+
+    __slots__ = ("_items", "_waiter", "_changed_at")
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self._items: deque = deque()
+        self._waiter: asyncio.Future | None = None
         self._changed_at: float | None = None
+
+    def put(self, item) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self):
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def view_changed(self, now: float) -> None:
         if self._changed_at is None:
             self._changed_at = now
-            self.queue.put_nowait(_VIEW)
+            self.put(_VIEW)
 
     def take_change(self) -> float | None:
         changed_at, self._changed_at = self._changed_at, None
@@ -118,7 +144,7 @@ class _StreamMetrics:
         self.bytes = metrics.BYTES_SENT.labels(kind)
         self._by_type: dict[str, tuple] = {}
 
-    def sent(self, response, changed_at: float | None) -> None:
+    def sent(self, response, nbytes: int, changed_at: float | None) -> None:
         children = self._by_type.get(response.type_url)
         if children is None:
             label = metrics.type_label(response.type_url)
@@ -129,7 +155,7 @@ class _StreamMetrics:
             )
         responses, resources, removals = children
         responses.inc()
-        self.bytes.inc(response.ByteSize())
+        self.bytes.inc(nbytes)
         resources.inc(len(response.resources))
         if self.kind == "delta":
             removals.inc(len(response.removed_resources))
@@ -225,18 +251,18 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     request = await context.read()
                     if request is grpc.aio.EOF:
                         break
-                    if inbox.queue.qsize() >= self.request_queue:
+                    if len(inbox) >= self.request_queue:
                         # the client sends faster than we answer: shed it rather than buffer without bound
-                        inbox.queue.put_nowait(_OVERRUN)
+                        inbox.put(_OVERRUN)
                         return
-                    inbox.queue.put_nowait(request)
+                    inbox.put(request)
             except (asyncio.CancelledError, grpc.aio.AioRpcError, grpc.RpcError):
                 pass
             finally:
-                inbox.queue.put_nowait(_EOF)
+                inbox.put(_EOF)
 
         reader = asyncio.create_task(read_requests())
-        first = await inbox.queue.get()
+        first = await inbox.get()
         if first is _EOF or first is _OVERRUN:
             reader.cancel()
             return
@@ -256,7 +282,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         if decision is not None and decision.outcome == DENY:
             reader.cancel()
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, decision.detail)
-        release = self.guard.hold(peer, lambda: inbox.queue.put_nowait(_REVOKED)) if self.guard else None
+        release = self.guard.hold(peer, lambda: inbox.put(_REVOKED)) if self.guard else None
         machine = self._new_machine(kind, stream_id, node_id, known)
         (self._watchers[node_id] if known else self._unknown_watchers).add(inbox)
         metrics.STREAMS.labels(kind).inc()
@@ -341,17 +367,19 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     await context.send_initial_metadata(())
                     headers_sent = True
                 for response in responses:
+                    # delta: assembled from each resource's bytes, serialized once for every stream
+                    payload = response.encode() if kind == "delta" else response.SerializeToString()
                     try:
                         async with asyncio.timeout(self.write_timeout_s):
-                            await context.write(response)
+                            await context.write(payload)
                     except TimeoutError:
                         metrics.SLOW_STREAMS_CLOSED.inc()
                         close_reason = "slow_client"
                         log.warning("%s stream %s (node %s) did not read for %.0fs: closing it", kind, stream_id,
                                     shown_node, self.write_timeout_s)
                         await _abort_behind_stalled_write(context, self.write_timeout_s)
-                    counters.sent(response, changed_at)
-                item = await inbox.queue.get()
+                    counters.sent(response, len(payload), changed_at)
+                item = await inbox.get()
         except asyncio.CancelledError:
             # grpc cancels the handler when the client resets the stream or its connection drops
             if close_reason == "error":
@@ -449,8 +477,25 @@ def _names(names) -> str:
     return f"{len(names)}[{printable(', '.join(itertools.islice(names, 20)), 300)}]"
 
 
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+
+def _already_serialized(payload: bytes) -> bytes:
+    return payload
+
+
 def add_to_server(servicer: AdsServicer, server: grpc.aio.Server) -> None:
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(servicer, server)
+    """Register the ADS methods; the handlers write responses already serialized (identity serializer)."""
+    handlers = {
+        "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+            servicer.StreamAggregatedResources, request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+            response_serializer=_already_serialized),
+        "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+            servicer.DeltaAggregatedResources, request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+            response_serializer=_already_serialized),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),))
+    server.add_registered_method_handlers(ADS_SERVICE, handlers)
 
 
 __all__ = ["AdsServicer", "add_to_server", "discovery_pb2"]

@@ -11,6 +11,13 @@ Invariants:
 - Applying a batch never waits for a stream: it computes which nodes changed
   and calls the registered listeners, which only set flags (diff, then
   publish; a slow stream can never hold the tail back).
+- ``node_view`` hands out one shared, never-mutated mapping per node (type URL
+  -> name -> resource). When a change touches some types of a node, the next
+  call returns a new outer mapping that reuses the per-type mappings of the
+  types that did not change (the same objects): the stream machines compare
+  per-type mappings by identity, so a change of one type makes them diff that
+  type only, and the per-type mappings are built once per change, not once
+  per stream.
 - A node the view does not know (a proxyless gRPC client that never
   registered) may fetch by name only *shared* resources — those whose name
   carries no node id (``~``), such as a gRPC service's API listener, route,
@@ -85,6 +92,10 @@ class ViewCache:
         # (type_url, name) -> nodes whose membership names it: lets a body change find its nodes in O(k)
         self._referenced_by: dict[tuple[str, str], set[str]] = defaultdict(set)
         self._shared: dict[str, dict[str, VersionedResource]] = defaultdict(dict)
+        # node -> its current view, built on demand; a type whose content changed is left out (and
+        # the outer mapping replaced, never mutated) until the next node_view builds it again
+        self._views: dict[str, dict[str, dict[str, VersionedResource]]] = {}
+        self._shared_view: dict[str, dict[str, VersionedResource]] | None = None
         self.shared_changed = False  # set when a shared body changed in the last apply_records
         self._listeners: list[Listener] = []
         self.ready = asyncio.Event()
@@ -110,15 +121,31 @@ class ViewCache:
         return self._owners.get(node_id)
 
     def node_view(self, node_id: str) -> dict[str, dict[str, VersionedResource]]:
-        view: dict[str, dict[str, VersionedResource]] = {}
-        for type_url, names in self._membership.get(node_id, {}).items():
-            present = {}
-            for name, version in names.items():
-                resource = self._resolve((type_url, name), version)
-                if resource is not None:
-                    present[name] = resource
-            view[type_url] = present
-        return view
+        """The node's view: type URL -> name -> resource (shared: do not mutate it)."""
+        membership = self._membership.get(node_id)
+        if membership is None:
+            return {}
+        view = self._views.get(node_id)
+        if view is not None and len(view) == len(membership):
+            return view  # every type is current (a stale type is left out; types only ever leave with it)
+        fresh = {}
+        for type_url, names in membership.items():
+            present = view.get(type_url) if view is not None else None
+            if present is None:
+                present = {}
+                for name, version in names.items():
+                    resource = self._resolve((type_url, name), version)
+                    if resource is not None:
+                        present[name] = resource
+            fresh[type_url] = present
+        self._views[node_id] = fresh
+        return fresh
+
+    def _type_changed(self, node_id: str, type_url: str) -> None:
+        """One type of the node's view changed: drop it from the cached view (a new outer mapping)."""
+        view = self._views.get(node_id)
+        if view is not None and type_url in view:
+            self._views[node_id] = {t: v for t, v in view.items() if t != type_url}
 
     def _resolve(self, ident: tuple[str, str], version: str | None) -> VersionedResource | None:
         """The body a membership naming ``version`` sees: that version if still held, else the latest."""
@@ -129,8 +156,10 @@ class ViewCache:
         return previous if previous is not None and previous.version == version else latest
 
     def shared_view(self) -> dict[str, dict[str, VersionedResource]]:
-        """What an unknown node may name: every shared (not per-node) resource."""
-        return {type_url: dict(names) for type_url, names in self._shared.items()}
+        """What an unknown node may name: every shared (not per-node) resource (shared: do not mutate it)."""
+        if self._shared_view is None:
+            self._shared_view = {type_url: dict(names) for type_url, names in self._shared.items()}
+        return self._shared_view
 
     def proxyless_allowed(self, type_url: str, name: str) -> bool:
         return _PER_NODE_MARK not in name
@@ -151,10 +180,13 @@ class ViewCache:
         if value is None:
             self._previous.pop(ident, None)
             if self._resources.pop(ident, None) is not None:
-                changed.update(self._referenced_by.get(ident, ()))
+                for node in self._referenced_by.get(ident, ()):
+                    changed.add(node)
+                    self._type_changed(node, type_url)
                 if shared:
                     self._shared[type_url].pop(name, None)
                     self.shared_changed = True
+                    self._shared_view = None
             return
         current = self._resources.get(ident)
         resource = make_resource(type_url, name, value)
@@ -166,10 +198,12 @@ class ViewCache:
         if shared:
             self._shared[type_url][name] = resource
             self.shared_changed = True
+            self._shared_view = None
         for node in self._referenced_by.get(ident, ()):
             # a node whose membership names the body just replaced keeps it until its membership moves
             if current is None or self._membership[node][type_url].get(name) != current.version:
                 changed.add(node)
+                self._type_changed(node, type_url)
 
     def apply_membership(self, key: bytes, value: bytes | None, changed: set[str]) -> None:
         node = key.decode()
@@ -200,12 +234,21 @@ class ViewCache:
             self._membership[node] = new
             for type_url, names in new.items():
                 before = old[type_url]
+                if before == names:
+                    continue  # the usual case for all types but one (compared in C, not name by name)
                 for name, version in names.items():
                     if before[name] != version and (
                             self._resolve((type_url, name), before[name]) is not self._resolve((type_url, name), version)):
                         changed.add(node)
-                        return
+                        self._type_changed(node, type_url)
+                        break
             return
+        if new is None:
+            self._views.pop(node, None)
+        elif old is not None:
+            for type_url in old.keys() | new.keys():
+                if old.get(type_url) != new.get(type_url):
+                    self._type_changed(node, type_url)
         if old is not None:
             del self._membership[node]
             for type_url, names in old.items():

@@ -6,6 +6,7 @@ changes in and writes the returned responses out, in order.
 - :class:`DeltaStream` -- ``DeltaAggregatedResources`` (incremental ADS)
 - :class:`SotwStream` -- ``StreamAggregatedResources`` (state of the world)
 - :class:`VersionedResource`, :func:`make_resource`, ``NodeView`` -- inputs
+- :class:`DeltaResponse` -- a delta machine's output, encoded from bytes made once per resource
 """
 
 from .common import Nack, ProtocolError
@@ -24,6 +25,7 @@ from .resources import (
     version_of,
 )
 from .sotw import WILDCARD_TYPES, SotwStream
+from .wire import DeltaResponse
 
 __all__ = [
     "CLUSTER",
@@ -34,6 +36,7 @@ __all__ = [
     "ROUTE",
     "WILDCARD",
     "WILDCARD_TYPES",
+    "DeltaResponse",
     "DeltaStream",
     "Nack",
     "NodeView",

@@ -2,7 +2,8 @@
 
 ``DeltaStream`` consumes ``DeltaDiscoveryRequest`` messages and changes of the
 node's view, and returns the ``DeltaDiscoveryResponse`` messages to send, in
-order. It does no I/O, keeps no clock and never blocks; the gateway shell owns
+order (as :class:`.wire.DeltaResponse`: the decision, encoded from bytes each
+resource serialized once). It does no I/O, keeps no clock and never blocks; the gateway shell owns
 the gRPC stream, the queue and the view.
 
 Spec decisions (quotes are from the xDS REST and gRPC protocol document,
@@ -129,15 +130,15 @@ envoyproxy/envoy ``docs/root/api-docs/xds_protocol.rst``, and the comments of
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from .common import CLIENT_TEXT_MAX, Acked, AllowFn, Nack, ReportsSync, ProtocolError, digest_hex, entry_hash, order_segments
-from .limits import DEFAULT_STREAM_LIMITS, Refused, StreamLimits
-from .resources import CLUSTER, CORE_TYPES, ENDPOINT, LISTENER, ROUTE, WILDCARD, NodeView, VersionedResource
+from .common import CLIENT_TEXT_MAX, Acked, Nack, StreamMachine, digest_hex, entry_hash, order_segments
+from .limits import Refused
+from .resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, WILDCARD, NodeView, VersionedResource
+from .wire import DeltaResponse
 
 __all__ = ["DeltaStream", "MAX_HELD"]
 
@@ -146,7 +147,6 @@ MAX_HELD = 16
 
 _MASK64 = (1 << 64) - 1
 _HELD_WHILE_WARMING = frozenset((LISTENER, ROUTE))
-_EMPTY: dict[str, VersionedResource] = {}
 
 
 @dataclass(frozen=True)
@@ -229,71 +229,39 @@ class _Work:
         self.removals.discard(name)
 
 
-class DeltaStream(ReportsSync):
+class DeltaStream(StreamMachine):
     """Protocol state of one ``DeltaAggregatedResources`` stream.
 
-    ``view`` is this node's view (type URL -> name -> resource). ``allowed``
-    restricts explicit subscriptions (a refused name is reported as not
-    existing); ``wildcard_allowed=False`` makes a wildcard subscription cover
-    nothing. ``served_types`` are the type URLs this gateway answers.
-    ``limits`` caps what one client may make the stream hold
-    (:mod:`.limits`); ``on_request`` raises :class:`Refused` over them.
-    ``hold_missing`` turns on the on-demand hold for the cluster names it
-    accepts (see the module docstring).
+    ``view`` is this node's view (type URL -> name -> resource); the options
+    (``allowed``, ``wildcard_allowed``, ``served_types``, ``limits``, ...) are
+    :class:`.common.StreamMachine`'s. ``on_request`` raises :class:`Refused`
+    over the limits. ``hold_missing`` turns on the on-demand hold for the
+    cluster names it accepts (see the module docstring).
     """
 
-    def __init__(
-        self,
-        stream_id: str,
-        view: NodeView,
-        *,
-        allowed: AllowFn | None = None,
-        wildcard_allowed: bool = True,
-        served_types: Iterable[str] = CORE_TYPES,
-        max_records: int = 64,
-        report_sync: bool = False,
-        limits: StreamLimits = DEFAULT_STREAM_LIMITS,
-        hold_missing: Callable[[str], bool] | None = None,
-    ) -> None:
-        self.stream_id = stream_id
-        self.node_id = ""
-        self._view = view
-        self._allowed = allowed
-        self._wildcard_allowed = wildcard_allowed
-        self._served = frozenset(served_types)
-        self._limits = limits
-        self._types: dict[str, _TypeState] = {}
+    _types: dict[str, _TypeState]
+
+    def __init__(self, stream_id: str, view: NodeView, *,
+                 hold_missing: Callable[[str], bool] | None = None, **options) -> None:
+        super().__init__(stream_id, view, **options)
         self._eds_owed: set[str] = set()  # CLAs to send with EDS's first response
         # New clusters' assignment name -> cluster name, while LDS/RDS changes wait for them to warm
         self._warming: dict[str, str] = {}
-        self._seq = 0
-        self._nacks: deque[Nack] = deque(maxlen=max_records)
-        self._errors: deque[ProtocolError] = deque(maxlen=max_records)
-        self.nack_count = 0
-        self.ack_count = 0
-        self.error_count = 0
-        self.stale_nonce_count = 0
-        self.responses_sent = 0
         self._hold_missing = hold_missing
         self._on_hold: dict[str, None] = {}  # clusters on hold, oldest first
         self._newly_on_hold: list[str] = []  # until the shell takes them
-        # ACK/NACK facts for the sync log, oldest first, until the shell takes them
-        self._learned: list[Acked | Nack] | None = [] if report_sync else None
 
     # ------------------------------------------------------------------ inputs
 
-    def on_request(self, req: discovery_pb2.DeltaDiscoveryRequest) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+    def on_request(self, req: discovery_pb2.DeltaDiscoveryRequest) -> list[DeltaResponse]:
         """Handle one client request; return the responses to send, in order.
 
         Raises :class:`Refused` when the request goes over a stream limit
         (the stream is to end; checks on the request itself change nothing).
         """
-        if not self.node_id and req.HasField("node"):
-            self.node_id = req.node.id
-        t = req.type_url
-        if t not in self._served:
-            self._error("unknown_type_url", t, "type not served by this gateway" if t else "empty type_url")
+        if not self._served_request(req):
             return []
+        t = req.type_url
         self._admit(self._types.get(t), req)
         ts = self._types.get(t)
         if ts is None:
@@ -328,17 +296,9 @@ class DeltaStream(ReportsSync):
             raise Refused("max_names_per_type", f"{total} names subscribed to {req.type_url}, "
                                                 f"at most {lim.max_names_per_type} allowed")
 
-    def set_scope(self, *, allowed: AllowFn | None, wildcard_allowed: bool) -> None:
-        """Change what this node may see (an unknown node became known); the next ``on_view`` applies it."""
-        self._allowed = allowed
-        self._wildcard_allowed = wildcard_allowed
-
-    def on_view(self, view: NodeView) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+    def on_view(self, view: NodeView) -> list[DeltaResponse]:
         """The node's view changed; return the responses to send now (maybe none)."""
-        old, self._view = self._view, view
-        for t, ts in self._types.items():
-            if ts.seen and view.get(t) is not old.get(t):
-                ts.dirty = True
+        self._take_view(view)
         if self.blocked:
             return []
         work: dict[str, _Work] = {}
@@ -372,36 +332,14 @@ class DeltaStream(ReportsSync):
         return tuple(self._on_hold)
 
     @property
-    def view(self) -> NodeView:
-        return self._view
-
-    @property
-    def blocked(self) -> bool:
-        """True while any response on the stream awaits its ACK/NACK."""
-        return any(ts.pending for ts in self._types.values())
-
-    @property
-    def has_deferred(self) -> bool:
-        """True if view changes are waiting for the pending responses' ACKs."""
-        return any(ts.dirty for ts in self._types.values())
-
-    @property
     def warming(self) -> frozenset[str]:
         """Assignments of new clusters that listener and route changes are waiting for."""
         return frozenset(self._warming)
-
-    def types(self) -> tuple[str, ...]:
-        """Type URLs the client has requested on this stream."""
-        return tuple(t for t, ts in self._types.items() if ts.seen)
 
     def subscriptions(self, type_url: str) -> frozenset[str]:
         """Explicit subscriptions of a type (``"*"`` included when wildcard)."""
         ts = self._types.get(type_url)
         return frozenset(ts.names) if ts else frozenset()
-
-    def is_wildcard(self, type_url: str) -> bool:
-        ts = self._types.get(type_url)
-        return bool(ts and ts.wildcard)
 
     def known_versions(self, type_url: str) -> dict[str, str]:
         """What the server believes the client holds: name -> version."""
@@ -418,21 +356,7 @@ class DeltaStream(ReportsSync):
         """Approximate size of the resources in un-ACKed responses."""
         return sum(p.nbytes for ts in self._types.values() for p in ts.pending.values())
 
-    @property
-    def nacks(self) -> tuple[Nack, ...]:
-        """The most recent NACKs (bounded); ``nack_count`` counts all."""
-        return tuple(self._nacks)
-
-    @property
-    def errors(self) -> tuple[ProtocolError, ...]:
-        """The most recent unanswerable requests (bounded); ``error_count`` counts all."""
-        return tuple(self._errors)
-
     # --------------------------------------------------------------- internals
-
-    def _error(self, kind: str, type_url: str, detail: str) -> None:
-        self.error_count += 1
-        self._errors.append(ProtocolError(self.stream_id, self.node_id, kind, type_url[:CLIENT_TEXT_MAX], detail))
 
     def _on_ack(self, ts: _TypeState, nonce: str, error) -> None:
         p: _Pending | None = None
@@ -458,7 +382,6 @@ class DeltaStream(ReportsSync):
                 if self._learned is not None:
                     self._learned.append(Acked(ts.type_url, nonce, dict(ts.acked)))
             return
-        self.nack_count += 1
         nack = Nack(
             stream_id=self.stream_id,
             node_id=self.node_id,
@@ -470,12 +393,7 @@ class DeltaStream(ReportsSync):
             removed=p.removed if p else (),
             stale=p is None,
         )
-        self._nacks.append(nack)
-        if self._learned is not None:
-            self._learned.append(nack)
-
-    def _permits(self, type_url: str, name: str) -> bool:
-        return self._allowed is None or self._allowed(type_url, name)
+        self._record_nack(nack)
 
     def _desired(self, ts: _TypeState, view_t, name: str) -> VersionedResource | None:
         """The resource the client should hold under ``name``, or None."""
@@ -484,9 +402,6 @@ class DeltaStream(ReportsSync):
         if name in ts.names and name != WILDCARD and self._permits(ts.type_url, name):
             return view_t.get(name)
         return None
-
-    def _view_of(self, type_url: str):
-        return self._view.get(type_url) or _EMPTY
 
     def _force(self, ts: _TypeState, w: _Work, name: str) -> None:
         res = self._desired(ts, self._view_of(ts.type_url), name)
@@ -673,7 +588,7 @@ class DeltaStream(ReportsSync):
             if name not in w.removals:
                 w.upsert(cla)
 
-    def _emit(self, work: dict[str, _Work]) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+    def _emit(self, work: dict[str, _Work]) -> list[DeltaResponse]:
         if not work:
             return []
         self._add_eds_companions(work)
@@ -687,34 +602,27 @@ class DeltaStream(ReportsSync):
         segments = order_segments(ups, rems, lambda a, b: ({**a[0], **b[0]}, a[1] | b[1]))
         return [self._build(t, u, r) for t, (u, r) in segments]
 
-    def _build(self, t: str, upserts: dict[str, VersionedResource], removals: set[str]):
+    def _build(self, t: str, upserts: dict[str, VersionedResource], removals: set[str]) -> DeltaResponse:
         ts = self._types[t]
         self._seq += 1
         nonce = f"{self.stream_id}-{self._seq}"
-        resp = discovery_pb2.DeltaDiscoveryResponse(type_url=t, nonce=nonce)
         nbytes = 0
         sent_pairs = []
-        if upserts:
-            names = sorted(upserts)
-            if self._on_hold and t == CLUSTER:
-                for n in names:
-                    self._on_hold.pop(n, None)  # answered: the view has it now
-            resp.resources.extend([upserts[n].delta_resource for n in names])
-            for n in names:
-                res = upserts[n]
-                ts.record(n, res.version)
-                nbytes += res.size
-                sent_pairs.append((n, res.version))
+        resources = [upserts[n] for n in sorted(upserts)]
+        if self._on_hold and t == CLUSTER:
+            for res in resources:
+                self._on_hold.pop(res.name, None)  # answered: the view has it now
+        for res in resources:
+            ts.record(res.name, res.version)
+            nbytes += res.size
+            sent_pairs.append((res.name, res.version))
         removed = sorted(removals)
-        if removed:
-            resp.removed_resources.extend(removed)
-            for n in removed:
-                nbytes += len(n)
-                if n in ts.names:
-                    ts.record(n, None)
-                else:
-                    ts.forget(n)
-        resp.system_version_info = digest_hex(ts.digest)
+        for n in removed:
+            nbytes += len(n)
+            if n in ts.names:
+                ts.record(n, None)
+            else:
+                ts.forget(n)
         ts.pending[nonce] = _Pending(nonce, tuple(sent_pairs), tuple(removed), nbytes, frozenset(upserts))
         self.responses_sent += 1
-        return resp
+        return DeltaResponse(t, nonce, digest_hex(ts.digest), resources, removed)

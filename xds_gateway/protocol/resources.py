@@ -2,9 +2,9 @@
 
 A :class:`VersionedResource` is one rendered resource (a deterministic
 serialization of e.g. an ``envoy.config.cluster.v3.Cluster``) plus its version.
-The same object is shared by every stream that serves it, so the protobuf
-wrappers (``Any`` for state-of-the-world, ``Resource`` for delta) are built
-lazily once per object and reused.
+The same object is shared by every stream that serves it, so its wire forms
+(the ``Any`` for state-of-the-world, the encoded ``resources`` entry of a
+delta response) are built lazily once per object and reused.
 """
 
 from __future__ import annotations
@@ -76,9 +76,16 @@ class VersionedResource:
         return any_pb2.Any(type_url=self.type_url, value=self.body)
 
     @cached_property
-    def delta_resource(self) -> discovery_pb2.Resource:
-        """The delta-xDS ``Resource`` wrapper, built once and shared."""
-        return discovery_pb2.Resource(name=self.name, version=self.version, resource=self.any)
+    def delta_entry(self) -> bytes:
+        """This resource as one encoded ``resources`` entry of a ``DeltaDiscoveryResponse``, built once and shared.
+
+        (A ``Resource{name, version, resource: Any}``, with the response's field key and length in front.)
+        """
+        from .wire import encode_length_delimited
+
+        wrapped = discovery_pb2.Resource(name=self.name, version=self.version,
+                                         resource=any_pb2.Any(type_url=self.type_url, value=self.body))
+        return encode_length_delimited(_DELTA_RESOURCES_KEY, wrapped.SerializeToString())
 
     @cached_property
     def eds_name(self) -> str | None:
@@ -107,6 +114,15 @@ class VersionedResource:
     def size(self) -> int:
         """Approximate wire size, for the shell's queue accounting."""
         return len(self.body) + len(self.name) + len(self.version) + len(self.type_url)
+
+
+def _entry_key() -> bytes:
+    from .wire import length_delimited_key
+
+    return length_delimited_key(discovery_pb2.DeltaDiscoveryResponse, "resources")
+
+
+_DELTA_RESOURCES_KEY = _entry_key()
 
 
 def make_resource(type_url: str, name: str, body: bytes) -> VersionedResource:

@@ -76,21 +76,17 @@ Spec decisions (xDS REST and gRPC protocol document):
 
 from __future__ import annotations
 
-from collections import deque
-from typing import Iterable
-
 from envoy.service.discovery.v3 import discovery_pb2
 
-from .common import CLIENT_TEXT_MAX, Acked, AllowFn, Nack, ReportsSync, ProtocolError, content_version, order_segments
-from .limits import DEFAULT_STREAM_LIMITS, Refused, StreamLimits
-from .resources import CLUSTER, CORE_TYPES, ENDPOINT, LISTENER, WILDCARD, NodeView, VersionedResource, type_rank
+from .common import CLIENT_TEXT_MAX, Acked, Nack, StreamMachine, content_version, order_segments
+from .limits import Refused
+from .resources import CLUSTER, ENDPOINT, LISTENER, WILDCARD, NodeView, VersionedResource, type_rank
 
 __all__ = ["SotwStream", "WILDCARD_TYPES"]
 
 #: Types with wildcard subscriptions and complete-state responses.
 WILDCARD_TYPES = frozenset({LISTENER, CLUSTER})
 
-_EMPTY: dict[str, VersionedResource] = {}
 Content = dict[str, VersionedResource]
 
 
@@ -137,53 +133,17 @@ class _TypeState:
         self.acked: dict[str, str] = {}  # the content of the last ACKed response: what the client holds
 
 
-class SotwStream(ReportsSync):
-    """Protocol state of one ``StreamAggregatedResources`` stream."""
+class SotwStream(StreamMachine):
+    """Protocol state of one ``StreamAggregatedResources`` stream (options: :class:`.common.StreamMachine`'s)."""
 
-    def __init__(
-        self,
-        stream_id: str,
-        view: NodeView,
-        *,
-        allowed: AllowFn | None = None,
-        wildcard_allowed: bool = True,
-        served_types: Iterable[str] = CORE_TYPES,
-        max_records: int = 64,
-        report_sync: bool = False,
-        limits: StreamLimits = DEFAULT_STREAM_LIMITS,
-    ) -> None:
-        self.stream_id = stream_id
-        self.node_id = ""
-        self._view = view
-        self._allowed = allowed
-        self._wildcard_allowed = wildcard_allowed
-        self._served = frozenset(served_types)
-        self._limits = limits
-        self._types: dict[str, _TypeState] = {}
-        self._seq = 0
-        self._nacks: deque[Nack] = deque(maxlen=max_records)
-        self._errors: deque[ProtocolError] = deque(maxlen=max_records)
-        self.nack_count = 0
-        self.ack_count = 0
-        self.error_count = 0
-        self.stale_nonce_count = 0
-        self.responses_sent = 0
-        # ACK/NACK facts for the sync log (with ``report_sync``), oldest first, until the shell takes them
-        self._learned: list[Acked | Nack] | None = [] if report_sync else None
+    _types: dict[str, _TypeState]
 
     # ------------------------------------------------------------------ inputs
 
     def on_request(self, req: discovery_pb2.DiscoveryRequest) -> list[discovery_pb2.DiscoveryResponse]:
-        if not self.node_id and req.HasField("node"):
-            self.node_id = req.node.id
-        t = req.type_url
-        if t not in self._served:
-            self.error_count += 1
-            self._errors.append(
-                ProtocolError(self.stream_id, self.node_id, "unknown_type_url", t[:CLIENT_TEXT_MAX],
-                              "type not served by this gateway" if t else "empty type_url")
-            )
+        if not self._served_request(req):
             return []
+        t = req.type_url
         listed_n = len(req.resource_names)
         if listed_n > self._limits.max_names_per_type:
             # a SotW list replaces the previous one, so the request's own list is the subscription
@@ -260,36 +220,13 @@ class SotwStream(ReportsSync):
             self._plan_companions(plans, content, ts.sent, latest=False)
         return self._emit(plans)
 
-    def set_scope(self, *, allowed: AllowFn | None, wildcard_allowed: bool) -> None:
-        """Change what this node may see (an unknown node became known); the next ``on_view`` applies it."""
-        self._allowed = allowed
-        self._wildcard_allowed = wildcard_allowed
-
     def on_view(self, view: NodeView) -> list[discovery_pb2.DiscoveryResponse]:
-        old, self._view = self._view, view
-        for t, ts in self._types.items():
-            if ts.seen and view.get(t) is not old.get(t):
-                ts.dirty = True
+        self._take_view(view)
         if self.blocked:
             return []
         return self._flush(set())
 
     # ----------------------------------------------------------- introspection
-
-    @property
-    def view(self) -> NodeView:
-        return self._view
-
-    @property
-    def blocked(self) -> bool:
-        return any(ts.pending for ts in self._types.values())
-
-    @property
-    def has_deferred(self) -> bool:
-        return any(ts.dirty for ts in self._types.values())
-
-    def types(self) -> tuple[str, ...]:
-        return tuple(t for t, ts in self._types.items() if ts.seen)
 
     def subscriptions(self, type_url: str) -> frozenset[str]:
         """Requested names of a type; ``"*"`` included when wildcard."""
@@ -297,10 +234,6 @@ class SotwStream(ReportsSync):
         if ts is None:
             return frozenset()
         return ts.names | {WILDCARD} if ts.wildcard else ts.names
-
-    def is_wildcard(self, type_url: str) -> bool:
-        ts = self._types.get(type_url)
-        return bool(ts and ts.wildcard)
 
     def known_versions(self, type_url: str) -> dict[str, str]:
         ts = self._types.get(type_url)
@@ -316,18 +249,9 @@ class SotwStream(ReportsSync):
     def pending_bytes(self) -> int:
         return sum(ts.pending_bytes for ts in self._types.values() if ts.pending)
 
-    @property
-    def nacks(self) -> tuple[Nack, ...]:
-        return tuple(self._nacks)
-
-    @property
-    def errors(self) -> tuple[ProtocolError, ...]:
-        return tuple(self._errors)
-
     # --------------------------------------------------------------- internals
 
     def _nack(self, ts: _TypeState, error) -> None:
-        self.nack_count += 1
         nack = Nack(
             stream_id=self.stream_id,
             node_id=self.node_id,
@@ -337,15 +261,7 @@ class SotwStream(ReportsSync):
             message=error.message[:CLIENT_TEXT_MAX],
             resources=ts.pending_resources,
         )
-        self._nacks.append(nack)
-        if self._learned is not None:
-            self._learned.append(nack)
-
-    def _view_of(self, type_url: str):
-        return self._view.get(type_url) or _EMPTY
-
-    def _permits(self, type_url: str, name: str) -> bool:
-        return self._allowed is None or self._allowed(type_url, name)
+        self._record_nack(nack)
 
     def _client_keeps(self, ts: _TypeState, name: str) -> bool:
         """Whether the client keeps ``name`` from a response, by its own subscription.

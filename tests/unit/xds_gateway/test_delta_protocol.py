@@ -337,7 +337,7 @@ def test_nack_of_an_unknown_nonce_is_recorded_as_stale():
 def test_pending_bytes_track_unacked_responses():
     s = DeltaStream("s1", view({CDS: {"a": 1}}))
     [r1] = s.on_request(dreq(CDS))
-    assert s.pending_bytes() >= len(r1.resources[0].resource.value)
+    assert s.pending_bytes() >= len(r1.resources[0].body)
     ack(s, r1)
     assert s.pending_bytes() == 0
 

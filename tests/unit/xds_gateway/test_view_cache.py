@@ -163,3 +163,47 @@ def test_a_malformed_owner_is_ignored_with_the_record():
     doc = {"node": "n", "owner": {"service": 7, "instance": "x"}, "resources": {}}
     cache.apply_records([Rec(topics.VIEW_MEMBERSHIP, b"n", orjson.dumps(doc))])
     assert not cache.knows_node("n") and cache.owner_of("n") is None
+
+
+def test_a_change_of_one_type_gives_a_new_mapping_for_that_type_only_and_views_are_never_mutated():
+    # The stream machines diff a type only when its mapping is a new object; every stream of the
+    # node shares one view, built once per change.
+    def v(b):
+        return version_of(b)
+
+    cache, _ = ready_cache()
+    cache.apply_records([body(CLUSTER, "reviews"), body(ENDPOINT, "reviews", b"one endpoint"),
+                         body(ROUTE, "web-1~outbound", b"route"),
+                         member("web-1", {CLUSTER: {"reviews": v(b"reviews")},
+                                          ENDPOINT: {"reviews": v(b"one endpoint")},
+                                          ROUTE: {"web-1~outbound": v(b"route")}})])
+    before = cache.node_view("web-1")
+    assert cache.node_view("web-1") is before  # nothing changed: the same view
+    snapshot = {t: dict(names) for t, names in before.items()}
+    cache.apply_records([body(ENDPOINT, "reviews", b"two endpoints"),
+                         member("web-1", {CLUSTER: {"reviews": v(b"reviews")},
+                                          ENDPOINT: {"reviews": v(b"two endpoints")},
+                                          ROUTE: {"web-1~outbound": v(b"route")}})])
+    after = cache.node_view("web-1")
+    assert after[ENDPOINT] is not before[ENDPOINT] and after[ENDPOINT]["reviews"].version == v(b"two endpoints")
+    assert after[CLUSTER] is before[CLUSTER] and after[ROUTE] is before[ROUTE]
+    assert {t: dict(names) for t, names in before.items()} == snapshot  # what a stream holds never moves
+    # a membership that drops a type and a name of another
+    cache.apply_records([member("web-1", {CLUSTER: {}, ENDPOINT: {"reviews": v(b"two endpoints")}})])
+    last = cache.node_view("web-1")
+    assert last == {CLUSTER: {}, ENDPOINT: {"reviews": after[ENDPOINT]["reviews"]}}
+    assert last[ENDPOINT] is after[ENDPOINT]
+    cache.apply_records([Rec(topics.VIEW_MEMBERSHIP, b"web-1", None)])
+    assert cache.node_view("web-1") == {}
+
+
+def test_the_shared_view_is_rebuilt_only_when_a_shared_body_changes():
+    cache, _ = ready_cache()
+    cache.apply_records([body(CLUSTER, "greeter"), body(CLUSTER, "web-1~local"),
+                         member("web-1", {CLUSTER: {"greeter": "v", "web-1~local": "w"}})])
+    first = cache.shared_view()
+    cache.apply_records([body(CLUSTER, "web-1~local", b"per-node change")])
+    assert cache.shared_view() is first
+    cache.apply_records([body(CLUSTER, "greeter", b"new greeter")])
+    assert cache.shared_view() is not first and cache.shared_view()[CLUSTER]["greeter"].body == b"new greeter"
+    assert first[CLUSTER]["greeter"].body == b"greeter"

@@ -12,6 +12,18 @@ Invariants:
   invalid there, for the projector, replay and the checkers alike.
 - ``encode`` is deterministic for a given envelope (sorted keys), so the same
   event always has the same bytes.
+- ``signing_bytes`` is the one canonical encoding a signature covers: the
+  envelope's JSON document without ``signature``, keys sorted (orjson). The
+  producer signs ``signing_bytes(envelope_to_dict(env))``; ``decode`` keeps
+  ``signing_bytes(doc)`` of the document it read on the envelope
+  (``signed_bytes``), so what is verified is what was signed even once the
+  payload is upcast. A JSON document re-serialized by orjson has the same bytes
+  as the one it was parsed from when orjson wrote it (sorted keys, no
+  whitespace), which is how a producer wrote it.
+- Signature fields are checked for shape only here (``signer`` a lowercase hex
+  serial, ``signature`` base64 of at most 200 characters, both or neither);
+  whether the signature is good is the verifier's question
+  (``identity.verifier``), answered against the log's identities.
 """
 
 from __future__ import annotations
@@ -22,14 +34,17 @@ from typing import Any, Mapping
 import orjson
 from pydantic import ValidationError as PydanticValidationError
 
-from events.envelope import Envelope, Logged
+from events.envelope import ENVELOPE_FIELDS, REQUIRED_FIELDS, SIGNATURE_FIELDS, Envelope, Logged
 from events.errors import EventValidationError, FieldProblem
 from events.printable import quoted
 from events.types import PAYLOAD_TYPES, Payload
 from events.upcast import upcast
 
-_ENVELOPE_FIELDS = ("event_id", "type", "schema_version", "occurred_at", "producer", "payload")
-_ENVELOPE_KEYS = frozenset(_ENVELOPE_FIELDS)
+_ENVELOPE_KEYS = frozenset(REQUIRED_FIELDS)
+_SIGNED_KEYS = frozenset(ENVELOPE_FIELDS)
+_SERIAL_CHARS = frozenset("0123456789abcdef")
+_B64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+SIGNATURE_MAX = 200  # base64 of a DER ECDSA P-256 signature is at most 96 characters
 DECODER_BUG = "decoder error (a bug: please report it)"
 
 
@@ -79,7 +94,7 @@ def payload_type_named(name: Any, field: str = "type") -> type[Payload]:
 
 
 def envelope_to_dict(env: Envelope) -> dict[str, Any]:
-    return {
+    doc = {
         "event_id": env.event_id,
         "type": env.type,
         "schema_version": env.schema_version,
@@ -87,10 +102,33 @@ def envelope_to_dict(env: Envelope) -> dict[str, Any]:
         "producer": env.producer,
         "payload": env.payload.model_dump(mode="json", exclude_defaults=False),
     }
+    if env.signer is not None:
+        doc["signer"] = env.signer
+        doc["signature"] = env.signature
+    return doc
 
 
 def encode(env: Envelope) -> bytes:
     return orjson.dumps(envelope_to_dict(env), option=orjson.OPT_SORT_KEYS)
+
+
+def signing_bytes(doc: Mapping[str, Any]) -> bytes:
+    """The canonical bytes a signature covers: ``doc`` without ``signature``, keys sorted."""
+    return orjson.dumps({k: v for k, v in doc.items() if k != "signature"}, option=orjson.OPT_SORT_KEYS)
+
+
+def _signature_fields(doc: dict) -> tuple[str | None, str | None]:
+    signer, signature = doc.get("signer"), doc.get("signature")
+    if signer is None and signature is None and "signer" not in doc and "signature" not in doc:
+        return None, None
+    for name in SIGNATURE_FIELDS:
+        if name not in doc:
+            raise EventValidationError.single(name, "is required when the envelope is signed (signer and signature go together)")
+    if type(signer) is not str or not 1 <= len(signer) <= 40 or not set(signer) <= _SERIAL_CHARS:
+        raise EventValidationError.single("signer", "must be a certificate serial: 1-40 lowercase hex digits")
+    if type(signature) is not str or not 1 <= len(signature) <= SIGNATURE_MAX or not set(signature) <= _B64_CHARS:
+        raise EventValidationError.single("signature", f"must be base64, 1-{SIGNATURE_MAX} characters")
+    return signer, signature
 
 
 def utc_time_or_none(value: Any) -> datetime | None:
@@ -133,11 +171,15 @@ def check_topic(payload_type: type[Payload], topic: str | None) -> None:
 def envelope_from_dict(doc: Any, topic: str | None = None) -> Envelope:
     if not isinstance(doc, dict):
         raise EventValidationError.single("", f"an event must be a JSON object, got {type(doc).__name__}")
-    if doc.keys() != _ENVELOPE_KEYS:  # (a set comparison: the usual case costs one check)
-        problems = [FieldProblem(f, "is required") for f in _ENVELOPE_FIELDS if f not in doc]
-        extra = sorted(str(k) for k in doc if k not in _ENVELOPE_FIELDS)
+    keys = doc.keys()
+    if keys != _ENVELOPE_KEYS and keys != _SIGNED_KEYS:  # (set comparisons: the usual case costs one or two)
+        problems = [FieldProblem(f, "is required") for f in REQUIRED_FIELDS if f not in doc]
+        extra = sorted(str(k) for k in doc if k not in ENVELOPE_FIELDS)
         problems += [FieldProblem(k, "is not an envelope field") for k in extra]
+        if not problems:  # one of signer/signature without the other
+            _signature_fields(doc)
         raise EventValidationError(problems)
+    signer, signature = _signature_fields(doc)
     payload_type = payload_type_named(doc["type"])
     check_topic(payload_type, topic)
     version = doc["schema_version"]
@@ -163,6 +205,9 @@ def envelope_from_dict(doc: Any, topic: str | None = None) -> Envelope:
             occurred_at=_parse_time(doc["occurred_at"]),
             producer=doc["producer"],
             payload=payload,
+            signer=signer,
+            signature=signature,
+            signed_bytes=signing_bytes(doc) if signer is not None else None,
         )
     except ValueError as exc:  # the envelope's own invariants
         if isinstance(exc, EventValidationError):

@@ -1,0 +1,138 @@
+"""Who signed an event: its signature checked against the identity that held the serial at the event's log time.
+
+``Verifier(registry, roots).verdict(envelope, logged_ms)`` answers with a
+``Verdict``: the verified SPIFFE id of the author, or the problem and why.
+The live projector and ``replay`` build it from the same identities topic
+(``identity.registry``'s fold) and ask it the same questions, so they agree
+on every answer.
+
+Invariants:
+- The answer depends only on the registry's facts logged at or before
+  ``logged_ms`` and on the envelope: an issuance or a revocation logged later
+  changes nothing (``Registry.status_at``), so replaying old events verifies
+  them with the certificates that were valid then.
+- Order of checks (the first failing one is the answer): unsigned; the serial
+  unknown at that time (``unknown_signer``); ``not_yet_valid``, ``expired``,
+  ``revoked``; the certificate in the issuance does not chain to a trusted
+  root or disagrees with the issuance's own fields (``untrusted_certificate``);
+  the signature does not verify (``bad_signature``).
+- A certificate is checked once per serial (the chain, the key, the SPIFFE
+  id) and the result cached; only the ECDSA signature is checked per event.
+  A serial's issuance never changes once folded (the registry keeps the
+  first), so the cache never goes stale.
+- Without roots, the identities topic is trusted as it is (its writers are
+  the CA servers, by the broker's ACLs); with roots, each certificate must be
+  signed directly by one of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from events.envelope import Envelope, Logged
+from events.signing import verify_signature
+from identity.registry import EMPTY, Registry, fold_many
+from identity.spiffe import SpiffeId, SpiffeIdError, parse
+
+#: the problems a verdict can name (also ``EventRefused.problem`` values)
+PROBLEMS = ("unsigned", "unknown_signer", "not_yet_valid", "expired", "revoked", "untrusted_certificate", "bad_signature")
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    author: SpiffeId | None  # the verified author, None when not verified
+    serial: str | None  # the serial the envelope named, if any
+    problem: str | None = None  # one of PROBLEMS, None when verified
+    detail: str = ""
+
+    @property
+    def verified(self) -> bool:
+        return self.problem is None
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    public_key: ec.EllipticCurvePublicKey | None
+    author: SpiffeId | None
+    problem: str = ""  # why the certificate is not trusted (public_key is None then)
+
+
+class Verifier:
+    """Verdicts on signed envelopes from the identities the log holds; feed it with ``update``."""
+
+    def __init__(self, registry: Registry = EMPTY, roots: Sequence[x509.Certificate] = ()) -> None:
+        self.registry = registry
+        self.roots = tuple(roots)
+        self._keys: dict[str, _Key] = {}
+        self.checked = 0  # signatures checked (for reporting)
+
+    def update(self, events: Iterable[Logged]) -> None:
+        """Fold identity events (others are ignored) into the registry."""
+        self.registry = fold_many(self.registry, events)
+
+    def _key(self, serial: str) -> _Key:
+        key = self._keys.get(serial)
+        if key is None:
+            key = self._keys[serial] = self._check_certificate(serial)
+        return key
+
+    def _check_certificate(self, serial: str) -> _Key:
+        cert = self.registry.certificates[serial]
+        try:
+            parsed = x509.load_pem_x509_certificate(cert.certificate.encode())
+            author = parse(cert.spiffe_id)
+        except (ValueError, SpiffeIdError) as exc:
+            return _Key(None, None, f"the issued certificate is unreadable ({str(exc)[:120]})")
+        if format(parsed.serial_number, "x") != serial:
+            return _Key(None, None, "the issued certificate's serial differs from the issuance's")
+        public_key = parsed.public_key()
+        if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(public_key.curve, ec.SECP256R1):
+            return _Key(None, None, "the certificate's key is not ECDSA P-256")
+        try:
+            uris = parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+                x509.UniformResourceIdentifier)
+        except x509.ExtensionNotFound:
+            uris = []
+        if uris != [cert.spiffe_id]:
+            return _Key(None, None, "the certificate's SPIFFE id differs from the issuance's")
+        if self.roots and not any(_issued_by(parsed, root) for root in self.roots):
+            return _Key(None, None, "the certificate is not signed by a trusted root")
+        return _Key(public_key, author)
+
+    def verdict(self, env: Envelope, logged_ms: int) -> Verdict:
+        serial = env.signer
+        if serial is None or env.signature is None or env.signed_bytes is None:
+            return Verdict(None, None, "unsigned", "the event is not signed")
+        status = self.registry.status_at(serial, logged_ms)
+        if status != "held":
+            if status == "not_issued":
+                return Verdict(None, serial, "unknown_signer",
+                               f"no certificate with serial {serial} was issued before the event was logged")
+            cert = self.registry.certificates[serial]
+            if status == "revoked":
+                r = self.registry.revocations[serial]
+                return Verdict(None, serial, "revoked", f"{cert.spiffe_id} (serial {serial}) was revoked before the "
+                               f"event was logged ({r.reason[:200]})")
+            when = cert.not_after if status == "expired" else cert.not_before
+            what = "expired at" if status == "expired" else "not valid before"
+            return Verdict(None, serial, status, f"{cert.spiffe_id} (serial {serial}) {what} {when.isoformat()}")
+        key = self._key(serial)
+        if key.public_key is None:
+            return Verdict(None, serial, "untrusted_certificate", f"serial {serial}: {key.problem}")
+        self.checked += 1
+        if not verify_signature(key.public_key, env.signature, env.signed_bytes):
+            return Verdict(None, serial, "bad_signature",
+                           f"the signature does not verify with the key of {key.author.uri} (serial {serial})")
+        return Verdict(key.author, serial)
+
+
+def _issued_by(cert: x509.Certificate, root: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(root)
+        return True
+    except (ValueError, TypeError, Exception):  # noqa: BLE001 - InvalidSignature and friends: not this root
+        return False

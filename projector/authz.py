@@ -111,10 +111,10 @@ def refusal(author: SpiffeId, payload: t.Payload, lookup: Lookup) -> Refusal | N
     """Why ``author`` may not state ``payload`` in the current state, or None if it may."""
     if not _permitted(author, payload):
         what = _describe(payload)
-        if author.role == "sidecar":
-            why = f"a sidecar may state facts only about its own instance {author.segments[0]}/{author.segments[1]}"
-        elif isinstance(payload, _RULE_FACTS):
+        if isinstance(payload, _RULE_FACTS):
             why = "only operators edit rules"
+        elif author.role == "sidecar":
+            why = f"a sidecar may state facts only about its own instance {author.segments[0]}/{author.segments[1]}"
         elif author.role == "checker":
             why = "a checker may only report health"
         else:

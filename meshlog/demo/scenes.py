@@ -310,6 +310,7 @@ def impostor(demo: Demo) -> None:
         files, how = stack.trust.renew(stack.ca_url, path), f"at {stack.ca_url} with its current certificate"
     else:
         files, how = stack.trust.reissue(path), "offline"
+        stack.log_identities()
     new_serial = pki.load_identity(files.cert.parent)[0].serial_number
     demo.report.step(f"renewed web-1's workload certificate {how} (serial {new_serial:x}) during traffic")
     deadline = time.monotonic() + 30

@@ -104,19 +104,24 @@ class Verifier:
         return _Key(public_key, author)
 
     def verdict(self, env: Envelope, logged_ms: int) -> Verdict:
-        serial = env.signer
-        if serial is None or env.signature is None or env.signed_bytes is None:
+        """Who signed ``env`` (logged at broker time ``logged_ms``), or why that is not known."""
+        if env.signer is None or env.signature is None or env.signed_bytes is None:
             return Verdict(None, None, "unsigned", "the event is not signed")
+        return self.check(env.signer, env.signature, env.signed_bytes, logged_ms, what="event")
+
+    def check(self, serial: str, signature: str, data: bytes, logged_ms: int, *, what: str = "record") -> Verdict:
+        """Whether ``signature`` over ``data`` is by the holder of ``serial`` at ``logged_ms`` (the same checks
+        for anything signed: events, snapshots)."""
         status = self.registry.status_at(serial, logged_ms)
         if status != "held":
             if status == "not_issued":
                 return Verdict(None, serial, "unknown_signer",
-                               f"no certificate with serial {serial} was issued before the event was logged")
+                               f"no certificate with serial {serial} was issued before the {what} was logged")
             cert = self.registry.certificates[serial]
             if status == "revoked":
                 r = self.registry.revocations[serial]
                 return Verdict(None, serial, "revoked", f"{cert.spiffe_id} (serial {serial}) was revoked before the "
-                               f"event was logged ({r.reason[:200]})")
+                               f"{what} was logged ({r.reason[:200]})")
             when = cert.not_after if status == "expired" else cert.not_before
             what = "expired at" if status == "expired" else "not valid before"
             return Verdict(None, serial, status, f"{cert.spiffe_id} (serial {serial}) {what} {when.isoformat()}")
@@ -124,7 +129,7 @@ class Verifier:
         if key.public_key is None:
             return Verdict(None, serial, "untrusted_certificate", f"serial {serial}: {key.problem}")
         self.checked += 1
-        if not verify_signature(key.public_key, env.signature, env.signed_bytes):
+        if not verify_signature(key.public_key, signature, data):
             return Verdict(None, serial, "bad_signature",
                            f"the signature does not verify with the key of {key.author.uri} (serial {serial})")
         return Verdict(key.author, serial)

@@ -908,6 +908,7 @@ class ProjectorService:
             max_timestamp_ms=self.counters["max_timestamp_ms"],
             events=self.counters["events"],
             dead_lettered=self.counters["dead_lettered"],
+            signer=self._signer.current() if self._signer is not None else None,  # replay verifies it
         )
         try:
             fut = await self.producer.send(topics.SNAPSHOTS, value=value, key=SNAPSHOT_KEY)

@@ -237,7 +237,7 @@ async def rebuild(
     chosen = None
     state = empty_state()
     if use_snapshot:
-        chosen = await find_snapshot(consumer, at_ms, cut.stops_by_key())
+        chosen = await find_snapshot(consumer, at_ms, cut.stops_by_key(), verifier=verifier)
         if chosen is not None:
             try:
                 with no_gc():

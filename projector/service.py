@@ -709,7 +709,7 @@ class ProjectorService:
 
         if self._identities is not None:
             # every identity fact logged up to the newest event of the batch is folded before verifying
-            await self._identities.cover(max((lg.timestamp_ms for _r, lg in decoded), default=None))
+            await self._cover_identities(max((lg.timestamp_ms for _r, lg in decoded), default=None))
         before = self.state
         new_state, rejections, fold_dead = self._fold([lg for _r, lg in decoded], decoded)
         dead += fold_dead
@@ -781,6 +781,25 @@ class ProjectorService:
         self.totals["batches"] += 1
         self._log_batch(res, dead_out, rej_out)
         return res
+
+    async def _cover_identities(self, ts_ms: int | None) -> None:
+        """``IdentityFeed.cover``, retried through a broker outage (verifying with a partial registry would
+        refuse honest events for good)."""
+        delay = 0.5
+        while True:
+            try:
+                await self._identities.cover(ts_ms)
+                return
+            except (KafkaError, asyncio.TimeoutError, OSError) as exc:
+                if self.stopping:
+                    raise _Stopping() from exc
+                self._outage.failure(f"reading the identities failed ({type(exc).__name__}: {exc}); "
+                                     f"retrying in {delay:.1f}s")
+                try:
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                except asyncio.TimeoutError:
+                    pass
+                delay = min(delay * 2, 10.0)
 
     def _fold(
         self, logged: list[Logged], decoded: list[tuple[Any, Logged]]

@@ -34,14 +34,16 @@ from typing import Any, Mapping
 import orjson
 from pydantic import ValidationError as PydanticValidationError
 
-from events.envelope import ENVELOPE_FIELDS, REQUIRED_FIELDS, SIGNATURE_FIELDS, Envelope, Logged
+from events.envelope import BATCH_FIELDS, ENVELOPE_FIELDS, REQUIRED_FIELDS, SIGNATURE_FIELDS, Envelope, Logged
 from events.errors import EventValidationError, FieldProblem
 from events.printable import quoted
 from events.types import PAYLOAD_TYPES, Payload
 from events.upcast import upcast
 
 _ENVELOPE_KEYS = frozenset(REQUIRED_FIELDS)
-_SIGNED_KEYS = frozenset(ENVELOPE_FIELDS)
+_SIGNED_KEYS = frozenset(REQUIRED_FIELDS + SIGNATURE_FIELDS)
+_BATCH_SIGNED_KEYS = frozenset(ENVELOPE_FIELDS)
+_PROOF_STEP_LEN = 45  # "L"/"R" + base64 of a SHA-256 digest
 _SERIAL_CHARS = frozenset("0123456789abcdef")
 _B64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
 SIGNATURE_MAX = 200  # base64 of a DER ECDSA P-256 signature is at most 96 characters
@@ -105,6 +107,8 @@ def envelope_to_dict(env: Envelope) -> dict[str, Any]:
     if env.signer is not None:
         doc["signer"] = env.signer
         doc["signature"] = env.signature
+    if env.proof is not None:
+        doc["proof"] = list(env.proof)
     return doc
 
 
@@ -113,8 +117,23 @@ def encode(env: Envelope) -> bytes:
 
 
 def signing_bytes(doc: Mapping[str, Any]) -> bytes:
-    """The canonical bytes a signature covers: ``doc`` without ``signature``, keys sorted."""
-    return orjson.dumps({k: v for k, v in doc.items() if k != "signature"}, option=orjson.OPT_SORT_KEYS)
+    """The canonical bytes a signature covers: ``doc`` without ``signature`` (and ``proof``), keys sorted."""
+    return orjson.dumps({k: v for k, v in doc.items() if k != "signature" and k != "proof"},
+                        option=orjson.OPT_SORT_KEYS)
+
+
+def _proof_field(doc: dict) -> tuple[str, ...] | None:
+    if "proof" not in doc:
+        return None
+    proof = doc["proof"]
+    from events.signing import PROOF_MAX  # (the module imports this one)
+
+    if type(proof) is not list or not 1 <= len(proof) <= PROOF_MAX or not all(
+            type(step) is str and len(step) == _PROOF_STEP_LEN and step[0] in "LR" and set(step[1:]) <= _B64_CHARS
+            for step in proof):
+        raise EventValidationError.single(
+            "proof", f"must be a list of 1-{PROOF_MAX} steps, each 'L' or 'R' and a base64 SHA-256 digest")
+    return tuple(proof)
 
 
 def _signature_fields(doc: dict) -> tuple[str | None, str | None]:
@@ -172,14 +191,16 @@ def envelope_from_dict(doc: Any, topic: str | None = None) -> Envelope:
     if not isinstance(doc, dict):
         raise EventValidationError.single("", f"an event must be a JSON object, got {type(doc).__name__}")
     keys = doc.keys()
-    if keys != _ENVELOPE_KEYS and keys != _SIGNED_KEYS:  # (set comparisons: the usual case costs one or two)
+    if keys != _ENVELOPE_KEYS and keys != _SIGNED_KEYS and keys != _BATCH_SIGNED_KEYS:  # (one to three set compares)
         problems = [FieldProblem(f, "is required") for f in REQUIRED_FIELDS if f not in doc]
         extra = sorted(str(k) for k in doc if k not in ENVELOPE_FIELDS)
         problems += [FieldProblem(k, "is not an envelope field") for k in extra]
-        if not problems:  # one of signer/signature without the other
+        if not problems:  # one of signer/signature without the other, or a proof without a signature
             _signature_fields(doc)
+            problems = [FieldProblem("proof", "only a signed envelope has one")]
         raise EventValidationError(problems)
     signer, signature = _signature_fields(doc)
+    proof = _proof_field(doc)
     payload_type = payload_type_named(doc["type"])
     check_topic(payload_type, topic)
     version = doc["schema_version"]
@@ -208,6 +229,7 @@ def envelope_from_dict(doc: Any, topic: str | None = None) -> Envelope:
             signer=signer,
             signature=signature,
             signed_bytes=signing_bytes(doc) if signer is not None else None,
+            proof=proof,
         )
     except ValueError as exc:  # the envelope's own invariants
         if isinstance(exc, EventValidationError):

@@ -13,7 +13,9 @@ Invariants:
   certificate whose key signed it) and ``signature`` (base64 of the DER ECDSA
   P-256/SHA-256 signature over ``events.signing.signing_bytes``: the envelope's
   document without ``signature``, keys sorted); an unsigned one carries
-  neither. ``signed_bytes`` keeps those exact bytes from decoding (they are
+  neither. One signed with its producer's batch (``events.signing.sign_batch``)
+  also carries ``proof``, and its signature covers the batch's Merkle root.
+  ``signed_bytes`` keeps those exact bytes from decoding (they are
   what was signed, even if the payload is later upcast); it takes no part in
   equality.
 """
@@ -35,7 +37,9 @@ P = TypeVar("P", bound=Payload)
 REQUIRED_FIELDS: tuple[str, ...] = ("event_id", "type", "schema_version", "occurred_at", "producer", "payload")
 #: a signed envelope has both of these, an unsigned one neither
 SIGNATURE_FIELDS: tuple[str, ...] = ("signer", "signature")
-ENVELOPE_FIELDS: tuple[str, ...] = REQUIRED_FIELDS + SIGNATURE_FIELDS
+#: an envelope signed as part of a batch also has this (its Merkle proof, events.signing)
+BATCH_FIELDS: tuple[str, ...] = ("proof",)
+ENVELOPE_FIELDS: tuple[str, ...] = REQUIRED_FIELDS + SIGNATURE_FIELDS + BATCH_FIELDS
 
 
 def default_producer_identity() -> str:
@@ -58,6 +62,7 @@ class Envelope(Generic[P]):
     signer: str | None = None  # serial (hex) of the signing certificate
     signature: str | None = None  # base64 DER ECDSA signature over events.signing.signing_bytes
     signed_bytes: bytes | None = field(default=None, compare=False, repr=False)  # what was signed, as decoded
+    proof: tuple[str, ...] | None = None  # Merkle proof to the batch root the signature covers (batch-signed)
 
     def __post_init__(self) -> None:
         if self.occurred_at.tzinfo is None or self.occurred_at.utcoffset() != timezone.utc.utcoffset(None):
@@ -66,6 +71,8 @@ class Envelope(Generic[P]):
             raise ValueError(f"type {self.type!r} does not match payload type {self.payload.TYPE!r}")
         if (self.signer is None) != (self.signature is None):
             raise ValueError("signer and signature: give both or neither")
+        if self.proof is not None and self.signature is None:
+            raise ValueError("proof: only a signed envelope has one")
 
     @property
     def signed(self) -> bool:

@@ -17,7 +17,11 @@ Invariants:
   root or disagrees with the issuance's own fields (``untrusted_certificate``);
   the signature does not verify (``bad_signature``).
 - A certificate is checked once per serial (the chain, the key, the SPIFFE
-  id) and the result cached; only the ECDSA signature is checked per event.
+  id) and the result cached; only the ECDSA signature is checked per event —
+  or per batch: an event signed with its producer's batch (``proof``, see
+  ``events.signing``) is checked by recomputing the batch's Merkle root from
+  the event itself, and a (serial, root, signature) already verified is not
+  verified again. A root is only ever trusted after its own ECDSA check.
   A serial's issuance never changes once folded (the registry keeps the
   first), so the cache never goes stale.
 - Without roots, the identities topic is trusted as it is (its writers are
@@ -34,7 +38,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from events.envelope import Envelope, Logged
-from events.signing import verify_signature
+from events.signing import BATCH_PREFIX, leaf_hash, root_from_proof, verify_signature
 from identity.registry import EMPTY, Registry, fold_many
 from identity.spiffe import SpiffeId, SpiffeIdError, parse
 
@@ -68,7 +72,8 @@ class Verifier:
         self.registry = registry
         self.roots = tuple(roots)
         self._keys: dict[str, _Key] = {}
-        self.checked = 0  # signatures checked (for reporting)
+        self._roots: dict[tuple[str, str, bytes], bool] = {}  # (serial, signature, batch root) -> it verified
+        self.checked = 0  # ECDSA signatures checked (for reporting)
 
     def update(self, events: Iterable[Logged]) -> None:
         """Fold identity events (others are ignored) into the registry."""
@@ -107,9 +112,10 @@ class Verifier:
         """Who signed ``env`` (logged at broker time ``logged_ms``), or why that is not known."""
         if env.signer is None or env.signature is None or env.signed_bytes is None:
             return Verdict(None, None, "unsigned", "the event is not signed")
-        return self.check(env.signer, env.signature, env.signed_bytes, logged_ms, what="event")
+        return self.check(env.signer, env.signature, env.signed_bytes, logged_ms, what="event", proof=env.proof)
 
-    def check(self, serial: str, signature: str, data: bytes, logged_ms: int, *, what: str = "record") -> Verdict:
+    def check(self, serial: str, signature: str, data: bytes, logged_ms: int, *, what: str = "record",
+              proof: tuple[str, ...] | None = None) -> Verdict:
         """Whether ``signature`` over ``data`` is by the holder of ``serial`` at ``logged_ms`` (the same checks
         for anything signed: events, snapshots)."""
         status = self.registry.status_at(serial, logged_ms)
@@ -128,11 +134,27 @@ class Verifier:
         key = self._key(serial)
         if key.public_key is None:
             return Verdict(None, serial, "untrusted_certificate", f"serial {serial}: {key.problem}")
-        self.checked += 1
-        if not verify_signature(key.public_key, signature, data):
+        if not self._signature_ok(key.public_key, serial, signature, data, proof):
             return Verdict(None, serial, "bad_signature",
                            f"the signature does not verify with the key of {key.author.uri} (serial {serial})")
         return Verdict(key.author, serial)
+
+    def _signature_ok(self, public_key, serial: str, signature: str, data: bytes, proof) -> bool:
+        if proof is None:
+            self.checked += 1
+            return verify_signature(public_key, signature, data)
+        root = root_from_proof(leaf_hash(data), proof)
+        if root is None:
+            return False
+        cache_key = (serial, signature, root)
+        known = self._roots.get(cache_key)
+        if known is None:
+            self.checked += 1
+            known = self._roots[cache_key] = verify_signature(public_key, signature, BATCH_PREFIX + root)
+            if len(self._roots) > 100_000:  # bounded: an old batch is simply verified again
+                self._roots.clear()
+                self._roots[cache_key] = known
+        return known
 
 
 def _issued_by(cert: x509.Certificate, root: x509.Certificate) -> bool:

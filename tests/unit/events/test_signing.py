@@ -38,7 +38,7 @@ def test_a_signed_envelope_round_trips_and_verifies(identity):
     env = Signer(key, pki.serial_hex(cert)).sign(event())
     wire = encode(env)
     doc = orjson.loads(wire)
-    assert set(doc) == set(ENVELOPE_FIELDS) and doc["signer"] == pki.serial_hex(cert)
+    assert set(doc) == set(ENVELOPE_FIELDS) - {"proof"} and doc["signer"] == pki.serial_hex(cert)
     back = decode(wire, "meshlog.registrations")
     assert back == env and back.signed_bytes == env.signed_bytes == signing_bytes(doc)
     assert verify_signature(cert.public_key(), back.signature, back.signed_bytes)
@@ -121,3 +121,43 @@ def test_signing_an_envelope_does_not_change_its_facts(identity):
     env = event()
     signed = Signer(key, pki.serial_hex(cert)).sign(env)
     assert dataclasses.replace(signed, signer=None, signature=None) == env
+
+
+def test_a_batch_is_signed_once_and_each_event_proves_its_place(identity):
+    from events.signing import BATCH_PREFIX, leaf_hash, root_from_proof
+
+    cert, key = identity
+    envs = [new_event(InstanceDeregistered(service="web", instance_id=f"w{i}"), producer="me") for i in range(5)]
+    batch = Signer(key, pki.serial_hex(cert)).sign_batch(envs)
+    assert len({env.signature for env in batch}) == 1 and all(env.proof for env in batch)
+    roots = set()
+    for env in batch:
+        back = decode(encode(env), "meshlog.registrations")
+        assert back == env and back.proof == env.proof
+        roots.add(root_from_proof(leaf_hash(back.signed_bytes), back.proof))
+    (root,) = roots
+    assert verify_signature(cert.public_key(), batch[0].signature, BATCH_PREFIX + root)
+    # another event's proof, or an altered event, leads elsewhere
+    assert root_from_proof(leaf_hash(batch[1].signed_bytes), batch[0].proof) != root
+    doc = orjson.loads(encode(batch[2]))
+    doc["payload"]["instance_id"] = "w0"
+    altered = decode(orjson.dumps(doc))
+    assert root_from_proof(leaf_hash(altered.signed_bytes), altered.proof) != root
+    assert Signer(key, pki.serial_hex(cert)).sign_batch(envs[:1])[0].proof is None  # one alone: a plain signature
+
+
+@pytest.mark.parametrize("proof", [[], ["X" + "A" * 44], ["L" + "A" * 43], "L" + "A" * 44, ["L" + "A" * 44] * 33])
+def test_a_malformed_proof_is_named(identity, proof):
+    cert, key = identity
+    envs = [event(), event()]
+    doc = orjson.loads(encode(Signer(key, pki.serial_hex(cert)).sign_batch(envs)[0]))
+    with pytest.raises(EventValidationError) as err:
+        decode(orjson.dumps({**doc, "proof": proof}))
+    assert err.value.problems[0].field == "proof"
+
+
+def test_a_proof_needs_a_signature():
+    doc = orjson.loads(encode(event()))
+    with pytest.raises(EventValidationError) as err:
+        decode(orjson.dumps({**doc, "proof": ["L" + "A" * 43 + "="]}))
+    assert err.value.problems[0].field == "proof" and "only a signed envelope" in err.value.problems[0].problem

@@ -353,3 +353,25 @@ def test_refusals_are_valid_records_with_bounded_escaped_fields(trust):
     (d,) = decisions
     assert len(d.producer) <= 256 and "\x1b" not in d.producer and d.producer.startswith("evil\\x1b[2J")
     assert decode(encode(__import__("events.envelope", fromlist=["new_event"]).new_event(d)), "meshlog.rejections")
+
+
+def test_a_batch_signed_once_is_verified_once_and_a_forged_member_is_refused(trust):
+    from events.envelope import Logged, new_event
+
+    log = bookinfo(trust)
+    state, _ = fold_signed(log)
+    signer = trust.signers.get(checker().uri) or trust.issue(checker())
+    payloads = [t.InstanceHealthChanged(service="reviews", instance_id="r1", status=s, observer="c")
+                for s in ("unhealthy", "healthy", "draining", "healthy", "unhealthy")]
+    batch = [decode(encode(env), "meshlog.health")
+             for env in signer.sign_batch([new_event(p, producer="checker") for p in payloads])]
+    forged_doc = encode(batch[4]).replace(b'"unhealthy"', b'"draining"')  # same signature and proof, new fact
+    events = [Logged(env, "meshlog.health", 0, i, MS0 + 100 + i) for i, env in enumerate(batch)]
+    events.append(Logged(decode(forged_doc, "meshlog.health"), "meshlog.health", 0, 5, MS0 + 200))
+    verifier = trust.verifier()
+    state, decisions = fold_many(state, events, verifier)
+    # one ECDSA verification for the five honest events of the batch, one more for the root the forgery leads to
+    assert verifier.checked == 2
+    assert refused(decisions) == [("bad_signature", "the signature does not verify with the key of "
+                                   f"spiffe://mesh.local/checker/c1 (serial {signer.serial})", None)]
+    assert state.health["reviews/r1"].status == "unhealthy"

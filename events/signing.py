@@ -46,13 +46,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from events.codec import envelope_to_dict, signing_bytes
+from events.codec import PROOF_MAX, envelope_to_dict, signing_bytes  # noqa: F401 - PROOF_MAX: re-exported
 from events.envelope import Envelope
 
 _ECDSA = ec.ECDSA(hashes.SHA256())
 #: what a batch signature covers: this prefix and the Merkle root (never valid JSON: no single event collides)
 BATCH_PREFIX = b"meshlog batch root\x00"
-PROOF_MAX = 32  # levels: 2**32 events in one batch is far beyond any Kafka batch
 
 
 def leaf_hash(data: bytes) -> bytes:

@@ -63,6 +63,10 @@ class _Key:
     public_key: ec.EllipticCurvePublicKey | None
     author: SpiffeId | None
     problem: str = ""  # why the certificate is not trusted (public_key is None then)
+    # when it is held, in broker ms: logged at or after ``logged_ms``, within [not_before_ms, not_after_ms)
+    logged_ms: int = 0
+    not_before_ms: int = 0
+    not_after_ms: int = -1
 
 
 class Verifier:
@@ -86,6 +90,12 @@ class Verifier:
         return key
 
     def _check_certificate(self, serial: str) -> _Key:
+        key = self._check_chain(serial)
+        cert = self.registry.certificates[serial]
+        return _Key(key.public_key, key.author, key.problem, cert.logged_ms, int(cert.not_before.timestamp() * 1000),
+                    int(cert.not_after.timestamp() * 1000))
+
+    def _check_chain(self, serial: str) -> _Key:
         cert = self.registry.certificates[serial]
         try:
             parsed = x509.load_pem_x509_certificate(cert.certificate.encode())
@@ -118,6 +128,15 @@ class Verifier:
               proof: tuple[str, ...] | None = None) -> Verdict:
         """Whether ``signature`` over ``data`` is by the holder of ``serial`` at ``logged_ms`` (the same checks
         for anything signed: events, snapshots)."""
+        key = self._keys.get(serial)
+        if (key is not None and key.public_key is not None
+                and key.logged_ms <= logged_ms and key.not_before_ms <= logged_ms < key.not_after_ms):
+            revoked = self.registry.revocations.get(serial)
+            if revoked is None or revoked.logged_ms > logged_ms:  # held: the common case, without status_at
+                if not self._signature_ok(key.public_key, serial, signature, data, proof):
+                    return Verdict(None, serial, "bad_signature",
+                                   f"the signature does not verify with the key of {key.author.uri} (serial {serial})")
+                return Verdict(key.author, serial)
         status = self.registry.status_at(serial, logged_ms)
         if status != "held":
             if status == "not_issued":

@@ -146,7 +146,7 @@ def test_a_batch_is_signed_once_and_each_event_proves_its_place(identity):
     assert Signer(key, pki.serial_hex(cert)).sign_batch(envs[:1])[0].proof is None  # one alone: a plain signature
 
 
-@pytest.mark.parametrize("proof", [[], ["X" + "A" * 44], ["L" + "A" * 43], "L" + "A" * 44, ["L" + "A" * 44] * 33])
+@pytest.mark.parametrize("proof", [[], ["X" + "A" * 44], ["L" + "A" * 43], "L" + "A" * 44, ["L" + "A" * 44] * 33, ["L" + "é" * 44]])
 def test_a_malformed_proof_is_named(identity, proof):
     cert, key = identity
     envs = [event(), event()]

@@ -368,10 +368,12 @@ def test_a_batch_signed_once_is_verified_once_and_a_forged_member_is_refused(tru
     forged_doc = encode(batch[4]).replace(b'"unhealthy"', b'"draining"')  # same signature and proof, new fact
     events = [Logged(env, "meshlog.health", 0, i, MS0 + 100 + i) for i, env in enumerate(batch)]
     events.append(Logged(decode(forged_doc, "meshlog.health"), "meshlog.health", 0, 5, MS0 + 200))
+    garbled = dataclasses.replace(batch[3], proof=("L" + "!" * 44, *batch[3].proof[1:]))  # not base64: no root
+    events.append(Logged(garbled, "meshlog.health", 0, 6, MS0 + 201))
     verifier = trust.verifier()
     state, decisions = fold_many(state, events, verifier)
     # one ECDSA verification for the five honest events of the batch, one more for the root the forgery leads to
     assert verifier.checked == 2
     assert refused(decisions) == [("bad_signature", "the signature does not verify with the key of "
-                                   f"spiffe://mesh.local/checker/c1 (serial {signer.serial})", None)]
+                                   f"spiffe://mesh.local/checker/c1 (serial {signer.serial})", None)] * 2
     assert state.health["reviews/r1"].status == "unhealthy"

@@ -34,6 +34,7 @@ from events import types as t
 from events.admin import ensure_topics
 from events.codec import decode
 from events.envelope import new_event
+from events.kafka_security import connection_kwargs
 from events.producer import EventProducer
 from events.signing import Signer
 from identity import pki, records, spiffe
@@ -66,7 +67,7 @@ def _reg(service, instance, address, port, **kw) -> t.InstanceRegistered:
 
 
 async def _read_all(bootstrap: str, topic: str) -> list:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+    consumer = AIOKafkaConsumer(**connection_kwargs(bootstrap), enable_auto_commit=False, group_id=None,
                                 isolation_level="read_committed")
     await consumer.start()
     try:

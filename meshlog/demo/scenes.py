@@ -127,7 +127,8 @@ def expected_weights(host: str, v1: int, v2: int) -> dict[str, int]:
 
 
 def replay_cli(demo: Demo, *args: str, json_out: bool = False) -> tuple[int, str]:
-    argv = [str(BIN / "replay"), *args, "--bootstrap", demo.stack.bootstrap, "--no-progress"]
+    argv = [str(BIN / "replay"), *args, "--bootstrap", demo.stack.bootstrap, "--no-progress",
+            *demo.stack.event_flags()]
     if json_out:
         argv.append("--json")
     # its tables are printed inside the demo's own output, as wide as that has room for (a panel on the live

@@ -186,15 +186,19 @@ class DemoStack:
 
         asyncio.run(append())
 
+    def event_flags(self) -> list[str]:
+        """What the projector and replay run with: the demo's processes sign with the demo's identities only on
+        the broker it started (with --bootstrap they inherit that broker's settings, under --insecure they have
+        none), so only then is every event verified; otherwise it is folded unverified, explicitly."""
+        return [] if self.trust is not None and self.kafka is not None else ["--insecure-events"]
+
     def start_control_plane(self) -> None:
         assert self.bootstrap
         env = self.kafka_env("projector")
         self.log_identities()  # the operator/demo identity the demo appends rules with, and the projector's
-        # the demo's processes sign with the demo's identities only on the broker it started (with --bootstrap
-        # they inherit that broker's settings): there is nothing to verify against otherwise
-        insecure = ["--insecure-events"] if self.trust is None or self.kafka is None else []
         self.projector = spawn("projector", [str(BIN / "projector"), "run", "--bootstrap", self.bootstrap,
-                                             "--data-dir", str(self.workdir / "projector-data"), *insecure],
+                                             "--data-dir", str(self.workdir / "projector-data"),
+                                             *self.event_flags()],
                                self.workdir, env, own_group=True)
         self.say(f"projector started (pid {self.projector.pid})")
         if self.trust is not None:
@@ -336,7 +340,7 @@ class DemoStack:
         ready = self.workdir / "console.ready.json"
         ready.unlink(missing_ok=True)
         self.console = spawn("console", [str(BIN / "replay"), "ui", "--bootstrap", self.bootstrap,
-                                         "--ready-file", str(ready)], self.workdir, self.kafka_env(REPLAY_IDENTITY),
+                                         "--ready-file", str(ready), *self.event_flags()], self.workdir, self.kafka_env(REPLAY_IDENTITY),
                         own_group=True)
         wait_until(lambda: ready.exists() and ready.read_text().strip(), 60, "the console to be ready",
                    on_fail=self.console.log_tail)

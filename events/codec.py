@@ -12,24 +12,42 @@ Invariants:
   invalid there, for the projector, replay and the checkers alike.
 - ``encode`` is deterministic for a given envelope (sorted keys), so the same
   event always has the same bytes.
+- ``signing_bytes`` is the one canonical encoding a signature covers: the
+  envelope's JSON document without ``signature``, keys sorted (orjson). The
+  producer signs ``signing_bytes(envelope_to_dict(env))``; ``decode`` keeps
+  ``signing_bytes(doc)`` of the document it read on the envelope
+  (``signed_bytes``), so what is verified is what was signed even once the
+  payload is upcast. A JSON document re-serialized by orjson has the same bytes
+  as the one it was parsed from when orjson wrote it (sorted keys, no
+  whitespace), which is how a producer wrote it.
+- Signature fields are checked for shape only here (``signer`` a lowercase hex
+  serial, ``signature`` base64 of at most 200 characters, both or neither);
+  whether the signature is good is the verifier's question
+  (``identity.verifier``), answered against the log's identities.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
 import orjson
 from pydantic import ValidationError as PydanticValidationError
 
-from events.envelope import Envelope, Logged
+from events.envelope import BATCH_FIELDS, ENVELOPE_FIELDS, REQUIRED_FIELDS, SIGNATURE_FIELDS, Envelope, Logged
 from events.errors import EventValidationError, FieldProblem
 from events.printable import quoted
 from events.types import PAYLOAD_TYPES, Payload
 from events.upcast import upcast
 
-_ENVELOPE_FIELDS = ("event_id", "type", "schema_version", "occurred_at", "producer", "payload")
-_ENVELOPE_KEYS = frozenset(_ENVELOPE_FIELDS)
+_ENVELOPE_KEYS = frozenset(REQUIRED_FIELDS)
+_SIGNED_KEYS = frozenset(REQUIRED_FIELDS + SIGNATURE_FIELDS)
+_BATCH_SIGNED_KEYS = frozenset(ENVELOPE_FIELDS)
+PROOF_MAX = 32  # Merkle proof steps (events.signing): 2**32 events in one signed batch is beyond any Kafka batch
+SIGNATURE_MAX = 200  # base64 of a DER ECDSA P-256 signature is at most 96 characters
+_SERIAL_RE = re.compile(r"[0-9a-f]{1,40}\Z")
+_SIGNATURE_RE = re.compile(rf"[A-Za-z0-9+/=]{{1,{SIGNATURE_MAX}}}\Z")
 DECODER_BUG = "decoder error (a bug: please report it)"
 
 
@@ -79,7 +97,7 @@ def payload_type_named(name: Any, field: str = "type") -> type[Payload]:
 
 
 def envelope_to_dict(env: Envelope) -> dict[str, Any]:
-    return {
+    doc = {
         "event_id": env.event_id,
         "type": env.type,
         "schema_version": env.schema_version,
@@ -87,10 +105,49 @@ def envelope_to_dict(env: Envelope) -> dict[str, Any]:
         "producer": env.producer,
         "payload": env.payload.model_dump(mode="json", exclude_defaults=False),
     }
+    if env.signer is not None:
+        doc["signer"] = env.signer
+        doc["signature"] = env.signature
+    if env.proof is not None:
+        doc["proof"] = list(env.proof)
+    return doc
 
 
 def encode(env: Envelope) -> bytes:
     return orjson.dumps(envelope_to_dict(env), option=orjson.OPT_SORT_KEYS)
+
+
+def signing_bytes(doc: Mapping[str, Any]) -> bytes:
+    """The canonical bytes a signature covers: ``doc`` without ``signature`` (and ``proof``), keys sorted."""
+    return orjson.dumps({k: v for k, v in doc.items() if k != "signature" and k != "proof"},
+                        option=orjson.OPT_SORT_KEYS)
+
+
+def _proof_field(doc: dict) -> tuple[str, ...] | None:
+    if "proof" not in doc:
+        return None
+    proof = doc["proof"]
+    # the shape only (a side and 44 characters); a step that is not base64 of a digest leads to no root the
+    # signature covers, and the verifier says so (bad_signature)
+    if type(proof) is not list or not 1 <= len(proof) <= PROOF_MAX or not all(
+            type(step) is str and len(step) == 45 and step[0] in "LR" and step.isascii() for step in proof):
+        raise EventValidationError.single(
+            "proof", f"must be a list of 1-{PROOF_MAX} steps, each 'L' or 'R' and a base64 SHA-256 digest")
+    return tuple(proof)
+
+
+def _signature_fields(doc: dict) -> tuple[str | None, str | None]:
+    signer, signature = doc.get("signer"), doc.get("signature")
+    if signer is None and signature is None and "signer" not in doc and "signature" not in doc:
+        return None, None
+    for name in SIGNATURE_FIELDS:
+        if name not in doc:
+            raise EventValidationError.single(name, "is required when the envelope is signed (signer and signature go together)")
+    if type(signer) is not str or not _SERIAL_RE.match(signer):
+        raise EventValidationError.single("signer", "must be a certificate serial: 1-40 lowercase hex digits")
+    if type(signature) is not str or not _SIGNATURE_RE.match(signature):
+        raise EventValidationError.single("signature", f"must be base64, 1-{SIGNATURE_MAX} characters")
+    return signer, signature
 
 
 def utc_time_or_none(value: Any) -> datetime | None:
@@ -133,11 +190,17 @@ def check_topic(payload_type: type[Payload], topic: str | None) -> None:
 def envelope_from_dict(doc: Any, topic: str | None = None) -> Envelope:
     if not isinstance(doc, dict):
         raise EventValidationError.single("", f"an event must be a JSON object, got {type(doc).__name__}")
-    if doc.keys() != _ENVELOPE_KEYS:  # (a set comparison: the usual case costs one check)
-        problems = [FieldProblem(f, "is required") for f in _ENVELOPE_FIELDS if f not in doc]
-        extra = sorted(str(k) for k in doc if k not in _ENVELOPE_FIELDS)
+    keys = doc.keys()
+    if keys != _ENVELOPE_KEYS and keys != _SIGNED_KEYS and keys != _BATCH_SIGNED_KEYS:  # (one to three set compares)
+        problems = [FieldProblem(f, "is required") for f in REQUIRED_FIELDS if f not in doc]
+        extra = sorted(str(k) for k in doc if k not in ENVELOPE_FIELDS)
         problems += [FieldProblem(k, "is not an envelope field") for k in extra]
+        if not problems:  # one of signer/signature without the other, or a proof without a signature
+            _signature_fields(doc)
+            problems = [FieldProblem("proof", "only a signed envelope has one")]
         raise EventValidationError(problems)
+    signer, signature = _signature_fields(doc)
+    proof = _proof_field(doc)
     payload_type = payload_type_named(doc["type"])
     check_topic(payload_type, topic)
     version = doc["schema_version"]
@@ -163,6 +226,10 @@ def envelope_from_dict(doc: Any, topic: str | None = None) -> Envelope:
             occurred_at=_parse_time(doc["occurred_at"]),
             producer=doc["producer"],
             payload=payload,
+            signer=signer,
+            signature=signature,
+            signed_bytes=signing_bytes(doc) if signer is not None else None,
+            proof=proof,
         )
     except ValueError as exc:  # the envelope's own invariants
         if isinstance(exc, EventValidationError):

@@ -7,6 +7,17 @@ Invariants:
 - ``Logged`` pairs an envelope with where the log put it (topic, partition,
   offset, broker timestamp); the fold orders by that, not by ``occurred_at``,
   which is the producer's clock.
+- The wire fields are listed here and only here (``REQUIRED_FIELDS``,
+  ``SIGNATURE_FIELDS``): the codec and replay's fast decoder both read them.
+  A signed envelope carries both ``signer`` (the serial, lowercase hex, of the
+  certificate whose key signed it) and ``signature`` (base64 of the DER ECDSA
+  P-256/SHA-256 signature over ``events.signing.signing_bytes``: the envelope's
+  document without ``signature``, keys sorted); an unsigned one carries
+  neither. One signed with its producer's batch (``events.signing.sign_batch``)
+  also carries ``proof``, and its signature covers the batch's Merkle root.
+  ``signed_bytes`` keeps those exact bytes from decoding (they are
+  what was signed, even if the payload is later upcast); it takes no part in
+  equality.
 """
 
 from __future__ import annotations
@@ -14,13 +25,21 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Generic, TypeVar
 
 from events.types import Payload
 
 P = TypeVar("P", bound=Payload)
+
+#: every envelope has these, in this order (the order ``encode`` writes them: sorted)
+REQUIRED_FIELDS: tuple[str, ...] = ("event_id", "type", "schema_version", "occurred_at", "producer", "payload")
+#: a signed envelope has both of these, an unsigned one neither
+SIGNATURE_FIELDS: tuple[str, ...] = ("signer", "signature")
+#: an envelope signed as part of a batch also has this (its Merkle proof, events.signing)
+BATCH_FIELDS: tuple[str, ...] = ("proof",)
+ENVELOPE_FIELDS: tuple[str, ...] = REQUIRED_FIELDS + SIGNATURE_FIELDS + BATCH_FIELDS
 
 
 def default_producer_identity() -> str:
@@ -40,12 +59,24 @@ class Envelope(Generic[P]):
     occurred_at: datetime
     producer: str
     payload: P
+    signer: str | None = None  # serial (hex) of the signing certificate
+    signature: str | None = None  # base64 DER ECDSA signature over events.signing.signing_bytes
+    signed_bytes: bytes | None = field(default=None, compare=False, repr=False)  # what was signed, as decoded
+    proof: tuple[str, ...] | None = None  # Merkle proof to the batch root the signature covers (batch-signed)
 
     def __post_init__(self) -> None:
         if self.occurred_at.tzinfo is None or self.occurred_at.utcoffset() != timezone.utc.utcoffset(None):
             raise ValueError("occurred_at must be timezone-aware UTC")
         if self.type != self.payload.TYPE:
             raise ValueError(f"type {self.type!r} does not match payload type {self.payload.TYPE!r}")
+        if (self.signer is None) != (self.signature is None):
+            raise ValueError("signer and signature: give both or neither")
+        if self.proof is not None and self.signature is None:
+            raise ValueError("proof: only a signed envelope has one")
+
+    @property
+    def signed(self) -> bool:
+        return self.signature is not None
 
     @property
     def topic(self) -> str:

@@ -84,7 +84,8 @@ ACL_TABLE: Mapping[str, tuple[Grant, ...]] = MappingProxyType({
     ),
     # the one writer of everything proxies are told
     PROJECTOR: (
-        *_topics(_EVENTS, READ),
+        # the identities log: every event it folds is verified against who held the signing key then
+        *_topics((*_EVENTS, topics.IDENTITIES), READ),
         *_topics(_PROJECTOR_OUTPUT, READ, WRITE),
         *_topics(_ALL, DESCRIBE, DESCRIBE_CONFIGS),  # `projector run` checks every topic's settings on start
         Grant(TRANSACTIONAL_ID, PROJECTOR_TRANSACTIONAL_PREFIX, (WRITE, DESCRIBE), PREFIXED),

@@ -11,6 +11,10 @@ Invariants:
   writer says what is too big instead of the broker's MessageSizeTooLarge.
 - Every network step has a deadline; a broker that does not answer becomes
   ``BrokerUnavailable`` with the address in its message, never a hang.
+- Every event is signed (``events.signing``) when the producer has a signer:
+  by default the process's own Kafka client identity (``process_signer``),
+  so a process that speaks mTLS to Kafka signs with that certificate; an
+  envelope already signed is sent as it is.
 - Nothing is sent to a topic the broker does not have: that is
   ``TopicsMissing`` at once (one metadata request), not aiokafka's retry loop
   logging "Topic ... not found" until the deadline.
@@ -33,6 +37,9 @@ from events.codec import encode
 from events.envelope import Envelope
 from events.errors import EventValidationError
 from events.kafka_security import KafkaSecurity, connection_kwargs
+from events.signing import FileSigner, Signer, process_signer
+
+_PROCESS_SIGNER = object()
 
 
 def encoded_event(env: Envelope) -> tuple[bytes, bytes]:
@@ -74,8 +81,14 @@ class EventProducer:
     """``async with EventProducer(bootstrap) as p: await p.append(env)``."""
 
     def __init__(self, bootstrap: str, *, timeout_s: float = 15.0, transactional: bool = False,
-                 security: KafkaSecurity | None = None):
+                 security: KafkaSecurity | None = None, signer: Signer | FileSigner | None | object = _PROCESS_SIGNER):
+        """``signer``: who signs the events (default: this process's Kafka client identity, if it has one;
+        ``None``: send unsigned, for plaintext development)."""
         self._bootstrap = bootstrap
+        if signer is _PROCESS_SIGNER:
+            signer = process_signer() if security is None else (
+                FileSigner(security.cert_file, security.key_file) if security.cert_file and security.key_file else None)
+        self._signer = signer
         self._timeout_s = timeout_s
         kwargs = {}
         if transactional:
@@ -141,8 +154,14 @@ class EventProducer:
             raise TopicsNotAuthorized(self._bootstrap, refused)
         raise TopicsMissing(self._bootstrap, missing)
 
+    def signed(self, env: Envelope) -> Envelope:
+        """``env`` as this producer appends it: signed by its signer, if it has one and ``env`` is not signed yet."""
+        if self._signer is None or env.signed:
+            return env
+        return self._signer.sign(env)
+
     async def _send(self, env: Envelope):
-        key, value = encoded_event(env)
+        key, value = encoded_event(self.signed(env))
         return await self._producer.send(env.topic, value=value, key=key)
 
     @staticmethod
@@ -160,8 +179,16 @@ class EventProducer:
             ) from None
         return self._appended(env, meta)
 
+    def signed_batch(self, envs: Sequence[Envelope]) -> list[Envelope]:
+        """``envs`` signed together (one signature over their Merkle root, ``events.signing``), if unsigned."""
+        if self._signer is None or not envs or any(env.signed for env in envs):
+            return list(envs)
+        return self._signer.sign_batch(list(envs))
+
     async def append_batch(self, envs: Sequence[Envelope]) -> None:
-        """Append ``envs`` pipelined (all sent, then all acknowledged); not atomic: for high-volume facts."""
+        """Append ``envs`` pipelined (all sent, then all acknowledged); not atomic: for high-volume facts.
+        They are signed as one batch: one signature for all, verified once."""
+        envs = self.signed_batch(envs)
         try:
             futures = [await asyncio.wait_for(self._send(env), self._timeout_s) for env in envs]
             await asyncio.wait_for(asyncio.gather(*futures), self._timeout_s)
@@ -169,7 +196,8 @@ class EventProducer:
             raise AppendFailed(f"append at {self._bootstrap} was not acknowledged: {type(exc).__name__}: {exc}") from None
 
     async def append_many(self, envs: Sequence[Envelope]) -> list[Appended]:
-        """Append all of ``envs`` in one transaction (the producer must be transactional)."""
+        """Append all of ``envs`` in one transaction (the producer must be transactional), signed as one batch."""
+        envs = self.signed_batch(envs)
         await self._require_topics({env.topic for env in envs})
         try:
             async with self._producer.transaction():

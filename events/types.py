@@ -493,7 +493,41 @@ class SubscriptionRejected(Payload):
         return f"{self.action} of {self.service}/{self.instance_id} to {self.dependency}"
 
 
-Decision = RuleRejected | SubscriptionRejected
+class EventRefused(Payload):
+    """The projector refused an event because of who stated it (``projector.authz``); nothing of it was folded.
+
+    ``problem`` says why in one word: the signature could not be verified
+    (``unsigned``, ``unknown_signer``, ``not_yet_valid``, ``expired``,
+    ``revoked``, ``untrusted_certificate``, ``bad_signature``), or its verified
+    ``author`` may not state it (``not_permitted``, ``node_id_taken``,
+    ``weight_too_high``, ``service_setting``). ``producer`` is the name the
+    writer claimed (escaped and cut); ``author`` is set only when verified.
+    """
+
+    TYPE: ClassVar[str] = "event.refused"
+    TOPIC: ClassVar[str] = topics.REJECTIONS
+
+    event_type: Annotated[str, Field(min_length=1, max_length=64)]
+    event_key: NonEmptyText
+    event_id: NonEmptyText
+    problem: Literal["unsigned", "unknown_signer", "not_yet_valid", "expired", "revoked", "untrusted_certificate",
+                     "bad_signature", "not_permitted", "node_id_taken", "weight_too_high", "service_setting"]
+    reason: Annotated[str, Field(min_length=1, max_length=2048)]
+    author: NonEmptyText | None = None
+    signer: Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[0-9a-f]+$")] | None = None
+    producer: NonEmptyText
+    source_topic: NonEmptyText
+    source_partition: Annotated[int, Strict(), Field(ge=0)]
+    source_offset: Annotated[int, Strict(), Field(ge=0)]
+
+    def key(self) -> str:
+        return f"refused/{self.event_key}"
+
+    def summary(self) -> str:
+        return f"{self.event_type} of {self.event_key} ({self.problem})"
+
+
+Decision = RuleRejected | SubscriptionRejected | EventRefused
 """What the fold may decide about one event (recorded on the rejections topic)."""
 
 
@@ -682,5 +716,6 @@ PAYLOAD_TYPES: dict[str, type[Payload]] = {
         ProxyAcked,
         ProxyNacked,
         SubscriptionRejected,
+        EventRefused,
     )
 }

@@ -28,11 +28,19 @@ from events import kafka_security
 from meshlog import argtypes
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 
+INSECURE_EVENTS_ENV = "MESHLOG_INSECURE_EVENTS"
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BROKER = 3
 
 log = logging.getLogger("projector")
+
+
+def insecure_events_default() -> bool:
+    """``$MESHLOG_INSECURE_EVENTS=1``: the explicit insecure mode for a whole environment (the test suite's
+    plaintext broker); the flag ``--insecure-events`` says the same for one process."""
+    return os.environ.get(INSECURE_EVENTS_ENV, "") == "1"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-ensure-topics", action="store_true", help="do not create missing topics at start")
     run.add_argument(
+        "--insecure-events", action="store_true", default=insecure_events_default(),
+        help="fold events without verifying who signed them (local development, logs written before signing); "
+        "by default an unsigned, unknown-signer, expired, revoked or badly signed event, or one its author may "
+        "not state, is refused and recorded on meshlog.rejections (also: $MESHLOG_INSECURE_EVENTS=1)",
+    )
+    run.add_argument(
         "--reset", action="store_true",
         help="discard the data dir's state first (rebuilds from the log; adopts the view topics' content)",
     )
@@ -138,6 +152,7 @@ def config_from_args(args: argparse.Namespace, bootstrap: str):
         checkpoint_interval_s=args.checkpoint_interval,
         ensure_topics=not args.no_ensure_topics,
         reset=args.reset,
+        insecure_events=args.insecure_events,
     )
 
 

@@ -60,16 +60,31 @@ leaves the state unchanged: the previous valid document keeps serving):
 - A destination policy upsert that drops a subset, or a delete of a policy
   whose subsets, a current route rule uses, is refused.
 
+Authorship (issue 13). Folded with a ``verifier`` (``identity.verifier``:
+the identities the log held, checked per event at its log time), every event
+the fold handles must be signed by a certificate held at its log time, and
+its verified author must be allowed to state it (``projector.authz``, the one
+copy of those rules). Otherwise the event is refused: an ``EventRefused``
+decision with the problem and the reason, the state unchanged — nothing of it
+reaches a proxy. Folded without a verifier (the explicit insecure mode, for
+local development and logs written before signing) nothing is refused for
+its authorship; such facts are unverified.
+
 Cost: O(1) map operations per event (each an O(√n) copy-on-write; use
 ``fold_many`` to fold a batch with one copy per touched bucket).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from events import types as t
 from events.envelope import Logged
+from events.printable import printable
+from projector import authz
+
+if TYPE_CHECKING:  # the verifier's module loads cryptography: only the callers that verify pay for it
+    from identity.verifier import Verifier
 from projector.naming import instance_key
 from projector.state import (
     Health,
@@ -444,30 +459,68 @@ _HANDLERS: dict[type, Callable[[_Tx, object, Logged], t.Decision | None]] = {
 }
 
 
-def _apply(tx: _Tx, logged: Logged) -> t.Decision | None:
+def _refuse_event(logged: Logged, problem: str, reason: str, author: str | None) -> t.EventRefused:
+    env = logged.envelope
+    if len(reason) > _REASON_MAX:
+        reason = reason[: _REASON_MAX - 1] + "…"
+    return t.EventRefused(
+        event_type=env.type,
+        event_key=printable(env.key, 256),
+        event_id=printable(env.event_id, 256),
+        problem=problem,
+        reason=reason,
+        author=author,
+        signer=env.signer,
+        producer=printable(env.producer, 256),
+        source_topic=logged.topic,
+        source_partition=logged.partition,
+        source_offset=logged.offset,
+    )
+
+
+def _authorship_refusal(tx: _Tx, logged: Logged, verifier: Verifier) -> t.EventRefused | None:
+    verdict = verifier.verdict(logged.envelope, logged.timestamp_ms)
+    if verdict.author is None:
+        return _refuse_event(logged, verdict.problem or "unsigned", verdict.detail or "not verified", None)
+    refused = authz.refusal(verdict.author, logged.envelope.payload, tx.m)
+    if refused is not None:
+        return _refuse_event(logged, refused.problem, refused.reason, verdict.author.uri)
+    return None
+
+
+def _apply(tx: _Tx, logged: Logged, verifier: Verifier | None = None) -> t.Decision | None:
     handler = _HANDLERS.get(type(logged.envelope.payload))
     if handler is None:
         return None
+    if verifier is not None:
+        refused = _authorship_refusal(tx, logged, verifier)
+        if refused is not None:
+            return refused
     return handler(tx, logged.envelope.payload, logged)
 
 
-def fold_with_decisions(state: MeshState, logged: Logged) -> tuple[MeshState, tuple[t.Decision, ...]]:
-    """Fold one logged event; also return the rejections it caused (zero or one)."""
+def fold_with_decisions(state: MeshState, logged: Logged, verifier: Verifier | None = None
+                        ) -> tuple[MeshState, tuple[t.Decision, ...]]:
+    """Fold one logged event; also return the rejections it caused (zero or one).
+
+    ``verifier``: refuse events whose signature or author fails (see the module docstring); None: insecure mode.
+    """
     tx = _Tx(state)
-    rejected = _apply(tx, logged)
+    rejected = _apply(tx, logged, verifier)
     return tx.commit(), (() if rejected is None else (rejected,))
 
 
-def fold(state: MeshState, logged: Logged) -> MeshState:
-    return fold_with_decisions(state, logged)[0]
+def fold(state: MeshState, logged: Logged, verifier: Verifier | None = None) -> MeshState:
+    return fold_with_decisions(state, logged, verifier)[0]
 
 
-def fold_many(state: MeshState, events: Iterable[Logged]) -> tuple[MeshState, tuple[t.Decision, ...]]:
+def fold_many(state: MeshState, events: Iterable[Logged], verifier: Verifier | None = None
+              ) -> tuple[MeshState, tuple[t.Decision, ...]]:
     """Fold a batch in order; equal to folding one by one, but copies each touched bucket once."""
     tx = _Tx(state)
     decisions = []
     for logged in events:
-        rejected = _apply(tx, logged)
+        rejected = _apply(tx, logged, verifier)
         if rejected is not None:
             decisions.append(rejected)
     return tx.commit(), tuple(decisions)

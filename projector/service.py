@@ -57,6 +57,16 @@ Processing (one loop, one batch at a time):
 5. Every ``snapshot_events`` / ``snapshot_interval`` a snapshot record goes to
    ``SNAPSHOTS`` (``projector.snapshots``).
 
+Authorship (issue 13): by default every folded event must be signed by an
+identity the identities topic held at the event's log time, and its author
+must be allowed to state it (``projector.fold`` with an
+``identity.verifier.Verifier``; ``projector.identities`` reads the identities
+topic far enough before each batch). A refused event is an ``EventRefused``
+decision on ``REJECTIONS``, like a rule rejection. ``insecure_events`` (the
+``--insecure-events`` flag, for local development and logs written before
+signing) folds without verifying. The projector signs its own records on
+``REJECTIONS`` with its Kafka client identity, when it has one.
+
 Restart and crash safety:
 
 - On start the checkpointed state is loaded and the consumer seeks each
@@ -160,6 +170,8 @@ class ProjectorConfig:
     gc_freeze: bool = True
     full_gc_interval_s: float = 3600.0
     source_topics: tuple[str, ...] = SOURCE_TOPICS
+    # fold without verifying who signed each event (local development, logs written before signing)
+    insecure_events: bool = False
 
 
 # ---------------------------------------------------------------- store
@@ -337,6 +349,13 @@ class ProjectorService:
         self._fetched_at: float | None = None  # time.time() when the last non-empty fetch returned
         # a broker outage reads as: started, still failing (at a backoff), ended (meshlog.outage)
         self._outage = KafkaOutageLog(f"Kafka at {config.bootstrap}", log)
+        self.verifier: Any = None  # identity.verifier.Verifier, None in insecure mode
+        self._identities: Any = None  # projector.identities.IdentityFeed, once started
+        if not config.insecure_events:
+            from identity.verifier import Verifier  # loads cryptography: only when verifying
+
+            self.verifier = Verifier()
+        self._signer: Any = None  # the process's signer (events.signing), set at start
 
     # ------------------------------------------------ lifecycle
 
@@ -397,6 +416,16 @@ class ProjectorService:
             client_id="meshlog-projector",
         )
         await self._start_client(self.consumer)
+        from events.signing import process_signer
+
+        self._signer = process_signer()
+        if self.verifier is not None:
+            from projector.identities import IdentityFeed
+
+            self._identities = IdentityFeed(cfg.bootstrap, self.verifier, timeout_s=cfg.send_timeout_s)
+            await self._identities.start(sorted(await self.producer.partitions_for(topics.IDENTITIES) or ()))
+        else:
+            log.warning("--insecure-events: events are folded without verifying who signed them (unverified facts)")
         for topic in cfg.source_topics:
             for partition in sorted(await self.producer.partitions_for(topic)):
                 self.tps.append(TopicPartition(topic, partition))
@@ -458,6 +487,11 @@ class ProjectorService:
                 log.info("final checkpoint written at %s", _fmt_offsets(self.next_folded))
         except Exception:  # noqa: BLE001 - a failed final checkpoint only means more refolding next time
             log.exception("final checkpoint failed (the next start refolds from the previous one)")
+        if self._identities is not None:
+            try:
+                await self._identities.stop()
+            except Exception:  # noqa: BLE001
+                log.warning("closing the identities consumer failed", exc_info=True)
         for client in (self.consumer, self.producer):
             if client is not None:
                 try:
@@ -697,6 +731,9 @@ class ProjectorService:
                 decoded.append((r, got))
         t1 = time.perf_counter()
 
+        if self._identities is not None:
+            # every identity fact logged up to the newest event of the batch is folded before verifying
+            await self._cover_identities(max((lg.timestamp_ms for _r, lg in decoded), default=None))
         before = self.state
         new_state, rejections, fold_dead = self._fold([lg for _r, lg in decoded], decoded)
         dead += fold_dead
@@ -770,18 +807,37 @@ class ProjectorService:
         self._log_batch(res, dead_out, rej_out)
         return res
 
+    async def _cover_identities(self, ts_ms: int | None) -> None:
+        """``IdentityFeed.cover``, retried through a broker outage (verifying with a partial registry would
+        refuse honest events for good)."""
+        delay = 0.5
+        while True:
+            try:
+                await self._identities.cover(ts_ms)
+                return
+            except (KafkaError, asyncio.TimeoutError, OSError) as exc:
+                if self.stopping:
+                    raise _Stopping() from exc
+                self._outage.failure(f"reading the identities failed ({type(exc).__name__}: {exc}); "
+                                     f"retrying in {delay:.1f}s")
+                try:
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                except asyncio.TimeoutError:
+                    pass
+                delay = min(delay * 2, 10.0)
+
     def _fold(
         self, logged: list[Logged], decoded: list[tuple[Any, Logged]]
     ) -> tuple[MeshState, list, list[tuple[Any, BaseException, str]]]:
         try:
-            state, rejections = fold_many(self.state, logged)
+            state, rejections = fold_many(self.state, logged, self.verifier)
             return state, list(rejections), []
         except Exception:  # noqa: BLE001 - a fold bug must not stop the mesh: isolate the event
             log.exception("fold_many raised; refolding the batch one event at a time")
         state, rejections, dead = self.state, [], []
         for record, lg in decoded:
             try:
-                state, decisions = fold_with_decisions(state, lg)
+                state, decisions = fold_with_decisions(state, lg, self.verifier)
                 rejections.extend(decisions)
             except Exception as exc:  # noqa: BLE001
                 log.error("fold failed for %s/%d/%d: %r", record.topic, record.partition, record.offset, exc)
@@ -828,6 +884,8 @@ class ProjectorService:
             key, value = dead_letter_record(record, exc, stage=stage)
             first.append((topics.DEADLETTER, key, value))
         envs = [new_event(j, producer=PRODUCER_IDENTITY) for j in rejections]
+        if self._signer is not None:  # the projector's own decisions are signed like every other fact
+            envs = [self._signer.sign(env) for env in envs]
         first += [(topics.REJECTIONS, env.key.encode(), encode(env)) for env in envs]
         # a retry resends only what was not acknowledged, and a record the broker refuses for good is set
         # aside (below) instead of being retried forever: it must not stop the projector
@@ -894,6 +952,7 @@ class ProjectorService:
             max_timestamp_ms=self.counters["max_timestamp_ms"],
             events=self.counters["events"],
             dead_lettered=self.counters["dead_lettered"],
+            signer=self._signer.current() if self._signer is not None else None,  # replay verifies it
         )
         try:
             fut = await self.producer.send(topics.SNAPSHOTS, value=value, key=SNAPSHOT_KEY)

@@ -33,6 +33,13 @@ Header fields:
   ``compression``: ``"zlib"``; ``state_bytes``: uncompressed body length;
   ``state_sha256``: hex SHA-256 of the uncompressed body (checked on decode).
 - ``created_at`` (UTC ISO-8601) and ``producer`` (``"projector"``).
+- ``signer`` and ``signature`` (issue 13; present when the projector has a
+  mesh identity): the serial of the projector's certificate and its ECDSA
+  P-256 signature (``events.signing``) over ``header_signing_bytes``: the
+  header without ``signature``, keys sorted. The header carries the body's
+  SHA-256, so the signature covers the state too. Replay verifies it against
+  the identity that held the serial when the snapshot was logged, and uses
+  only snapshots signed by a ``projector`` identity (``replay.snapshots``).
 
 ``encode_snapshot`` / ``decode_snapshot`` are pure; ``replay`` imports them.
 """
@@ -98,7 +105,9 @@ def encode_snapshot(
     dead_lettered: int = 0,
     created_at: datetime | None = None,
     level: int = 6,
+    signer=None,
 ) -> bytes:
+    """The snapshot record's value; ``signer`` (``events.signing.Signer``): sign its header."""
     header = {
         "format": FORMAT,
         "next_offsets": dict(sorted(next_offsets.items())),
@@ -112,8 +121,18 @@ def encode_snapshot(
         "created_at": (created_at or datetime.now(timezone.utc)).isoformat(timespec="milliseconds"),
         "producer": "projector",
     }
+    if signer is not None:
+        from events.signing import signature_of  # loads cryptography: only a signing projector pays for it
+
+        header["signer"] = signer.serial
+        header["signature"] = signature_of(signer.key, header_signing_bytes(header))
     head = orjson.dumps(header, option=orjson.OPT_SORT_KEYS)
     return MAGIC + bytes((FORMAT,)) + _LEN.pack(len(head)) + head + zlib.compress(state_bytes, level)
+
+
+def header_signing_bytes(header: Mapping) -> bytes:
+    """The bytes a snapshot's signature covers: its header without ``signature``, keys sorted."""
+    return orjson.dumps({k: v for k, v in header.items() if k != "signature"}, option=orjson.OPT_SORT_KEYS)
 
 
 def decode_header(data: bytes) -> dict:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -101,6 +102,21 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-snapshot", action="store_true",
                    help="fold from the beginning of the log instead of the latest snapshot (slower; for checking)")
     p.add_argument("--log-level", default="WARNING", help="log level on stderr (default WARNING)")
+    p.add_argument("--insecure-events", action="store_true", default=_insecure_default(),
+                   help="fold events without verifying who signed them, as a projector run with --insecure-events "
+                   "does (logs written before signing); by default replay refuses what the projector refuses "
+                   "(also: $MESHLOG_INSECURE_EVENTS=1)")
+
+
+def _insecure_default() -> bool:
+    return os.environ.get("MESHLOG_INSECURE_EVENTS", "") == "1"
+
+
+async def _verifier(args: argparse.Namespace, consumer, *, for_display: bool = False):
+    """The verifier of the log's identities (identity.verifier), or None in insecure mode (unless only shown)."""
+    if args.insecure_events and not for_display:
+        return None
+    return await identities.load_verifier(consumer, args.now_ms)
 
 
 def _at_options(p: argparse.ArgumentParser, *, required: bool) -> None:
@@ -316,7 +332,8 @@ async def cmd_at(args: argparse.Namespace, bootstrap: str) -> int:
     at_ms = args.at_ms
     async with open_log(bootstrap, args.timeout) as consumer:
         first = await check_instant(consumer, at_ms, args.now_ms, what="--at")
-        rebuilt = await rebuild(consumer, at_ms, use_snapshot=not args.no_snapshot, progress=RichProgress(args.progress))
+        rebuilt = await rebuild(consumer, at_ms, use_snapshot=not args.no_snapshot, progress=RichProgress(args.progress),
+                                verifier=await _verifier(args, consumer))
         rebuilt.first_ms = first
         source = rebuilt.source()
         if rebuilt.undecodable:
@@ -372,9 +389,11 @@ async def cmd_diff(args: argparse.Namespace, bootstrap: str) -> int:
     async with open_log(bootstrap, args.timeout) as consumer:
         from_ms, to_ms_ = await _window(args, consumer)
         progress = RichProgress(args.progress)
-        base = await rebuild(consumer, from_ms, use_snapshot=not args.no_snapshot, progress=progress)
+        verifier = await _verifier(args, consumer)
+        base = await rebuild(consumer, from_ms, use_snapshot=not args.no_snapshot, progress=progress,
+                             verifier=verifier)
         walker, steps, _cut = await walk(consumer, base, to_ms_, node=args.node, progress=progress,
-                                         on_undecodable=undecodable.append)
+                                         on_undecodable=undecodable.append, verifier=verifier)
         recorded = await dead_lettered_among(consumer, undecodable)
         sync_records = await sync_records_for(consumer, to_ms_)
     if args.node and not walker.start_membership and not walker.membership():
@@ -399,9 +418,13 @@ async def cmd_log(args: argparse.Namespace, bootstrap: str) -> int:
     async with open_log(bootstrap, args.timeout) as consumer:
         from_ms, to_ms_ = await _window(args, consumer)
         progress = RichProgress(args.progress)
-        base = await rebuild(consumer, from_ms, use_snapshot=not args.no_snapshot, progress=progress)
+        # the author column is verified even in insecure mode: there it marks facts unverified, refusing none
+        shown = await _verifier(args, consumer, for_display=True)
+        verifier = None if args.insecure_events else shown
+        base = await rebuild(consumer, from_ms, use_snapshot=not args.no_snapshot, progress=progress,
+                             verifier=verifier)
         walker, steps, cut = await walk(consumer, base, to_ms_, node=args.node, progress=progress,
-                                        on_undecodable=undecodable.append)
+                                        on_undecodable=undecodable.append, verifier=verifier)
         window = {(tp.topic, tp.partition): (base.cut.stop[tp], cut.stop[tp]) for tp in cut.stop}
 
         def in_window(topic: str, partition: int, offset: int) -> bool:
@@ -447,7 +470,7 @@ async def cmd_log(args: argparse.Namespace, bootstrap: str) -> int:
     doc = report.log_document(
         from_ms=from_ms, to_ms=to_ms_, service=args.service, node=args.node, steps=steps, node_keys=node_keys,
         recorded_rejections=recorded_rejections, dead_letters=dead_docs, convergence=converged,
-        sync_entries=sync_entries,
+        sync_entries=sync_entries, author_of=lambda lg: identities.author_doc(shown, lg),
     )
     # identities are not bound to node ids yet (part 2 of the trust work): --node shows none
     doc["identities"] = [] if args.node else identities.log_entries(identity_events, service=args.service)
@@ -481,7 +504,8 @@ async def cmd_serve(args: argparse.Namespace, bootstrap: str) -> int:
     at_ms = args.at_ms
     async with open_log(bootstrap, args.timeout) as consumer:
         first = await check_instant(consumer, at_ms, args.now_ms, what="--at")
-        rebuilt = await rebuild(consumer, at_ms, use_snapshot=not args.no_snapshot, progress=RichProgress(args.progress))
+        rebuilt = await rebuild(consumer, at_ms, use_snapshot=not args.no_snapshot, progress=RichProgress(args.progress),
+                                verifier=await _verifier(args, consumer))
         rebuilt.first_ms = first
     rendered = rebuilt.rendered()
     return await serve_frozen(rendered, listen=args.listen, port=args.port, grace=args.grace,

@@ -21,6 +21,11 @@ Invariants:
   20,000 events bisect groups of 256 to find the events that changed the
   node (a change reverted within a group can go unseen). Such steps say
   ``exact=False`` and the documents carry ``"exact": false``.
+- Verification (issue 13): given a ``verifier`` (``identity.verifier``, from
+  the identities topic) every fold here refuses what the live projector
+  refuses, with the same ``EventRefused`` decisions; without one (the CLI's
+  ``--insecure-events``) events are folded unverified, as the projector's
+  insecure mode does. Replay must run in the projector's mode to agree with it.
 - Nothing here prints; the CLI decides the output.
 """
 
@@ -32,7 +37,7 @@ import logging
 import time
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable, Iterator, Mapping, Protocol
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterator, Mapping, Protocol
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
@@ -47,6 +52,9 @@ from projector.versioning import version_of
 from replay.decode import RecordDecoder
 from replay.snapshots import ChosenSnapshot, find_snapshot
 from replay.source import Cut, Undecodable, existing_topics, first_event_ms, iter_cut, new_consumer, plan_cut
+
+if TYPE_CHECKING:  # loads cryptography: only a verifying replay pays for it
+    from identity.verifier import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +226,7 @@ async def rebuild(
     use_snapshot: bool = True,
     progress: Progress | None = None,
     decoder: RecordDecoder | None = None,
+    verifier: Verifier | None = None,
 ) -> Rebuilt:
     """The mesh state as of ``at_ms`` (every event with broker timestamp <= at_ms folded)."""
     progress = progress or NoProgress()
@@ -228,7 +237,7 @@ async def rebuild(
     chosen = None
     state = empty_state()
     if use_snapshot:
-        chosen = await find_snapshot(consumer, at_ms, cut.stops_by_key())
+        chosen = await find_snapshot(consumer, at_ms, cut.stops_by_key(), verifier=verifier)
         if chosen is not None:
             try:
                 with no_gc():
@@ -247,7 +256,7 @@ async def rebuild(
     with no_gc():
         async for batch in iter_cut(consumer, cut, decoder=decoder):
             if batch.events:
-                state, _decisions = fold_many(state, batch.events)
+                state, _decisions = fold_many(state, batch.events, verifier)
                 folded += len(batch.events)
             undecodable += batch.undecodable
             progress.advance(batch.records)
@@ -295,8 +304,10 @@ class Walker:
     only what N is served (``render(state, N)`` after each change).
     """
 
-    def __init__(self, state: MeshState, *, node: str | None = None, rendered: RenderedMesh | None = None) -> None:
+    def __init__(self, state: MeshState, *, node: str | None = None, rendered: RenderedMesh | None = None,
+                 verifier: Verifier | None = None) -> None:
         self.node = node
+        self.verifier = verifier
         self.state = state
         if node is None:
             self.rendered = rendered if rendered is not None else render_all(state)
@@ -324,7 +335,7 @@ class Walker:
         state = before
         decisions: list[tuple[Logged, t.Decision]] = []
         for lg in events:
-            state, rejected = fold_with_decisions(state, lg)
+            state, rejected = fold_with_decisions(state, lg, self.verifier)
             for j in rejected:
                 decisions.append((lg, j))
         self.state = state
@@ -360,7 +371,7 @@ class Walker:
         decided: list[list[tuple[Logged, t.Decision]]] = []
         s = self.state
         for lg in events:
-            s, rejected = fold_with_decisions(s, lg)
+            s, rejected = fold_with_decisions(s, lg, self.verifier)
             states.append(s)
             decided.append([(lg, j) for j in rejected])
         cache: dict[int, Versions] = {}
@@ -425,12 +436,13 @@ async def walk(
     progress: Progress | None = None,
     on_undecodable: Callable[[Undecodable], None] | None = None,
     render_budget_s: float = 20.0,
+    verifier: Verifier | None = None,
 ) -> tuple[Walker, list[Step], Cut]:
     """Fold the events in ``(base.at_ms, to_ms]`` step by step from ``base``."""
     progress = progress or NoProgress()
     start_after = base.cut.stops_by_key()
     cut = await plan_cut(consumer, to_ms, start_after=start_after)
-    walker = Walker(base.state, node=node, rendered=base.rendered() if node is None else None)
+    walker = Walker(base.state, node=node, rendered=base.rendered() if node is None else None, verifier=verifier)
     pacer = _Pacer(cut.total, render_budget_s) if node is None else None
     size = 1 if node is None or cut.total <= EXACT_NODE_EVENTS else NODE_GROUP
     steps: list[Step] = []

@@ -45,6 +45,22 @@ async def registry_at(consumer: AIOKafkaConsumer, at_ms: int) -> tuple[Registry,
     return fold_many(EMPTY, events), bad
 
 
+async def load_verifier(consumer: AIOKafkaConsumer, now_ms: int):
+    """An ``identity.verifier.Verifier`` over every identity event logged up to ``now_ms`` (the registry answers
+    by log time, so it verifies any earlier event as it was then). Undecodable identity records are skipped."""
+    from identity.verifier import Verifier  # loads cryptography: only a verifying replay pays for it
+
+    events, _bad = await read_identity_events(consumer, 0, now_ms)
+    return Verifier(fold_many(EMPTY, events))
+
+
+def author_doc(verifier, lg: Logged) -> dict:
+    """Who stated ``lg`` as replay shows it: the verified SPIFFE id, or why the event is unverified."""
+    verdict = verifier.verdict(lg.envelope, lg.timestamp_ms)
+    return {"verified": verdict.verified, "spiffe_id": verdict.author.uri if verdict.author else None,
+            "serial": verdict.serial, "problem": verdict.problem}
+
+
 def _cert_doc(c: Certificate) -> dict:
     return {"spiffe_id": c.spiffe_id, "serial": c.serial, "not_before": c.not_before.isoformat(),
             "not_after": c.not_after.isoformat(), "issued": iso(c.logged_ms), "how": c.how,

@@ -66,7 +66,11 @@ Shapes (``format`` 1):
      with a filter, only events about the service or node itself are listed from a group)
 
     EVENT = {time, timestamp_ms, topic, partition, offset, type, key, producer, event_id, occurred_at}
+            (+ in a log: author: {verified, spiffe_id, serial, problem} — who signed it, verified against
+             the identities the log held at its broker time; ``producer`` is only the name it claimed)
     REJECTION = {time, timestamp_ms, kind_of_rule, name, revision, reason, source: {topic, partition, offset}}
+                (an event refused for its authorship: kind_of_rule "authorship", name the event's key,
+                 + event_type, problem, author)
     DEAD = {time, timestamp_ms, source: {topic, partition, offset}, reason, stage,
             recorded}   # whether the live projector dead-lettered it (found on the dead-letter topic)
 
@@ -78,7 +82,7 @@ its ``version_info``, plus a ``replay`` key saying which instant and node.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from google.protobuf import any_pb2, json_format
 
@@ -192,6 +196,9 @@ def payload_services(payload: t.Payload) -> set[str]:
         out |= rule_destinations(payload)
     if isinstance(payload, t.RuleRejected):
         out.add(payload.name)
+    if isinstance(payload, t.EventRefused):  # the refused event's entity: "<service>/<instance>", "route/<host>"
+        head, _sep, rest = payload.event_key.partition("/")
+        out.add(rest.partition("/")[0] if head in ("route", "policy") else head)
     dependency = getattr(payload, "dependency", None)  # a subscription is about its dependency too
     if isinstance(dependency, str):
         out.add(dependency)
@@ -396,6 +403,9 @@ def rejection_doc(lg: Logged | None, j: t.Decision, ts: int | None = None) -> di
     if isinstance(j, t.SubscriptionRejected):
         what = {"kind_of_rule": "subscription", "name": j.dependency, "revision": None,
                 "subscriber": naming.instance_key(j.service, j.instance_id), "action": j.action}
+    elif isinstance(j, t.EventRefused):
+        what = {"kind_of_rule": "authorship", "name": j.event_key, "revision": None, "event_type": j.event_type,
+                "problem": j.problem, "author": j.author}
     else:
         what = {"kind_of_rule": j.kind, "name": j.name, "revision": j.revision}
     return {
@@ -594,8 +604,9 @@ def log_document(
     dead_letters: Iterable[dict] = (),
     convergence: Mapping[tuple[str, int, int], dict] = {},
     sync_entries: Iterable[dict] = (),
+    author_of: Callable[[Logged], dict] | None = None,
 ) -> dict:
-    """The audit trail. ``recorded_rejections``: (source topic, partition, offset) -> (time, rejection) from the
+    """The audit trail. ``author_of``: an event's verified author (``replay.identities.author_doc``). ``recorded_rejections``: (source topic, partition, offset) -> (time, rejection) from the
     rejections topic; ``dead_letters``: DEAD entries (already filtered to the window)."""
     entries: list[dict] = []
     groups: list[dict] = []
@@ -640,6 +651,7 @@ def log_document(
                     "group": group_index,
                     "rejection": rejection,
                     "convergence": None if grouped else convergence.get(src),
+                    **({"author": author_of(lg)} if author_of is not None else {}),
                 }
             )
     for src, (ts, j) in sorted(recorded_rejections.items()):

@@ -15,6 +15,13 @@ one folded past T. Several projectors (a fresh data dir, a second
 deployment) may interleave snapshots on the topic; a few records back are
 read as well, and the best valid one wins. Anything undecodable is skipped.
 
+Signed snapshots (issue 13): given a verifier (replay's default), a
+snapshot is used only if its header is signed by a ``projector`` identity
+held when the snapshot was logged (``snapshot_refusal``, pure); a snapshot
+that is not is skipped with a warning naming why, and the next best one is
+tried, down to folding from the start. Without a verifier (``--insecure-events``)
+snapshots are used unverified, as before signing.
+
 ``choose`` is pure (unit-tested); ``find_snapshot`` does the I/O.
 """
 
@@ -27,7 +34,8 @@ from typing import Mapping
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from events import topics
-from projector.snapshots import Snapshot, SnapshotError, decode_header, decode_snapshot
+from projector.snapshots import Snapshot, SnapshotError, decode_header, decode_snapshot, header_signing_bytes
+from events.printable import printable
 from replay.source import read_range
 
 log = logging.getLogger(__name__)
@@ -93,8 +101,21 @@ def choose(candidates: list[Candidate], at_ms: int, log_stops: Mapping[str, int]
     return sorted(good, key=lambda c: (c.folded, c.offset), reverse=True)
 
 
+def snapshot_refusal(verifier, header: Mapping, logged_ms: int) -> str | None:
+    """Why a snapshot logged at ``logged_ms`` must not be used (its signature), or None if a projector signed it."""
+    serial, signature = header.get("signer"), header.get("signature")
+    if not isinstance(serial, str) or not isinstance(signature, str):
+        return "it is not signed"
+    verdict = verifier.check(serial, signature, header_signing_bytes(header), logged_ms, what="snapshot")
+    if verdict.author is None:
+        return f"{verdict.problem}: {verdict.detail}"
+    if verdict.author.role != "projector":
+        return f"it is signed by {verdict.author.uri}, not by a projector"
+    return None
+
+
 async def find_snapshot(
-    consumer: AIOKafkaConsumer, at_ms: int, log_stops: Mapping[str, int] | None = None
+    consumer: AIOKafkaConsumer, at_ms: int, log_stops: Mapping[str, int] | None = None, verifier=None,
 ) -> ChosenSnapshot | None:
     """The best snapshot to start a replay at ``at_ms`` from, decoded; None if there is none."""
     if topics.SNAPSHOTS not in set(await consumer.topics()):
@@ -143,6 +164,12 @@ async def find_snapshot(
             await scan(tp, lo, hi, hi)
             step *= 4
     for best in choose(candidates, at_ms, log_stops):
+        if verifier is not None:
+            refused = snapshot_refusal(verifier, best.header, best.timestamp_ms)
+            if refused is not None:
+                log.warning("snapshot at offset %d skipped: %s; trying an older one (or the start of the log)",
+                            best.offset, printable(refused, 400))
+                continue
         try:
             snap = decode_snapshot(values[(best.partition, best.offset)])
         except SnapshotError as exc:

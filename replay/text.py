@@ -239,7 +239,20 @@ def print_diff(console: Console, doc: dict) -> None:
                            f"at {d['time']}: {d['reason']}", style="red"))
 
 
+def author_text(e: dict) -> Text:
+    """Who stated an event: its verified SPIFFE id; else the name it claimed, marked unverified and why."""
+    author = e.get("author")
+    if author is None:  # a document without verification (older format)
+        return Text(printable(e["producer"], 120))
+    if author["verified"]:
+        return Text(printable(author["spiffe_id"], 160))
+    return Text(f"unverified ({printable(author['problem'], 40)}): claims {printable(e['producer'], 100)}",
+                style="yellow")
+
+
 def _rejected_what(j: dict) -> str:
+    if j["kind_of_rule"] == "authorship":
+        return f"{j['event_type']} of {j['name']} ({j['problem']})"
     if j["kind_of_rule"] == "subscription":
         return f"{j['action']} of {j['subscriber']} to {j['name']}"
     return f"{j['kind_of_rule']} {j['name']} r{j['revision']}"
@@ -278,12 +291,12 @@ def print_log(console: Console, doc: dict) -> None:
     if not doc["exact"]:
         console.print(Text("long window over a large mesh: effects are per group of events", style="dim"))
     table = Table(title_justify="left")
-    for col in ("broker time", "producer", "type", "key", "effect"):
+    for col in ("broker time", "author", "type", "key", "effect"):
         table.add_column(col)
     for e in doc["entries"]:
         if e["kind"] == "event":
             style = "red" if e.get("rejection") else ""
-            table.add_row(e["time"], e["producer"], Text(e["type"], style=style), e["key"],
+            table.add_row(e["time"], author_text(e), Text(e["type"], style=style), e["key"],
                           _effect(e, doc.get("groups", [])))
         elif e["kind"] == "rejection":
             table.add_row(e["time"], "projector", Text("rejected", style="red"), _rejected_what(e), e["reason"])

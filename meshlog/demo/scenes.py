@@ -132,7 +132,8 @@ def expected_weights(host: str, v1: int, v2: int) -> dict[str, int]:
 
 
 def replay_cli(demo: Demo, *args: str, json_out: bool = False) -> tuple[int, str]:
-    argv = [str(BIN / "replay"), *args, "--bootstrap", demo.stack.bootstrap, "--no-progress"]
+    argv = [str(BIN / "replay"), *args, "--bootstrap", demo.stack.bootstrap, "--no-progress",
+            *demo.stack.event_flags()]
     if json_out:
         argv.append("--json")
     # its tables are printed inside the demo's own output, as wide as that has room for (a panel on the live
@@ -315,6 +316,7 @@ def impostor(demo: Demo) -> None:
         files, how = stack.trust.renew(stack.ca_url, path), f"at {stack.ca_url} with its current certificate"
     else:
         files, how = stack.trust.reissue(path), "offline"
+        stack.log_identities()
     new_serial = pki.load_identity(files.cert.parent)[0].serial_number
     demo.report.step(f"renewed web-1's workload certificate {how} (serial {new_serial:x}) during traffic")
     deadline = time.monotonic() + 30

@@ -167,11 +167,39 @@ class DemoStack:
             acls = apply_acls(self.bootstrap, admin)
             self.say(f"ACLs per role applied ({acls.created} created, {acls.present} already present)")
 
+    def log_identities(self) -> None:
+        """Append the certificates issued offline since the last call to ``meshlog.identities`` (as the demo's
+        operator, like ``meshlog ca issue``): the projector verifies each event against them."""
+        if self.trust is None or self.kafka is None or not self.trust.unlogged:
+            return
+        import asyncio
+
+        from events.envelope import new_event
+        from events.producer import EventProducer
+
+        pending, self.trust.unlogged = self.trust.unlogged, []
+
+        async def append() -> None:
+            async with EventProducer(self.bootstrap) as producer:
+                for issued in pending:
+                    await producer.append(new_event(issued, producer="meshlog demo"))
+
+        asyncio.run(append())
+
+    def event_flags(self) -> list[str]:
+        """What the projector and replay run with: the demo's processes sign with the demo's identities only on
+        the broker it started (with --bootstrap they inherit that broker's settings, under --insecure they have
+        none), so only then is every event verified; otherwise it is folded unverified, explicitly."""
+        return [] if self.trust is not None and self.kafka is not None else ["--insecure-events"]
+
     def start_control_plane(self) -> None:
         assert self.bootstrap
+        env = self.kafka_env("projector")
+        self.log_identities()  # the operator/demo identity the demo appends rules with, and the projector's
         self.projector = spawn("projector", [str(BIN / "projector"), "run", "--bootstrap", self.bootstrap,
-                                             "--data-dir", str(self.workdir / "projector-data")],
-                               self.workdir, self.kafka_env("projector"), own_group=True)
+                                             "--data-dir", str(self.workdir / "projector-data"),
+                                             *self.event_flags()],
+                               self.workdir, env, own_group=True)
         self.say(f"projector started (pid {self.projector.pid})")
         if self.trust is not None:
             self.start_ca_server()  # it starts while the gateways do; ready before the first sidecar enrols
@@ -220,10 +248,11 @@ class DemoStack:
         port = port or free_port()
         ready = self.workdir / f"{name}.ready.json"
         ready.unlink(missing_ok=True)
+        tls_args, env = gateway_tls_args(self.gateway_identity(name)), self.kafka_env(f"gateway/{name}")
+        self.log_identities()
         gw = spawn(name, [str(BIN / "xds-gateway"), "run", "--bootstrap", self.bootstrap, "--port", str(port),
-                          "--http-port", "0", "--grace", "1", "--ready-file", str(ready),
-                          *gateway_tls_args(self.gateway_identity(name))],
-                   self.workdir, self.kafka_env(f"gateway/{name}"), own_group=True)
+                          "--http-port", "0", "--grace", "1", "--ready-file", str(ready), *tls_args],
+                   self.workdir, env, own_group=True)
         wait_until(lambda: ready.exists() and ready.read_text().strip(), 60, f"{name} to be ready",
                    on_fail=gw.log_tail)
         gw.info = json.loads(ready.read_text())
@@ -233,10 +262,12 @@ class DemoStack:
         return gw
 
     def start_checker(self, name: str) -> Process:
+        env = self.kafka_env(f"checker/{name}")
+        self.log_identities()
         checker = spawn(name, [str(BIN / "registrar"), "healthcheck", "--bootstrap", self.bootstrap,
                                "--checker-id", name, "--interval", "0.5", "--timeout", "0.5", "--fall", "3",
                                "--rise", "2", "--status-file", str(self.workdir / f"{name}.status.json")],
-                        self.workdir, self.kafka_env(f"checker/{name}"), own_group=True)
+                        self.workdir, env, own_group=True)
         self.checker_procs[name] = checker
         self.say(f"{name} started: central health checks, sharing instances through a consumer group (pid {checker.pid})")
         return checker
@@ -259,8 +290,9 @@ class DemoStack:
             argv += ["--gateway", address]
         for dep in depends_on:
             argv += ["--depends-on", dep]
-        process = spawn(f"sidecar-{instance}", argv, self.workdir, self.kafka_env(f"sidecar/{service}/{instance}"),
-                        own_group=True)
+        env = self.kafka_env(f"sidecar/{service}/{instance}")
+        self.log_identities()  # a sidecar issued offline (no `ca serve`); enrolled ones are logged by the CA
+        process = spawn(f"sidecar-{instance}", argv, self.workdir, env, own_group=True)
         sidecar = Sidecar(instance, service, instance, version, process, admin, inbound, outbound, status_file,
                           cache / "run" / "envoy.log")
         self.sidecars[instance] = sidecar
@@ -308,7 +340,7 @@ class DemoStack:
         ready = self.workdir / "console.ready.json"
         ready.unlink(missing_ok=True)
         self.console = spawn("console", [str(BIN / "replay"), "ui", "--bootstrap", self.bootstrap,
-                                         "--ready-file", str(ready)], self.workdir, self.kafka_env(REPLAY_IDENTITY),
+                                         "--ready-file", str(ready), *self.event_flags()], self.workdir, self.kafka_env(REPLAY_IDENTITY),
                         own_group=True)
         wait_until(lambda: ready.exists() and ready.read_text().strip(), 60, "the console to be ready",
                    on_fail=self.console.log_tail)

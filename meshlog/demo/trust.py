@@ -18,6 +18,11 @@ Invariants:
 - Children get their Kafka identity through the ``MESHLOG_KAFKA_*``
   environment (``kafka_env``); the demo's own clients through
   ``events.kafka_security.configure``. Nothing here starts a process.
+- Every certificate issued offline here is also a fact of the log: it waits
+  in ``unlogged`` until the stack appends it to ``meshlog.identities``
+  (``DemoStack.log_identities``, as ``meshlog ca issue`` logs what it issues)
+  before the process holding it starts, so the projector can verify the
+  events that process signs. What ``ca serve`` issues it logs itself.
 - ``DemoTrust`` is ``None`` under ``--insecure``: plaintext Kafka and
   ``--insecure`` xDS, as before, for loopback development.
 """
@@ -30,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from events.kafka_security import KafkaSecurity, to_env
-from identity import client, pki, spiffe, tokens
+from identity import client, pki, records, spiffe, tokens
 from meshlog import kafka_tls
 
 HOST = "127.0.0.1"
@@ -42,6 +47,7 @@ class DemoTrust:
     ca: pki.CertificateAuthority = field(init=False)
     issued: dict[str, pki.IdentityFiles] = field(default_factory=dict)  # SPIFFE path -> its files
     redeemed: dict[str, str] = field(default_factory=dict)  # SPIFFE path -> the join token it was enrolled with
+    unlogged: list = field(default_factory=list)  # IdentityIssued of offline issues not yet appended to the log
 
     def __post_init__(self) -> None:
         self.ca = kafka_tls.ensure_ca(self.tls_dir)
@@ -63,8 +69,11 @@ class DemoTrust:
         """A new key and certificate written over the identity's files (atomic renames: a reader sees the
         old pair or the new one). What a renewal does to a running sidecar's ``--tls-*`` files."""
         ident = self.spiffe_id(path)
-        return kafka_tls.issue_files(self.ca, ident, kafka_tls.identity_dir(self.tls_dir, ident),
-                                     server_names=server_names)
+        files = kafka_tls.issue_files(self.ca, ident, kafka_tls.identity_dir(self.tls_dir, ident),
+                                      server_names=server_names)
+        cert = pki.cert_from_pem(files.cert.read_bytes())
+        self.unlogged.append(records.issued(cert, self.ca.certificate, how="offline", requested_by="meshlog demo"))
+        return files
 
     def mint_token(self, service: str) -> str:
         """What ``meshlog ca token --service S`` prints: a one-time join token for one instance of ``service``."""

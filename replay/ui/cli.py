@@ -36,7 +36,7 @@ async def cmd_ui(args: argparse.Namespace, bootstrap: str) -> int:
     from replay.ui.server import HostGuard, build_app, hosts_for
 
     async with open_log(bootstrap, args.timeout) as consumer:
-        console = Console(consumer, use_snapshot=not args.no_snapshot)
+        console = Console(consumer, use_snapshot=not args.no_snapshot, verify_events=not args.insecure_events)
         guard = HostGuard(frozenset())  # nothing answered until the bound port is known
         runner = web.AppRunner(build_app(console, guard), access_log=None)
         await runner.setup()

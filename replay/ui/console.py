@@ -59,9 +59,11 @@ def now_ms() -> int:
 
 
 class Console:
-    def __init__(self, consumer: AIOKafkaConsumer, *, use_snapshot: bool = True, refresh_s: float = 1.0) -> None:
+    def __init__(self, consumer: AIOKafkaConsumer, *, use_snapshot: bool = True, refresh_s: float = 1.0,
+                 verify_events: bool = True) -> None:
         self.consumer = consumer
         self.use_snapshot = use_snapshot
+        self.verify_events = verify_events  # fold as the projector does (False: --insecure-events)
         self.refresh_s = refresh_s
         self.index = TimelineIndex()
         self.lock = asyncio.Lock()
@@ -72,6 +74,15 @@ class Console:
         self._cache: OrderedDict[int, Rebuilt] = OrderedDict()
         self._docs: OrderedDict[tuple, dict] = OrderedDict()  # (question, instant, node) -> document
         self.stats: dict[str, float] = {}
+
+    async def _verifier(self):
+        """The identities logged so far, as a verifier (None in insecure mode); they answer by log time, so a
+        state cached for an earlier instant stays right as identities are added."""
+        if not self.verify_events:
+            return None
+        from replay.identities import load_verifier
+
+        return await load_verifier(self.consumer, now_ms())
 
     # ------------------------------------------------------------ the timeline index
 
@@ -128,7 +139,7 @@ class Console:
         first = await check_instant(self.consumer, at_ms, now_ms(), what=what)
         hit = self._cache.get(at_ms)
         if hit is None:
-            hit = await rebuild(self.consumer, at_ms, use_snapshot=self.use_snapshot)
+            hit = await rebuild(self.consumer, at_ms, use_snapshot=self.use_snapshot, verifier=await self._verifier())
             self._cache[at_ms] = hit
             while len(self._cache) > CACHED_INSTANTS:
                 self._cache.popitem(last=False)
@@ -180,9 +191,11 @@ class Console:
         async with self.lock:
             await check_instant(self.consumer, to_ms_, now_ms(), what="to")
             base = self._cache.get(from_ms)
+            verifier = await self._verifier()
             if base is None:
-                base = await rebuild(self.consumer, from_ms, use_snapshot=self.use_snapshot)
-            walker, steps, _cut = await walk(self.consumer, base, to_ms_, node=node, on_undecodable=undecodable.append)
+                base = await rebuild(self.consumer, from_ms, use_snapshot=self.use_snapshot, verifier=verifier)
+            walker, steps, _cut = await walk(self.consumer, base, to_ms_, node=node, on_undecodable=undecodable.append,
+                                             verifier=verifier)
             sync_records = await sync_records_for(self.consumer, to_ms_)
         if node and not walker.start_membership and not walker.membership():
             raise NotFound(f"node {node!r} has no registered instance at {iso(from_ms)} nor at {iso(to_ms_)}")

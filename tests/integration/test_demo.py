@@ -50,6 +50,7 @@ SCENE_CHECKS = {  # scene -> checks it reports
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("MESHLOG_KAFKA_BOOTSTRAP", None)  # the demo starts its own broker, as from a fresh clone
+    env.pop("MESHLOG_INSECURE_EVENTS", None)  # and verifies every event, as from a fresh clone (tests/conftest.py)
     return env
 
 

@@ -23,7 +23,8 @@ from .helpers import FakeProducer, Log, registered
 
 
 def make(tmp_path, producer: FakeProducer, ends: dict | None = None, **cfg) -> ProjectorService:
-    svc = ProjectorService(ProjectorConfig(bootstrap="test:9092", data_dir=tmp_path, sync_writes=False, **cfg))
+    svc = ProjectorService(ProjectorConfig(bootstrap="test:9092", data_dir=tmp_path, sync_writes=False,
+                                           **{"insecure_events": True, **cfg}))
     svc.load_store("cluster-1")
     svc.producer = producer
     svc.hold_rendering_until(ends or {})
@@ -200,13 +201,13 @@ async def test_a_fold_that_raises_dead_letters_only_the_offending_event(tmp_path
     log.append(registered("web", "web-1", "node-web", deps=("db",)))
     real = service_mod.fold_with_decisions
 
-    def many(state, events):
+    def many(state, events, verifier=None):
         raise RuntimeError("fold_many bug")
 
-    def one(state, logged):
+    def one(state, logged, verifier=None):
         if logged.offset == poison.offset:
             raise ValueError("bug in the fold")
-        return real(state, logged)
+        return real(state, logged, verifier)
 
     monkeypatch.setattr(service_mod, "fold_many", many)
     monkeypatch.setattr(service_mod, "fold_with_decisions", one)
@@ -287,3 +288,26 @@ async def test_a_stop_while_the_broker_fails_does_not_checkpoint_the_unpublished
     await svc.close()
     stored = Store(tmp_path / service_mod.DB_NAME).load()
     assert stored.state_offsets == {} and stored.emitted == {}  # the batch is redone on the next start
+
+
+async def test_by_default_an_unsigned_event_is_refused_recorded_and_reaches_no_view(tmp_path):
+    """Verification on (the default): the fold refuses what it cannot verify; the decision is a signed record."""
+    from events.signing import Signer
+    from identity import pki, spiffe
+
+    ca = pki.create_root("mesh.local")
+    key = pki.generate_key()
+    projector_signer = Signer(key, pki.serial_hex(pki.issue(ca, spiffe.projector("mesh.local"), key.public_key())))
+    log, producer = mesh_log(), FakeProducer()
+    svc = make(tmp_path, producer, insecure_events=False)
+    svc._signer = projector_signer
+    res = await svc.process(log.records[topics.REGISTRATIONS])
+    assert res.rejected == 2
+    assert [s.topic for s in producer.sent] == [topics.REJECTIONS] * 2  # no view: nothing was folded
+    env = decode(producer.sent[0].value, topics.REJECTIONS)
+    assert env.type == "event.refused" and env.payload.problem == "unsigned"
+    assert env.payload.event_key == "db/db-1" and env.payload.source_offset == 0
+    assert producer.sent[0].key == b"refused/db/db-1"
+    assert env.signer == projector_signer.serial  # the projector's own decision, signed by its identity
+    assert len(svc.state.instances) == 0
+    close(svc)

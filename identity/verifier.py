@@ -1,0 +1,184 @@
+"""Who signed an event: its signature checked against the identity that held the serial at the event's log time.
+
+``Verifier(registry, roots).verdict(envelope, logged_ms)`` answers with a
+``Verdict``: the verified SPIFFE id of the author, or the problem and why.
+The live projector and ``replay`` build it from the same identities topic
+(``identity.registry``'s fold) and ask it the same questions, so they agree
+on every answer.
+
+Invariants:
+- The answer depends only on the registry's facts logged at or before
+  ``logged_ms`` and on the envelope: an issuance or a revocation logged later
+  changes nothing (``Registry.status_at``), so replaying old events verifies
+  them with the certificates that were valid then.
+- Order of checks (the first failing one is the answer): unsigned; the serial
+  unknown at that time (``unknown_signer``); ``not_yet_valid``, ``expired``,
+  ``revoked``; the certificate in the issuance does not chain to a trusted
+  root or disagrees with the issuance's own fields (``untrusted_certificate``);
+  the signature does not verify (``bad_signature``).
+- A certificate is checked once per serial (the chain, the key, the SPIFFE
+  id) and the result cached; only the ECDSA signature is checked per event —
+  or per batch: an event signed with its producer's batch (``proof``, see
+  ``events.signing``) is checked by recomputing the batch's Merkle root from
+  the event itself, and a (serial, root, signature) already verified is not
+  verified again. A root is only ever trusted after its own ECDSA check.
+  A serial's issuance never changes once folded (the registry keeps the
+  first), so the cache never goes stale.
+- Without roots, the identities topic is trusted as it is (its writers are
+  the CA servers, by the broker's ACLs); with roots, each certificate must be
+  signed directly by one of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from events.envelope import Envelope, Logged
+from events.signing import BATCH_PREFIX, leaf_hash, root_from_proof, verify_signature
+from identity.registry import EMPTY, Registry, fold_many
+from identity.spiffe import SpiffeId, SpiffeIdError, parse
+
+#: the problems a verdict can name (also ``EventRefused.problem`` values)
+PROBLEMS = ("unsigned", "unknown_signer", "not_yet_valid", "expired", "revoked", "untrusted_certificate", "bad_signature")
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    author: SpiffeId | None  # the verified author, None when not verified
+    serial: str | None  # the serial the envelope named, if any
+    problem: str | None = None  # one of PROBLEMS, None when verified
+    detail: str = ""
+
+    @property
+    def verified(self) -> bool:
+        return self.problem is None
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    public_key: ec.EllipticCurvePublicKey | None
+    author: SpiffeId | None
+    problem: str = ""  # why the certificate is not trusted (public_key is None then)
+    # when it is held, in broker ms: logged at or after ``logged_ms``, within [not_before_ms, not_after_ms)
+    logged_ms: int = 0
+    not_before_ms: int = 0
+    not_after_ms: int = -1
+
+
+class Verifier:
+    """Verdicts on signed envelopes from the identities the log holds; feed it with ``update``."""
+
+    def __init__(self, registry: Registry = EMPTY, roots: Sequence[x509.Certificate] = ()) -> None:
+        self.registry = registry
+        self.roots = tuple(roots)
+        self._keys: dict[str, _Key] = {}
+        self._roots: dict[tuple[str, str, bytes], bool] = {}  # (serial, signature, batch root) -> it verified
+        self.checked = 0  # ECDSA signatures checked (for reporting)
+
+    def update(self, events: Iterable[Logged]) -> None:
+        """Fold identity events (others are ignored) into the registry."""
+        self.registry = fold_many(self.registry, events)
+
+    def _key(self, serial: str) -> _Key:
+        key = self._keys.get(serial)
+        if key is None:
+            key = self._keys[serial] = self._check_certificate(serial)
+        return key
+
+    def _check_certificate(self, serial: str) -> _Key:
+        key = self._check_chain(serial)
+        cert = self.registry.certificates[serial]
+        return _Key(key.public_key, key.author, key.problem, cert.logged_ms, int(cert.not_before.timestamp() * 1000),
+                    int(cert.not_after.timestamp() * 1000))
+
+    def _check_chain(self, serial: str) -> _Key:
+        cert = self.registry.certificates[serial]
+        try:
+            parsed = x509.load_pem_x509_certificate(cert.certificate.encode())
+            author = parse(cert.spiffe_id)
+        except (ValueError, SpiffeIdError) as exc:
+            return _Key(None, None, f"the issued certificate is unreadable ({str(exc)[:120]})")
+        if format(parsed.serial_number, "x") != serial:
+            return _Key(None, None, "the issued certificate's serial differs from the issuance's")
+        public_key = parsed.public_key()
+        if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(public_key.curve, ec.SECP256R1):
+            return _Key(None, None, "the certificate's key is not ECDSA P-256")
+        try:
+            uris = parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+                x509.UniformResourceIdentifier)
+        except x509.ExtensionNotFound:
+            uris = []
+        if uris != [cert.spiffe_id]:
+            return _Key(None, None, "the certificate's SPIFFE id differs from the issuance's")
+        if self.roots and not any(_issued_by(parsed, root) for root in self.roots):
+            return _Key(None, None, "the certificate is not signed by a trusted root")
+        return _Key(public_key, author)
+
+    def verdict(self, env: Envelope, logged_ms: int) -> Verdict:
+        """Who signed ``env`` (logged at broker time ``logged_ms``), or why that is not known."""
+        if env.signer is None or env.signature is None or env.signed_bytes is None:
+            return Verdict(None, None, "unsigned", "the event is not signed")
+        return self.check(env.signer, env.signature, env.signed_bytes, logged_ms, what="event", proof=env.proof)
+
+    def check(self, serial: str, signature: str, data: bytes, logged_ms: int, *, what: str = "record",
+              proof: tuple[str, ...] | None = None) -> Verdict:
+        """Whether ``signature`` over ``data`` is by the holder of ``serial`` at ``logged_ms`` (the same checks
+        for anything signed: events, snapshots)."""
+        key = self._keys.get(serial)
+        if (key is not None and key.public_key is not None
+                and key.logged_ms <= logged_ms and key.not_before_ms <= logged_ms < key.not_after_ms):
+            revoked = self.registry.revocations.get(serial)
+            if revoked is None or revoked.logged_ms > logged_ms:  # held: the common case, without status_at
+                if not self._signature_ok(key.public_key, serial, signature, data, proof):
+                    return Verdict(None, serial, "bad_signature",
+                                   f"the signature does not verify with the key of {key.author.uri} (serial {serial})")
+                return Verdict(key.author, serial)
+        status = self.registry.status_at(serial, logged_ms)
+        if status != "held":
+            if status == "not_issued":
+                return Verdict(None, serial, "unknown_signer",
+                               f"no certificate with serial {serial} was issued before the {what} was logged")
+            cert = self.registry.certificates[serial]
+            if status == "revoked":
+                r = self.registry.revocations[serial]
+                return Verdict(None, serial, "revoked", f"{cert.spiffe_id} (serial {serial}) was revoked before the "
+                               f"{what} was logged ({r.reason[:200]})")
+            when = cert.not_after if status == "expired" else cert.not_before
+            what = "expired at" if status == "expired" else "not valid before"
+            return Verdict(None, serial, status, f"{cert.spiffe_id} (serial {serial}) {what} {when.isoformat()}")
+        key = self._key(serial)
+        if key.public_key is None:
+            return Verdict(None, serial, "untrusted_certificate", f"serial {serial}: {key.problem}")
+        if not self._signature_ok(key.public_key, serial, signature, data, proof):
+            return Verdict(None, serial, "bad_signature",
+                           f"the signature does not verify with the key of {key.author.uri} (serial {serial})")
+        return Verdict(key.author, serial)
+
+    def _signature_ok(self, public_key, serial: str, signature: str, data: bytes, proof) -> bool:
+        if proof is None:
+            self.checked += 1
+            return verify_signature(public_key, signature, data)
+        root = root_from_proof(leaf_hash(data), proof)
+        if root is None:
+            return False
+        cache_key = (serial, signature, root)
+        known = self._roots.get(cache_key)
+        if known is None:
+            self.checked += 1
+            known = self._roots[cache_key] = verify_signature(public_key, signature, BATCH_PREFIX + root)
+            if len(self._roots) > 100_000:  # bounded: an old batch is simply verified again
+                self._roots.clear()
+                self._roots[cache_key] = known
+        return known
+
+
+def _issued_by(cert: x509.Certificate, root: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(root)
+        return True
+    except (ValueError, TypeError, Exception):  # noqa: BLE001 - InvalidSignature and friends: not this root
+        return False

@@ -25,6 +25,7 @@ from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
 from events import types as t
+from projector import mesh_tls
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
@@ -91,8 +92,14 @@ def _router_filter() -> http_connection_manager_pb2.HttpFilter:
 # ---------------------------------------------------------------- clusters and endpoints
 
 
-def eds_cluster(name: str, protocol: str, policy: t.DestinationPolicyUpserted | None) -> cluster_pb2.Cluster:
-    """An EDS cluster (endpoints over ADS) shaped by the service's destination policy."""
+def eds_cluster(
+    name: str, protocol: str, policy: t.DestinationPolicyUpserted | None, trust_domain: str | None = None
+) -> cluster_pb2.Cluster:
+    """An EDS cluster (endpoints over ADS) shaped by the service's destination policy.
+
+    With ``trust_domain`` (the service's sidecars hold mesh identities) the
+    cluster dials them over mTLS, accepting only their SPIFFE ids (``projector.mesh_tls``).
+    """
     c = cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.EDS,
@@ -123,6 +130,9 @@ def eds_cluster(name: str, protocol: str, policy: t.DestinationPolicyUpserted | 
             )
     if protocol == "grpc":
         c.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(_http2_options())
+    if trust_domain is not None:
+        service = name.split("|", 1)[0]
+        c.transport_socket.CopyFrom(mesh_tls.upstream_transport_socket(trust_domain, service))
     return c
 
 
@@ -282,21 +292,37 @@ def outbound_http_listener(name: str, port: int, route_name: str) -> listener_pb
     return _listener(name, socket_address("127.0.0.1", port), HCM_FILTER, _hcm_rds("outbound", route_name))
 
 
-def inbound_listener(name: str, bind: str, port: int, local_cluster: str, protocol: str) -> listener_pb2.Listener:
-    """In front of the local app: tcp_proxy for TCP, else an HCM with one inline route to it."""
+def inbound_listener(
+    name: str, bind: str, port: int, local_cluster: str, protocol: str, principals: tuple[str, ...] | None = None
+) -> listener_pb2.Listener:
+    """In front of the local app: tcp_proxy for TCP, else an HCM with one inline route to it.
+
+    ``principals`` (a sidecar with a mesh identity): mTLS with a client
+    certificate required, and RBAC admitting only those URI SAN prefixes
+    (``projector.mesh_tls``); ``None``: plaintext, everyone admitted.
+    """
     address = socket_address(bind, port)
     if protocol == "tcp":
-        return _listener(name, address, TCP_PROXY_FILTER, tcp_proxy_pb2.TcpProxy(stat_prefix="inbound", cluster=local_cluster))
+        lis = _listener(name, address, TCP_PROXY_FILTER, tcp_proxy_pb2.TcpProxy(stat_prefix="inbound", cluster=local_cluster))
+        if principals is not None:
+            chain = lis.filter_chains[0]
+            chain.filters.insert(0, mesh_tls.rbac_network_filter(principals))
+            chain.transport_socket.CopyFrom(mesh_tls.downstream_transport_socket())
+        return lis
     streaming = protocol == "grpc"
+    filters = [_router_filter()] if principals is None else [mesh_tls.rbac_http_filter(principals), _router_filter()]
     hcm = http_connection_manager_pb2.HttpConnectionManager(
         stat_prefix="inbound",
         codec_type=http_connection_manager_pb2.HttpConnectionManager.AUTO,
         route_config=route_configuration(
             name, [route_components_pb2.VirtualHost(name="local", domains=["*"], routes=[default_route(local_cluster, streaming)])]
         ),
-        http_filters=[_router_filter()],
+        http_filters=filters,
     )
-    return _listener(name, address, HCM_FILTER, hcm)
+    lis = _listener(name, address, HCM_FILTER, hcm)
+    if principals is not None:
+        lis.filter_chains[0].transport_socket.CopyFrom(mesh_tls.downstream_transport_socket())
+    return lis
 
 
 def outbound_tcp_listener(name: str, port: int, service: str) -> listener_pb2.Listener:

@@ -76,7 +76,7 @@ def _sds(name: str, file_name: str) -> secret_pb2.SdsSecretConfig:
     )
 
 
-def _common(san_prefix: str | None) -> common_pb2.CommonTlsContext:
+def _common(san_prefix: str | None) -> tls_pb2.CommonTlsContext:
     validation = common_pb2.CertificateValidationContext()
     if san_prefix is not None:
         validation.match_typed_subject_alt_names.append(
@@ -84,9 +84,9 @@ def _common(san_prefix: str | None) -> common_pb2.CommonTlsContext:
                 san_type=common_pb2.SubjectAltNameMatcher.URI, matcher=string_pb2.StringMatcher(prefix=san_prefix)
             )
         )
-    return common_pb2.CommonTlsContext(
+    return tls_pb2.CommonTlsContext(
         tls_certificate_sds_secret_configs=[_sds(WORKLOAD_SECRET, WORKLOAD_FILE)],
-        combined_validation_context=common_pb2.CommonTlsContext.CombinedCertificateValidationContext(
+        combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
             default_validation_context=validation,
             validation_context_sds_secret_config=_sds(TRUST_SECRET, TRUST_FILE),
         ),

@@ -39,6 +39,10 @@ SCENE_CHECKS = {  # scene -> checks it reports
     "impostor": ["another instance's certificate gets PERMISSION_DENIED for web's node", "a plaintext client is refused",
                  "a join token used twice is refused",
                  "certificate renewal during traffic: Envoy uses the new one, no request fails"],
+    "undeclared": ["an undeclared caller gets 403, counted in the reviews sidecar's Envoy",
+                   "the declared caller's certificate (web) is admitted",
+                   "an access policy opens the door and its deletion closes it",
+                   "web's traffic to reviews is untouched"],
     "replay": ["replay at the canary instant shows web told 90/10", "replay diff of the whole run explains it by events",
                "each rule change reached its proxies (append to ACK, from meshlog.sync)"],
 }

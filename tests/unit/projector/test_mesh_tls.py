@@ -9,6 +9,7 @@ verify their SPIFFE ids. A sidecar without one keeps today's plaintext config.
 
 from __future__ import annotations
 
+import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.rbac.v3 import rbac_pb2 as rbac_config_pb2
@@ -232,3 +233,50 @@ def test_a_plaintext_state_serializes_as_before():
     data = state_to_bytes(state)
     assert b'"access"' not in data
     assert b'"services":[["reviews",["http",8080,' in data and b'"reviews/r1"]]' in data
+
+
+@pytest.mark.envoy
+def test_envoy_validate_mode_accepts_the_secure_rendering(tmp_path):
+    """Real Envoy builds the secure inbound listeners (HTTP and TCP, RBAC) and mTLS clusters, SDS files in its cwd."""
+    import json
+    import subprocess
+
+    from envoy.config.cluster.v3 import cluster_pb2 as c_pb2
+
+    from identity import spiffe
+    from meshlog.xds_trust import load_tls_files
+    from proxy.sds import SidecarTls, write_secrets
+    from tests.support.trust import MeshCA
+    from tests.unit.projector.test_envoy_accepts import _as_json, _envoy
+
+    envoy = _envoy()
+    log = _mesh()
+    _secure(log, "db", "db1", "10.0.5.1", node="db-1", protocol="tcp")
+    _secure(log, "api", "a1", "10.0.6.1", node="api-1", deps=("db", "reviews"))
+    log.append(t.AccessPolicyUpserted(service="ratings", revision=1, allow="mesh"))
+    state, _ = fold_log(log.events)
+    ca = MeshCA(D, tmp_path / "ca")
+    ident = ca.issue(spiffe.sidecar(D, "api", "a1"), "a1")
+    write_secrets(tmp_path / "run" / mesh_tls.SDS_DIR, load_tls_files(SidecarTls(ident.cert, ident.key, ident.ca)))
+    clusters, listeners = {}, {}
+    for node in ("reviews-1", "db-1", "api-1", "ratings-1"):
+        res = render(state, node)
+        for name, c in res[CLUSTER].items():
+            c = c_pb2.Cluster.FromString(c.SerializeToString())
+            if c.type == c_pb2.Cluster.EDS:
+                c.type = c_pb2.Cluster.STATIC
+                c.ClearField("eds_cluster_config")
+            clusters[name] = _as_json(c)
+        for name, lis in res[LISTENER].items():
+            if name.endswith("~inbound"):  # the outbound listener's RDS is checked by test_envoy_accepts
+                lis = listener_pb2.Listener.FromString(lis.SerializeToString())
+                lis.address.socket_address.address = "127.0.0.1"
+                lis.address.socket_address.port_value = 20000 + len(listeners)  # validate mode binds nothing
+                listeners[name] = _as_json(lis)
+    assert any("transport_socket" in c for c in clusters.values())
+    bootstrap = {"node": {"id": "validate", "cluster": "meshlog"},
+                 "static_resources": {"clusters": list(clusters.values()), "listeners": list(listeners.values())}}
+    (tmp_path / "run" / "bootstrap.json").write_text(json.dumps(bootstrap))
+    proc = subprocess.run([envoy, "--mode", "validate", "-c", "bootstrap.json", "--log-level", "warn"],
+                          cwd=tmp_path / "run", capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -280,3 +280,17 @@ def test_envoy_validate_mode_accepts_the_secure_rendering(tmp_path):
     proc = subprocess.run([envoy, "--mode", "validate", "-c", "bootstrap.json", "--log-level", "warn"],
                           cwd=tmp_path / "run", capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_replay_shows_who_each_service_admits_and_why():
+    from replay.report import mesh_document
+
+    log = _mesh()
+    log.append(t.AccessPolicyUpserted(service="ratings", revision=1, allow="mesh"))
+    state, _ = fold_log(log.events)
+    doc = mesh_document(state, None, at_ms=log.now, source={})
+    by_name = {s["name"]: s for s in doc["services"]}
+    assert (by_name["reviews"]["trust_domain"], by_name["reviews"]["callers"], by_name["reviews"]["access_policy"]) == (
+        D, ["web"], None)
+    assert by_name["ratings"]["callers"] == ["details"]
+    assert by_name["ratings"]["access_policy"] == {"revision": 1, "allow": "mesh", "also": []}

@@ -229,7 +229,7 @@ def test_nodes_see_only_their_closure_and_hold_all_they_reference(logs):
     rm = render_all(s)
     for node, per_type in rm.membership.items():
         inst = s.node_instance(node)
-        deps = set(inst.reg.depends_on)
+        deps = set(inst.dependencies())  # declared and subscribed: the closure roots
         allowed = set(deps)
         for dep in deps:
             rule = s.route_rules.get(dep)

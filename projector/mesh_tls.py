@@ -40,7 +40,9 @@ from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as rbac_network_pb
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.config.listener.v3 import listener_components_pb2
 from envoy.type.matcher.v3 import string_pb2
-from google.protobuf import any_pb2, wrappers_pb2
+from google.protobuf import wrappers_pb2
+
+from projector.render_envoy import pack as _pack
 
 # the contract with the sidecar agent (proxy.sds writes these files, Envoy runs in the agent's work dir)
 SDS_DIR = "sds"
@@ -56,12 +58,6 @@ POLICY_NAME = "callers"
 
 # every inbound listener admits the central health checkers (they probe through it, ``registrar healthcheck``)
 CHECKER_ROLE = "checker"
-
-
-def _pack(msg) -> any_pb2.Any:
-    out = any_pb2.Any()
-    out.Pack(msg, deterministic=True)
-    return out
 
 
 def _sds(name: str, file_name: str) -> secret_pb2.SdsSecretConfig:
@@ -143,6 +139,11 @@ def _rbac_rules(principals: tuple[str, ...]) -> rbac_config_pb2.RBAC:
     return rules
 
 
+def inbound_rbac_filter(protocol: str, principals: tuple[str, ...]):
+    """The RBAC filter of an inbound listener of ``protocol``: network filter for TCP, else HTTP filter."""
+    return rbac_network_filter(principals) if protocol == "tcp" else rbac_http_filter(principals)
+
+
 def rbac_http_filter(principals: tuple[str, ...]) -> http_connection_manager_pb2.HttpFilter:
     """The inbound HCM's RBAC filter (before the router): 403 for any other principal."""
     return http_connection_manager_pb2.HttpFilter(
@@ -166,6 +167,7 @@ __all__ = [
     "WORKLOAD_SECRET",
     "allowed_principals",
     "downstream_transport_socket",
+    "inbound_rbac_filter",
     "rbac_http_filter",
     "rbac_network_filter",
     "sidecar_prefix",

@@ -25,7 +25,6 @@ from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
 from events import types as t
-from projector import mesh_tls
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
@@ -93,12 +92,12 @@ def _router_filter() -> http_connection_manager_pb2.HttpFilter:
 
 
 def eds_cluster(
-    name: str, protocol: str, policy: t.DestinationPolicyUpserted | None, trust_domain: str | None = None
+    name: str, protocol: str, policy: t.DestinationPolicyUpserted | None, transport_socket=None
 ) -> cluster_pb2.Cluster:
     """An EDS cluster (endpoints over ADS) shaped by the service's destination policy.
 
-    With ``trust_domain`` (the service's sidecars hold mesh identities) the
-    cluster dials them over mTLS, accepting only their SPIFFE ids (``projector.mesh_tls``).
+    ``transport_socket``: how to dial the endpoints (``projector.mesh_tls``: mTLS to
+    sidecars with a mesh identity); None: plaintext.
     """
     c = cluster_pb2.Cluster(
         name=name,
@@ -130,9 +129,8 @@ def eds_cluster(
             )
     if protocol == "grpc":
         c.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(_http2_options())
-    if trust_domain is not None:
-        service = name.split("|", 1)[0]
-        c.transport_socket.CopyFrom(mesh_tls.upstream_transport_socket(trust_domain, service))
+    if transport_socket is not None:
+        c.transport_socket.CopyFrom(transport_socket)
     return c
 
 
@@ -293,24 +291,26 @@ def outbound_http_listener(name: str, port: int, route_name: str) -> listener_pb
 
 
 def inbound_listener(
-    name: str, bind: str, port: int, local_cluster: str, protocol: str, principals: tuple[str, ...] | None = None
+    name: str, bind: str, port: int, local_cluster: str, protocol: str, transport_socket=None, rbac_filter=None
 ) -> listener_pb2.Listener:
     """In front of the local app: tcp_proxy for TCP, else an HCM with one inline route to it.
 
-    ``principals`` (a sidecar with a mesh identity): mTLS with a client
-    certificate required, and RBAC admitting only those URI SAN prefixes
-    (``projector.mesh_tls``); ``None``: plaintext, everyone admitted.
+    A sidecar with a mesh identity (``projector.mesh_tls``) adds ``transport_socket``
+    (mTLS, client certificate required) and ``rbac_filter`` (a network filter put
+    before tcp_proxy for TCP, else an HTTP filter put before the router); without
+    them: plaintext, everyone admitted.
     """
     address = socket_address(bind, port)
     if protocol == "tcp":
         lis = _listener(name, address, TCP_PROXY_FILTER, tcp_proxy_pb2.TcpProxy(stat_prefix="inbound", cluster=local_cluster))
-        if principals is not None:
-            chain = lis.filter_chains[0]
-            chain.filters.insert(0, mesh_tls.rbac_network_filter(principals))
-            chain.transport_socket.CopyFrom(mesh_tls.downstream_transport_socket())
+        chain = lis.filter_chains[0]
+        if rbac_filter is not None:
+            chain.filters.insert(0, rbac_filter)
+        if transport_socket is not None:
+            chain.transport_socket.CopyFrom(transport_socket)
         return lis
     streaming = protocol == "grpc"
-    filters = [_router_filter()] if principals is None else [mesh_tls.rbac_http_filter(principals), _router_filter()]
+    filters = [_router_filter()] if rbac_filter is None else [rbac_filter, _router_filter()]
     hcm = http_connection_manager_pb2.HttpConnectionManager(
         stat_prefix="inbound",
         codec_type=http_connection_manager_pb2.HttpConnectionManager.AUTO,
@@ -320,8 +320,8 @@ def inbound_listener(
         http_filters=filters,
     )
     lis = _listener(name, address, HCM_FILTER, hcm)
-    if principals is not None:
-        lis.filter_chains[0].transport_socket.CopyFrom(mesh_tls.downstream_transport_socket())
+    if transport_socket is not None:
+        lis.filter_chains[0].transport_socket.CopyFrom(transport_socket)
     return lis
 
 

@@ -149,9 +149,10 @@ class Renderer:
             return E.static_local_cluster(name, inst.reg.port, inst.reg.protocol)
         service, _subset = parsed
         meta = self.s.services.get(service)
-        return E.eds_cluster(
-            name, self.protocol(service), self.s.policies.get(service), None if meta is None else meta.trust_domain
-        )
+        tls = None
+        if meta is not None and meta.trust_domain is not None:  # its sidecars hold mesh identities: mTLS to them
+            tls = mesh_tls.upstream_transport_socket(meta.trust_domain, service)
+        return E.eds_cluster(name, self.protocol(service), self.s.policies.get(service), tls)
 
     def endpoints(self, name: str) -> Message | None:
         parsed = naming.parse_cluster(name)
@@ -200,9 +201,14 @@ class Renderer:
         if name == naming.outbound_listener(node_id):
             return E.outbound_http_listener(name, sc.outbound_port, naming.outbound_route(node_id))
         if name == naming.inbound_listener(node_id):
+            principals = self.inbound_principals(reg.service, sc.trust_domain)
+            tls = rbac = None
+            if principals is not None:
+                tls = mesh_tls.downstream_transport_socket()
+                rbac = mesh_tls.inbound_rbac_filter(reg.protocol, principals)
             return E.inbound_listener(
                 name, E.bind_address(reg.address), sc.inbound_port, naming.local_cluster(node_id), reg.protocol,
-                self.inbound_principals(reg.service, sc.trust_domain),
+                tls, rbac,
             )
         for svc, port in self.tcp_ports(inst):
             if name == naming.tcp_listener(node_id, svc):

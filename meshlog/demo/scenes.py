@@ -377,8 +377,8 @@ def undeclared(demo: Demo) -> None:
     caller = stack.trust.issued[f"sidecar/{stack.web}/web-1"]
     call = lambda files: call_inbound(target.inbound_port, files, reviews)  # noqa: E731
     before = _rbac_denied(target)
-    demo.report.step(f"a process holding {intruder.cert.parent.name}'s valid certificate (service {ratings}, which "
-                     f"declared no dependency on {reviews}) calls reviews-v1-a's inbound listener")
+    demo.report.step(f"a process holding the valid certificate of sidecar/{ratings}/ratings-1 ({ratings} declared no "
+                     f"dependency on {reviews}) calls reviews-v1-a's inbound listener")
     answer = call(intruder)
     after = _rbac_denied(target)
     counted = before is not None and after == before + 1

@@ -15,6 +15,11 @@ latencies pooled per path), same generator, same app:
 - direct:  generator -> app
 - sidecar: generator -> client sidecar 127.0.0.1:<outbound> (Host: <service>)
            -> server sidecar <inbound> -> app           (two Envoy hops: the mesh)
+- mtls:    the same with a second pair of sidecars holding mesh identities
+           (one trust domain, a TLS gateway): the hop between the sidecars is
+           mTLS, the server's inbound listener runs the RBAC filter admitting
+           the client's service (``projector.mesh_tls``). Reported as added
+           latency over the plaintext sidecar path measured in the same run.
 
 Load generator: this file's own ``generate`` — an open-loop, constant-rate
 generator in Python asyncio (no apt package, nothing to install): C
@@ -178,7 +183,7 @@ def envoy_stats(status_path: Path, prefix: str) -> dict[str, int]:
 
 
 def sidecar_argv(workdir: Path, bootstrap: str, gateway: str, *, service: str, instance: str, app_port: int,
-                 depends_on: str | None = None) -> tuple[list[str], int, Path]:
+                 depends_on: str | None = None, identity=None) -> tuple[list[str], int, Path]:
     from meshlog.kafka_local import free_port
     from meshlog.xds_trust import sidecar_tls_args
 
@@ -187,7 +192,7 @@ def sidecar_argv(workdir: Path, bootstrap: str, gateway: str, *, service: str, i
     argv = [str(BIN / "meshlog-sidecar"), "run", "--service", service, "--instance-id", instance,
             "--app-port", str(app_port), "--inbound-port", str(free_port()), "--outbound-port", str(outbound),
             "--gateway", gateway, "--bootstrap", bootstrap, "--cache-dir", str(cache), "--drain-seconds", "0",
-            *sidecar_tls_args(None)]
+            *sidecar_tls_args(identity)]
     if depends_on:
         argv += ["--depends-on", depends_on]
     return argv, outbound, cache / "status.json"
@@ -256,16 +261,48 @@ def main() -> int:
 
             wait_until(through_mesh, 90, "a request through both sidecars", interval=0.3,
                        on_fail=lambda: "\n".join(p.log_tail() for p in processes))
+
+            # the same pair again, with mesh identities: mTLS + RBAC between the sidecars
+            from identity import spiffe
+            from identity.pki import IdentityFiles
+            from tests.support.trust import MeshCA
+
+            ca = MeshCA("bench.mesh", workdir / "ca")
+            ids = {name: ca.issue(sid, name) for name, sid in (
+                ("s2", spiffe.sidecar("bench.mesh", f"{service}-tls", "s2")),
+                ("c2", spiffe.sidecar("bench.mesh", f"bench-cli-{sfx}-tls", "c2")))}
+            gw_ident = ca.issue(spiffe.gateway("bench.mesh", "g1"), "gateway", server_names=["127.0.0.1"])
+            as_files = lambda i: IdentityFiles(cert=i.cert, key=i.key, bundle=i.ca)  # noqa: E731
+            tls_gateway = start_gateway(bootstrap, workdir, "gateway-tls", identity=as_files(gw_ident))
+            processes.append(tls_gateway)
+            tls_gw = f"127.0.0.1:{tls_gateway.info['xds_port']}"
+            s2_argv, _, s2_status = sidecar_argv(workdir, bootstrap, tls_gw, service=f"{service}-tls", instance="s2",
+                                                 app_port=app_port, identity=as_files(ids["s2"]))
+            processes.append(_spawn("sidecar-server-tls", s2_argv, workdir))
+            c2_argv, tls_outbound, c2_status = sidecar_argv(
+                workdir, bootstrap, tls_gw, service=f"bench-cli-{sfx}-tls", instance="c2", app_port=free_port(),
+                depends_on=f"{service}-tls", identity=as_files(ids["c2"]))
+            processes.append(_spawn("sidecar-client-tls", c2_argv, workdir))
+
+            def through_tls_mesh() -> bool:
+                try:
+                    return KeepAliveClient(tls_outbound, timeout=2).get(f"{service}-tls")[0] == 200
+                except OSError:
+                    return False
+
+            wait_until(through_tls_mesh, 90, "a request through both mTLS sidecars", interval=0.3,
+                       on_fail=lambda: "\n".join(p.log_tail() for p in processes))
             print(f"load: {args.connections} keep-alive connections, {args.rate:g} requests/s open loop, "
                   f"{args.warmup:g} s warm-up + {args.duration:g} s measured per path; generator: this file's "
                   "asyncio open-loop constant-rate generator (latency from intended send time)", flush=True)
             load_before = os.getloadavg()
             print(f"machine: {os.cpu_count()} CPUs, load average {load_before[0]:.2f} (1 min) before the runs",
                   flush=True)
-            pooled: dict[str, dict] = {"direct": {"latency": [], "service": [], "errors": []},
-                                       "sidecar": {"latency": [], "service": [], "errors": []}}
-            for round_no in range(args.rounds):  # interleaved, so that a change in machine load hits both paths
-                for name, port, host in (("direct", app_port, "localhost"), ("sidecar", outbound, service)):
+            paths = (("direct", app_port, "localhost"), ("sidecar", outbound, service),
+                     ("mtls", tls_outbound, f"{service}-tls"))
+            pooled: dict[str, dict] = {name: {"latency": [], "service": [], "errors": []} for name, _, _ in paths}
+            for round_no in range(args.rounds):  # interleaved, so that a change in machine load hits every path
+                for name, port, host in paths:
                     raw = run_generator(port, host, args)
                     for key in pooled[name]:
                         pooled[name][key] += raw[key]
@@ -273,14 +310,16 @@ def main() -> int:
                           f"p99 {_pct(raw['latency'], .99) * 1000:.3f} ms", flush=True)
             results = {name: summarize(raw, args.duration * args.rounds) for name, raw in pooled.items()}
             pools = {"client sidecar -> server sidecar": (client_status, f"cluster.{service}."),
-                     "server sidecar -> app": (server_status, "cluster.bench-srv-")}
+                     "server sidecar -> app": (server_status, "cluster.bench-srv-"),
+                     "mTLS client sidecar -> server sidecar": (c2_status, f"cluster.{service}-tls."),
+                     "mTLS server sidecar -> app": (s2_status, "cluster.bench-srv-")}
             for what, (status_path, prefix) in pools.items():
                 stats = envoy_stats(status_path, prefix)
                 cx = sum(v for k, v in stats.items() if k.endswith(".upstream_cx_total"))
                 rq = sum(v for k, v in stats.items() if k.endswith(".upstream_rq_total"))
                 print(f"  {what}: {rq} requests over {cx} upstream connections (keep-alive pool)", flush=True)
             load_after = os.getloadavg()
-            for name in ("direct", "sidecar"):
+            for name in results:
                 r = results[name]
                 print(f"{name:8s} n={r['requests']:6d} errors={r['errors']} rps={r['achieved_rps']:7.1f}  "
                       f"p50 {r['p50_ms']:.3f} ms  p90 {r['p90_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  "
@@ -289,10 +328,15 @@ def main() -> int:
             added = {q: round(results["sidecar"][f"{q}_ms"] - results["direct"][f"{q}_ms"], 3) for q in ("p50", "p99")}
             print(f"added by the sidecar path (two Envoy hops): p50 +{added['p50']:.3f} ms, p99 +{added['p99']:.3f} ms",
                   flush=True)
+            added_tls = {q: round(results["mtls"][f"{q}_ms"] - results["sidecar"][f"{q}_ms"], 3) for q in ("p50", "p99")}
+            denied = envoy_stats(s2_status, "http.inbound.rbac.")
+            print(f"added by mTLS + RBAC over the plaintext sidecar path: p50 {added_tls['p50']:+.3f} ms, "
+                  f"p99 {added_tls['p99']:+.3f} ms (server RBAC counters: {denied or 'none used'})", flush=True)
             print(f"load average {load_after[0]:.2f} (1 min) after the runs; on a shared machine the p99 mostly "
                   "measures the neighbours: compare runs at a low load average", flush=True)
             if args.json:
                 Path(args.json).write_text(json.dumps({"results": results, "added_ms": added,
+                                                       "added_by_mtls_ms": added_tls,
                                                        "loadavg_before_after": [load_before[0], load_after[0]],
                                                        "rate": args.rate, "connections": args.connections,
                                                        "duration_s": args.duration}, indent=1))

@@ -130,11 +130,31 @@ class Payload(_Frozen):
 # ---------------------------------------------------------------- registrations
 
 
+def _trust_domain(value: str) -> str:
+    from identity.spiffe import SpiffeIdError, validate_domain  # pure, imports nothing of events
+
+    try:
+        return validate_domain(value)
+    except SpiffeIdError as exc:
+        raise ValueError(str(exc)) from None
+
+
+TrustDomain = Annotated[str, Field(max_length=255), AfterValidator(_trust_domain)]
+
+
 class SidecarPorts(_Frozen):
-    """Where the sidecar fronting an instance listens on the instance's host."""
+    """Where the sidecar fronting an instance listens on the instance's host.
+
+    ``trust_domain``: the sidecar holds a mesh identity of this trust domain
+    (``spiffe://<domain>/sidecar/<service>/<instance>``, read by the agent from
+    its own certificate), so its inbound listener requires mesh client
+    certificates and its calls present one; ``None`` (``--insecure``, and every
+    registration logged before sidecar mTLS): plaintext.
+    """
 
     inbound_port: Port
     outbound_port: Port
+    trust_domain: TrustDomain | None = None
 
     @model_validator(mode="after")
     def _distinct(self) -> "SidecarPorts":
@@ -445,6 +465,46 @@ class DestinationPolicyDeleted(Payload):
         return f"policy/{self.service}"
 
 
+class AccessPolicyUpserted(Payload):
+    """Who may call ``service`` through its sidecars' inbound listeners, beyond the default (revision-checked).
+
+    By default (no access policy) an inbound listener of a sidecar with a mesh
+    identity admits exactly the services that depend on ``service`` (declared
+    ``depends_on`` or run-time subscriptions) and the health checkers. An
+    operator may open it wider: ``allow: mesh`` admits any sidecar of the trust
+    domain; ``also`` admits the named services besides the declared callers.
+    """
+
+    TYPE: ClassVar[str] = "access_policy.upserted"
+    TOPIC: ClassVar[str] = topics.RULES
+
+    service: ServiceName
+    revision: Revision
+    allow: Literal["declared", "mesh"] = "declared"
+    also: tuple[ServiceName, ...] = ()
+
+    @field_validator("also")
+    @classmethod
+    def _unique_also(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists a service more than once")
+        return tuple(sorted(value))
+
+    def key(self) -> str:
+        return f"access/{self.service}"
+
+
+class AccessPolicyDeleted(Payload):
+    TYPE: ClassVar[str] = "access_policy.deleted"
+    TOPIC: ClassVar[str] = topics.RULES
+
+    service: ServiceName
+    revision: Revision
+
+    def key(self) -> str:
+        return f"access/{self.service}"
+
+
 # ---------------------------------------------------------------- decisions recorded by the projector
 
 
@@ -454,7 +514,7 @@ class RuleRejected(Payload):
     TYPE: ClassVar[str] = "rule.rejected"
     TOPIC: ClassVar[str] = topics.REJECTIONS
 
-    kind: Literal["route_rule", "destination_policy"]
+    kind: Literal["route_rule", "destination_policy", "access_policy"]
     name: ServiceName
     revision: Revision
     reason: Annotated[str, Field(min_length=1, max_length=2048)]
@@ -707,6 +767,8 @@ PAYLOAD_TYPES: dict[str, type[Payload]] = {
         RouteRuleDeleted,
         DestinationPolicyUpserted,
         DestinationPolicyDeleted,
+        AccessPolicyUpserted,
+        AccessPolicyDeleted,
         RuleRejected,
         IdentityIssued,
         IdentityRevoked,

@@ -59,6 +59,13 @@ leaves the state unchanged: the previous valid document keeps serving):
   destination policy of the destination service.
 - A destination policy upsert that drops a subset, or a delete of a policy
   whose subsets, a current route rule uses, is refused.
+- Access policies (``access/<service>``, who may call a service beyond its
+  declared callers) follow the same revision rule; one naming the service
+  itself in ``also`` is refused, and so is deleting one that does not exist.
+
+The ``callers`` index (dependency -> instances depending on it) is kept in
+step with every registration, deregistration and (un)subscription: it is
+the dependency graph read backwards, what an inbound listener admits.
 
 Authorship (issue 13). Folded with a ``verifier`` (``identity.verifier``:
 the identities the log held, checked per event at its log time), every event
@@ -110,9 +117,11 @@ class _Tx:
         "_route_rules",
         "_policies",
         "_revisions",
+        "_access",
         "_by_service",
         "_nodes",
         "_subset_users",
+        "_callers",
     )
 
     def __init__(self, base: MeshState) -> None:
@@ -144,9 +153,11 @@ class _Tx:
             route_rules=changed.get("route_rules", b.route_rules),
             policies=changed.get("policies", b.policies),
             revisions=changed.get("revisions", b.revisions),
+            access=changed.get("access", b.access),
             by_service=changed.get("by_service", b.by_service),
             nodes=changed.get("nodes", b.nodes),
             subset_users=changed.get("subset_users", b.subset_users),
+            callers=changed.get("callers", b.callers),
         )
         return self.base
 
@@ -169,6 +180,19 @@ def _index_remove(ev: PMapEvolver, key: str, member: str) -> None:
         ev[key] = cur - {member}
 
 
+def _set_callers(tx: _Tx, key: str, old: Instance | None, new: Instance | None) -> None:
+    """Keep the ``callers`` index (dependency -> instance keys depending on it) in step with one instance."""
+    before = set(old.dependencies()) if old is not None else set()
+    after = set(new.dependencies()) if new is not None else set()
+    if before == after:
+        return
+    callers = tx.m("callers")
+    for dep in before - after:
+        _index_remove(callers, dep, key)
+    for dep in after - before:
+        _index_add(callers, dep, key)
+
+
 # ---------------------------------------------------------------- registrations and health
 
 
@@ -182,14 +206,17 @@ def _registered(tx: _Tx, p: t.InstanceRegistered, logged: Logged) -> None:
     kept = ()
     if old is not None and old.subscriptions:
         kept = tuple(sub for sub in old.subscriptions if sub.dependency not in p.depends_on)
-    instances[key] = Instance(p, ts, kept)
+    new = Instance(p, ts, kept)
+    instances[key] = new
+    _set_callers(tx, key, old, new)
     _index_add(tx.m("by_service"), p.service, key)
     if p.node_id is not None:
         _index_add(tx.m("nodes"), p.node_id, key)
     services = tx.m("services")
     meta = services.get(p.service)
     if meta is None or (ts, key) >= (meta.ts, meta.key):
-        services[p.service] = ServiceMeta(p.protocol, p.port, ts, key)
+        domain = p.sidecar.trust_domain if p.sidecar is not None else None
+        services[p.service] = ServiceMeta(p.protocol, p.port, ts, key, domain)
     # a health record logged before this registration no longer applies
     health = tx.m("health")
     h = health.get(key)
@@ -203,6 +230,7 @@ def _deregistered(tx: _Tx, p: t.InstanceDeregistered, logged: Logged) -> None:
     old = instances.get(key)
     if old is not None:
         del instances[key]
+        _set_callers(tx, key, old, None)
         _index_remove(tx.m("by_service"), p.service, key)
         if old.reg.node_id is not None:
             _index_remove(tx.m("nodes"), old.reg.node_id, key)
@@ -274,7 +302,9 @@ def _subscribed(tx: _Tx, p: t.DependencySubscribed, logged: Logged) -> t.Subscri
             f"{policy.revision}): a run-time subscription to it is refused",
         )
     subs = tuple(sorted((*inst.subscriptions, Subscription(p.dependency, p.origin, logged.timestamp_ms))))
-    tx.m("instances")[key] = inst._replace(subscriptions=subs)
+    new = inst._replace(subscriptions=subs)
+    tx.m("instances")[key] = new
+    _set_callers(tx, key, inst, new)
     return None
 
 
@@ -293,7 +323,9 @@ def _unsubscribed(tx: _Tx, p: t.DependencyUnsubscribed, logged: Logged) -> t.Sub
             logged, "unsubscribe", p, "not_subscribed", f"{key!r} is not subscribed to {p.dependency!r}"
         )
     subs = tuple(sub for sub in inst.subscriptions if sub.dependency != p.dependency)
-    tx.m("instances")[key] = inst._replace(subscriptions=subs)
+    new = inst._replace(subscriptions=subs)
+    tx.m("instances")[key] = new
+    _set_callers(tx, key, inst, new)
     return None
 
 
@@ -445,6 +477,31 @@ def _policy_deleted(tx: _Tx, p: t.DestinationPolicyDeleted, logged: Logged) -> t
     return None
 
 
+def _access_upserted(tx: _Tx, p: t.AccessPolicyUpserted, logged: Logged) -> t.RuleRejected | None:
+    doc_key = f"access/{p.service}"
+    problem = _revision_problem(tx, doc_key, p.revision)
+    if problem is None and p.service in p.also:
+        problem = f"also: {p.service!r} is the service itself (its own instances need no policy to call it)"
+    if problem is not None:
+        return _reject(logged, "access_policy", p.service, p.revision, problem)
+    tx.m("access")[p.service] = p
+    tx.m("revisions")[doc_key] = p.revision
+    return None
+
+
+def _access_deleted(tx: _Tx, p: t.AccessPolicyDeleted, logged: Logged) -> t.RuleRejected | None:
+    doc_key = f"access/{p.service}"
+    access = tx.m("access")
+    if p.service not in access:
+        return _reject(logged, "access_policy", p.service, p.revision, f"no access policy for {p.service!r} to delete")
+    problem = _revision_problem(tx, doc_key, p.revision)
+    if problem is not None:
+        return _reject(logged, "access_policy", p.service, p.revision, problem)
+    del access[p.service]
+    tx.m("revisions")[doc_key] = p.revision
+    return None
+
+
 _HANDLERS: dict[type, Callable[[_Tx, object, Logged], t.Decision | None]] = {
     t.InstanceRegistered: _registered,
     t.InstanceDeregistered: _deregistered,
@@ -455,6 +512,8 @@ _HANDLERS: dict[type, Callable[[_Tx, object, Logged], t.Decision | None]] = {
     t.RouteRuleDeleted: _route_deleted,
     t.DestinationPolicyUpserted: _policy_upserted,
     t.DestinationPolicyDeleted: _policy_deleted,
+    t.AccessPolicyUpserted: _access_upserted,
+    t.AccessPolicyDeleted: _access_deleted,
     # RuleRejected and SubscriptionRejected are our own output (the rejections topic): nothing to fold
 }
 

@@ -105,8 +105,14 @@ def _router_filter() -> http_connection_manager_pb2.HttpFilter:
 # ---------------------------------------------------------------- clusters and endpoints
 
 
-def eds_cluster(name: str, protocol: str, policy: t.DestinationPolicyUpserted | None) -> cluster_pb2.Cluster:
-    """An EDS cluster (endpoints over ADS) shaped by the service's destination policy."""
+def eds_cluster(
+    name: str, protocol: str, policy: t.DestinationPolicyUpserted | None, transport_socket=None
+) -> cluster_pb2.Cluster:
+    """An EDS cluster (endpoints over ADS) shaped by the service's destination policy.
+
+    ``transport_socket``: how to dial the endpoints (``projector.mesh_tls``: mTLS to
+    sidecars with a mesh identity); None: plaintext.
+    """
     c = cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.EDS,
@@ -137,6 +143,8 @@ def eds_cluster(name: str, protocol: str, policy: t.DestinationPolicyUpserted | 
             )
     if protocol == "grpc":
         c.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(_http2_options())
+    if transport_socket is not None:
+        c.transport_socket.CopyFrom(transport_socket)
     return c
 
 
@@ -323,21 +331,39 @@ def outbound_http_listener(name: str, port: int, route_name: str) -> listener_pb
     return _listener(name, socket_address("127.0.0.1", port), HCM_FILTER, _hcm_rds("outbound", route_name, on_demand=True))
 
 
-def inbound_listener(name: str, bind: str, port: int, local_cluster: str, protocol: str) -> listener_pb2.Listener:
-    """In front of the local app: tcp_proxy for TCP, else an HCM with one inline route to it."""
+def inbound_listener(
+    name: str, bind: str, port: int, local_cluster: str, protocol: str, transport_socket=None, rbac_filter=None
+) -> listener_pb2.Listener:
+    """In front of the local app: tcp_proxy for TCP, else an HCM with one inline route to it.
+
+    A sidecar with a mesh identity (``projector.mesh_tls``) adds ``transport_socket``
+    (mTLS, client certificate required) and ``rbac_filter`` (a network filter put
+    before tcp_proxy for TCP, else an HTTP filter put before the router); without
+    them: plaintext, everyone admitted.
+    """
     address = socket_address(bind, port)
     if protocol == "tcp":
-        return _listener(name, address, TCP_PROXY_FILTER, tcp_proxy_pb2.TcpProxy(stat_prefix="inbound", cluster=local_cluster))
+        lis = _listener(name, address, TCP_PROXY_FILTER, tcp_proxy_pb2.TcpProxy(stat_prefix="inbound", cluster=local_cluster))
+        chain = lis.filter_chains[0]
+        if rbac_filter is not None:
+            chain.filters.insert(0, rbac_filter)
+        if transport_socket is not None:
+            chain.transport_socket.CopyFrom(transport_socket)
+        return lis
     streaming = protocol == "grpc"
+    filters = [_router_filter()] if rbac_filter is None else [rbac_filter, _router_filter()]
     hcm = http_connection_manager_pb2.HttpConnectionManager(
         stat_prefix="inbound",
         codec_type=http_connection_manager_pb2.HttpConnectionManager.AUTO,
         route_config=route_configuration(
             name, [route_components_pb2.VirtualHost(name="local", domains=["*"], routes=[default_route(local_cluster, streaming)])]
         ),
-        http_filters=[_router_filter()],
+        http_filters=filters,
     )
-    return _listener(name, address, HCM_FILTER, hcm)
+    lis = _listener(name, address, HCM_FILTER, hcm)
+    if transport_socket is not None:
+        lis.filter_chains[0].transport_socket.CopyFrom(transport_socket)
+    return lis
 
 
 def outbound_tcp_listener(name: str, port: int, service: str) -> listener_pb2.Listener:

@@ -18,8 +18,11 @@ What a resource depends on (the incremental rules):
 - API RouteConfiguration ``<svc>``: the service's protocol and served rule.
 - A node's view (which names it holds), its route configuration and TCP
   listeners: its instance, and for each dependency its protocol/port and
-  served rule. Its inbound/outbound listeners and local cluster: its
-  instance only.
+  served rule. Its outbound listener and local cluster: its instance only.
+  Its inbound listener: its instance, and, when its sidecar has a mesh
+  identity (RBAC), the set of services calling its service (the ``callers``
+  index) and its service's access policy.
+- A cluster also depends on its service's trust domain (mTLS to it).
 - Whether a rule is served: the rule, and which services are known (a set
   that only grows).
 
@@ -207,7 +210,7 @@ class _Step:
             for svc in changed_keys(old.services, new.services)
             if (m0 := old.services.get(svc)) is None
             or (m1 := new.services.get(svc)) is None
-            or (m0.protocol, m0.port) != (m1.protocol, m1.port)
+            or (m0.protocol, m0.port, m0.trust_domain) != (m1.protocol, m1.port, m1.trust_domain)
         }
         policies_changed = changed_keys(old.policies, new.policies)
         rules_changed = changed_keys(old.route_rules, new.route_rules)
@@ -244,6 +247,17 @@ class _Step:
                 self.served[host] = now
             else:
                 self.served.pop(host, None)
+        # a secure sidecar's inbound listener admits its service's callers: re-render the nodes of a
+        # service whose set of calling services or access policy changed
+        admitted_changed = set(changed_keys(old.access, new.access))
+        for svc in changed_keys(old.callers, new.callers):
+            if old.caller_services(svc) != new.caller_services(svc):
+                admitted_changed.add(svc)
+        for svc in admitted_changed:
+            for key in new.by_service.get(svc, ()):
+                reg = new.instances[key].reg
+                if reg.node_id is not None and reg.sidecar is not None and reg.sidecar.trust_domain is not None:
+                    dirty_nodes.add(reg.node_id)
         # a node whose own instance changed is re-rendered whole; one whose dependencies changed
         # keeps its inbound/outbound listeners and local cluster (they depend on its instance only)
         self_dirty = set(dirty_nodes)

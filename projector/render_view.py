@@ -10,7 +10,7 @@ from __future__ import annotations
 from google.protobuf.message import Message
 
 from events import types as t
-from projector import naming
+from projector import mesh_tls, naming
 from projector import render_envoy as E
 from projector.state import Instance, MeshState
 from projector.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_URLS
@@ -148,7 +148,11 @@ class Renderer:
                 return None
             return E.static_local_cluster(name, inst.reg.port, inst.reg.protocol)
         service, _subset = parsed
-        return E.eds_cluster(name, self.protocol(service), self.s.policies.get(service))
+        meta = self.s.services.get(service)
+        tls = None
+        if meta is not None and meta.trust_domain is not None:  # its sidecars hold mesh identities: mTLS to them
+            tls = mesh_tls.upstream_transport_socket(meta.trust_domain, service)
+        return E.eds_cluster(name, self.protocol(service), self.s.policies.get(service), tls)
 
     def endpoints(self, name: str) -> Message | None:
         parsed = naming.parse_cluster(name)
@@ -197,13 +201,33 @@ class Renderer:
         if name == naming.outbound_listener(node_id):
             return E.outbound_http_listener(name, sc.outbound_port, naming.outbound_route(node_id))
         if name == naming.inbound_listener(node_id):
+            principals = self.inbound_principals(reg.service, sc.trust_domain)
+            tls = rbac = None
+            if principals is not None:
+                tls = mesh_tls.downstream_transport_socket()
+                rbac = mesh_tls.inbound_rbac_filter(reg.protocol, principals)
             return E.inbound_listener(
-                name, E.bind_address(reg.address), sc.inbound_port, naming.local_cluster(node_id), reg.protocol
+                name, E.bind_address(reg.address), sc.inbound_port, naming.local_cluster(node_id), reg.protocol,
+                tls, rbac,
             )
         for svc, port in self.tcp_ports(inst):
             if name == naming.tcp_listener(node_id, svc):
                 return E.outbound_tcp_listener(name, port, svc)
         return None
+
+    def inbound_principals(self, service: str, trust_domain: str | None) -> tuple[str, ...] | None:
+        """Who a sidecar of ``service`` admits (URI SAN prefixes), or None for a plaintext sidecar.
+
+        Its callers in the dependency graph (declared or subscribed), widened by
+        the service's access policy, plus the health checkers (``projector.mesh_tls``).
+        """
+        if trust_domain is None:
+            return None
+        policy = self.s.access.get(service)
+        callers = set(self.s.caller_services(service))
+        if policy is not None:
+            callers.update(policy.also)
+        return mesh_tls.allowed_principals(trust_domain, callers, policy is not None and policy.allow == "mesh")
 
     def vhost(self, service: str, outbound_port: int | None):
         key = (service, outbound_port)

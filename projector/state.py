@@ -29,13 +29,18 @@ Invariants:
                    "known" services, the render-time check for rules)
   ``route_rules``  host -> the current valid ``RouteRuleUpserted``
   ``policies``     service -> the current valid ``DestinationPolicyUpserted``
-  ``revisions``    ``"route/<host>"`` | ``"policy/<service>"`` -> the last
-                   accepted revision, a delete included (rule bookkeeping)
+  ``revisions``    ``"route/<host>"`` | ``"policy/<service>"`` |
+                   ``"access/<service>"`` -> the last accepted revision, a
+                   delete included (rule bookkeeping)
+  ``access``       service -> the current valid ``AccessPolicyUpserted``
+                   (who may call it beyond its declared callers)
 
-  plus three derived indexes that are rebuilt on load and never serialized:
+  plus four derived indexes that are rebuilt on load and never serialized:
   ``by_service`` (service -> instance keys), ``nodes`` (node id -> instance
-  keys claiming it) and ``subset_users`` (service -> hosts whose current route
-  rule names one of its subsets).
+  keys claiming it), ``subset_users`` (service -> hosts whose current route
+  rule names one of its subsets) and ``callers`` (service -> keys of the
+  registered instances whose ``dependencies()`` name it: the dependency graph
+  read backwards, what an inbound listener's RBAC admits).
 - Map iteration order is unspecified (it depends on the process's string
   hashing); everything observable (``state_to_bytes``, rendering) sorts.
 - ``state_to_bytes`` is deterministic (sorted keys, sorted entries) and
@@ -49,7 +54,7 @@ from typing import Any, Callable, Generic, Iterator, NamedTuple, TypeVar
 
 import orjson
 
-from events.types import DestinationPolicyUpserted, InstanceRegistered, RouteRuleUpserted
+from events.types import AccessPolicyUpserted, DestinationPolicyUpserted, InstanceRegistered, RouteRuleUpserted
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -302,6 +307,8 @@ class ServiceMeta(NamedTuple):
     port: int  # the app port of the latest registration (the TCP outbound port scheme uses it)
     ts: int
     key: str  # instance key of that registration (tie-break for equal timestamps)
+    # the trust domain of that registration's sidecar (None: plaintext); its callers dial it over mTLS
+    trust_domain: str | None = None
 
 
 @dataclass(frozen=True, slots=True, eq=True)
@@ -312,10 +319,19 @@ class MeshState:
     route_rules: PMap[str, RouteRuleUpserted]
     policies: PMap[str, DestinationPolicyUpserted]
     revisions: PMap[str, int]
+    access: PMap[str, AccessPolicyUpserted]
     # derived (rebuilt by state_from_bytes, never serialized)
     by_service: PMap[str, frozenset[str]]
     nodes: PMap[str, frozenset[str]]
     subset_users: PMap[str, frozenset[str]]
+    callers: PMap[str, frozenset[str]]
+
+    def caller_services(self, service: str) -> frozenset[str]:
+        """The services with a registered instance that depends on ``service`` (declared or subscribed)."""
+        keys = self.callers.get(service)
+        if not keys:
+            return frozenset()
+        return frozenset(self.instances[k].reg.service for k in keys)
 
     def effective_health(self, key: str) -> str:
         """The health that applies to the instance under ``key``.
@@ -346,7 +362,7 @@ class MeshState:
         return best
 
 
-_EMPTY = MeshState(*(EMPTY_PMAP,) * 9)
+_EMPTY = MeshState(*(EMPTY_PMAP,) * 11)
 
 
 def empty_state() -> MeshState:
@@ -392,6 +408,13 @@ def _instance_from_row(v: dict) -> Instance:
     return Instance(InstanceRegistered.model_validate(v["reg"]), v["ts"], subs)
 
 
+def _meta_row(m: ServiceMeta) -> list:
+    row = [m.protocol, m.port, m.ts, m.key]
+    if m.trust_domain is not None:  # absent for plaintext services: older snapshots keep their bytes
+        row.append(m.trust_domain)
+    return row
+
+
 def state_to_bytes(state: MeshState) -> bytes:
     """Deterministic bytes of the primary maps (the indexes are derived)."""
 
@@ -402,11 +425,13 @@ def state_to_bytes(state: MeshState) -> bytes:
         "format": _FORMAT,
         "instances": rows(state.instances, _instance_row),
         "health": rows(state.health, lambda h: [h.status, h.ts]),
-        "services": rows(state.services, lambda m: [m.protocol, m.port, m.ts, m.key]),
+        "services": rows(state.services, _meta_row),
         "route_rules": rows(state.route_rules, _dump_model),
         "policies": rows(state.policies, _dump_model),
         "revisions": rows(state.revisions, lambda r: r),
     }
+    if state.access:  # absent when empty: snapshots without access policies keep their bytes
+        doc["access"] = rows(state.access, _dump_model)
     return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
 
 
@@ -422,7 +447,8 @@ def state_from_bytes(data: bytes) -> MeshState:
     route_rules = PMap.from_items((k, RouteRuleUpserted.model_validate(v)) for k, v in doc["route_rules"])
     policies = PMap.from_items((k, DestinationPolicyUpserted.model_validate(v)) for k, v in doc["policies"])
     revisions = PMap.from_items((k, v) for k, v in doc["revisions"])
-    return with_indexes(instances, health, services, route_rules, policies, revisions)
+    access = PMap.from_items((k, AccessPolicyUpserted.model_validate(v)) for k, v in doc.get("access", ()))
+    return with_indexes(instances, health, services, route_rules, policies, revisions, access)
 
 
 def with_indexes(
@@ -432,14 +458,18 @@ def with_indexes(
     route_rules: PMap[str, RouteRuleUpserted],
     policies: PMap[str, DestinationPolicyUpserted],
     revisions: PMap[str, int],
+    access: PMap[str, AccessPolicyUpserted] = EMPTY_PMAP,
 ) -> MeshState:
     """A state from its primary maps, with the derived indexes rebuilt."""
     by_service: dict[str, set[str]] = {}
     nodes: dict[str, set[str]] = {}
+    callers: dict[str, set[str]] = {}
     for key, inst in instances.items():
         by_service.setdefault(inst.reg.service, set()).add(key)
         if inst.reg.node_id is not None:
             nodes.setdefault(inst.reg.node_id, set()).add(key)
+        for dep in inst.dependencies():
+            callers.setdefault(dep, set()).add(key)
     users: dict[str, set[str]] = {}
     for host, rule in route_rules.items():
         for service in rule_users(rule):
@@ -452,7 +482,9 @@ def with_indexes(
         route_rules=route_rules,
         policies=policies,
         revisions=revisions,
+        access=access,
         by_service=frozen(by_service),
         nodes=frozen(nodes),
         subset_users=frozen(users),
+        callers=frozen(callers),
     )

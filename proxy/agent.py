@@ -131,7 +131,7 @@ class SidecarAgent:
         self._state_checked = 0.0
         self._status_server: asyncio.AbstractServer | None = None
         self.status_port: int | None = None
-        self.sds_dir = opts.workdir / "sds"
+        self.sds_dir = opts.workdir / sds.SDS_DIR  # Envoy runs in opts.workdir: rendered configs name sds/...
         self.secrets: sds.SecretSync | None = None  # set at start with --tls-*
         self.renewer: renewal.CertificateRenewer | None = None  # set at start with --ca-url
         self._api_server: asyncio.AbstractServer | None = None

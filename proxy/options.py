@@ -20,6 +20,8 @@ Invariants:
   usable pair with its key and name exactly this sidecar
   (``spiffe://<domain>/sidecar/<service>/<instance-id>``), or the gateways
   would refuse every stream; that is reported here, before anything starts.
+  Its trust domain goes into the registration (``sidecar.trust_domain``):
+  the sidecar-to-sidecar data plane is mTLS too (``projector.mesh_tls``).
 - ``--ca-url`` (``$MESHLOG_SIDECAR_CA_URL``) is an ``https://`` URL and needs
   those files (not ``--insecure``): the agent renews them there.
 """
@@ -304,6 +306,9 @@ def options_from_args(
     if ca_url_problem:
         problems.append(ca_url_problem)
 
+    # a sidecar with a mesh identity says so in its registration: the projector then renders its
+    # inbound listener mTLS + RBAC and its callers' clusters mTLS to it (projector.mesh_tls)
+    trust_domain = load_tls(tls).identity.domain if tls is not None else None
     registration = None
     ports_ok = all(v is not None and 1 <= v <= 65535 for v in (args.app_port, args.inbound_port, args.outbound_port))
     # with a bad port already reported, still check every other field (placeholder ports, port problems dropped)
@@ -319,7 +324,7 @@ def options_from_args(
             "labels": labels,
             "weight": args.weight,
             "node_id": node_id or None,
-            "sidecar": {"inbound_port": inbound_port, "outbound_port": outbound_port},
+            "sidecar": {"inbound_port": inbound_port, "outbound_port": outbound_port, "trust_domain": trust_domain},
             "depends_on": tuple(args.depends_on),
         })
         registration = payload if ports_ok else None

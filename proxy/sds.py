@@ -7,7 +7,10 @@ certificate (with its key) and the trust bundle reach Envoy as SDS secrets
 read from files in ``<workdir>/sds`` (``path_config_source`` with a
 ``watched_directory``): Envoy reloads a secret when its file is replaced by a
 rename in that directory, so a renewed certificate is used for new
-connections without restarting Envoy.
+connections without restarting Envoy. The same two files are the sidecar's
+mesh identity on the data plane: the projector renders inbound listeners and
+clusters that name them relative to Envoy's working directory
+(``projector.mesh_tls``), which is the agent's work dir.
 
 Invariants:
 - The secret files are derived from the operator's files (``--tls-cert``,
@@ -30,17 +33,16 @@ from pathlib import Path
 
 from events.files import write_file_atomic
 from meshlog.xds_trust import TlsFiles, TlsFilesError, TlsMaterial, files_stamp, load_tls_files
+# the same two secrets serve the data plane: the rendered inbound listeners and clusters
+# (projector.mesh_tls) name these files relative to Envoy's working directory, the agent's work dir
+from projector.mesh_tls import SDS_DIR, TRUST_FILE, TRUST_SECRET, WORKLOAD_FILE, WORKLOAD_SECRET
 
 log = logging.getLogger(__name__)
 
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 UPSTREAM_TLS_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
-WORKLOAD_SECRET = "meshlog_workload"
-TRUST_SECRET = "meshlog_trust"
-WORKLOAD_FILE = "workload.json"
-TRUST_FILE = "trust.json"
 
-__all__ = ["SidecarTls", "TlsProblem", "load_tls", "secret_documents", "upstream_tls_context", "write_secrets",
+__all__ = ["SDS_DIR", "SidecarTls", "TlsProblem", "load_tls", "secret_documents", "upstream_tls_context", "write_secrets",
            "SecretSync"]
 
 

@@ -31,6 +31,7 @@ from events.envelope import Envelope, new_event
 from events.errors import EventValidationError
 from events.producer import Appended, EventProducer, encoded_event
 from events.types import (
+    AccessPolicyDeleted,
     DestinationPolicyDeleted,
     InstanceDeregistered,
     InstanceHealthChanged,
@@ -128,6 +129,8 @@ def payload_from_args(args: argparse.Namespace) -> list[Payload]:
     if args.command == "rules" and args.rules_command == "delete":
         if args.route:
             return [validate_payload(RouteRuleDeleted, {"host": args.route, "revision": args.revision})]
+        if args.access:
+            return [validate_payload(AccessPolicyDeleted, {"service": args.access, "revision": args.revision})]
         return [validate_payload(DestinationPolicyDeleted, {"service": args.policy, "revision": args.revision})]
     raise AssertionError(f"unhandled command {args.command}")
 
@@ -202,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     which = delete.add_mutually_exclusive_group(required=True)
     which.add_argument("--route", metavar="HOST", help="delete the route rule for calls to HOST")
     which.add_argument("--policy", metavar="SERVICE", help="delete the destination policy of SERVICE")
+    which.add_argument("--access", metavar="SERVICE",
+                       help="delete the access policy of SERVICE (back to its declared callers only)")
     delete.add_argument("--revision", required=True, type=argtypes.integer(1, 2**63 - 1), help="the new revision (current + 1)")
 
     add_healthcheck_parser(sub)

@@ -7,7 +7,7 @@ file.
 
 Document shape::
 
-    kind: RouteRule            # or DestinationPolicy
+    kind: RouteRule            # or DestinationPolicy, AccessPolicy
     host: reviews              # RouteRule: the called service
     revision: 3
     routes: [...]              # see events.types.RouteRuleUpserted
@@ -24,11 +24,12 @@ import yaml
 
 from events.codec import validate_payload
 from events.errors import EventValidationError, FieldProblem
-from events.types import DestinationPolicyUpserted, Payload, RouteRuleUpserted
+from events.types import AccessPolicyUpserted, DestinationPolicyUpserted, Payload, RouteRuleUpserted
 
 KINDS: dict[str, type[Payload]] = {
     "RouteRule": RouteRuleUpserted,
     "DestinationPolicy": DestinationPolicyUpserted,
+    "AccessPolicy": AccessPolicyUpserted,
 }
 
 

@@ -11,7 +11,10 @@ Shapes (``format`` 1):
 ``kind: "mesh"`` (``replay --at T --json``)::
 
     {format, kind, at, at_ms, source, filter: {service?},
-     services: [{name, protocol, port, instances: [INSTANCE], health: {healthy, unhealthy, draining}}],
+     services: [{name, protocol, port, instances: [INSTANCE], health: {healthy, unhealthy, draining},
+                 trust_domain,             # of its latest registration's sidecar (null: plaintext)
+                 callers: [service],       # services depending on it (declared or subscribed): who its RBAC admits
+                 access_policy: {revision, allow, also} | null}],   # what an operator opened beyond them
      route_rules: [{host, revision, served, problem, routes}],
      destination_policies: [{service, revision, policy}],
      nodes: [{node, instance, service, sidecar, resources: {type_url: {name: version}}}],
@@ -241,8 +244,12 @@ def mesh_document(
         counts = {"healthy": 0, "unhealthy": 0, "draining": 0}
         for i in instances:
             counts[i["health"]] += 1
+        access = state.access.get(svc)
         services.append(
-            {"name": svc, "protocol": meta.protocol, "port": meta.port, "instances": instances, "health": counts}
+            {"name": svc, "protocol": meta.protocol, "port": meta.port, "instances": instances, "health": counts,
+             "trust_domain": meta.trust_domain, "callers": sorted(state.caller_services(svc)),
+             "access_policy": None if access is None else
+             {"revision": access.revision, "allow": access.allow, "also": list(access.also)}}
         )
     rules = []
     for host in sorted(state.route_rules.keys()):

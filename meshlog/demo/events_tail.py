@@ -62,6 +62,8 @@ def summarize(payload) -> str:
         return f"rev {payload.revision}: " + " | ".join(parts)
     if kind == "DestinationPolicyUpserted":
         return f"rev {payload.revision}: subsets " + ",".join(s.name for s in payload.subsets)
+    if kind == "AccessPolicyUpserted":
+        return f"rev {payload.revision}: allow {payload.allow}" + (f" also {','.join(payload.also)}" if payload.also else "")
     if kind == "InstanceDeregistered":
         return payload.reason
     return ""

@@ -1,4 +1,5 @@
-"""What an impostor gets from a gateway: one delta xDS stream asking for someone else's node.
+"""What an impostor gets from a gateway (one delta xDS stream asking for someone else's node), and
+from a sidecar's inbound listener (one HTTPS request with some mesh certificate: ``call_inbound``).
 
 ``ask_for_node`` is the attacker's side of the ``impostor`` scene: it dials
 a gateway (mTLS with the given certificate files, or plaintext), asks for a
@@ -15,6 +16,8 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import http.client
+import ssl
 from dataclasses import dataclass, field
 
 import grpc
@@ -76,3 +79,23 @@ def ask_for_node(address: str, node_id: str, files: IdentityFiles | None, timeou
         return Attempt(message="the attempt did not end")
     except Exception as exc:  # noqa: BLE001 - the scene reports what happened, whatever it was
         return Attempt(message=f"{type(exc).__name__}: {exc}")
+
+
+def call_inbound(port: int, files: IdentityFiles | None, host: str, timeout: float = 5.0) -> str:
+    """GET / on a sidecar's inbound listener at 127.0.0.1:``port`` over TLS presenting ``files`` (None: no
+    certificate). The answer as text: ``HTTP 403``, or why there was none (bounded); never raises."""
+    try:
+        ctx = ssl.create_default_context(cafile=str(files.bundle) if files else None)
+        ctx.check_hostname = False  # sidecar certificates name a SPIFFE id, not a host
+        if files is None:
+            ctx.verify_mode = ssl.CERT_NONE
+        else:
+            ctx.load_cert_chain(str(files.cert), str(files.key))
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=ctx)
+        try:
+            conn.request("GET", "/", headers={"Host": host})
+            return f"HTTP {conn.getresponse().status}"
+        finally:
+            conn.close()
+    except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
+        return f"no answer: {type(exc).__name__} {str(exc)[:120]!r}"

@@ -17,6 +17,11 @@ Scenes, in order (``--scene`` picks some; the mesh is always started first):
                         ``ratings`` instance starts, web's first call to it succeeds (its
                         Envoy asked the gateway on demand), the event log holds web's
                         learned dependency and ``replay at --node web-1`` shows since when
+- ``undeclared``        (secure only) a process holding a valid sidecar certificate of
+                        ``ratings``, which declared no dependency on reviews, calls a reviews
+                        sidecar: 403 from its RBAC (counted in its Envoy), web's own calls
+                        pass; an operator's access policy opens reviews to ratings, and
+                        deleting it closes the door again; no request of web fails
 - ``replay``            ``replay at`` an instant from the start and from the canary,
                         and ``replay diff`` of the whole run (the real ``replay`` CLI);
                         ``meshlog status`` and the last convergences of rule changes
@@ -44,7 +49,15 @@ from typing import Callable, Protocol
 from events.envelope import new_event
 from events.producer import EventProducer
 from identity import pki
-from events.types import DestinationPolicyUpserted, HttpRoute, RouteRuleUpserted, Subset, WeightedDestination
+from events.types import (
+    AccessPolicyDeleted,
+    AccessPolicyUpserted,
+    DestinationPolicyUpserted,
+    HttpRoute,
+    RouteRuleUpserted,
+    Subset,
+    WeightedDestination,
+)
 from meshlog.demo.events_tail import EventTail
 from meshlog.demo.stack import REPLAY_IDENTITY, DemoStack
 from meshlog.demo.traffic import Traffic
@@ -52,7 +65,7 @@ from meshlog.demo_app import KeepAliveClient, classify
 from meshlog.procs import BIN, wait_until
 from replay.text import WIDTH_VAR
 
-SCENES = ("baseline", "canary", "failing-instance", "gateway-kill", "impostor", "on-demand", "replay")
+SCENES = ("baseline", "canary", "failing-instance", "gateway-kill", "impostor", "on-demand", "undeclared", "replay")
 PRODUCER = "meshlog-demo"
 ROUTE_DUMP = "dynamic_route_configs"
 
@@ -380,6 +393,66 @@ def on_demand(demo: Demo) -> None:
                       f"{ratings} (learned) since {since[0]['since']}" if since else f"subscriptions: {subs}")
 
 
+def _rbac_denied(sidecar) -> int | None:
+    for line in sidecar.admin("/stats?filter=^http.inbound.rbac.denied$").splitlines():
+        name, _, value = line.partition(": ")
+        if name == "http.inbound.rbac.denied" and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def _answers(call, want: str, timeout: float = 30.0) -> tuple[bool, str, float]:
+    """Call until the answer is ``want`` (the projector and the gateway push the new RBAC); (ok, last, seconds)."""
+    started = time.monotonic()
+    last = call()
+    while last != want and time.monotonic() - started < timeout:
+        time.sleep(0.2)
+        last = call()
+    return last == want, last, time.monotonic() - started
+
+
+def undeclared(demo: Demo) -> None:
+    from meshlog.demo.impostor import call_inbound
+
+    stack = demo.stack
+    if stack.trust is None:
+        demo.report.scene("undeclared", "skipped: the demo runs --insecure (no mesh identities between sidecars)")
+        return
+    demo.report.scene("undeclared", "who may call reviews? only the services that declared it (the graph is the policy)")
+    started = time.time()
+    reviews, ratings = stack.reviews, "ratings" + stack.suffix
+    target = stack.sidecars["reviews-v1-a"]
+    intruder = stack.trust.sidecar(ratings, "ratings-1")  # valid, of the mesh root: but ratings declared nothing
+    caller = stack.trust.issued[f"sidecar/{stack.web}/web-1"]
+    call = lambda files: call_inbound(target.inbound_port, files, reviews)  # noqa: E731
+    before = _rbac_denied(target)
+    demo.report.step(f"a process holding the valid certificate of sidecar/{ratings}/ratings-1 ({ratings} declared no "
+                     f"dependency on {reviews}) calls reviews-v1-a's inbound listener")
+    answer = call(intruder)
+    after = _rbac_denied(target)
+    counted = before is not None and after == before + 1
+    demo.report.check("an undeclared caller gets 403, counted in the reviews sidecar's Envoy",
+                      answer == "HTTP 403" and counted,
+                      f"{answer}; http.inbound.rbac.denied {before} -> {after}")
+    web_answer = call(caller)
+    demo.report.check("the declared caller's certificate (web) is admitted", web_answer == "HTTP 200", web_answer)
+
+    demo.report.step(f"an operator opens {reviews} to {ratings} (access_policy.upserted, like `registrar rules apply`)")
+    append_rules(demo, [AccessPolicyUpserted(service=reviews, revision=1, also=(ratings,))])
+    opened, last, took = _answers(lambda: call(intruder), "HTTP 200")
+    demo.report.step(f"ratings admitted {took:.2f} s after the append" if opened else f"still {last} after 30 s")
+    append_rules(demo, [AccessPolicyDeleted(service=reviews, revision=2)])
+    closed, last_closed, took = _answers(lambda: call(intruder), "HTTP 403")
+    demo.report.step(f"access policy deleted: 403 again {took:.2f} s after the append" if closed
+                     else f"still {last_closed} 30 s after the delete")
+    demo.report.check("an access policy opens the door and its deletion closes it", opened and closed,
+                      f"after the upsert: {last}; after the delete: {last_closed}")
+    time.sleep(max(0.0, started + demo.pace - time.time()))
+    window = demo.traffic.window(started, time.time())
+    demo.report.check("web's traffic to reviews is untouched", window.requests > 0 and window.errors == 0,
+                      split_text(window))
+
+
 def replay(demo: Demo) -> None:
     demo.report.scene("replay", "what was every proxy told, and when? the real `replay` CLI over the same log")
     stack = demo.stack
@@ -442,5 +515,6 @@ SCENE_FUNCS: dict[str, Callable[[Demo], None]] = {
     "gateway-kill": gateway_kill,
     "impostor": impostor,
     "on-demand": on_demand,
+    "undeclared": undeclared,
     "replay": replay,
 }

@@ -33,6 +33,7 @@ import logging
 import os
 import random
 import socket
+import ssl
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,6 +48,7 @@ from events.admin import BrokerUnavailable, connect_admin, ensure_topics
 from events.envelope import new_event
 from events.files import write_file_atomic
 from events.printable import printable
+from events import kafka_security
 from events.kafka_security import connection_kwargs
 from events.producer import EventProducer
 from events.types import InstanceHealthChanged, InstanceRegistered
@@ -55,7 +57,7 @@ from events.undecodable import UndecodableLog, decode_or_skip
 from projector.fold import fold_many
 from projector.state import MeshState, changed_keys, empty_state
 from registrar.healthcheck.hysteresis import DRAINING, Hysteresis, Transition
-from registrar.healthcheck.probe import probe
+from registrar.healthcheck.probe import mesh_client_context, probe
 from registrar.healthcheck.shards import initial_delay, next_delay, shard_of
 
 log = logging.getLogger("registrar.healthcheck")
@@ -160,6 +162,26 @@ class Checker:
         self._reader: AIOKafkaConsumer | None = None
         self._group: AIOKafkaConsumer | None = None
         self._outage = KafkaOutageLog(f"Kafka at {settings.bootstrap}", log)
+        self._mesh_tls: tuple[tuple, ssl.SSLContext | None] | None = None
+
+    def mesh_tls(self) -> ssl.SSLContext | None:
+        """TLS for probing sidecars with a mesh identity: this checker's Kafka certificate (re-read when renewed)."""
+        sec = kafka_security.current()
+        if not (sec.cert_file and sec.key_file and sec.ca_file):
+            return None
+        files = (sec.cert_file, sec.key_file, sec.ca_file)
+        try:
+            stamp = tuple((f, os.stat(f).st_mtime_ns) for f in files)
+        except OSError:
+            stamp = files
+        if self._mesh_tls is None or self._mesh_tls[0] != stamp:
+            try:
+                ctx = mesh_client_context(*files)
+            except (OSError, ssl.SSLError) as exc:
+                log.error("cannot load %s for probing mesh sidecars: %s", sec.cert_file, exc)
+                ctx = None
+            self._mesh_tls = (stamp, ctx)
+        return self._mesh_tls[1]
 
     # ------------------------------------------------------------ lifecycle
 
@@ -388,9 +410,11 @@ class Checker:
             if inst is None:
                 return
             host, port = probe_target(inst.reg)
+            secure = inst.reg.sidecar is not None and inst.reg.sidecar.trust_domain is not None
             async with self._sem:
                 result = await probe(host, port, inst.reg.protocol, http_path=s.http_path, timeout=s.timeout,
-                                     user_agent=f"meshlog-healthcheck/{s.checker_id}")
+                                     user_agent=f"meshlog-healthcheck/{s.checker_id}",
+                                     tls=self.mesh_tls() if secure else None)
             self.counters.probes += 1
             log.debug("probe %s at %s:%d: %s", key, host, port, result.detail)
             transition = self.tracker.record(key, result.ok, result.detail)

@@ -11,11 +11,16 @@ Invariants:
   ``User-Agent`` naming the checker, so a target can tell who probed it.
 - TCP (protocols ``tcp`` and ``grpc``) passes when the connection is
   accepted; it is closed at once.
+- With ``tls`` (the target's sidecar requires a mesh client certificate:
+  ``projector.mesh_tls``) the probe speaks TLS presenting the checker's
+  certificate, and a failed handshake is a failed probe naming why. Every
+  inbound listener admits ``spiffe://<domain>/checker/...``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from dataclasses import dataclass
 
 
@@ -37,14 +42,26 @@ async def _close(writer: asyncio.StreamWriter) -> None:
         pass
 
 
-async def _tcp(host: str, port: int) -> ProbeResult:
-    _reader, writer = await asyncio.open_connection(host, port)
+def mesh_client_context(cert_file: str, key_file: str, ca_file: str) -> ssl.SSLContext:
+    """TLS to a sidecar's inbound listener: our certificate, theirs chaining to the mesh root.
+
+    Sidecar certificates name a SPIFFE id (URI SAN), not a host name: the chain
+    is verified, the host name is not.
+    """
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    ctx.check_hostname = False
+    ctx.load_cert_chain(cert_file, key_file)
+    return ctx
+
+
+async def _tcp(host: str, port: int, tls: ssl.SSLContext | None = None) -> ProbeResult:
+    _reader, writer = await asyncio.open_connection(host, port, ssl=tls)
     await _close(writer)
     return ProbeResult(True, f"TCP connect to {_where(host, port)} accepted")
 
 
-async def _http(host: str, port: int, path: str, user_agent: str) -> ProbeResult:
-    reader, writer = await asyncio.open_connection(host, port)
+async def _http(host: str, port: int, path: str, user_agent: str, tls: ssl.SSLContext | None = None) -> ProbeResult:
+    reader, writer = await asyncio.open_connection(host, port, ssl=tls)
     try:
         request = (
             f"GET {path} HTTP/1.1\r\nHost: {_where(host, port)}\r\nUser-Agent: {user_agent}\r\n"
@@ -72,18 +89,21 @@ async def probe(
     http_path: str = "/healthz",
     timeout: float = 1.0,
     user_agent: str = "meshlog-healthcheck",
+    tls: ssl.SSLContext | None = None,
 ) -> ProbeResult:
     """Probe ``host:port``: HTTP GET ``http_path`` for ``http``, a TCP connect for ``tcp``/``grpc``."""
     where = _where(host, port)
     try:
         if protocol == "http":
-            return await asyncio.wait_for(_http(host, port, http_path, user_agent), timeout)
-        return await asyncio.wait_for(_tcp(host, port), timeout)
+            return await asyncio.wait_for(_http(host, port, http_path, user_agent, tls), timeout)
+        return await asyncio.wait_for(_tcp(host, port, tls), timeout)
     except asyncio.TimeoutError:
         return ProbeResult(False, f"no answer from {where} within {timeout:g}s")
     except ConnectionRefusedError:
         return ProbeResult(False, f"connection refused by {where}")
     except ConnectionResetError:
         return ProbeResult(False, f"connection reset by {where}")
+    except ssl.SSLError as exc:
+        return ProbeResult(False, f"TLS handshake with {where} failed: {exc.reason or type(exc).__name__}")
     except OSError as exc:
         return ProbeResult(False, f"{where}: {exc.strerror or type(exc).__name__}")

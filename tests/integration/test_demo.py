@@ -42,6 +42,10 @@ SCENE_CHECKS = {  # scene -> checks it reports
     "on-demand": ["web's first call to the undeclared ratings succeeds",
                   "the event log holds web's learned dependency on ratings",
                   "replay shows since when web depends on ratings"],
+    "undeclared": ["an undeclared caller gets 403, counted in the reviews sidecar's Envoy",
+                   "the declared caller's certificate (web) is admitted",
+                   "an access policy opens the door and its deletion closes it",
+                   "web's traffic to reviews is untouched"],
     "replay": ["replay at the canary instant shows web told 90/10", "replay diff of the whole run explains it by events",
                "each rule change reached its proxies (append to ACK, from meshlog.sync)"],
 }

@@ -171,6 +171,6 @@ def test_a_subset_needs_labels():
 
 
 def test_every_type_has_a_distinct_wire_name_and_a_topic():
-    assert len(t.PAYLOAD_TYPES) == 19
+    assert len(t.PAYLOAD_TYPES) == 21
     for name, cls in t.PAYLOAD_TYPES.items():
         assert cls.TYPE == name and cls.TOPIC.startswith("meshlog.") and cls.SCHEMA_VERSION >= 1

@@ -28,7 +28,8 @@ instance_ids = st.sampled_from(["1", "2", "3"])
 def registrations(draw):
     service = draw(services)
     deps = draw(st.lists(st.sampled_from([s for s in SERVICES if s != service]), unique=True, max_size=3))
-    sidecar = draw(st.sampled_from([None, (15006, 15001), (16006, 16001)]))
+    # a third element: the sidecar's trust domain (mTLS + RBAC from the graph, projector.mesh_tls)
+    sidecar = draw(st.sampled_from([None, (15006, 15001, None), (16006, 16001, None), (15006, 15001, "mesh.local")]))
     return t.InstanceRegistered(
         service=service,
         instance_id=draw(instance_ids),
@@ -39,7 +40,8 @@ def registrations(draw):
                                                         "zone": st.sampled_from(["a", "b"])})),
         weight=draw(st.integers(1, 3)),
         node_id=draw(st.sampled_from([None, "n1", "n2", "n3.x"])),
-        sidecar=None if sidecar is None else t.SidecarPorts(inbound_port=sidecar[0], outbound_port=sidecar[1]),
+        sidecar=None if sidecar is None else t.SidecarPorts(inbound_port=sidecar[0], outbound_port=sidecar[1],
+                                                            trust_domain=sidecar[2]),
         depends_on=tuple(deps),
     )
 
@@ -114,9 +116,10 @@ def rule_events(draw, n):
                 out.append(t.RouteRuleUpserted(host=svc, revision=1, routes=(canary_split,)))
                 counters["route/" + svc] = 1
     for _ in range(draw(st.integers(0, n))):
-        kind = draw(st.sampled_from(["route", "route", "policy", "policy", "route_delete", "policy_delete"]))
+        kind = draw(st.sampled_from(["route", "route", "policy", "policy", "route_delete", "policy_delete",
+                                     "access", "access_delete"]))
         target = draw(services)
-        doc = ("route/" if kind.startswith("route") else "policy/") + target
+        doc = {"route": "route/", "polic": "policy/", "acces": "access/"}[kind[:5]] + target
         if draw(st.integers(0, 9)) < 8:
             revision = counters.get(doc, 0) + 1
             counters[doc] = revision
@@ -134,8 +137,15 @@ def rule_events(draw, n):
                 circuit_breaker=draw(st.none() | st.builds(t.CircuitBreaker)),
                 outlier_detection=draw(st.none() | st.builds(t.OutlierDetection)),
             ))
-        else:
+        elif kind == "policy_delete":
             out.append(t.DestinationPolicyDeleted(service=target, revision=revision))
+        elif kind == "access":
+            out.append(t.AccessPolicyUpserted(
+                service=target, revision=revision, allow=draw(st.sampled_from(["declared", "mesh"])),
+                also=tuple(draw(st.lists(st.sampled_from([x for x in SERVICES if x != target]), unique=True,
+                                         max_size=2)))))
+        else:
+            out.append(t.AccessPolicyDeleted(service=target, revision=revision))
     return out
 
 
@@ -219,7 +229,7 @@ def test_nodes_see_only_their_closure_and_hold_all_they_reference(logs):
     rm = render_all(s)
     for node, per_type in rm.membership.items():
         inst = s.node_instance(node)
-        deps = set(inst.reg.depends_on)
+        deps = set(inst.dependencies())  # declared and subscribed: the closure roots
         allowed = set(deps)
         for dep in deps:
             rule = s.route_rules.get(dep)
@@ -242,7 +252,7 @@ def test_nodes_see_only_their_closure_and_hold_all_they_reference(logs):
                 hcm = _unpack(lst.api_listener.api_listener, hcm_pb2.HttpConnectionManager)
                 referenced_routes.add(hcm.rds.route_config_name)
                 continue
-            f = lst.filter_chains[0].filters[0]
+            f = lst.filter_chains[0].filters[-1]  # the terminal filter (a secure TCP listener has RBAC before it)
             if f.name == "envoy.filters.network.tcp_proxy":
                 referenced_clusters.add(_unpack(f.typed_config, tcp_proxy_pb2.TcpProxy).cluster)
             else:

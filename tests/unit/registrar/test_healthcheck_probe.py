@@ -94,3 +94,41 @@ async def test_garbage_answer_fails():
         r = await probe("127.0.0.1", port, "http", timeout=2)
         t.join(2)
     assert not r.ok and r.detail.startswith("not an HTTP answer on /healthz")
+
+
+@pytest.fixture
+def mesh_tls_server(http_server, tmp_path):
+    """The same app behind a TLS listener that requires a client certificate of the mesh root (like a secure sidecar)."""
+    import ssl
+
+    from identity import spiffe
+    from tests.support.trust import MeshCA
+
+    ca = MeshCA("probe.test", tmp_path / "ca")
+    server_id = ca.issue(spiffe.sidecar("probe.test", "reviews", "r1"), "server")
+    checker_id = ca.issue(spiffe.checker("probe.test", "hc-1"), "checker")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca.bundle))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_cert_chain(str(server_id.cert), str(server_id.key))
+    http_server.socket = ctx.wrap_socket(http_server.socket, server_side=True)
+    return http_server, ca, checker_id
+
+
+async def test_a_secure_sidecar_is_probed_over_tls_with_the_checkers_certificate(mesh_tls_server):
+    import ssl
+
+    from registrar.healthcheck.probe import mesh_client_context
+
+    srv, ca, checker_id = mesh_tls_server
+    port = srv.server_address[1]
+    tls = mesh_client_context(str(checker_id.cert), str(checker_id.key), str(ca.bundle))
+    r = await probe("127.0.0.1", port, "http", timeout=3, tls=tls)
+    assert r.ok and r.detail == "HTTP 200 on /healthz", r
+    # without a client certificate the handshake fails, and the probe says so
+    anonymous = ssl.create_default_context(cafile=str(ca.bundle))
+    anonymous.check_hostname = False
+    r = await probe("127.0.0.1", port, "http", timeout=3, tls=anonymous)
+    assert not r.ok, r
+    # plaintext to a TLS listener is no answer at all
+    r = await probe("127.0.0.1", port, "http", timeout=1)
+    assert not r.ok, r

@@ -571,7 +571,8 @@ class EventRefused(Payload):
     event_key: NonEmptyText
     event_id: NonEmptyText
     problem: Literal["unsigned", "unknown_signer", "not_yet_valid", "expired", "revoked", "untrusted_certificate",
-                     "bad_signature", "not_permitted", "node_id_taken", "weight_too_high", "service_setting"]
+                     "bad_signature", "not_permitted", "node_id_taken", "weight_too_high", "service_setting",
+                     "trust_domain"]
     reason: Annotated[str, Field(min_length=1, max_length=2048)]
     author: NonEmptyText | None = None
     signer: Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[0-9a-f]+$")] | None = None

@@ -27,6 +27,8 @@ The rules (``author`` is a verified SPIFFE id, ``events.types`` the facts):
   and for TCP services the port (the callers' listener port). The first
   instance of a service sets them; to change them later, an operator
   re-registers (``service_setting``).
+- A registration may claim only its author's trust domain for its sidecar
+  (``trust_domain``): the render names callers and destinations by it.
 - A registration not made by an operator carries a weight of at most
   ``MAX_INSTANCE_WEIGHT`` (``weight_too_high``): one instance may not draw
   most of a service's traffic by its own say-so.
@@ -48,7 +50,8 @@ Lookup = Callable[[str], Any]  # field name -> a mapping with .get (the fold's t
 
 _INSTANCE_FACTS = (t.InstanceRegistered, t.InstanceDeregistered, t.InstanceHealthChanged, t.DependencySubscribed,
                    t.DependencyUnsubscribed)
-_RULE_FACTS = (t.RouteRuleUpserted, t.RouteRuleDeleted, t.DestinationPolicyUpserted, t.DestinationPolicyDeleted)
+_RULE_FACTS = (t.RouteRuleUpserted, t.RouteRuleDeleted, t.DestinationPolicyUpserted, t.DestinationPolicyDeleted,
+               t.AccessPolicyUpserted, t.AccessPolicyDeleted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,11 @@ def _service_settings(protocol: str, port: int) -> tuple:
 
 def _registration_refusal(author: SpiffeId, p: t.InstanceRegistered, lookup: Lookup) -> Refusal | None:
     key = instance_key(p.service, p.instance_id)
+    claimed = p.sidecar.trust_domain if p.sidecar is not None else None
+    if claimed is not None and claimed != author.domain:
+        # the render admits callers and names destinations by this domain: only its own may be claimed
+        return Refusal("trust_domain", f"the registration claims trust domain {claimed!r}, but its author's identity "
+                                       f"is of {author.domain!r}")
     if p.node_id is not None:
         holders = lookup("nodes").get(p.node_id) or frozenset()
         others = sorted(holders - {key})

@@ -175,6 +175,30 @@ def test_an_operator_may_set_a_larger_weight(trust):
     assert ("10.0.0.7", 15006, 50) in endpoints(state, "web-1", "reviews")
 
 
+def test_a_sidecar_cannot_claim_another_trust_domain(trust):
+    """The render admits callers and names destinations by the registration's trust domain: a sidecar of
+    mesh.local claiming another domain would have its peers trust certificates of that other root."""
+    log = bookinfo(trust)
+    before = view(fold_signed(log)[0], "web-1")
+    log.by(sidecar("reviews", "r2")).append(t.InstanceRegistered(
+        service="reviews", instance_id="r2", address="10.0.0.3", port=9080,
+        sidecar=t.SidecarPorts(inbound_port=15006, outbound_port=15001, trust_domain="evil.example")))
+    state, decisions = fold_signed(log)
+    assert refused(decisions) == [(
+        "trust_domain", "the registration claims trust domain 'evil.example', but its author's identity is of "
+                        "'mesh.local'", "spiffe://mesh.local/sidecar/reviews/r2")]
+    assert view(state, "web-1") == before
+
+
+def test_a_sidecar_may_claim_its_own_trust_domain(trust):
+    log = bookinfo(trust)
+    log.by(sidecar("reviews", "r2")).append(t.InstanceRegistered(
+        service="reviews", instance_id="r2", address="10.0.0.3", port=9080,
+        sidecar=t.SidecarPorts(inbound_port=15006, outbound_port=15001, trust_domain="mesh.local")))
+    state, decisions = fold_signed(log)
+    assert decisions == [] and state.services["reviews"].trust_domain == "mesh.local"
+
+
 # ---------------------------------------------------------------- service-wide settings
 
 
@@ -206,6 +230,17 @@ def test_the_only_instance_sets_the_protocol_and_an_operator_may_change_it(trust
 
 
 # ---------------------------------------------------------------- who writes rules and health
+
+
+@pytest.mark.parametrize("who", [sidecar("web", "w1"), checker()], ids=["sidecar", "checker"])
+def test_only_operators_open_a_service_with_an_access_policy(trust, who):
+    log = bookinfo(trust)
+    log.by(who).append(t.AccessPolicyUpserted(service="reviews", revision=1, allow="mesh"))
+    state, decisions = fold_signed(log)
+    assert refused(decisions) == [(
+        "not_permitted", f"{who.uri} may not state access_policy.upserted of access/reviews: only operators edit rules",
+        who.uri)]
+    assert "reviews" not in state.access
 
 
 @pytest.mark.parametrize("who", [sidecar("web", "w1"), checker()], ids=["sidecar", "checker"])

@@ -41,6 +41,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from meshlog import argtypes
 from events import kafka_security
+from identity import renewal_cli as renewal
 from events.admin import BrokerUnavailable
 from events.files import write_file_atomic
 from events.producer import EventProducer
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="serve ADS until SIGTERM")
     run.add_argument("--bootstrap", type=argtypes.bootstrap, metavar="HOST:PORT[,HOST:PORT]", help="Kafka address (default: $MESHLOG_KAFKA_BOOTSTRAP or `meshlog kafka up`'s)")
     kafka_security.add_arguments(run)
+    renewal.add_arguments(run)
     run.add_argument("--listen", default="127.0.0.1", help="address gRPC binds (default 127.0.0.1)")
     run.add_argument("--port", type=argtypes.port_or_free, default=18000, help="gRPC port; 0 picks a free one (default 18000)")
     run.add_argument("--http-listen", help="address HTTP (/ready, /metrics) binds (default: --listen's)")
@@ -297,7 +299,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NoBrokerAddress as exc:
         print(f"xds-gateway: {exc}", file=sys.stderr)
         return 3
-    return asyncio.run(serve(args, bootstrap, limits, tls_files))
+    from identity.pki import IdentityFiles
+
+    own = None if tls_files is None else IdentityFiles(cert=tls_files.cert, key=tls_files.key, bundle=tls_files.ca)
+    renewers = renewal.renewers_or_exit(args, "gateway", "xds-gateway", own)
+    return asyncio.run(renewal.running(renewers, serve(args, bootstrap, limits, tls_files)))
 
 
 if __name__ == "__main__":  # pragma: no cover

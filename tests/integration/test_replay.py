@@ -421,7 +421,7 @@ def test_replay_serve_feeds_a_debug_envoy_that_instant(bootstrap, envoy_story):
     log_path = workdir / "replay-serve.log"
     with open(log_path, "ab") as log:
         server = subprocess.Popen([str(BIN / "replay"), "serve", "--bootstrap", bootstrap, "--at", f"@{t1}",
-                                   "--port", "0", "--ready-file", str(ready)], stdout=log, stderr=subprocess.STDOUT)
+                                   "--port", "0", "--ready-file", str(ready), "--insecure"], stdout=log, stderr=subprocess.STDOUT)
     envoy = None
     try:
         info = wait_until(lambda: ready.exists() and ready.read_text().strip() and json.loads(ready.read_text()),

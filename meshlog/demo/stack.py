@@ -166,9 +166,28 @@ class DemoStack:
 
             acls = apply_acls(self.bootstrap, admin)
             self.say(f"ACLs per role applied ({acls.created} created, {acls.present} already present)")
+        if self.trust is not None and self.kafka is not None:
+            logged = self.trust.start_logging(self.bootstrap, self.kafka_identities())
+            self.say(f"logged the {logged} certificates issued before the log existed to meshlog.identities; "
+                     "every offline issuance from now on is logged as it is made")
+
+    def kafka_identities(self) -> tuple[IdentityFiles, ...]:
+        """The broker's and the launcher's admin certificates (issued by ``LocalKafka`` before any topic)."""
+        from identity import spiffe
+        from meshlog import kafka_tls
+
+        return tuple(IdentityFiles.in_dir(kafka_tls.identity_dir(
+            self.trust.tls_dir, spiffe.SpiffeId.of(self.trust.domain, kafka_tls.BROKER_ROLE, name)))
+            for name in (kafka_tls.BROKER_ID, kafka_tls.ADMIN_ID))
 
     def start_control_plane(self) -> None:
         assert self.bootstrap
+        if self.trust is not None:  # issued (and logged, in one append) before any of them starts
+            with self.trust.batch():
+                for path in ("projector", "ca-server/ca-1", *(f"checker/checker-{i}" for i in range(1, self.checkers + 1))):
+                    self.trust.identity(path)
+                for name in ("gateway-1", "gateway-2"):
+                    self.trust.gateway(name)
         self.projector = spawn("projector", [str(BIN / "projector"), "run", "--bootstrap", self.bootstrap,
                                              "--data-dir", str(self.workdir / "projector-data")],
                                self.workdir, self.kafka_env("projector"), own_group=True)

@@ -196,9 +196,20 @@ class CertificateRenewer:
         return True
 
     async def run(self) -> None:
+        unreadable: str | None = None
         while True:
             now = self._clock()
-            cert = self._follow_current(now)
+            try:
+                cert = self._follow_current(now)
+            except (OSError, ValueError) as exc:  # a file someone broke: said once, looked at again later
+                problem = printable(f"{type(exc).__name__}: {exc}", 300)
+                if problem != unreadable:
+                    self.log.error("cannot read the %s in %s (%s); looking again every %g s", self.what,
+                                   self.files.cert, problem, POLL_S)
+                    unreadable = problem
+                await asyncio.sleep(POLL_S)
+                continue
+            unreadable = None
             if now >= cert.not_valid_after_utc and self._expired_logged != self._serial:
                 self._expired_logged = self._serial
                 self.log.error("the %s (serial %s) expired at %s and was not renewed (last error: %s): its peers "

@@ -184,7 +184,8 @@ class DemoStack:
         assert self.bootstrap
         if self.trust is not None:  # issued (and logged, in one append) before any of them starts
             with self.trust.batch():
-                for path in ("projector", "ca-server/ca-1", *(f"checker/checker-{i}" for i in range(1, self.checkers + 1))):
+                for path in ("projector", "ca-server/ca-1", REPLAY_IDENTITY,
+                             *(f"checker/checker-{i}" for i in range(1, self.checkers + 1))):
                     self.trust.identity(path)
                 for name in ("gateway-1", "gateway-2"):
                     self.trust.gateway(name)

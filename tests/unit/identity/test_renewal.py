@@ -96,3 +96,23 @@ def test_projector_run_refuses_a_ca_url_it_cannot_use_before_starting(argv, tmp_
     assert exited.value.code == 2
     assert "--ca-url" in capsys.readouterr().err and not (tmp_path / "data").exists()
     kafka_security.configure(None)
+
+
+def test_an_unreadable_certificate_file_is_said_once_and_the_loop_goes_on(projector, caplog, monkeypatch):
+    ca, files = projector
+    good = files.cert.read_bytes()
+    files.cert.write_bytes(b"not a certificate")
+    monkeypatch.setattr(renewal, "POLL_S", 0.01)
+    renewer = renewal.CertificateRenewer("https://ca:8443", files, renew=FakeCa(ca, timedelta(hours=1)).renew)
+
+    async def scenario():
+        task = asyncio.create_task(renewer.run())
+        await asyncio.sleep(0.1)
+        assert not task.done()  # still looking
+        files.cert.write_bytes(good)
+        await asyncio.sleep(0.1)
+        assert not task.done() and renewer.status()["serial"] is not None  # follows the certificate again
+        task.cancel()
+
+    asyncio.run(scenario())
+    assert len([r for r in caplog.records if "cannot read" in r.getMessage()]) == 1

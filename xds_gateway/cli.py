@@ -30,7 +30,6 @@ import signal
 import socket
 import sys
 import time
-from pathlib import Path
 from typing import Sequence
 
 import grpc

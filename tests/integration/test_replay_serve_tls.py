@@ -24,7 +24,7 @@ from identity import spiffe
 from projector.render import render_all
 from projector.typeurls import LISTENER
 from replay.serve import serve_frozen
-from tests.integration.test_xds_trust import dreq, first_response, refused, stream
+from tests.integration.test_xds_trust import channel_to, first_response, refused, refused_without_data
 from tests.support.trust import MeshCA
 from tests.unit.replay.test_cli_and_report import mesh
 from xds_gateway.tls import TlsFiles
@@ -59,11 +59,7 @@ class Frozen:
         self.port = info["xds_port"]
 
     def channel(self, ident=None) -> grpc.aio.Channel:
-        target = f"localhost:{self.port}"
-        if ident is None:
-            return grpc.aio.insecure_channel(target)
-        creds = grpc.ssl_channel_credentials(self.ca.bundle.read_bytes(), ident.key_pem, ident.cert_pem)
-        return grpc.aio.secure_channel(target, creds, options=[("grpc.use_local_subchannel_pool", 1)])
+        return channel_to(self.port, self.ca.bundle.read_bytes(), ident)
 
 
 @pytest.fixture
@@ -98,16 +94,9 @@ async def test_a_workload_identity_is_refused_before_any_data(frozen, who):
     client = frozen.ca.issue(ident, who)
     before = refused("not_operator")
     async with frozen.channel(client) as ch:
-        call = stream(ch)
-        await call.write(dreq(frozen.node, LISTENER))
-        with pytest.raises(grpc.aio.AioRpcError) as exc:
-            while True:
-                msg = await asyncio.wait_for(call.read(), 10)
-                assert msg is grpc.aio.EOF or not msg.resources, "replay serve gave config to a non-operator"
-                if msg is grpc.aio.EOF:
-                    break
-    assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert "operator identities only" in exc.value.details()
+        error = await refused_without_data(ch, frozen.node, LISTENER)
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "operator identities only" in error.details()
     assert refused("not_operator") == before + 1
 
 

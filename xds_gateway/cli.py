@@ -25,7 +25,6 @@ import asyncio
 import gc
 import ipaddress
 import logging
-import os
 import signal
 import socket
 import sys

@@ -10,15 +10,21 @@ Client processes open N streams, each on its *own* channel (one TCP
 connection and one TLS handshake per stream, as N Envoys would), send the
 delta CDS wildcard request as ``bench-0`` with the owner's certificate, and
 wait for the first response. Certificates come from identity/'s PKI (ECDSA
-P-256). No session resumption (each channel is new; grpc does not cache
-sessions by default).
+P-256). No session resumption by default (each channel is new; grpc does
+not cache sessions unless given a cache). ``--resume`` adds a third run in
+which each client process shares one TLS session cache across its channels
+(``grpc.experimental.ssl_session_cache_lru``, the ``grpc.ssl_session_cache``
+channel option), as an Envoy does by default for its xDS cluster
+(``max_session_keys`` 1): a reconnect then resumes with the gateway's session
+ticket (TLS 1.3 PSK with ECDHE) instead of a full handshake with two ECDSA
+certificate checks; the first connections of each process are full ones.
 
 Figure: the gateway's utime+stime (``/proc/PID/stat``, all threads) from
 before the first connection until every stream has its first response,
 divided by N; the same run without TLS for comparison. Streams stay open
 until measured, then close.
 
-Usage:  .venv/bin/python bench/xds_tls.py [--streams N] [--clients P] [--json FILE]
+Usage:  .venv/bin/python bench/xds_tls.py [--streams N] [--clients P] [--resume] [--json FILE]
 """
 
 from __future__ import annotations
@@ -111,10 +117,15 @@ def gateway_main(conn, tls_dir: str | None) -> None:
     asyncio.run(main())
 
 
-def client_main(conn, port: int, n: int, tls_dir: str | None, hold) -> None:
+def client_main(conn, port: int, n: int, tls_dir: str | None, hold, resume: bool = False) -> None:
     import grpc
     from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+    session_cache = None
+    if resume:
+        from grpc.experimental.session_cache import ssl_session_cache_lru
+
+        session_cache = ssl_session_cache_lru(16)
     creds = None
     if tls_dir:
         d = Path(tls_dir)
@@ -123,6 +134,8 @@ def client_main(conn, port: int, n: int, tls_dir: str | None, hold) -> None:
 
     async def one(i: int, channels: list, errors: list) -> None:
         opts = [("grpc.use_local_subchannel_pool", 1)]
+        if session_cache is not None:
+            opts.append(("grpc.ssl_session_cache", session_cache))
         ch = (grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=opts) if creds
               else grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=opts))
         channels.append(ch)
@@ -154,7 +167,7 @@ def client_main(conn, port: int, n: int, tls_dir: str | None, hold) -> None:
     asyncio.run(main())
 
 
-def measure(n: int, clients: int, tls_dir: str | None) -> dict:
+def measure(n: int, clients: int, tls_dir: str | None, resume: bool = False) -> dict:
     ctx = mp.get_context("spawn")
     gw_end, gw_child = ctx.Pipe()
     gateway = ctx.Process(target=gateway_main, args=(gw_child, tls_dir), daemon=True)
@@ -168,7 +181,7 @@ def measure(n: int, clients: int, tls_dir: str | None) -> dict:
     for k in share:
         end, child = ctx.Pipe()
         p = ctx.Process(target=client_main, args=(child, port, k, tls_dir and str(Path(tls_dir).parent / "client"),
-                                                  hold), daemon=True)
+                                                  hold, resume), daemon=True)
         p.start()
         procs.append(p)
         ends.append(end)
@@ -193,22 +206,32 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--streams", type=int, default=2000)
     p.add_argument("--clients", type=int, default=2, help="client processes")
+    p.add_argument("--resume", action="store_true",
+                   help="also measure mTLS with TLS session resumption (a session cache per client process)")
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args(argv)
+    resumed = None
     with tempfile.TemporaryDirectory(prefix="xds-tls-bench-") as tmp:
         dirs = make_identities(Path(tmp))
         plain = measure(args.streams, args.clients, None)
         print(f"plaintext: {json.dumps(plain)}", flush=True)
         tls = measure(args.streams, args.clients, str(dirs["gateway"]))
         print(f"mTLS:      {json.dumps(tls)}", flush=True)
+        if args.resume:
+            resumed = measure(args.streams, args.clients, str(dirs["gateway"]), resume=True)
+            print(f"resumed:   {json.dumps(resumed)}", flush=True)
     ratio = tls["gateway_cpu_s"] / plain["gateway_cpu_s"] if plain["gateway_cpu_s"] else float("nan")
     extra = (tls["gateway_cpu_s"] - plain["gateway_cpu_s"]) / args.streams * 1000
     print(f"{args.streams} streams, one connection each: gateway CPU {plain['gateway_cpu_s']} s plaintext, "
           f"{tls['gateway_cpu_s']} s mTLS (x{ratio:.2f}; +{extra:.2f} ms of gateway CPU per mTLS stream)")
+    doc = {"plaintext": plain, "mtls": tls, "cpu_ratio": round(ratio, 2), "extra_cpu_ms_per_stream": round(extra, 3)}
+    if resumed is not None:
+        extra_resumed = (resumed["gateway_cpu_s"] - plain["gateway_cpu_s"]) / args.streams * 1000
+        print(f"  with session resumption: {resumed['gateway_cpu_s']} s (+{extra_resumed:.2f} ms per stream)")
+        doc.update(resumed=resumed, extra_cpu_ms_per_stream_resumed=round(extra_resumed, 3))
     if args.json:
-        Path(args.json).write_text(json.dumps({"plaintext": plain, "mtls": tls, "cpu_ratio": round(ratio, 2),
-                                               "extra_cpu_ms_per_stream": round(extra, 3)}, indent=1))
-    return 0 if not (plain["errors"] or tls["errors"]) else 1
+        Path(args.json).write_text(json.dumps(doc, indent=1))
+    return 0 if not (plain["errors"] or tls["errors"] or (resumed or {}).get("errors")) else 1
 
 
 if __name__ == "__main__":

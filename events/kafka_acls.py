@@ -61,9 +61,16 @@ _PROJECTOR_OUTPUT = (topics.VIEW_RESOURCES, topics.VIEW_MEMBERSHIP, topics.SNAPS
 _ALL = tuple(t.name for t in topics.ALL_TOPICS)
 
 ACL_TABLE: Mapping[str, tuple[Grant, ...]] = MappingProxyType({
-    # the sidecar agent (and `registrar publish` under a sidecar identity): its own registration and health
+    # the sidecar agent (and `registrar publish` under a sidecar identity): its own registration and health.
+    # It reads the refusals, because its subscription API answers "unknown service" (404) or "declared" (409)
+    # from the projector's SubscriptionRejected naming its event; without it, a refused subscription could
+    # only time out (504). The price: every sidecar principal may read every refusal (ACLs cannot filter
+    # records by key): which instance of which service asked for which dependency and was refused, and the
+    # host, revision and reason of each refused rule or policy. No config, no address, no accepted rule, no
+    # key material, and nothing it could write: names and reasons, a map of failed attempts.
     SIDECAR: (
         *_topics((topics.REGISTRATIONS, topics.HEALTH), WRITE, DESCRIBE),
+        *_topics((topics.REJECTIONS,), READ),
         Grant(TRANSACTIONAL_ID, REGISTRAR_TRANSACTIONAL_PREFIX, (WRITE, DESCRIBE), PREFIXED),
     ),
     # central health checkers: read who is registered and healthy, append transitions, share the shards group

@@ -14,8 +14,15 @@ Invariants:
 - Settings are validated when they are read, not when the first client
   connects: a bad combination is a :class:`KafkaSecurityError` naming the flag
   or variable and the problem (CLIs turn it into exit 2).
-- TLS material is loaded fresh for every client (short-lived certificates get
-  renewed on disk); a missing or unreadable file names its setting.
+- TLS material is loaded fresh for every client, and a client's context
+  re-reads its certificate and key before the handshake of each new
+  connection when the files changed since it last loaded them
+  (:class:`ReloadingClientContext`): a workload certificate renewed on disk
+  (24 h certificates, renewed at 2/3 of their life) is presented at the next
+  reconnect of a client started days ago, with no restart. A pair that does
+  not load (a renewal caught between its key and its certificate) is not
+  installed: the context keeps the chain it had and tries again at the next
+  handshake. A missing or unreadable file at build time names its setting.
 - PLAINTEXT stays the default so a local development broker works as before,
   but PLAINTEXT to a broker that is not on loopback logs a warning (once per
   address): anyone on that network can read and write the log.
@@ -151,17 +158,21 @@ class KafkaSecurity:
 
     # -- what clients get --------------------------------------------------
     def ssl_context(self) -> ssl.SSLContext:
-        """A client TLS context: verify the broker against ``ca_file``; present the client certificate if set."""
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        """A client TLS context: verify the broker against ``ca_file``; present the client certificate if set
+        (re-read before a handshake when its files changed: :class:`ReloadingClientContext`)."""
+        # what ssl.create_default_context(SERVER_AUTH) sets up, on the reloading subclass
+        ctx = ReloadingClientContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         if self.ca_file:
             try:
                 ctx.load_verify_locations(cafile=self.ca_file)
             except (OSError, ssl.SSLError) as exc:
                 raise KafkaSecurityError(f"{_name('ca_file')}: cannot load {quoted(self.ca_file, 200)}: {exc}") from None
+        else:
+            ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
         if self.cert_file:
             try:
-                ctx.load_cert_chain(certfile=self.cert_file, keyfile=self.key_file)
+                ctx.load_chain_from(self.cert_file, self.key_file)
             except (OSError, ssl.SSLError) as exc:
                 raise KafkaSecurityError(
                     f"{_name('cert_file')} / {_name('key_file')}: cannot load "
@@ -185,6 +196,76 @@ class KafkaSecurity:
         if not self.secure:
             _warn_plaintext(bootstrap)
         return {"bootstrap_servers": bootstrap, **self.client_kwargs()}
+
+
+def _stamp(*paths: str) -> tuple:
+    """What changes when any of ``paths`` is rewritten or replaced by rename (``stat`` only; None if missing)."""
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            out.append(None)
+            continue
+        out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(out)
+
+
+class ReloadingClientContext(ssl.SSLContext):
+    """A client ``SSLContext`` that loads its certificate chain again, before a handshake, when the files changed.
+
+    aiokafka passes one ``ssl_context`` to ``loop.create_connection`` for every
+    connection a client ever opens (bootstrap, each broker, every reconnect),
+    and asyncio starts each TLS session with ``context.wrap_bio``: checking
+    the files there covers every handshake, at the cost of two ``stat`` calls
+    per new connection. OpenSSL copies the context's certificate and key into
+    each session when it is created, so established connections keep theirs
+    and new ones get the renewed pair.
+
+    A changed pair is first loaded into a scratch context: only a key that
+    matches its certificate replaces the chain (loading a mismatched pair into
+    this context would leave it without a usable key). The trust bundle is
+    not reloaded (a root changes rarely and needs a restart).
+    """
+
+    _files: tuple[str, str] | None = None
+    _loaded: tuple = ()
+    _refused: tuple | None = None
+
+    def load_chain_from(self, certfile: str, keyfile: str | None) -> None:
+        """Load the chain now (errors raise) and reload it from the same files whenever they change."""
+        keyfile = keyfile or certfile
+        stamp = _stamp(certfile, keyfile)
+        self.load_cert_chain(certfile=certfile, keyfile=keyfile)
+        self._files, self._loaded = (certfile, keyfile), stamp
+
+    def reload_if_changed(self) -> bool:
+        """Load the chain again if its files changed since the last load; True if a new chain is in use."""
+        if self._files is None:
+            return False
+        stamp = _stamp(*self._files)
+        if stamp == self._loaded or stamp == self._refused:
+            return False
+        certfile, keyfile = self._files
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(certfile=certfile, keyfile=keyfile)
+            self.load_cert_chain(certfile=certfile, keyfile=keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            self._refused = stamp  # logged once per state of the files; retried when they change again
+            log.warning("Kafka client certificate %s (key %s) changed but does not load (%s): keeping the one "
+                        "loaded before", quoted(certfile, 200), quoted(keyfile, 200), quoted(str(exc), 200))
+            return False
+        self._loaded, self._refused = stamp, None
+        log.info("Kafka client certificate %s changed: new connections present the new one", quoted(certfile, 200))
+        return True
+
+    def wrap_bio(self, *args, **kwargs):  # asyncio's TLS transport (aiokafka) starts every session here
+        self.reload_if_changed()
+        return super().wrap_bio(*args, **kwargs)
+
+    def wrap_socket(self, *args, **kwargs):  # blocking clients
+        self.reload_if_changed()
+        return super().wrap_socket(*args, **kwargs)
 
 
 def _env_values(env: Mapping[str, str]) -> dict[str, str | None]:

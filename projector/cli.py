@@ -25,6 +25,7 @@ import orjson
 
 from events.admin import BrokerUnavailable
 from events import kafka_security
+from identity import renewal_cli as renewal
 from meshlog import argtypes
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         "`meshlog kafka up`)",
     )
     kafka_security.add_arguments(run)
+    renewal.add_arguments(run)
     run.add_argument("--data-dir", required=True, type=Path, help="directory for the RocksDB state (created if missing)")
     run.add_argument("--max-batch", type=argtypes.integer(1, 10_000_000), default=20_000, help="most records folded per batch (default 20000)")
     run.add_argument(
@@ -232,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "inspect":
         return _inspect(args.data_dir)
     _setup_logging(args)
+    renewers = renewal.renewers_or_exit(args, "projector", "projector")
     from projector.service import ProjectorError
 
     try:
@@ -240,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"projector: {exc}", file=sys.stderr)
         return EXIT_FAILED
     try:
-        return asyncio.run(_run(args, bootstrap))
+        return asyncio.run(renewal.running(renewers, _run(args, bootstrap)))
     except BrokerUnavailable as exc:
         log.error("%s", exc)
         return EXIT_BROKER

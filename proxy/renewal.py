@@ -1,202 +1,50 @@
 """The sidecar renews its own workload certificate at ``meshlog ca serve`` (``--ca-url``).
 
-When to try is decided by one pure function, ``next_attempt(now, not_before,
-not_after, failures)``; ``CertificateRenewer`` is the thin I/O shell around
-it: it sleeps until that time, renews with ``identity.client.renew`` (mTLS
-with the current certificate, a CSR for a new key), writes the new pair over
-the sidecar's ``--tls-key``/``--tls-cert`` files and hands it to Envoy at once
-through ``SecretSync.check`` (file SDS, no restart).
+The schedule and the loop are every role's (``identity.renewal``); what the
+sidecar adds is Envoy: the certificate in use is the one Envoy holds
+(``SecretSync.current``), and a new pair is handed to Envoy at once through
+``SecretSync.check`` (file SDS, no restart) rather than at its next poll.
 
-Invariants:
-- Schedule: the first attempt for a certificate is at ``pki.renewal_time``
-  (2/3 of its life), never sooner than ``MIN_GAP_S`` from now (a CA whose
-  lifetime is shorter than its clock-skew backdating hands out certificates
-  that are due at once; they are renewed at most once per ``MIN_GAP_S``, not
-  in a busy loop). After ``n`` failed attempts the next is ``RETRY_FIRST_S``
-  doubling to ``RETRY_MAX_S`` later, and while the certificate is valid at
-  most a quarter of its remaining life later (never below ``RETRY_FIRST_S``),
-  so several attempts fit before it expires. An expired certificate is
-  still retried every ``RETRY_MAX_S`` (the CA names why it refuses).
-- Envoy only ever sees a matching key and certificate: the new key is
-  written, then the certificate (each by atomic rename), with no ``await``
-  in between, so ``SecretSync`` (same event loop) never checks between the
-  two; any other reader of the files that does is refused a mismatched pair
-  by ``load_tls_files``. If the certificate cannot be written, the previous
-  key is put back, so the files never stay a mismatched pair.
+Invariants (besides ``identity.renewal``'s):
+- Envoy only ever sees a matching key and certificate: ``SecretSync`` runs on
+  the same event loop and the pair is written with no ``await`` in between;
+  a renewal whose certificate did not reach Envoy counts as failed.
 - A certificate replaced by someone else (``meshlog ca renew``) is noticed
   through ``SecretSync.current``: the schedule restarts from it.
-- Logged, bounded: a failing renewal is logged once, then at a backoff with
-  its count (``meshlog.outage.Outage``), and once when it succeeds again; a
-  certificate that expires is an ERROR line once per certificate.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from datetime import datetime, timedelta, timezone
-from typing import Awaitable, Callable
+from datetime import datetime
+from typing import Callable
 
-import aiohttp
-from cryptography import x509
-
-from events.files import write_file_atomic
-from events.printable import printable
 from identity import client, pki
-from meshlog.outage import Outage
+from identity.renewal import (  # noqa: F401 - the schedule, re-exported for the sidecar's callers
+    MIN_GAP_S, POLL_S, RENEWAL_ERRORS, RETRY_FIRST_S, RETRY_MAX_S, Renew, next_attempt, retry_delay,
+)
+from identity import renewal as _renewal
 from proxy.sds import SecretSync, SidecarTls
 
 log = logging.getLogger("meshlog.sidecar.renewal")
 
-MIN_GAP_S = 1.0
-RETRY_FIRST_S = 1.0
-RETRY_MAX_S = 60.0
-POLL_S = 5.0  # how often the shell looks at the current certificate while it waits (a replaced file)
-
 __all__ = ["next_attempt", "retry_delay", "CertificateRenewer"]
 
 
-def retry_delay(failures: int) -> float:
-    """Seconds before the next attempt after ``failures`` failed ones: 1, 2, 4, ... 60."""
-    if failures <= 0:
-        return 0.0
-    return min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(failures - 1, 30))
-
-
-def next_attempt(now: datetime, not_before: datetime, not_after: datetime, failures: int) -> datetime:
-    """When to try to renew the certificate valid from ``not_before`` to ``not_after`` next (see the invariants)."""
-    if failures <= 0:
-        return max(pki.renewal_time(not_before, not_after), now + timedelta(seconds=MIN_GAP_S))
-    delay = retry_delay(failures)
-    remaining = (not_after - now).total_seconds()
-    if remaining > 0:
-        delay = min(delay, max(RETRY_FIRST_S, remaining / 4))
-    return now + timedelta(seconds=delay)
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-# what one attempt can fail with: the CA's refusal, a certificate we refuse, the network, the files
-RENEWAL_ERRORS = (client.CaRefused, pki.PkiError, aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError)
-
-Renew = Callable[..., Awaitable[client.Granted]]
-
-
-class CertificateRenewer:
+class CertificateRenewer(_renewal.CertificateRenewer):
     """Renews the sidecar's certificate at ``url`` on ``next_attempt``'s schedule and hands it to Envoy."""
 
     def __init__(self, url: str, files: SidecarTls, secrets: SecretSync, *, renew: Renew = client.renew,
-                 clock: Callable[[], datetime] = _utcnow, on_change: Callable[[], None] | None = None) -> None:
-        self.url = url
-        self._on_change = on_change or (lambda: None)  # the agent rewrites its status file
-        self.files = files
+                 clock: Callable[[], datetime] = _renewal._utcnow, on_change: Callable[[], None] | None = None) -> None:
+        super().__init__(url, pki.IdentityFiles(cert=files.cert, key=files.key, bundle=files.ca), renew=renew,
+                         clock=clock, on_change=on_change, logger=log, what="workload certificate")
         self.secrets = secrets
-        self._renew = renew
-        self._clock = clock
-        self.failures = 0
-        self.renewals = 0
-        self.last_error: str | None = None
-        self._serial: int | None = None
-        self._cert: x509.Certificate | None = None
-        self.next_at: datetime | None = None
-        self._expired_logged: int | None = None
-        self._outage = self._new_outage()
 
-    def _new_outage(self) -> Outage:
-        return Outage(f"renewing the workload certificate at {self.url}", first_reminder=30.0, max_reminder=600.0)
+    def current(self) -> bytes:
+        return self.secrets.current.cert_pem
 
-    def _follow_current(self, now: datetime) -> x509.Certificate:
-        """The certificate Envoy holds now; a new one (ours or replaced by someone else) restarts the schedule."""
-        current = self.secrets.current
-        if self._cert is None or current.serial != self._serial:
-            self._cert = x509.load_pem_x509_certificate(current.cert_pem)
-            self._serial = current.serial
-            self.failures = 0
-            self.next_at = next_attempt(now, self._cert.not_valid_before_utc, self._cert.not_valid_after_utc, 0)
-        return self._cert
-
-    def status(self) -> dict:
-        cert = self._cert
-        return {
-            "serial": None if cert is None else pki.serial_hex(cert),
-            "not_after": None if cert is None else cert.not_valid_after_utc.isoformat(),
-            "next_renewal": None if self.next_at is None else self.next_at.isoformat(),
-            "renewals": self.renewals, "failures": self.failures, "last_error": self.last_error,
-            "ca_url": self.url,
-        }
-
-    def install(self, granted: client.Granted) -> None:
-        """Write the new key, then the certificate, over the sidecar's files; put the old key back on failure."""
-        old_key = self.files.key.read_bytes()
-        write_file_atomic(self.files.key, pki.key_to_pem(granted.key), 0o600)
-        try:
-            write_file_atomic(self.files.cert, pki.cert_to_pem(granted.cert))
-        except OSError:
-            try:
-                write_file_atomic(self.files.key, old_key, 0o600)
-            except OSError as exc:
-                log.error("could not put the previous key back into %s (%s): the files hold a new key and the "
-                          "previous certificate until the next renewal", self.files.key, exc)
-            raise
-
-    async def attempt(self) -> bool:
-        """One renewal; True if a new certificate is with Envoy."""
-        now = self._clock()
-        cert = self._follow_current(now)
-        files = pki.IdentityFiles(cert=self.files.cert, key=self.files.key, bundle=self.files.ca)
-        try:
-            granted = await self._renew(self.url, files)
-            self.install(granted)
-            self.secrets.check()  # hand the new pair to Envoy now, not at the next poll
-            if self.secrets.current.serial != granted.cert.serial_number:
-                raise OSError(f"the renewed certificate (serial {pki.serial_hex(granted.cert)}) was written but "
-                              "not handed to Envoy (see the SDS lines above)")
-        except RENEWAL_ERRORS as exc:
-            self.failures += 1
-            self.last_error = printable(f"{type(exc).__name__}: {exc}", 300)
-            self.next_at = next_attempt(now, cert.not_valid_before_utc, cert.not_valid_after_utc, self.failures)
-            line = self._outage.failure(time.monotonic(), f"{self.last_error}; next attempt at "
-                                        f"{self.next_at.isoformat(timespec='seconds')}")
-            if line:
-                log.warning("%s", line)
-            self._on_change()
-            return False
-        failures = self.failures
-        self.renewals += 1
-        self.last_error = None
-        if self._outage.ongoing:
-            log.info("renewing the workload certificate at %s works again after %d failed attempts", self.url,
-                     failures)
-            self._outage = self._new_outage()
-        new = self._follow_current(self._clock())
-        log.info("renewed the workload certificate at %s: serial %s until %s (was %s); next renewal at %s",
-                 self.url, pki.serial_hex(new), new.not_valid_after_utc.isoformat(timespec="seconds"),
-                 pki.serial_hex(cert), self.next_at.isoformat(timespec="seconds") if self.next_at else "-")
-        self._on_change()
-        return True
-
-    async def run(self) -> None:
-        while True:
-            now = self._clock()
-            cert = self._follow_current(now)
-            if now >= cert.not_valid_after_utc and self._expired_logged != self._serial:
-                self._expired_logged = self._serial
-                log.error("the workload certificate (serial %s) expired at %s and was not renewed (last error: %s): "
-                          "the gateways refuse it; still trying at %s", pki.serial_hex(cert),
-                          cert.not_valid_after_utc.isoformat(timespec="seconds"), self.last_error or "none",
-                          self.url)
-            assert self.next_at is not None
-            wait = (self.next_at - now).total_seconds()
-            if wait > 0:
-                await asyncio.sleep(min(wait, POLL_S))
-                continue
-            try:
-                await self.attempt()
-            except Exception:  # noqa: BLE001 - a bug must not end renewal for good: logged, retried later
-                log.exception("renewing the workload certificate failed unexpectedly")
-                self.failures += 1
-                self.next_at = next_attempt(self._clock(), cert.not_valid_before_utc, cert.not_valid_after_utc,
-                                            self.failures)
+    def hand_over(self, granted: client.Granted) -> None:
+        self.secrets.check()  # hand the new pair to Envoy now, not at the next poll
+        if self.secrets.current.serial != granted.cert.serial_number:
+            raise OSError(f"the renewed certificate (serial {pki.serial_hex(granted.cert)}) was written but "
+                          "not handed to Envoy (see the SDS lines above)")

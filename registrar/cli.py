@@ -41,6 +41,7 @@ from events.types import (
 )
 from meshlog import argtypes
 from events import kafka_security
+from identity import renewal_cli as renewal
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 from registrar.rules_file import parse_rules
 
@@ -268,6 +269,7 @@ def add_healthcheck_parser(sub) -> argparse.ArgumentParser:
     hc.add_argument("--status-file", metavar="PATH",
                     help="JSON rewritten on every change: checker id, assigned shards, instances checked with "
                     "their believed status and counters")
+    renewal.add_arguments(hc)
     return hc
 
 
@@ -310,13 +312,14 @@ def healthcheck_main(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     settings = replace(settings, bootstrap=bootstrap)
+    renewers = renewal.renewers_or_exit(args, "checker", "registrar healthcheck")
 
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await Checker(settings).run(stop)
+        await renewal.running(renewers, Checker(settings).run(stop))
 
     try:
         asyncio.run(run())

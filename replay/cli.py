@@ -33,6 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from events import topics
 from meshlog import argtypes
+from meshlog.xds_tls_args import add_tls_arguments, files_from_args
 from events import kafka_security
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 from events.printable import printable
@@ -198,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=argtypes.port_or_free, default=0, help="gRPC port; 0 picks a free one (default 0)")
     serve.add_argument("--grace", type=argtypes.seconds(0, 600, low_inclusive=True), default=1.0, help="seconds open streams get on shutdown (default 1)")
     serve.add_argument("--ready-file", help="also write the ready JSON line to this file")
+    add_tls_arguments(serve, "this server's")
     _common(serve)
 
     ids = sub.add_parser(
@@ -319,6 +321,15 @@ def check_usage(args: argparse.Namespace, now: datetime) -> None:
     args.now_ms = to_ms(now)
     if args.command in ("at", "serve"):
         args.at_ms = _parse(args.at, now, "--at")
+    if args.command == "serve":
+        from meshlog.xds_trust import TlsFilesError, load_tls_files
+
+        try:
+            args.tls_files = files_from_args(args)
+            if args.tls_files is not None:
+                load_tls_files(args.tls_files)  # unusable files: exit 2 before reading the log
+        except TlsFilesError as exc:
+            raise UsageError(str(exc)) from None
     if args.command == "at" and (args.xds or args.full or args.accepted) and not args.node:
         raise UsageError("--xds, --full and --accepted need --node N")
     if args.command in ("diff", "log"):
@@ -508,7 +519,7 @@ async def cmd_serve(args: argparse.Namespace, bootstrap: str) -> int:
                                 verifier=await _verifier(args, consumer))
         rebuilt.first_ms = first
     rendered = rebuilt.rendered()
-    return await serve_frozen(rendered, listen=args.listen, port=args.port, grace=args.grace,
+    return await serve_frozen(rendered, listen=args.listen, port=args.port, grace=args.grace, tls_files=args.tls_files,
                               info={"at": iso(at_ms), "at_ms": at_ms, "read_only": True},
                               ready_file=args.ready_file)
 

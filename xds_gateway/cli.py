@@ -26,7 +26,6 @@ import asyncio
 import gc
 import ipaddress
 import logging
-import os
 import signal
 import socket
 import sys
@@ -42,6 +41,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from meshlog import argtypes
 from events import kafka_security
+from identity import renewal_cli as renewal
 from events.admin import BrokerUnavailable
 from events.files import write_file_atomic
 from events.producer import EventProducer
@@ -53,6 +53,7 @@ from xds_gateway.protocol.limits import StreamLimits
 from xds_gateway.server import ADS_SERVICE, AdsServicer, add_to_server
 from xds_gateway.on_demand import DEFAULT_HOLD_S, LearnedSubscriptions
 from xds_gateway.sync_log import SyncLog
+from meshlog.xds_tls_args import add_tls_arguments, files_from_args
 from xds_gateway.tls import TlsConfigError, TlsFiles, load_material, server_credentials
 from xds_gateway.view_cache import ViewCache, ViewTail
 from xds_gateway.workers import run_workers
@@ -66,19 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="serve ADS until SIGTERM")
     run.add_argument("--bootstrap", type=argtypes.bootstrap, metavar="HOST:PORT[,HOST:PORT]", help="Kafka address (default: $MESHLOG_KAFKA_BOOTSTRAP or `meshlog kafka up`'s)")
     kafka_security.add_arguments(run)
+    renewal.add_arguments(run)
     run.add_argument("--listen", default="127.0.0.1", help="address gRPC binds (default 127.0.0.1)")
     run.add_argument("--port", type=argtypes.port_or_free, default=18000, help="gRPC port; 0 picks a free one (default 18000)")
     run.add_argument("--http-listen", help="address HTTP (/ready, /metrics) binds (default: --listen's)")
     run.add_argument("--http-port", type=argtypes.port_or_free, default=0, help="HTTP port for /ready and /metrics; 0 picks one")
-    tls = run.add_argument_group("mTLS (required unless --insecure)")
-    tls.add_argument("--tls-cert", default=os.environ.get("MESHLOG_XDS_TLS_CERT"),
-                     help="the gateway's certificate, PEM, with its SPIFFE id ($MESHLOG_XDS_TLS_CERT)")
-    tls.add_argument("--tls-key", default=os.environ.get("MESHLOG_XDS_TLS_KEY"),
-                     help="its private key, PEM ($MESHLOG_XDS_TLS_KEY)")
-    tls.add_argument("--tls-ca", default=os.environ.get("MESHLOG_XDS_TLS_CA"),
-                     help="the mesh root: client certificates must chain to it ($MESHLOG_XDS_TLS_CA)")
-    tls.add_argument("--insecure", action="store_true",
-                     help="plaintext gRPC, no client identity, every node served to anyone: loopback development only")
+    add_tls_arguments(run, "the gateway's")
     lim = run.add_argument_group("admission limits (over one: that stream ends with RESOURCE_EXHAUSTED)")
     d, ds = DEFAULT_LIMITS, DEFAULT_LIMITS.stream
     lim.add_argument("--max-streams-per-connection", type=argtypes.integer(1, 1 << 30), default=d.max_streams_per_connection,
@@ -163,17 +157,7 @@ def limits_from(args: argparse.Namespace) -> GatewayLimits:
         raise UsageError(f"--{flag.replace('_', '-')}: {str(exc).split(' ', 1)[1]}") from None
 
 
-def tls_files_from(args: argparse.Namespace) -> TlsFiles | None:
-    given = {"--tls-cert": args.tls_cert, "--tls-key": args.tls_key, "--tls-ca": args.tls_ca}
-    if args.insecure:
-        if any(given.values()):
-            raise UsageError("--insecure and --tls-* contradict each other: give one or the other")
-        return None
-    missing = [flag for flag, value in given.items() if not value]
-    if missing:
-        raise UsageError(f"{', '.join(missing)} missing: xDS is served over mTLS (flags or $MESHLOG_XDS_TLS_CERT, "
-                         "_KEY, _CA); --insecure serves plaintext for loopback development")
-    return TlsFiles(Path(args.tls_cert), Path(args.tls_key), Path(args.tls_ca))
+tls_files_from = files_from_args  # (meshlog.xds_tls_args: `replay serve` takes the same flags)
 
 
 def _is_loopback(host: str) -> bool:
@@ -326,7 +310,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
     if args.workers > 1:
         return run_workers(args, bootstrap, limits, tls_files)
-    return asyncio.run(serve(args, bootstrap, limits, tls_files))
+    return asyncio.run(renewal.running(own_renewers(args, tls_files), serve(args, bootstrap, limits, tls_files)))
+
+
+def own_renewers(args: argparse.Namespace, tls_files) -> list:
+    """The renewal loops of this replica's certificates (``--ca-url``); with ``--workers`` only worker 0 runs them
+    (the others' TLS credentials reload the renewed files by themselves)."""
+    from identity.pki import IdentityFiles
+
+    own = None if tls_files is None else IdentityFiles(cert=tls_files.cert, key=tls_files.key, bundle=tls_files.ca)
+    return renewal.renewers_or_exit(args, "gateway", "xds-gateway", own)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -68,7 +68,8 @@ def _worker(args: argparse.Namespace, bootstrap: str, limits, tls_files, conn, s
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor turns Ctrl-C into one SIGTERM per worker
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    code = asyncio.run(cli.serve(args, bootstrap, limits, tls_files, on_ready=conn.send))
+    renewers = cli.own_renewers(args, tls_files) if args.replica_id.endswith("/w0") else []
+    code = asyncio.run(cli.renewal.running(renewers, cli.serve(args, bootstrap, limits, tls_files, on_ready=conn.send)))
     sys.exit(code)
 
 

@@ -166,25 +166,25 @@ class DemoStack:
 
             acls = apply_acls(self.bootstrap, admin)
             self.say(f"ACLs per role applied ({acls.created} created, {acls.present} already present)")
+        if self.trust is not None and self.kafka is not None:
+            logged = self.trust.start_logging(self.bootstrap, self.kafka_identities())
+            self.say(f"logged the {logged} certificates issued before the log existed to meshlog.identities; "
+                     "every offline issuance from now on is logged as it is made")
+
+    def kafka_identities(self) -> tuple[IdentityFiles, ...]:
+        """The broker's and the launcher's admin certificates (issued by ``LocalKafka`` before any topic)."""
+        from identity import spiffe
+        from meshlog import kafka_tls
+
+        return tuple(IdentityFiles.in_dir(kafka_tls.identity_dir(
+            self.trust.tls_dir, spiffe.SpiffeId.of(self.trust.domain, kafka_tls.BROKER_ROLE, name)))
+            for name in (kafka_tls.BROKER_ID, kafka_tls.ADMIN_ID))
 
     def log_identities(self) -> None:
         """Append the certificates issued offline since the last call to ``meshlog.identities`` (as the demo's
         operator, like ``meshlog ca issue``): the projector verifies each event against them."""
-        if self.trust is None or self.kafka is None or not self.trust.unlogged:
-            return
-        import asyncio
-
-        from events.envelope import new_event
-        from events.producer import EventProducer
-
-        pending, self.trust.unlogged = self.trust.unlogged, []
-
-        async def append() -> None:
-            async with EventProducer(self.bootstrap) as producer:
-                for issued in pending:
-                    await producer.append(new_event(issued, producer="meshlog demo"))
-
-        asyncio.run(append())
+        if self.trust is not None and self.kafka is not None:
+            self.trust.log_issued()  # a no-op once logging started: each issuance is then appended as it is made
 
     def event_flags(self) -> list[str]:
         """What the projector and replay run with: the demo's processes sign with the demo's identities only on
@@ -194,8 +194,14 @@ class DemoStack:
 
     def start_control_plane(self) -> None:
         assert self.bootstrap
+        if self.trust is not None:  # issued (and logged, in one append) before any of them starts
+            with self.trust.batch():
+                for path in ("projector", "ca-server/ca-1", REPLAY_IDENTITY,
+                             *(f"checker/checker-{i}" for i in range(1, self.checkers + 1))):
+                    self.trust.identity(path)
+                for name in ("gateway-1", "gateway-2"):
+                    self.trust.gateway(name)
         env = self.kafka_env("projector")
-        self.log_identities()  # the operator/demo identity the demo appends rules with, and the projector's
         self.projector = spawn("projector", [str(BIN / "projector"), "run", "--bootstrap", self.bootstrap,
                                              "--data-dir", str(self.workdir / "projector-data"),
                                              *self.event_flags()],

@@ -11,6 +11,16 @@ sidecar (``sidecar/<service>/<instance>``) through a one-time join token
 redeemed at ``meshlog ca serve`` (``join``), as an operator would enrol one;
 the sidecar is started with ``--ca-url`` and renews it there by itself.
 
+Every certificate the demo issues offline is logged as ``meshlog ca issue``
+logs it: an ``identity.issued`` event (how ``offline``) on
+``meshlog.identities``, appended as ``operator/demo``, so ``replay
+identities`` and ``replay log`` show who held which identity in the demo too
+(joins and renewals at ``ca serve`` are logged by ``ca serve``). Those issued
+before the log exists (``operator/demo`` itself, and the broker's and the
+launcher's admin certificates, read from their files) are appended as soon
+as the topics exist (``start_logging``); after that each issuance is
+appended when it is made, or, inside ``batch()``, all at once.
+
 Invariants:
 - A process speaks Kafka and xDS with the same identity (its one certificate);
   the broker maps the certificate's CN to its role (``events.kafka_acls``),
@@ -18,11 +28,11 @@ Invariants:
 - Children get their Kafka identity through the ``MESHLOG_KAFKA_*``
   environment (``kafka_env``); the demo's own clients through
   ``events.kafka_security.configure``. Nothing here starts a process.
-- Every certificate issued offline here is also a fact of the log: it waits
-  in ``unlogged`` until the stack appends it to ``meshlog.identities``
-  (``DemoStack.log_identities``, as ``meshlog ca issue`` logs what it issues)
-  before the process holding it starts, so the projector can verify the
-  events that process signs. What ``ca serve`` issues it logs itself.
+- A certificate issued offline is in the log before the process holding it
+  starts (the stack starts processes after ``start_logging``), so renewing
+  it at ``ca serve`` works (the CA renews only what the log shows issued).
+  The projector verifies each event against them, so every process's
+  certificate is logged before it signs anything.
 - ``DemoTrust`` is ``None`` under ``--insecure``: plaintext Kafka and
   ``--insecure`` xDS, as before, for loopback development.
 """
@@ -30,15 +40,20 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from events.kafka_security import KafkaSecurity, to_env
+from cryptography import x509
+
+from events.envelope import new_event
 from identity import client, pki, records, spiffe, tokens
 from meshlog import kafka_tls
 
 HOST = "127.0.0.1"
+LOGGED_AS = "operator/demo"  # the demo's own Kafka identity: operators may append to meshlog.identities
 
 
 @dataclass
@@ -47,7 +62,10 @@ class DemoTrust:
     ca: pki.CertificateAuthority = field(init=False)
     issued: dict[str, pki.IdentityFiles] = field(default_factory=dict)  # SPIFFE path -> its files
     redeemed: dict[str, str] = field(default_factory=dict)  # SPIFFE path -> the join token it was enrolled with
-    unlogged: list = field(default_factory=list)  # IdentityIssued of offline issues not yet appended to the log
+    unlogged: list[x509.Certificate] = field(default_factory=list)  # issued offline, not appended yet
+    logged: int = 0
+    _bootstrap: str | None = field(default=None, init=False)
+    _batching: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.ca = kafka_tls.ensure_ca(self.tls_dir)
@@ -71,9 +89,52 @@ class DemoTrust:
         ident = self.spiffe_id(path)
         files = kafka_tls.issue_files(self.ca, ident, kafka_tls.identity_dir(self.tls_dir, ident),
                                       server_names=server_names)
-        cert = pki.cert_from_pem(files.cert.read_bytes())
-        self.unlogged.append(records.issued(cert, self.ca.certificate, how="offline", requested_by="meshlog demo"))
+        self.unlogged.append(pki.cert_from_pem(files.cert.read_bytes()))
+        if self._bootstrap is not None and not self._batching:
+            self.log_issued()
         return files
+
+    # -- the identities log ---------------------------------------------------------
+
+    def start_logging(self, bootstrap: str, before_the_log: tuple[pki.IdentityFiles, ...] = ()) -> int:
+        """The log exists: append what was issued so far (and ``before_the_log``'s certificates, issued by
+        someone else before the topics existed), and from now on every issuance. Returns how many."""
+        self._bootstrap = bootstrap
+        for files in before_the_log:
+            if files.cert.exists():
+                self.unlogged.append(pki.cert_from_pem(files.cert.read_bytes()))
+        return self.log_issued()
+
+    @contextmanager
+    def batch(self):
+        """Issue several identities and append them in one go at the end (one producer, not one each)."""
+        self._batching = True
+        try:
+            yield
+        finally:
+            self._batching = False
+        if self._bootstrap is not None:
+            self.log_issued()
+
+    def log_issued(self) -> int:
+        """Append an ``identity.issued`` event (how ``offline``) for each certificate not logged yet."""
+        if not self.unlogged or self._bootstrap is None:
+            return 0
+        from events.producer import EventProducer
+
+        pending = list(self.unlogged)
+        events = [new_event(records.issued(cert, self.ca.certificate, how="offline", requested_by="meshlog demo"),
+                            producer=LOGGED_AS) for cert in pending]
+
+        async def append() -> None:
+            async with EventProducer(self._bootstrap) as producer:
+                for event in events:
+                    await producer.append(event)
+
+        asyncio.run(append())
+        del self.unlogged[:len(pending)]
+        self.logged += len(pending)
+        return len(pending)
 
     def mint_token(self, service: str) -> str:
         """What ``meshlog ca token --service S`` prints: a one-time join token for one instance of ``service``."""

@@ -280,3 +280,35 @@ async def test_replay_shows_identities_held_and_the_issuance_log(kafka_bootstrap
     assert ("join_token.redeemed", None) in kinds
     text = run(REPLAY, "log", "--from", "-5m", "--to", "now", "--service", "details", "--bootstrap", kafka_bootstrap)
     assert "decommissioned" in text.stdout and f"spiffe://{DOMAIN}/sidecar/details/d1" in text.stdout
+
+
+@pytest.mark.parametrize("role,name", [("projector", None), ("gateway", "g1"), ("checker", "c1")])
+async def test_every_control_plane_role_renews_itself_with_the_one_renewal_loop(kafka_bootstrap, replicas, ca_dir,
+                                                                                role, name, tmp_path):
+    """`--ca-url` of projector run / xds-gateway run / registrar healthcheck: the files of an offline (logged)
+    certificate are renewed in place by identity.renewal's loop at `ca serve`, and the renewal is logged."""
+    import argparse
+
+    from identity import renewal_cli
+
+    out = tmp_path / role
+    r = run(MESHLOG, "ca", "issue", "--dir", str(ca_dir), "--role", role, *(["--name", name] if name else []),
+            "--out", str(out), "--lifetime", "10s", bootstrap=kafka_bootstrap)  # backdated 60 s: due at once
+    assert r.returncode == 0, r.stderr
+    files = pki.IdentityFiles.in_dir(out)
+    first = pki.cert_from_pem(files.cert.read_bytes())
+    [renewer] = renewal_cli.renewers_from_args(argparse.Namespace(ca_url=replicas[1]), role, files, environ={})
+
+    async def until_renewed():
+        deadline = time.monotonic() + 30
+        while pki.cert_from_pem(files.cert.read_bytes()).serial_number == first.serial_number:
+            assert time.monotonic() < deadline, renewer.status()
+            await asyncio.sleep(0.2)
+
+    await renewal_cli.running([renewer], until_renewed())
+    renewed = pki.cert_from_pem(files.cert.read_bytes())
+    assert pki.spiffe_id_of(renewed) == pki.spiffe_id_of(first)
+    key = pki.key_from_pem(files.key.read_bytes())
+    assert key.public_key().public_numbers() == renewed.public_key().public_numbers()
+    logged = (await registry(kafka_bootstrap)).certificates[pki.serial_hex(renewed)]
+    assert logged.how == "renewal" and logged.renews_serial == pki.serial_hex(first)

@@ -262,3 +262,36 @@ async def test_roles_that_check_topics_on_start_may_do_so(secure_kafka, roles):
     assert report.consistent and len(report.ok) == 3
     with pytest.raises(NotAuthorized, match="meshlog topics ensure"):
         await ensure_topics(secure_kafka.bootstrap, security=roles[GATEWAY])
+
+
+async def test_a_sidecar_reads_the_refusal_of_its_subscription_as_its_api_does(secure_kafka, roles):
+    """proxy.subscriptions: position at the end of meshlog.rejections, append, then find the projector's
+    SubscriptionRejected naming the event. Without READ on the rejections the first step is refused."""
+    from events import types as t
+
+    refusal = new_event(t.SubscriptionRejected(
+        action="subscribe", problem="unknown_service", service="reviews", instance_id="r1", dependency="nosuch",
+        reason="no instance of nosuch was ever registered", source_topic=topics.REGISTRATIONS, source_partition=0,
+        source_offset=12345))
+    consumer = AIOKafkaConsumer(**connection_kwargs(secure_kafka.bootstrap, roles[SIDECAR]), enable_auto_commit=False,
+                                isolation_level="read_committed", request_timeout_ms=10_000)
+    await asyncio.wait_for(consumer.start(), TIMEOUT)
+    try:
+        tps = [TopicPartition(topics.REJECTIONS, p) for p in range(topics.BY_NAME[topics.REJECTIONS].partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
+            await asyncio.wait_for(consumer.position(tp), TIMEOUT)
+        async with EventProducer(secure_kafka.bootstrap, timeout_s=TIMEOUT,
+                                 security=roles[PROJECTOR]) as producer:  # the projector's decision
+            await producer.append(refusal)
+        deadline = asyncio.get_running_loop().time() + TIMEOUT
+        found = None
+        while found is None and asyncio.get_running_loop().time() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    if record.value and b"nosuch" in record.value:
+                        found = record
+        assert found is not None, "the sidecar did not see the refusal of its subscription"
+    finally:
+        await consumer.stop()

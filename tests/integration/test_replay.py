@@ -298,9 +298,20 @@ def test_instants_outside_the_log_and_unknown_names_are_refused(bootstrap, rando
 # ---------------------------------------------------------------- (b), (c) a real Envoy at a past instant
 
 
-def start_envoy(node: str, xds_port: int, workdir: Path, name: str) -> EnvoyProcess:
+def start_envoy(node: str, xds_port: int, workdir: Path, name: str, tls=None) -> EnvoyProcess:
+    """A debug Envoy on ``xds_port``; with ``tls`` (operator identity files and the trust domain) over mTLS,
+    its certificate by file SDS as a sidecar's."""
     admin = free_port()
-    cfg = envoy_bootstrap(node_id=node, node_cluster="replay", admin_port=admin, gateways=[f"127.0.0.1:{xds_port}"])
+    upstream = None
+    if tls is not None:
+        from proxy import sds
+
+        files, domain = tls
+        sds_dir = workdir / name / "sds"
+        sds.write_secrets(sds_dir, sds.load_tls(files))
+        upstream = sds.upstream_tls_context(sds_dir, domain)
+    cfg = envoy_bootstrap(node_id=node, node_cluster="replay", admin_port=admin, gateways=[f"127.0.0.1:{xds_port}"],
+                          upstream_tls=upstream)
     return EnvoyProcess(cfg, admin_port=admin, base_id=random.randint(1000, 60000), workdir=str(workdir / name),
                         log_level="info").start()
 
@@ -415,19 +426,31 @@ def test_replay_at_a_past_instant_equals_what_envoy_held_then(bootstrap, envoy_s
 
 
 def test_replay_serve_feeds_a_debug_envoy_that_instant(bootstrap, envoy_story):
+    """Over mTLS, as `replay serve` runs by default: its certificate a gateway/ identity (what a sidecar's
+    Envoy bootstrap accepts), the debug Envoy's an operator's (the only role it serves)."""
+    from identity import spiffe
+    from tests.support.trust import MeshCA
+    from xds_gateway.tls import TlsFiles
+
     node, t1, workdir = envoy_story["node"], envoy_story["t1"], envoy_story["workdir"]
     held1 = held(envoy_story["dump1"])
+    ca = MeshCA("replay.test", workdir / "replay-ca")
+    me = ca.issue(spiffe.gateway("replay.test", "replay-debug"), "replay-serve", server_names=["127.0.0.1"])
+    operator = ca.issue(spiffe.operator("replay.test", "oncall"), "oncall")
     ready = workdir / "replay-serve.json"
     log_path = workdir / "replay-serve.log"
     with open(log_path, "ab") as log:
         server = subprocess.Popen([str(BIN / "replay"), "serve", "--bootstrap", bootstrap, "--at", f"@{t1}",
-                                   "--port", "0", "--ready-file", str(ready)], stdout=log, stderr=subprocess.STDOUT)
+                                   "--port", "0", "--ready-file", str(ready), "--tls-cert", str(me.cert),
+                                   "--tls-key", str(me.key), "--tls-ca", str(me.ca)],
+                                  stdout=log, stderr=subprocess.STDOUT)
     envoy = None
     try:
         info = wait_until(lambda: ready.exists() and ready.read_text().strip() and json.loads(ready.read_text()),
                           60, "replay serve to be ready", on_fail=lambda: log_path.read_text(errors="replace"))
-        assert info["read_only"] and info["at_ms"] == t1
-        envoy = start_envoy(node, info["xds_port"], workdir, "envoy-debug")
+        assert info["read_only"] and info["at_ms"] == t1 and info["tls"]
+        envoy = start_envoy(node, info["xds_port"], workdir, "envoy-debug",
+                            tls=(TlsFiles(operator.cert, operator.key, operator.ca), "replay.test"))
         wait_until(lambda: held(envoy.config_dump()) == held1, 60, "the debug Envoy to hold the config of T1",
                    on_fail=lambda: f"{held(envoy.config_dump())}\nwant {held1}\n{envoy.log_tail()}")
         # frozen: later events (state 2 is in the log already) never reach it

@@ -75,11 +75,16 @@ class Gateway:
         await self.server.start()
 
     def channel(self, ident=None, *, root: bytes | None = None) -> grpc.aio.Channel:
-        target = f"localhost:{self.port}"
-        if ident is None:
-            return grpc.aio.insecure_channel(target)
-        creds = grpc.ssl_channel_credentials(root or self.ca.bundle.read_bytes(), ident.key_pem, ident.cert_pem)
-        return grpc.aio.secure_channel(target, creds, options=[("grpc.use_local_subchannel_pool", 1)])
+        return channel_to(self.port, root or self.ca.bundle.read_bytes(), ident)
+
+
+def channel_to(port: int, root: bytes, ident=None) -> grpc.aio.Channel:
+    """A channel to an xDS server on localhost: mTLS as ``ident`` (tests.support.trust.Identity), else plaintext."""
+    target = f"localhost:{port}"
+    if ident is None:
+        return grpc.aio.insecure_channel(target)
+    creds = grpc.ssl_channel_credentials(root, ident.key_pem, ident.cert_pem)
+    return grpc.aio.secure_channel(target, creds, options=[("grpc.use_local_subchannel_pool", 1)])
 
 
 @pytest.fixture
@@ -107,6 +112,19 @@ async def first_response(channel, node: str, type_url: str = CLUSTER):
     return await asyncio.wait_for(call.read(), 10)
 
 
+async def refused_without_data(channel, node: str, type_url: str) -> grpc.aio.AioRpcError:
+    """Ask for ``node``; the stream must end with an error before any resource arrives. Returns the error."""
+    call = stream(channel)
+    await call.write(dreq(node, type_url))
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        while True:
+            msg = await asyncio.wait_for(call.read(), 10)
+            assert msg is grpc.aio.EOF or not msg.resources, f"data of {node} reached a client refused it"
+            if msg is grpc.aio.EOF:
+                break
+    return exc.value
+
+
 def refused(reason: str) -> float:
     return metrics.REFUSED.labels(reason)._value.get()
 
@@ -120,16 +138,9 @@ async def test_the_owner_gets_its_node_and_another_instance_gets_permission_deni
     impostor = gw.ca.issue(spiffe.sidecar(D, "web", "web-2"), "web-2")
     before = refused("not_owner")
     async with gw.channel(impostor) as ch:
-        call = stream(ch)
-        await call.write(dreq("web-1", LISTENER))
-        with pytest.raises(grpc.aio.AioRpcError) as exc:
-            while True:
-                msg = await asyncio.wait_for(call.read(), 10)
-                assert msg is grpc.aio.EOF or not msg.resources, "data of web-1 reached another instance"
-                if msg is grpc.aio.EOF:
-                    break
-    assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert "spiffe://mesh.test/sidecar/web/web-2" in exc.value.details() and "web/web-1" in exc.value.details()
+        error = await refused_without_data(ch, "web-1", LISTENER)
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "spiffe://mesh.test/sidecar/web/web-2" in error.details() and "web/web-1" in error.details()
     assert refused("not_owner") == before + 1
 
 

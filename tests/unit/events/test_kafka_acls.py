@@ -86,6 +86,9 @@ def allowed(role: str, operation: str) -> set[str]:
 def test_the_table_says_what_the_issue_asks():
     # spelled out, so a change to the table that breaks the trust model fails here and not only in review
     assert allowed(SIDECAR, WRITE) == {topics.REGISTRATIONS, topics.HEALTH}
+    # its subscription API answers a refusal from the projector's decision (proxy.subscriptions); nothing else
+    assert allowed(SIDECAR, READ) == {topics.REJECTIONS}
+    # gateways append what proxies ACK, and the learned subscriptions of on-demand discovery
     assert allowed(GATEWAY, WRITE) == {topics.SYNC, topics.REGISTRATIONS} and allowed(REPLAY, WRITE) == set()
     # replay log's convergence and `meshlog status` read the ACKs and the views they are compared with
     assert {topics.SYNC, topics.VIEW_MEMBERSHIP} <= allowed(REPLAY, READ)

@@ -1210,6 +1210,10 @@ class LocalCluster:
         if self.data_dir is not None and not self.keep_data:
             remove_data_dir(self.data_dir)
 
+    def stop_nodes(self, timeout: float | None = None) -> None:
+        """Stop every node and keep the data: :meth:`start` then restarts the same cluster."""
+        self._stop_nodes(self.stop_timeout if timeout is None else timeout)
+
     def _stop_nodes(self, timeout: float) -> None:
         running = [n for n in self.nodes if n.is_running()]
         terminate_pids([n.pid for n in running if n.pid], timeout)

@@ -1114,7 +1114,15 @@ class LocalCluster:
         """Every node's client address, comma separated (clients find the others from any one)."""
         if not self.nodes:
             raise KafkaLauncherError("cluster has not been started")
-        return ",".join(f"{HOST}:{n.port}" for n in self.nodes)
+        return ",".join(self.node_bootstrap(n.node_id) for n in self.nodes)
+
+    def node_bootstrap(self, node_id: int) -> str:
+        """A node's client address, whether or not this object started it (the ports are the layout's)."""
+        return f"{HOST}:{self.node(node_id)._fixed_port}"
+
+    def node_dir(self, node_id: int) -> Path:
+        assert self.data_dir is not None
+        return self.data_dir / f"node-{node_id}"
 
     def node(self, node_id: int) -> LocalKafka:
         for n in self.nodes:
@@ -1126,12 +1134,14 @@ class LocalCluster:
     def admin_security(self) -> KafkaSecurity | None:
         return self.nodes[0].admin_security if self.nodes else None
 
-    def start(self) -> str:
+    def start(self, only: Sequence[int] | None = None) -> str:
         """Start every node that is not running (all at once: none answers before a majority runs), wait
-        until each answers and the cluster reports every broker; return the bootstrap list."""
+        until each answers and the cluster reports every broker; return the bootstrap list.
+
+        ``only``: start just these node ids (the others run already, e.g. detached by another process)."""
         self._prepare()
         t0 = time.monotonic()
-        stopped = [n for n in self.nodes if not n.is_running()]
+        stopped = [n for n in self.nodes if not n.is_running() and (only is None or n.node_id in only)]
         try:
             for n in stopped:
                 n.start(wait=False)
@@ -1395,11 +1405,16 @@ def up(
             if brokers is not None and brokers != len(st.node_list):
                 raise KafkaLauncherError(f"a Kafka of {len(st.node_list)} broker(s) is already running at "
                                          f"{st.bootstrap}; run 'meshlog kafka down' first")
-            if not current.complete:
+            if not current.complete:  # a node of the cluster died: start it again on its data
                 gone = sorted({n["node_id"] for n in st.node_list} - set(current.nodes_running))
-                raise KafkaLauncherError(
-                    f"node(s) {', '.join(map(str, gone))} of the cluster at {st.bootstrap} are not running; "
-                    f"'meshlog kafka down --keep-data' then 'meshlog kafka up' restarts the whole cluster on its data")
+                log.info("restarting node(s) %s of the cluster at %s", ", ".join(map(str, gone)), st.bootstrap)
+                cluster = LocalCluster(len(st.node_list), st.data_dir, start_timeout=start_timeout, jvm_opts=jvm_opts,
+                                       detached=True, keep_data=True, secure=secure)
+                cluster.start(only=gone)
+                st.nodes = _node_records(cluster, previous=st.nodes)
+                st.pid = st.nodes[0]["pid"]
+                _save_state(st, home)
+                return KafkaStatus(True, True, st, nodes_running=[n["node_id"] for n in st.node_list])
             if current.answering or wait_until_answers(st.bootstrap, start_timeout, st.pid,
                                                        st.admin_security or KafkaSecurity()):
                 log.info("Kafka already running at %s (pid %d)", st.bootstrap, st.pid)
@@ -1453,8 +1468,7 @@ def _up_cluster(brokers, data_dir, start_timeout, jvm_opts, secure) -> KafkaStat
                            keep_data=True, secure=secure)
     cluster.start()
     admin = cluster.admin_security
-    nodes = [{"node_id": n.node_id, "pid": n.pid or 0, "bootstrap": n.bootstrap, "data_dir": str(n.data_dir),
-              "properties_path": str(n.properties_path), "log_path": str(n.log_path)} for n in cluster.nodes]
+    nodes = _node_records(cluster)
     first = cluster.nodes[0]
     return KafkaState(
         pid=first.pid or 0,
@@ -1466,6 +1480,16 @@ def _up_cluster(brokers, data_dir, start_timeout, jvm_opts, secure) -> KafkaStat
         security_env=to_env(admin) if admin else None,
         nodes=nodes,
     )
+
+
+def _node_records(cluster: LocalCluster, previous: list | None = None) -> list[dict]:
+    """The state file's record of every node; a node this ``cluster`` object did not start keeps ``previous``'s pid."""
+    pids = {n["node_id"]: n["pid"] for n in previous or ()}
+    return [{"node_id": n.node_id, "pid": n.pid or pids.get(n.node_id, 0),
+             "bootstrap": cluster.node_bootstrap(n.node_id), "data_dir": str(cluster.node_dir(n.node_id)),
+             "properties_path": str(cluster.node_dir(n.node_id) / "server.properties"),
+             "log_path": str(cluster.node_dir(n.node_id) / BROKER_LOG_NAME)}
+            for n in cluster.nodes]
 
 
 def down(home: Path | None = None, *, keep_data: bool = False, timeout: float = DEFAULT_STOP_TIMEOUT) -> KafkaStatus:

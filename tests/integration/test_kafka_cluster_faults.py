@@ -1,18 +1,19 @@
 """Faults on a real three-node KRaft cluster (issue 15, item 2): nothing acknowledged is lost.
 
-One cluster (``kafka_cluster``: three JVMs, each broker and controller) for the module, with a
-`projector run` and an `xds-gateway run` on it that are never restarted. The scenarios run in order
-and build on each other:
+One cluster for the module, started and restarted as a developer does (`meshlog kafka up --brokers 3`:
+three detached JVMs, each broker and controller), with a `projector run` and an `xds-gateway run` on it
+that are never restarted. The scenarios run in order and build on each other:
 
 1. Broker loss under churn: the registrar's producer (idempotent, acks=all) appends registrations at
    a steady, bounded rate while the leader of ``meshlog.registrations`` is killed with SIGKILL. Every
    acknowledged append is in the log afterwards (counted), the projector and the gateway carry on by
    themselves, the gateway serves every logged instance, and the views equal ``replay --at now``.
    The stall (the longest time without an acknowledgement across the kill) is printed, not asserted.
-2. Broker back: the killed node restarts, rejoins the in-sync replicas, and the fold holds each
-   instance once (no duplicate event in the log: idempotence).
-3. Whole cluster restart: every node stopped and started on its data; nothing is lost and the
-   components pick up new events without a restart.
+2. Broker back: `meshlog kafka status` names the dead node, `meshlog kafka up` restarts it, it
+   rejoins the in-sync replicas, and the fold holds each instance once (no duplicate event in the
+   log: idempotence).
+3. Whole cluster restart: `meshlog kafka down --keep-data` then `up`: the same cluster at the same
+   addresses; nothing is lost and the components pick up new events without a restart.
 
 Assertions are about this module's uniquely named services and nodes; waits are bounded polls.
 """
@@ -37,8 +38,10 @@ from events.codec import decode
 from events.envelope import new_event
 from events.kafka_security import connection_kwargs
 from events.producer import EventProducer
+from meshlog import kafka_local
 from projector.typeurls import ENDPOINT
 from tests.integration.test_replay import read_views, replay_json
+from tests.support.cluster import CliCluster
 from tests.support.stack import start_gateway, start_projector, wait_until
 
 pytestmark = pytest.mark.integration
@@ -153,9 +156,20 @@ def assert_views_equal_replay(bootstrap: str) -> None:
 
 
 @pytest.fixture(scope="module")
+def kafka_cluster(tmp_path_factory):
+    cluster = CliCluster(tmp_path_factory.mktemp("cluster-home"))
+    try:
+        cluster.bootstrap = cluster.up("--brokers", "3")
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture(scope="module")
 def stack(kafka_cluster, tmp_path_factory):
     bootstrap = kafka_cluster.bootstrap
-    asyncio.run(ensure_topics(bootstrap))
+    assert len(bootstrap.split(",")) == 3
+    assert asyncio.run(ensure_topics(bootstrap)).consistent  # `up` created them: three replicas each
     client = t.InstanceRegistered(service=CLIENT, instance_id="c1", address="127.0.0.1", port=9080,
                                   node_id=CLIENT_NODE, sidecar=t.SidecarPorts(inbound_port=15006, outbound_port=15001),
                                   depends_on=(SERVICE,))
@@ -187,7 +201,7 @@ def test_broker_loss_under_churn_loses_no_acknowledged_append(kafka_cluster, sta
 
     async def kill_the_leader_once(elapsed: float) -> None:
         if elapsed >= BEFORE_KILL_S and not killed:
-            kafka_cluster.kill(leader)
+            await asyncio.to_thread(kafka_cluster.kill, leader)
             killed["at"] = time.monotonic()
 
     asyncio.run(churn.run(BEFORE_KILL_S + AFTER_KILL_S, on_tick=kill_the_leader_once))
@@ -218,11 +232,14 @@ def test_broker_loss_under_churn_loses_no_acknowledged_append(kafka_cluster, sta
 
 def test_the_killed_broker_comes_back_catches_up_and_nothing_is_folded_twice(kafka_cluster, stack):
     bootstrap = stack["bootstrap"]
-    killed = next(n for n in kafka_cluster.nodes if not n.is_running())
+    status = kafka_cluster.kafka("status")
+    assert status.returncode == 4, status.stdout  # answering, but a node is down
+    [killed] = [line.split()[1] for line in status.stdout.splitlines() if "STOPPED" in line]
     started = time.monotonic()
-    killed.start()
+    assert kafka_cluster.up() == bootstrap  # starts the missing node, on its data and its ports
+    assert kafka_cluster.kafka("status").returncode == 0
     wait_until(lambda: asyncio.run(leader_of(bootstrap, topics.REGISTRATIONS))[1] == [1, 2, 3], WAIT_S,
-               f"node {killed.node_id} to rejoin the in-sync replicas", interval=0.5)
+               f"node {killed} to rejoin the in-sync replicas", interval=0.5)
     FIGURES["rejoin_isr_s"] = time.monotonic() - started
 
     asyncio.run(stack["churn"].run(1.0))  # appends with the node back
@@ -240,11 +257,12 @@ def test_the_killed_broker_comes_back_catches_up_and_nothing_is_folded_twice(kaf
 def test_whole_cluster_restart_keeps_everything_and_components_reconnect(kafka_cluster, stack):
     bootstrap, churn = stack["bootstrap"], stack["churn"]
     before = asyncio.run(logged_registrations(bootstrap))
+    cluster_id = kafka_local.describe_cluster(bootstrap)["cluster_id"]
     started = time.monotonic()
-    kafka_cluster.stop_nodes()
-    kafka_cluster.start()
+    kafka_cluster.down("--keep-data")
+    assert kafka_cluster.up() == bootstrap  # the same addresses: clients reconnect to them
     FIGURES["cluster_restart_s"] = time.monotonic() - started
-    assert kafka_cluster.bootstrap == bootstrap  # the same addresses: clients reconnect to them
+    assert kafka_local.describe_cluster(bootstrap)["cluster_id"] == cluster_id
 
     after = asyncio.run(logged_registrations(bootstrap))
     assert after[: len(before)] == before

@@ -95,7 +95,11 @@ async def logged_registrations(bootstrap: str) -> list[tuple[str, str]]:
 
 
 class Churn:
-    """Appends registrations one at a time at most RATE_PER_S per second; keeps what was acknowledged."""
+    """Appends registrations on a fixed clock, RATE_PER_S per second, whatever the acknowledgement latency
+    (appends overlap, at most MAX_IN_FLIGHT at once: a stalled cluster holds the clock back instead of
+    receiving a burst later); keeps what was acknowledged and when."""
+
+    MAX_IN_FLIGHT = 200
 
     def __init__(self, bootstrap: str) -> None:
         self.bootstrap = bootstrap
@@ -104,19 +108,34 @@ class Churn:
         self.next_n = 0
 
     async def run(self, seconds: float, on_tick=None) -> None:
-        async with EventProducer(self.bootstrap, timeout_s=20.0) as producer:
-            start = time.monotonic()
-            while (now := time.monotonic()) - start < seconds:
-                if on_tick is not None:
-                    await on_tick(now - start)
-                env = new_event(registration(self.next_n), producer=f"cluster-faults-{RUN}")
-                self.next_n += 1
+        async with EventProducer(self.bootstrap, timeout_s=30.0) as producer:
+            slots = asyncio.Semaphore(self.MAX_IN_FLIGHT)
+            pending: set[asyncio.Task] = set()
+
+            async def append(env) -> None:
                 try:
                     await producer.append(env)
                     self.acked[env.event_id] = time.monotonic()
                 except BrokerUnavailable:
                     self.failed += 1
-                await asyncio.sleep(max(0.0, start + self.next_n / RATE_PER_S - time.monotonic()))
+                finally:
+                    slots.release()
+
+            start = time.monotonic()
+            sent = 0
+            while (now := time.monotonic()) - start < seconds:
+                if on_tick is not None:
+                    await on_tick(now - start)
+                await slots.acquire()
+                env = new_event(registration(self.next_n), producer=f"cluster-faults-{RUN}")
+                self.next_n += 1
+                sent += 1
+                task = asyncio.create_task(append(env))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+                await asyncio.sleep(max(0.0, start + sent / RATE_PER_S - time.monotonic()))
+            if pending:
+                await asyncio.wait(pending)
 
 
 async def served_endpoints(gateway_port: int) -> int:
@@ -272,3 +291,29 @@ def test_whole_cluster_restart_keeps_everything_and_components_reconnect(kafka_c
     assert stack["projector"].alive() and stack["gateway"].alive()
     wait_served(stack, len({key for _event_id, key in logged}))
     assert_views_equal_replay(bootstrap)
+
+
+def test_topics_ensure_reports_a_topic_with_too_few_replicas(kafka_cluster):
+    """A topic made by hand with one copy on a three-broker cluster is a mismatch, reported and left as is."""
+    from aiokafka.admin import NewTopic
+
+    from events.topics import TopicSpec
+
+    name = f"{P}-one-copy"
+
+    async def make_and_ensure():
+        admin = AIOKafkaAdminClient(**connection_kwargs(kafka_cluster.bootstrap))
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])
+        finally:
+            await admin.close()
+        return await ensure_topics(kafka_cluster.bootstrap, [TopicSpec(name, 1), TopicSpec(f"{P}-new", 1)])
+
+    report = asyncio.run(make_and_ensure())
+    assert report.created == [f"{P}-new"]
+    # the broker's own min.insync.replicas (2 on a cluster) holds for the hand-made topic: only its copies differ
+    assert [(m.topic, m.setting, m.expected, m.actual) for m in report.mismatches] == [
+        (name, "replication factor", "3", "1")]
+    assert str(report.mismatches[0]) == f"{name}: replication factor is '1', expected '3'"
+    assert asyncio.run(ensure_topics(kafka_cluster.bootstrap, [TopicSpec(f"{P}-new", 1)])).consistent

@@ -84,6 +84,64 @@ def test_server_properties_single_node_kraft(tmp_path):
     assert "0.0.0.0" not in "".join(props.values())
 
 
+def test_server_properties_of_a_three_node_cluster_replicate_the_internal_topics(tmp_path):
+    voters = {1: 41001, 2: 41003, 3: 41005}
+    props = kl.server_properties(port=41002, controller_port=41003, node_id=2, log_dir=tmp_path, voters=voters)
+    assert props["node.id"] == "2"
+    assert props["process.roles"] == "broker,controller"  # combined: every node is a voter
+    assert props["controller.quorum.voters"] == "1@127.0.0.1:41001,2@127.0.0.1:41003,3@127.0.0.1:41005"
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:41002,CONTROLLER://127.0.0.1:41003"
+    for key in ("default.replication.factor", "offsets.topic.replication.factor",
+                "transaction.state.log.replication.factor", "share.coordinator.state.topic.replication.factor"):
+        assert props[key] == "3", key
+    for key in ("min.insync.replicas", "transaction.state.log.min.isr", "share.coordinator.state.topic.min.isr"):
+        assert props[key] == "2", key
+    assert props["unclean.leader.election.enable"] == "false"
+    # a dead node is fenced (and loses its leaderships) after a short session, not Kafka's 9 s
+    assert int(props["broker.session.timeout.ms"]) <= 3000
+    single = kl.server_properties(port=1, controller_port=2, log_dir=tmp_path)
+    assert "broker.session.timeout.ms" not in single and single["min.insync.replicas"] == "1"
+
+
+def test_server_properties_refuse_a_node_outside_its_quorum(tmp_path):
+    with pytest.raises(ValueError, match="not among the voters"):
+        kl.server_properties(port=1, controller_port=9, node_id=2, log_dir=tmp_path, voters={1: 2, 2: 4})
+
+
+def test_cluster_layout_is_kept_and_a_damaged_one_is_a_clear_error(tmp_path):
+    assert kl.load_cluster_layout(tmp_path) is None
+    cluster = kl.LocalCluster(3, tmp_path / "c")
+    cluster._prepare()  # chooses ports and the cluster id, writes cluster.json; starts nothing
+    layout = kl.load_cluster_layout(tmp_path / "c")
+    assert layout["brokers"] == 3 and kl.is_valid_cluster_id(layout["cluster_id"])
+    ports = [p for n in layout["nodes"] for p in (n["port"], n["controller_port"])]
+    assert len(set(ports)) == 6
+    assert cluster.bootstrap == ",".join(f"127.0.0.1:{n['port']}" for n in layout["nodes"])
+    again = kl.LocalCluster(3, tmp_path / "c")
+    again._prepare()
+    assert again.bootstrap == cluster.bootstrap and again.cluster_id == cluster.cluster_id  # the same cluster
+    with pytest.raises(kl.KafkaLauncherError, match="holds a cluster of 3 brokers, not 2"):
+        kl.LocalCluster(2, tmp_path / "c")._prepare()
+    (tmp_path / "c" / "cluster.json").write_text('{"cluster_id": "x", "brokers": 3, "nodes": []}')
+    with pytest.raises(kl.KafkaLauncherError, match="cluster.json is unreadable"):
+        kl.load_cluster_layout(tmp_path / "c")
+    with pytest.raises(kl.KafkaLauncherError, match="out of range"):
+        kl.LocalCluster(0)
+
+
+@pytest.mark.parametrize("raw, expected", [("", 1), ("3", 3), (" 2 ", 2)])
+def test_brokers_for_tests_reads_the_switch(monkeypatch, raw, expected):
+    monkeypatch.setenv(kl.ENV_BROKERS, raw)
+    assert kl.brokers_for_tests() == expected
+
+
+@pytest.mark.parametrize("raw", ["0", "x", "-1", "99"])
+def test_brokers_for_tests_names_a_bad_switch(monkeypatch, raw):
+    monkeypatch.setenv(kl.ENV_BROKERS, raw)
+    with pytest.raises(kl.KafkaLauncherError, match="MESHLOG_KAFKA_BROKERS"):
+        kl.brokers_for_tests()
+
+
 def test_server_properties_extra_overrides_and_escaping():
     props = kl.server_properties(port=1, controller_port=2, log_dir="C:\\data",
                                  extra={"auto.create.topics.enable": True, "log.cleaner.backoff.ms": 100})

@@ -1,0 +1,32 @@
+"""Replication of meshlog's topics follows the cluster's size (events.topics.replication_for)."""
+
+from __future__ import annotations
+
+import pytest
+
+from events import topics
+
+
+@pytest.mark.parametrize("brokers, expected", [(1, (1, 1)), (2, (2, 1)), (3, (3, 2)), (5, (3, 2))])
+def test_replication_for(brokers, expected):
+    assert topics.replication_for(brokers) == expected
+
+
+def test_replication_needs_a_broker():
+    with pytest.raises(ValueError, match="at least one broker"):
+        topics.replication_for(0)
+
+
+@pytest.mark.parametrize("spec", topics.ALL_TOPICS, ids=lambda s: s.name)
+def test_every_topic_on_three_brokers_keeps_its_settings_and_is_replicated(spec):
+    replicated = spec.replicated(3)
+    assert replicated.replication_factor == 3
+    assert replicated.config["min.insync.replicas"] == "2"
+    assert replicated.config["unclean.leader.election.enable"] == "false"
+    assert {k: v for k, v in replicated.config.items() if k in spec.config} == dict(spec.config)
+    assert (replicated.name, replicated.partitions) == (spec.name, spec.partitions)
+
+
+def test_a_single_broker_gets_one_copy_and_one_in_sync_replica():
+    spec = topics.BY_NAME[topics.REGISTRATIONS].replicated(1)
+    assert spec.replication_factor == 1 and spec.config["min.insync.replicas"] == "1"

@@ -44,7 +44,8 @@ from tests.integration.test_replay import read_views, replay_json
 from tests.support.cluster import CliCluster
 from tests.support.stack import start_gateway, start_projector, wait_until
 
-pytestmark = pytest.mark.integration
+# a cluster start (about a minute on a loaded host) is charged to the first test; a whole restart to the last
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 RUN = uuid.uuid4().hex[:8]
 P = f"cf{RUN}"

@@ -300,11 +300,12 @@ def secure_properties(*, keystore: str | os.PathLike, truststore: str | os.PathL
     }
 
 
-def quorum_voters(controller_ports: Mapping[int, int], host: str = HOST) -> str:
-    """``controller.quorum.voters`` of a static KRaft quorum: ``1@host:port,2@host:port,...`` by node id."""
+def quorum_voters(controller_ports: Mapping[int, int], host: str = HOST, hosts: Mapping[int, str] | None = None) -> str:
+    """``controller.quorum.voters`` of a static KRaft quorum: ``1@host:port,2@host:port,...`` by node id
+    (``hosts``: a node's own address where it has one, e.g. in its own network namespace)."""
     if not controller_ports:
         raise ValueError("a quorum needs at least one voter")
-    return ",".join(f"{node}@{host}:{port}" for node, port in sorted(controller_ports.items()))
+    return ",".join(f"{node}@{(hosts or {}).get(node, host)}:{port}" for node, port in sorted(controller_ports.items()))
 
 
 # A cluster node that dies without a word (kill -9, a cut link) keeps leading its partitions until the
@@ -327,6 +328,7 @@ def server_properties(
     secure: Mapping[str, str] | None = None,
     extra: Mapping[str, object] | None = None,
     voters: Mapping[int, int] | None = None,
+    voter_hosts: Mapping[int, str] | None = None,
 ) -> dict[str, str]:
     """The broker configuration as an ordered dict (``secure``: :func:`secure_properties`; ``extra`` overrides/extends).
 
@@ -343,7 +345,7 @@ def server_properties(
     props: dict[str, str] = {
         "process.roles": "broker,controller",
         "node.id": str(node_id),
-        "controller.quorum.voters": quorum_voters(voters, host),
+        "controller.quorum.voters": quorum_voters(voters, host, voter_hosts),
         "listeners": f"{listener}://{host}:{port},CONTROLLER://{host}:{controller_port}",
         "advertised.listeners": f"{listener}://{host}:{port}",
         "listener.security.protocol.map": protocol_map,
@@ -751,8 +753,14 @@ class LocalKafka:
         node_id: int = 1,
         voters: Mapping[int, int] | None = None,
         cluster_id: str | None = None,
+        host: str = HOST,
+        voter_hosts: Mapping[int, str] | None = None,
+        netns: str | None = None,
     ) -> None:
         self.secure = secure
+        self.host = host  # the address it listens on and advertises
+        self.voter_hosts = dict(voter_hosts or {})
+        self.netns = netns  # run the JVM inside this network namespace (`ip netns exec`), e.g. to cut its links
         self.node_id = node_id
         self.voters = dict(voters) if voters else None  # a cluster's node id -> controller port (LocalCluster)
         self._given_cluster_id = cluster_id
@@ -805,7 +813,7 @@ class LocalKafka:
         """``127.0.0.1:PORT`` once started."""
         if self.port is None:
             raise KafkaLauncherError("broker has not been started")
-        return f"{HOST}:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -895,7 +903,8 @@ class LocalKafka:
         log_dir = d / "logs"
         props = server_properties(
             port=self.port, controller_port=self.controller_port, log_dir=log_dir, node_id=self.node_id,
-            secure=self._prepare_tls() if self.secure else None, extra=self.extra_properties, voters=self.voters,
+            host=self.host, secure=self._prepare_tls() if self.secure else None, extra=self.extra_properties,
+            voters=self.voters, voter_hosts=self.voter_hosts,
         )
         self.properties_path.write_text(render_properties(props))
         (d / "log4j2.xml").write_text(render_log4j2_config(self.log_path))
@@ -920,7 +929,7 @@ class LocalKafka:
                     f"{(res.stdout + res.stderr).strip()[-3000:]}\n--- {self.log_path} ---\n{tail_text(self.log_path)}"
                 )
 
-        cmd = [*base, MAIN_CLASS, str(self.properties_path)]
+        cmd = [*(["ip", "netns", "exec", self.netns] if self.netns else []), *base, MAIN_CLASS, str(self.properties_path)]
         try:
             self._log_offset = self.log_path.stat().st_size  # the log is appended to across restarts
         except OSError:
@@ -957,7 +966,7 @@ class LocalKafka:
         # sharing one tls_dir never rewrite each other's keystore
         broker_id = spiffe.SpiffeId.of(ca.domain, kafka_tls.BROKER_ROLE, str(self.node_id))
         broker_dir = kafka_tls.identity_dir(self.tls_dir, broker_id)
-        files = kafka_tls.issue_files(ca, broker_id, broker_dir, server_names=(HOST, "localhost"),
+        files = kafka_tls.issue_files(ca, broker_id, broker_dir, server_names=tuple(dict.fromkeys((self.host, HOST, "localhost"))),
                                       lifetime=kafka_tls.LOCAL_LIFETIME)
         self.security_for(f"{kafka_tls.BROKER_ROLE}/{kafka_tls.ADMIN_ID}", lifetime=kafka_tls.LOCAL_LIFETIME)
         return secure_properties(keystore=broker_dir / kafka_tls.KEYSTORE_FILE, truststore=files.bundle,
@@ -1059,7 +1068,7 @@ class LocalKafka:
         self.stop()
 
     def __repr__(self) -> str:
-        where = f"{HOST}:{self.port}" if self.port else "not started"
+        where = f"{self.host}:{self.port}" if self.port else "not started"
         return f"<LocalKafka {self.version} {where} pid={self.pid}>"
 
 
@@ -1094,7 +1103,8 @@ class LocalCluster:
     def __init__(self, brokers: int = 3, data_dir: str | os.PathLike | None = None, *,
                  start_timeout: float = DEFAULT_START_TIMEOUT, stop_timeout: float = DEFAULT_STOP_TIMEOUT,
                  jvm_opts: Sequence[str] | None = None, detached: bool = False, keep_data: bool | None = None,
-                 secure: bool = False, extra_properties: Mapping[str, object] | None = None) -> None:
+                 secure: bool = False, extra_properties: Mapping[str, object] | None = None,
+                 hosts: Sequence[str] | None = None, netns: Sequence[str] | None = None) -> None:
         if not 1 <= brokers <= MAX_BROKERS:
             raise KafkaLauncherError(f"brokers: {brokers} is out of range (1 to {MAX_BROKERS})")
         self.brokers = brokers
@@ -1105,6 +1115,12 @@ class LocalCluster:
             jvm_opts_from_env() if os.environ.get(ENV_JVM_OPTS) else CLUSTER_JVM_OPTS)
         self.detached, self.secure = detached, secure
         self.extra_properties = dict(extra_properties or {})
+        # node i's address and network namespace (default: 127.0.0.1 in ours); not kept in cluster.json:
+        # whoever made the namespaces gives them again at a restart
+        self.hosts = list(hosts) if hosts else [HOST] * brokers
+        self.netns = list(netns) if netns else [None] * brokers
+        if len(self.hosts) != brokers or len(self.netns) != brokers:
+            raise KafkaLauncherError(f"hosts and netns must name one per broker ({brokers})")
         self.data_dir: Path | None = None
         self.cluster_id: str | None = None
         self.nodes: list[LocalKafka] = []
@@ -1118,7 +1134,8 @@ class LocalCluster:
 
     def node_bootstrap(self, node_id: int) -> str:
         """A node's client address, whether or not this object started it (the ports are the layout's)."""
-        return f"{HOST}:{self.node(node_id)._fixed_port}"
+        node = self.node(node_id)
+        return f"{node.host}:{node._fixed_port}"
 
     def node_dir(self, node_id: int) -> Path:
         assert self.data_dir is not None
@@ -1180,13 +1197,15 @@ class LocalCluster:
                                      f"start it with --brokers {layout['brokers']} or use another data dir")
         self.cluster_id = layout["cluster_id"]
         voters = {n["node_id"]: n["controller_port"] for n in layout["nodes"]}
+        voter_hosts = {n["node_id"]: self.hosts[i] for i, n in enumerate(layout["nodes"])}
         self.nodes = [
             LocalKafka(d / f"node-{n['node_id']}", port=n["port"], controller_port=n["controller_port"],
                        node_id=n["node_id"], voters=voters, cluster_id=self.cluster_id, jvm_opts=self.jvm_opts,
                        start_timeout=self.start_timeout, stop_timeout=self.stop_timeout, detached=self.detached,
                        keep_data=True, secure=self.secure, tls_dir=d / TLS_DIR_NAME,
-                       extra_properties=self.extra_properties)
-            for n in layout["nodes"]
+                       extra_properties=self.extra_properties, host=self.hosts[i], voter_hosts=voter_hosts,
+                       netns=self.netns[i])
+            for i, n in enumerate(layout["nodes"])
         ]
 
     def _wait_all_registered(self, t0: float) -> None:

@@ -76,6 +76,11 @@ async def leader_of(bootstrap: str, topic: str) -> tuple[int, list[int]]:
 
 async def logged_registrations(bootstrap: str) -> list[tuple[str, str]]:
     """(event_id, key) of every committed registration of SERVICE in the log, in log order."""
+    return [(event_id, key) for event_id, key, _offset in await logged_with_offsets(bootstrap)]
+
+
+async def logged_with_offsets(bootstrap: str) -> list[tuple[str, str, int]]:
+    """(event_id, key, offset) of every committed registration of SERVICE in the log, in log order."""
     consumer = AIOKafkaConsumer(**connection_kwargs(bootstrap), enable_auto_commit=False,
                                 isolation_level="read_committed", request_timeout_ms=10000)
     await consumer.start()
@@ -89,7 +94,7 @@ async def logged_registrations(bootstrap: str) -> list[tuple[str, str]]:
             for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
                 if record.key.decode().startswith(SERVICE + "/"):
                     env = decode(record.value)
-                    out.append((env.event_id, record.key.decode()))
+                    out.append((env.event_id, record.key.decode(), record.offset))
         return out
     finally:
         await consumer.stop()
@@ -105,6 +110,7 @@ class Churn:
     def __init__(self, bootstrap: str) -> None:
         self.bootstrap = bootstrap
         self.acked: dict[str, float] = {}  # event_id -> monotonic time of its acknowledgement
+        self.offsets: dict[str, int] = {}  # event_id -> the offset its acknowledgement named
         self.failed = 0  # appends not acknowledged in time: outcome unknown, not counted
         self.next_n = 0
 
@@ -115,8 +121,9 @@ class Churn:
 
             async def append(env) -> None:
                 try:
-                    await producer.append(env)
+                    appended = await producer.append(env)
                     self.acked[env.event_id] = time.monotonic()
+                    self.offsets[env.event_id] = appended.offset
                 except BrokerUnavailable:
                     self.failed += 1
                 finally:

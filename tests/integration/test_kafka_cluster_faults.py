@@ -7,7 +7,9 @@ that are never restarted. The scenarios run in order and build on each other:
 1. Broker loss under churn: the registrar's producer (idempotent, acks=all) appends registrations at
    a steady, bounded rate while the leader of ``meshlog.registrations`` is killed with SIGKILL. Every
    acknowledged append is in the log afterwards (counted), the projector and the gateway carry on by
-   themselves, the gateway serves every logged instance, and the views equal ``replay --at now``.
+   themselves, the gateway serves every logged instance, and the views equal ``replay --at now``. A
+   real Envoy (the client's sidecar, fed by the gateway) carries requests to a real app all along: not
+   one fails.
    The stall (the longest time without an acknowledgement across the kill) is printed, not asserted.
 2. Broker back: `meshlog kafka status` names the dead node, `meshlog kafka up` restarts it, it
    rejoins the in-sync replicas, and the fold holds each instance once (no duplicate event in the
@@ -21,6 +23,7 @@ Assertions are about this module's uniquely named services and nodes; waits are 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 
@@ -41,16 +44,22 @@ from events.producer import EventProducer
 from meshlog import kafka_local
 from projector.typeurls import ENDPOINT
 from tests.integration.test_replay import read_views, replay_json
+from meshlog.kafka_local import free_port
+from proxy.bootstrap import envoy_bootstrap
+from proxy.envoy_process import EnvoyProcess, endpoint_count
+from tests.integration.test_sidecar_e2e import Traffic
+from tests.support.apps import App
 from tests.support.cluster import CliCluster
 from tests.support.stack import start_gateway, start_projector, wait_until
 
 # a cluster start (about a minute on a loaded host) is charged to the first test; a whole restart to the last
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.integration, pytest.mark.envoy, pytest.mark.timeout(600)]
 
 RUN = uuid.uuid4().hex[:8]
 P = f"cf{RUN}"
 SERVICE = f"{P}-svc"  # the churned service
 CLIENT = f"{P}-client"  # depends on SERVICE: its node's view holds SERVICE's endpoints
+BACKEND = f"{P}-backend"  # one real app the client's Envoy sends traffic to, through every fault
 CLIENT_NODE = f"{P}-client-node"
 RATE_PER_S = 100  # at most; the appender never bursts to catch up
 BEFORE_KILL_S, AFTER_KILL_S = 3.0, 10.0
@@ -114,7 +123,7 @@ class Churn:
         self.failed = 0  # appends not acknowledged in time: outcome unknown, not counted
         self.next_n = 0
 
-    async def run(self, seconds: float, on_tick=None) -> None:
+    async def run(self, seconds: float) -> None:
         async with EventProducer(self.bootstrap, timeout_s=30.0) as producer:
             slots = asyncio.Semaphore(self.MAX_IN_FLIGHT)
             pending: set[asyncio.Task] = set()
@@ -131,9 +140,7 @@ class Churn:
 
             start = time.monotonic()
             sent = 0
-            while (now := time.monotonic()) - start < seconds:
-                if on_tick is not None:
-                    await on_tick(now - start)
+            while time.monotonic() - start < seconds:
                 await slots.acquire()
                 env = new_event(registration(self.next_n), producer=f"cluster-faults-{RUN}")
                 self.next_n += 1
@@ -197,25 +204,40 @@ def stack(kafka_cluster, tmp_path_factory):
     bootstrap = kafka_cluster.bootstrap
     assert len(bootstrap.split(",")) == 3
     assert asyncio.run(ensure_topics(bootstrap)).consistent  # `up` created them: three replicas each
-    client = t.InstanceRegistered(service=CLIENT, instance_id="c1", address="127.0.0.1", port=9080,
-                                  node_id=CLIENT_NODE, sidecar=t.SidecarPorts(inbound_port=15006, outbound_port=15001),
-                                  depends_on=(SERVICE,))
+    app = App("b1", service=BACKEND).start()
+    outbound = free_port()
+    backend = t.InstanceRegistered(service=BACKEND, instance_id="b1", address="127.0.0.1", port=app.port)
+    client = t.InstanceRegistered(service=CLIENT, instance_id="c1", address="127.0.0.1", port=free_port(),
+                                  node_id=CLIENT_NODE,
+                                  sidecar=t.SidecarPorts(inbound_port=free_port(), outbound_port=outbound),
+                                  depends_on=(SERVICE, BACKEND))
 
-    async def register_client() -> None:
+    async def register() -> None:
         async with EventProducer(bootstrap) as producer:
-            await producer.append(new_event(client, producer=f"cluster-faults-{RUN}"))
+            for payload in (backend, client):
+                await producer.append(new_event(payload, producer=f"cluster-faults-{RUN}"))
 
-    asyncio.run(register_client())
+    asyncio.run(register())
     workdir = tmp_path_factory.mktemp("cluster-faults")
     projector = start_projector(bootstrap, workdir, extra=["--poll-ms", "100"])
-    gateway = None
+    gateway = envoy = None
     try:
         gateway = start_gateway(bootstrap, workdir, "gateway", timeout=WAIT_S)
-        yield {"bootstrap": bootstrap, "projector": projector, "gateway": gateway, "churn": Churn(bootstrap)}
+        admin = free_port()
+        envoy = EnvoyProcess(envoy_bootstrap(node_id=CLIENT_NODE, node_cluster=CLIENT, admin_port=admin,
+                                             gateways=[f"127.0.0.1:{gateway.info['xds_port']}"]),
+                             admin_port=admin, base_id=random.randint(1000, 60000), workdir=str(workdir / "envoy")).start()
+        wait_until(lambda: endpoint_count(envoy.config_dump(), BACKEND) == 1, WAIT_S, "Envoy to hold the backend",
+                   on_fail=envoy.log_tail)
+        yield {"bootstrap": bootstrap, "projector": projector, "gateway": gateway, "churn": Churn(bootstrap),
+               "envoy": envoy, "outbound": outbound}
     finally:
+        if envoy is not None:
+            envoy.stop()
         for proc in (gateway, projector):
             if proc is not None:
                 proc.stop()
+        app.stop()
         if FIGURES:
             print("\ncluster fault figures: " + ", ".join(f"{k}={v:.2f}" for k, v in FIGURES.items()))
 
@@ -226,21 +248,30 @@ def test_broker_loss_under_churn_loses_no_acknowledged_append(kafka_cluster, sta
     assert isr == [1, 2, 3]
     killed: dict[str, float] = {}
 
-    async def kill_the_leader_once(elapsed: float) -> None:
-        if elapsed >= BEFORE_KILL_S and not killed:
+    async def churn_and_kill() -> None:
+        async def kill_the_leader() -> None:  # on its own clock: a stalled append must not delay it
+            await asyncio.sleep(BEFORE_KILL_S)
             await asyncio.to_thread(kafka_cluster.kill, leader)
             killed["at"] = time.monotonic()
 
-    asyncio.run(churn.run(BEFORE_KILL_S + AFTER_KILL_S, on_tick=kill_the_leader_once))
+        await asyncio.gather(churn.run(BEFORE_KILL_S + AFTER_KILL_S), kill_the_leader())
+
+    with Traffic(stack["outbound"], BACKEND) as traffic:  # through the client's Envoy to the real app
+        asyncio.run(churn_and_kill())
     assert killed, "the churn ended before the kill"
+    assert traffic.records and not traffic.failures(), f"failed requests: {traffic.failures()[:5]}"
+    FIGURES["requests_through_kill"] = len(traffic.records)
     new_leader, new_isr = asyncio.run(leader_of(bootstrap, topics.REGISTRATIONS))
     assert new_leader != leader and leader not in new_isr
 
-    logged = asyncio.run(logged_registrations(bootstrap))
+    logged_at = asyncio.run(logged_with_offsets(bootstrap))
+    logged = [(event_id, key) for event_id, key, _offset in logged_at]
     logged_ids = [event_id for event_id, _key in logged]
     missing = set(churn.acked) - set(logged_ids)
     assert not missing, f"{len(missing)} of {len(churn.acked)} acknowledged appends are not in the log"
     assert len(logged_ids) == len(set(logged_ids)), "an event is in the log twice"
+    at = {event_id: offset for event_id, _key, offset in logged_at}
+    assert all(at[e] == offset for e, offset in churn.offsets.items()), "an append is not where its ack said"
     acks = sorted(churn.acked.values())
     after = [a for a in acks if a > killed["at"]]
     assert after, "nothing was acknowledged after the kill"

@@ -467,3 +467,20 @@ def test_docker_check_is_quick_without_engine(monkeypatch, tmp_path):
     t0 = time.monotonic()
     assert kl.docker_engine_available(timeout=1.0) is False
     assert time.monotonic() - t0 < 5
+
+
+def test_secure_cluster_nodes_share_one_ca_and_each_has_its_own_certificate(tmp_path):
+    """--secure --brokers 3: the nodes share tls_dir (one CA, one admin) but never rewrite each other's keystore."""
+    stores = []
+    for node_id in (1, 2, 3):
+        node = kl.LocalKafka(tmp_path / f"node-{node_id}", node_id=node_id, secure=True, tls_dir=tmp_path / "tls",
+                             host="10.215.1.2")
+        node._prepare_data_dir()
+        stores.append(node._prepare_tls()["ssl.keystore.location"])
+    assert len(set(stores)) == 3 and all(f"broker_{i}" in s for i, s in zip((1, 2, 3), stores))
+    assert len(list((tmp_path / "tls" / "ca").iterdir())) >= 1
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate((Path(stores[1]).parent / "cert.pem").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "10.215.1.2" in {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}  # its own address

@@ -610,13 +610,15 @@ def describe_cluster(bootstrap: str, timeout: float = 5.0, security: KafkaSecuri
 
 
 def port_accepts(bootstrap: str, timeout: float = 1.0) -> bool:
-    """True if a TCP connection to ``host:port`` succeeds."""
-    host, _, port = bootstrap.split(",")[0].rpartition(":")
-    try:
-        with socket.create_connection((host or HOST, int(port)), timeout=timeout):
-            return True
-    except (OSError, ValueError):
-        return False
+    """True if a TCP connection to ``host:port`` (any address of a comma-separated list) succeeds."""
+    for address in bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            with socket.create_connection((host or HOST, int(port)), timeout=timeout):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 def broker_answers(bootstrap: str, timeout: float = 3.0, security: KafkaSecurity | None = None) -> bool:

@@ -484,3 +484,14 @@ def test_secure_cluster_nodes_share_one_ca_and_each_has_its_own_certificate(tmp_
     cert = x509.load_pem_x509_certificate((Path(stores[1]).parent / "cert.pem").read_bytes())
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "10.215.1.2" in {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}  # its own address
+
+
+def test_port_accepts_any_address_of_a_bootstrap_list():
+    """A cluster answers while its first node is down: the probe tries every address."""
+    with socket.socket() as listening, socket.socket() as closed:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: refuses connections
+        dead, alive = closed.getsockname()[1], listening.getsockname()[1]
+        assert kl.port_accepts(f"127.0.0.1:{dead},127.0.0.1:{alive}")
+        assert not kl.port_accepts(f"127.0.0.1:{dead}")

@@ -875,15 +875,9 @@ class LocalKafka:
                  self.version, self.node_id, self.bootstrap, self.startup_seconds, self.pid, self.log_path)
 
     def _prepare_data_dir(self) -> None:
-        if self._given_data_dir is not None:
-            d = self._given_data_dir
-            if d.exists() and any(d.iterdir()) and not (d / DATA_MARKER_NAME).exists():
-                raise KafkaLauncherError(f"{d} is not empty and was not created by meshlog; refusing to use it")
-            d.mkdir(parents=True, exist_ok=True)
-        else:
-            d = Path(tempfile.mkdtemp(prefix="meshlog-kafka-"))
-        (d / DATA_MARKER_NAME).write_text("data directory of a meshlog local Kafka broker\n")
-        self.data_dir = d
+        self.data_dir = claim_data_dir(self._given_data_dir, "broker")
+        if load_cluster_layout(self.data_dir) is not None:
+            raise KafkaLauncherError(f"{self.data_dir} holds a cluster's data: start it with --brokers")
 
     def _java_base(self, java: str, libs: Path) -> list[str]:
         return [
@@ -1178,15 +1172,9 @@ class LocalCluster:
     def _prepare(self) -> None:
         if self.nodes:
             return
-        if self._given_data_dir is not None:
-            d = self._given_data_dir
-            if d.exists() and any(d.iterdir()) and not (d / DATA_MARKER_NAME).exists():
-                raise KafkaLauncherError(f"{d} is not empty and was not created by meshlog; refusing to use it")
-            d.mkdir(parents=True, exist_ok=True)
-        else:
-            d = Path(tempfile.mkdtemp(prefix="meshlog-kafka-cluster-"))
-        (d / DATA_MARKER_NAME).write_text("data directory of a meshlog local Kafka cluster\n")
-        self.data_dir = d
+        d = self.data_dir = claim_data_dir(self._given_data_dir, "cluster")
+        if (d / "logs" / "meta.properties").exists():
+            raise KafkaLauncherError(f"{d} holds a single broker's data, not a cluster's: start it without --brokers")
         layout = load_cluster_layout(d)
         if layout is None:
             ports = free_ports(2 * self.brokers)
@@ -1273,6 +1261,20 @@ def load_cluster_layout(data_dir: str | os.PathLike) -> dict | None:
         return None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise KafkaLauncherError(f"{path} is unreadable ({e}); remove the data dir to start a new cluster") from None
+
+
+def claim_data_dir(given: Path | None, what: str) -> Path:
+    """``given`` (created if needed; refused if it holds anything not made by meshlog), else a new temp
+    dir; marked as meshlog's, so that :func:`remove_data_dir` may delete it."""
+    if given is not None:
+        if given.exists() and any(given.iterdir()) and not (given / DATA_MARKER_NAME).exists():
+            raise KafkaLauncherError(f"{given} is not empty and was not created by meshlog; refusing to use it")
+        given.mkdir(parents=True, exist_ok=True)
+        d = given
+    else:
+        d = Path(tempfile.mkdtemp(prefix="meshlog-kafka-" if what == "broker" else f"meshlog-kafka-{what}-"))
+    (d / DATA_MARKER_NAME).write_text(f"data directory of a meshlog local Kafka {what}\n")
+    return d
 
 
 def remove_data_dir(path: str | os.PathLike) -> bool:
@@ -1472,29 +1474,24 @@ def _up_single(data_dir, port, start_timeout, jvm_opts, secure) -> KafkaState:
     kafka = LocalKafka(data_dir, port=port, start_timeout=start_timeout, jvm_opts=jvm_opts,
                        detached=True, keep_data=True, secure=secure)
     kafka.start()
-    admin = kafka.admin_security
-    return KafkaState(
-        pid=kafka.pid or 0,
-        bootstrap=kafka.bootstrap,
-        data_dir=str(kafka.data_dir),
-        log_path=str(kafka.log_path),
-        properties_path=str(kafka.properties_path),
-        version=kafka.version,
-        security_env=to_env(admin) if admin else None,
-    )
+    return _state_of(kafka, kafka.bootstrap, kafka.data_dir, kafka.admin_security)
 
 
 def _up_cluster(brokers, data_dir, start_timeout, jvm_opts, secure) -> KafkaState:
     cluster = LocalCluster(brokers, data_dir, start_timeout=start_timeout, jvm_opts=jvm_opts, detached=True,
                            keep_data=True, secure=secure)
     cluster.start()
-    admin = cluster.admin_security
-    nodes = _node_records(cluster)
-    first = cluster.nodes[0]
+    return _state_of(cluster.nodes[0], cluster.bootstrap, cluster.data_dir, cluster.admin_security,
+                     _node_records(cluster))
+
+
+def _state_of(first: LocalKafka, bootstrap: str, data_dir, admin: KafkaSecurity | None,
+              nodes: list | None = None) -> KafkaState:
+    """The state file's record: ``first`` (the only node, or a cluster's node 1) gives pid, log and properties."""
     return KafkaState(
         pid=first.pid or 0,
-        bootstrap=cluster.bootstrap,
-        data_dir=str(cluster.data_dir),
+        bootstrap=bootstrap,
+        data_dir=str(data_dir),
         log_path=str(first.log_path),
         properties_path=str(first.properties_path),
         version=first.version,

@@ -495,3 +495,15 @@ def test_port_accepts_any_address_of_a_bootstrap_list():
         dead, alive = closed.getsockname()[1], listening.getsockname()[1]
         assert kl.port_accepts(f"127.0.0.1:{dead},127.0.0.1:{alive}")
         assert not kl.port_accepts(f"127.0.0.1:{dead}")
+
+
+def test_a_single_broker_and_a_cluster_never_start_on_each_others_data(tmp_path):
+    cluster = kl.LocalCluster(3, tmp_path / "c")
+    cluster._prepare()
+    with pytest.raises(kl.KafkaLauncherError, match="holds a cluster's data"):
+        kl.LocalKafka(tmp_path / "c")._prepare_data_dir()
+    (tmp_path / "single" / "logs").mkdir(parents=True)
+    (tmp_path / "single" / kl.DATA_MARKER_NAME).write_text("")
+    (tmp_path / "single" / "logs" / "meta.properties").write_text("cluster.id=x\n")
+    with pytest.raises(kl.KafkaLauncherError, match="single broker's data"):
+        kl.LocalCluster(3, tmp_path / "single")._prepare()

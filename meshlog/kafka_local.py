@@ -1158,7 +1158,11 @@ class LocalCluster:
         try:
             for n in stopped:
                 n.start(wait=False)
+            launched = time.monotonic()
             for n in stopped:
+                # no node answers before a majority runs: each one's start timeout counts from the moment
+                # the last was launched (formatting a node's storage is a JVM run of its own)
+                n._t0 = launched
                 n.wait_ready()
             self._wait_all_registered(t0)
         except BaseException:

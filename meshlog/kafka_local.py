@@ -1164,7 +1164,7 @@ class LocalCluster:
                 # the last was launched (formatting a node's storage is a JVM run of its own)
                 n._t0 = launched
                 n.wait_ready()
-            self._wait_all_registered(t0)
+            self._wait_all_registered(launched)
         except BaseException:
             if len(stopped) == len(self.nodes):
                 self._stop_nodes(5.0)

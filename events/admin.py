@@ -170,9 +170,7 @@ async def ensure_topics(
             described = await admin.describe_topics([s.name for s in present])
             partitions = {t["topic"]: len(t["partitions"]) for t in described}
             replicas = {t["topic"]: sorted({len(p["replicas"]) for p in t["partitions"]}) for t in described}
-            configs = _configs_from_response(
-                await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, s.name) for s in present])
-            )
+            configs = await _describe_topic_configs(admin, [s.name for s in present])
             for s in present:
                 bad = False
                 if partitions.get(s.name) != s.partitions:
@@ -207,6 +205,26 @@ async def ensure_topics(
         return report
     finally:
         await admin.close()
+
+
+# On a cluster, the broker asked may not know a topic created a moment ago (its metadata lags the
+# controller's) and answers with an error for it: ask again for those, briefly, rather than report
+# every setting of the topic as missing.
+_DESCRIBE_ATTEMPTS = 25
+_DESCRIBE_RETRY_S = 0.2
+
+
+async def _describe_topic_configs(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, dict[str, str]]:
+    configs: dict[str, dict[str, str]] = {}
+    for attempt in range(_DESCRIBE_ATTEMPTS):
+        wanted = [n for n in names if n not in configs]
+        if not wanted:
+            break
+        if attempt:
+            await asyncio.sleep(_DESCRIBE_RETRY_S)
+        configs.update(_configs_from_response(
+            await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in wanted])))
+    return configs
 
 
 async def _adjust(admin: AIOKafkaAdminClient, topic: str, changes: list[TopicMismatch]) -> bool:

@@ -30,3 +30,26 @@ def test_every_topic_on_three_brokers_keeps_its_settings_and_is_replicated(spec)
 def test_a_single_broker_gets_one_copy_and_one_in_sync_replica():
     spec = topics.BY_NAME[topics.REGISTRATIONS].replicated(1)
     assert spec.replication_factor == 1 and spec.config["min.insync.replicas"] == "1"
+
+
+async def test_a_topic_a_lagging_broker_does_not_know_yet_is_described_again(monkeypatch):
+    """A cluster broker answers UNKNOWN_TOPIC_OR_PARTITION (3) for a topic created a moment ago: asked again."""
+    from types import SimpleNamespace
+
+    from events import admin
+
+    monkeypatch.setattr(admin, "_DESCRIBE_RETRY_S", 0)
+    answers = [
+        [SimpleNamespace(resources=[(0, "", 2, "a", [("cleanup.policy", "delete")]), (3, "unknown", 2, "b", [])])],
+        [SimpleNamespace(resources=[(0, "", 2, "b", [("cleanup.policy", "compact")])])],
+    ]
+    asked = []
+
+    class Admin:
+        async def describe_configs(self, resources):
+            asked.append([r.name for r in resources])
+            return answers.pop(0)
+
+    configs = await admin._describe_topic_configs(Admin(), ["a", "b"])
+    assert configs == {"a": {"cleanup.policy": "delete"}, "b": {"cleanup.policy": "compact"}}
+    assert asked == [["a", "b"], ["b"]]

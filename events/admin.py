@@ -167,7 +167,7 @@ async def ensure_topics(
                              s.replication_factor)
         present = [s for s in specs if s.name in existing]
         if present:
-            described = await admin.describe_topics([s.name for s in present])
+            described = await _describe_topics(admin, [s.name for s in present])
             partitions = {t["topic"]: len(t["partitions"]) for t in described}
             replicas = {t["topic"]: sorted({len(p["replicas"]) for p in t["partitions"]}) for t in described}
             configs = await _describe_topic_configs(admin, [s.name for s in present])
@@ -212,6 +212,20 @@ async def ensure_topics(
 # every setting of the topic as missing.
 _DESCRIBE_ATTEMPTS = 25
 _DESCRIBE_RETRY_S = 0.2
+
+
+async def _describe_topics(admin: AIOKafkaAdminClient, names: list[str]) -> list[dict]:
+    known: dict[str, dict] = {}
+    for attempt in range(_DESCRIBE_ATTEMPTS):
+        wanted = [n for n in names if n not in known]
+        if not wanted:
+            break
+        if attempt:
+            await asyncio.sleep(_DESCRIBE_RETRY_S)
+        for topic in await admin.describe_topics(wanted):
+            if not topic.get("error_code") and topic.get("partitions"):
+                known[topic["topic"]] = topic
+    return [known.get(n, {"topic": n, "partitions": []}) for n in names]
 
 
 async def _describe_topic_configs(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, dict[str, str]]:

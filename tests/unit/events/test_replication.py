@@ -53,3 +53,19 @@ async def test_a_topic_a_lagging_broker_does_not_know_yet_is_described_again(mon
     configs = await admin._describe_topic_configs(Admin(), ["a", "b"])
     assert configs == {"a": {"cleanup.policy": "delete"}, "b": {"cleanup.policy": "compact"}}
     assert asked == [["a", "b"], ["b"]]
+
+
+async def test_a_topic_without_partitions_in_a_lagging_brokers_metadata_is_described_again(monkeypatch):
+    from events import admin
+
+    monkeypatch.setattr(admin, "_DESCRIBE_RETRY_S", 0)
+    answers = [[{"topic": "a", "error_code": 0, "partitions": [{"replicas": [1]}]},
+                {"topic": "b", "error_code": 3, "partitions": []}],
+               [{"topic": "b", "error_code": 0, "partitions": [{"replicas": [1, 2, 3]}]}]]
+
+    class Admin:
+        async def describe_topics(self, names):
+            return answers.pop(0)
+
+    described = await admin._describe_topics(Admin(), ["a", "b"])
+    assert [(t["topic"], len(t["partitions"][0]["replicas"])) for t in described] == [("a", 1), ("b", 3)]

@@ -8,6 +8,10 @@ Invariants:
   (``ADJUSTABLE``): it limits future writes and rewrites no history, so an
   existing topic gets the spec's cap, reported as updated, with every other
   setting the topic has kept as it is.
+- Replication follows the live brokers the cluster reports
+  (``TopicSpec.replicated``): a topic whose replica count differs is a
+  mismatch like a partition count (reported, never changed: reassigning
+  replicas moves data and is an operator's call). Ensure on a healthy cluster.
 - Topics are pre-created here; the broker's auto-creation (wrong partition
   counts, wrong policies) is never relied on.
 """
@@ -124,10 +128,12 @@ async def ensure_topics(
     bootstrap: str, specs: Iterable[TopicSpec] = ALL_TOPICS, *, timeout_s: float = 30.0,
     security: KafkaSecurity | None = None,
 ) -> TopicReport:
-    specs = list(specs)
     report = TopicReport()
     admin = await connect_admin(bootstrap, timeout_s, security=security)
     try:
+        # the brokers the cluster reports as live decide the replication (events.topics.replication_for)
+        brokers = len((await admin.describe_cluster())["brokers"]) or 1
+        specs = [s.replicated(brokers) for s in specs]
         existing = set(await admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
         if missing:
@@ -157,20 +163,25 @@ async def ensure_topics(
                     raise RuntimeError(f"creating topic {s.name} failed with Kafka error code {code}")
                 else:
                     report.created.append(s.name)
-                    log.info("created topic %s (%d partitions)", s.name, s.partitions)
+                    log.info("created topic %s (%d partitions, %d replicas)", s.name, s.partitions,
+                             s.replication_factor)
         present = [s for s in specs if s.name in existing]
         if present:
-            described = await admin.describe_topics([s.name for s in present])
+            described = await _describe_topics(admin, [s.name for s in present])
             partitions = {t["topic"]: len(t["partitions"]) for t in described}
-            configs = _configs_from_response(
-                await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, s.name) for s in present])
-            )
+            replicas = {t["topic"]: sorted({len(p["replicas"]) for p in t["partitions"]}) for t in described}
+            configs = await _describe_topic_configs(admin, [s.name for s in present])
             for s in present:
                 bad = False
                 if partitions.get(s.name) != s.partitions:
                     report.mismatches.append(
                         TopicMismatch(s.name, "partitions", str(s.partitions), str(partitions.get(s.name)))
                     )
+                    bad = True
+                if replicas.get(s.name) != [s.replication_factor]:
+                    have = ",".join(str(n) for n in replicas.get(s.name, [])) or "None"
+                    report.mismatches.append(
+                        TopicMismatch(s.name, "replication factor", str(s.replication_factor), have))
                     bad = True
                 adjust = []
                 for key, want in s.config.items():
@@ -194,6 +205,40 @@ async def ensure_topics(
         return report
     finally:
         await admin.close()
+
+
+# On a cluster, the broker asked may not know a topic created a moment ago (its metadata lags the
+# controller's) and answers with an error for it: ask again for those, briefly, rather than report
+# every setting of the topic as missing.
+_DESCRIBE_ATTEMPTS = 25
+_DESCRIBE_RETRY_S = 0.2
+
+
+async def _describe_topics(admin: AIOKafkaAdminClient, names: list[str]) -> list[dict]:
+    known: dict[str, dict] = {}
+    for attempt in range(_DESCRIBE_ATTEMPTS):
+        wanted = [n for n in names if n not in known]
+        if not wanted:
+            break
+        if attempt:
+            await asyncio.sleep(_DESCRIBE_RETRY_S)
+        for topic in await admin.describe_topics(wanted):
+            if not topic.get("error_code") and topic.get("partitions"):
+                known[topic["topic"]] = topic
+    return [known.get(n, {"topic": n, "partitions": []}) for n in names]
+
+
+async def _describe_topic_configs(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, dict[str, str]]:
+    configs: dict[str, dict[str, str]] = {}
+    for attempt in range(_DESCRIBE_ATTEMPTS):
+        wanted = [n for n in names if n not in configs]
+        if not wanted:
+            break
+        if attempt:
+            await asyncio.sleep(_DESCRIBE_RETRY_S)
+        configs.update(_configs_from_response(
+            await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in wanted])))
+    return configs
 
 
 async def _adjust(admin: AIOKafkaAdminClient, topic: str, changes: list[TopicMismatch]) -> bool:

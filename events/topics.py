@@ -13,12 +13,15 @@ Invariants:
   when ``events.admin`` creates it): an event is a small document, so an
   event topic takes at most ``EVENT_MAX_MESSAGE_BYTES`` per record batch and
   writers refuse an event over ``EVENT_RECORD_MAX_BYTES`` before sending.
+- Every topic is replicated ``min(3, brokers)`` times with ``min.insync.replicas``
+  2 on three or more brokers (1 below) and no unclean leader election
+  (``replication_for``), so a broker loss loses no acknowledged event.
 - Nothing here talks to a broker; ``events.admin`` applies these specs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Mapping
 
@@ -79,6 +82,27 @@ class TopicSpec:
     config: Mapping[str, str] = field(default_factory=dict)
     key: str = ""  # what the record key is, for humans and --help
     replication_factor: int = 1
+
+    def replicated(self, brokers: int) -> "TopicSpec":
+        """This topic as created on a cluster of ``brokers`` brokers (see :func:`replication_for`)."""
+        replicas, min_isr = replication_for(brokers)
+        return replace(self, replication_factor=replicas,
+                       config=MappingProxyType({**self.config, "min.insync.replicas": str(min_isr), **_NO_UNCLEAN}))
+
+
+# Replication: an acknowledged append (acks=all) is on min.insync.replicas brokers, and only an in-sync
+# replica may become leader, so losing one broker of three loses no acknowledged event and still takes
+# writes. Fewer brokers than three: every broker holds a copy and one in-sync copy is enough to write.
+MAX_REPLICATION_FACTOR = 3
+_NO_UNCLEAN = MappingProxyType({"unclean.leader.election.enable": "false"})
+
+
+def replication_for(brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) for a cluster of ``brokers``: (1, 1), (2, 1), (3, 2) and (3, 2) above."""
+    if brokers < 1:
+        raise ValueError(f"a cluster has at least one broker, not {brokers}")
+    replicas = min(MAX_REPLICATION_FACTOR, brokers)
+    return replicas, max(1, replicas - 1)
 
 
 # The event topics are single-partition today: the projector folds the whole

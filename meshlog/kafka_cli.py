@@ -1,4 +1,4 @@
-"""``meshlog kafka up|down|status``: a detached local Kafka broker for development."""
+"""``meshlog kafka up|down|status``: a detached local Kafka broker (or a cluster, ``--brokers N``) for development."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ log = logging.getLogger("meshlog.kafka")
 EXIT_OK = 0
 EXIT_FAILED = 1  # up/down failed; status: not running
 EXIT_NOT_ANSWERING = 3  # status: the JVM is alive but does not answer admin requests
+EXIT_DEGRADED = 4  # status: the cluster answers but some of its nodes are not running
 
 _EPILOG = f"""\
 exit codes:
@@ -29,6 +30,7 @@ exit codes:
   status   {EXIT_OK} running and answering
            {EXIT_FAILED} not running
            {EXIT_NOT_ANSWERING} process alive but not answering
+           {EXIT_DEGRADED} a cluster that answers with some node not running
   2 is a usage error for every command.
 
 files and environment:
@@ -45,9 +47,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register ``kafka`` (with ``up``, ``down``, ``status``) on an argparse sub-parser collection."""
     kafka = subparsers.add_parser(
         "kafka",
-        help="run a local single-node Kafka broker (no Docker)",
-        description=f"Run a single-node Apache Kafka {kl.KAFKA_VERSION} broker (KRaft, combined "
-        "broker+controller) as a detached JVM on 127.0.0.1, on free ports chosen at start.",
+        help="run a local Kafka broker or cluster (no Docker)",
+        description=f"Run Apache Kafka {kl.KAFKA_VERSION} (KRaft) as detached JVMs on 127.0.0.1, on free ports "
+        "chosen at the first start: one node, or --brokers N nodes, each broker and controller with its own data "
+        "dir and ports.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -69,7 +72,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     up.add_argument("--data-dir", metavar="DIR",
                     help="broker data directory (default: a new temp dir); an existing meshlog data dir is reused")
-    up.add_argument("--port", type=argtypes.port, metavar="PORT", help="client port (default: a free port)")
+    up.add_argument("--port", type=argtypes.port, metavar="PORT", help="client port of a single broker (default: a free port)")
+    up.add_argument("--brokers", type=argtypes.integer(1, kl.MAX_BROKERS), metavar="N",
+                    help="run a cluster of N nodes (each broker and controller; topics replicated min(3, N) times, "
+                    "min.insync.replicas 2 from 3 nodes); default: what the data dir holds, else 1")
     up.add_argument("--secure", action="store_true",
                     help="TLS listeners that require a client certificate from the broker's CA (DATA_DIR/tls/ca), "
                     "principals from the certificate's role, ACLs enforced; prints the admin identity's "
@@ -81,8 +87,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
     down = actions.add_parser(
         "down",
-        help="stop the broker and delete its data dir",
-        description="SIGTERM the broker, wait, SIGKILL if needed; delete its data dir unless --keep-data.",
+        help="stop the broker (every node of a cluster) and delete its data dir",
+        description="SIGTERM the broker (each node of a cluster in turn), wait, SIGKILL if needed; delete its "
+        "data dir unless --keep-data (then a plain `up` restarts the same broker or cluster on the same ports).",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -159,7 +166,8 @@ def _emit(args: argparse.Namespace, text: str, payload: dict) -> None:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    st = kl.up(data_dir=args.data_dir, port=args.port, start_timeout=args.timeout, secure=args.secure)
+    st = kl.up(data_dir=args.data_dir, port=args.port, start_timeout=args.timeout, secure=args.secure,
+               brokers=args.brokers)
     assert st.state is not None
     if not st.already_running:
         log.info("started Kafka %s at %s (pid %d); data %s; log %s",
@@ -216,7 +224,14 @@ def _cmd_down(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     st = kl.status()
-    if st.running and st.answering:
+    if st.running and st.answering and st.state is not None and st.state.nodes:
+        nodes = st.state.nodes
+        lines = [f"running {st.state.bootstrap} nodes={len(st.nodes_running)}/{len(nodes)} data={st.state.data_dir}"]
+        lines += [f"  node {n['node_id']} {'running' if n['node_id'] in st.nodes_running else 'STOPPED'} "
+                  f"{n['bootstrap']} pid={n['pid']} log={n['log_path']}" for n in nodes]
+        text = "\n".join(lines)
+        code = EXIT_OK if st.complete else EXIT_DEGRADED
+    elif st.running and st.answering:
         assert st.state is not None
         text = f"running {st.state.bootstrap} pid={st.state.pid} data={st.state.data_dir} log={st.state.log_path}"
         code = EXIT_OK

@@ -1,4 +1,4 @@
-"""Run a real single-node Apache Kafka (KRaft) broker locally, without Docker.
+"""Run a real Apache Kafka (KRaft) broker, or a cluster of them, locally, without Docker.
 
 The broker jars come from Maven Central (resolved once with ``mvn`` into a
 cache directory); the broker is a plain JVM child process listening on
@@ -8,7 +8,9 @@ Main entry points:
 
 * :func:`ensure_kafka_jars` -- fetch (once) and return the ``libs`` directory.
 * :class:`LocalKafka` -- start/stop one broker; also a context manager.
-* :func:`up`, :func:`down`, :func:`status` -- a detached broker tracked by a
+* :class:`LocalCluster` -- several nodes (each broker and controller), each its
+  own JVM, data dir and ports, kept across restarts.
+* :func:`up`, :func:`down`, :func:`status` -- a detached broker or cluster tracked by a
   state file (used by ``meshlog kafka up|down|status``).
 * :func:`kafka_for_tests` -- context manager yielding a bootstrap address:
   ``$MESHLOG_KAFKA_BOOTSTRAP``, else a testcontainers Kafka when a Docker
@@ -83,6 +85,7 @@ ENV_HOME = "MESHLOG_HOME"
 ENV_BOOTSTRAP = "MESHLOG_KAFKA_BOOTSTRAP"
 ENV_JVM_OPTS = "MESHLOG_KAFKA_JVM_OPTS"
 ENV_IMAGE = "MESHLOG_KAFKA_IMAGE"
+ENV_BROKERS = "MESHLOG_KAFKA_BROKERS"  # the tests' local Kafka: this many nodes (default 1)
 
 # --secure: a certificate's CN is its SPIFFE path (``sidecar/reviews/i1``, identity.spiffe); the principal is
 # its first segment, the role (``User:sidecar``), which is what events.kafka_acls grants to. Any other subject keeps
@@ -297,6 +300,24 @@ def secure_properties(*, keystore: str | os.PathLike, truststore: str | os.PathL
     }
 
 
+def quorum_voters(controller_ports: Mapping[int, int], host: str = HOST, hosts: Mapping[int, str] | None = None) -> str:
+    """``controller.quorum.voters`` of a static KRaft quorum: ``1@host:port,2@host:port,...`` by node id
+    (``hosts``: a node's own address where it has one, e.g. in its own network namespace)."""
+    if not controller_ports:
+        raise ValueError("a quorum needs at least one voter")
+    return ",".join(f"{node}@{(hosts or {}).get(node, host)}:{port}" for node, port in sorted(controller_ports.items()))
+
+
+# A cluster node that dies without a word (kill -9, a cut link) keeps leading its partitions until the
+# controller fences it when its session times out (Kafka's default: 9 s). Loopback heartbeats are cheap,
+# so a cluster of local nodes beats every 500 ms and is fenced after 3 s: a shorter stall, still several
+# missed beats on a loaded 2-core host before a live broker is fenced.
+CLUSTER_FAILURE_DETECTION: Mapping[str, str] = {
+    "broker.heartbeat.interval.ms": "500",
+    "broker.session.timeout.ms": "3000",
+}
+
+
 def server_properties(
     *,
     port: int,
@@ -306,13 +327,25 @@ def server_properties(
     host: str = HOST,
     secure: Mapping[str, str] | None = None,
     extra: Mapping[str, object] | None = None,
+    voters: Mapping[int, int] | None = None,
+    voter_hosts: Mapping[int, str] | None = None,
 ) -> dict[str, str]:
-    """The broker configuration as an ordered dict (``secure``: :func:`secure_properties`; ``extra`` overrides/extends)."""
+    """The broker configuration as an ordered dict (``secure``: :func:`secure_properties`; ``extra`` overrides/extends).
+
+    ``voters`` (node id -> controller port): the nodes of a cluster, every one broker and controller; the
+    internal topics get meshlog's replication (``events.topics.replication_for``) for that many brokers.
+    Default: this node alone."""
+    from events.topics import replication_for
+
     listener, protocol_map = ("SSL", "SSL:SSL,CONTROLLER:SSL") if secure else ("PLAINTEXT", "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT")
+    voters = dict(voters) if voters else {node_id: controller_port}
+    if voters.get(node_id) != controller_port:
+        raise ValueError(f"node {node_id} with controller port {controller_port} is not among the voters {voters}")
+    replicas, min_isr = (str(n) for n in replication_for(len(voters)))
     props: dict[str, str] = {
         "process.roles": "broker,controller",
         "node.id": str(node_id),
-        "controller.quorum.voters": f"{node_id}@{host}:{controller_port}",
+        "controller.quorum.voters": quorum_voters(voters, host, voter_hosts),
         "listeners": f"{listener}://{host}:{port},CONTROLLER://{host}:{controller_port}",
         "advertised.listeners": f"{listener}://{host}:{port}",
         "listener.security.protocol.map": protocol_map,
@@ -320,17 +353,19 @@ def server_properties(
         "inter.broker.listener.name": listener,
         "log.dirs": str(log_dir),
         "num.partitions": "1",
-        "default.replication.factor": "1",
-        "min.insync.replicas": "1",
-        "offsets.topic.replication.factor": "1",
+        "default.replication.factor": replicas,
+        "min.insync.replicas": min_isr,
+        "unclean.leader.election.enable": "false",
+        "offsets.topic.replication.factor": replicas,
         "offsets.topic.num.partitions": "1",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.replication.factor": replicas,
+        "transaction.state.log.min.isr": min_isr,
         "transaction.state.log.num.partitions": "1",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": replicas,
+        "share.coordinator.state.topic.min.isr": min_isr,
         "group.initial.rebalance.delay.ms": "0",
         "auto.create.topics.enable": "false",
+        **(CLUSTER_FAILURE_DETECTION if len(voters) > 1 else {}),
         **(secure or {}),
     }
     for k, v in (extra or {}).items():
@@ -575,13 +610,15 @@ def describe_cluster(bootstrap: str, timeout: float = 5.0, security: KafkaSecuri
 
 
 def port_accepts(bootstrap: str, timeout: float = 1.0) -> bool:
-    """True if a TCP connection to ``host:port`` succeeds."""
-    host, _, port = bootstrap.split(",")[0].rpartition(":")
-    try:
-        with socket.create_connection((host or HOST, int(port)), timeout=timeout):
-            return True
-    except (OSError, ValueError):
-        return False
+    """True if a TCP connection to ``host:port`` (any address of a comma-separated list) succeeds."""
+    for address in bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            with socket.create_connection((host or HOST, int(port)), timeout=timeout):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 def broker_answers(bootstrap: str, timeout: float = 3.0, security: KafkaSecurity | None = None) -> bool:
@@ -650,6 +687,19 @@ def _wait_pid_gone(pid: int, timeout: float, proc: subprocess.Popen | None = Non
         time.sleep(0.05)
 
 
+def terminate_pids(pids: Sequence[int], timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
+    """SIGTERM every node of a cluster at once, then wait for each (SIGKILL after ``timeout``).
+
+    At once, not one by one: the last node stopped alone has no quorum left to grant its controlled
+    shutdown and waits out the whole timeout (measured: 37 s one by one with a SIGKILL, 9 s at once)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        terminate_pid(pid, max(0.0, deadline - time.monotonic()))
+
+
 def terminate_pid(pid: int, timeout: float = DEFAULT_STOP_TIMEOUT, proc: subprocess.Popen | None = None) -> None:
     """SIGTERM, wait up to ``timeout``, then SIGKILL (and wait for it to be gone)."""
     try:
@@ -702,8 +752,20 @@ class LocalKafka:
         keep_data: bool | None = None,
         secure: bool = False,
         tls_dir: str | os.PathLike | None = None,
+        node_id: int = 1,
+        voters: Mapping[int, int] | None = None,
+        cluster_id: str | None = None,
+        host: str = HOST,
+        voter_hosts: Mapping[int, str] | None = None,
+        netns: str | None = None,
     ) -> None:
         self.secure = secure
+        self.host = host  # the address it listens on and advertises
+        self.voter_hosts = dict(voter_hosts or {})
+        self.netns = netns  # run the JVM inside this network namespace (`ip netns exec`), e.g. to cut its links
+        self.node_id = node_id
+        self.voters = dict(voters) if voters else None  # a cluster's node id -> controller port (LocalCluster)
+        self._given_cluster_id = cluster_id
         self._given_tls_dir = Path(tls_dir).expanduser().resolve() if tls_dir else None
         self._given_data_dir = Path(data_dir).expanduser().resolve() if data_dir else None
         self.keep_data = keep_data if keep_data is not None else data_dir is not None
@@ -726,6 +788,7 @@ class LocalKafka:
         self.startup_seconds: float | None = None
         self._atexit_registered = False
         self._log_offset = 0
+        self._t0 = 0.0
 
     # -- paths ------------------------------------------------------------
     def _require_data_dir(self) -> Path:
@@ -752,7 +815,7 @@ class LocalKafka:
         """``127.0.0.1:PORT`` once started."""
         if self.port is None:
             raise KafkaLauncherError("broker has not been started")
-        return f"{HOST}:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -762,15 +825,18 @@ class LocalKafka:
         return self.process is not None and self.process.poll() is None
 
     # -- lifecycle --------------------------------------------------------
-    def start(self) -> str:
+    def start(self, *, wait: bool = True) -> str:
         """Fetch jars if needed, format storage, start the JVM and wait until an admin call succeeds.
 
         Returns the bootstrap address.  Raises :class:`KafkaLauncherError`
         (with the broker log tail) if the JVM exits or the timeout expires.
+        ``wait=False``: return once the JVM is launched (a cluster node answers only once a
+        majority of the quorum runs); :meth:`wait_ready` then waits.
         """
         if self.is_running():
             return self.bootstrap
         t0 = time.monotonic()
+        self._t0 = t0
         java, _ = check_java(self.java)
         libs = ensure_kafka_jars(self.version, self.cache_dir)
         self._prepare_data_dir()
@@ -778,7 +844,7 @@ class LocalKafka:
         try:
             for attempt in range(1, attempts + 1):
                 try:
-                    self._start_once(java, libs, t0)
+                    self._start_once(java, libs, t0, wait)
                     break
                 except _PortInUse as e:
                     if attempt == attempts:
@@ -790,21 +856,28 @@ class LocalKafka:
             if not self.keep_data:
                 log.warning("start failed; data dir %s kept for inspection", self.data_dir)
             raise
-        self.startup_seconds = time.monotonic() - t0
-        log.info("Kafka %s ready at %s in %.1fs (pid %d, log %s)",
-                 self.version, self.bootstrap, self.startup_seconds, self.pid, self.log_path)
+        if wait:
+            self._ready(t0)
         return self.bootstrap
 
+    def wait_ready(self) -> None:
+        """After ``start(wait=False)``: wait (up to the start timeout from the launch) until it answers."""
+        try:
+            self._wait_ready(self._t0)
+        except BaseException:
+            self._kill_quietly()
+            raise
+        self._ready(self._t0)
+
+    def _ready(self, t0: float) -> None:
+        self.startup_seconds = time.monotonic() - t0
+        log.info("Kafka %s node %d ready at %s in %.1fs (pid %d, log %s)",
+                 self.version, self.node_id, self.bootstrap, self.startup_seconds, self.pid, self.log_path)
+
     def _prepare_data_dir(self) -> None:
-        if self._given_data_dir is not None:
-            d = self._given_data_dir
-            if d.exists() and any(d.iterdir()) and not (d / DATA_MARKER_NAME).exists():
-                raise KafkaLauncherError(f"{d} is not empty and was not created by meshlog; refusing to use it")
-            d.mkdir(parents=True, exist_ok=True)
-        else:
-            d = Path(tempfile.mkdtemp(prefix="meshlog-kafka-"))
-        (d / DATA_MARKER_NAME).write_text("data directory of a meshlog local Kafka broker\n")
-        self.data_dir = d
+        self.data_dir = claim_data_dir(self._given_data_dir, "broker")
+        if load_cluster_layout(self.data_dir) is not None:
+            raise KafkaLauncherError(f"{self.data_dir} holds a cluster's data: start it with --brokers")
 
     def _java_base(self, java: str, libs: Path) -> list[str]:
         return [
@@ -820,13 +893,14 @@ class LocalKafka:
             return {"start_new_session": True}
         return {"preexec_fn": die_with_parent(own_group=True)}
 
-    def _start_once(self, java: str, libs: Path, t0: float) -> None:
+    def _start_once(self, java: str, libs: Path, t0: float, wait: bool = True) -> None:
         d = self._require_data_dir()
         self.port, self.controller_port = self._choose_ports()
         log_dir = d / "logs"
         props = server_properties(
-            port=self.port, controller_port=self.controller_port, log_dir=log_dir,
-            secure=self._prepare_tls() if self.secure else None, extra=self.extra_properties,
+            port=self.port, controller_port=self.controller_port, log_dir=log_dir, node_id=self.node_id,
+            host=self.host, secure=self._prepare_tls() if self.secure else None, extra=self.extra_properties,
+            voters=self.voters, voter_hosts=self.voter_hosts,
         )
         self.properties_path.write_text(render_properties(props))
         (d / "log4j2.xml").write_text(render_log4j2_config(self.log_path))
@@ -838,7 +912,7 @@ class LocalKafka:
             self.cluster_id = m.group(1) if m else None
             log.info("reusing formatted storage in %s (cluster %s)", log_dir, self.cluster_id)
         else:
-            self.cluster_id = random_cluster_id()
+            self.cluster_id = self._given_cluster_id or random_cluster_id()
             fmt = [*base, STORAGE_TOOL_CLASS, "format", "-t", self.cluster_id, "-c", str(self.properties_path)]
             try:
                 res = subprocess.run(fmt, capture_output=True, text=True, timeout=120,
@@ -851,7 +925,7 @@ class LocalKafka:
                     f"{(res.stdout + res.stderr).strip()[-3000:]}\n--- {self.log_path} ---\n{tail_text(self.log_path)}"
                 )
 
-        cmd = [*base, MAIN_CLASS, str(self.properties_path)]
+        cmd = [*(["ip", "netns", "exec", self.netns] if self.netns else []), *base, MAIN_CLASS, str(self.properties_path)]
         try:
             self._log_offset = self.log_path.stat().st_size  # the log is appended to across restarts
         except OSError:
@@ -864,6 +938,8 @@ class LocalKafka:
         if not self.detached and not self._atexit_registered:
             atexit.register(self._atexit_stop)
             self._atexit_registered = True
+        if not wait:
+            return
         try:
             self._wait_ready(t0)
         except BaseException:
@@ -882,9 +958,11 @@ class LocalKafka:
         from meshlog import kafka_tls
 
         ca = kafka_tls.ensure_ca(self.tls_dir)
-        broker_id = spiffe.SpiffeId.of(ca.domain, kafka_tls.BROKER_ROLE, kafka_tls.BROKER_ID)
+        # each node its own certificate (broker/<node id>: principal User:broker), so the nodes of a cluster
+        # sharing one tls_dir never rewrite each other's keystore
+        broker_id = spiffe.SpiffeId.of(ca.domain, kafka_tls.BROKER_ROLE, str(self.node_id))
         broker_dir = kafka_tls.identity_dir(self.tls_dir, broker_id)
-        files = kafka_tls.issue_files(ca, broker_id, broker_dir, server_names=(HOST, "localhost"),
+        files = kafka_tls.issue_files(ca, broker_id, broker_dir, server_names=tuple(dict.fromkeys((self.host, HOST, "localhost"))),
                                       lifetime=kafka_tls.LOCAL_LIFETIME)
         self.security_for(f"{kafka_tls.BROKER_ROLE}/{kafka_tls.ADMIN_ID}", lifetime=kafka_tls.LOCAL_LIFETIME)
         return secure_properties(keystore=broker_dir / kafka_tls.KEYSTORE_FILE, truststore=files.bundle,
@@ -986,12 +1064,221 @@ class LocalKafka:
         self.stop()
 
     def __repr__(self) -> str:
-        where = f"{HOST}:{self.port}" if self.port else "not started"
+        where = f"{self.host}:{self.port}" if self.port else "not started"
         return f"<LocalKafka {self.version} {where} pid={self.pid}>"
 
 
 class _PortInUse(KafkaLauncherError):
     pass
+
+
+# --------------------------------------------------------------------------
+# LocalCluster: several KRaft nodes on loopback
+# --------------------------------------------------------------------------
+
+CLUSTER_FILE_NAME = "cluster.json"
+MAX_BROKERS = 9
+# three nodes share two cores and the tests' own broker: a smaller heap each (measured: idle ~150 MB)
+CLUSTER_JVM_OPTS: tuple[str, ...] = tuple(o if not o.startswith("-Xmx") else "-Xmx384m" for o in DEFAULT_JVM_OPTS)
+
+
+class LocalCluster:
+    """``brokers`` KRaft nodes on 127.0.0.1, each its own JVM, data dir (``data_dir/node-<id>``) and ports.
+
+    Every node is both broker and controller (combined mode): three JVMs instead of six on a small
+    host, and a quorum of three controllers that outlives any one node, which is what the fault tests
+    kill. (Production separates the roles so a busy broker cannot starve the controller; nothing here
+    depends on the choice.)
+
+    The cluster id and every node's ports are chosen once and kept in ``data_dir/cluster.json``: a
+    restart on the same data dir is the same cluster at the same addresses, so clients that kept
+    running (projector, gateways) reconnect by themselves. ``secure``: every node its own certificate
+    from one CA in ``data_dir/tls``. Other arguments as :class:`LocalKafka`.
+    """
+
+    def __init__(self, brokers: int = 3, data_dir: str | os.PathLike | None = None, *,
+                 start_timeout: float = DEFAULT_START_TIMEOUT, stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+                 jvm_opts: Sequence[str] | None = None, detached: bool = False, keep_data: bool | None = None,
+                 secure: bool = False, extra_properties: Mapping[str, object] | None = None,
+                 hosts: Sequence[str] | None = None, netns: Sequence[str] | None = None) -> None:
+        if not 1 <= brokers <= MAX_BROKERS:
+            raise KafkaLauncherError(f"brokers: {brokers} is out of range (1 to {MAX_BROKERS})")
+        self.brokers = brokers
+        self._given_data_dir = Path(data_dir).expanduser().resolve() if data_dir else None
+        self.keep_data = keep_data if keep_data is not None else data_dir is not None
+        self.start_timeout, self.stop_timeout = start_timeout, stop_timeout
+        self.jvm_opts = tuple(jvm_opts) if jvm_opts is not None else (
+            jvm_opts_from_env() if os.environ.get(ENV_JVM_OPTS) else CLUSTER_JVM_OPTS)
+        self.detached, self.secure = detached, secure
+        self.extra_properties = dict(extra_properties or {})
+        # node i's address and network namespace (default: 127.0.0.1 in ours); not kept in cluster.json:
+        # whoever made the namespaces gives them again at a restart
+        self.hosts = list(hosts) if hosts else [HOST] * brokers
+        self.netns = list(netns) if netns else [None] * brokers
+        if len(self.hosts) != brokers or len(self.netns) != brokers:
+            raise KafkaLauncherError(f"hosts and netns must name one per broker ({brokers})")
+        self.data_dir: Path | None = None
+        self.cluster_id: str | None = None
+        self.nodes: list[LocalKafka] = []
+
+    @property
+    def bootstrap(self) -> str:
+        """Every node's client address, comma separated (clients find the others from any one)."""
+        if not self.nodes:
+            raise KafkaLauncherError("cluster has not been started")
+        return ",".join(self.node_bootstrap(n.node_id) for n in self.nodes)
+
+    def node_bootstrap(self, node_id: int) -> str:
+        """A node's client address, whether or not this object started it (the ports are the layout's)."""
+        node = self.node(node_id)
+        return f"{node.host}:{node._fixed_port}"
+
+    def node_dir(self, node_id: int) -> Path:
+        assert self.data_dir is not None
+        return self.data_dir / f"node-{node_id}"
+
+    def node(self, node_id: int) -> LocalKafka:
+        for n in self.nodes:
+            if n.node_id == node_id:
+                return n
+        raise KeyError(node_id)
+
+    @property
+    def admin_security(self) -> KafkaSecurity | None:
+        return self.nodes[0].admin_security if self.nodes else None
+
+    def start(self, only: Sequence[int] | None = None) -> str:
+        """Start every node that is not running (all at once: none answers before a majority runs), wait
+        until each answers and the cluster reports every broker; return the bootstrap list.
+
+        ``only``: start just these node ids (the others run already, e.g. detached by another process)."""
+        self._prepare()
+        t0 = time.monotonic()
+        stopped = [n for n in self.nodes if not n.is_running() and (only is None or n.node_id in only)]
+        try:
+            for n in stopped:
+                n.start(wait=False)
+            launched = time.monotonic()
+            for n in stopped:
+                # no node answers before a majority runs: each one's start timeout counts from the moment
+                # the last was launched (formatting a node's storage is a JVM run of its own)
+                n._t0 = launched
+                n.wait_ready()
+            self._wait_all_registered(launched)
+        except BaseException:
+            if len(stopped) == len(self.nodes):
+                self._stop_nodes(5.0)
+            raise
+        log.info("Kafka cluster %s of %d nodes ready at %s in %.1fs", self.cluster_id, self.brokers,
+                 self.bootstrap, time.monotonic() - t0)
+        return self.bootstrap
+
+    def _prepare(self) -> None:
+        if self.nodes:
+            return
+        d = self.data_dir = claim_data_dir(self._given_data_dir, "cluster")
+        if (d / "logs" / "meta.properties").exists():
+            raise KafkaLauncherError(f"{d} holds a single broker's data, not a cluster's: start it without --brokers")
+        layout = load_cluster_layout(d)
+        if layout is None:
+            ports = free_ports(2 * self.brokers)
+            layout = {"cluster_id": random_cluster_id(), "brokers": self.brokers,
+                      "nodes": [{"node_id": i + 1, "port": ports[2 * i], "controller_port": ports[2 * i + 1]}
+                                for i in range(self.brokers)]}
+            write_file_atomic(d / CLUSTER_FILE_NAME, json.dumps(layout, indent=1).encode())
+        elif layout["brokers"] != self.brokers:
+            raise KafkaLauncherError(f"{d} holds a cluster of {layout['brokers']} brokers, not {self.brokers}: "
+                                     f"start it with --brokers {layout['brokers']} or use another data dir")
+        self.cluster_id = layout["cluster_id"]
+        voters = {n["node_id"]: n["controller_port"] for n in layout["nodes"]}
+        voter_hosts = {n["node_id"]: self.hosts[i] for i, n in enumerate(layout["nodes"])}
+        self.nodes = [
+            LocalKafka(d / f"node-{n['node_id']}", port=n["port"], controller_port=n["controller_port"],
+                       node_id=n["node_id"], voters=voters, cluster_id=self.cluster_id, jvm_opts=self.jvm_opts,
+                       start_timeout=self.start_timeout, stop_timeout=self.stop_timeout, detached=self.detached,
+                       keep_data=True, secure=self.secure, tls_dir=d / TLS_DIR_NAME,
+                       extra_properties=self.extra_properties, host=self.hosts[i], voter_hosts=voter_hosts,
+                       netns=self.netns[i])
+            for i, n in enumerate(layout["nodes"])
+        ]
+
+    def _wait_all_registered(self, t0: float) -> None:
+        deadline = t0 + self.start_timeout
+        while True:
+            try:
+                seen = len(describe_cluster(self.bootstrap, 3.0, self.admin_security)["brokers"])
+            except Exception:  # noqa: BLE001 - retried until the deadline
+                seen = 0
+            if seen == self.brokers:
+                return
+            if time.monotonic() > deadline:
+                raise KafkaLauncherError(f"only {seen} of {self.brokers} brokers registered at {self.bootstrap} "
+                                         f"within {self.start_timeout:.0f}s; see {self.data_dir}/node-*/{BROKER_LOG_NAME}")
+            time.sleep(0.2)
+
+    def kill(self, node_id: int) -> int:
+        """SIGKILL one node's JVM (no shutdown, no leadership hand-over); returns its pid."""
+        n = self.node(node_id)
+        pid = n.pid
+        if n.process is None or pid is None:
+            raise KafkaLauncherError(f"node {node_id} is not running")
+        n.process.kill()
+        n.process.wait(10)
+        return pid
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop every node (SIGTERM each, then wait: a controlled shutdown hands leadership over), then
+        remove the data dir unless ``keep_data``."""
+        self._stop_nodes(self.stop_timeout if timeout is None else timeout)
+        if self.data_dir is not None and not self.keep_data:
+            remove_data_dir(self.data_dir)
+
+    def stop_nodes(self, timeout: float | None = None) -> None:
+        """Stop every node and keep the data: :meth:`start` then restarts the same cluster."""
+        self._stop_nodes(self.stop_timeout if timeout is None else timeout)
+
+    def _stop_nodes(self, timeout: float) -> None:
+        running = [n for n in self.nodes if n.is_running()]
+        terminate_pids([n.pid for n in running if n.pid], timeout)
+        for n in self.nodes:
+            n.stop(timeout)  # reaps the JVMs stopped above; unregisters their atexit hooks
+
+    def __enter__(self) -> "LocalCluster":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def load_cluster_layout(data_dir: str | os.PathLike) -> dict | None:
+    """``data_dir/cluster.json`` (cluster id, broker count, each node's id and ports), or None if absent."""
+    path = Path(data_dir) / CLUSTER_FILE_NAME
+    try:
+        layout = json.loads(path.read_text())
+        nodes = layout["nodes"]
+        if (not is_valid_cluster_id(layout["cluster_id"]) or layout["brokers"] != len(nodes)
+                or not all(isinstance(n[k], int) for n in nodes for k in ("node_id", "port", "controller_port"))):
+            raise ValueError("inconsistent")
+        return layout
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise KafkaLauncherError(f"{path} is unreadable ({e}); remove the data dir to start a new cluster") from None
+
+
+def claim_data_dir(given: Path | None, what: str) -> Path:
+    """``given`` (created if needed; refused if it holds anything not made by meshlog), else a new temp
+    dir; marked as meshlog's, so that :func:`remove_data_dir` may delete it."""
+    if given is not None:
+        if given.exists() and any(given.iterdir()) and not (given / DATA_MARKER_NAME).exists():
+            raise KafkaLauncherError(f"{given} is not empty and was not created by meshlog; refusing to use it")
+        given.mkdir(parents=True, exist_ok=True)
+        d = given
+    else:
+        d = Path(tempfile.mkdtemp(prefix="meshlog-kafka-" if what == "broker" else f"meshlog-kafka-{what}-"))
+    (d / DATA_MARKER_NAME).write_text(f"data directory of a meshlog local Kafka {what}\n")
+    return d
 
 
 def remove_data_dir(path: str | os.PathLike) -> bool:
@@ -1020,10 +1307,19 @@ class KafkaState:
     version: str = KAFKA_VERSION
     started_at: float = field(default_factory=time.time)
     security_env: dict | None = None  # --secure: the admin identity's MESHLOG_KAFKA_* variables
+    # a cluster (--brokers N > 1): every node's node_id, pid, bootstrap, properties_path, log_path, data_dir;
+    # pid/log_path/properties_path above are node 1's and bootstrap lists every node
+    nodes: list | None = None
 
     @property
     def admin_security(self) -> KafkaSecurity | None:
         return KafkaSecurity.from_env(self.security_env) if self.security_env else None
+
+    @property
+    def node_list(self) -> list[dict]:
+        """Every node, a single broker as one node."""
+        return self.nodes or [{"node_id": 1, "pid": self.pid, "bootstrap": self.bootstrap, "data_dir": self.data_dir,
+                               "properties_path": self.properties_path, "log_path": self.log_path}]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -1052,17 +1348,43 @@ def _clear_state(home: Path | None = None) -> None:
         state_file_path(home).unlink()
 
 
+def _kept_path(home: Path | None = None) -> Path:
+    """What ``down --keep-data`` kept (data dir, client port), so a plain ``up`` restarts the same broker(s)."""
+    return state_file_path(home).with_name("kept.json")
+
+
+def _load_kept(home: Path | None = None) -> dict | None:
+    try:
+        kept = json.loads(_kept_path(home).read_text())
+        return kept if Path(kept["data_dir"]).is_dir() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _clear_kept(home: Path | None = None) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        _kept_path(home).unlink()
+
+
 @dataclass
 class KafkaStatus:
-    running: bool  # JVM alive
+    running: bool  # some node's JVM alive
     answering: bool  # admin describe_cluster succeeded
     state: KafkaState | None
     already_running: bool = False
+    nodes_running: list[int] = field(default_factory=list)  # node ids whose JVM is alive
+
+    @property
+    def complete(self) -> bool:
+        """Every node of the recorded broker or cluster is alive."""
+        return self.state is not None and len(self.nodes_running) == len(self.state.node_list)
 
     def as_dict(self) -> dict:
         d = {"running": self.running, "answering": self.answering}
         if self.state is not None:
             d.update(asdict(self.state))
+            if self.state.nodes:
+                d["nodes_running"] = self.nodes_running
         if self.already_running:
             d["already_running"] = True
         return d
@@ -1071,9 +1393,13 @@ class KafkaStatus:
 def status(home: Path | None = None, probe_timeout: float = 3.0) -> KafkaStatus:
     """What the state file says, checked against the process table and an admin call."""
     st = load_state(home)
-    if st is None or not pid_is_broker(st.pid, st.properties_path):
+    if st is None:
+        return KafkaStatus(False, False, None)
+    alive = [n["node_id"] for n in st.node_list if pid_is_broker(n["pid"], n["properties_path"])]
+    if not alive:
         return KafkaStatus(False, False, st)
-    return KafkaStatus(True, broker_answers(st.bootstrap, probe_timeout, st.admin_security or KafkaSecurity()), st)
+    answering = broker_answers(st.bootstrap, probe_timeout, st.admin_security or KafkaSecurity())
+    return KafkaStatus(True, answering, st, nodes_running=alive)
 
 
 def up(
@@ -1084,51 +1410,113 @@ def up(
     start_timeout: float = DEFAULT_START_TIMEOUT,
     jvm_opts: Sequence[str] | None = None,
     secure: bool = False,
+    brokers: int | None = None,
 ) -> KafkaStatus:
-    """Ensure a detached broker is running; return its status (``already_running`` if it was).
+    """Ensure a detached broker (``brokers`` > 1: a :class:`LocalCluster`) is running; return its status
+    (``already_running`` if it was).
 
+    Without ``data_dir``, what the last ``down --keep-data`` kept is restarted (same data, same ports),
+    else a new temp dir is used. ``brokers`` defaults to what the data dir holds, else 1.
     ``secure``: TLS listeners requiring client certificates and ACLs (see :func:`secure_properties`)."""
     sf = state_file_path(home)
     with _file_lock(sf.with_name("lock")):
         current = status(home)
         if current.running:
-            if bool(current.state.security_env) != secure:  # type: ignore[union-attr]
+            st = current.state
+            assert st is not None
+            if bool(st.security_env) != secure:
                 raise KafkaLauncherError(
-                    f"a {'secure' if current.state.security_env else 'plaintext'} broker is already running at "  # type: ignore[union-attr]
-                    f"{current.state.bootstrap}; run 'meshlog kafka down' first"  # type: ignore[union-attr]
+                    f"a {'secure' if st.security_env else 'plaintext'} broker is already running at "
+                    f"{st.bootstrap}; run 'meshlog kafka down' first"
                 )
-            if current.answering or wait_until_answers(current.state.bootstrap, start_timeout, current.state.pid,  # type: ignore[union-attr]
-                                                       current.state.admin_security or KafkaSecurity()):  # type: ignore[union-attr]
-                log.info("Kafka already running at %s (pid %d)", current.state.bootstrap, current.state.pid)  # type: ignore[union-attr]
+            if brokers is not None and brokers != len(st.node_list):
+                raise KafkaLauncherError(f"a Kafka of {len(st.node_list)} broker(s) is already running at "
+                                         f"{st.bootstrap}; run 'meshlog kafka down' first")
+            if not current.complete:  # a node of the cluster died: start it again on its data
+                gone = sorted({n["node_id"] for n in st.node_list} - set(current.nodes_running))
+                log.info("restarting node(s) %s of the cluster at %s", ", ".join(map(str, gone)), st.bootstrap)
+                cluster = LocalCluster(len(st.node_list), st.data_dir, start_timeout=start_timeout, jvm_opts=jvm_opts,
+                                       detached=True, keep_data=True, secure=secure)
+                cluster.start(only=gone)
+                st.nodes = _node_records(cluster, previous=st.nodes)
+                st.pid = st.nodes[0]["pid"]
+                _save_state(st, home)
+                return KafkaStatus(True, True, st, nodes_running=[n["node_id"] for n in st.node_list])
+            if current.answering or wait_until_answers(st.bootstrap, start_timeout, st.pid,
+                                                       st.admin_security or KafkaSecurity()):
+                log.info("Kafka already running at %s (pid %d)", st.bootstrap, st.pid)
                 current.already_running = True
                 current.answering = True
                 return current
             raise KafkaLauncherError(
-                f"broker pid {current.state.pid} is running but not answering on {current.state.bootstrap}; "  # type: ignore[union-attr]
-                f"see {current.state.log_path} or run 'meshlog kafka down'"  # type: ignore[union-attr]
+                f"broker pid {st.pid} is running but not answering on {st.bootstrap}; "
+                f"see {st.log_path} or run 'meshlog kafka down'"
             )
         if current.state is not None:
             log.info("removing stale state (pid %d is gone)", current.state.pid)
             _clear_state(home)
-        kafka = LocalKafka(data_dir, port=port, start_timeout=start_timeout, jvm_opts=jvm_opts,
-                           detached=True, keep_data=True, secure=secure)
-        kafka.start()
-        admin = kafka.admin_security
-        st = KafkaState(
-            pid=kafka.pid or 0,
-            bootstrap=kafka.bootstrap,
-            data_dir=str(kafka.data_dir),
-            log_path=str(kafka.log_path),
-            properties_path=str(kafka.properties_path),
-            version=kafka.version,
-            security_env=to_env(admin) if admin else None,
-        )
+        kept = _load_kept(home) if data_dir is None else None
+        if kept is not None:
+            data_dir = kept["data_dir"]
+            port = port or kept.get("port")
+            log.info("restarting the Kafka kept by 'down --keep-data' in %s", data_dir)
+        layout = load_cluster_layout(data_dir) if data_dir is not None else None
+        if brokers is None:
+            brokers = layout["brokers"] if layout else 1
+        if brokers > 1 or layout is not None:
+            if port is not None and kept is None:
+                raise KafkaLauncherError("--port applies to a single broker; a cluster chooses its nodes' ports")
+            st = _up_cluster(brokers, data_dir, start_timeout, jvm_opts, secure)
+        else:
+            st = _up_single(data_dir, port, start_timeout, jvm_opts, secure)
         _save_state(st, home)
-        return KafkaStatus(True, True, st)
+        _clear_kept(home)
+        return KafkaStatus(True, True, st, nodes_running=[n["node_id"] for n in st.node_list])
+
+
+def _up_single(data_dir, port, start_timeout, jvm_opts, secure) -> KafkaState:
+    kafka = LocalKafka(data_dir, port=port, start_timeout=start_timeout, jvm_opts=jvm_opts,
+                       detached=True, keep_data=True, secure=secure)
+    kafka.start()
+    return _state_of(kafka, kafka.bootstrap, kafka.data_dir, kafka.admin_security)
+
+
+def _up_cluster(brokers, data_dir, start_timeout, jvm_opts, secure) -> KafkaState:
+    cluster = LocalCluster(brokers, data_dir, start_timeout=start_timeout, jvm_opts=jvm_opts, detached=True,
+                           keep_data=True, secure=secure)
+    cluster.start()
+    return _state_of(cluster.nodes[0], cluster.bootstrap, cluster.data_dir, cluster.admin_security,
+                     _node_records(cluster))
+
+
+def _state_of(first: LocalKafka, bootstrap: str, data_dir, admin: KafkaSecurity | None,
+              nodes: list | None = None) -> KafkaState:
+    """The state file's record: ``first`` (the only node, or a cluster's node 1) gives pid, log and properties."""
+    return KafkaState(
+        pid=first.pid or 0,
+        bootstrap=bootstrap,
+        data_dir=str(data_dir),
+        log_path=str(first.log_path),
+        properties_path=str(first.properties_path),
+        version=first.version,
+        security_env=to_env(admin) if admin else None,
+        nodes=nodes,
+    )
+
+
+def _node_records(cluster: LocalCluster, previous: list | None = None) -> list[dict]:
+    """The state file's record of every node; a node this ``cluster`` object did not start keeps ``previous``'s pid."""
+    pids = {n["node_id"]: n["pid"] for n in previous or ()}
+    return [{"node_id": n.node_id, "pid": n.pid or pids.get(n.node_id, 0),
+             "bootstrap": cluster.node_bootstrap(n.node_id), "data_dir": str(cluster.node_dir(n.node_id)),
+             "properties_path": str(cluster.node_dir(n.node_id) / "server.properties"),
+             "log_path": str(cluster.node_dir(n.node_id) / BROKER_LOG_NAME)}
+            for n in cluster.nodes]
 
 
 def down(home: Path | None = None, *, keep_data: bool = False, timeout: float = DEFAULT_STOP_TIMEOUT) -> KafkaStatus:
-    """Stop the detached broker (if any), remove its data dir unless ``keep_data``, clear the state file.
+    """Stop the detached broker or every node of the cluster (if any), remove the data dir unless
+    ``keep_data`` (then a plain ``up`` restarts it), clear the state file.
 
     Returns the status *before* stopping (``running`` False if nothing was running).
     """
@@ -1138,16 +1526,20 @@ def down(home: Path | None = None, *, keep_data: bool = False, timeout: float = 
         st = before.state
         if st is None:
             return before
-        if before.running:
-            log.info("stopping Kafka pid %d at %s", st.pid, st.bootstrap)
-            terminate_pid(st.pid, timeout)
-        else:
+        alive = [n for n in st.node_list if n["node_id"] in before.nodes_running]
+        for n in alive:
+            log.info("stopping Kafka node %d pid %d at %s", n["node_id"], n["pid"], n["bootstrap"])
+        terminate_pids([n["pid"] for n in alive], timeout)
+        if not alive:
             log.info("Kafka pid %d was not running; cleaning up", st.pid)
         if not keep_data:
             if remove_data_dir(st.data_dir):
                 log.info("removed data dir %s", st.data_dir)
+            _clear_kept(home)
         else:
             log.info("kept data dir %s", st.data_dir)
+            port = None if st.nodes else int(st.bootstrap.rpartition(":")[2])
+            write_file_atomic(_kept_path(home), json.dumps({"data_dir": st.data_dir, "port": port}).encode())
         _clear_state(home)
         return before
 
@@ -1194,13 +1586,22 @@ def _container_kafka(image: str) -> Iterator[str]:
         yield kafka.get_bootstrap_server()
 
 
+def brokers_for_tests() -> int:
+    """``$MESHLOG_KAFKA_BROKERS`` (1 to MAX_BROKERS), default 1; a bad value is a clear error."""
+    raw = os.environ.get(ENV_BROKERS, "").strip() or "1"
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_BROKERS:
+        raise KafkaLauncherError(f"${ENV_BROKERS}: {raw[:20]!r} is not a broker count from 1 to {MAX_BROKERS}")
+    return int(raw)
+
+
 @contextlib.contextmanager
 def kafka_for_tests(start_timeout: float = DEFAULT_START_TIMEOUT) -> Iterator[str]:
     """Yield a bootstrap address for a test session, and clean up after.
 
     Order: ``$MESHLOG_KAFKA_BOOTSTRAP`` (used as is) -> a testcontainers
     KRaft Kafka (``$MESHLOG_KAFKA_IMAGE``, default %s) when a Docker engine
-    answers -> :class:`LocalKafka` in a temp dir.
+    answers -> :class:`LocalKafka` in a temp dir (``$MESHLOG_KAFKA_BROKERS`` > 1: a
+    :class:`LocalCluster` of that many nodes).
     """
     explicit = os.environ.get(ENV_BOOTSTRAP, "").strip()
     if explicit:
@@ -1214,6 +1615,13 @@ def kafka_for_tests(start_timeout: float = DEFAULT_START_TIMEOUT) -> Iterator[st
             log.info("Kafka for tests: container at %s", bootstrap)
             yield bootstrap
         return
+    brokers = brokers_for_tests()
+    if brokers > 1:
+        log.info("Kafka for tests: a local cluster of %d nodes ($%s)", brokers, ENV_BROKERS)
+        with LocalCluster(brokers, start_timeout=start_timeout) as cluster:
+            log.info("Kafka for tests: local cluster at %s (data %s)", cluster.bootstrap, cluster.data_dir)
+            yield cluster.bootstrap
+        return
     log.info("Kafka for tests: local launcher (no $%s, no Docker engine)", ENV_BOOTSTRAP)
     with LocalKafka(start_timeout=start_timeout) as kafka:
         log.info("Kafka for tests: local broker at %s (pid %s, log %s)", kafka.bootstrap, kafka.pid, kafka.log_path)
@@ -1224,7 +1632,7 @@ if kafka_for_tests.__doc__:
     kafka_for_tests.__doc__ = kafka_for_tests.__doc__ % DEFAULT_CONTAINER_IMAGE
 
 __all__ = [
-    "KAFKA_VERSION", "DEFAULT_JVM_OPTS", "KafkaLauncherError", "LocalKafka", "KafkaState", "KafkaStatus",
+    "KAFKA_VERSION", "DEFAULT_JVM_OPTS", "KafkaLauncherError", "LocalKafka", "LocalCluster", "KafkaState", "KafkaStatus",
     "ensure_kafka_jars", "check_java", "kafka_libs_dir", "cache_root", "meshlog_home", "state_file_path",
     "render_pom", "server_properties", "render_properties", "render_log4j2_config", "random_cluster_id",
     "is_valid_cluster_id", "free_port", "free_ports", "jars_ready", "describe_cluster", "broker_answers",

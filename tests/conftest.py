@@ -20,10 +20,11 @@ def kafka_bootstrap() -> Iterator[str]:
 
     $MESHLOG_KAFKA_BOOTSTRAP if set, else a testcontainers Kafka when a Docker
     engine answers, else a local broker JVM (see meshlog.kafka_local), stopped
-    at session end. Topics are not auto-created: create the ones you need.
+    at session end; MESHLOG_KAFKA_BROKERS=3 makes it a local three-node cluster. Topics are not auto-created: create the ones you need.
     """
     from meshlog.kafka_local import kafka_for_tests
 
     logging.getLogger("meshlog.kafka").setLevel(logging.INFO)
     with kafka_for_tests() as bootstrap:
         yield bootstrap
+

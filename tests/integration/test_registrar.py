@@ -83,7 +83,9 @@ async def test_a_mismatched_topic_is_reported_and_left_unchanged(mesh_topics):
     name = f"meshlog-test.mismatch-{uuid.uuid4().hex[:8]}"
     admin = await connect_admin(mesh_topics)
     try:
-        await admin.create_topics([NewTopic(name, 2, 1, topic_configs={"cleanup.policy": "delete"})])
+        # as many copies as ensure_topics wants on this broker or cluster: only the two differences below
+        replicas, _ = topics.replication_for(len((await admin.describe_cluster())["brokers"]))
+        await admin.create_topics([NewTopic(name, 2, replicas, topic_configs={"cleanup.policy": "delete"})])
     finally:
         await admin.close()
     wanted = TopicSpec(name, 1, {"cleanup.policy": "compact"})

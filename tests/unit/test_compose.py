@@ -196,10 +196,17 @@ def test_each_sidecar_command_is_valid_in_full(service, tmp_path):
     assert opts.registration.address == "172.18.0.5"  # --address auto: the container's own address
 
 
+KAFKA_NODES = ("kafka", "kafka-2", "kafka-3")
+
+
 def _client_listener() -> str:
-    env = SERVICES["kafka"]["environment"]
-    [listener] = [a.split("://", 1)[1] for a in env["KAFKA_ADVERTISED_LISTENERS"].split(",")]
-    return listener
+    """Every node's advertised listener, comma separated: what every client is given as its bootstrap."""
+    listeners = []
+    for node in KAFKA_NODES:
+        env = SERVICES[node]["environment"]
+        [listener] = [a.split("://", 1)[1] for a in env["KAFKA_ADVERTISED_LISTENERS"].split(",")]
+        listeners.append(listener)
+    return ",".join(listeners)
 
 
 def _before_the_log(argv: list[str]) -> bool:
@@ -226,30 +233,42 @@ def test_every_kafka_client_is_given_the_kafka_advertised_listener():
 # ------------------------------------------------------------------ the topology
 
 
-def test_kafka_is_a_single_kraft_node_of_apache_kafka():
-    kafka = SERVICES["kafka"]
-    assert kafka["image"].startswith("apache/kafka:")
-    env = {k: str(v) for k, v in kafka["environment"].items()}
-    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
-    assert env["KAFKA_NODE_ID"] == "1"
-    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"].startswith("1@")
-    assert env["KAFKA_CONTROLLER_LISTENER_NAMES"] == "CONTROLLER"
-    listeners = env["KAFKA_LISTENERS"].split(",")
-    assert any(x.startswith("CONTROLLER://") for x in listeners) and len(listeners) == 2
-    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"].rsplit(":", 1)[1] == \
-        [x for x in listeners if x.startswith("CONTROLLER://")][0].rsplit(":", 1)[1]
-    for key in ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
-                "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"):
-        assert env[key] == "1", key
-    assert env["KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS"] == "0"
-    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
-    assert "healthcheck" in kafka
-    assert any(v.endswith(":" + env["KAFKA_LOG_DIRS"]) for v in kafka["volumes"])
+def test_kafka_is_a_three_node_kraft_cluster_of_apache_kafka():
+    envs = {node: {k: str(v) for k, v in SERVICES[node]["environment"].items()} for node in KAFKA_NODES}
+    voters = envs["kafka"]["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")
+    assert len(voters) == 3
+    for i, node in enumerate(KAFKA_NODES, 1):
+        kafka, env = SERVICES[node], envs[node]
+        assert kafka["image"].startswith("apache/kafka:")
+        assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+        assert env["KAFKA_NODE_ID"] == str(i) and kafka["hostname"] == node
+        assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == envs["kafka"]["KAFKA_CONTROLLER_QUORUM_VOTERS"]
+        assert env["CLUSTER_ID"] == envs["kafka"]["CLUSTER_ID"]
+        assert env["KAFKA_CONTROLLER_LISTENER_NAMES"] == "CONTROLLER"
+        listeners = env["KAFKA_LISTENERS"].split(",")
+        assert any(x.startswith("CONTROLLER://") for x in listeners) and len(listeners) == 2
+        controller_port = [x for x in listeners if x.startswith("CONTROLLER://")][0].rsplit(":", 1)[1]
+        assert f"{i}@{node}:{controller_port}" in voters
+        assert env["KAFKA_ADVERTISED_LISTENERS"].endswith(f"://{node}:9092")
+        for key in ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+                    "KAFKA_DEFAULT_REPLICATION_FACTOR"):
+            assert env[key] == "3", key
+        assert env["KAFKA_MIN_INSYNC_REPLICAS"] == env["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"] == "2"
+        assert env["KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE"] == "false"
+        assert env["KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS"] == "0"
+        assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+        assert "healthcheck" in kafka
+        [data] = [v for v in kafka["volumes"] if v.endswith(":" + env["KAFKA_LOG_DIRS"])]
+        assert data.split(":")[0] in COMPOSE["volumes"]
+    assert len({v for node in KAFKA_NODES for v in SERVICES[node]["volumes"] if "kafka" in v}) == 3  # a disk each
+    # one broker certificate for every node: it names them all
+    assert set(KAFKA_NODES) <= set(_flags(_argv(SERVICES["broker-identity"]), "--server-name"))
 
 
 def test_topics_are_ensured_once_before_anything_uses_them():
     assert _argv(SERVICES["topics"])[:3] == ["meshlog", "topics", "ensure"]
-    assert SERVICES["topics"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+    for node in KAFKA_NODES:  # three replicas need three live brokers
+        assert SERVICES["topics"]["depends_on"][node]["condition"] == "service_healthy", node
     for name in ("projector", "xds-gateway", "healthcheck", "rules"):
         assert SERVICES[name]["depends_on"]["topics"]["condition"] == "service_completed_successfully", name
 

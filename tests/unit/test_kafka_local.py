@@ -84,6 +84,64 @@ def test_server_properties_single_node_kraft(tmp_path):
     assert "0.0.0.0" not in "".join(props.values())
 
 
+def test_server_properties_of_a_three_node_cluster_replicate_the_internal_topics(tmp_path):
+    voters = {1: 41001, 2: 41003, 3: 41005}
+    props = kl.server_properties(port=41002, controller_port=41003, node_id=2, log_dir=tmp_path, voters=voters)
+    assert props["node.id"] == "2"
+    assert props["process.roles"] == "broker,controller"  # combined: every node is a voter
+    assert props["controller.quorum.voters"] == "1@127.0.0.1:41001,2@127.0.0.1:41003,3@127.0.0.1:41005"
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:41002,CONTROLLER://127.0.0.1:41003"
+    for key in ("default.replication.factor", "offsets.topic.replication.factor",
+                "transaction.state.log.replication.factor", "share.coordinator.state.topic.replication.factor"):
+        assert props[key] == "3", key
+    for key in ("min.insync.replicas", "transaction.state.log.min.isr", "share.coordinator.state.topic.min.isr"):
+        assert props[key] == "2", key
+    assert props["unclean.leader.election.enable"] == "false"
+    # a dead node is fenced (and loses its leaderships) after a short session, not Kafka's 9 s
+    assert int(props["broker.session.timeout.ms"]) <= 3000
+    single = kl.server_properties(port=1, controller_port=2, log_dir=tmp_path)
+    assert "broker.session.timeout.ms" not in single and single["min.insync.replicas"] == "1"
+
+
+def test_server_properties_refuse_a_node_outside_its_quorum(tmp_path):
+    with pytest.raises(ValueError, match="not among the voters"):
+        kl.server_properties(port=1, controller_port=9, node_id=2, log_dir=tmp_path, voters={1: 2, 2: 4})
+
+
+def test_cluster_layout_is_kept_and_a_damaged_one_is_a_clear_error(tmp_path):
+    assert kl.load_cluster_layout(tmp_path) is None
+    cluster = kl.LocalCluster(3, tmp_path / "c")
+    cluster._prepare()  # chooses ports and the cluster id, writes cluster.json; starts nothing
+    layout = kl.load_cluster_layout(tmp_path / "c")
+    assert layout["brokers"] == 3 and kl.is_valid_cluster_id(layout["cluster_id"])
+    ports = [p for n in layout["nodes"] for p in (n["port"], n["controller_port"])]
+    assert len(set(ports)) == 6
+    assert cluster.bootstrap == ",".join(f"127.0.0.1:{n['port']}" for n in layout["nodes"])
+    again = kl.LocalCluster(3, tmp_path / "c")
+    again._prepare()
+    assert again.bootstrap == cluster.bootstrap and again.cluster_id == cluster.cluster_id  # the same cluster
+    with pytest.raises(kl.KafkaLauncherError, match="holds a cluster of 3 brokers, not 2"):
+        kl.LocalCluster(2, tmp_path / "c")._prepare()
+    (tmp_path / "c" / "cluster.json").write_text('{"cluster_id": "x", "brokers": 3, "nodes": []}')
+    with pytest.raises(kl.KafkaLauncherError, match="cluster.json is unreadable"):
+        kl.load_cluster_layout(tmp_path / "c")
+    with pytest.raises(kl.KafkaLauncherError, match="out of range"):
+        kl.LocalCluster(0)
+
+
+@pytest.mark.parametrize("raw, expected", [("", 1), ("3", 3), (" 2 ", 2)])
+def test_brokers_for_tests_reads_the_switch(monkeypatch, raw, expected):
+    monkeypatch.setenv(kl.ENV_BROKERS, raw)
+    assert kl.brokers_for_tests() == expected
+
+
+@pytest.mark.parametrize("raw", ["0", "x", "-1", "99"])
+def test_brokers_for_tests_names_a_bad_switch(monkeypatch, raw):
+    monkeypatch.setenv(kl.ENV_BROKERS, raw)
+    with pytest.raises(kl.KafkaLauncherError, match="MESHLOG_KAFKA_BROKERS"):
+        kl.brokers_for_tests()
+
+
 def test_server_properties_extra_overrides_and_escaping():
     props = kl.server_properties(port=1, controller_port=2, log_dir="C:\\data",
                                  extra={"auto.create.topics.enable": True, "log.cleaner.backoff.ms": 100})
@@ -409,3 +467,43 @@ def test_docker_check_is_quick_without_engine(monkeypatch, tmp_path):
     t0 = time.monotonic()
     assert kl.docker_engine_available(timeout=1.0) is False
     assert time.monotonic() - t0 < 5
+
+
+def test_secure_cluster_nodes_share_one_ca_and_each_has_its_own_certificate(tmp_path):
+    """--secure --brokers 3: the nodes share tls_dir (one CA, one admin) but never rewrite each other's keystore."""
+    stores = []
+    for node_id in (1, 2, 3):
+        node = kl.LocalKafka(tmp_path / f"node-{node_id}", node_id=node_id, secure=True, tls_dir=tmp_path / "tls",
+                             host="10.215.1.2")
+        node._prepare_data_dir()
+        stores.append(node._prepare_tls()["ssl.keystore.location"])
+    assert len(set(stores)) == 3 and all(f"broker_{i}" in s for i, s in zip((1, 2, 3), stores))
+    assert len(list((tmp_path / "tls" / "ca").iterdir())) >= 1
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate((Path(stores[1]).parent / "cert.pem").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "10.215.1.2" in {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}  # its own address
+
+
+def test_port_accepts_any_address_of_a_bootstrap_list():
+    """A cluster answers while its first node is down: the probe tries every address."""
+    with socket.socket() as listening, socket.socket() as closed:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: refuses connections
+        dead, alive = closed.getsockname()[1], listening.getsockname()[1]
+        assert kl.port_accepts(f"127.0.0.1:{dead},127.0.0.1:{alive}")
+        assert not kl.port_accepts(f"127.0.0.1:{dead}")
+
+
+def test_a_single_broker_and_a_cluster_never_start_on_each_others_data(tmp_path):
+    cluster = kl.LocalCluster(3, tmp_path / "c")
+    cluster._prepare()
+    with pytest.raises(kl.KafkaLauncherError, match="holds a cluster's data"):
+        kl.LocalKafka(tmp_path / "c")._prepare_data_dir()
+    (tmp_path / "single" / "logs").mkdir(parents=True)
+    (tmp_path / "single" / kl.DATA_MARKER_NAME).write_text("")
+    (tmp_path / "single" / "logs" / "meta.properties").write_text("cluster.id=x\n")
+    with pytest.raises(kl.KafkaLauncherError, match="single broker's data"):
+        kl.LocalCluster(3, tmp_path / "single")._prepare()

@@ -44,7 +44,7 @@ def test_rules_file_with_a_list_as_kind(no_broker, monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO("kind: [x]\n"))
     assert _exit_code(cli.main, ["rules", "apply", "-f", "-", "--dry-run"]) == 2
     err = capsys.readouterr().err
-    assert "document 1.kind: must be one of RouteRule, DestinationPolicy, got ['x']" in err
+    assert "document 1.kind: must be one of RouteRule, DestinationPolicy, AccessPolicy, got ['x']" in err
     assert "Traceback" not in err
 
 

@@ -16,8 +16,9 @@ Invariants:
   instance, validated by the same payload type the fold reads and appended
   with the events package's idempotent producer, as the registration is.
   Nothing here decides whether it is valid: the projector's fold does, and a
-  refusal is a ``SubscriptionRejected`` on the rejections topic naming the
-  event's log position, which is how the answer finds it.
+  refusal is a ``SubscriptionRejected`` (or, when the fold refused the
+  event for who signed it, an ``EventRefused``: 403) on the rejections topic
+  naming the event's log position, which is how the answer finds it.
 - An answer comes only once the outcome is visible, and always within the
   bounded wait (``--subscribe-timeout``):
   200 Envoy holds it (subscribe: the cluster, its endpoints, and the outbound
@@ -142,7 +143,11 @@ def holds(dump: dict, node_id: str, service: str) -> bool:
             and service in held_dependencies(dump, node_id))
 
 
-def rejection_reply(j: t.SubscriptionRejected) -> Reply:
+def rejection_reply(j: t.SubscriptionRejected | t.EventRefused) -> Reply:
+    if isinstance(j, t.EventRefused):  # refused for its author (projector.authz): this sidecar may not say it
+        return Reply(403, {"error": j.reason, "problem": j.problem, "author": j.author,
+                           "event": {"topic": j.source_topic, "partition": j.source_partition,
+                                     "offset": j.source_offset}})
     return Reply(_PROBLEM_STATUS.get(j.problem, 409), {
         "error": j.reason, "problem": j.problem, "dependency": j.dependency, "action": j.action,
         "event": {"topic": j.source_topic, "partition": j.source_partition, "offset": j.source_offset},
@@ -242,7 +247,8 @@ class SubscriptionService:
                 pass
 
     @staticmethod
-    async def _rejection_of(consumer: AIOKafkaConsumer, source: tuple[str, int, int]) -> t.SubscriptionRejected:
+    async def _rejection_of(consumer: AIOKafkaConsumer,
+                            source: tuple[str, int, int]) -> t.SubscriptionRejected | t.EventRefused:
         while True:
             batches = await consumer.getmany(timeout_ms=200)
             for records in batches.values():
@@ -251,7 +257,7 @@ class SubscriptionService:
                         j = decode_record(record).payload
                     except EventValidationError:
                         continue
-                    if isinstance(j, t.SubscriptionRejected) and (
+                    if isinstance(j, (t.SubscriptionRejected, t.EventRefused)) and (
                             j.source_topic, j.source_partition, j.source_offset) == source:
                         return j
 

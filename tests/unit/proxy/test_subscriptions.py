@@ -86,6 +86,16 @@ def test_a_recorded_refusal_becomes_a_reply_naming_the_event(problem, status):
     assert reply.body["error"] == "why" and reply.body["event"]["offset"] == 7
 
 
+def test_a_subscription_refused_for_its_author_is_a_403_naming_the_event():
+    j = t.EventRefused(event_type="dependency.subscribed", event_key="instance/web/w1", event_id="e1",
+                       problem="not_permitted", reason="spiffe://mesh.local/sidecar/web/w2 may not state it",
+                       author="spiffe://mesh.local/sidecar/web/w2", producer="sidecar", source_topic="meshlog.registrations",
+                       source_partition=0, source_offset=9)
+    reply = rejection_reply(j)
+    assert reply.status == 403 and reply.body["problem"] == "not_permitted"
+    assert reply.body["error"].endswith("may not state it") and reply.body["event"]["offset"] == 9
+
+
 def test_the_api_port_flag_is_validated_and_must_not_collide():
     assert parse("--api-port", "0").api_port == 0
     assert parse().api_port is None

@@ -27,21 +27,11 @@ from typing import Sequence
 
 import orjson
 from aiokafka.errors import KafkaError
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from events import topics
-from meshlog import argtypes
 from events import kafka_security
+from meshlog import argtypes
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 from events.printable import printable
-from projector.render import render
-from proxysync.read import read_sync
-from proxysync.status_cli import proxy_row, render_node_text
-from replay import identities, report, text
-from events.undecodable import UndecodableLog, decode_or_skip
-from replay.deadletters import dead_lettered_among, recorded_dead_letters
-from replay.acceptance import diff_sync_docs, step_convergences, sync_records_for
 from replay.engine import (
     NotFound,
     OutOfRange,
@@ -56,6 +46,11 @@ from replay.engine import (
 from replay.source import ReadStalled, read_window
 from replay.timeparse import BadTime, parse_instant, to_ms
 from replay.ui import cli as ui_cli
+
+# Start-up time is part of every `replay at` (a snapshot and a short tail take less time than the
+# interpreter's imports did): what only some commands or outputs need -- rich for the text tables and
+# the progress bar, the sync and identity readers, the report's dead-letter lookup, aiohttp for
+# `replay ui` -- is imported where it is used (`python -X importtime -m replay.cli` shows the rest).
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -245,13 +240,16 @@ class RichProgress:
 
     def __init__(self, enabled: bool | None) -> None:
         self.enabled = enabled
-        self._bar: Progress | None = None
+        self._bar = None  # a rich Progress while shown
         self._task = None
 
     def start(self, description: str, total: int) -> None:
         show = self.enabled if self.enabled is not None else (sys.stderr.isatty() and total >= PROGRESS_MIN_RECORDS)
         if not show or total <= 0:
             return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
         self._bar = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TimeRemainingColumn(), console=Console(stderr=True), transient=False,
@@ -313,6 +311,9 @@ def check_usage(args: argparse.Namespace, now: datetime) -> None:
 
 
 async def cmd_at(args: argparse.Namespace, bootstrap: str) -> int:
+    from projector.render import render
+    from replay import report
+
     at_ms = args.at_ms
     async with open_log(bootstrap, args.timeout) as consumer:
         first = await check_instant(consumer, at_ms, args.now_ms, what="--at")
@@ -320,8 +321,14 @@ async def cmd_at(args: argparse.Namespace, bootstrap: str) -> int:
         rebuilt.first_ms = first
         source = rebuilt.source()
         if rebuilt.undecodable:
+            from replay.deadletters import dead_lettered_among
+
             source["undecodable_dead_lettered"] = len(await dead_lettered_among(consumer, rebuilt.undecodable))
-        sync_table = (await read_sync(consumer, until_ms=at_ms))[0] if args.accepted else None
+        sync_table = None
+        if args.accepted:
+            from proxysync.read import read_sync
+
+            sync_table = (await read_sync(consumer, until_ms=at_ms))[0]
     state = rebuilt.state
     if args.node:
         node = args.node
@@ -337,14 +344,20 @@ async def cmd_at(args: argparse.Namespace, bootstrap: str) -> int:
         accepted = None
         if sync_table is not None:
             # the same matching `meshlog status` does, against what replay says the node was told at TIME
+            from proxysync.status_cli import proxy_row
+
             accepted = proxy_row(node, sync_table.proxies.get(node), versions, None)
             accepted["as_of_ms"] = at_ms
             doc["accepted"] = accepted
         if args.json:
             _emit_json(doc)
         else:
+            from replay import text
+
             text.print_node(text.console(), doc)
             if accepted is not None:
+                from proxysync.status_cli import render_node_text
+
                 print(f"\nwhat the proxy had ACKed by {iso(at_ms)} (meshlog.sync):")
                 print(render_node_text(accepted, told_header="TOLD (at TIME)"))
         return EXIT_OK
@@ -357,6 +370,8 @@ async def cmd_at(args: argparse.Namespace, bootstrap: str) -> int:
     if args.json:
         _emit_json(doc)
     else:
+        from replay import text
+
         text.print_mesh(text.console(), doc, limit=args.limit)
     return EXIT_OK
 
@@ -368,6 +383,10 @@ async def _window(args: argparse.Namespace, consumer) -> tuple[int, int]:
 
 
 async def cmd_diff(args: argparse.Namespace, bootstrap: str) -> int:
+    from replay import report
+    from replay.acceptance import diff_sync_docs, sync_records_for
+    from replay.deadletters import dead_lettered_among
+
     undecodable: list = []
     async with open_log(bootstrap, args.timeout) as consumer:
         from_ms, to_ms_ = await _window(args, consumer)
@@ -390,11 +409,19 @@ async def cmd_diff(args: argparse.Namespace, bootstrap: str) -> int:
     if args.json:
         _emit_json(doc)
     else:
+        from replay import text
+
         text.print_diff(text.console(), doc)
     return EXIT_OK
 
 
 async def cmd_log(args: argparse.Namespace, bootstrap: str) -> int:
+    from events import topics
+    from events.undecodable import UndecodableLog, decode_or_skip
+    from replay import identities, report
+    from replay.acceptance import step_convergences, sync_records_for
+    from replay.deadletters import recorded_dead_letters
+
     undecodable: list = []
     async with open_log(bootstrap, args.timeout) as consumer:
         from_ms, to_ms_ = await _window(args, consumer)
@@ -454,6 +481,8 @@ async def cmd_log(args: argparse.Namespace, bootstrap: str) -> int:
     if args.json:
         _emit_json(doc)
     else:
+        from replay import text
+
         console = text.console()
         text.print_log(console, doc)
         identities.print_log_section(console, doc["identities"])
@@ -490,6 +519,8 @@ async def cmd_serve(args: argparse.Namespace, bootstrap: str) -> int:
 
 
 async def cmd_identities(args: argparse.Namespace, bootstrap: str) -> int:
+    from replay import identities
+
     now = datetime.now(timezone.utc)
     at_ms = _parse(args.at, now, "--at")
     async with open_log(bootstrap, args.timeout) as consumer:
@@ -500,6 +531,8 @@ async def cmd_identities(args: argparse.Namespace, bootstrap: str) -> int:
     if args.json:
         _emit_json(doc)
     else:
+        from replay import text
+
         identities.print_held(text.console(), doc, limit=args.limit)
     return EXIT_OK
 

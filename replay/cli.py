@@ -33,10 +33,12 @@ from meshlog import argtypes
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 from events.printable import printable
 from replay.engine import (
+    Dropped,
     NotFound,
     OutOfRange,
     ReplayError,
     check_instant,
+    if_changes_something,
     iso,
     node_versions,
     open_log,
@@ -392,8 +394,10 @@ async def cmd_diff(args: argparse.Namespace, bootstrap: str) -> int:
         from_ms, to_ms_ = await _window(args, consumer)
         progress = RichProgress(args.progress)
         base = await rebuild(consumer, from_ms, use_snapshot=not args.no_snapshot, progress=progress)
+        dropped = Dropped()
         walker, steps, _cut = await walk(consumer, base, to_ms_, node=args.node, progress=progress,
-                                         on_undecodable=undecodable.append)
+                                         on_undecodable=undecodable.append, keep=if_changes_something,
+                                         dropped=dropped)
         recorded = await dead_lettered_among(consumer, undecodable)
         sync_records = await sync_records_for(consumer, to_ms_)
     if args.node and not walker.start_membership and not walker.membership():
@@ -404,7 +408,7 @@ async def cmd_diff(args: argparse.Namespace, bootstrap: str) -> int:
         start_versions=walker.start_versions, end_versions=walker.versions(),
         start_membership=walker.start_membership, end_membership=walker.membership(),
         steps=steps, undecodable=[report.dead_letter_doc(u, recorded.get((u.topic, u.partition, u.offset))) for u in undecodable],
-        **diff_sync_docs(steps, sync_records, args.node),
+        **diff_sync_docs(steps, sync_records, args.node), dropped=dropped,
     )
     if args.json:
         _emit_json(doc)
@@ -427,8 +431,10 @@ async def cmd_log(args: argparse.Namespace, bootstrap: str) -> int:
         from_ms, to_ms_ = await _window(args, consumer)
         progress = RichProgress(args.progress)
         base = await rebuild(consumer, from_ms, use_snapshot=not args.no_snapshot, progress=progress)
+        dropped = Dropped()
         walker, steps, cut = await walk(consumer, base, to_ms_, node=args.node, progress=progress,
-                                        on_undecodable=undecodable.append)
+                                        on_undecodable=undecodable.append, dropped=dropped,
+                                        keep=report.for_service_log(args.service) if args.service else None)
         window = {(tp.topic, tp.partition): (base.cut.stop[tp], cut.stop[tp]) for tp in cut.stop}
 
         def in_window(topic: str, partition: int, offset: int) -> bool:
@@ -474,7 +480,7 @@ async def cmd_log(args: argparse.Namespace, bootstrap: str) -> int:
     doc = report.log_document(
         from_ms=from_ms, to_ms=to_ms_, service=args.service, node=args.node, steps=steps, node_keys=node_keys,
         recorded_rejections=recorded_rejections, dead_letters=dead_docs, convergence=converged,
-        sync_entries=sync_entries,
+        sync_entries=sync_entries, dropped=dropped,
     )
     # identities are not bound to node ids yet (part 2 of the trust work): --node shows none
     doc["identities"] = [] if args.node else identities.log_entries(identity_events, service=args.service)

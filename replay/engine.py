@@ -416,6 +416,20 @@ def _node_effect(node: str, before: Versions, after: Versions) -> Effect:
     )
 
 
+@dataclass(slots=True)
+class Dropped:
+    """What a walk's ``keep`` left out: the documents still count those events and their exactness."""
+
+    events: int = 0
+    exact: bool = True
+
+
+def if_changes_something(step: Step) -> Step | None:
+    """``walk``'s ``keep`` for ``replay diff``: the steps that changed what is served (those carry every
+    view change, which convergence needs) or whose events the fold refused; None for the rest."""
+    return step if step.decisions or not step.effect.empty else None
+
+
 EXACT_NODE_EVENTS = 20_000  # up to this many events, a node walk renders the node after every event
 NODE_GROUP = 256
 
@@ -429,8 +443,15 @@ async def walk(
     progress: Progress | None = None,
     on_undecodable: Callable[[Undecodable], None] | None = None,
     render_budget_s: float = 20.0,
+    keep: Callable[[Step], Step | None] | None = None,
+    dropped: Dropped | None = None,
 ) -> tuple[Walker, list[Step], Cut]:
-    """Fold the events in ``(base.at_ms, to_ms]`` step by step from ``base``."""
+    """Fold the events in ``(base.at_ms, to_ms]`` step by step from ``base``.
+
+    ``keep``: each step is replaced by what it returns (the step, a thinner step, or None to drop it);
+    the events left out are counted in ``dropped`` and let go as the walk goes, so a long window costs
+    memory for what the question keeps, not for every event of the window.
+    """
     progress = progress or NoProgress()
     start_after = base.cut.stops_by_key()
     cut = await plan_cut(consumer, to_ms, start_after=start_after)
@@ -438,6 +459,20 @@ async def walk(
     pacer = _Pacer(cut.total, render_budget_s) if node is None else None
     size = 1 if node is None or cut.total <= EXACT_NODE_EVENTS else NODE_GROUP
     steps: list[Step] = []
+    dropped = dropped if dropped is not None else Dropped()
+
+    def add(new: list[Step]) -> None:
+        if keep is None:
+            steps.extend(new)
+            return
+        for st in new:
+            kept = keep(st)
+            if kept is not None:
+                steps.append(kept)
+            if kept is not st:
+                dropped.events += len(st.events) - (len(kept.events) if kept is not None else 0)
+                dropped.exact = dropped.exact and st.exact
+
     progress.start("walking the window", cut.total)
     # not no_gc(): rendering makes cyclic garbage at every step; freezing what exists keeps collections cheap
     gc.freeze()
@@ -447,7 +482,7 @@ async def walk(
             pending.extend(batch.events)
             i = 0
             while len(pending) - i >= size:
-                steps.extend(_timed(walker, pending[i : i + size], pacer))
+                add(_timed(walker, pending[i : i + size], pacer))
                 i += size
                 if pacer is not None:
                     size = pacer.size()
@@ -458,7 +493,7 @@ async def walk(
             progress.advance(batch.records)
         i = 0
         while i < len(pending):
-            steps.extend(_timed(walker, pending[i : i + size], pacer))
+            add(_timed(walker, pending[i : i + size], pacer))
             i += size
             if pacer is not None:
                 size = pacer.size()

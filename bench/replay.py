@@ -315,8 +315,9 @@ def main() -> None:
     ap.add_argument("--baseline-code", metavar="DIR",
                     help="also run every CLI figure with the source tree in DIR (e.g. `git archive` of the commit "
                          "before a change), interleaved, on the same log and load")
-    ap.add_argument("--no-walks", action="store_true",
-                    help="skip `replay diff --node` and `replay log --service` over the whole log")
+    ap.add_argument("--figures", default="cold,snapshot,walks",
+                    help="which CLI figures, comma-separated: cold, snapshot, walks (`replay diff --node` and "
+                         "`replay log --service` over the whole log); default all")
     ap.add_argument("--no-in-process", action="store_true", help="skip the in-process breakdown")
     args = ap.parse_args()
     from events.admin import ensure_topics
@@ -349,20 +350,25 @@ def main() -> None:
         print(f"\nuptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
         print(f"{os.cpu_count()} CPUs; every figure is the replay process alone (os.wait4); wall times suffer from "
               f"the load, CPU times less\n", flush=True)
-        docs = {}
-        for name, code in codes:
-            docs[name] = measure(f"{name}cold      replay --at T --no-snapshot --json", bootstrap,
-                                 ["--at", at, "--no-snapshot", "--json", "--no-progress"], args.repeat, code)
-        for name, code in codes:
-            snap_doc = measure(f"{name}snapshot  replay --at T --json", bootstrap,
-                               ["--at", at, "--json", "--no-progress"], args.repeat, code)
-            assert snap_doc["nodes"] == docs[name]["nodes"], "snapshot replay differs from the cold replay"
-            assert snap_doc["source"]["snapshot"] is not None, "the snapshot was not used"
-            measure(f"{name}snapshot  replay --at T (table)", bootstrap, ["--at", at, "--no-progress"], args.repeat,
-                    code)
+        figures = set(args.figures.split(","))
+        docs: dict[str, dict] = {}
+        if "cold" in figures:
+            for name, code in codes:
+                docs[name] = measure(f"{name}cold      replay --at T --no-snapshot --json", bootstrap,
+                                     ["--at", at, "--no-snapshot", "--json", "--no-progress"], args.repeat, code)
+        if "snapshot" in figures or not docs:
+            for name, code in codes:
+                snap_doc = measure(f"{name}snapshot  replay --at T --json", bootstrap,
+                                   ["--at", at, "--json", "--no-progress"], args.repeat, code)
+                if name in docs:
+                    assert snap_doc["nodes"] == docs[name]["nodes"], "snapshot replay differs from the cold replay"
+                docs.setdefault(name, snap_doc)
+                assert snap_doc["source"]["snapshot"] is not None, "the snapshot was not used"
+                measure(f"{name}snapshot  replay --at T (table)", bootstrap, ["--at", at, "--no-progress"],
+                        args.repeat, code)
         cold_doc = docs[""]
         total = cold_doc["source"]["events_total"]
-        if not args.no_walks:
+        if "walks" in figures:
             node = cold_doc["nodes"][len(cold_doc["nodes"]) // 2]
             for name, code in codes:
                 measure(f"{name}walk      replay diff --from @0 --to T --node N --json", bootstrap,

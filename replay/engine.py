@@ -357,7 +357,26 @@ class Walker:
         it (``log2(len)`` renders), and the search goes on from there. A change
         that was reverted within the rest of a group (A -> B -> A) is not seen:
         the steps say ``exact=False``.
+
+        Most groups do not change a given node: those are folded as a batch
+        (``fold_many``, one copy per touched bucket instead of one per event)
+        and rendered once; only a group that changed the node's view, or whose
+        events the fold refused, is folded again event by event to bisect.
+        The steps are the same either way (``_bisected`` alone gives them).
         """
+        assert self.node is not None
+        if not events:
+            return []
+        end, decisions = fold_many(self.state, events)
+        if not decisions:
+            end_view = self.node_view if same_state(self.state, end) else node_versions(end, self.node)
+            if flatten(end_view) == flatten(self.node_view):
+                self.state, self.node_view = end, end_view
+                return [Step([lg], [], NO_EFFECT, False) for lg in events]
+        return self._bisected(events)
+
+    def _bisected(self, events: list[Logged]) -> list[Step]:
+        """``steps_bisected`` folding every event on its own (the reference the batch path must equal)."""
         assert self.node is not None
         node = self.node
         states: list[MeshState] = []

@@ -9,7 +9,18 @@ the in-process breakdown of the same work):
 3. snapshot: ``replay --at T --json`` with a snapshot ``--tail`` events
    (default 10,000: the projector's default snapshot interval) before T.
 
+4. walks: ``replay diff --from @0 --to T --node N`` and ``replay log --from @0
+   --to T --service S``, each over the whole log (goal: stream, bounded memory).
+
+Each CLI figure is wall time, CPU time and peak RSS of the replay process
+alone (``os.wait4``), as a range over ``--repeat`` runs, with the load average
+(the machine is shared: report ranges and the load). ``--baseline-code DIR``
+runs every figure also with an older source tree (``git archive <commit> |
+tar -x -C DIR``) on the same log, for before/after in one run.
+
 Usage: python bench/replay.py [--events 1000000] [--services 500] [--instances 4] [--tail 10000]
+       [--repeat N] [--baseline-code DIR] [--no-walks] [--no-in-process]
+       MESHLOG_KAFKA_BOOTSTRAP=H:P python bench/replay.py --reuse T_MS ...   (measure a log appended before)
 Uses $MESHLOG_KAFKA_BOOTSTRAP if set (then the log holds other data too and
 "events" counts only this run's), else starts a fresh local broker for the run
 (meshlog.kafka_local), so the log holds exactly the bench events.
@@ -32,9 +43,9 @@ import contextlib
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from datetime import datetime, timezone
@@ -219,18 +230,31 @@ async def write_snapshot(bootstrap: str, at_ms: int) -> dict:
 # ---------------------------------------------------------------- measuring
 
 
-def run_cli(bootstrap: str, *args: str) -> tuple[float, float, dict | None]:
-    """(wall s, CPU s of the replay process, its JSON output if --json)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    proc = subprocess.run([str(BIN / "replay"), "--bootstrap", bootstrap, *args, "--log-level", "INFO"],
-                          capture_output=True, timeout=1800)
-    wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    if proc.returncode != 0:
-        raise SystemExit(f"replay {' '.join(args)} failed ({proc.returncode}): {proc.stderr.decode()[-2000:]}")
-    return wall, cpu, (json.loads(proc.stdout) if "--json" in args else None)
+def run_cli(bootstrap: str, *args: str, code: str | None = None) -> tuple[float, float, float, dict | None]:
+    """(wall s, CPU s and peak RSS MB of the replay process, its JSON output if --json).
+
+    ``code``: run the CLI from that source tree instead (an older commit's ``git archive``), for
+    before/after figures in one run on the same log and the same load.
+    """
+    if code is None:
+        argv = [str(BIN / "replay")]
+    else:
+        # the editable install's import finder would win over sys.path: drop it, then import from ``code``
+        boot = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f)]; "
+                f"sys.path.insert(0, {code!r}); from replay.cli import main; sys.exit(main())")
+        argv = [sys.executable, "-c", boot]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([*argv, "--bootstrap", bootstrap, *args, "--log-level", "INFO"], stdout=out, stderr=err)
+        _pid, status, usage = os.wait4(proc.pid, 0)  # this child's own CPU time and peak RSS
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise SystemExit(f"replay {' '.join(args)} failed ({proc.returncode}): {err.read().decode()[-2000:]}")
+        doc = json.loads(out.read()) if "--json" in args else None
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, doc
 
 
 async def in_process(bootstrap: str, at_ms: int, use_snapshot: bool) -> dict:
@@ -259,6 +283,24 @@ def broker():
         yield kafka.bootstrap
 
 
+def _range(values: list[float], fmt: str = "{:.2f}") -> str:
+    lo, hi = min(values), max(values)
+    return fmt.format(lo) if len(values) == 1 or fmt.format(lo) == fmt.format(hi) else f"{fmt.format(lo)}–{fmt.format(hi)}"
+
+
+def measure(label: str, bootstrap: str, args: list[str], repeat: int, code: str | None) -> dict | None:
+    """Run the CLI ``repeat`` times; print wall, CPU and peak RSS as ranges; return the last JSON output."""
+    walls, cpus, rsss, doc = [], [], [], None
+    for _ in range(repeat):
+        wall, cpu, rss, doc = run_cli(bootstrap, *args, code=code)
+        walls.append(wall)
+        cpus.append(cpu)
+        rsss.append(rss)
+    print(f"{label:<58} wall {_range(walls):>12}s  CPU {_range(cpus):>12}s  peak RSS {_range(rsss, '{:.0f}'):>9} MB  "
+          f"(load {os.getloadavg()[0]:.1f})", flush=True)
+    return doc
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=1_000_000)
@@ -266,50 +308,85 @@ def main() -> None:
     ap.add_argument("--instances", type=int, default=4)
     ap.add_argument("--tail", type=int, default=10_000, help="events after the snapshot (default 10000)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--reuse", metavar="T_MS", type=int,
+                    help="measure a log a previous run appended (with $MESHLOG_KAFKA_BOOTSTRAP): its T in epoch ms "
+                         "(printed as 'T=' by that run); nothing is appended")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each CLI figure (ranges are printed; default 1)")
+    ap.add_argument("--baseline-code", metavar="DIR",
+                    help="also run every CLI figure with the source tree in DIR (e.g. `git archive` of the commit "
+                         "before a change), interleaved, on the same log and load")
+    ap.add_argument("--figures", default="cold,snapshot,walks",
+                    help="which CLI figures, comma-separated: cold, snapshot, walks (`replay diff --node` and "
+                         "`replay log --service` over the whole log); default all")
+    ap.add_argument("--no-in-process", action="store_true", help="skip the in-process breakdown")
     args = ap.parse_args()
     from events.admin import ensure_topics
 
     run = uuid.uuid4().hex[:6]
     with broker() as bootstrap:
-        asyncio.run(ensure_topics(bootstrap))
-        print(f"broker {bootstrap}; appending {args.events:,} events ({args.services} services x "
-              f"{args.instances} instances, seed {args.seed})", flush=True)
-        history = History(args.services, args.instances, f"b{run}", args.seed)
-        head = max(0, args.events - args.tail)
-        secs, n = asyncio.run(append(bootstrap, history, head, run))
-        time.sleep(0.05)
-        snap_ms = int(time.time() * 1000)
-        time.sleep(0.05)
-        secs2, n2 = asyncio.run(append(bootstrap, history, args.events - head, run + "t"))
-        print(f"append: {n + n2:,} events in {secs + secs2:.1f}s ({(n + n2) / (secs + secs2):,.0f}/s)", flush=True)
-        time.sleep(0.05)
-        at_ms = int(time.time() * 1000)
-        snap = asyncio.run(write_snapshot(bootstrap, snap_ms))
-        print(f"snapshot: {snap['events']:,} events folded, {snap['bytes']:,} bytes, next offsets "
-              f"{snap['next_offsets']}", flush=True)
+        if args.reuse is None:
+            asyncio.run(ensure_topics(bootstrap))
+            print(f"broker {bootstrap}; appending {args.events:,} events ({args.services} services x "
+                  f"{args.instances} instances, seed {args.seed})", flush=True)
+            history = History(args.services, args.instances, f"b{run}", args.seed)
+            head = max(0, args.events - args.tail)
+            secs, n = asyncio.run(append(bootstrap, history, head, run))
+            time.sleep(0.05)
+            snap_ms = int(time.time() * 1000)
+            time.sleep(0.05)
+            secs2, n2 = asyncio.run(append(bootstrap, history, args.events - head, run + "t"))
+            print(f"append: {n + n2:,} events in {secs + secs2:.1f}s ({(n + n2) / (secs + secs2):,.0f}/s)", flush=True)
+            time.sleep(0.05)
+            at_ms = int(time.time() * 1000)
+            snap = asyncio.run(write_snapshot(bootstrap, snap_ms))
+            print(f"snapshot: {snap['events']:,} events folded, {snap['bytes']:,} bytes, next offsets "
+                  f"{snap['next_offsets']}", flush=True)
+            print(f"T={at_ms} (measure this log again: MESHLOG_KAFKA_BOOTSTRAP={bootstrap} python bench/replay.py "
+                  f"--reuse {at_ms})", flush=True)
+        else:
+            at_ms = args.reuse
         at = f"@{at_ms}"
-
-        cold_wall, cold_cpu, cold_doc = run_cli(bootstrap, "--at", at, "--no-snapshot", "--json", "--no-progress")
-        snap_wall, snap_cpu, snap_doc = run_cli(bootstrap, "--at", at, "--json", "--no-progress")
-        table_wall, table_cpu, _ = run_cli(bootstrap, "--at", at, "--no-progress")
-        assert cold_doc["nodes"] == snap_doc["nodes"], "snapshot replay differs from the cold replay"
-        assert snap_doc["source"]["snapshot"] is not None, "the snapshot was not used"
+        codes = [("", None)] + ([("baseline ", args.baseline_code)] if args.baseline_code else [])
+        print(f"\nuptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+        print(f"{os.cpu_count()} CPUs; every figure is the replay process alone (os.wait4); wall times suffer from "
+              f"the load, CPU times less\n", flush=True)
+        figures = set(args.figures.split(","))
+        docs: dict[str, dict] = {}
+        if "cold" in figures:
+            for name, code in codes:
+                docs[name] = measure(f"{name}cold      replay --at T --no-snapshot --json", bootstrap,
+                                     ["--at", at, "--no-snapshot", "--json", "--no-progress"], args.repeat, code)
+        if "snapshot" in figures or not docs:
+            for name, code in codes:
+                snap_doc = measure(f"{name}snapshot  replay --at T --json", bootstrap,
+                                   ["--at", at, "--json", "--no-progress"], args.repeat, code)
+                if name in docs:
+                    assert snap_doc["nodes"] == docs[name]["nodes"], "snapshot replay differs from the cold replay"
+                docs.setdefault(name, snap_doc)
+                assert snap_doc["source"]["snapshot"] is not None, "the snapshot was not used"
+                measure(f"{name}snapshot  replay --at T (table)", bootstrap, ["--at", at, "--no-progress"],
+                        args.repeat, code)
+        cold_doc = docs[""]
+        total = cold_doc["source"]["events_total"]
+        if "walks" in figures:
+            node = cold_doc["nodes"][len(cold_doc["nodes"]) // 2]
+            for name, code in codes:
+                measure(f"{name}walk      replay diff --from @0 --to T --node N --json", bootstrap,
+                        ["diff", "--from", "@0", "--to", at, "--node", node["node"], "--json", "--no-progress"],
+                        args.repeat, code)
+                measure(f"{name}walk      replay log --from @0 --to T --service S --json", bootstrap,
+                        ["log", "--from", "@0", "--to", at, "--service", node["service"], "--json", "--no-progress"],
+                        args.repeat, code)
+        print(f"\nlog: {total:,} events; mesh at T: {len(cold_doc['nodes']):,} nodes")
+        if args.no_in_process:
+            return
         cold = asyncio.run(in_process(bootstrap, at_ms, False))
         warm = asyncio.run(in_process(bootstrap, at_ms, True))
-        total = cold_doc["source"]["events_total"]
-        load = os.getloadavg()[0]
-        print()
-        print(f"log: {total:,} events; mesh at T: {cold['nodes']:,} nodes, {cold['resources']:,} resources; "
-              f"machine load average {load:.1f} on {os.cpu_count()} CPUs (wall times suffer from it; CPU times less)")
-        print(f"cold      replay --at T --json (CLI): wall {cold_wall:6.2f}s, CPU {cold_cpu:6.2f}s "
-              f"({total / cold_wall:,.0f} events/s wall)")
-        print(f"          in process: rebuild wall {cold['rebuild_s']:.2f}s / CPU {cold['rebuild_cpu_s']:.2f}s "
-              f"(plan {cold['plan_s']:.2f}s; fetch+decode+fold {cold['fold_s']:.2f}s; decode memo hit rate "
-              f"{cold['decode_memo_hit_rate']:.1%}); render_all {cold['render_s']:.2f}s")
-        print(f"snapshot  replay --at T --json (CLI): wall {snap_wall:6.2f}s, CPU {snap_cpu:6.2f}s "
-              f"({snap_doc['source']['events_folded']:,} events after the snapshot)")
-        print(f"snapshot  replay --at T (table, CLI): wall {table_wall:6.2f}s, CPU {table_cpu:6.2f}s")
-        print(f"          in process: rebuild wall {warm['rebuild_s']:.2f}s / CPU {warm['rebuild_cpu_s']:.2f}s "
+        print(f"in process, cold: rebuild wall {cold['rebuild_s']:.2f}s / CPU {cold['rebuild_cpu_s']:.2f}s "
+              f"(plan {cold['plan_s']:.2f}s; fetch+decode+fold {cold['fold_s']:.2f}s of which fold alone "
+              f"{cold['fold_only_s']:.2f}s; decode memo hit rate {cold['decode_memo_hit_rate']:.1%}); "
+              f"render_all {cold['render_s']:.2f}s; {cold['resources']:,} resources")
+        print(f"in process, from the snapshot: rebuild wall {warm['rebuild_s']:.2f}s / CPU {warm['rebuild_cpu_s']:.2f}s "
               f"(plan+snapshot {warm['plan_s']:.2f}s, fold {warm['fold_s']:.2f}s); render_all {warm['render_s']:.2f}s")
         if total < 1_000_000:
             scale = 1_000_000 / total

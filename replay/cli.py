@@ -28,27 +28,20 @@ from typing import Sequence
 
 import orjson
 from aiokafka.errors import KafkaError
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from events import topics
-from meshlog import argtypes
 from meshlog.xds_tls_args import add_tls_arguments, files_from_args
 from events import kafka_security
+from meshlog import argtypes
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 from events.printable import printable
-from projector.render import render
-from proxysync.read import read_sync
-from proxysync.status_cli import proxy_row, render_node_text
-from replay import identities, report, text
-from events.undecodable import UndecodableLog, decode_or_skip
-from replay.deadletters import dead_lettered_among, recorded_dead_letters
-from replay.acceptance import diff_sync_docs, step_convergences, sync_records_for
 from replay.engine import (
+    Dropped,
     NotFound,
     OutOfRange,
     ReplayError,
     check_instant,
+    if_changes_something,
     iso,
     node_versions,
     open_log,
@@ -58,6 +51,11 @@ from replay.engine import (
 from replay.source import ReadStalled, read_window
 from replay.timeparse import BadTime, parse_instant, to_ms
 from replay.ui import cli as ui_cli
+
+# Start-up time is part of every `replay at` (a snapshot and a short tail take less time than the
+# interpreter's imports did): what only some commands or outputs need -- rich for the text tables and
+# the progress bar, the sync and identity readers, the report's dead-letter lookup, aiohttp for
+# `replay ui` -- is imported where it is used (`python -X importtime -m replay.cli` shows the rest).
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -117,6 +115,8 @@ async def _verifier(args: argparse.Namespace, consumer, *, for_display: bool = F
     """The verifier of the log's identities (identity.verifier), or None in insecure mode (unless only shown)."""
     if args.insecure_events and not for_display:
         return None
+    from replay import identities
+
     return await identities.load_verifier(consumer, args.now_ms)
 
 
@@ -263,13 +263,16 @@ class RichProgress:
 
     def __init__(self, enabled: bool | None) -> None:
         self.enabled = enabled
-        self._bar: Progress | None = None
+        self._bar = None  # a rich Progress while shown
         self._task = None
 
     def start(self, description: str, total: int) -> None:
         show = self.enabled if self.enabled is not None else (sys.stderr.isatty() and total >= PROGRESS_MIN_RECORDS)
         if not show or total <= 0:
             return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
         self._bar = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TimeRemainingColumn(), console=Console(stderr=True), transient=False,
@@ -340,6 +343,9 @@ def check_usage(args: argparse.Namespace, now: datetime) -> None:
 
 
 async def cmd_at(args: argparse.Namespace, bootstrap: str) -> int:
+    from projector.render import render
+    from replay import report
+
     at_ms = args.at_ms
     async with open_log(bootstrap, args.timeout) as consumer:
         first = await check_instant(consumer, at_ms, args.now_ms, what="--at")
@@ -348,8 +354,14 @@ async def cmd_at(args: argparse.Namespace, bootstrap: str) -> int:
         rebuilt.first_ms = first
         source = rebuilt.source()
         if rebuilt.undecodable:
+            from replay.deadletters import dead_lettered_among
+
             source["undecodable_dead_lettered"] = len(await dead_lettered_among(consumer, rebuilt.undecodable))
-        sync_table = (await read_sync(consumer, until_ms=at_ms))[0] if args.accepted else None
+        sync_table = None
+        if args.accepted:
+            from proxysync.read import read_sync
+
+            sync_table = (await read_sync(consumer, until_ms=at_ms))[0]
     state = rebuilt.state
     if args.node:
         node = args.node
@@ -365,14 +377,20 @@ async def cmd_at(args: argparse.Namespace, bootstrap: str) -> int:
         accepted = None
         if sync_table is not None:
             # the same matching `meshlog status` does, against what replay says the node was told at TIME
+            from proxysync.status_cli import proxy_row
+
             accepted = proxy_row(node, sync_table.proxies.get(node), versions, None)
             accepted["as_of_ms"] = at_ms
             doc["accepted"] = accepted
         if args.json:
             _emit_json(doc)
         else:
+            from replay import text
+
             text.print_node(text.console(), doc)
             if accepted is not None:
+                from proxysync.status_cli import render_node_text
+
                 print(f"\nwhat the proxy had ACKed by {iso(at_ms)} (meshlog.sync):")
                 print(render_node_text(accepted, told_header="TOLD (at TIME)"))
         return EXIT_OK
@@ -385,6 +403,8 @@ async def cmd_at(args: argparse.Namespace, bootstrap: str) -> int:
     if args.json:
         _emit_json(doc)
     else:
+        from replay import text
+
         text.print_mesh(text.console(), doc, limit=args.limit)
     return EXIT_OK
 
@@ -396,6 +416,10 @@ async def _window(args: argparse.Namespace, consumer) -> tuple[int, int]:
 
 
 async def cmd_diff(args: argparse.Namespace, bootstrap: str) -> int:
+    from replay import report
+    from replay.acceptance import diff_sync_docs, sync_records_for
+    from replay.deadletters import dead_lettered_among
+
     undecodable: list = []
     async with open_log(bootstrap, args.timeout) as consumer:
         from_ms, to_ms_ = await _window(args, consumer)
@@ -403,8 +427,10 @@ async def cmd_diff(args: argparse.Namespace, bootstrap: str) -> int:
         verifier = await _verifier(args, consumer)
         base = await rebuild(consumer, from_ms, use_snapshot=not args.no_snapshot, progress=progress,
                              verifier=verifier)
+        dropped = Dropped()
         walker, steps, _cut = await walk(consumer, base, to_ms_, node=args.node, progress=progress,
-                                         on_undecodable=undecodable.append, verifier=verifier)
+                                         on_undecodable=undecodable.append, keep=if_changes_something,
+                                         dropped=dropped, verifier=verifier)
         recorded = await dead_lettered_among(consumer, undecodable)
         sync_records = await sync_records_for(consumer, to_ms_)
     if args.node and not walker.start_membership and not walker.membership():
@@ -415,16 +441,24 @@ async def cmd_diff(args: argparse.Namespace, bootstrap: str) -> int:
         start_versions=walker.start_versions, end_versions=walker.versions(),
         start_membership=walker.start_membership, end_membership=walker.membership(),
         steps=steps, undecodable=[report.dead_letter_doc(u, recorded.get((u.topic, u.partition, u.offset))) for u in undecodable],
-        **diff_sync_docs(steps, sync_records, args.node),
+        **diff_sync_docs(steps, sync_records, args.node), dropped=dropped,
     )
     if args.json:
         _emit_json(doc)
     else:
+        from replay import text
+
         text.print_diff(text.console(), doc)
     return EXIT_OK
 
 
 async def cmd_log(args: argparse.Namespace, bootstrap: str) -> int:
+    from events import topics
+    from events.undecodable import UndecodableLog, decode_or_skip
+    from replay import identities, report
+    from replay.acceptance import step_convergences, sync_records_for
+    from replay.deadletters import recorded_dead_letters
+
     undecodable: list = []
     async with open_log(bootstrap, args.timeout) as consumer:
         from_ms, to_ms_ = await _window(args, consumer)
@@ -434,8 +468,11 @@ async def cmd_log(args: argparse.Namespace, bootstrap: str) -> int:
         verifier = None if args.insecure_events else shown
         base = await rebuild(consumer, from_ms, use_snapshot=not args.no_snapshot, progress=progress,
                              verifier=verifier)
+        dropped = Dropped()
         walker, steps, cut = await walk(consumer, base, to_ms_, node=args.node, progress=progress,
-                                        on_undecodable=undecodable.append, verifier=verifier)
+                                        on_undecodable=undecodable.append, dropped=dropped,
+                                        keep=report.for_service_log(args.service) if args.service else None,
+                                        verifier=verifier)
         window = {(tp.topic, tp.partition): (base.cut.stop[tp], cut.stop[tp]) for tp in cut.stop}
 
         def in_window(topic: str, partition: int, offset: int) -> bool:
@@ -481,13 +518,15 @@ async def cmd_log(args: argparse.Namespace, bootstrap: str) -> int:
     doc = report.log_document(
         from_ms=from_ms, to_ms=to_ms_, service=args.service, node=args.node, steps=steps, node_keys=node_keys,
         recorded_rejections=recorded_rejections, dead_letters=dead_docs, convergence=converged,
-        sync_entries=sync_entries, author_of=lambda lg: identities.author_doc(shown, lg),
+        sync_entries=sync_entries, author_of=lambda lg: identities.author_doc(shown, lg), dropped=dropped,
     )
     # identities are not bound to node ids yet (part 2 of the trust work): --node shows none
     doc["identities"] = [] if args.node else identities.log_entries(identity_events, service=args.service)
     if args.json:
         _emit_json(doc)
     else:
+        from replay import text
+
         console = text.console()
         text.print_log(console, doc)
         identities.print_log_section(console, doc["identities"])
@@ -525,6 +564,8 @@ async def cmd_serve(args: argparse.Namespace, bootstrap: str) -> int:
 
 
 async def cmd_identities(args: argparse.Namespace, bootstrap: str) -> int:
+    from replay import identities
+
     now = datetime.now(timezone.utc)
     at_ms = _parse(args.at, now, "--at")
     async with open_log(bootstrap, args.timeout) as consumer:
@@ -535,6 +576,8 @@ async def cmd_identities(args: argparse.Namespace, bootstrap: str) -> int:
     if args.json:
         _emit_json(doc)
     else:
+        from replay import text
+
         identities.print_held(text.console(), doc, limit=args.limit)
     return EXIT_OK
 

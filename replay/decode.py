@@ -6,52 +6,63 @@ Invariants:
   error always comes from the codec itself): replay and the live projector
   agree on which records are folded and which were dead-lettered.
   Property-tested against the codec on valid and garbage input.
-- Payload validation (pydantic, upcasting) is a pure function of
-  ``(type, schema_version, payload document)`` (``events.upcast`` promises
-  purity), so its result is memoized under that key. Payloads are frozen
-  models: one validated object can be shared by every envelope that carries
-  the same document. A real log repeats payloads all the time (a health flap,
-  a heartbeat re-registration), which is where most of a cold replay's
-  decoding time goes.
-- Only the common, canonical shape takes the fast path (a JSON object with
-  exactly the six envelope fields of the right JSON types, a known type that
-  belongs on the record's topic and a supported schema version, an
-  ``occurred_at`` with an offset that stays in range in UTC). Anything else —
-  and every first sighting of a payload — goes through the codec
-  (``decode_document``), so the decoder is exactly as total as the codec.
+- The codec (pydantic payload types, ``events.codec``) stays the one schema:
+  nothing here re-states a payload rule. What this module adds is a cheaper
+  way to *reach* the codec's answer for a record whose payload the codec has
+  already accepted: payload validation (pydantic, upcasting) is a pure
+  function of ``(type, schema_version, payload bytes)`` (``events.upcast``
+  promises purity), so its result is memoized under that key. Payloads are
+  frozen models: one validated object is shared by every envelope that
+  carries the same bytes. A real log repeats payloads all the time (a health
+  flap, a heartbeat re-registration), which is where most of a cold replay's
+  decoding time went.
+- The envelope's header is read with msgspec into a struct whose fields are
+  the codec's envelope fields (``events.codec._ENVELOPE_KEYS``, the one list;
+  the payload stays raw bytes, the memo key). msgspec only ever *narrows*:
+  a record it refuses, or whose header is not the plain shape (an unknown or
+  missing field, a ``schema_version`` that is not a plain int in range, an
+  empty ``event_id``/``producer``, an ``occurred_at`` the codec would refuse,
+  a type on the wrong topic), and every first sighting of a payload, goes
+  through the codec itself — so the decoder is exactly as total as the codec.
+  A memo hit needs payload bytes the codec accepted before at the same place
+  in an envelope, so msgspec's laxer skipping of raw values (it does not
+  check UTF-8 or number range inside them) never lets anything new through.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import orjson
+import msgspec
 
-from events.codec import decode_document, decode_record, utc_time_or_none
+from events import codec
+from events.codec import decode_record, utc_time_or_none
 from events.envelope import Envelope, Logged
 from events.types import PAYLOAD_TYPES
 
-_FIELDS = frozenset(("event_id", "type", "schema_version", "occurred_at", "producer", "payload"))
+# The header types the fast path understands. The field *list* is the codec's; a field the codec
+# gains that is not typed here (e.g. a new required envelope field) switches the fast path off
+# (``_HEADER`` is None) rather than letting an unchecked field through.
+_HEADER_TYPES: dict[str, Any] = {
+    "event_id": str,
+    "type": str,
+    "schema_version": int,
+    "occurred_at": str,
+    "producer": str,
+    "payload": msgspec.Raw,
+}
 
-def _payload_text(value: bytes, doc: dict) -> bytes | None:
-    """The payload's own bytes inside ``value``, when the record has the codec's canonical layout.
 
-    ``events.codec.encode`` writes ``{"event_id":..,"occurred_at":..,"payload":<P>,"producer":..,
-    "schema_version":..,"type":..}``. If ``value`` is exactly that head, some bytes ``P`` and that
-    tail (rebuilt here from the parsed fields), the parsed payload is a function of ``P`` alone (a
-    JSON value parses the same wherever it sits; should ``P`` smuggle a duplicate top-level key,
-    the last one wins, still inside ``P``), so ``P`` is an exact memo key — and slicing is cheaper
-    than re-serializing the payload. Anything else: None (the caller serializes instead).
-    """
-    event_id, occurred, producer = doc["event_id"], doc["occurred_at"], doc["producer"]
-    if type(event_id) is not str or type(occurred) is not str or type(producer) is not str:
+def _header_decoder() -> msgspec.json.Decoder | None:
+    fields = sorted(codec._ENVELOPE_KEYS)
+    if any(name not in _HEADER_TYPES for name in fields):
         return None
-    head = b'{"event_id":' + orjson.dumps(event_id) + b',"occurred_at":' + orjson.dumps(occurred) + b',"payload":'
-    tail = (b',"producer":' + orjson.dumps(producer) + b',"schema_version":' + str(doc["schema_version"]).encode()
-            + b',"type":' + orjson.dumps(doc["type"]) + b"}")
-    if len(value) <= len(head) + len(tail) or not value.startswith(head) or not value.endswith(tail):
-        return None
-    return b"P" + value[len(head) : len(value) - len(tail)]
+    struct = msgspec.defstruct("EnvelopeHeader", [(name, _HEADER_TYPES[name]) for name in fields],
+                               forbid_unknown_fields=True, frozen=True)
+    return msgspec.json.Decoder(struct)
+
+
+_HEADER = _header_decoder()
 
 
 class RecordDecoder:
@@ -67,57 +78,42 @@ class RecordDecoder:
 
     def __call__(self, record: Any) -> Logged:
         value = record.value
-        if value is None:
-            return decode_record(record)  # raises the codec's error
+        if value is None or _HEADER is None:
+            return decode_record(record)  # the codec's answer (or its error)
         try:
-            doc = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            return decode_record(record)  # raises the codec's error
-        if type(doc) is not dict or len(doc) != 6 or doc.keys() != _FIELDS:
+            head = _HEADER.decode(value)
+        except Exception:  # noqa: BLE001 - msgspec refuses (or recurses): the codec decides, and says why
             return decode_record(record)
-        typ = doc["type"]
-        version = doc["schema_version"]
-        payload = doc["payload"]
-        ptype = PAYLOAD_TYPES.get(typ) if type(typ) is str else None
-        if (
-            ptype is None
-            or ptype.TOPIC != record.topic
-            or type(version) is not int
-            or not 1 <= version <= ptype.SCHEMA_VERSION
-            or type(payload) is not dict
-        ):
-            return decode_record(record)
-        text = _payload_text(value, doc)
-        if text is None:
-            try:
-                text = orjson.dumps(payload)
-            except TypeError:  # e.g. nested deeper than orjson writes (it reads deeper than it writes)
-                return decode_record(record)
-        key = (typ, version, text)
-        validated = self._memo.get(key)
-        if validated is not None:
-            env = self._fast_envelope(doc, typ, ptype.SCHEMA_VERSION, validated)
+        key = (head.type, head.schema_version, bytes(head.payload))
+        payload = self._memo.get(key)
+        if payload is not None:
+            env = self._fast_envelope(head, payload, record.topic)
             if env is not None:
                 self.hits += 1
                 return Logged(env, record.topic, record.partition, record.offset, record.timestamp)
-        env = decode_document(doc, record.topic)  # the reference path; raises EventValidationError
+        logged = decode_record(record)  # the reference path; raises EventValidationError
         self.misses += 1
         if len(self._memo) >= self.max_entries:
             self._memo.clear()
-        self._memo[key] = env.payload
-        return Logged(env, record.topic, record.partition, record.offset, record.timestamp)
+        self._memo[key] = logged.envelope.payload  # the codec accepted these payload bytes for (type, version)
+        return logged
 
     @staticmethod
-    def _fast_envelope(doc: dict, typ: str, schema_version: int, payload: Any) -> Envelope | None:
-        """The envelope ``envelope_from_dict`` would build, or None to let the codec decide."""
-        event_id, producer, occurred = doc["event_id"], doc["producer"], doc["occurred_at"]
-        if type(event_id) is not str or not event_id or type(producer) is not str or not producer:
+    def _fast_envelope(head: Any, payload: Any, topic: str) -> Envelope | None:
+        """The envelope ``events.codec`` would build from a header whose payload it already accepted, else None.
+
+        The memo hit already says: the type is known, the version is one the codec accepted for it (so
+        it is a plain int >= 1, not a bool: msgspec refuses bools for int), and the payload is valid.
+        What still depends on this record: its topic, its id and producer, and its time.
+        """
+        ptype = PAYLOAD_TYPES[head.type]
+        if ptype.TOPIC != topic or not head.event_id or not head.producer:
             return None
-        at = utc_time_or_none(occurred)
+        at = utc_time_or_none(head.occurred_at)
         if at is None:
             return None
         try:
-            return Envelope(event_id, typ, schema_version, at, producer, payload)
+            return Envelope(head.event_id, head.type, ptype.SCHEMA_VERSION, at, head.producer, payload)
         except ValueError:
             return None
 

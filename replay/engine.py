@@ -253,15 +253,19 @@ async def rebuild(
     folded = 0
     undecodable: list[Undecodable] = []
     progress.start("folding events", cut.total)
+    fold_only = 0.0
     with no_gc():
         async for batch in iter_cut(consumer, cut, decoder=decoder):
             if batch.events:
+                f0 = time.perf_counter()
                 state, _decisions = fold_many(state, batch.events, verifier)
+                fold_only += time.perf_counter() - f0
                 folded += len(batch.events)
             undecodable += batch.undecodable
             progress.advance(batch.records)
     progress.finish()
-    stats["fold_s"] = round(time.perf_counter() - t1, 4)
+    stats["fold_s"] = round(time.perf_counter() - t1, 4)  # fetch + decode + fold
+    stats["fold_only_s"] = round(fold_only, 4)
     stats["decode_memo_hit_rate"] = round(decoder.hit_rate, 4)
     return Rebuilt(at_ms, state, cut, chosen, folded, undecodable, None, stats)
 
@@ -364,7 +368,26 @@ class Walker:
         it (``log2(len)`` renders), and the search goes on from there. A change
         that was reverted within the rest of a group (A -> B -> A) is not seen:
         the steps say ``exact=False``.
+
+        Most groups do not change a given node: those are folded as a batch
+        (``fold_many``, one copy per touched bucket instead of one per event)
+        and rendered once; only a group that changed the node's view, or whose
+        events the fold refused, is folded again event by event to bisect.
+        The steps are the same either way (``_bisected`` alone gives them).
         """
+        assert self.node is not None
+        if not events:
+            return []
+        end, decisions = fold_many(self.state, events, self.verifier)
+        if not decisions:
+            end_view = self.node_view if same_state(self.state, end) else node_versions(end, self.node)
+            if flatten(end_view) == flatten(self.node_view):
+                self.state, self.node_view = end, end_view
+                return [Step([lg], [], NO_EFFECT, False) for lg in events]
+        return self._bisected(events)
+
+    def _bisected(self, events: list[Logged]) -> list[Step]:
+        """``steps_bisected`` folding every event on its own (the reference the batch path must equal)."""
         assert self.node is not None
         node = self.node
         states: list[MeshState] = []
@@ -423,6 +446,20 @@ def _node_effect(node: str, before: Versions, after: Versions) -> Effect:
     )
 
 
+@dataclass(slots=True)
+class Dropped:
+    """What a walk's ``keep`` left out: the documents still count those events and their exactness."""
+
+    events: int = 0
+    exact: bool = True
+
+
+def if_changes_something(step: Step) -> Step | None:
+    """``walk``'s ``keep`` for ``replay diff``: the steps that changed what is served (those carry every
+    view change, which convergence needs) or whose events the fold refused; None for the rest."""
+    return step if step.decisions or not step.effect.empty else None
+
+
 EXACT_NODE_EVENTS = 20_000  # up to this many events, a node walk renders the node after every event
 NODE_GROUP = 256
 
@@ -437,8 +474,15 @@ async def walk(
     on_undecodable: Callable[[Undecodable], None] | None = None,
     render_budget_s: float = 20.0,
     verifier: Verifier | None = None,
+    keep: Callable[[Step], Step | None] | None = None,
+    dropped: Dropped | None = None,
 ) -> tuple[Walker, list[Step], Cut]:
-    """Fold the events in ``(base.at_ms, to_ms]`` step by step from ``base``."""
+    """Fold the events in ``(base.at_ms, to_ms]`` step by step from ``base``.
+
+    ``keep``: each step is replaced by what it returns (the step, a thinner step, or None to drop it);
+    the events left out are counted in ``dropped`` and let go as the walk goes, so a long window costs
+    memory for what the question keeps, not for every event of the window.
+    """
     progress = progress or NoProgress()
     start_after = base.cut.stops_by_key()
     cut = await plan_cut(consumer, to_ms, start_after=start_after)
@@ -446,6 +490,20 @@ async def walk(
     pacer = _Pacer(cut.total, render_budget_s) if node is None else None
     size = 1 if node is None or cut.total <= EXACT_NODE_EVENTS else NODE_GROUP
     steps: list[Step] = []
+    dropped = dropped if dropped is not None else Dropped()
+
+    def add(new: list[Step]) -> None:
+        if keep is None:
+            steps.extend(new)
+            return
+        for st in new:
+            kept = keep(st)
+            if kept is not None:
+                steps.append(kept)
+            if kept is not st:
+                dropped.events += len(st.events) - (len(kept.events) if kept is not None else 0)
+                dropped.exact = dropped.exact and st.exact
+
     progress.start("walking the window", cut.total)
     # not no_gc(): rendering makes cyclic garbage at every step; freezing what exists keeps collections cheap
     gc.freeze()
@@ -455,7 +513,7 @@ async def walk(
             pending.extend(batch.events)
             i = 0
             while len(pending) - i >= size:
-                steps.extend(_timed(walker, pending[i : i + size], pacer))
+                add(_timed(walker, pending[i : i + size], pacer))
                 i += size
                 if pacer is not None:
                     size = pacer.size()
@@ -466,7 +524,7 @@ async def walk(
             progress.advance(batch.records)
         i = 0
         while i < len(pending):
-            steps.extend(_timed(walker, pending[i : i + size], pacer))
+            add(_timed(walker, pending[i : i + size], pacer))
             i += size
             if pacer is not None:
                 size = pacer.size()

@@ -97,7 +97,7 @@ from projector.render_view import Renderer
 from projector.state import Instance, MeshState
 from projector.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_URLS
 from proxysync.convergence import Acceptance
-from replay.engine import Effect, ResourceKey, Step, Versions, iso
+from replay.engine import Dropped, Effect, ResourceKey, Step, Versions, iso
 
 FORMAT = 1
 GROUP_CAUSES = 20  # at most this many events of one group are listed as causes (inexact walks)
@@ -451,8 +451,10 @@ def diff_document(
     undecodable: Iterable[dict] = (),
     convergence: Mapping[tuple[str, int, int], dict] = {},
     accepted: Mapping[tuple[str, int, int], dict] = {},
+    dropped: Dropped | None = None,
 ) -> dict:
-    """``convergence`` (whole mesh) and ``accepted`` (one node): by the source of a step's last event."""
+    """``convergence`` (whole mesh) and ``accepted`` (one node): by the source of a step's last event.
+    ``dropped``: the walk's steps left out of ``steps`` (they changed nothing): counted, not listed."""
     steps = list(steps)
 
     def step_source(i: int) -> tuple[str, int, int]:
@@ -460,8 +462,8 @@ def diff_document(
         return (last.topic, last.partition, last.offset)
 
     touched_by: dict[ResourceKey, list[int]] = {}  # resource -> indexes of the steps that changed it
-    events = 0
-    exact = True
+    events = dropped.events if dropped else 0
+    exact = dropped.exact if dropped else True
     rejections = []
     for i, step in enumerate(steps):
         events += len(step.events)
@@ -599,6 +601,28 @@ def event_matches(
     return lg.envelope.key in node_keys
 
 
+def for_service_log(service: str) -> Callable[[Step], Step | None]:
+    """``walk``'s ``keep`` for ``log_document(service=...)``: a step of which the log lists something stays
+    whole; of any other, only what convergence needs (its view changes and last event, nothing the
+    filtered log lists); a step that changed no view is dropped."""
+
+    def keep(step: Step) -> Step | None:
+        if len(step.events) > 1:  # a group: listed if one of its events is about the service
+            listed = any(event_matches(lg, NO_EFFECT_DOC, service=service, node=None, services_touched=set())
+                         for lg in step.events)
+        else:
+            touched = touched_services(step.effect)
+            listed = any(event_matches(lg, step.effect, service=service, node=None, services_touched=touched)
+                         for lg in step.events)
+        if listed:
+            return step
+        if not step.effect.views:
+            return None
+        return Step(step.events[-1:], [], Effect({}, {}, frozenset(), frozenset(), step.effect.views), step.exact)
+
+    return keep
+
+
 def log_document(
     *,
     from_ms: int,
@@ -612,12 +636,15 @@ def log_document(
     convergence: Mapping[tuple[str, int, int], dict] = {},
     sync_entries: Iterable[dict] = (),
     author_of: Callable[[Logged], dict] | None = None,
+    dropped: Dropped | None = None,
 ) -> dict:
-    """The audit trail. ``author_of``: an event's verified author (``replay.identities.author_doc``). ``recorded_rejections``: (source topic, partition, offset) -> (time, rejection) from the
-    rejections topic; ``dead_letters``: DEAD entries (already filtered to the window)."""
+    """The audit trail. ``author_of``: an event's verified author (``replay.identities.author_doc``).
+    ``recorded_rejections``: (source topic, partition, offset) -> (time, rejection) from the rejections topic;
+    ``dead_letters``: DEAD entries (already filtered to the window); ``dropped``: the walk's steps
+    ``for_service_log`` left out (nothing of them is listed)."""
     entries: list[dict] = []
     groups: list[dict] = []
-    exact = True
+    exact = dropped.exact if dropped else True
     matched_recorded: set[tuple[str, int, int]] = set()
     for step in steps:
         exact = exact and step.exact

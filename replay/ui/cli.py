@@ -8,7 +8,6 @@ import signal
 import sys
 
 import orjson
-from aiohttp import web
 
 from events.files import write_file_atomic
 from meshlog import argtypes
@@ -32,6 +31,8 @@ def add_parser(sub, common, epilog: str) -> None:
 
 
 async def cmd_ui(args: argparse.Namespace, bootstrap: str) -> int:
+    from aiohttp import web  # only `replay ui` serves HTTP: not imported by every `replay` command
+
     from replay.ui.console import Console
     from replay.ui.server import HostGuard, build_app, hosts_for
 

@@ -41,7 +41,9 @@ from proxysync.status_cli import proxy_row
 from replay.acceptance import diff_sync_docs, sync_records_for
 from replay import report
 from replay.decode import RecordDecoder
-from replay.engine import NotFound, OutOfRange, Rebuilt, check_instant, iso, node_versions, rebuild, walk
+from replay.engine import (
+    Dropped, NotFound, OutOfRange, Rebuilt, check_instant, if_changes_something, iso, node_versions, rebuild, walk,
+)
 from replay.source import Cut, existing_topics, iter_cut, plan_cut, read_range, read_window
 from replay.timeparse import to_ms
 from replay.ui.timeline import DEAD_LETTER, REJECTED, TimelineIndex, event_kind, event_service
@@ -194,8 +196,9 @@ class Console:
             verifier = await self._verifier()
             if base is None:
                 base = await rebuild(self.consumer, from_ms, use_snapshot=self.use_snapshot, verifier=verifier)
+            dropped = Dropped()
             walker, steps, _cut = await walk(self.consumer, base, to_ms_, node=node, on_undecodable=undecodable.append,
-                                             verifier=verifier)
+                                             keep=if_changes_something, dropped=dropped, verifier=verifier)
             sync_records = await sync_records_for(self.consumer, to_ms_)
         if node and not walker.start_membership and not walker.membership():
             raise NotFound(f"node {node!r} has no registered instance at {iso(from_ms)} nor at {iso(to_ms_)}")
@@ -204,7 +207,7 @@ class Console:
             start_versions=walker.start_versions, end_versions=walker.versions(),
             start_membership=walker.start_membership, end_membership=walker.membership(),
             steps=steps, undecodable=[{**report.dead_letter_doc(u, None), "recorded": None} for u in undecodable],
-            **diff_sync_docs(steps, sync_records, node),
+            **diff_sync_docs(steps, sync_records, node), dropped=dropped,
         )
 
     # ------------------------------------------------------------ the records behind the marks

@@ -109,3 +109,50 @@ def test_memo_is_bounded():
     for p in RandomHistory("dec", 5).payloads(200):
         decoder(Rec(encode(new_event(p)), p.TOPIC))
     assert len(decoder._memo) <= 10
+
+
+def _valid_text() -> bytes:
+    return orjson.dumps(_doc(), option=orjson.OPT_SORT_KEYS)
+
+
+# Where msgspec (the header reader) and orjson (the codec) part ways: msgspec skips a raw payload without
+# checking UTF-8 or number range, refuses floats and bools for an int, reads huge ints exactly. Each must
+# end as the codec says, before and after the memo knows the valid payload.
+MSGSPEC_EDGES = [
+    lambda v: v.replace(b'"port":', b'"port":1e999,"x":', 1),  # a number orjson refuses, inside the payload
+    lambda v: v.replace(b'"address":"', b'"address":"\xff', 1),  # invalid UTF-8 inside the payload
+    lambda v: v.replace(b'"address":"', b'"address":"\\ud800', 1),  # a lone surrogate inside the payload
+    lambda v: v.replace(b'"schema_version":2', b'"schema_version":2.0', 1),
+    lambda v: v.replace(b'"schema_version":2', b'"schema_version":true', 1),
+    lambda v: v.replace(b'"schema_version":2', b'"schema_version":99999999999999999999999', 1),
+    lambda v: v.replace(b'"producer":"x"', b'"producer":"\\ud800"', 1),
+    lambda v: v.replace(b'"producer":"x"', b'"producer":"x","producer":""', 1),  # duplicate key: the last wins
+    lambda v: v.replace(b'"producer":"x"', b'"producer":"","producer":"y"', 1),
+    lambda v: v[:-1] + b',"payload":{}}',  # a second payload: the last wins, for both readers
+    lambda v: v + b"\x00",
+    lambda v: b" \n" + v.replace(b",", b" , ") + b"\t",  # whitespace anywhere JSON allows it
+    lambda v: v.replace(b'"event_id"', b'"event\\u005fid"', 1),  # an escaped key
+]
+
+
+@pytest.mark.parametrize("edge", range(len(MSGSPEC_EDGES)))
+def test_where_msgspec_and_orjson_differ_the_codec_decides(edge):
+    decoder = RecordDecoder()
+    same(decoder, _valid_text())  # warm the memo with the valid payload
+    value = MSGSPEC_EDGES[edge](_valid_text())
+    assert value != _valid_text()
+    same(decoder, value)
+    same(decoder, value)
+
+
+def test_the_same_payload_in_another_envelope_layout_is_a_memo_hit():
+    """The memo key is the payload's own bytes, wherever the envelope puts them (keys in any order, spaces)."""
+    decoder = RecordDecoder()
+    doc = _doc()
+    same(decoder, orjson.dumps(doc, option=orjson.OPT_SORT_KEYS))
+    payload = orjson.dumps(doc["payload"], option=orjson.OPT_SORT_KEYS)
+    other = orjson.dumps({k: v for k, v in reversed(doc.items()) if k != "payload"})
+    other = other[:-1] + b', "payload" : ' + payload + b" }"
+    hits = decoder.hits
+    same(decoder, other)
+    assert decoder.hits == hits + 1

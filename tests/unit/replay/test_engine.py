@@ -7,7 +7,7 @@ import pytest
 from projector.fold import fold_many
 from projector.render import render_all
 from projector.state import empty_state
-from projector.state import same_state
+from projector.state import same_state, state_to_bytes
 from replay.engine import Walker, _Pacer, flatten, node_versions
 from tests.unit.projector.helpers import Log
 from tests.unit.replay.history import RandomHistory
@@ -128,3 +128,21 @@ def test_the_pacer_keeps_short_windows_exact_and_bounds_long_ones():
     spent = _Pacer(total=100, budget_s=1)
     spent.record(1, 5.0)
     assert spent.size() == 99  # over budget: the rest in one step
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_bisected_node_walk_takes_the_batch_path_only_where_it_gives_the_same_steps(seed):
+    """``steps_bisected`` folds a group that leaves the node unchanged as one batch: same steps, same end."""
+    h, log = history_log(seed, 500)
+    base, _ = fold_many(empty_state(), log.events[:60])
+    window = log.events[60:]
+    for node in h.nodes()[:3]:
+        fast, reference = Walker(base, node=node), Walker(base, node=node)
+        for size in (8, 32, 64):
+            for i in range(0, len(window), size):
+                group = window[i : i + size]
+                got, want = fast.steps_bisected(group), reference._bisected(group)
+                assert [(s.events, s.decisions, s.effect, s.exact) for s in got] == \
+                       [(s.events, s.decisions, s.effect, s.exact) for s in want]
+                assert state_to_bytes(fast.state) == state_to_bytes(reference.state)
+                assert fast.node_view == reference.node_view

@@ -1,0 +1,92 @@
+"""replay.engine.walk's ``keep``: thinning the steps a long window keeps changes no document.
+
+A walk over a long window used to hold every event of it (1M events: about 1 GB). ``replay diff`` keeps
+only the steps that changed something (``if_changes_something``), ``replay log --service`` what its
+filtered log lists plus what convergence needs (``report.for_service_log``). The documents built from
+the thinned steps must equal those built from all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+from aiokafka import TopicPartition
+
+from events import topics
+from events.codec import encode
+from events.envelope import new_event
+from replay import report
+from replay.engine import Dropped, if_changes_something, rebuild, walk
+from tests.unit.replay.fake_consumer import FakeConsumer, Rec
+from tests.unit.replay.history import RandomHistory
+
+
+def fake_log(seed: int, count: int) -> tuple[FakeConsumer, int]:
+    logs = {TopicPartition(spec.name, p): [] for spec in topics.EVENT_TOPICS for p in range(spec.partitions)}
+    rnd = random.Random(seed)
+    ts = 1_000
+    for payload in RandomHistory("walk", seed).payloads(count):
+        ts += rnd.choice((0, 1, 1, 2))
+        tp = TopicPartition(payload.TOPIC, 0)
+        logs[tp].append(Rec(tp.topic, 0, len(logs[tp]), ts, encode(new_event(payload, producer="t"))))
+    return FakeConsumer(logs, rnd), ts
+
+
+async def walked(consumer, from_ms: int, to_ms: int, node: str | None, keep):
+    base = await rebuild(consumer, from_ms, use_snapshot=False)
+    dropped = Dropped()
+    walker, steps, _cut = await walk(consumer, base, to_ms, node=node, keep=keep, dropped=dropped)
+    return walker, steps, dropped
+
+
+def diff_doc(walker, steps, node, dropped, to_ms):
+    return report.diff_document(
+        from_ms=0, to_ms=to_ms, node=node, start_versions=walker.start_versions, end_versions=walker.versions(),
+        start_membership=walker.start_membership, end_membership=walker.membership(), steps=steps,
+        dropped=dropped)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("whole_mesh", [True, False])
+def test_diff_from_the_kept_steps_equals_the_diff_from_every_step(seed, whole_mesh):
+    consumer, end = fake_log(seed, 300)
+    node = None if whole_mesh else RandomHistory("walk", seed).nodes()[seed % 3]
+
+    async def go():
+        every = await walked(consumer, 1_050, end, node, None)
+        kept = await walked(consumer, 1_050, end, node, if_changes_something)
+        return every, kept
+
+    (w1, all_steps, d1), (w2, kept_steps, d2) = asyncio.run(go())
+    assert d1 == Dropped() and len(kept_steps) < len(all_steps)
+    assert d2.events == sum(len(s.events) for s in all_steps) - sum(len(s.events) for s in kept_steps)
+    assert diff_doc(w2, kept_steps, node, d2, end) == diff_doc(w1, all_steps, node, d1, end)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_service_log_from_the_kept_steps_equals_the_log_from_every_step(seed):
+    consumer, end = fake_log(seed, 300)
+    history = RandomHistory("walk", seed)
+    service = history.services[seed % len(history.services)]
+
+    async def go():
+        every = await walked(consumer, 1_050, end, None, None)
+        kept = await walked(consumer, 1_050, end, None, report.for_service_log(service))
+        return every, kept
+
+    (_w1, all_steps, d1), (_w2, kept_steps, d2) = asyncio.run(go())
+    assert sum(len(s.events) for s in kept_steps) < sum(len(s.events) for s in all_steps)
+
+    def log_doc(steps, dropped):
+        # convergence with no sync records: every view change still counts (superseded changes)
+        from replay.acceptance import step_convergences
+
+        converged = {key: c.as_dict() for key, c in step_convergences(steps, []).items()}
+        return report.log_document(from_ms=0, to_ms=end, service=service, node=None, steps=steps,
+                                   convergence=converged, dropped=dropped)
+
+    whole = log_doc(all_steps, d1)
+    assert whole["entries"], "the service appears in the window"
+    assert log_doc(kept_steps, d2) == whole

@@ -210,8 +210,8 @@ class SubscriptionService:
                        for p in range(topics.BY_NAME[topics.REJECTIONS].partitions)]
                 consumer.assign(tps)
                 await consumer.seek_to_end(*tps)  # a decision about our event comes after this
-                for tp in tps:
-                    await consumer.position(tp)
+                # bounded: a broker that refuses this read (ACLs) would otherwise hold the lookup for the whole wait
+                await asyncio.wait_for(asyncio.gather(*(consumer.position(tp) for tp in tps)), self.append_timeout_s)
                 async with EventProducer(self.bootstrap, timeout_s=self.append_timeout_s) as producer:
                     appended = await producer.append(new_event(payload, producer=producer_identity(self.node_id)))
             except (BrokerUnavailable, KafkaError, OSError, asyncio.TimeoutError) as exc:

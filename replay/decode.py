@@ -17,8 +17,10 @@ Invariants:
   flap, a heartbeat re-registration), which is where most of a cold replay's
   decoding time went.
 - The envelope's header is read with msgspec into a struct whose fields are
-  the codec's envelope fields (``events.codec._ENVELOPE_KEYS``, the one list;
-  the payload stays raw bytes, the memo key). msgspec only ever *narrows*:
+  the envelope's wire fields (``events.envelope.REQUIRED_FIELDS`` and
+  ``ENVELOPE_FIELDS``, the one list the codec reads too; the signature fields
+  are optional, as in the codec; the payload stays raw bytes, the memo key).
+  msgspec only ever *narrows*:
   a record it refuses, or whose header is not the plain shape (an unknown or
   missing field, a ``schema_version`` that is not a plain int in range, an
   empty ``event_id``/``producer``, an ``occurred_at`` the codec would refuse,
@@ -27,6 +29,13 @@ Invariants:
   A memo hit needs payload bytes the codec accepted before at the same place
   in an envelope, so msgspec's laxer skipping of raw values (it does not
   check UTF-8 or number range inside them) never lets anything new through.
+- A signed envelope takes the same path. Its signature fields are checked by
+  the codec's own shape rules (``codec._signature_fields``/``_proof_field``),
+  and its ``signed_bytes`` are ``codec.signing_bytes`` of the document as the
+  codec would have parsed it: the header's values, with the payload as the
+  canonical bytes orjson writes for it (memoized with the payload, computed
+  from the same raw bytes the codec accepted), so the verifier checks exactly
+  the bytes it would check after ``events.codec.decode``.
 """
 
 from __future__ import annotations
@@ -35,14 +44,16 @@ from typing import Any
 
 import msgspec
 
+import orjson
+
 from events import codec
 from events.codec import decode_record, utc_time_or_none
-from events.envelope import Envelope, Logged
+from events.envelope import ENVELOPE_FIELDS, REQUIRED_FIELDS, Envelope, Logged
 from events.types import PAYLOAD_TYPES
 
-# The header types the fast path understands. The field *list* is the codec's; a field the codec
-# gains that is not typed here (e.g. a new required envelope field) switches the fast path off
-# (``_HEADER`` is None) rather than letting an unchecked field through.
+# The header types the fast path understands. The field *list* is the envelope's; a field it gains
+# that is not typed here (e.g. a new envelope field) switches the fast path off (``_HEADER`` is None)
+# rather than letting an unchecked field through.
 _HEADER_TYPES: dict[str, Any] = {
     "event_id": str,
     "type": str,
@@ -50,19 +61,26 @@ _HEADER_TYPES: dict[str, Any] = {
     "occurred_at": str,
     "producer": str,
     "payload": msgspec.Raw,
+    "signer": str,
+    "signature": str,
+    "proof": list[str],
 }
+# the fields an envelope may leave out (signer, signature, proof): absent is UNSET, never None, so an explicit
+# ``null`` (which the codec refuses) is refused by msgspec too and goes to the codec
+_OPTIONAL_FIELDS = tuple(name for name in ENVELOPE_FIELDS if name not in REQUIRED_FIELDS)
 
 
 def _header_decoder() -> msgspec.json.Decoder | None:
-    fields = sorted(codec._ENVELOPE_KEYS)
-    if any(name not in _HEADER_TYPES for name in fields):
+    if any(name not in _HEADER_TYPES for name in ENVELOPE_FIELDS):
         return None
-    struct = msgspec.defstruct("EnvelopeHeader", [(name, _HEADER_TYPES[name]) for name in fields],
-                               forbid_unknown_fields=True, frozen=True)
+    fields = [(name, _HEADER_TYPES[name]) for name in sorted(REQUIRED_FIELDS)]
+    fields += [(name, _HEADER_TYPES[name] | msgspec.UnsetType, msgspec.UNSET) for name in sorted(_OPTIONAL_FIELDS)]
+    struct = msgspec.defstruct("EnvelopeHeader", fields, kw_only=True, forbid_unknown_fields=True, frozen=True)
     return msgspec.json.Decoder(struct)
 
 
 _HEADER = _header_decoder()
+_UNSET = msgspec.UNSET
 
 
 class RecordDecoder:
@@ -71,7 +89,8 @@ class RecordDecoder:
     __slots__ = ("_memo", "max_entries", "hits", "misses")
 
     def __init__(self, max_entries: int = 500_000) -> None:
-        self._memo: dict[tuple[str, int, bytes], Any] = {}
+        # (type, version, payload bytes) -> (validated payload, the canonical bytes orjson writes for it)
+        self._memo: dict[tuple[str, int, bytes], tuple[Any, bytes]] = {}
         self.max_entries = max_entries
         self.hits = 0
         self.misses = 0
@@ -84,10 +103,11 @@ class RecordDecoder:
             head = _HEADER.decode(value)
         except Exception:  # noqa: BLE001 - msgspec refuses (or recurses): the codec decides, and says why
             return decode_record(record)
-        key = (head.type, head.schema_version, bytes(head.payload))
-        payload = self._memo.get(key)
-        if payload is not None:
-            env = self._fast_envelope(head, payload, record.topic)
+        raw = bytes(head.payload)
+        key = (head.type, head.schema_version, raw)
+        known = self._memo.get(key)
+        if known is not None:
+            env = self._fast_envelope(head, known, record.topic)
             if env is not None:
                 self.hits += 1
                 return Logged(env, record.topic, record.partition, record.offset, record.timestamp)
@@ -95,16 +115,18 @@ class RecordDecoder:
         self.misses += 1
         if len(self._memo) >= self.max_entries:
             self._memo.clear()
-        self._memo[key] = logged.envelope.payload  # the codec accepted these payload bytes for (type, version)
+        # the codec accepted these payload bytes for (type, version), so orjson reads them
+        canonical = orjson.dumps(orjson.loads(raw), option=orjson.OPT_SORT_KEYS)
+        self._memo[key] = (logged.envelope.payload, raw if canonical == raw else canonical)
         return logged
 
     @staticmethod
-    def _fast_envelope(head: Any, payload: Any, topic: str) -> Envelope | None:
+    def _fast_envelope(head: Any, known: tuple[Any, bytes], topic: str) -> Envelope | None:
         """The envelope ``events.codec`` would build from a header whose payload it already accepted, else None.
 
         The memo hit already says: the type is known, the version is one the codec accepted for it (so
         it is a plain int >= 1, not a bool: msgspec refuses bools for int), and the payload is valid.
-        What still depends on this record: its topic, its id and producer, and its time.
+        What still depends on this record: its topic, its id and producer, its time, and its signature.
         """
         ptype = PAYLOAD_TYPES[head.type]
         if ptype.TOPIC != topic or not head.event_id or not head.producer:
@@ -112,12 +134,25 @@ class RecordDecoder:
         at = utc_time_or_none(head.occurred_at)
         if at is None:
             return None
+        payload = known[0]
         try:
-            return Envelope(head.event_id, head.type, ptype.SCHEMA_VERSION, at, head.producer, payload)
-        except ValueError:
+            if head.signer is _UNSET and head.signature is _UNSET and head.proof is _UNSET:
+                return Envelope(head.event_id, head.type, ptype.SCHEMA_VERSION, at, head.producer, payload)
+            return _signed_envelope(head, ptype.SCHEMA_VERSION, at, known)
+        except (ValueError, orjson.JSONEncodeError):  # EventValidationError is a ValueError: the codec decides
             return None
 
     @property
     def hit_rate(self) -> float:
         total = self.hits + self.misses
         return self.hits / total if total else 0.0
+
+
+def _signed_envelope(head: Any, version: int, at: Any, known: tuple[Any, bytes]) -> Envelope:
+    """The signed envelope the codec builds from ``head``: its shape rules, its ``signing_bytes``."""
+    doc = {name: getattr(head, name) for name in ENVELOPE_FIELDS if getattr(head, name) is not _UNSET}
+    signer, signature = codec._signature_fields(doc)  # raises EventValidationError (a ValueError) if ill-shaped
+    proof = codec._proof_field(doc)
+    doc["payload"] = orjson.Fragment(known[1])  # the document's payload as orjson writes it (sorted keys)
+    return Envelope(head.event_id, head.type, version, at, head.producer, known[0], signer=signer,
+                    signature=signature, signed_bytes=codec.signing_bytes(doc), proof=proof)

@@ -150,9 +150,12 @@ class RecordDecoder:
 
 def _signed_envelope(head: Any, version: int, at: Any, known: tuple[Any, bytes]) -> Envelope:
     """The signed envelope the codec builds from ``head``: its shape rules, its ``signing_bytes``."""
-    doc = {name: getattr(head, name) for name in ENVELOPE_FIELDS if getattr(head, name) is not _UNSET}
+    doc = msgspec.structs.asdict(head)  # the document as read, minus the fields it does not have
+    for name in _OPTIONAL_FIELDS:
+        if doc[name] is _UNSET:
+            del doc[name]
     signer, signature = codec._signature_fields(doc)  # raises EventValidationError (a ValueError) if ill-shaped
     proof = codec._proof_field(doc)
     doc["payload"] = orjson.Fragment(known[1])  # the document's payload as orjson writes it (sorted keys)
-    return Envelope(head.event_id, head.type, version, at, head.producer, known[0], signer=signer,
-                    signature=signature, signed_bytes=codec.signing_bytes(doc), proof=proof)
+    return Envelope(head.event_id, head.type, version, at, head.producer, known[0],  # positional: the hot path
+                    signer, signature, codec.signing_bytes(doc), proof)

@@ -43,7 +43,6 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-
 import orjson
 
 from events import codec

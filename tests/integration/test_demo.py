@@ -79,7 +79,7 @@ def _left_behind(workdir: Path) -> list[str]:
 def test_the_headless_demo_plays_every_scene_and_every_check_passes(tmp_path):
     workdir = tmp_path / "demo"
     result = subprocess.run([str(BIN / "meshlog"), "demo", "--headless", "--pace", "4", "--workdir", str(workdir)],
-                            capture_output=True, text=True, timeout=280, env=_env())
+                            capture_output=True, text=True, timeout=360, env=_env())
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     for scene, checks in SCENE_CHECKS.items():

@@ -22,6 +22,12 @@ Scenes, in order (``--scene`` picks some; the mesh is always started first):
                         sidecar: 403 from its RBAC (counted in its Envoy), web's own calls
                         pass; an operator's access policy opens reviews to ratings, and
                         deleting it closes the door again; no request of web fails
+- ``forged``            (secure only) a process holding ratings-1's valid certificate appends, signed
+                        with it, a registration of itself as an instance of reviews at its own
+                        address with weight 128, and a re-registration claiming web-1's node id:
+                        the projector's fold refuses both (``event.refused``, shown by ``replay log``
+                        with the verified author), web's Envoy never holds the forged address and
+                        no request of web fails
 - ``replay``            ``replay at`` an instant from the start and from the canary,
                         and ``replay diff`` of the whole run (the real ``replay`` CLI);
                         ``meshlog status`` and the last convergences of rule changes
@@ -54,6 +60,7 @@ from events.types import (
     AccessPolicyUpserted,
     DestinationPolicyUpserted,
     HttpRoute,
+    InstanceRegistered,
     RouteRuleUpserted,
     Subset,
     WeightedDestination,
@@ -65,7 +72,8 @@ from meshlog.demo_app import KeepAliveClient, classify
 from meshlog.procs import BIN, wait_until
 from replay.text import WIDTH_VAR
 
-SCENES = ("baseline", "canary", "failing-instance", "gateway-kill", "impostor", "on-demand", "undeclared", "replay")
+SCENES = ("baseline", "canary", "failing-instance", "gateway-kill", "impostor", "on-demand", "undeclared", "forged",
+          "replay")
 PRODUCER = "meshlog-demo"
 ROUTE_DUMP = "dynamic_route_configs"
 
@@ -453,6 +461,101 @@ def undeclared(demo: Demo) -> None:
                       split_text(window))
 
 
+def _clusters_hold(sidecar, address: str) -> bool:
+    """Whether Envoy's admin ``/clusters`` lists ``address`` as a host of any cluster (``<cluster>::<host>::…``)."""
+    return f"::{address}::" in sidecar.admin("/clusters")
+
+
+def _refusals_logged(demo: Demo, since: float, event_ids: set[str], timeout: float = 30.0) -> dict[str, dict]:
+    """``replay log`` entries of the events ``event_ids`` once the live projector has recorded every one of
+    their refusals on the rejections topic (or what the log shows at the timeout): event id -> entry."""
+    deadline = time.monotonic() + timeout
+    found: dict[str, dict] = {}
+    while True:
+        code, out = replay_cli(demo, "log", "--from", iso(since), "--to", "now", json_out=True)
+        if code == 0:
+            found = {e["event_id"]: e for e in json.loads(out)["entries"]
+                     if e["kind"] == "event" and e["event_id"] in event_ids}
+            if len(found) == len(event_ids) and all((e["rejection"] or {}).get("recorded") for e in found.values()):
+                return found
+        if time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def _refused_text(entry: dict | None, author: str, because: str) -> tuple[bool, str]:
+    """Whether ``replay log`` shows ``entry`` refused (on the rejections topic) for ``because``, stated by the
+    verified ``author``; and what it shows."""
+    if entry is None:
+        return False, "not in replay log within 30 s"
+    rejection, by = entry["rejection"] or {}, entry.get("author") or {}
+    ok = (bool(rejection.get("recorded")) and because in rejection.get("reason", "")
+          and by.get("verified") is True and by.get("spiffe_id") == author)
+    shown = f"refused: {rejection['reason']}" if rejection else "folded (not refused)"
+    who = by.get("spiffe_id") if by.get("verified") else f"unverified ({by.get('problem')})"
+    return ok, f"{entry['type']} {entry['key']} by {who}; {shown}"[:400]
+
+
+def forged(demo: Demo) -> None:
+    from meshlog.demo_app import DemoApp
+
+    stack = demo.stack
+    if stack.trust is None:
+        demo.report.scene("forged", "skipped: the demo runs --insecure (events are not signed)")
+        return
+    reviews, ratings = stack.reviews, "ratings" + stack.suffix
+    demo.report.scene("forged", f"a valid certificate of {ratings} states facts about {reviews} and web: "
+                                "the fold refuses what its author may not state")
+    signer = f"sidecar/{ratings}/ratings-1"  # enrolled by on-demand, or issued as undeclared does
+    stack.trust.sidecar(ratings, "ratings-1")
+    author = stack.trust.spiffe_id(signer).uri
+    lure = DemoApp("ratings-1", "v1", reviews).start()  # the forger's own listener: answers as reviews would
+    address = f"127.0.0.1:{lure.port}"
+    try:
+        as_reviews = new_event(InstanceRegistered(service=reviews, instance_id="ratings-1", address="127.0.0.1",
+                                                  port=lure.port, labels={"version": "v1"}, weight=128),
+                               producer=f"sidecar/{reviews}/reviews-v1-a")  # the name it claims: not who it is
+        as_web = new_event(InstanceRegistered(service=ratings, instance_id="ratings-1", address="127.0.0.1",
+                                              port=lure.port, labels={"version": "v1"}, node_id="web-1"),
+                           producer=signer)
+
+        async def append() -> None:  # signed with ratings-1's key: the producer signs with its Kafka identity
+            async with EventProducer(stack.bootstrap, security=stack.trust.kafka_security(signer)) as producer:
+                await producer.append(as_reviews)
+                await producer.append(as_web)
+
+        started = time.time()
+        asyncio.run(append())
+        demo.report.step(f"appended, signed as {signer}: {reviews}/ratings-1 at {address} with weight 128, "
+                         f"and {ratings}/ratings-1 re-registered with node id web-1")
+        held = samples = 0
+        watch_until = time.time() + demo.pace  # what the projector would have folded reaches web's Envoy by then
+        while time.time() < watch_until:
+            try:
+                held += _clusters_hold(demo.web, address)
+                samples += 1
+            except OSError:
+                pass
+            time.sleep(0.25)
+        logged = _refusals_logged(demo, started - 1, {as_reviews.event_id, as_web.event_id})
+        held += _clusters_hold(demo.web, address)
+        samples += 1
+        window = demo.traffic.window(started, time.time())
+    finally:
+        lure.stop()
+    ok, detail = _refused_text(logged.get(as_reviews.event_id), author, "may not state instance.registered")
+    demo.report.check(f"a registration of ratings-1 as an instance of {reviews} is refused", ok, detail)
+    ok, detail = _refused_text(logged.get(as_web.event_id), author, "node id 'web-1' is held")
+    demo.report.check("a re-registration claiming web-1's node id is refused", ok, detail)
+    if logged:
+        _code, text = replay_cli(demo, "log", "--from", iso(started - 1), "--to", "now")
+        demo.report.block(f"$ replay log --from {iso(started - 1)} --to now", text)
+    demo.report.check("web's Envoy never holds the forged address, no request of web goes there or fails",
+                      samples > 0 and held == 0 and window.requests > 0 and window.errors == 0
+                      and window.by_instance.get("ratings-1", 0) == 0,
+                      f"{address} in web's /clusters in {held} of {samples} samples; {split_text(window)}")
+
+
 def replay(demo: Demo) -> None:
     demo.report.scene("replay", "what was every proxy told, and when? the real `replay` CLI over the same log")
     stack = demo.stack
@@ -516,5 +619,6 @@ SCENE_FUNCS: dict[str, Callable[[Demo], None]] = {
     "impostor": impostor,
     "on-demand": on_demand,
     "undeclared": undeclared,
+    "forged": forged,
     "replay": replay,
 }

@@ -46,6 +46,9 @@ SCENE_CHECKS = {  # scene -> checks it reports
                    "the declared caller's certificate (web) is admitted",
                    "an access policy opens the door and its deletion closes it",
                    "web's traffic to reviews is untouched"],
+    "forged": ["a registration of ratings-1 as an instance of reviews is refused",
+               "a re-registration claiming web-1's node id is refused",
+               "web's Envoy never holds the forged address, no request of web goes there or fails"],
     "replay": ["replay at the canary instant shows web told 90/10", "replay diff of the whole run explains it by events",
                "each rule change reached its proxies (append to ACK, from meshlog.sync)"],
 }
@@ -76,7 +79,7 @@ def _left_behind(workdir: Path) -> list[str]:
 def test_the_headless_demo_plays_every_scene_and_every_check_passes(tmp_path):
     workdir = tmp_path / "demo"
     result = subprocess.run([str(BIN / "meshlog"), "demo", "--headless", "--pace", "4", "--workdir", str(workdir)],
-                            capture_output=True, text=True, timeout=280, env=_env())
+                            capture_output=True, text=True, timeout=360, env=_env())
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     for scene, checks in SCENE_CHECKS.items():

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from meshlog.demo.events_tail import summarize
-from meshlog.demo.scenes import expected_weights, route_weights
+from meshlog.demo.scenes import _clusters_hold, _refused_text, expected_weights, route_weights
 from meshlog.demo.traffic import Traffic
 from meshlog.demo_app import DemoApp, KeepAliveClient, classify
 from events.types import InstanceHealthChanged, RouteRuleUpserted, HttpRoute, WeightedDestination
@@ -81,6 +81,44 @@ def test_route_weights_read_envoy_and_replay_route_configs_alike():
 def test_expected_weights_drop_zero_weight_subsets_like_the_renderer():
     assert expected_weights("reviews", 90, 10) == {"reviews|v1": 90, "reviews|v2": 10}
     assert expected_weights("reviews", 100, 0) == {"reviews|v1": 100}
+
+
+FORGER = "spiffe://demo.mesh/sidecar/ratings/ratings-1"
+
+
+def _log_entry(rejection, author):
+    return {"kind": "event", "type": "instance.registered", "key": "reviews/ratings-1", "rejection": rejection,
+            "author": author}
+
+
+def test_the_forged_scene_passes_a_refusal_only_if_recorded_for_its_reason_and_by_the_verified_forger():
+    refused = {"reason": "spiffe://demo.mesh/sidecar/ratings/ratings-1 may not state instance.registered of ...",
+               "recorded": True}
+    verified = {"verified": True, "spiffe_id": FORGER, "serial": "1f", "problem": None}
+    ok, text = _refused_text(_log_entry(refused, verified), FORGER, "may not state instance.registered")
+    assert ok and f"by {FORGER}; refused: " in text
+    for entry, because in [
+        (_log_entry(None, verified), "may not state"),  # folded: the forgery went through
+        (_log_entry({**refused, "recorded": False}, verified), "may not state"),  # the live projector did not refuse it
+        (_log_entry(refused, verified), "node id 'web-1' is held"),  # refused, but for another reason
+        (_log_entry(refused, {"verified": False, "spiffe_id": None, "serial": None, "problem": "unknown_signer"}),
+         "may not state"),  # refused as unsigned-ish, not for what its author stated
+        (_log_entry(refused, {**verified, "spiffe_id": "spiffe://demo.mesh/sidecar/web/web-1"}), "may not state"),
+        (None, "may not state"),
+    ]:
+        assert _refused_text(entry, FORGER, because)[0] is False, entry
+    assert "unverified (unknown_signer)" in _refused_text(
+        _log_entry(refused, {"verified": False, "spiffe_id": None, "problem": "unknown_signer"}), FORGER, "x")[1]
+
+
+def test_clusters_hold_matches_a_host_address_exactly():
+    class Envoy:
+        def admin(self, path):
+            assert path == "/clusters"
+            return "reviews::127.0.0.1:41000::cx_active::1\nreviews::127.0.0.1:4100::health_flags::healthy\n"
+
+    assert _clusters_hold(Envoy(), "127.0.0.1:41000") and _clusters_hold(Envoy(), "127.0.0.1:4100")
+    assert not _clusters_hold(Envoy(), "127.0.0.1:410")
 
 
 def test_the_events_panel_summarizes_rules_and_health():

@@ -12,6 +12,9 @@ Invariants:
   version.
 - On any failure the temp file is removed and the error raised; ``path`` is
   untouched.
+- ``stamp`` is the one way a reader notices such a replacement (renewed
+  certificates and keys): ``stat`` only, so it is cheap enough to call before
+  every handshake or signature.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["write_file_atomic"]
+__all__ = ["stamp", "write_file_atomic"]
 
 
 def write_file_atomic(path: Path | str, data: bytes, mode: int = 0o644) -> None:
@@ -48,3 +51,17 @@ def write_file_atomic(path: Path | str, data: bytes, mode: int = 0o644) -> None:
             os.close(dir_fd)
     except OSError:
         pass  # a file system that cannot fsync a directory: the rename is as durable as it gets
+
+
+def stamp(*paths: Path | str) -> tuple:
+    """What changes when any of ``paths`` is rewritten or replaced by rename: (mtime, size, inode) each, None if
+    missing."""
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            out.append(None)
+            continue
+        out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(out)

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from events.printable import quoted
+from events.files import stamp as files_stamp
 
 log = logging.getLogger(__name__)
 
@@ -198,19 +199,6 @@ class KafkaSecurity:
         return {"bootstrap_servers": bootstrap, **self.client_kwargs()}
 
 
-def _stamp(*paths: str) -> tuple:
-    """What changes when any of ``paths`` is rewritten or replaced by rename (``stat`` only; None if missing)."""
-    out = []
-    for path in paths:
-        try:
-            st = os.stat(path)
-        except OSError:
-            out.append(None)
-            continue
-        out.append((st.st_mtime_ns, st.st_size, st.st_ino))
-    return tuple(out)
-
-
 class ReloadingClientContext(ssl.SSLContext):
     """A client ``SSLContext`` that loads its certificate chain again, before a handshake, when the files changed.
 
@@ -235,7 +223,7 @@ class ReloadingClientContext(ssl.SSLContext):
     def load_chain_from(self, certfile: str, keyfile: str | None) -> None:
         """Load the chain now (errors raise) and reload it from the same files whenever they change."""
         keyfile = keyfile or certfile
-        stamp = _stamp(certfile, keyfile)
+        stamp = files_stamp(certfile, keyfile)
         self.load_cert_chain(certfile=certfile, keyfile=keyfile)
         self._files, self._loaded = (certfile, keyfile), stamp
 
@@ -243,7 +231,7 @@ class ReloadingClientContext(ssl.SSLContext):
         """Load the chain again if its files changed since the last load; True if a new chain is in use."""
         if self._files is None:
             return False
-        stamp = _stamp(*self._files)
+        stamp = files_stamp(*self._files)
         if stamp == self._loaded or stamp == self._refused:
             return False
         certfile, keyfile = self._files

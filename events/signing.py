@@ -37,7 +37,6 @@ import base64
 import binascii
 import dataclasses
 import hashlib
-import os
 import threading
 from dataclasses import dataclass
 
@@ -48,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from events.codec import PROOF_MAX, envelope_to_dict, signing_bytes  # noqa: F401 - PROOF_MAX: re-exported
 from events.envelope import Envelope
+from events.files import stamp as files_stamp
 
 _ECDSA = ec.ECDSA(hashes.SHA256())
 #: what a batch signature covers: this prefix and the Merkle root (never valid JSON: no single event collides)
@@ -175,17 +175,13 @@ class FileSigner:
         self._signer: Signer | None = None
         self.current()  # refuse a broken pair at once, not at the first append
 
-    def _stat(self) -> tuple:
-        a, b = os.stat(self.cert_file), os.stat(self.key_file)
-        return (a.st_mtime_ns, a.st_size, a.st_ino, b.st_mtime_ns, b.st_size, b.st_ino)
-
     def current(self) -> Signer:
-        try:
-            stamp = self._stat()
-        except OSError as exc:
+        stamp = files_stamp(self.cert_file, self.key_file)
+        if None in stamp:
             if self._signer is not None:
                 return self._signer  # mid-replacement: keep signing with the last good pair
-            raise SignerError(f"cannot read {exc.filename}: {exc.strerror}") from None
+            missing = self.cert_file if stamp[0] is None else self.key_file
+            raise SignerError(f"cannot read {missing}: no such file or not readable")
         if stamp == self._stamp and self._signer is not None:
             return self._signer
         with self._lock:

@@ -14,7 +14,6 @@ of ``None``; nothing else changes.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from identity.pki import CertificateRefused, IdentityFiles, spiffe_id_of
 from identity.spiffe import SpiffeId
+from events.files import stamp as stamp_of
 
 __all__ = ["TlsFiles", "TlsMaterial", "TlsFilesError", "load_tls_files", "files_stamp", "gateway_tls_args",
            "sidecar_tls_args"]
@@ -85,15 +85,8 @@ def load_tls_files(files: TlsFiles) -> TlsMaterial:
 
 
 def files_stamp(files: TlsFiles) -> tuple:
-    """What changes when any of the files is replaced or rewritten (a few ``stat`` calls)."""
-    out = []
-    for p in (files.cert, files.key, files.ca):
-        try:
-            st = os.stat(p)
-            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
-        except OSError:
-            out.append(None)
-    return tuple(out)
+    """What changes when any of the files is replaced or rewritten (``events.files.stamp``)."""
+    return stamp_of(files.cert, files.key, files.ca)
 
 
 def _args(identity: IdentityFiles | None) -> list[str]:

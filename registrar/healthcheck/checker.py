@@ -46,7 +46,7 @@ from aiokafka.errors import KafkaError
 from events import topics
 from events.admin import BrokerUnavailable, connect_admin, ensure_topics
 from events.envelope import new_event
-from events.files import write_file_atomic
+from events.files import stamp as files_stamp, write_file_atomic
 from events.printable import printable
 from events import kafka_security
 from events.kafka_security import connection_kwargs
@@ -170,10 +170,7 @@ class Checker:
         if not (sec.cert_file and sec.key_file and sec.ca_file):
             return None
         files = (sec.cert_file, sec.key_file, sec.ca_file)
-        try:
-            stamp = tuple((f, os.stat(f).st_mtime_ns) for f in files)
-        except OSError:
-            stamp = files
+        stamp = files_stamp(*files)
         if self._mesh_tls is None or self._mesh_tls[0] != stamp:
             try:
                 ctx = mesh_client_context(*files)

@@ -26,3 +26,15 @@ def test_a_failed_write_leaves_the_old_content_and_no_temp_file(tmp_path):
         write_file_atomic(path, "not bytes")  # type: ignore[arg-type]
     assert path.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["status.json"]
+
+
+def test_a_stamp_changes_when_a_file_is_rewritten_or_replaced_and_marks_a_missing_one(tmp_path):
+    from events.files import stamp
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_file_atomic(a, b"one")
+    before = stamp(a, b)
+    assert before[0] is not None and before[1] is None
+    assert stamp(a, b) == before  # nothing changed: the same stamp
+    write_file_atomic(a, b"two")  # replaced by rename: a new inode
+    assert stamp(a, b) != before

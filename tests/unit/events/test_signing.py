@@ -102,6 +102,18 @@ def test_file_signer_follows_a_renewal_and_refuses_a_mismatched_pair(tmp_path, c
         FileSigner(str(cert_file), str(key_file))
 
 
+def test_file_signer_keeps_its_pair_while_a_file_is_missing_and_names_it_at_start(tmp_path, identity):
+    cert, key = identity
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(pki.cert_to_pem(cert))
+    with pytest.raises(SignerError, match=f"cannot read {key_file}"):
+        FileSigner(str(cert_file), str(key_file))
+    key_file.write_bytes(pki.key_to_pem(key))
+    signer = FileSigner(str(cert_file), str(key_file))
+    key_file.unlink()  # mid-replacement
+    assert signer.sign(event()).signer == pki.serial_hex(cert)
+
+
 def test_the_process_signer_is_the_kafka_client_identity(tmp_path, identity):
     cert, key = identity
     (tmp_path / "c.pem").write_bytes(pki.cert_to_pem(cert))

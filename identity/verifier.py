@@ -24,6 +24,15 @@ Invariants:
   verified again. A root is only ever trusted after its own ECDSA check.
   A serial's issuance never changes once folded (the registry keeps the
   first), so the cache never goes stale.
+- ``verify_ahead(events, pool)`` only moves work, never changes an answer:
+  it starts the ECDSA checks of a batch on ``pool``'s threads (pyca/
+  cryptography releases the GIL inside OpenSSL's verify, so they run on
+  another core while the fold runs on this one), and ``verdict`` then waits
+  for the result it needs instead of checking again. An answer computed
+  ahead is the same pure function of (public key, signature, bytes); the
+  checks of time (held at the event's log time, revoked) stay in
+  ``verdict``, in fold order. Only results for keys the registry already
+  held are computed ahead; anything else is checked in the fold as before.
 - Without roots, the identities topic is trusted as it is (its writers are
   the CA servers, by the broker's ACLs); with roots, each certificate must be
   signed directly by one of them.
@@ -31,6 +40,7 @@ Invariants:
 
 from __future__ import annotations
 
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -77,7 +87,10 @@ class Verifier:
         self.roots = tuple(roots)
         self._keys: dict[str, _Key] = {}
         self._roots: dict[tuple[str, str, bytes], bool] = {}  # (serial, signature, batch root) -> it verified
+        # (serial, signature, signed bytes or BATCH_PREFIX + root) -> (the chunk's future, index): checked ahead
+        self._ahead: dict[tuple[str, str, bytes], tuple[Future, int]] = {}
         self.checked = 0  # ECDSA signatures checked (for reporting)
+        self.checked_ahead = 0  # of which on verify_ahead's threads
 
     def update(self, events: Iterable[Logged]) -> None:
         """Fold identity events (others are ignored) into the registry."""
@@ -158,22 +171,72 @@ class Verifier:
                            f"the signature does not verify with the key of {key.author.uri} (serial {serial})")
         return Verdict(key.author, serial)
 
+    def verify_ahead(self, events: Iterable[Logged], pool: Executor, *, chunk: int = 64) -> None:
+        """Start the signature checks ``verdict`` will need for ``events`` on ``pool``'s threads (see the module
+        docstring: the answers are the same, only computed on another core while the caller folds)."""
+        todo: list[tuple[tuple[str, str, bytes], ec.EllipticCurvePublicKey, str, bytes]] = []
+        batches: set[tuple[str, str]] = set()  # (serial, batch signature): one check per batch
+        certificates = self.registry.certificates
+        for logged in events:
+            env = logged.envelope
+            serial, signature, data = env.signer, env.signature, env.signed_bytes
+            if serial is None or signature is None or data is None:
+                continue
+            key = self._keys.get(serial)
+            if key is None:
+                if serial not in certificates:
+                    continue
+                key = self._key(serial)  # the certificate check: once per serial, cached
+            if key.public_key is None:
+                continue
+            if env.proof is not None:
+                if (serial, signature) in batches:
+                    continue
+                batches.add((serial, signature))
+                root = root_from_proof(leaf_hash(data), env.proof)
+                if root is None or (serial, signature, root) in self._roots:
+                    continue
+                data = BATCH_PREFIX + root
+            todo.append(((serial, signature, data), key.public_key, signature, data))
+        if len(self._ahead) > 200_000:  # results never asked for (a batch folded elsewhere): checked again if needed
+            self._ahead.clear()
+        for i in range(0, len(todo), chunk):
+            part = todo[i: i + chunk]
+            future = pool.submit(_verify_all, [(k, sig, data) for _key, k, sig, data in part])
+            for j, (cache_key, *_rest) in enumerate(part):
+                self._ahead[cache_key] = (future, j)
+
+    def _verify(self, public_key, serial: str, signature: str, data: bytes) -> bool:
+        self.checked += 1
+        ahead = self._ahead.pop((serial, signature, data), None)
+        if ahead is not None:
+            self.checked_ahead += 1
+            return ahead[0].result()[ahead[1]]
+        return verify_signature(public_key, signature, data)
+
     def _signature_ok(self, public_key, serial: str, signature: str, data: bytes, proof) -> bool:
         if proof is None:
-            self.checked += 1
-            return verify_signature(public_key, signature, data)
+            return self._verify(public_key, serial, signature, data)
         root = root_from_proof(leaf_hash(data), proof)
         if root is None:
             return False
         cache_key = (serial, signature, root)
         known = self._roots.get(cache_key)
         if known is None:
-            self.checked += 1
-            known = self._roots[cache_key] = verify_signature(public_key, signature, BATCH_PREFIX + root)
+            known = self._roots[cache_key] = self._verify(public_key, serial, signature, BATCH_PREFIX + root)
             if len(self._roots) > 100_000:  # bounded: an old batch is simply verified again
                 self._roots.clear()
                 self._roots[cache_key] = known
         return known
+
+
+def _verify_all(items: list[tuple[ec.EllipticCurvePublicKey, str, bytes]]) -> list[bool]:
+    return [verify_signature(public_key, signature, data) for public_key, signature, data in items]
+
+
+def verification_pool(threads: int = 1) -> ThreadPoolExecutor:
+    """The threads ``Verifier.verify_ahead`` checks signatures on (one: the second core of a two-core host)."""
+    return ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="verify-ahead")
 
 
 def _issued_by(cert: x509.Certificate, root: x509.Certificate) -> bool:

@@ -33,6 +33,12 @@ Invariants:
   checks of time (held at the event's log time, revoked) stay in
   ``verdict``, in fold order. Only results for keys the registry already
   held are computed ahead; anything else is checked in the fold as before.
+- Identity facts are the root's: with roots, ``update`` folds an identity
+  event only if it is signed by one of them (the envelope names the root's
+  serial; one ECDSA check against the configured root, nothing learned from
+  the log, so no chicken-and-egg); any other is refused (``unsigned``,
+  ``not_a_root``, ``bad_signature``), kept in ``refused_identities`` (the
+  last 100) and counted, and changes no answer.
 - Without roots, the identities topic is trusted as it is (its writers are
   the CA servers, by the broker's ACLs); with roots, each certificate must be
   signed directly by one of them.
@@ -91,10 +97,35 @@ class Verifier:
         self._ahead: dict[tuple[str, str, bytes], tuple[Future, int]] = {}
         self.checked = 0  # ECDSA signatures checked (for reporting)
         self.checked_ahead = 0  # of which on verify_ahead's threads
+        self._root_keys = {format(root.serial_number, "x"): root.public_key() for root in self.roots}
+        self.identities_refused = 0
+        self.refused_identities: list[tuple[Logged, str]] = []  # the last 100 (event, why)
 
     def update(self, events: Iterable[Logged]) -> None:
-        """Fold identity events (others are ignored) into the registry."""
+        """Fold identity events (others are ignored) into the registry; with roots, only those a root signed."""
+        if self.roots:
+            accepted = []
+            for logged in events:
+                problem = self.identity_refusal(logged)
+                if problem is None:
+                    accepted.append(logged)
+                else:
+                    self.identities_refused += 1
+                    self.refused_identities = [*self.refused_identities[-99:], (logged, problem)]
+            events = accepted
         self.registry = fold_many(self.registry, events)
+
+    def identity_refusal(self, logged: Logged) -> str | None:
+        """Why a root did not state identity event ``logged`` (None: it did), given roots."""
+        env = logged.envelope
+        if env.signer is None or env.signature is None or env.signed_bytes is None:
+            return "unsigned: identity events are signed by the mesh root"
+        root = self._root_keys.get(env.signer)
+        if root is None:
+            return f"not_a_root: signed by serial {env.signer}, not by a configured mesh root"
+        if not self._signature_ok(root, env.signer, env.signature, env.signed_bytes, env.proof):
+            return f"bad_signature: the signature does not verify with the root's key (serial {env.signer})"
+        return None
 
     def _key(self, serial: str) -> _Key:
         key = self._keys.get(serial)
@@ -232,6 +263,29 @@ class Verifier:
 
 def _verify_all(items: list[tuple[ec.EllipticCurvePublicKey, str, bytes]]) -> list[bool]:
     return [verify_signature(public_key, signature, data) for public_key, signature, data in items]
+
+
+def configured_roots() -> tuple[x509.Certificate, ...]:
+    """The mesh root(s) this process trusts: the certificates of its Kafka CA bundle that issued its own Kafka
+    client certificate (a process with a mesh identity trusts the root that issued it). Empty without a client
+    certificate (plaintext development: the identities topic is trusted as it is). A bundle or certificate that
+    cannot be read raises ``ValueError`` naming the file: never silently trust less."""
+    from events import kafka_security  # its settings are read at call time
+
+    sec = kafka_security.current()
+    if not sec.ca_file or not sec.cert_file:
+        return ()
+    try:
+        with open(sec.ca_file, "rb") as f:
+            bundle = x509.load_pem_x509_certificates(f.read())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{sec.ca_file}: cannot read the mesh root bundle ({str(exc)[:160]})") from None
+    try:
+        with open(sec.cert_file, "rb") as f:
+            own = x509.load_pem_x509_certificate(f.read())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{sec.cert_file}: cannot read this process's certificate ({str(exc)[:160]})") from None
+    return tuple(root for root in bundle if _issued_by(own, root))
 
 
 def verification_pool(threads: int = 1) -> ThreadPoolExecutor:

@@ -355,9 +355,9 @@ class ProjectorService:
         self.verifier: Any = None  # identity.verifier.Verifier, None in insecure mode
         self._identities: Any = None  # projector.identities.IdentityFeed, once started
         if not config.insecure_events:
-            from identity.verifier import Verifier  # loads cryptography: only when verifying
+            from identity.verifier import Verifier, configured_roots  # loads cryptography: only when verifying
 
-            self.verifier = Verifier()
+            self.verifier = Verifier(roots=configured_roots())  # identity events must be the mesh root's
         self._verify_pool: Any = None  # concurrent.futures.ThreadPoolExecutor for verify_ahead, once started
         self._signer: Any = None  # the process's signer (events.signing), set at start
 

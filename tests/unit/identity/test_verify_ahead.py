@@ -83,3 +83,21 @@ def test_checks_started_ahead_but_never_asked_for_change_nothing(trust):
     finally:
         pool.shutdown()
     assert (state, decisions) == fold_many(empty_state(), events, trust.verifier())
+
+
+def test_attested_signatures_skip_only_the_ecdsa_check(trust):
+    """Given the digests of the signatures a trusted verifier found good, a replaying verifier gives the same
+    answers with no ECDSA check for them; a tampered event is still refused, and a revoked signer too."""
+    events = mixed_log(trust)
+    projector = trust.verifier()
+    projector.record_vouches = vouches = []
+    expected = fold_many(empty_state(), events, projector)
+    # the good signatures: three registrations and the four honest batch members (the tampered, the forged
+    # member and the revoked signer's transition are not among them)
+    assert len(vouches) == 7
+    replaying = trust.verifier()
+    replaying.vouch(vouches)
+    assert fold_many(empty_state(), events, replaying) == expected
+    assert replaying.vouched_hits == 7
+    # only the tampered event's and the forged member's signatures are checked (both fail), no good one
+    assert replaying.checked == 2

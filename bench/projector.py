@@ -10,6 +10,11 @@ Figures printed:
    and then ``--events`` health transitions as fast as it can; events/s
    through decode + fold + render (once per batch) + publish + RocksDB
    commit, over wall time and over the projector's own CPU time.
+   The producers sign as the real ones do (each registration by its
+   sidecar identity, transitions by a checker in batches of 1,000; their
+   identities issued, root-signed, on the identities topic first) and the
+   projector verifies (``--unsigned``: the figures before issue 13, the
+   projector in ``--insecure-events``).
 3. burst: a ``--burst`` burst (default 10,000 health transitions) appended to
    the caught-up projector; time from the burst's first broker timestamp to
    the commit of the batch that published the views of its last event.
@@ -201,14 +206,38 @@ def verified_fold(services: int, instances: int, events: int) -> dict:
 # ---------------------------------------------------------------- the producer process
 
 
-async def produce(bootstrap: str, kind: str, services: int, instances: int, prefix: str, count: int, seed: int) -> dict:
+async def produce(bootstrap: str, kind: str, services: int, instances: int, prefix: str, count: int, seed: int,
+                  signed: bool = True) -> dict:
     from aiokafka import AIOKafkaProducer
 
     from events.kafka_security import connection_kwargs
 
     payloads = registrations(services, instances, prefix) if kind == "registrations" else flaps(
         services, instances, prefix, count, seed)
-    records = [(p.TOPIC, p.key().encode(), encode(envelope(p, i))) for i, p in enumerate(payloads)]
+    envs = [envelope(p, i) for i, p in enumerate(payloads)]
+    identities = []
+    if signed:  # as the real producers sign: each registration by its sidecar, transitions by a checker's batches
+        from events.envelope import new_event
+        from events.signing import Signer
+        from identity import pki, records as identity_records, spiffe
+
+        ca = pki.create_root("mesh.local")
+        root = identity_records.authority_signer(ca)
+
+        def signer_of(ident) -> Signer:
+            key = pki.generate_key()
+            cert = pki.issue(ca, ident, key.public_key())
+            identities.append(root.sign(new_event(identity_records.issued(cert, ca.certificate, how="offline",
+                                                                          requested_by="bench"))))
+            return Signer(key, pki.serial_hex(cert))
+
+        if kind == "registrations":
+            envs = [signer_of(spiffe.sidecar("mesh.local", e.payload.service, e.payload.instance_id)).sign(e)
+                    for e in envs]
+        else:
+            checker = signer_of(spiffe.checker("mesh.local", prefix))
+            envs = [x for i in range(0, len(envs), 1000) for x in checker.sign_batch(envs[i: i + 1000])]
+    records = [(e.payload.TOPIC, e.payload.key().encode(), encode(e)) for e in [*identities, *envs]]
     producer = AIOKafkaProducer(**connection_kwargs(bootstrap), enable_idempotence=True, linger_ms=10,
                                 max_batch_size=1 << 20)
     await producer.start()
@@ -219,15 +248,17 @@ async def produce(bootstrap: str, kind: str, services: int, instances: int, pref
         elapsed = time.perf_counter() - t0
     finally:
         await producer.stop()
+    metas = metas[len(identities):]  # the identity records went first: every event's signer is known when it is
     last = max(metas, key=lambda m: m.offset)
-    return {"topic": last.topic, "last_offset": last.offset, "count": len(records),
+    return {"topic": last.topic, "last_offset": last.offset, "count": len(metas),
             "first_timestamp_ms": min(m.timestamp for m in metas), "produce_s": elapsed}
 
 
 def run_producer(bootstrap: str, kind: str, args: argparse.Namespace, prefix: str, count: int, seed: int) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, __file__, "--produce", kind, "--bootstrap", bootstrap, "--services", str(args.services),
-         "--instances", str(args.instances), "--prefix", prefix, "--count", str(count), "--seed", str(seed)],
+         "--instances", str(args.instances), "--prefix", prefix, "--count", str(count), "--seed", str(seed),
+         *(["--unsigned"] if args.unsigned else [])],
         stdout=subprocess.PIPE, text=True,
     )
 
@@ -248,7 +279,7 @@ class Recorder:
             res = await original(records)
             self.batches.append({
                 "start": t0, "end": time.perf_counter(), "cpu": time.process_time() - c0, "wall_end": time.time(),
-                "records": res.records, "folded": res.folded, "rendered": res.rendered,
+                "records": res.records, "folded": res.folded, "rendered": res.rendered, "refused": res.rejected,
                 "published": len(res.plan.bodies) + len(res.plan.membership) + len(res.plan.removals),
                 "next_health": svc.next_folded.get(f"{topics.HEALTH}/0", 0),
                 "next_regs": svc.next_folded.get(f"{topics.REGISTRATIONS}/0", 0),
@@ -278,7 +309,8 @@ async def live(bootstrap: str, args: argparse.Namespace) -> dict:
     out: dict = {}
     with tempfile.TemporaryDirectory(prefix="projector-bench-") as data:
         svc = ProjectorService(ProjectorConfig(bootstrap=bootstrap, data_dir=Path(data), max_batch=args.max_batch,
-                                               gc_freeze=not args.no_gc_freeze))
+                                               gc_freeze=not args.no_gc_freeze, insecure_events=args.unsigned,
+                                               verify_threads=args.verify_threads))
         rec = Recorder(svc)
         task = asyncio.ensure_future(svc.run())
         try:
@@ -303,6 +335,7 @@ async def live(bootstrap: str, args: argparse.Namespace) -> dict:
                 "view_records_published": sum(b["published"] for b in batches),
                 "producer_events_per_s": flap["count"] / flap["produce_s"],
                 "mean_batch": events / len(batches),
+                "refused": sum(b["refused"] for b in rec.batches),  # honest producers: must be 0
             }
             # the burst, against a caught-up projector
             await asyncio.sleep(1.0)
@@ -334,6 +367,10 @@ def main() -> int:
     parser.add_argument("--max-batch", type=int, default=20_000)
     parser.add_argument("--no-gc-freeze", action="store_true", help="leave Python's GC as it is")
     parser.add_argument("--skip-live", action="store_true", help="fold-only figures, no broker")
+    parser.add_argument("--unsigned", action="store_true",
+                        help="live part: unsigned events, the projector in --insecure-events (the figures before "
+                        "issue 13); by default events are signed as their producers sign them and verified")
+    parser.add_argument("--verify-threads", type=int, default=1, help="live part: the projector's --verify-threads")
     # internal: the producer process
     parser.add_argument("--produce", choices=("registrations", "flaps"), help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
@@ -344,7 +381,7 @@ def main() -> int:
 
     if args.produce:
         result = asyncio.run(produce(args.bootstrap, args.produce, args.services, args.instances, args.prefix,
-                                     args.count, args.seed))
+                                     args.count, args.seed, signed=not args.unsigned))
         print(json.dumps(result))
         return 0
 
@@ -384,7 +421,8 @@ def main() -> int:
           f"(fold+render+publish+commit; {s['batches']} batches, mean {s['mean_batch']:,.0f} events; "
           f"projector CPU {s['projector_cpu_s']:.2f} s = {s['events_per_cpu_s']:,.0f} events/CPU-s; "
           f"busy {s['busy_fraction']:.0%}; {s['view_records_published']:,} view records published; "
-          f"producer offered {s['producer_events_per_s']:,.0f}/s)")
+          f"producer offered {s['producer_events_per_s']:,.0f}/s; {'unsigned, not verified' if args.unsigned else 'signed and verified'}, "
+          f"{s['refused']} refused)")
     print(f"burst: {b['events']:,} events caught up {b['catch_up_s']:.2f} s after the first was appended "
           f"(producer took {b['producer_s']:.2f} s; projector busy {b['processing_s']:.2f} s in {b['batches']} "
           f"batches; {b['view_records_published']:,} view records published)")

@@ -237,7 +237,10 @@ def main() -> int:
         try:
             print(f"Kafka {bootstrap}; work dir {workdir}", flush=True)
             asyncio.run(ensure_topics(bootstrap))
-            processes.append(start_projector(bootstrap, workdir))
+            # the bench's broker is plaintext: no process holds a Kafka client identity, so none signs its events;
+            # the projector folds them in the explicit insecure mode (it refuses unsigned events by default, and
+            # then no sidecar ever gets a view). This bench measures the data plane, not the log's authorship.
+            processes.append(start_projector(bootstrap, workdir, extra=["--insecure-events"]))
             gateway = start_gateway(bootstrap, workdir, "gateway")
             processes.append(gateway)
             gw = f"127.0.0.1:{gateway.info['xds_port']}"

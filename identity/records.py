@@ -1,9 +1,13 @@
 """The identity events the CA appends, built from certificates (pure).
 
-Invariant: an ``IdentityIssued`` carries the certificate itself and the
+Invariants: an ``IdentityIssued`` carries the certificate itself and the
 fields a verifier needs without parsing it (SPIFFE id, serial, public key,
 validity, issuer and the root's fingerprint), all taken from the certificate
-here, so the event and the certificate cannot disagree.
+here, so the event and the certificate cannot disagree. Every identity event
+is signed by the root that issues the certificates (``authority_signer``):
+a verifier configured with that root (``identity.verifier``) accepts only
+identity facts the root stated, and needs nothing from the log to check them
+(the root is configured, not learned from the topic it authenticates).
 """
 
 from __future__ import annotations
@@ -13,9 +17,15 @@ import hashlib
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from events.signing import Signer
 from events.types import IdentityIssued, IdentityRevoked, JoinTokenRedeemed
-from identity.pki import cert_to_pem, public_key_pem, serial_hex, spiffe_id_of
+from identity.pki import CertificateAuthority, cert_to_pem, public_key_pem, serial_hex, spiffe_id_of
 from identity.tokens import JoinToken
+
+
+def authority_signer(ca: CertificateAuthority) -> Signer:
+    """The signer of the identity events ``ca`` states: its root key, named by the root certificate's serial."""
+    return Signer(ca.key, serial_hex(ca.certificate))
 
 
 def fingerprint(cert: x509.Certificate) -> str:

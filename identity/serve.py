@@ -105,7 +105,9 @@ class CaService:
         return f"ca-server/{self.replica}"
 
     async def _append(self, payload) -> int:
-        appended = await self.producer.append(new_event(payload, producer=self.producer_name))
+        # identity facts are the root's: signed with its key (identity.records), whatever the producer's identity
+        signed = records.authority_signer(self.ca).sign(new_event(payload, producer=self.producer_name))
+        appended = await self.producer.append(signed)
         return appended.offset
 
     async def _issue(self, cert: x509.Certificate, **how) -> Issued:

@@ -24,6 +24,29 @@ Invariants:
   verified again. A root is only ever trusted after its own ECDSA check.
   A serial's issuance never changes once folded (the registry keeps the
   first), so the cache never goes stale.
+- ``verify_ahead(events, pool)`` only moves work, never changes an answer:
+  it starts the ECDSA checks of a batch on ``pool``'s threads (pyca/
+  cryptography releases the GIL inside OpenSSL's verify, so they run on
+  another core while the fold runs on this one), and ``verdict`` then waits
+  for the result it needs instead of checking again. An answer computed
+  ahead is the same pure function of (public key, signature, bytes); the
+  checks of time (held at the event's log time, revoked) stay in
+  ``verdict``, in fold order. Only results for keys the registry already
+  held are computed ahead; anything else is checked in the fold as before.
+- Attested signatures (the building block of projector attestations, see
+  ``vouch``): a digest of (serial, signature, signed bytes) vouched for by a
+  verifier the caller trusts (the projector, whose signed records replay
+  verifies before use) stands for that signature's ECDSA check (and, for a
+  batch member, its Merkle proof): a fact about the key and the bytes only.
+  Every other check of ``verdict`` (held at the log time, revoked, the
+  certificate) still runs. With ``record_vouches`` set to a list, every
+  signature this verifier found good is appended to it (what it can attest).
+- Identity facts are the root's: with roots, ``update`` folds an identity
+  event only if it is signed by one of them (the envelope names the root's
+  serial; one ECDSA check against the configured root, nothing learned from
+  the log, so no chicken-and-egg); any other is refused (``unsigned``,
+  ``not_a_root``, ``bad_signature``), kept in ``refused_identities`` (the
+  last 100) and counted, and changes no answer.
 - Without roots, the identities topic is trusted as it is (its writers are
   the CA servers, by the broker's ACLs); with roots, each certificate must be
   signed directly by one of them.
@@ -31,6 +54,8 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -77,11 +102,42 @@ class Verifier:
         self.roots = tuple(roots)
         self._keys: dict[str, _Key] = {}
         self._roots: dict[tuple[str, str, bytes], bool] = {}  # (serial, signature, batch root) -> it verified
+        # (serial, signature, signed bytes or BATCH_PREFIX + root) -> (the chunk's future, index): checked ahead
+        self._ahead: dict[tuple[str, str, bytes], tuple[Future, int]] = {}
         self.checked = 0  # ECDSA signatures checked (for reporting)
+        self.checked_ahead = 0  # of which on verify_ahead's threads
+        self._vouched: set[bytes] = set()  # signature_digest()s attested by a trusted verifier
+        self.vouched_hits = 0
+        self.record_vouches: list[bytes] | None = None  # when a list: the digests of signatures found good
+        self._root_keys = {format(root.serial_number, "x"): root.public_key() for root in self.roots}
+        self.identities_refused = 0
+        self.refused_identities: list[tuple[Logged, str]] = []  # the last 100 (event, why)
 
     def update(self, events: Iterable[Logged]) -> None:
-        """Fold identity events (others are ignored) into the registry."""
+        """Fold identity events (others are ignored) into the registry; with roots, only those a root signed."""
+        if self.roots:
+            accepted = []
+            for logged in events:
+                problem = self.identity_refusal(logged)
+                if problem is None:
+                    accepted.append(logged)
+                else:
+                    self.identities_refused += 1
+                    self.refused_identities = [*self.refused_identities[-99:], (logged, problem)]
+            events = accepted
         self.registry = fold_many(self.registry, events)
+
+    def identity_refusal(self, logged: Logged) -> str | None:
+        """Why a root did not state identity event ``logged`` (None: it did), given roots."""
+        env = logged.envelope
+        if env.signer is None or env.signature is None or env.signed_bytes is None:
+            return "unsigned: identity events are signed by the mesh root"
+        root = self._root_keys.get(env.signer)
+        if root is None:
+            return f"not_a_root: signed by serial {env.signer}, not by a configured mesh root"
+        if not self._signature_ok(root, env.signer, env.signature, env.signed_bytes, env.proof):
+            return f"bad_signature: the signature does not verify with the root's key (serial {env.signer})"
+        return None
 
     def _key(self, serial: str) -> _Key:
         key = self._keys.get(serial)
@@ -158,22 +214,119 @@ class Verifier:
                            f"the signature does not verify with the key of {key.author.uri} (serial {serial})")
         return Verdict(key.author, serial)
 
+    def verify_ahead(self, events: Iterable[Logged], pool: Executor, *, chunk: int = 64) -> None:
+        """Start the signature checks ``verdict`` will need for ``events`` on ``pool``'s threads (see the module
+        docstring: the answers are the same, only computed on another core while the caller folds)."""
+        todo: list[tuple[tuple[str, str, bytes], ec.EllipticCurvePublicKey, str, bytes]] = []
+        batches: set[tuple[str, str]] = set()  # (serial, batch signature): one check per batch
+        certificates = self.registry.certificates
+        for logged in events:
+            env = logged.envelope
+            serial, signature, data = env.signer, env.signature, env.signed_bytes
+            if serial is None or signature is None or data is None:
+                continue
+            key = self._keys.get(serial)
+            if key is None:
+                if serial not in certificates:
+                    continue
+                key = self._key(serial)  # the certificate check: once per serial, cached
+            if key.public_key is None:
+                continue
+            if self._vouched and signature_digest(serial, signature, data) in self._vouched:
+                continue  # attested: verdict will not check it
+            if env.proof is not None:
+                if (serial, signature) in batches:
+                    continue
+                batches.add((serial, signature))
+                root = root_from_proof(leaf_hash(data), env.proof)
+                if root is None or (serial, signature, root) in self._roots:
+                    continue
+                data = BATCH_PREFIX + root
+            todo.append(((serial, signature, data), key.public_key, signature, data))
+        if len(self._ahead) > 200_000:  # results never asked for (a batch folded elsewhere): checked again if needed
+            self._ahead.clear()
+        for i in range(0, len(todo), chunk):
+            part = todo[i: i + chunk]
+            future = pool.submit(_verify_all, [(k, sig, data) for _key, k, sig, data in part])
+            for j, (cache_key, *_rest) in enumerate(part):
+                self._ahead[cache_key] = (future, j)
+
+    def _verify(self, public_key, serial: str, signature: str, data: bytes) -> bool:
+        self.checked += 1
+        ahead = self._ahead.pop((serial, signature, data), None)
+        if ahead is not None:
+            self.checked_ahead += 1
+            return ahead[0].result()[ahead[1]]
+        return verify_signature(public_key, signature, data)
+
+    def vouch(self, digests: Iterable[bytes]) -> None:
+        """Take ``signature_digest``s a trusted verifier found good as checked (see the module docstring)."""
+        self._vouched.update(digests)
+
     def _signature_ok(self, public_key, serial: str, signature: str, data: bytes, proof) -> bool:
+        if self._vouched or self.record_vouches is not None:
+            digest = signature_digest(serial, signature, data)
+            if digest in self._vouched:
+                self.vouched_hits += 1
+                return True
+            ok = self._signature_checked(public_key, serial, signature, data, proof)
+            if ok and self.record_vouches is not None:
+                self.record_vouches.append(digest)
+            return ok
+        return self._signature_checked(public_key, serial, signature, data, proof)
+
+    def _signature_checked(self, public_key, serial: str, signature: str, data: bytes, proof) -> bool:
         if proof is None:
-            self.checked += 1
-            return verify_signature(public_key, signature, data)
+            return self._verify(public_key, serial, signature, data)
         root = root_from_proof(leaf_hash(data), proof)
         if root is None:
             return False
         cache_key = (serial, signature, root)
         known = self._roots.get(cache_key)
         if known is None:
-            self.checked += 1
-            known = self._roots[cache_key] = verify_signature(public_key, signature, BATCH_PREFIX + root)
+            known = self._roots[cache_key] = self._verify(public_key, serial, signature, BATCH_PREFIX + root)
             if len(self._roots) > 100_000:  # bounded: an old batch is simply verified again
                 self._roots.clear()
                 self._roots[cache_key] = known
         return known
+
+
+def signature_digest(serial: str, signature: str, data: bytes) -> bytes:
+    """What an attestation names a good signature by: SHA-256 over the serial, the signature and the signed
+    bytes (separated: serials are hex, signatures base64, so no field runs into the next), first 16 bytes."""
+    return hashlib.sha256(b"%s\x00%s\x00%s" % (serial.encode(), signature.encode(), data)).digest()[:16]
+
+
+def _verify_all(items: list[tuple[ec.EllipticCurvePublicKey, str, bytes]]) -> list[bool]:
+    return [verify_signature(public_key, signature, data) for public_key, signature, data in items]
+
+
+def configured_roots() -> tuple[x509.Certificate, ...]:
+    """The mesh root(s) this process trusts: the certificates of its Kafka CA bundle that issued its own Kafka
+    client certificate (a process with a mesh identity trusts the root that issued it). Empty without a client
+    certificate (plaintext development: the identities topic is trusted as it is). A bundle or certificate that
+    cannot be read raises ``ValueError`` naming the file: never silently trust less."""
+    from events import kafka_security  # its settings are read at call time
+
+    sec = kafka_security.current()
+    if not sec.ca_file or not sec.cert_file:
+        return ()
+    try:
+        with open(sec.ca_file, "rb") as f:
+            bundle = x509.load_pem_x509_certificates(f.read())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{sec.ca_file}: cannot read the mesh root bundle ({str(exc)[:160]})") from None
+    try:
+        with open(sec.cert_file, "rb") as f:
+            own = x509.load_pem_x509_certificate(f.read())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{sec.cert_file}: cannot read this process's certificate ({str(exc)[:160]})") from None
+    return tuple(root for root in bundle if _issued_by(own, root))
+
+
+def verification_pool(threads: int = 1) -> ThreadPoolExecutor:
+    """The threads ``Verifier.verify_ahead`` checks signatures on (one: the second core of a two-core host)."""
+    return ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="verify-ahead")
 
 
 def _issued_by(cert: x509.Certificate, root: x509.Certificate) -> bool:

@@ -107,7 +107,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     serve.add_argument("--log-level", default="INFO")
     serve.set_defaults(func=lambda a: _run(cmd_serve, a))
 
-    revoke = with_bootstrap(actions.add_parser("revoke", help="revoke a certificate by serial (hex)"))
+    revoke = with_bootstrap(with_dir(actions.add_parser(
+        "revoke", help="revoke a certificate by serial (hex); the root signs the revocation (--dir)")))
     revoke.add_argument("serial")
     revoke.add_argument("--reason", default="revoked by operator")
     revoke.set_defaults(func=lambda a: _run(cmd_revoke, a))
@@ -172,11 +173,13 @@ def cmd_token(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _append(bootstrap: str, payload) -> None:
+async def _append(bootstrap: str, payload, ca) -> None:
+    """Append identity event ``payload`` signed by ``ca``'s root key (identity facts are the root's)."""
     from events.producer import EventProducer
+    from identity.records import authority_signer
 
     async with EventProducer(bootstrap) as producer:
-        await producer.append(new_event(payload))
+        await producer.append(authority_signer(ca).sign(new_event(payload)))
 
 
 def cmd_issue(args: argparse.Namespace) -> int:
@@ -190,7 +193,7 @@ def cmd_issue(args: argparse.Namespace) -> int:
     if not args.no_log:
         # logged before the files exist: an identity in use is always one the log knows
         event = records.issued(cert, ca.certificate, how="offline", requested_by=default_producer_identity())
-        asyncio.run(_append(resolve_bootstrap(args.bootstrap), event))
+        asyncio.run(_append(resolve_bootstrap(args.bootstrap), event, ca))
     files = pki.save_identity(args.out, cert, key, ca.certificate)
     if ident.role == "broker":  # Kafka's ssl.keystore.type=PEM reads its key and certificate from one file
         from meshlog.kafka_tls import KEYSTORE_FILE
@@ -224,7 +227,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def revoke(bootstrap: str, serial_text: str, reason: str, revoked_by: str) -> str:
+async def revoke(bootstrap: str, serial_text: str, reason: str, revoked_by: str, ca) -> str:
     """Append ``IdentityRevoked`` for a serial the log shows issued and not revoked; returns its SPIFFE id."""
     from identity import pki, records
     from identity.log import IdentityLog
@@ -238,13 +241,14 @@ async def revoke(bootstrap: str, serial_text: str, reason: str, revoked_by: str)
     previous = registry.revocation(serial)
     if previous is not None:
         raise Refusal(f"certificate {serial} of {cert.spiffe_id} is already revoked ({previous.reason[:80]!r})")
-    await _append(bootstrap, records.revoked(cert.spiffe_id, serial, reason=reason, revoked_by=revoked_by))
+    await _append(bootstrap, records.revoked(cert.spiffe_id, serial, reason=reason, revoked_by=revoked_by), ca)
     return cert.spiffe_id
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
+    ca = _load_ca(args)  # the root signs the revocation, as it signed the issuance
     spiffe_id = asyncio.run(revoke(resolve_bootstrap(args.bootstrap), args.serial, args.reason,
-                                   default_producer_identity()))
+                                   default_producer_identity(), ca))
     print(f"revoked {spiffe_id} serial {args.serial}")
     return EXIT_OK
 

@@ -18,6 +18,9 @@ Invariants:
   gives (replay reads the whole topic, and the registry answers by log time).
 - ``cover`` costs one ListOffsets request when the batch holds events newer
   than the last covered time, and nothing otherwise.
+- With a mesh root configured (``identity.verifier.configured_roots``), an
+  identity record the root did not sign is refused with a warning naming it
+  (``Verifier.update``), and folded nowhere.
 - An undecodable identity record is skipped with a warning (its writers are
   the CA servers; the registry ignores what it cannot read, as replay does).
 """
@@ -93,7 +96,13 @@ class IdentityFeed:
                     else:
                         events.append(got)
             self.records += len(events)
+            refused = self.verifier.identities_refused
             self.verifier.update(events)
+            new = self.verifier.identities_refused - refused
+            if new:  # not signed by the mesh root: folded nowhere (the first 10 of a batch named, the rest counted)
+                for lg, why in self.verifier.refused_identities[-min(new, 100):][:10]:
+                    log.warning("identities: refused %s/%d/%d: %s", lg.topic, lg.partition, lg.offset, why)
+                log.warning("identities: %d refused in this read, %d in all", new, self.verifier.identities_refused)
             pending = [tp for tp in pending if await consumer.position(tp) < ends[tp]]
 
     async def cover(self, ts_ms: int | None) -> None:

@@ -172,6 +172,9 @@ class ProjectorConfig:
     source_topics: tuple[str, ...] = SOURCE_TOPICS
     # fold without verifying who signed each event (local development, logs written before signing)
     insecure_events: bool = False
+    # threads checking a batch's signatures ahead of its fold (identity.verifier.verify_ahead; cryptography
+    # releases the GIL in verify, so one thread is the second core); 0 checks them in the fold only
+    verify_threads: int = 1
 
 
 # ---------------------------------------------------------------- store
@@ -352,9 +355,10 @@ class ProjectorService:
         self.verifier: Any = None  # identity.verifier.Verifier, None in insecure mode
         self._identities: Any = None  # projector.identities.IdentityFeed, once started
         if not config.insecure_events:
-            from identity.verifier import Verifier  # loads cryptography: only when verifying
+            from identity.verifier import Verifier, configured_roots  # loads cryptography: only when verifying
 
-            self.verifier = Verifier()
+            self.verifier = Verifier(roots=configured_roots())  # identity events must be the mesh root's
+        self._verify_pool: Any = None  # concurrent.futures.ThreadPoolExecutor for verify_ahead, once started
         self._signer: Any = None  # the process's signer (events.signing), set at start
 
     # ------------------------------------------------ lifecycle
@@ -487,6 +491,9 @@ class ProjectorService:
                 log.info("final checkpoint written at %s", _fmt_offsets(self.next_folded))
         except Exception:  # noqa: BLE001 - a failed final checkpoint only means more refolding next time
             log.exception("final checkpoint failed (the next start refolds from the previous one)")
+        if self._verify_pool is not None:
+            self._verify_pool.shutdown(wait=False, cancel_futures=True)
+            self._verify_pool = None
         if self._identities is not None:
             try:
                 await self._identities.stop()
@@ -734,6 +741,13 @@ class ProjectorService:
         if self._identities is not None:
             # every identity fact logged up to the newest event of the batch is folded before verifying
             await self._cover_identities(max((lg.timestamp_ms for _r, lg in decoded), default=None))
+            if self.cfg.verify_threads > 0:
+                if self._verify_pool is None:
+                    from identity.verifier import verification_pool
+
+                    self._verify_pool = verification_pool(self.cfg.verify_threads)
+                # the signatures are checked on the pool's thread while this one folds (same answers)
+                self.verifier.verify_ahead([lg for _r, lg in decoded], self._verify_pool)
         before = self.state
         new_state, rejections, fold_dead = self._fold([lg for _r, lg in decoded], decoded)
         dead += fold_dead

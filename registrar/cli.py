@@ -43,6 +43,7 @@ from meshlog import argtypes
 from events import kafka_security
 from identity import renewal_cli as renewal
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
+from projector.cli import insecure_events_default  # one switch for every folding reader
 from registrar.rules_file import parse_rules
 
 EXIT_OK = 0
@@ -266,6 +267,10 @@ def add_healthcheck_parser(sub) -> argparse.ArgumentParser:
     hc.add_argument("--fall", type=argtypes.integer(1, 1000), default=3, help="consecutive failures to mark healthy -> unhealthy (default 3)")
     hc.add_argument("--rise", type=argtypes.integer(1, 1000), default=2, help="consecutive successes to mark unhealthy -> healthy (default 2)")
     hc.add_argument("--http-path", default="/healthz", help="path probed on http instances (default /healthz)")
+    hc.add_argument("--insecure-events", action="store_true", default=insecure_events_default(),
+                    help="fold registrations without verifying who signed them, as a projector run with "
+                    "--insecure-events (by default they are verified as the projector verifies them; also "
+                    "$MESHLOG_INSECURE_EVENTS=1)")
     hc.add_argument("--status-file", metavar="PATH",
                     help="JSON rewritten on every change: checker id, assigned shards, instances checked with "
                     "their believed status and counters")
@@ -296,6 +301,7 @@ def healthcheck_main(args: argparse.Namespace) -> int:
         broker_timeout=args.timeout,
         # a checker's events say which checker appended them, unless --producer says otherwise
         producer=args.producer or f"healthcheck/{args.checker_id}",
+        insecure_events=args.insecure_events,
     )
     bad = problems(settings)
     if settings.status_file is not None and not settings.status_file.parent.is_dir():

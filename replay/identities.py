@@ -48,10 +48,12 @@ async def registry_at(consumer: AIOKafkaConsumer, at_ms: int) -> tuple[Registry,
 async def load_verifier(consumer: AIOKafkaConsumer, now_ms: int):
     """An ``identity.verifier.Verifier`` over every identity event logged up to ``now_ms`` (the registry answers
     by log time, so it verifies any earlier event as it was then). Undecodable identity records are skipped."""
-    from identity.verifier import Verifier  # loads cryptography: only a verifying replay pays for it
+    from identity.verifier import Verifier, configured_roots  # loads cryptography: only a verifying replay pays
 
     events, _bad = await read_identity_events(consumer, 0, now_ms)
-    return Verifier(fold_many(EMPTY, events))
+    verifier = Verifier(roots=configured_roots())  # with a mesh root, only the identity facts it signed count
+    verifier.update(events)
+    return verifier
 
 
 def author_doc(verifier, lg: Logged) -> dict:

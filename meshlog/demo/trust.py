@@ -123,8 +123,10 @@ class DemoTrust:
         from events.producer import EventProducer
 
         pending = list(self.unlogged)
-        events = [new_event(records.issued(cert, self.ca.certificate, how="offline", requested_by="meshlog demo"),
-                            producer=LOGGED_AS) for cert in pending]
+        root = records.authority_signer(self.ca)  # identity facts are the root's
+        events = [root.sign(new_event(records.issued(cert, self.ca.certificate, how="offline",
+                                                     requested_by="meshlog demo"), producer=LOGGED_AS))
+                  for cert in pending]
 
         async def append() -> None:
             async with EventProducer(self._bootstrap) as producer:

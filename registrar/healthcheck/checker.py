@@ -17,6 +17,12 @@ Invariants:
   ``healthcheck/<checker id>``, through ``events.producer.EventProducer``.
   An appended transition stays pending until the reader has folded past its
   offset, so a slow read-back never causes a duplicate.
+- It folds what the projector folds: by default with the projector's
+  verifier (``identity.verifier``, fed from the identities topic by
+  ``projector.identities.IdentityFeed`` up to each batch's newest event), so
+  a forged, unsigned or unauthorized registration is refused here as there
+  and never probed; ``insecure_events`` folds unverified, as the projector's
+  ``--insecure-events`` (the two must run in the same mode to agree).
 - Instances logged "draining" are not probed; deregistered ones are dropped.
 - An append is never cancelled half-way by a rebalance: appends run as their
   own tasks and are awaited (bounded) at shutdown.
@@ -87,6 +93,7 @@ class Settings:
     broker_timeout: float = 10.0
     max_concurrent_probes: int = 512
     producer: str | None = None
+    insecure_events: bool = False  # fold unverified, as a projector run with --insecure-events
 
     @property
     def observer(self) -> str:
@@ -163,6 +170,12 @@ class Checker:
         self._group: AIOKafkaConsumer | None = None
         self._outage = KafkaOutageLog(f"Kafka at {settings.bootstrap}", log)
         self._mesh_tls: tuple[tuple, ssl.SSLContext | None] | None = None
+        self.verifier = None  # identity.verifier.Verifier: the projector's, None in insecure mode
+        self._identities = None  # projector.identities.IdentityFeed, once started
+        if not settings.insecure_events:
+            from identity.verifier import Verifier, configured_roots  # loads cryptography: only when verifying
+
+            self.verifier = Verifier(roots=configured_roots())  # identity events must be the mesh root's
 
     def mesh_tls(self) -> ssl.SSLContext | None:
         """TLS for probing sidecars with a mesh identity: this checker's Kafka certificate (re-read when renewed)."""
@@ -191,10 +204,15 @@ class Checker:
         s = self.s
         await ensure_topics(
             s.bootstrap,
-            [topics.BY_NAME[t] for t in (*SOURCE_TOPICS, topics.HEALTHCHECK_SHARDS)],
+            [topics.BY_NAME[t] for t in (*SOURCE_TOPICS, topics.HEALTHCHECK_SHARDS, topics.IDENTITIES)],
             timeout_s=s.broker_timeout,
         )
         counts = await self._partition_counts()
+        if self.verifier is not None:
+            from projector.identities import IdentityFeed
+
+            self._identities = IdentityFeed(s.bootstrap, self.verifier, timeout_s=s.broker_timeout)
+            await self._identities.start(list(range(counts[topics.IDENTITIES])))
         self.partitions = counts[topics.HEALTHCHECK_SHARDS]
         source = [TopicPartition(t, p) for t in SOURCE_TOPICS for p in range(counts[t])]
         background: list[asyncio.Task] = []
@@ -249,7 +267,7 @@ class Checker:
     async def _partition_counts(self) -> dict[str, int]:
         admin = await connect_admin(self.s.bootstrap, self.s.broker_timeout)
         try:
-            names = [*SOURCE_TOPICS, topics.HEALTHCHECK_SHARDS]
+            names = [*SOURCE_TOPICS, topics.HEALTHCHECK_SHARDS, topics.IDENTITIES]
             described = await admin.describe_topics(names)
             return {t["topic"]: len(t["partitions"]) for t in described}
         finally:
@@ -281,6 +299,11 @@ class Checker:
         if self._reader is not None:
             try:
                 await asyncio.wait_for(self._reader.stop(), left())
+            except Exception:  # noqa: BLE001
+                pass
+        if self._identities is not None:
+            try:
+                await asyncio.wait_for(self._identities.stop(), left())
             except Exception:  # noqa: BLE001
                 pass
         if self._producer is not None:
@@ -327,8 +350,11 @@ class Checker:
         self.counters.undecodable = self.skipped.count
         if not events and not batch:
             return
+        if self._identities is not None:
+            # every identity fact logged up to the newest event is folded before verifying (as the projector)
+            await self._identities.cover(max((lg.timestamp_ms for lg in events), default=None))
         old = self.state
-        self.state, _ = fold_many(old, events)
+        self.fold(events)
         keys = changed_keys(old.instances, self.state.instances) | changed_keys(old.health, self.state.health)
         if self.caught_up:
             for key in keys:
@@ -338,6 +364,11 @@ class Checker:
                 del self._awaiting[key]
                 self.tracker.settled(key)
                 self._mark_dirty()
+
+    def fold(self, events: list) -> tuple:
+        """Fold read events into what this checker knows, verified like the projector's fold; the refusals."""
+        self.state, decisions = fold_many(self.state, events, self.verifier)
+        return decisions
 
     # ------------------------------------------------------------ shards
 

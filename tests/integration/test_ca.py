@@ -185,7 +185,8 @@ async def test_revoke_is_an_event_and_a_revoked_certificate_cannot_renew(kafka_b
                                 root=root)
     serial = pki.serial_hex(granted.cert)
     files = pki.save_identity(tmp_path, granted.cert, granted.key, root)
-    r = run(MESHLOG, "ca", "revoke", serial, "--reason", "key left on a laptop", bootstrap=kafka_bootstrap)
+    r = run(MESHLOG, "ca", "revoke", serial, "--reason", "key left on a laptop", "--dir", str(ca_dir),
+            bootstrap=kafka_bootstrap)
     assert r.returncode == 0, r.stderr
     reg = await registry(kafka_bootstrap)
     assert reg.revocation(serial).reason == "key left on a laptop"
@@ -193,9 +194,9 @@ async def test_revoke_is_an_event_and_a_revoked_certificate_cannot_renew(kafka_b
     with pytest.raises(CaRefused) as err:
         await client.renew(replicas[1], files)
     assert (err.value.status, err.value.reason) == (403, "revoked")
-    again = run(MESHLOG, "ca", "revoke", serial, bootstrap=kafka_bootstrap)
+    again = run(MESHLOG, "ca", "revoke", serial, "--dir", str(ca_dir), bootstrap=kafka_bootstrap)
     assert again.returncode == 2 and "already revoked" in again.stderr
-    unknown = run(MESHLOG, "ca", "revoke", "abcdef0123", bootstrap=kafka_bootstrap)
+    unknown = run(MESHLOG, "ca", "revoke", "abcdef0123", "--dir", str(ca_dir), bootstrap=kafka_bootstrap)
     assert unknown.returncode == 2 and "was ever recorded as issued" in unknown.stderr
 
 
@@ -264,7 +265,8 @@ async def test_replay_shows_identities_held_and_the_issuance_log(kafka_bootstrap
     assert [(c["spiffe_id"], c["serial"]) for c in doc["held"]] == [(f"spiffe://{DOMAIN}/sidecar/details/d1", serial)]
     before = run(REPLAY, "identities", "--at", "@1000", "--json", "--bootstrap", kafka_bootstrap)
     assert before.returncode == 0 and orjson.loads(before.stdout)["held"] == []
-    revoked = run(MESHLOG, "ca", "revoke", serial, "--reason", "decommissioned", bootstrap=kafka_bootstrap)
+    revoked = run(MESHLOG, "ca", "revoke", serial, "--reason", "decommissioned", "--dir", str(ca_dir),
+                  bootstrap=kafka_bootstrap)
     assert revoked.returncode == 0, revoked.stderr
     await asyncio.sleep(0.05)
     after = orjson.loads(run(REPLAY, "identities", "--at", "now", "--json", "--service", "details",

@@ -53,13 +53,17 @@ class Trust:
         if log_it:
             event = records.issued(cert, (ca or self.ca).certificate, how="offline", requested_by="test")
             ms = logged_ms if logged_ms is not None else int(at.timestamp() * 1000)
-            self.identity_events.append(Logged(new_event(event), event.TOPIC, 0, len(self.identity_events), ms))
+            env = records.authority_signer(self.ca).sign(new_event(event))  # signed by the root, as the CA does
+            self.identity_events.append(Logged(decode(encode(env), event.TOPIC), event.TOPIC, 0,
+                                               len(self.identity_events), ms))
         self.signers.setdefault(ident.uri, signer)
         return signer
 
     def revoke(self, ident: spiffe.SpiffeId, signer: Signer, logged_ms: int) -> None:
         event = records.revoked(ident.uri, signer.serial, reason="key leaked", revoked_by="test")
-        self.identity_events.append(Logged(new_event(event), event.TOPIC, 0, len(self.identity_events), logged_ms))
+        env = records.authority_signer(self.ca).sign(new_event(event))
+        self.identity_events.append(Logged(decode(encode(env), event.TOPIC), event.TOPIC, 0, len(self.identity_events),
+                                           logged_ms))
 
     def verifier(self, *, roots: bool = True) -> Verifier:
         return Verifier(fold_identities(EMPTY, self.identity_events), [self.ca.certificate] if roots else [])

@@ -69,3 +69,11 @@ def test_defaults_and_names_the_demo_depends_on():
 def test_other_subcommands_are_intact():
     sub = build_parser()._subparsers._group_actions[0].choices
     assert {"publish", "deregister", "health", "rules", "healthcheck"} <= set(sub)
+
+
+def test_a_checker_verifies_by_default_and_insecure_events_is_explicit(monkeypatch):
+    monkeypatch.delenv("MESHLOG_INSECURE_EVENTS", raising=False)
+    assert build_parser().parse_args(["healthcheck"]).insecure_events is False
+    assert build_parser().parse_args(["healthcheck", "--insecure-events"]).insecure_events is True
+    monkeypatch.setenv("MESHLOG_INSECURE_EVENTS", "1")  # one switch for the environment, as the projector's
+    assert build_parser().parse_args(["healthcheck"]).insecure_events is True

@@ -74,9 +74,10 @@ ACL_TABLE: Mapping[str, tuple[Grant, ...]] = MappingProxyType({
         Grant(TRANSACTIONAL_ID, REGISTRAR_TRANSACTIONAL_PREFIX, (WRITE, DESCRIBE), PREFIXED),
     ),
     # central health checkers: read who is registered and healthy, append transitions, share the shards group
-    # (DESCRIBE_CONFIGS: a checker checks the topics' settings on start)
+    # (DESCRIBE_CONFIGS: a checker checks the topics' settings on start). They read the identities log
+    # because they verify what they fold, like the projector: a forged registration is never probed.
     CHECKER: (
-        *_topics((topics.REGISTRATIONS, topics.HEALTH), READ, DESCRIBE_CONFIGS),
+        *_topics((topics.REGISTRATIONS, topics.HEALTH, topics.IDENTITIES), READ, DESCRIBE_CONFIGS),
         *_topics((topics.HEALTH,), WRITE),
         *_topics((topics.HEALTHCHECK_SHARDS,), READ, DESCRIBE_CONFIGS),
         Grant(GROUP, HEALTHCHECK_GROUP_PREFIX, (READ, DESCRIBE), PREFIXED),

@@ -94,6 +94,8 @@ def test_the_table_says_what_the_issue_asks():
     assert {topics.SYNC, topics.VIEW_MEMBERSHIP} <= allowed(REPLAY, READ)
     assert allowed(OPERATOR, WRITE) == {topics.RULES, topics.REGISTRATIONS, topics.HEALTH, topics.IDENTITIES}
     assert allowed(CHECKER, WRITE) == {topics.HEALTH}
+    # checkers verify the registrations they probe against the identities log, as the projector does
+    assert allowed(CHECKER, READ) == {topics.REGISTRATIONS, topics.HEALTH, topics.IDENTITIES, topics.HEALTHCHECK_SHARDS}
     assert allowed(PROJECTOR, WRITE) == {topics.VIEW_RESOURCES, topics.VIEW_MEMBERSHIP, topics.SNAPSHOTS,
                                          topics.REJECTIONS, topics.DEADLETTER}
     assert {topics.VIEW_RESOURCES, topics.VIEW_MEMBERSHIP} <= allowed(GATEWAY, READ)

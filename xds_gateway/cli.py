@@ -55,6 +55,7 @@ from xds_gateway.on_demand import DEFAULT_HOLD_S, LearnedSubscriptions
 from xds_gateway.sync_log import SyncLog
 from meshlog.xds_tls_args import add_tls_arguments, files_from_args
 from xds_gateway.tls import TlsConfigError, TlsFiles, load_material, server_credentials
+from xds_gateway.lazy_view import LazyViewCache, OffsetFetcher
 from xds_gateway.view_cache import ViewCache, ViewTail
 from xds_gateway.workers import run_workers
 
@@ -104,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=argtypes.integer(1, 64), default=1,
                      help="gateway processes sharing the gRPC port (SO_REUSEPORT), each holding its share of the "
                           "streams and a whole view; HTTP ports are --http-port + i (default 1)")
+    run.add_argument("--views", choices=("connected", "all"), default="connected",
+                     help="which nodes' views the replica holds decoded in memory: 'connected' (default) only those "
+                          "of nodes with an open stream, fetched by offset when they connect and dropped "
+                          "--view-grace seconds after their last stream closes (the rest is an index of where "
+                          "each node's records are); 'all' every node's, as read from the view topics")
+    run.add_argument("--view-grace", type=argtypes.seconds(0, 3600, low_inclusive=True), default=30.0,
+                     help="with --views connected: seconds a node's view stays in memory after its last stream "
+                          "closes, so a reconnect is served without a fetch (default 30)")
     run.add_argument("--log-level", default="INFO")
     return parser
 
@@ -171,7 +180,12 @@ async def serve(args: argparse.Namespace, bootstrap: str, limits: GatewayLimits,
                 on_ready: Callable[[dict], None] | None = None) -> int:
     """Serve until SIGTERM/SIGINT; once ready, print the ports (or hand them to ``on_ready``, as a worker does)."""
     material = load_material(tls_files) if tls_files is not None else None
-    cache = ViewCache()
+    fetcher = None
+    if args.views == "connected":
+        fetcher = OffsetFetcher(bootstrap)
+        cache = LazyViewCache(fetcher, grace_s=args.view_grace)
+    else:
+        cache = ViewCache()
     tail = ViewTail(cache, bootstrap)
     tail_task = asyncio.create_task(tail.run(), name="view-tail")
 
@@ -285,6 +299,9 @@ async def serve(args: argparse.Namespace, bootstrap: str, limits: GatewayLimits,
     tail.stop()
     tail_task.cancel()
     await asyncio.gather(tail_task, return_exceptions=True)
+    if fetcher is not None:
+        await cache.close()
+        await fetcher.stop()
     await runner.cleanup()
     log.info("stopped")
     return exit_code

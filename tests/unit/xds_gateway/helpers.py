@@ -26,6 +26,8 @@ class ViewRec:
     key: bytes
     value: bytes | None
     timestamp: int = 1
+    partition: int = 0
+    offset: int = 0
 
 
 def body(type_url: str, name: str, tag: object) -> bytes:

@@ -351,29 +351,38 @@ class OffsetFetcher:
         if self._consumer is None:
             await self.start()  # on the first connect, not at boot: a broker down then delays loads, not startup
         consumer = self._consumer
-        found = []
-        for tp, offsets in wanted.items():
-            todo = sorted(offsets)
+        todo = {tp: sorted(offsets) for tp, offsets in wanted.items() if offsets}
+        done = dict.fromkeys(todo, 0)  # tp -> how many of its offsets are behind its position
+        for tp, offsets in todo.items():  # every partition at once: one round trip, not one per topic
             consumer.resume(tp)
-            consumer.seek(tp, todo[0])
-            i = 0
-            try:
-                while i < len(todo):
-                    batch = (await consumer.getmany(tp, timeout_ms=self.poll_ms, max_records=self.max_records)).get(tp)
-                    if not batch:
+            consumer.seek(tp, offsets[0])
+        found = []
+        try:
+            while todo:
+                batch = await consumer.getmany(*todo, timeout_ms=self.poll_ms, max_records=self.max_records)
+                if not batch:
+                    for tp, offsets in list(todo.items()):
                         end = consumer.highwater(tp)
-                        if end is not None and await consumer.position(tp) >= end and todo[i] >= end:
-                            break  # past the end (cannot happen for positions the tail read): do not wait forever
+                        if end is not None and offsets[done[tp]] >= end and await consumer.position(tp) >= end:
+                            del todo[tp]  # past the end (cannot happen for positions the tail read): do not wait
+                    continue
+                for tp, records in batch.items():
+                    offsets, wanted_here = todo.get(tp), wanted[tp]
+                    if offsets is None or not records:
                         continue
-                    self.fetched += len(batch)
-                    last = batch[-1].offset
-                    found += [r for r in batch if r.offset in offsets]
-                    while i < len(todo) and todo[i] <= last:
+                    self.fetched += len(records)
+                    found += [r for r in records if r.offset in wanted_here]
+                    last, i = records[-1].offset, done[tp]
+                    while i < len(offsets) and offsets[i] <= last:
                         i += 1  # read, or compacted away (superseded: the index has moved on)
-                    if i < len(todo) and todo[i] - last > self.gap:
-                        consumer.seek(tp, todo[i])
-            finally:
-                consumer.pause(tp)
+                    done[tp] = i
+                    if i == len(offsets):
+                        consumer.pause(tp)
+                        del todo[tp]
+                    elif offsets[i] - last > self.gap:
+                        consumer.seek(tp, offsets[i])
+        finally:
+            consumer.pause(*wanted)
         return found
 
 

@@ -5,7 +5,8 @@ Setup. The parent folds and renders a 100,000-node mesh with the projector's own
 10,000 services x 10 instances, 4 random dependencies each) and writes its view
 records to a real broker as the projector publishes them (bodies, then
 memberships; a fresh local broker unless ``--bootstrap``). Then, for each mode,
-one real ``xds-gateway run --views all|connected`` process (insecure, no sync
+one real ``xds-gateway run`` process (``--views all``, or ``--views
+connected`` with ``--view-index bytes`` or ``offsets``) (insecure, no sync
 log, no on-demand) catches up on the view topics, and simulated delta clients
 (grpc.aio, in ``--client-procs`` processes) open one stream each for 10,000 of
 the nodes (a random sample), the first ``--sequential`` of them one at a time,
@@ -27,7 +28,7 @@ The load average (``uptime``) is printed with them: the host is shared.
 
 Usage: .venv/bin/python bench/lazy_view.py                 (100,000 nodes, 10,000 streams; ~10 min)
        .venv/bin/python bench/lazy_view.py --quick         (10,000 nodes, 1,000 streams)
-       --modes all,connected  --json FILE  --bootstrap HOST:PORT (a broker whose view topics are empty)
+       --modes all,bytes,offsets  --json FILE  --bootstrap HOST:PORT (a broker whose view topics are empty)
 """
 
 from __future__ import annotations
@@ -198,7 +199,8 @@ def run_mode(mode: str, bootstrap: str, nodes: list[str], args, workdir: Path) -
     gw = subprocess.Popen([str(ROOT / ".venv" / "bin" / "xds-gateway"), "run", "--bootstrap", bootstrap, "--port", "0",
                            "--http-port", "0", "--insecure", "--no-sync-log", "--on-demand-hold", "0", "--grace", "1",
                            "--max-streams-per-connection", "100000", "--max-streams", "100000",
-                           "--views", mode, "--view-grace", str(args.view_grace), "--ready-file", str(ready_file),
+                           *(["--views", "all"] if mode == "all" else ["--views", "connected", "--view-index", mode]),
+                           "--view-grace", str(args.view_grace), "--ready-file", str(ready_file),
                            "--log-level", "WARNING"], stdout=subprocess.DEVNULL, stderr=log_file)
     out: dict = {"mode": mode}
     try:
@@ -293,7 +295,8 @@ def main(argv=None) -> int:
     p.add_argument("--ramp", type=int, default=200, help="streams opening at once per client process")
     p.add_argument("--client-procs", type=int, default=2)
     p.add_argument("--view-grace", type=float, default=2.0)
-    p.add_argument("--modes", default="all,connected")
+    p.add_argument("--modes", default="all,bytes,offsets",
+                   help="all: --views all; bytes / offsets: --views connected --view-index bytes / offsets")
     p.add_argument("--bootstrap", help="use this broker (empty view topics) instead of starting one")
     p.add_argument("--quick", action="store_true", help="1,000 services (10,000 nodes), 1,000 streams")
     p.add_argument("--json", help="write the figures here")

@@ -110,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "of nodes with an open stream, fetched by offset when they connect and dropped "
                           "--view-grace seconds after their last stream closes (the rest is an index of where "
                           "each node's records are); 'all' every node's, as read from the view topics")
+    run.add_argument("--view-index", choices=("bytes", "offsets"), default="bytes",
+                     help="with --views connected, what the replica keeps of a node no stream holds: 'bytes' "
+                          "(default) its records' undecoded values, decoded when it connects (no broker round "
+                          "trip); 'offsets' only where its records are, fetched from the broker when it connects "
+                          "(least memory, slower connects)")
     run.add_argument("--view-grace", type=argtypes.seconds(0, 3600, low_inclusive=True), default=30.0,
                      help="with --views connected: seconds a node's view stays in memory after its last stream "
                           "closes, so a reconnect is served without a fetch (default 30)")
@@ -182,8 +187,8 @@ async def serve(args: argparse.Namespace, bootstrap: str, limits: GatewayLimits,
     material = load_material(tls_files) if tls_files is not None else None
     fetcher = None
     if args.views == "connected":
-        fetcher = OffsetFetcher(bootstrap)
-        cache = LazyViewCache(fetcher, grace_s=args.view_grace)
+        fetcher = OffsetFetcher(bootstrap) if args.view_index == "offsets" else None
+        cache = LazyViewCache(fetcher, grace_s=args.view_grace, keep_bytes=fetcher is None)
     else:
         cache = ViewCache()
     tail = ViewTail(cache, bootstrap)
@@ -299,8 +304,9 @@ async def serve(args: argparse.Namespace, bootstrap: str, limits: GatewayLimits,
     tail.stop()
     tail_task.cancel()
     await asyncio.gather(tail_task, return_exceptions=True)
-    if fetcher is not None:
+    if isinstance(cache, LazyViewCache):
         await cache.close()
+    if fetcher is not None:
         await fetcher.stop()
     await runner.cleanup()
     log.info("stopped")

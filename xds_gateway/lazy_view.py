@@ -1,13 +1,18 @@
 """A view cache whose memory follows the gateway's streams, not the mesh.
 
 The whole-mesh ``ViewCache`` decodes and keeps every node's membership and
-per-node bodies. ``LazyViewCache`` reads the same compacted view topics with
-the same ``ViewTail``, but keeps only *where* each node's records are (an
-index: node -> slot -> partition and offset) and decodes a node's records
-only while a stream of the node is open (``hold``). A connecting node's
-records are fetched by offset (``OffsetFetcher``: a second consumer that
-seeks and reads; every node waiting when a round starts is fetched in that
-one round) before its stream is served.
+per-node bodies (Python objects: about 10x their bytes). ``LazyViewCache``
+reads the same compacted view topics with the same ``ViewTail``, but keeps
+only an index entry per node record and decodes a node's records only while
+a stream of the node is open (``hold``). The index entry is either
+
+- the record's undecoded value (``keep_bytes``, the gateway's default): a
+  connect decodes the node's records from memory at once; or
+- the record's position (partition and offset): a connect fetches the
+  node's records by offset (``OffsetFetcher``: a second consumer that seeks
+  and reads; every node waiting when a round starts is fetched in that one
+  round) before its stream is served. Least memory, but a fetch reads whole
+  producer batches (the broker's unit), thousands of records per node loaded.
 
 Invariants:
 - A node's records are its membership (key = node id) and its per-node bodies
@@ -18,23 +23,24 @@ Invariants:
   most of them anyway (with 4 random dependencies each, 10,000 nodes name 98 %
   of 10,000 services), so unknown nodes and on-demand requests keep being
   answered from memory.
-- The index has one entry per (node, slot) and it is the newest record's
-  position: the tail notes every record (a tombstone removes the entry), held
-  or not, before anything else. Compaction keeps the newest record of every
-  key, so a noted position can always be fetched (a superseded one is no
-  longer in the index).
+- The index has one entry per (node, slot), from the newest record: the tail
+  notes every record (a tombstone removes the entry), held or not, before
+  anything else. Compaction keeps the newest record of every key, so a noted
+  position can always be fetched (a superseded one is no longer in the
+  index).
 - A node is *in memory* from its first ``hold`` until ``grace_s`` after its
   last release: the tail applies its records as ``ViewCache`` does (same
   change notifications). ``loaded`` returns once the records the index had
-  for it were fetched; a fetched record is applied only if its position is
+  for it were decoded (kept bytes: already within ``hold``, no await), or
+  fetched; a fetched record is applied only if its position is
   still the index's (a newer one was already applied by the tail, a deleted
   one stays deleted), so a load never moves a node back in time.
-- The fetch runs in its own task on its own consumer: a connect never blocks
+- A fetch runs in its own task on its own consumer: a connect never blocks
   the view tail or another stream, and the stream machines never learn about
   it (the shell awaits ``loaded`` before building the node's machine).
 - Evicting a node drops its membership, its per-node bodies and its cached
   view (``ViewCache.forget_node``); the index entries stay (they are what a
-  reconnect fetches).
+  reconnect decodes or fetches).
 - ``knows_node`` and ``nodes`` answer from the index for nodes not in memory,
   so readiness and the "known / not in the view" decision do not change.
 """
@@ -53,12 +59,13 @@ from prometheus_client import Counter, Gauge, Histogram
 from events import topics
 from events.kafka_security import connection_kwargs
 from projector.naming import NODE_SEP, escape_node, unescape_node
+from projector.publisher import source_headers, source_ms_of
 from xds_gateway.view_cache import ViewCache
 
 log = logging.getLogger(__name__)
 
 NODES_IN_MEMORY = Gauge("meshlog_view_nodes_in_memory", "Nodes whose view this gateway holds decoded (lazy views)")
-NODE_LOADS = Counter("meshlog_view_node_loads_total", "Nodes whose records were fetched by offset on connect")
+NODE_LOADS = Counter("meshlog_view_node_loads_total", "Nodes whose records were decoded on connect (kept bytes or fetched)")
 LOAD_ROUNDS = Counter("meshlog_view_load_rounds_total", "Offset fetches (each loads every node waiting when it starts)")
 LOAD_SECONDS = Histogram("meshlog_view_load_seconds", "From a node's first hold to its records in memory",
                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
@@ -106,7 +113,7 @@ def slot_ident(node: str, slot: str) -> tuple[str, str]:
 
 
 class ViewIndex:
-    """Pure: the newest record position of every (node, slot), from the records the tail reads."""
+    """Pure: an entry (position, or kept value) per (node, slot) for the newest record the tail read."""
 
     def __init__(self) -> None:
         self._by_node: dict[str, dict[str, int]] = {}
@@ -153,10 +160,11 @@ def wanted_positions(index: ViewIndex, nodes: Iterable[str]) -> dict[TopicPartit
 class LazyViewCache(ViewCache):
     """A ``ViewCache`` that decodes a node's records only while the node is held (see the module doc)."""
 
-    def __init__(self, fetch: Fetch | None = None, *, grace_s: float = 30.0) -> None:
+    def __init__(self, fetch: Fetch | None = None, *, grace_s: float = 30.0, keep_bytes: bool = False) -> None:
         super().__init__()
         self.index = ViewIndex()
         self.grace_s = grace_s
+        self.keep_bytes = keep_bytes
         self._fetch = fetch
         self._holds: dict[str, int] = {}  # node -> open holds
         self._in_memory: dict[str, asyncio.Future] = {}  # node -> done once loaded (held, or within its grace)
@@ -177,9 +185,18 @@ class LazyViewCache(ViewCache):
             super()._apply_record(record, changed)  # a shared body (or a malformed key: warned about there)
             return
         node, slot = owned
-        self.index.note(node, slot, None if record.value is None else pack(record.partition, record.offset))
+        self.index.note(node, slot, None if record.value is None else self._entry(record, slot))
         if node in self._in_memory:
             super()._apply_record(record, changed)
+
+    def _entry(self, record, slot: str):
+        """What the index keeps of a record: its position, or (``keep_bytes``) its undecoded value."""
+        if not self.keep_bytes:
+            return pack(record.partition, record.offset)
+        headers = getattr(record, "headers", None)
+        if slot == MEMBERSHIP and headers and source_ms_of(headers) is not None:
+            return record.value, source_ms_of(headers)
+        return record.value  # a reference to the bytes the consumer made: no copy
 
     # ------------------------------------------------------------ what the shell asks
 
@@ -205,9 +222,12 @@ class LazyViewCache(ViewCache):
             self._in_memory[node_id] = loop.create_future()
             self._held_since[node_id] = time.monotonic()
             NODES_IN_MEMORY.set(len(self._in_memory))
-            self._pending.add(node_id)
-            self._start_loader()
-            self._wake.set()
+            if self.keep_bytes:
+                self._decode_kept(node_id)
+            else:
+                self._pending.add(node_id)
+                self._start_loader()
+                self._wake.set()
         released = False
 
         def release() -> None:
@@ -297,6 +317,23 @@ class LazyViewCache(ViewCache):
                     LOAD_SECONDS.observe(now - self._held_since.get(node, now))
             log.debug("loaded %d nodes (%d records)", len(nodes), len(records))
 
+    def _decode_kept(self, node_id: str) -> None:
+        """``keep_bytes``: the node's records are in the index already; decode them now (bodies first)."""
+        records = []
+        for slot, entry in sorted(self.index.positions(node_id).items(), key=lambda kv: kv[0] == MEMBERSHIP):
+            if slot == MEMBERSHIP:
+                value, source = entry if isinstance(entry, tuple) else (entry, None)
+                records.append(_Kept(topics.VIEW_MEMBERSHIP, node_id.encode(), value, source_headers(source)))
+            else:
+                type_url, name = slot_ident(node_id, slot)
+                records.append(_Kept(topics.VIEW_RESOURCES, f"{type_url}|{name}".encode(), entry, None))
+        unwatched: set[str] = set()
+        for record in records:
+            super()._apply_record(record, unwatched)
+        self._in_memory[node_id].set_result(None)
+        NODE_LOADS.inc()
+        LOAD_SECONDS.observe(time.monotonic() - self._held_since[node_id])
+
     def apply_fetched(self, records: Iterable) -> None:
         """Apply fetched records of nodes in memory whose position is still the index's; bodies first."""
         current = []
@@ -310,6 +347,15 @@ class LazyViewCache(ViewCache):
         unwatched: set[str] = set()  # nodes loading have no stream watching them yet: nobody to tell
         for record in current:
             super()._apply_record(record, unwatched)
+
+
+class _Kept:
+    """A record rebuilt from the index's kept bytes, for ``ViewCache._apply_record``."""
+
+    __slots__ = ("topic", "key", "value", "headers")
+
+    def __init__(self, topic: str, key: bytes, value: bytes, headers) -> None:
+        self.topic, self.key, self.value, self.headers = topic, key, value, headers
 
 
 class OffsetFetcher:

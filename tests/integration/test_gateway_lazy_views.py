@@ -1,7 +1,8 @@
 """Story: a gateway holds in memory only the views of the nodes connected to it (``--views connected``,
 the default), and still serves each node exactly its newest view.
 
-Real broker, a real ``xds-gateway`` process; the view records are written to the view topics as the
+Both index modes (``--view-index bytes``: undecoded values kept; ``offsets``: fetched by offset on
+connect). Real broker, a real ``xds-gateway`` process; the view records are written to the view topics as the
 projector writes them (bodies, then the membership naming them); the clients are grpc.aio delta ADS
 streams that ACK every response, as Envoy does. Memory is read from the gateway's
 ``meshlog_view_nodes_in_memory`` gauge.
@@ -14,6 +15,7 @@ import time
 import uuid
 
 import grpc
+import pytest
 from aiokafka import AIOKafkaProducer
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
@@ -97,14 +99,16 @@ async def gauge_until(http_port: int, name: str, wanted: float, timeout: float =
         await asyncio.sleep(0.1)
 
 
-async def test_a_gateway_holds_only_its_connected_nodes_and_serves_each_its_newest_view(kafka_bootstrap, tmp_path):
+@pytest.mark.parametrize("index", ["bytes", "offsets"])
+async def test_a_gateway_holds_only_its_connected_nodes_and_serves_each_its_newest_view(kafka_bootstrap, tmp_path,
+                                                                                       index):
     await ensure_topics(kafka_bootstrap)
     run = uuid.uuid4().hex[:8]
     a, b, shared = f"lazy-a-{run}", f"lazy-b-{run}", f"lazy-svc-{run}"
-    # written before the gateway starts: a connect finds them only through the index and a fetch by offset
+    # written before the gateway starts: a connect finds them only through the index (kept bytes, or a fetch)
     await append(kafka_bootstrap, node_records(a, "a1", shared) + node_records(b, "b1", shared))
-    gw = start_gateway(kafka_bootstrap, tmp_path, "gateway-lazy", extra=["--insecure", "--no-sync-log",
-                                                                         "--view-grace", "0"])
+    gw = start_gateway(kafka_bootstrap, tmp_path, f"gateway-lazy-{index}",
+                       extra=["--insecure", "--no-sync-log", "--view-index", index, "--view-grace", "0"])
     http = gw.info["http_port"]
     try:
         assert metric_sum(metrics(http), "meshlog_view_nodes_in_memory") == 0

@@ -12,6 +12,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from events import topics
+from projector.publisher import source_headers
 from xds_gateway.lazy_view import (MEMBERSHIP, LazyViewCache, ViewIndex, node_slot, pack, unpack,
                                    wanted_positions)
 from xds_gateway.protocol.resources import CLUSTER, LISTENER, version_of
@@ -60,6 +61,14 @@ def node_records(log: Log, node: str, tag: str = "a"):
     return out
 
 
+MODES = ("offsets", "bytes")
+
+
+def lazy_cache(log: Log, mode: str, grace_s: float = 0) -> LazyViewCache:
+    """Offsets: the index keeps positions and loads fetch from ``log``; bytes: it keeps the records' values."""
+    return LazyViewCache(log.fetch if mode == "offsets" else None, grace_s=grace_s, keep_bytes=mode == "bytes")
+
+
 def names(view):
     return {t: {n: r.version for n, r in names.items()} for t, names in view.items()}
 
@@ -92,10 +101,11 @@ def test_the_index_keeps_the_newest_position_and_forgets_deleted_records():
     assert wanted == {}
 
 
-async def test_nothing_per_node_is_decoded_until_a_stream_holds_the_node():
+@pytest.mark.parametrize("mode", MODES)
+async def test_nothing_per_node_is_decoded_until_a_stream_holds_the_node(mode):
     log = Log()
     records = node_records(log, "web-1") + node_records(log, "web-2")
-    cache = LazyViewCache(log.fetch, grace_s=0)
+    cache = lazy_cache(log, mode)
     cache.apply_records(records)
     assert cache.knows_node("web-1") and sorted(cache.nodes()) == ["web-1", "web-2"]
     assert cache.in_memory() == [] and cache.node_view("web-1") == {}
@@ -111,9 +121,10 @@ async def test_nothing_per_node_is_decoded_until_a_stream_holds_the_node():
     await cache.close()
 
 
-async def test_a_held_node_follows_the_tail_and_an_unheld_one_is_only_indexed():
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_held_node_follows_the_tail_and_an_unheld_one_is_only_indexed(mode):
     log = Log()
-    cache = LazyViewCache(log.fetch, grace_s=0)
+    cache = lazy_cache(log, mode)
     cache.ready.set()
     seen = []
     cache.subscribe(lambda nodes: seen.append(set(nodes)))
@@ -151,9 +162,10 @@ async def test_a_record_the_tail_applies_during_a_load_is_not_undone_by_the_fetc
     await cache.close()
 
 
-async def test_deleted_records_stay_deleted():
+@pytest.mark.parametrize("mode", MODES)
+async def test_deleted_records_stay_deleted(mode):
     log = Log()
-    cache = LazyViewCache(log.fetch, grace_s=0)
+    cache = lazy_cache(log, mode)
     cache.apply_records(node_records(log, "web-1") + node_records(log, "web-2"))
     cache.apply_records([log.tombstone(LISTENER, "web-1~outbound"), log.member("web-2", {}, gone=True)])
     assert not cache.knows_node("web-2")
@@ -167,9 +179,10 @@ async def test_deleted_records_stay_deleted():
     await cache.close()
 
 
-async def test_the_last_release_drops_the_node_from_memory_and_a_reconnect_fetches_it_again():
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_last_release_drops_the_node_from_memory_and_a_reconnect_fetches_it_again(mode):
     log = Log()
-    cache = LazyViewCache(log.fetch, grace_s=0)
+    cache = lazy_cache(log, mode)
     cache.apply_records(node_records(log, "web-1"))
     first, second = cache.hold("web-1"), cache.hold("web-1")
     await cache.loaded("web-1")
@@ -183,14 +196,16 @@ async def test_the_last_release_drops_the_node_from_memory_and_a_reconnect_fetch
     assert cache.knows_node("web-1")  # still in the index
     again = cache.hold("web-1")
     await cache.loaded("web-1")
-    assert len(log.fetches) == 2 and cache.node_view("web-1")[LISTENER].keys() == {"web-1~outbound"}
+    assert len(log.fetches) == (2 if mode == "offsets" else 0)
+    assert cache.node_view("web-1")[LISTENER].keys() == {"web-1~outbound"}
     again()
     await cache.close()
 
 
-async def test_a_reconnect_within_the_grace_needs_no_fetch():
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_reconnect_within_the_grace_needs_no_fetch(mode):
     log = Log()
-    cache = LazyViewCache(log.fetch, grace_s=0.2)
+    cache = lazy_cache(log, mode, grace_s=0.2)
     cache.apply_records(node_records(log, "web-1"))
     release = cache.hold("web-1")
     await cache.loaded("web-1")
@@ -198,7 +213,7 @@ async def test_a_reconnect_within_the_grace_needs_no_fetch():
     await asyncio.sleep(0.05)
     release = cache.hold("web-1")
     await cache.loaded("web-1")
-    assert len(log.fetches) == 1
+    assert len(log.fetches) == (1 if mode == "offsets" else 0)
     await asyncio.sleep(0.3)
     assert cache.in_memory() == ["web-1"]  # held again: the pending eviction was cancelled
     release()
@@ -223,9 +238,10 @@ async def test_nodes_connecting_together_are_loaded_in_one_fetch():
     await cache.close()
 
 
-async def test_a_node_unknown_when_held_is_decoded_as_soon_as_its_records_arrive():
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_node_unknown_when_held_is_decoded_as_soon_as_its_records_arrive(mode):
     log = Log()
-    cache = LazyViewCache(log.fetch, grace_s=0)
+    cache = lazy_cache(log, mode)
     cache.ready.set()
     seen = []
     cache.subscribe(lambda nodes: seen.append(set(nodes)))
@@ -235,4 +251,20 @@ async def test_a_node_unknown_when_held_is_decoded_as_soon_as_its_records_arrive
     cache.apply_records(node_records(log, "web-1"))
     assert {"web-1"} in seen and cache.knows_node("web-1") and cache.node_view("web-1")[LISTENER]
     release()
+    await cache.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_loaded_node_keeps_the_source_time_of_its_membership(mode):
+    log = Log()
+    cache = lazy_cache(log, mode)
+    records = node_records(log, "web-1")
+    records[-1].headers = tuple(source_headers(1_700_000_000_123))
+    cache.apply_records(records)
+    assert cache.source_ms("web-1") is None  # not decoded
+    release = cache.hold("web-1")
+    await cache.loaded("web-1")
+    assert cache.source_ms("web-1") == 1_700_000_000_123
+    release()
+    assert cache.source_ms("web-1") is None
     await cache.close()

@@ -433,7 +433,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         for cluster in held:
             self.on_demand.learned(owner, cluster)
         timers[:] = [h for h in timers if not h.cancelled() and h.when() > asyncio.get_running_loop().time()]
-        timers.append(asyncio.get_running_loop().call_later(self.hold_s, inbox.queue.put_nowait, _HoldOver(held)))
+        timers.append(asyncio.get_running_loop().call_later(self.hold_s, inbox.put, _HoldOver(held)))
 
     def _new_machine(self, kind: str, stream_id: str, node_id: str, known: bool):
         view = self._view_for(node_id, known)

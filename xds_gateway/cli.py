@@ -13,6 +13,8 @@ Admission limits (``--max-*``) end one stream with ``RESOURCE_EXHAUSTED``.
 Bad flags or unusable TLS files: a message naming them, exit 2. SIGTERM/SIGINT: report NOT_SERVING, stop
 accepting, give open streams ``--grace`` seconds, then close them so their
 clients reconnect to another replica; the process exits within the bound.
+``--views connected`` (default) decodes only the views of nodes with an open stream
+(``xds_gateway.lazy_view``); ``--views all`` every node's.
 ``--workers N`` runs N such gateways in processes sharing the gRPC port
 (``xds_gateway.workers``). Unless ``--no-sync-log``, what the streams learn (opened, ACKed, NACKed,
 closed) is appended to ``meshlog.sync`` under ``--replica-id``; a graceful stop
@@ -104,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ready-file", help="write the bound ports as JSON to this file once ready")
     run.add_argument("--workers", type=argtypes.integer(1, 64), default=1,
                      help="gateway processes sharing the gRPC port (SO_REUSEPORT), each holding its share of the "
-                          "streams and a whole view; HTTP ports are --http-port + i (default 1)")
+                          "streams and its own view cache; HTTP ports are --http-port + i (default 1)")
     run.add_argument("--views", choices=("connected", "all"), default="connected",
                      help="which nodes' views the replica holds decoded in memory: 'connected' (default) only those "
                           "of nodes with an open stream, fetched by offset when they connect and dropped "

@@ -1,7 +1,7 @@
 """A view cache whose memory follows the gateway's streams, not the mesh.
 
 The whole-mesh ``ViewCache`` decodes and keeps every node's membership and
-per-node bodies (Python objects: about 10x their bytes). ``LazyViewCache``
+per-node bodies (Python objects: about 4x their bytes). ``LazyViewCache``
 reads the same compacted view topics with the same ``ViewTail``, but keeps
 only an index entry per node record and decodes a node's records only while
 a stream of the node is open (``hold``). The index entry is either

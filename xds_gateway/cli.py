@@ -109,9 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "streams and its own view cache; HTTP ports are --http-port + i (default 1)")
     run.add_argument("--views", choices=("connected", "all"), default="connected",
                      help="which nodes' views the replica holds decoded in memory: 'connected' (default) only those "
-                          "of nodes with an open stream, fetched by offset when they connect and dropped "
-                          "--view-grace seconds after their last stream closes (the rest is an index of where "
-                          "each node's records are); 'all' every node's, as read from the view topics")
+                          "of nodes with an open stream, loaded when they connect (see --view-index) and dropped "
+                          "--view-grace seconds after their last stream closes; 'all' every node's, as read from "
+                          "the view topics")
     run.add_argument("--view-index", choices=("bytes", "offsets"), default="bytes",
                      help="with --views connected, what the replica keeps of a node no stream holds: 'bytes' "
                           "(default) its records' undecoded values, decoded when it connects (no broker round "

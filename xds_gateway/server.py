@@ -43,7 +43,7 @@ Invariants:
   answer comes from the view once the projector rendered the fact.
 - The node's view is in memory before the stream is served: the shell takes
   a ``hold`` on it after the first request and awaits ``loaded`` (at once for
-  the whole-mesh ``ViewCache``; ``xds_gateway.lazy_view`` fetches it then),
+  the whole-mesh ``ViewCache``; ``xds_gateway.lazy_view`` loads it then),
   and releases the hold when the stream ends, however it ends.
 - Admission: over a cap of ``GatewayLimits`` (streams per connection and per
   process here; per-stream caps in the protocol machine) the one stream
@@ -284,7 +284,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"node.id is {len(node_id)} characters long; at most {NODE_ID_MAX_LENGTH} are accepted")
         shown_node = printable(node_id, NODE_ID_MAX_LENGTH)  # escaped for the log
-        # the node's view in memory before anything is decided or served from it (a lazy cache fetches it now;
+        # the node's view in memory before anything is decided or served from it (a lazy cache loads it now;
         # the tail and other streams go on meanwhile)
         view_holds.append(self.cache.hold(node_id))
         await self.cache.loaded(node_id)

@@ -36,6 +36,10 @@ Invariants:
   node's view changes when its membership does: clusters and the routes that
   use them change together, and the stream machine orders them. A membership
   naming a version the cache no longer has gets the latest body.
+- Every node's view is in memory all the time: ``hold``/``loaded`` (what the
+  shell calls when a stream opens) do nothing here; ``LazyViewCache``
+  (``xds_gateway.lazy_view``) overrides ``_apply_record`` and them to decode
+  only held nodes.
 - A broker outage is logged by ``meshlog.outage`` (started, at a backoff,
   ended with its duration), not as aiokafka's line per failed retry.
 - ``source_ms(node)``: the broker time of the newest event behind the node's

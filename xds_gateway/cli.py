@@ -13,6 +13,8 @@ Admission limits (``--max-*``) end one stream with ``RESOURCE_EXHAUSTED``.
 Bad flags or unusable TLS files: a message naming them, exit 2. SIGTERM/SIGINT: report NOT_SERVING, stop
 accepting, give open streams ``--grace`` seconds, then close them so their
 clients reconnect to another replica; the process exits within the bound.
+``--views connected`` (default) decodes only the views of nodes with an open stream
+(``xds_gateway.lazy_view``); ``--views all`` every node's.
 ``--workers N`` runs N such gateways in processes sharing the gRPC port
 (``xds_gateway.workers``). Unless ``--no-sync-log``, what the streams learn (opened, ACKed, NACKed,
 closed) is appended to ``meshlog.sync`` under ``--replica-id``; a graceful stop
@@ -55,6 +57,7 @@ from xds_gateway.on_demand import DEFAULT_HOLD_S, LearnedSubscriptions
 from xds_gateway.sync_log import SyncLog
 from meshlog.xds_tls_args import add_tls_arguments, files_from_args
 from xds_gateway.tls import TlsConfigError, TlsFiles, load_material, server_credentials
+from xds_gateway.lazy_view import LazyViewCache, OffsetFetcher
 from xds_gateway.view_cache import ViewCache, ViewTail
 from xds_gateway.workers import run_workers
 
@@ -103,7 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ready-file", help="write the bound ports as JSON to this file once ready")
     run.add_argument("--workers", type=argtypes.integer(1, 64), default=1,
                      help="gateway processes sharing the gRPC port (SO_REUSEPORT), each holding its share of the "
-                          "streams and a whole view; HTTP ports are --http-port + i (default 1)")
+                          "streams and its own view cache; HTTP ports are --http-port + i (default 1)")
+    run.add_argument("--views", choices=("connected", "all"), default="connected",
+                     help="which nodes' views the replica holds decoded in memory: 'connected' (default) only those "
+                          "of nodes with an open stream, loaded when they connect (see --view-index) and dropped "
+                          "--view-grace seconds after their last stream closes; 'all' every node's, as read from "
+                          "the view topics")
+    run.add_argument("--view-index", choices=("bytes", "offsets"), default="bytes",
+                     help="with --views connected, what the replica keeps of a node no stream holds: 'bytes' "
+                          "(default) its records' undecoded values, decoded when it connects (no broker round "
+                          "trip); 'offsets' only where its records are, fetched from the broker when it connects "
+                          "(least memory, slower connects)")
+    run.add_argument("--view-grace", type=argtypes.seconds(0, 3600, low_inclusive=True), default=30.0,
+                     help="with --views connected: seconds a node's view stays in memory after its last stream "
+                          "closes, so a reconnect is served without a fetch (default 30)")
     run.add_argument("--log-level", default="INFO")
     return parser
 
@@ -171,7 +187,12 @@ async def serve(args: argparse.Namespace, bootstrap: str, limits: GatewayLimits,
                 on_ready: Callable[[dict], None] | None = None) -> int:
     """Serve until SIGTERM/SIGINT; once ready, print the ports (or hand them to ``on_ready``, as a worker does)."""
     material = load_material(tls_files) if tls_files is not None else None
-    cache = ViewCache()
+    fetcher = None
+    if args.views == "connected":
+        fetcher = OffsetFetcher(bootstrap) if args.view_index == "offsets" else None
+        cache = LazyViewCache(fetcher, grace_s=args.view_grace, keep_bytes=fetcher is None)
+    else:
+        cache = ViewCache()
     tail = ViewTail(cache, bootstrap)
     tail_task = asyncio.create_task(tail.run(), name="view-tail")
 
@@ -285,6 +306,10 @@ async def serve(args: argparse.Namespace, bootstrap: str, limits: GatewayLimits,
     tail.stop()
     tail_task.cancel()
     await asyncio.gather(tail_task, return_exceptions=True)
+    if isinstance(cache, LazyViewCache):
+        await cache.close()
+    if fetcher is not None:
+        await fetcher.stop()
     await runner.cleanup()
     log.info("stopped")
     return exit_code

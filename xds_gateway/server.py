@@ -41,6 +41,10 @@ Invariants:
   the learned subscription, see ``xds_gateway.on_demand``) and ends the
   hold after ``hold_s`` seconds at most. Nothing about it is kept here: the
   answer comes from the view once the projector rendered the fact.
+- The node's view is in memory before the stream is served: the shell takes
+  a ``hold`` on it after the first request and awaits ``loaded`` (at once for
+  the whole-mesh ``ViewCache``; ``xds_gateway.lazy_view`` loads it then),
+  and releases the hold when the stream ends, however it ends.
 - Admission: over a cap of ``GatewayLimits`` (streams per connection and per
   process here; per-stream caps in the protocol machine) the one stream
   ends with ``RESOURCE_EXHAUSTED``.
@@ -231,12 +235,15 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         except Refused as exc:
             metrics.REFUSED.labels(exc.limit).inc()
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.detail)
+        view_holds: list[Callable[[], None]] = []  # released however the stream ends
         try:
-            await self._serve_admitted(kind, context)
+            await self._serve_admitted(kind, context, view_holds)
         finally:
+            for release in view_holds:
+                release()
             self._slots.give_back(connection)
 
-    async def _serve_admitted(self, kind: str, context) -> None:
+    async def _serve_admitted(self, kind: str, context, view_holds: list) -> None:
         peer = None
         if self.guard is not None:
             peer = self.guard.identify(context.auth_context())
@@ -277,6 +284,10 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"node.id is {len(node_id)} characters long; at most {NODE_ID_MAX_LENGTH} are accepted")
         shown_node = printable(node_id, NODE_ID_MAX_LENGTH)  # escaped for the log
+        # the node's view in memory before anything is decided or served from it (a lazy cache loads it now;
+        # the tail and other streams go on meanwhile)
+        view_holds.append(self.cache.hold(node_id))
+        await self.cache.loaded(node_id)
         nack_log = Throttle(burst=NACK_LOG_BURST, interval=NACK_LOG_INTERVAL_S)
         known, decision = self._authorized(peer, node_id)
         if decision is not None and decision.outcome == DENY:
@@ -422,7 +433,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         for cluster in held:
             self.on_demand.learned(owner, cluster)
         timers[:] = [h for h in timers if not h.cancelled() and h.when() > asyncio.get_running_loop().time()]
-        timers.append(asyncio.get_running_loop().call_later(self.hold_s, inbox.queue.put_nowait, _HoldOver(held)))
+        timers.append(asyncio.get_running_loop().call_later(self.hold_s, inbox.put, _HoldOver(held)))
 
     def _new_machine(self, kind: str, stream_id: str, node_id: str, known: bool):
         view = self._view_for(node_id, known)

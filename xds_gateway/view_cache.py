@@ -36,6 +36,10 @@ Invariants:
   node's view changes when its membership does: clusters and the routes that
   use them change together, and the stream machine orders them. A membership
   naming a version the cache no longer has gets the latest body.
+- Every node's view is in memory all the time: ``hold``/``loaded`` (what the
+  shell calls when a stream opens) do nothing here; ``LazyViewCache``
+  (``xds_gateway.lazy_view``) overrides ``_apply_record`` and them to decode
+  only held nodes.
 - A broker outage is logged by ``meshlog.outage`` (started, at a backoff,
   ended with its duration), not as aiokafka's line per failed retry.
 - ``source_ms(node)``: the broker time of the newest event behind the node's
@@ -73,6 +77,10 @@ _PER_NODE_MARK = "~"
 
 NodeView = Mapping[str, Mapping[str, VersionedResource]]
 Listener = Callable[[set[str]], None]
+
+
+def _nothing() -> None:
+    return None
 
 
 def _same_names(a: Mapping[str, Mapping[str, str]], b: Mapping[str, Mapping[str, str]]) -> bool:
@@ -163,6 +171,30 @@ class ViewCache:
 
     def proxyless_allowed(self, type_url: str, name: str) -> bool:
         return _PER_NODE_MARK not in name
+
+    def hold(self, node_id: str) -> Callable[[], None]:
+        """A stream of the node opened: keep its view in memory until the returned release is called.
+
+        This cache holds every node's view all the time, so there is nothing to do; ``LazyViewCache``
+        (``xds_gateway.lazy_view``) loads the node's records here and drops them after the last release.
+        """
+        return _nothing
+
+    async def loaded(self, node_id: str) -> None:
+        """Returns once the node's view (as of its ``hold``) is in memory: at once here."""
+
+    def forget_node(self, node_id: str, per_node: Iterable[tuple[str, str]]) -> None:
+        """Drop a node's membership and its per-node bodies ``per_node`` from memory, telling nobody.
+
+        Only for a node no stream watches (a lazy cache evicting it); its records stay in the topics.
+        """
+        self.apply_membership(node_id.encode(), None, set())
+        self._source_ms.pop(node_id, None)
+        for ident in per_node:
+            self._resources.pop(ident, None)
+            self._previous.pop(ident, None)
+            if not self._referenced_by.get(ident, True):
+                del self._referenced_by[ident]
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         self._listeners.append(listener)
@@ -262,21 +294,25 @@ class ViewCache:
         if old != new:
             changed.add(node)
 
+    def _apply_record(self, record, changed: set[str]) -> None:
+        """Apply one view record (a subclass may keep some out of memory, see ``xds_gateway.lazy_view``)."""
+        if record.topic == topics.VIEW_RESOURCES:
+            self.apply_resource(record.key, record.value, changed)
+        elif record.topic == topics.VIEW_MEMBERSHIP:
+            self.apply_membership(record.key, record.value, changed)
+            source = source_ms_of(getattr(record, "headers", None))
+            node = record.key.decode(errors="replace")
+            if source is not None and record.value is not None:
+                self._source_ms[node] = source
+            else:
+                self._source_ms.pop(node, None)
+
     def apply_records(self, records: Iterable) -> set[str]:
         """Apply consumer records (any order across the two topics); return the nodes whose view changed."""
         changed: set[str] = set()
         self.shared_changed = False
         for record in records:
-            if record.topic == topics.VIEW_RESOURCES:
-                self.apply_resource(record.key, record.value, changed)
-            elif record.topic == topics.VIEW_MEMBERSHIP:
-                self.apply_membership(record.key, record.value, changed)
-                source = source_ms_of(getattr(record, "headers", None))
-                node = record.key.decode(errors="replace")
-                if source is not None and record.value is not None:
-                    self._source_ms[node] = source
-                else:
-                    self._source_ms.pop(node, None)
+            self._apply_record(record, changed)
             self.last_record_timestamp_ms = max(self.last_record_timestamp_ms, record.timestamp)
             self.records_applied += 1
         if (changed or self.shared_changed) and self.ready.is_set():

@@ -21,8 +21,10 @@ Invariants:
   ``--grace``). If a worker exits on its own the others are stopped too and
   the replica exits non-zero: an orchestrator restarts the whole replica
   rather than run it short of a worker.
-- Memory: each worker holds the whole view (it is what lets a worker serve any
-  node); see the README's scaling section for the measured cost.
+- Memory: each worker has its own view cache, so it can serve any node: with
+  ``--views connected`` (the default) it decodes only its own streams' nodes
+  and indexes the rest; with ``--views all`` each holds the whole view. See
+  the README's scaling section for the measured cost.
 """
 
 from __future__ import annotations

@@ -26,6 +26,9 @@ class ViewRec:
     key: bytes
     value: bytes | None
     timestamp: int = 1
+    partition: int = 0
+    offset: int = 0
+    headers: tuple | None = None
 
 
 def body(type_url: str, name: str, tag: object) -> bytes:

@@ -178,3 +178,22 @@ async def test_the_shed_client_is_told_resource_exhausted(loopback):
     assert len(response.resources) == 3000
     assert await asyncio.wait_for(call.code(), 5) == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "reconnect" in await call.details()
+
+
+async def test_an_on_demand_request_the_view_never_answers_ends_when_the_hold_does():
+    from xds_gateway.on_demand import LearnedSubscriptions
+
+    async def sink(envelopes) -> None:
+        pass
+
+    servicer = AdsServicer(cache_with(1), write_timeout_s=30, on_demand=LearnedSubscriptions(sink, "gw"),
+                           hold_s=TIMEOUT_S)
+    context = Context(reads=True)
+    context._first = dreq(CDS, sub=["reviews"], node=NODE)  # a service cluster the node's view lacks: held
+    stream = asyncio.create_task(servicer.DeltaAggregatedResources(None, context))
+    try:
+        await wait_for(lambda: context.writes, 30 * TIMEOUT_S, "the held request answered once the hold ended")
+        assert context.aborted is None and not stream.done()
+    finally:
+        stream.cancel()
+        await asyncio.gather(stream, return_exceptions=True)

@@ -137,30 +137,48 @@ class _Inbox:
 
 
 class _StreamMetrics:
-    """Label children resolved once per stream, not once per response."""
+    """A stream's response counters: the label children, resolved once per process (not per stream or response)."""
+
+    __slots__ = ("kind", "bytes", "_by_type")
+    _shared: dict[tuple[str, str], tuple] = {}  # (kind, type URL) -> children, for every stream
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self.bytes = metrics.BYTES_SENT.labels(kind)
-        self._by_type: dict[str, tuple] = {}
+        self.bytes = _children(kind, "")[0]
+        self._by_type = self._shared
 
     def sent(self, response, nbytes: int, changed_at: float | None) -> None:
-        children = self._by_type.get(response.type_url)
+        children = self._by_type.get((self.kind, response.type_url))
         if children is None:
-            label = metrics.type_label(response.type_url)
-            children = self._by_type[response.type_url] = (
-                metrics.RESPONSES.labels(self.kind, label),
-                metrics.RESOURCES_SENT.labels(self.kind, label),
-                metrics.REMOVALS_SENT.labels(self.kind, label),
-            )
+            children = _children(self.kind, response.type_url)
         responses, resources, removals = children
         responses.inc()
         self.bytes.inc(nbytes)
-        resources.inc(len(response.resources))
+        n = len(response.resources)
+        if n:
+            resources.inc(n)
         if self.kind == "delta":
-            removals.inc(len(response.removed_resources))
+            n = len(response.removed_resources)
+            if n:
+                removals.inc(n)
         if changed_at is not None:
             metrics.PUSH_LATENCY.observe(time.monotonic() - changed_at)
+
+
+def _children(kind: str, type_url: str) -> tuple:
+    """The label children of one kind and type (type "": the kind's bytes counter and streams gauge)."""
+    got = _StreamMetrics._shared.get((kind, type_url))
+    if got is None:
+        if type_url:
+            label = metrics.type_label(type_url)
+            got = (metrics.RESPONSES.labels(kind, label), metrics.RESOURCES_SENT.labels(kind, label),
+                   metrics.REMOVALS_SENT.labels(kind, label))
+        else:
+            got = (metrics.BYTES_SENT.labels(kind), metrics.STREAMS.labels(kind))
+        _StreamMetrics._shared[(kind, type_url)] = got
+    return got
+
+
 _stream_ids = itertools.count(1)
 
 
@@ -285,8 +303,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         release = self.guard.hold(peer, lambda: inbox.put(_REVOKED)) if self.guard else None
         machine = self._new_machine(kind, stream_id, node_id, known)
         (self._watchers[node_id] if known else self._unknown_watchers).add(inbox)
-        metrics.STREAMS.labels(kind).inc()
         counters = _StreamMetrics(kind)
+        _children(kind, "")[1].inc()
         log.info("%s stream %s opened by node %s (%s)", kind, stream_id, shown_node, "known" if known else "not in the view")
         sync = self.sync_log
         if sync is not None:
@@ -397,7 +415,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     self._watchers.pop(node_id, None)
             self._unknown_watchers.discard(inbox)
             reader.cancel()
-            metrics.STREAMS.labels(kind).dec()
+            _children(kind, "")[1].dec()
             if sync is not None:
                 sync.closed(stream_id, "gateway_stopping" if self._closing else close_reason)
             suppressed = f"; {nack_log.suppressed} NACK lines not logged" if nack_log.suppressed else ""

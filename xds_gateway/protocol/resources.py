@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Mapping, TypeAlias
 
 from google.protobuf import any_pb2
 
-from envoy.service.discovery.v3 import discovery_pb2
+from .wire import encode_delta_entry
 
 __all__ = [
     "CLUSTER",
@@ -58,6 +57,23 @@ def version_of(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()[:16]
 
 
+class _computed_once:
+    """``functools.cached_property`` without its lock (Python 3.11 takes one lock, shared by every instance, on
+    each first access): computed on first access and stored in the instance's ``__dict__``, which then
+    answers every later access without calling this descriptor. One event loop thread builds these."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+        self.name = fn.__name__
+        self.__doc__ = fn.__doc__
+
+    def __get__(self, instance, owner=None):
+        if instance is None:
+            return self
+        value = instance.__dict__[self.name] = self.fn(instance)
+        return value
+
+
 @dataclass(frozen=True)
 class VersionedResource:
     """One named resource of one type, with its version and serialized body."""
@@ -67,27 +83,23 @@ class VersionedResource:
     type_url: str
     body: bytes
 
-    # cached_property writes straight into the instance __dict__, which a frozen
+    # _computed_once writes straight into the instance __dict__, which a frozen
     # dataclass (without __slots__) allows; equality/hash use the fields only.
 
-    @cached_property
+    @_computed_once
     def any(self) -> any_pb2.Any:
         """``Any(type_url, value=body)``, built once and shared by all streams."""
         return any_pb2.Any(type_url=self.type_url, value=self.body)
 
-    @cached_property
+    @_computed_once
     def delta_entry(self) -> bytes:
         """This resource as one encoded ``resources`` entry of a ``DeltaDiscoveryResponse``, built once and shared.
 
         (A ``Resource{name, version, resource: Any}``, with the response's field key and length in front.)
         """
-        from .wire import encode_length_delimited
+        return encode_delta_entry(self.name, self.version, self.type_url, self.body)
 
-        wrapped = discovery_pb2.Resource(name=self.name, version=self.version,
-                                         resource=any_pb2.Any(type_url=self.type_url, value=self.body))
-        return encode_length_delimited(_DELTA_RESOURCES_KEY, wrapped.SerializeToString())
-
-    @cached_property
+    @_computed_once
     def eds_name(self) -> str | None:
         """For a Cluster: the ClusterLoadAssignment name it fetches over EDS.
 
@@ -114,15 +126,6 @@ class VersionedResource:
     def size(self) -> int:
         """Approximate wire size, for the shell's queue accounting."""
         return len(self.body) + len(self.name) + len(self.version) + len(self.type_url)
-
-
-def _entry_key() -> bytes:
-    from .wire import length_delimited_key
-
-    return length_delimited_key(discovery_pb2.DeltaDiscoveryResponse, "resources")
-
-
-_DELTA_RESOURCES_KEY = _entry_key()
 
 
 def make_resource(type_url: str, name: str, body: bytes) -> VersionedResource:

@@ -101,12 +101,14 @@ class _Inbox:
     ``asyncio.Queue`` (four deques and an event per stream at 10k streams).
     """
 
-    __slots__ = ("_items", "_waiter", "_changed_at")
+    __slots__ = ("_items", "_waiter", "_changed_at", "_loop")
 
     def __init__(self) -> None:
         self._items: deque = deque()
         self._waiter: asyncio.Future | None = None
         self._changed_at: float | None = None
+        # the stream's loop, looked up once (asyncio.get_running_loop() makes a getpid() system call each time)
+        self._loop = asyncio.get_running_loop()
 
     def put(self, item) -> None:
         self._items.append(item)
@@ -116,7 +118,7 @@ class _Inbox:
 
     async def get(self):
         while not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = self._loop.create_future()
             try:
                 await self._waiter
             finally:
@@ -440,7 +442,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         for cluster in held:
             self.on_demand.learned(owner, cluster)
         timers[:] = [h for h in timers if not h.cancelled() and h.when() > asyncio.get_running_loop().time()]
-        timers.append(asyncio.get_running_loop().call_later(self.hold_s, inbox.queue.put_nowait, _HoldOver(held)))
+        timers.append(asyncio.get_running_loop().call_later(self.hold_s, inbox.put, _HoldOver(held)))
 
     def _new_machine(self, kind: str, stream_id: str, node_id: str, known: bool):
         view = self._view_for(node_id, known)

@@ -437,6 +437,8 @@ class DeltaStream(StreamMachine):
                 w.remove(name)
 
     def _subscriptions(self, ts: _TypeState, req, work: dict[str, _Work]) -> None:
+        if ts.seen and not req.resource_names_subscribe and not req.resource_names_unsubscribe:
+            return  # an ACK (or NACK) alone changes no subscription
         subs = list(req.resource_names_subscribe)
         sub_set = set(subs)
         unsubs = [n for n in req.resource_names_unsubscribe if n not in sub_set]

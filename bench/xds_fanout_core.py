@@ -118,6 +118,11 @@ def main(argv=None) -> int:
 # ---------------------------------------------------------------------------------------- --shell
 
 
+def _rss_kb() -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+
+
 class _Context:
     """What ``AdsServicer`` uses of a grpc.aio servicer context, in memory; ``write`` hands the bytes to the client."""
 
@@ -256,6 +261,7 @@ async def shell_main(args) -> int:
 
     if profiler and args.profile_phase == "open":
         profiler.enable()
+    rss0 = _rss_kb()
     t0 = time.process_time()
     clients = []
     tasks = []
@@ -271,6 +277,8 @@ async def shell_main(args) -> int:
     if profiler and args.profile_phase == "open":
         profiler.disable()
     n_streams = len(clients)
+    clients_kb = sum(sys.getsizeof(c.context._requests) + sys.getsizeof(c) for c in clients) / 1024  # the stand-ins
+    stream_kb = (_rss_kb() - rss0 - clients_kb) / n_streams
 
     async def run(batches: list, phase: str) -> tuple[float, int]:
         gc.collect()
@@ -290,7 +298,8 @@ async def shell_main(args) -> int:
     hot_s, hot_n = await run([rows for rows, _v in mesh.hot_changes], "hot")
     churn_s, churn_n = await run(mesh.churn, "churn")
     print(f"through the shell ({'with' if sync is not None else 'without'} the sync log), no gRPC:")
-    print(f"{n_streams} streams opened and initialised: {open_s:.2f} CPU-s ({open_s / n_streams * 1e6:.0f} us per stream)")
+    print(f"{n_streams} streams opened and initialised: {open_s:.2f} CPU-s ({open_s / n_streams * 1e6:.0f} us per stream); "
+          f"RSS +{stream_kb:.1f} kB per stream (the gateway's Python state, without gRPC's)")
     print(f"hot change: {hot_n} responses, {hot_s / len(mesh.hot_changes) * 1000:.0f} ms CPU per change, "
           f"{hot_s / hot_n * 1e6:.0f} us per response (incl. its ACK)")
     print(f"churn: {churn_n} responses, {churn_s / churn_n * 1e6:.0f} ms CPU per 1,000 responses (incl. ACKs)")

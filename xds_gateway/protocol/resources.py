@@ -10,7 +10,7 @@ delta response) are built lazily once per object and reused.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, TypeAlias
 
 from google.protobuf import any_pb2
@@ -57,49 +57,53 @@ def version_of(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()[:16]
 
 
-class _computed_once:
-    """``functools.cached_property`` without its lock (Python 3.11 takes one lock, shared by every instance, on
-    each first access): computed on first access and stored in the instance's ``__dict__``, which then
-    answers every later access without calling this descriptor. One event loop thread builds these."""
-
-    def __init__(self, fn) -> None:
-        self.fn = fn
-        self.name = fn.__name__
-        self.__doc__ = fn.__doc__
-
-    def __get__(self, instance, owner=None):
-        if instance is None:
-            return self
-        value = instance.__dict__[self.name] = self.fn(instance)
-        return value
+_UNSET = object()  # a lazily computed slot not computed yet
+_ONCE = object()  # the delta entry was encoded once and not kept
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VersionedResource:
-    """One named resource of one type, with its version and serialized body."""
+    """One named resource of one type, with its version and serialized body.
+
+    Slotted (no instance ``__dict__``: the view holds one per resource version). Its wire
+    forms are computed on demand and kept in private slots; equality and hash use the four
+    fields only.
+    """
 
     name: str
     version: str
     type_url: str
     body: bytes
+    _any: object = field(default=None, init=False, repr=False, compare=False)
+    _entry: object = field(default=None, init=False, repr=False, compare=False)
+    _eds_name: object = field(default=_UNSET, init=False, repr=False, compare=False)
 
-    # _computed_once writes straight into the instance __dict__, which a frozen
-    # dataclass (without __slots__) allows; equality/hash use the fields only.
-
-    @_computed_once
+    @property
     def any(self) -> any_pb2.Any:
         """``Any(type_url, value=body)``, built once and shared by all streams."""
-        return any_pb2.Any(type_url=self.type_url, value=self.body)
+        got = self._any
+        if got is None:
+            got = any_pb2.Any(type_url=self.type_url, value=self.body)
+            object.__setattr__(self, "_any", got)
+        return got
 
-    @_computed_once
+    @property
     def delta_entry(self) -> bytes:
-        """This resource as one encoded ``resources`` entry of a ``DeltaDiscoveryResponse``, built once and shared.
+        """This resource as one encoded ``resources`` entry of a ``DeltaDiscoveryResponse``.
 
         (A ``Resource{name, version, resource: Any}``, with the response's field key and length in front.)
+        Kept from its second use on, shared by every stream then: a per-node resource is usually sent
+        once (to its node's stream), and keeping its entry would hold a second copy of every per-node
+        body in memory (about 3 kB per stream, measured); a shared one is encoded twice, then reused.
         """
-        return encode_delta_entry(self.name, self.version, self.type_url, self.body)
+        got = self._entry
+        if got is None or got is _ONCE:
+            entry = encode_delta_entry(self.name, self.version, self.type_url, self.body)
+            object.__setattr__(self, "_entry", _ONCE if got is None else entry)
+            return entry
+        return got
 
-    @_computed_once
+    @property
     def eds_name(self) -> str | None:
         """For a Cluster: the ClusterLoadAssignment name it fetches over EDS.
 
@@ -107,7 +111,15 @@ class VersionedResource:
         the cluster's discovery type is EDS; ``None`` for other clusters (STATIC,
         STRICT_DNS, ...) and for other resource types. A body that does not parse
         as a Cluster is assumed to be an EDS cluster named after the resource.
+        Computed once.
         """
+        got = self._eds_name
+        if got is _UNSET:
+            got = self._parse_eds_name()
+            object.__setattr__(self, "_eds_name", got)
+        return got
+
+    def _parse_eds_name(self) -> str | None:
         if self.type_url != CLUSTER:
             return None
         from envoy.config.cluster.v3 import cluster_pb2  # local: only CDS needs it

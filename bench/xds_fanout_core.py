@@ -36,6 +36,20 @@ LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 
 
+def loaded_mesh(args):
+    """The xds_fanout mesh and a ready ViewCache holding its view records."""
+    from xds_fanout import Mesh, _as_records
+    from xds_gateway.view_cache import ViewCache
+
+    mesh = Mesh(argparse.Namespace(services=args.services, instances=args.instances, deps=4, hot=1000, seed=7,
+                                   changes=args.changes, profile_changes=0, churn_batches=args.churn_batches,
+                                   churn_services=10))
+    cache = ViewCache()
+    cache.apply_records(_as_records(mesh.initial, 0))
+    cache.ready.set()
+    return mesh, cache
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--services", type=int, default=1000)
@@ -56,16 +70,10 @@ def main(argv=None) -> int:
     from envoy.config.core.v3 import base_pb2
     from envoy.service.discovery.v3 import discovery_pb2
 
-    from xds_fanout import CDS, EDS, Mesh, _as_records
+    from xds_fanout import CDS, EDS, _as_records
     from xds_gateway.protocol.delta import DeltaStream
-    from xds_gateway.view_cache import ViewCache
 
-    mesh = Mesh(argparse.Namespace(services=args.services, instances=args.instances, deps=4, hot=1000, seed=7,
-                                   changes=args.changes, profile_changes=0, churn_batches=args.churn_batches,
-                                   churn_services=10))
-    cache = ViewCache()
-    cache.apply_records(_as_records(mesh.initial, 0))
-    cache.ready.set()
+    mesh, cache = loaded_mesh(args)
     streams: dict[str, DeltaStream] = {}
     sent = [0, 0]
 
@@ -220,19 +228,13 @@ async def shell_main(args) -> int:
     import asyncio
     import gc
 
-    from xds_fanout import Mesh, _as_records, _encoding_sink, _gateway_counters
+    from xds_fanout import _as_records, _encoding_sink, _gateway_counters
     from xds_gateway.admission import GatewayLimits
     from xds_gateway.gc_policy import keep_long_lived_objects_out_of_gc
     from xds_gateway.server import AdsServicer
     from xds_gateway.sync_log import SyncLog
-    from xds_gateway.view_cache import ViewCache
 
-    mesh = Mesh(argparse.Namespace(services=args.services, instances=args.instances, deps=4, hot=1000, seed=7,
-                                   changes=args.changes, profile_changes=0, churn_batches=args.churn_batches,
-                                   churn_services=10))
-    cache = ViewCache()
-    cache.apply_records(_as_records(mesh.initial, 0))
-    cache.ready.set()
+    mesh, cache = loaded_mesh(args)
     sync = SyncLog(_encoding_sink, "bench-gateway") if args.sync_log else None
     if sync is not None:
         sync.start()

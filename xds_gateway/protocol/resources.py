@@ -4,7 +4,9 @@ A :class:`VersionedResource` is one rendered resource (a deterministic
 serialization of e.g. an ``envoy.config.cluster.v3.Cluster``) plus its version.
 The same object is shared by every stream that serves it, so its wire forms
 (the ``Any`` for state-of-the-world, the encoded ``resources`` entry of a
-delta response) are built lazily once per object and reused.
+delta response) are built lazily and reused: the ``Any`` once per object, the
+delta entry from the object's second use on (a per-node resource, sent to one
+stream, keeps no second copy of its body).
 """
 
 from __future__ import annotations

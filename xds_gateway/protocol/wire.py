@@ -5,8 +5,9 @@ any order, a repeated field once per element. So a
 ``DeltaDiscoveryResponse`` is assembled here from: its few per-stream scalars
 (type URL, nonce, ``system_version_info``, removed names), encoded on the spot,
 and the ``resources`` entries, which are the same bytes for every stream that
-is sent the resource: :attr:`VersionedResource.delta_entry` serializes the
-``Resource`` wrapper once per resource version and every stream reuses it. The
+is sent the resource: :attr:`VersionedResource.delta_entry` encodes the
+``Resource`` wrapper by hand (:func:`encode_delta_entry`), kept per resource
+version from its second use on, and every stream reuses it. The
 gateway hands the bytes to gRPC with an identity serializer.
 
 Invariants:

@@ -47,8 +47,10 @@ Usage:  .venv/bin/python bench/xds_fanout.py            (full: ~2 min on 2 cores
         --profile    also runs 5 hot changes and the churn again under cProfile in the
                      gateway process and prints its top functions
         --json FILE  writes the figures as JSON
-        --no-gc-freeze  experiment: leave out the gc.freeze() that `xds-gateway run` does
-                     periodically (here once the streams are up)
+        --no-gc-freeze  experiment: leave out the garbage-collector policy of `xds-gateway run`
+                     (``xds_gateway.gc_policy``: a higher young-generation threshold and a
+                     gc.freeze() every 30 s, here from the view's load on, and once more when
+                     the streams are up)
         --tls        the gateway serves mTLS as `xds-gateway run` does (xds_gateway.tls credentials and a
                      TrustGuard deciding every stream and view change); the clients present an
                      operator certificate (operators may watch any node, so one certificate serves
@@ -352,6 +354,7 @@ async def _gateway(conn, write_timeout_s: float, gc_freeze: bool, sync_log: bool
     import grpc
 
     from xds_gateway.admission import GatewayLimits
+    from xds_gateway.gc_policy import keep_long_lived_objects_out_of_gc
     from xds_gateway.server import AdsServicer, add_to_server
     from xds_gateway.view_cache import ViewCache
 
@@ -401,6 +404,8 @@ async def _gateway(conn, write_timeout_s: float, gc_freeze: bool, sync_log: bool
             churn = [[tuple(r) for r in rows] for rows in churn_rows]
             msg = initial = hot_rows = churn_rows = None
             gc.collect()
+            if gc_freeze:  # what `xds-gateway run` does once its view is loaded
+                loop.create_task(keep_long_lived_objects_out_of_gc())
             conn.send(("loaded", time.perf_counter() - t0, len(cache.nodes())))
         elif cmd == "apply":  # one hot change; report when it was applied
             batch = _as_records(hot[msg[1]], ts)
@@ -751,7 +756,7 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=1,
                    help="gateway worker processes sharing the port (SO_REUSEPORT), as `xds-gateway run --workers`")
     p.add_argument("--no-gc-freeze", dest="gc_freeze", action="store_false",
-                   help="experiment: skip gc.freeze() once the streams are up (xds-gateway run freezes every 30 s)")
+                   help="experiment: leave out the garbage-collector policy of xds-gateway run (xds_gateway.gc_policy)")
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--no-sync-log", dest="sync_log", action="store_false",
                    help="leave out the gateway's sync log (ACK/NACK records, encoded but not sent: no Kafka here)")

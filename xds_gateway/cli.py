@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import ipaddress
 import logging
 import signal
@@ -50,6 +49,7 @@ from events.producer import EventProducer
 from meshlog.bootstrap import NoBrokerAddress, resolve_bootstrap
 from xds_gateway import metrics
 from xds_gateway.admission import DEFAULT_LIMITS, GatewayLimits
+from xds_gateway.gc_policy import keep_long_lived_objects_out_of_gc
 from xds_gateway.guard import TrustGuard, tail_revocations
 from xds_gateway.protocol.limits import StreamLimits
 from xds_gateway.server import ADS_SERVICE, AdsServicer, add_to_server
@@ -141,17 +141,6 @@ async def _http_app(cache: ViewCache) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_page)
     return app
-
-
-async def _keep_long_lived_objects_out_of_gc(period_s: float = 30.0) -> None:
-    """The view and the streams' protocol state live for hours; with 10k streams a full
-    collection scanning them stalled every stream for over a second (bench/xds_fanout).
-    Freezing moves what exists now out of the collector's sight; short-lived garbage is
-    still collected as usual."""
-    gc.set_threshold(50_000, 50, 100)
-    while True:
-        gc.freeze()
-        await asyncio.sleep(period_s)
 
 
 class UsageError(ValueError):
@@ -282,7 +271,7 @@ async def serve(args: argparse.Namespace, bootstrap: str, limits: GatewayLimits,
             if args.ready_file:
                 write_file_atomic(args.ready_file, line.encode())
         log.info("ready: %d nodes in view", len(cache.nodes()))
-        freezer = asyncio.create_task(_keep_long_lived_objects_out_of_gc())
+        freezer = asyncio.create_task(keep_long_lived_objects_out_of_gc())
         await asyncio.wait({stop_wait, tail_task}, return_when=asyncio.FIRST_COMPLETED)
         if tail_task.done() and not stop.is_set():
             log.error("view tail ended: %r", tail_task.exception())

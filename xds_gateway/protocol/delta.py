@@ -130,7 +130,6 @@ envoyproxy/envoy ``docs/root/api-docs/xds_protocol.rst``, and the comments of
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 from envoy.service.discovery.v3 import discovery_pb2
@@ -149,13 +148,19 @@ _MASK64 = (1 << 64) - 1
 _HELD_WHILE_WARMING = frozenset((LISTENER, ROUTE))
 
 
-@dataclass(frozen=True)
 class _Pending:
-    nonce: str
-    resources: tuple[tuple[str, str], ...]
-    removed: tuple[str, ...]
-    nbytes: int
-    names: frozenset[str]  # names in ``resources``
+    """One un-ACKed response (a plain slotted class: one is made per response, and a frozen dataclass's
+    ``__init__`` sets each field through ``object.__setattr__``)."""
+
+    __slots__ = ("nonce", "resources", "removed", "nbytes", "names")
+
+    def __init__(self, nonce: str, resources: tuple[tuple[str, str], ...], removed: tuple[str, ...], nbytes: int,
+                 names) -> None:
+        self.nonce = nonce
+        self.resources = resources
+        self.removed = removed
+        self.nbytes = nbytes
+        self.names = names  # names in ``resources`` (a set-like view, not mutated)
 
 
 class _TypeState:
@@ -281,12 +286,14 @@ class DeltaStream(StreamMachine):
 
     def _admit(self, ts: _TypeState | None, req) -> None:
         """Refuse a request over the initial-versions or names cap, before it changes anything."""
-        lim = self._limits
+        subs = req.resource_names_subscribe
         irv = len(req.initial_resource_versions)
+        if not subs and not irv:
+            return  # an ACK, or a request that only unsubscribes: nothing it could add
+        lim = self._limits
         if irv > lim.max_initial_versions:
             raise Refused("max_initial_versions", f"{irv} initial_resource_versions entries for {req.type_url}, "
                                                   f"at most {lim.max_initial_versions} allowed")
-        subs = req.resource_names_subscribe
         if len(subs) > lim.max_names_per_type:
             raise Refused("max_names_per_type", f"{len(subs)} names subscribed to {req.type_url} in one request, "
                                                 f"at most {lim.max_names_per_type} allowed")
@@ -430,6 +437,8 @@ class DeltaStream(StreamMachine):
                 w.remove(name)
 
     def _subscriptions(self, ts: _TypeState, req, work: dict[str, _Work]) -> None:
+        if ts.seen and not req.resource_names_subscribe and not req.resource_names_unsubscribe:
+            return  # an ACK (or NACK) alone changes no subscription
         subs = list(req.resource_names_subscribe)
         sub_set = set(subs)
         unsubs = [n for n in req.resource_names_unsubscribe if n not in sub_set]

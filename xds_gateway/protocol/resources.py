@@ -4,19 +4,20 @@ A :class:`VersionedResource` is one rendered resource (a deterministic
 serialization of e.g. an ``envoy.config.cluster.v3.Cluster``) plus its version.
 The same object is shared by every stream that serves it, so its wire forms
 (the ``Any`` for state-of-the-world, the encoded ``resources`` entry of a
-delta response) are built lazily once per object and reused.
+delta response) are built lazily and reused: the ``Any`` once per object, the
+delta entry from the object's second use on (a per-node resource, sent to one
+stream, keeps no second copy of its body).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 from typing import Mapping, TypeAlias
 
 from google.protobuf import any_pb2
 
-from envoy.service.discovery.v3 import discovery_pb2
+from .wire import encode_delta_entry
 
 __all__ = [
     "CLUSTER",
@@ -58,36 +59,53 @@ def version_of(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()[:16]
 
 
-@dataclass(frozen=True)
+_UNSET = object()  # a lazily computed slot not computed yet
+_ONCE = object()  # the delta entry was encoded once and not kept
+
+
+@dataclass(frozen=True, slots=True)
 class VersionedResource:
-    """One named resource of one type, with its version and serialized body."""
+    """One named resource of one type, with its version and serialized body.
+
+    Slotted (no instance ``__dict__``: the view holds one per resource version). Its wire
+    forms are computed on demand and kept in private slots; equality and hash use the four
+    fields only.
+    """
 
     name: str
     version: str
     type_url: str
     body: bytes
+    _any: object = field(default=None, init=False, repr=False, compare=False)
+    _entry: object = field(default=None, init=False, repr=False, compare=False)
+    _eds_name: object = field(default=_UNSET, init=False, repr=False, compare=False)
 
-    # cached_property writes straight into the instance __dict__, which a frozen
-    # dataclass (without __slots__) allows; equality/hash use the fields only.
-
-    @cached_property
+    @property
     def any(self) -> any_pb2.Any:
         """``Any(type_url, value=body)``, built once and shared by all streams."""
-        return any_pb2.Any(type_url=self.type_url, value=self.body)
+        got = self._any
+        if got is None:
+            got = any_pb2.Any(type_url=self.type_url, value=self.body)
+            object.__setattr__(self, "_any", got)
+        return got
 
-    @cached_property
+    @property
     def delta_entry(self) -> bytes:
-        """This resource as one encoded ``resources`` entry of a ``DeltaDiscoveryResponse``, built once and shared.
+        """This resource as one encoded ``resources`` entry of a ``DeltaDiscoveryResponse``.
 
         (A ``Resource{name, version, resource: Any}``, with the response's field key and length in front.)
+        Kept from its second use on, shared by every stream then: a per-node resource is usually sent
+        once (to its node's stream), and keeping its entry would hold a second copy of every per-node
+        body in memory (about 3 kB per stream, measured); a shared one is encoded twice, then reused.
         """
-        from .wire import encode_length_delimited
+        got = self._entry
+        if got is None or got is _ONCE:
+            entry = encode_delta_entry(self.name, self.version, self.type_url, self.body)
+            object.__setattr__(self, "_entry", _ONCE if got is None else entry)
+            return entry
+        return got
 
-        wrapped = discovery_pb2.Resource(name=self.name, version=self.version,
-                                         resource=any_pb2.Any(type_url=self.type_url, value=self.body))
-        return encode_length_delimited(_DELTA_RESOURCES_KEY, wrapped.SerializeToString())
-
-    @cached_property
+    @property
     def eds_name(self) -> str | None:
         """For a Cluster: the ClusterLoadAssignment name it fetches over EDS.
 
@@ -95,7 +113,15 @@ class VersionedResource:
         the cluster's discovery type is EDS; ``None`` for other clusters (STATIC,
         STRICT_DNS, ...) and for other resource types. A body that does not parse
         as a Cluster is assumed to be an EDS cluster named after the resource.
+        Computed once.
         """
+        got = self._eds_name
+        if got is _UNSET:
+            got = self._parse_eds_name()
+            object.__setattr__(self, "_eds_name", got)
+        return got
+
+    def _parse_eds_name(self) -> str | None:
         if self.type_url != CLUSTER:
             return None
         from envoy.config.cluster.v3 import cluster_pb2  # local: only CDS needs it
@@ -114,15 +140,6 @@ class VersionedResource:
     def size(self) -> int:
         """Approximate wire size, for the shell's queue accounting."""
         return len(self.body) + len(self.name) + len(self.version) + len(self.type_url)
-
-
-def _entry_key() -> bytes:
-    from .wire import length_delimited_key
-
-    return length_delimited_key(discovery_pb2.DeltaDiscoveryResponse, "resources")
-
-
-_DELTA_RESOURCES_KEY = _entry_key()
 
 
 def make_resource(type_url: str, name: str, body: bytes) -> VersionedResource:

@@ -5,8 +5,9 @@ any order, a repeated field once per element. So a
 ``DeltaDiscoveryResponse`` is assembled here from: its few per-stream scalars
 (type URL, nonce, ``system_version_info``, removed names), encoded on the spot,
 and the ``resources`` entries, which are the same bytes for every stream that
-is sent the resource: :attr:`VersionedResource.delta_entry` serializes the
-``Resource`` wrapper once per resource version and every stream reuses it. The
+is sent the resource: :attr:`VersionedResource.delta_entry` encodes the
+``Resource`` wrapper by hand (:func:`encode_delta_entry`), kept per resource
+version from its second use on, and every stream reuses it. The
 gateway hands the bytes to gRPC with an identity serializer.
 
 Invariants:
@@ -20,6 +21,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 from envoy.service.discovery.v3 import discovery_pb2
@@ -29,7 +31,7 @@ from google.protobuf.descriptor import FieldDescriptor
 if TYPE_CHECKING:  # resources.py builds its entries with the helpers below
     from .resources import VersionedResource
 
-__all__ = ["DeltaResponse", "length_delimited_key", "encode_length_delimited"]
+__all__ = ["DeltaResponse", "length_delimited_key", "encode_length_delimited", "encode_delta_entry"]
 
 _LENGTH_DELIMITED = 2  # protobuf wire type of strings, bytes and messages
 
@@ -42,7 +44,7 @@ def length_delimited_key(message, field: str) -> bytes:
     return _varint((fd.number << 3) | _LENGTH_DELIMITED)
 
 
-def _varint(n: int) -> bytes:
+def _varint_slow(n: int) -> bytes:
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -51,9 +53,18 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+# the one-byte varints (lengths below 128: nonces, versions, names), looked up rather than built per field
+_SHORT_VARINTS = tuple(bytes((n,)) for n in range(128))
+
+
+def _varint(n: int) -> bytes:
+    return _SHORT_VARINTS[n] if n < 128 else _varint_slow(n)
+
+
 def encode_length_delimited(key: bytes, payload: bytes) -> bytes:
     """One encoded field: key, length, payload."""
-    return key + _varint(len(payload)) + payload
+    n = len(payload)
+    return key + (_SHORT_VARINTS[n] if n < 128 else _varint_slow(n)) + payload
 
 
 _Response = discovery_pb2.DeltaDiscoveryResponse
@@ -68,8 +79,36 @@ assert [_Response.DESCRIPTOR.fields_by_name[f].number for f in
     ("system_version_info", "resources", "type_url", "nonce", "removed_resources"))
 
 
+_Resource = discovery_pb2.Resource
+_RESOURCE_VERSION = length_delimited_key(_Resource, "version")  # field 1
+_RESOURCE_ANY = length_delimited_key(_Resource, "resource")  # field 2
+_RESOURCE_NAME = length_delimited_key(_Resource, "name")  # field 3
+_ANY_TYPE_URL = length_delimited_key(any_pb2.Any(), "type_url")  # field 1
+_ANY_VALUE = length_delimited_key(any_pb2.Any(), "value")  # field 2
+_RESOURCES = length_delimited_key(_Response, "resources")  # field 2
+assert [_Resource.DESCRIPTOR.fields_by_name[f].number for f in ("version", "resource", "name")] == [1, 2, 3]
+assert [any_pb2.Any.DESCRIPTOR.fields_by_name[f].number for f in ("type_url", "value")] == [1, 2]
+
+
+def encode_delta_entry(name: str, version: str, type_url: str, body: bytes) -> bytes:
+    """One ``resources`` entry of a ``DeltaDiscoveryResponse``: ``Resource{version, resource: Any{type_url,
+    value: body}, name}`` with the response's key and length in front (the bytes protobuf writes, without
+    building the messages: the body is copied once, not three times)."""
+    wrapped = b"".join((_text(_RESOURCE_VERSION, version),
+                        encode_length_delimited(_RESOURCE_ANY, _text(_ANY_TYPE_URL, type_url) + (
+                            encode_length_delimited(_ANY_VALUE, body) if body else b"")),
+                        _text(_RESOURCE_NAME, name)))
+    return encode_length_delimited(_RESOURCES, wrapped)
+
+
 def _text(key: bytes, value: str) -> bytes:
     return encode_length_delimited(key, value.encode()) if value else b""  # proto3 leaves empty strings out
+
+
+@functools.lru_cache(maxsize=64)
+def _type_url_field(type_url: str) -> bytes:
+    """The encoded type URL field: a handful of type URLs, encoded once each."""
+    return _text(_TYPE_URL, type_url)
 
 
 class DeltaResponse:
@@ -89,9 +128,10 @@ class DeltaResponse:
         """The serialized message: per-stream fields around the resources' shared entries."""
         parts = [_text(_VERSION_INFO, self.system_version_info)]
         parts += [r.delta_entry for r in self.resources]
-        parts.append(_text(_TYPE_URL, self.type_url))
+        parts.append(_type_url_field(self.type_url))
         parts.append(_text(_NONCE, self.nonce))
-        parts += [encode_length_delimited(_REMOVED, n.encode()) for n in self.removed_resources]
+        if self.removed_resources:
+            parts += [encode_length_delimited(_REMOVED, n.encode()) for n in self.removed_resources]
         return b"".join(parts)
 
     def to_proto(self) -> discovery_pb2.DeltaDiscoveryResponse:

@@ -197,3 +197,60 @@ async def test_an_on_demand_request_the_view_never_answers_ends_when_the_hold_do
     finally:
         stream.cancel()
         await asyncio.gather(stream, return_exceptions=True)
+
+
+# ---------------------------------------------------------------- on-demand hold through the shell
+
+
+class Recorder:
+    """Stands in for ``LearnedSubscriptions``: notes the clusters the shell hands it."""
+
+    def __init__(self) -> None:
+        self.clusters: list[str] = []
+
+    def learned(self, owner, cluster: str) -> bool:
+        self.clusters.append(cluster)
+        return True
+
+
+class ScriptedContext:
+    """A servicer context fed requests by the test; ``write`` keeps each response (already serialized)."""
+
+    def __init__(self) -> None:
+        self.requests: asyncio.Queue = asyncio.Queue()
+        self.responses: list = []
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:50001"
+
+    async def read(self):
+        return await self.requests.get()
+
+    async def send_initial_metadata(self, metadata) -> None:
+        pass
+
+    async def write(self, payload: bytes) -> None:
+        from envoy.service.discovery.v3 import discovery_pb2
+
+        self.responses.append(discovery_pb2.DeltaDiscoveryResponse.FromString(payload))
+
+    async def abort(self, code, details):
+        raise Aborted(details)
+
+
+async def test_a_held_cluster_is_answered_as_missing_once_the_hold_is_over():
+    recorder = Recorder()
+    servicer = AdsServicer(cache_with(1), on_demand=recorder, hold_s=0.05)
+    context = ScriptedContext()
+    stream = asyncio.create_task(servicer.DeltaAggregatedResources(None, context))
+    try:
+        await context.requests.put(dreq(CDS, ["ratings"], node=NODE))
+        # held: nothing answered at first, the name handed to the recorder; then the hold ends and the
+        # stream answers it as not existing (bounds catch a hang, they measure nothing)
+        await wait_for(lambda: context.responses, 5.0, "the answer after the hold")
+        assert recorder.clusters == ["ratings"]
+        assert list(context.responses[0].removed_resources) == ["ratings"]
+        assert not stream.done(), stream.exception() if stream.done() else None
+    finally:
+        stream.cancel()
+        await asyncio.gather(stream, return_exceptions=True)

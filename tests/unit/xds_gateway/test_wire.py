@@ -23,12 +23,14 @@ def test_encoded_bytes_are_the_protobuf_serialization(type_url, nonce, version_i
     assert discovery_pb2.DeltaDiscoveryResponse.FromString(r.encode()) == expected
 
 
-def test_the_resource_entry_is_serialized_once_and_shared():
+def test_the_resource_entry_is_kept_from_its_second_use_and_shared():
     res = make_resource(CLUSTER, "reviews", b"x" * 300)
     a = DeltaResponse(CLUSTER, "1-1", "00", [res], [])
     b = DeltaResponse(CLUSTER, "2-1", "01", [res], ["gone"])
-    assert res.delta_entry in a.encode() and res.delta_entry in b.encode()
-    assert res.delta_entry is res.delta_entry  # built once per resource, reused by every stream
+    first = a.encode()
+    assert res._entry is not None and not isinstance(res._entry, bytes)  # used once: nothing kept
+    assert res.delta_entry in first and res.delta_entry in b.encode()
+    assert res.delta_entry is res.delta_entry  # used again: built once more, then reused by every stream
     parsed = discovery_pb2.DeltaDiscoveryResponse.FromString(b.encode())
     assert (parsed.resources[0].name, parsed.resources[0].version, parsed.resources[0].resource.value,
             parsed.resources[0].resource.type_url, list(parsed.removed_resources), parsed.nonce) == (

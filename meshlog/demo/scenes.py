@@ -28,6 +28,10 @@ Scenes, in order (``--scene`` picks some; the mesh is always started first):
                         the projector's fold refuses both (``event.refused``, shown by ``replay log``
                         with the verified author), web's Envoy never holds the forged address and
                         no request of web fails
+- ``broker-kill``       (``--brokers 3`` only) kill -9 the Kafka node leading ``meshlog.registrations``
+                        while traffic flows and registrations are appended: no request fails,
+                        every acknowledged append is in the log, the node restarts and is back in
+                        sync (``meshlog.demo.broker_kill``)
 - ``replay``            ``replay at`` an instant from the start and from the canary,
                         and ``replay diff`` of the whole run (the real ``replay`` CLI);
                         ``meshlog status`` and the last convergences of rule changes
@@ -65,6 +69,7 @@ from events.types import (
     Subset,
     WeightedDestination,
 )
+from meshlog.demo.broker_kill import broker_kill
 from meshlog.demo.events_tail import EventTail
 from meshlog.demo.stack import REPLAY_IDENTITY, DemoStack
 from meshlog.demo.traffic import Traffic
@@ -73,7 +78,7 @@ from meshlog.procs import BIN, wait_until
 from replay.text import WIDTH_VAR
 
 SCENES = ("baseline", "canary", "failing-instance", "gateway-kill", "impostor", "on-demand", "undeclared", "forged",
-          "replay")
+          "broker-kill", "replay")
 PRODUCER = "meshlog-demo"
 ROUTE_DUMP = "dynamic_route_configs"
 
@@ -620,5 +625,6 @@ SCENE_FUNCS: dict[str, Callable[[Demo], None]] = {
     "on-demand": on_demand,
     "undeclared": undeclared,
     "forged": forged,
+    "broker-kill": broker_kill,
     "replay": replay,
 }

@@ -134,6 +134,8 @@ def test_the_events_panel_summarizes_rules_and_health():
     (["demo", "--scene", "nope"], "--scene: unknown scene 'nope'"),
     (["demo", "--pace", "0"], "argument --pace: '0' is not a duration"),
     (["demo", "--rate", "nan"], "argument --rate: 'nan' is not between 1 and 2000"),
+    (["demo", "--brokers", "0"], "argument --brokers: 0 is not between 1 and 9"),
+    (["demo", "--brokers", "3", "--bootstrap", "127.0.0.1:9092"], "--brokers: a cluster is started only without --bootstrap"),
     (["demo-client", "--port", "0", "--host", "x"], "--port: 0 is not a port"),
     (["demo-client", "--port", "80", "--host", "x", "--rate", "-1"], "argument --rate:"),
     (["demo-app", "--service", "s", "--instance-id", "i", "--port", "70000"], "--port: 70000 is not a port"),

@@ -160,15 +160,15 @@ async def end_offsets(bootstrap: str, topic: str, security: KafkaSecurity | None
                                 request_timeout_ms=10000)
     await consumer.start()
     try:
-        parts = await _partitions(consumer, topic, bootstrap)
+        parts = await _partitions(topic, bootstrap, security)
         return {tp.partition: offset for tp, offset in (await consumer.end_offsets(parts)).items()}
     finally:
         await consumer.stop()
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str, bootstrap: str) -> list[TopicPartition]:
-    await consumer.topics()  # a metadata request: a fresh client knows no topic's partitions yet
-    found = consumer.partitions_for_topic(topic)
+async def _partitions(topic: str, bootstrap: str, security: KafkaSecurity | None) -> list[TopicPartition]:
+    # from the cluster's answer, not the consumer's metadata cache (empty in a fresh client)
+    found = await partition_leaders(bootstrap, topic, security)
     if not found:
         raise BrokerUnavailable(f"topic {topic} has no partitions at {bootstrap}")
     return [TopicPartition(topic, p) for p in sorted(found)]
@@ -184,7 +184,7 @@ async def logged_events(bootstrap: str, topic: str, since: dict[int, int] | None
                                 isolation_level="read_committed", request_timeout_ms=10000)
     await consumer.start()
     try:
-        parts = await _partitions(consumer, topic, bootstrap)
+        parts = await _partitions(topic, bootstrap, security)
         consumer.assign(parts)
         for tp in parts:
             consumer.seek(tp, (since or {}).get(tp.partition, 0))

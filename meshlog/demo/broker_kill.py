@@ -97,19 +97,17 @@ def _play(demo, cluster, service: str, churn_event) -> None:
         report.step(f"killed node {victim} with SIGKILL {BEFORE_KILL_S:g} s in; {figures.text()}")
     finally:
         restarted = time.monotonic()
-        if not cluster.node(victim).is_running():  # from this thread: the cluster's own (see the invariants)
-            report.step(f"restarting node {victim} on its data and ports")
-            cluster.start(only=[victim])
+        problem = _restart(report, cluster, victim)
 
     def in_sync() -> bool:
         now = asyncio.run(failover.partition_leaders(stack.bootstrap, topics.REGISTRATIONS))
         return all(victim in replicas for _leader, replicas in now.values())
 
-    rejoined = True
-    try:
-        wait_until(in_sync, REJOIN_S, f"node {victim} to rejoin the in-sync replicas", interval=0.5)
-    except AssertionError:  # wait_until's timeout
-        rejoined = False
+    if problem is None:
+        try:
+            wait_until(in_sync, REJOIN_S, f"node {victim} to rejoin the in-sync replicas", interval=0.5)
+        except AssertionError:  # wait_until's timeout
+            problem = f"node {victim} not in sync within {REJOIN_S:g} s"
     in_sync_s = time.monotonic() - restarted
     window = demo.traffic.window(started_wall, time.time())
     from meshlog.demo.scenes import split_text
@@ -128,9 +126,24 @@ def _play(demo, cluster, service: str, churn_event) -> None:
               if not name.startswith("kafka") and state != "running"]
     report.check("the projector, the gateways and the sidecars carried on (none restarted)", not exited,
                  "; ".join(exited) or f"{len(stack.processes())} processes running")
-    report.check(f"the killed node is back in the in-sync replicas of {topics.REGISTRATIONS}", rejoined,
-                 f"node {victim} restarted; in sync on every partition {in_sync_s:.1f} s after its restart began"
-                 if rejoined else f"node {victim} not in sync within {REJOIN_S:g} s")
+    report.check(f"the killed node is back in the in-sync replicas of {topics.REGISTRATIONS}", problem is None,
+                 problem or f"node {victim} restarted; in sync on every partition {in_sync_s:.1f} s after its "
+                 "restart began")
+
+
+def _restart(report, cluster, victim: int) -> str | None:
+    """Start the killed node again on its data and ports (from this thread: the cluster's own, see the
+    invariants); what went wrong, or None."""
+    from meshlog.kafka_local import KafkaLauncherError
+
+    if cluster.node(victim).is_running():
+        return None
+    report.step(f"restarting node {victim} on its data and ports")
+    try:
+        cluster.start(only=[victim])
+    except KafkaLauncherError as exc:
+        return f"node {victim} did not restart: {str(exc).splitlines()[0][:300]}"
+    return None
 
 
 def _deregister(bootstrap: str, service: str, instances: list[str]) -> None:

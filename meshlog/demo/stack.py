@@ -46,6 +46,8 @@ from meshlog.procs import BIN, Process, spawn, wait_until
 from meshlog.xds_trust import gateway_tls_args, sidecar_tls_args
 
 
+# a node's start (and a killed node's restart) on a busy 2-core laptop: 52-106 s seen at load average 20+
+CLUSTER_START_TIMEOUT = 240.0
 REPLAY_IDENTITY = "replay/demo"  # the replay, `meshlog status` and console steps: read-only on the broker
 
 
@@ -145,7 +147,7 @@ class DemoStack:
         started = time.monotonic()
         if self.brokers > 1:
             self.kafka = LocalCluster(self.brokers, self.workdir / "kafka", keep_data=False, secure=self.secure,
-                                      tls_dir=tls_dir)
+                                      tls_dir=tls_dir, start_timeout=CLUSTER_START_TIMEOUT)
         else:
             self.kafka = LocalKafka(self.workdir / "kafka", keep_data=False, secure=self.secure, tls_dir=tls_dir)
         self.bootstrap = self.kafka.start()

@@ -73,24 +73,19 @@ def one_run(cluster: CliCluster, run: int, rate: float, before_s: float, after_s
     since = asyncio.run(failover.end_offsets(bootstrap, topics.REGISTRATIONS))
     appends = failover.SteadyAppends(bootstrap, lambda n: new_event(registration(run, n), producer="bench-failover"),
                                      rate=rate)
-    killed: dict[str, float] = {}
+    victim_cpu: list[float] = []
     cpu0, self0, load0 = brokers_cpu_s(cluster), resource.getrusage(resource.RUSAGE_SELF), os.getloadavg()
     wall0 = time.monotonic()
 
-    async def churn_and_kill() -> None:
-        async def kill_the_leader() -> None:  # on its own clock: a stalled append must not delay it
-            await asyncio.sleep(before_s)
-            killed["cpu"] = brokers_cpu_s(cluster)[victim]  # the victim's CPU up to its death
-            await asyncio.to_thread(cluster.kill, victim)
-            killed["at"] = time.monotonic()
+    def kill() -> None:
+        victim_cpu.append(brokers_cpu_s(cluster)[victim])  # the victim's CPU up to its death
+        cluster.kill(victim)
 
-        await asyncio.gather(appends.run(before_s + after_s), kill_the_leader())
-
-    asyncio.run(churn_and_kill())
+    killed_at = asyncio.run(failover.run_through(appends, before_s + after_s, before_s, kill))
     ended = time.monotonic()
     cpu1, self1 = brokers_cpu_s(cluster), resource.getrusage(resource.RUSAGE_SELF)
-    cpu1[victim] = killed.get("cpu", cpu1[victim])
-    figures = failover.figures(appends.ack_times(), appends.started_at, killed["at"], ended)
+    cpu1[victim] = victim_cpu[0] if victim_cpu else cpu1[victim]
+    figures = failover.figures(appends.ack_times(), appends.started_at, killed_at or ended, ended)
     prefix = f"{SERVICE}/r{run}-"
     logged = asyncio.run(failover.logged_events(bootstrap, topics.REGISTRATIONS, since,
                                                 keys=lambda key: key.startswith(prefix)))

@@ -90,6 +90,22 @@ class SteadyAppends:
         return sorted(self.acked.values())
 
 
+async def run_through(appends: SteadyAppends, seconds: float, fault_after: float,
+                      fault: Callable[[], object]) -> float | None:
+    """``appends.run(seconds)`` with ``fault()`` (blocking: a kill, a cut) called in a thread ``fault_after``
+    seconds in, on its own clock (a stalled append must not delay it); the monotonic time the fault
+    returned, or None if it did not run (an append error ended the run first)."""
+    done: list[float] = []
+
+    async def at_its_time() -> None:
+        await asyncio.sleep(fault_after)
+        await asyncio.to_thread(fault)
+        done.append(time.monotonic())
+
+    await asyncio.gather(appends.run(seconds), at_its_time())
+    return done[0] if done else None
+
+
 @dataclass(frozen=True)
 class Figures:
     acked: int

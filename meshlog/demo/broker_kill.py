@@ -80,20 +80,11 @@ def _play(demo, cluster, service: str, churn_event) -> None:
     appends = failover.SteadyAppends(stack.bootstrap, churn_event, rate=RATE)
     after_s = max(AFTER_KILL_S, demo.pace)
     started_wall = time.time()
-    killed: dict[str, float] = {}
-
-    async def churn_and_kill() -> None:
-        async def kill_the_leader() -> None:  # on its own clock: a stalled append must not delay it
-            await asyncio.sleep(BEFORE_KILL_S)
-            await asyncio.to_thread(cluster.kill, victim)
-            killed["at"] = time.monotonic()
-
-        await asyncio.gather(appends.run(BEFORE_KILL_S + after_s), kill_the_leader())
-
     try:
-        asyncio.run(churn_and_kill())
+        killed_at = asyncio.run(failover.run_through(appends, BEFORE_KILL_S + after_s, BEFORE_KILL_S,
+                                                     lambda: cluster.kill(victim)))
         ended = time.monotonic()
-        figures = failover.figures(appends.ack_times(), appends.started_at, killed.get("at", ended), ended)
+        figures = failover.figures(appends.ack_times(), appends.started_at, killed_at or ended, ended)
         report.step(f"killed node {victim} with SIGKILL {BEFORE_KILL_S:g} s in; {figures.text()}")
     finally:
         restarted = time.monotonic()

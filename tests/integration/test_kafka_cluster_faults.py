@@ -185,19 +185,10 @@ def test_broker_loss_under_churn_loses_no_acknowledged_append(kafka_cluster, sta
     bootstrap, churn = stack["bootstrap"], stack["churn"]
     leader, isr = asyncio.run(leader_of(bootstrap, topics.REGISTRATIONS))
     assert isr == [1, 2, 3]
-    killed: dict[str, float] = {}
-
-    async def churn_and_kill() -> None:
-        async def kill_the_leader() -> None:  # on its own clock: a stalled append must not delay it
-            await asyncio.sleep(BEFORE_KILL_S)
-            await asyncio.to_thread(kafka_cluster.kill, leader)
-            killed["at"] = time.monotonic()
-
-        await asyncio.gather(churn.run(BEFORE_KILL_S + AFTER_KILL_S), kill_the_leader())
-
     with Traffic(stack["outbound"], BACKEND) as traffic:  # through the client's Envoy to the real app
-        asyncio.run(churn_and_kill())
-    assert killed, "the churn ended before the kill"
+        killed_at = asyncio.run(failover.run_through(churn, BEFORE_KILL_S + AFTER_KILL_S, BEFORE_KILL_S,
+                                                     lambda: kafka_cluster.kill(leader)))
+    assert killed_at is not None, "the churn ended before the kill"
     assert traffic.records and not traffic.failures(), f"failed requests: {traffic.failures()[:5]}"
     FIGURES["requests_through_kill"] = len(traffic.records)
     new_leader, new_isr = asyncio.run(leader_of(bootstrap, topics.REGISTRATIONS))
@@ -211,15 +202,13 @@ def test_broker_loss_under_churn_loses_no_acknowledged_append(kafka_cluster, sta
     assert len(logged_ids) == len(set(logged_ids)), "an event is in the log twice"
     at = {event_id: where for event_id, _key, where in logged_at}
     assert all(at[e] == where for e, where in churn.where.items()), "an append is not where its ack said"
-    acks = sorted(churn.acked.values())
-    after = [a for a in acks if a > killed["at"]]
-    assert after, "nothing was acknowledged after the kill"
-    before = [a for a in acks if a <= killed["at"]]
-    FIGURES["acked"] = len(acks)
+    figures = failover.figures(churn.ack_times(), churn.started_at, killed_at, time.monotonic())
+    assert figures.first_ack_after_kill_s is not None, "nothing was acknowledged after the kill"
+    FIGURES["acked"] = figures.acked
     FIGURES["unacknowledged"] = churn.failed
-    FIGURES["first_ack_after_kill_s"] = after[0] - killed["at"]
-    FIGURES["stall_s"] = after[0] - (before[-1] if before else killed["at"])
-    FIGURES["events_per_s_through_kill"] = len(acks) / (BEFORE_KILL_S + AFTER_KILL_S)
+    FIGURES["first_ack_after_kill_s"] = figures.first_ack_after_kill_s
+    FIGURES["stall_s"] = figures.stall_s
+    FIGURES["events_per_s_through_kill"] = figures.acked / (BEFORE_KILL_S + AFTER_KILL_S)
 
     # the projector and the gateway carried on without a restart: the gateway serves every logged instance
     assert stack["projector"].alive() and stack["gateway"].alive()

@@ -45,3 +45,5 @@ def test_the_demo_on_three_brokers_kills_the_registrations_leader_and_no_request
     assert re.search(r"\d+ acknowledged, \d+ in the log, 0 lost, 0 twice", output), output[-4000:]
     assert re.search(r"traffic over the whole run: [1-9]\d* requests, 0 failed", output), output[-3000:]
     assert _left_behind(workdir) == []
+    scene = output[output.index("== scene broker-kill:"):]
+    print("\n" + scene[:3000])  # the figures the scene measured (pytest -s shows them)

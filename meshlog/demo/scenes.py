@@ -233,10 +233,12 @@ def canary(demo: Demo) -> None:
                           f"v2 got {share:.1%} (expected {low:.0%}–{high:.0%}); {split_text(window)}")
 
 
-def _health_event(demo: Demo, instance: str, status: str, timeout: float):
+def _health_event(demo: Demo, instance: str, status: str, timeout: float, since: float):
+    """The first ``status`` health event of ``instance`` logged at or after ``since`` (a checker may have
+    logged one before: under load a probe can time out while the mesh starts)."""
     key = f"{demo.stack.reviews}/{instance}"
     return demo.tail.wait_for(lambda e: e.type == "instance.health_changed" and e.key == key
-                              and e.payload.status == status, timeout)
+                              and e.payload.status == status and e.log_time >= since, timeout)
 
 
 def failing_instance(demo: Demo) -> None:
@@ -245,7 +247,7 @@ def failing_instance(demo: Demo) -> None:
     failed_at = time.time()
     app.failing = True
     demo.report.step("reviews-v1-b is failing; the central checkers probe every 0.5 s and need 3 failures")
-    event = _health_event(demo, "reviews-v1-b", "unhealthy", 30)
+    event = _health_event(demo, "reviews-v1-b", "unhealthy", 30, since=failed_at)
     if event is None:
         demo.report.check("checker logged reviews-v1-b unhealthy", False, "no health event within 30 s")
         app.failing = False
@@ -267,7 +269,7 @@ def recover(demo: Demo, what: str) -> None:
     healed_at = time.time()
     app.failing = False
     demo.report.step("reviews-v1-b recovers; the checkers need 2 good probes")
-    event = _health_event(demo, "reviews-v1-b", "healthy", 30)
+    event = _health_event(demo, "reviews-v1-b", "healthy", 30, since=healed_at)
     returned = demo.traffic.wait_for(lambda w: w.by_instance.get("reviews-v1-b", 0) > 0, 30) if event else None
     demo.report.check(f"reviews-v1-b back in service {what}", event is not None and returned is not None,
                       f"healthy logged {event.log_time - healed_at:.2f} s after recovery by {event.payload.observer}"

@@ -1093,14 +1093,16 @@ class LocalCluster:
     The cluster id and every node's ports are chosen once and kept in ``data_dir/cluster.json``: a
     restart on the same data dir is the same cluster at the same addresses, so clients that kept
     running (projector, gateways) reconnect by themselves. ``secure``: every node its own certificate
-    from one CA in ``data_dir/tls``. Other arguments as :class:`LocalKafka`.
+    from one CA in ``tls_dir`` (default ``data_dir/tls``; the demo gives its mesh CA's). Other arguments
+    as :class:`LocalKafka`.
     """
 
     def __init__(self, brokers: int = 3, data_dir: str | os.PathLike | None = None, *,
                  start_timeout: float = DEFAULT_START_TIMEOUT, stop_timeout: float = DEFAULT_STOP_TIMEOUT,
                  jvm_opts: Sequence[str] | None = None, detached: bool = False, keep_data: bool | None = None,
                  secure: bool = False, extra_properties: Mapping[str, object] | None = None,
-                 hosts: Sequence[str] | None = None, netns: Sequence[str] | None = None) -> None:
+                 hosts: Sequence[str] | None = None, netns: Sequence[str] | None = None,
+                 tls_dir: str | os.PathLike | None = None) -> None:
         if not 1 <= brokers <= MAX_BROKERS:
             raise KafkaLauncherError(f"brokers: {brokers} is out of range (1 to {MAX_BROKERS})")
         self.brokers = brokers
@@ -1110,6 +1112,7 @@ class LocalCluster:
         self.jvm_opts = tuple(jvm_opts) if jvm_opts is not None else (
             jvm_opts_from_env() if os.environ.get(ENV_JVM_OPTS) else CLUSTER_JVM_OPTS)
         self.detached, self.secure = detached, secure
+        self._given_tls_dir = Path(tls_dir).expanduser().resolve() if tls_dir else None
         self.extra_properties = dict(extra_properties or {})
         # node i's address and network namespace (default: 127.0.0.1 in ours); not kept in cluster.json:
         # whoever made the namespaces gives them again at a restart
@@ -1196,7 +1199,7 @@ class LocalCluster:
             LocalKafka(d / f"node-{n['node_id']}", port=n["port"], controller_port=n["controller_port"],
                        node_id=n["node_id"], voters=voters, cluster_id=self.cluster_id, jvm_opts=self.jvm_opts,
                        start_timeout=self.start_timeout, stop_timeout=self.stop_timeout, detached=self.detached,
-                       keep_data=True, secure=self.secure, tls_dir=d / TLS_DIR_NAME,
+                       keep_data=True, secure=self.secure, tls_dir=self._given_tls_dir or d / TLS_DIR_NAME,
                        extra_properties=self.extra_properties, host=self.hosts[i], voter_hosts=voter_hosts,
                        netns=self.netns[i])
             for i, n in enumerate(layout["nodes"])

@@ -1,6 +1,7 @@
 """``meshlog demo``: the README's first command — the whole mesh, live, from a fresh clone.
 
-It starts a fresh local Kafka broker, the projector, two xds-gateway
+It starts a fresh local Kafka broker (``--brokers 3``: a three-node KRaft
+cluster, and the ``broker-kill`` scene kills one), the projector, two xds-gateway
 replicas, two central health checkers, three ``reviews`` instances in two
 versions and a ``web`` client, each behind its own sidecar (real Envoy), and
 sends steady traffic from web to reviews. Then it plays the scenes in
@@ -32,6 +33,7 @@ from pathlib import Path
 from meshlog import argtypes
 from meshlog.demo.scenes import SCENE_FUNCS, SCENES, Demo
 from meshlog.demo.view import LiveReporter, PlainReporter
+from meshlog.kafka_local import MAX_BROKERS
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -51,6 +53,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     demo.add_argument("--bootstrap", metavar="HOST:PORT", type=argtypes.bootstrap,
                       help="use this Kafka instead of starting a fresh one (service names then get a unique "
                       "suffix so earlier rule revisions do not collide)")
+    demo.add_argument("--brokers", type=argtypes.integer(1, MAX_BROKERS), default=1, metavar="N",
+                      help="start a local Kafka cluster of N nodes (each broker and controller, as `meshlog kafka up "
+                      "--brokers N`) instead of one broker; with 3 or more the broker-kill scene kills one (default 1)")
     demo.add_argument("--insecure", action="store_true",
                       help="plaintext Kafka and xDS, no certificates (loopback development only; default: a mesh "
                       "CA in the work dir, mTLS with an identity per process, Kafka ACLs enforced)")
@@ -90,6 +95,8 @@ def traffic_summary(demo: Demo) -> str:
 def run(args: argparse.Namespace) -> int:
     unknown = [s for s in args.scene if s not in SCENES]
     problems = [f"--scene: unknown scene {s!r} (choose from {', '.join(SCENES)})" for s in unknown]
+    if args.brokers > 1 and args.bootstrap:
+        problems.append("--brokers: a cluster is started only without --bootstrap (the broker given is used as it is)")
     if problems:
         print("meshlog demo: " + "\n".join(problems), flush=True)
         return 2
@@ -107,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     from meshlog.demo.stack import DemoStack
     from meshlog.demo.traffic import Traffic
 
-    stack = DemoStack(workdir, bootstrap=bootstrap, suffix=suffix, say=report.say, secure=not args.insecure)
+    stack = DemoStack(workdir, bootstrap=bootstrap, suffix=suffix, say=report.say, secure=not args.insecure,
+                      brokers=args.brokers)
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     traffic = tail = None
     code = 0

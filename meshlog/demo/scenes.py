@@ -28,6 +28,10 @@ Scenes, in order (``--scene`` picks some; the mesh is always started first):
                         the projector's fold refuses both (``event.refused``, shown by ``replay log``
                         with the verified author), web's Envoy never holds the forged address and
                         no request of web fails
+- ``broker-kill``       (``--brokers 3`` only) kill -9 the Kafka node leading ``meshlog.registrations``
+                        while traffic flows and registrations are appended: no request fails,
+                        every acknowledged append is in the log, the node restarts and is back in
+                        sync (``meshlog.demo.broker_kill``)
 - ``replay``            ``replay at`` an instant from the start and from the canary,
                         and ``replay diff`` of the whole run (the real ``replay`` CLI);
                         ``meshlog status`` and the last convergences of rule changes
@@ -65,6 +69,7 @@ from events.types import (
     Subset,
     WeightedDestination,
 )
+from meshlog.demo.broker_kill import broker_kill
 from meshlog.demo.events_tail import EventTail
 from meshlog.demo.stack import REPLAY_IDENTITY, DemoStack
 from meshlog.demo.traffic import Traffic
@@ -73,7 +78,7 @@ from meshlog.procs import BIN, wait_until
 from replay.text import WIDTH_VAR
 
 SCENES = ("baseline", "canary", "failing-instance", "gateway-kill", "impostor", "on-demand", "undeclared", "forged",
-          "replay")
+          "broker-kill", "replay")
 PRODUCER = "meshlog-demo"
 ROUTE_DUMP = "dynamic_route_configs"
 
@@ -228,10 +233,12 @@ def canary(demo: Demo) -> None:
                           f"v2 got {share:.1%} (expected {low:.0%}–{high:.0%}); {split_text(window)}")
 
 
-def _health_event(demo: Demo, instance: str, status: str, timeout: float):
+def _health_event(demo: Demo, instance: str, status: str, timeout: float, since: float):
+    """The first ``status`` health event of ``instance`` logged at or after ``since`` (a checker may have
+    logged one before: under load a probe can time out while the mesh starts)."""
     key = f"{demo.stack.reviews}/{instance}"
     return demo.tail.wait_for(lambda e: e.type == "instance.health_changed" and e.key == key
-                              and e.payload.status == status, timeout)
+                              and e.payload.status == status and e.log_time >= since, timeout)
 
 
 def failing_instance(demo: Demo) -> None:
@@ -240,7 +247,7 @@ def failing_instance(demo: Demo) -> None:
     failed_at = time.time()
     app.failing = True
     demo.report.step("reviews-v1-b is failing; the central checkers probe every 0.5 s and need 3 failures")
-    event = _health_event(demo, "reviews-v1-b", "unhealthy", 30)
+    event = _health_event(demo, "reviews-v1-b", "unhealthy", 30, since=failed_at)
     if event is None:
         demo.report.check("checker logged reviews-v1-b unhealthy", False, "no health event within 30 s")
         app.failing = False
@@ -262,7 +269,7 @@ def recover(demo: Demo, what: str) -> None:
     healed_at = time.time()
     app.failing = False
     demo.report.step("reviews-v1-b recovers; the checkers need 2 good probes")
-    event = _health_event(demo, "reviews-v1-b", "healthy", 30)
+    event = _health_event(demo, "reviews-v1-b", "healthy", 30, since=healed_at)
     returned = demo.traffic.wait_for(lambda w: w.by_instance.get("reviews-v1-b", 0) > 0, 30) if event else None
     demo.report.check(f"reviews-v1-b back in service {what}", event is not None and returned is not None,
                       f"healthy logged {event.log_time - healed_at:.2f} s after recovery by {event.payload.observer}"
@@ -620,5 +627,6 @@ SCENE_FUNCS: dict[str, Callable[[Demo], None]] = {
     "on-demand": on_demand,
     "undeclared": undeclared,
     "forged": forged,
+    "broker-kill": broker_kill,
     "replay": replay,
 }

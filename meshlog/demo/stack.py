@@ -2,7 +2,9 @@
 
 The topology (all on 127.0.0.1, ports picked free at start):
 
-    Kafka (a fresh single-node KRaft broker, unless --bootstrap)
+    Kafka (a fresh single-node KRaft broker, unless --bootstrap; --brokers 3: a
+           three-node KRaft cluster, each node broker and controller, as
+           `meshlog kafka up --brokers 3` runs it)
     projector                         one, RocksDB state under the work dir
     gateway-1, gateway-2              xds-gateway replicas; every sidecar lists both
     checker-1, checker-2              registrar healthcheck, splitting the instances
@@ -29,6 +31,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +46,8 @@ from meshlog.procs import BIN, Process, spawn, wait_until
 from meshlog.xds_trust import gateway_tls_args, sidecar_tls_args
 
 
+# a node's start (and a killed node's restart) on a busy 2-core laptop: 52-106 s seen at load average 20+
+CLUSTER_START_TIMEOUT = 240.0
 REPLAY_IDENTITY = "replay/demo"  # the replay, `meshlog status` and console steps: read-only on the broker
 
 
@@ -98,6 +103,7 @@ class DemoStack:
     say: Callable[[str], None] = print
     checkers: int = 2
     secure: bool = True  # mTLS with the demo's CA (Kafka and xDS); False: plaintext (--insecure)
+    brokers: int = 1  # > 1: a LocalCluster of that many nodes instead of one LocalKafka
     trust: DemoTrust | None = None  # the CA and the identities it issued (secure only)
     kafka: object | None = None
     projector: Process | None = None
@@ -131,17 +137,31 @@ class DemoStack:
         if self.bootstrap:
             self.say(f"using the Kafka broker at {self.bootstrap} (its security from the MESHLOG_KAFKA_* variables)")
             return self.bootstrap
-        from meshlog.kafka_local import LocalKafka
+        from meshlog.kafka_local import LocalCluster, LocalKafka
 
-        self.say("starting a fresh local Kafka broker (KRaft; the first run fetches its jars from Maven Central)"
+        what = (f"a fresh local Kafka cluster of {self.brokers} nodes (KRaft, each node broker and controller"
+                if self.brokers > 1 else "a fresh local Kafka broker (KRaft")
+        self.say(f"starting {what}; the first run fetches its jars from Maven Central)"
                  + (": TLS only, client certificates required, ACLs enforced" if self.secure else ": PLAINTEXT"))
-        self.kafka = LocalKafka(self.workdir / "kafka", keep_data=False, secure=self.secure,
-                                tls_dir=self.workdir / "tls" if self.secure else None)
+        tls_dir = self.workdir / "tls" if self.secure else None
+        started = time.monotonic()
+        if self.brokers > 1:
+            self.kafka = LocalCluster(self.brokers, self.workdir / "kafka", keep_data=False, secure=self.secure,
+                                      tls_dir=tls_dir, start_timeout=CLUSTER_START_TIMEOUT)
+        else:
+            self.kafka = LocalKafka(self.workdir / "kafka", keep_data=False, secure=self.secure, tls_dir=tls_dir)
         self.bootstrap = self.kafka.start()
         if self.trust is not None:  # the demo's own clients (rule appends, the event tail) speak as an operator
             kafka_security.configure(self.trust.kafka_security("operator/demo"))
-        self.say(f"Kafka is up at {self.bootstrap} ({self.kafka.startup_seconds or 0:.1f} s)")
+        self.say(f"Kafka is up at {self.bootstrap} ({time.monotonic() - started:.1f} s)")
         return self.bootstrap
+
+    @property
+    def cluster(self):
+        """The LocalCluster the demo started (--brokers > 1), else None."""
+        from meshlog.kafka_local import LocalCluster
+
+        return self.kafka if isinstance(self.kafka, LocalCluster) else None
 
     def kafka_env(self, path: str) -> dict[str, str]:
         """The ``MESHLOG_KAFKA_*`` variables a child runs with: identity ``path`` on the broker the demo started
@@ -176,9 +196,10 @@ class DemoStack:
         from identity import spiffe
         from meshlog import kafka_tls
 
+        brokers = [str(n.node_id) for n in self.cluster.nodes] if self.cluster else [kafka_tls.BROKER_ID]
         return tuple(IdentityFiles.in_dir(kafka_tls.identity_dir(
             self.trust.tls_dir, spiffe.SpiffeId.of(self.trust.domain, kafka_tls.BROKER_ROLE, name)))
-            for name in (kafka_tls.BROKER_ID, kafka_tls.ADMIN_ID))
+            for name in (*brokers, kafka_tls.ADMIN_ID))
 
     def log_identities(self) -> None:
         """Append the certificates issued offline since the last call to ``meshlog.identities`` (as the demo's
@@ -355,7 +376,10 @@ class DemoStack:
     # -- view -----------------------------------------------------------------
     def processes(self) -> list[tuple[str, int | None, str]]:
         rows: list[tuple[str, int | None, str]] = []
-        if self.kafka is not None:
+        if self.cluster is not None:
+            for node in self.cluster.nodes:
+                rows.append((f"kafka-{node.node_id}", node.pid, "running" if node.is_running() else "killed"))
+        elif self.kafka is not None:
             pid = getattr(self.kafka, "pid", None)
             rows.append(("kafka", pid, "running" if self.kafka.is_running() else "stopped"))
         named: list[Process] = [p for p in (self.projector,) if p] + list(self.gateways.values()) \

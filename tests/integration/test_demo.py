@@ -76,12 +76,11 @@ def _left_behind(workdir: Path) -> list[str]:
     return found
 
 
-# the whole run takes ~190 s on a quiet host; the subprocess's own 360 s bound must fire before pytest's
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(540)  # past the run's own guard (pyproject's default of 300 s came first under load)
 def test_the_headless_demo_plays_every_scene_and_every_check_passes(tmp_path):
     workdir = tmp_path / "demo"
     result = subprocess.run([str(BIN / "meshlog"), "demo", "--headless", "--pace", "4", "--workdir", str(workdir)],
-                            capture_output=True, text=True, timeout=360, env=_env())
+                            capture_output=True, text=True, timeout=480, env=_env())
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     for scene, checks in SCENE_CHECKS.items():

@@ -29,19 +29,17 @@ import uuid
 
 import grpc
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from events import topics
 from events import types as t
-from events.admin import BrokerUnavailable, ensure_topics
-from events.codec import decode
+from events.admin import ensure_topics
 from events.envelope import new_event
 from events.kafka_security import connection_kwargs
 from events.producer import EventProducer
-from meshlog import kafka_local
+from meshlog import failover, kafka_local
 from projector.typeurls import ENDPOINT
 from tests.integration.test_replay import read_views, replay_json
 from meshlog.kafka_local import free_port
@@ -73,84 +71,25 @@ def registration(n: int) -> t.InstanceRegistered:
 
 
 async def leader_of(bootstrap: str, topic: str) -> tuple[int, list[int]]:
-    admin = AIOKafkaAdminClient(**connection_kwargs(bootstrap), request_timeout_ms=5000)
-    await admin.start()
-    try:
-        [described] = await admin.describe_topics([topic])
-        [partition] = described["partitions"]
-        return partition["leader"], sorted(partition["isr"])
-    finally:
-        await admin.close()
+    """The leader and in-sync replicas of ``topic``'s partition 0."""
+    return (await failover.partition_leaders(bootstrap, topic))[0]
 
 
 async def logged_registrations(bootstrap: str) -> list[tuple[str, str]]:
     """(event_id, key) of every committed registration of SERVICE in the log, in log order."""
-    return [(event_id, key) for event_id, key, _offset in await logged_with_offsets(bootstrap)]
+    return [(event_id, key) for event_id, key, _where in await logged_with_offsets(bootstrap)]
 
 
-async def logged_with_offsets(bootstrap: str) -> list[tuple[str, str, int]]:
-    """(event_id, key, offset) of every committed registration of SERVICE in the log, in log order."""
-    consumer = AIOKafkaConsumer(**connection_kwargs(bootstrap), enable_auto_commit=False,
-                                isolation_level="read_committed", request_timeout_ms=10000)
-    await consumer.start()
-    try:
-        tp = TopicPartition(topics.REGISTRATIONS, 0)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
-        out = []
-        while await consumer.position(tp) < end:
-            for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
-                if record.key.decode().startswith(SERVICE + "/"):
-                    env = decode(record.value)
-                    out.append((env.event_id, record.key.decode(), record.offset))
-        return out
-    finally:
-        await consumer.stop()
+async def logged_with_offsets(bootstrap: str) -> list[tuple[str, str, tuple[int, int]]]:
+    """(event_id, key, (partition, offset)) of every committed registration of SERVICE in the log, in log order."""
+    logged = await failover.logged_events(bootstrap, topics.REGISTRATIONS, keys=lambda key: key.startswith(SERVICE + "/"))
+    return [(event_id, key, (partition, offset)) for event_id, key, partition, offset in logged]
 
 
-class Churn:
-    """Appends registrations on a fixed clock, RATE_PER_S per second, whatever the acknowledgement latency
-    (appends overlap, at most MAX_IN_FLIGHT at once: a stalled cluster holds the clock back instead of
-    receiving a burst later); keeps what was acknowledged and when."""
-
-    MAX_IN_FLIGHT = 200
-
-    def __init__(self, bootstrap: str) -> None:
-        self.bootstrap = bootstrap
-        self.acked: dict[str, float] = {}  # event_id -> monotonic time of its acknowledgement
-        self.offsets: dict[str, int] = {}  # event_id -> the offset its acknowledgement named
-        self.failed = 0  # appends not acknowledged in time: outcome unknown, not counted
-        self.next_n = 0
-
-    async def run(self, seconds: float) -> None:
-        async with EventProducer(self.bootstrap, timeout_s=30.0) as producer:
-            slots = asyncio.Semaphore(self.MAX_IN_FLIGHT)
-            pending: set[asyncio.Task] = set()
-
-            async def append(env) -> None:
-                try:
-                    appended = await producer.append(env)
-                    self.acked[env.event_id] = time.monotonic()
-                    self.offsets[env.event_id] = appended.offset
-                except BrokerUnavailable:
-                    self.failed += 1
-                finally:
-                    slots.release()
-
-            start = time.monotonic()
-            sent = 0
-            while time.monotonic() - start < seconds:
-                await slots.acquire()
-                env = new_event(registration(self.next_n), producer=f"cluster-faults-{RUN}")
-                self.next_n += 1
-                sent += 1
-                task = asyncio.create_task(append(env))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-                await asyncio.sleep(max(0.0, start + sent / RATE_PER_S - time.monotonic()))
-            if pending:
-                await asyncio.wait(pending)
+def churn_appends(bootstrap: str) -> failover.SteadyAppends:
+    """Registrations of SERVICE on a fixed clock, RATE_PER_S per second (meshlog.failover.SteadyAppends)."""
+    return failover.SteadyAppends(bootstrap, lambda n: new_event(registration(n), producer=f"cluster-faults-{RUN}"),
+                                  rate=RATE_PER_S)
 
 
 async def served_endpoints(gateway_port: int) -> int:
@@ -229,7 +168,7 @@ def stack(kafka_cluster, tmp_path_factory):
                              admin_port=admin, base_id=random.randint(1000, 60000), workdir=str(workdir / "envoy")).start()
         wait_until(lambda: endpoint_count(envoy.config_dump(), BACKEND) == 1, WAIT_S, "Envoy to hold the backend",
                    on_fail=envoy.log_tail)
-        yield {"bootstrap": bootstrap, "projector": projector, "gateway": gateway, "churn": Churn(bootstrap),
+        yield {"bootstrap": bootstrap, "projector": projector, "gateway": gateway, "churn": churn_appends(bootstrap),
                "envoy": envoy, "outbound": outbound}
     finally:
         if envoy is not None:
@@ -246,19 +185,10 @@ def test_broker_loss_under_churn_loses_no_acknowledged_append(kafka_cluster, sta
     bootstrap, churn = stack["bootstrap"], stack["churn"]
     leader, isr = asyncio.run(leader_of(bootstrap, topics.REGISTRATIONS))
     assert isr == [1, 2, 3]
-    killed: dict[str, float] = {}
-
-    async def churn_and_kill() -> None:
-        async def kill_the_leader() -> None:  # on its own clock: a stalled append must not delay it
-            await asyncio.sleep(BEFORE_KILL_S)
-            await asyncio.to_thread(kafka_cluster.kill, leader)
-            killed["at"] = time.monotonic()
-
-        await asyncio.gather(churn.run(BEFORE_KILL_S + AFTER_KILL_S), kill_the_leader())
-
     with Traffic(stack["outbound"], BACKEND) as traffic:  # through the client's Envoy to the real app
-        asyncio.run(churn_and_kill())
-    assert killed, "the churn ended before the kill"
+        killed_at = asyncio.run(failover.run_through(churn, BEFORE_KILL_S + AFTER_KILL_S, BEFORE_KILL_S,
+                                                     lambda: kafka_cluster.kill(leader)))
+    assert killed_at is not None, "the churn ended before the kill"
     assert traffic.records and not traffic.failures(), f"failed requests: {traffic.failures()[:5]}"
     FIGURES["requests_through_kill"] = len(traffic.records)
     new_leader, new_isr = asyncio.run(leader_of(bootstrap, topics.REGISTRATIONS))
@@ -270,17 +200,15 @@ def test_broker_loss_under_churn_loses_no_acknowledged_append(kafka_cluster, sta
     missing = set(churn.acked) - set(logged_ids)
     assert not missing, f"{len(missing)} of {len(churn.acked)} acknowledged appends are not in the log"
     assert len(logged_ids) == len(set(logged_ids)), "an event is in the log twice"
-    at = {event_id: offset for event_id, _key, offset in logged_at}
-    assert all(at[e] == offset for e, offset in churn.offsets.items()), "an append is not where its ack said"
-    acks = sorted(churn.acked.values())
-    after = [a for a in acks if a > killed["at"]]
-    assert after, "nothing was acknowledged after the kill"
-    before = [a for a in acks if a <= killed["at"]]
-    FIGURES["acked"] = len(acks)
+    at = {event_id: where for event_id, _key, where in logged_at}
+    assert all(at[e] == where for e, where in churn.where.items()), "an append is not where its ack said"
+    figures = failover.figures(churn.ack_times(), churn.started_at, killed_at, time.monotonic())
+    assert figures.first_ack_after_kill_s is not None, "nothing was acknowledged after the kill"
+    FIGURES["acked"] = figures.acked
     FIGURES["unacknowledged"] = churn.failed
-    FIGURES["first_ack_after_kill_s"] = after[0] - killed["at"]
-    FIGURES["stall_s"] = after[0] - (before[-1] if before else killed["at"])
-    FIGURES["events_per_s_through_kill"] = len(acks) / (BEFORE_KILL_S + AFTER_KILL_S)
+    FIGURES["first_ack_after_kill_s"] = figures.first_ack_after_kill_s
+    FIGURES["stall_s"] = figures.stall_s
+    FIGURES["events_per_s_through_kill"] = figures.acked / (BEFORE_KILL_S + AFTER_KILL_S)
 
     # the projector and the gateway carried on without a restart: the gateway serves every logged instance
     assert stack["projector"].alive() and stack["gateway"].alive()

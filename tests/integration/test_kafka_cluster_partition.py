@@ -20,7 +20,7 @@ from events import topics
 from events.admin import ensure_topics
 from meshlog.kafka_local import LocalCluster
 from meshlog.procs import wait_until
-from tests.integration.test_kafka_cluster_faults import Churn, leader_of, logged_with_offsets
+from tests.integration.test_kafka_cluster_faults import churn_appends, leader_of, logged_with_offsets
 from tests.support import netns
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -63,7 +63,7 @@ def test_a_leader_cut_off_from_the_others_loses_no_acknowledged_write_and_rejoin
         await asyncio.to_thread(spaces.restore, leader)
         marks["restored"] = time.monotonic()
 
-    churn = Churn(bootstrap)
+    churn = churn_appends(bootstrap)
 
     async def churn_through_the_cut() -> None:
         await asyncio.gather(churn.run(BEFORE_CUT_S + CUT_S + AFTER_RESTORE_S), cut_then_restore())
@@ -83,11 +83,11 @@ def test_a_leader_cut_off_from_the_others_loses_no_acknowledged_write_and_rejoin
     assert cluster.node(leader).is_running() and cluster.node(leader).pid == pid
 
     logged = asyncio.run(logged_with_offsets(bootstrap))
-    at = {event_id: offset for event_id, _key, offset in logged}
+    at = {event_id: where for event_id, _key, where in logged}  # (partition, offset)
     assert len(at) == len(logged), "an event is in the log twice"
     missing = set(churn.acked) - set(at)
     assert not missing, f"{len(missing)} of {len(churn.acked)} acknowledged appends are not in the log"
-    moved = {e for e, offset in churn.offsets.items() if at[e] != offset}
+    moved = {e for e, where in churn.where.items() if at[e] != where}
     assert not moved, f"{len(moved)} acknowledged appends are not at the offset acknowledged (split brain)"
 
     acks = sorted(churn.acked.values())

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from meshlog.demo.events_tail import summarize
-from meshlog.demo.scenes import _clusters_hold, _refused_text, expected_weights, route_weights
+from meshlog.demo.events_tail import SeenEvent, summarize
+from meshlog.demo.scenes import _clusters_hold, _health_event, _refused_text, expected_weights, route_weights
 from meshlog.demo.traffic import Traffic
 from meshlog.demo_app import DemoApp, KeepAliveClient, classify
 from events.types import InstanceHealthChanged, RouteRuleUpserted, HttpRoute, WeightedDestination
@@ -134,6 +134,8 @@ def test_the_events_panel_summarizes_rules_and_health():
     (["demo", "--scene", "nope"], "--scene: unknown scene 'nope'"),
     (["demo", "--pace", "0"], "argument --pace: '0' is not a duration"),
     (["demo", "--rate", "nan"], "argument --rate: 'nan' is not between 1 and 2000"),
+    (["demo", "--brokers", "0"], "argument --brokers: 0 is not between 1 and 9"),
+    (["demo", "--brokers", "3", "--bootstrap", "127.0.0.1:9092"], "--brokers: a cluster is started only without --bootstrap"),
     (["demo-client", "--port", "0", "--host", "x"], "--port: 0 is not a port"),
     (["demo-client", "--port", "80", "--host", "x", "--rate", "-1"], "argument --rate:"),
     (["demo-app", "--service", "s", "--instance-id", "i", "--port", "70000"], "--port: 70000 is not a port"),
@@ -143,3 +145,18 @@ def test_bad_arguments_exit_2_naming_the_flag_and_start_nothing(argv, problem):
     assert result.returncode == 2, result.stdout + result.stderr
     assert problem in result.stdout + result.stderr
     assert "Kafka" not in result.stdout  # nothing was started
+
+
+def test_a_health_event_logged_before_the_scene_began_does_not_count_as_its_verdict():
+    from types import SimpleNamespace
+
+    def seen(at: float, status: str) -> SeenEvent:
+        return SeenEvent(at, "meshlog.health", "instance.health_changed", "reviews/reviews-v1-b", status, "checker",
+                         InstanceHealthChanged(service="reviews", instance_id="reviews-v1-b", status=status,
+                                               observer="healthcheck/checker-1"))
+
+    events = [seen(100.0, "unhealthy"), seen(101.0, "healthy"), seen(140.0, "unhealthy")]
+    tail = SimpleNamespace(wait_for=lambda predicate, timeout: next((e for e in events if predicate(e)), None))
+    demo = SimpleNamespace(stack=SimpleNamespace(reviews="reviews"), tail=tail)
+    assert _health_event(demo, "reviews-v1-b", "unhealthy", 1, since=130.0).log_time == 140.0
+    assert _health_event(demo, "reviews-v1-b", "healthy", 1, since=130.0) is None

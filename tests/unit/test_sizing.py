@@ -1,0 +1,58 @@
+"""The README's sizing table is what its unit costs give (bench/sizing.py), and the derivation holds."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("bench_sizing", ROOT / "bench" / "sizing.py")
+sizing = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = sizing  # dataclasses look their module up there
+_spec.loader.exec_module(sizing)
+
+COSTS = {"instances_per_service": 5, "minutes_between_events": 10, "peak_factor": 10, "cpu_headroom": 0.5,
+         "nodes_changed_per_event": 15, "broker_records_per_s": 30_000, "fold_events_per_s": 500_000,
+         "render_ms_per_event": 1.0, "publish_ms_per_record": 0.1, "render_ms_per_node": 0.2, "projector_kb_per_node": 10,
+         "view_bytes_per_node": 2_000, "streams_per_gateway": 10_000, "responses_per_gateway_cpu_s": 1_500,
+         "gateway_kb_per_stream": 40, "gateway_view_kb_per_node": 20, "gateway_ms_per_stream_open": 4,
+         "probe_interval_s": 5, "probes_per_checker_cpu_s": 3_000, "checker_shards": 12, "propagation_ms": 400,
+         "failover_stall_s": 5}
+
+
+def test_the_readme_sizing_table_is_derived_from_its_unit_costs():
+    text = (ROOT / "README.md").read_text()
+    assert sizing.between(text, sizing.SIZING_BEGIN, sizing.SIZING_END).strip() == \
+        sizing.table(sizing.unit_costs(text)).strip(), "run python bench/sizing.py --write"
+
+
+def test_every_input_the_formulas_read_is_a_named_unit_cost_in_the_readme():
+    assert set(sizing.unit_costs((ROOT / "README.md").read_text())) >= set(COSTS)
+
+
+def test_the_derivation_at_a_million_proxies():
+    s = sizing.size(1_000_000, COSTS)
+    assert s.services == 200_000
+    assert s.events_peak == pytest.approx(1_000_000 / 600 * 10)
+    # 16,667 events/s x (1 event + 15 memberships + 1 body) x 3 copies over 30,000 x 0.5 records/s per broker
+    assert s.brokers == 57
+    # 16,667 x (1 ms of render + 16 records x 0.1 ms) = 43.3 core-s/s over (0.5 - 16,667 / 500,000) of a core
+    assert s.workers == 93
+    # 250,000 responses/s over 750 per gateway core: more than the streams ask for (100 processes)
+    assert (s.gateways, s.gateway_by) == (334, "responses")
+    assert s.checkers == 12 and s.checkers_capped
+
+
+def test_a_small_mesh_keeps_the_fault_tolerant_minimums():
+    s = sizing.size(1_000, COSTS)
+    assert (s.brokers, s.partitions, s.workers, s.gateways, s.gateway_by) == (3, 3, 2, 2, "the minimum")
+    assert not s.checkers_capped
+
+
+def test_a_unit_cost_without_a_number_is_named():
+    text = f"{sizing.COSTS_BEGIN}\n| `fold_events_per_s` | fold | unknown | bench |\n{sizing.COSTS_END}"
+    with pytest.raises(ValueError, match="fold_events_per_s"):
+        sizing.unit_costs(text)

@@ -12,6 +12,10 @@ Invariants:
 - Records that do not decode are skipped with a warning (counted in
   ``undecodable``), never folded and never fatal; the log keeps its bad
   records for ``replay``.
+- Given ``admit`` (e.g. ``identity.verifier.Verifier.identity_refusal``: only
+  what a configured mesh root signed), a record it refuses is skipped with a
+  warning and counted in ``refused``: a forged revocation or issuance written
+  by anyone the broker lets write this topic changes nothing here.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Callable
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from events import topics
 from events.codec import decode_record
+from events.envelope import Logged
 from events.errors import EventValidationError
 from identity.registry import EMPTY, Registry, fold_many
 from replay.source import new_consumer
@@ -39,9 +45,12 @@ class LogUnavailable(RuntimeError):
 
 
 class IdentityLog:
-    def __init__(self, bootstrap: str, *, timeout_s: float = 15.0) -> None:
+    def __init__(self, bootstrap: str, *, timeout_s: float = 15.0,
+                 admit: Callable[[Logged], str | None] | None = None) -> None:
         self._bootstrap = bootstrap
         self._timeout_s = timeout_s
+        self._admit = admit
+        self.refused = 0
         self._consumer = new_consumer(bootstrap, request_timeout_ms=int(timeout_s * 1000))
         self._lock = asyncio.Lock()
         self.registry: Registry = EMPTY
@@ -83,6 +92,11 @@ class IdentityLog:
             raise LogUnavailable(f"end of {topics.IDENTITIES} unknown: {type(exc).__name__}") from None
         return ends[PARTITION]
 
+    def _note_refused(self, logged: Logged, why: str) -> None:
+        self.refused += 1
+        log.warning("not folding %s at %s/%d: %s", logged.envelope.type, topics.IDENTITIES, logged.offset,
+                    str(why)[:200])
+
     async def sync(self) -> Registry:
         """Fold everything logged until now."""
         return await self.catch_up(await self.end_offset())
@@ -107,8 +121,24 @@ class IdentityLog:
                         self.undecodable += 1
                         log.warning("skipping undecodable record %s/%d: %s", topics.IDENTITIES, record.offset,
                                     str(exc)[:200])
+                if events and self._admit is not None:
+                    events = admitted(events, self._admit, self._note_refused)
                 if events:
                     self.registry = fold_many(self.registry, events)
                 # by position, not by the last record: transaction markers leave offset gaps
                 self.position = await self._consumer.position(PARTITION)
             return self.registry
+
+
+def admitted(events: list[Logged], admit: Callable[[Logged], str | None],
+             on_refused: Callable[[Logged], None] | Callable[[Logged, str], None]) -> list[Logged]:
+    """The events ``admit`` finds nothing against (it returns a refusal reason, or None), in order; each
+    refused one is handed to ``on_refused(event, reason)``."""
+    out = []
+    for logged in events:
+        why = admit(logged)
+        if why is None:
+            out.append(logged)
+        else:
+            on_refused(logged, why)
+    return out

@@ -6,7 +6,8 @@ the chain to the mesh root and the validity dates), counts and logs
 refusals, remembers which open streams hold which certificate serial, and
 closes them when the serial is revoked. ``tail_revocations`` keeps the
 revoked serials current from ``meshlog.identities`` through identity/'s
-pure registry fold (``identity.log.IdentityLog``).
+pure registry fold (``identity.log.IdentityLog``), folding only what the
+configured mesh root signed.
 
 Invariants:
 - A refusal is counted (``meshlog_xds_refused_total{reason}``, a fixed set
@@ -140,12 +141,18 @@ class TrustGuard:
 
 
 async def tail_revocations(guard: TrustGuard, bootstrap: str, *, period_s: float = 1.0) -> None:
-    """Keep ``guard.revoked`` current from the identities topic until cancelled."""
+    """Keep ``guard.revoked`` current from the identities topic until cancelled.
+
+    With a mesh root configured (the gateway holds a Kafka client certificate), only revocations that root
+    signed count, as for the projector and the checkers: a forged one cannot close anyone's streams."""
     from identity.log import IdentityLog, LogUnavailable  # Kafka client only where it is used
+    from identity.verifier import Verifier, configured_roots
 
     while True:
         try:
-            async with IdentityLog(bootstrap) as identities:
+            roots = configured_roots()  # read each time round: a renewed bundle counts from the next start
+            admit = Verifier(roots=roots).identity_refusal if roots else None
+            async with IdentityLog(bootstrap, admit=admit) as identities:
                 while True:
                     registry = await identities.sync()
                     guard.revoke(registry.revocations.keys())

@@ -105,3 +105,31 @@ def test_the_configured_root_is_the_one_that_issued_this_process_identity(trust,
         assert configured_roots() == ()  # plaintext: no mesh identity, no root
     finally:
         kafka_security.configure(None)
+
+
+def test_a_revocation_only_the_root_signed_reaches_the_registry_a_gateway_folds(trust):
+    # the gateway's revocation tail (xds_gateway.guard.tail_revocations) reads the identities log through
+    # IdentityLog(admit=Verifier(roots).identity_refusal): a forged revocation must not close anyone's streams
+    from identity.log import admitted
+    from identity.registry import EMPTY, fold_many as fold_identities
+
+    victim = trust.issue(sidecar("web", "w1"))
+    other = trust.issue(sidecar("reviews", "r1"))
+
+    def revocation(serial: str, signer: Signer | None) -> Logged:
+        env = new_event(records.revoked("spiffe://mesh.local/sidecar/x/y", serial, reason="test", revoked_by="t"))
+        if signer is not None:
+            env = signer.sign(env)
+        return Logged(decode(encode(env), "meshlog.identities"), "meshlog.identities", 0, 200, MS0)
+
+    forged_unsigned = revocation(victim.serial, None)
+    forged_by_sidecar = revocation(victim.serial, other)
+    honest = revocation(other.serial, records.authority_signer(trust.ca))
+    refused: list[tuple[int, str]] = []
+    kept = admitted([forged_unsigned, forged_by_sidecar, honest],
+                    Verifier(roots=[trust.ca.certificate]).identity_refusal,
+                    lambda logged, why: refused.append(why.split(":")[0]))
+    assert kept == [honest]
+    assert refused == ["unsigned", "not_a_root"]
+    registry = fold_identities(EMPTY, kept)
+    assert set(registry.revocations) == {other.serial} and victim.serial not in registry.revocations

@@ -320,7 +320,7 @@ func main() {
 		Caches: map[string]cache.Cache{"eds": p.eds, "snapshot": p.snaps},
 	}
 	callbacks := server.CallbackFuncs{
-		DeltaStreamOpenFunc: func(context.Context, int64, string) error { p.deltaStreams.Add(1); return nil },
+		DeltaStreamOpenFunc:   func(context.Context, int64, string) error { p.deltaStreams.Add(1); return nil },
 		DeltaStreamClosedFunc: func(int64, *core.Node) { p.deltaStreams.Add(-1) },
 		StreamOpenFunc:        func(context.Context, int64, string) error { p.sotwStreams.Add(1); return nil },
 		StreamClosedFunc:      func(int64, *core.Node) { p.sotwStreams.Add(-1) },

@@ -56,6 +56,12 @@ Usage:  .venv/bin/python bench/xds_fanout.py            (full: ~2 min on 2 cores
         --no-floor   skips the closing calibration: a bare grpc.aio servicer pushing the
                      same payload to the same number of subscribers (this machine's and
                      these Python clients' floor for figure 1)
+        --peer go    the same phases and clients against the go-control-plane v0.14 peer
+                     (bench/go_peer; bench/xds_fanout_go.py feeds it the same view records);
+                     --peer both runs the meshlog gateway, then the Go peer, then the floor,
+                     and prints a side-by-side table. Needs Go on PATH: the peer is built with
+                     `go build` into ~/.cache/meshlog/go_peer on first use (modules from the Go
+                     module proxy; the first build compiles the Envoy API, minutes on 2 cores)
 
 Besides the figures, it reports the gateway's GC collections (gc.callbacks) per phase:
 at 10,000 streams the process tracks ~1.6 M objects and a full collection stalls it
@@ -1085,6 +1091,7 @@ def report_side_by_side(by_peer: dict[str, dict]) -> None:
          floor.get("reach_all_ms_p99")),
         ("per delivery p50 / p99 (ms)",
          lambda r: f"{r['phase1_latency']['delivery_ms_p50']} / {r['phase1_latency']['delivery_ms_p99']}", None),
+        ("server hands a change to its cache, p50 (ms)", lambda r: r["phase1_latency"]["apply_records_ms_p50"], None),
         ("changes that reached all", lambda r: f"{r['phase1_latency']['changes_reaching_all']}/"
                                                f"{r['phase1_latency']['changes']}", None),
         (f"server CPU to open {results_of(by_peer)['streams']['opened']:,} streams (s)",

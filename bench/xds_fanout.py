@@ -860,7 +860,7 @@ def run_peer(args, peer: str, mesh: Mesh, nodes: list[str], per_proc: list[list[
         hot_rows = [recs for recs, _v in mesh.hot_changes]
         _, load_s, view_nodes = gws.ask(("load", mesh.initial, hot_rows, mesh.churn), 120, "loaded")
         rss_loaded = gws.rss_kb()["VmRSS"]
-        print(f"gateway pids {gws.pids} on 127.0.0.1:{port}: view of {view_nodes} nodes loaded in {load_s:.2f}s; "
+        print(f"{'Go peer' if peer == 'go' else 'gateway'} pids {gws.pids} on 127.0.0.1:{port}: view of {view_nodes} nodes loaded in {load_s:.2f}s; "
               f"RSS {rss_empty / 1024:.0f} MB empty, {rss_loaded / 1024:.0f} MB with the view and the "
               f"precomputed changes", flush=True)
 

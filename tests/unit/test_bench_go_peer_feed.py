@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 
 from events.topics import VIEW_MEMBERSHIP, VIEW_RESOURCES
 from projector.typeurls import CLUSTER, ENDPOINT
@@ -103,3 +104,10 @@ def test_a_membership_naming_other_clusters_gives_the_node_its_new_names_and_a_d
     gone = fb.batch([(VIEW_MEMBERSHIP, node.encode(), None), (VIEW_RESOURCES, f"{ENDPOINT}|svc-005".encode(), None)])
     assert gone["nodes"] == {node: None}
     assert gone["bodies"] == [{"type": ENDPOINT, "name": "svc-005", "deleted": True}]
+
+
+def test_no_go_toolchain_is_a_clear_error_naming_what_the_peer_needs(monkeypatch):
+    monkeypatch.setattr(_go_feed.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(_go_feed.os, "access", lambda _path, _mode: False)
+    with pytest.raises(_go_feed.GoMissing, match="Go on PATH"):
+        _go_feed.build_peer()

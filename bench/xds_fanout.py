@@ -58,6 +58,12 @@ Usage:  .venv/bin/python bench/xds_fanout.py            (full: ~2 min on 2 cores
         --no-floor   skips the closing calibration: a bare grpc.aio servicer pushing the
                      same payload to the same number of subscribers (this machine's and
                      these Python clients' floor for figure 1)
+        --peer go    the same phases and clients against the go-control-plane v0.14 peer
+                     (bench/go_peer; bench/xds_fanout_go.py feeds it the same view records);
+                     --peer both runs the meshlog gateway, then the Go peer, then the floor,
+                     and prints a side-by-side table. Needs Go on PATH: the peer is built with
+                     `go build` into ~/.cache/meshlog/go_peer on first use (modules from the Go
+                     module proxy; the first build compiles the Envoy API, minutes on 2 cores)
 
 Besides the figures, it reports the gateway's GC collections (gc.callbacks) per phase:
 at 10,000 streams the process tracks ~1.6 M objects and a full collection stalls it
@@ -760,7 +766,13 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--no-sync-log", dest="sync_log", action="store_false",
                    help="leave out the gateway's sync log (ACK/NACK records, encoded but not sent: no Kafka here)")
+    p.add_argument("--peer", choices=sorted(PEERS), default="meshlog",
+                   help="the server the clients talk to: the meshlog gateway, the go-control-plane peer "
+                        "(bench/go_peer, built with `go build` on first use), or both one after the other on the "
+                        "same mesh and changes, with a side-by-side table")
     args = p.parse_args(argv)
+    if args.peer != "meshlog" and (args.tls or args.workers > 1 or args.profile):
+        p.error("--tls, --workers and --profile are for the meshlog gateway only (use --peer meshlog)")
     if args.quick:
         args.services, args.instances, args.hot, args.streams = 200, 5, 200, 1000
         args.procs, args.changes, args.churn_seconds = 2, 10, 4.0
@@ -770,6 +782,13 @@ def main(argv=None) -> int:
     args.profile_changes = 5 if args.profile else 0
     args.churn_batches = int(math.ceil(args.churn_seconds / args.churn_interval)) * runs + 1
 
+    if "go" in PEERS[args.peer]:  # built before the deadline starts: the first build compiles the Envoy API
+        from xds_fanout_go import GoMissing, build_peer
+
+        try:
+            build_peer()
+        except GoMissing as exc:
+            p.error(str(exc))
     deadline = Deadline(args.deadline)
     t_run = time.monotonic()
     results: dict = {"config": {k: v for k, v in vars(args).items() if k != "json"}}
@@ -799,7 +818,45 @@ def main(argv=None) -> int:
 
         tls_dirs = {k: str(v) for k, v in make_identities(Path(tempfile.mkdtemp(prefix="fanout-tls-")),
                                                           client_role="operator").items()}
-    gws = Gateways(ctx, args.workers, (args.write_timeout, args.gc_freeze, args.sync_log, tls_dirs["gateway"]))
+    by_peer: dict[str, dict] = {}
+    for peer in PEERS[args.peer]:
+        if by_peer:  # each server gets the whole deadline; the mesh and its changes are shared
+            deadline, t_run = Deadline(args.deadline), time.monotonic()
+        by_peer[peer] = {**results, "peer": peer}
+        run_peer(args, peer, mesh, nodes, per_proc, ctx, tls_dirs, by_peer[peer], deadline)
+        by_peer[peer]["run_s"] = round(time.monotonic() - t_run, 1)
+    if not args.no_floor and deadline.left() > 30:
+        body = mesh.rendered.resources[(EDS, HOT)]
+        floor = harness_floor(ctx, results_of(by_peer)["phase1_latency"]["subscribers"], args.procs, body, args.changes)
+        for r in by_peer.values():
+            r["floor"] = floor
+    for r in by_peer.values():
+        report(r)
+    if len(by_peer) > 1:
+        report_side_by_side(by_peer)
+    if args.json:
+        out = results_of(by_peer) if len(by_peer) == 1 else by_peer
+        Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+PEERS = {"meshlog": ("meshlog",), "go": ("go",), "both": ("meshlog", "go")}
+
+
+def results_of(by_peer: dict[str, dict]) -> dict:
+    return next(iter(by_peer.values()))
+
+
+def run_peer(args, peer: str, mesh: Mesh, nodes: list[str], per_proc: list[list[str]], ctx, tls_dirs: dict,
+             results: dict, deadline: Deadline) -> None:
+    """Phases 1-5 against one server: the meshlog gateway (``Gateways``) or the go-control-plane peer
+    (``bench/xds_fanout_go.GoPeer``, the same commands over its stdin), with the same clients."""
+    if peer == "go":
+        from xds_fanout_go import GoPeer
+
+        gws = GoPeer(HOT)
+    else:
+        gws = Gateways(ctx, args.workers, (args.write_timeout, args.gc_freeze, args.sync_log, tls_dirs["gateway"]))
     clients: list = []
     client_conns: list = []
     try:
@@ -807,9 +864,8 @@ def main(argv=None) -> int:
         rss_empty = gws.rss_kb()["VmRSS"]
         hot_rows = [recs for recs, _v in mesh.hot_changes]
         _, load_s, view_nodes = gws.ask(("load", mesh.initial, hot_rows, mesh.churn), 120, "loaded")
-        del mesh.initial
         rss_loaded = gws.rss_kb()["VmRSS"]
-        print(f"gateway pids {gws.pids} on 127.0.0.1:{port}: view of {view_nodes} nodes loaded in {load_s:.2f}s; "
+        print(f"{'Go peer' if peer == 'go' else 'gateway'} pids {gws.pids} on 127.0.0.1:{port}: view of {view_nodes} nodes loaded in {load_s:.2f}s; "
               f"RSS {rss_empty / 1024:.0f} MB empty, {rss_loaded / 1024:.0f} MB with the view and the "
               f"precomputed changes", flush=True)
 
@@ -903,11 +959,13 @@ def main(argv=None) -> int:
         deliveries = [d for r in reports for d in r["hot"]]
         # attribute each delivery to the latest change with that version applied before it was read
         by_change: list[list[float]] = [[] for _ in applied]
+        # the version each change gives the hot resource as this server names it (the Go peer hashes its own)
+        hot_versions = getattr(gws, "hot_versions", None) or [v for _recs, v in mesh.hot_changes]
         unattributed = 0
         for version, t_recv, _node in deliveries:
             best = None
             for k, (t_applied, _a, _c) in enumerate(applied):
-                if mesh.hot_changes[k][1] == version and t_applied <= t_recv:
+                if hot_versions[k] == version and t_applied <= t_recv:
                     best = k
             if best is None:
                 unattributed += 1
@@ -997,7 +1055,7 @@ def main(argv=None) -> int:
             "pct_of_sotw_cds": round(100 * delta_bytes / sotw["cds_bytes"], 3),
         }
         end = gws.ask(("counters",), 30, "counters")[1]
-        results["sync_log"] = {"enabled": args.sync_log, "records": end["sync_records"],
+        results["sync_log"] = {"enabled": args.sync_log and peer == "meshlog", "records": end["sync_records"],
                                "records_total": sum(end["sync_records"].values()), "bytes": end["sync_bytes"],
                                "dropped": end["sync_dropped"], "coalesced": end["sync_coalesced"],
                                "responses": end["responses"],
@@ -1020,23 +1078,56 @@ def main(argv=None) -> int:
             if proc.is_alive():
                 proc.terminate()
                 proc.join(5)
-    if not args.no_floor and deadline.left() > 30:
-        body = mesh.rendered.resources[(EDS, HOT)]
-        results["floor"] = harness_floor(ctx, results["phase1_latency"]["subscribers"], args.procs, body,
-                                         args.changes)
-    results["run_s"] = round(time.monotonic() - t_run, 1)
-    report(results)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
-    return 0
+
+
+def report_side_by_side(by_peer: dict[str, dict]) -> None:
+    """The figures of every server of one run (same mesh, changes and clients), and the grpc.aio floor."""
+    names = {"meshlog": "meshlog gateway", "go": "go-control-plane v0.14"}
+    floor = results_of(by_peer).get("floor") or {}
+
+    def per_1000(r):
+        rate = r["phase3_throughput"]["responses_per_cpu_s"]
+        return round(1e6 / rate) if rate else None
+
+    rows = [
+        ("change to all subscribers, p50 (ms)", lambda r: r["phase1_latency"]["reach_all_ms_p50"],
+         floor.get("reach_all_ms_p50")),
+        ("change to all subscribers, p99 (ms)", lambda r: r["phase1_latency"]["reach_all_ms_p99"],
+         floor.get("reach_all_ms_p99")),
+        ("per delivery p50 / p99 (ms)",
+         lambda r: f"{r['phase1_latency']['delivery_ms_p50']} / {r['phase1_latency']['delivery_ms_p99']}", None),
+        ("server hands a change to its cache, p50 (ms)", lambda r: r["phase1_latency"]["apply_records_ms_p50"], None),
+        ("changes that reached all", lambda r: f"{r['phase1_latency']['changes_reaching_all']}/"
+                                               f"{r['phase1_latency']['changes']}", None),
+        (f"server CPU to open {results_of(by_peer)['streams']['opened']:,} streams (s)",
+         lambda r: r["streams"]["ramp_gateway_cpu_s"], None),
+        ("server CPU per 1,000 responses, churn (ms)", per_1000, None),
+        ("churn: batches applied, responses", lambda r: f"{r['phase3_throughput']['batches']}, "
+                                                        f"{r['phase3_throughput']['responses']:,}", None),
+        ("churn: server CPU share of a core", lambda r: r["phase3_throughput"]["gateway_cpu_util"], None),
+        ("hot fan-out: responses per CPU-s", lambda r: r["phase1_latency"]["responses_per_cpu_s"], None),
+        ("RSS with the streams open (MB)", lambda r: r["streams"]["rss_mb"], None),
+        ("bytes per change (delta response)", lambda r: r["phase4_bytes"]["delta_change_bytes_median"], None),
+        ("bytes to non-dependents", lambda r: r["phase5_non_dependents"]["bytes"], None),
+    ]
+    head = ["figure"] + [names.get(p, p) for p in by_peer] + ["bare grpc.aio floor"]
+    print("\n=== side by side (same mesh, changes and clients; one server at a time) ===")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for label, get, fl in rows:
+        print("| " + " | ".join([label] + [str(get(r)) for r in by_peer.values()] + [str(fl if fl is not None else "—")])
+              + " |")
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 def report(r: dict) -> None:
     s, p1, p3, p4, p5 = r["streams"], r["phase1_latency"], r["phase3_throughput"], r["phase4_bytes"], \
         r["phase5_non_dependents"]
     workers = s.get("workers", 1)
-    print(f"\n=== xDS fan-out, {'one gateway process' if workers == 1 else f'{workers} gateway worker processes on one port'}"
-          " (in-process view feed, no Kafka) ===")
+    server = "one gateway process" if workers == 1 else f"{workers} gateway worker processes on one port"
+    if r.get("peer") == "go":
+        server = "the go-control-plane v0.14 peer (bench/go_peer: EDS from a LinearCache, per-node snapshots)"
+    print(f"\n=== xDS fan-out, {server} (in-process view feed, no Kafka) ===")
     if not r["config"].get("gc_freeze", True):
         print("EXPERIMENT (no gc.freeze): not the gateway as shipped")
     print(f"mesh: {r['mesh']['nodes']} nodes, {r['mesh']['resources']} resources; "
@@ -1070,6 +1161,8 @@ def report(r: dict) -> None:
               f"{n / sl['responses'] if sl['responses'] else 0:.2f} records per response sent "
               f"({sl['records_after_ramp']:.0f} of them while the streams opened); "
               f"{sl['coalesced']:.0f} ACKs coalesced, {sl['dropped']:.0f} dropped")
+    elif r.get("peer") == "go":
+        print("6. sync log: n/a (the Go peer keeps none)")
     else:
         print("6. sync log: off (--no-sync-log)")
     if r.get("floor"):
@@ -1078,7 +1171,8 @@ def report(r: dict) -> None:
               f"payload): reach-all p50 {f['reach_all_ms_p50']} ms, p99 {f['reach_all_ms_p99']} ms; "
               f"{f['server_cpu_us_per_push']} us server CPU per push+ACK")
     g1, g3 = r["gc"]["phase1"]["gen2"], p3["gc"]["gen2"]
-    print(f"gateway GC (gen2): phase 1 {g1['count']} collections, {g1['cpu_s']} CPU-s, longest {g1['max_ms']} ms; "
+    print(f"{'Go peer GC (cycles, GC CPU, longest stop-the-world pause)' if r.get('peer') == 'go' else 'gateway GC (gen2)'}: "
+          f"phase 1 {g1['count']} collections, {g1['cpu_s']} CPU-s, longest {g1['max_ms']} ms; "
           f"churn {g3['count']}, {g3['cpu_s']} CPU-s, longest {g3['max_ms']} ms"
           + (f" [gc.freeze() of {r['gc']['frozen_objects']} objects]" if r["gc"]["frozen_objects"] else ""))
     checks = [

@@ -45,7 +45,7 @@ from aiokafka.errors import KafkaError
 from events import topics
 from events import types as t
 from events.envelope import Logged
-from projector.fold import fold_many, fold_with_decisions
+from projector.fold import FoldBuffer, fold_many, fold_with_decisions
 from projector.render import RenderedMesh, render, render_all
 from projector.state import MeshState, empty_state, same_state
 from projector.versioning import version_of
@@ -254,15 +254,18 @@ async def rebuild(
     undecodable: list[Undecodable] = []
     progress.start("folding events", cut.total)
     fold_only = 0.0
+    # only the end state is wanted: fold into mutable maps, sealed once (the same fold, FoldBuffer)
+    buffer = FoldBuffer(state)
     with no_gc():
         async for batch in iter_cut(consumer, cut, decoder=decoder):
             if batch.events:
                 f0 = time.perf_counter()
-                state, _decisions = fold_many(state, batch.events, verifier)
+                buffer.fold(batch.events, verifier)
                 fold_only += time.perf_counter() - f0
                 folded += len(batch.events)
             undecodable += batch.undecodable
             progress.advance(batch.records)
+        state = buffer.state()
     progress.finish()
     stats["fold_s"] = round(time.perf_counter() - t1, 4)  # fetch + decode + fold
     stats["fold_only_s"] = round(fold_only, 4)

@@ -186,6 +186,17 @@ async def check_instant(consumer: AIOKafkaConsumer, at_ms: int, now_ms: int, *, 
 
 # ---------------------------------------------------------------- rebuild
 
+# a cut this long is fetched and decoded by a second process (replay.pipeline) when the caller gives the
+# broker's address: below it, starting that process (an interpreter and its imports) costs more than it saves
+PARALLEL_MIN_EVENTS = 100_000
+
+
+def _read_in_child(bootstrap: str, cut: Cut):
+    from replay.pipeline import iter_cut_in_child  # multiprocessing: only a long read pays for the import
+
+    return iter_cut_in_child(bootstrap, cut)
+
+
 
 @dataclass(slots=True)
 class Rebuilt:
@@ -227,8 +238,13 @@ async def rebuild(
     progress: Progress | None = None,
     decoder: RecordDecoder | None = None,
     verifier: Verifier | None = None,
+    bootstrap: str | None = None,
 ) -> Rebuilt:
-    """The mesh state as of ``at_ms`` (every event with broker timestamp <= at_ms folded)."""
+    """The mesh state as of ``at_ms`` (every event with broker timestamp <= at_ms folded).
+
+    ``bootstrap`` (the consumer's broker): a cut of ``PARALLEL_MIN_EVENTS`` or more is then fetched
+    and decoded by a second process while this one folds (``replay.pipeline``); the result is the same.
+    """
     progress = progress or NoProgress()
     decoder = decoder or RecordDecoder()
     stats: dict = {}
@@ -256,8 +272,13 @@ async def rebuild(
     fold_only = 0.0
     # only the end state is wanted: fold into mutable maps, sealed once (the same fold, FoldBuffer)
     buffer = FoldBuffer(state)
+    if bootstrap is not None and cut.total >= PARALLEL_MIN_EVENTS:
+        batches = _read_in_child(bootstrap, cut)
+        stats["reader"] = "child process"
+    else:
+        batches = iter_cut(consumer, cut, decoder=decoder)
     with no_gc():
-        async for batch in iter_cut(consumer, cut, decoder=decoder):
+        async for batch in batches:
             if batch.events:
                 f0 = time.perf_counter()
                 buffer.fold(batch.events, verifier)
@@ -269,7 +290,10 @@ async def rebuild(
     progress.finish()
     stats["fold_s"] = round(time.perf_counter() - t1, 4)  # fetch + decode + fold
     stats["fold_only_s"] = round(fold_only, 4)
-    stats["decode_memo_hit_rate"] = round(decoder.hit_rate, 4)
+    log.info("rebuild: %d events folded in %.2f s (fold alone), %.2f s in all; %.2f CPU-s so far in this process",
+             folded, fold_only, stats["fold_s"], time.process_time())
+    if "reader" not in stats:
+        stats["decode_memo_hit_rate"] = round(decoder.hit_rate, 4)
     return Rebuilt(at_ms, state, cut, chosen, folded, undecodable, None, stats)
 
 
@@ -479,9 +503,11 @@ async def walk(
     verifier: Verifier | None = None,
     keep: Callable[[Step], Step | None] | None = None,
     dropped: Dropped | None = None,
+    bootstrap: str | None = None,
 ) -> tuple[Walker, list[Step], Cut]:
     """Fold the events in ``(base.at_ms, to_ms]`` step by step from ``base``.
 
+    ``bootstrap``: as for ``rebuild`` (a long window is read by a second process).
     ``keep``: each step is replaced by what it returns (the step, a thinner step, or None to drop it);
     the events left out are counted in ``dropped`` and let go as the walk goes, so a long window costs
     memory for what the question keeps, not for every event of the window.
@@ -512,7 +538,8 @@ async def walk(
     gc.freeze()
     try:
         pending: list[Logged] = []
-        async for batch in iter_cut(consumer, cut):
+        long = bootstrap is not None and cut.total >= PARALLEL_MIN_EVENTS
+        async for batch in (_read_in_child(bootstrap, cut) if long else iter_cut(consumer, cut)):
             pending.extend(batch.events)
             i = 0
             while len(pending) - i >= size:

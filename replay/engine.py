@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import time
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -189,6 +190,9 @@ async def check_instant(consumer: AIOKafkaConsumer, at_ms: int, now_ms: int, *, 
 # a cut this long is fetched and decoded by a second process (replay.pipeline) when the caller gives the
 # broker's address: below it, starting that process (an interpreter and its imports) costs more than it saves
 PARALLEL_MIN_EVENTS = 100_000
+# $MESHLOG_REPLAY_PARALLEL=0 keeps every read in this process: on a host whose cores are all busy the second
+# process only adds its transport's CPU (bench/replay.py measures both ways)
+PARALLEL = os.environ.get("MESHLOG_REPLAY_PARALLEL", "1") != "0"
 
 
 def _read_in_child(bootstrap: str, cut: Cut):
@@ -272,7 +276,7 @@ async def rebuild(
     fold_only = 0.0
     # only the end state is wanted: fold into mutable maps, sealed once (the same fold, FoldBuffer)
     buffer = FoldBuffer(state)
-    if bootstrap is not None and cut.total >= PARALLEL_MIN_EVENTS:
+    if PARALLEL and bootstrap is not None and cut.total >= PARALLEL_MIN_EVENTS:
         batches = _read_in_child(bootstrap, cut)
         stats["reader"] = "child process"
     else:
@@ -538,7 +542,7 @@ async def walk(
     gc.freeze()
     try:
         pending: list[Logged] = []
-        long = bootstrap is not None and cut.total >= PARALLEL_MIN_EVENTS
+        long = PARALLEL and bootstrap is not None and cut.total >= PARALLEL_MIN_EVENTS
         async for batch in (_read_in_child(bootstrap, cut) if long else iter_cut(consumer, cut)):
             pending.extend(batch.events)
             i = 0

@@ -26,6 +26,11 @@ Invariants:
   refuses, with the same ``EventRefused`` decisions; without one (the CLI's
   ``--insecure-events``) events are folded unverified, as the projector's
   insecure mode does. Replay must run in the projector's mode to agree with it.
+- Reading: ``rebuild`` folds into a ``projector.fold.FoldBuffer`` (the same
+  fold into mutable maps, sealed once), and a long cut (``PARALLEL_MIN_EVENTS``)
+  is fetched and decoded by a second process while this one folds
+  (``replay.pipeline``) when the caller passes the broker's address. Neither
+  changes a result: the same events reach the same fold in the same order.
 - Nothing here prints; the CLI decides the output.
 """
 

@@ -29,7 +29,8 @@ Invariants:
 - Reading: ``rebuild`` folds into a ``projector.fold.FoldBuffer`` (the same
   fold into mutable maps, sealed once), and a long cut (``PARALLEL_MIN_EVENTS``)
   is fetched and decoded by a second process while this one folds
-  (``replay.pipeline``) when the caller passes the broker's address. Neither
+  (``replay.pipeline``) when the caller passes the broker's address and a
+  core is idle. Neither
   changes a result: the same events reach the same fold in the same order.
 - Nothing here prints; the CLI decides the output.
 """
@@ -195,9 +196,19 @@ async def check_instant(consumer: AIOKafkaConsumer, at_ms: int, now_ms: int, *, 
 # a cut this long is fetched and decoded by a second process (replay.pipeline) when the caller gives the
 # broker's address: below it, starting that process (an interpreter and its imports) costs more than it saves
 PARALLEL_MIN_EVENTS = 100_000
-# $MESHLOG_REPLAY_PARALLEL=0 keeps every read in this process: on a host whose cores are all busy the second
-# process only adds its transport's CPU (bench/replay.py measures both ways)
-PARALLEL = os.environ.get("MESHLOG_REPLAY_PARALLEL", "1") != "0"
+# $MESHLOG_REPLAY_PARALLEL: "auto" (default) reads in a second process only while a core is idle (the 1-minute
+# load average leaves one free): on a host whose cores are all busy the second process gains no time and only
+# adds its transport's CPU (measured, bench/replay.py); "1" always, "0" never
+PARALLEL = os.environ.get("MESHLOG_REPLAY_PARALLEL", "auto")
+
+
+def _use_child(bootstrap: str | None, events: int) -> bool:
+    if bootstrap is None or events < PARALLEL_MIN_EVENTS or PARALLEL == "0":
+        return False
+    if PARALLEL == "1":
+        return True
+    cores = os.cpu_count() or 1
+    return cores >= 2 and os.getloadavg()[0] <= cores - 1
 
 
 def _read_in_child(bootstrap: str, cut: Cut):
@@ -281,7 +292,7 @@ async def rebuild(
     fold_only = 0.0
     # only the end state is wanted: fold into mutable maps, sealed once (the same fold, FoldBuffer)
     buffer = FoldBuffer(state)
-    if PARALLEL and bootstrap is not None and cut.total >= PARALLEL_MIN_EVENTS:
+    if _use_child(bootstrap, cut.total):
         batches = _read_in_child(bootstrap, cut)
         stats["reader"] = "child process"
     else:
@@ -547,8 +558,8 @@ async def walk(
     gc.freeze()
     try:
         pending: list[Logged] = []
-        long = PARALLEL and bootstrap is not None and cut.total >= PARALLEL_MIN_EVENTS
-        async for batch in (_read_in_child(bootstrap, cut) if long else iter_cut(consumer, cut)):
+        in_child = _use_child(bootstrap, cut.total)
+        async for batch in (_read_in_child(bootstrap, cut) if in_child else iter_cut(consumer, cut)):
             pending.extend(batch.events)
             i = 0
             while len(pending) - i >= size:

@@ -73,6 +73,7 @@ def test_rebuild_and_walk_through_the_child_equal_the_in_process_path(log_until,
         return base, walker, steps
 
     monkeypatch.setattr(engine, "PARALLEL_MIN_EVENTS", 0)
+    monkeypatch.setattr(engine, "PARALLEL", "1")  # whatever the host's load
     base_child, walker_child, steps_child = asyncio.run(run(True))
     base_here, walker_here, steps_here = asyncio.run(run(False))
     assert base_child.stats.get("reader") == "child process" and "reader" not in base_here.stats

@@ -96,3 +96,21 @@ def test_a_time_in_another_zero_offset_zone_is_carried_as_it_is():
     got = _carry([odd, far, lg], True)
     assert [_exactly(x) for x in got] == [_exactly(x) for x in (odd, far, lg)]
     assert got[0].envelope.occurred_at.tzinfo == other and got[0].envelope.occurred_at.tzinfo is not timezone.utc
+
+
+@pytest.mark.parametrize("mode, load, cores, events, bootstrap, expected", [
+    ("auto", 0.5, 2, 200_000, "b:1", True),     # a core idle: the second process reads
+    ("auto", 3.0, 2, 200_000, "b:1", False),    # every core busy: it would only add its transport's CPU
+    ("auto", 0.0, 1, 200_000, "b:1", False),    # one core
+    ("auto", 0.0, 2, 5_000, "b:1", False),      # too short to pay for its start-up
+    ("auto", 0.0, 2, 200_000, None, False),     # no broker address given
+    ("1", 9.0, 2, 200_000, "b:1", True),
+    ("0", 0.0, 2, 200_000, "b:1", False),
+])
+def test_when_a_read_goes_to_the_second_process(monkeypatch, mode, load, cores, events, bootstrap, expected):
+    from replay import engine
+
+    monkeypatch.setattr(engine, "PARALLEL", mode)
+    monkeypatch.setattr(engine.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(engine.os, "cpu_count", lambda: cores)
+    assert engine._use_child(bootstrap, events) is expected

@@ -78,7 +78,8 @@ local development and logs written before signing) nothing is refused for
 its authorship; such facts are unverified.
 
 Cost: O(1) map operations per event (each an O(√n) copy-on-write; use
-``fold_many`` to fold a batch with one copy per touched bucket).
+``fold_many`` to fold a batch with one copy per touched bucket, or a
+``FoldBuffer`` to fold a long run into mutable maps sealed once at its end).
 """
 
 from __future__ import annotations
@@ -94,9 +95,11 @@ if TYPE_CHECKING:  # the verifier's module loads cryptography: only the callers 
     from identity.verifier import Verifier
 from projector.naming import instance_key
 from projector.state import (
+    STATE_FIELDS,
     Health,
     Instance,
     MeshState,
+    PMap,
     PMapEvolver,
     ServiceMeta,
     Subscription,
@@ -583,3 +586,49 @@ def fold_many(state: MeshState, events: Iterable[Logged], verifier: Verifier | N
         if rejected is not None:
             decisions.append(rejected)
     return tx.commit(), tuple(decisions)
+
+
+class _Maps(dict):
+    """A plain mutable map with the evolver's ``discard``: what ``FoldBuffer`` folds into."""
+
+    __slots__ = ()
+
+    def discard(self, key: object) -> None:
+        self.pop(key, None)
+
+
+class FoldBuffer:
+    """Fold a long run of events into plain mutable maps; ``state()`` seals them into a ``MeshState``.
+
+    The same handlers as ``fold_many`` (one fold, two containers): a handler
+    reads and writes its maps only through ``m(field)``, which here is a
+    dict lookup returning a dict, instead of a copy-on-write evolver. Equal to
+    ``fold_many`` over the concatenated events (property-tested), several
+    times cheaper per event, but no intermediate state exists: for a reader
+    that only wants the end of a long run (replay's rebuild), never for the
+    live projector, whose every batch's state is kept. If a handler raised,
+    the buffer holds a half-applied event: drop it.
+    """
+
+    __slots__ = ("m", "_maps", "_sealed")
+
+    def __init__(self, state: MeshState) -> None:
+        self._maps = {name: _Maps(getattr(state, name).to_dict()) for name in STATE_FIELDS}
+        self.m = self._maps.__getitem__  # the handlers' ``tx.m(field)``, at C speed
+        self._sealed: MeshState | None = state
+
+    def fold(self, events: Iterable[Logged], verifier: Verifier | None = None) -> list[t.Decision]:
+        """Fold ``events`` in order; return the decisions (rejections, refusals) they caused."""
+        self._sealed = None
+        decisions = []
+        for logged in events:
+            rejected = _apply(self, logged, verifier)  # type: ignore[arg-type]  # duck-typed as _Tx (``m`` only)
+            if rejected is not None:
+                decisions.append(rejected)
+        return decisions
+
+    def state(self) -> MeshState:
+        """The state after every event folded so far (the buffer can go on folding)."""
+        if self._sealed is None:
+            self._sealed = MeshState(**{name: PMap.from_dict(self._maps[name]) for name in STATE_FIELDS})
+        return self._sealed

@@ -86,6 +86,17 @@ class PMap(Generic[K, V]):
             ev[k] = v
         return ev.persistent()
 
+    @classmethod
+    def from_dict(cls, items: dict) -> "PMap[K, V]":
+        """The map of a plain dict's entries (as ``from_items``, with the bucket count that would end up with)."""
+        nb = _MIN_BUCKETS
+        while len(items) > nb * nb:
+            nb *= 4
+        buckets: list[dict] = [{} for _ in range(nb)]
+        for k, v in items.items():
+            buckets[hash(k) % nb][k] = v
+        return cls(tuple(buckets), len(items))
+
     def get(self, key: K, default: Any = None) -> Any:
         b = self._buckets
         return b[hash(key) % len(b)].get(key, default)
@@ -369,12 +380,12 @@ def empty_state() -> MeshState:
     return _EMPTY
 
 
-_STATE_FIELDS = tuple(f.name for f in fields(MeshState))
+STATE_FIELDS = tuple(f.name for f in fields(MeshState))
 
 
 def same_state(a: MeshState, b: MeshState) -> bool:
     """True if ``b`` is ``a`` unchanged: the fold shares every map it did not change, so identity is enough."""
-    return a is b or all(getattr(a, f) is getattr(b, f) for f in _STATE_FIELDS)
+    return a is b or all(getattr(a, f) is getattr(b, f) for f in STATE_FIELDS)
 
 
 def rule_users(rule: RouteRuleUpserted) -> dict[str, frozenset[str]]:

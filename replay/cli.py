@@ -350,7 +350,7 @@ async def cmd_at(args: argparse.Namespace, bootstrap: str) -> int:
     async with open_log(bootstrap, args.timeout) as consumer:
         first = await check_instant(consumer, at_ms, args.now_ms, what="--at")
         rebuilt = await rebuild(consumer, at_ms, use_snapshot=not args.no_snapshot, progress=RichProgress(args.progress),
-                                verifier=await _verifier(args, consumer))
+                                verifier=await _verifier(args, consumer), bootstrap=bootstrap)
         rebuilt.first_ms = first
         source = rebuilt.source()
         if rebuilt.undecodable:
@@ -426,11 +426,11 @@ async def cmd_diff(args: argparse.Namespace, bootstrap: str) -> int:
         progress = RichProgress(args.progress)
         verifier = await _verifier(args, consumer)
         base = await rebuild(consumer, from_ms, use_snapshot=not args.no_snapshot, progress=progress,
-                             verifier=verifier)
+                             verifier=verifier, bootstrap=bootstrap)
         dropped = Dropped()
         walker, steps, _cut = await walk(consumer, base, to_ms_, node=args.node, progress=progress,
                                          on_undecodable=undecodable.append, keep=if_changes_something,
-                                         dropped=dropped, verifier=verifier)
+                                         dropped=dropped, verifier=verifier, bootstrap=bootstrap)
         recorded = await dead_lettered_among(consumer, undecodable)
         sync_records = await sync_records_for(consumer, to_ms_)
     if args.node and not walker.start_membership and not walker.membership():
@@ -467,12 +467,12 @@ async def cmd_log(args: argparse.Namespace, bootstrap: str) -> int:
         shown = await _verifier(args, consumer, for_display=True)
         verifier = None if args.insecure_events else shown
         base = await rebuild(consumer, from_ms, use_snapshot=not args.no_snapshot, progress=progress,
-                             verifier=verifier)
+                             verifier=verifier, bootstrap=bootstrap)
         dropped = Dropped()
         walker, steps, cut = await walk(consumer, base, to_ms_, node=args.node, progress=progress,
                                         on_undecodable=undecodable.append, dropped=dropped,
                                         keep=report.for_service_log(args.service) if args.service else None,
-                                        verifier=verifier)
+                                        verifier=verifier, bootstrap=bootstrap)
         window = {(tp.topic, tp.partition): (base.cut.stop[tp], cut.stop[tp]) for tp in cut.stop}
 
         def in_window(topic: str, partition: int, offset: int) -> bool:
@@ -555,7 +555,7 @@ async def cmd_serve(args: argparse.Namespace, bootstrap: str) -> int:
     async with open_log(bootstrap, args.timeout) as consumer:
         first = await check_instant(consumer, at_ms, args.now_ms, what="--at")
         rebuilt = await rebuild(consumer, at_ms, use_snapshot=not args.no_snapshot, progress=RichProgress(args.progress),
-                                verifier=await _verifier(args, consumer))
+                                verifier=await _verifier(args, consumer), bootstrap=bootstrap)
         rebuilt.first_ms = first
     rendered = rebuilt.rendered()
     return await serve_frozen(rendered, listen=args.listen, port=args.port, grace=args.grace, tls_files=args.tls_files,

@@ -26,6 +26,12 @@ Invariants:
   refuses, with the same ``EventRefused`` decisions; without one (the CLI's
   ``--insecure-events``) events are folded unverified, as the projector's
   insecure mode does. Replay must run in the projector's mode to agree with it.
+- Reading: ``rebuild`` folds into a ``projector.fold.FoldBuffer`` (the same
+  fold into mutable maps, sealed once), and a long cut (``PARALLEL_MIN_EVENTS``)
+  is fetched and decoded by a second process while this one folds
+  (``replay.pipeline``) when the caller passes the broker's address and a
+  core is idle. Neither
+  changes a result: the same events reach the same fold in the same order.
 - Nothing here prints; the CLI decides the output.
 """
 
@@ -34,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import time
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -45,7 +52,7 @@ from aiokafka.errors import KafkaError
 from events import topics
 from events import types as t
 from events.envelope import Logged
-from projector.fold import fold_many, fold_with_decisions
+from projector.fold import FoldBuffer, fold_many, fold_with_decisions
 from projector.render import RenderedMesh, render, render_all
 from projector.state import MeshState, empty_state, same_state
 from projector.versioning import version_of
@@ -186,6 +193,30 @@ async def check_instant(consumer: AIOKafkaConsumer, at_ms: int, now_ms: int, *, 
 
 # ---------------------------------------------------------------- rebuild
 
+# a cut this long is fetched and decoded by a second process (replay.pipeline) when the caller gives the
+# broker's address: below it, starting that process (an interpreter and its imports) costs more than it saves
+PARALLEL_MIN_EVENTS = 100_000
+# $MESHLOG_REPLAY_PARALLEL: "auto" (default) reads in a second process only while a core is idle (the 1-minute
+# load average leaves one free): on a host whose cores are all busy the second process gains no time and only
+# adds its transport's CPU (measured, bench/replay.py); "1" always, "0" never
+PARALLEL = os.environ.get("MESHLOG_REPLAY_PARALLEL", "auto")
+
+
+def _use_child(bootstrap: str | None, events: int) -> bool:
+    if bootstrap is None or events < PARALLEL_MIN_EVENTS or PARALLEL == "0":
+        return False
+    if PARALLEL == "1":
+        return True
+    cores = os.cpu_count() or 1
+    return cores >= 2 and os.getloadavg()[0] <= cores - 1
+
+
+def _read_in_child(bootstrap: str, cut: Cut):
+    from replay.pipeline import iter_cut_in_child  # multiprocessing: only a long read pays for the import
+
+    return iter_cut_in_child(bootstrap, cut)
+
+
 
 @dataclass(slots=True)
 class Rebuilt:
@@ -227,8 +258,13 @@ async def rebuild(
     progress: Progress | None = None,
     decoder: RecordDecoder | None = None,
     verifier: Verifier | None = None,
+    bootstrap: str | None = None,
 ) -> Rebuilt:
-    """The mesh state as of ``at_ms`` (every event with broker timestamp <= at_ms folded)."""
+    """The mesh state as of ``at_ms`` (every event with broker timestamp <= at_ms folded).
+
+    ``bootstrap`` (the consumer's broker): a cut of ``PARALLEL_MIN_EVENTS`` or more is then fetched
+    and decoded by a second process while this one folds (``replay.pipeline``); the result is the same.
+    """
     progress = progress or NoProgress()
     decoder = decoder or RecordDecoder()
     stats: dict = {}
@@ -254,19 +290,30 @@ async def rebuild(
     undecodable: list[Undecodable] = []
     progress.start("folding events", cut.total)
     fold_only = 0.0
+    # only the end state is wanted: fold into mutable maps, sealed once (the same fold, FoldBuffer)
+    buffer = FoldBuffer(state)
+    if _use_child(bootstrap, cut.total):
+        batches = _read_in_child(bootstrap, cut)
+        stats["reader"] = "child process"
+    else:
+        batches = iter_cut(consumer, cut, decoder=decoder)
     with no_gc():
-        async for batch in iter_cut(consumer, cut, decoder=decoder):
+        async for batch in batches:
             if batch.events:
                 f0 = time.perf_counter()
-                state, _decisions = fold_many(state, batch.events, verifier)
+                buffer.fold(batch.events, verifier)
                 fold_only += time.perf_counter() - f0
                 folded += len(batch.events)
             undecodable += batch.undecodable
             progress.advance(batch.records)
+        state = buffer.state()
     progress.finish()
     stats["fold_s"] = round(time.perf_counter() - t1, 4)  # fetch + decode + fold
     stats["fold_only_s"] = round(fold_only, 4)
-    stats["decode_memo_hit_rate"] = round(decoder.hit_rate, 4)
+    log.info("rebuild: %d events folded in %.2f s (fold alone), %.2f s in all; %.2f CPU-s so far in this process",
+             folded, fold_only, stats["fold_s"], time.process_time())
+    if "reader" not in stats:
+        stats["decode_memo_hit_rate"] = round(decoder.hit_rate, 4)
     return Rebuilt(at_ms, state, cut, chosen, folded, undecodable, None, stats)
 
 
@@ -476,9 +523,11 @@ async def walk(
     verifier: Verifier | None = None,
     keep: Callable[[Step], Step | None] | None = None,
     dropped: Dropped | None = None,
+    bootstrap: str | None = None,
 ) -> tuple[Walker, list[Step], Cut]:
     """Fold the events in ``(base.at_ms, to_ms]`` step by step from ``base``.
 
+    ``bootstrap``: as for ``rebuild`` (a long window is read by a second process).
     ``keep``: each step is replaced by what it returns (the step, a thinner step, or None to drop it);
     the events left out are counted in ``dropped`` and let go as the walk goes, so a long window costs
     memory for what the question keeps, not for every event of the window.
@@ -509,7 +558,8 @@ async def walk(
     gc.freeze()
     try:
         pending: list[Logged] = []
-        async for batch in iter_cut(consumer, cut):
+        in_child = _use_child(bootstrap, cut.total)
+        async for batch in (_read_in_child(bootstrap, cut) if in_child else iter_cut(consumer, cut)):
             pending.extend(batch.events)
             i = 0
             while len(pending) - i >= size:

@@ -29,7 +29,6 @@ import uuid
 
 import grpc
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
@@ -50,6 +49,7 @@ from proxy.envoy_process import EnvoyProcess, endpoint_count
 from tests.integration.test_sidecar_e2e import Traffic
 from tests.support.apps import App
 from tests.support.cluster import CliCluster
+from tests.support.log import read_since
 from tests.support.stack import start_gateway, start_projector, wait_until
 
 # a cluster start (about a minute on a loaded host) is charged to the first test; a whole restart to the last
@@ -88,25 +88,15 @@ async def logged_registrations(bootstrap: str) -> list[tuple[str, str]]:
     return [(event_id, key) for event_id, key, _offset in await logged_with_offsets(bootstrap)]
 
 
-async def logged_with_offsets(bootstrap: str) -> list[tuple[str, str, int]]:
-    """(event_id, key, offset) of every committed registration of SERVICE in the log, in log order."""
-    consumer = AIOKafkaConsumer(**connection_kwargs(bootstrap), enable_auto_commit=False,
-                                isolation_level="read_committed", request_timeout_ms=10000)
-    await consumer.start()
-    try:
-        tp = TopicPartition(topics.REGISTRATIONS, 0)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
-        out = []
-        while await consumer.position(tp) < end:
-            for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
-                if record.key.decode().startswith(SERVICE + "/"):
-                    env = decode(record.value)
-                    out.append((env.event_id, record.key.decode(), record.offset))
-        return out
-    finally:
-        await consumer.stop()
+async def logged_with_offsets(bootstrap: str) -> list[tuple[str, str, tuple[int, int]]]:
+    """(event_id, key, (partition, offset)) of every committed registration of SERVICE in the log, in
+    broker-time order (the topic has several partitions: an instance's records stay in one)."""
+    out = []
+    for record in await read_since(bootstrap, topics.REGISTRATIONS, {}):
+        if record.key.decode().startswith(SERVICE + "/"):
+            env = decode(record.value)
+            out.append((env.event_id, record.key.decode(), (record.partition, record.offset)))
+    return out
 
 
 class Churn:
@@ -119,7 +109,7 @@ class Churn:
     def __init__(self, bootstrap: str) -> None:
         self.bootstrap = bootstrap
         self.acked: dict[str, float] = {}  # event_id -> monotonic time of its acknowledgement
-        self.offsets: dict[str, int] = {}  # event_id -> the offset its acknowledgement named
+        self.offsets: dict[str, tuple[int, int]] = {}  # event_id -> (partition, offset) its acknowledgement named
         self.failed = 0  # appends not acknowledged in time: outcome unknown, not counted
         self.next_n = 0
 
@@ -132,7 +122,7 @@ class Churn:
                 try:
                     appended = await producer.append(env)
                     self.acked[env.event_id] = time.monotonic()
-                    self.offsets[env.event_id] = appended.offset
+                    self.offsets[env.event_id] = (appended.partition, appended.offset)
                 except BrokerUnavailable:
                     self.failed += 1
                 finally:

@@ -35,6 +35,7 @@ from typing import AsyncIterator, Callable, Iterable, Mapping
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from events import topics
+from events.admin import partitions_of
 from events.envelope import Logged
 from events.kafka_security import connection_kwargs
 from events.undecodable import Undecodable, UndecodableLog, decode_or_skip
@@ -84,9 +85,8 @@ async def event_partitions(consumer: AIOKafkaConsumer) -> list[TopicPartition]:
     """Every partition the broker has for the event topics: a log created before ``events.topics`` raised a
     count keeps its own (asking for a partition that does not exist would time out, and one the spec does
     not list would be missed)."""
-    await consumer.topics()  # a fresh metadata read
-    return [TopicPartition(t.name, p) for t in topics.EVENT_TOPICS
-            for p in sorted(consumer.partitions_for_topic(t.name) or range(t.partitions))]
+    have = await partitions_of(consumer, [t.name for t in topics.EVENT_TOPICS])
+    return [TopicPartition(t.name, p) for t in topics.EVENT_TOPICS for p in have.get(t.name, range(t.partitions))]
 
 
 def merge_key(e: Logged) -> tuple[int, int, int, int]:

@@ -98,6 +98,29 @@ async def test_a_mismatched_topic_is_reported_and_left_unchanged(mesh_topics):
     assert len(again.mismatches) == 2  # still there: nothing was changed behind the operator's back
 
 
+async def test_a_topic_with_fewer_partitions_is_reported_with_the_command_and_raised_only_when_asked(mesh_topics):
+    """The upgrade of a log created before the event topics had more partitions."""
+    name = f"meshlog-test.partitions-{uuid.uuid4().hex[:8]}"
+    spec = TopicSpec(name, 3, {"cleanup.policy": "delete"})
+    admin = await connect_admin(mesh_topics)
+    try:
+        replicas, _ = topics.replication_for(len((await admin.describe_cluster())["brokers"]))
+        await admin.create_topics([NewTopic(name, 1, replicas, topic_configs={"cleanup.policy": "delete"})])
+    finally:
+        await admin.close()
+    report = await ensure_topics(mesh_topics, [spec])
+    [mismatch] = report.mismatches
+    assert (mismatch.setting, mismatch.expected, mismatch.actual) == ("partitions", "3", "1")
+    assert "meshlog topics ensure --add-partitions" in str(mismatch)
+    assert len((await ensure_topics(mesh_topics, [spec])).mismatches) == 1  # left as it was
+
+    raised = await ensure_topics(mesh_topics, [spec], add_partitions=True)
+    assert [(m.setting, m.actual, m.expected) for m in raised.updated] == [("partitions", "1", "3")]
+    assert raised.consistent
+    after = await ensure_topics(mesh_topics, [spec])
+    assert after.consistent and after.ok == [name]
+
+
 async def test_publish_appends_exactly_one_record_with_a_log_append_time(mesh_topics):
     service = f"svc-{uuid.uuid4().hex[:8]}"
     before = await end_offset(mesh_topics, topics.REGISTRATIONS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from events.admin import partitions_of
 from events.kafka_security import connection_kwargs
 
 
@@ -17,8 +18,7 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     consumer = AIOKafkaConsumer(**connection_kwargs(bootstrap), isolation_level="read_committed")
     await consumer.start()
     try:
-        await consumer.topics()
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or {0})]
+        tps = [TopicPartition(topic, p) for p in (await partitions_of(consumer, [topic])).get(topic, [0])]
         return {tp.partition: offset for tp, offset in (await consumer.end_offsets(tps)).items()}
     finally:
         await consumer.stop()

@@ -26,6 +26,7 @@ Usage: python bench/projector_workers.py [--services 2000] [--instances 5] [--ev
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import importlib.util
 import json
@@ -170,28 +171,58 @@ def main() -> int:
     print(f"mesh: {args.services} services x {args.instances} instances = {args.services * args.instances} "
           f"sidecar nodes; {args.events:,} health transitions; host: {os.cpu_count()} cores", flush=True)
     results = []
-    for n in counts:
-        with contextlib.ExitStack() as stack:
-            bootstrap = os.environ.get("MESHLOG_KAFKA_BOOTSTRAP")
-            if not bootstrap:
-                from meshlog.kafka_local import LocalKafka
+    with contextlib.ExitStack() as broker:
+        bootstrap = os.environ.get("MESHLOG_KAFKA_BOOTSTRAP")
+        if not bootstrap:
+            from meshlog.kafka_local import LocalKafka
 
-                bootstrap = stack.enter_context(LocalKafka()).bootstrap
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="projector-workers-")))
-            r = run(bootstrap, n, args, workdir)
-        results.append(r)
-        per = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["cpu_per_worker_s"].items()))
-        print(f"{n} worker(s): {r['events']:,} events in {r['wall_s']:.1f} s = {r['events_per_s']:,.0f} events/s; "
-              f"workers' CPU {r['cpu_s']:.1f} s ({per}); load average {r['load_before'][0]:.1f} -> "
-              f"{r['load_after'][0]:.1f}; first useful {r['first_useful_s']:.1f} s after start; "
-              f"producer took {r['producer_s']:.1f} s", flush=True)
-        if "takeover_detected_s" in r:
-            print(f"  kill -9 of one of 2: the other got its shards {r['takeover_detected_s']:.1f} s later and had "
-                  f"published them {r['takeover_published_s']:.1f} s after the kill; a brand-new worker (empty data "
-                  f"dir) caught up in {r['new_worker_caught_up_s']:.1f} s and was useful (took over "
-                  f"{r['new_worker_took']}) {r['new_worker_useful_s']:.1f} s after its start", flush=True)
+            bootstrap = broker.enter_context(LocalKafka(start_timeout=600)).bootstrap  # the host may be loaded
+        for n in counts:
+            asyncio.run(fresh_topics(bootstrap))  # every run folds one mesh: its own
+            with tempfile.TemporaryDirectory(prefix="projector-workers-") as workdir:
+                r = run(bootstrap, n, args, Path(workdir))
+            results.append(r)
+            report(r)
     print(json.dumps(results, default=str))
     return 0
+
+
+async def fresh_topics(bootstrap: str) -> None:
+    """Delete and recreate meshlog's topics: the next run starts from an empty log."""
+    from events import topics
+    from events.admin import connect_admin, ensure_topics
+
+    admin = await connect_admin(bootstrap)
+    try:
+        present = set(await admin.list_topics()) & {t.name for t in topics.ALL_TOPICS}
+        if present:
+            await admin.delete_topics(sorted(present))
+    finally:
+        await admin.close()
+    for _ in range(60):  # deletion is asynchronous: creating too early fails with "marked for deletion"
+        try:
+            report = await ensure_topics(bootstrap)
+        except RuntimeError:
+            await asyncio.sleep(1.0)
+            continue
+        if report.consistent:
+            return
+        await asyncio.sleep(1.0)
+    raise SystemExit("could not recreate the topics")
+
+
+def report(r: dict) -> None:
+    n = r["workers"]
+    per = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["cpu_per_worker_s"].items()))
+    print(f"{n} worker(s): {r['events']:,} events in {r['wall_s']:.1f} s = {r['events_per_s']:,.0f} events/s; "
+          f"workers' CPU {r['cpu_s']:.1f} s ({per}); load average {r['load_before'][0]:.1f} -> "
+          f"{r['load_after'][0]:.1f}; first useful {r['first_useful_s']:.1f} s after start; "
+          f"producer took {r['producer_s']:.1f} s", flush=True)
+    if "takeover_detected_s" in r:
+        print(f"  kill -9 of one of 2: the other got its shards {r['takeover_detected_s']:.1f} s later and had "
+              f"published them {r['takeover_published_s']:.1f} s after the kill; a brand-new worker (empty data "
+              f"dir) caught up in {r['new_worker_caught_up_s']:.1f} s and was useful (took over "
+              f"{r['new_worker_took']}) {r['new_worker_useful_s']:.1f} s after its start", flush=True)
 
 
 if __name__ == "__main__":

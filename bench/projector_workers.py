@@ -91,6 +91,14 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
+def peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def start_worker(bootstrap: str, workdir: Path, name: str, group: str) -> Process:
     return spawn(name, [str(BIN / "projector"), "-v", "run", "--bootstrap", bootstrap, "--data-dir",
                         str(workdir / f"{name}-data"), "--group", group, "--worker-id", name, "--insecure-events",
@@ -128,6 +136,7 @@ def run(bootstrap: str, workers: int, args: argparse.Namespace, workdir: Path) -
         wall = done - flap["first_timestamp_ms"] / 1000.0
         out.update(events=flap["count"], wall_s=wall, events_per_s=flap["count"] / wall,
                    cpu_s=sum(cpu.values()), cpu_per_worker_s=cpu, producer_s=flap["produce_s"],
+                   peak_rss_mb={w.name: peak_rss_mb(w.pid) for w in procs},
                    load_before=load0, load_after=os.getloadavg())
         if workers == 2:
             out.update(takeover(bootstrap, procs, workdir, group))
@@ -216,7 +225,8 @@ def report(r: dict) -> None:
     per = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["cpu_per_worker_s"].items()))
     print(f"{n} worker(s): {r['events']:,} events in {r['wall_s']:.1f} s = {r['events_per_s']:,.0f} events/s; "
           f"workers' CPU {r['cpu_s']:.1f} s ({per}); load average {r['load_before'][0]:.1f} -> "
-          f"{r['load_after'][0]:.1f}; first useful {r['first_useful_s']:.1f} s after start; "
+          f"{r['load_after'][0]:.1f}; first useful {r['first_useful_s']:.1f} s after start; peak RSS per worker "
+          f"{max(r['peak_rss_mb'].values()):.0f} MB; "
           f"producer took {r['producer_s']:.1f} s", flush=True)
     if "takeover_detected_s" in r:
         print(f"  kill -9 of one of 2: the other got its shards {r['takeover_detected_s']:.1f} s later and had "

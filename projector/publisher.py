@@ -36,6 +36,11 @@ Invariants:
   invalid: ``UNDELIVERABLE``) is set aside and reported instead of being
   retried forever, so one such record cannot stop the projector.
 
+- With a ``scope`` (``projector.sharding.Ownership``: a worker of ``projector
+  run --group``) a plan holds only the keys of the worker's shards; the plans
+  of workers owning disjoint shards are disjoint and together equal the
+  unscoped plan. The order above then holds per worker.
+
 ``plan_views`` is pure (unit-tested); ``OrderedSender`` does the I/O.
 """
 

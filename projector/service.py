@@ -86,6 +86,18 @@ Restart and crash safety:
 - A data dir created against another Kafka cluster (cluster id stored) is
   refused with a message; ``--reset`` discards it.
 
+Sharing the work (``ProjectorConfig.group``, ``projector run --group G``): every
+worker folds and renders everything as above, but plans, publishes and records
+only the view keys of the shards the consumer group assigned it
+(``projector.sharding``; dead letters, rejections and snapshots: the owner of
+shard 0). It joins the group only once caught up (``_ready_to_render``), so a
+new worker takes no shard it cannot serve yet. A revocation waits for the
+batch being published and pauses publishing (nothing is rendered meanwhile, so
+the next incremental render still covers the gap); an assignment renders at
+once: the kept shards' changes, and every record of the gained shards
+(``publisher.plan_takeover``). Without a group, one worker owns everything and
+nothing of this runs.
+
 A broker outage is logged by ``meshlog.outage`` (started, at a backoff, ended
 with its duration), not as a line per failed retry of ours or of aiokafka's.
 """

@@ -85,6 +85,24 @@ def reached(worker: Process, ends: dict[str, int]) -> float | None:
     return None
 
 
+STAGES = re.compile(r"decode ([\d.]+)ms fold ([\d.]+)ms render ([\d.]+)ms publish ([\d.]+)ms commit ([\d.]+)ms")
+
+
+def stage_split(worker: Process, since: float, until: float) -> dict[str, float]:
+    """Seconds per batch stage (wall, in the worker) over the batches logged in [since, until]: decode,
+    fold and render (+ planning) are done by every worker in full; publish and commit only for its shards."""
+    out = {"batches": 0, "decode": 0.0, "fold": 0.0, "render": 0.0, "publish": 0.0, "commit": 0.0}
+    for line in log_lines(worker):
+        at = line_time(line)
+        m = STAGES.search(line)
+        if m is None or at is None or not since <= at <= until:
+            continue
+        out["batches"] += 1
+        for name, value in zip(("decode", "fold", "render", "publish", "commit"), m.groups()):
+            out[name] += float(value) / 1000
+    return out
+
+
 def cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -137,6 +155,7 @@ def run(bootstrap: str, workers: int, args: argparse.Namespace, workdir: Path) -
         out.update(events=flap["count"], wall_s=wall, events_per_s=flap["count"] / wall,
                    cpu_s=sum(cpu.values()), cpu_per_worker_s=cpu, producer_s=flap["produce_s"],
                    peak_rss_mb={w.name: peak_rss_mb(w.pid) for w in procs},
+                   stages={w.name: stage_split(w, flap["first_timestamp_ms"] / 1000.0, done + 0.01) for w in procs},
                    load_before=load0, load_after=os.getloadavg())
         if workers == 2:
             out.update(takeover(bootstrap, procs, workdir, group))
@@ -228,6 +247,10 @@ def report(r: dict) -> None:
           f"{r['load_after'][0]:.1f}; first useful {r['first_useful_s']:.1f} s after start; peak RSS per worker "
           f"{max(r['peak_rss_mb'].values()):.0f} MB; "
           f"producer took {r['producer_s']:.1f} s", flush=True)
+    for name, st in sorted(r.get("stages", {}).items()):
+        print(f"  {name}: {st['batches']} batches; in every worker: decode {st['decode']:.2f} s, fold {st['fold']:.2f} s, "
+              f"render+plan {st['render']:.2f} s; for its shards: publish {st['publish']:.2f} s, commit "
+              f"{st['commit']:.2f} s (wall in the worker)", flush=True)
     if "takeover_detected_s" in r:
         print(f"  kill -9 of one of 2: the other got its shards {r['takeover_detected_s']:.1f} s later and had "
               f"published them {r['takeover_published_s']:.1f} s after the kill; a brand-new worker (empty data "

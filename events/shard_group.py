@@ -17,6 +17,9 @@ Invariants:
 - A member that stops cleanly leaves the group at once; one killed outright
   loses its shards to the others after ``session_timeout_ms`` (6 s, the
   broker's default ``group.min.session.timeout.ms``: the shortest allowed).
+- ``ThreadedShardGroup`` keeps the member (and its heartbeats) in a thread of
+  its own, for a process whose loop is busy with CPU work for seconds at a
+  time: it is evicted only when the process really stops answering.
 - Nothing is ever consumed: the member polls only to stay alive
   (``max.poll.interval.ms``); a broker outage is reported to the caller's
   ``meshlog.outage`` log and polling goes on.
@@ -27,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import threading
 import zlib
 from typing import Any, Awaitable, Callable, Iterable
 
@@ -121,3 +125,93 @@ class ShardGroup:
             return False
         log.info("left group %s", self.group)
         return True
+
+
+class _RelayedOutage:
+    """The caller's ``meshlog.outage`` log, told from the member's thread."""
+
+    def __init__(self, outage: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._outage, self._loop = outage, loop
+
+    def failure(self, text: str) -> None:
+        self._loop.call_soon_threadsafe(self._outage.failure, text)
+
+
+class ThreadedShardGroup:
+    """A ``ShardGroup`` whose member lives in its own thread and event loop: for a process whose loop does
+    long stretches of CPU work (the projector renders for seconds on a loaded host).
+
+    aiokafka heartbeats from the loop that runs the consumer; a loop held longer than the session timeout
+    gets the member evicted while it still believes it owns its shards, and another member is given them
+    meanwhile. Here the heartbeats run in a thread that only needs the GIL now and then, and the callbacks
+    run on the caller's loop (``on_revoked`` still awaited before the shards move on).
+    """
+
+    def __init__(self, bootstrap: str, topic: str, group: str, *, client_id: str, on_assigned: ShardsCallback,
+                 on_revoked: ShardsCallback, outage: Any, timeout_s: float = 10.0,
+                 session_timeout_ms: int = SESSION_TIMEOUT_MS,
+                 heartbeat_interval_ms: int = HEARTBEAT_INTERVAL_MS) -> None:
+        self._args = dict(bootstrap=bootstrap, topic=topic, group=group, client_id=client_id, timeout_s=timeout_s,
+                          session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=heartbeat_interval_ms)
+        self._on_assigned, self._on_revoked, self._outage = on_assigned, on_revoked, outage
+        self.group = group
+        self._caller: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+
+    def _relay(self, callback: ShardsCallback) -> ShardsCallback:
+        async def in_caller(shards: set[int]) -> None:
+            await _call(callback, shards)
+
+        async def relayed(shards: set[int]) -> None:  # runs on the member's loop: wait for the caller's
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(in_caller(shards), self._caller))
+
+        return relayed
+
+    async def start(self) -> None:
+        """Start the member's thread; raises ``BrokerUnavailable`` if it cannot join."""
+        self._caller = asyncio.get_running_loop()
+        started: asyncio.Future = self._caller.create_future()
+
+        def report(exc: BaseException | None) -> None:
+            if started.done():
+                return
+            if exc is not None:
+                started.set_exception(exc)
+            else:
+                started.set_result(None)
+
+        async def member() -> None:
+            self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+            group = ShardGroup(**self._args, on_assigned=self._relay(self._on_assigned),
+                               on_revoked=self._relay(self._on_revoked),
+                               outage=_RelayedOutage(self._outage, self._caller))
+            try:
+                await group.start()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                self._caller.call_soon_threadsafe(report, exc)
+                return
+            self._caller.call_soon_threadsafe(report, None)
+            poll = asyncio.ensure_future(group.poll_forever())
+            await self._stop.wait()
+            poll.cancel()
+            await asyncio.gather(poll, return_exceptions=True)
+            await group.stop(self._args["timeout_s"])
+
+        self._thread = threading.Thread(target=asyncio.run, args=(member(),), name=f"group {self.group}", daemon=True)
+        self._thread.start()
+        await started
+
+    async def poll_forever(self) -> None:
+        """Nothing to do on the caller's loop: the member polls in its thread; this waits until stopped."""
+        await asyncio.Event().wait()
+
+    async def stop(self, timeout_s: float) -> bool:
+        """Leave the group and end the thread (bounded)."""
+        if self._thread is None:
+            return True
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        await asyncio.to_thread(self._thread.join, timeout_s)
+        return not self._thread.is_alive()

@@ -932,13 +932,14 @@ class ProjectorService:
             self.shards_changed.set()
 
     async def _join_group(self) -> None:
-        from events.shard_group import ShardGroup
+        from events.shard_group import ThreadedShardGroup
 
         partitions = len(await self.producer.partitions_for(topics.PROJECTOR_SHARDS) or ())
         if partitions < 1:
             raise ProjectorError(f"topic {topics.PROJECTOR_SHARDS} is missing: run `meshlog topics ensure`")
         self.ownership = Ownership(frozenset(), partitions)
-        self._group = ShardGroup(
+        # its own thread: a render holds this loop for seconds on a loaded host, longer than the session timeout
+        self._group = ThreadedShardGroup(
             self.cfg.bootstrap, topics.PROJECTOR_SHARDS, self.cfg.group, client_id=f"projector-{self.cfg.worker_id}",
             on_assigned=self._shards_assigned, on_revoked=self._shards_revoked, outage=self._outage,
             timeout_s=self.cfg.send_timeout_s,

@@ -155,6 +155,7 @@ def run(bootstrap: str, workers: int, args: argparse.Namespace, workdir: Path) -
         out.update(events=flap["count"], wall_s=wall, events_per_s=flap["count"] / wall,
                    cpu_s=sum(cpu.values()), cpu_per_worker_s=cpu, producer_s=flap["produce_s"],
                    peak_rss_mb={w.name: peak_rss_mb(w.pid) for w in procs},
+                   evictions=sum(sum("member_id was not recognized" in line for line in log_lines(w)) for w in procs),
                    stages={w.name: stage_split(w, flap["first_timestamp_ms"] / 1000.0, done + 0.01) for w in procs},
                    load_before=load0, load_after=os.getloadavg())
         if workers == 2:
@@ -167,6 +168,8 @@ def run(bootstrap: str, workers: int, args: argparse.Namespace, workdir: Path) -
 
 def takeover(bootstrap: str, procs: list[Process], workdir: Path, group: str) -> dict:
     survivor, victim = procs
+    if first_after(survivor, "of 12 (gained [], lost [", 0) and not first_after(victim, "took over shards", 0):
+        raise SystemExit("the victim owns nothing: no takeover to measure")
     killed = time.time()
     victim.kill9()
     wait_until(lambda: first_after(survivor, "took over shards", killed), 120, "the survivor to take over",
@@ -246,7 +249,7 @@ def report(r: dict) -> None:
           f"workers' CPU {r['cpu_s']:.1f} s ({per}); load average {r['load_before'][0]:.1f} -> "
           f"{r['load_after'][0]:.1f}; first useful {r['first_useful_s']:.1f} s after start; peak RSS per worker "
           f"{max(r['peak_rss_mb'].values()):.0f} MB; "
-          f"producer took {r['producer_s']:.1f} s", flush=True)
+          f"producer took {r['producer_s']:.1f} s; group evictions seen {r['evictions']}", flush=True)
     for name, st in sorted(r.get("stages", {}).items()):
         print(f"  {name}: {st['batches']} batches; in every worker: decode {st['decode']:.2f} s, fold {st['fold']:.2f} s, "
               f"render+plan {st['render']:.2f} s; for its shards: publish {st['publish']:.2f} s, commit "

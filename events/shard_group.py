@@ -159,6 +159,7 @@ class ThreadedShardGroup:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
+        self._ended: asyncio.Future | None = None  # on the caller's loop: the member's thread ended by itself
 
     def _relay(self, callback: ShardsCallback) -> ShardsCallback:
         async def in_caller(shards: set[int]) -> None:
@@ -173,6 +174,11 @@ class ThreadedShardGroup:
         """Start the member's thread; raises ``BrokerUnavailable`` if it cannot join."""
         self._caller = asyncio.get_running_loop()
         started: asyncio.Future = self._caller.create_future()
+        self._ended = self._caller.create_future()
+
+        def ended(exc: BaseException) -> None:
+            if not self._ended.done():
+                self._ended.set_exception(exc)
 
         def report(exc: BaseException | None) -> None:
             if started.done():
@@ -194,9 +200,14 @@ class ThreadedShardGroup:
                 return
             self._caller.call_soon_threadsafe(report, None)
             poll = asyncio.ensure_future(group.poll_forever())
-            await self._stop.wait()
+            stopping = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait([poll, stopping], return_when=asyncio.FIRST_COMPLETED)
+            if poll.done() and not poll.cancelled():  # polling never ends by itself: the member is lost
+                exc = poll.exception() or RuntimeError("polling ended")
+                self._caller.call_soon_threadsafe(ended, RuntimeError(f"group {self.group}: member lost ({exc!r})"))
+            stopping.cancel()
             poll.cancel()
-            await asyncio.gather(poll, return_exceptions=True)
+            await asyncio.gather(poll, stopping, return_exceptions=True)
             await group.stop(self._args["timeout_s"])
 
         self._thread = threading.Thread(target=asyncio.run, args=(member(),), name=f"group {self.group}", daemon=True)
@@ -204,8 +215,9 @@ class ThreadedShardGroup:
         await started
 
     async def poll_forever(self) -> None:
-        """Nothing to do on the caller's loop: the member polls in its thread; this waits until stopped."""
-        await asyncio.Event().wait()
+        """Nothing to do on the caller's loop: the member polls in its thread. Raises if the member is lost
+        (its owner must then stop publishing for the shards it thinks it has)."""
+        await self._ended
 
     async def stop(self, timeout_s: float) -> bool:
         """Leave the group and end the thread (bounded)."""

@@ -669,6 +669,9 @@ class ProjectorService:
                     await self._idle_snapshot()
                 if self.cfg.group is not None and self._group is None and self._ready_to_render():
                     await self._join_group()
+                if self._group_task is not None and self._group_task.done():
+                    # publishing on without a membership would write shards that others own by now
+                    raise ProjectorError(f"left the group unexpectedly: {self._group_task.exception()!r}")
                 self._note_lag()
                 self._manage_gc(idle=not records)
         except _Stopping:

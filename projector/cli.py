@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         "meshlog.projector.shards; each worker needs its own --data-dir (default: one worker publishes everything)",
     )
     run.add_argument(
+        "--session-timeout", type=argtypes.seconds(6, 1800, low_inclusive=True), default=6.0, metavar="SECONDS",
+        help="with --group: how long the group waits for a silent worker before its shards move to the others "
+        "(default 6, the broker's minimum; longer rides out stalls of a loaded host, and slows the takeover after a "
+        "crash by as much)",
+    )
+    run.add_argument(
         "--worker-id", type=argtypes.name(200), default=None,
         help="this worker's name in logs and its Kafka client id (default: <hostname>-<pid>)",
     )
@@ -167,6 +173,7 @@ def config_from_args(args: argparse.Namespace, bootstrap: str):
         reset=args.reset,
         insecure_events=args.insecure_events,
         group=args.group,
+        session_timeout_s=args.session_timeout,
         worker_id=args.worker_id or f"{socket.gethostname()}-{os.getpid()}",
     )
 

@@ -190,6 +190,9 @@ class ProjectorConfig:
     # (projector.sharding; dead letters, rejections and snapshots by the owner of shard 0)
     group: str | None = None
     worker_id: str = "projector"
+    # how long the group waits for a silent worker before handing its shards on (the broker's minimum, 6 s,
+    # by default): longer rides out stalls of a loaded host, at the price of a slower takeover after a crash
+    session_timeout_s: float = 6.0
 
 
 # ---------------------------------------------------------------- store
@@ -945,7 +948,8 @@ class ProjectorService:
         self._group = ThreadedShardGroup(
             self.cfg.bootstrap, topics.PROJECTOR_SHARDS, self.cfg.group, client_id=f"projector-{self.cfg.worker_id}",
             on_assigned=self._shards_assigned, on_revoked=self._shards_revoked, outage=self._outage,
-            timeout_s=self.cfg.send_timeout_s,
+            timeout_s=self.cfg.send_timeout_s, session_timeout_ms=int(self.cfg.session_timeout_s * 1000),
+            heartbeat_interval_ms=int(self.cfg.session_timeout_s * 1000 / 3),
         )
         await self._group.start()
         self._group_task = asyncio.create_task(self._group.poll_forever(), name="projector group")

@@ -115,3 +115,21 @@ async def test_without_a_group_the_worker_owns_everything(tmp_path):
     await svc.process(log.records[topics.REGISTRATIONS])
     assert memberships(producer) == set(NODES)
     close(svc)
+
+
+def test_the_group_flags_reach_the_config_and_bad_values_are_refused(tmp_path, capsys):
+    import pytest as _pytest
+
+    from projector import cli
+
+    args = cli.build_parser().parse_args(["run", "--data-dir", str(tmp_path), "--group", "meshlog-projector",
+                                          "--worker-id", "w1", "--session-timeout", "20"])
+    cfg = cli.config_from_args(args, "test:9092")
+    assert (cfg.group, cfg.worker_id, cfg.session_timeout_s) == ("meshlog-projector", "w1", 20.0)
+    alone = cli.config_from_args(cli.build_parser().parse_args(["run", "--data-dir", str(tmp_path)]), "test:9092")
+    assert alone.group is None  # the default: one worker publishes everything
+    for bad in (["--group", "a b"], ["--session-timeout", "2"]):
+        with _pytest.raises(SystemExit) as exited:
+            cli.build_parser().parse_args(["run", "--data-dir", str(tmp_path), *bad])
+        assert exited.value.code == 2
+        assert bad[0] in capsys.readouterr().err

@@ -34,6 +34,16 @@ def grouped(tmp_path, producer):
     return svc
 
 
+async def owning_everything(tmp_path):
+    """A grouped worker that folded the mesh and was assigned every shard (and published them)."""
+    log, producer = a_mesh(), FakeProducer()
+    svc = grouped(tmp_path, producer)
+    await svc.process(log.records[topics.REGISTRATIONS])
+    await svc._shards_assigned(set(range(SHARDS)))
+    await svc._reconcile()
+    return log, producer, svc
+
+
 def memberships(producer: FakeProducer) -> set[str]:
     return {s.key.decode() for s in producer.to(topics.VIEW_MEMBERSHIP)}
 
@@ -60,11 +70,7 @@ async def test_a_worker_publishes_nothing_before_its_assignment_then_only_its_sh
 
 
 async def test_between_revocation_and_assignment_nothing_is_published_and_the_gap_follows(tmp_path):
-    log, producer = a_mesh(), FakeProducer()
-    svc = grouped(tmp_path, producer)
-    await svc.process(log.records[topics.REGISTRATIONS])
-    await svc._shards_assigned(set(range(SHARDS)))
-    await svc._reconcile()
+    log, producer, svc = await owning_everything(tmp_path)
     producer.sent.clear()
 
     await svc._shards_revoked(set(range(SHARDS)))
@@ -84,13 +90,8 @@ async def test_between_revocation_and_assignment_nothing_is_published_and_the_ga
 
 
 async def test_a_gained_shard_is_published_in_full_even_if_this_worker_published_it_before(tmp_path):
-    log, producer = a_mesh(), FakeProducer()
-    svc = grouped(tmp_path, producer)
-    await svc.process(log.records[topics.REGISTRATIONS])
-    await svc._shards_assigned(set(range(SHARDS)))
-    await svc._reconcile()
-    first = memberships(producer)
-    assert first == set(NODES)
+    _log, producer, svc = await owning_everything(tmp_path)
+    assert memberships(producer) == set(NODES)
 
     await svc._shards_revoked(set(range(SHARDS)))
     await svc._shards_assigned(set(range(0, 6)))

@@ -73,11 +73,13 @@ def registration(n: int) -> t.InstanceRegistered:
 
 
 async def leader_of(bootstrap: str, topic: str) -> tuple[int, list[int]]:
+    """Leader and in-sync replicas of the topic's partition 0 (the churn's keys spread over every partition;
+    those the killed broker led move, partition 0's among them)."""
     admin = AIOKafkaAdminClient(**connection_kwargs(bootstrap), request_timeout_ms=5000)
     await admin.start()
     try:
         [described] = await admin.describe_topics([topic])
-        [partition] = described["partitions"]
+        [partition] = [p for p in described["partitions"] if p["partition"] == 0]
         return partition["leader"], sorted(partition["isr"])
     finally:
         await admin.close()

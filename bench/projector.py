@@ -249,8 +249,11 @@ async def produce(bootstrap: str, kind: str, services: int, instances: int, pref
     finally:
         await producer.stop()
     metas = metas[len(identities):]  # the identity records went first: every event's signer is known when it is
-    last = max(metas, key=lambda m: m.offset)
-    return {"topic": last.topic, "last_offset": last.offset, "count": len(metas),
+    ends: dict[str, int] = {}  # "topic/partition" -> the offset after the last record appended there
+    for m in metas:
+        key = f"{m.topic}/{m.partition}"
+        ends[key] = max(ends.get(key, 0), m.offset + 1)
+    return {"ends": ends, "count": len(metas),
             "first_timestamp_ms": min(m.timestamp for m in metas), "produce_s": elapsed}
 
 
@@ -281,18 +284,18 @@ class Recorder:
                 "start": t0, "end": time.perf_counter(), "cpu": time.process_time() - c0, "wall_end": time.time(),
                 "records": res.records, "folded": res.folded, "rendered": res.rendered, "refused": res.rejected,
                 "published": len(res.plan.bodies) + len(res.plan.membership) + len(res.plan.removals),
-                "next_health": svc.next_folded.get(f"{topics.HEALTH}/0", 0),
-                "next_regs": svc.next_folded.get(f"{topics.REGISTRATIONS}/0", 0),
+                "next": dict(svc.next_folded),
             })
             return res
 
         svc.process = process
 
-    async def until(self, key: str, offset: int, timeout: float = 600) -> dict:
+    async def until(self, ends: dict[str, int], timeout: float = 600) -> dict:
+        """The first batch after which every partition in ``ends`` is folded up to its end."""
         deadline = time.monotonic() + timeout
-        while not self.batches or self.batches[-1][key] <= offset:
+        while not self.batches or any(self.batches[-1]["next"].get(k, 0) < v for k, v in ends.items()):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"projector did not reach {key} > {offset}")
+                raise TimeoutError(f"projector did not reach {ends}")
             await asyncio.sleep(0.01)
         return self.batches[-1]
 
@@ -318,11 +321,11 @@ async def live(bootstrap: str, args: argparse.Namespace) -> dict:
             # the mesh: registrations (nodes appear), then the sustained stream of health transitions
             p = run_producer(bootstrap, "registrations", args, prefix, 0, 0)
             reg = json.loads(p.communicate()[0])
-            await rec.until("next_regs", reg["last_offset"])
+            await rec.until(reg["ends"])
             n0 = len(rec.batches)
             p = run_producer(bootstrap, "flaps", args, prefix, args.events, 2)
             flap = json.loads(p.communicate()[0])
-            last = await rec.until("next_health", flap["last_offset"])
+            last = await rec.until(flap["ends"])
             batches = [b for b in rec.batches[n0:]]
             first = batches[0]
             events = sum(b["folded"] for b in batches)
@@ -342,7 +345,7 @@ async def live(bootstrap: str, args: argparse.Namespace) -> dict:
             n1 = len(rec.batches)
             p = run_producer(bootstrap, "flaps", args, prefix, args.burst, 3)
             burst = json.loads(p.communicate()[0])
-            done = await rec.until("next_health", burst["last_offset"])
+            done = await rec.until(burst["ends"])
             bb = rec.batches[n1:]
             out["burst"] = {
                 "events": burst["count"],

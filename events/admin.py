@@ -12,6 +12,12 @@ Invariants:
   (``TopicSpec.replicated``): a topic whose replica count differs is a
   mismatch like a partition count (reported, never changed: reassigning
   replicas moves data and is an operator's call). Ensure on a healthy cluster.
+- Fewer partitions than the spec (a log created before ``events.topics``
+  raised a count) is a mismatch whose message names the command that raises
+  it: ``meshlog topics ensure --add-partitions`` (``add_partitions=True``)
+  adds partitions, never removes any (Kafka cannot), and reports what it
+  raised as updated. Readers consume every partition the broker reports, so
+  a log keeps working at its old count until then.
 - Topics are pre-created here; the broker's auto-creation (wrong partition
   counts, wrong policies) is never relied on.
 """
@@ -21,9 +27,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, TopicAuthorizationFailedError
 
@@ -39,9 +45,14 @@ class TopicMismatch:
     setting: str
     expected: str
     actual: str
+    hint: str = ""  # what an operator can do about it
 
     def __str__(self) -> str:
-        return f"{self.topic}: {self.setting} is {self.actual!r}, expected {self.expected!r}"
+        text = f"{self.topic}: {self.setting} is {self.actual!r}, expected {self.expected!r}"
+        return f"{text} ({self.hint})" if self.hint else text
+
+
+ADD_PARTITIONS_HINT = "raise it with `meshlog topics ensure --add-partitions`"
 
 
 # settings ensure_topics also sets on an existing topic (see the module invariants)
@@ -126,7 +137,7 @@ def _configs_from_response(responses) -> dict[str, dict[str, str]]:
 
 async def ensure_topics(
     bootstrap: str, specs: Iterable[TopicSpec] = ALL_TOPICS, *, timeout_s: float = 30.0,
-    security: KafkaSecurity | None = None,
+    security: KafkaSecurity | None = None, add_partitions: bool = False,
 ) -> TopicReport:
     report = TopicReport()
     admin = await connect_admin(bootstrap, timeout_s, security=security)
@@ -173,10 +184,18 @@ async def ensure_topics(
             configs = await _describe_topic_configs(admin, [s.name for s in present])
             for s in present:
                 bad = False
-                if partitions.get(s.name) != s.partitions:
-                    report.mismatches.append(
-                        TopicMismatch(s.name, "partitions", str(s.partitions), str(partitions.get(s.name)))
-                    )
+                have = partitions.get(s.name)
+                if have is not None and have < s.partitions and add_partitions:
+                    raised = TopicMismatch(s.name, "partitions", str(s.partitions), str(have))
+                    if await _add_partitions(admin, s.name, s.partitions, timeout_s):
+                        report.updated.append(raised)
+                    else:
+                        report.mismatches.append(raised)
+                        bad = True
+                elif have != s.partitions:
+                    hint = ADD_PARTITIONS_HINT if have is not None and have < s.partitions else (
+                        "Kafka cannot remove partitions: the topic is read as it is")
+                    report.mismatches.append(TopicMismatch(s.name, "partitions", str(s.partitions), str(have), hint))
                     bad = True
                 if replicas.get(s.name) != [s.replication_factor]:
                     have = ",".join(str(n) for n in replicas.get(s.name, [])) or "None"
@@ -205,6 +224,36 @@ async def ensure_topics(
         return report
     finally:
         await admin.close()
+
+
+async def partitions_of(consumer: Any, names: Iterable[str]) -> dict[str, list[int]]:
+    """The partitions the broker has for each topic (absent: no such topic), read with ``consumer``.
+
+    A reader asks the broker, not ``events.topics``: a log created before a count was raised keeps its
+    own until ``meshlog topics ensure --add-partitions``. (aiokafka's ``partitions_for_topic`` knows only
+    topics the consumer already subscribed to or was assigned; a full metadata read knows them all.)
+    """
+    cluster = await consumer._client.fetch_all_metadata()
+    out = {}
+    for name in names:
+        parts = cluster.partitions_for_topic(name)
+        if parts:
+            out[name] = sorted(parts)
+    return out
+
+
+async def _add_partitions(admin: AIOKafkaAdminClient, topic: str, total: int, timeout_s: float) -> bool:
+    """Raise ``topic`` to ``total`` partitions; False (logged) if the broker refused."""
+    try:
+        response = await admin.create_partitions({topic: NewPartitions(total)}, timeout_ms=int(timeout_s * 1000))
+    except KafkaError as exc:
+        log.error("raising %s to %d partitions failed: %s", topic, total, exc)
+        return False
+    for entry in response.topic_errors:
+        if entry[1]:
+            log.error("raising %s to %d partitions failed: Kafka error %d %s", topic, total, entry[1], entry[2])
+            return False
+    return True
 
 
 # On a cluster, the broker asked may not know a topic created a moment ago (its metadata lags the

@@ -39,6 +39,7 @@ ROLES = (SIDECAR, CHECKER, OPERATOR, PROJECTOR, GATEWAY, REPLAY, CA_SERVER)
 REGISTRAR_TRANSACTIONAL_PREFIX = "meshlog-registrar-"
 PROJECTOR_TRANSACTIONAL_PREFIX = "meshlog-projector"
 HEALTHCHECK_GROUP_PREFIX = "meshlog-healthcheck"  # the checkers' group (`--group`, default meshlog-healthcheck)
+PROJECTOR_GROUP_PREFIX = "meshlog-projector"  # projector workers' group (`projector run --group`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,9 @@ ACL_TABLE: Mapping[str, tuple[Grant, ...]] = MappingProxyType({
         *_topics((*_EVENTS, topics.IDENTITIES), READ),
         *_topics(_PROJECTOR_OUTPUT, READ, WRITE),
         *_topics(_ALL, DESCRIBE, DESCRIBE_CONFIGS),  # `projector run` checks every topic's settings on start
+        # workers sharing the render (`projector run --group meshlog-projector...`) join a group on the shard topic
+        *_topics((topics.PROJECTOR_SHARDS,), READ),
+        Grant(GROUP, PROJECTOR_GROUP_PREFIX, (READ, DESCRIBE), PREFIXED),
         Grant(TRANSACTIONAL_ID, PROJECTOR_TRANSACTIONAL_PREFIX, (WRITE, DESCRIBE), PREFIXED),
     ),
     # the views, and the identities log (a revoked identity's streams are closed); a gateway writes

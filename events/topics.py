@@ -6,9 +6,10 @@ Invariants:
   partition and "the log as of T" is a clean offset cut per partition.
 - View topics are state: compacted, keyed by resource identity; a tombstone
   removes a resource.
-- The health-check shard topic carries no records, ever: only its consumer
-  group's partition assignment matters (partition i = shard i of the
-  instances, see ``registrar.healthcheck.shards``).
+- The shard topics carry no records, ever: only their consumer group's
+  partition assignment matters (partition i = shard i: of the instances for
+  the health checkers, ``registrar.healthcheck.shards``; of the view keys for
+  projector workers, ``projector.sharding``; ``events.shard_group``).
 - Every topic that holds records has a size cap (``max.message.bytes``, set
   when ``events.admin`` creates it): an event is a small document, so an
   event topic takes at most ``EVENT_MAX_MESSAGE_BYTES`` per record batch and
@@ -36,6 +37,7 @@ SNAPSHOTS = PREFIX + "snapshots"
 VIEW_RESOURCES = PREFIX + "views.resources"
 VIEW_MEMBERSHIP = PREFIX + "views.membership"
 HEALTHCHECK_SHARDS = PREFIX + "healthcheck.shards"
+PROJECTOR_SHARDS = PREFIX + "projector.shards"
 IDENTITIES = PREFIX + "identities"
 SYNC = PREFIX + "sync"  # what the proxies accepted: written by the gateways, read by `meshlog status` and replay
 
@@ -105,17 +107,21 @@ def replication_for(brokers: int) -> tuple[int, int]:
     return replicas, max(1, replicas - 1)
 
 
-# The event topics are single-partition today: the projector folds the whole
-# mesh in one worker and replay cuts one offset per topic. The fold is written
-# so that raising partitions (per-entity keys are already set) keeps it correct.
+# Registrations and health are keyed per instance, so each instance's history is in one partition, in
+# order; the fold merges partitions by broker time and is correct under any interleaving of them
+# (tests/unit/projector/test_properties.py). More partitions spread the brokers' write load; the
+# projector and replay read every partition the broker reports. Rules keep one partition: the fold
+# relies on their total order (a policy may not drop a subset a route rule uses).
+EVENT_PARTITIONS = 6
 _EVENTS = _capped(_HISTORY, EVENT_MAX_MESSAGE_BYTES)
 EVENT_TOPICS: tuple[TopicSpec, ...] = (
-    TopicSpec(REGISTRATIONS, 1, _EVENTS, key="<service>/<instance_id>"),
-    TopicSpec(HEALTH, 1, _EVENTS, key="<service>/<instance_id>"),
+    TopicSpec(REGISTRATIONS, EVENT_PARTITIONS, _EVENTS, key="<service>/<instance_id>"),
+    TopicSpec(HEALTH, EVENT_PARTITIONS, _EVENTS, key="<service>/<instance_id>"),
     TopicSpec(RULES, 1, _EVENTS, key="route/<host> | policy/<service>"),
 )
 
 HEALTHCHECK_SHARD_COUNT = 12
+PROJECTOR_SHARD_COUNT = 12
 
 SUPPORT_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(REJECTIONS, 1, _capped(_HISTORY, SUPPORT_MAX_MESSAGE_BYTES), key="<kind>/<name> | subscription/<service>/<instance_id>"),
@@ -127,6 +133,9 @@ SUPPORT_TOPICS: tuple[TopicSpec, ...] = (
     # never written: `registrar healthcheck` processes join one consumer group on it and each
     # probes the instances hashing to the partitions (shards) the group assigned to it
     TopicSpec(HEALTHCHECK_SHARDS, HEALTHCHECK_SHARD_COUNT, {"cleanup.policy": "delete"}, key="(no records)"),
+    # never written either: `projector run --group G` workers join group G on it; each publishes the view
+    # records whose keys hash to the partitions (shards) the group assigned to it (projector.sharding)
+    TopicSpec(PROJECTOR_SHARDS, PROJECTOR_SHARD_COUNT, {"cleanup.policy": "delete"}, key="(no records)"),
     # every certificate the mesh CA issued or revoked, and every join token redeemed; one partition
     # because "the first redemption of a token in log order wins" needs one total order (identity.tokens)
     TopicSpec(IDENTITIES, 1, _EVENTS, key="<spiffe path> | token/<jti>"),

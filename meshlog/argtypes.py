@@ -69,6 +69,18 @@ def integer(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def name(max_len: int) -> Callable[[str], str]:
+    """A name of 1 to ``max_len`` printable characters without whitespace (a group, a worker id)."""
+
+    def parse(text: str) -> str:
+        if not 1 <= len(text) <= max_len or not text.isprintable() or any(c.isspace() for c in text):
+            raise argparse.ArgumentTypeError(f"must be 1-{max_len} printable characters without whitespace")
+        return text
+
+    parse.__name__ = "name"
+    return parse
+
+
 def seconds(low: float = 0.0, high: float = 86_400.0, *, low_inclusive: bool = False) -> Callable[[str], float]:
     """A finite duration in seconds, above ``low`` (or at it, with ``low_inclusive``) and at most ``high``."""
 

@@ -31,6 +31,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     ensure.add_argument("--bootstrap", type=argtypes.bootstrap, metavar="HOST:PORT[,HOST:PORT]", help="Kafka address (default: $MESHLOG_KAFKA_BOOTSTRAP or `meshlog kafka up`'s)")
     ensure.add_argument("--json", action="store_true", help="print the report as JSON")
+    ensure.add_argument(
+        "--add-partitions", action="store_true",
+        help="raise a topic with fewer partitions than meshlog's spec to the spec's count (an upgrade: new "
+             "records of a key may then go to another partition than its old ones; see README, Scaling out). "
+             "Without it such a topic is reported and left unchanged",
+    )
     kafka_security.add_arguments(ensure)
     ensure.set_defaults(func=run_ensure)
     return topics
@@ -44,7 +50,7 @@ def run_ensure(args: argparse.Namespace) -> int:
         return 2
     try:
         bootstrap = resolve_bootstrap(args.bootstrap)
-        report = asyncio.run(ensure_topics(bootstrap))
+        report = asyncio.run(ensure_topics(bootstrap, add_partitions=args.add_partitions))
     except (NoBrokerAddress, BrokerUnavailable) as exc:
         print(f"meshlog: {exc}", file=sys.stderr)
         return 3

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -105,6 +106,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--shutdown-timeout", type=argtypes.seconds(0, 3600), default=15.0,
         help="seconds allowed for a graceful stop after SIGTERM/SIGINT before exiting anyway (default 15)",
     )
+    run.add_argument(
+        "--group", type=argtypes.name(249), default=None, metavar="GROUP",
+        help="share the work with the other workers started with the same GROUP (on this or other machines): each "
+        "folds every event but publishes only the view records of the shards the consumer group assigns it on "
+        "meshlog.projector.shards; each worker needs its own --data-dir (default: one worker publishes everything)",
+    )
+    run.add_argument(
+        "--session-timeout", type=argtypes.seconds(6, 1800, low_inclusive=True), default=6.0, metavar="SECONDS",
+        help="with --group: how long the group waits for a silent worker before its shards move to the others "
+        "(default 6, the broker's minimum; longer rides out stalls of a loaded host, and slows the takeover after a "
+        "crash by as much)",
+    )
+    run.add_argument(
+        "--worker-id", type=argtypes.name(200), default=None,
+        help="this worker's name in logs and its Kafka client id (default: <hostname>-<pid>)",
+    )
     run.add_argument("--no-ensure-topics", action="store_true", help="do not create missing topics at start")
     run.add_argument(
         "--insecure-events", action="store_true", default=insecure_events_default(),
@@ -161,6 +178,9 @@ def config_from_args(args: argparse.Namespace, bootstrap: str):
         reset=args.reset,
         insecure_events=args.insecure_events,
         verify_threads=args.verify_threads,
+        group=args.group,
+        session_timeout_s=args.session_timeout,
+        worker_id=args.worker_id or f"{socket.gethostname()}-{os.getpid()}",
     )
 
 

@@ -98,6 +98,12 @@ def is_per_node(name: str) -> bool:
     return NODE_SEP in name
 
 
+def node_of(name: str) -> str | None:
+    """The node id a per-node resource name belongs to; None for a shared name."""
+    escaped, sep, _rest = name.partition(NODE_SEP)
+    return unescape_node(escaped) if sep else None
+
+
 def parse_cluster(name: str) -> tuple[str, str | None] | None:
     """``(service, subset)`` of a shared cluster name; None for a per-node cluster."""
     if NODE_SEP in name:

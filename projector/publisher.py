@@ -36,6 +36,11 @@ Invariants:
   invalid: ``UNDELIVERABLE``) is set aside and reported instead of being
   retried forever, so one such record cannot stop the projector.
 
+- With a ``scope`` (``projector.sharding.Ownership``: a worker of ``projector
+  run --group``) a plan holds only the keys of the worker's shards; the plans
+  of workers owning disjoint shards are disjoint and together equal the
+  unscoped plan. The order above then holds per worker.
+
 ``plan_views`` is pure (unit-tested); ``OrderedSender`` does the I/O.
 """
 
@@ -169,13 +174,44 @@ class ViewPlan:
 EMPTY_PLAN = ViewPlan([], [], [])
 
 
-def plan_views(rendered: Any, published: PublishedViews) -> ViewPlan:
-    """Diff a ``RenderedMesh`` against what was published: the records to send, in order."""
+def plan_views(rendered: Any, published: PublishedViews, scope: Any = None) -> ViewPlan:
+    """Diff a ``RenderedMesh`` against what was published: the records to send, in order.
+
+    ``scope`` (a ``projector.sharding.Ownership``; None: everything) limits the plan to the keys a
+    worker owns: the memberships of its nodes and the resources of its shards.
+    """
     return _plan(rendered, published, candidates=rendered.resources, nodes=rendered.membership,
-                 gone_nodes=published.membership, gone=published.resources)
+                 gone_nodes=published.membership, gone=published.resources, scope=scope)
 
 
-def plan_changes(rendered: Any, published: PublishedViews) -> ViewPlan:
+def plan_takeover(rendered: Any, published: PublishedViews, scope: Any) -> ViewPlan:
+    """Every record of the keys in ``scope`` (shards a worker just gained), whatever it published before.
+
+    The previous owner may have written them from another log position (or died half-way), so the
+    new owner does not trust its own record of what is published: it sends every owned body and
+    membership of its render, and tombstones what it knows was published there but is gone.
+    """
+    plan = _plan(rendered, PublishedViews(), candidates=rendered.resources, nodes=rendered.membership,
+                 gone_nodes=(), gone=(), scope=scope)
+    tombstones = [(node, None, None) for node in sorted(published.membership)
+                  if node not in rendered.membership and scope.owns_node(node)]
+    removals = sorted((rk for rk in published.resources if rk not in rendered.resources and scope.owns_resource(rk)),
+                      key=_type_order, reverse=True)
+    return ViewPlan(plan.bodies, plan.membership + tombstones, removals, plan.owners)
+
+
+def merge_plans(a: ViewPlan, b: ViewPlan) -> ViewPlan:
+    """Two plans over disjoint keys (two sets of shards) as one, in publishing order."""
+    if a.empty:
+        return b
+    if b.empty:
+        return a
+    return ViewPlan(sorted(a.bodies + b.bodies, key=lambda item: _type_order(item[0])),
+                    sorted(a.membership + b.membership, key=lambda item: (item[1] is None, item[0])),
+                    sorted(a.removals + b.removals, key=_type_order, reverse=True), {**a.owners, **b.owners})
+
+
+def plan_changes(rendered: Any, published: PublishedViews, scope: Any = None) -> ViewPlan:
     """Like ``plan_views``, but looks only at what an incremental render reports as changed.
 
     ``rendered`` comes from ``render_all(state, previous=last)``: its
@@ -184,14 +220,19 @@ def plan_changes(rendered: Any, published: PublishedViews) -> ViewPlan:
     ``plan_views`` then (unit-tested), in time proportional to the change.
     """
     return _plan(rendered, published, candidates=rendered.changed, nodes=rendered.changed_nodes,
-                 gone_nodes=rendered.removed_nodes, gone=rendered.removed)
+                 gone_nodes=rendered.removed_nodes, gone=rendered.removed, scope=scope)
 
 
 def _plan(rendered: Any, published: PublishedViews, *, candidates: Iterable[ResourceKey], nodes: Iterable[str],
-          gone_nodes: Iterable[str], gone: Iterable[ResourceKey]) -> ViewPlan:
+          gone_nodes: Iterable[str], gone: Iterable[ResourceKey], scope: Any = None) -> ViewPlan:
     """The plan over the resources and nodes that may have changed (``candidates``, ``nodes``) and
     those that may be gone (``gone``, ``gone_nodes``): everything for a full diff, the render's
-    change sets for an incremental one."""
+    change sets for an incremental one; only the keys ``scope`` owns, when given."""
+    if scope is not None and not scope.everything:
+        candidates = [rk for rk in candidates if scope.owns_resource(rk)]
+        gone = [rk for rk in gone if scope.owns_resource(rk)]
+        nodes = [n for n in nodes if scope.owns_node(n)]
+        gone_nodes = [n for n in gone_nodes if scope.owns_node(n)]
     versions: Mapping[ResourceKey, str] = getattr(rendered, "versions", None) or {}
     resources: Mapping[ResourceKey, bytes] = rendered.resources
     bodies = []

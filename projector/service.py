@@ -86,6 +86,18 @@ Restart and crash safety:
 - A data dir created against another Kafka cluster (cluster id stored) is
   refused with a message; ``--reset`` discards it.
 
+Sharing the work (``ProjectorConfig.group``, ``projector run --group G``): every
+worker folds and renders everything as above, but plans, publishes and records
+only the view keys of the shards the consumer group assigned it
+(``projector.sharding``; dead letters, rejections and snapshots: the owner of
+shard 0). It joins the group only once caught up (``_ready_to_render``), so a
+new worker takes no shard it cannot serve yet. A revocation waits for the
+batch being published and pauses publishing (nothing is rendered meanwhile, so
+the next incremental render still covers the gap); an assignment renders at
+once: the kept shards' changes, and every record of the gained shards
+(``publisher.plan_takeover``). Without a group, one worker owns everything and
+nothing of this runs.
+
 A broker outage is logged by ``meshlog.outage`` (started, at a backoff, ended
 with its duration), not as a line per failed retry of ours or of aiokafka's.
 """
@@ -120,6 +132,7 @@ from projector import publisher as pub
 from projector.deadletter import dead_letter_key, dead_letter_record, parse_dead_letter
 from projector.fold import fold_many, fold_with_decisions
 from projector.render import render_all
+from projector.sharding import Ownership
 from projector.snapshots import KEY as SNAPSHOT_KEY
 from projector.snapshots import encode_snapshot, parse_tp_key, tp_key
 from projector.state import MeshState, empty_state, same_state, state_from_bytes, state_to_bytes
@@ -175,6 +188,14 @@ class ProjectorConfig:
     # threads checking a batch's signatures ahead of its fold (identity.verifier.verify_ahead; cryptography
     # releases the GIL in verify, so one thread is the second core); 0 checks them in the fold only
     verify_threads: int = 1
+    # None: one worker publishes everything. A group name: this worker joins that consumer group on
+    # meshlog.projector.shards once caught up and publishes only the view keys of its shards
+    # (projector.sharding; dead letters, rejections and snapshots by the owner of shard 0)
+    group: str | None = None
+    worker_id: str = "projector"
+    # how long the group waits for a silent worker before handing its shards on (the broker's minimum, 6 s,
+    # by default): longer rides out stalls of a loaded host, at the price of a slower takeover after a crash
+    session_timeout_s: float = 6.0
 
 
 # ---------------------------------------------------------------- store
@@ -360,6 +381,14 @@ class ProjectorService:
             self.verifier = Verifier(roots=configured_roots())  # identity events must be the mesh root's
         self._verify_pool: Any = None  # concurrent.futures.ThreadPoolExecutor for verify_ahead, once started
         self._signer: Any = None  # the process's signer (events.signing), set at start
+        # which view keys this worker publishes: all of them alone; with a group, its shards' keys
+        self.ownership = Ownership(None) if config.group is None else Ownership(frozenset())
+        self._gained: frozenset[int] = frozenset()  # shards assigned and not yet taken over (published)
+        self._paused = False  # between a revocation and the next assignment: publish nothing
+        self._group: Any = None  # events.shard_group.ShardGroup, once joined
+        self._group_task: asyncio.Task | None = None
+        self._batch_lock = asyncio.Lock()  # a rebalance waits for the batch being published
+        self.shards_changed = asyncio.Event()  # set after every takeover is published (tests, bench)
 
     # ------------------------------------------------ lifecycle
 
@@ -485,6 +514,12 @@ class ProjectorService:
         self._render_after = dict(log_ends)
 
     async def close(self) -> None:
+        if self._group_task is not None:
+            self._group_task.cancel()
+            await asyncio.gather(self._group_task, return_exceptions=True)
+        if self._group is not None:
+            await self._group.stop(10.0)  # leave: the other workers take the shards at once
+            self._group = None
         try:
             if self.store is not None and self._checkpoint_events and not self._unpublished:
                 self._write_checkpoint()
@@ -638,8 +673,15 @@ class ProjectorService:
                 await self._update_positions()
                 if records:
                     await self.process(records)
+                elif self._group is not None and self._reconcile_pending and self._ready_to_render():
+                    await self._reconcile()  # shards gained while idle: take them over now
                 elif self._snapshot_due():
                     await self._idle_snapshot()
+                if self.cfg.group is not None and self._group is None and self._ready_to_render():
+                    await self._join_group()
+                if self._group_task is not None and self._group_task.done():
+                    # publishing on without a membership would write shards that others own by now
+                    raise ProjectorError(f"left the group unexpectedly: {self._group_task.exception()!r}")
                 self._note_lag()
                 self._manage_gc(idle=not records)
         except _Stopping:
@@ -775,15 +817,27 @@ class ProjectorService:
         beyond = [r for r in fresh if new_effect(r.topic, r.partition, r.offset)]
         dead_out = [d for d in dead if new_effect(d[0].topic, d[0].partition, d[0].offset)]
         rej_out = [j for j in rejections if new_effect(j.source_topic, j.source_partition, j.source_offset)]
+        if not self._records_decisions():
+            dead_out, rej_out = [], []  # another worker (the owner of shard 0) records them
+        async with self._batch_lock:
+            return await self._render_publish_commit(res, fresh, beyond, dead, dead_out, rejections, rej_out,
+                                                     before, new_state, (t0, t1, t2))
 
+    async def _render_publish_commit(self, res: BatchResult, fresh: list, beyond: list, dead: list, dead_out: list,
+                                     rejections: list, rej_out: list, before: MeshState, new_state: MeshState,
+                                     marks: tuple[float, float, float]) -> BatchResult:
+        t0, t1, t2 = marks
         plan = pub.EMPTY_PLAN
         changed = not same_state(before, new_state)
-        if (changed or self._reconcile_pending) and self._ready_to_render():
+        if (changed or self._reconcile_pending) and self._ready_to_render() and not self._paused:
             plan = self._render_plan()
             res.rendered = True
-        elif changed:
-            # refolding already-published history, or the catch-up after start: render once caught up
+        elif changed or self._paused:
+            # refolding already-published history, the catch-up after start, or between a revocation and an
+            # assignment: render once caught up (or assigned)
             self._reconcile_pending = True
+        if res.rendered and plan.empty:
+            self._took_over(plan)  # gained shards with nothing in them
         t3 = time.perf_counter()
 
         if beyond or not plan.empty:
@@ -797,6 +851,7 @@ class ProjectorService:
             t4 = time.perf_counter()
             res.newest_event_ms, res.published_at = source_ms, time.time()
             self.published.apply(plan)
+            self._took_over(plan)
             for k, v in self.next_folded.items():
                 if v > self.emitted.get(k, 0):
                     self.emitted[k] = v
@@ -876,18 +931,76 @@ class ProjectorService:
             for p in sorted(set(problems) - set(self._problems)):
                 log.info("render: %s", p)
             self._problems = problems
-        return pub.plan_changes(rendered, self.published) if incremental else pub.plan_views(rendered, self.published)
+        own = self.ownership
+        plan_of = pub.plan_changes if incremental else pub.plan_views
+        if not self._gained:
+            return plan_of(rendered, self.published, own)
+        kept = own.only(own.shards - self._gained)
+        return pub.merge_plans(plan_of(rendered, self.published, kept),
+                               pub.plan_takeover(rendered, self.published, own.only(self._gained)))
+
+    # ------------------------------------------------ sharing the work (projector run --group)
+
+    def _records_decisions(self) -> bool:
+        """Whether this worker appends dead letters, rejections and snapshots (alone, or owning shard 0)."""
+        return self.ownership.everything or 0 in self.ownership.shards
+
+    def _took_over(self, plan: pub.ViewPlan) -> None:
+        if self._gained:
+            log.info("took over shards %s: %s", sorted(self._gained), plan.summary())
+            self._gained = frozenset()
+            self.shards_changed.set()
+
+    async def _join_group(self) -> None:
+        from events.shard_group import ThreadedShardGroup
+
+        partitions = len(await self.producer.partitions_for(topics.PROJECTOR_SHARDS) or ())
+        if partitions < 1:
+            raise ProjectorError(f"topic {topics.PROJECTOR_SHARDS} is missing: run `meshlog topics ensure`")
+        self.ownership = Ownership(frozenset(), partitions)
+        # its own thread: a render holds this loop for seconds on a loaded host, longer than the session timeout
+        self._group = ThreadedShardGroup(
+            self.cfg.bootstrap, topics.PROJECTOR_SHARDS, self.cfg.group, client_id=f"projector-{self.cfg.worker_id}",
+            on_assigned=self._shards_assigned, on_revoked=self._shards_revoked, outage=self._outage,
+            timeout_s=self.cfg.send_timeout_s, session_timeout_ms=int(self.cfg.session_timeout_s * 1000),
+            heartbeat_interval_ms=int(self.cfg.session_timeout_s * 1000 / 3),
+        )
+        await self._group.start()
+        self._group_task = asyncio.create_task(self._group.poll_forever(), name="projector group")
+        log.info("worker %s caught up: joining group %s on %s (%d shards)", self.cfg.worker_id, self.cfg.group,
+                 topics.PROJECTOR_SHARDS, partitions)
+
+    async def _shards_revoked(self, shards: set[int]) -> None:
+        # the batch being published finishes first (the new owner starts from its own render after us)
+        async with self._batch_lock:
+            self._paused = True
+
+    async def _shards_assigned(self, shards: set[int]) -> None:
+        async with self._batch_lock:
+            new = frozenset(shards)
+            old = self.ownership.shards or frozenset()
+            self._gained = (self._gained | (new - old)) & new
+            self.ownership = self.ownership.only(new)
+            self._paused = False
+            self._reconcile_pending = True  # render at once: publish the gap for kept shards, take over gained
+            log.info("worker %s: shards %s of %d (gained %s, lost %s)", self.cfg.worker_id, sorted(new),
+                     self.ownership.partitions, sorted(new - old), sorted(old - new))
 
     async def _reconcile(self) -> None:
         """Render the stored state and publish whatever differs from what was published (normally nothing)."""
-        plan = self._render_plan()
-        if plan.empty:
-            log.info("views are up to date with the stored state: nothing to republish")
-            return
-        log.info("reconciling views with the stored state: %s", plan.summary())
-        await self._publish_with_retry([], [], plan)
-        self.published.apply(plan)
-        self.store.commit(plans=[plan])
+        async with self._batch_lock:
+            if self._paused:
+                return
+            plan = self._render_plan()
+            if plan.empty:
+                self._took_over(plan)
+                log.info("views are up to date with the stored state: nothing to republish")
+                return
+            log.info("reconciling views with the stored state: %s", plan.summary())
+            await self._publish_with_retry([], [], plan)
+            self.published.apply(plan)
+            self._took_over(plan)
+            self.store.commit(plans=[plan])
 
     # ------------------------------------------------ side effects
 
@@ -946,7 +1059,7 @@ class ProjectorService:
             )
 
     def _snapshot_due(self) -> bool:
-        if time.monotonic() < self._snapshot_retry_at:
+        if not self._records_decisions() or time.monotonic() < self._snapshot_retry_at:
             return False
         since = self.counters["events"] + self.counters["dead_lettered"] - self.snapshot_marks.get("events", 0)
         if since <= 0:

@@ -35,6 +35,7 @@ from typing import AsyncIterator, Callable, Iterable, Mapping
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from events import topics
+from events.admin import partitions_of
 from events.envelope import Logged
 from events.kafka_security import connection_kwargs
 from events.undecodable import Undecodable, UndecodableLog, decode_or_skip
@@ -80,8 +81,12 @@ class Batch:
     records: int  # records consumed for this batch (for progress)
 
 
-def event_partitions() -> list[TopicPartition]:
-    return [TopicPartition(t.name, p) for t in topics.EVENT_TOPICS for p in range(t.partitions)]
+async def event_partitions(consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+    """Every partition the broker has for the event topics: a log created before ``events.topics`` raised a
+    count keeps its own (asking for a partition that does not exist would time out, and one the spec does
+    not list would be missed)."""
+    have = await partitions_of(consumer, [t.name for t in topics.EVENT_TOPICS])
+    return [TopicPartition(t.name, p) for t in topics.EVENT_TOPICS for p in have.get(t.name, range(t.partitions))]
 
 
 def merge_key(e: Logged) -> tuple[int, int, int, int]:
@@ -101,7 +106,7 @@ async def existing_topics(consumer: AIOKafkaConsumer) -> set[str]:
 
 async def first_event_ms(consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition] | None = None) -> int | None:
     """Broker timestamp of the earliest record on the event topics, or None if they are empty."""
-    tps = list(partitions or event_partitions())
+    tps = list(partitions or await event_partitions(consumer))
     found = await consumer.offsets_for_times({tp: 0 for tp in tps})
     stamps = [hit.timestamp for hit in found.values() if hit is not None]
     return min(stamps) if stamps else None
@@ -114,7 +119,7 @@ async def plan_cut(
     partitions: Iterable[TopicPartition] | None = None,
 ) -> Cut:
     """``start_after`` maps "topic/partition" to the next offset to read (from a snapshot, or an earlier cut)."""
-    tps = list(partitions or event_partitions())
+    tps = list(partitions or await event_partitions(consumer))
     ends = await consumer.end_offsets(tps)
     # offsets_for_times mutates its argument (FIELD-NOTES): pass a fresh dict
     found = await consumer.offsets_for_times({tp: at_ms + 1 for tp in tps})

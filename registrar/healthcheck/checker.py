@@ -46,7 +46,6 @@ from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from events import topics
@@ -57,6 +56,7 @@ from events.printable import printable
 from events import kafka_security
 from events.kafka_security import connection_kwargs
 from events.producer import EventProducer
+from events.shard_group import ShardGroup
 from events.types import InstanceHealthChanged, InstanceRegistered
 from meshlog.outage import KafkaOutageLog
 from events.undecodable import UndecodableLog, decode_or_skip
@@ -68,8 +68,6 @@ from registrar.healthcheck.shards import initial_delay, next_delay, shard_of
 
 log = logging.getLogger("registrar.healthcheck")
 
-SESSION_TIMEOUT_MS = 6000  # the broker's default group.min.session.timeout.ms: the shortest allowed
-HEARTBEAT_INTERVAL_MS = 2000
 SOURCE_TOPICS = (topics.REGISTRATIONS, topics.HEALTH)
 _REASON_MAX = 256
 
@@ -127,17 +125,6 @@ def probe_target(reg: InstanceRegistered) -> tuple[str, int]:
     return reg.address, (reg.sidecar.inbound_port if reg.sidecar is not None else reg.port)
 
 
-class _Listener(ConsumerRebalanceListener):
-    def __init__(self, checker: "Checker") -> None:
-        self._checker = checker
-
-    async def on_partitions_revoked(self, revoked) -> None:
-        self._checker.shards_revoked()
-
-    async def on_partitions_assigned(self, assigned) -> None:
-        self._checker.shards_assigned({tp.partition for tp in assigned if tp.topic == topics.HEALTHCHECK_SHARDS})
-
-
 @dataclass
 class _Counters:
     probes: int = 0
@@ -167,7 +154,7 @@ class Checker:
         self._dirty = asyncio.Event()
         self._producer: EventProducer | None = None
         self._reader: AIOKafkaConsumer | None = None
-        self._group: AIOKafkaConsumer | None = None
+        self._group: ShardGroup | None = None
         self._outage = KafkaOutageLog(f"Kafka at {settings.bootstrap}", log)
         self._mesh_tls: tuple[tuple, ssl.SSLContext | None] | None = None
         self.verifier = None  # identity.verifier.Verifier: the projector's, None in insecure mode
@@ -230,19 +217,18 @@ class Checker:
             await self._catch_up(source, stop)
             if stop.is_set():
                 return
-            self._group = AIOKafkaConsumer(
-                **connection_kwargs(s.bootstrap), group_id=s.group, client_id=f"healthcheck-{s.checker_id}",
-                enable_auto_commit=False, auto_offset_reset="latest",
-                session_timeout_ms=SESSION_TIMEOUT_MS, heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+            self._group = ShardGroup(
+                s.bootstrap, topics.HEALTHCHECK_SHARDS, s.group, client_id=f"healthcheck-{s.checker_id}",
+                on_assigned=self.shards_assigned, on_revoked=lambda _shards: self.shards_revoked(),
+                outage=self._outage, timeout_s=s.broker_timeout,
             )
-            await self._start(self._group)
-            self._group.subscribe([topics.HEALTHCHECK_SHARDS], listener=_Listener(self))
+            await self._group.start()
             self.running = True
             log.info("checker %s joining group %s on %s (%d shards)", s.checker_id, s.group,
                      topics.HEALTHCHECK_SHARDS, self.partitions)
             background = [
                 asyncio.create_task(self._tail(), name="tail"),
-                asyncio.create_task(self._poll_group(), name="group"),
+                asyncio.create_task(self._group.poll_forever(), name="group"),
             ]
             if s.status_file is not None:
                 self._write_status()
@@ -290,12 +276,7 @@ class Checker:
         if self._appends:  # let decided transitions reach the log (bounded)
             await asyncio.wait(list(self._appends), timeout=left())
         if self._group is not None:
-            try:
-                await asyncio.wait_for(self._group.stop(), left())  # sends LeaveGroup
-            except Exception as exc:  # noqa: BLE001 - shutting down: report, go on
-                log.warning("leaving group %s: %s (its shards move after the session timeout)", self.s.group, exc)
-            else:
-                log.info("left group %s", self.s.group)
+            await self._group.stop(left())
         if self._reader is not None:
             try:
                 await asyncio.wait_for(self._reader.stop(), left())
@@ -371,15 +352,6 @@ class Checker:
         return decisions
 
     # ------------------------------------------------------------ shards
-
-    async def _poll_group(self) -> None:
-        assert self._group is not None
-        while True:  # nothing is ever written: polling keeps us a live member (max.poll.interval)
-            try:
-                await self._group.getmany(timeout_ms=1000)
-            except KafkaError as exc:
-                self._outage.failure(f"group {self.s.group}: {exc}; retrying")
-                await asyncio.sleep(1.0)
 
     def shards_revoked(self) -> None:
         # stop probing at once (the new owner starts only after every member rejoined);

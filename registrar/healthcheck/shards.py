@@ -1,10 +1,9 @@
 """Which checker probes which instance, and when (pure).
 
 Invariants:
-- An instance's shard is ``crc32("<service>/<instance_id>") % partitions``:
-  stable across processes, hosts and Python versions (never ``hash()``, which
-  is salted per process), so every checker computes the same owner from the
-  same group assignment.
+- An instance's shard is ``events.shard_group.shard_of("<service>/<instance_id>",
+  partitions)`` (crc32: stable across processes, hosts and Python versions), so
+  every checker computes the same owner from the same group assignment.
 - Shards are the partitions of the (record-less) shard topic; the consumer
   group hands each partition to exactly one live member, so each instance is
   probed by exactly one checker (during a rebalance, briefly by none).
@@ -17,19 +16,10 @@ Invariants:
 from __future__ import annotations
 
 import random
-import zlib
-from typing import Iterable
 
+from events.shard_group import owned, shard_of
 
-def shard_of(key: str, partitions: int) -> int:
-    if partitions < 1:
-        raise ValueError("partitions must be at least 1")
-    return zlib.crc32(key.encode("utf-8")) % partitions
-
-
-def owned(keys: Iterable[str], shards: Iterable[int], partitions: int) -> set[str]:
-    mine = set(shards)
-    return {k for k in keys if shard_of(k, partitions) in mine}
+__all__ = ["initial_delay", "next_delay", "owned", "shard_of"]
 
 
 def next_delay(interval: float, jitter: float, rng: random.Random) -> float:

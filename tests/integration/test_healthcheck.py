@@ -31,19 +31,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from events import topics
 from events.admin import ensure_topics
 from events.codec import decode_record
 from events.envelope import new_event
-from events.kafka_security import connection_kwargs
 from events.producer import EventProducer
 from events.types import InstanceDeregistered, InstanceHealthChanged, InstanceRegistered
 from meshlog.kafka_local import free_port
 from meshlog.xds_trust import sidecar_tls_args
 from tests.support.stack import Process, spawn, start_gateway, start_projector, wait_until
-from tests.support.log import end_offset
+from tests.support.log import end_offsets, read_since
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -106,29 +104,14 @@ async def append(bootstrap: str, *payloads) -> list:
         return [await producer.append(new_event(p, producer="healthcheck-test")) for p in payloads]
 
 
-async def health_events(bootstrap: str, start: int, service: str) -> list:
-    """Decoded health events about ``service`` from ``start`` to the current end of the health topic."""
-    consumer = AIOKafkaConsumer(**connection_kwargs(bootstrap), isolation_level="read_committed",
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tp = TopicPartition(topics.HEALTH, 0)
-        stop = (await consumer.end_offsets([tp]))[tp]
-        consumer.assign([tp])
-        consumer.seek(tp, start)
-        out = []
-        while await consumer.position(tp) < stop:
-            batch = await consumer.getmany(tp, timeout_ms=1000)
-            for record in batch.get(tp, []):
-                logged = decode_record(record)
-                if logged.payload.service == service:
-                    out.append(logged)
-        return out
-    finally:
-        await consumer.stop()
+async def health_events(bootstrap: str, start: dict[int, int], service: str) -> list:
+    """Decoded health events about ``service`` from ``start`` (per partition) to the current end of the health
+    topic, in broker-time order."""
+    return [logged for logged in map(decode_record, await read_since(bootstrap, topics.HEALTH, start))
+            if logged.payload.service == service]
 
 
-def events_now(bootstrap: str, start: int, service: str) -> list:
+def events_now(bootstrap: str, start: dict[int, int], service: str) -> list:
     """Synchronous form, for ``wait_until`` predicates (runs in a worker thread: the test's loop is busy)."""
     result: list = []
 
@@ -230,7 +213,7 @@ def test_a_one_unhealthy_event_after_fall_probes_and_one_healthy_event_after_rec
     # a draining instance (its sidecar is shutting down) is left alone, however its probes would go
     asyncio.run(append(bootstrap, InstanceHealthChanged(service=service, instance_id="drained", status="draining",
                                                         reason="deploy", observer="test")))
-    start = asyncio.run(end_offset(bootstrap, topics.HEALTH))
+    start = asyncio.run(end_offsets(bootstrap, topics.HEALTH))
 
     checker = Checker(bootstrap, workdir, f"hc-a-{uuid.uuid4().hex[:6]}", f"hc-a-{uuid.uuid4().hex[:8]}")
     checkers.append(checker)
@@ -298,7 +281,7 @@ def test_b_checkers_split_the_shards_and_take_over_without_duplicates(bootstrap,
     down = {ids[s] for s in range(12) if s % 4 in (0, 1)}
     app_of = {i: HealthApp(503 if i in down else 200) for i in ids}
     apps += list(app_of.values())
-    start = asyncio.run(end_offset(bootstrap, topics.HEALTH))
+    start = asyncio.run(end_offsets(bootstrap, topics.HEALTH))
     asyncio.run(append(bootstrap, *[registration(service, i, app_of[i].port) for i in ids]))
     asyncio.run(append(bootstrap, *[InstanceHealthChanged(service=service, instance_id=i, status="unhealthy",
                                                           reason="down before the test", observer="test")
@@ -404,7 +387,7 @@ def test_c_an_instance_whose_sidecar_stopped_is_marked_unhealthy_and_replay_show
                 return r.status == 200
         wait_until(through_sidecar, 60, "the sidecar's inbound listener to reach the app", interval=0.3,
                    on_fail=sidecar.log_tail)
-        start = asyncio.run(end_offset(bootstrap, topics.HEALTH))
+        start = asyncio.run(end_offsets(bootstrap, topics.HEALTH))
 
         checker = Checker(bootstrap, workdir, f"hc-c-{uuid.uuid4().hex[:6]}", f"hc-c-{uuid.uuid4().hex[:8]}")
         checkers.append(checker)

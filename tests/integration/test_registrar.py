@@ -22,7 +22,7 @@ from events.admin import connect_admin, ensure_topics
 from events.codec import decode_record
 from events.kafka_security import connection_kwargs
 from events.topics import TopicSpec
-from tests.support.log import end_offset
+from tests.support.log import end_offset, end_offsets, read_since
 
 pytestmark = pytest.mark.integration
 
@@ -98,9 +98,33 @@ async def test_a_mismatched_topic_is_reported_and_left_unchanged(mesh_topics):
     assert len(again.mismatches) == 2  # still there: nothing was changed behind the operator's back
 
 
+async def test_a_topic_with_fewer_partitions_is_reported_with_the_command_and_raised_only_when_asked(mesh_topics):
+    """The upgrade of a log created before the event topics had more partitions."""
+    name = f"meshlog-test.partitions-{uuid.uuid4().hex[:8]}"
+    spec = TopicSpec(name, 3, {"cleanup.policy": "delete"})
+    admin = await connect_admin(mesh_topics)
+    try:
+        replicas, _ = topics.replication_for(len((await admin.describe_cluster())["brokers"]))
+        await admin.create_topics([NewTopic(name, 1, replicas, topic_configs={"cleanup.policy": "delete"})])
+    finally:
+        await admin.close()
+    report = await ensure_topics(mesh_topics, [spec])
+    [mismatch] = report.mismatches
+    assert (mismatch.setting, mismatch.expected, mismatch.actual) == ("partitions", "3", "1")
+    assert "meshlog topics ensure --add-partitions" in str(mismatch)
+    assert len((await ensure_topics(mesh_topics, [spec])).mismatches) == 1  # left as it was
+
+    raised = await ensure_topics(mesh_topics, [spec], add_partitions=True)
+    assert [(m.setting, m.actual, m.expected) for m in raised.updated] == [("partitions", "1", "3")]
+    assert raised.consistent
+    after = await ensure_topics(mesh_topics, [spec])
+    assert after.consistent and after.ok == [name]
+
+
 async def test_publish_appends_exactly_one_record_with_a_log_append_time(mesh_topics):
     service = f"svc-{uuid.uuid4().hex[:8]}"
     before = await end_offset(mesh_topics, topics.REGISTRATIONS)
+    starts = await end_offsets(mesh_topics, topics.REGISTRATIONS)
     result = run_registrar(
         mesh_topics, "--json", "publish", "--service", service, "--instance-id", "i-1", "--address", "127.0.0.1",
         "--port", "8080", "--label", "version=v1", "--label", "zone=a", "--depends-on", "ratings",
@@ -110,9 +134,9 @@ async def test_publish_appends_exactly_one_record_with_a_log_append_time(mesh_to
     printed = orjson.loads(result.stdout.strip().splitlines()[-1])
     after = await end_offset(mesh_topics, topics.REGISTRATIONS)
     assert after == before + 1
-    assert printed["topic"] == topics.REGISTRATIONS and printed["offset"] == before
+    assert printed["topic"] == topics.REGISTRATIONS and printed["offset"] == starts[printed["partition"]]
 
-    [record] = await read_range(mesh_topics, topics.REGISTRATIONS, before, after)
+    [record] = await read_since(mesh_topics, topics.REGISTRATIONS, starts)
     assert record.timestamp_type == 1  # LogAppendTime: the broker's clock, not the producer's
     assert record.timestamp == printed["timestamp_ms"]
     assert record.key == f"{service}/i-1".encode()
@@ -137,14 +161,16 @@ async def test_publish_with_port_70000_exits_non_zero_naming_port_and_appends_no
 
 async def test_health_and_deregister_go_to_their_topics(mesh_topics):
     service = f"svc-{uuid.uuid4().hex[:8]}"
-    health_before = await end_offset(mesh_topics, topics.HEALTH)
-    reg_before = await end_offset(mesh_topics, topics.REGISTRATIONS)
+    health_before = await end_offsets(mesh_topics, topics.HEALTH)
+    reg_before = await end_offsets(mesh_topics, topics.REGISTRATIONS)
     assert run_registrar(mesh_topics, "health", "--service", service, "--instance-id", "i-1", "--status", "draining",
                          "--reason", "deploy").returncode == 0
     assert run_registrar(mesh_topics, "deregister", "--service", service, "--instance-id", "i-1").returncode == 0
-    [health] = await read_range(mesh_topics, topics.HEALTH, health_before, health_before + 1)
+    [health] = [r for r in await read_since(mesh_topics, topics.HEALTH, health_before)
+                if r.key == f"{service}/i-1".encode()]
     assert decode_record(health).payload.status == "draining"
-    [dereg] = await read_range(mesh_topics, topics.REGISTRATIONS, reg_before, reg_before + 1)
+    [dereg] = [r for r in await read_since(mesh_topics, topics.REGISTRATIONS, reg_before)
+               if r.key == f"{service}/i-1".encode()]
     assert decode_record(dereg).envelope.type == "instance.deregistered"
 
 

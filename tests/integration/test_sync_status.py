@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from envoy.config.cluster.v3 import cluster_pb2
 
 from events import topics
@@ -30,8 +30,8 @@ from events.kafka_security import connection_kwargs
 from projector.publisher import membership_value, parse_membership_value, resource_key
 from projector.versioning import version_of
 from proxy.envoy_process import dynamic_names, endpoint_count
-from replay.source import new_consumer, read_range
 from tests.integration.test_gateway_envoy import a_mesh, registrar, start_envoy
+from tests.support.log import read_since
 from tests.support.stack import BIN, metric_sum, metrics, start_gateway, start_projector, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.envoy]
@@ -72,16 +72,8 @@ def all_synced(r: dict | None) -> bool:
 
 
 def all_records(bootstrap: str, topic: str) -> list:
-    async def read() -> list:
-        consumer = new_consumer(bootstrap)
-        await consumer.start()
-        try:
-            tp = TopicPartition(topic, 0)
-            return await read_range(consumer, tp, 0, (await consumer.end_offsets([tp]))[tp])
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(read())
+    """Every record of every partition of ``topic``, in broker-time order."""
+    return asyncio.run(read_since(bootstrap, topic, {}))
 
 
 def latest_value(bootstrap: str, topic: str, key: bytes) -> bytes | None:

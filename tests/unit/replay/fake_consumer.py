@@ -29,11 +29,26 @@ class Rec:
     key: bytes | None = None
 
 
+class _Cluster:
+    """The metadata a broker would give (``events.admin.partitions_of``): a topic has the partitions the
+    test put records in, else one (a log whose topics were created with one partition)."""
+
+    def __init__(self, logs: dict[TopicPartition, list[Rec]]) -> None:
+        self.logs = logs
+
+    async def fetch_all_metadata(self) -> "_Cluster":
+        return self
+
+    def partitions_for_topic(self, name: str) -> set[int]:
+        return {tp.partition for tp in self.logs if tp.topic == name} or {0}
+
+
 class FakeConsumer:
     def __init__(self, logs: dict[TopicPartition, list[Rec]], rnd: random.Random) -> None:
         self.logs = logs
         self.rnd = rnd
         self.pos: dict[TopicPartition, int] = {}
+        self._client = _Cluster(logs)
 
     # ------------------------------------------------------------ metadata and offset lookups
 

@@ -60,12 +60,13 @@ class Size:
     brokers: int
     partitions: int  # per event and view topic (the rules topic keeps 1)
     view_mb: float  # the compacted view topics, one copy
-    workers: int
+    workers: int | None  # None: no count suffices (each worker's own fold and render exceed its core)
+    worker_core_need: float  # cores one worker spends folding and rendering every event at peak
     worker_state_gb: float
     worker_cold_render_s: float
     gateways: int  # gateway processes (one core each)
     gateway_by: str  # what decided it: "streams", "responses" or "the minimum" (2: one may fail)
-    gateway_view_gb: float  # each gateway process, holding the whole view (today)
+    gateway_view_gb: float  # each gateway process: the index of every node's records, its streams' nodes decoded
     reconnect_cpu_s: float  # per surviving gateway process, when one is lost
     checkers: int
     checkers_capped: bool
@@ -82,11 +83,12 @@ def size(n: int, c: dict[str, float]) -> Size:
     # every record written: the event, the changed memberships and the changed body, each stored 3 times
     records = peak * (1 + per_event_nodes + 1) * 3
     brokers = max(3, math.ceil(records / (c["broker_records_per_s"] * headroom)))
-    # every worker folds every event and renders its share: peak x (fold + render / W) <= headroom
-    fold_share = peak / c["fold_events_per_s"]
-    # a worker's share of the rendering and of the publishing (each changed membership and the changed body)
-    render_s = peak * (c["render_ms_per_event"] + c["publish_ms_per_record"] * (per_event_nodes + 1)) / 1000
-    workers = max(2, math.ceil(render_s / max(1e-9, headroom - fold_share)))
+    # every worker folds AND renders every event (projector run --group shares only the planning and
+    # publishing of the view records: bench/projector_workers.py), so W is the least with
+    # peak x (fold + render + publish / W) <= headroom, and no W suffices once fold + render alone exceed it
+    own_share = peak * (1 / c["fold_events_per_s"] + c["render_ms_per_event"] / 1000)
+    publish_s = peak * c["publish_ms_per_record"] * (per_event_nodes + 1) / 1000
+    workers = max(2, math.ceil(publish_s / (headroom - own_share))) if own_share < headroom else None
     responses = peak * per_event_nodes  # each changed node's stream gets a delta response
     by_streams = math.ceil(n / c["streams_per_gateway"])
     by_responses = math.ceil(responses / (c["responses_per_gateway_cpu_s"] * headroom))
@@ -96,11 +98,12 @@ def size(n: int, c: dict[str, float]) -> Size:
     return Size(
         proxies=n, services=round(services), events_steady=steady, events_peak=peak, brokers=brokers,
         partitions=max(3, brokers), view_mb=n * c["view_bytes_per_node"] / 1e6, workers=workers,
-        worker_state_gb=n * c["projector_kb_per_node"] / 1e6,
-        worker_cold_render_s=n * c["render_ms_per_node"] / 1000 / workers,
+        worker_core_need=own_share, worker_state_gb=n * c["projector_kb_per_node"] / 1e6,
+        worker_cold_render_s=n * c["render_ms_per_node"] / 1000,  # each worker renders the whole mesh
         gateways=gateways, gateway_by="the minimum" if gateways > max(by_streams, by_responses)
         else "streams" if by_streams >= by_responses else "responses",
-        gateway_view_gb=(n * c["gateway_view_kb_per_node"] + streams_each * c["gateway_kb_per_stream"]) / 1e6,
+        # --views connected (the default): every node's records kept undecoded, its streams' nodes decoded
+        gateway_view_gb=(n * c["gateway_index_kb_per_node"] + streams_each * c["gateway_kb_per_stream"]) / 1e6,
         reconnect_cpu_s=streams_each * c["gateway_ms_per_stream_open"] / 1000 / max(1, gateways - 1),
         checkers=min(checkers_needed, int(c["checker_shards"])), checkers_capped=checkers_needed > c["checker_shards"],
         propagation_ms=c["propagation_ms"], failover_stall_s=c["failover_stall_s"],
@@ -119,11 +122,13 @@ def table(costs: dict[str, float]) -> str:
         ("Kafka brokers", [str(s.brokers) for s in sizes]),
         ("partitions per event and view topic", [str(s.partitions) for s in sizes]),
         ("view topics, one copy", [f"{s.view_mb:,.0f} MB" for s in sizes]),
-        ("projector workers", [str(s.workers) for s in sizes]),
+        ("projector workers", [str(s.workers) if s.workers is not None else
+                               f"none suffices: each needs {s.worker_core_need:,.1f} cores to fold and render"
+                               for s in sizes]),
         ("state each worker holds", [f"{s.worker_state_gb:.1f} GB" for s in sizes]),
-        ("a new worker's first render of its share", [f"{s.worker_cold_render_s:,.0f} s" for s in sizes]),
+        ("a new worker's first render (the whole mesh)", [f"{s.worker_cold_render_s:,.0f} s" for s in sizes]),
         ("gateway processes (one core each)", [f"{s.gateways} (by {s.gateway_by})" for s in sizes]),
-        ("memory per gateway process (whole view + its streams)", [f"{s.gateway_view_gb:.1f} GB" for s in sizes]),
+        ("memory per gateway process (every node's records undecoded + its streams' nodes)", [f"{s.gateway_view_gb:.1f} GB" for s in sizes]),
         ("CPU each survivor spends re-opening a lost process's streams",
          [f"{s.reconnect_cpu_s:,.1f} s" for s in sizes]),
         ("health checkers", [f"{s.checkers}" + (" (shard cap: too few)" if s.checkers_capped else "") for s in sizes]),

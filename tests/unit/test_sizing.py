@@ -18,7 +18,7 @@ COSTS = {"instances_per_service": 5, "minutes_between_events": 10, "peak_factor"
          "nodes_changed_per_event": 15, "broker_records_per_s": 30_000, "fold_events_per_s": 500_000,
          "render_ms_per_event": 1.0, "publish_ms_per_record": 0.1, "render_ms_per_node": 0.2, "projector_kb_per_node": 10,
          "view_bytes_per_node": 2_000, "streams_per_gateway": 10_000, "responses_per_gateway_cpu_s": 1_500,
-         "gateway_kb_per_stream": 40, "gateway_view_kb_per_node": 20, "gateway_ms_per_stream_open": 4,
+         "gateway_kb_per_stream": 40, "gateway_index_kb_per_node": 4, "gateway_ms_per_stream_open": 4,
          "probe_interval_s": 5, "probes_per_checker_cpu_s": 3_000, "checker_shards": 12, "propagation_ms": 400,
          "failover_stall_s": 5}
 
@@ -39,8 +39,11 @@ def test_the_derivation_at_a_million_proxies():
     assert s.events_peak == pytest.approx(1_000_000 / 600 * 10)
     # 16,667 events/s x (1 event + 15 memberships + 1 body) x 3 copies over 30,000 x 0.5 records/s per broker
     assert s.brokers == 57
-    # 16,667 x (1 ms of render + 16 records x 0.1 ms) = 43.3 core-s/s over (0.5 - 16,667 / 500,000) of a core
-    assert s.workers == 93
+    # every worker folds and renders every event: 16,667 x (1/500,000 + 1 ms) = 16.7 cores each, over its
+    # half core whatever the count: no number of workers suffices
+    assert s.workers is None and s.worker_core_need == pytest.approx(16_667 * (1 / 500_000 + 0.001), rel=1e-3)
+    # every node's records undecoded (4 kB each) + its share of the streams (40 kB each), 334 processes
+    assert s.gateway_view_gb == pytest.approx((1_000_000 * 4 + 1_000_000 / 334 * 40) / 1e6)
     # 250,000 responses/s over 750 per gateway core: more than the streams ask for (100 processes)
     assert (s.gateways, s.gateway_by) == (334, "responses")
     assert s.checkers == 12 and s.checkers_capped
@@ -56,3 +59,10 @@ def test_a_unit_cost_without_a_number_is_named():
     text = f"{sizing.COSTS_BEGIN}\n| `fold_events_per_s` | fold | unknown | bench |\n{sizing.COSTS_END}"
     with pytest.raises(ValueError, match="fold_events_per_s"):
         sizing.unit_costs(text)
+
+
+def test_projector_workers_share_only_the_publishing():
+    # 10,000 proxies: 166.7 events/s peak; each worker's own fold + render 166.7 x (1/500,000 + 1 ms) = 0.167
+    # of a core; the publishing (16 records x 0.1 ms per event = 0.267 core) is split: W >= 0.267 / (0.5 - 0.167)
+    s = sizing.size(10_000, COSTS)
+    assert s.workers == 2 and s.worker_cold_render_s == pytest.approx(10_000 * 0.2 / 1000)

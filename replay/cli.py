@@ -571,8 +571,8 @@ async def cmd_identities(args: argparse.Namespace, bootstrap: str) -> int:
     async with open_log(bootstrap, args.timeout) as consumer:
         if at_ms > to_ms(now):
             raise OutOfRange(f"--at {iso(at_ms)} is in the future")
-        registry, bad = await identities.registry_at(consumer, at_ms)
-    doc = identities.held_document(registry, at_ms, service=args.service, undecodable=bad)
+        registry, bad, refused = await identities.registry_at(consumer, at_ms, verify=not args.insecure_events)
+    doc = identities.held_document(registry, at_ms, service=args.service, undecodable=bad, refused=refused)
     if args.json:
         _emit_json(doc)
     else:

@@ -40,9 +40,30 @@ async def read_identity_events(consumer: AIOKafkaConsumer, from_ms: int, to_ms: 
     return events, bad
 
 
-async def registry_at(consumer: AIOKafkaConsumer, at_ms: int) -> tuple[Registry, int]:
+async def registry_at(consumer: AIOKafkaConsumer, at_ms: int, *, verify: bool = True) -> tuple[Registry, int, int]:
+    """The registry at ``at_ms``, the count of undecodable identity records and of those refused (not the
+    configured mesh root's: ``registry_of``)."""
     events, bad = await read_identity_events(consumer, 0, at_ms)
-    return fold_many(EMPTY, events), bad
+    if not verify:
+        return fold_many(EMPTY, events), bad, 0
+    from identity.verifier import configured_roots  # loads cryptography: only a verifying replay pays
+
+    registry, refused = registry_of(events, configured_roots())
+    return registry, bad, refused
+
+
+def registry_of(events: list[Logged], roots) -> tuple[Registry, int]:
+    """The registry the identity events give and how many were refused: with mesh roots configured, only the
+    events a root signed are folded (``identity.verifier.Verifier.update``, as the projector, the checkers and
+    the gateways fold them), so a forged issuance or revocation is not shown as held or revoked; without roots
+    (plaintext development) every event counts."""
+    if not roots:
+        return fold_many(EMPTY, events), 0
+    from identity.verifier import Verifier
+
+    verifier = Verifier(roots=roots)
+    verifier.update(events)
+    return verifier.registry, verifier.identities_refused
 
 
 async def load_verifier(consumer: AIOKafkaConsumer, now_ms: int):
@@ -70,7 +91,8 @@ def _cert_doc(c: Certificate) -> dict:
             "public_key": c.public_key}
 
 
-def held_document(registry: Registry, at_ms: int, *, service: str | None = None, undecodable: int = 0) -> dict:
+def held_document(registry: Registry, at_ms: int, *, service: str | None = None, undecodable: int = 0,
+                  refused: int = 0) -> dict:
     held = [c for c in registry.held_at(at_ms) if service is None or sidecar_service(c.spiffe_id) == service]
     revoked = [
         {**_cert_doc(registry.certificates[s]), "revoked": iso(r.logged_ms), "reason": r.reason, "revoked_by": r.revoked_by}
@@ -82,7 +104,7 @@ def held_document(registry: Registry, at_ms: int, *, service: str | None = None,
     return {"format": 1, "kind": "identities", "at": iso(at_ms), "at_ms": at_ms,
             "filter": {"service": service} if service else {},
             "held": [_cert_doc(c) for c in held], "revoked": revoked,
-            "identity_events": registry.events, "undecodable": undecodable}
+            "identity_events": registry.events, "undecodable": undecodable, "refused": refused}
 
 
 def log_entries(events: Iterable[Logged], *, service: str | None = None) -> list[dict]:
@@ -111,7 +133,9 @@ def log_entries(events: Iterable[Logged], *, service: str | None = None) -> list
 
 def print_held(console: Console, doc: dict, limit: int = 50) -> None:
     console.print(Text(f"identities held at {doc['at']} ({doc['identity_events']} identity events folded"
-                       + (f", {doc['undecodable']} undecodable skipped" if doc["undecodable"] else "") + ")",
+                       + (f", {doc['undecodable']} undecodable skipped" if doc["undecodable"] else "")
+                       + (f", {doc['refused']} not signed by the mesh root, not folded" if doc.get("refused") else "")
+                       + ")",
                        style="bold"))
     table = Table(title="held", title_justify="left")
     for col in ("spiffe id", "serial", "not before", "not after", "issued", "how"):

@@ -133,3 +133,20 @@ def test_a_revocation_only_the_root_signed_reaches_the_registry_a_gateway_folds(
     assert refused == ["unsigned", "not_a_root"]
     registry = fold_identities(EMPTY, kept)
     assert set(registry.revocations) == {other.serial} and victim.serial not in registry.revocations
+
+
+def test_replay_identities_shows_only_what_the_root_signed(trust):
+    # `replay identities --at T` folds the topic through replay.identities.registry_of: with the mesh root
+    # configured a forged issuance is neither listed as held nor able to revoke anything; the count is shown
+    from replay.identities import held_document, registry_of
+
+    forged, _ = issuance(trust, sidecar("reviews", "forged"), None)
+    honest, _ = issuance(trust, sidecar("reviews", "honest"), records.authority_signer(trust.ca))
+    registry, refused = registry_of([forged, honest], [trust.ca.certificate])
+    doc = held_document(registry, MS0 + 1, refused=refused)
+    held = {c["spiffe_id"] for c in doc["held"]}
+    assert refused == 1 and doc["refused"] == 1
+    assert any(h.endswith("/reviews/honest") for h in held) and not any(h.endswith("/reviews/forged") for h in held)
+    # plaintext development, no root: the topic is trusted as it is
+    open_registry, none_refused = registry_of([forged, honest], [])
+    assert none_refused == 0 and len(open_registry.certificates) == 2

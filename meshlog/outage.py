@@ -101,6 +101,10 @@ class Outage:
         return line
 
 
+# aiokafka's log templates (unformatted) of routine group membership changes, logged by it as warnings
+_GROUP_ROUTINE = ("Heartbeat failed for group %s because it is rebalancing",)
+
+
 class KafkaOutageLog(logging.Filter):
     """Routes aiokafka's error records (and our retry loops' failures) through one ``Outage``.
 
@@ -151,6 +155,11 @@ class KafkaOutageLog(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
+            return True
+        if isinstance(record.msg, str) and record.msg.startswith(_GROUP_ROUTINE):
+            # a consumer group rebalancing (a member joined, left or was replaced) is the group working, not
+            # Kafka failing: projector workers and checkers see one on every start and stop of a peer
+            record.levelno, record.levelname = logging.INFO, "INFO"
             return True
         try:
             message = record.getMessage()

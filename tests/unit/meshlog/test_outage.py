@@ -94,6 +94,20 @@ def test_aiokafka_error_records_become_one_line(caplog):
     assert [r.getMessage() for r in caplog.records] == ["after"]
 
 
+def test_a_group_rebalancing_is_routine_not_an_outage(caplog):
+    # projector workers and checkers share shards through consumer groups: every peer that starts or stops
+    # makes aiokafka warn "Heartbeat failed ... because it is rebalancing"; that is the group working
+    ours = logging.getLogger("test.outage.group")
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="aiokafka")
+    with KafkaOutageLog("Kafka at k:4", ours, clock=_Clock()):
+        logging.getLogger("aiokafka.consumer.group_coordinator").warning(
+            "Heartbeat failed for group %s because it is rebalancing", "meshlog-projector")
+    records = [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
+    assert records == [("aiokafka.consumer.group_coordinator", "INFO",
+                        "Heartbeat failed for group meshlog-projector because it is rebalancing")]
+
+
 async def test_the_end_is_logged_by_a_timer_on_the_loop(caplog):
     caplog.set_level(logging.INFO)
     ours = logging.getLogger("test.outage.timer")

@@ -314,6 +314,8 @@ async def rebuild(
              folded, fold_only, stats["fold_s"], time.process_time())
     if "reader" not in stats:
         stats["decode_memo_hit_rate"] = round(decoder.hit_rate, 4)
+    # in log order: batches of several partitions arrive in whatever order the fetches answered
+    undecodable.sort(key=lambda u: (u.timestamp_ms or 0, u.topic, u.partition, u.offset))
     return Rebuilt(at_ms, state, cut, chosen, folded, undecodable, None, stats)
 
 

@@ -103,7 +103,13 @@ class EventTail:
                                     isolation_level="read_committed", auto_offset_reset="earliest")
         await consumer.start()
         try:
-            parts = [TopicPartition(t, 0) for t in (*TAILED, *FOR_CONVERGENCE)]
+            # every partition the broker has (registrations and health have several): an instance's events
+            # land in the partition of its key, not in partition 0
+            from events.admin import partitions_of
+
+            names = (*TAILED, *FOR_CONVERGENCE)
+            have = await partitions_of(consumer, names)
+            parts = [TopicPartition(t, p) for t in names for p in have.get(t, [0])]
             consumer.assign(parts)
             found = await consumer.offsets_for_times({tp: self.since_ms for tp in parts})
             for tp in parts:

@@ -59,7 +59,8 @@ def test_the_child_reads_the_same_batches_as_this_process(log_until):
     events_here = [lg for b in here for lg in b.events]
     assert len(events_here) >= 400
     assert _exact([lg for b in there for lg in b.events]) == _exact(events_here)
-    assert [u for b in there for u in b.undecodable] == [u for b in here for u in b.undecodable] != []
+    # the same records; their order across partitions is the order the fetches answered in, in either process
+    assert sorted(u for b in there for u in b.undecodable) == sorted(u for b in here for u in b.undecodable) != []
     assert sum(b.records for b in there) == sum(b.records for b in here)
 
 

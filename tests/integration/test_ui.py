@@ -83,6 +83,10 @@ def replay_json(bootstrap: str, *args: str) -> dict:
     return json.loads(proc.stdout)
 
 
+def _without_source(doc: dict) -> dict:
+    return {k: v for k, v in doc.items() if k != "source"}
+
+
 def between(marks: dict, a: str, b: str) -> int:
     return (marks[a] + marks[b]) // 2
 
@@ -96,13 +100,20 @@ def test_the_mesh_node_and_diff_at_the_cursors_are_what_replay_prints(history, c
     at = f"@{between(marks, 'canary-90-10', 'canary-50-50')}"
     status, mesh = api(console, "/api/mesh", at=at)
     assert status == 200
-    assert mesh == replay_json(bootstrap, "at", "--at", at)
+    printed = replay_json(bootstrap, "at", "--at", at)
+    # the same mesh; the provenance ("source": snapshot, cut, undecodable records met) is reported by each
+    # from its own path (the console answers from its cached rebuild) and may differ in form
+    assert _without_source(mesh) == _without_source(printed)
+    assert [mesh["source"][k] for k in ("events_folded", "events_total")] == \
+        [printed["source"][k] for k in ("events_folded", "events_total")]
     rule = next(r for r in mesh["route_rules"] if r["host"] == n["reviews"])
     assert [d["weight"] for d in rule["routes"][0]["destinations"]] == [90, 10]
 
     status, node = api(console, "/api/node", at=at, node=n["node"])
     assert status == 200
-    assert node == replay_json(bootstrap, "at", "--at", at, "--node", n["node"], "--full", "--accepted")
+    printed_node = replay_json(bootstrap, "at", "--at", at, "--node", n["node"], "--full", "--accepted")
+    assert _without_source(node) == _without_source(printed_node)
+    assert node["source"]["events_folded"] == printed_node["source"]["events_folded"]
     assert node["accepted"]["node"] == n["node"] and not node["accepted"]["connected"]  # no proxy ever connected
 
     b = f"@{marks['canary-100-0']}"

@@ -197,7 +197,10 @@ def main() -> int:
     parser.add_argument("--instances", type=int, default=5)
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--workers", default="1,2,4", help="worker counts to run, comma-separated")
+    parser.add_argument("--signed", action="store_true",
+                        help="the producers sign their events (the workers run --insecure-events and do not verify)")
     args = parser.parse_args()
+    args.unsigned = not args.signed  # bench/projector.py's producer
     counts = [int(x) for x in args.workers.split(",")]
     print(f"mesh: {args.services} services x {args.instances} instances = {args.services * args.instances} "
           f"sidecar nodes; {args.events:,} health transitions; host: {os.cpu_count()} cores", flush=True)

@@ -27,11 +27,39 @@ What a resource depends on (the incremental rules):
   that only grows).
 
 ``previous`` is never modified; both results stay valid.
+
+Scoped renders (``scope``: a ``projector.sharding.Ownership``, a worker of
+``projector run --group``; None or one owning everything: unscoped, as
+replay and the single projector render). The scope is part of the result,
+``render_all(state, previous=rm, scope=s)`` starts from ``rm`` whatever
+``rm``'s scope, and the result has scope ``s``. A scoped render holds:
+
+- every shared resource some node holds (cluster, endpoints, API listener
+  and route of a service: few, and their versions go into the memberships
+  the worker owns, whichever shard owns the resource), with the same bytes
+  and versions as the unscoped render;
+- the per-node resources (``naming.is_per_node``), membership and owner of
+  the nodes the scope owns only: for them, the same as the unscoped render;
+  a node it does not own costs its view's names only (kept, as shared keys,
+  in the index: the holders and dependents indexes stay whole, so shared
+  resources and the memberships of owned nodes stay right);
+- ``problems``: the shared resources' and rules', and the owned nodes'.
+
+So for every key the scope owns (``Ownership.owns_node``/``owns_resource``)
+a scoped render equals the unscoped render of the same state, and its change
+sets equal the unscoped render's (from an unscoped ``previous`` of the same
+state) restricted to those keys, except when the scope changed since
+``previous``: a node the scope gained is rendered whole and reported in
+``changed_nodes``, its per-node resources in ``changed`` (they are new to
+this render: ``publisher.plan_takeover`` republishes them anyway), and a node
+it lost leaves the render silently (not in ``removed``/``removed_nodes``:
+its records are another worker's to write, not gone).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from events import types as t
 from projector import naming
@@ -39,6 +67,9 @@ from projector.render_view import Renderer
 from projector.state import MeshState, changed_keys, empty_state
 from projector.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_URLS
 from projector.versioning import version_of
+
+if TYPE_CHECKING:  # projector.sharding imports aiokafka (events.shard_group): replay must not pay for it
+    from projector.sharding import Ownership
 
 ResourceKey = tuple[str, str]  # (type_url, name)
 
@@ -55,6 +86,9 @@ class _Index:
     rule_problems: dict[str, str] = field(default_factory=dict)
     res_problems: dict[ResourceKey, tuple[str, ...]] = field(default_factory=dict)
     node_problems: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # scoped renders: node the scope does not own -> the shared resources its view names (an owned node's
+    # are in its membership)
+    held: dict[str, frozenset[ResourceKey]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +108,8 @@ class RenderedMesh:
     changed_nodes: frozenset[str] = frozenset()  # new, or membership names/versions or owner changed
     removed_nodes: frozenset[str] = frozenset()
     state: MeshState = field(default_factory=empty_state, repr=False, compare=False)
+    # the keys this render covers (None: every node); see the module docstring
+    scope: Ownership | None = field(default=None, repr=False, compare=False)
     _index: _Index = field(default_factory=_Index, repr=False, compare=False)
 
 
@@ -104,18 +140,26 @@ def _own_resources(node: str) -> frozenset[ResourceKey]:
     )
 
 
-def render_all(state: MeshState, previous: RenderedMesh | None = None) -> RenderedMesh:
+def _scope_key(scope: Ownership | None) -> tuple[frozenset[int], int] | None:
+    return None if scope is None or scope.everything else (scope.shards, scope.partitions)
+
+
+def render_all(state: MeshState, previous: RenderedMesh | None = None, scope: Ownership | None = None) -> RenderedMesh:
     prev = previous if previous is not None else _EMPTY
-    old = prev.state
-    if old is state:
-        return replace(prev, changed=frozenset(), removed=frozenset(), changed_nodes=frozenset(), removed_nodes=frozenset())
-    return _Step(prev, state).run()
+    if scope is not None and scope.everything:
+        scope = None
+    if prev.state is state and _scope_key(prev.scope) == _scope_key(scope):
+        return replace(prev, changed=frozenset(), removed=frozenset(), changed_nodes=frozenset(), removed_nodes=frozenset(),
+                       scope=scope)
+    return _Step(prev, state, scope).run()
 
 
 class _Step:
-    def __init__(self, prev: RenderedMesh, state: MeshState) -> None:
+    def __init__(self, prev: RenderedMesh, state: MeshState, scope: Ownership | None) -> None:
         self.prev = prev
         self.state = state
+        self.scope = scope
+        self.owns = (lambda node: True) if scope is None else scope.owns_node
         self.r = Renderer(state)
         idx = prev._index
         self.resources = dict(prev.resources)
@@ -130,6 +174,7 @@ class _Step:
         self.rule_problems = dict(idx.rule_problems)
         self.res_problems = dict(idx.res_problems)
         self.node_problems = dict(idx.node_problems)
+        self.held = dict(idx.held)
         self.changed: set[ResourceKey] = set()
         self.removed: set[ResourceKey] = set()
         self.changed_nodes: set[str] = set()
@@ -196,6 +241,28 @@ class _Step:
             for svc in deps:
                 self.dependents[svc] = self.dependents.get(svc, frozenset()) | {node}
 
+    def _rescope(self) -> set[str]:
+        """The scope changed since ``previous``: the records of the nodes it lost leave the render (their
+        shared keys move to ``held``); returns the nodes it gained."""
+        prev_scope = self.prev.scope
+        for node in [n for n in self.membership if not self.owns(n)]:
+            m = self.membership.pop(node)
+            self.owners.pop(node, None)
+            self.node_problems.pop(node, None)
+            shared = set()
+            for type_url, named in m.items():
+                for name in named:
+                    if naming.is_per_node(name):
+                        self.resources.pop((type_url, name), None)
+                        self.versions.pop((type_url, name), None)
+                    else:
+                        shared.add((type_url, name))
+            if shared:
+                self.held[node] = frozenset(shared)
+        if prev_scope is None:
+            return set()  # it owned every node
+        return {n for n in self.state.nodes if self.owns(n) and not prev_scope.owns_node(n)}
+
     # ------------------------------------------------ the step
 
     def run(self) -> RenderedMesh:
@@ -258,6 +325,8 @@ class _Step:
                 reg = new.instances[key].reg
                 if reg.node_id is not None and reg.sidecar is not None and reg.sidecar.trust_domain is not None:
                     dirty_nodes.add(reg.node_id)
+        if _scope_key(self.prev.scope) != _scope_key(self.scope):
+            dirty_nodes |= self._rescope()  # the nodes it gained: rendered whole, like a new node
         # a node whose own instance changed is re-rendered whole; one whose dependencies changed
         # keeps its inbound/outbound listeners and local cluster (they depend on its instance only)
         self_dirty = set(dirty_nodes)
@@ -265,14 +334,19 @@ class _Step:
         for svc in meta_changed | served_changed:
             dirty_nodes |= self.dependents.get(svc, frozenset())
 
-        # 3. re-view dirty nodes; their own resources are re-rendered right away
+        # 3. re-view dirty nodes; the own resources of those in scope are re-rendered right away (a node
+        # out of scope costs its view's names: the holders of shared resources stay whole)
         fresh: set[ResourceKey] = set()
         released: set[ResourceKey] = set()
         views: dict[str, dict[str, tuple[str, ...]]] = {}
         owners_now: dict[str, tuple[str, str]] = {}
         for node in sorted(dirty_nodes):
-            old_m = self.prev.membership.get(node)
-            old_keys = {(u, n) for u, named in old_m.items() for n in named} if old_m else set()
+            owned = self.owns(node)
+            old_m = self.membership.get(node)  # as in ``previous`` (only ``_rescope`` has changed it yet)
+            if old_m is not None:
+                old_keys = {(u, n) for u, named in old_m.items() for n in named}
+            else:
+                old_keys = set(self.held.get(node, ()))
             inst = new.node_instance(node)
             self.node_problems.pop(node, None)
             r.take_problems()
@@ -281,8 +355,9 @@ class _Step:
                 self._set_dependents(node, None)
             else:
                 view = r.view(node)
-                views[node] = view
-                owners_now[node] = (inst.reg.service, inst.reg.instance_id)
+                if owned:
+                    views[node] = view
+                    owners_now[node] = (inst.reg.service, inst.reg.instance_id)
                 new_keys = {(u, n) for u, names in view.items() for n in names}
                 self._set_dependents(node, inst.dependencies())
             for key in old_keys - new_keys:
@@ -290,6 +365,17 @@ class _Step:
                     self._drop(key)
                 else:
                     self._release(key, node, released)
+            if not owned:
+                shared = frozenset(key for key in new_keys if not naming.is_per_node(key[1]))
+                for key in shared - old_keys:
+                    self._acquire(key, node, fresh)
+                if shared:
+                    self.held[node] = shared
+                else:
+                    self.held.pop(node, None)
+                r.take_problems()  # its owner reports them
+                continue
+            self.held.pop(node, None)  # owned now: its membership will hold its names
             own = None if node in self_dirty else _own_resources(node)
             for key in sorted(new_keys):
                 if naming.is_per_node(key[1]):
@@ -338,8 +424,10 @@ class _Step:
             if key not in self.holders:
                 self._drop(key)
 
-        # 5. memberships of the dirty nodes
+        # 5. memberships of the dirty nodes in scope
         for node in dirty_nodes:
+            if not self.owns(node):
+                continue
             view = views.get(node)
             if view is None:
                 self.owners.pop(node, None)
@@ -368,6 +456,7 @@ class _Step:
             changed_nodes=frozenset(self.changed_nodes),
             removed_nodes=frozenset(self.removed_nodes),
             state=new,
+            scope=self.scope,
             _index=_Index(
                 node_deps=self.node_deps,
                 dependents=self.dependents,
@@ -377,5 +466,6 @@ class _Step:
                 rule_problems=self.rule_problems,
                 res_problems=self.res_problems,
                 node_problems=self.node_problems,
+                held=self.held,
             ),
         )

@@ -1,0 +1,202 @@
+"""Scoped renders (``render_all(state, previous, scope=Ownership)``): a worker of ``projector run --group``
+renders the per-node resources and memberships of the nodes it owns only, and every held shared resource.
+
+For every key its scope owns, a scoped render equals the unscoped one; the workers' plans built from scoped
+renders (incremental, across takeovers and revocations) are the plans they would build from unscoped
+renders, record for record.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from projector import naming
+from projector import publisher as pub
+from projector.render import CLUSTER, ENDPOINT, LISTENER, render_all
+from projector.fold import fold_many
+from projector.sharding import Ownership
+from projector.state import empty_state
+from tests.unit.projector.helpers import Log, fold_log
+from tests.unit.projector.test_properties import interleaving, topic_logs
+
+SHARDS = 12
+
+
+def in_scope(scope: Ownership, key: tuple[str, str]) -> bool:
+    """What a scoped render holds: every shared resource, the per-node ones of the nodes it owns."""
+    node = naming.node_of(key[1])
+    return node is None or scope.owns_node(node)
+
+
+def restricted(rm, scope: Ownership):
+    """The part of a render a scope covers: (resources, versions, membership, owners)."""
+    return ({k: v for k, v in rm.resources.items() if in_scope(scope, k)},
+            {k: v for k, v in rm.versions.items() if in_scope(scope, k)},
+            {n: m for n, m in rm.membership.items() if scope.owns_node(n)},
+            {n: o for n, o in rm.owners.items() if scope.owns_node(n)})
+
+
+def parts(rm):
+    return rm.resources, rm.versions, rm.membership, rm.owners
+
+
+def delta(prev_parts, cur):
+    resources, _versions, membership, owners = prev_parts
+    return ({k for k, v in cur.resources.items() if resources.get(k) != v},
+            set(resources) - set(cur.resources),
+            {n for n, m in cur.membership.items() if membership.get(n) != m or owners.get(n) != cur.owners.get(n)},
+            set(membership) - set(cur.membership))
+
+
+def records(plan: pub.ViewPlan) -> dict:
+    return {(topic, key): value for phase in pub.plan_records(plan) for topic, key, value in phase}
+
+
+def worker_plan(rendered, published: pub.PublishedViews, own: Ownership, gained: frozenset[int], incremental: bool):
+    """What ``ProjectorService._render_plan`` plans from a render: the kept shards' changes, the gained ones whole."""
+    plan_of = pub.plan_changes if incremental else pub.plan_views
+    if not gained:
+        return plan_of(rendered, published, own)
+    kept = own.only(own.shards - gained)
+    return pub.merge_plans(plan_of(rendered, published, kept), pub.plan_takeover(rendered, published, own.only(gained)))
+
+
+shard_sets = st.frozensets(st.integers(0, SHARDS - 1))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_a_scoped_render_is_the_unscoped_one_for_its_keys_across_scope_changes(data):
+    """Incremental scoped renders, the scope changing at random between them (takeovers, revocations, from
+    and to unscoped), equal the unscoped render restricted to the scope, and report exactly what changed
+    against the previous scoped render restricted to the new scope (gained nodes: new; lost ones: silent)."""
+    events = data.draw(interleaving(data.draw(topic_logs())))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(events)), max_size=6)))
+    s = empty_state()
+    scoped = None
+    start = 0
+    for cut in [*cuts, len(events)]:
+        s, _ = fold_many(s, events[start:cut])
+        start = cut
+        shards = data.draw(st.one_of(st.none(), shard_sets))
+        scope = Ownership(shards, SHARDS)
+        full = render_all(s)
+        cur = render_all(s, previous=scoped, scope=scope)
+        assert parts(cur) == restricted(full, scope)
+        assert cur.scope is None if shards is None else cur.scope is scope
+        assert set(cur.problems) <= set(full.problems)
+        prev_parts = restricted(scoped, scope) if scoped is not None else ({}, {}, {}, {})
+        assert (set(cur.changed), set(cur.removed), set(cur.changed_nodes), set(cur.removed_nodes)) == delta(
+            prev_parts, cur)
+        scoped = cur
+    # back in time, to a smaller scope: still exact
+    first = fold_log(events[: len(events) // 2])[0]
+    half = Ownership(frozenset(range(6)), SHARDS)
+    assert parts(render_all(first, previous=scoped, scope=half)) == restricted(render_all(first), half)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_workers_plan_from_scoped_renders_what_they_would_from_unscoped_ones(data):
+    """Two workers splitting the shards, reassigned at random between batches (a shard moves, one worker
+    holds all, one is revoked): each worker's plans from its scoped renders equal its plans from unscoped
+    renders, record for record (takeovers included), and the records of the two add up to the keys of the
+    unscoped render, each from the worker owning it."""
+    events = data.draw(interleaving(data.draw(topic_logs())))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(events)), max_size=5)))
+    s = empty_state()
+    unscoped = None
+    workers = [{"rendered": None, "published": pub.PublishedViews(), "shards": frozenset()} for _ in range(2)]
+    start = 0
+    for cut in [*cuts, len(events)]:
+        s, _ = fold_many(s, events[start:cut])
+        start = cut
+        first = data.draw(shard_sets)
+        assignment = [first, frozenset(range(SHARDS)) - first]
+        reference = render_all(s) if unscoped is None else render_all(s, previous=unscoped)
+        published_keys, published_nodes = {}, {}
+        for w, shards in zip(workers, assignment):
+            own = Ownership(shards, SHARDS)
+            gained = shards - w["shards"]
+            incremental = w["rendered"] is not None
+            rendered = render_all(s, previous=w["rendered"], scope=own)
+            plan = worker_plan(rendered, w["published"], own, gained, incremental)
+            ref_plan = worker_plan(reference, w["published"], own, gained, unscoped is not None)
+            assert records(plan) == records(ref_plan)
+            w["published"].apply(plan)
+            w.update(rendered=rendered, shards=shards)
+            for rk, version in w["published"].resources.items():
+                if own.owns_resource(rk):
+                    published_keys[rk] = version
+            for node, membership in w["published"].membership.items():
+                if own.owns_node(node):
+                    published_nodes[node] = membership
+        unscoped = reference
+        # what the owners have published is the unscoped render's view
+        assert (published_keys, published_nodes) == (reference.versions, reference.membership)
+
+
+def _mesh() -> Log:
+    log = Log()
+    for i in range(8):
+        log.register("web", f"w{i}", f"10.0.0.{i + 1}", node_id=f"web-{i}", sidecar=(15006, 15001),
+                     depends_on=("reviews",))
+    log.register("reviews", "r1", "10.0.1.1")
+    log.register("reviews", "r2", "10.0.1.2")
+    return log
+
+
+def _split(nodes):
+    """Shards 0-5 and the nodes they own."""
+    own = Ownership(frozenset(range(6)), SHARDS)
+    mine = {n for n in nodes if own.owns_node(n)}
+    assert mine and mine != set(nodes)  # both halves of the split hold nodes
+    return own, mine
+
+
+def test_a_worker_keeps_the_memberships_and_per_node_resources_of_its_nodes_only_and_every_shared_body():
+    log = _mesh()
+    state = fold_log(log.events)[0]
+    full = render_all(state)
+    own, mine = _split(full.membership)
+    scoped = render_all(state, scope=own)
+    assert set(scoped.membership) == mine
+    assert {naming.node_of(n) for _u, n in scoped.resources if naming.node_of(n) is not None} == mine
+    assert {(CLUSTER, "reviews"), (ENDPOINT, "reviews")} <= set(scoped.resources)  # held by nodes of both
+    # a health change moves the endpoints every node holds: only the owned nodes' memberships are rebuilt
+    n = len(log.events)
+    log.health("reviews", "r2", "unhealthy")
+    after = render_all(fold_log(log.events[n:], state)[0], previous=scoped, scope=own)
+    assert after.changed == {(ENDPOINT, "reviews")} and after.changed_nodes == mine
+
+
+def test_gaining_shards_renders_their_nodes_whole_and_losing_them_drops_them_silently():
+    log = _mesh()
+    state = fold_log(log.events)[0]
+    full = render_all(state)
+    own, mine = _split(full.membership)
+    scoped = render_all(state, scope=own)
+    everything = own.only(frozenset(range(SHARDS)))
+    grown = render_all(state, previous=scoped, scope=everything)
+    others = set(full.membership) - mine
+    assert grown.changed_nodes == others  # nothing changed in the mesh: the gained nodes are new to the render
+    assert grown.changed == {k for k in full.resources if naming.node_of(k[1]) in others}
+    assert (grown.resources, grown.membership) == (full.resources, full.membership)
+    shrunk = render_all(state, previous=grown, scope=own)
+    assert not (shrunk.changed or shrunk.removed or shrunk.changed_nodes or shrunk.removed_nodes)
+    assert set(shrunk.membership) == mine
+    # a node leaving while out of scope still releases what it held
+    for i in range(8):
+        log.deregister("web", f"w{i}")
+    gone = render_all(fold_log(log.events)[0], previous=shrunk, scope=own)
+    assert gone.resources == {} and gone.removed_nodes == mine
+    assert (LISTENER, naming.outbound_listener(sorted(mine)[0])) in gone.removed
+
+
+def test_owning_everything_is_the_unscoped_render():
+    state = fold_log(_mesh().events)[0]
+    full = render_all(state)
+    for scope in (Ownership(None), Ownership(None, SHARDS)):
+        rm = render_all(state, scope=scope)
+        assert rm.scope is None and parts(rm) == parts(full)

@@ -87,11 +87,14 @@ Restart and crash safety:
   refused with a message; ``--reset`` discards it.
 
 Sharing the work (``ProjectorConfig.group``, ``projector run --group G``): every
-worker folds and renders everything as above, but plans, publishes and records
-only the view keys of the shards the consumer group assigned it
-(``projector.sharding``; dead letters, rejections and snapshots: the owner of
-shard 0). It joins the group only once caught up (``_ready_to_render``), so a
-new worker takes no shard it cannot serve yet. A revocation waits for the
+worker folds everything as above, but renders only the per-node resources and
+memberships of the nodes it owns (``render_all(..., scope=ownership)``; every
+shared resource some node holds is rendered by every worker: its version goes
+into the memberships), and plans, publishes and records only the view keys of
+the shards the consumer group assigned it (``projector.sharding``; dead
+letters, rejections and snapshots: the owner of shard 0). It joins the group
+only once caught up (``_ready_to_render``), so a new worker takes no shard it
+cannot serve yet. A revocation waits for the
 batch being published and pauses publishing (nothing is rendered meanwhile, so
 the next incremental render still covers the gap); an assignment renders at
 once: the kept shards' changes, and every record of the gained shards
@@ -922,7 +925,9 @@ class ProjectorService:
         change sets.
         """
         previous = self._rendered
-        rendered = render_all(self.state) if previous is None else render_all(self.state, previous=previous)
+        # a worker of a group renders its own nodes only (the scope changes with its shards: a gained node is
+        # rendered whole, a lost one leaves the render); alone, it owns everything and renders it all
+        rendered = render_all(self.state, previous=previous, scope=self.ownership)
         incremental = previous is not None and hasattr(rendered, "changed_nodes")
         self._rendered = rendered
         self._reconcile_pending = False

@@ -1,9 +1,11 @@
 """Which view records a projector worker publishes: the keys of the shards it owns (pure).
 
-Every worker folds every event and renders the whole mesh (``render_all``:
-deterministic, the same bytes and versions in every process for the same
-log position); the expensive part that grows with the mesh — planning,
-serializing, publishing and recording view records — is split by key:
+Every worker folds every event and renders, deterministically (the same
+bytes and versions in every process for the same log position), every shared
+resource some node holds; the parts that grow with the nodes — rendering and
+serializing per-node resources, building memberships (``render_all(...,
+scope=ownership)``), planning, publishing and recording view records — are
+split by key:
 
 - a node's membership record, and its per-node resources (names carrying its
   id: ``<node>~outbound``, ``~inbound``, ``~local``, ``~tcp~<svc>``), belong

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from events import topics
 from events import types as t
+from projector import naming
 from projector.publisher import parse_resource_key
 from projector.sharding import Ownership
 
@@ -66,6 +67,26 @@ async def test_a_worker_publishes_nothing_before_its_assignment_then_only_its_sh
     assert expected and memberships(producer) == expected
     assert all(own.owns_resource(parse_resource_key(s.key)) for s in producer.to(topics.VIEW_RESOURCES))
     assert svc.shards_changed.is_set() and not svc._gained
+    close(svc)
+
+
+async def test_a_worker_renders_the_nodes_of_its_shards_only_and_follows_its_assignments(tmp_path):
+    log, producer = a_mesh(), FakeProducer()
+    svc = grouped(tmp_path, producer)
+    await svc.process(log.records[topics.REGISTRATIONS])
+    assert svc._rendered.membership == {}  # owning nothing yet: the shared bodies only
+    mine = set(range(0, 6))
+    await svc._shards_assigned(mine)
+    await svc._reconcile()
+    own = owner_view(mine)
+    assert set(svc._rendered.membership) == {n for n in NODES if own.owns_node(n)}
+    per_node = {rk for rk in svc._rendered.resources if naming.node_of(rk[1]) is not None}
+    assert per_node and all(own.owns_resource(rk) for rk in per_node)
+    await svc._shards_revoked(mine)
+    await svc._shards_assigned(set(range(SHARDS)))  # every shard: the other half's nodes are rendered now
+    await svc._reconcile()
+    assert set(svc._rendered.membership) == set(NODES)
+    assert memberships(producer) == set(NODES)
     close(svc)
 
 

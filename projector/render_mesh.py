@@ -29,7 +29,7 @@ What a resource depends on (the incremental rules):
 ``previous`` is never modified; both results stay valid.
 
 Scoped renders (``scope``: a ``projector.sharding.Ownership``, a worker of
-``projector run --group``; None or one owning everything: unscoped, as
+``projector run --group``; None, or one owning every shard: unscoped, as
 replay and the single projector render). The scope is part of the result,
 ``render_all(state, previous=rm, scope=s)`` starts from ``rm`` whatever
 ``rm``'s scope, and the result has scope ``s``. A scoped render holds:
@@ -140,14 +140,18 @@ def _own_resources(node: str) -> frozenset[ResourceKey]:
     )
 
 
+def _owns_all(scope: Ownership) -> bool:
+    return scope.everything or scope.shards >= frozenset(range(scope.partitions))
+
+
 def _scope_key(scope: Ownership | None) -> tuple[frozenset[int], int] | None:
-    return None if scope is None or scope.everything else (scope.shards, scope.partitions)
+    return None if scope is None else (scope.shards, scope.partitions)
 
 
 def render_all(state: MeshState, previous: RenderedMesh | None = None, scope: Ownership | None = None) -> RenderedMesh:
     prev = previous if previous is not None else _EMPTY
-    if scope is not None and scope.everything:
-        scope = None
+    if scope is not None and _owns_all(scope):
+        scope = None  # a worker owning every shard renders like one alone
     if prev.state is state and _scope_key(prev.scope) == _scope_key(scope):
         return replace(prev, changed=frozenset(), removed=frozenset(), changed_nodes=frozenset(), removed_nodes=frozenset(),
                        scope=scope)

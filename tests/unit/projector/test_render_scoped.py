@@ -84,7 +84,7 @@ def test_a_scoped_render_is_the_unscoped_one_for_its_keys_across_scope_changes(d
         full = render_all(s)
         cur = render_all(s, previous=scoped, scope=scope)
         assert parts(cur) == restricted(full, scope)
-        assert cur.scope is None if shards is None else cur.scope is scope
+        assert cur.scope is (None if shards is None or len(shards) == SHARDS else scope)
         assert set(cur.problems) <= set(full.problems)
         prev_parts = restricted(scoped, scope) if scoped is not None else ({}, {}, {}, {})
         assert (set(cur.changed), set(cur.removed), set(cur.changed_nodes), set(cur.removed_nodes)) == delta(
@@ -200,3 +200,5 @@ def test_owning_everything_is_the_unscoped_render():
     for scope in (Ownership(None), Ownership(None, SHARDS)):
         rm = render_all(state, scope=scope)
         assert rm.scope is None and parts(rm) == parts(full)
+    every_shard = render_all(state, scope=Ownership(frozenset(range(SHARDS)), SHARDS))  # a worker alone in its group
+    assert every_shard.scope is None and parts(every_shard) == parts(full)

@@ -403,6 +403,7 @@ class _Step:
             todo.update(k for k in by_service.get(svc, ()) if k[0] == ENDPOINT)
         for svc in meta_changed | served_changed:
             todo.update(k for k in by_service.get(svc, ()) if k[0] == ROUTE)
+        moved: dict[str, list[ResourceKey]] = {}  # node out of ``dirty_nodes`` -> its shared keys with new bytes
         for key in sorted(todo):
             holders = self.holders.get(key)
             if holders is None:
@@ -416,14 +417,20 @@ class _Step:
             else:
                 self.res_problems.pop(key, None)
             if self._put(key, msg):
-                version = self.versions[key]
+                membership = self.membership
                 for node in holders:
-                    if node in dirty_nodes or node not in self.membership:
-                        continue  # rebuilt (or removed) below
-                    m = dict(self.membership[node])
-                    m[key[0]] = {**m[key[0]], key[1]: version}
-                    self.membership[node] = m
-                    self.changed_nodes.add(node)
+                    if node in dirty_nodes or node not in membership:
+                        continue  # rebuilt (or removed) below; or out of scope
+                    moved.setdefault(node, []).append(key)
+        # the new versions go into each holder's membership at once (a node often holds several of them)
+        for node, keys in moved.items():
+            m = dict(self.membership[node])
+            for type_url in {k[0] for k in keys}:
+                m[type_url] = dict(m[type_url])
+            for key in keys:
+                m[key[0]][key[1]] = self.versions[key]
+            self.membership[node] = m
+            self.changed_nodes.add(node)
         for key in released:
             if key not in self.holders:
                 self._drop(key)

@@ -13,7 +13,12 @@ on 3 other services). For each size, in a fresh child process (so peak memory is
   (``projector.publisher.membership_value``) as the view topics carry them, in total and per node;
 * a health batch: ``--flips`` health transitions of random instances folded and rendered incrementally
   (``render_all(state, previous=...)``), as the live projector does a batch: CPU s, events per CPU-s,
-  and how many nodes' memberships changed.
+  and how many nodes' memberships changed;
+* the same two renders scoped to one shard of 12 (``render_all(..., scope=Ownership({0}, 12))``: a worker
+  of ``projector run --group`` owning a twelfth of the nodes), which splits each into what every worker
+  spends whatever its share (``shared``: the fold of the batch, shared resources, the indexes) and what
+  is divided among the workers (per-node resources and memberships): whole = shared + split,
+  scoped = shared + split / 12.
 
 CPU seconds (time.process_time) are reported beside wall time: the host is shared.
 """
@@ -46,12 +51,20 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _split(whole: float, scoped: float, shards: int) -> tuple[float, float]:
+    """(shared, split) CPU-s from a whole render and one scoped to 1 of ``shards``: whole = shared + split,
+    scoped = shared + split / shards (clamped at 0: the host's noise can exceed a small part)."""
+    split = max(0.0, (whole - scoped) * shards / (shards - 1))
+    return max(0.0, whole - split), split
+
+
 def one_size(nodes: int, flips: int) -> dict:
     from events import topics
     from events.envelope import Logged
     from projector.fold import fold_many
     from projector.publisher import membership_value
     from projector.render import render_all
+    from projector.sharding import Ownership
     from projector.state import empty_state
 
     bp = _bench_projector()
@@ -75,6 +88,15 @@ def one_size(nodes: int, flips: int) -> dict:
     state2, _ = fold_many(state, hs)
     again = render_all(state2, previous=rendered)
     c4, w4 = time.process_time(), time.monotonic()
+    one_shard = Ownership(frozenset({0}), 12)
+    c5 = time.process_time()
+    scoped = render_all(state, scope=one_shard)
+    c6 = time.process_time()
+    state3, _ = fold_many(state, hs)
+    render_all(state3, previous=scoped, scope=one_shard)
+    c7 = time.process_time()
+    cold = _split(c2 - c1, c6 - c5, 12)
+    batch = _split(c4 - c3, c7 - c6, 12)
     return {
         "nodes": len(rendered.membership), "services": services, "resources": len(rendered.resources),
         "fold_cpu_s": round(c1 - c0, 2), "fold_wall_s": round(w1 - w0, 2),
@@ -86,6 +108,11 @@ def one_size(nodes: int, flips: int) -> dict:
         "flips": flips, "flip_batch_cpu_s": round(c4 - c3, 2), "flip_batch_wall_s": round(w4 - w3, 2),
         "flip_events_per_cpu_s": round(flips / max(1e-9, c4 - c3)),
         "flip_changed_nodes": len(again.changed_nodes), "flip_changed_resources": len(again.changed),
+        "scoped_render_all_cpu_s": round(c6 - c5, 2), "scoped_flip_batch_cpu_s": round(c7 - c6, 2),
+        "render_shared_ms_per_node": round(cold[0] * 1000 / nodes, 3),
+        "render_split_ms_per_node": round(cold[1] * 1000 / nodes, 3),
+        "flip_shared_ms_per_event": round(batch[0] * 1000 / flips, 3),
+        "flip_split_ms_per_event": round(batch[1] * 1000 / flips, 3),
         "loadavg_1m": round(os.getloadavg()[0], 1),
     }
 
@@ -116,6 +143,11 @@ def main() -> int:
               f"({r['resources_held_per_node']} resources held each); {r['flips']:,} health flips folded+rendered "
               f"in {r['flip_batch_cpu_s']} CPU-s = {r['flip_events_per_cpu_s']:,} events/CPU-s, "
               f"{r['flip_changed_nodes']:,} nodes changed; load avg {r['loadavg_1m']}")
+        print(f"  scoped to 1 shard of 12 (a worker of projector run --group): render_all "
+              f"{r['scoped_render_all_cpu_s']} CPU-s, the flips {r['scoped_flip_batch_cpu_s']} CPU-s; so every worker "
+              f"spends {r['render_shared_ms_per_node']} ms per node of the mesh on a cold render and "
+              f"{r['flip_shared_ms_per_event']} ms per event (fold + shared resources + indexes), and the workers "
+              f"divide {r['render_split_ms_per_node']} ms per node and {r['flip_split_ms_per_event']} ms per event")
     return 0
 
 

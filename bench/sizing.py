@@ -60,8 +60,8 @@ class Size:
     brokers: int
     partitions: int  # per event and view topic (the rules topic keeps 1)
     view_mb: float  # the compacted view topics, one copy
-    workers: int | None  # None: no count suffices (each worker's own fold and render exceed its core)
-    worker_core_need: float  # cores one worker spends folding and rendering every event at peak
+    workers: int | None  # None: no count suffices (what each worker spends on every event exceeds its core)
+    worker_core_need: float  # cores one worker spends decoding, folding and rendering the shared part at peak
     worker_state_gb: float
     worker_cold_render_s: float
     gateways: int  # gateway processes (one core each)
@@ -83,12 +83,18 @@ def size(n: int, c: dict[str, float]) -> Size:
     # every record written: the event, the changed memberships and the changed body, each stored 3 times
     records = peak * (1 + per_event_nodes + 1) * 3
     brokers = max(3, math.ceil(records / (c["broker_records_per_s"] * headroom)))
-    # every worker folds AND renders every event (projector run --group shares only the planning and
-    # publishing of the view records: bench/projector_workers.py), so W is the least with
-    # peak x (fold + render + publish / W) <= headroom, and no W suffices once fold + render alone exceed it
-    own_share = peak * (1 / c["fold_events_per_s"] + c["render_ms_per_event"] / 1000)
-    publish_s = peak * c["publish_ms_per_record"] * (per_event_nodes + 1) / 1000
-    workers = max(2, math.ceil(publish_s / (headroom - own_share))) if own_share < headroom else None
+    # every worker decodes and folds every event and renders the shared resources it changes; the per-node
+    # resources and memberships, the planning and the publishing are divided (projector run --group renders
+    # each worker's own nodes: bench/projector_workers.py, bench/mesh_scale.py), so W is the least with
+    # peak x (decode + shared render + (split render + publish) / W) <= headroom, and no W suffices once the
+    # shared part alone exceeds it
+    own_share = peak * (1 / c["decode_events_per_s"] + c["render_shared_ms_per_event"] / 1000)
+    divided_s = peak * ((c["render_ms_per_event"] - c["render_shared_ms_per_event"])
+                        + c["publish_ms_per_record"] * (per_event_nodes + 1)) / 1000
+    workers = max(2, math.ceil(divided_s / (headroom - own_share))) if own_share < headroom else None
+    # a new worker renders the shared resources and its share of the nodes (W, or alone when none suffices)
+    cold_ms_per_node = c["render_shared_ms_per_node"] + (c["render_ms_per_node"] - c["render_shared_ms_per_node"]) / (
+        workers or 1)
     responses = peak * per_event_nodes  # each changed node's stream gets a delta response
     by_streams = math.ceil(n / c["streams_per_gateway"])
     by_responses = math.ceil(responses / (c["responses_per_gateway_cpu_s"] * headroom))
@@ -99,7 +105,7 @@ def size(n: int, c: dict[str, float]) -> Size:
         proxies=n, services=round(services), events_steady=steady, events_peak=peak, brokers=brokers,
         partitions=max(3, brokers), view_mb=n * c["view_bytes_per_node"] / 1e6, workers=workers,
         worker_core_need=own_share, worker_state_gb=n * c["projector_kb_per_node"] / 1e6,
-        worker_cold_render_s=n * c["render_ms_per_node"] / 1000,  # each worker renders the whole mesh
+        worker_cold_render_s=n * cold_ms_per_node / 1000,
         gateways=gateways, gateway_by="the minimum" if gateways > max(by_streams, by_responses)
         else "streams" if by_streams >= by_responses else "responses",
         # --views connected (the default): every node's records kept undecoded, its streams' nodes decoded
@@ -123,10 +129,11 @@ def table(costs: dict[str, float]) -> str:
         ("partitions per event and view topic", [str(s.partitions) for s in sizes]),
         ("view topics, one copy", [f"{s.view_mb:,.0f} MB" for s in sizes]),
         ("projector workers", [str(s.workers) if s.workers is not None else
-                               f"none suffices: each needs {s.worker_core_need:,.1f} cores to fold and render"
+                               f"none suffices: each needs {s.worker_core_need:,.1f} cores for every event"
                                for s in sizes]),
         ("state each worker holds", [f"{s.worker_state_gb:.1f} GB" for s in sizes]),
-        ("a new worker's first render (the whole mesh)", [f"{s.worker_cold_render_s:,.0f} s" for s in sizes]),
+        ("a new worker's first render (shared resources + its share of the nodes)",
+         [f"{s.worker_cold_render_s:,.0f} s" for s in sizes]),
         ("gateway processes (one core each)", [f"{s.gateways} (by {s.gateway_by})" for s in sizes]),
         ("memory per gateway process (every node's records undecoded + its streams' nodes)", [f"{s.gateway_view_gb:.1f} GB" for s in sizes]),
         ("CPU each survivor spends re-opening a lost process's streams",

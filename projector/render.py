@@ -2,9 +2,10 @@
 
 Pure and deterministic: the same state gives the same messages, bytes and
 versions in every process. ``render(state, node)`` renders one node;
-``render_all(state, previous=None)`` (``projector.render_mesh``) renders
-every node, each shared resource once, incrementally from ``previous`` when
-given (same result as from scratch, plus what changed).
+``render_all(state, previous=None, scope=None)`` (``projector.render_mesh``)
+renders every node (or, with a ``scope``, the nodes a projector worker owns),
+each shared resource once, incrementally from ``previous`` when given (same
+result as from scratch, plus what changed).
 
 What a node receives (its *view*):
 

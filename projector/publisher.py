@@ -200,6 +200,17 @@ def plan_takeover(rendered: Any, published: PublishedViews, scope: Any) -> ViewP
     return ViewPlan(plan.bodies, plan.membership + tombstones, removals, plan.owners)
 
 
+def plan_for_shards(rendered: Any, published: PublishedViews, scope: Any, gained: frozenset[int],
+                    incremental: bool) -> ViewPlan:
+    """A worker's plan after a render: the changes of the shards it kept (``plan_changes`` after an
+    incremental render, else ``plan_views``), and every record of the shards it ``gained`` (``plan_takeover``)."""
+    plan_of = plan_changes if incremental else plan_views
+    if not gained:
+        return plan_of(rendered, published, scope)
+    kept = scope.only(scope.shards - gained)
+    return merge_plans(plan_of(rendered, published, kept), plan_takeover(rendered, published, scope.only(gained)))
+
+
 def merge_plans(a: ViewPlan, b: ViewPlan) -> ViewPlan:
     """Two plans over disjoint keys (two sets of shards) as one, in publishing order."""
     if a.empty:

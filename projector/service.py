@@ -936,13 +936,7 @@ class ProjectorService:
             for p in sorted(set(problems) - set(self._problems)):
                 log.info("render: %s", p)
             self._problems = problems
-        own = self.ownership
-        plan_of = pub.plan_changes if incremental else pub.plan_views
-        if not self._gained:
-            return plan_of(rendered, self.published, own)
-        kept = own.only(own.shards - self._gained)
-        return pub.merge_plans(plan_of(rendered, self.published, kept),
-                               pub.plan_takeover(rendered, self.published, own.only(self._gained)))
+        return pub.plan_for_shards(rendered, self.published, self.ownership, self._gained, incremental)
 
     # ------------------------------------------------ sharing the work (projector run --group)
 

@@ -53,15 +53,6 @@ def records(plan: pub.ViewPlan) -> dict:
     return {(topic, key): value for phase in pub.plan_records(plan) for topic, key, value in phase}
 
 
-def worker_plan(rendered, published: pub.PublishedViews, own: Ownership, gained: frozenset[int], incremental: bool):
-    """What ``ProjectorService._render_plan`` plans from a render: the kept shards' changes, the gained ones whole."""
-    plan_of = pub.plan_changes if incremental else pub.plan_views
-    if not gained:
-        return plan_of(rendered, published, own)
-    kept = own.only(own.shards - gained)
-    return pub.merge_plans(plan_of(rendered, published, kept), pub.plan_takeover(rendered, published, own.only(gained)))
-
-
 shard_sets = st.frozensets(st.integers(0, SHARDS - 1))
 
 
@@ -121,8 +112,8 @@ def test_workers_plan_from_scoped_renders_what_they_would_from_unscoped_ones(dat
             gained = shards - w["shards"]
             incremental = w["rendered"] is not None
             rendered = render_all(s, previous=w["rendered"], scope=own)
-            plan = worker_plan(rendered, w["published"], own, gained, incremental)
-            ref_plan = worker_plan(reference, w["published"], own, gained, unscoped is not None)
+            plan = pub.plan_for_shards(rendered, w["published"], own, gained, incremental)
+            ref_plan = pub.plan_for_shards(reference, w["published"], own, gained, unscoped is not None)
             assert records(plan) == records(ref_plan)
             w["published"].apply(plan)
             w.update(rendered=rendered, shards=shards)

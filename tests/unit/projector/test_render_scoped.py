@@ -138,20 +138,19 @@ def _mesh() -> Log:
     return log
 
 
-def _split(nodes):
-    """Shards 0-5 and the nodes they own."""
-    own = Ownership(frozenset(range(6)), SHARDS)
-    mine = {n for n in nodes if own.owns_node(n)}
-    assert mine and mine != set(nodes)  # both halves of the split hold nodes
-    return own, mine
-
-
-def test_a_worker_keeps_the_memberships_and_per_node_resources_of_its_nodes_only_and_every_shared_body():
+def _half_rendered():
+    """The mesh, its unscoped render, and a worker's render owning shards 0-5 (with the nodes they own)."""
     log = _mesh()
     state = fold_log(log.events)[0]
     full = render_all(state)
-    own, mine = _split(full.membership)
-    scoped = render_all(state, scope=own)
+    own = Ownership(frozenset(range(6)), SHARDS)
+    mine = {n for n in full.membership if own.owns_node(n)}
+    assert mine and mine != set(full.membership)  # both halves of the split hold nodes
+    return log, state, full, own, mine, render_all(state, scope=own)
+
+
+def test_a_worker_keeps_the_memberships_and_per_node_resources_of_its_nodes_only_and_every_shared_body():
+    log, state, full, own, mine, scoped = _half_rendered()
     assert set(scoped.membership) == mine
     assert {naming.node_of(n) for _u, n in scoped.resources if naming.node_of(n) is not None} == mine
     assert {(CLUSTER, "reviews"), (ENDPOINT, "reviews")} <= set(scoped.resources)  # held by nodes of both
@@ -163,11 +162,7 @@ def test_a_worker_keeps_the_memberships_and_per_node_resources_of_its_nodes_only
 
 
 def test_gaining_shards_renders_their_nodes_whole_and_losing_them_drops_them_silently():
-    log = _mesh()
-    state = fold_log(log.events)[0]
-    full = render_all(state)
-    own, mine = _split(full.membership)
-    scoped = render_all(state, scope=own)
+    log, state, full, own, mine, scoped = _half_rendered()
     everything = own.only(frozenset(range(SHARDS)))
     grown = render_all(state, previous=scoped, scope=everything)
     others = set(full.membership) - mine

@@ -19,8 +19,12 @@ shards (the group's session timeout, 6 s, plus the rebalance) and until it has p
 measured; then a brand-new worker on an empty data dir is started and the time until it has caught
 up, joined and published its first shards is measured.
 
+``--in-process`` (no broker): what one worker's batches cost in CPU-s, by stage, when it owns all 12
+shards, 6 or 3 (``render_all`` scoped by its ownership): decode, fold, render (of it, the shared
+resources), planning; per ``--batch`` events (default 5,000) of the same health transitions.
+
 Usage: python bench/projector_workers.py [--services 2000] [--instances 5] [--events 50000]
-       [--workers 1,2,4]
+       [--workers 1,2,4] [--in-process [--batch 5000]]
 """
 
 from __future__ import annotations
@@ -191,16 +195,84 @@ def takeover(bootstrap: str, procs: list[Process], workdir: Path, group: str) ->
     }
 
 
+def in_process(args: argparse.Namespace) -> list[dict]:
+    from events import topics
+    from events.codec import decode, encode
+    from events.envelope import Logged
+    from projector import publisher as pub
+    from projector import render_view
+    from projector.fold import fold_many
+    from projector.render import render_all
+    from projector.sharding import Ownership
+    from projector.state import empty_state
+
+    shared_s = [0.0]
+    resource = render_view.Renderer.resource
+
+    def timed(self, type_url, name, node):  # the shared resources are the ones rendered without a node
+        if node is not None:
+            return resource(self, type_url, name, node)
+        c = time.process_time()
+        try:
+            return resource(self, type_url, name, node)
+        finally:
+            shared_s[0] += time.process_time() - c
+
+    render_view.Renderer.resource = timed
+    regs = [Logged(bench_projector.envelope(p, i), topics.REGISTRATIONS, 0, i, 1_000_000 + i)
+            for i, p in enumerate(bench_projector.registrations(args.services, args.instances, "f"))]
+    raw = [encode(bench_projector.envelope(p, i))
+           for i, p in enumerate(bench_projector.flaps(args.services, args.instances, "f", args.events, 1))]
+    out = []
+    for shards in (12, 6, 3):
+        scope = Ownership(frozenset(range(shards)), 12)
+        state, _ = fold_many(empty_state(), regs)
+        rendered = render_all(state, scope=scope)
+        published = pub.PublishedViews()
+        published.apply(pub.plan_views(rendered, published, scope))
+        cpu = {"decode": 0.0, "fold": 0.0, "render": 0.0, "plan": 0.0}
+        shared_s[0] = 0.0
+        for i in range(0, len(raw), args.batch):
+            c0 = time.process_time()
+            logged = [Logged(decode(v, topics.HEALTH), topics.HEALTH, 0, i + j, 2_000_000 + i + j)
+                      for j, v in enumerate(raw[i: i + args.batch])]
+            c1 = time.process_time()
+            state, _ = fold_many(state, logged)
+            c2 = time.process_time()
+            rendered = render_all(state, previous=rendered, scope=scope)
+            c3 = time.process_time()
+            plan = pub.plan_changes(rendered, published, scope)
+            c4 = time.process_time()
+            published.apply(plan)
+            for name, took in zip(cpu, (c1 - c0, c2 - c1, c3 - c2, c4 - c3)):
+                cpu[name] += took
+        batches = -(-len(raw) // args.batch)
+        out.append({"shards": shards, "batches": batches, "shared_resources": shared_s[0] / batches,
+                    **{k: v / batches for k, v in cpu.items()}})
+    render_view.Renderer.resource = resource
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--services", type=int, default=2000)
     parser.add_argument("--instances", type=int, default=5)
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--workers", default="1,2,4", help="worker counts to run, comma-separated")
+    parser.add_argument("--in-process", action="store_true", help="the per-batch CPU split, no broker")
+    parser.add_argument("--batch", type=int, default=5000, help="--in-process: events per batch")
     parser.add_argument("--signed", action="store_true",
                         help="the producers sign their events (the workers run --insecure-events and do not verify)")
     args = parser.parse_args()
     args.unsigned = not args.signed  # bench/projector.py's producer
+    if args.in_process:
+        print(f"in process, CPU-s per batch of {args.batch:,} health transitions on {args.services * args.instances:,} "
+              f"nodes; load average {os.getloadavg()[0]:.1f}", flush=True)
+        for r in in_process(args):
+            print(f"  owning {r['shards']:>2} of 12 shards: decode {r['decode']:.3f}, fold {r['fold']:.3f}, render "
+                  f"{r['render']:.3f} (shared resources {r['shared_resources']:.3f}), planning {r['plan']:.3f}",
+                  flush=True)
+        return 0
     counts = [int(x) for x in args.workers.split(",")]
     print(f"mesh: {args.services} services x {args.instances} instances = {args.services * args.instances} "
           f"sidecar nodes; {args.events:,} health transitions; host: {os.cpu_count()} cores", flush=True)

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from projector import naming
 from projector import publisher as pub
-from projector.render import CLUSTER, ENDPOINT, LISTENER, render_all
 from projector.fold import fold_many
+from projector.render import CLUSTER, ENDPOINT, LISTENER, render_all
 from projector.sharding import Ownership
 from projector.state import empty_state
 from tests.unit.projector.helpers import Log, fold_log

@@ -17,10 +17,10 @@ Invariants:
   ``previous``) or one node (``render``), whichever the question needs. A
   long window is not rendered after every event: whole-mesh walks fold
   groups of events sized to keep rendering within a time budget (a change is
-  then attributed to every event of its group), node walks over more than
-  20,000 events bisect groups of 256 to find the events that changed the
-  node (a change reverted within a group can go unseen). Such steps say
-  ``exact=False`` and the documents carry ``"exact": false``.
+  then attributed to every event of its group; such steps say
+  ``exact=False`` and the documents carry ``"exact": false``). A node walk is
+  exact over any window: ``replay.node_view`` keeps the node's view after
+  every event, re-rendering only the parts whose inputs the event wrote.
 - Verification (issue 13): given a ``verifier`` (``identity.verifier``, from
   the identities topic) every fold here refuses what the live projector
   refuses, with the same ``EventRefused`` decisions; without one (the CLI's
@@ -52,11 +52,12 @@ from aiokafka.errors import KafkaError
 from events import topics
 from events import types as t
 from events.envelope import Logged
-from projector.fold import FoldBuffer, fold_many, fold_with_decisions
+from projector.fold import FoldBuffer, fold_with_decisions
 from projector.render import RenderedMesh, render, render_all
 from projector.state import MeshState, empty_state, same_state
 from projector.versioning import version_of
 from replay.decode import RecordDecoder
+from replay.node_view import NodeViewTracker
 from replay.snapshots import ChosenSnapshot, find_snapshot
 from replay.source import Cut, Undecodable, existing_topics, first_event_ms, iter_cut, new_consumer, plan_cut
 
@@ -354,23 +355,31 @@ class Walker:
     """Fold events one by one from a base state and say what each changed (pure; no I/O).
 
     ``node=None``: the whole mesh (``render_all`` incrementally). ``node=N``:
-    only what N is served (``render(state, N)`` after each change).
+    only what N is served, kept by a ``replay.node_view.NodeViewTracker``
+    (exactly ``node_versions`` after each step, re-rendering only the parts of
+    the view whose inputs an event wrote).
     """
 
     def __init__(self, state: MeshState, *, node: str | None = None, rendered: RenderedMesh | None = None,
                  verifier: Verifier | None = None) -> None:
         self.node = node
         self.verifier = verifier
-        self.state = state
+        self._state = state
         if node is None:
             self.rendered = rendered if rendered is not None else render_all(state)
             self.start_versions: dict[ResourceKey, str] = dict(self.rendered.versions)
             self.start_membership = dict(self.rendered.membership)
         else:
             self.rendered = None
-            self.node_view: Versions = node_versions(state, node)
+            self._tracker = NodeViewTracker(state, node)
+            self.node_view: Versions = self._tracker.versions()
             self.start_versions = flatten(self.node_view)
             self.start_membership = {node: self.node_view} if any(self.node_view.values()) else {}
+
+    @property
+    def state(self) -> MeshState:
+        """The state after the steps so far."""
+        return self._state if self.node is None else self._tracker.state()
 
     # what is served now
     def versions(self) -> dict[ResourceKey, str]:
@@ -384,101 +393,38 @@ class Walker:
         return {self.node: self.node_view} if any(self.node_view.values()) else {}
 
     def step(self, events: list[Logged]) -> Step:
-        before = self.state
+        if self.node is not None:
+            return self._node_step(events)
+        before = self._state
         state = before
         decisions: list[tuple[Logged, t.Decision]] = []
         for lg in events:
             state, rejected = fold_with_decisions(state, lg, self.verifier)
             for j in rejected:
                 decisions.append((lg, j))
-        self.state = state
+        self._state = state
         if same_state(before, state):
             return Step(events, decisions, NO_EFFECT, len(events) == 1)
-        if self.node is None:
-            prev = self.rendered
-            cur = render_all(state, previous=prev)
-            self.rendered = cur
-            changed = {k: cur.versions[k] for k in cur.changed}
-            removed = {k: prev.versions[k] for k in cur.removed if k in prev.versions}
-            views = {n: cur.membership[n] for n in cur.changed_nodes if n in cur.membership}
-            effect = Effect(changed, removed, cur.changed_nodes, cur.removed_nodes, views)
-        else:
-            before_view = self.node_view
-            self.node_view = node_versions(state, self.node)
-            effect = _node_effect(self.node, before_view, self.node_view)
+        prev = self.rendered
+        cur = render_all(state, previous=prev)
+        self.rendered = cur
+        changed = {k: cur.versions[k] for k in cur.changed}
+        removed = {k: prev.versions[k] for k in cur.removed if k in prev.versions}
+        views = {n: cur.membership[n] for n in cur.changed_nodes if n in cur.membership}
+        effect = Effect(changed, removed, cur.changed_nodes, cur.removed_nodes, views)
         return Step(events, decisions, effect, len(events) == 1)
 
-
-    def steps_bisected(self, events: list[Logged]) -> list[Step]:
-        """Node mode over a long window: fold a group, render the node only where its view changed.
-
-        The node is rendered at the group's end; if that differs from the
-        start, bisection over the folded states finds the event that changed
-        it (``log2(len)`` renders), and the search goes on from there. A change
-        that was reverted within the rest of a group (A -> B -> A) is not seen:
-        the steps say ``exact=False``.
-
-        Most groups do not change a given node: those are folded as a batch
-        (``fold_many``, one copy per touched bucket instead of one per event)
-        and rendered once; only a group that changed the node's view, or whose
-        events the fold refused, is folded again event by event to bisect.
-        The steps are the same either way (``_bisected`` alone gives them).
-        """
-        assert self.node is not None
-        if not events:
-            return []
-        end, decisions = fold_many(self.state, events, self.verifier)
-        if not decisions:
-            end_view = self.node_view if same_state(self.state, end) else node_versions(end, self.node)
-            if flatten(end_view) == flatten(self.node_view):
-                self.state, self.node_view = end, end_view
-                return [Step([lg], [], NO_EFFECT, False) for lg in events]
-        return self._bisected(events)
-
-    def _bisected(self, events: list[Logged]) -> list[Step]:
-        """``steps_bisected`` folding every event on its own (the reference the batch path must equal)."""
-        assert self.node is not None
-        node = self.node
-        states: list[MeshState] = []
-        decided: list[list[tuple[Logged, t.Decision]]] = []
-        s = self.state
+    def _node_step(self, events: list[Logged]) -> Step:
+        tracker = self._tracker
+        decisions: list[tuple[Logged, t.Decision]] = []
         for lg in events:
-            s, rejected = fold_with_decisions(s, lg, self.verifier)
-            states.append(s)
-            decided.append([(lg, j) for j in rejected])
-        cache: dict[int, Versions] = {}
-        start_state = self.state
-
-        def state_at(i: int) -> MeshState:
-            return start_state if i < 0 else states[i]
-
-        def view(i: int) -> Versions:
-            got = cache.get(i)
-            if got is None:
-                got = cache[i] = node_versions(states[i], node)
-            return got
-
-        effects: dict[int, Effect] = {}
-        lo, lo_view = -1, self.node_view
-        last = len(events) - 1
-        while lo < last:
-            lo_flat = flatten(lo_view)
-            if flatten(view(last)) == lo_flat:
-                break
-            a, b = lo, last
-            while b - a > 1:
-                mid = (a + b) // 2
-                # an identical state renders identically: no need to render it
-                if not same_state(state_at(mid), state_at(a)) and flatten(view(mid)) != lo_flat:
-                    b = mid
-                else:
-                    a = mid
-            new_view = view(b)
-            effects[b] = _node_effect(node, lo_view, new_view)
-            lo, lo_view = b, new_view
-        self.state = states[-1] if states else self.state
-        self.node_view = view(last) if events else self.node_view
-        return [Step([lg], decided[i], effects.get(i, NO_EFFECT), False) for i, lg in enumerate(events)]
+            for j in tracker.fold((lg,), self.verifier):
+                decisions.append((lg, j))
+        before_view, after = self.node_view, tracker.versions()
+        if after is before_view:  # the tracker re-rendered nothing: nothing the node reads was written
+            return Step(events, decisions, NO_EFFECT, len(events) == 1)
+        self.node_view = after
+        return Step(events, decisions, _node_effect(self.node, before_view, after), len(events) == 1)
 
 
 def _node_effect(node: str, before: Versions, after: Versions) -> Effect:
@@ -509,10 +455,6 @@ def if_changes_something(step: Step) -> Step | None:
     return step if step.decisions or not step.effect.empty else None
 
 
-EXACT_NODE_EVENTS = 20_000  # up to this many events, a node walk renders the node after every event
-NODE_GROUP = 256
-
-
 async def walk(
     consumer: AIOKafkaConsumer,
     base: Rebuilt,
@@ -539,7 +481,7 @@ async def walk(
     cut = await plan_cut(consumer, to_ms, start_after=start_after)
     walker = Walker(base.state, node=node, rendered=base.rendered() if node is None else None, verifier=verifier)
     pacer = _Pacer(cut.total, render_budget_s) if node is None else None
-    size = 1 if node is None or cut.total <= EXACT_NODE_EVENTS else NODE_GROUP
+    size = 1  # a node walk stays one event per step (the tracker renders only what changed); the pacer grows it
     steps: list[Step] = []
     dropped = dropped if dropped is not None else Dropped()
 
@@ -621,8 +563,4 @@ def _timed(walker: Walker, group: list[Logged], pacer: "_Pacer | None") -> list[
 
 
 def _grouped(walker: Walker, group: list[Logged]) -> list[Step]:
-    if len(group) == 1:
-        return [walker.step(group)]
-    if walker.node is not None:
-        return walker.steps_bisected(group)
     return [walker.step(group)]

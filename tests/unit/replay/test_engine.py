@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from projector.fold import fold_many
+from projector.fold import fold_many, fold_with_decisions
 from projector.render import render_all
 from projector.state import empty_state
 from projector.state import same_state, state_to_bytes
-from replay.engine import Walker, _Pacer, flatten, node_versions
+from replay.engine import NO_EFFECT, Step, Walker, _node_effect, _Pacer, flatten, node_versions
 from tests.unit.projector.helpers import Log
 from tests.unit.replay.history import RandomHistory
 
@@ -56,32 +56,34 @@ def test_mesh_walk_reports_every_change_and_ends_where_a_fresh_render_ends(seed)
     assert walker.membership() == fresh.membership
 
 
-@pytest.mark.parametrize("seed", [6, 7])
-def test_node_walk_per_event_and_bisected_agree_on_the_end_and_on_change_points(seed):
+def _reference_node_steps(base, window, node):
+    """The node walk as it was before ``replay.node_view``: fold each event, render the node from scratch."""
+    state, view, steps = base, node_versions(base, node), []
+    for lg in window:
+        before = state
+        state, decided = fold_with_decisions(state, lg)
+        effect = NO_EFFECT
+        if not same_state(before, state):
+            new = node_versions(state, node)
+            effect, view = _node_effect(node, view, new), new
+        steps.append(Step([lg], [(lg, j) for j in decided], effect, True))
+    return steps, state
+
+
+@pytest.mark.parametrize("seed", [6, 7, 8, 9])
+def test_the_node_walk_gives_the_steps_of_a_fresh_render_after_every_event(seed):
     h, log = history_log(seed, 400)
-    node = h.nodes()[1]
     base, _ = fold_many(empty_state(), log.events[:60])
     window = log.events[60:]
-
-    exact = Walker(base, node=node)
-    exact_steps = [exact.step([lg]) for lg in window]
-    grouped = Walker(base, node=node)
-    grouped_steps = []
-    for i in range(0, len(window), 32):
-        grouped_steps += grouped.steps_bisected(window[i : i + 32])
-
-    assert grouped.versions() == exact.versions() == flatten(node_versions(fold_many(base, window)[0], node))
-    assert len(grouped_steps) == len(window)
-    changed_exact = {i for i, s in enumerate(exact_steps) if not s.effect.empty}
-    changed_grouped = {i for i, s in enumerate(grouped_steps) if not s.effect.empty}
-    # bisection finds a subset of the change points (it can miss a change reverted within a group) ...
-    assert changed_grouped <= changed_exact
-    assert changed_grouped  # the node's dependencies flap in this history
-    # ... and reports each found one exactly as the per-event walk does
-    for i in changed_grouped:
-        assert grouped_steps[i].effect.changed == exact_steps[i].effect.changed
-        assert grouped_steps[i].effect.removed == exact_steps[i].effect.removed
-    assert not grouped_steps[0].exact and exact_steps[0].exact
+    for node in h.nodes()[:3]:
+        want, end = _reference_node_steps(base, window, node)
+        walker = Walker(base, node=node)
+        got = [walker.step([lg]) for lg in window]
+        assert [(s.events, s.decisions, s.effect, s.exact) for s in got] == \
+               [(s.events, s.decisions, s.effect, s.exact) for s in want]
+        assert any(not s.effect.empty for s in got)  # the node's dependencies flap in this history
+        assert walker.versions() == flatten(node_versions(end, node))
+        assert state_to_bytes(walker.state) == state_to_bytes(end)
 
 
 def test_rejections_come_with_the_event_that_caused_them():
@@ -128,21 +130,3 @@ def test_the_pacer_keeps_short_windows_exact_and_bounds_long_ones():
     spent = _Pacer(total=100, budget_s=1)
     spent.record(1, 5.0)
     assert spent.size() == 99  # over budget: the rest in one step
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_bisected_node_walk_takes_the_batch_path_only_where_it_gives_the_same_steps(seed):
-    """``steps_bisected`` folds a group that leaves the node unchanged as one batch: same steps, same end."""
-    h, log = history_log(seed, 500)
-    base, _ = fold_many(empty_state(), log.events[:60])
-    window = log.events[60:]
-    for node in h.nodes()[:3]:
-        fast, reference = Walker(base, node=node), Walker(base, node=node)
-        for size in (8, 32, 64):
-            for i in range(0, len(window), size):
-                group = window[i : i + size]
-                got, want = fast.steps_bisected(group), reference._bisected(group)
-                assert [(s.events, s.decisions, s.effect, s.exact) for s in got] == \
-                       [(s.events, s.decisions, s.effect, s.exact) for s in want]
-                assert state_to_bytes(fast.state) == state_to_bytes(reference.state)
-                assert fast.node_view == reference.node_view

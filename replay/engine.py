@@ -346,6 +346,14 @@ class Step:
     decisions: list[tuple[Logged, t.Decision]]
     effect: Effect
     exact: bool  # False when several events were folded together (attribution is by group)
+    # events folded in this step when a walk's ``keep`` thinned ``events`` to those a document needs
+    # (its first, last and listed ones); -1: ``events`` are all of them
+    count: int = -1
+
+    @property
+    def size(self) -> int:
+        """How many events this step folded (``events`` may hold fewer, see ``count``)."""
+        return len(self.events) if self.count < 0 else self.count
 
 
 NO_EFFECT = Effect({}, {}, frozenset(), frozenset())
@@ -494,7 +502,7 @@ async def walk(
             if kept is not None:
                 steps.append(kept)
             if kept is not st:
-                dropped.events += len(st.events) - (len(kept.events) if kept is not None else 0)
+                dropped.events += st.size - (kept.size if kept is not None else 0)
                 dropped.exact = dropped.exact and st.exact
 
     progress.start("walking the window", cut.total)

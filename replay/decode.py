@@ -85,11 +85,16 @@ _UNSET = msgspec.UNSET
 class RecordDecoder:
     """``decoder(record) -> Logged``; keeps hit/miss counters for reporting."""
 
-    __slots__ = ("_memo", "max_entries", "hits", "misses")
+    __slots__ = ("_memo", "_old", "max_entries", "hits", "misses")
 
-    def __init__(self, max_entries: int = 500_000) -> None:
-        # (type, version, payload bytes) -> (validated payload, the canonical bytes orjson writes for it)
+    def __init__(self, max_entries: int = 65_536) -> None:
+        # (type, version, payload bytes) -> (validated payload, the canonical bytes orjson writes for it), in two
+        # generations of at most max_entries / 2: when the young one is full it becomes the old one and the old
+        # one is let go; a hit in the old one moves the entry back. Payloads a log repeats (health flaps,
+        # re-registrations) stay; those it never repeats (each rule revision) age out. Bounded memory on any log:
+        # a validated rule holds several KB, and a million-event log has tens of thousands of them.
         self._memo: dict[tuple[str, int, bytes], tuple[Any, bytes]] = {}
+        self._old: dict[tuple[str, int, bytes], tuple[Any, bytes]] = {}
         self.max_entries = max_entries
         self.hits = 0
         self.misses = 0
@@ -105,6 +110,10 @@ class RecordDecoder:
         raw = bytes(head.payload)
         key = (head.type, head.schema_version, raw)
         known = self._memo.get(key)
+        if known is None and self._old:
+            known = self._old.pop(key, None)
+            if known is not None:
+                self._keep(key, known)
         if known is not None:
             env = self._fast_envelope(head, known, record.topic)
             if env is not None:
@@ -112,12 +121,15 @@ class RecordDecoder:
                 return Logged(env, record.topic, record.partition, record.offset, record.timestamp)
         logged = decode_record(record)  # the reference path; raises EventValidationError
         self.misses += 1
-        if len(self._memo) >= self.max_entries:
-            self._memo.clear()
         # the codec accepted these payload bytes for (type, version), so orjson reads them
         canonical = orjson.dumps(orjson.loads(raw), option=orjson.OPT_SORT_KEYS)
-        self._memo[key] = (logged.envelope.payload, raw if canonical == raw else canonical)
+        self._keep(key, (logged.envelope.payload, raw if canonical == raw else canonical))
         return logged
+
+    def _keep(self, key: tuple[str, int, bytes], entry: tuple[Any, bytes]) -> None:
+        if len(self._memo) >= max(1, self.max_entries // 2):
+            self._old, self._memo = self._memo, {}
+        self._memo[key] = entry
 
     @staticmethod
     def _fast_envelope(head: Any, known: tuple[Any, bytes], topic: str) -> Envelope | None:

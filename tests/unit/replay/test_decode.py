@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from events import types as t
 from events.codec import decode_record, encode
 from events.envelope import new_event
 from events.errors import EventValidationError
@@ -108,7 +109,20 @@ def test_memo_is_bounded():
     decoder = RecordDecoder(max_entries=10)
     for p in RandomHistory("dec", 5).payloads(200):
         decoder(Rec(encode(new_event(p)), p.TOPIC))
-    assert len(decoder._memo) <= 10
+        assert len(decoder._memo) + len(decoder._old) <= 10
+
+
+def test_a_payload_the_log_keeps_repeating_stays_in_the_memo_while_one_offs_age_out():
+    decoder = RecordDecoder(max_entries=8)
+    flap = [t.InstanceHealthChanged(service="s", instance_id="i", status=s, observer="c") for s in ("unhealthy", "draining")]
+    one_offs = [t.InstanceHealthChanged(service="s", instance_id=f"o{i}", status="unhealthy", observer="c") for i in range(40)]
+    for i, p in enumerate(one_offs):
+        for again in flap:
+            decoder(Rec(encode(new_event(again)), again.TOPIC))
+        decoder(Rec(encode(new_event(p)), p.TOPIC))
+    assert decoder.misses == len(flap) + len(one_offs)  # the flapping payloads were validated once each
+    got = decoder(Rec(encode(new_event(flap[0])), flap[0].TOPIC))
+    assert got.envelope.payload == flap[0]
 
 
 def _valid_text() -> bytes:

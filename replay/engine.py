@@ -52,7 +52,7 @@ from aiokafka.errors import KafkaError
 from events import topics
 from events import types as t
 from events.envelope import Logged
-from projector.fold import FoldBuffer, fold_with_decisions
+from projector.fold import FoldBuffer, fold_many, fold_with_decisions
 from projector.render import RenderedMesh, render, render_all
 from projector.state import MeshState, empty_state, same_state
 from projector.versioning import version_of
@@ -404,12 +404,16 @@ class Walker:
         if self.node is not None:
             return self._node_step(events)
         before = self._state
-        state = before
         decisions: list[tuple[Logged, t.Decision]] = []
-        for lg in events:
-            state, rejected = fold_with_decisions(state, lg, self.verifier)
-            for j in rejected:
-                decisions.append((lg, j))
+        if len(events) == 1:
+            lg = events[0]
+            state, rejected = fold_with_decisions(before, lg, self.verifier)
+            decisions += ((lg, j) for j in rejected)
+        else:  # a group: one copy per touched bucket, not one per event; each decision names its event
+            state, rejected = fold_many(before, events, self.verifier)
+            if rejected:
+                by_source = {(lg.topic, lg.partition, lg.offset): lg for lg in events}
+                decisions += ((by_source[(j.source_topic, j.source_partition, j.source_offset)], j) for j in rejected)
         self._state = state
         if same_state(before, state):
             return Step(events, decisions, NO_EFFECT, len(events) == 1)

@@ -606,7 +606,8 @@ def for_service_log(service: str, told_nodes: Collection[str] | None = None) -> 
     """``walk``'s ``keep`` for ``log_document(service=...)``: of a step the log lists something of, what it
     lists (a group keeps its first, last and listed events, its size and its effect); of any other, only
     what convergence needs (its view changes and last event, nothing the filtered log lists); a step that
-    changed no view is dropped.
+    changed no view is dropped. A group's effect is kept only for the service's resources (what the log
+    shows of it) and its nodes.
 
     ``told_nodes``: the only nodes whose views convergence can use (``acceptance.nodes_with_proxies``):
     the views of others are let go, and a step listing nothing that changed none of these is dropped.
@@ -628,7 +629,9 @@ def for_service_log(service: str, told_nodes: Collection[str] | None = None) -> 
                 sources = {(lg.topic, lg.partition, lg.offset) for lg in listed}
                 decisions = [(lg, j) for lg, j in step.decisions
                              if (j.source_topic, j.source_partition, j.source_offset) in sources]
-                return Step(kept, decisions, replace(eff, views=told(eff.views)), step.exact, step.size)
+                # the log shows a group's effect on the service's resources only (``restrict``), and its nodes
+                narrowed = restrict(eff, service=service)
+                return Step(kept, decisions, replace(narrowed, views=told(eff.views)), step.exact, step.size)
         else:
             touched = touched_services(eff)
             if any(event_matches(lg, eff, service=service, node=None, services_touched=touched)

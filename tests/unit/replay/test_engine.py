@@ -130,3 +130,27 @@ def test_the_pacer_keeps_short_windows_exact_and_bounds_long_ones():
     spent = _Pacer(total=100, budget_s=1)
     spent.record(1, 5.0)
     assert spent.size() == 99  # over budget: the rest in one step
+
+
+@pytest.mark.parametrize("seed", [10, 11, 12])
+def test_a_whole_mesh_group_step_equals_folding_its_events_one_by_one(seed):
+    """A group is folded with ``fold_many``; its decisions still name the events that caused them."""
+    _h, log = history_log(seed, 500)
+    base, _ = fold_many(empty_state(), log.events[:80])
+    window = log.events[80:]
+    walker, state, rendered = Walker(base), base, render_all(base)
+    rejected = 0
+    for i in range(0, len(window), 37):
+        group = window[i : i + 37]
+        got = walker.step(group)
+        want = []
+        for lg in group:
+            state, decided = fold_with_decisions(state, lg)
+            want += [(lg, j) for j in decided]
+        cur = render_all(state, previous=rendered)
+        assert got.decisions == want
+        assert got.effect.changed == {k: cur.versions[k] for k in cur.changed}
+        assert got.effect.changed_nodes == cur.changed_nodes and not got.exact
+        rendered, rejected = cur, rejected + len(want)
+    assert rejected  # stale rule revisions are refused in this history
+    assert state_to_bytes(walker.state) == state_to_bytes(state)

@@ -85,17 +85,20 @@ _UNSET = msgspec.UNSET
 class RecordDecoder:
     """``decoder(record) -> Logged``; keeps hit/miss counters for reporting."""
 
-    __slots__ = ("_memo", "_old", "max_entries", "hits", "misses")
+    __slots__ = ("_memo", "_old", "_young_bytes", "max_entries", "max_bytes", "hits", "misses")
 
-    def __init__(self, max_entries: int = 65_536) -> None:
+    def __init__(self, max_entries: int = 65_536, max_bytes: int = 8 << 20) -> None:
         # (type, version, payload bytes) -> (validated payload, the canonical bytes orjson writes for it), in two
         # generations of at most max_entries / 2: when the young one is full it becomes the old one and the old
         # one is let go; a hit in the old one moves the entry back. Payloads a log repeats (health flaps,
         # re-registrations) stay; those it never repeats (each rule revision) age out. Bounded memory on any log:
-        # a validated rule holds several KB, and a million-event log has tens of thousands of them.
+        # a validated rule holds several KB, and a million-event log has tens of thousands of them. A generation
+        # also ends at max_bytes / 2 of payload bytes (a validated model takes about ten times its JSON).
         self._memo: dict[tuple[str, int, bytes], tuple[Any, bytes]] = {}
         self._old: dict[tuple[str, int, bytes], tuple[Any, bytes]] = {}
+        self._young_bytes = 0
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self.hits = 0
         self.misses = 0
 
@@ -127,9 +130,10 @@ class RecordDecoder:
         return logged
 
     def _keep(self, key: tuple[str, int, bytes], entry: tuple[Any, bytes]) -> None:
-        if len(self._memo) >= max(1, self.max_entries // 2):
-            self._old, self._memo = self._memo, {}
+        if len(self._memo) >= max(1, self.max_entries // 2) or self._young_bytes >= self.max_bytes // 2:
+            self._old, self._memo, self._young_bytes = self._memo, {}, 0
         self._memo[key] = entry
+        self._young_bytes += len(key[2])
 
     @staticmethod
     def _fast_envelope(head: Any, known: tuple[Any, bytes], topic: str) -> Envelope | None:

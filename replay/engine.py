@@ -540,6 +540,11 @@ async def walk(
     return walker, steps, cut
 
 
+# a group's events are held until it is folded and rendered: on a long window the pacer asked for groups of
+# 100k-300k events (a 1M-event `replay log` peaked at 621 MB); this bounds what a group holds (~40 MB)
+MAX_GROUP_EVENTS = 50_000
+
+
 class _Pacer:
     """Whole-mesh walks: one render per event while affordable, larger groups when the window is long.
 
@@ -563,7 +568,7 @@ class _Pacer:
         if self.per_step is None or self.remaining <= 0:
             return 1
         affordable = max(1.0, (self.budget_s - self.spent) / max(self.per_step, 1e-6))
-        return max(1, int(-(-self.remaining // affordable)))
+        return min(MAX_GROUP_EVENTS, max(1, int(-(-self.remaining // affordable))))
 
 
 def _timed(walker: Walker, group: list[Logged], pacer: "_Pacer | None") -> list[Step]:

@@ -112,6 +112,14 @@ def test_memo_is_bounded():
         assert len(decoder._memo) + len(decoder._old) <= 10
 
 
+def test_memo_is_bounded_by_payload_bytes_too():
+    decoder = RecordDecoder(max_bytes=2_000)
+    for p in RandomHistory("dec", 6).payloads(300):
+        decoder(Rec(encode(new_event(p)), p.TOPIC))
+        kept = [*decoder._memo, *decoder._old]
+        assert sum(len(raw) for _t, _v, raw in kept) <= 2_000 + max(len(raw) for _t, _v, raw in kept) * 2
+
+
 def test_a_payload_the_log_keeps_repeating_stays_in_the_memo_while_one_offs_age_out():
     decoder = RecordDecoder(max_entries=8)
     flap = [t.InstanceHealthChanged(service="s", instance_id="i", status=s, observer="c") for s in ("unhealthy", "draining")]

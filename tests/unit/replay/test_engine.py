@@ -8,7 +8,7 @@ from projector.fold import fold_many, fold_with_decisions
 from projector.render import render_all
 from projector.state import empty_state
 from projector.state import same_state, state_to_bytes
-from replay.engine import NO_EFFECT, Step, Walker, _node_effect, _Pacer, flatten, node_versions
+from replay.engine import MAX_GROUP_EVENTS, NO_EFFECT, Step, Walker, _node_effect, _Pacer, flatten, node_versions
 from tests.unit.projector.helpers import Log
 from tests.unit.replay.history import RandomHistory
 
@@ -130,6 +130,9 @@ def test_the_pacer_keeps_short_windows_exact_and_bounds_long_ones():
     spent = _Pacer(total=100, budget_s=1)
     spent.record(1, 5.0)
     assert spent.size() == 99  # over budget: the rest in one step
+    huge = _Pacer(total=1_000_000, budget_s=1)
+    huge.record(1, 5.0)
+    assert huge.size() == MAX_GROUP_EVENTS  # a group's events are held until it is rendered: bounded
 
 
 @pytest.mark.parametrize("seed", [10, 11, 12])

@@ -44,7 +44,7 @@ import os
 import time
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterator, Mapping, Protocol
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterable, Iterator, Mapping, Protocol
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
@@ -497,7 +497,7 @@ async def walk(
     steps: list[Step] = []
     dropped = dropped if dropped is not None else Dropped()
 
-    def add(new: list[Step]) -> None:
+    def add(new: Iterable[Step]) -> None:
         if keep is None:
             steps.extend(new)
             return
@@ -516,7 +516,12 @@ async def walk(
         pending: list[Logged] = []
         in_child = _use_child(bootstrap, cut.total)
         async for batch in (_read_in_child(bootstrap, cut) if in_child else iter_cut(consumer, cut)):
-            pending.extend(batch.events)
+            if pacer is None:  # a node walk: one step per event, nothing to pace or to hold
+                node_step = walker.step
+                for lg in batch.events:
+                    add((node_step([lg]),))
+            else:
+                pending.extend(batch.events)
             i = 0
             while len(pending) - i >= size:
                 add(_timed(walker, pending[i : i + size], pacer))

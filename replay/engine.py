@@ -427,6 +427,11 @@ class Walker:
         return Step(events, decisions, effect, len(events) == 1)
 
     def _node_step(self, events: list[Logged]) -> Step:
+        decisions, effect = self._node_fold(events)
+        return Step(events, decisions, effect, len(events) == 1)
+
+    def _node_fold(self, events: list[Logged]) -> tuple[list[tuple[Logged, t.Decision]], Effect]:
+        """A node step's decisions and effect, without the ``Step`` (a long walk drops most steps)."""
         tracker = self._tracker
         decisions: list[tuple[Logged, t.Decision]] = []
         for lg in events:
@@ -434,9 +439,9 @@ class Walker:
                 decisions.append((lg, j))
         before_view, after = self.node_view, tracker.versions()
         if after is before_view:  # the tracker re-rendered nothing: nothing the node reads was written
-            return Step(events, decisions, NO_EFFECT, len(events) == 1)
+            return decisions, NO_EFFECT
         self.node_view = after
-        return Step(events, decisions, _node_effect(self.node, before_view, after), len(events) == 1)
+        return decisions, _node_effect(self.node, before_view, after)
 
 
 def _node_effect(node: str, before: Versions, after: Versions) -> Effect:
@@ -516,7 +521,16 @@ async def walk(
         pending: list[Logged] = []
         in_child = _use_child(bootstrap, cut.total)
         async for batch in (_read_in_child(bootstrap, cut) if in_child else iter_cut(consumer, cut)):
-            if pacer is None:  # a node walk: one step per event, nothing to pace or to hold
+            if pacer is None and keep is if_changes_something:  # what `add` does, without a Step for most events
+                node_fold = walker._node_fold
+                for lg in batch.events:
+                    one = [lg]
+                    decisions, effect = node_fold(one)
+                    if decisions or not effect.empty:
+                        steps.append(Step(one, decisions, effect, True))
+                    else:
+                        dropped.events += 1  # an exact step (one event) that changed nothing
+            elif pacer is None:  # a node walk: one step per event, nothing to pace or to hold
                 node_step = walker.step
                 for lg in batch.events:
                     add((node_step([lg]),))

@@ -178,3 +178,21 @@ def test_the_same_payload_in_another_envelope_layout_is_a_memo_hit():
     hits = decoder.hits
     same(decoder, other)
     assert decoder.hits == hits + 1
+
+
+def test_a_memo_hit_builds_the_envelope_the_codec_builds_still_frozen():
+    import dataclasses
+
+    from replay.decode import _UNSIGNED_ENVELOPE
+
+    assert _UNSIGNED_ENVELOPE is not None  # the envelope's fields are the ones the fast constructor sets
+    decoder = RecordDecoder()
+    payload = t.InstanceHealthChanged(service="s", instance_id="i", status="unhealthy", observer="c")
+    for _ in range(2):
+        rec = Rec(encode(new_event(payload)), payload.TOPIC)
+        got = decoder(rec)
+        want = decode_record(rec)
+        assert got == want and hash(got.envelope) == hash(want.envelope) and repr(got) == repr(want)
+    assert decoder.hits == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        got.envelope.producer = "x"  # type: ignore[misc]

@@ -115,7 +115,7 @@ Revision = Annotated[int, Strict(), Field(ge=1, le=2**63 - 1)]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class Payload(_Frozen):

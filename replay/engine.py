@@ -404,6 +404,11 @@ class Walker:
         if self.node is not None:
             return self._node_step(events)
         before = self._state
+        return self.render_step(before, events, self.fold_part(events), len(events))
+
+    def fold_part(self, events: list[Logged]) -> list[tuple[Logged, t.Decision]]:
+        """Whole mesh: fold ``events`` (all or part of a step) without rendering; their decisions."""
+        before = self._state
         decisions: list[tuple[Logged, t.Decision]] = []
         if len(events) == 1:
             lg = events[0]
@@ -415,8 +420,15 @@ class Walker:
                 by_source = {(lg.topic, lg.partition, lg.offset): lg for lg in events}
                 decisions += ((by_source[(j.source_topic, j.source_partition, j.source_offset)], j) for j in rejected)
         self._state = state
+        return decisions
+
+    def render_step(self, before: MeshState, events: list[Logged], decisions: list[tuple[Logged, t.Decision]],
+                    size: int) -> Step:
+        """Whole mesh: the step of the ``size`` events folded since the state was ``before`` (``fold_part``);
+        ``events`` may be fewer than ``size`` (those a walk's ``keep`` needs: see ``walk``)."""
+        state, exact, count = self._state, size == 1, (-1 if len(events) == size else size)
         if same_state(before, state):
-            return Step(events, decisions, NO_EFFECT, len(events) == 1)
+            return Step(events, decisions, NO_EFFECT, exact, count)
         prev = self.rendered
         cur = render_all(state, previous=prev)
         self.rendered = cur
@@ -424,7 +436,7 @@ class Walker:
         removed = {k: prev.versions[k] for k in cur.removed if k in prev.versions}
         views = {n: cur.membership[n] for n in cur.changed_nodes if n in cur.membership}
         effect = Effect(changed, removed, cur.changed_nodes, cur.removed_nodes, views)
-        return Step(events, decisions, effect, len(events) == 1)
+        return Step(events, decisions, effect, exact, count)
 
     def _node_step(self, events: list[Logged]) -> Step:
         decisions, effect = self._node_fold(events)
@@ -498,7 +510,6 @@ async def walk(
     cut = await plan_cut(consumer, to_ms, start_after=start_after)
     walker = Walker(base.state, node=node, rendered=base.rendered() if node is None else None, verifier=verifier)
     pacer = _Pacer(cut.total, render_budget_s) if node is None else None
-    size = 1  # a node walk stays one event per step (the tracker renders only what changed); the pacer grows it
     steps: list[Step] = []
     dropped = dropped if dropped is not None else Dropped()
 
@@ -518,10 +529,12 @@ async def walk(
     # not no_gc(): rendering makes cyclic garbage at every step; freezing what exists keeps collections cheap
     gc.freeze()
     try:
-        pending: list[Logged] = []
+        group = _Group(walker, pacer, getattr(keep, "group_events", None), add) if pacer is not None else None
         in_child = _use_child(bootstrap, cut.total)
         async for batch in (_read_in_child(bootstrap, cut) if in_child else iter_cut(consumer, cut)):
-            if pacer is None and keep is if_changes_something:  # what `add` does, without a Step for most events
+            if group is not None:
+                group.feed(batch.events)
+            elif keep is if_changes_something:  # what `add` does, without a Step for most events
                 node_fold = walker._node_fold
                 for lg in batch.events:
                     one = [lg]
@@ -530,37 +543,24 @@ async def walk(
                         steps.append(Step(one, decisions, effect, True))
                     else:
                         dropped.events += 1  # an exact step (one event) that changed nothing
-            elif pacer is None:  # a node walk: one step per event, nothing to pace or to hold
+            else:  # a node walk: one step per event, nothing to pace or to hold
                 node_step = walker.step
                 for lg in batch.events:
                     add((node_step([lg]),))
-            else:
-                pending.extend(batch.events)
-            i = 0
-            while len(pending) - i >= size:
-                add(_timed(walker, pending[i : i + size], pacer))
-                i += size
-                if pacer is not None:
-                    size = pacer.size()
-            del pending[:i]
             for bad in batch.undecodable:
                 if on_undecodable:
                     on_undecodable(bad)
             progress.advance(batch.records)
-        i = 0
-        while i < len(pending):
-            add(_timed(walker, pending[i : i + size], pacer))
-            i += size
-            if pacer is not None:
-                size = pacer.size()
+        if group is not None:
+            group.close()
     finally:
         gc.unfreeze()
     progress.finish()
     return walker, steps, cut
 
 
-# a group's events are held until it is folded and rendered: on a long window the pacer asked for groups of
-# 100k-300k events (a 1M-event `replay log` peaked at 621 MB); this bounds what a group holds (~40 MB)
+# a group that keeps every event (``_Group`` without a ``group_events`` predicate) holds at most this many: on
+# a long window the pacer asks for groups of 100k-300k events (a 1M-event `replay log` peaked at 621 MB)
 MAX_GROUP_EVENTS = 50_000
 
 
@@ -587,16 +587,72 @@ class _Pacer:
         if self.per_step is None or self.remaining <= 0:
             return 1
         affordable = max(1.0, (self.budget_s - self.spent) / max(self.per_step, 1e-6))
-        return min(MAX_GROUP_EVENTS, max(1, int(-(-self.remaining // affordable))))
+        return max(1, int(-(-self.remaining // affordable)))
 
 
-def _timed(walker: Walker, group: list[Logged], pacer: "_Pacer | None") -> list[Step]:
-    t0 = time.perf_counter()
-    out = _grouped(walker, group)
-    if pacer is not None:
-        pacer.record(len(group), time.perf_counter() - t0)
-    return out
+class _Group:
+    """A whole-mesh walk's current group, folded as its events arrive and rendered once it is full.
 
+    The pacer sets each group's size. Events are folded in the chunks they arrive in (``fold_part``), so a
+    group of 100k events is never held whole: it keeps its first and last events and, when ``keep`` says
+    which it needs (its ``group_events`` predicate, e.g. ``report.for_service_log``), only those; without
+    one, every event (a diff names a group's events about each changed resource). Then the group is held
+    whole, so its size is bounded (``MAX_GROUP_EVENTS``).
+    """
 
-def _grouped(walker: Walker, group: list[Logged]) -> list[Step]:
-    return [walker.step(group)]
+    def __init__(self, walker: Walker, pacer: _Pacer, wanted: Callable[[Logged], bool] | None,
+                 add: Callable[[Iterable[Step]], None]) -> None:
+        self.walker, self.pacer, self.wanted, self.add = walker, pacer, wanted, add
+        self.cap = None if wanted is not None else MAX_GROUP_EVENTS
+        self.size = 1
+        self._reset()
+
+    def _reset(self) -> None:
+        self.before: MeshState | None = None
+        self.events: list[Logged] = []
+        self.decisions: list[tuple[Logged, t.Decision]] = []
+        self.count = 0
+        self.last: Logged | None = None
+        self.seconds = 0.0
+
+    def feed(self, events: list[Logged]) -> None:
+        j = 0
+        while j < len(events):
+            if self.count == 0:
+                self.before = self.walker.state
+                self.events.append(events[j])  # the first event is always kept
+                first = True
+            else:
+                first = False
+            take = min(self.size - self.count, len(events) - j)
+            chunk = events[j : j + take]
+            t0 = time.perf_counter()
+            self.decisions += self.walker.fold_part(chunk)
+            self.seconds += time.perf_counter() - t0
+            rest = chunk[1:] if first else chunk
+            if self.wanted is None:
+                self.events += rest
+            else:
+                self.events += [lg for lg in rest if self.wanted(lg)]
+            self.last = chunk[-1]
+            self.count += take
+            j += take
+            if self.count >= self.size:
+                self._flush()
+
+    def _flush(self) -> None:
+        events = self.events
+        if events[-1] is not self.last:
+            events.append(self.last)  # and the last
+        t0 = time.perf_counter()
+        step = self.walker.render_step(self.before, events, self.decisions, self.count)
+        self.pacer.record(self.count, self.seconds + time.perf_counter() - t0)
+        self._reset()
+        self.add((step,))
+        self.size = self.pacer.size()
+        if self.cap is not None:
+            self.size = min(self.size, self.cap)
+
+    def close(self) -> None:
+        if self.count:
+            self._flush()

@@ -642,6 +642,9 @@ def for_service_log(service: str, told_nodes: Collection[str] | None = None) -> 
             return None
         return Step(step.events[-1:], [], Effect({}, {}, eff.changed_nodes, frozenset(), views), step.exact)
 
+    # the events of a group this keeps (besides its first and last): a walk holds no others while it folds one
+    keep.group_events = lambda lg: event_matches(lg, NO_EFFECT_DOC, service=service, node=None,  # type: ignore[attr-defined]
+                                                 services_touched=set())
     return keep
 
 

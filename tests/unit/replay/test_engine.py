@@ -130,9 +130,6 @@ def test_the_pacer_keeps_short_windows_exact_and_bounds_long_ones():
     spent = _Pacer(total=100, budget_s=1)
     spent.record(1, 5.0)
     assert spent.size() == 99  # over budget: the rest in one step
-    huge = _Pacer(total=1_000_000, budget_s=1)
-    huge.record(1, 5.0)
-    assert huge.size() == MAX_GROUP_EVENTS  # a group's events are held until it is rendered: bounded
 
 
 @pytest.mark.parametrize("seed", [10, 11, 12])
@@ -157,3 +154,64 @@ def test_a_whole_mesh_group_step_equals_folding_its_events_one_by_one(seed):
         rendered, rejected = cur, rejected + len(want)
     assert rejected  # stale rule revisions are refused in this history
     assert state_to_bytes(walker.state) == state_to_bytes(state)
+
+
+class _FixedPacer:
+    def __init__(self, sizes):
+        self.sizes, self.i, self.recorded = list(sizes), 0, []
+
+    def record(self, events, seconds):
+        self.recorded.append(events)
+
+    def size(self):
+        self.i += 1
+        return self.sizes[self.i % len(self.sizes)]
+
+
+@pytest.mark.parametrize("seed", [13, 14])
+@pytest.mark.parametrize("wanted", [None, "about-s1"])
+def test_a_group_folded_as_its_events_arrive_gives_the_step_of_the_whole_group(seed, wanted):
+    """``walk``'s groups are folded chunk by chunk (as batches arrive) and rendered once full: the same steps
+    as ``Walker.step`` over each whole group; with a ``group_events`` predicate only the first, last and
+    wanted events are held (``size`` still counts them all)."""
+    from replay.engine import _Group
+    from replay.report import payload_services
+
+    h, log = history_log(seed, 600)
+    base, _ = fold_many(empty_state(), log.events[:80])
+    window = log.events[80:]
+    pred = None if wanted is None else (lambda lg: h.services[1] in payload_services(lg.envelope.payload))
+    sizes = [1, 1, 3, 70, 1, 45, 200]
+    got: list = []
+    walker = Walker(base)
+    group = _Group(walker, _FixedPacer(sizes), pred, got.extend)
+    for i in range(0, len(window), 17):  # batches that cut across groups
+        group.feed(window[i : i + 17])
+    group.close()
+
+    reference, want, i, k = Walker(base), [], 0, 0
+    size = 1
+    while i < len(window):
+        want.append(reference.step(window[i : i + size]))
+        i += size
+        k += 1
+        size = sizes[k % len(sizes)]
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert (g.size, g.decisions, g.effect, g.exact) == (w.size, w.decisions, w.effect, w.exact)
+        if pred is None:
+            assert g.events == w.events
+        else:
+            keep = [lg for lg in w.events[1:-1] if pred(lg)]
+            assert g.events == ([w.events[0], *keep, w.events[-1]] if w.size > 1 else w.events)
+    assert state_to_bytes(walker.state) == state_to_bytes(reference.state)
+
+
+def test_a_group_that_holds_every_event_is_bounded():
+    from replay.engine import _Group
+
+    _h, log = history_log(15, 30)
+    for wanted, expected in ((None, MAX_GROUP_EVENTS), (lambda lg: False, 10 * MAX_GROUP_EVENTS)):
+        group = _Group(Walker(empty_state()), _FixedPacer([10 * MAX_GROUP_EVENTS]), wanted, lambda steps: None)
+        group.feed(log.events[:1])  # the first group is one event; then the pacer asks for a huge one
+        assert group.size == expected

@@ -478,6 +478,15 @@ class Dropped:
     exact: bool = True
 
 
+def thin(step: Step, keep: Callable[[Step], Step | None], dropped: Dropped) -> Step | None:
+    """What ``walk`` keeps of ``step`` (``keep``'s answer), counting what it left out in ``dropped``."""
+    kept = keep(step)
+    if kept is not step:
+        dropped.events += step.size - (kept.size if kept is not None else 0)
+        dropped.exact = dropped.exact and step.exact
+    return kept
+
+
 def if_changes_something(step: Step) -> Step | None:
     """``walk``'s ``keep`` for ``replay diff``: the steps that changed what is served (those carry every
     view change, which convergence needs) or whose events the fold refused; None for the rest."""
@@ -518,12 +527,9 @@ async def walk(
             steps.extend(new)
             return
         for st in new:
-            kept = keep(st)
+            kept = thin(st, keep, dropped)
             if kept is not None:
                 steps.append(kept)
-            if kept is not st:
-                dropped.events += st.size - (kept.size if kept is not None else 0)
-                dropped.exact = dropped.exact and st.exact
 
     progress.start("walking the window", cut.total)
     # not no_gc(): rendering makes cyclic garbage at every step; freezing what exists keeps collections cheap

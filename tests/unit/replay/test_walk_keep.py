@@ -102,14 +102,10 @@ def _service_log(steps, dropped, service, sync, end):
 
 def _kept(steps, keep):
     """What ``walk`` does with its ``keep`` (the steps it holds, and what it counts as dropped)."""
-    dropped, out = Dropped(), []
-    for st in steps:
-        kept = keep(st)
-        if kept is not None:
-            out.append(kept)
-        if kept is not st:
-            dropped.events += st.size - (kept.size if kept is not None else 0)
-            dropped.exact = dropped.exact and st.exact
+    from replay.engine import thin
+
+    dropped = Dropped()
+    out = [kept for st in steps if (kept := thin(st, keep, dropped)) is not None]
     return out, dropped
 
 

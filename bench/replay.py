@@ -13,7 +13,9 @@ the in-process breakdown of the same work):
    --to T --service S``, each over the whole log (goal: stream, bounded memory).
 
 Each CLI figure is wall time, CPU time and peak RSS of the replay process
-alone (``os.wait4``), as a range over ``--repeat`` runs, with the load average
+alone (``os.wait4``; Linux carries the peak RSS of the process that forked it
+into the child, so right after appending the log every figure shows the
+bench's own ~640 MB: measure RSS with ``--reuse``), as a range over ``--repeat`` runs, with the load average
 (the machine is shared: report ranges and the load). ``--baseline-code DIR``
 runs every figure also with an older source tree (``git archive <commit> |
 tar -x -C DIR``) on the same log, for before/after in one run.

@@ -597,6 +597,29 @@ class _Maps(dict):
         self.pop(key, None)
 
 
+class _WatchedMaps(_Maps):
+    """A ``_Maps`` that reports every key a handler writes (sets, deletes or discards) to ``written``."""
+
+    __slots__ = ("name", "written")
+
+    def __init__(self, data: dict, name: str, written: Callable[[str, object], None]) -> None:
+        super().__init__(data)
+        self.name = name
+        self.written = written
+
+    def __setitem__(self, key: object, value: object) -> None:
+        self.written(self.name, key)
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key: object) -> None:
+        self.written(self.name, key)
+        dict.__delitem__(self, key)
+
+    def discard(self, key: object) -> None:
+        self.written(self.name, key)
+        self.pop(key, None)
+
+
 class FoldBuffer:
     """Fold a long run of events into plain mutable maps; ``state()`` seals them into a ``MeshState``.
 
@@ -612,8 +635,13 @@ class FoldBuffer:
 
     __slots__ = ("m", "_maps", "_sealed")
 
-    def __init__(self, state: MeshState) -> None:
-        self._maps = {name: _Maps(getattr(state, name).to_dict()) for name in STATE_FIELDS}
+    def __init__(self, state: MeshState, *, written: Callable[[str, object], None] | None = None) -> None:
+        """``written(field, key)``: called for every key a handler writes, before the write (a reader that
+        keeps something derived from the state up to date learns what to recompute)."""
+        if written is None:
+            self._maps = {name: _Maps(getattr(state, name).to_dict()) for name in STATE_FIELDS}
+        else:
+            self._maps = {name: _WatchedMaps(getattr(state, name).to_dict(), name, written) for name in STATE_FIELDS}
         self.m = self._maps.__getitem__  # the handlers' ``tx.m(field)``, at C speed
         self._sealed: MeshState | None = state
 
@@ -626,6 +654,11 @@ class FoldBuffer:
             if rejected is not None:
                 decisions.append(rejected)
         return decisions
+
+    def live(self) -> MeshState:
+        """The state folded so far over the buffer's own maps (no copy): valid only until the next ``fold``,
+        for reading right away (rendering it, say), never to keep or to write to."""
+        return MeshState(**self._maps)
 
     def state(self) -> MeshState:
         """The state after every event folded so far (the buffer can go on folding)."""

@@ -23,10 +23,19 @@ async def sync_records_for(consumer, to_ms_: int) -> list:
     return (await read_sync_records(consumer, until))[0]
 
 
+def nodes_with_proxies(sync_records: list) -> frozenset[str]:
+    """Every node a sync record names: only these can count for a convergence (a node no proxy ever
+    streamed for cannot converge), so a walk may keep the views it was told for these alone."""
+    return frozenset(node for lg in sync_records if isinstance(node := getattr(lg.payload, "node", None), str))
+
+
 def step_convergences(steps: Sequence, sync_records: list) -> dict:
-    """Each view-changing step's convergence, keyed by the source of its last event."""
+    """Each view-changing step's convergence, keyed by the source of its last event.
+
+    A step changed views when it changed nodes (``changed_nodes`` and ``views`` name the same nodes, but a
+    walk may have kept ``views`` only for ``nodes_with_proxies``)."""
     changes = [((lg.topic, lg.partition, lg.offset), lg.timestamp_ms, step.effect.views)
-               for step in steps if step.effect.views and step.events for lg in step.events[-1:]]
+               for step in steps if step.effect.changed_nodes and step.events for lg in step.events[-1:]]
     return convergences(changes, sync_records)
 
 

@@ -456,7 +456,7 @@ async def cmd_log(args: argparse.Namespace, bootstrap: str) -> int:
     from events import topics
     from events.undecodable import UndecodableLog, decode_or_skip
     from replay import identities, report
-    from replay.acceptance import step_convergences, sync_records_for
+    from replay.acceptance import nodes_with_proxies, step_convergences, sync_records_for
     from replay.deadletters import recorded_dead_letters
 
     undecodable: list = []
@@ -468,10 +468,12 @@ async def cmd_log(args: argparse.Namespace, bootstrap: str) -> int:
         verifier = None if args.insecure_events else shown
         base = await rebuild(consumer, from_ms, use_snapshot=not args.no_snapshot, progress=progress,
                              verifier=verifier, bootstrap=bootstrap)
+        # read first: the walk then keeps the views it was told only for nodes a proxy streamed for
+        sync_records = await sync_records_for(consumer, to_ms_)
+        keep = report.for_service_log(args.service, nodes_with_proxies(sync_records)) if args.service else None
         dropped = Dropped()
         walker, steps, cut = await walk(consumer, base, to_ms_, node=args.node, progress=progress,
-                                        on_undecodable=undecodable.append, dropped=dropped,
-                                        keep=report.for_service_log(args.service) if args.service else None,
+                                        on_undecodable=undecodable.append, dropped=dropped, keep=keep,
                                         verifier=verifier, bootstrap=bootstrap)
         window = {(tp.topic, tp.partition): (base.cut.stop[tp], cut.stop[tp]) for tp in cut.stop}
 
@@ -493,7 +495,6 @@ async def cmd_log(args: argparse.Namespace, bootstrap: str) -> int:
                     recorded_rejections.setdefault(src, (record.timestamp, j))
         recorded_dead = await recorded_dead_letters(consumer, from_ms, in_window)
         identity_events, _bad = await identities.read_identity_events(consumer, from_ms + 1, to_ms_)
-        sync_records = await sync_records_for(consumer, to_ms_)
     converged = {key: c.as_dict() for key, c in step_convergences(steps, sync_records).items()}
     sync_entries = [report.sync_entry(lg) for lg in sync_records
                     if from_ms < lg.timestamp_ms <= to_ms_ and (args.node is None or lg.payload.node == args.node)

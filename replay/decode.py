@@ -40,6 +40,7 @@ Invariants:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import msgspec
@@ -82,15 +83,55 @@ _HEADER = _header_decoder()
 _UNSET = msgspec.UNSET
 
 
+def _unsigned_envelope_builder():
+    """``Envelope(event_id, type, version, at, producer, payload)`` that sets the slots directly: ``__init__``
+    goes through the frozen ``__setattr__`` guard and ``__post_init__``'s checks, which cost more than the rest
+    of a memo hit. Only for what ``_fast_envelope`` has established: ``type`` is ``payload.TYPE`` (the memo's
+    key), ``at`` is in UTC (``utc_time_or_none``), no signature. None if the envelope's fields change."""
+    names = ("event_id", "type", "schema_version", "occurred_at", "producer", "payload",
+             "signer", "signature", "signed_bytes", "proof")
+    if tuple(f.name for f in dataclasses.fields(Envelope)) != names:
+        return None
+    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9 = (Envelope.__dict__[name].__set__ for name in names)
+    new = object.__new__
+
+    def build(event_id: str, type_: str, version: int, at: Any, producer: str, payload: Any) -> Envelope:
+        env = new(Envelope)
+        s0(env, event_id)
+        s1(env, type_)
+        s2(env, version)
+        s3(env, at)
+        s4(env, producer)
+        s5(env, payload)
+        s6(env, None)
+        s7(env, None)
+        s8(env, None)
+        s9(env, None)
+        return env
+
+    return build
+
+
+_UNSIGNED_ENVELOPE = _unsigned_envelope_builder()
+
+
 class RecordDecoder:
     """``decoder(record) -> Logged``; keeps hit/miss counters for reporting."""
 
-    __slots__ = ("_memo", "max_entries", "hits", "misses")
+    __slots__ = ("_memo", "_old", "_young_bytes", "max_entries", "max_bytes", "hits", "misses")
 
-    def __init__(self, max_entries: int = 500_000) -> None:
-        # (type, version, payload bytes) -> (validated payload, the canonical bytes orjson writes for it)
+    def __init__(self, max_entries: int = 65_536, max_bytes: int = 8 << 20) -> None:
+        # (type, version, payload bytes) -> (validated payload, the canonical bytes orjson writes for it), in two
+        # generations of at most max_entries / 2: when the young one is full it becomes the old one and the old
+        # one is let go; a hit in the old one moves the entry back. Payloads a log repeats (health flaps,
+        # re-registrations) stay; those it never repeats (each rule revision) age out. Bounded memory on any log:
+        # a validated rule holds several KB, and a million-event log has tens of thousands of them. A generation
+        # also ends at max_bytes / 2 of payload bytes (a validated model takes about ten times its JSON).
         self._memo: dict[tuple[str, int, bytes], tuple[Any, bytes]] = {}
+        self._old: dict[tuple[str, int, bytes], tuple[Any, bytes]] = {}
+        self._young_bytes = 0
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self.hits = 0
         self.misses = 0
 
@@ -105,6 +146,10 @@ class RecordDecoder:
         raw = bytes(head.payload)
         key = (head.type, head.schema_version, raw)
         known = self._memo.get(key)
+        if known is None and self._old:
+            known = self._old.pop(key, None)
+            if known is not None:
+                self._keep(key, known)
         if known is not None:
             env = self._fast_envelope(head, known, record.topic)
             if env is not None:
@@ -112,12 +157,16 @@ class RecordDecoder:
                 return Logged(env, record.topic, record.partition, record.offset, record.timestamp)
         logged = decode_record(record)  # the reference path; raises EventValidationError
         self.misses += 1
-        if len(self._memo) >= self.max_entries:
-            self._memo.clear()
         # the codec accepted these payload bytes for (type, version), so orjson reads them
         canonical = orjson.dumps(orjson.loads(raw), option=orjson.OPT_SORT_KEYS)
-        self._memo[key] = (logged.envelope.payload, raw if canonical == raw else canonical)
+        self._keep(key, (logged.envelope.payload, raw if canonical == raw else canonical))
         return logged
+
+    def _keep(self, key: tuple[str, int, bytes], entry: tuple[Any, bytes]) -> None:
+        if len(self._memo) >= max(1, self.max_entries // 2) or self._young_bytes >= self.max_bytes // 2:
+            self._old, self._memo, self._young_bytes = self._memo, {}, 0
+        self._memo[key] = entry
+        self._young_bytes += len(key[2])
 
     @staticmethod
     def _fast_envelope(head: Any, known: tuple[Any, bytes], topic: str) -> Envelope | None:
@@ -136,6 +185,9 @@ class RecordDecoder:
         payload = known[0]
         try:
             if head.signer is _UNSET and head.signature is _UNSET and head.proof is _UNSET:
+                if _UNSIGNED_ENVELOPE is not None:
+                    return _UNSIGNED_ENVELOPE(head.event_id, ptype.TYPE, ptype.SCHEMA_VERSION, at, head.producer,
+                                              payload)
                 return Envelope(head.event_id, head.type, ptype.SCHEMA_VERSION, at, head.producer, payload)
             return _signed_envelope(head, ptype.SCHEMA_VERSION, at, known)
         except (ValueError, orjson.JSONEncodeError):  # EventValidationError is a ValueError: the codec decides

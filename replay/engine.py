@@ -17,10 +17,10 @@ Invariants:
   ``previous``) or one node (``render``), whichever the question needs. A
   long window is not rendered after every event: whole-mesh walks fold
   groups of events sized to keep rendering within a time budget (a change is
-  then attributed to every event of its group), node walks over more than
-  20,000 events bisect groups of 256 to find the events that changed the
-  node (a change reverted within a group can go unseen). Such steps say
-  ``exact=False`` and the documents carry ``"exact": false``.
+  then attributed to every event of its group; such steps say
+  ``exact=False`` and the documents carry ``"exact": false``). A node walk is
+  exact over any window: ``replay.node_view`` keeps the node's view after
+  every event, re-rendering only the parts whose inputs the event wrote.
 - Verification (issue 13): given a ``verifier`` (``identity.verifier``, from
   the identities topic) every fold here refuses what the live projector
   refuses, with the same ``EventRefused`` decisions; without one (the CLI's
@@ -44,7 +44,7 @@ import os
 import time
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterator, Mapping, Protocol
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterable, Iterator, Mapping, Protocol
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
@@ -57,6 +57,7 @@ from projector.render import RenderedMesh, render, render_all
 from projector.state import MeshState, empty_state, same_state
 from projector.versioning import version_of
 from replay.decode import RecordDecoder
+from replay.node_view import NodeViewTracker
 from replay.snapshots import ChosenSnapshot, find_snapshot
 from replay.source import Cut, Undecodable, existing_topics, first_event_ms, iter_cut, new_consumer, plan_cut
 
@@ -345,6 +346,14 @@ class Step:
     decisions: list[tuple[Logged, t.Decision]]
     effect: Effect
     exact: bool  # False when several events were folded together (attribution is by group)
+    # events folded in this step when a walk's ``keep`` thinned ``events`` to those a document needs
+    # (its first, last and listed ones); -1: ``events`` are all of them
+    count: int = -1
+
+    @property
+    def size(self) -> int:
+        """How many events this step folded (``events`` may hold fewer, see ``count``)."""
+        return len(self.events) if self.count < 0 else self.count
 
 
 NO_EFFECT = Effect({}, {}, frozenset(), frozenset())
@@ -354,23 +363,31 @@ class Walker:
     """Fold events one by one from a base state and say what each changed (pure; no I/O).
 
     ``node=None``: the whole mesh (``render_all`` incrementally). ``node=N``:
-    only what N is served (``render(state, N)`` after each change).
+    only what N is served, kept by a ``replay.node_view.NodeViewTracker``
+    (exactly ``node_versions`` after each step, re-rendering only the parts of
+    the view whose inputs an event wrote).
     """
 
     def __init__(self, state: MeshState, *, node: str | None = None, rendered: RenderedMesh | None = None,
                  verifier: Verifier | None = None) -> None:
         self.node = node
         self.verifier = verifier
-        self.state = state
+        self._state = state
         if node is None:
             self.rendered = rendered if rendered is not None else render_all(state)
             self.start_versions: dict[ResourceKey, str] = dict(self.rendered.versions)
             self.start_membership = dict(self.rendered.membership)
         else:
             self.rendered = None
-            self.node_view: Versions = node_versions(state, node)
+            self._tracker = NodeViewTracker(state, node)
+            self.node_view: Versions = self._tracker.versions()
             self.start_versions = flatten(self.node_view)
             self.start_membership = {node: self.node_view} if any(self.node_view.values()) else {}
+
+    @property
+    def state(self) -> MeshState:
+        """The state after the steps so far."""
+        return self._state if self.node is None else self._tracker.state()
 
     # what is served now
     def versions(self) -> dict[ResourceKey, str]:
@@ -384,101 +401,59 @@ class Walker:
         return {self.node: self.node_view} if any(self.node_view.values()) else {}
 
     def step(self, events: list[Logged]) -> Step:
-        before = self.state
-        state = before
+        if self.node is not None:
+            return self._node_step(events)
+        before = self._state
+        return self.render_step(before, events, self.fold_part(events), len(events))
+
+    def fold_part(self, events: list[Logged]) -> list[tuple[Logged, t.Decision]]:
+        """Whole mesh: fold ``events`` (all or part of a step) without rendering; their decisions."""
+        before = self._state
         decisions: list[tuple[Logged, t.Decision]] = []
-        for lg in events:
-            state, rejected = fold_with_decisions(state, lg, self.verifier)
-            for j in rejected:
-                decisions.append((lg, j))
-        self.state = state
+        if len(events) == 1:
+            lg = events[0]
+            state, rejected = fold_with_decisions(before, lg, self.verifier)
+            decisions += ((lg, j) for j in rejected)
+        else:  # a group: one copy per touched bucket, not one per event; each decision names its event
+            state, rejected = fold_many(before, events, self.verifier)
+            if rejected:
+                by_source = {(lg.topic, lg.partition, lg.offset): lg for lg in events}
+                decisions += ((by_source[(j.source_topic, j.source_partition, j.source_offset)], j) for j in rejected)
+        self._state = state
+        return decisions
+
+    def render_step(self, before: MeshState, events: list[Logged], decisions: list[tuple[Logged, t.Decision]],
+                    size: int) -> Step:
+        """Whole mesh: the step of the ``size`` events folded since the state was ``before`` (``fold_part``);
+        ``events`` may be fewer than ``size`` (those a walk's ``keep`` needs: see ``walk``)."""
+        state, exact, count = self._state, size == 1, (-1 if len(events) == size else size)
         if same_state(before, state):
-            return Step(events, decisions, NO_EFFECT, len(events) == 1)
-        if self.node is None:
-            prev = self.rendered
-            cur = render_all(state, previous=prev)
-            self.rendered = cur
-            changed = {k: cur.versions[k] for k in cur.changed}
-            removed = {k: prev.versions[k] for k in cur.removed if k in prev.versions}
-            views = {n: cur.membership[n] for n in cur.changed_nodes if n in cur.membership}
-            effect = Effect(changed, removed, cur.changed_nodes, cur.removed_nodes, views)
-        else:
-            before_view = self.node_view
-            self.node_view = node_versions(state, self.node)
-            effect = _node_effect(self.node, before_view, self.node_view)
+            return Step(events, decisions, NO_EFFECT, exact, count)
+        prev = self.rendered
+        cur = render_all(state, previous=prev)
+        self.rendered = cur
+        changed = {k: cur.versions[k] for k in cur.changed}
+        removed = {k: prev.versions[k] for k in cur.removed if k in prev.versions}
+        views = {n: cur.membership[n] for n in cur.changed_nodes if n in cur.membership}
+        effect = Effect(changed, removed, cur.changed_nodes, cur.removed_nodes, views)
+        return Step(events, decisions, effect, exact, count)
+
+    def _node_step(self, events: list[Logged]) -> Step:
+        decisions, effect = self._node_fold(events)
         return Step(events, decisions, effect, len(events) == 1)
 
-
-    def steps_bisected(self, events: list[Logged]) -> list[Step]:
-        """Node mode over a long window: fold a group, render the node only where its view changed.
-
-        The node is rendered at the group's end; if that differs from the
-        start, bisection over the folded states finds the event that changed
-        it (``log2(len)`` renders), and the search goes on from there. A change
-        that was reverted within the rest of a group (A -> B -> A) is not seen:
-        the steps say ``exact=False``.
-
-        Most groups do not change a given node: those are folded as a batch
-        (``fold_many``, one copy per touched bucket instead of one per event)
-        and rendered once; only a group that changed the node's view, or whose
-        events the fold refused, is folded again event by event to bisect.
-        The steps are the same either way (``_bisected`` alone gives them).
-        """
-        assert self.node is not None
-        if not events:
-            return []
-        end, decisions = fold_many(self.state, events, self.verifier)
-        if not decisions:
-            end_view = self.node_view if same_state(self.state, end) else node_versions(end, self.node)
-            if flatten(end_view) == flatten(self.node_view):
-                self.state, self.node_view = end, end_view
-                return [Step([lg], [], NO_EFFECT, False) for lg in events]
-        return self._bisected(events)
-
-    def _bisected(self, events: list[Logged]) -> list[Step]:
-        """``steps_bisected`` folding every event on its own (the reference the batch path must equal)."""
-        assert self.node is not None
-        node = self.node
-        states: list[MeshState] = []
-        decided: list[list[tuple[Logged, t.Decision]]] = []
-        s = self.state
+    def _node_fold(self, events: list[Logged]) -> tuple[list[tuple[Logged, t.Decision]], Effect]:
+        """A node step's decisions and effect, without the ``Step`` (a long walk drops most steps)."""
+        tracker = self._tracker
+        decisions: list[tuple[Logged, t.Decision]] = []
         for lg in events:
-            s, rejected = fold_with_decisions(s, lg, self.verifier)
-            states.append(s)
-            decided.append([(lg, j) for j in rejected])
-        cache: dict[int, Versions] = {}
-        start_state = self.state
-
-        def state_at(i: int) -> MeshState:
-            return start_state if i < 0 else states[i]
-
-        def view(i: int) -> Versions:
-            got = cache.get(i)
-            if got is None:
-                got = cache[i] = node_versions(states[i], node)
-            return got
-
-        effects: dict[int, Effect] = {}
-        lo, lo_view = -1, self.node_view
-        last = len(events) - 1
-        while lo < last:
-            lo_flat = flatten(lo_view)
-            if flatten(view(last)) == lo_flat:
-                break
-            a, b = lo, last
-            while b - a > 1:
-                mid = (a + b) // 2
-                # an identical state renders identically: no need to render it
-                if not same_state(state_at(mid), state_at(a)) and flatten(view(mid)) != lo_flat:
-                    b = mid
-                else:
-                    a = mid
-            new_view = view(b)
-            effects[b] = _node_effect(node, lo_view, new_view)
-            lo, lo_view = b, new_view
-        self.state = states[-1] if states else self.state
-        self.node_view = view(last) if events else self.node_view
-        return [Step([lg], decided[i], effects.get(i, NO_EFFECT), False) for i, lg in enumerate(events)]
+            for j in tracker.fold((lg,), self.verifier):
+                decisions.append((lg, j))
+        before_view, after = self.node_view, tracker.versions()
+        if after is before_view:  # the tracker re-rendered nothing: nothing the node reads was written
+            return decisions, NO_EFFECT
+        self.node_view = after
+        return decisions, _node_effect(self.node, before_view, after)
 
 
 def _node_effect(node: str, before: Versions, after: Versions) -> Effect:
@@ -503,14 +478,19 @@ class Dropped:
     exact: bool = True
 
 
+def thin(step: Step, keep: Callable[[Step], Step | None], dropped: Dropped) -> Step | None:
+    """What ``walk`` keeps of ``step`` (``keep``'s answer), counting what it left out in ``dropped``."""
+    kept = keep(step)
+    if kept is not step:
+        dropped.events += step.size - (kept.size if kept is not None else 0)
+        dropped.exact = dropped.exact and step.exact
+    return kept
+
+
 def if_changes_something(step: Step) -> Step | None:
     """``walk``'s ``keep`` for ``replay diff``: the steps that changed what is served (those carry every
     view change, which convergence needs) or whose events the fold refused; None for the rest."""
     return step if step.decisions or not step.effect.empty else None
-
-
-EXACT_NODE_EVENTS = 20_000  # up to this many events, a node walk renders the node after every event
-NODE_GROUP = 256
 
 
 async def walk(
@@ -539,51 +519,55 @@ async def walk(
     cut = await plan_cut(consumer, to_ms, start_after=start_after)
     walker = Walker(base.state, node=node, rendered=base.rendered() if node is None else None, verifier=verifier)
     pacer = _Pacer(cut.total, render_budget_s) if node is None else None
-    size = 1 if node is None or cut.total <= EXACT_NODE_EVENTS else NODE_GROUP
     steps: list[Step] = []
     dropped = dropped if dropped is not None else Dropped()
 
-    def add(new: list[Step]) -> None:
+    def add(new: Iterable[Step]) -> None:
         if keep is None:
             steps.extend(new)
             return
         for st in new:
-            kept = keep(st)
+            kept = thin(st, keep, dropped)
             if kept is not None:
                 steps.append(kept)
-            if kept is not st:
-                dropped.events += len(st.events) - (len(kept.events) if kept is not None else 0)
-                dropped.exact = dropped.exact and st.exact
 
     progress.start("walking the window", cut.total)
     # not no_gc(): rendering makes cyclic garbage at every step; freezing what exists keeps collections cheap
     gc.freeze()
     try:
-        pending: list[Logged] = []
+        group = _Group(walker, pacer, getattr(keep, "group_events", None), add) if pacer is not None else None
         in_child = _use_child(bootstrap, cut.total)
         async for batch in (_read_in_child(bootstrap, cut) if in_child else iter_cut(consumer, cut)):
-            pending.extend(batch.events)
-            i = 0
-            while len(pending) - i >= size:
-                add(_timed(walker, pending[i : i + size], pacer))
-                i += size
-                if pacer is not None:
-                    size = pacer.size()
-            del pending[:i]
+            if group is not None:
+                group.feed(batch.events)
+            elif keep is if_changes_something:  # what `add` does, without a Step for most events
+                node_fold = walker._node_fold
+                for lg in batch.events:
+                    one = [lg]
+                    decisions, effect = node_fold(one)
+                    if decisions or not effect.empty:
+                        steps.append(Step(one, decisions, effect, True))
+                    else:
+                        dropped.events += 1  # an exact step (one event) that changed nothing
+            else:  # a node walk: one step per event, nothing to pace or to hold
+                node_step = walker.step
+                for lg in batch.events:
+                    add((node_step([lg]),))
             for bad in batch.undecodable:
                 if on_undecodable:
                     on_undecodable(bad)
             progress.advance(batch.records)
-        i = 0
-        while i < len(pending):
-            add(_timed(walker, pending[i : i + size], pacer))
-            i += size
-            if pacer is not None:
-                size = pacer.size()
+        if group is not None:
+            group.close()
     finally:
         gc.unfreeze()
     progress.finish()
     return walker, steps, cut
+
+
+# a group that keeps every event (``_Group`` without a ``group_events`` predicate) holds at most this many: on
+# a long window the pacer asks for groups of 100k-300k events (a 1M-event `replay log` peaked at 621 MB)
+MAX_GROUP_EVENTS = 50_000
 
 
 class _Pacer:
@@ -612,17 +596,69 @@ class _Pacer:
         return max(1, int(-(-self.remaining // affordable)))
 
 
-def _timed(walker: Walker, group: list[Logged], pacer: "_Pacer | None") -> list[Step]:
-    t0 = time.perf_counter()
-    out = _grouped(walker, group)
-    if pacer is not None:
-        pacer.record(len(group), time.perf_counter() - t0)
-    return out
+class _Group:
+    """A whole-mesh walk's current group, folded as its events arrive and rendered once it is full.
 
+    The pacer sets each group's size. Events are folded in the chunks they arrive in (``fold_part``), so a
+    group of 100k events is never held whole: it keeps its first and last events and, when ``keep`` says
+    which it needs (its ``group_events`` predicate, e.g. ``report.for_service_log``), only those; without
+    one, every event (a diff names a group's events about each changed resource). Then the group is held
+    whole, so its size is bounded (``MAX_GROUP_EVENTS``).
+    """
 
-def _grouped(walker: Walker, group: list[Logged]) -> list[Step]:
-    if len(group) == 1:
-        return [walker.step(group)]
-    if walker.node is not None:
-        return walker.steps_bisected(group)
-    return [walker.step(group)]
+    def __init__(self, walker: Walker, pacer: _Pacer, wanted: Callable[[Logged], bool] | None,
+                 add: Callable[[Iterable[Step]], None]) -> None:
+        self.walker, self.pacer, self.wanted, self.add = walker, pacer, wanted, add
+        self.cap = None if wanted is not None else MAX_GROUP_EVENTS
+        self.size = 1
+        self._reset()
+
+    def _reset(self) -> None:
+        self.before: MeshState | None = None
+        self.events: list[Logged] = []
+        self.decisions: list[tuple[Logged, t.Decision]] = []
+        self.count = 0
+        self.last: Logged | None = None
+        self.seconds = 0.0
+
+    def feed(self, events: list[Logged]) -> None:
+        j = 0
+        while j < len(events):
+            if self.count == 0:
+                self.before = self.walker.state
+                self.events.append(events[j])  # the first event is always kept
+                first = True
+            else:
+                first = False
+            take = min(self.size - self.count, len(events) - j)
+            chunk = events[j : j + take]
+            t0 = time.perf_counter()
+            self.decisions += self.walker.fold_part(chunk)
+            self.seconds += time.perf_counter() - t0
+            rest = chunk[1:] if first else chunk
+            if self.wanted is None:
+                self.events += rest
+            else:
+                self.events += [lg for lg in rest if self.wanted(lg)]
+            self.last = chunk[-1]
+            self.count += take
+            j += take
+            if self.count >= self.size:
+                self._flush()
+
+    def _flush(self) -> None:
+        events = self.events
+        if events[-1] is not self.last:
+            events.append(self.last)  # and the last
+        t0 = time.perf_counter()
+        step = self.walker.render_step(self.before, events, self.decisions, self.count)
+        self.pacer.record(self.count, self.seconds + time.perf_counter() - t0)
+        self._reset()
+        self.add((step,))
+        self.size = self.pacer.size()
+        if self.cap is not None:
+            self.size = min(self.size, self.cap)
+
+    def close(self) -> None:
+        if self.count:
+            self._flush()

@@ -85,7 +85,8 @@ its ``version_info``, plus a ``replay`` key saying which instant and node.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping
+from dataclasses import replace
+from typing import Any, Callable, Collection, Iterable, Mapping
 
 from google.protobuf import any_pb2, json_format
 
@@ -466,7 +467,7 @@ def diff_document(
     exact = dropped.exact if dropped else True
     rejections = []
     for i, step in enumerate(steps):
-        events += len(step.events)
+        events += step.size
         exact = exact and step.exact
         for lg, j in step.decisions:
             rejections.append(rejection_doc(lg, j))
@@ -601,25 +602,49 @@ def event_matches(
     return lg.envelope.key in node_keys
 
 
-def for_service_log(service: str) -> Callable[[Step], Step | None]:
-    """``walk``'s ``keep`` for ``log_document(service=...)``: a step of which the log lists something stays
-    whole; of any other, only what convergence needs (its view changes and last event, nothing the
-    filtered log lists); a step that changed no view is dropped."""
+def for_service_log(service: str, told_nodes: Collection[str] | None = None) -> Callable[[Step], Step | None]:
+    """``walk``'s ``keep`` for ``log_document(service=...)``: of a step the log lists something of, what it
+    lists (a group keeps its first, last and listed events, its size and its effect); of any other, only
+    what convergence needs (its view changes and last event, nothing the filtered log lists); a step that
+    changed no view is dropped. A group's effect is kept only for the service's resources (what the log
+    shows of it) and its nodes.
+
+    ``told_nodes``: the only nodes whose views convergence can use (``acceptance.nodes_with_proxies``):
+    the views of others are let go, and a step listing nothing that changed none of these is dropped.
+    None keeps every view."""
+
+    def told(views: Mapping[str, Versions]) -> Mapping[str, Versions]:
+        if told_nodes is None or not views:
+            return views
+        return {n: v for n, v in views.items() if n in told_nodes}
 
     def keep(step: Step) -> Step | None:
-        if len(step.events) > 1:  # a group: listed if one of its events is about the service
-            listed = any(event_matches(lg, NO_EFFECT_DOC, service=service, node=None, services_touched=set())
-                         for lg in step.events)
+        eff = step.effect
+        if step.size > 1:  # a group: listed if one of its events is about the service
+            listed = [lg for lg in step.events
+                      if event_matches(lg, NO_EFFECT_DOC, service=service, node=None, services_touched=set())]
+            if listed:
+                first, last = step.events[0], step.events[-1]
+                kept = [first, *(lg for lg in listed if lg is not first and lg is not last), last]
+                sources = {(lg.topic, lg.partition, lg.offset) for lg in listed}
+                decisions = [(lg, j) for lg, j in step.decisions
+                             if (j.source_topic, j.source_partition, j.source_offset) in sources]
+                # the log shows a group's effect on the service's resources only (``restrict``), and its nodes
+                narrowed = restrict(eff, service=service)
+                return Step(kept, decisions, replace(narrowed, views=told(eff.views)), step.exact, step.size)
         else:
-            touched = touched_services(step.effect)
-            listed = any(event_matches(lg, step.effect, service=service, node=None, services_touched=touched)
-                         for lg in step.events)
-        if listed:
-            return step
-        if not step.effect.views:
+            touched = touched_services(eff)
+            if any(event_matches(lg, eff, service=service, node=None, services_touched=touched)
+                   for lg in step.events):
+                return step if told_nodes is None else replace(step, effect=replace(eff, views=told(eff.views)))
+        views = told(eff.views)
+        if not views:
             return None
-        return Step(step.events[-1:], [], Effect({}, {}, frozenset(), frozenset(), step.effect.views), step.exact)
+        return Step(step.events[-1:], [], Effect({}, {}, eff.changed_nodes, frozenset(), views), step.exact)
 
+    # the events of a group this keeps (besides its first and last): a walk holds no others while it folds one
+    keep.group_events = lambda lg: event_matches(lg, NO_EFFECT_DOC, service=service, node=None,  # type: ignore[attr-defined]
+                                                 services_touched=set())
     return keep
 
 
@@ -649,7 +674,7 @@ def log_document(
     for step in steps:
         exact = exact and step.exact
         decided = {(j.source_topic, j.source_partition, j.source_offset): j for _lg, j in step.decisions}
-        grouped = len(step.events) > 1
+        grouped = step.size > 1
         if grouped:
             # several events folded at once: the effect belongs to the group, listed once; an event is in a
             # filtered log only if it is itself about the service or node
@@ -660,7 +685,7 @@ def log_document(
                 continue
             group_index = len(groups)
             last = step.events[-1]
-            groups.append({"group": group_index, "events": len(step.events), "first": event_ref(step.events[0]),
+            groups.append({"group": group_index, "events": step.size, "first": event_ref(step.events[0]),
                            "last": event_ref(last), "effect": effect_doc(eff),
                            "convergence": convergence.get((last.topic, last.partition, last.offset))})
         else:

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from events import types as t
 from events.codec import decode_record, encode
 from events.envelope import new_event
 from events.errors import EventValidationError
@@ -108,7 +109,28 @@ def test_memo_is_bounded():
     decoder = RecordDecoder(max_entries=10)
     for p in RandomHistory("dec", 5).payloads(200):
         decoder(Rec(encode(new_event(p)), p.TOPIC))
-    assert len(decoder._memo) <= 10
+        assert len(decoder._memo) + len(decoder._old) <= 10
+
+
+def test_memo_is_bounded_by_payload_bytes_too():
+    decoder = RecordDecoder(max_bytes=2_000)
+    for p in RandomHistory("dec", 6).payloads(300):
+        decoder(Rec(encode(new_event(p)), p.TOPIC))
+        kept = [*decoder._memo, *decoder._old]
+        assert sum(len(raw) for _t, _v, raw in kept) <= 2_000 + max(len(raw) for _t, _v, raw in kept) * 2
+
+
+def test_a_payload_the_log_keeps_repeating_stays_in_the_memo_while_one_offs_age_out():
+    decoder = RecordDecoder(max_entries=8)
+    flap = [t.InstanceHealthChanged(service="s", instance_id="i", status=s, observer="c") for s in ("unhealthy", "draining")]
+    one_offs = [t.InstanceHealthChanged(service="s", instance_id=f"o{i}", status="unhealthy", observer="c") for i in range(40)]
+    for i, p in enumerate(one_offs):
+        for again in flap:
+            decoder(Rec(encode(new_event(again)), again.TOPIC))
+        decoder(Rec(encode(new_event(p)), p.TOPIC))
+    assert decoder.misses == len(flap) + len(one_offs)  # the flapping payloads were validated once each
+    got = decoder(Rec(encode(new_event(flap[0])), flap[0].TOPIC))
+    assert got.envelope.payload == flap[0]
 
 
 def _valid_text() -> bytes:
@@ -156,3 +178,21 @@ def test_the_same_payload_in_another_envelope_layout_is_a_memo_hit():
     hits = decoder.hits
     same(decoder, other)
     assert decoder.hits == hits + 1
+
+
+def test_a_memo_hit_builds_the_envelope_the_codec_builds_still_frozen():
+    import dataclasses
+
+    from replay.decode import _UNSIGNED_ENVELOPE
+
+    assert _UNSIGNED_ENVELOPE is not None  # the envelope's fields are the ones the fast constructor sets
+    decoder = RecordDecoder()
+    payload = t.InstanceHealthChanged(service="s", instance_id="i", status="unhealthy", observer="c")
+    for _ in range(2):
+        rec = Rec(encode(new_event(payload)), payload.TOPIC)
+        got = decoder(rec)
+        want = decode_record(rec)
+        assert got == want and hash(got.envelope) == hash(want.envelope) and repr(got) == repr(want)
+    assert decoder.hits == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        got.envelope.producer = "x"  # type: ignore[misc]

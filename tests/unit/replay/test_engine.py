@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from projector.fold import fold_many
+from projector.fold import fold_many, fold_with_decisions
 from projector.render import render_all
 from projector.state import empty_state
 from projector.state import same_state, state_to_bytes
-from replay.engine import Walker, _Pacer, flatten, node_versions
+from replay.engine import MAX_GROUP_EVENTS, NO_EFFECT, Step, Walker, _node_effect, _Pacer, flatten, node_versions
 from tests.unit.projector.helpers import Log
 from tests.unit.replay.history import RandomHistory
 
@@ -56,32 +56,34 @@ def test_mesh_walk_reports_every_change_and_ends_where_a_fresh_render_ends(seed)
     assert walker.membership() == fresh.membership
 
 
-@pytest.mark.parametrize("seed", [6, 7])
-def test_node_walk_per_event_and_bisected_agree_on_the_end_and_on_change_points(seed):
+def _reference_node_steps(base, window, node):
+    """The node walk as it was before ``replay.node_view``: fold each event, render the node from scratch."""
+    state, view, steps = base, node_versions(base, node), []
+    for lg in window:
+        before = state
+        state, decided = fold_with_decisions(state, lg)
+        effect = NO_EFFECT
+        if not same_state(before, state):
+            new = node_versions(state, node)
+            effect, view = _node_effect(node, view, new), new
+        steps.append(Step([lg], [(lg, j) for j in decided], effect, True))
+    return steps, state
+
+
+@pytest.mark.parametrize("seed", [6, 7, 8, 9])
+def test_the_node_walk_gives_the_steps_of_a_fresh_render_after_every_event(seed):
     h, log = history_log(seed, 400)
-    node = h.nodes()[1]
     base, _ = fold_many(empty_state(), log.events[:60])
     window = log.events[60:]
-
-    exact = Walker(base, node=node)
-    exact_steps = [exact.step([lg]) for lg in window]
-    grouped = Walker(base, node=node)
-    grouped_steps = []
-    for i in range(0, len(window), 32):
-        grouped_steps += grouped.steps_bisected(window[i : i + 32])
-
-    assert grouped.versions() == exact.versions() == flatten(node_versions(fold_many(base, window)[0], node))
-    assert len(grouped_steps) == len(window)
-    changed_exact = {i for i, s in enumerate(exact_steps) if not s.effect.empty}
-    changed_grouped = {i for i, s in enumerate(grouped_steps) if not s.effect.empty}
-    # bisection finds a subset of the change points (it can miss a change reverted within a group) ...
-    assert changed_grouped <= changed_exact
-    assert changed_grouped  # the node's dependencies flap in this history
-    # ... and reports each found one exactly as the per-event walk does
-    for i in changed_grouped:
-        assert grouped_steps[i].effect.changed == exact_steps[i].effect.changed
-        assert grouped_steps[i].effect.removed == exact_steps[i].effect.removed
-    assert not grouped_steps[0].exact and exact_steps[0].exact
+    for node in h.nodes()[:3]:
+        want, end = _reference_node_steps(base, window, node)
+        walker = Walker(base, node=node)
+        got = [walker.step([lg]) for lg in window]
+        assert [(s.events, s.decisions, s.effect, s.exact) for s in got] == \
+               [(s.events, s.decisions, s.effect, s.exact) for s in want]
+        assert any(not s.effect.empty for s in got)  # the node's dependencies flap in this history
+        assert walker.versions() == flatten(node_versions(end, node))
+        assert state_to_bytes(walker.state) == state_to_bytes(end)
 
 
 def test_rejections_come_with_the_event_that_caused_them():
@@ -130,19 +132,86 @@ def test_the_pacer_keeps_short_windows_exact_and_bounds_long_ones():
     assert spent.size() == 99  # over budget: the rest in one step
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_bisected_node_walk_takes_the_batch_path_only_where_it_gives_the_same_steps(seed):
-    """``steps_bisected`` folds a group that leaves the node unchanged as one batch: same steps, same end."""
-    h, log = history_log(seed, 500)
-    base, _ = fold_many(empty_state(), log.events[:60])
-    window = log.events[60:]
-    for node in h.nodes()[:3]:
-        fast, reference = Walker(base, node=node), Walker(base, node=node)
-        for size in (8, 32, 64):
-            for i in range(0, len(window), size):
-                group = window[i : i + size]
-                got, want = fast.steps_bisected(group), reference._bisected(group)
-                assert [(s.events, s.decisions, s.effect, s.exact) for s in got] == \
-                       [(s.events, s.decisions, s.effect, s.exact) for s in want]
-                assert state_to_bytes(fast.state) == state_to_bytes(reference.state)
-                assert fast.node_view == reference.node_view
+@pytest.mark.parametrize("seed", [10, 11, 12])
+def test_a_whole_mesh_group_step_equals_folding_its_events_one_by_one(seed):
+    """A group is folded with ``fold_many``; its decisions still name the events that caused them."""
+    _h, log = history_log(seed, 500)
+    base, _ = fold_many(empty_state(), log.events[:80])
+    window = log.events[80:]
+    walker, state, rendered = Walker(base), base, render_all(base)
+    rejected = 0
+    for i in range(0, len(window), 37):
+        group = window[i : i + 37]
+        got = walker.step(group)
+        want = []
+        for lg in group:
+            state, decided = fold_with_decisions(state, lg)
+            want += [(lg, j) for j in decided]
+        cur = render_all(state, previous=rendered)
+        assert got.decisions == want
+        assert got.effect.changed == {k: cur.versions[k] for k in cur.changed}
+        assert got.effect.changed_nodes == cur.changed_nodes and not got.exact
+        rendered, rejected = cur, rejected + len(want)
+    assert rejected  # stale rule revisions are refused in this history
+    assert state_to_bytes(walker.state) == state_to_bytes(state)
+
+
+class _FixedPacer:
+    def __init__(self, sizes):
+        self.sizes, self.i, self.recorded = list(sizes), 0, []
+
+    def record(self, events, seconds):
+        self.recorded.append(events)
+
+    def size(self):
+        self.i += 1
+        return self.sizes[self.i % len(self.sizes)]
+
+
+@pytest.mark.parametrize("seed", [13, 14])
+@pytest.mark.parametrize("wanted", [None, "about-s1"])
+def test_a_group_folded_as_its_events_arrive_gives_the_step_of_the_whole_group(seed, wanted):
+    """``walk``'s groups are folded chunk by chunk (as batches arrive) and rendered once full: the same steps
+    as ``Walker.step`` over each whole group; with a ``group_events`` predicate only the first, last and
+    wanted events are held (``size`` still counts them all)."""
+    from replay.engine import _Group
+    from replay.report import payload_services
+
+    h, log = history_log(seed, 600)
+    base, _ = fold_many(empty_state(), log.events[:80])
+    window = log.events[80:]
+    pred = None if wanted is None else (lambda lg: h.services[1] in payload_services(lg.envelope.payload))
+    sizes = [1, 1, 3, 70, 1, 45, 200]
+    got: list = []
+    walker = Walker(base)
+    group = _Group(walker, _FixedPacer(sizes), pred, got.extend)
+    for i in range(0, len(window), 17):  # batches that cut across groups
+        group.feed(window[i : i + 17])
+    group.close()
+
+    reference, want, i, k = Walker(base), [], 0, 0
+    size = 1
+    while i < len(window):
+        want.append(reference.step(window[i : i + size]))
+        i += size
+        k += 1
+        size = sizes[k % len(sizes)]
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert (g.size, g.decisions, g.effect, g.exact) == (w.size, w.decisions, w.effect, w.exact)
+        if pred is None:
+            assert g.events == w.events
+        else:
+            keep = [lg for lg in w.events[1:-1] if pred(lg)]
+            assert g.events == ([w.events[0], *keep, w.events[-1]] if w.size > 1 else w.events)
+    assert state_to_bytes(walker.state) == state_to_bytes(reference.state)
+
+
+def test_a_group_that_holds_every_event_is_bounded():
+    from replay.engine import _Group
+
+    _h, log = history_log(15, 30)
+    for wanted, expected in ((None, MAX_GROUP_EVENTS), (lambda lg: False, 10 * MAX_GROUP_EVENTS)):
+        group = _Group(Walker(empty_state()), _FixedPacer([10 * MAX_GROUP_EVENTS]), wanted, lambda steps: None)
+        group.feed(log.events[:1])  # the first group is one event; then the pacer asks for a huge one
+        assert group.size == expected

@@ -141,3 +141,13 @@ def test_the_cut_starts_where_a_snapshot_left_off():
     logs = {REG: [registered(f"i{n}", n, T - 10 + n) for n in range(6)], HEALTH: [], RULES: []}
     cut = asyncio.run(plan_cut(FakeConsumer(logs, random.Random(1)), T, start_after={f"{REG.topic}/0": 4}))
     assert (cut.start[REG], cut.stop[REG]) == (4, 6) and cut.total == 2
+
+
+def test_one_fetch_has_room_for_every_event_partition():
+    """Else the broker fills a fetch with the first partitions only, and the merge holds what they deliver
+    until the starved ones deliver too (on a long log: most of it, decoded, in memory)."""
+    from replay.source import FETCH_MAX_BYTES, PARTITION_FETCH_BYTES
+
+    partitions = sum(spec.partitions for spec in topics.EVENT_TOPICS)
+    assert partitions * PARTITION_FETCH_BYTES <= FETCH_MAX_BYTES
+    assert PARTITION_FETCH_BYTES >= topics.EVENT_MAX_MESSAGE_BYTES  # the largest event fits in one fetch

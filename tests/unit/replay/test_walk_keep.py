@@ -90,3 +90,76 @@ def test_a_service_log_from_the_kept_steps_equals_the_log_from_every_step(seed):
     whole = log_doc(all_steps, d1)
     assert whole["entries"], "the service appears in the window"
     assert log_doc(kept_steps, d2) == whole
+
+
+def _service_log(steps, dropped, service, sync, end):
+    from replay.acceptance import step_convergences
+
+    converged = {key: c.as_dict() for key, c in step_convergences(steps, sync).items()}
+    return report.log_document(from_ms=0, to_ms=end, service=service, node=None, steps=steps,
+                               convergence=converged, dropped=dropped)
+
+
+def _kept(steps, keep):
+    """What ``walk`` does with its ``keep`` (the steps it holds, and what it counts as dropped)."""
+    from replay.engine import thin
+
+    dropped = Dropped()
+    out = [kept for st in steps if (kept := thin(st, keep, dropped)) is not None]
+    return out, dropped
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("sizes", [(1,), (1, 9, 1, 23), (40,)])
+def test_a_thinned_service_log_of_groups_with_proxies_equals_the_log_from_every_step(seed, sizes):
+    """Groups keep only their first, last and listed events; views are kept only for nodes with a proxy;
+    the log (entries, groups, convergence of each listed event) is the same."""
+    from datetime import datetime, timezone
+
+    from events import types as t
+    from events.envelope import Logged, new_event
+    from projector.fold import fold_many
+    from projector.state import empty_state
+    from replay.engine import Walker
+    from tests.unit.replay.test_engine import history_log
+
+    h, log = history_log(seed, 400, prefix="walk")
+    service = h.services[seed % len(h.services)]
+    base, _ = fold_many(empty_state(), log.events[:40])
+    window = log.events[40:]
+    walker, steps, i, k = Walker(base), [], 0, 0
+    while i < len(window):
+        size = sizes[k % len(sizes)]
+        steps.append(walker.step(window[i : i + size]))
+        i, k = i + size, k + 1
+    end = window[-1].timestamp_ms
+    proxied = h.nodes()[:2]
+
+    def sync(payload, ms, offset):
+        return Logged(new_event(payload, producer="gw", occurred_at=datetime.fromtimestamp(ms / 1000, timezone.utc)),
+                      "meshlog.sync", 0, offset, ms)
+
+    records = [sync(t.ProxyStreamOpened(node=n, gateway="gw", stream_id=n, kind="delta", peer="ipv4:1.2.3.4:5"),
+                    0, j) for j, n in enumerate(proxied)]
+    # each proxied node ACKs what it was told at a few of the steps that changed it
+    for st in steps:
+        for n in proxied:
+            told = st.effect.views.get(n)
+            if told and st.events[-1].offset % 3 == 0:
+                ms = st.events[-1].timestamp_ms + 5
+                records += [sync(t.ProxyAcked(node=n, gateway="gw", stream_id=n, type_url=u, nonce=str(len(records)),
+                                              held=dict(names)), ms, len(records)) for u, names in told.items()]
+    records.sort(key=lambda lg: lg.timestamp_ms)
+    from replay.acceptance import nodes_with_proxies
+
+    kept, dropped = _kept(steps, report.for_service_log(service, nodes_with_proxies(records)))
+    whole = _service_log(steps, Dropped(), service, records, end)
+    assert whole["entries"], "the service appears in the window"
+    assert _service_log(kept, dropped, service, records, end) == whole
+    if max(sizes) > 1:
+        assert whole["groups"]
+        # a kept group holds its first, last and listed events only, and no view of a node without a proxy
+        assert sum(len(s.events) for s in kept) < sum(len(s.events) for s in steps)
+    assert all(set(s.effect.views) <= set(proxied) for s in kept)
+    convergences = [e.get("convergence") for e in whole["entries"]] + [g["convergence"] for g in whole["groups"]]
+    assert any(c and c["proxies"] and c["reached"] for c in convergences)

@@ -185,9 +185,9 @@ class ProjectorConfig:
     source_topics: tuple[str, ...] = SOURCE_TOPICS
     # fold without verifying who signed each event (local development, logs written before signing)
     insecure_events: bool = False
-    # threads checking a batch's signatures ahead of its fold (identity.verifier.verify_ahead; cryptography
-    # releases the GIL in verify, so one thread is the second core); 0 checks them in the fold only
-    verify_threads: int = 1
+    # worker processes checking a batch's signatures ahead of its fold (identity.verifier.verify_ahead: one is
+    # the second core; the fold's thread checks what they have not started); 0 checks them in the fold only
+    verify_workers: int = 1
     # None: one worker publishes everything. A group name: this worker joins that consumer group on
     # meshlog.projector.shards once caught up and publishes only the view keys of its shards
     # (projector.sharding; dead letters, rejections and snapshots by the owner of shard 0)
@@ -379,7 +379,7 @@ class ProjectorService:
             from identity.verifier import Verifier, configured_roots  # loads cryptography: only when verifying
 
             self.verifier = Verifier(roots=configured_roots())  # identity events must be the mesh root's
-        self._verify_pool: Any = None  # concurrent.futures.ThreadPoolExecutor for verify_ahead, once started
+        self._verify_pool: Any = None  # identity.verifier.verification_pool for verify_ahead, once started
         self._signer: Any = None  # the process's signer (events.signing), set at start
         # which view keys this worker publishes: all of them alone; with a group, its shards' keys
         self.ownership = Ownership(None) if config.group is None else Ownership(frozenset())
@@ -783,12 +783,12 @@ class ProjectorService:
         if self._identities is not None:
             # every identity fact logged up to the newest event of the batch is folded before verifying
             await self._cover_identities(max((lg.timestamp_ms for _r, lg in decoded), default=None))
-            if self.cfg.verify_threads > 0:
+            if self.cfg.verify_workers > 0:
                 if self._verify_pool is None:
                     from identity.verifier import verification_pool
 
-                    self._verify_pool = verification_pool(self.cfg.verify_threads)
-                # the signatures are checked on the pool's thread while this one folds (same answers)
+                    self._verify_pool = verification_pool(self.cfg.verify_workers)
+                # the signatures are checked in the pool's process while this thread folds (same answers)
                 self.verifier.verify_ahead([lg for _r, lg in decoded], self._verify_pool)
         before = self.state
         new_state, rejections, fold_dead = self._fold([lg for _r, lg in decoded], decoded)

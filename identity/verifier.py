@@ -106,6 +106,7 @@ class Verifier:
         self.roots = tuple(roots)
         self._keys: dict[str, _Key] = {}
         self._roots: dict[tuple[str, str, bytes], bool] = {}  # (serial, signature, batch root) -> it verified
+        self._climbs: dict = {}  # root_from_proof's memo: a batch's members share their upper Merkle steps
         # (serial, signature, signed bytes or BATCH_PREFIX + root) -> (the chunk's future, index): checked ahead
         self._ahead: dict[tuple[str, str, bytes], tuple[Future, int]] = {}
         self._chunks: list[tuple[Future, list]] = []  # submitted, in order: the last not started are stolen first
@@ -246,7 +247,7 @@ class Verifier:
                 if (serial, signature) in batches:
                     continue
                 batches.add((serial, signature))
-                root = root_from_proof(leaf_hash(data), env.proof)
+                root = root_from_proof(leaf_hash(data), env.proof, self._climbs)
                 if root is None or (serial, signature, root) in self._roots:
                     continue
                 data = BATCH_PREFIX + root
@@ -317,7 +318,7 @@ class Verifier:
     def _signature_checked(self, public_key, serial: str, signature: str, data: bytes, proof) -> bool:
         if proof is None:
             return self._verify(public_key, serial, signature, data)
-        root = root_from_proof(leaf_hash(data), proof)
+        root = root_from_proof(leaf_hash(data), proof, self._climbs)
         if root is None:
             return False
         cache_key = (serial, signature, root)

@@ -357,7 +357,7 @@ class ProjectorService:
         self.counters: dict[str, Any] = {"events": 0, "dead_lettered": 0, "max_timestamp_ms": None}
         self.snapshot_marks: dict[str, Any] = {"events": 0, "at": None}
         self.totals = {"batches": 0, "published_records": 0, "rejections": 0, "dead_letters": 0, "snapshots": 0,
-                       "undeliverable": 0}
+                       "undeliverable": 0, "attestations": 0, "attestations_lost": 0}
         self._checkpoint_events = 0  # events folded since the last checkpoint
         self._checkpoint_mono = time.monotonic()
         self._reconcile_pending = True
@@ -790,10 +790,14 @@ class ProjectorService:
                     self._verify_pool = verification_pool(self.cfg.verify_workers)
                 # the signatures are checked in the pool's process while this thread folds (same answers)
                 self.verifier.verify_ahead([lg for _r, lg in decoded], self._verify_pool)
+        if self.verifier is not None and self._signer is not None and self.verifier.record_vouches is None:
+            self.verifier.record_vouches = []  # the signatures this batch's fold finds good, attested below
         before = self.state
         new_state, rejections, fold_dead = self._fold([lg for _r, lg in decoded], decoded)
         dead += fold_dead
         self.state = new_state
+        if self.verifier is not None and self.verifier.record_vouches:
+            await self._attest()
         t2 = time.perf_counter()
 
         # offsets and counters of the in-memory state
@@ -875,6 +879,32 @@ class ProjectorService:
         self.totals["batches"] += 1
         self._log_batch(res, dead_out, rej_out)
         return res
+
+    async def _attest(self) -> None:
+        """Append the signatures this batch's fold found good, signed (``projector.attestations``): replay takes
+        them instead of checking each again. Not waited for: a lost one costs replay the full check, nothing else."""
+        from projector.attestations import KEY, MAX_DIGESTS, encode_attestation
+
+        digests, self.verifier.record_vouches = self.verifier.record_vouches, []
+        if not self._records_decisions():
+            return  # another worker (the owner of shard 0) folds the same events and attests them
+        signer = self._signer.current()
+        for i in range(0, len(digests), MAX_DIGESTS):
+            value = encode_attestation(digests[i: i + MAX_DIGESTS], signer)
+            try:
+                fut = await self.producer.send(topics.ATTESTATIONS, value=value, key=KEY)
+            except (KafkaError, asyncio.TimeoutError) as exc:
+                self.totals["attestations_lost"] += 1
+                log.debug("attestation not appended: %r", exc)
+                continue
+            fut.add_done_callback(self._attested)
+
+    def _attested(self, fut: asyncio.Future) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            self.totals["attestations_lost"] += 1
+            log.debug("attestation not appended: %r", None if fut.cancelled() else fut.exception())
+        else:
+            self.totals["attestations"] += 1
 
     async def _cover_identities(self, ts_ms: int | None) -> None:
         """``IdentityFeed.cover``, retried through a broker outage (verifying with a partial registry would

@@ -114,6 +114,7 @@ class Verifier:
         self._key_points: dict[str, bytes] = {}  # serial -> its public key as an X9.62 point (what the pool loads)
         self.checked = 0  # ECDSA signatures checked (for reporting)
         self.checked_ahead = 0  # of which on verify_ahead's pool
+        self._verified: dict[str, Verdict] = {}  # serial -> the verdict naming its author
         self._vouched: set[bytes] = set()  # signature_digest()s attested by a trusted verifier
         self.vouched_hits = 0
         self.record_vouches: list[bytes] | None = None  # when a list: the digests of signatures found good
@@ -184,8 +185,18 @@ class Verifier:
 
     def verdict(self, env: Envelope, logged_ms: int) -> Verdict:
         """Who signed ``env`` (logged at broker time ``logged_ms``), or why that is not known."""
-        if env.signer is None or env.signature is None or env.signed_bytes is None:
+        serial, data = env.signer, env.signed_bytes
+        if serial is None or env.signature is None or data is None:
             return Verdict(None, None, "unsigned", "the event is not signed")
+        if self._vouched:  # replay with attestations: an attested signature of a held key, without a call more
+            key = self._keys.get(serial)
+            verified = self._verified.get(serial)
+            if (verified is not None and key.logged_ms <= logged_ms and key.not_before_ms <= logged_ms < key.not_after_ms
+                    and signature_digest(serial, env.signature, data) in self._vouched):
+                revoked = self.registry.revocations.get(serial)
+                if revoked is None or revoked.logged_ms > logged_ms:
+                    self.vouched_hits += 1
+                    return verified
         return self.check(env.signer, env.signature, env.signed_bytes, logged_ms, what="event", proof=env.proof)
 
     def check(self, serial: str, signature: str, data: bytes, logged_ms: int, *, what: str = "record",
@@ -200,7 +211,10 @@ class Verifier:
                 if not self._signature_ok(key.public_key, serial, signature, data, proof):
                     return Verdict(None, serial, "bad_signature",
                                    f"the signature does not verify with the key of {key.author.uri} (serial {serial})")
-                return Verdict(key.author, serial)
+                verified = self._verified.get(serial)  # one (immutable) answer per serial, not one per event
+                if verified is None:
+                    verified = self._verified[serial] = Verdict(key.author, serial)
+                return verified
         status = self.registry.status_at(serial, logged_ms)
         if status != "held":
             if status == "not_issued":

@@ -296,8 +296,13 @@ class Verifier:
             while not future.done() and self._steal():
                 pass  # rather than wait for the pool, check the chunks it has not started (from the last)
             if not future.cancelled():
-                self.checked_ahead += 1
-                return future.result()[index]
+                try:
+                    answers = future.result()
+                except Exception:  # noqa: BLE001 - the pool broke (a worker died): the answer is checked here
+                    answers = None
+                if answers is not None:
+                    self.checked_ahead += 1
+                    return answers[index]
             stolen = self._stolen.pop(cache_key, None)
             if stolen is not None:
                 return stolen

@@ -106,6 +106,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from concurrent.futures import BrokenExecutor
 import logging
 import shutil
 import time
@@ -789,7 +790,12 @@ class ProjectorService:
 
                     self._verify_pool = verification_pool(self.cfg.verify_workers)
                 # the signatures are checked in the pool's process while this thread folds (same answers)
-                self.verifier.verify_ahead([lg for _r, lg in decoded], self._verify_pool)
+                try:
+                    self.verifier.verify_ahead([lg for _r, lg in decoded], self._verify_pool)
+                except BrokenExecutor as exc:  # a worker died: this batch is checked in the fold, the next in a new pool
+                    log.warning("the signature-checking worker failed (%r); starting another", exc)
+                    self._verify_pool.shutdown(wait=False, cancel_futures=True)
+                    self._verify_pool = None
         if self.verifier is not None and self._signer is not None and self.verifier.record_vouches is None:
             self.verifier.record_vouches = []  # the signatures this batch's fold finds good, attested below
         before = self.state

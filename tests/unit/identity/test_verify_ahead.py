@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
@@ -123,3 +124,20 @@ def test_attested_signatures_skip_only_the_ecdsa_check(trust):
     assert replaying.vouched_hits == 7
     # only the tampered event's and the forged member's signatures are checked (both fail), no good one
     assert replaying.checked == 2
+
+
+def test_a_pool_that_broke_changes_no_answer(trust):
+    """A worker that died (its futures fail, as a broken process pool's do) costs only the checks: the fold
+    checks them itself."""
+    class BrokenPool:
+        def submit(self, fn, *args):
+            future = Future()
+            future.set_exception(BrokenProcessPool("a worker died"))
+            return future
+
+    events = mixed_log(trust)
+    expected = fold_many(empty_state(), events, trust.verifier())
+    verifier = trust.verifier()
+    verifier.verify_ahead(events, BrokenPool(), chunk=2)
+    assert fold_many(empty_state(), events, verifier) == expected
+    assert verifier.checked == 6 and verifier.checked_ahead == 0

@@ -31,7 +31,9 @@ Invariants:
   fold), and ``verdict`` then takes the result it needs instead of checking
   again. A chunk the pool has not started when the fold needs it is
   cancelled and checked by the fold's own thread (work sharing: both cores
-  verify, neither waits while the other has work). An answer computed ahead
+  verify, neither waits while the other has work); one started but not done
+  within ``AHEAD_WAIT_S`` is checked by the fold's thread too (its late
+  answers are dropped). An answer computed ahead
   is the same pure function of (public key, signature, bytes); the checks of
   time (held at the event's log time, revoked) stay in ``verdict``, in fold
   order. Only results for keys the registry already held are computed ahead;
@@ -70,6 +72,10 @@ from events.envelope import Envelope, Logged
 from events.signing import BATCH_PREFIX, leaf_hash, root_from_proof, verify_signature
 from identity.registry import EMPTY, Registry, fold_many
 from identity.spiffe import SpiffeId, SpiffeIdError, parse
+
+#: how long the fold waits for a chunk the pool has started (64 checks take ~5 ms on a free core) before checking
+#: its signatures itself: a worker starved of CPU must not stall the fold
+AHEAD_WAIT_S = 0.01
 
 #: the problems a verdict can name (also ``EventRefused.problem`` values)
 PROBLEMS = ("unsigned", "unknown_signer", "not_yet_valid", "expired", "revoked", "untrusted_certificate", "bad_signature")
@@ -111,6 +117,7 @@ class Verifier:
         self._ahead: dict[tuple[str, str, bytes], tuple[Future, int]] = {}
         self._chunks: list[tuple[Future, list]] = []  # submitted, in order: the last not started are stolen first
         self._stolen: dict[tuple[str, str, bytes], bool] = {}  # answers of chunks this thread took back
+        self._abandoned: set[Future] = set()  # started chunks not done within AHEAD_WAIT_S: checked here instead
         self._key_points: dict[str, bytes] = {}  # serial -> its public key as an X9.62 point (what the pool loads)
         self.checked = 0  # ECDSA signatures checked (for reporting)
         self.checked_ahead = 0  # of which on verify_ahead's pool
@@ -270,6 +277,7 @@ class Verifier:
             self._ahead.clear()
             self._stolen.clear()
         self._chunks = [c for c in self._chunks if not c[0].done()]
+        self._abandoned = {f for f in self._abandoned if not f.done()}
         futures = []
         for i in range(0, len(todo), chunk):
             part = todo[i: i + chunk]
@@ -295,9 +303,12 @@ class Verifier:
             future, index = ahead
             while not future.done() and self._steal():
                 pass  # rather than wait for the pool, check the chunks it has not started (from the last)
-            if not future.cancelled():
+            if not future.cancelled() and future not in self._abandoned:
                 try:
-                    answers = future.result()
+                    answers = future.result(timeout=AHEAD_WAIT_S)
+                except TimeoutError:  # a worker starved of CPU (a loaded host): its chunk is checked here instead
+                    self._abandoned.add(future)
+                    answers = None
                 except Exception:  # noqa: BLE001 - the pool broke (a worker died): the answer is checked here
                     answers = None
                 if answers is not None:

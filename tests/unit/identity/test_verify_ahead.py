@@ -141,3 +141,20 @@ def test_a_pool_that_broke_changes_no_answer(trust):
     verifier.verify_ahead(events, BrokenPool(), chunk=2)
     assert fold_many(empty_state(), events, verifier) == expected
     assert verifier.checked == 6 and verifier.checked_ahead == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_chunk_started_but_never_finished_does_not_stall_the_fold(trust):
+    """A worker that took the chunks and gets no CPU (a loaded host): the fold checks them itself."""
+    class StarvedPool:
+        def submit(self, fn, *args):
+            future = Future()
+            future.set_running_or_notify_cancel()  # taken by a worker: cannot be cancelled, never answered
+            return future
+
+    events = mixed_log(trust)
+    expected = fold_many(empty_state(), events, trust.verifier())
+    verifier = trust.verifier()
+    verifier.verify_ahead(events, StarvedPool(), chunk=2)
+    assert fold_many(empty_state(), events, verifier) == expected
+    assert verifier.checked == 6 and verifier.checked_ahead == 0

@@ -65,7 +65,12 @@ topic far enough before each batch). A refused event is an ``EventRefused``
 decision on ``REJECTIONS``, like a rule rejection. ``insecure_events`` (the
 ``--insecure-events`` flag, for local development and logs written before
 signing) folds without verifying. The projector signs its own records on
-``REJECTIONS`` with its Kafka client identity, when it has one.
+``REJECTIONS`` with its Kafka client identity, when it has one; with one, it
+also appends after each batch an attestation of the signatures the fold
+found good (``projector.attestations``, on ``ATTESTATIONS``; not waited for:
+a lost one only costs replay the full check). A batch's signatures are
+checked in a worker process while the fold runs (``verify_workers``,
+``identity.verifier.verify_ahead``); a worker that dies is replaced.
 
 Restart and crash safety:
 
@@ -106,11 +111,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from concurrent.futures import BrokenExecutor
 import logging
 import shutil
 import time
 import zlib
+from concurrent.futures import BrokenExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence

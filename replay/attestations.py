@@ -30,7 +30,7 @@ from typing import Iterable, Mapping
 from events import topics
 from events.printable import printable
 from projector.attestations import AttestationError, decode_attestation
-from projector.snapshots import header_signing_bytes
+from replay.snapshots import projector_header_refusal
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +52,9 @@ class Vouched:
 
 
 def attestation_refusal(verifier, header: Mapping, logged_ms: int) -> str | None:
-    """Why an attestation logged at ``logged_ms`` must not be believed, or None if a projector signed it."""
-    serial, signature = header.get("signer"), header.get("signature")
-    if not isinstance(serial, str) or not isinstance(signature, str):
-        return "it is not signed"
-    verdict = verifier.check(serial, signature, header_signing_bytes(header), logged_ms, what="attestation")
-    if verdict.author is None:
-        return f"{verdict.problem}: {verdict.detail}"
-    if verdict.author.role != "projector":
-        return f"it is signed by {verdict.author.uri}, not by a projector"
-    return None
+    """Why an attestation logged at ``logged_ms`` must not be believed, or None if a projector signed it (the
+    checks of a snapshot's header: ``replay.snapshots.projector_header_refusal``)."""
+    return projector_header_refusal(verifier, header, logged_ms, "attestation")
 
 
 def vouch_records(verifier, records: Iterable) -> Vouched:

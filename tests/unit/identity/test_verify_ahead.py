@@ -126,35 +126,34 @@ def test_attested_signatures_skip_only_the_ecdsa_check(trust):
     assert replaying.checked == 2
 
 
-def test_a_pool_that_broke_changes_no_answer(trust):
-    """A worker that died (its futures fail, as a broken process pool's do) costs only the checks: the fold
-    checks them itself."""
-    class BrokenPool:
-        def submit(self, fn, *args):
-            future = Future()
-            future.set_exception(BrokenProcessPool("a worker died"))
-            return future
+class SettledPool:
+    """A pool that runs nothing: each future it returns is left as ``settle`` leaves it."""
 
+    def __init__(self, settle) -> None:
+        self.settle = settle
+
+    def submit(self, fn, *args) -> Future:
+        future = Future()
+        self.settle(future)
+        return future
+
+
+def _fold_with(trust, pool) -> None:
     events = mixed_log(trust)
     expected = fold_many(empty_state(), events, trust.verifier())
     verifier = trust.verifier()
-    verifier.verify_ahead(events, BrokenPool(), chunk=2)
+    verifier.verify_ahead(events, pool, chunk=2)
     assert fold_many(empty_state(), events, verifier) == expected
     assert verifier.checked == 6 and verifier.checked_ahead == 0
+
+
+def test_a_pool_that_broke_changes_no_answer(trust):
+    """A worker that died (its futures fail, as a broken process pool's do) costs only the checks: the fold
+    checks them itself."""
+    _fold_with(trust, SettledPool(lambda f: f.set_exception(BrokenProcessPool("a worker died"))))
 
 
 @pytest.mark.timeout(60)
 def test_a_chunk_started_but_never_finished_does_not_stall_the_fold(trust):
     """A worker that took the chunks and gets no CPU (a loaded host): the fold checks them itself."""
-    class StarvedPool:
-        def submit(self, fn, *args):
-            future = Future()
-            future.set_running_or_notify_cancel()  # taken by a worker: cannot be cancelled, never answered
-            return future
-
-    events = mixed_log(trust)
-    expected = fold_many(empty_state(), events, trust.verifier())
-    verifier = trust.verifier()
-    verifier.verify_ahead(events, StarvedPool(), chunk=2)
-    assert fold_many(empty_state(), events, verifier) == expected
-    assert verifier.checked == 6 and verifier.checked_ahead == 0
+    _fold_with(trust, SettledPool(Future.set_running_or_notify_cancel))  # taken, never answered

@@ -58,7 +58,7 @@ def _topics(names: Iterable[str], *operations: str) -> tuple[Grant, ...]:
 
 _EVENTS = (topics.REGISTRATIONS, topics.HEALTH, topics.RULES)
 _PROJECTOR_OUTPUT = (topics.VIEW_RESOURCES, topics.VIEW_MEMBERSHIP, topics.SNAPSHOTS, topics.REJECTIONS,
-                     topics.DEADLETTER)
+                     topics.DEADLETTER, topics.ATTESTATIONS)
 _ALL = tuple(t.name for t in topics.ALL_TOPICS)
 
 ACL_TABLE: Mapping[str, tuple[Grant, ...]] = MappingProxyType({
@@ -109,7 +109,7 @@ ACL_TABLE: Mapping[str, tuple[Grant, ...]] = MappingProxyType({
               *_topics((topics.SYNC, topics.REGISTRATIONS), WRITE, DESCRIBE)),
     # replay, `meshlog status` and the console: the log and what became of it (the views every proxy should
     # hold, what they ACKed); read only
-    REPLAY: _topics((*_EVENTS, topics.SNAPSHOTS, topics.REJECTIONS, topics.DEADLETTER, topics.IDENTITIES,
+    REPLAY: _topics((*_EVENTS, topics.SNAPSHOTS, topics.ATTESTATIONS, topics.REJECTIONS, topics.DEADLETTER, topics.IDENTITIES,
                      topics.SYNC, topics.VIEW_RESOURCES, topics.VIEW_MEMBERSHIP), READ),
     # `meshlog ca serve`: reads the identities log (token redemptions in log order) and appends to it
     CA_SERVER: _topics((topics.IDENTITIES,), READ, WRITE),

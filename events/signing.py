@@ -81,12 +81,24 @@ def merkle(leaves: list[bytes]) -> tuple[bytes, list[tuple[str, ...]]]:
     return level[0][0], [tuple(p) for p in proofs]
 
 
-def root_from_proof(leaf: bytes, proof: tuple[str, ...]) -> bytes | None:
-    """The root ``proof`` leads to from ``leaf``, None if the proof is malformed (the codec checked its shape)."""
+def root_from_proof(leaf: bytes, proof: tuple[str, ...], memo: dict | None = None) -> bytes | None:
+    """The root ``proof`` leads to from ``leaf``, None if the proof is malformed (the codec checked its shape).
+
+    ``memo`` (a dict the caller keeps) remembers, for each node hash and the rest of the proof above it, the
+    root they lead to: the members of one batch share their upper steps, so most of them stop after a step or
+    two. Exact: a memo hit is the same computation over the same inputs (the node and every remaining step)."""
     h = leaf
     sha256, a2b = hashlib.sha256, binascii.a2b_base64
+    climbed: list[tuple[bytes, tuple[str, ...]]] = []
     try:
-        for step in proof:
+        for j, step in enumerate(proof):
+            if memo is not None and j:
+                rest = proof[j:]
+                known = memo.get((h, rest))
+                if known is not None:
+                    h = known
+                    break
+                climbed.append((h, rest))
             sibling = a2b(step[1:])
             if len(sibling) != 32:
                 return None
@@ -99,6 +111,11 @@ def root_from_proof(leaf: bytes, proof: tuple[str, ...]) -> bytes | None:
                 return None
     except (binascii.Error, IndexError, TypeError):
         return None
+    if climbed:
+        if len(memo) > 100_000:  # bounded: an old batch's members simply climb again
+            memo.clear()
+        for key in climbed:
+            memo[key] = h
     return h
 
 
@@ -126,6 +143,10 @@ class Signer:
 
     key: ec.EllipticCurvePrivateKey
     serial: str
+
+    def current(self) -> "Signer":
+        """Itself (a ``FileSigner`` answers the pair its files hold now): either serves as a process's signer."""
+        return self
 
     def _data(self, env: Envelope) -> bytes:
         doc = envelope_to_dict(dataclasses.replace(env, signer=None, signature=None, proof=None))

@@ -34,6 +34,9 @@ RULES = PREFIX + "rules"
 REJECTIONS = PREFIX + "rejections"
 DEADLETTER = PREFIX + "deadletter"
 SNAPSHOTS = PREFIX + "snapshots"
+# the projector's signed lists of the signatures it verified (projector.attestations): replay takes them instead
+# of checking each signature again; written only by the projector, like snapshots
+ATTESTATIONS = PREFIX + "attestations"
 VIEW_RESOURCES = PREFIX + "views.resources"
 VIEW_MEMBERSHIP = PREFIX + "views.membership"
 HEALTHCHECK_SHARDS = PREFIX + "healthcheck.shards"
@@ -127,6 +130,8 @@ SUPPORT_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(REJECTIONS, 1, _capped(_HISTORY, SUPPORT_MAX_MESSAGE_BYTES), key="<kind>/<name> | subscription/<service>/<instance_id>"),
     TopicSpec(DEADLETTER, 1, _capped(_HISTORY, SUPPORT_MAX_MESSAGE_BYTES), key="<source topic>/<partition>/<offset>"),
     TopicSpec(SNAPSHOTS, 1, _capped(_HISTORY, LARGE_MAX_MESSAGE_BYTES), key="snapshot"),
+    # as long as the events they vouch for (a missing one only costs replay the full check)
+    TopicSpec(ATTESTATIONS, 1, _capped(_HISTORY, LARGE_MAX_MESSAGE_BYTES), key="attestation"),
     TopicSpec(SYNC, 1, _capped(_HISTORY, SUPPORT_MAX_MESSAGE_BYTES), key="<node_id>"),
     TopicSpec(VIEW_RESOURCES, 1, _capped(_COMPACTED, LARGE_MAX_MESSAGE_BYTES), key="<type_url>|<name>"),
     TopicSpec(VIEW_MEMBERSHIP, 1, _capped(_COMPACTED, LARGE_MAX_MESSAGE_BYTES), key="<node_id>"),

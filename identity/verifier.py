@@ -25,14 +25,19 @@ Invariants:
   A serial's issuance never changes once folded (the registry keeps the
   first), so the cache never goes stale.
 - ``verify_ahead(events, pool)`` only moves work, never changes an answer:
-  it starts the ECDSA checks of a batch on ``pool``'s threads (pyca/
-  cryptography releases the GIL inside OpenSSL's verify, so they run on
-  another core while the fold runs on this one), and ``verdict`` then waits
-  for the result it needs instead of checking again. An answer computed
-  ahead is the same pure function of (public key, signature, bytes); the
-  checks of time (held at the event's log time, revoked) stay in
-  ``verdict``, in fold order. Only results for keys the registry already
-  held are computed ahead; anything else is checked in the fold as before.
+  it starts the ECDSA checks of a batch on ``pool`` (``verification_pool``:
+  worker processes, so they run on another core while the fold runs on this
+  one; threads overlap badly, each check needing the GIL back from the busy
+  fold), and ``verdict`` then takes the result it needs instead of checking
+  again. A chunk the pool has not started when the fold needs it is
+  cancelled and checked by the fold's own thread (work sharing: both cores
+  verify, neither waits while the other has work); one started but not done
+  within ``AHEAD_WAIT_S`` is checked by the fold's thread too (its late
+  answers are dropped). An answer computed ahead
+  is the same pure function of (public key, signature, bytes); the checks of
+  time (held at the event's log time, revoked) stay in ``verdict``, in fold
+  order. Only results for keys the registry already held are computed ahead;
+  anything else is checked in the fold as before.
 - Attested signatures (the building block of projector attestations, see
   ``vouch``): a digest of (serial, signature, signed bytes) vouched for by a
   verifier the caller trusts (the projector, whose signed records replay
@@ -55,17 +60,22 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from events.envelope import Envelope, Logged
 from events.signing import BATCH_PREFIX, leaf_hash, root_from_proof, verify_signature
 from identity.registry import EMPTY, Registry, fold_many
 from identity.spiffe import SpiffeId, SpiffeIdError, parse
+
+#: how long the fold waits for a chunk the pool has started (64 checks take ~5 ms on a free core) before checking
+#: its signatures itself: a worker starved of CPU must not stall the fold
+AHEAD_WAIT_S = 0.01
 
 #: the problems a verdict can name (also ``EventRefused.problem`` values)
 PROBLEMS = ("unsigned", "unknown_signer", "not_yet_valid", "expired", "revoked", "untrusted_certificate", "bad_signature")
@@ -102,10 +112,16 @@ class Verifier:
         self.roots = tuple(roots)
         self._keys: dict[str, _Key] = {}
         self._roots: dict[tuple[str, str, bytes], bool] = {}  # (serial, signature, batch root) -> it verified
+        self._climbs: dict = {}  # root_from_proof's memo: a batch's members share their upper Merkle steps
         # (serial, signature, signed bytes or BATCH_PREFIX + root) -> (the chunk's future, index): checked ahead
         self._ahead: dict[tuple[str, str, bytes], tuple[Future, int]] = {}
+        self._chunks: list[tuple[Future, list]] = []  # submitted, in order: the last not started are stolen first
+        self._stolen: dict[tuple[str, str, bytes], bool] = {}  # answers of chunks this thread took back
+        self._abandoned: set[Future] = set()  # started chunks not done within AHEAD_WAIT_S: checked here instead
+        self._key_points: dict[str, bytes] = {}  # serial -> its public key as an X9.62 point (what the pool loads)
         self.checked = 0  # ECDSA signatures checked (for reporting)
-        self.checked_ahead = 0  # of which on verify_ahead's threads
+        self.checked_ahead = 0  # of which on verify_ahead's pool
+        self._verified: dict[str, Verdict] = {}  # serial -> the verdict naming its author
         self._vouched: set[bytes] = set()  # signature_digest()s attested by a trusted verifier
         self.vouched_hits = 0
         self.record_vouches: list[bytes] | None = None  # when a list: the digests of signatures found good
@@ -176,8 +192,18 @@ class Verifier:
 
     def verdict(self, env: Envelope, logged_ms: int) -> Verdict:
         """Who signed ``env`` (logged at broker time ``logged_ms``), or why that is not known."""
-        if env.signer is None or env.signature is None or env.signed_bytes is None:
+        serial, data = env.signer, env.signed_bytes
+        if serial is None or env.signature is None or data is None:
             return Verdict(None, None, "unsigned", "the event is not signed")
+        if self._vouched:  # replay with attestations: an attested signature of a held key, without a call more
+            key = self._keys.get(serial)
+            verified = self._verified.get(serial)
+            if (verified is not None and key.logged_ms <= logged_ms and key.not_before_ms <= logged_ms < key.not_after_ms
+                    and signature_digest(serial, env.signature, data) in self._vouched):
+                revoked = self.registry.revocations.get(serial)
+                if revoked is None or revoked.logged_ms > logged_ms:
+                    self.vouched_hits += 1
+                    return verified
         return self.check(env.signer, env.signature, env.signed_bytes, logged_ms, what="event", proof=env.proof)
 
     def check(self, serial: str, signature: str, data: bytes, logged_ms: int, *, what: str = "record",
@@ -192,7 +218,10 @@ class Verifier:
                 if not self._signature_ok(key.public_key, serial, signature, data, proof):
                     return Verdict(None, serial, "bad_signature",
                                    f"the signature does not verify with the key of {key.author.uri} (serial {serial})")
-                return Verdict(key.author, serial)
+                verified = self._verified.get(serial)  # one (immutable) answer per serial, not one per event
+                if verified is None:
+                    verified = self._verified[serial] = Verdict(key.author, serial)
+                return verified
         status = self.registry.status_at(serial, logged_ms)
         if status != "held":
             if status == "not_issued":
@@ -214,9 +243,10 @@ class Verifier:
                            f"the signature does not verify with the key of {key.author.uri} (serial {serial})")
         return Verdict(key.author, serial)
 
-    def verify_ahead(self, events: Iterable[Logged], pool: Executor, *, chunk: int = 64) -> None:
+    def verify_ahead(self, events: Iterable[Logged], pool: Executor, *, chunk: int = 64) -> list[Future]:
         """Start the signature checks ``verdict`` will need for ``events`` on ``pool``'s threads (see the module
-        docstring: the answers are the same, only computed on another core while the caller folds)."""
+        docstring: the answers are the same, only computed on another core while the caller folds); returns the
+        pool's futures (nobody needs to wait for them: ``verdict`` does, for the answers it needs)."""
         todo: list[tuple[tuple[str, str, bytes], ec.EllipticCurvePublicKey, str, bytes]] = []
         batches: set[tuple[str, str]] = set()  # (serial, batch signature): one check per batch
         certificates = self.registry.certificates
@@ -238,26 +268,66 @@ class Verifier:
                 if (serial, signature) in batches:
                     continue
                 batches.add((serial, signature))
-                root = root_from_proof(leaf_hash(data), env.proof)
+                root = root_from_proof(leaf_hash(data), env.proof, self._climbs)
                 if root is None or (serial, signature, root) in self._roots:
                     continue
                 data = BATCH_PREFIX + root
             todo.append(((serial, signature, data), key.public_key, signature, data))
         if len(self._ahead) > 200_000:  # results never asked for (a batch folded elsewhere): checked again if needed
             self._ahead.clear()
+            self._stolen.clear()
+        self._chunks = [c for c in self._chunks if not c[0].done()]
+        self._abandoned = {f for f in self._abandoned if not f.done()}
+        futures = []
         for i in range(0, len(todo), chunk):
             part = todo[i: i + chunk]
-            future = pool.submit(_verify_all, [(k, sig, data) for _key, k, sig, data in part])
+            future = pool.submit(_verify_all, [(self._point(cache_key[0], k), sig, data)
+                                               for cache_key, k, sig, data in part])
+            futures.append(future)
+            self._chunks.append((future, part))
             for j, (cache_key, *_rest) in enumerate(part):
                 self._ahead[cache_key] = (future, j)
+        return futures
+
+    def _point(self, serial: str, public_key: ec.EllipticCurvePublicKey) -> bytes:
+        point = self._key_points.get(serial)
+        if point is None:
+            point = self._key_points[serial] = public_key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+        return point
 
     def _verify(self, public_key, serial: str, signature: str, data: bytes) -> bool:
         self.checked += 1
-        ahead = self._ahead.pop((serial, signature, data), None)
+        cache_key = (serial, signature, data)
+        ahead = self._ahead.pop(cache_key, None)
         if ahead is not None:
-            self.checked_ahead += 1
-            return ahead[0].result()[ahead[1]]
+            future, index = ahead
+            while not future.done() and self._steal():
+                pass  # rather than wait for the pool, check the chunks it has not started (from the last)
+            if not future.cancelled() and future not in self._abandoned:
+                try:
+                    answers = future.result(timeout=AHEAD_WAIT_S)
+                except TimeoutError:  # a worker starved of CPU (a loaded host): its chunk is checked here instead
+                    self._abandoned.add(future)
+                    answers = None
+                except Exception:  # noqa: BLE001 - the pool broke (a worker died): the answer is checked here
+                    answers = None
+                if answers is not None:
+                    self.checked_ahead += 1
+                    return answers[index]
+            stolen = self._stolen.pop(cache_key, None)
+            if stolen is not None:
+                return stolen
         return verify_signature(public_key, signature, data)
+
+    def _steal(self) -> bool:
+        """Take back the last chunk the pool has not started and check it here; False when there is none."""
+        while self._chunks:
+            future, part = self._chunks.pop()
+            if future.cancel():
+                for cache_key, public_key, signature, data in part:
+                    self._stolen[cache_key] = verify_signature(public_key, signature, data)
+                return True
+        return False
 
     def vouch(self, digests: Iterable[bytes]) -> None:
         """Take ``signature_digest``s a trusted verifier found good as checked (see the module docstring)."""
@@ -278,7 +348,7 @@ class Verifier:
     def _signature_checked(self, public_key, serial: str, signature: str, data: bytes, proof) -> bool:
         if proof is None:
             return self._verify(public_key, serial, signature, data)
-        root = root_from_proof(leaf_hash(data), proof)
+        root = root_from_proof(leaf_hash(data), proof, self._climbs)
         if root is None:
             return False
         cache_key = (serial, signature, root)
@@ -297,8 +367,20 @@ def signature_digest(serial: str, signature: str, data: bytes) -> bytes:
     return hashlib.sha256(b"%s\x00%s\x00%s" % (serial.encode(), signature.encode(), data)).digest()[:16]
 
 
-def _verify_all(items: list[tuple[ec.EllipticCurvePublicKey, str, bytes]]) -> list[bool]:
-    return [verify_signature(public_key, signature, data) for public_key, signature, data in items]
+_POOL_KEYS: dict[bytes, ec.EllipticCurvePublicKey] = {}  # in a pool's process: the keys loaded so far
+
+
+def _verify_all(items: list[tuple[bytes, str, bytes]]) -> list[bool]:
+    """The pool's job (in a worker process): each (X9.62 public key point, signature, data) verified."""
+    answers = []
+    for point, signature, data in items:
+        public_key = _POOL_KEYS.get(point)
+        if public_key is None:
+            if len(_POOL_KEYS) > 100_000:
+                _POOL_KEYS.clear()
+            public_key = _POOL_KEYS[point] = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+        answers.append(verify_signature(public_key, signature, data))
+    return answers
 
 
 def configured_roots() -> tuple[x509.Certificate, ...]:
@@ -324,9 +406,14 @@ def configured_roots() -> tuple[x509.Certificate, ...]:
     return tuple(root for root in bundle if _issued_by(own, root))
 
 
-def verification_pool(threads: int = 1) -> ThreadPoolExecutor:
-    """The threads ``Verifier.verify_ahead`` checks signatures on (one: the second core of a two-core host)."""
-    return ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="verify-ahead")
+def verification_pool(workers: int = 1) -> Executor:
+    """The worker processes ``Verifier.verify_ahead`` checks signatures on (one: the second core of a two-core
+    host). Processes, not threads: a thread's ECDSA check does release the GIL, but getting it back from a busy
+    fold stalls both (measured: the checks did not overlap the fold). Spawned, not forked: the caller runs an
+    event loop and Kafka clients' threads."""
+    import multiprocessing
+
+    return ProcessPoolExecutor(max_workers=max(1, workers), mp_context=multiprocessing.get_context("spawn"))
 
 
 def _issued_by(cert: x509.Certificate, root: x509.Certificate) -> bool:

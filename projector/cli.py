@@ -130,9 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
         "not state, is refused and recorded on meshlog.rejections (also: $MESHLOG_INSECURE_EVENTS=1)",
     )
     run.add_argument(
-        "--verify-threads", type=argtypes.integer(0, 16), default=1,
-        help="threads checking each batch's signatures ahead of its fold (default 1: a second core; the answers are "
-        "the same, only computed in parallel); 0 checks them in the fold",
+        "--verify-workers", "--verify-threads", dest="verify_workers", type=argtypes.integer(0, 16), default=1,
+        help="worker processes checking each batch's signatures ahead of its fold (default 1: a second core; the "
+        "answers are the same, only computed in parallel); 0 checks them in the fold",
     )
     run.add_argument(
         "--reset", action="store_true",
@@ -177,7 +177,7 @@ def config_from_args(args: argparse.Namespace, bootstrap: str):
         ensure_topics=not args.no_ensure_topics,
         reset=args.reset,
         insecure_events=args.insecure_events,
-        verify_threads=args.verify_threads,
+        verify_workers=args.verify_workers,
         group=args.group,
         session_timeout_s=args.session_timeout,
         worker_id=args.worker_id or f"{socket.gethostname()}-{os.getpid()}",

@@ -65,7 +65,12 @@ topic far enough before each batch). A refused event is an ``EventRefused``
 decision on ``REJECTIONS``, like a rule rejection. ``insecure_events`` (the
 ``--insecure-events`` flag, for local development and logs written before
 signing) folds without verifying. The projector signs its own records on
-``REJECTIONS`` with its Kafka client identity, when it has one.
+``REJECTIONS`` with its Kafka client identity, when it has one; with one, it
+also appends after each batch an attestation of the signatures the fold
+found good (``projector.attestations``, on ``ATTESTATIONS``; not waited for:
+a lost one only costs replay the full check). A batch's signatures are
+checked in a worker process while the fold runs (``verify_workers``,
+``identity.verifier.verify_ahead``); a worker that dies is replaced.
 
 Restart and crash safety:
 
@@ -113,6 +118,7 @@ import logging
 import shutil
 import time
 import zlib
+from concurrent.futures import BrokenExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -188,9 +194,9 @@ class ProjectorConfig:
     source_topics: tuple[str, ...] = SOURCE_TOPICS
     # fold without verifying who signed each event (local development, logs written before signing)
     insecure_events: bool = False
-    # threads checking a batch's signatures ahead of its fold (identity.verifier.verify_ahead; cryptography
-    # releases the GIL in verify, so one thread is the second core); 0 checks them in the fold only
-    verify_threads: int = 1
+    # worker processes checking a batch's signatures ahead of its fold (identity.verifier.verify_ahead: one is
+    # the second core; the fold's thread checks what they have not started); 0 checks them in the fold only
+    verify_workers: int = 1
     # None: one worker publishes everything. A group name: this worker joins that consumer group on
     # meshlog.projector.shards once caught up and publishes only the view keys of its shards
     # (projector.sharding; dead letters, rejections and snapshots by the owner of shard 0)
@@ -360,7 +366,7 @@ class ProjectorService:
         self.counters: dict[str, Any] = {"events": 0, "dead_lettered": 0, "max_timestamp_ms": None}
         self.snapshot_marks: dict[str, Any] = {"events": 0, "at": None}
         self.totals = {"batches": 0, "published_records": 0, "rejections": 0, "dead_letters": 0, "snapshots": 0,
-                       "undeliverable": 0}
+                       "undeliverable": 0, "attestations": 0, "attestations_lost": 0}
         self._checkpoint_events = 0  # events folded since the last checkpoint
         self._checkpoint_mono = time.monotonic()
         self._reconcile_pending = True
@@ -382,7 +388,7 @@ class ProjectorService:
             from identity.verifier import Verifier, configured_roots  # loads cryptography: only when verifying
 
             self.verifier = Verifier(roots=configured_roots())  # identity events must be the mesh root's
-        self._verify_pool: Any = None  # concurrent.futures.ThreadPoolExecutor for verify_ahead, once started
+        self._verify_pool: Any = None  # identity.verifier.verification_pool for verify_ahead, once started
         self._signer: Any = None  # the process's signer (events.signing), set at start
         # which view keys this worker publishes: all of them alone; with a group, its shards' keys
         self.ownership = Ownership(None) if config.group is None else Ownership(frozenset())
@@ -786,17 +792,26 @@ class ProjectorService:
         if self._identities is not None:
             # every identity fact logged up to the newest event of the batch is folded before verifying
             await self._cover_identities(max((lg.timestamp_ms for _r, lg in decoded), default=None))
-            if self.cfg.verify_threads > 0:
+            if self.cfg.verify_workers > 0:
                 if self._verify_pool is None:
                     from identity.verifier import verification_pool
 
-                    self._verify_pool = verification_pool(self.cfg.verify_threads)
-                # the signatures are checked on the pool's thread while this one folds (same answers)
-                self.verifier.verify_ahead([lg for _r, lg in decoded], self._verify_pool)
+                    self._verify_pool = verification_pool(self.cfg.verify_workers)
+                # the signatures are checked in the pool's process while this thread folds (same answers)
+                try:
+                    self.verifier.verify_ahead([lg for _r, lg in decoded], self._verify_pool)
+                except BrokenExecutor as exc:  # a worker died: this batch is checked in the fold, the next in a new pool
+                    log.warning("the signature-checking worker failed (%r); starting another", exc)
+                    self._verify_pool.shutdown(wait=False, cancel_futures=True)
+                    self._verify_pool = None
+        if self.verifier is not None and self._signer is not None and self.verifier.record_vouches is None:
+            self.verifier.record_vouches = []  # the signatures this batch's fold finds good, attested below
         before = self.state
         new_state, rejections, fold_dead = self._fold([lg for _r, lg in decoded], decoded)
         dead += fold_dead
         self.state = new_state
+        if self.verifier is not None and self.verifier.record_vouches:
+            await self._attest()
         t2 = time.perf_counter()
 
         # offsets and counters of the in-memory state
@@ -878,6 +893,32 @@ class ProjectorService:
         self.totals["batches"] += 1
         self._log_batch(res, dead_out, rej_out)
         return res
+
+    async def _attest(self) -> None:
+        """Append the signatures this batch's fold found good, signed (``projector.attestations``): replay takes
+        them instead of checking each again. Not waited for: a lost one costs replay the full check, nothing else."""
+        from projector.attestations import KEY, MAX_DIGESTS, encode_attestation
+
+        digests, self.verifier.record_vouches = self.verifier.record_vouches, []
+        if not self._records_decisions():
+            return  # another worker (the owner of shard 0) folds the same events and attests them
+        signer = self._signer.current()
+        for i in range(0, len(digests), MAX_DIGESTS):
+            value = encode_attestation(digests[i: i + MAX_DIGESTS], signer)
+            try:
+                fut = await self.producer.send(topics.ATTESTATIONS, value=value, key=KEY)
+            except (KafkaError, asyncio.TimeoutError) as exc:
+                self.totals["attestations_lost"] += 1
+                log.debug("attestation not appended: %r", exc)
+                continue
+            fut.add_done_callback(self._attested)
+
+    def _attested(self, fut: asyncio.Future) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            self.totals["attestations_lost"] += 1
+            log.debug("attestation not appended: %r", None if fut.cancelled() else fut.exception())
+        else:
+            self.totals["attestations"] += 1
 
     async def _cover_identities(self, ts_ms: int | None) -> None:
         """``IdentityFeed.cover``, retried through a broker outage (verifying with a partial registry would

@@ -48,7 +48,7 @@ import orjson
 
 from events import codec
 from events.codec import decode_record, utc_time_or_none
-from events.envelope import ENVELOPE_FIELDS, REQUIRED_FIELDS, Envelope, Logged
+from events.envelope import ENVELOPE_FIELDS, REQUIRED_FIELDS, SIGNATURE_FIELDS, Envelope, Logged
 from events.types import PAYLOAD_TYPES
 
 # The header types the fast path understands. The field *list* is the envelope's; a field it gains
@@ -189,7 +189,7 @@ class RecordDecoder:
                     return _UNSIGNED_ENVELOPE(head.event_id, ptype.TYPE, ptype.SCHEMA_VERSION, at, head.producer,
                                               payload)
                 return Envelope(head.event_id, head.type, ptype.SCHEMA_VERSION, at, head.producer, payload)
-            return _signed_envelope(head, ptype.SCHEMA_VERSION, at, known)
+            return _signed_envelope(head, ptype.SCHEMA_VERSION, at, known)  # None: the codec decides
         except (ValueError, orjson.JSONEncodeError):  # EventValidationError is a ValueError: the codec decides
             return None
 
@@ -199,14 +199,28 @@ class RecordDecoder:
         return self.hits / total if total else 0.0
 
 
-def _signed_envelope(head: Any, version: int, at: Any, known: tuple[Any, bytes]) -> Envelope:
+def _signed_envelope(head: Any, version: int, at: Any, known: tuple[Any, bytes]) -> Envelope | None:
     """The signed envelope the codec builds from ``head``: its shape rules, its ``signing_bytes``."""
-    doc = msgspec.structs.asdict(head)  # the document as read, minus the fields it does not have
-    for name in _OPTIONAL_FIELDS:
-        if doc[name] is _UNSET:
-            del doc[name]
-    signer, signature = codec._signature_fields(doc)  # raises EventValidationError (a ValueError) if ill-shaped
-    proof = codec._proof_field(doc)
-    doc["payload"] = orjson.Fragment(known[1])  # the document's payload as orjson writes it (sorted keys)
+    signer, signature, proof = head.signer, head.signature, head.proof
+    if signer is _UNSET or signature is _UNSET:
+        return None  # one without the other, or a proof without a signature: the codec says why
+    if not (_SERIAL_RE.match(signer) and _SIGNATURE_RE.match(signature)):
+        return None  # an ill-shaped signature field: the codec says why
+    if proof is _UNSET:
+        proof = None
+    elif not 1 <= len(proof) <= codec.PROOF_MAX or not codec._proof_steps_ok(proof):
+        return None
+    else:
+        proof = tuple(proof)
+    # codec.signing_bytes of the document as the codec reads it: every field but signature and proof, keys
+    # sorted, the payload as orjson writes it (checked equal to the codec's by tests/unit/replay/test_decode_signed)
+    doc = {name: getattr(head, name) for name in _SIGNED_DOC_FIELDS}
+    doc["payload"] = orjson.Fragment(known[1])
+    data = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
     return Envelope(head.event_id, head.type, version, at, head.producer, known[0],  # positional: the hot path
-                    signer, signature, codec.signing_bytes(doc), proof)
+                    signer, signature, data, proof)
+
+
+_SERIAL_RE, _SIGNATURE_RE = codec._SERIAL_RE, codec._SIGNATURE_RE
+# what codec.signing_bytes keeps of a signed document: every wire field but the signature and the proof
+_SIGNED_DOC_FIELDS = tuple(name for name in REQUIRED_FIELDS + SIGNATURE_FIELDS if name != "signature")

@@ -26,6 +26,10 @@ Invariants:
   refuses, with the same ``EventRefused`` decisions; without one (the CLI's
   ``--insecure-events``) events are folded unverified, as the projector's
   insecure mode does. Replay must run in the projector's mode to agree with it.
+- Attestations (issue 13): a verifying ``rebuild`` of a long cut first takes
+  the projector's signed attestations (``replay.attestations``): their
+  signatures stand for the events' ECDSA checks, every other check still
+  runs; an event no believed attestation lists is verified the full way.
 - Reading: ``rebuild`` folds into a ``projector.fold.FoldBuffer`` (the same
   fold into mutable maps, sealed once), and a long cut (``PARALLEL_MIN_EVENTS``)
   is fetched and decoded by a second process while this one folds
@@ -285,6 +289,8 @@ async def rebuild(
         if chosen is not None:
             for tp in cut.start:
                 cut.start[tp] = max(cut.start[tp], chosen.snapshot.next_offset(tp.topic, tp.partition))
+    if verifier is not None:
+        stats["attestations"] = await _vouch_attested(consumer, verifier, cut, chosen)
     t1 = time.perf_counter()
     stats["plan_s"] = round(t1 - t0, 4)
     folded = 0
@@ -318,6 +324,19 @@ async def rebuild(
     # in log order: batches of several partitions arrive in whatever order the fetches answered
     undecodable.sort(key=lambda u: (u.timestamp_ms or 0, u.topic, u.partition, u.offset))
     return Rebuilt(at_ms, state, cut, chosen, folded, undecodable, None, stats)
+
+
+async def _vouch_attested(consumer: AIOKafkaConsumer, verifier: Verifier, cut, chosen: ChosenSnapshot | None
+                          ) -> dict | None:
+    """Vouch for the signatures the projector attested since the start state (``replay.attestations``), for a
+    cut long enough to gain from it; the verdicts are the same either way."""
+    from replay.attestations import MIN_EVENTS, vouch_attested
+
+    if cut.total < MIN_EVENTS:
+        return None
+    # an attestation is logged after the events it vouches for: none before the start state's newest event
+    since = (chosen.snapshot.max_timestamp_ms or 0) if chosen is not None else 0
+    return (await vouch_attested(consumer, verifier, since, None)).as_dict()
 
 
 # ---------------------------------------------------------------- walking a window

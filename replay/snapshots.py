@@ -103,10 +103,16 @@ def choose(candidates: list[Candidate], at_ms: int, log_stops: Mapping[str, int]
 
 def snapshot_refusal(verifier, header: Mapping, logged_ms: int) -> str | None:
     """Why a snapshot logged at ``logged_ms`` must not be used (its signature), or None if a projector signed it."""
+    return projector_header_refusal(verifier, header, logged_ms, "snapshot")
+
+
+def projector_header_refusal(verifier, header: Mapping, logged_ms: int, what: str) -> str | None:
+    """Why a record whose header a projector signs (a snapshot, an attestation: ``header_signing_bytes``) logged at
+    ``logged_ms`` must not be believed, or None if an identity with the projector role held then signed it."""
     serial, signature = header.get("signer"), header.get("signature")
     if not isinstance(serial, str) or not isinstance(signature, str):
         return "it is not signed"
-    verdict = verifier.check(serial, signature, header_signing_bytes(header), logged_ms, what="snapshot")
+    verdict = verifier.check(serial, signature, header_signing_bytes(header), logged_ms, what=what)
     if verdict.author is None:
         return f"{verdict.problem}: {verdict.detail}"
     if verdict.author.role != "projector":

@@ -180,3 +180,64 @@ async def test_forged_events_are_refused_and_replay_names_their_verified_author(
                           )
     assert text.returncode == 0, text.stderr
     assert "unverified (unsigned): claims operator" in " ".join(text.stdout.split())
+
+
+async def test_replay_takes_the_projectors_attestations_from_the_log(broker, monkeypatch):
+    """Through the real broker: a projector-signed attestation on meshlog.attestations stands for the listed
+    events' signature checks in `replay --at`'s rebuild; one signed by a sidecar is not believed; the mesh
+    rebuilt is the same either way."""
+    from aiokafka import AIOKafkaProducer
+
+    from events.codec import encode
+    from identity.verifier import signature_digest
+    from projector.attestations import KEY, encode_attestation
+    from replay import attestations
+    from replay.engine import rebuild
+    from replay.identities import load_verifier
+    from replay.source import new_consumer
+
+    monkeypatch.setattr(attestations, "MIN_EVENTS", 1)  # a short cut: read them anyway
+    suffix = uuid.uuid4().hex[:6]
+    svc = f"ratings-{suffix}"
+    ca = pki.create_root(DOMAIN)
+    signers = {}
+    async with EventProducer(broker, signer=None) as identities:
+        for ident in (spiffe.sidecar(DOMAIN, svc, "a"), spiffe.sidecar(DOMAIN, svc, "b"), spiffe.projector(DOMAIN)):
+            key = pki.generate_key()
+            cert = pki.issue(ca, ident, key.public_key())
+            await identities.append(new_event(records.issued(cert, ca.certificate, how="offline", requested_by="t")))
+            signers[ident.uri] = Signer(key, pki.serial_hex(cert))
+    envs = [signers[spiffe.sidecar(DOMAIN, svc, i).uri].sign(new_event(_reg(svc, i, f"10.0.9.{n}", 9080)))
+            for n, i in enumerate(("a", "b"), start=1)]
+    digests = [signature_digest(e.signer, e.signature, e.signed_bytes) for e in envs]
+    producer = AIOKafkaProducer(**connection_kwargs(broker), enable_idempotence=True)
+    await producer.start()
+    try:
+        for env in envs:
+            await producer.send_and_wait(topics.REGISTRATIONS, encode(env), key=env.key.encode())
+        # a sidecar's "attestation" first (not believed), then the projector's
+        await producer.send_and_wait(topics.ATTESTATIONS, encode_attestation(
+            digests, signers[spiffe.sidecar(DOMAIN, svc, "a").uri]), key=KEY)
+        await producer.send_and_wait(topics.ATTESTATIONS, encode_attestation(
+            digests, signers[spiffe.projector(DOMAIN).uri]), key=KEY)
+    finally:
+        await producer.stop()
+    at_ms = int(time.time() * 1000) + 1000
+
+    async def rebuilt():
+        consumer = new_consumer(broker)
+        await consumer.start()
+        try:
+            verifier = await load_verifier(consumer, at_ms)
+            return await rebuild(consumer, at_ms, verifier=verifier, use_snapshot=False), verifier
+        finally:
+            await consumer.stop()
+
+    attested, verifier = await rebuilt()
+    assert attested.stats["attestations"]["refused"] >= 1  # the sidecar's
+    assert attested.stats["attestations"]["accepted"] >= 1
+    assert verifier.vouched_hits == 2  # both registrations taken on the projector's word, nothing else
+    assert {i.reg.instance_id for i in attested.state.instances.values() if i.reg.service == svc} == {"a", "b"}
+    monkeypatch.setattr(attestations, "MIN_EVENTS", 10 ** 9)  # the full check: the same mesh
+    full, verifier = await rebuilt()
+    assert verifier.vouched_hits == 0 and full.state == attested.state

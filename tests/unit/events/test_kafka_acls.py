@@ -97,7 +97,9 @@ def test_the_table_says_what_the_issue_asks():
     # checkers verify the registrations they probe against the identities log, as the projector does
     assert allowed(CHECKER, READ) == {topics.REGISTRATIONS, topics.HEALTH, topics.IDENTITIES, topics.HEALTHCHECK_SHARDS}
     assert allowed(PROJECTOR, WRITE) == {topics.VIEW_RESOURCES, topics.VIEW_MEMBERSHIP, topics.SNAPSHOTS,
-                                         topics.REJECTIONS, topics.DEADLETTER}
+                                         topics.REJECTIONS, topics.DEADLETTER, topics.ATTESTATIONS}
+    # attestations vouch for signatures replay then skips: only the projector writes them
+    assert {r for r in ACL_TABLE if topics.ATTESTATIONS in allowed(r, WRITE)} == {PROJECTOR}
     assert {topics.VIEW_RESOURCES, topics.VIEW_MEMBERSHIP} <= allowed(GATEWAY, READ)
     writers_of_views = {r for r in ACL_TABLE if topics.VIEW_RESOURCES in allowed(r, WRITE)}
     assert writers_of_views == {PROJECTOR}

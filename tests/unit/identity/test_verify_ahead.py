@@ -1,15 +1,20 @@
-"""Verifying ahead on another thread moves the ECDSA checks, never an answer.
+"""Verifying ahead in a worker process moves the ECDSA checks, never an answer.
 
 Given a log mixing honest events (one signature each, and a batch signed
 once), a tampered event, a forged member of the batch, an unsigned event and
 one signed by a revoked certificate, the fold with ``verify_ahead`` on a
-thread pool gives the same state and the same refusals as the fold checking
-every signature inline, and the checks it could start ahead ran on the pool.
+worker pool gives the same state and the same refusals as the fold checking
+every signature inline, and the checks it could start ahead ran in the pool;
+chunks the pool has not started when the fold needs them are taken back and
+checked by the fold's thread, again with the same answers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
@@ -59,7 +64,7 @@ def test_verifying_ahead_gives_the_inline_answers(trust):
     ahead = trust.verifier()
     pool = verification_pool(2)
     try:
-        ahead.verify_ahead(events, pool, chunk=2)
+        wait(ahead.verify_ahead(events, pool, chunk=2))  # all done before the fold: it takes every answer
         got = fold_many(empty_state(), events, ahead)
     finally:
         pool.shutdown()
@@ -70,6 +75,24 @@ def test_verifying_ahead_gives_the_inline_answers(trust):
     # six checks: three registrations, the tampered one, the batch's root once, the root the forged member leads
     # to; all but the last ran ahead (that root is only known once the fold recomputes it from the forgery)
     assert ahead.checked == 6 and ahead.checked_ahead == 5
+
+
+def test_chunks_the_pool_has_not_started_are_checked_by_the_fold(trust):
+    events = mixed_log(trust)
+    expected = fold_many(empty_state(), events, trust.verifier())
+    verifier = trust.verifier()
+    busy = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=1)  # its one worker blocked: nothing submitted after starts
+    try:
+        pool.submit(busy.wait, 30)
+        futures = verifier.verify_ahead(events, pool, chunk=2)
+        got = fold_many(empty_state(), events, verifier)
+        assert all(f.cancelled() for f in futures)  # every chunk taken back, none waited for
+    finally:
+        busy.set()
+        pool.shutdown()
+    assert got == expected
+    assert verifier.checked == 6 and verifier.checked_ahead == 0
 
 
 def test_checks_started_ahead_but_never_asked_for_change_nothing(trust):
@@ -101,3 +124,36 @@ def test_attested_signatures_skip_only_the_ecdsa_check(trust):
     assert replaying.vouched_hits == 7
     # only the tampered event's and the forged member's signatures are checked (both fail), no good one
     assert replaying.checked == 2
+
+
+class SettledPool:
+    """A pool that runs nothing: each future it returns is left as ``settle`` leaves it."""
+
+    def __init__(self, settle) -> None:
+        self.settle = settle
+
+    def submit(self, fn, *args) -> Future:
+        future = Future()
+        self.settle(future)
+        return future
+
+
+def _fold_with(trust, pool) -> None:
+    events = mixed_log(trust)
+    expected = fold_many(empty_state(), events, trust.verifier())
+    verifier = trust.verifier()
+    verifier.verify_ahead(events, pool, chunk=2)
+    assert fold_many(empty_state(), events, verifier) == expected
+    assert verifier.checked == 6 and verifier.checked_ahead == 0
+
+
+def test_a_pool_that_broke_changes_no_answer(trust):
+    """A worker that died (its futures fail, as a broken process pool's do) costs only the checks: the fold
+    checks them itself."""
+    _fold_with(trust, SettledPool(lambda f: f.set_exception(BrokenProcessPool("a worker died"))))
+
+
+@pytest.mark.timeout(60)
+def test_a_chunk_started_but_never_finished_does_not_stall_the_fold(trust):
+    """A worker that took the chunks and gets no CPU (a loaded host): the fold checks them itself."""
+    _fold_with(trust, SettledPool(Future.set_running_or_notify_cancel))  # taken, never answered

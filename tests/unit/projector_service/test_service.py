@@ -11,7 +11,7 @@ import pytest
 
 from events import topics
 from events import types as t
-from events.codec import decode
+from events.codec import decode, encode
 from projector import service as service_mod
 from projector.deadletter import parse_dead_letter
 from projector.publisher import parse_membership_value, parse_resource_key, source_ms_of
@@ -19,7 +19,7 @@ from projector.service import ProjectorConfig, ProjectorService, Store
 from projector.state import same_state
 from projector.typeurls import CLUSTER, LISTENER
 
-from .helpers import FakeProducer, Log, registered
+from .helpers import FakeProducer, Log, Rec, registered
 
 
 def make(tmp_path, producer: FakeProducer, ends: dict | None = None, **cfg) -> ProjectorService:
@@ -310,4 +310,46 @@ async def test_by_default_an_unsigned_event_is_refused_recorded_and_reaches_no_v
     assert producer.sent[0].key == b"refused/db/db-1"
     assert env.signer == projector_signer.serial  # the projector's own decision, signed by its identity
     assert len(svc.state.instances) == 0
+    close(svc)
+
+
+async def test_a_signing_projector_attests_the_signatures_its_fold_found_good(tmp_path):
+    """Verification on, the projector with a mesh identity: after the batch, one signed attestation on
+    meshlog.attestations lists the digest of every good signature (the honest registration), not the forged one."""
+    from identity import spiffe
+    from identity.verifier import signature_digest
+    from projector.attestations import decode_attestation
+    from replay.attestations import attestation_refusal
+    from tests.unit.projector.signed import MS0, SignedLog, Trust, sidecar
+
+    trust = Trust()
+    projector_signer = trust.issue(spiffe.projector("mesh.local"))
+    log = SignedLog(trust)
+    log.by(sidecar("db", "db-1")).register("db", "db-1", "10.0.0.1", 5432)
+    log.by(sidecar("api", "api-1")).register("db", "db-2", "10.0.0.2", 5432)  # not api's to state
+    log.by(None).register("db", "db-3", "10.0.0.3", 5432)
+    records = [Rec(lg.topic, 0, lg.offset, lg.timestamp_ms, lg.envelope.payload.key().encode(), encode(lg.envelope))
+               for lg in log.events]
+    producer = FakeProducer()
+    svc = make(tmp_path, producer, insecure_events=False)
+    svc.verifier = trust.verifier()
+    svc._signer = projector_signer
+    res = await svc.process(records)
+    assert res.folded == 3 and res.rejected == 2
+    (sent,) = producer.to(topics.ATTESTATIONS)
+    header, digests = decode_attestation(sent.value)
+    assert sent.key == b"attestation"
+    # both signed registrations carry good signatures (api's is refused for what it states, not how it is signed)
+    assert digests == [signature_digest(lg.envelope.signer, lg.envelope.signature, lg.envelope.signed_bytes)
+                       for lg in log.events[:2]]
+    assert attestation_refusal(trust.verifier(), header, MS0 + 10) is None  # the projector's, checkable by replay
+    assert svc.totals["attestations"] == 1
+    close(svc)
+
+
+async def test_an_insecure_projector_attests_nothing(tmp_path):
+    log, producer = mesh_log(), FakeProducer()
+    svc = make(tmp_path, producer)
+    await svc.process(log.records[topics.REGISTRATIONS])
+    assert producer.to(topics.ATTESTATIONS) == []
     close(svc)

@@ -1,0 +1,103 @@
+"""Attestations on ``events.topics.ATTESTATIONS``: the projector vouches for the signatures it verified.
+
+The live projector checks every event's signature as it folds
+(``identity.verifier``). After each batch it appends one record listing what
+it found good: per signature a 16-byte digest of (serial, signature, signed
+bytes) (``identity.verifier.signature_digest``), signed with the
+projector's own mesh identity. A replay that verifies the record's signature
+once (``replay.attestations``) may then take each listed digest instead of
+that signature's ECDSA check and Merkle proof (``Verifier.vouch``); every
+other check of a verdict (the certificate held at the event's log time, not
+revoked, the author's permissions) still runs, in the fold.
+
+Record: key ``b"attestation"``; value::
+
+    b"MLATTEST" | u8 format (=1) | u32 big-endian header length H
+                | H bytes header (orjson, sorted keys)
+                | body: the digests, 16 bytes each, back to back
+
+Header fields: ``format``; ``digests`` (how many); ``digests_sha256`` (hex
+SHA-256 of the body: the signature covers the digests through it);
+``created_at`` (UTC ISO-8601); ``producer`` (``"projector"``); ``signer`` and
+``signature``: the projector's certificate serial and its ECDSA P-256
+signature over the header without ``signature``, keys sorted
+(``projector.snapshots.header_signing_bytes``, as for snapshots).
+
+Invariants:
+- A digest names one (key, signature, bytes) triple; a digest that matches no
+  event vouches for nothing, so an attestation can only ever stand for checks
+  its signer did. Whether to believe the signer is the reader's decision
+  (``replay.attestations``: a ``projector`` identity held when the record was
+  logged, the signature good, the body matching its header).
+- ``encode_attestation`` / ``decode_attestation`` are pure; replay imports them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from datetime import datetime, timezone
+from typing import Sequence
+
+import orjson
+
+from projector.snapshots import header_signing_bytes
+
+MAGIC = b"MLATTEST"
+FORMAT = 1
+KEY = b"attestation"
+DIGEST_BYTES = 16
+#: the most digests one record lists (a batch's good signatures; larger batches go in several records)
+MAX_DIGESTS = 100_000
+_LEN = struct.Struct(">I")
+_PREFIX_LEN = len(MAGIC) + 1 + _LEN.size
+
+
+class AttestationError(ValueError):
+    """Bytes that are not an attestation this build understands (or are corrupt)."""
+
+
+def encode_attestation(digests: Sequence[bytes], signer, *, created_at: datetime | None = None) -> bytes:
+    """The record's value: ``digests`` (``signature_digest``s) signed by ``signer`` (``events.signing.Signer``)."""
+    from events.signing import signature_of
+
+    body = b"".join(digests)
+    if len(body) != DIGEST_BYTES * len(digests) or not 0 < len(digests) <= MAX_DIGESTS:
+        raise ValueError(f"an attestation lists 1-{MAX_DIGESTS} digests of {DIGEST_BYTES} bytes")
+    header = {
+        "format": FORMAT,
+        "digests": len(digests),
+        "digests_sha256": hashlib.sha256(body).hexdigest(),
+        "created_at": (created_at or datetime.now(timezone.utc)).isoformat(timespec="milliseconds"),
+        "producer": "projector",
+        "signer": signer.serial,
+    }
+    header["signature"] = signature_of(signer.key, header_signing_bytes(header))
+    head = orjson.dumps(header, option=orjson.OPT_SORT_KEYS)
+    return MAGIC + bytes((FORMAT,)) + _LEN.pack(len(head)) + head + body
+
+
+def decode_attestation(data: bytes) -> tuple[dict, list[bytes]]:
+    """The header and the digests of an attestation record; ``AttestationError`` if it is not a whole one
+    (the signature is not checked here: ``replay.attestations`` does, with the identities of the log)."""
+    if not isinstance(data, (bytes, bytearray)) or len(data) < _PREFIX_LEN or not data.startswith(MAGIC):
+        raise AttestationError("not a meshlog attestation (bad magic)")
+    if data[len(MAGIC)] != FORMAT:
+        raise AttestationError(f"attestation format {data[len(MAGIC)]} is not understood by this build (knows {FORMAT})")
+    (hlen,) = _LEN.unpack_from(data, len(MAGIC) + 1)
+    end = _PREFIX_LEN + hlen
+    if end > len(data):
+        raise AttestationError("truncated attestation header")
+    try:
+        header = orjson.loads(data[_PREFIX_LEN:end])
+    except orjson.JSONDecodeError as exc:
+        raise AttestationError(f"attestation header is not JSON: {str(exc)[:120]}") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise AttestationError("attestation header format mismatch")
+    body = bytes(data[end:])
+    count = header.get("digests")
+    if type(count) is not int or not 0 < count <= MAX_DIGESTS or len(body) != DIGEST_BYTES * count:
+        raise AttestationError("attestation body does not hold the digests its header counts")
+    if hashlib.sha256(body).hexdigest() != header.get("digests_sha256"):
+        raise AttestationError("attestation body does not match its header's SHA-256")
+    return header, [body[i: i + DIGEST_BYTES] for i in range(0, len(body), DIGEST_BYTES)]

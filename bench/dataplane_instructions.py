@@ -57,15 +57,19 @@ def _dict(msg) -> dict:
     return json_format.MessageToDict(msg, preserving_proto_field_name=True)
 
 
-def server_bootstrap(admin: int, port: int, app_port: int, tls: bool) -> dict:
-    """The server sidecar's hop: its rendered inbound listener (mTLS + RBAC or plaintext) and local cluster."""
+def server_bootstrap(admin: int, port: int, app_port: int, tls: bool, rbac: bool = True) -> dict:
+    """The server sidecar's hop: its rendered inbound listener (mTLS + RBAC or plaintext) and local cluster.
+
+    ``rbac=False`` (diagnostic only, never rendered by the projector): mTLS without the RBAC filter, to split
+    the added cost between TLS and RBAC.
+    """
     from projector import mesh_tls, render_envoy
 
     listener = render_envoy.inbound_listener(
         "inbound", "127.0.0.1", port, "local", "http",
         transport_socket=mesh_tls.downstream_transport_socket() if tls else None,
         rbac_filter=mesh_tls.inbound_rbac_filter("http", mesh_tls.allowed_principals(DOMAIN, [CALLER], False))
-        if tls else None)
+        if tls and rbac else None)
     return _bootstrap(admin, listener, render_envoy.static_local_cluster("local", app_port, "http"))
 
 
@@ -192,11 +196,11 @@ def _first_200(port: int, kind: str, timeout: float = 300) -> None:
 def measure(kind: str, workdir: Path, app_port: int, args: argparse.Namespace, base_id: int) -> dict:
     from meshlog.kafka_local import free_ports
 
-    tls = kind == "mtls"
+    tls = kind.startswith("mtls")
     s_admin, s_port, c_admin, c_port = free_ports(4)
     if tls:
         _write_identities(workdir)
-    server = CountedEnvoy(f"{kind}-server", workdir / "server", server_bootstrap(s_admin, s_port, app_port, tls),
+    server = CountedEnvoy(f"{kind}-server", workdir / "server", server_bootstrap(s_admin, s_port, app_port, tls, rbac=kind != "mtls-no-rbac"),
                           s_admin, base_id)
     client = CountedEnvoy(f"{kind}-client", workdir / "client", client_bootstrap(c_admin, c_port, s_port, tls),
                           c_admin, base_id + 1)
@@ -246,6 +250,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=200, help="requests before counting (default 200)")
     parser.add_argument("--connections", type=int, default=8, help="keep-alive connections (default 8)")
     parser.add_argument("--idle", type=float, default=0.0, help="also count N idle seconds first (default 0)")
+    parser.add_argument("--split", action="store_true",
+                        help="also count mTLS without the RBAC filter (diagnostic: TLS vs RBAC)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     if not (1 <= args.connections <= 64 and args.connections <= args.requests <= 100000
@@ -267,7 +273,8 @@ def main() -> int:
     results = {}
     try:
         base_id = 7000 + os.getpid() % 1000 * 4
-        for i, kind in enumerate(("plaintext", "mtls")):
+        kinds = ("plaintext", "mtls") + (("mtls-no-rbac",) if args.split else ())
+        for i, kind in enumerate(kinds):
             results[kind] = measure(kind, workdir / kind, app_port, args, base_id + 2 * i)
             print(f"{kind:9s} {json.dumps(results[kind])}", flush=True)
     finally:
@@ -275,6 +282,10 @@ def main() -> int:
     added = {side: results["mtls"]["instructions_per_request"][f"mtls-{side}"]
              - results["plaintext"]["instructions_per_request"][f"plaintext-{side}"] for side in ("server", "client")}
     total_plain = sum(results["plaintext"]["instructions_per_request"].values())
+    if args.split:
+        rbac = (results["mtls"]["instructions_per_request"]["mtls-server"]
+                - results["mtls-no-rbac"]["instructions_per_request"]["mtls-no-rbac-server"])
+        print(f"of which the RBAC filter (server Envoy, mTLS with vs without it): {rbac:+,}", flush=True)
     print(f"instructions per request added by mTLS + RBAC: server Envoy {added['server']:+,}, client Envoy "
           f"{added['client']:+,}, both {sum(added.values()):+,} (the plaintext pair: {total_plain:,})", flush=True)
     if args.json:

@@ -196,6 +196,12 @@ def envoy_stats(status_path: Path, prefix: str) -> dict[str, int]:
     return out
 
 
+def round_order(paths: tuple, round_no: int) -> tuple:
+    """ABBA order (forward, then backward, ...): a drift in the neighbours' load over the run then weighs on
+    every path alike, instead of always on the last path of a round."""
+    return paths if round_no % 2 == 0 else paths[::-1]
+
+
 def admin_get(status_path: Path, path: str, out: Path) -> None:
     """Save one admin endpoint's answer (``/config_dump``, ``/stats``) of a sidecar's Envoy to ``out``."""
     import urllib.request
@@ -368,9 +374,7 @@ def main() -> int:
             cpu: dict[str, dict[str, float]] = {name: {} for name, _, _ in paths}
             per_round: dict[str, list[float]] = {name: [] for name, _, _ in paths}
             for round_no in range(args.rounds):  # interleaved, so that a change in machine load hits every path
-                # ABBA order (forward, then backward, ...): a drift in the neighbours' load over the run then
-                # weighs on every path alike instead of always on the last one of a round
-                for name, port, host in (paths if round_no % 2 == 0 else paths[::-1]):
+                for name, port, host in round_order(paths, round_no):
                     before = {k: cpu_seconds(pid) for k, pid in cpu_pids.items()}
                     gen_before = resource.getrusage(resource.RUSAGE_CHILDREN)
                     raw = run_generator(port, host, args)

@@ -396,6 +396,11 @@ def main() -> int:
             for name, parts in cpu_us.items():
                 print(f"  CPU per request, {name}: " + ", ".join(f"{k} {v:.1f} us" for k, v in parts.items()),
                       flush=True)
+            added_cpu = {side: round(cpu_us["mtls"][f"mTLS {side} envoy"] - cpu_us["sidecar"][f"{side} envoy"], 1)
+                         for side in ("client", "server")}
+            print(f"  Envoy CPU per request added by mTLS + RBAC: client {added_cpu['client']:+.1f} us, server "
+                  f"{added_cpu['server']:+.1f} us (the hop's own cost; the latency figures below add the host's "
+                  "queueing)", flush=True)
             spread = [round(m - p, 3) for m, p in zip(per_round["mtls"], per_round["sidecar"])]
             print(f"  mTLS - plaintext p50 per round: {', '.join(f'{d:+.3f}' for d in spread)} ms (median "
                   f"{statistics.median(spread):+.3f}, min {min(spread):+.3f}, max {max(spread):+.3f})", flush=True)
@@ -436,7 +441,8 @@ def main() -> int:
                   "measures the neighbours: compare runs at a low load average", flush=True)
             if args.json:
                 Path(args.json).write_text(json.dumps({"results": results, "added_ms": added,
-                                                       "cpu_us_per_request": cpu_us, "mtls_minus_plain_p50_per_round": spread,
+                                                       "cpu_us_per_request": cpu_us, "mtls_added_envoy_cpu_us": added_cpu,
+                                                       "mtls_minus_plain_p50_per_round": spread,
                                                        "added_by_mtls_ms": added_tls,
                                                        "loadavg_before_after": [load_before[0], load_after[0]],
                                                        "rate": args.rate, "connections": args.connections,

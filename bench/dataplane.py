@@ -367,7 +367,8 @@ def main() -> int:
                      ("mtls", tls_outbound, f"{service}-tls"))
             pooled: dict[str, dict] = {name: {"latency": [], "service": [], "errors": []} for name, _, _ in paths}
             # CPU per request of each process on a path: on 2 shared cores, CPU is what turns into queueing
-            cpu_pids = {"app": app.pid, "client envoy": envoy_pid(client_status), "server envoy": envoy_pid(server_status),
+            cpu_pids = {"app": app.pid,
+                        "client envoy": envoy_pid(client_status), "server envoy": envoy_pid(server_status),
                         "mTLS client envoy": envoy_pid(c2_status), "mTLS server envoy": envoy_pid(s2_status)}
             on_path = {"direct": ("app",), "sidecar": ("client envoy", "server envoy", "app"),
                        "mtls": ("mTLS client envoy", "mTLS server envoy", "app")}
@@ -411,8 +412,9 @@ def main() -> int:
             for what, status_path in (("client", client_status), ("server", server_status),
                                       ("mTLS client", c2_status), ("mTLS server", s2_status)):
                 print(f"  {what} sidecar counters: {connection_counters(status_path)}", flush=True)
-                admin_get(status_path, "/config_dump?include_eds", workdir / f"{what.replace(' ', '-')}.config_dump.json")
-                admin_get(status_path, "/stats", workdir / f"{what.replace(' ', '-')}.stats.txt")
+                stem = what.replace(" ", "-")
+                admin_get(status_path, "/config_dump?include_eds", workdir / f"{stem}.config_dump.json")
+                admin_get(status_path, "/stats", workdir / f"{stem}.stats.txt")
             print(f"  Envoy config dumps and stats: {workdir}/*.config_dump.json, *.stats.txt", flush=True)
             pools = {"client sidecar -> server sidecar": (client_status, f"cluster.{service}."),
                      "server sidecar -> app": (server_status, "cluster.bench-srv-"),

@@ -27,7 +27,14 @@ set up), then its counters are zeroed (``callgrind_control -z``), it serves
 the counters are dumped: instructions / requests per Envoy. Idle work in the
 same interval (timers, stats flush) is included; ``--idle`` measures it alone.
 
-Usage:  .venv/bin/python bench/dataplane_instructions.py [--requests 2000] [--connections 8] [--json FILE]
+``--split`` adds a diagnostic pair (mTLS without the RBAC filter, never rendered
+by the projector) to split the added instructions between TLS and RBAC.
+Callgrind counts user-space instructions only: the kernel's share (the same
+kinds and numbers of socket calls on both hops) is not in the figure, nor
+is the handshake (connections are set up during the warm-up).
+
+Usage:  .venv/bin/python bench/dataplane_instructions.py [--requests 2000] [--connections 8] [--split] [--idle S]
+                                                        [--json FILE]
 """
 
 from __future__ import annotations
@@ -200,8 +207,8 @@ def measure(kind: str, workdir: Path, app_port: int, args: argparse.Namespace, b
     s_admin, s_port, c_admin, c_port = free_ports(4)
     if tls:
         _write_identities(workdir)
-    server = CountedEnvoy(f"{kind}-server", workdir / "server", server_bootstrap(s_admin, s_port, app_port, tls, rbac=kind != "mtls-no-rbac"),
-                          s_admin, base_id)
+    server = CountedEnvoy(f"{kind}-server", workdir / "server",
+                          server_bootstrap(s_admin, s_port, app_port, tls, rbac=kind != "mtls-no-rbac"), s_admin, base_id)
     client = CountedEnvoy(f"{kind}-client", workdir / "client", client_bootstrap(c_admin, c_port, s_port, tls),
                           c_admin, base_id + 1)
     try:
@@ -216,7 +223,8 @@ def measure(kind: str, workdir: Path, app_port: int, args: argparse.Namespace, b
             for e in (server, client):
                 e.zero()
             time.sleep(args.idle)
-            out["idle_instructions_per_s"] = {e.name: round(e.dump_instructions() / args.idle) for e in (server, client)}
+            out["idle_instructions_per_s"] = {e.name: round(e.dump_instructions() / args.idle)
+                                              for e in (server, client)}
         for e in (server, client):
             e.zero()
         started = time.monotonic()

@@ -46,7 +46,8 @@ def test_the_mtls_server_hop_is_the_rendered_listener_with_tls_and_rbac_for_the_
     assert chain["transport_socket"]["typed_config"]["require_client_certificate"] is True
     assert filters == [mesh_tls.RBAC_HTTP_FILTER, "envoy.filters.http.router"]
     rbac = chain["filters"][0]["typed_config"]["http_filters"][0]["typed_config"]
-    principals = [p["authenticated"]["principal_name"]["prefix"] for p in rbac["rules"]["policies"]["callers"]["principals"]]
+    principals = [p["authenticated"]["principal_name"]["prefix"]
+                  for p in rbac["rules"]["policies"]["callers"]["principals"]]
     assert principals == list(mesh_tls.allowed_principals(instr.DOMAIN, [instr.CALLER], allow_mesh=False))
     assert mesh_tls.sidecar_prefix(instr.DOMAIN) not in principals  # the caller's service, not the whole mesh
 

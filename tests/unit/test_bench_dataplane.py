@@ -8,29 +8,17 @@ paths in ABBA order.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from projector import mesh_tls
+from tests.support.benches import bench_module
 
-BENCH = Path(__file__).resolve().parents[1].parent / "bench"
-
-
-def _bench_module(name: str):
-    """A bench script, loaded by path (bench/ is scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = sys.modules[name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-instr = _bench_module("dataplane_instructions")
-dataplane = _bench_module("dataplane")
+instr = bench_module("dataplane_instructions")
+dataplane = bench_module("dataplane")
 
 
 def _filters(bootstrap: dict) -> tuple[dict, list[str]]:

@@ -10,8 +10,9 @@ Setup (everything real, on 127.0.0.1, ports picked at run time):
   thread): the server's, in front of the app, and the client's, whose app
   depends on the server's service.
 
-Paths measured in interleaved rounds (direct, sidecar, direct, sidecar, ...;
-latencies pooled per path), same generator, same app:
+Paths measured in interleaved rounds (direct, sidecar, mtls, then mtls,
+sidecar, direct, ...: ABBA order, so a drift of the neighbours' load weighs on
+every path alike; latencies pooled per path), same generator, same app:
 - direct:  generator -> app
 - sidecar: generator -> client sidecar 127.0.0.1:<outbound> (Host: <service>)
            -> server sidecar <inbound> -> app           (two Envoy hops: the mesh)
@@ -32,11 +33,23 @@ process. Its own scheduling jitter is part of both paths' figures, which is
 why the figure of interest is the difference.
 
 The seeds' benchmark point: 40 connections, 1,600 requests/s. Defaults:
-2 rounds of 2 s warm-up + 10 s measured per path (32,000 measured requests
-per path). The 1-minute load average is printed before and after: on a
-shared machine the tail mostly measures the neighbours.
+6 rounds of 2 s warm-up + 5 s measured per path (48,000 measured requests
+per path): many short rounds, because on a shared 2-core host one round's
+p50 is mostly the neighbours' load at that moment (per-round mTLS-plaintext
+differences of +0.2 and +1.4 ms in one 2-round run); the per-round
+differences are printed with their median, min and max beside the pooled
+figure. The 1-minute load average is printed before, after, and with every
+round.
 
-Usage:  .venv/bin/python bench/dataplane.py [--duration 10] [--rounds 2] [--rate 1600] [--connections 40]
+Evidence printed beside the latencies (issue 13: where does the mTLS hop's
+time go?): CPU microseconds per request of each process on a path (Envoys
+and app from /proc, the generator from rusage; warm-up requests included),
+the TLS handshakes and connection/request counters of the four sidecars
+(``ssl.handshake`` vs ``upstream_rq_total``: are connections reused?), and
+the connections established to each server sidecar's inbound port (``ss``).
+Each Envoy's /config_dump and /stats are saved in the work dir.
+
+Usage:  .venv/bin/python bench/dataplane.py [--duration 5] [--rounds 6] [--rate 1600] [--connections 40]
                                             [--bootstrap HOST:PORT] [--json FILE]
 """
 
@@ -46,6 +59,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import signal
 import socket
 import statistics
@@ -182,6 +196,50 @@ def envoy_stats(status_path: Path, prefix: str) -> dict[str, int]:
     return out
 
 
+def round_order(paths: tuple, round_no: int) -> tuple:
+    """ABBA order (forward, then backward, ...): a drift in the neighbours' load over the run then weighs on
+    every path alike, instead of always on the last path of a round."""
+    return paths if round_no % 2 == 0 else paths[::-1]
+
+
+def admin_get(status_path: Path, path: str, out: Path) -> None:
+    """Save one admin endpoint's answer (``/config_dump``, ``/stats``) of a sidecar's Envoy to ``out``."""
+    import urllib.request
+
+    admin = json.loads(Path(status_path).read_text())["ports"]["admin"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}{path}", timeout=10) as response:
+        out.write_bytes(response.read())
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process, all its threads (/proc/<pid>/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def established_to(port: int) -> int:
+    """Established TCP connections whose peer port is ``port`` (``ss -tnH``): the pool from one sidecar to another."""
+    try:
+        out = subprocess.run(["ss", "-tnH", "state", "established", f"( dport = :{port} )"],
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return -1
+    return sum(1 for line in out.splitlines() if line.strip())
+
+
+def connection_counters(status_path: Path) -> dict[str, int]:
+    """A sidecar's counters that tell whether connections are reused: TLS handshakes, connections, requests."""
+    keep = (".ssl.handshake", ".ssl.session_reused", ".ssl.connection_error", ".upstream_cx_total",
+            ".upstream_rq_total", ".downstream_cx_total", ".downstream_rq_total")
+    stats = envoy_stats(status_path, "")
+    return {k: v for k, v in sorted(stats.items()) if k.endswith(keep) and v
+            and not k.startswith(("cluster.meshlog_xds", "listener.admin", "http.admin", "cluster_manager"))}
+
+
+def envoy_pid(status_path: Path) -> int:
+    return json.loads(Path(status_path).read_text())["envoy"]["pid"]
+
+
 def sidecar_argv(workdir: Path, bootstrap: str, gateway: str, *, service: str, instance: str, app_port: int,
                  depends_on: str | None = None, identity=None) -> tuple[list[str], int, Path]:
     from meshlog.kafka_local import free_port
@@ -198,6 +256,10 @@ def sidecar_argv(workdir: Path, bootstrap: str, gateway: str, *, service: str, i
     return argv, outbound, cache / "status.json"
 
 
+def inbound_port(argv: list[str]) -> int:
+    return int(argv[argv.index("--inbound-port") + 1])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command")
@@ -207,9 +269,9 @@ def main() -> int:
     for p in (parser, gen):
         p.add_argument("--rate", type=float, default=1600.0, help="requests per second (default 1600)")
         p.add_argument("--connections", type=int, default=40, help="keep-alive connections (default 40)")
-        p.add_argument("--duration", type=float, default=10.0, help="measured seconds per path (default 10)")
+        p.add_argument("--duration", type=float, default=5.0, help="measured seconds per path and round (default 5)")
         p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first (default 2)")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per path, pooled (default 2)")
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds per path, pooled (default 6)")
     parser.add_argument("--bootstrap", help="an existing Kafka (default: start one for the bench)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
@@ -304,14 +366,56 @@ def main() -> int:
             paths = (("direct", app_port, "localhost"), ("sidecar", outbound, service),
                      ("mtls", tls_outbound, f"{service}-tls"))
             pooled: dict[str, dict] = {name: {"latency": [], "service": [], "errors": []} for name, _, _ in paths}
+            # CPU per request of each process on a path: on 2 shared cores, CPU is what turns into queueing
+            cpu_pids = {"app": app.pid,
+                        "client envoy": envoy_pid(client_status), "server envoy": envoy_pid(server_status),
+                        "mTLS client envoy": envoy_pid(c2_status), "mTLS server envoy": envoy_pid(s2_status)}
+            on_path = {"direct": ("app",), "sidecar": ("client envoy", "server envoy", "app"),
+                       "mtls": ("mTLS client envoy", "mTLS server envoy", "app")}
+            cpu: dict[str, dict[str, float]] = {name: {} for name, _, _ in paths}
+            per_round: dict[str, list[float]] = {name: [] for name, _, _ in paths}
             for round_no in range(args.rounds):  # interleaved, so that a change in machine load hits every path
-                for name, port, host in paths:
+                for name, port, host in round_order(paths, round_no):
+                    before = {k: cpu_seconds(pid) for k, pid in cpu_pids.items()}
+                    gen_before = resource.getrusage(resource.RUSAGE_CHILDREN)
                     raw = run_generator(port, host, args)
+                    gen_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    for k, pid in cpu_pids.items():
+                        cpu[name][k] = cpu[name].get(k, 0.0) + cpu_seconds(pid) - before[k]
+                    cpu[name]["generator"] = cpu[name].get("generator", 0.0) + (
+                        gen_after.ru_utime + gen_after.ru_stime - gen_before.ru_utime - gen_before.ru_stime)
                     for key in pooled[name]:
                         pooled[name][key] += raw[key]
+                    per_round[name].append(_pct(raw["latency"], .5) * 1000)
                     print(f"  round {round_no + 1} {name}: p50 {_pct(raw['latency'], .5) * 1000:.3f} ms, "
-                          f"p99 {_pct(raw['latency'], .99) * 1000:.3f} ms", flush=True)
+                          f"p99 {_pct(raw['latency'], .99) * 1000:.3f} ms (load average {os.getloadavg()[0]:.2f})",
+                          flush=True)
             results = {name: summarize(raw, args.duration * args.rounds) for name, raw in pooled.items()}
+            sent = {name: (args.duration + args.warmup) * args.rate * args.rounds for name in cpu}  # incl. warm-up
+            cpu_us = {name: {k: round(v / sent[name] * 1e6, 1) for k, v in cpu[name].items()
+                             if k in on_path[name] + ("generator",)} for name in cpu}
+            for name, parts in cpu_us.items():
+                print(f"  CPU per request, {name}: " + ", ".join(f"{k} {v:.1f} us" for k, v in parts.items()),
+                      flush=True)
+            added_cpu = {side: round(cpu_us["mtls"][f"mTLS {side} envoy"] - cpu_us["sidecar"][f"{side} envoy"], 1)
+                         for side in ("client", "server")}
+            print(f"  Envoy CPU per request added by mTLS + RBAC: client {added_cpu['client']:+.1f} us, server "
+                  f"{added_cpu['server']:+.1f} us (the hop's own cost; the latency figures below add the host's "
+                  "queueing)", flush=True)
+            spread = [round(m - p, 3) for m, p in zip(per_round["mtls"], per_round["sidecar"])]
+            print(f"  mTLS - plaintext p50 per round: {', '.join(f'{d:+.3f}' for d in spread)} ms (median "
+                  f"{statistics.median(spread):+.3f}, min {min(spread):+.3f}, max {max(spread):+.3f})", flush=True)
+            for what, (status_path, argv_) in {"plaintext": (server_status, server_argv),
+                                               "mTLS": (s2_status, s2_argv)}.items():
+                print(f"  {what} server sidecar: {established_to(inbound_port(argv_))} established connections to "
+                      "its inbound port (ss)", flush=True)
+            for what, status_path in (("client", client_status), ("server", server_status),
+                                      ("mTLS client", c2_status), ("mTLS server", s2_status)):
+                print(f"  {what} sidecar counters: {connection_counters(status_path)}", flush=True)
+                stem = what.replace(" ", "-")
+                admin_get(status_path, "/config_dump?include_eds", workdir / f"{stem}.config_dump.json")
+                admin_get(status_path, "/stats", workdir / f"{stem}.stats.txt")
+            print(f"  Envoy config dumps and stats: {workdir}/*.config_dump.json, *.stats.txt", flush=True)
             pools = {"client sidecar -> server sidecar": (client_status, f"cluster.{service}."),
                      "server sidecar -> app": (server_status, "cluster.bench-srv-"),
                      "mTLS client sidecar -> server sidecar": (c2_status, f"cluster.{service}-tls."),
@@ -339,6 +443,8 @@ def main() -> int:
                   "measures the neighbours: compare runs at a low load average", flush=True)
             if args.json:
                 Path(args.json).write_text(json.dumps({"results": results, "added_ms": added,
+                                                       "cpu_us_per_request": cpu_us, "mtls_added_envoy_cpu_us": added_cpu,
+                                                       "mtls_minus_plain_p50_per_round": spread,
                                                        "added_by_mtls_ms": added_tls,
                                                        "loadavg_before_after": [load_before[0], load_after[0]],
                                                        "rate": args.rate, "connections": args.connections,

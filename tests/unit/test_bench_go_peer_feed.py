@@ -11,29 +11,16 @@ from __future__ import annotations
 
 import argparse
 import base64
-import importlib.util
-import sys
-from pathlib import Path
 
 import orjson
 import pytest
 
 from events.topics import VIEW_MEMBERSHIP, VIEW_RESOURCES
 from projector.typeurls import CLUSTER, ENDPOINT
+from tests.support.benches import bench_module
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-def _bench_module(name: str):
-    """A bench script, loaded by path (bench/ is scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = sys.modules[name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-xds_fanout = _bench_module("xds_fanout")
-_go_feed = _bench_module("xds_fanout_go")
+xds_fanout = bench_module("xds_fanout")
+_go_feed = bench_module("xds_fanout_go")
 FeedBuilder, peer_feed = _go_feed.FeedBuilder, _go_feed.peer_feed
 
 

@@ -4,7 +4,7 @@ Usage: python bench/replay_decode.py [--rounds N] [--events N]
 
 Prints microseconds per event (the minimum over the rounds, memo warm) for
 ``events.codec.decode_record`` (pydantic, the one schema) and
-``replay.decode.RecordDecoder`` (msgspec header + the memo of validated
+``events.record_decoder.RecordDecoder`` (msgspec header + the memo of validated
 payloads), for records that are unsigned, signed one by one, and signed in
 batches of 50 (one signature, a Merkle proof per event). The equivalence of
 the two decoders is proven by tests/unit/replay/test_decode*.py; this only
@@ -22,11 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from events.codec import decode_record, encode  # noqa: E402
 from events.envelope import new_event  # noqa: E402
-from replay.decode import RecordDecoder  # noqa: E402
+from events.record_decoder import RecordDecoder  # noqa: E402
 from tests.unit.projector.helpers import OCCURRED  # noqa: E402
 from tests.unit.projector.signed import Trust, sidecar  # noqa: E402
 from tests.unit.replay.history import RandomHistory  # noqa: E402
-from tests.unit.replay.test_decode import Rec  # noqa: E402
+from tests.unit.events.test_record_decoder import Rec  # noqa: E402
 
 
 def per_event_us(decode, records) -> float:

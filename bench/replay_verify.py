@@ -7,7 +7,7 @@ deregistration alone by its instance's sidecar identity, health transitions
 by the checker in batches of 1,000 (``append_batch``: one signature over a
 Merkle root, a proof per event), rules alone by an operator; the
 certificates' issuance events signed by the root. Each record goes through
-replay's own decoder (``replay.decode.RecordDecoder``) and ``fold_many`` in
+replay's own decoder (``events.record_decoder.RecordDecoder``) and ``fold_many`` in
 batches of 5,000, as ``replay --at --no-snapshot`` runs them after the fetch
 (the fetch is left out: it costs both logs alike, the signed one ~40 % more
 bytes).
@@ -144,9 +144,9 @@ BASE_MS = int(time.time() * 1000)  # the records' broker time: one for every run
 
 
 def run(values, verifier, pool, attestations=()) -> tuple[float, float, bytes]:
-    from replay.decode import RecordDecoder
+    from events.record_decoder import RecordDecoder
     from replay.engine import no_gc
-    from tests.unit.replay.test_decode import Rec
+    from tests.unit.events.test_record_decoder import Rec
 
     records = [Rec(v, topic, 0, i, BASE_MS + i) for i, (topic, v) in enumerate(values)]
     decoder = RecordDecoder()
@@ -214,7 +214,7 @@ def main() -> int:
     projector = stats["projector"]
     # the projector's attestation records: one per batch it folded (5,000 events here), signed by it
     from projector.attestations import KEY, encode_attestation
-    from tests.unit.replay.test_decode import Rec
+    from tests.unit.events.test_record_decoder import Rec
 
     per = 5000 * len(vouches) // max(1, args.events)
     attestations = [Rec(encode_attestation(vouches[i: i + per], projector), topics.ATTESTATIONS, 0, n, BASE_MS + args.events)

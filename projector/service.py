@@ -36,7 +36,9 @@ Processing (one loop, one batch at a time):
 
 1. ``getmany`` up to ``max_batch`` records (read_committed); records at
    offsets already folded are skipped (idempotent re-delivery).
-2. Decode each (``events.undecodable.try_decode``: total); an invalid record is
+2. Decode each (``events.undecodable.try_decode``: total, through the
+   memoizing ``events.record_decoder``: exactly the codec's answer, a
+   repeated payload validated once); an invalid record is
    dead-lettered (``projector.deadletter``) and processing goes on. Fold the
    batch with ``fold_many`` (equal to folding one by one); should the fold
    raise, the batch is refolded one event at a time and the offending event
@@ -136,6 +138,7 @@ from events.errors import EventValidationError
 from meshlog.outage import KafkaOutageLog
 from events.kafka_security import connection_kwargs
 from events.printable import printable
+from events.record_decoder import RecordDecoder
 from events.undecodable import REASON_MAX, UndecodableLog, decode_or_skip, try_decode
 from projector import publisher as pub
 from projector.deadletter import dead_letter_key, dead_letter_record, parse_dead_letter
@@ -382,6 +385,9 @@ class ProjectorService:
         self._fetched_at: float | None = None  # time.time() when the last non-empty fetch returned
         # a broker outage reads as: started, still failing (at a backoff), ended (meshlog.outage)
         self._outage = KafkaOutageLog(f"Kafka at {config.bootstrap}", log)
+        # the codec's answer for every record, a repeated payload (health flaps, re-registrations) validated once:
+        # decoding was the largest share of a batch, and every projector worker decodes every event
+        self._decoder = RecordDecoder()
         self.verifier: Any = None  # identity.verifier.Verifier, None in insecure mode
         self._identities: Any = None  # projector.identities.IdentityFeed, once started
         if not config.insecure_events:
@@ -782,7 +788,7 @@ class ProjectorService:
         decoded: list[tuple[Any, Logged]] = []
         dead: list[tuple[Any, BaseException, str]] = []
         for r in fresh:
-            got = try_decode(r)  # total: an event, or why not (events.undecodable)
+            got = try_decode(r, self._decoder)  # total: an event, or why not (events.undecodable)
             if isinstance(got, EventValidationError):
                 dead.append((r, got, "decode"))
             else:

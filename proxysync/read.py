@@ -2,7 +2,7 @@
 
 Invariants:
 - Read-only and from the log alone: no gateway is asked anything.
-- Sync records decode through ``events.codec`` (``replay.decode``); one that
+- Sync records decode through ``events.codec`` (``events.record_decoder``); one that
   does not is counted and skipped, never folded and never fatal.
 - ``until_ms`` cuts both topics at a broker time (LogAppendTime: a prefix of
   each partition), so replay can ask for "as of T".
@@ -19,7 +19,7 @@ from events.envelope import Logged
 from events.errors import EventValidationError
 from projector.publisher import parse_membership_value
 from proxysync.table import SyncTable
-from replay.decode import RecordDecoder
+from events.record_decoder import RecordDecoder
 from replay.source import read_range
 
 

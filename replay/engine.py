@@ -60,7 +60,7 @@ from projector.fold import FoldBuffer, fold_many, fold_with_decisions
 from projector.render import RenderedMesh, render, render_all
 from projector.state import MeshState, empty_state, same_state
 from projector.versioning import version_of
-from replay.decode import RecordDecoder
+from events.record_decoder import RecordDecoder
 from replay.node_view import NodeViewTracker
 from replay.snapshots import ChosenSnapshot, find_snapshot
 from replay.source import Cut, Undecodable, existing_topics, first_event_ms, iter_cut, new_consumer, plan_cut

@@ -177,7 +177,7 @@ def _portable(exc: BaseException) -> BaseException:
 
 
 async def _read(conn, bootstrap: str, start: dict, stop: dict, batch: int, stall_s: float) -> None:
-    from replay.decode import RecordDecoder
+    from events.record_decoder import RecordDecoder
     from replay.source import iter_cut, new_consumer
 
     cut = Cut(start={TopicPartition(*k): v for k, v in start.items()},

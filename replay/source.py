@@ -18,7 +18,7 @@ Invariants:
   stays bounded by what is fetched ahead, not by the length of the log.
 - A record that does not decode is reported, not folded, and never stops a
   read: it is skipped as every reader skips it (``events.undecodable``).
-  Decoding follows ``events.codec`` exactly (``replay.decode``), topic check
+  Decoding follows ``events.codec`` exactly (``events.record_decoder``), topic check
   included; whether the live projector dead-lettered a record is a separate
   question (``replay.deadletters``).
 """
@@ -39,7 +39,7 @@ from events.admin import partitions_of
 from events.envelope import Logged
 from events.kafka_security import connection_kwargs
 from events.undecodable import Undecodable, UndecodableLog, decode_or_skip
-from replay.decode import RecordDecoder
+from events.record_decoder import RecordDecoder
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from proxysync.read import read_sync
 from proxysync.status_cli import proxy_row
 from replay.acceptance import diff_sync_docs, sync_records_for
 from replay import report
-from replay.decode import RecordDecoder
+from events.record_decoder import RecordDecoder
 from replay.engine import (
     Dropped, NotFound, OutOfRange, Rebuilt, check_instant, if_changes_something, iso, node_versions, rebuild, walk,
 )

@@ -14,7 +14,7 @@ from events.codec import DECODER_BUG, decode, decode_record, encode
 from events.envelope import Envelope, Logged, new_event
 from events.errors import EventValidationError
 from events.types import InstanceHealthChanged, InstanceRegistered, RouteRuleUpserted
-from replay.decode import RecordDecoder
+from events.record_decoder import RecordDecoder
 from tests.support import poison
 
 HEALTH = InstanceHealthChanged(service="web", instance_id="w1", status="unhealthy", reason="probe", observer="hc/1")

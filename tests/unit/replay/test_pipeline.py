@@ -15,12 +15,12 @@ import pytest
 from events.codec import encode
 from events.envelope import Logged, new_event
 from replay import pipeline
-from replay.decode import RecordDecoder
+from events.record_decoder import RecordDecoder
 from replay.pipeline import RowReader, RowWriter
 from tests.unit.projector.helpers import OCCURRED
 from tests.unit.projector.signed import Trust, sidecar
 from tests.unit.replay.history import RandomHistory
-from tests.unit.replay.test_decode import Rec
+from tests.unit.events.test_record_decoder import Rec
 
 
 def _log(n: int = 400) -> list[Logged]:

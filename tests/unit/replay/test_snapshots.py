@@ -20,7 +20,7 @@ from events.envelope import new_event
 from projector.fold import fold_many
 from projector.snapshots import encode_snapshot
 from projector.state import empty_state, state_to_bytes
-from replay.decode import RecordDecoder
+from events.record_decoder import RecordDecoder
 from replay.engine import rebuild
 from replay.snapshots import Candidate, choose, find_snapshot, valid_for
 from tests.unit.replay.fake_consumer import FakeConsumer, Rec

@@ -1,4 +1,4 @@
-"""replay.decode: the memoizing decoder agrees with events.codec on every input."""
+"""events.record_decoder: the memoizing decoder agrees with events.codec on every input."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from events import types as t
 from events.codec import decode_record, encode
 from events.envelope import new_event
 from events.errors import EventValidationError
-from replay.decode import RecordDecoder
+from events.record_decoder import RecordDecoder
 from tests.unit.events import strategies as S
 from tests.unit.replay.history import RandomHistory
 
@@ -183,7 +183,7 @@ def test_the_same_payload_in_another_envelope_layout_is_a_memo_hit():
 def test_a_memo_hit_builds_the_envelope_the_codec_builds_still_frozen():
     import dataclasses
 
-    from replay.decode import _UNSIGNED_ENVELOPE
+    from events.record_decoder import _UNSIGNED_ENVELOPE
 
     assert _UNSIGNED_ENVELOPE is not None  # the envelope's fields are the ones the fast constructor sets
     decoder = RecordDecoder()

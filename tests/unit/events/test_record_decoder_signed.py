@@ -1,4 +1,4 @@
-"""replay.decode on signed envelopes: the fast path agrees with events.codec, signed_bytes included.
+"""events.record_decoder on signed envelopes: the fast path agrees with events.codec, signed_bytes included.
 
 A signed record decoded from the memo must carry what the verifier reads (signer, signature, proof and
 the exact ``signed_bytes``), so a good signature verifies and a tampered record is still refused.
@@ -13,12 +13,12 @@ from hypothesis import given, settings
 from events.codec import decode_record, encode
 from events.envelope import new_event
 from events.errors import EventValidationError
-from replay.decode import RecordDecoder
+from events.record_decoder import RecordDecoder
 from tests.unit.projector.signed import MS0, Trust, sidecar
 from tests.unit.projector.helpers import OCCURRED
 from tests.unit.events import strategies as S
 from tests.unit.replay.history import RandomHistory
-from tests.unit.replay.test_decode import Rec
+from tests.unit.events.test_record_decoder import Rec
 
 TOPIC = "meshlog.registrations"
 

@@ -1,4 +1,7 @@
-"""Decoding event records for replay: ``events.codec`` semantics, memoized payloads.
+"""Decoding event records fast: ``events.codec`` semantics, memoized payloads.
+
+Used wherever many records are read: the live projector, replay, the proxy
+sync reader.
 
 Invariants:
 - ``RecordDecoder()(record)`` returns exactly what ``events.codec.decode_record``

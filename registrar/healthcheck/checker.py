@@ -269,9 +269,17 @@ class Checker:
             return max(0.1, deadline - loop.time())
 
         self.running = False
-        for task in list(self._tasks.values()) + background:
+        log.info("checker %s stopping: %d probes, then leaving group %s", self.s.checker_id, len(self._tasks),
+                 self.s.group)
+        tasks = list(self._tasks.values()) + background
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks.values(), *background, return_exceptions=True)
+        if tasks:
+            # bounded like every other step: a task that does not end when cancelled is named, not waited for
+            _done, stuck = await asyncio.wait(tasks, timeout=left())
+            if stuck:
+                log.warning("checker %s: %d tasks still running after cancel: %s", self.s.checker_id, len(stuck),
+                            ", ".join(sorted(t.get_name() for t in stuck))[:500])
         self._tasks.clear()
         if self._appends:  # let decided transitions reach the log (bounded)
             await asyncio.wait(list(self._appends), timeout=left())

@@ -159,7 +159,11 @@ class Checker:
 
     def sigterm(self, timeout: float = 20) -> int:
         self.process.proc.send_signal(signal.SIGTERM)
-        return self.process.proc.wait(timeout)
+        try:
+            return self.process.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"checker {self.id} still running {timeout:g} s after SIGTERM; its log ends:\n"
+                                 + self.log()[-3000:]) from None
 
 
 def key_for_shard(prefix: str, shard: int, partitions: int = topics.HEALTHCHECK_SHARD_COUNT) -> str:

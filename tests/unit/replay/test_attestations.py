@@ -29,7 +29,8 @@ from events import topics
 from events import types as t
 from events.codec import encode
 from identity.verifier import signature_digest
-from projector.attestations import (MAGIC, AttestationError, _LEN, decode_attestation, encode_attestation)
+from projector.attestations import MAGIC, AttestationError, decode_attestation, encode_attestation
+from projector.framing import HEADER_LEN as _LEN
 from projector.fold import fold_many
 from projector.state import empty_state
 from replay import attestations

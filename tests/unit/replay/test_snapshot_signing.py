@@ -21,7 +21,8 @@ from identity import pki, records, spiffe
 from identity.registry import EMPTY, fold_many as fold_identities
 from identity.verifier import Verifier
 from events.envelope import Logged, new_event
-from projector.snapshots import MAGIC, _LEN, decode_header, encode_snapshot
+from projector.framing import HEADER_LEN as _LEN
+from projector.snapshots import MAGIC, decode_header, encode_snapshot
 from projector.state import empty_state, state_to_bytes
 from replay.engine import rebuild
 from replay.snapshots import find_snapshot, snapshot_refusal

@@ -70,9 +70,15 @@ def registration(n: int) -> t.InstanceRegistered:
                                 port=8080)
 
 
-async def leader_of(bootstrap: str, topic: str) -> tuple[int, list[int]]:
-    """The leader and in-sync replicas of ``topic``'s partition 0."""
-    return (await failover.partition_leaders(bootstrap, topic))[0]
+async def leader_of(bootstrap: str, topic: str, wait_s: float = 30.0) -> tuple[int, list[int]]:
+    """The leader and in-sync replicas of ``topic``'s partition 0 (a topic just created may take a moment to
+    show its partitions in the metadata: asked again, bounded)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        leaders = await failover.partition_leaders(bootstrap, topic)
+        if 0 in leaders or time.monotonic() > deadline:
+            return leaders[0]
+        await asyncio.sleep(0.5)
 
 
 async def logged_registrations(bootstrap: str) -> list[tuple[str, str]]:

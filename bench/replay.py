@@ -244,8 +244,10 @@ def run_cli(bootstrap: str, *args: str, code: str | None = None) -> tuple[float,
         argv = [str(BIN / "replay")]
     else:
         # the editable install's import finder would win over sys.path: drop it, then import from ``code``
+        # (its console script's entry point: replay.launch where the tree has it)
         boot = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f)]; "
-                f"sys.path.insert(0, {code!r}); from replay.cli import main; sys.exit(main())")
+                f"sys.path.insert(0, {code!r})\ntry: from replay.launch import main\nexcept ImportError: from replay.cli import main\n"
+                "sys.exit(main())")
         argv = [sys.executable, "-c", boot]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()

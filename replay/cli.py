@@ -255,6 +255,12 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
     return ["at", *lead, *rest]
 
 
+def command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` runs (as ``normalize_argv`` reads it); None for help or an empty command line."""
+    normalized = normalize_argv(argv)
+    return normalized[0] if normalized and normalized[0] in SUBCOMMANDS else None
+
+
 # ---------------------------------------------------------------- output helpers
 
 

@@ -86,9 +86,7 @@ its ``version_info``, plus a ``replay`` key saying which instant and node.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Callable, Collection, Iterable, Mapping
-
-from google.protobuf import any_pb2, json_format
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Mapping
 
 from events import types as t
 from events.envelope import Logged
@@ -97,11 +95,13 @@ from projector.render import RenderedMesh, node_ids
 from projector.render_view import Renderer
 from projector.state import Instance, MeshState
 from projector.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_URLS
-from proxysync.convergence import Acceptance
 from replay.engine import Dropped, Effect, ResourceKey, Step, Versions, iso
 
 FORMAT = 1
 GROUP_CAUSES = 20  # at most this many events of one group are listed as causes (inexact walks)
+
+if TYPE_CHECKING:  # a type only: `replay at` does not pay for proxysync's imports (its start-up is in every answer)
+    from proxysync.convergence import Acceptance
 
 KIND_OF_TYPE = {CLUSTER: "cluster", ENDPOINT: "endpoints", LISTENER: "listener", ROUTE: "route"}
 
@@ -318,6 +318,8 @@ def mesh_document(
 
 
 def body_json(type_url: str, body: bytes) -> dict:
+    from google.protobuf import any_pb2, json_format
+
     msg = any_pb2.Any(type_url=type_url, value=body)
     return json_format.MessageToDict(msg, preserving_proto_field_name=True)
 
@@ -345,6 +347,8 @@ def node_document(
         "resources": {u: dict(sorted(versions.get(u, {}).items())) for u in TYPE_URLS},
     }
     if bodies is not None:
+        from google.protobuf import json_format
+
         doc["bodies"] = {
             u: {
                 name: json_format.MessageToDict(msg, preserving_proto_field_name=True)
@@ -360,6 +364,7 @@ def config_dump(
 ) -> dict:
     """The node's resources the way Envoy's ``/config_dump`` shows dynamic resources."""
     from envoy.admin.v3 import config_dump_pb2, config_dump_shared_pb2 as shared
+    from google.protobuf import any_pb2, json_format
 
     def packed(msg) -> any_pb2.Any:
         out = any_pb2.Any()

@@ -450,15 +450,14 @@ def state_from_bytes(data: bytes) -> MeshState:
     doc = orjson.loads(data)
     if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
         raise ValueError(f"not a meshlog state snapshot of format {_FORMAT}")
-    instances = PMap.from_items(
-        (k, _instance_from_row(v)) for k, v in doc["instances"]
-    )
-    health = PMap.from_items((k, Health(v[0], v[1])) for k, v in doc["health"])
-    services = PMap.from_items((k, ServiceMeta(*v)) for k, v in doc["services"])
-    route_rules = PMap.from_items((k, RouteRuleUpserted.model_validate(v)) for k, v in doc["route_rules"])
-    policies = PMap.from_items((k, DestinationPolicyUpserted.model_validate(v)) for k, v in doc["policies"])
-    revisions = PMap.from_items((k, v) for k, v in doc["revisions"])
-    access = PMap.from_items((k, AccessPolicyUpserted.model_validate(v)) for k, v in doc.get("access", ()))
+    # from_dict: each map built in place at its final size (an evolver would copy-on-write bucket by bucket)
+    instances = PMap.from_dict({k: _instance_from_row(v) for k, v in doc["instances"]})
+    health = PMap.from_dict({k: Health(v[0], v[1]) for k, v in doc["health"]})
+    services = PMap.from_dict({k: ServiceMeta(*v) for k, v in doc["services"]})
+    route_rules = PMap.from_dict({k: RouteRuleUpserted.model_validate(v) for k, v in doc["route_rules"]})
+    policies = PMap.from_dict({k: DestinationPolicyUpserted.model_validate(v) for k, v in doc["policies"]})
+    revisions = PMap.from_dict({k: v for k, v in doc["revisions"]})
+    access = PMap.from_dict({k: AccessPolicyUpserted.model_validate(v) for k, v in doc.get("access", ())})
     return with_indexes(instances, health, services, route_rules, policies, revisions, access)
 
 
@@ -485,7 +484,7 @@ def with_indexes(
     for host, rule in route_rules.items():
         for service in rule_users(rule):
             users.setdefault(service, set()).add(host)
-    frozen = lambda d: PMap.from_items((k, frozenset(v)) for k, v in d.items())  # noqa: E731
+    frozen = lambda d: PMap.from_dict({k: frozenset(v) for k, v in d.items()})  # noqa: E731
     return MeshState(
         instances=instances,
         health=health,

@@ -12,7 +12,8 @@ Invariants:
   pending); each stream then takes the latest view itself, so bursts coalesce
   and a slow stream costs nobody else.
 - A stream whose client does not read its responses within
-  ``write_timeout_s`` is ended with RESOURCE_EXHAUSTED instead of holding
+  ``write_timeout_s`` (checked for all streams by one task,
+  ``xds_gateway.write_deadlines``: at most a quarter of it late) is ended with RESOURCE_EXHAUSTED instead of holding
   memory; the handler is gone within another ``write_timeout_s`` even if the
   status cannot be sent yet (it queues behind the unread response, so a
   client that reads again sees it, reconnects and resyncs cheaply with
@@ -79,6 +80,7 @@ from xds_gateway.protocol.limits import Refused
 from xds_gateway.protocol.sotw import SotwStream
 from xds_gateway.sync_log import SyncLog
 from xds_gateway.view_cache import ViewCache
+from xds_gateway.write_deadlines import WriteDeadlines
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +203,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.hold_s = hold_s
         self.sync_log = sync_log
         self.write_timeout_s = write_timeout_s
+        self._write_deadlines = WriteDeadlines(write_timeout_s)
         self.request_queue = request_queue
         self.limits = limits
         self.guard = guard
@@ -404,8 +407,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     # delta: assembled from each resource's bytes, serialized once for every stream
                     payload = response.encode() if kind == "delta" else response.SerializeToString()
                     try:
-                        async with asyncio.timeout(self.write_timeout_s):
-                            await context.write(payload)
+                        await self._write_deadlines.write(context, payload)
                     except TimeoutError:
                         metrics.SLOW_STREAMS_CLOSED.inc()
                         close_reason = "slow_client"

@@ -147,7 +147,10 @@ class StreamMachine:
     @property
     def blocked(self) -> bool:
         """True while any response on the stream awaits its ACK/NACK."""
-        return any(ts.pending for ts in self._types.values())
+        for ts in self._types.values():
+            if ts.pending:
+                return True
+        return False
 
     @property
     def has_deferred(self) -> bool:

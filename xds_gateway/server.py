@@ -277,6 +277,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, peer.refusal.detail)
         stream_id = f"{os.getpid()}-{next(_stream_ids)}"
         inbox = _Inbox()
+        handler = asyncio.current_task()  # the task writing this stream's responses
 
         async def read_requests() -> None:
             try:
@@ -407,7 +408,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     # delta: assembled from each resource's bytes, serialized once for every stream
                     payload = response.encode() if kind == "delta" else response.SerializeToString()
                     try:
-                        await self._write_deadlines.write(context, payload)
+                        await self._write_deadlines.write(context, payload, handler)
                     except TimeoutError:
                         metrics.SLOW_STREAMS_CLOSED.inc()
                         close_reason = "slow_client"

@@ -34,7 +34,11 @@ CHECKS_PER_TIMEOUT = 4
 
 
 class WriteDeadlines:
-    """``await deadlines.write(context, payload)``: ``context.write(payload)`` within ``timeout_s``."""
+    """``await deadlines.write(context, payload, task)``: ``context.write(payload)`` within ``timeout_s``.
+
+    ``task`` is the task awaiting the write (the stream's handler, looked up once per stream: on Python 3.11
+    ``asyncio.current_task`` costs a ``getpid`` system call per call); None looks it up.
+    """
 
     def __init__(self, timeout_s: float) -> None:
         if timeout_s <= 0:
@@ -45,8 +49,9 @@ class WriteDeadlines:
         self._expired: set[asyncio.Task] = set()  # tasks this watch cancelled, until their write returns
         self._checker: asyncio.Task | None = None
 
-    async def write(self, context, payload) -> None:
-        task = asyncio.current_task()
+    async def write(self, context, payload, task: asyncio.Task | None = None) -> None:
+        if task is None:
+            task = asyncio.current_task()
         self._writing[task] = time.monotonic() + self.timeout_s
         if self._checker is None:
             self._checker = asyncio.get_running_loop().create_task(self._check(), name="write-deadlines")

@@ -33,7 +33,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Awaitable, Callable, Sequence
@@ -211,11 +211,12 @@ class SyncLog:
                 self._idle.clear()
                 try:
                     await self._sink(batch)
-                    for env in batch:
-                        counter = self._appended.get(env.type)
+                    by_type = Counter(env.type for env in batch)  # one counter update per type and batch
+                    for kind, n in by_type.items():
+                        counter = self._appended.get(kind)
                         if counter is None:
-                            counter = self._appended[env.type] = metrics.SYNC_RECORDS.labels(env.type)
-                        counter.inc()
+                            counter = self._appended[kind] = metrics.SYNC_RECORDS.labels(kind)
+                        counter.inc(n)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - a broker outage must not end the writer

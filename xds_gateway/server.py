@@ -263,13 +263,13 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.detail)
         view_holds: list[Callable[[], None]] = []  # released however the stream ends
         try:
-            await self._serve_admitted(kind, context, view_holds)
+            await self._serve_admitted(kind, context, view_holds, connection)
         finally:
             for release in view_holds:
                 release()
             self._slots.give_back(connection)
 
-    async def _serve_admitted(self, kind: str, context, view_holds: list) -> None:
+    async def _serve_admitted(self, kind: str, context, view_holds: list, connection: str) -> None:
         peer = None
         if self.guard is not None:
             peer = self.guard.identify(context.auth_context())
@@ -328,7 +328,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         log.info("%s stream %s opened by node %s (%s)", kind, stream_id, shown_node, "known" if known else "not in the view")
         sync = self.sync_log
         if sync is not None:
-            sync.opened(stream_id, node_id, kind, context.peer(),
+            sync.opened(stream_id, node_id, kind, connection,
                         peer.identity.uri if peer is not None and peer.identity is not None else None)
         close_reason = "error"
         headers_sent = False

@@ -18,6 +18,7 @@ GRPC_CALL_ERROR_TOO_MANY_OPERATIONS and the client hung on a dead stream.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import grpc
@@ -154,10 +155,10 @@ async def test_a_stream_that_reads_is_not_shed():
 # ---------------------------------------------------------------- a real loopback stream
 
 
-@pytest.fixture
-async def loopback():
-    """A gateway servicer on 127.0.0.1 whose NODE view is one ~1.5 MB CDS response, and a non-reading client."""
-    servicer = AdsServicer(cache_with(3000, pad=200), write_timeout_s=TIMEOUT_S)
+@contextlib.asynccontextmanager
+async def served(cache: ViewCache):
+    """A gateway servicer of ``cache`` on 127.0.0.1 and one delta call of a client that reads only when told."""
+    servicer = AdsServicer(cache, write_timeout_s=TIMEOUT_S)
     server = grpc.aio.server()
     add_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -173,6 +174,13 @@ async def loopback():
         await server.stop(0)
 
 
+@pytest.fixture
+async def loopback():
+    """NODE's view is one ~1.5 MB CDS response, for a client that never reads."""
+    async with served(cache_with(3000, pad=200)) as (servicer, call):
+        yield servicer, call
+
+
 async def wait_for(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -182,21 +190,10 @@ async def wait_for(predicate, timeout: float, what: str) -> None:
 
 @pytest.fixture
 async def small_then_big():
-    """A gateway whose NODE view starts as one small CDS response (headers sent with it) and a client."""
+    """NODE's view starts as one small CDS response (the headers sent with it); the test grows it."""
     cache = cache_with(3)
-    servicer = AdsServicer(cache, write_timeout_s=TIMEOUT_S)
-    server = grpc.aio.server()
-    add_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.http2.bdp_probe", 0)])
-    call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).DeltaAggregatedResources()
-    try:
+    async with served(cache) as (servicer, call):
         yield cache, servicer, call
-    finally:
-        call.cancel()
-        await channel.close()
-        await server.stop(0)
 
 
 async def test_a_small_first_response_carries_the_headers_and_a_later_stall_is_still_told(small_then_big):

@@ -14,8 +14,9 @@ Invariants:
 - A stream whose client does not read its responses within
   ``write_timeout_s`` (checked for all streams by one task,
   ``xds_gateway.write_deadlines``: at most a quarter of it late) is ended
-  with RESOURCE_EXHAUSTED instead of holding memory; the handler is gone within another ``write_timeout_s`` even if the
-  status cannot be sent yet (it queues behind the unread response, so a
+  with RESOURCE_EXHAUSTED instead of holding memory; the handler is gone
+  within another ``write_timeout_s`` even if the status cannot be sent yet
+  (it queues behind the unread response, so a
   client that reads again sees it, reconnects and resyncs cheaply with
   ``initial_resource_versions``). The headers ride with a first response of
   at most ``HEADERS_WITH_FIRST_RESPONSE_MAX`` bytes and go out on their own

@@ -584,6 +584,64 @@ def harness_floor(ctx, subscribers: int, procs: int, body: bytes, rounds: int) -
             srv.join(5)
 
 
+class PhaseSampler:
+    """``--py-spy DIR``: py-spy samples the gateway process during one phase (its raw stacks to DIR/<phase>.txt),
+    and ``stop`` summarises them: the frames with the most samples, on their own and with what they call.
+
+    py-spy attaches to a running process (root, or ptrace allowed); ``native`` adds the C frames (grpc's core,
+    the kernel's send calls) at the price of pausing the process at each sample. Not installed: the phase runs
+    unsampled and the summary says so.
+    """
+
+    def __init__(self, out_dir: str, phase: str, pid: int, native: bool) -> None:
+        import shutil
+        import subprocess
+
+        self.path = Path(out_dir) / f"{phase}.txt"
+        self.phase = phase
+        exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        self.proc = None
+        if Path(exe).exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
+                                          "-o", str(self.path), "--native" if native else "--nonblocking"],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self, top: int = 25) -> str:
+        import signal
+
+        if self.proc is None:
+            return f"--- py-spy ({self.phase}): not installed (pip install py-spy)"
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(60)
+        return summarise_stacks(self.path, f"py-spy, gateway during {self.phase}", top)
+
+
+def summarise_stacks(path: Path, title: str, top: int = 25) -> str:
+    """The top frames of py-spy's raw output (one "frame;frame;... count" line per stack): own samples, then
+    samples in the frame or below it, each as a share of all samples (idle waits included when sampled)."""
+    own: dict[str, int] = {}
+    below: dict[str, int] = {}
+    total = 0
+    if path.exists():
+        for line in path.read_text().splitlines():
+            stack, _, n = line.rpartition(" ")
+            if not stack or not n.isdigit():
+                continue
+            count = int(n)
+            total += count
+            frames = [f.replace(str(ROOT) + "/", "") for f in stack.split(";")]
+            own[frames[-1]] = own.get(frames[-1], 0) + count
+            for frame in set(frames):
+                below[frame] = below.get(frame, 0) + count
+    lines = [f"--- {title}: {total} samples ({path})"]
+    for label, counts in (("own", own), ("with callees", below)):
+        lines.append(f"  {label}:")
+        for frame, count in sorted(counts.items(), key=lambda kv: -kv[1])[:top]:
+            lines.append(f"    {100 * count / max(1, total):5.1f}%  {frame[:160]}")
+    return "\n".join(lines)
+
+
 # ====================================================================== the orchestrator
 
 
@@ -764,6 +822,11 @@ def main(argv=None) -> int:
     p.add_argument("--no-gc-freeze", dest="gc_freeze", action="store_false",
                    help="experiment: leave out the garbage-collector policy of xds-gateway run (xds_gateway.gc_policy)")
     p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument("--py-spy", dest="py_spy", metavar="DIR",
+                   help="sample the gateway with py-spy while streams open, in phase 1 and in the churn; raw stacks to "
+                        "DIR, the top frames printed (meshlog gateway, one worker)")
+    p.add_argument("--py-spy-native", action="store_true",
+                   help="with --py-spy: C frames too (grpc core, system calls); pauses the gateway at each sample")
     p.add_argument("--no-sync-log", dest="sync_log", action="store_false",
                    help="leave out the gateway's sync log (ACK/NACK records, encoded but not sent: no Kafka here)")
     p.add_argument("--peer", choices=sorted(PEERS), default="meshlog",
@@ -773,6 +836,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.peer != "meshlog" and (args.tls or args.workers > 1 or args.profile):
         p.error("--tls, --workers and --profile are for the meshlog gateway only (use --peer meshlog)")
+    if args.py_spy and (args.peer != "meshlog" or args.workers > 1):
+        p.error("--py-spy samples the meshlog gateway's one process (use --peer meshlog, one worker)")
     if args.quick:
         args.services, args.instances, args.hot, args.streams = 200, 5, 200, 1000
         args.procs, args.changes, args.churn_seconds = 2, 10, 4.0
@@ -859,6 +924,17 @@ def run_peer(args, peer: str, mesh: Mesh, nodes: list[str], per_proc: list[list[
         gws = Gateways(ctx, args.workers, (args.write_timeout, args.gc_freeze, args.sync_log, tls_dirs["gateway"]))
     clients: list = []
     client_conns: list = []
+
+    def sample(phase: str):
+        """A py-spy sampler of the gateway for one phase (``--py-spy``), or None."""
+        if not args.py_spy or peer != "meshlog":
+            return None
+        return PhaseSampler(args.py_spy, phase, gws.pids[0], args.py_spy_native)
+
+    def sampled(sampler) -> None:
+        if sampler is not None:
+            results.setdefault("py_spy", []).append(sampler.stop())
+
     try:
         port = gws.start()
         rss_empty = gws.rss_kb()["VmRSS"]
@@ -875,6 +951,7 @@ def run_peer(args, peer: str, mesh: Mesh, nodes: list[str], per_proc: list[list[
         ready = ctx.Array("q", args.procs, lock=False)
         hot_count = ctx.Array("q", args.procs, lock=False)
         failed = ctx.Array("q", args.procs, lock=False)
+        sampler = sample("ramp")
         cpu0 = gws.cpu_s()
         t0 = time.monotonic()
         for i, chunk in enumerate(per_proc):
@@ -899,6 +976,7 @@ def run_peer(args, peer: str, mesh: Mesh, nodes: list[str], per_proc: list[list[
                 last = n
         ramp_s = time.monotonic() - t0
         time.sleep(1.0)  # let the last ACKs land
+        sampled(sampler)
         counters = gws.ask(("counters",), 30, "counters")[1]
         per_worker_streams = [int(r[1]["streams"].get("delta", 0)) for r in getattr(gws, "last_replies", [])]
         rss = gws.rss_kb()
@@ -939,6 +1017,7 @@ def run_peer(args, peer: str, mesh: Mesh, nodes: list[str], per_proc: list[list[
             ask(c, ("mark",), 30, "marked")
         subscribers = sum(1 for n in nodes if n in mesh.dependents)
         c0 = gws.ask(("counters",), 30, "counters")[1]
+        sampler = sample("phase1")
         cpu0, main0 = gws.cpu_s(), gws.main_thread_cpu_s()
         applied = []
         for k in range(args.changes):
@@ -951,6 +1030,7 @@ def run_peer(args, peer: str, mesh: Mesh, nodes: list[str], per_proc: list[list[
                       flush=True)
             time.sleep(args.gap)
         drain_counters()
+        sampled(sampler)
         cpu_hot = gws.cpu_s() - cpu0
         main_hot = gws.main_thread_cpu_s() - main0
         c1 = gws.ask(("counters",), 30, "counters")[1]
@@ -1037,7 +1117,9 @@ def run_peer(args, peer: str, mesh: Mesh, nodes: list[str], per_proc: list[list[
             return out
 
         deadline.check("phase 3")
+        sampler = sample("churn")
         results["phase3_throughput"] = churn("phase 3")
+        sampled(sampler)
         if args.profile:
             deadline.check("profile")
             gws.ask(("profile_start",), 30, "ok")
@@ -1195,6 +1277,9 @@ def report(r: dict) -> None:
         f"{name}: {'n/a (scaled down)' if scaled.get(name) else 'MET' if ok else 'MISSED'}" for name, ok in checks))
     if r.get("client_errors"):
         print(f"client stream errors (first few): {r['client_errors']}")
+    for summary in r.get("py_spy", ()):
+        print()
+        print(summary)
     if r.get("profile_hot"):
         print("\n--- gateway cProfile: hot endpoint changes (phase 1 repeated) ---")
         print(r["profile_hot"])

@@ -12,11 +12,15 @@ Invariants:
   pending); each stream then takes the latest view itself, so bursts coalesce
   and a slow stream costs nobody else.
 - A stream whose client does not read its responses within
-  ``write_timeout_s`` is ended with RESOURCE_EXHAUSTED instead of holding
-  memory; the handler is gone within another ``write_timeout_s`` even if the
-  status cannot be sent yet (it queues behind the unread response, so a
+  ``write_timeout_s`` (checked for all streams by one task,
+  ``xds_gateway.write_deadlines``: at most a quarter of it late) is ended
+  with RESOURCE_EXHAUSTED instead of holding memory; the handler is gone
+  within another ``write_timeout_s`` even if the status cannot be sent yet
+  (it queues behind the unread response, so a
   client that reads again sees it, reconnects and resyncs cheaply with
-  ``initial_resource_versions``).
+  ``initial_resource_versions``). The headers ride with a first response of
+  at most ``HEADERS_WITH_FIRST_RESPONSE_MAX`` bytes and go out on their own
+  before a bigger one, so the status never needs them again.
 - A node the view does not know (a proxyless gRPC client, or a sidecar whose
   registration the projector has not rendered yet) gets nothing by wildcard
   and only the proxyless resources it names; once the node appears in the
@@ -79,6 +83,7 @@ from xds_gateway.protocol.limits import Refused
 from xds_gateway.protocol.sotw import SotwStream
 from xds_gateway.sync_log import SyncLog
 from xds_gateway.view_cache import ViewCache
+from xds_gateway.write_deadlines import WriteDeadlines
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +98,10 @@ class _HoldOver(tuple):
 
 #: The longest node id a stream may carry is what a registration may name: a longer one can never be in the view.
 NODE_ID_MAX_LENGTH = types.NODE_ID_MAX_LENGTH
+#: The largest first response the stream's headers are sent with (in one batch); a bigger one is preceded by
+#: the headers on their own. Well below HTTP/2's initial stream window (65,535 bytes, RFC 9113 6.9.2), which
+#: no client can make smaller than the first response it has not read yet.
+HEADERS_WITH_FIRST_RESPONSE_MAX = 16 * 1024
 _MESSAGE_EXCERPT = 300  # characters of a NACK's error_detail.message that reach the log
 NACK_LOG_BURST, NACK_LOG_INTERVAL_S = 5, 10.0  # per stream: NACK lines logged at once, then one per interval
 
@@ -201,6 +210,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.hold_s = hold_s
         self.sync_log = sync_log
         self.write_timeout_s = write_timeout_s
+        self._write_deadlines = WriteDeadlines(write_timeout_s)
         self.request_queue = request_queue
         self.limits = limits
         self.guard = guard
@@ -260,13 +270,13 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.detail)
         view_holds: list[Callable[[], None]] = []  # released however the stream ends
         try:
-            await self._serve_admitted(kind, context, view_holds)
+            await self._serve_admitted(kind, context, view_holds, connection)
         finally:
             for release in view_holds:
                 release()
             self._slots.give_back(connection)
 
-    async def _serve_admitted(self, kind: str, context, view_holds: list) -> None:
+    async def _serve_admitted(self, kind: str, context, view_holds: list, connection: str) -> None:
         peer = None
         if self.guard is not None:
             peer = self.guard.identify(context.auth_context())
@@ -274,6 +284,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, peer.refusal.detail)
         stream_id = f"{os.getpid()}-{next(_stream_ids)}"
         inbox = _Inbox()
+        handler = asyncio.current_task()  # the task writing this stream's responses
 
         async def read_requests() -> None:
             try:
@@ -324,7 +335,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         log.info("%s stream %s opened by node %s (%s)", kind, stream_id, shown_node, "known" if known else "not in the view")
         sync = self.sync_log
         if sync is not None:
-            sync.opened(stream_id, node_id, kind, context.peer(),
+            sync.opened(stream_id, node_id, kind, connection,
                         peer.identity.uri if peer is not None and peer.identity is not None else None)
         close_reason = "error"
         headers_sent = False
@@ -392,20 +403,26 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                                   _short(r.type_url), r.nonce,
                                   [x.name for x in r.resources][:8] if kind == "delta" else len(r.resources),
                                   list(r.removed_resources) if kind == "delta" else [])
-                if responses and not headers_sent:
-                    # Headers go out on their own, before the first response, not in its batch:
-                    # grpc aio marks them sent only when a write completes, so after a write the
-                    # timeout cancelled, abort() would send them again in its own batch and grpc
-                    # core refuses that (GRPC_CALL_ERROR_TOO_MANY_OPERATIONS): the client would
-                    # never get the status. Headers are not flow-controlled, so this cannot stall.
-                    await context.send_initial_metadata(())
-                    headers_sent = True
                 for response in responses:
                     # delta: assembled from each resource's bytes, serialized once for every stream
                     payload = response.encode() if kind == "delta" else response.SerializeToString()
+                    if not headers_sent:
+                        # grpc aio marks the headers sent only when a write completes, so after a first
+                        # write the timeout cancelled, abort() would send them again in its own batch and
+                        # grpc core refuses that (GRPC_CALL_ERROR_TOO_MANY_OPERATIONS): the client would
+                        # never get the status. A first response that fits in a new stream's HTTP/2
+                        # window completes without the client reading, so the headers ride with it (one
+                        # grpc batch and one send less per stream); a bigger one may wait on flow
+                        # control, so the headers go out on their own before it (they are not
+                        # flow-controlled: this cannot stall). (Only a connection whose other streams
+                        # used up its shared window -- a multiplexing client that stopped reading
+                        # altogether -- can hold a small first response: that stream is then cancelled
+                        # rather than told, see _abort_behind_stalled_write.)
+                        if len(payload) > HEADERS_WITH_FIRST_RESPONSE_MAX:
+                            await context.send_initial_metadata(())
+                        headers_sent = True
                     try:
-                        async with asyncio.timeout(self.write_timeout_s):
-                            await context.write(payload)
+                        await self._write_deadlines.write(context, payload, handler)
                     except TimeoutError:
                         metrics.SLOW_STREAMS_CLOSED.inc()
                         close_reason = "slow_client"
@@ -502,6 +519,12 @@ async def _abort_behind_stalled_write(context, timeout_s: float) -> None:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "stream too slow; reconnect")
     except TimeoutError:
         raise asyncio.CancelledError("status queued behind a response the client does not read") from None
+    except grpc.aio.AbortError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - grpc refused the status batch: end the handler all the same
+        # (a small first response that did not complete: its headers are queued behind it, so grpc core
+        # refuses the status's; the call is cancelled instead, and the client reconnects)
+        raise asyncio.CancelledError(f"status not accepted by grpc ({type(exc).__name__})") from None
 
 
 def _short(type_url: str) -> str:

@@ -32,7 +32,8 @@ import asyncio
 import itertools
 import logging
 import secrets
-from collections import deque
+import time
+from collections import Counter, deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Awaitable, Callable, Sequence
@@ -71,8 +72,9 @@ class SyncLog:
         self._streams: dict[str, _Stream] = {}
         # stream_id -> {(type_url, "ack"|"nack"): (fact, when)}; within a stream, insertion order = order of
         # the latest fact (what matters: one stream's records keep their order)
-        self._coalesced: dict[str, dict[tuple[str, str], tuple[Acked | Nack, datetime]]] = {}
-        self._flushing: dict[str, dict[tuple[str, str], tuple[Acked | Nack, datetime]]] = {}  # being flushed now
+        # (the time a fact was learned is kept as seconds since the epoch)
+        self._coalesced: dict[str, dict[tuple[str, str], tuple[Acked | Nack, float]]] = {}
+        self._flushing: dict[str, dict[tuple[str, str], tuple[Acked | Nack, float]]] = {}  # being flushed now
         self._queue: deque[Envelope] = deque()
         self._coalesce_wake = asyncio.Event()
         self._write_wake = asyncio.Event()
@@ -95,7 +97,7 @@ class SyncLog:
                       _now())
 
     def learned(self, stream_id: str, facts: Sequence[Acked | Nack]) -> None:
-        now = _now()
+        now = time.time()  # a float per ACK; made a datetime only for the facts that become records
         pending = self._coalesced.get(stream_id)
         if pending is None:
             pending = self._coalesced[stream_id] = {}
@@ -172,7 +174,8 @@ class SyncLog:
             for fact, when in waiting.pop(stream_id, {}).values():
                 self._enqueue_fact(stream_id, stream, fact, when)
 
-    def _enqueue_fact(self, stream_id: str, stream: _Stream, fact: Acked | Nack, when: datetime) -> None:
+    def _enqueue_fact(self, stream_id: str, stream: _Stream, fact: Acked | Nack, when_s: float) -> None:
+        when = datetime.fromtimestamp(when_s, timezone.utc)
         common = dict(node=stream.node, gateway=self.gateway, stream_id=stream_id, type_url=fact.type_url)
         if isinstance(fact, Acked):
             held, truncated = _bounded(fact.held)
@@ -208,11 +211,12 @@ class SyncLog:
                 self._idle.clear()
                 try:
                     await self._sink(batch)
-                    for env in batch:
-                        counter = self._appended.get(env.type)
+                    by_type = Counter(env.type for env in batch)  # one counter update per type and batch
+                    for kind, n in by_type.items():
+                        counter = self._appended.get(kind)
                         if counter is None:
-                            counter = self._appended[env.type] = metrics.SYNC_RECORDS.labels(env.type)
-                        counter.inc()
+                            counter = self._appended[kind] = metrics.SYNC_RECORDS.labels(kind)
+                        counter.inc(n)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - a broker outage must not end the writer

@@ -83,10 +83,6 @@ def _nothing() -> None:
     return None
 
 
-def _same_names(a: Mapping[str, Mapping[str, str]], b: Mapping[str, Mapping[str, str]]) -> bool:
-    return a.keys() == b.keys() and all(a[t].keys() == b[t].keys() for t in a)
-
-
 class ViewCache:
     """What every node should hold right now, kept current from the view topics."""
 
@@ -137,13 +133,20 @@ class ViewCache:
         if view is not None and len(view) == len(membership):
             return view  # every type is current (a stale type is left out; types only ever leave with it)
         fresh = {}
+        latest, previous = self._resources, self._previous
         for type_url, names in membership.items():
             present = view.get(type_url) if view is not None else None
             if present is None:
                 present = {}
                 for name, version in names.items():
-                    resource = self._resolve((type_url, name), version)
+                    # self._resolve, inlined: this runs for every name of a changed type of every node it reaches
+                    ident = (type_url, name)
+                    resource = latest.get(ident)
                     if resource is not None:
+                        if resource.version != version:
+                            before = previous.get(ident)
+                            if before is not None and before.version == version:
+                                resource = before
                         present[name] = resource
             fresh[type_url] = present
         self._views[node_id] = fresh
@@ -244,7 +247,9 @@ class ViewCache:
         if value is not None:
             try:
                 doc = orjson.loads(value)
-                new = {t: dict(names) for t, names in doc["resources"].items()}
+                new = doc["resources"]  # a fresh dict of fresh dicts (orjson): kept as it is, not copied
+                if type(new) is not dict or not all(type(names) is dict for names in new.values()):
+                    raise TypeError("resources must map each type URL to an object of name -> version")
                 named = doc.get("owner")
                 if named is not None:
                     owner = (named["service"], named["instance"])
@@ -260,21 +265,28 @@ class ViewCache:
                 self._owners[node] = owner
             changed.add(node)
         old = self._membership.get(node)
-        if old is not None and new is not None and _same_names(old, new):
-            # only versions moved: nothing to re-index; the node's view changes if a name now
-            # resolves to another body (it moved on to a body that arrived before it)
-            self._membership[node] = new
+        if old is not None and new is not None and old.keys() == new.keys():
+            moved = []  # types whose versions moved (the same names): the usual change, one type of one node
             for type_url, names in new.items():
                 before = old[type_url]
                 if before == names:
                     continue  # the usual case for all types but one (compared in C, not name by name)
-                for name, version in names.items():
-                    if before[name] != version and (
-                            self._resolve((type_url, name), before[name]) is not self._resolve((type_url, name), version)):
-                        changed.add(node)
-                        self._type_changed(node, type_url)
-                        break
-            return
+                if before.keys() != names.keys():
+                    break  # names came or went: re-indexed below
+                moved.append(type_url)
+            else:
+                # only versions moved: nothing to re-index; the node's view changes if a name now
+                # resolves to another body (it moved on to a body that arrived before it)
+                self._membership[node] = new
+                for type_url in moved:
+                    before = old[type_url]
+                    for name, version in new[type_url].items():
+                        if before[name] != version and (
+                                self._resolve((type_url, name), before[name]) is not self._resolve((type_url, name), version)):
+                            changed.add(node)
+                            self._type_changed(node, type_url)
+                            break
+                return
         if new is None:
             self._views.pop(node, None)
         elif old is not None:

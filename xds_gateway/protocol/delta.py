@@ -278,6 +278,8 @@ class DeltaStream(StreamMachine):
         if not self.blocked:
             self._collect_dirty(work)
         responses = self._emit(work)
+        if not responses:
+            return responses  # nothing new is pending: the cap was checked when the pending ones were emitted
         pending = sum(len(x.pending) for x in self._types.values())
         if pending > self._limits.max_pending_nonces:
             raise Refused("max_pending_nonces", f"{pending} responses un-ACKed, at most "
@@ -418,22 +420,33 @@ class DeltaStream(StreamMachine):
             w.remove(name)
 
     def _full_diff(self, ts: _TypeState, w: _Work) -> None:
-        """Everything that differs between the client's model and its scope."""
-        view_t = self._view_of(ts.type_url)
+        """Everything that differs between the client's model and its scope (``_desired``, inlined: this runs
+        for every stream a change reaches)."""
+        t = ts.type_url
+        view_t = self._view_of(t)
         sent = ts.sent
+        upserts, removals = w.upserts, w.removals
         if ts.wildcard and self._wildcard_allowed:
             for name, res in view_t.items():
                 if sent.get(name) != res.version:
-                    w.upsert(res)
-        else:
-            for name in ts.names:
-                if name == WILDCARD or not self._permits(ts.type_url, name):
-                    continue
-                res = view_t.get(name)
-                if res is not None and sent.get(name) != res.version:
-                    w.upsert(res)
+                    upserts[name] = res
+                    removals.discard(name)
+            for name, version in sent.items():
+                if version is not None and name not in view_t:
+                    w.remove(name)
+            return
+        names = ts.names
+        allowed = self._allowed  # None: every name is permitted
+        for name in names:
+            if name == WILDCARD or (allowed is not None and not allowed(t, name)):
+                continue
+            res = view_t.get(name)
+            if res is not None and sent.get(name) != res.version:
+                upserts[name] = res
+                removals.discard(name)
         for name, version in sent.items():
-            if version is not None and self._desired(ts, view_t, name) is None:
+            if version is not None and (name not in view_t or name not in names or name == WILDCARD
+                                        or (allowed is not None and not allowed(t, name))):
                 w.remove(name)
 
     def _subscriptions(self, ts: _TypeState, req, work: dict[str, _Work]) -> None:
@@ -600,6 +613,14 @@ class DeltaStream(StreamMachine):
     def _emit(self, work: dict[str, _Work]) -> list[DeltaResponse]:
         if not work:
             return []
+        if len(work) == 1:
+            # one type (a change of one type, an answer to one request): one response, upserts and removals
+            # merged, as ``order_segments`` would merge them -- unless clusters bring their assignments along
+            ((t, w),) = work.items()
+            if t != CLUSTER or not w.upserts:
+                if w.upserts or w.always or w.removals:
+                    return [self._build(t, w.upserts, w.removals)]
+                return []
         self._add_eds_companions(work)
         ups: dict[str, tuple[dict[str, VersionedResource], set[str]]] = {}
         rems: dict[str, tuple[dict[str, VersionedResource], set[str]]] = {}
@@ -617,21 +638,34 @@ class DeltaStream(StreamMachine):
         nonce = f"{self.stream_id}-{self._seq}"
         nbytes = 0
         sent_pairs = []
-        resources = [upserts[n] for n in sorted(upserts)]
+        resources = [upserts[n] for n in sorted(upserts)] if len(upserts) > 1 else list(upserts.values())
         if self._on_hold and t == CLUSTER:
             for res in resources:
                 self._on_hold.pop(res.name, None)  # answered: the view has it now
+        # ts.record/ts.forget inlined (once per resource sent, on every stream): the digest is a sum mod 2**64
+        sent, digest = ts.sent, ts.digest
         for res in resources:
-            ts.record(res.name, res.version)
+            name, version = res.name, res.version
+            old = sent.get(name)
+            if old is not None:
+                digest -= entry_hash(name, old)
+            sent[name] = version
+            digest += entry_hash(name, version)
             nbytes += res.size
-            sent_pairs.append((res.name, res.version))
-        removed = sorted(removals)
-        for n in removed:
-            nbytes += len(n)
-            if n in ts.names:
-                ts.record(n, None)
-            else:
-                ts.forget(n)
+            sent_pairs.append((name, version))
+        removed = sorted(removals) if removals else []
+        if removed:
+            names = ts.names
+            for n in removed:
+                nbytes += len(n)
+                old = sent.get(n)
+                if old is not None:
+                    digest -= entry_hash(n, old)
+                if n in names:
+                    sent[n] = None  # told it does not exist
+                elif n in sent:
+                    del sent[n]
+        ts.digest = digest & _MASK64
         ts.pending[nonce] = _Pending(nonce, tuple(sent_pairs), tuple(removed), nbytes, frozenset(upserts))
         self.responses_sent += 1
         return DeltaResponse(t, nonce, digest_hex(ts.digest), resources, removed)

@@ -18,6 +18,7 @@ GRPC_CALL_ERROR_TOO_MANY_OPERATIONS and the client hung on a dead stream.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import grpc
@@ -36,9 +37,8 @@ NODE = "slow-node"
 TIMEOUT_S = 0.3
 
 
-def cache_with(clusters: int, pad: int = 0) -> ViewCache:
-    """A ready view cache in which NODE holds ``clusters`` clusters (each padded by ``pad`` bytes)."""
-    cache = ViewCache()
+def view_records(clusters: int, pad: int = 0) -> list[ViewRec]:
+    """The view records in which NODE holds ``clusters`` clusters (each padded by ``pad`` bytes)."""
     records, names = [], {}
     for i in range(clusters):
         name = f"c{i}-{'x' * pad}"
@@ -47,7 +47,13 @@ def cache_with(clusters: int, pad: int = 0) -> ViewCache:
         names[name] = version_of(value)
     records.append(ViewRec(topics.VIEW_MEMBERSHIP, NODE.encode(),
                        orjson.dumps({"node": NODE, "resources": {CDS: names}})))
-    cache.apply_records(records)
+    return records
+
+
+def cache_with(clusters: int, pad: int = 0) -> ViewCache:
+    """A ready view cache holding ``view_records(clusters, pad)``."""
+    cache = ViewCache()
+    cache.apply_records(view_records(clusters, pad))
     cache.ready.set()
     return cache
 
@@ -61,8 +67,8 @@ def watched(servicer: AdsServicer) -> int:
     return sum(len(s) for s in servicer._watchers.values()) + len(servicer._unknown_watchers)
 
 
-class Aborted(Exception):
-    pass
+class Aborted(grpc.aio.AbortError):
+    """What grpc aio's ``abort`` raises once the status is queued."""
 
 
 class Context:
@@ -99,7 +105,8 @@ class Context:
 
 
 async def test_a_stream_whose_writes_never_complete_is_aborted_resource_exhausted():
-    servicer = AdsServicer(cache_with(3), write_timeout_s=TIMEOUT_S)
+    # a first response over HEADERS_WITH_FIRST_RESPONSE_MAX: its headers go out on their own first
+    servicer = AdsServicer(cache_with(300, pad=200), write_timeout_s=TIMEOUT_S)
     context = Context(reads=False)
     before = slow_streams_closed()
     stream = asyncio.create_task(servicer.DeltaAggregatedResources(None, context))
@@ -113,6 +120,24 @@ async def test_a_stream_whose_writes_never_complete_is_aborted_resource_exhauste
     assert watched(servicer) == 0 and NODE not in servicer._watchers
 
 
+class RefusingContext(Context):
+    """A small first write that never completes, then grpc refusing the status batch (its headers already queued)."""
+
+    async def abort(self, code, details):
+        self.aborted = (code, details)
+        raise RuntimeError("Failed grpc_call_start_batch: 8")  # what grpc aio raises (GRPC_CALL_ERROR_TOO_MANY_OPERATIONS)
+
+
+async def test_a_status_grpc_refuses_ends_the_handler_as_cancelled():
+    servicer = AdsServicer(cache_with(3), write_timeout_s=TIMEOUT_S)
+    context = RefusingContext(reads=False)
+    stream = asyncio.create_task(servicer.DeltaAggregatedResources(None, context))
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(stream, 30 * TIMEOUT_S)
+    assert context.writes == 1 and not context.headers_sent and context.aborted is not None
+    assert watched(servicer) == 0 and NODE not in servicer._watchers
+
+
 async def test_a_stream_that_reads_is_not_shed():
     servicer = AdsServicer(cache_with(3), write_timeout_s=TIMEOUT_S)
     context = Context(reads=True)
@@ -120,6 +145,7 @@ async def test_a_stream_that_reads_is_not_shed():
     stream = asyncio.create_task(servicer.DeltaAggregatedResources(None, context))
     await asyncio.sleep(3 * TIMEOUT_S)
     assert not stream.done() and context.writes == 1 and context.aborted is None
+    assert not context.headers_sent  # a small first response carries the headers in its own batch
     assert watched(servicer) == 1 and slow_streams_closed() == before
     stream.cancel()
     await asyncio.gather(stream, return_exceptions=True)
@@ -129,10 +155,10 @@ async def test_a_stream_that_reads_is_not_shed():
 # ---------------------------------------------------------------- a real loopback stream
 
 
-@pytest.fixture
-async def loopback():
-    """A gateway servicer on 127.0.0.1 whose NODE view is one ~1.5 MB CDS response, and a non-reading client."""
-    servicer = AdsServicer(cache_with(3000, pad=200), write_timeout_s=TIMEOUT_S)
+@contextlib.asynccontextmanager
+async def served(cache: ViewCache):
+    """A gateway servicer of ``cache`` on 127.0.0.1 and one delta call of a client that reads only when told."""
+    servicer = AdsServicer(cache, write_timeout_s=TIMEOUT_S)
     server = grpc.aio.server()
     add_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -148,11 +174,44 @@ async def loopback():
         await server.stop(0)
 
 
+@pytest.fixture
+async def loopback():
+    """NODE's view is one ~1.5 MB CDS response, for a client that never reads."""
+    async with served(cache_with(3000, pad=200)) as (servicer, call):
+        yield servicer, call
+
+
 async def wait_for(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def small_then_big():
+    """NODE's view starts as one small CDS response (the headers sent with it); the test grows it."""
+    cache = cache_with(3)
+    async with served(cache) as (servicer, call):
+        yield cache, servicer, call
+
+
+async def test_a_small_first_response_carries_the_headers_and_a_later_stall_is_still_told(small_then_big):
+    cache, servicer, call = small_then_big
+    before = slow_streams_closed()
+    await call.write(dreq(CDS, node=NODE))
+    first = await asyncio.wait_for(call.read(), 10)
+    assert len(first.resources) == 3
+    assert dict(await asyncio.wait_for(call.initial_metadata(), 5)) == {}
+    await call.write(dreq(CDS, nonce=first.nonce))  # ACK; then the client stops reading
+    # the node's view grows to a ~1.5 MB response the client's 64 KiB window cannot take
+    cache.apply_records(view_records(3000, pad=200))
+    await wait_for(lambda: slow_streams_closed() > before, 30 * TIMEOUT_S, "the stream to be shed")
+    await wait_for(lambda: watched(servicer) == 0, 10, "the stream's inbox to be dropped")
+    # the write the timeout cancelled was the second: the headers went with the first, so the status is queued
+    response = await asyncio.wait_for(call.read(), 10)
+    assert len(response.resources) == 3000
+    assert await asyncio.wait_for(call.code(), 5) == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 async def test_a_client_that_never_reads_is_shed_on_a_real_stream(loopback):

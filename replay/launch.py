@@ -24,6 +24,9 @@ import gc
 import sys
 
 ONE_SHOT = frozenset({"at"})
+# the module whose parser and main this script runs (imported only inside main(), after gc.disable());
+# tools that check the console scripts' arguments (tests/unit/test_compose.py) parse with it
+CLI_MODULE = "replay.cli"
 
 
 def main() -> int:

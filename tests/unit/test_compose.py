@@ -60,6 +60,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     script, *args = argv
     module_name = SCRIPTS[script].split(":")[0]
     module = importlib.import_module(module_name)
+    # a launcher script (replay.launch) names the module whose parser it runs
+    module = importlib.import_module(getattr(module, "CLI_MODULE", module_name))
     parser = module.build_parser()
     normalize = getattr(module, "normalize_argv", None)  # replay: `replay --at T` shorthand, as its main() does
     if normalize is not None:

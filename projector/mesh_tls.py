@@ -18,7 +18,9 @@ A sidecar registered with ``sidecar.trust_domain`` (its agent holds a
   listener (``rbac_network_filter``; per connection);
 - on every cluster of a service whose latest registration has a trust
   domain, an ``UpstreamTlsContext`` presenting the sidecar's certificate and
-  accepting only a server whose URI SAN is ``spiffe://<domain>/sidecar/<service>/``.
+  accepting only a server whose URI SAN is ``spiffe://<domain>/sidecar/<service>/``;
+- TLS 1.3 only, on both ends (so a caller's certificate is never sent in
+  clear, as TLS 1.2 sends it).
 
 Certificates reach Envoy by file-watched SDS: the agent writes
 ``SDS_DIR/WORKLOAD_FILE`` (certificate and key) and ``SDS_DIR/TRUST_FILE``
@@ -77,6 +79,15 @@ def _sds(name: str, file_name: str) -> secret_pb2.SdsSecretConfig:
     )
 
 
+# Both ends are Envoys of this mesh, so nothing older is needed. Envoy's client default is TLS 1.2 at most, and in
+# TLS 1.2 the client certificate (the caller's SPIFFE id, i.e. which service calls which) crosses the wire in clear
+# text; TLS 1.3 encrypts it, and needs one round trip less per new connection.
+_TLS_1_3_ONLY = common_pb2.TlsParameters(
+    tls_minimum_protocol_version=common_pb2.TlsParameters.TLSv1_3,
+    tls_maximum_protocol_version=common_pb2.TlsParameters.TLSv1_3,
+)
+
+
 def _common(san_prefix: str | None) -> tls_pb2.CommonTlsContext:
     validation = common_pb2.CertificateValidationContext()
     if san_prefix is not None:
@@ -86,6 +97,7 @@ def _common(san_prefix: str | None) -> tls_pb2.CommonTlsContext:
             )
         )
     return tls_pb2.CommonTlsContext(
+        tls_params=_TLS_1_3_ONLY,
         tls_certificate_sds_secret_configs=[_sds(WORKLOAD_SECRET, WORKLOAD_FILE)],
         combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
             default_validation_context=validation,

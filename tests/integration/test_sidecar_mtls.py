@@ -143,6 +143,12 @@ def test_mtls_between_sidecars_rbac_from_the_graph_and_hitless_renewal(kafka_boo
         # the call went over TLS: s1's inbound listener did handshakes, and admitted c1
         assert _stat(s1, "listener.0.0.0.0_%d.ssl.handshake" % inbound) + _stat(
             s1, "listener.127.0.0.1_%d.ssl.handshake" % inbound) >= 1
+
+        def handshakes(version: str) -> int:
+            return sum(_stat(s1, f"listener.{ip}_{inbound}.ssl.versions.{version}") for ip in ("0.0.0.0", "127.0.0.1"))
+
+        # TLS 1.3 only: in TLS 1.2 c1's certificate (who calls whom) would cross the wire in clear text
+        assert handshakes("TLSv1.3") >= 1 and handshakes("TLSv1.2") == 0
         assert _get_direct(inbound, c1_ident, ca.bundle) == 200
 
         # an undeclared caller with a valid mesh certificate: 403, counted by s1's Envoy

@@ -132,6 +132,19 @@ def test_a_cluster_to_a_secure_service_verifies_its_spiffe_id_and_presents_ours(
     assert [(m.san_type, m.matcher.prefix) for m in sans] == [(URI, f"spiffe://{D}/sidecar/reviews/")]
 
 
+def test_both_ends_speak_tls_1_3_only_so_the_callers_certificate_is_never_sent_in_clear():
+    state, _ = fold_log(_mesh().events)
+    upstream = tls_pb2.UpstreamTlsContext()
+    render(state, "web-1")[CLUSTER]["reviews"].transport_socket.typed_config.Unpack(upstream)
+    downstream = tls_pb2.DownstreamTlsContext()
+    _inbound(state, "reviews-1").filter_chains[0].transport_socket.typed_config.Unpack(downstream)
+    tls13 = common_pb2.TlsParameters.TLSv1_3
+    for ctx in (upstream, downstream):
+        params = ctx.common_tls_context.tls_params
+        # Envoy's client default is at most TLS 1.2, where the client certificate crosses in clear text
+        assert (params.tls_minimum_protocol_version, params.tls_maximum_protocol_version) == (tls13, tls13)
+
+
 def test_a_subscription_counts_as_a_declaration_and_unsubscribing_closes_it_again():
     log = _mesh()
     log.subscribe("details", "d1", "reviews")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import json
 import socket
 import ssl
 import time
@@ -182,6 +183,15 @@ def test_mtls_between_sidecars_rbac_from_the_graph_and_hitless_renewal(kafka_boo
         finally:
             held.close()
         assert _stat(s1, "listener_manager.listener_modified") == listeners_changed  # the same listener
+        # what s1's Envoy holds: the policy on its inbound route's virtual host, naming o1's service now
+        dump = json.loads(s1.admin("/config_dump?resource=dynamic_route_configs"))
+        [routes] = [c["route_config"] for c in dump["configs"] if c["route_config"]["name"].endswith("~inbound")]
+        [vhost] = routes["virtual_hosts"]
+        per_route = vhost["typed_per_filter_config"]["envoy.filters.http.rbac"]
+        assert per_route["@type"].endswith("rbac.v3.RBACPerRoute")
+        admitted = [p["authenticated"]["principal_name"]["prefix"]
+                    for p in per_route["rbac"]["rules"]["policies"]["callers"]["principals"]]
+        assert f"spiffe://{D}/sidecar/{oth}/" in admitted and f"spiffe://{D}/sidecar/{cli}/" in admitted
         assert _get_direct(inbound, o1_ident, ca.bundle) == 200
         # and o1's own Envoy now dials s1 over mTLS too
         assert send(o1.outbound_port, srv, 2)["s1"] == 2

@@ -14,7 +14,8 @@ run under callgrind, in front of the fast asyncio app
 - plaintext: client Envoy (listener -> cluster to the server Envoy) ->
   server Envoy (``render_envoy.inbound_listener``) -> app;
 - mtls: the same, the server's listener with the rendered
-  ``DownstreamTlsContext`` and RBAC filter (``projector.mesh_tls``), the
+  ``DownstreamTlsContext`` and RBAC filter, its policy per route on the
+  rendered inbound routes (inline here; RDS in the mesh) (``projector.mesh_tls``), the
   client's cluster with the rendered ``UpstreamTlsContext`` (SPIFFE SAN
   match), certificates of a test mesh CA handed over file-watched SDS as the
   agent does (``proxy.sds.write_secrets``).

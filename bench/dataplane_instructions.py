@@ -14,7 +14,8 @@ run under callgrind, in front of the fast asyncio app
 - plaintext: client Envoy (listener -> cluster to the server Envoy) ->
   server Envoy (``render_envoy.inbound_listener``) -> app;
 - mtls: the same, the server's listener with the rendered
-  ``DownstreamTlsContext`` and RBAC filter (``projector.mesh_tls``), the
+  ``DownstreamTlsContext`` and RBAC filter, its policy per route on the
+  rendered inbound routes (inline here; RDS in the mesh) (``projector.mesh_tls``), the
   client's cluster with the rendered ``UpstreamTlsContext`` (SPIFFE SAN
   match), certificates of a test mesh CA handed over file-watched SDS as the
   agent does (``proxy.sds.write_secrets``).
@@ -75,13 +76,27 @@ def server_bootstrap(admin: int, port: int, app_port: int, tls: bool, rbac: bool
     ``rbac=False`` (diagnostic only, never rendered by the projector): mTLS without the RBAC filter, to split
     the added cost between TLS and RBAC.
     """
+    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
+
     from projector import mesh_tls, render_envoy
 
+    if not (tls and rbac):
+        listener = render_envoy.inbound_listener(
+            "inbound", "127.0.0.1", port, "local", "http",
+            transport_socket=mesh_tls.downstream_transport_socket() if tls else None)
+        return _bootstrap(admin, listener, render_envoy.static_local_cluster("local", app_port, "http"))
+    # as rendered: the RBAC filter in the listener, the policy on the virtual host of its RDS routes, which a
+    # static bootstrap carries inline
     listener = render_envoy.inbound_listener(
-        "inbound", "127.0.0.1", port, "local", "http",
-        transport_socket=mesh_tls.downstream_transport_socket() if tls else None,
-        rbac_filter=mesh_tls.inbound_rbac_filter("http", mesh_tls.allowed_principals(DOMAIN, [CALLER], False))
-        if tls and rbac else None)
+        "inbound", "127.0.0.1", port, "local", "http", transport_socket=mesh_tls.downstream_transport_socket(),
+        rbac_filter=mesh_tls.rbac_http_filter(), route_name="inbound")
+    routes = render_envoy.inbound_route_configuration(
+        "inbound", "local", "http", [mesh_tls.rbac_per_route(mesh_tls.allowed_principals(DOMAIN, [CALLER], False))])
+    hcm = http_connection_manager_pb2.HttpConnectionManager()
+    listener.filter_chains[0].filters[0].typed_config.Unpack(hcm)
+    hcm.ClearField("rds")
+    hcm.route_config.CopyFrom(routes)
+    listener.filter_chains[0].filters[0].typed_config.CopyFrom(render_envoy.pack(hcm))
     return _bootstrap(admin, listener, render_envoy.static_local_cluster("local", app_port, "http"))
 
 

@@ -21,7 +21,10 @@ Scheme:
 ``<service>|<subset>``             Cluster, ClusterLoadAssignment of a subset
 ``<node>~outbound``                the node's outbound HTTP Listener and its
                                    RouteConfiguration
-``<node>~inbound``                 the node's inbound Listener
+``<node>~inbound``                 the node's inbound Listener; also, for a
+                                   sidecar with a mesh identity and an HTTP or
+                                   gRPC service, its RouteConfiguration (RBAC
+                                   per route, ``projector.mesh_tls``)
 ``<node>~local``                   the node's local-app Cluster (STATIC)
 ``<node>~tcp~<service>``           the node's outbound TCP Listener for a
                                    TCP dependency
@@ -74,6 +77,10 @@ def outbound_route(node_id: str) -> str:
 
 
 def inbound_listener(node_id: str) -> str:
+    return f"{escape_node(node_id)}~inbound"
+
+
+def inbound_route(node_id: str) -> str:
     return f"{escape_node(node_id)}~inbound"
 
 

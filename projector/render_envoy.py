@@ -331,10 +331,32 @@ def outbound_http_listener(name: str, port: int, route_name: str) -> listener_pb
     return _listener(name, socket_address("127.0.0.1", port), HCM_FILTER, _hcm_rds("outbound", route_name, on_demand=True))
 
 
+def inbound_route_configuration(
+    name: str, local_cluster: str, protocol: str, filter_configs: Iterable[tuple[str, any_pb2.Any]] = ()
+) -> route_pb2.RouteConfiguration:
+    """The inbound side's routes: one catch-all virtual host to the local app.
+
+    ``filter_configs``: (HTTP filter name, packed per-route config) pairs set on
+    the virtual host (``typed_per_filter_config``), in the given order; e.g. the
+    RBAC policy of a sidecar with a mesh identity (``projector.mesh_tls``).
+    """
+    vh = route_components_pb2.VirtualHost(name="local", domains=["*"], routes=[default_route(local_cluster, protocol == "grpc")])
+    for filter_name, config in filter_configs:
+        vh.typed_per_filter_config[filter_name].CopyFrom(config)
+    return route_configuration(name, [vh])
+
+
 def inbound_listener(
-    name: str, bind: str, port: int, local_cluster: str, protocol: str, transport_socket=None, rbac_filter=None
+    name: str, bind: str, port: int, local_cluster: str, protocol: str, transport_socket=None, rbac_filter=None,
+    route_name: str | None = None,
 ) -> listener_pb2.Listener:
-    """In front of the local app: tcp_proxy for TCP, else an HCM with one inline route to it.
+    """In front of the local app: tcp_proxy for TCP, else an HCM routing to it.
+
+    The HCM's routes: ``inbound_route_configuration`` inline, or, with
+    ``route_name``, that route configuration over RDS (ADS) -- so what the
+    routes carry (a sidecar's RBAC policy) can change without a new listener:
+    Envoy applies a listener update to new connections only, a route update
+    to the next request on every connection.
 
     A sidecar with a mesh identity (``projector.mesh_tls``) adds ``transport_socket``
     (mTLS, client certificate required) and ``rbac_filter`` (a network filter put
@@ -350,16 +372,15 @@ def inbound_listener(
         if transport_socket is not None:
             chain.transport_socket.CopyFrom(transport_socket)
         return lis
-    streaming = protocol == "grpc"
     filters = [_router_filter()] if rbac_filter is None else [rbac_filter, _router_filter()]
     hcm = http_connection_manager_pb2.HttpConnectionManager(
-        stat_prefix="inbound",
-        codec_type=http_connection_manager_pb2.HttpConnectionManager.AUTO,
-        route_config=route_configuration(
-            name, [route_components_pb2.VirtualHost(name="local", domains=["*"], routes=[default_route(local_cluster, streaming)])]
-        ),
-        http_filters=filters,
+        stat_prefix="inbound", codec_type=http_connection_manager_pb2.HttpConnectionManager.AUTO
     )
+    if route_name is None:
+        hcm.route_config.CopyFrom(inbound_route_configuration(name, local_cluster, protocol))
+    else:
+        hcm.rds.CopyFrom(http_connection_manager_pb2.Rds(config_source=ads_source(), route_config_name=route_name))
+    hcm.http_filters.extend(filters)
     lis = _listener(name, address, HCM_FILTER, hcm)
     if transport_socket is not None:
         lis.filter_chains[0].transport_socket.CopyFrom(transport_socket)
@@ -393,6 +414,7 @@ __all__ = [
     "bind_address",
     "eds_cluster",
     "inbound_listener",
+    "inbound_route_configuration",
     "lb_endpoint",
     "load_assignment",
     "on_demand_virtual_host",

@@ -19,9 +19,11 @@ What a resource depends on (the incremental rules):
 - A node's view (which names it holds), its route configuration and TCP
   listeners: its instance, and for each dependency its protocol/port and
   served rule. Its outbound listener and local cluster: its instance only.
-  Its inbound listener: its instance, and, when its sidecar has a mesh
-  identity (RBAC), the set of services calling its service (the ``callers``
-  index) and its service's access policy.
+  Its inbound listener: its instance, and, for a TCP sidecar with a mesh
+  identity (network RBAC), the set of services calling its service (the
+  ``callers`` index) and its service's access policy. The inbound route of
+  an HTTP/gRPC sidecar with a mesh identity (its RBAC policy): its instance,
+  those callers and that access policy.
 - A cluster also depends on its service's trust domain (mTLS to it).
 - Whether a rule is served: the rule, and which services are known (a set
   that only grows).
@@ -288,7 +290,8 @@ class _Step:
         dirty_nodes = set(changed_keys(old.nodes, new.nodes))
         endpoint_services = {naming.service_of_key(k) for k in health_changed}
         # a run-time subscription changes only the subscriber's dependencies: not its endpoints, and not
-        # the resources that depend on its own instance only (like a dependency's change, below)
+        # the resources that depend on its own instance only (like a dependency's change, below); so does
+        # a change of who may call a secure HTTP sidecar (its inbound route)
         subscribers: set[str] = set()
         for key in regs_changed:
             only_subscriptions = _only_subscriptions_changed(old, new, key)
@@ -328,7 +331,9 @@ class _Step:
             for key in new.by_service.get(svc, ()):
                 reg = new.instances[key].reg
                 if reg.node_id is not None and reg.sidecar is not None and reg.sidecar.trust_domain is not None:
-                    dirty_nodes.add(reg.node_id)
+                    # HTTP/gRPC: the policy is in the inbound route (re-rendered like a dependency's change);
+                    # TCP: in the inbound listener, one of the node's own resources
+                    (dirty_nodes if reg.protocol == "tcp" else subscribers).add(reg.node_id)
         if _scope_key(self.prev.scope) != _scope_key(self.scope):
             dirty_nodes |= self._rescope()  # the nodes it gained: rendered whole, like a new node
         # a node whose own instance changed is re-rendered whole; one whose dependencies changed

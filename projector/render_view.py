@@ -20,6 +20,13 @@ def _endpoint_order(row: tuple) -> tuple:
     return row[0], row[1], row[2]
 
 
+def _inbound_over_rds(inst: Instance) -> bool:
+    """A sidecar whose inbound routes come over RDS: one with a mesh identity (its RBAC policy lives
+    there) serving HTTP or gRPC. The others keep their one route inline: nothing in it changes."""
+    sc = inst.reg.sidecar
+    return sc is not None and sc.trust_domain is not None and inst.reg.protocol != "tcp"
+
+
 class Renderer:
     """One render pass over one state: caches shared pieces so each is built once."""
 
@@ -84,6 +91,8 @@ class Renderer:
         if reg.sidecar is not None:
             listeners += [naming.outbound_listener(node_id), naming.inbound_listener(node_id)]
             routes.append(naming.outbound_route(node_id))
+            if _inbound_over_rds(inst):
+                routes.append(naming.inbound_route(node_id))
             for dep in inst.dependencies():
                 clusters.update(self.host_clusters(dep))
             listeners += [naming.tcp_listener(node_id, svc) for svc, _ in self.tcp_ports(inst)]
@@ -201,14 +210,18 @@ class Renderer:
         if name == naming.outbound_listener(node_id):
             return E.outbound_http_listener(name, sc.outbound_port, naming.outbound_route(node_id))
         if name == naming.inbound_listener(node_id):
-            principals = self.inbound_principals(reg.service, sc.trust_domain)
-            tls = rbac = None
-            if principals is not None:
+            # what a secure HTTP listener holds depends on the instance alone: its RBAC policy is in its
+            # route configuration (``inbound_route``), so a new caller never needs a new listener
+            tls = rbac = route_name = None
+            if sc.trust_domain is not None:
                 tls = mesh_tls.downstream_transport_socket()
-                rbac = mesh_tls.inbound_rbac_filter(reg.protocol, principals)
+                if reg.protocol == "tcp":
+                    rbac = mesh_tls.rbac_network_filter(self.inbound_principals(reg.service, sc.trust_domain))
+                else:
+                    rbac, route_name = mesh_tls.rbac_http_filter(), naming.inbound_route(node_id)
             return E.inbound_listener(
                 name, E.bind_address(reg.address), sc.inbound_port, naming.local_cluster(node_id), reg.protocol,
-                tls, rbac,
+                tls, rbac, route_name,
             )
         for svc, port in self.tcp_ports(inst):
             if name == naming.tcp_listener(node_id, svc):
@@ -244,11 +257,22 @@ class Renderer:
                 return None
             return E.route_configuration(name, [self.vhost(name, None)])
         inst = self._node_inst(node_id)
-        if inst is None or inst.reg.sidecar is None or name != naming.outbound_route(node_id):
+        if inst is None or inst.reg.sidecar is None:
+            return None
+        if name == naming.inbound_route(node_id):
+            return self.inbound_route(name, node_id, inst) if _inbound_over_rds(inst) else None
+        if name != naming.outbound_route(node_id):
             return None
         port = inst.reg.sidecar.outbound_port
         deps = [d for d in inst.dependencies() if self.protocol(d) != "tcp"]
         return E.route_configuration(name, [*(self.vhost(d, port) for d in deps), E.on_demand_virtual_host()])
+
+    def inbound_route(self, name: str, node_id: str, inst: Instance) -> Message:
+        """A secure HTTP/gRPC sidecar's inbound routes, its RBAC policy on the virtual host."""
+        reg = inst.reg
+        principals = self.inbound_principals(reg.service, reg.sidecar.trust_domain)
+        return E.inbound_route_configuration(
+            name, naming.local_cluster(node_id), reg.protocol, [mesh_tls.rbac_per_route(principals)])
 
     def take_problems(self) -> tuple[str, ...]:
         got = tuple(sorted(self.problems))

@@ -40,7 +40,7 @@ from typing import Callable
 from events import kafka_security
 from meshlog.demo.trust import DemoTrust
 from meshlog.demo_app import DemoApp
-from meshlog.kafka_local import free_port
+from meshlog.kafka_local import free_port, free_ports
 from identity.pki import IdentityFiles
 from meshlog.procs import BIN, Process, spawn, wait_until
 from meshlog.xds_trust import gateway_tls_args, sidecar_tls_args
@@ -302,7 +302,7 @@ class DemoStack:
     def start_instance(self, instance: str, version: str, service: str, depends_on: tuple[str, ...] = ()) -> Sidecar:
         app = DemoApp(instance, version, service).start()
         self.apps[instance] = app
-        admin, inbound, outbound = free_port(), free_port(), free_port()
+        admin, inbound, outbound = free_ports(3)  # distinct: the OS may hand out a port just closed again
         cache = self.workdir / f"sidecar-{instance}"
         status_file = cache / "status.json"
         status_file.unlink(missing_ok=True)

@@ -50,7 +50,7 @@ from pathlib import Path
 import pytest
 
 from events.admin import ensure_topics
-from meshlog.kafka_local import free_port
+from meshlog.kafka_local import free_port, free_ports
 from meshlog.xds_trust import sidecar_tls_args
 from proxy.envoy_process import dynamic_names
 from tests.support.apps import App, KeepAliveClient
@@ -121,7 +121,7 @@ def start_sidecar(name: str, workdir: Path, bootstrap: str, gateways: list[str],
                   app_port: int, labels: tuple[str, ...] = (), depends_on: tuple[str, ...] = (),
                   extra: tuple[str, ...] = (), identity=None) -> Sidecar:
     """A ``meshlog-sidecar run``: mTLS to the gateways with ``identity``'s files, else ``--insecure``."""
-    admin, inbound, outbound = free_port(), free_port(), free_port()
+    admin, inbound, outbound = free_ports(3)  # distinct: the OS may hand out a port just closed again
     status_file = workdir / f"cache-{name}" / "status.json"
     argv = [str(BIN / "meshlog-sidecar"), "run", "--service", service, "--instance-id", instance,
             "--app-port", str(app_port), "--inbound-port", str(inbound), "--outbound-port", str(outbound),

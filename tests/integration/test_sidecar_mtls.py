@@ -10,7 +10,9 @@ workload certificates of one trust domain: a server `srv` (s1), a client `cli` (
   403 from s1's RBAC, counted in s1's Envoy stats (`http.inbound.rbac.denied`); c1's certificate
   passes; a plaintext client and a certificate of another CA fail the handshake.
 - o1's app subscribes to srv at run time (a `dependency.subscribed` event): the same certificate
-  is admitted from then on. An operator's `access_policy` would do the same for the whole mesh.
+  is admitted from then on, from its next request on a connection it already had open (the policy
+  is in s1's inbound route, RDS; s1's listener is not replaced). An operator's `access_policy`
+  would do the same for the whole mesh.
 - s1's certificate is renewed in place during traffic from c1: s1's Envoy presents the new serial on
   its inbound listener (file SDS, no restart) and no request fails.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import json
 import socket
 import ssl
 import time
@@ -61,6 +64,34 @@ def _get_direct(port: int, ident, ca_file) -> int:
         return conn.getresponse().status
     finally:
         conn.close()
+
+
+class _OneConnection:
+    """One kept-alive TLS connection to a sidecar's inbound listener, presenting ``ident``.
+
+    ``get`` fails (never reconnects) if the connection was closed: Envoy closes the connections of a
+    listener it replaced once they drain, and answers them ``Connection: close`` meanwhile.
+    """
+
+    def __init__(self, port: int, ident, ca_file, host: str):
+        ctx = ssl.create_default_context(cafile=str(ca_file))
+        ctx.check_hostname = False
+        ctx.load_cert_chain(str(ident.cert), str(ident.key))
+        self.host = host
+        self.conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=ctx)
+        self.conn.connect()
+        self.sock = self.conn.sock
+
+    def get(self) -> int:
+        assert self.conn.sock is self.sock, "the kept-alive connection was closed"
+        self.conn.request("GET", "/", headers={"Host": self.host})
+        answer = self.conn.getresponse()
+        answer.read()
+        assert self.conn.sock is self.sock, f"Envoy closed the kept-alive connection after a {answer.status}"
+        return answer.status
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def _plaintext_refused(port: int) -> bool:
@@ -113,6 +144,12 @@ def test_mtls_between_sidecars_rbac_from_the_graph_and_hitless_renewal(kafka_boo
         # the call went over TLS: s1's inbound listener did handshakes, and admitted c1
         assert _stat(s1, "listener.0.0.0.0_%d.ssl.handshake" % inbound) + _stat(
             s1, "listener.127.0.0.1_%d.ssl.handshake" % inbound) >= 1
+
+        def handshakes(version: str) -> int:
+            return sum(_stat(s1, f"listener.{ip}_{inbound}.ssl.versions.{version}") for ip in ("0.0.0.0", "127.0.0.1"))
+
+        # TLS 1.3 only: in TLS 1.2 c1's certificate (who calls whom) would cross the wire in clear text
+        assert handshakes("TLSv1.3") >= 1 and handshakes("TLSv1.2") == 0
         assert _get_direct(inbound, c1_ident, ca.bundle) == 200
 
         # an undeclared caller with a valid mesh certificate: 403, counted by s1's Envoy
@@ -127,13 +164,35 @@ def test_mtls_between_sidecars_rbac_from_the_graph_and_hitless_renewal(kafka_boo
         with pytest.raises((ssl.SSLError, ConnectionResetError)):
             _get_direct(inbound, forged, ca.bundle)
 
-        # o1's app subscribes to srv at run time: a declaration like any other, the door opens
-        req = urllib.request.Request(f"http://127.0.0.1:{o1.status()['ports']['api']}/v1/subscriptions/{srv}",
-                                     method="PUT")
-        with urllib.request.urlopen(req, timeout=20) as answer:
-            assert answer.status == 200
-        wait_until(lambda: _get_direct(inbound, o1_ident, ca.bundle) == 200, 30,
-                   "s1's RBAC to admit o1 after its subscription", on_fail=s1.log_tail)
+        # o1's app subscribes to srv at run time: a declaration like any other, the door opens -- on a
+        # connection already open too: the policy is in s1's inbound route (RDS), which Envoy applies to the
+        # next request; a new listener would reach new connections only and drain this one
+        held = _OneConnection(inbound, o1_ident, ca.bundle, srv)
+        try:
+            assert held.get() == 403
+            listeners_changed = _stat(s1, "listener_manager.listener_modified")
+            req = urllib.request.Request(f"http://127.0.0.1:{o1.status()['ports']['api']}/v1/subscriptions/{srv}",
+                                         method="PUT")
+            with urllib.request.urlopen(req, timeout=20) as answer:
+                assert answer.status == 200
+            deadline = time.monotonic() + 30
+            while (status := held.get()) != 200:
+                assert status == 403 and time.monotonic() < deadline, (status, s1.log_tail())
+                time.sleep(0.2)
+            assert held.get() == 200
+        finally:
+            held.close()
+        assert _stat(s1, "listener_manager.listener_modified") == listeners_changed  # the same listener
+        # what s1's Envoy holds: the policy on its inbound route's virtual host, naming o1's service now
+        dump = json.loads(s1.admin("/config_dump?resource=dynamic_route_configs"))
+        [routes] = [c["route_config"] for c in dump["configs"] if c["route_config"]["name"].endswith("~inbound")]
+        [vhost] = routes["virtual_hosts"]
+        per_route = vhost["typed_per_filter_config"]["envoy.filters.http.rbac"]
+        assert per_route["@type"].endswith("rbac.v3.RBACPerRoute")
+        admitted = [p["authenticated"]["principal_name"]["prefix"]
+                    for p in per_route["rbac"]["rules"]["policies"]["callers"]["principals"]]
+        assert f"spiffe://{D}/sidecar/{oth}/" in admitted and f"spiffe://{D}/sidecar/{cli}/" in admitted
+        assert _get_direct(inbound, o1_ident, ca.bundle) == 200
         # and o1's own Envoy now dials s1 over mTLS too
         assert send(o1.outbound_port, srv, 2)["s1"] == 2
 

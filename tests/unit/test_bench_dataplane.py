@@ -1,7 +1,7 @@
 """bench/dataplane.py and bench/dataplane_instructions.py measure the real thing (issue 13, data-plane target).
 
 The instruction-count bench builds its Envoys from the projector's own builders: its mTLS server hop has
-the rendered DownstreamTlsContext and the RBAC filter admitting exactly the caller, its client cluster the
+the rendered DownstreamTlsContext and the RBAC filter with the per-route policy admitting exactly the caller, its client cluster the
 rendered UpstreamTlsContext, and real Envoy accepts both bootstraps. The latency bench interleaves its
 paths in ABBA order.
 """
@@ -33,7 +33,10 @@ def test_the_mtls_server_hop_is_the_rendered_listener_with_tls_and_rbac_for_the_
     chain, filters = _filters(bootstrap)
     assert chain["transport_socket"]["typed_config"]["require_client_certificate"] is True
     assert filters == [mesh_tls.RBAC_HTTP_FILTER, "envoy.filters.http.router"]
-    rbac = chain["filters"][0]["typed_config"]["http_filters"][0]["typed_config"]
+    hcm = chain["filters"][0]["typed_config"]
+    assert "policies" not in hcm["http_filters"][0]["typed_config"]["rules"]  # by itself it admits nobody
+    [vhost] = hcm["route_config"]["virtual_hosts"]  # the rendered RDS routes, inline
+    rbac = vhost["typed_per_filter_config"][mesh_tls.RBAC_HTTP_FILTER]["rbac"]
     principals = [p["authenticated"]["principal_name"]["prefix"]
                   for p in rbac["rules"]["policies"]["callers"]["principals"]]
     assert principals == list(mesh_tls.allowed_principals(instr.DOMAIN, [instr.CALLER], allow_mesh=False))

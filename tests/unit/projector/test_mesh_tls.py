@@ -1,10 +1,12 @@
-"""Stories about sidecar-to-sidecar mTLS: given these events, this node's inbound listener admits exactly these SPIFFE ids.
+"""Stories about sidecar-to-sidecar mTLS: given these events, this node's inbound side admits exactly these SPIFFE ids.
 
 A sidecar registered with a trust domain gets an inbound listener that
 requires a mesh client certificate and an RBAC policy admitting the services
 that depend on its service (declared or subscribed), the health checkers, and
-whatever its service's access policy opens; its clusters to secure services
-verify their SPIFFE ids. A sidecar without one keeps today's plaintext config.
+whatever its service's access policy opens (HTTP/gRPC: per route, in its
+inbound route configuration over RDS; TCP: in the listener); its clusters to
+secure services verify their SPIFFE ids. A sidecar without one keeps today's
+plaintext config.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 
 from events import types as t
 from projector import mesh_tls
-from projector.render import CLUSTER, LISTENER, render, render_all
+from projector.render import CLUSTER, LISTENER, ROUTE, render, render_all
 from projector.state import state_from_bytes, state_to_bytes
 from tests.unit.projector.helpers import Log, fold_log
 
@@ -50,22 +52,33 @@ def _inbound(state, node: str) -> listener_pb2.Listener:
     return render(state, node)[LISTENER][f"{node}~inbound"]
 
 
-def _admitted(listener: listener_pb2.Listener) -> tuple[str, ...] | None:
-    """The URI SAN prefixes the inbound RBAC admits; None if the listener has no RBAC filter."""
-    chain = listener.filter_chains[0]
+def _hcm(listener: listener_pb2.Listener) -> hcm_pb2.HttpConnectionManager:
+    hcm = hcm_pb2.HttpConnectionManager()
+    listener.filter_chains[0].filters[0].typed_config.Unpack(hcm)
+    return hcm
+
+
+def _admitted(state, node: str) -> tuple[str, ...] | None:
+    """The URI SAN prefixes ``node``'s inbound RBAC admits; None if its inbound listener has no RBAC filter.
+
+    TCP: the network filter in the listener. HTTP: the per-route policy of the inbound route
+    configuration's virtual host (the listener's own RBAC filter admits nobody by itself).
+    """
+    out = render(state, node)
+    chain = out[LISTENER][f"{node}~inbound"].filter_chains[0]
     for f in chain.filters:
         if f.name == mesh_tls.RBAC_NETWORK_FILTER:
             msg = rbac_network_pb2.RBAC()
             f.typed_config.Unpack(msg)
             return _principals(msg.rules)
-    hcm = hcm_pb2.HttpConnectionManager()
-    chain.filters[0].typed_config.Unpack(hcm)
-    for hf in hcm.http_filters:
-        if hf.name == mesh_tls.RBAC_HTTP_FILTER:
-            msg = rbac_http_pb2.RBAC()
-            hf.typed_config.Unpack(msg)
-            return _principals(msg.rules)
-    return None
+    hcm = _hcm(out[LISTENER][f"{node}~inbound"])
+    if mesh_tls.RBAC_HTTP_FILTER not in [hf.name for hf in hcm.http_filters]:
+        return None
+    assert hcm.rds.route_config_name == f"{node}~inbound" and not hcm.HasField("route_config")
+    [vhost] = out[ROUTE][f"{node}~inbound"].virtual_hosts
+    per_route = rbac_http_pb2.RBACPerRoute()
+    vhost.typed_per_filter_config[mesh_tls.RBAC_HTTP_FILTER].Unpack(per_route)
+    return _principals(per_route.rbac.rules)
 
 
 def _principals(rules: rbac_config_pb2.RBAC) -> tuple[str, ...]:
@@ -81,10 +94,10 @@ def _checker() -> str:
 
 def test_inbound_admits_exactly_the_declared_callers_and_the_checkers():
     state, _ = fold_log(_mesh().events)
-    assert _admitted(_inbound(state, "reviews-1")) == (_checker(), f"spiffe://{D}/sidecar/web/")
-    assert _admitted(_inbound(state, "ratings-1")) == (_checker(), f"spiffe://{D}/sidecar/details/")
+    assert _admitted(state, "reviews-1") == (_checker(), f"spiffe://{D}/sidecar/web/")
+    assert _admitted(state, "ratings-1") == (_checker(), f"spiffe://{D}/sidecar/details/")
     # nobody declared web: only the checkers may reach it
-    assert _admitted(_inbound(state, "web-1")) == (_checker(),)
+    assert _admitted(state, "web-1") == (_checker(),)
 
 
 def test_inbound_requires_a_mesh_client_certificate_from_file_sds():
@@ -100,10 +113,12 @@ def test_inbound_requires_a_mesh_client_certificate_from_file_sds():
     assert sds.sds_config.path_config_source.watched_directory.path == "sds"
     trust = common.combined_validation_context.validation_context_sds_secret_config
     assert (trust.name, trust.sds_config.path_config_source.path) == ("meshlog_trust", "sds/trust.json")
-    # the RBAC filter runs before the router
-    hcm = hcm_pb2.HttpConnectionManager()
-    chain.filters[0].typed_config.Unpack(hcm)
+    # the RBAC filter runs before the router; by itself (a route without a policy) it admits nobody
+    hcm = _hcm(_inbound(state, "reviews-1"))
     assert [f.name for f in hcm.http_filters] == ["envoy.filters.http.rbac", "envoy.filters.http.router"]
+    base = rbac_http_pb2.RBAC()
+    hcm.http_filters[0].typed_config.Unpack(base)
+    assert base.rules.action == rbac_config_pb2.RBAC.ALLOW and not base.rules.policies
 
 
 def test_a_cluster_to_a_secure_service_verifies_its_spiffe_id_and_presents_ours():
@@ -117,23 +132,36 @@ def test_a_cluster_to_a_secure_service_verifies_its_spiffe_id_and_presents_ours(
     assert [(m.san_type, m.matcher.prefix) for m in sans] == [(URI, f"spiffe://{D}/sidecar/reviews/")]
 
 
+def test_both_ends_speak_tls_1_3_only_so_the_callers_certificate_is_never_sent_in_clear():
+    state, _ = fold_log(_mesh().events)
+    upstream = tls_pb2.UpstreamTlsContext()
+    render(state, "web-1")[CLUSTER]["reviews"].transport_socket.typed_config.Unpack(upstream)
+    downstream = tls_pb2.DownstreamTlsContext()
+    _inbound(state, "reviews-1").filter_chains[0].transport_socket.typed_config.Unpack(downstream)
+    tls13 = common_pb2.TlsParameters.TLSv1_3
+    for ctx in (upstream, downstream):
+        params = ctx.common_tls_context.tls_params
+        # Envoy's client default is at most TLS 1.2, where the client certificate crosses in clear text
+        assert (params.tls_minimum_protocol_version, params.tls_maximum_protocol_version) == (tls13, tls13)
+
+
 def test_a_subscription_counts_as_a_declaration_and_unsubscribing_closes_it_again():
     log = _mesh()
     log.subscribe("details", "d1", "reviews")
     state, decisions = fold_log(log.events)
     assert decisions == []
-    assert _admitted(_inbound(state, "reviews-1")) == (
+    assert _admitted(state, "reviews-1") == (
         _checker(), f"spiffe://{D}/sidecar/details/", f"spiffe://{D}/sidecar/web/")
     log.unsubscribe("details", "d1", "reviews")
     state, _ = fold_log(log.events)
-    assert _admitted(_inbound(state, "reviews-1")) == (_checker(), f"spiffe://{D}/sidecar/web/")
+    assert _admitted(state, "reviews-1") == (_checker(), f"spiffe://{D}/sidecar/web/")
 
 
 def test_the_last_caller_leaving_closes_the_door():
     log = _mesh()
     log.deregister("web", "w1")
     state, _ = fold_log(log.events)
-    assert _admitted(_inbound(state, "reviews-1")) == (_checker(),)
+    assert _admitted(state, "reviews-1") == (_checker(),)
 
 
 def test_an_access_policy_opens_a_service_to_the_whole_mesh_or_to_named_services():
@@ -141,14 +169,14 @@ def test_an_access_policy_opens_a_service_to_the_whole_mesh_or_to_named_services
     log.append(t.AccessPolicyUpserted(service="reviews", revision=1, allow="mesh"))
     state, decisions = fold_log(log.events)
     assert decisions == []
-    assert _admitted(_inbound(state, "reviews-1")) == (_checker(), f"spiffe://{D}/sidecar/")
+    assert _admitted(state, "reviews-1") == (_checker(), f"spiffe://{D}/sidecar/")
     log.append(t.AccessPolicyUpserted(service="reviews", revision=2, also=("ratings",)))
     state, _ = fold_log(log.events)
-    assert _admitted(_inbound(state, "reviews-1")) == (
+    assert _admitted(state, "reviews-1") == (
         _checker(), f"spiffe://{D}/sidecar/ratings/", f"spiffe://{D}/sidecar/web/")
     log.append(t.AccessPolicyDeleted(service="reviews", revision=3))
     state, _ = fold_log(log.events)
-    assert _admitted(_inbound(state, "reviews-1")) == (_checker(), f"spiffe://{D}/sidecar/web/")
+    assert _admitted(state, "reviews-1") == (_checker(), f"spiffe://{D}/sidecar/web/")
 
 
 def test_access_policies_are_revision_checked_and_refused_with_their_reason():
@@ -163,7 +191,7 @@ def test_access_policies_are_revision_checked_and_refused_with_their_reason():
     assert "no access policy for 'ratings'" in decisions[1].reason
     assert "the service itself" in decisions[2].reason
     # refused: the door stays as the graph says
-    assert _admitted(_inbound(state, "reviews-1")) == (_checker(), f"spiffe://{D}/sidecar/web/")
+    assert _admitted(state, "reviews-1") == (_checker(), f"spiffe://{D}/sidecar/web/")
 
 
 def test_a_tcp_service_gets_the_network_rbac_filter_and_tls():
@@ -174,7 +202,8 @@ def test_a_tcp_service_gets_the_network_rbac_filter_and_tls():
     lis = _inbound(state, "db-1")
     assert [f.name for f in lis.filter_chains[0].filters] == [
         "envoy.filters.network.rbac", "envoy.filters.network.tcp_proxy"]
-    assert _admitted(lis) == (_checker(), f"spiffe://{D}/sidecar/web/")
+    assert "db-1~inbound" not in render(state, "db-1")[ROUTE]  # per connection: no routes to carry it
+    assert _admitted(state, "db-1") == (_checker(), f"spiffe://{D}/sidecar/web/")
     assert lis.filter_chains[0].transport_socket.name == "envoy.transport_sockets.tls"
 
 
@@ -185,7 +214,8 @@ def test_a_sidecar_without_a_mesh_identity_keeps_the_plaintext_config():
     state, _ = fold_log(log.events)
     lis = _inbound(state, "reviews-1")
     assert not lis.filter_chains[0].HasField("transport_socket")
-    assert _admitted(lis) is None
+    assert _admitted(state, "reviews-1") is None
+    assert _hcm(lis).HasField("route_config") and set(render(state, "reviews-1")[ROUTE]) == {"reviews-1~outbound"}
     cluster: cluster_pb2.Cluster = render(state, "web-1")[CLUSTER]["reviews"]
     assert not cluster.HasField("transport_socket")
 
@@ -203,17 +233,21 @@ def test_incremental_render_follows_the_graph_and_the_policy():
         lambda lg: _secure(lg, "details", "d1", "10.0.3.2", node="details-1"),  # keeps its subscription
         lambda lg: lg.unsubscribe("details", "d1", "reviews"),
     ]
-    touched = []
+    touched, relistened = [], []
     for change in steps:
         change(log)
         after, _ = fold_log(log.events)
         inc = render_all(after, previous=prev)
         full = render_all(after)
         assert (inc.resources, inc.membership, inc.problems) == (full.resources, full.membership, full.problems)
-        touched.append((LISTENER, "reviews-1~inbound") in inc.changed)
+        touched.append((ROUTE, "reviews-1~inbound") in inc.changed)
+        relistened.append((LISTENER, "reviews-1~inbound") in inc.changed)
         prev = inc
     # a second instance of a service that already called reviews changes nothing on reviews' door
     assert touched == [True, False, False, False, True, False, True]
+    # the door is the route: reviews' listener never changes, so Envoy never drains its open connections, and
+    # a caller admitted by a new declaration is admitted from its next request on a connection already open
+    assert relistened == [False] * len(steps)
 
 
 def test_state_round_trips_access_policies_and_trust_domains():
@@ -237,7 +271,7 @@ def test_a_plaintext_state_serializes_as_before():
 
 @pytest.mark.envoy
 def test_envoy_validate_mode_accepts_the_secure_rendering(tmp_path):
-    """Real Envoy builds the secure inbound listeners (HTTP and TCP, RBAC) and mTLS clusters, SDS files in its cwd."""
+    """Real Envoy builds the secure inbound listeners (HTTP with RBAC per route, TCP) and mTLS clusters, SDS files in its cwd."""
     import json
     import subprocess
 
@@ -247,7 +281,7 @@ def test_envoy_validate_mode_accepts_the_secure_rendering(tmp_path):
     from meshlog.xds_trust import load_tls_files
     from proxy.sds import SidecarTls, write_secrets
     from tests.support.trust import MeshCA
-    from tests.unit.projector.test_envoy_accepts import _as_json, _envoy
+    from tests.unit.projector.test_envoy_accepts import _as_json, _envoy, _hcm_of, _set_hcm
 
     envoy = _envoy()
     log = _mesh()
@@ -272,6 +306,12 @@ def test_envoy_validate_mode_accepts_the_secure_rendering(tmp_path):
                 lis = listener_pb2.Listener.FromString(lis.SerializeToString())
                 lis.address.socket_address.address = "127.0.0.1"
                 lis.address.socket_address.port_value = 20000 + len(listeners)  # validate mode binds nothing
+                hcm = _hcm_of(lis)
+                if hcm is not None:  # its RDS routes inline (the RBAC policy per virtual host)
+                    assert hcm.rds.route_config_name == name
+                    hcm.route_config.CopyFrom(res[ROUTE][name])
+                    hcm.ClearField("rds")
+                    _set_hcm(lis, hcm)
                 listeners[name] = _as_json(lis)
     assert any("transport_socket" in c for c in clusters.values())
     bootstrap = {"node": {"id": "validate", "cluster": "meshlog"},

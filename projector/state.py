@@ -40,7 +40,8 @@ Invariants:
   keys claiming it), ``subset_users`` (service -> hosts whose current route
   rule names one of its subsets) and ``callers`` (service -> keys of the
   registered instances whose ``dependencies()`` name it: the dependency graph
-  read backwards, what an inbound listener's RBAC admits).
+  read backwards, what a sidecar's inbound RBAC admits: per request in its
+  inbound route for HTTP/gRPC, per connection in the listener for TCP).
 - Map iteration order is unspecified (it depends on the process's string
   hashing); everything observable (``state_to_bytes``, rendering) sorts.
 - ``state_to_bytes`` is deterministic (sorted keys, sorted entries) and

@@ -7,7 +7,11 @@ Setup (every part is the real thing, each in its own process):
   10 instances, each a sidecar node depending on 4 random services; 1,000 nodes
   (999 plus ``edge-0``, which depends on every service) subscribe ``svc-000``;
   appended with ``events.producer.EventProducer`` (registrar's write path);
-- ``projector run`` (fresh data dir, ``-v`` so it logs each batch's timeline);
+- ``projector run --insecure-events`` (fresh data dir, ``-v`` so it logs each
+  batch's timeline): the bench appends unsigned events as ``registrar`` does
+  without a mesh identity, so the projector folds them unverified (the
+  default would refuse every one of them); verifying one flip costs the
+  projector one ECDSA check (~75 µs, ``bench/projector.py``);
 - two ``xds-gateway run --insecure`` replicas;
 - simulated Envoys from ``bench/xds_fanout_client.py``: 10,000 delta ADS
   streams, each client process on one replica (half the streams each).
@@ -216,7 +220,7 @@ def run(args: argparse.Namespace, workdir: Path, results: dict, deadline: float)
         print(f"Kafka at {bootstrap} in {time.monotonic() - t:.1f}s", flush=True)
         t = time.monotonic()
         loop.run_until_complete(append_all(bootstrap, regs))
-        projector = start_projector(bootstrap, workdir, extra=["-v", *shlex.split(args.projector_args)])
+        projector = start_projector(bootstrap, workdir, extra=["-v", "--insecure-events", *shlex.split(args.projector_args)])
         processes.append(projector)
         if not wait_until(lambda: "caught up at" in projector.log_path.read_text(errors="replace"),
                           max(1.0, deadline - time.monotonic()), 0.2):

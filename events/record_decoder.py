@@ -86,19 +86,20 @@ _HEADER = _header_decoder()
 _UNSET = msgspec.UNSET
 
 
-def _unsigned_envelope_builder():
-    """``Envelope(event_id, type, version, at, producer, payload)`` that sets the slots directly: ``__init__``
-    goes through the frozen ``__setattr__`` guard and ``__post_init__``'s checks, which cost more than the rest
-    of a memo hit. Only for what ``_fast_envelope`` has established: ``type`` is ``payload.TYPE`` (the memo's
-    key), ``at`` is in UTC (``utc_time_or_none``), no signature. None if the envelope's fields change."""
+def _envelope_builders():
+    """``Envelope(...)`` that sets the slots directly: ``__init__`` goes through the frozen ``__setattr__`` guard
+    and ``__post_init__``'s checks, which cost more than the rest of a memo hit. Only for what ``_fast_envelope``
+    has established: ``type`` is ``payload.TYPE`` (the memo's key), ``at`` is in UTC (``utc_time_or_none``), and
+    a signed envelope has both ``signer`` and ``signature`` (a proof only with them). (unsigned, signed), or
+    (None, None) if the envelope's fields change."""
     names = ("event_id", "type", "schema_version", "occurred_at", "producer", "payload",
              "signer", "signature", "signed_bytes", "proof")
     if tuple(f.name for f in dataclasses.fields(Envelope)) != names:
-        return None
+        return None, None
     s0, s1, s2, s3, s4, s5, s6, s7, s8, s9 = (Envelope.__dict__[name].__set__ for name in names)
     new = object.__new__
 
-    def build(event_id: str, type_: str, version: int, at: Any, producer: str, payload: Any) -> Envelope:
+    def unsigned(event_id: str, type_: str, version: int, at: Any, producer: str, payload: Any) -> Envelope:
         env = new(Envelope)
         s0(env, event_id)
         s1(env, type_)
@@ -112,10 +113,25 @@ def _unsigned_envelope_builder():
         s9(env, None)
         return env
 
-    return build
+    def signed(event_id: str, type_: str, version: int, at: Any, producer: str, payload: Any, signer: str,
+               signature: str, signed_bytes: bytes, proof: tuple[str, ...] | None) -> Envelope:
+        env = new(Envelope)
+        s0(env, event_id)
+        s1(env, type_)
+        s2(env, version)
+        s3(env, at)
+        s4(env, producer)
+        s5(env, payload)
+        s6(env, signer)
+        s7(env, signature)
+        s8(env, signed_bytes)
+        s9(env, proof)
+        return env
+
+    return unsigned, signed
 
 
-_UNSIGNED_ENVELOPE = _unsigned_envelope_builder()
+_UNSIGNED_ENVELOPE, _SIGNED_ENVELOPE = _envelope_builders()
 
 
 class RecordDecoder:
@@ -192,7 +208,7 @@ class RecordDecoder:
                     return _UNSIGNED_ENVELOPE(head.event_id, ptype.TYPE, ptype.SCHEMA_VERSION, at, head.producer,
                                               payload)
                 return Envelope(head.event_id, head.type, ptype.SCHEMA_VERSION, at, head.producer, payload)
-            return _signed_envelope(head, ptype.SCHEMA_VERSION, at, known)  # None: the codec decides
+            return _signed_envelope(head, ptype.TYPE, ptype.SCHEMA_VERSION, at, known)  # None: the codec decides
         except (ValueError, orjson.JSONEncodeError):  # EventValidationError is a ValueError: the codec decides
             return None
 
@@ -202,7 +218,7 @@ class RecordDecoder:
         return self.hits / total if total else 0.0
 
 
-def _signed_envelope(head: Any, version: int, at: Any, known: tuple[Any, bytes]) -> Envelope | None:
+def _signed_envelope(head: Any, type_: str, version: int, at: Any, known: tuple[Any, bytes]) -> Envelope | None:
     """The signed envelope the codec builds from ``head``: its shape rules, its ``signing_bytes``."""
     signer, signature, proof = head.signer, head.signature, head.proof
     if signer is _UNSET or signature is _UNSET:
@@ -220,8 +236,10 @@ def _signed_envelope(head: Any, version: int, at: Any, known: tuple[Any, bytes])
     doc = {name: getattr(head, name) for name in _SIGNED_DOC_FIELDS}
     doc["payload"] = orjson.Fragment(known[1])
     data = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
-    return Envelope(head.event_id, head.type, version, at, head.producer, known[0],  # positional: the hot path
-                    signer, signature, data, proof)
+    if _SIGNED_ENVELOPE is not None:
+        return _SIGNED_ENVELOPE(head.event_id, type_, version, at, head.producer, known[0], signer, signature, data,
+                                proof)
+    return Envelope(head.event_id, type_, version, at, head.producer, known[0], signer, signature, data, proof)
 
 
 _SERIAL_RE, _SIGNATURE_RE = codec._SERIAL_RE, codec._SIGNATURE_RE

@@ -18,9 +18,10 @@ Invariants:
   ``signing_bytes(doc)`` of the document it read on the envelope
   (``signed_bytes``), so what is verified is what was signed even once the
   payload is upcast, and ``received_digest_of`` the bytes it decoded
-  (``received_digest``: what an attestation names). A JSON document re-serialized by orjson has the same bytes
-  as the one it was parsed from when orjson wrote it (sorted keys, no
-  whitespace), which is how a producer wrote it.
+  (``received_digest``: what an attestation names). A JSON document
+  re-serialized by orjson has the same bytes as the one it was parsed from
+  when orjson wrote it (sorted keys, no whitespace), which is how a producer
+  wrote it.
 - Signature fields are checked for shape only here (``signer`` a lowercase hex
   serial, ``signature`` base64 of at most 200 characters, both or neither);
   whether the signature is good is the verifier's question

@@ -62,9 +62,8 @@ from typing import Any, Container
 import msgspec
 import orjson
 
-from events import codec
+from events import codec, topics
 from events.codec import decode_record, utc_time_or_none
-from events import topics
 from events.envelope import ENVELOPE_FIELDS, REQUIRED_FIELDS, SIGNATURE_FIELDS, Envelope, Logged, received_digest_of
 from events.types import PAYLOAD_TYPES
 

@@ -22,7 +22,7 @@ from identity import records as identity_records
 from projector.fold import fold_many
 from projector.state import empty_state
 from tests.unit.events.test_record_decoder import Rec
-from tests.unit.events.test_record_decoder_signed import TOPIC, _payloads, _signer, batch_signed, single_signed
+from tests.unit.events.test_record_decoder_signed import TOPIC, _payloads, batch_signed, single_signed
 from tests.unit.projector.helpers import OCCURRED
 from tests.unit.projector.signed import MS0, Trust, sidecar
 
@@ -104,7 +104,7 @@ def test_a_lazily_decoded_envelope_is_refused_by_a_verifier_without_its_attestat
     assert "decoded without its signed bytes" in verdict.detail
 
 
-def test_identity_events_are_never_decoded_lazily(trust):
+def test_identity_events_are_never_decoded_lazily():
     """The root's identity facts are checked with their signed bytes (``Verifier.identity_refusal``)."""
     from identity import pki, spiffe
 
@@ -118,4 +118,3 @@ def test_identity_events_are_never_decoded_lazily(trust):
         env = decoder(Rec(value, topics.IDENTITIES)).envelope
         assert env.signed_bytes is not None
     assert decoder.lazy == 0
-    assert _signer(trust).serial  # the module's trust is untouched

@@ -185,20 +185,17 @@ class RecordDecoder:
         value = record.value
         if value is None or _HEADER is None:
             return decode_record(record)  # the codec's answer (or its error)
-        digest = None
-        if self.attested:
-            digest = received_digest_of(value)
-            if digest in self.attested and _LAZY_HEADER is not None and record.topic in _LAZY_TOPICS:
-                logged = self._attested(record, value, digest)
-                if logged is not None:
-                    return logged
+        if self.attested and _LAZY_HEADER is not None and record.topic in _LAZY_TOPICS:
+            logged = self._attested(record, value)
+            if logged is not None:
+                return logged
         try:
             head = _HEADER.decode(value)
         except Exception:  # noqa: BLE001 - msgspec refuses (or recurses): the codec decides, and says why
             return decode_record(record)
         known = self._known(head)
         if known is not None:
-            env = self._fast_envelope(head, known, record.topic, value, digest)
+            env = self._fast_envelope(head, known, record.topic, value)
             if env is not None:
                 self.hits += 1
                 return Logged(env, record.topic, record.partition, record.offset, record.timestamp)
@@ -220,7 +217,7 @@ class RecordDecoder:
                 self._keep(key, known)
         return known
 
-    def _attested(self, record: Any, value: Any, digest: bytes) -> Logged | None:
+    def _attested(self, record: Any, value: Any) -> Logged | None:
         """The envelope of an attested signed record, decoded without its signature fields; None: decode it whole.
 
         The projector decoded and verified exactly these bytes (``digest`` binds them all), so what its codec
@@ -234,6 +231,9 @@ class RecordDecoder:
             return None  # not signed (or half): nothing an attestation names
         known = self._known(head)
         if known is None:
+            return None  # a first sighting: the codec reads it (and sets its digest)
+        digest = received_digest_of(value)
+        if digest not in self.attested:
             return None
         ptype = PAYLOAD_TYPES[head.type]
         if ptype.TOPIC != record.topic or not head.event_id or not head.producer or _SIGNED_ENVELOPE is None:
@@ -254,8 +254,7 @@ class RecordDecoder:
         self._young_bytes += len(key[2])
 
     @staticmethod
-    def _fast_envelope(head: Any, known: tuple[Any, bytes], topic: str, value: Any, digest: bytes | None
-                       ) -> Envelope | None:
+    def _fast_envelope(head: Any, known: tuple[Any, bytes], topic: str, value: Any) -> Envelope | None:
         """The envelope ``events.codec`` would build from a header whose payload it already accepted, else None.
 
         The memo hit already says: the type is known, the version is one the codec accepted for it (so
@@ -276,8 +275,7 @@ class RecordDecoder:
                                               payload)
                 return Envelope(head.event_id, head.type, ptype.SCHEMA_VERSION, at, head.producer, payload)
             # None: the codec decides
-            return _signed_envelope(head, ptype.TYPE, ptype.SCHEMA_VERSION, at, known,
-                                    received_digest_of(value) if digest is None else digest)
+            return _signed_envelope(head, ptype.TYPE, ptype.SCHEMA_VERSION, at, known, received_digest_of(value))
         except (ValueError, orjson.JSONEncodeError):  # EventValidationError is a ValueError: the codec decides
             return None
 

@@ -48,7 +48,9 @@ Invariants:
   proof, no ``signed_bytes``, no ``proof`` (the projector's codec accepted
   and its verifier checked exactly these bytes: the digest binds every one of
   them). Everything else is the fast path's (a memo hit, the topic, id,
-  producer and time checks; anything else goes the full way). Such an
+  producer and time checks), or on a first sighting of the payload the
+  codec's own, on the document without its signature fields; anything it
+  refuses goes the full way (and is refused with the codec's reason). Such an
   envelope verifies only on that attestation (``Verifier.verdict``); a record
   whose digest is not attested is decoded and checked the full way, so a bad
   signature or proof is refused exactly as before.
@@ -200,12 +202,16 @@ class RecordDecoder:
                 self.hits += 1
                 return Logged(env, record.topic, record.partition, record.offset, record.timestamp)
         logged = decode_record(record)  # the reference path; raises EventValidationError
+        self._remember(head, logged.envelope.payload)
+        return logged
+
+    def _remember(self, head: Any, payload: Any) -> None:
+        """Memoize ``payload``, which the codec accepted from the header's payload bytes (a first sighting)."""
         self.misses += 1
         # the codec accepted these payload bytes for (type, version), so orjson reads them
         raw = bytes(head.payload)
         canonical = orjson.dumps(orjson.loads(raw), option=orjson.OPT_SORT_KEYS)
-        self._keep((head.type, head.schema_version, raw), (logged.envelope.payload, raw if canonical == raw else canonical))
-        return logged
+        self._keep((head.type, head.schema_version, raw), (payload, raw if canonical == raw else canonical))
 
     def _known(self, head: Any) -> tuple[Any, bytes] | None:
         """The memo's entry for the header's (type, version, payload bytes), None on a first sighting."""
@@ -229,12 +235,25 @@ class RecordDecoder:
             return None
         if head.signer is _UNSET or head.signature is _UNSET:
             return None  # not signed (or half): nothing an attestation names
-        known = self._known(head)
-        if known is None:
-            return None  # a first sighting: the codec reads it (and sets its digest)
         digest = received_digest_of(value)
         if digest not in self.attested:
             return None
+        known = self._known(head)
+        if known is None:  # a first sighting of the payload: the codec reads the envelope but its signature fields
+            try:
+                doc = orjson.loads(value)
+                signer, signature = doc.pop("signer"), doc.pop("signature")
+                doc.pop("proof", None)
+                env = codec.decode_document(doc, record.topic)
+            except Exception:  # noqa: BLE001 - the whole way decides, and says why
+                return None
+            self._remember(head, env.payload)
+            if type(signer) is not str or type(signature) is not str or _SIGNED_ENVELOPE is None:
+                return None
+            env = _SIGNED_ENVELOPE(env.event_id, env.type, env.schema_version, env.occurred_at, env.producer,
+                                   env.payload, signer, signature, None, None, digest)
+            self.lazy += 1
+            return Logged(env, record.topic, record.partition, record.offset, record.timestamp)
         ptype = PAYLOAD_TYPES[head.type]
         if ptype.TOPIC != record.topic or not head.event_id or not head.producer or _SIGNED_ENVELOPE is None:
             return None

@@ -119,3 +119,13 @@ def test_identity_events_are_never_decoded_lazily():
         env = decoder(Rec(value, topics.IDENTITIES)).envelope
         assert env.signed_bytes is not None
     assert decoder.lazy == 0
+
+
+def test_a_received_envelope_signed_again_does_not_keep_the_digest_of_its_record(trust):
+    """Else the attestation of the record it was decoded from would stand for the new signature."""
+    value = single_signed(trust, _payloads()[0])
+    received = decode_record(Rec(value, TOPIC)).envelope
+    assert received.received_digest is not None
+    other = trust.issue(sidecar("web", "2"))
+    assert other.sign(received).received_digest is None
+    assert all(env.received_digest is None for env in other.sign_batch([received, received]))

@@ -129,7 +129,7 @@ class Verifier:
         self._verified: dict[str, Verdict] = {}  # serial -> the verdict naming its author
         self._vouched: set[bytes] = set()  # received digests attested by a trusted verifier (``attested``)
         self.vouched_hits = 0
-        self.record_vouches: list[bytes] | None = None  # when a list: the digests of signatures found good
+        self.record_vouches: list[bytes] | None = None  # when a list: received digests of events found well signed
         self._root_keys = {format(root.serial_number, "x"): root.public_key() for root in self.roots}
         self.identities_refused = 0
         self.refused_identities: list[tuple[Logged, str]] = []  # the last 100 (event, why)

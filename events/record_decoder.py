@@ -120,24 +120,9 @@ def _envelope_builders():
     s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10 = (Envelope.__dict__[name].__set__ for name in names)
     new = object.__new__
 
-    def unsigned(event_id: str, type_: str, version: int, at: Any, producer: str, payload: Any) -> Envelope:
-        env = new(Envelope)
-        s0(env, event_id)
-        s1(env, type_)
-        s2(env, version)
-        s3(env, at)
-        s4(env, producer)
-        s5(env, payload)
-        s6(env, None)
-        s7(env, None)
-        s8(env, None)
-        s9(env, None)
-        s10(env, None)
-        return env
-
-    def signed(event_id: str, type_: str, version: int, at: Any, producer: str, payload: Any, signer: str,
-               signature: str, signed_bytes: bytes | None, proof: tuple[str, ...] | None,
-               received_digest: bytes) -> Envelope:
+    def signed(event_id: str, type_: str, version: int, at: Any, producer: str, payload: Any, signer: str | None,
+               signature: str | None, signed_bytes: bytes | None, proof: tuple[str, ...] | None,
+               received_digest: bytes | None) -> Envelope:
         env = new(Envelope)
         s0(env, event_id)
         s1(env, type_)
@@ -151,6 +136,9 @@ def _envelope_builders():
         s9(env, proof)
         s10(env, received_digest)
         return env
+
+    def unsigned(event_id: str, type_: str, version: int, at: Any, producer: str, payload: Any) -> Envelope:
+        return signed(event_id, type_, version, at, producer, payload, None, None, None, None, None)
 
     return unsigned, signed
 

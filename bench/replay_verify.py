@@ -164,6 +164,7 @@ def _run(records, decoder, verifier, pool, attestations) -> tuple[float, float, 
 
         vouched = vouch_records(verifier, attestations)
         assert vouched.refused == 0, vouched.why
+        decoder.attested = verifier.attested()  # as rebuild decodes: the attested records without their signatures
     state, refused = empty_state(), []
     for i in range(0, len(records), 5000):
         batch = [decoder(r) for r in records[i: i + 5000]]

@@ -17,9 +17,11 @@ Invariants:
   producer signs ``signing_bytes(envelope_to_dict(env))``; ``decode`` keeps
   ``signing_bytes(doc)`` of the document it read on the envelope
   (``signed_bytes``), so what is verified is what was signed even once the
-  payload is upcast. A JSON document re-serialized by orjson has the same bytes
-  as the one it was parsed from when orjson wrote it (sorted keys, no
-  whitespace), which is how a producer wrote it.
+  payload is upcast, and ``received_digest_of`` the bytes it decoded
+  (``received_digest``: what an attestation names). A JSON document
+  re-serialized by orjson has the same bytes as the one it was parsed from
+  when orjson wrote it (sorted keys, no whitespace), which is how a producer
+  wrote it.
 - Signature fields are checked for shape only here (``signer`` a lowercase hex
   serial, ``signature`` base64 of at most 200 characters, both or neither);
   whether the signature is good is the verifier's question
@@ -35,7 +37,15 @@ from typing import Any, Mapping
 import orjson
 from pydantic import ValidationError as PydanticValidationError
 
-from events.envelope import BATCH_FIELDS, ENVELOPE_FIELDS, REQUIRED_FIELDS, SIGNATURE_FIELDS, Envelope, Logged
+from events.envelope import (
+    BATCH_FIELDS,
+    ENVELOPE_FIELDS,
+    REQUIRED_FIELDS,
+    SIGNATURE_FIELDS,
+    Envelope,
+    Logged,
+    received_digest_of,
+)
 from events.errors import EventValidationError, FieldProblem
 from events.printable import quoted
 from events.types import PAYLOAD_TYPES, Payload
@@ -198,7 +208,9 @@ def check_topic(payload_type: type[Payload], topic: str | None) -> None:
         )
 
 
-def envelope_from_dict(doc: Any, topic: str | None = None) -> Envelope:
+def envelope_from_dict(doc: Any, topic: str | None = None, received: Any = None) -> Envelope:
+    """The envelope of JSON document ``doc``; ``received``: the bytes it was parsed from (a signed envelope then
+    carries their ``received_digest``)."""
     if not isinstance(doc, dict):
         raise EventValidationError.single("", f"an event must be a JSON object, got {type(doc).__name__}")
     keys = doc.keys()
@@ -241,6 +253,7 @@ def envelope_from_dict(doc: Any, topic: str | None = None) -> Envelope:
             signature=signature,
             signed_bytes=signing_bytes(doc) if signer is not None else None,
             proof=proof,
+            received_digest=received_digest_of(received) if signer is not None and received is not None else None,
         )
     except ValueError as exc:  # the envelope's own invariants
         if isinstance(exc, EventValidationError):
@@ -258,13 +271,13 @@ def decode(data: bytes | bytearray | memoryview | None, topic: str | None = None
         raise EventValidationError.single("", f"not valid JSON: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - e.g. a type orjson does not read; the contract is total
         raise EventValidationError.single("", f"not readable as JSON ({type(exc).__name__})") from None
-    return decode_document(doc, topic)
+    return decode_document(doc, topic, data)
 
 
-def decode_document(doc: Any, topic: str | None = None) -> Envelope:
+def decode_document(doc: Any, topic: str | None = None, received: Any = None) -> Envelope:
     """``envelope_from_dict`` with the total contract: EventValidationError or an envelope, nothing else."""
     try:
-        return envelope_from_dict(doc, topic)
+        return envelope_from_dict(doc, topic, received)
     except EventValidationError:
         raise
     except Exception as exc:  # noqa: BLE001 - the contract is total: a reader must be able to skip any record

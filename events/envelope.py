@@ -18,10 +18,19 @@ Invariants:
   ``signed_bytes`` keeps those exact bytes from decoding (they are
   what was signed, even if the payload is later upcast); it takes no part in
   equality.
+- ``received_digest``: for a signed envelope decoded from a record, the
+  SHA-256 (all 32 bytes) of the record's value exactly as received
+  (``received_digest_of``), set by the decoders and nothing else; what a
+  projector attestation names (``projector.attestations``). It binds every
+  byte of the record: signature, proof, serial, payload and their spelling.
+  An envelope decoded lazily because an attestation named its digest
+  (``events.record_decoder``) has no ``signed_bytes`` and no ``proof``: the
+  verifier accepts it only on that attestation. No part in equality.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import uuid
@@ -40,6 +49,13 @@ SIGNATURE_FIELDS: tuple[str, ...] = ("signer", "signature")
 #: an envelope signed as part of a batch also has this (its Merkle proof, events.signing)
 BATCH_FIELDS: tuple[str, ...] = ("proof",)
 ENVELOPE_FIELDS: tuple[str, ...] = REQUIRED_FIELDS + SIGNATURE_FIELDS + BATCH_FIELDS
+
+
+def received_digest_of(value: bytes) -> bytes:
+    """The digest an attestation names a signed record by: SHA-256 of its value as received. All 32 bytes: a
+    producer can spell one valid record (and one forged one) in countless byte strings (whitespace, escapes), so a
+    truncated digest would let it search for a collision between the two (2**64 hashes for 16 bytes)."""
+    return hashlib.sha256(value).digest()
 
 
 def default_producer_identity() -> str:
@@ -63,6 +79,7 @@ class Envelope(Generic[P]):
     signature: str | None = None  # base64 DER ECDSA signature over events.signing.signing_bytes
     signed_bytes: bytes | None = field(default=None, compare=False, repr=False)  # what was signed, as decoded
     proof: tuple[str, ...] | None = None  # Merkle proof to the batch root the signature covers (batch-signed)
+    received_digest: bytes | None = field(default=None, compare=False, repr=False)  # of the record, as received
 
     def __post_init__(self) -> None:
         if self.occurred_at.tzinfo is None or self.occurred_at.utcoffset() != timezone.utc.utcoffset(None):

@@ -38,20 +38,35 @@ Invariants:
   codec would have parsed it: the header's values, with the payload as the
   canonical bytes orjson writes for it (memoized with the payload, computed
   from the same raw bytes the codec accepted), so the verifier checks exactly
-  the bytes it would check after ``events.codec.decode``.
+  the bytes it would check after ``events.codec.decode``. Its
+  ``received_digest`` is ``events.envelope.received_digest_of`` the record's
+  value, as the codec sets it.
+- Lazily, on an attestation: a decoder given ``attested`` (the digests of
+  records a believed projector attestation names: ``Verifier.attested``)
+  decodes a signed record of an event topic whose ``received_digest`` is one
+  of them without its signature fields: no shape checks of the signature and
+  proof, no ``signed_bytes``, no ``proof`` (the projector's codec accepted
+  and its verifier checked exactly these bytes: the digest binds every one of
+  them). Everything else is the fast path's (a memo hit, the topic, id,
+  producer and time checks), or on a first sighting of the payload the
+  codec's own, on the document without its signature fields; anything it
+  refuses goes the full way (and is refused with the codec's reason). Such an
+  envelope verifies only on that attestation (``Verifier.verdict``); a record
+  whose digest is not attested is decoded and checked the full way, so a bad
+  signature or proof is refused exactly as before.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Container
 
 import msgspec
 import orjson
 
-from events import codec
+from events import codec, topics
 from events.codec import decode_record, utc_time_or_none
-from events.envelope import ENVELOPE_FIELDS, REQUIRED_FIELDS, SIGNATURE_FIELDS, Envelope, Logged
+from events.envelope import ENVELOPE_FIELDS, REQUIRED_FIELDS, SIGNATURE_FIELDS, Envelope, Logged, received_digest_of
 from events.types import PAYLOAD_TYPES
 
 # The header types the fast path understands. The field *list* is the envelope's; a field it gains
@@ -73,32 +88,41 @@ _HEADER_TYPES: dict[str, Any] = {
 _OPTIONAL_FIELDS = tuple(name for name in ENVELOPE_FIELDS if name not in REQUIRED_FIELDS)
 
 
-def _header_decoder() -> msgspec.json.Decoder | None:
-    if any(name not in _HEADER_TYPES for name in ENVELOPE_FIELDS):
+def _header_decoder(types: dict[str, Any]) -> msgspec.json.Decoder | None:
+    if any(name not in types for name in ENVELOPE_FIELDS):
         return None
-    fields = [(name, _HEADER_TYPES[name]) for name in sorted(REQUIRED_FIELDS)]
-    fields += [(name, _HEADER_TYPES[name] | msgspec.UnsetType, msgspec.UNSET) for name in sorted(_OPTIONAL_FIELDS)]
+    fields = [(name, types[name]) for name in sorted(REQUIRED_FIELDS)]
+    fields += [(name, types[name] | msgspec.UnsetType, msgspec.UNSET) for name in sorted(_OPTIONAL_FIELDS)]
     struct = msgspec.defstruct("EnvelopeHeader", fields, kw_only=True, forbid_unknown_fields=True, frozen=True)
     return msgspec.json.Decoder(struct)
 
 
-_HEADER = _header_decoder()
+_HEADER = _header_decoder(_HEADER_TYPES)
+# an attested record's header: its proof is not read (only what the verifier needs of an attested event is)
+_LAZY_HEADER = _header_decoder({**_HEADER_TYPES, "proof": msgspec.Raw})
+# the topics whose events the fold verifies (``Verifier.verdict``): the only ones decoded lazily; an identity
+# event, say, is checked against the root with its signed bytes (``Verifier.identity_refusal``)
+_LAZY_TOPICS = frozenset({topics.REGISTRATIONS, topics.HEALTH, topics.RULES})
 _UNSET = msgspec.UNSET
 
 
-def _unsigned_envelope_builder():
-    """``Envelope(event_id, type, version, at, producer, payload)`` that sets the slots directly: ``__init__``
-    goes through the frozen ``__setattr__`` guard and ``__post_init__``'s checks, which cost more than the rest
-    of a memo hit. Only for what ``_fast_envelope`` has established: ``type`` is ``payload.TYPE`` (the memo's
-    key), ``at`` is in UTC (``utc_time_or_none``), no signature. None if the envelope's fields change."""
+def _envelope_builders():
+    """``Envelope(...)`` that sets the slots directly: ``__init__`` goes through the frozen ``__setattr__`` guard
+    and ``__post_init__``'s checks, which cost more than the rest of a memo hit. Only for what ``_fast_envelope``
+    has established: ``type`` is ``payload.TYPE`` (the memo's key), ``at`` is in UTC (``utc_time_or_none``), and
+    a signed envelope has both ``signer`` and ``signature`` (a proof only with them; ``signed_bytes`` and the
+    proof left out only when decoded lazily on an attestation). (unsigned, signed), or
+    (None, None) if the envelope's fields change."""
     names = ("event_id", "type", "schema_version", "occurred_at", "producer", "payload",
-             "signer", "signature", "signed_bytes", "proof")
+             "signer", "signature", "signed_bytes", "proof", "received_digest")
     if tuple(f.name for f in dataclasses.fields(Envelope)) != names:
-        return None
-    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9 = (Envelope.__dict__[name].__set__ for name in names)
+        return None, None
+    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10 = (Envelope.__dict__[name].__set__ for name in names)
     new = object.__new__
 
-    def build(event_id: str, type_: str, version: int, at: Any, producer: str, payload: Any) -> Envelope:
+    def signed(event_id: str, type_: str, version: int, at: Any, producer: str, payload: Any, signer: str | None,
+               signature: str | None, signed_bytes: bytes | None, proof: tuple[str, ...] | None,
+               received_digest: bytes | None) -> Envelope:
         env = new(Envelope)
         s0(env, event_id)
         s1(env, type_)
@@ -106,24 +130,29 @@ def _unsigned_envelope_builder():
         s3(env, at)
         s4(env, producer)
         s5(env, payload)
-        s6(env, None)
-        s7(env, None)
-        s8(env, None)
-        s9(env, None)
+        s6(env, signer)
+        s7(env, signature)
+        s8(env, signed_bytes)
+        s9(env, proof)
+        s10(env, received_digest)
         return env
 
-    return build
+    def unsigned(event_id: str, type_: str, version: int, at: Any, producer: str, payload: Any) -> Envelope:
+        return signed(event_id, type_, version, at, producer, payload, None, None, None, None, None)
+
+    return unsigned, signed
 
 
-_UNSIGNED_ENVELOPE = _unsigned_envelope_builder()
+_UNSIGNED_ENVELOPE, _SIGNED_ENVELOPE = _envelope_builders()
 
 
 class RecordDecoder:
     """``decoder(record) -> Logged``; keeps hit/miss counters for reporting."""
 
-    __slots__ = ("_memo", "_old", "_young_bytes", "max_entries", "max_bytes", "hits", "misses")
+    __slots__ = ("_memo", "_old", "_young_bytes", "max_entries", "max_bytes", "hits", "misses", "attested", "lazy")
 
-    def __init__(self, max_entries: int = 65_536, max_bytes: int = 8 << 20) -> None:
+    def __init__(self, max_entries: int = 65_536, max_bytes: int = 8 << 20,
+                 attested: Container[bytes] | None = None) -> None:
         # (type, version, payload bytes) -> (validated payload, the canonical bytes orjson writes for it), in two
         # generations of at most max_entries / 2: when the young one is full it becomes the old one and the old
         # one is let go; a hit in the old one moves the entry back. Payloads a log repeats (health flaps,
@@ -137,33 +166,93 @@ class RecordDecoder:
         self.max_bytes = max_bytes
         self.hits = 0
         self.misses = 0
+        # the received digests of records a believed attestation names (the verifier's set, read at each call:
+        # it grows as attestations are read); None or empty: every record is decoded whole
+        self.attested = attested
+        self.lazy = 0  # records decoded lazily on an attestation
 
     def __call__(self, record: Any) -> Logged:
         value = record.value
         if value is None or _HEADER is None:
             return decode_record(record)  # the codec's answer (or its error)
+        if self.attested and _LAZY_HEADER is not None and record.topic in _LAZY_TOPICS:
+            logged = self._attested(record, value)
+            if logged is not None:
+                return logged
         try:
             head = _HEADER.decode(value)
         except Exception:  # noqa: BLE001 - msgspec refuses (or recurses): the codec decides, and says why
             return decode_record(record)
+        known = self._known(head)
+        if known is not None:
+            env = self._fast_envelope(head, known, record.topic, value)
+            if env is not None:
+                self.hits += 1
+                return Logged(env, record.topic, record.partition, record.offset, record.timestamp)
+        logged = decode_record(record)  # the reference path; raises EventValidationError
+        self._remember(head, logged.envelope.payload)
+        return logged
+
+    def _remember(self, head: Any, payload: Any) -> None:
+        """Memoize ``payload``, which the codec accepted from the header's payload bytes (a first sighting)."""
+        self.misses += 1
+        # the codec accepted these payload bytes for (type, version), so orjson reads them
         raw = bytes(head.payload)
-        key = (head.type, head.schema_version, raw)
+        canonical = orjson.dumps(orjson.loads(raw), option=orjson.OPT_SORT_KEYS)
+        self._keep((head.type, head.schema_version, raw), (payload, raw if canonical == raw else canonical))
+
+    def _known(self, head: Any) -> tuple[Any, bytes] | None:
+        """The memo's entry for the header's (type, version, payload bytes), None on a first sighting."""
+        key = (head.type, head.schema_version, bytes(head.payload))
         known = self._memo.get(key)
         if known is None and self._old:
             known = self._old.pop(key, None)
             if known is not None:
                 self._keep(key, known)
-        if known is not None:
-            env = self._fast_envelope(head, known, record.topic)
-            if env is not None:
-                self.hits += 1
-                return Logged(env, record.topic, record.partition, record.offset, record.timestamp)
-        logged = decode_record(record)  # the reference path; raises EventValidationError
-        self.misses += 1
-        # the codec accepted these payload bytes for (type, version), so orjson reads them
-        canonical = orjson.dumps(orjson.loads(raw), option=orjson.OPT_SORT_KEYS)
-        self._keep(key, (logged.envelope.payload, raw if canonical == raw else canonical))
-        return logged
+        return known
+
+    def _attested(self, record: Any, value: Any) -> Logged | None:
+        """The envelope of an attested signed record, decoded without its signature fields; None: decode it whole.
+
+        The projector decoded and verified exactly these bytes (``digest`` binds them all), so what its codec
+        checked of the signature fields (their shape) holds; ``signed_bytes`` and ``proof`` are only needed to
+        check a signature the verifier will not check."""
+        try:
+            head = _LAZY_HEADER.decode(value)
+        except Exception:  # noqa: BLE001 - the whole way decides
+            return None
+        if head.signer is _UNSET or head.signature is _UNSET:
+            return None  # not signed (or half): nothing an attestation names
+        digest = received_digest_of(value)
+        if digest not in self.attested:
+            return None
+        known = self._known(head)
+        if known is None:  # a first sighting of the payload: the codec reads the envelope but its signature fields
+            try:
+                doc = orjson.loads(value)
+                signer, signature = doc.pop("signer"), doc.pop("signature")
+                doc.pop("proof", None)
+                env = codec.decode_document(doc, record.topic)
+            except Exception:  # noqa: BLE001 - the whole way decides, and says why
+                return None
+            self._remember(head, env.payload)
+            if type(signer) is not str or type(signature) is not str or _SIGNED_ENVELOPE is None:
+                return None
+            env = _SIGNED_ENVELOPE(env.event_id, env.type, env.schema_version, env.occurred_at, env.producer,
+                                   env.payload, signer, signature, None, None, digest)
+            self.lazy += 1
+            return Logged(env, record.topic, record.partition, record.offset, record.timestamp)
+        ptype = PAYLOAD_TYPES[head.type]
+        if ptype.TOPIC != record.topic or not head.event_id or not head.producer or _SIGNED_ENVELOPE is None:
+            return None
+        at = utc_time_or_none(head.occurred_at)
+        if at is None:
+            return None
+        env = _SIGNED_ENVELOPE(head.event_id, ptype.TYPE, ptype.SCHEMA_VERSION, at, head.producer, known[0],
+                               head.signer, head.signature, None, None, digest)
+        self.hits += 1
+        self.lazy += 1
+        return Logged(env, record.topic, record.partition, record.offset, record.timestamp)
 
     def _keep(self, key: tuple[str, int, bytes], entry: tuple[Any, bytes]) -> None:
         if len(self._memo) >= max(1, self.max_entries // 2) or self._young_bytes >= self.max_bytes // 2:
@@ -172,7 +261,7 @@ class RecordDecoder:
         self._young_bytes += len(key[2])
 
     @staticmethod
-    def _fast_envelope(head: Any, known: tuple[Any, bytes], topic: str) -> Envelope | None:
+    def _fast_envelope(head: Any, known: tuple[Any, bytes], topic: str, value: Any) -> Envelope | None:
         """The envelope ``events.codec`` would build from a header whose payload it already accepted, else None.
 
         The memo hit already says: the type is known, the version is one the codec accepted for it (so
@@ -192,7 +281,8 @@ class RecordDecoder:
                     return _UNSIGNED_ENVELOPE(head.event_id, ptype.TYPE, ptype.SCHEMA_VERSION, at, head.producer,
                                               payload)
                 return Envelope(head.event_id, head.type, ptype.SCHEMA_VERSION, at, head.producer, payload)
-            return _signed_envelope(head, ptype.SCHEMA_VERSION, at, known)  # None: the codec decides
+            # None: the codec decides
+            return _signed_envelope(head, ptype.TYPE, ptype.SCHEMA_VERSION, at, known, received_digest_of(value))
         except (ValueError, orjson.JSONEncodeError):  # EventValidationError is a ValueError: the codec decides
             return None
 
@@ -202,7 +292,8 @@ class RecordDecoder:
         return self.hits / total if total else 0.0
 
 
-def _signed_envelope(head: Any, version: int, at: Any, known: tuple[Any, bytes]) -> Envelope | None:
+def _signed_envelope(head: Any, type_: str, version: int, at: Any, known: tuple[Any, bytes], digest: bytes
+                     ) -> Envelope | None:
     """The signed envelope the codec builds from ``head``: its shape rules, its ``signing_bytes``."""
     signer, signature, proof = head.signer, head.signature, head.proof
     if signer is _UNSET or signature is _UNSET:
@@ -220,8 +311,10 @@ def _signed_envelope(head: Any, version: int, at: Any, known: tuple[Any, bytes])
     doc = {name: getattr(head, name) for name in _SIGNED_DOC_FIELDS}
     doc["payload"] = orjson.Fragment(known[1])
     data = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
-    return Envelope(head.event_id, head.type, version, at, head.producer, known[0],  # positional: the hot path
-                    signer, signature, data, proof)
+    if _SIGNED_ENVELOPE is not None:
+        return _SIGNED_ENVELOPE(head.event_id, type_, version, at, head.producer, known[0], signer, signature, data,
+                                proof, digest)
+    return Envelope(head.event_id, type_, version, at, head.producer, known[0], signer, signature, data, proof, digest)
 
 
 _SERIAL_RE, _SIGNATURE_RE = codec._SERIAL_RE, codec._SIGNATURE_RE

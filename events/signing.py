@@ -9,7 +9,8 @@ topic; the verifier (``identity.verifier``) answers it, not this module.
 
 Invariants:
 - ``sign(env)`` returns a new envelope equal to ``env`` but for ``signer``,
-  ``signature`` and ``signed_bytes``; its encoding verifies with the
+  ``signature`` and ``signed_bytes`` (and no ``received_digest``: it was not
+  received); its encoding verifies with the
   certificate's public key (``verify_signature``) and with nothing else.
 - A ``FileSigner`` re-reads its certificate and key when either file
   changes (a renewal writes the key, then the certificate: it signs with a key
@@ -155,8 +156,10 @@ class Signer:
 
     def sign(self, env: Envelope) -> Envelope:
         data = self._data(env)
+        # received_digest: a signed envelope just made was not received (one re-signed must not keep the digest of
+        # the record it was decoded from: an attestation of that record would stand for this new signature)
         return dataclasses.replace(env, signer=self.serial, signature=signature_of(self.key, data), signed_bytes=data,
-                                   proof=None)
+                                   proof=None, received_digest=None)
 
     def sign_batch(self, envs: list[Envelope]) -> list[Envelope]:
         """Every envelope of ``envs`` signed with one signature over their Merkle root (one alone: ``sign``)."""
@@ -165,7 +168,8 @@ class Signer:
         datas = [self._data(env) for env in envs]
         root, proofs = merkle([leaf_hash(d) for d in datas])
         signature = signature_of(self.key, BATCH_PREFIX + root)
-        return [dataclasses.replace(env, signer=self.serial, signature=signature, signed_bytes=data, proof=proof)
+        return [dataclasses.replace(env, signer=self.serial, signature=signature, signed_bytes=data, proof=proof,
+                                    received_digest=None)
                 for env, data, proof in zip(envs, datas, proofs)]
 
 

@@ -39,12 +39,18 @@ Invariants:
   order. Only results for keys the registry already held are computed ahead;
   anything else is checked in the fold as before.
 - Attested signatures (the building block of projector attestations, see
-  ``vouch``): a digest of (serial, signature, signed bytes) vouched for by a
-  verifier the caller trusts (the projector, whose signed records replay
-  verifies before use) stands for that signature's ECDSA check (and, for a
-  batch member, its Merkle proof): a fact about the key and the bytes only.
-  Every other check of ``verdict`` (held at the log time, revoked, the
-  certificate) still runs. With ``record_vouches`` set to a list, every
+  ``vouch``): the ``received_digest`` of a signed record (SHA-256 of its
+  value exactly as received: ``events.envelope.received_digest_of``) vouched
+  for by a verifier the caller trusts (the projector, whose signed records
+  replay verifies before use) stands for the ECDSA check (and, for a batch
+  member, the Merkle proof) of the signature in those bytes: a fact about
+  the key and the bytes only. The digest binds every byte of the record
+  (serial, signature, proof, signed fields), so no record but that one can
+  use it. Every other check of ``verdict`` (held at the log time, revoked,
+  the certificate) still runs. An envelope decoded without its signed bytes
+  (lazily, on an attestation: ``events.record_decoder``) is accepted only on
+  an attestation this verifier holds, else refused (``bad_signature``). With
+  ``record_vouches`` set to a list, the received digest of every event whose
   signature this verifier found good is appended to it (what it can attest).
 - Identity facts are the root's: with roots, ``update`` folds an identity
   event only if it is signed by one of them (the envelope names the root's
@@ -59,7 +65,6 @@ Invariants:
 
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -122,9 +127,9 @@ class Verifier:
         self.checked = 0  # ECDSA signatures checked (for reporting)
         self.checked_ahead = 0  # of which on verify_ahead's pool
         self._verified: dict[str, Verdict] = {}  # serial -> the verdict naming its author
-        self._vouched: set[bytes] = set()  # signature_digest()s attested by a trusted verifier
+        self._vouched: set[bytes] = set()  # received digests attested by a trusted verifier (``attested``)
         self.vouched_hits = 0
-        self.record_vouches: list[bytes] | None = None  # when a list: the digests of signatures found good
+        self.record_vouches: list[bytes] | None = None  # when a list: received digests of events found well signed
         self._root_keys = {format(root.serial_number, "x"): root.public_key() for root in self.roots}
         self.identities_refused = 0
         self.refused_identities: list[tuple[Logged, str]] = []  # the last 100 (event, why)
@@ -192,30 +197,42 @@ class Verifier:
 
     def verdict(self, env: Envelope, logged_ms: int) -> Verdict:
         """Who signed ``env`` (logged at broker time ``logged_ms``), or why that is not known."""
-        serial, data = env.signer, env.signed_bytes
-        if serial is None or env.signature is None or data is None:
+        serial, data, received = env.signer, env.signed_bytes, env.received_digest
+        if serial is None or env.signature is None:
             return Verdict(None, None, "unsigned", "the event is not signed")
-        if self._vouched:  # replay with attestations: an attested signature of a held key, without a call more
+        attested = received is not None and received in self._vouched
+        if attested:  # replay with attestations: the common case of a held key, without a call more
             key = self._keys.get(serial)
             verified = self._verified.get(serial)
-            if (verified is not None and key.logged_ms <= logged_ms and key.not_before_ms <= logged_ms < key.not_after_ms
-                    and signature_digest(serial, env.signature, data) in self._vouched):
+            if verified is not None and key.logged_ms <= logged_ms and key.not_before_ms <= logged_ms < key.not_after_ms:
                 revoked = self.registry.revocations.get(serial)
                 if revoked is None or revoked.logged_ms > logged_ms:
                     self.vouched_hits += 1
                     return verified
-        return self.check(env.signer, env.signature, env.signed_bytes, logged_ms, what="event", proof=env.proof)
+        elif data is None:
+            return Verdict(None, serial, "bad_signature", "the event was decoded without its signed bytes (on an "
+                           "attestation this verifier does not hold): its signature is not checked")
+        return self.check(serial, env.signature, data, logged_ms, what="event", proof=env.proof,
+                          received=received, attested=attested)
 
-    def check(self, serial: str, signature: str, data: bytes, logged_ms: int, *, what: str = "record",
-              proof: tuple[str, ...] | None = None) -> Verdict:
+    def attested(self) -> set[bytes]:
+        """The received digests vouched for so far (``RecordDecoder(attested=...)`` decodes those records lazily);
+        the live set: later ``vouch`` calls add to it."""
+        return self._vouched
+
+    def check(self, serial: str, signature: str, data: bytes | None, logged_ms: int, *, what: str = "record",
+              proof: tuple[str, ...] | None = None, received: bytes | None = None, attested: bool = False
+              ) -> Verdict:
         """Whether ``signature`` over ``data`` is by the holder of ``serial`` at ``logged_ms`` (the same checks
-        for anything signed: events, snapshots)."""
+        for anything signed: events, snapshots). ``attested``: the signature's check is vouched for (the record
+        whose ``received`` digest a trusted verifier attested); every other check runs. ``received``: recorded in
+        ``record_vouches`` when the signature is found good."""
         key = self._keys.get(serial)
         if (key is not None and key.public_key is not None
                 and key.logged_ms <= logged_ms and key.not_before_ms <= logged_ms < key.not_after_ms):
             revoked = self.registry.revocations.get(serial)
             if revoked is None or revoked.logged_ms > logged_ms:  # held: the common case, without status_at
-                if not self._signature_ok(key.public_key, serial, signature, data, proof):
+                if not self._signature_good(key.public_key, serial, signature, data, proof, received, attested):
                     return Verdict(None, serial, "bad_signature",
                                    f"the signature does not verify with the key of {key.author.uri} (serial {serial})")
                 verified = self._verified.get(serial)  # one (immutable) answer per serial, not one per event
@@ -238,10 +255,22 @@ class Verifier:
         key = self._key(serial)
         if key.public_key is None:
             return Verdict(None, serial, "untrusted_certificate", f"serial {serial}: {key.problem}")
-        if not self._signature_ok(key.public_key, serial, signature, data, proof):
+        if not self._signature_good(key.public_key, serial, signature, data, proof, received, attested):
             return Verdict(None, serial, "bad_signature",
                            f"the signature does not verify with the key of {key.author.uri} (serial {serial})")
         return Verdict(key.author, serial)
+
+    def _signature_good(self, public_key, serial: str, signature: str, data: bytes | None, proof,
+                        received: bytes | None, attested: bool) -> bool:
+        if attested:
+            self.vouched_hits += 1
+            return True
+        if data is None:
+            return False
+        ok = self._signature_ok(public_key, serial, signature, data, proof)
+        if ok and received is not None and self.record_vouches is not None:
+            self.record_vouches.append(received)
+        return ok
 
     def verify_ahead(self, events: Iterable[Logged], pool: Executor, *, chunk: int = 64) -> list[Future]:
         """Start the signature checks ``verdict`` will need for ``events`` on ``pool``'s threads (see the module
@@ -262,7 +291,7 @@ class Verifier:
                 key = self._key(serial)  # the certificate check: once per serial, cached
             if key.public_key is None:
                 continue
-            if self._vouched and signature_digest(serial, signature, data) in self._vouched:
+            if env.received_digest is not None and env.received_digest in self._vouched:
                 continue  # attested: verdict will not check it
             if env.proof is not None:
                 if (serial, signature) in batches:
@@ -330,22 +359,11 @@ class Verifier:
         return False
 
     def vouch(self, digests: Iterable[bytes]) -> None:
-        """Take ``signature_digest``s a trusted verifier found good as checked (see the module docstring)."""
+        """Take the received digests of records a trusted verifier found good as checked (see the module
+        docstring)."""
         self._vouched.update(digests)
 
     def _signature_ok(self, public_key, serial: str, signature: str, data: bytes, proof) -> bool:
-        if self._vouched or self.record_vouches is not None:
-            digest = signature_digest(serial, signature, data)
-            if digest in self._vouched:
-                self.vouched_hits += 1
-                return True
-            ok = self._signature_checked(public_key, serial, signature, data, proof)
-            if ok and self.record_vouches is not None:
-                self.record_vouches.append(digest)
-            return ok
-        return self._signature_checked(public_key, serial, signature, data, proof)
-
-    def _signature_checked(self, public_key, serial: str, signature: str, data: bytes, proof) -> bool:
         if proof is None:
             return self._verify(public_key, serial, signature, data)
         root = root_from_proof(leaf_hash(data), proof, self._climbs)
@@ -359,12 +377,6 @@ class Verifier:
                 self._roots.clear()
                 self._roots[cache_key] = known
         return known
-
-
-def signature_digest(serial: str, signature: str, data: bytes) -> bytes:
-    """What an attestation names a good signature by: SHA-256 over the serial, the signature and the signed
-    bytes (separated: serials are hex, signatures base64, so no field runs into the next), first 16 bytes."""
-    return hashlib.sha256(b"%s\x00%s\x00%s" % (serial.encode(), signature.encode(), data)).digest()[:16]
 
 
 _POOL_KEYS: dict[bytes, ec.EllipticCurvePublicKey] = {}  # in a pool's process: the keys loaded so far

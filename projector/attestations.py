@@ -2,11 +2,14 @@
 
 The live projector checks every event's signature as it folds
 (``identity.verifier``). After each batch it appends one record listing what
-it found good: per signature a 16-byte digest of (serial, signature, signed
-bytes) (``identity.verifier.signature_digest``), signed with the
-projector's own mesh identity. A replay that verifies the record's signature
+it found good: per event the SHA-256 of its record's value exactly as the
+projector received it (``events.envelope.received_digest_of``, the
+envelope's ``received_digest``), signed with the projector's own mesh
+identity. A replay that verifies the record's signature
 once (``replay.attestations``) may then take each listed digest instead of
-that signature's ECDSA check and Merkle proof (``Verifier.vouch``); every
+that signature's ECDSA check and Merkle proof (``Verifier.vouch``), and
+decode the record without its signature fields
+(``events.record_decoder``); every
 other check of a verdict (the certificate held at the event's log time, not
 revoked, the author's permissions) still runs, in the fold.
 
@@ -14,7 +17,7 @@ Record: key ``b"attestation"``; value::
 
     b"MLATTEST" | u8 format (=1) | u32 big-endian header length H
                 | H bytes header (orjson, sorted keys)
-                | body: the digests, 16 bytes each, back to back
+                | body: the digests, 32 bytes each, back to back
 
 Header fields: ``format``; ``digests`` (how many); ``digests_sha256`` (hex
 SHA-256 of the body: the signature covers the digests through it);
@@ -24,7 +27,12 @@ signature over the header without ``signature``, keys sorted
 (``projector.snapshots.header_signing_bytes``, as for snapshots).
 
 Invariants:
-- A digest names one (key, signature, bytes) triple; a digest that matches no
+- Format 2 (this one) names records by the digest of their bytes as
+  received; format 1 named (serial, signature, signed bytes) by 16 bytes of
+  SHA-256, which bound neither the proof nor the record's spelling, so a
+  reader could not skip decoding them. A format-1 record is refused (its
+  events are verified the full way).
+- A digest names one record's bytes (serial, signature, proof, signed fields and all); a digest that matches no
   event vouches for nothing, so an attestation can only ever stand for checks
   its signer did. Whether to believe the signer is the reader's decision
   (``replay.attestations``: a ``projector`` identity held when the record was
@@ -42,11 +50,11 @@ from projector.framing import frame, unframe
 from projector.snapshots import header_signing_bytes
 
 MAGIC = b"MLATTEST"
-FORMAT = 1
+FORMAT = 2
 KEY = b"attestation"
-DIGEST_BYTES = 16
+DIGEST_BYTES = 32
 #: the most digests one record lists (a batch's good signatures; larger batches go in several records)
-MAX_DIGESTS = 100_000
+MAX_DIGESTS = 50_000
 
 
 class AttestationError(ValueError):
@@ -54,7 +62,7 @@ class AttestationError(ValueError):
 
 
 def encode_attestation(digests: Sequence[bytes], signer, *, created_at: datetime | None = None) -> bytes:
-    """The record's value: ``digests`` (``signature_digest``s) signed by ``signer`` (``events.signing.Signer``)."""
+    """The record's value: ``digests`` (``received_digest``s) signed by ``signer`` (``events.signing.Signer``)."""
     from events.signing import signature_of
 
     body = b"".join(digests)

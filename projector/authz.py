@@ -91,9 +91,10 @@ def _registration_refusal(author: SpiffeId, p: t.InstanceRegistered, lookup: Loo
         return Refusal("trust_domain", f"the registration claims trust domain {claimed!r}, but its author's identity "
                                        f"is of {author.domain!r}")
     if p.node_id is not None:
-        holders = lookup("nodes").get(p.node_id) or frozenset()
-        others = sorted(holders - {key})
-        if others:
+        holders = lookup("nodes").get(p.node_id)
+        # the common case first, without building sets: nobody holds the node id, or this instance alone does
+        if holders and not (len(holders) == 1 and key in holders):
+            others = sorted(holders - {key})
             return Refusal("node_id_taken", f"node id {p.node_id!r} is held by the live registration of "
                                             f"{others[0]!r}; it is bound to that instance until it deregisters")
     if author.role == "operator":
@@ -102,7 +103,8 @@ def _registration_refusal(author: SpiffeId, p: t.InstanceRegistered, lookup: Loo
         return Refusal("weight_too_high", f"weight {p.weight} is over the {MAX_INSTANCE_WEIGHT} an instance may give "
                                           "itself (an operator may set more)")
     meta = lookup("services").get(p.service)
-    if meta is not None:
+    # the peers are looked up only when the registration would change a setting (a re-registration rarely does)
+    if meta is not None and (meta.protocol != p.protocol or (p.protocol == "tcp" and meta.port != p.port)):
         peers = (lookup("by_service").get(p.service) or frozenset()) - {key}
         now, wanted = _service_settings(meta.protocol, meta.port), _service_settings(p.protocol, p.port)
         if peers and now != wanted:

@@ -291,6 +291,7 @@ async def rebuild(
                 cut.start[tp] = max(cut.start[tp], chosen.snapshot.next_offset(tp.topic, tp.partition))
     if verifier is not None:
         stats["attestations"] = await _vouch_attested(consumer, verifier, cut, chosen)
+        decoder.attested = verifier.attested()  # attested records are decoded without their signature fields
     t1 = time.perf_counter()
     stats["plan_s"] = round(t1 - t0, 4)
     folded = 0

@@ -53,7 +53,7 @@ _PAYLOAD_AT = _FIELDS.index("payload")
 # the envelope's fields as this module knows them: rows are then flat and rebuilt positionally (the hot path);
 # an envelope that gains a field is carried the generic way (every field by name order) until this is updated
 _KNOWN = ("event_id", "type", "schema_version", "occurred_at", "producer", "payload",
-          "signer", "signature", "signed_bytes", "proof")
+          "signer", "signature", "signed_bytes", "proof", "received_digest")
 FLAT = _FIELDS == _KNOWN
 utc = timezone.utc
 _EPOCH = datetime(1970, 1, 1, tzinfo=utc)
@@ -106,7 +106,8 @@ class RowWriter:
                 if at.tzinfo is utc:  # as microseconds: a pickled datetime costs more than the rest of the row
                     at = (at - _EPOCH) // _MICROSECOND
                 append((known[0], env.event_id, env.schema_version, at, env.producer, env.signer,
-                        env.signature, env.signed_bytes, env.proof, ti, lg.partition, lg.offset, lg.timestamp_ms))
+                        env.signature, env.signed_bytes, env.proof, env.received_digest, ti, lg.partition, lg.offset,
+                        lg.timestamp_ms))
             else:
                 append((known[0], tuple(getattr_(env, n) for n in _FIELDS if n != "payload"),
                         ti, lg.partition, lg.offset, lg.timestamp_ms))
@@ -133,12 +134,12 @@ class RowReader:
         out = []
         append = out.append
         if self.flat:
-            for ref, eid, version, at, producer, signer, signature, signed_bytes, proof, ti, part, off, ts in rows:
+            for ref, eid, version, at, producer, signer, signature, signed_bytes, proof, digest, ti, part, off, ts in rows:
                 p = payloads[ref]
                 if type(at) is int:
                     at = _EPOCH + timedelta(microseconds=at)
-                append(Logged(Envelope(eid, p.TYPE, version, at, producer, p, signer, signature, signed_bytes, proof),
-                              topics[ti], part, off, ts))
+                append(Logged(Envelope(eid, p.TYPE, version, at, producer, p, signer, signature, signed_bytes, proof,
+                                       digest), topics[ti], part, off, ts))
             return out
         for ref, values, ti, part, off, ts in rows:
             append(Logged(Envelope(*values[:_PAYLOAD_AT], payloads[ref], *values[_PAYLOAD_AT:]),

@@ -189,7 +189,7 @@ async def test_replay_takes_the_projectors_attestations_from_the_log(broker, mon
     from aiokafka import AIOKafkaProducer
 
     from events.codec import encode
-    from identity.verifier import signature_digest
+    from events.envelope import received_digest_of
     from projector.attestations import KEY, encode_attestation
     from replay import attestations
     from replay.engine import rebuild
@@ -209,7 +209,7 @@ async def test_replay_takes_the_projectors_attestations_from_the_log(broker, mon
             signers[ident.uri] = Signer(key, pki.serial_hex(cert))
     envs = [signers[spiffe.sidecar(DOMAIN, svc, i).uri].sign(new_event(_reg(svc, i, f"10.0.9.{n}", 9080)))
             for n, i in enumerate(("a", "b"), start=1)]
-    digests = [signature_digest(e.signer, e.signature, e.signed_bytes) for e in envs]
+    digests = [received_digest_of(encode(e)) for e in envs]  # the records' bytes, as the projector received them
     producer = AIOKafkaProducer(**connection_kwargs(broker), enable_idempotence=True)
     await producer.start()
     try:

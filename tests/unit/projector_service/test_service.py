@@ -317,7 +317,7 @@ async def test_a_signing_projector_attests_the_signatures_its_fold_found_good(tm
     """Verification on, the projector with a mesh identity: after the batch, one signed attestation on
     meshlog.attestations lists the digest of every good signature (the honest registration), not the forged one."""
     from identity import spiffe
-    from identity.verifier import signature_digest
+    from events.envelope import received_digest_of
     from projector.attestations import decode_attestation
     from replay.attestations import attestation_refusal
     from tests.unit.projector.signed import MS0, SignedLog, Trust, sidecar
@@ -340,8 +340,7 @@ async def test_a_signing_projector_attests_the_signatures_its_fold_found_good(tm
     header, digests = decode_attestation(sent.value)
     assert sent.key == b"attestation"
     # both signed registrations carry good signatures (api's is refused for what it states, not how it is signed)
-    assert digests == [signature_digest(lg.envelope.signer, lg.envelope.signature, lg.envelope.signed_bytes)
-                       for lg in log.events[:2]]
+    assert digests == [received_digest_of(r.value) for r in records[:2]]  # the records' bytes as received
     assert attestation_refusal(trust.verifier(), header, MS0 + 10) is None  # the projector's, checkable by replay
     assert svc.totals["attestations"] == 1
     close(svc)

@@ -28,8 +28,8 @@ from aiokafka import TopicPartition
 from events import topics
 from events import types as t
 from events.codec import encode
-from identity.verifier import signature_digest
-from projector.attestations import MAGIC, AttestationError, decode_attestation, encode_attestation
+from events.envelope import received_digest_of
+from projector.attestations import FORMAT, MAGIC, AttestationError, decode_attestation, encode_attestation
 from projector.framing import HEADER_LEN as _LEN
 from projector.fold import fold_many
 from projector.state import empty_state
@@ -88,16 +88,15 @@ def test_a_projector_attestation_stands_for_the_ecdsa_checks_and_changes_no_answ
 
 def test_a_forged_attestation_is_not_believed_and_the_tampered_events_are_still_refused(trust, story):
     events, expected, good = story
-    bad = [signature_digest(lg.envelope.signer, lg.envelope.signature, lg.envelope.signed_bytes)
-           for lg in events if lg.envelope.signer is not None]  # every signed event, the tampered ones too
+    bad = [lg.envelope.received_digest for lg in events if lg.envelope.signer is not None]  # the tampered ones too
     honest = encode_attestation(good, projector_signer(trust))
     header, _digests = decode_attestation(honest)
     body = b"".join(bad)
     # the projector's header, re-pointed at a body listing the bad signatures too: its signature no longer holds
     forged_header = {**header, "digests": len(bad), "digests_sha256": hashlib.sha256(body).hexdigest()}
     head = orjson.dumps(forged_header, option=orjson.OPT_SORT_KEYS)
-    forged = MAGIC + bytes((1,)) + _LEN.pack(len(head)) + head + body
-    altered_body = honest[:-16] + bad[-1]  # one digest swapped, the header left as signed
+    forged = MAGIC + bytes((FORMAT,)) + _LEN.pack(len(head)) + head + body
+    altered_body = honest[:-32] + bad[-1]  # one digest swapped, the header left as signed
     replaying = trust.verifier()
     vouched = vouch_records(replaying, [record(forged, 0), record(altered_body, 1), record(b"MLATTEST\x01", 2)])
     assert (vouched.accepted, vouched.refused) == (0, 3)
@@ -111,8 +110,7 @@ def test_a_forged_attestation_is_not_believed_and_the_tampered_events_are_still_
 
 def test_an_attestation_by_an_identity_that_is_not_a_projector_is_not_believed(trust, story):
     events, expected, _good = story
-    bad = [signature_digest(lg.envelope.signer, lg.envelope.signature, lg.envelope.signed_bytes)
-           for lg in events if lg.envelope.signer is not None]
+    bad = [lg.envelope.received_digest for lg in events if lg.envelope.signer is not None]
     by_checker = encode_attestation(bad, trust.signers.get(checker().uri) or trust.issue(checker()))
     replaying = trust.verifier()
     vouched = vouch_records(replaying, [record(by_checker)])
@@ -126,11 +124,12 @@ def test_a_projector_attestation_of_digests_that_match_no_event_makes_no_bad_eve
     tampered = events[-6]  # the registration altered after signing (mixed_log appends it before the batch)
     assert tampered.offset == 9
     env = tampered.envelope
-    # the digest of the event as it was signed (the original bytes), and of the wrong signer: neither is the
-    # digest of the tampered event's (serial, signature, bytes)
+    # the digest of the record as it was signed (the original bytes), of the tampered record spelled otherwise
+    # (the same fields, a space more), and of nothing: none is the digest of the tampered record's bytes
     original = next(lg for lg in events if lg.envelope.signature == env.signature and lg is not tampered)
-    listed = [signature_digest(env.signer, env.signature, original.envelope.signed_bytes),
-              signature_digest("ab", env.signature, env.signed_bytes), hashlib.sha256(b"x").digest()[:16]]
+    respelled = encode(env).replace(b'"payload":', b'"payload": ')
+    listed = [original.envelope.received_digest, received_digest_of(respelled), hashlib.sha256(b"x").digest()]
+    assert env.received_digest not in listed
     replaying = trust.verifier()
     vouched = vouch_records(replaying, [record(encode_attestation(listed, projector_signer(trust)))])
     assert vouched.accepted == 1
@@ -145,7 +144,7 @@ def test_decoding_refuses_what_is_not_a_whole_attestation(trust, story):
     _events, _expected, good = story
     value = encode_attestation(good, projector_signer(trust))
     for broken, why in ((b"MLSNAP\x01", "bad magic"), (value[:30], "truncated"), (value[:-1], "does not hold"),
-                        (value[:8] + b"\x02" + value[9:], "format 2")):
+                        (value[:8] + b"\x01" + value[9:], "format 1")):
         with pytest.raises(AttestationError, match=why):
             decode_attestation(broken)
     with pytest.raises(ValueError):

@@ -181,6 +181,8 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--services", type=int, default=500)
     ap.add_argument("--instances", type=int, default=4)
+    ap.add_argument("--no-ahead", action="store_true",
+                    help="skip the verify_ahead run (the longest at 1,000,000 events, and it needs the second core)")
     args = ap.parse_args()
     import os
 
@@ -227,16 +229,17 @@ def main() -> int:
     results["signed, attested by the projector"] = (cpu, wall, v.checked)
     folds["attested"] = body
     assert v.vouched_hits == len(vouches), (v.vouched_hits, len(vouches))
-    pool = verification_pool(1)
-    try:
-        v = verifier()
-        cpu, wall, body = run(signed, v, pool)
-        results["signed, verify_ahead (worker process)"] = (cpu, wall, v.checked)
-        folds["ahead"] = body
-    finally:
-        pool.shutdown()
+    if not args.no_ahead:
+        pool = verification_pool(1)
+        try:
+            v = verifier()
+            cpu, wall, body = run(signed, v, pool)
+            results["signed, verify_ahead (worker process)"] = (cpu, wall, v.checked)
+            folds["ahead"] = body
+        finally:
+            pool.shutdown()
     # honest producers' signed log folds to the unsigned log's state; verifying ahead changes no answer
-    assert folds["inline"] == folds["ahead"] == folds["attested"] == folds["unsigned"], "the folds disagree"
+    assert len(set(folds.values())) == 1, "the folds disagree"
     base_cpu, base_wall, _ = results["unsigned, no verifier"]
     for name, (cpu, wall, checked) in results.items():
         print(f"  {name:<40} {cpu:7.2f} CPU-s ({cpu / base_cpu - 1:+6.1%})  {wall:7.2f} s wall "

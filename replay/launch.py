@@ -21,6 +21,7 @@ Invariants:
 from __future__ import annotations
 
 import gc
+import importlib
 import sys
 
 ONE_SHOT = frozenset({"at"})
@@ -31,7 +32,7 @@ CLI_MODULE = "replay.cli"
 
 def main() -> int:
     gc.disable()
-    from replay import cli
+    cli = importlib.import_module(CLI_MODULE)
 
     gc.freeze()
     argv = sys.argv[1:]

@@ -18,7 +18,10 @@ Invariants:
   long window is not rendered after every event: whole-mesh walks fold
   groups of events sized to keep rendering within a time budget (a change is
   then attributed to every event of its group; such steps say
-  ``exact=False`` and the documents carry ``"exact": false``). A node walk is
+  ``exact=False`` and the documents carry ``"exact": false``). The budget
+  shrinks for windows longer than ``LONG_WINDOW_EVENTS`` (``render_budget``):
+  a long window's reading and folding already take seconds, so its groups
+  grow instead of its rendering time. A node walk is
   exact over any window: ``replay.node_view`` keeps the node's view after
   every event, re-rendering only the parts whose inputs the event wrote.
 - Verification (issue 13): given a ``verifier`` (``identity.verifier``, from
@@ -542,7 +545,7 @@ async def walk(
     node: str | None = None,
     progress: Progress | None = None,
     on_undecodable: Callable[[Undecodable], None] | None = None,
-    render_budget_s: float = 20.0,
+    render_budget_s: float | None = None,
     verifier: Verifier | None = None,
     keep: Callable[[Step], Step | None] | None = None,
     dropped: Dropped | None = None,
@@ -551,6 +554,8 @@ async def walk(
     """Fold the events in ``(base.at_ms, to_ms]`` step by step from ``base``.
 
     ``bootstrap``: as for ``rebuild`` (a long window is read by a second process).
+    ``render_budget_s``: seconds a whole-mesh walk may spend folding and rendering its steps (``_Pacer``);
+    by default ``render_budget(events in the window)``.
     ``keep``: each step is replaced by what it returns (the step, a thinner step, or None to drop it);
     the events left out are counted in ``dropped`` and let go as the walk goes, so a long window costs
     memory for what the question keeps, not for every event of the window.
@@ -559,6 +564,8 @@ async def walk(
     start_after = base.cut.stops_by_key()
     cut = await plan_cut(consumer, to_ms, start_after=start_after)
     walker = Walker(base.state, node=node, rendered=base.rendered() if node is None else None, verifier=verifier)
+    if render_budget_s is None:
+        render_budget_s = render_budget(cut.total)
     pacer = _Pacer(cut.total, render_budget_s) if node is None else None
     steps: list[Step] = []
     dropped = dropped if dropped is not None else Dropped()
@@ -606,6 +613,22 @@ async def walk(
 # a group that keeps every event (``_Group`` without a ``group_events`` predicate) holds at most this many: on
 # a long window the pacer asks for groups of 100k-300k events (a 1M-event `replay log` peaked at 621 MB)
 MAX_GROUP_EVENTS = 50_000
+
+
+# a whole-mesh walk's budget for folding and rendering its steps (``_Pacer``): the full budget for a window of up
+# to LONG_WINDOW_EVENTS events (a short window stays exact where the mesh is small enough), then shrinking with the
+# window's length down to RENDER_BUDGET_MIN_S: at 1,000,000 events the read alone takes about 10-20 s on 2 cores,
+# and a 20 s budget kept a `replay log --service` over them at several times its 15 s target (issue 14)
+RENDER_BUDGET_S = 20.0
+RENDER_BUDGET_MIN_S = 3.0
+LONG_WINDOW_EVENTS = 100_000
+
+
+def render_budget(events: int) -> float:
+    """Seconds a whole-mesh walk over ``events`` events may spend folding and rendering its steps."""
+    if events <= LONG_WINDOW_EVENTS:
+        return RENDER_BUDGET_S
+    return max(RENDER_BUDGET_MIN_S, RENDER_BUDGET_S * LONG_WINDOW_EVENTS / events)
 
 
 class _Pacer:

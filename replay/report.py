@@ -618,6 +618,8 @@ def for_service_log(service: str, told_nodes: Collection[str] | None = None) -> 
     the views of others are let go, and a step listing nothing that changed none of these is dropped.
     None keeps every view."""
 
+    about = about_service(service)
+
     def told(views: Mapping[str, Versions]) -> Mapping[str, Versions]:
         if told_nodes is None or not views:
             return views
@@ -626,8 +628,7 @@ def for_service_log(service: str, told_nodes: Collection[str] | None = None) -> 
     def keep(step: Step) -> Step | None:
         eff = step.effect
         if step.size > 1:  # a group: listed if one of its events is about the service
-            listed = [lg for lg in step.events
-                      if event_matches(lg, NO_EFFECT_DOC, service=service, node=None, services_touched=set())]
+            listed = [lg for lg in step.events if about(lg)]
             if listed:
                 first, last = step.events[0], step.events[-1]
                 kept = [first, *(lg for lg in listed if lg is not first and lg is not last), last]
@@ -648,9 +649,34 @@ def for_service_log(service: str, told_nodes: Collection[str] | None = None) -> 
         return Step(step.events[-1:], [], Effect({}, {}, eff.changed_nodes, frozenset(), views), step.exact)
 
     # the events of a group this keeps (besides its first and last): a walk holds no others while it folds one
-    keep.group_events = lambda lg: event_matches(lg, NO_EFFECT_DOC, service=service, node=None,  # type: ignore[attr-defined]
-                                                 services_touched=set())
+    keep.group_events = about  # type: ignore[attr-defined]
     return keep
+
+
+# payload objects ``about_service`` remembers its answer for before it starts over (memory stays bounded)
+ABOUT_MEMO_MAX = 65_536
+
+
+def about_service(service: str) -> Callable[[Logged], bool]:
+    """Whether an event is about ``service`` (``service in payload_services(payload)``, which is what
+    ``event_matches`` says of an event with no effect), answered once per payload object: a walk asks it of
+    every event of a long window, and the decoder hands out one shared object for a payload the log repeats
+    (``events.record_decoder``). Each payload it remembers is kept alive with its answer, so its ``id`` is not
+    reused while remembered."""
+    seen: dict[int, tuple[t.Payload, bool]] = {}
+
+    def about(lg: Logged) -> bool:
+        payload = lg.envelope.payload
+        hit = seen.get(id(payload))
+        if hit is not None and hit[0] is payload:
+            return hit[1]
+        if len(seen) >= ABOUT_MEMO_MAX:
+            seen.clear()
+        answer = service in payload_services(payload)
+        seen[id(payload)] = (payload, answer)
+        return answer
+
+    return about
 
 
 def log_document(

@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 
 from projector.fold import fold_many, fold_with_decisions
 from projector.render import render_all
 from projector.state import empty_state
 from projector.state import same_state, state_to_bytes
-from replay.engine import MAX_GROUP_EVENTS, NO_EFFECT, Step, Walker, _node_effect, _Pacer, flatten, node_versions
+from replay.engine import (
+    LONG_WINDOW_EVENTS,
+    MAX_GROUP_EVENTS,
+    NO_EFFECT,
+    RENDER_BUDGET_MIN_S,
+    RENDER_BUDGET_S,
+    Step,
+    Walker,
+    _node_effect,
+    _Pacer,
+    flatten,
+    node_versions,
+    render_budget,
+    young_gc_only,
+)
 from tests.unit.projector.helpers import Log
 from tests.unit.replay.history import RandomHistory
 
@@ -215,3 +232,43 @@ def test_a_group_that_holds_every_event_is_bounded():
         group = _Group(Walker(empty_state()), _FixedPacer([10 * MAX_GROUP_EVENTS]), wanted, lambda steps: None)
         group.feed(log.events[:1])  # the first group is one event; then the pacer asks for a huge one
         assert group.size == expected
+
+
+def test_a_long_window_gets_a_smaller_render_budget():
+    """Up to LONG_WINDOW_EVENTS a whole-mesh walk keeps the full budget (short windows stay exact); past it the
+    budget shrinks with the window, never under the floor: a 1,000,000-event walk renders coarser groups instead
+    of spending 20 s rendering them."""
+    assert render_budget(0) == render_budget(LONG_WINDOW_EVENTS) == RENDER_BUDGET_S
+    assert render_budget(2 * LONG_WINDOW_EVENTS) == RENDER_BUDGET_S / 2
+    assert render_budget(1_000_000) == render_budget(10**9) == RENDER_BUDGET_MIN_S
+    budgets = [render_budget(n) for n in range(0, 2_000_000, 50_000)]
+    assert budgets == sorted(budgets, reverse=True)
+    # at the same cost per step, the long window's pacer asks for larger groups than the full budget would
+    full, scaled = _Pacer(1_000_000, RENDER_BUDGET_S), _Pacer(1_000_000, render_budget(1_000_000))
+    for pacer in (full, scaled):
+        pacer.record(1, 0.01)
+    assert scaled.size() > 5 * full.size()
+
+
+def test_a_walk_collects_cyclic_garbage_only_between_its_batches():
+    """``young_gc_only``: no automatic collection inside (a walk allocates millions of objects), what the
+    function it yields collects is freed, and the collector is as it was on exit."""
+
+    class Cycle:
+        pass
+
+    was = gc.isenabled()
+    with young_gc_only() as collect:
+        assert not gc.isenabled()
+        assert gc.get_freeze_count() > 0  # what existed on entry is not scanned again
+        garbage = Cycle()
+        garbage.me = garbage
+        alive = weakref.ref(garbage)
+        del garbage
+        for _ in range(10_000):  # allocations that would trigger automatic collections
+            [object()]
+        assert alive() is not None
+        collect()
+        assert alive() is None
+    assert gc.isenabled() is was
+    assert gc.get_freeze_count() == 0

@@ -163,3 +163,28 @@ def test_a_thinned_service_log_of_groups_with_proxies_equals_the_log_from_every_
     assert all(set(s.effect.views) <= set(proxied) for s in kept)
     convergences = [e.get("convergence") for e in whole["entries"]] + [g["convergence"] for g in whole["groups"]]
     assert any(c and c["proxies"] and c["reached"] for c in convergences)
+
+
+@pytest.mark.parametrize("memo_max", [7, report.ABOUT_MEMO_MAX])
+def test_about_service_answers_what_payload_services_says_once_per_payload(monkeypatch, memo_max):
+    """The service log's predicate for a group's events: the same answer as ``payload_services`` for every
+    event, asked of ``payload_services`` once per payload object while it is remembered (a memo that starts
+    over when full still answers right)."""
+    from events.envelope import Logged
+
+    monkeypatch.setattr(report, "ABOUT_MEMO_MAX", memo_max)
+    history = RandomHistory("about", 5)
+    payloads = history.payloads(300)
+    # a log repeats payload objects (the decoder's memo hands out one per payload), and equal ones arrive as
+    # distinct objects too (a first sighting, or another reader)
+    events = [Logged(new_event(p, producer="t"), p.TOPIC, 0, i, 1_000 + i)
+              for i, p in enumerate(payloads + payloads[::3] + [p.model_copy() for p in payloads[::5]])]
+    asked = []
+    real = report.payload_services
+    monkeypatch.setattr(report, "payload_services", lambda p: asked.append(p) or real(p))
+    for service in [*history.services, "nobody"]:
+        asked.clear()
+        about = report.about_service(service)
+        assert [about(lg) for lg in events] == [service in real(lg.envelope.payload) for lg in events]
+        if memo_max > len(events):  # nothing forgotten: one question per payload object
+            assert len(asked) == len({id(lg.envelope.payload) for lg in events}) < len(events)

@@ -258,6 +258,9 @@ class Rebuilt:
     first_ms: int | None
     stats: dict = field(default_factory=dict)
     _rendered: RenderedMesh | None = None
+    # the decoder the rebuild read with (its memo of payloads, its attested digests): a walk from here goes on
+    # with it, so a payload the log repeats is validated once for both (the answers do not depend on the memo)
+    decoder: RecordDecoder | None = None
 
     def rendered(self) -> RenderedMesh:
         if self._rendered is None:
@@ -348,7 +351,7 @@ async def rebuild(
         stats["decode_memo_hit_rate"] = round(decoder.hit_rate, 4)
     # in log order: batches of several partitions arrive in whatever order the fetches answered
     undecodable.sort(key=lambda u: (u.timestamp_ms or 0, u.topic, u.partition, u.offset))
-    return Rebuilt(at_ms, state, cut, chosen, folded, undecodable, None, stats)
+    return Rebuilt(at_ms, state, cut, chosen, folded, undecodable, None, stats, decoder=decoder)
 
 
 async def _vouch_attested(consumer: AIOKafkaConsumer, verifier: Verifier, cut, chosen: ChosenSnapshot | None
@@ -583,7 +586,7 @@ async def walk(
     with young_gc_only() as collect:
         group = _Group(walker, pacer, getattr(keep, "group_events", None), add) if pacer is not None else None
         in_child = _use_child(bootstrap, cut.total)
-        async for batch in (_read_in_child(bootstrap, cut) if in_child else iter_cut(consumer, cut)):
+        async for batch in (_read_in_child(bootstrap, cut) if in_child else iter_cut(consumer, cut, decoder=base.decoder)):
             if group is not None:
                 group.feed(batch.events)
             elif keep is if_changes_something:  # what `add` does, without a Step for most events

@@ -188,3 +188,24 @@ def test_about_service_answers_what_payload_services_says_once_per_payload(monke
         assert [about(lg) for lg in events] == [service in real(lg.envelope.payload) for lg in events]
         if memo_max > len(events):  # nothing forgotten: one question per payload object
             assert len(asked) == len({id(lg.envelope.payload) for lg in events}) < len(events)
+
+
+def test_a_walk_goes_on_with_the_decoder_of_its_rebuild():
+    """The window's payloads seen before its start (a health flap, a re-registration) are not validated again:
+    the walk decodes with the rebuild's decoder, memo and all; the steps are those a fresh decoder gives."""
+    consumer, end = fake_log(3, 600)
+    mid = end // 2
+
+    async def go(reuse: bool):
+        base = await rebuild(consumer, mid, use_snapshot=False)
+        before = base.decoder.misses
+        if not reuse:
+            base.decoder = None
+        _walker, steps, _cut = await walk(consumer, base, end, node=None, keep=None)
+        return base, before, steps
+
+    base, before, steps = asyncio.run(go(True))
+    assert base.decoder.hits > 0 and base.decoder.misses > before  # the walk went on with it
+    _fresh, _before, fresh_steps = asyncio.run(go(False))
+    assert [(s.events, s.decisions, s.effect.changed, s.effect.changed_nodes) for s in steps] == \
+        [(s.events, s.decisions, s.effect.changed, s.effect.changed_nodes) for s in fresh_steps]

@@ -66,6 +66,7 @@ from projector.versioning import version_of
 from events.record_decoder import RecordDecoder
 from replay.node_view import NodeViewTracker
 from replay.snapshots import ChosenSnapshot, find_snapshot
+from replay.young_gc import young_gc_only
 from replay.source import Cut, Undecodable, existing_topics, first_event_ms, iter_cut, new_consumer, plan_cut
 
 if TYPE_CHECKING:  # loads cryptography: only a verifying replay pays for it
@@ -154,27 +155,6 @@ def no_gc() -> Iterator[None]:
 
 
 # ---------------------------------------------------------------- the log
-
-
-@contextmanager
-def young_gc_only() -> Iterator[Callable[[], None]]:
-    """For a walk: the cyclic GC runs only when the walk calls the function yielded (after each batch), and over
-    the young generations only; what exists on entry is frozen.
-
-    A walk allocates millions of objects (events, the decoder's memo, folded state): with automatic collections
-    the young ones were rescanned on every few hundred allocations and the whole heap now and then (a quarter
-    or more of a node walk's CPU). Rendering does make cyclic garbage at every step, so collections still run:
-    a young collection per batch frees what a step left, and what survives it (the state, the memo) is
-    scanned no more. Automatic collection is restored on exit."""
-    was = gc.isenabled()
-    gc.disable()
-    gc.freeze()
-    try:
-        yield lambda: gc.collect(1)
-    finally:
-        gc.unfreeze()
-        if was:
-            gc.enable()
 
 
 @asynccontextmanager

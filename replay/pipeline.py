@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 import logging
 import multiprocessing
 import pickle
@@ -185,6 +184,7 @@ def _portable(exc: BaseException) -> BaseException:
 async def _read(conn, bootstrap: str, start: dict, stop: dict, batch: int, stall_s: float) -> None:
     from events.record_decoder import RecordDecoder
     from replay.source import iter_cut, new_consumer
+    from replay.young_gc import young_gc_only
 
     cut = Cut(start={TopicPartition(*k): v for k, v in start.items()},
               stop={TopicPartition(*k): v for k, v in stop.items()})
@@ -193,15 +193,14 @@ async def _read(conn, bootstrap: str, start: dict, stop: dict, batch: int, stall
     try:
         writer = RowWriter()
         dumps = pickle.dumps
-        # decoding makes millions of objects and next to no cyclic garbage: collect only between batches, the
-        # young generations only; what survived a batch (the decoder's memo, the payload table) is long-lived:
-        # frozen, so no later collection rescans it (the same reason the fold runs without the cyclic GC)
-        gc.disable()
-        async for b in iter_cut(consumer, cut, decoder=RecordDecoder(), batch=batch, stall_s=stall_s):
-            message = ("batch", writer.rows(b.events), b.undecodable, b.records)
-            conn.send_bytes(dumps(message, pickle.HIGHEST_PROTOCOL))
-            gc.collect(1)
-            gc.freeze()
+        # decoding makes millions of objects, nearly all freed with their batch, and next to no cyclic garbage:
+        # collections only between batches, once the young objects grew (replay.young_gc)
+        with young_gc_only() as collect:
+            async for b in iter_cut(consumer, cut, decoder=RecordDecoder(), batch=batch, stall_s=stall_s):
+                message = ("batch", writer.rows(b.events), b.undecodable, b.records)
+                conn.send_bytes(dumps(message, pickle.HIGHEST_PROTOCOL))
+                b = message = None  # sent: not to be scanned
+                collect()
         conn.send_bytes(dumps(("end", time.process_time()), pickle.HIGHEST_PROTOCOL))
     finally:
         await consumer.stop()

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-import weakref
-
 import pytest
 
 from projector.fold import fold_many, fold_with_decisions
@@ -24,7 +21,6 @@ from replay.engine import (
     flatten,
     node_versions,
     render_budget,
-    young_gc_only,
 )
 from tests.unit.projector.helpers import Log
 from tests.unit.replay.history import RandomHistory
@@ -249,26 +245,3 @@ def test_a_long_window_gets_a_smaller_render_budget():
         pacer.record(1, 0.01)
     assert scaled.size() > 5 * full.size()
 
-
-def test_a_walk_collects_cyclic_garbage_only_between_its_batches():
-    """``young_gc_only``: no automatic collection inside (a walk allocates millions of objects), what the
-    function it yields collects is freed, and the collector is as it was on exit."""
-
-    class Cycle:
-        pass
-
-    was = gc.isenabled()
-    with young_gc_only() as collect:
-        assert not gc.isenabled()
-        assert gc.get_freeze_count() > 0  # what existed on entry is not scanned again
-        garbage = Cycle()
-        garbage.me = garbage
-        alive = weakref.ref(garbage)
-        del garbage
-        for _ in range(10_000):  # allocations that would trigger automatic collections
-            [object()]
-        assert alive() is not None
-        collect()
-        assert alive() is None
-    assert gc.isenabled() is was
-    assert gc.get_freeze_count() == 0

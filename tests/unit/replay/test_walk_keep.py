@@ -15,6 +15,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from events import topics
+from events import types as t
 from events.codec import encode
 from events.envelope import new_event
 from replay import report
@@ -165,29 +166,43 @@ def test_a_thinned_service_log_of_groups_with_proxies_equals_the_log_from_every_
     assert any(c and c["proxies"] and c["reached"] for c in convergences)
 
 
-@pytest.mark.parametrize("memo_max", [7, report.ABOUT_MEMO_MAX])
-def test_about_service_answers_what_payload_services_says_once_per_payload(monkeypatch, memo_max):
-    """The service log's predicate for a group's events: the same answer as ``payload_services`` for every
-    event, asked of ``payload_services`` once per payload object while it is remembered (a memo that starts
-    over when full still answers right)."""
+def _services_asking_each(payload) -> set[str]:
+    """``payload_services`` as it was: every attribute asked of the payload itself."""
+    out = {v for a in ("service", "host", "dependency") if isinstance(v := getattr(payload, a, None), str)}
+    if isinstance(payload, t.RouteRuleUpserted):
+        out |= report.rule_destinations(payload)
+    if isinstance(payload, t.RuleRejected):
+        out.add(payload.name)
+    if isinstance(payload, t.EventRefused):
+        head, _sep, rest = payload.event_key.partition("/")
+        out.add(rest.partition("/")[0] if head in ("route", "policy") else head)
+    return out
+
+
+def test_payload_services_reads_only_the_attributes_a_payload_type_has_and_answers_the_same():
+    """A service log asks ``about_service`` of every event of a long window: the attributes a payload type has
+    are looked up once per type (no failed lookup per event), with the same answer for every payload type."""
     from events.envelope import Logged
 
-    monkeypatch.setattr(report, "ABOUT_MEMO_MAX", memo_max)
     history = RandomHistory("about", 5)
-    payloads = history.payloads(300)
-    # a log repeats payload objects (the decoder's memo hands out one per payload), and equal ones arrive as
-    # distinct objects too (a first sighting, or another reader)
-    events = [Logged(new_event(p, producer="t"), p.TOPIC, 0, i, 1_000 + i)
-              for i, p in enumerate(payloads + payloads[::3] + [p.model_copy() for p in payloads[::5]])]
-    asked = []
-    real = report.payload_services
-    monkeypatch.setattr(report, "payload_services", lambda p: asked.append(p) or real(p))
+    payloads = history.payloads(400)
+    payloads += [t.RuleRejected(kind="route_rule", name="about-s1", revision=2, reason="stale", source_topic="x",
+                                source_partition=0, source_offset=1),
+                 t.DependencySubscribed(service="about-s0", instance_id="i0", dependency="about-s2")]
+    assert len({type(p) for p in payloads}) >= 6
+    for p in payloads:
+        assert report.payload_services(p) == _services_asking_each(p)
+        assert report._naming_attrs(type(p)) is not None  # every payload type is known from its class
+    events = [Logged(new_event(p, producer="t"), p.TOPIC, 0, i, 1_000 + i) for i, p in enumerate(payloads)]
     for service in [*history.services, "nobody"]:
-        asked.clear()
         about = report.about_service(service)
-        assert [about(lg) for lg in events] == [service in real(lg.envelope.payload) for lg in events]
-        if memo_max > len(events):  # nothing forgotten: one question per payload object
-            assert len(asked) == len({id(lg.envelope.payload) for lg in events}) < len(events)
+        assert [about(lg) for lg in events] == [service in _services_asking_each(lg.payload) for lg in events]
+
+    class Plain:  # not a payload model: its attributes are asked of each instance, as before
+        def __init__(self, service):
+            self.service = service
+
+    assert report.payload_services(Plain("web")) == {"web"}
 
 
 def test_a_walk_goes_on_with_the_decoder_of_its_rebuild():

@@ -565,6 +565,7 @@ async def cmd_serve(args: argparse.Namespace, bootstrap: str) -> int:
                                 verifier=await _verifier(args, consumer), bootstrap=bootstrap)
         rebuilt.first_ms = first
     rendered = rebuilt.rendered()
+    del rebuilt  # a long-lived server keeps the rendered mesh only, not the rebuild's decoder and its memo
     return await serve_frozen(rendered, listen=args.listen, port=args.port, grace=args.grace, tls_files=args.tls_files,
                               info={"at": iso(at_ms), "at_ms": at_ms, "read_only": True},
                               ready_file=args.ready_file)

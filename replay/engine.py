@@ -18,7 +18,10 @@ Invariants:
   long window is not rendered after every event: whole-mesh walks fold
   groups of events sized to keep rendering within a time budget (a change is
   then attributed to every event of its group; such steps say
-  ``exact=False`` and the documents carry ``"exact": false``). A node walk is
+  ``exact=False`` and the documents carry ``"exact": false``). The budget
+  shrinks for windows longer than ``LONG_WINDOW_EVENTS`` (``render_budget``):
+  a long window's reading and folding already take seconds, so its groups
+  grow instead of its rendering time. A node walk is
   exact over any window: ``replay.node_view`` keeps the node's view after
   every event, re-rendering only the parts whose inputs the event wrote.
 - Verification (issue 13): given a ``verifier`` (``identity.verifier``, from
@@ -63,6 +66,7 @@ from projector.versioning import version_of
 from events.record_decoder import RecordDecoder
 from replay.node_view import NodeViewTracker
 from replay.snapshots import ChosenSnapshot, find_snapshot
+from replay.young_gc import young_gc_only
 from replay.source import Cut, Undecodable, existing_topics, first_event_ms, iter_cut, new_consumer, plan_cut
 
 if TYPE_CHECKING:  # loads cryptography: only a verifying replay pays for it
@@ -234,6 +238,9 @@ class Rebuilt:
     first_ms: int | None
     stats: dict = field(default_factory=dict)
     _rendered: RenderedMesh | None = None
+    # the decoder the rebuild read with (its memo of payloads, its attested digests): a walk from here goes on
+    # with it, so a payload the log repeats is validated once for both (the answers do not depend on the memo)
+    decoder: RecordDecoder | None = None
 
     def rendered(self) -> RenderedMesh:
         if self._rendered is None:
@@ -324,7 +331,7 @@ async def rebuild(
         stats["decode_memo_hit_rate"] = round(decoder.hit_rate, 4)
     # in log order: batches of several partitions arrive in whatever order the fetches answered
     undecodable.sort(key=lambda u: (u.timestamp_ms or 0, u.topic, u.partition, u.offset))
-    return Rebuilt(at_ms, state, cut, chosen, folded, undecodable, None, stats)
+    return Rebuilt(at_ms, state, cut, chosen, folded, undecodable, None, stats, decoder=decoder)
 
 
 async def _vouch_attested(consumer: AIOKafkaConsumer, verifier: Verifier, cut, chosen: ChosenSnapshot | None
@@ -521,7 +528,7 @@ async def walk(
     node: str | None = None,
     progress: Progress | None = None,
     on_undecodable: Callable[[Undecodable], None] | None = None,
-    render_budget_s: float = 20.0,
+    render_budget_s: float | None = None,
     verifier: Verifier | None = None,
     keep: Callable[[Step], Step | None] | None = None,
     dropped: Dropped | None = None,
@@ -530,6 +537,8 @@ async def walk(
     """Fold the events in ``(base.at_ms, to_ms]`` step by step from ``base``.
 
     ``bootstrap``: as for ``rebuild`` (a long window is read by a second process).
+    ``render_budget_s``: seconds a whole-mesh walk may spend folding and rendering its steps (``_Pacer``);
+    by default ``render_budget(events in the window)``.
     ``keep``: each step is replaced by what it returns (the step, a thinner step, or None to drop it);
     the events left out are counted in ``dropped`` and let go as the walk goes, so a long window costs
     memory for what the question keeps, not for every event of the window.
@@ -538,6 +547,8 @@ async def walk(
     start_after = base.cut.stops_by_key()
     cut = await plan_cut(consumer, to_ms, start_after=start_after)
     walker = Walker(base.state, node=node, rendered=base.rendered() if node is None else None, verifier=verifier)
+    if render_budget_s is None:
+        render_budget_s = render_budget(cut.total)
     pacer = _Pacer(cut.total, render_budget_s) if node is None else None
     steps: list[Step] = []
     dropped = dropped if dropped is not None else Dropped()
@@ -552,12 +563,10 @@ async def walk(
                 steps.append(kept)
 
     progress.start("walking the window", cut.total)
-    # not no_gc(): rendering makes cyclic garbage at every step; freezing what exists keeps collections cheap
-    gc.freeze()
-    try:
+    with young_gc_only() as collect:
         group = _Group(walker, pacer, getattr(keep, "group_events", None), add) if pacer is not None else None
         in_child = _use_child(bootstrap, cut.total)
-        async for batch in (_read_in_child(bootstrap, cut) if in_child else iter_cut(consumer, cut)):
+        async for batch in (_read_in_child(bootstrap, cut) if in_child else iter_cut(consumer, cut, decoder=base.decoder)):
             if group is not None:
                 group.feed(batch.events)
             elif keep is if_changes_something:  # what `add` does, without a Step for most events
@@ -577,10 +586,9 @@ async def walk(
                 if on_undecodable:
                     on_undecodable(bad)
             progress.advance(batch.records)
+            collect()
         if group is not None:
             group.close()
-    finally:
-        gc.unfreeze()
     progress.finish()
     return walker, steps, cut
 
@@ -588,6 +596,22 @@ async def walk(
 # a group that keeps every event (``_Group`` without a ``group_events`` predicate) holds at most this many: on
 # a long window the pacer asks for groups of 100k-300k events (a 1M-event `replay log` peaked at 621 MB)
 MAX_GROUP_EVENTS = 50_000
+
+
+# a whole-mesh walk's budget for folding and rendering its steps (``_Pacer``): the full budget for a window of up
+# to LONG_WINDOW_EVENTS events (a short window stays exact where the mesh is small enough), then shrinking with the
+# window's length down to RENDER_BUDGET_MIN_S: at 1,000,000 events the read alone takes about 10-20 s on 2 cores,
+# and a 20 s budget kept a `replay log --service` over them at several times its 15 s target (issue 14)
+RENDER_BUDGET_S = 20.0
+RENDER_BUDGET_MIN_S = 3.0
+LONG_WINDOW_EVENTS = 100_000
+
+
+def render_budget(events: int) -> float:
+    """Seconds a whole-mesh walk over ``events`` events may spend folding and rendering its steps."""
+    if events <= LONG_WINDOW_EVENTS:
+        return RENDER_BUDGET_S
+    return max(RENDER_BUDGET_MIN_S, RENDER_BUDGET_S * LONG_WINDOW_EVENTS / events)
 
 
 class _Pacer:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 import logging
 import multiprocessing
 import pickle
@@ -39,7 +38,7 @@ from typing import Any, AsyncIterator, Iterable
 
 from aiokafka import TopicPartition
 
-from events import kafka_security
+from events import kafka_security, record_decoder
 from events.envelope import Envelope, Logged
 from replay.source import Batch, Cut, ReadStalled
 
@@ -56,6 +55,10 @@ _KNOWN = ("event_id", "type", "schema_version", "occurred_at", "producer", "payl
           "signer", "signature", "signed_bytes", "proof", "received_digest")
 FLAT = _FIELDS == _KNOWN
 utc = timezone.utc
+# an envelope rebuilt here was built and checked in the reading process (the codec's or the decoder's own
+# checks): the decoder's constructor sets its slots without ``__post_init__`` re-checking it, which cost the
+# folding process more than the rest of taking an event in; ``Envelope`` itself if that constructor is unavailable
+_ENVELOPE = getattr(record_decoder, "_SIGNED_ENVELOPE", None) or Envelope
 _EPOCH = datetime(1970, 1, 1, tzinfo=utc)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -134,11 +137,12 @@ class RowReader:
         out = []
         append = out.append
         if self.flat:
+            envelope = _ENVELOPE
             for ref, eid, version, at, producer, signer, signature, signed_bytes, proof, digest, ti, part, off, ts in rows:
                 p = payloads[ref]
                 if type(at) is int:
                     at = _EPOCH + timedelta(microseconds=at)
-                append(Logged(Envelope(eid, p.TYPE, version, at, producer, p, signer, signature, signed_bytes, proof,
+                append(Logged(envelope(eid, p.TYPE, version, at, producer, p, signer, signature, signed_bytes, proof,
                                        digest), topics[ti], part, off, ts))
             return out
         for ref, values, ti, part, off, ts in rows:
@@ -180,6 +184,7 @@ def _portable(exc: BaseException) -> BaseException:
 async def _read(conn, bootstrap: str, start: dict, stop: dict, batch: int, stall_s: float) -> None:
     from events.record_decoder import RecordDecoder
     from replay.source import iter_cut, new_consumer
+    from replay.young_gc import young_gc_only
 
     cut = Cut(start={TopicPartition(*k): v for k, v in start.items()},
               stop={TopicPartition(*k): v for k, v in stop.items()})
@@ -188,12 +193,14 @@ async def _read(conn, bootstrap: str, start: dict, stop: dict, batch: int, stall
     try:
         writer = RowWriter()
         dumps = pickle.dumps
-        async for b in iter_cut(consumer, cut, decoder=RecordDecoder(), batch=batch, stall_s=stall_s):
-            message = ("batch", writer.rows(b.events), b.undecodable, b.records)
-            conn.send_bytes(dumps(message, pickle.HIGHEST_PROTOCOL))
-            # what survived this batch (the decoder's memo, the payload table) is long-lived: keep the cyclic
-            # GC from rescanning it at every full collection (the same reason the fold runs without it)
-            gc.freeze()
+        # decoding makes millions of objects, nearly all freed with their batch, and next to no cyclic garbage:
+        # collections only between batches, once the young objects grew (replay.young_gc)
+        with young_gc_only() as collect:
+            async for b in iter_cut(consumer, cut, decoder=RecordDecoder(), batch=batch, stall_s=stall_s):
+                message = ("batch", writer.rows(b.events), b.undecodable, b.records)
+                conn.send_bytes(dumps(message, pickle.HIGHEST_PROTOCOL))
+                b = message = None  # sent: not to be scanned
+                collect()
         conn.send_bytes(dumps(("end", time.process_time()), pickle.HIGHEST_PROTOCOL))
     finally:
         await consumer.stop()

@@ -189,10 +189,35 @@ def rule_destinations(rule: t.RouteRuleUpserted) -> set[str]:
     return {d.service or rule.host for r in rule.routes for d in r.destinations}
 
 
+_NAMING_ATTRS = ("service", "host", "dependency")
+# payload type -> which of _NAMING_ATTRS it has, for the types whose attributes are known from the class (pydantic
+# models with extra="forbid", as every payload is): a walk asks this of every event of a long window, and a pydantic
+# model answers an attribute it lacks by raising, which cost more than the rest of the question
+_ATTRS_OF: dict[type, tuple[str, ...] | None] = {}
+
+
+def _naming_attrs(cls: type) -> tuple[str, ...] | None:
+    """Which of ``_NAMING_ATTRS`` instances of ``cls`` have; None: not known from the class (ask each)."""
+    try:
+        return _ATTRS_OF[cls]
+    except KeyError:
+        pass
+    fields = getattr(cls, "model_fields", None)
+    config = getattr(cls, "model_config", None) or {}
+    known = None
+    if isinstance(fields, dict) and config.get("extra") == "forbid":
+        known = tuple(a for a in _NAMING_ATTRS if a in fields or hasattr(cls, a))
+    _ATTRS_OF[cls] = known
+    return known
+
+
 def payload_services(payload: t.Payload) -> set[str]:
     """The services an event is about (its entity, and a route rule's destinations)."""
     out: set[str] = set()
+    attrs = _naming_attrs(type(payload))
     for attr in ("service", "host"):
+        if attrs is not None and attr not in attrs:
+            continue
         value = getattr(payload, attr, None)
         if isinstance(value, str):
             out.add(value)
@@ -203,9 +228,10 @@ def payload_services(payload: t.Payload) -> set[str]:
     if isinstance(payload, t.EventRefused):  # the refused event's entity: "<service>/<instance>", "route/<host>"
         head, _sep, rest = payload.event_key.partition("/")
         out.add(rest.partition("/")[0] if head in ("route", "policy") else head)
-    dependency = getattr(payload, "dependency", None)  # a subscription is about its dependency too
-    if isinstance(dependency, str):
-        out.add(dependency)
+    if attrs is None or "dependency" in attrs:
+        dependency = getattr(payload, "dependency", None)  # a subscription is about its dependency too
+        if isinstance(dependency, str):
+            out.add(dependency)
     return out
 
 
@@ -618,6 +644,8 @@ def for_service_log(service: str, told_nodes: Collection[str] | None = None) -> 
     the views of others are let go, and a step listing nothing that changed none of these is dropped.
     None keeps every view."""
 
+    about = about_service(service)
+
     def told(views: Mapping[str, Versions]) -> Mapping[str, Versions]:
         if told_nodes is None or not views:
             return views
@@ -626,8 +654,7 @@ def for_service_log(service: str, told_nodes: Collection[str] | None = None) -> 
     def keep(step: Step) -> Step | None:
         eff = step.effect
         if step.size > 1:  # a group: listed if one of its events is about the service
-            listed = [lg for lg in step.events
-                      if event_matches(lg, NO_EFFECT_DOC, service=service, node=None, services_touched=set())]
+            listed = [lg for lg in step.events if about(lg)]
             if listed:
                 first, last = step.events[0], step.events[-1]
                 kept = [first, *(lg for lg in listed if lg is not first and lg is not last), last]
@@ -648,9 +675,18 @@ def for_service_log(service: str, told_nodes: Collection[str] | None = None) -> 
         return Step(step.events[-1:], [], Effect({}, {}, eff.changed_nodes, frozenset(), views), step.exact)
 
     # the events of a group this keeps (besides its first and last): a walk holds no others while it folds one
-    keep.group_events = lambda lg: event_matches(lg, NO_EFFECT_DOC, service=service, node=None,  # type: ignore[attr-defined]
-                                                 services_touched=set())
+    keep.group_events = about  # type: ignore[attr-defined]
     return keep
+
+
+def about_service(service: str) -> Callable[[Logged], bool]:
+    """Whether an event is about ``service`` (``service in payload_services(payload)``, which is what
+    ``event_matches`` says of an event with no effect): a service log's question for each event of a group."""
+
+    def about(lg: Logged) -> bool:
+        return service in payload_services(lg.envelope.payload)
+
+    return about
 
 
 def log_document(

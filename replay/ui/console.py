@@ -142,6 +142,7 @@ class Console:
         hit = self._cache.get(at_ms)
         if hit is None:
             hit = await rebuild(self.consumer, at_ms, use_snapshot=self.use_snapshot, verifier=await self._verifier())
+            hit.decoder = None  # a cached instant does not keep its decoder's memo alive (tens of MB on a long log)
             self._cache[at_ms] = hit
             while len(self._cache) > CACHED_INSTANTS:
                 self._cache.popitem(last=False)

@@ -8,7 +8,20 @@ from projector.fold import fold_many, fold_with_decisions
 from projector.render import render_all
 from projector.state import empty_state
 from projector.state import same_state, state_to_bytes
-from replay.engine import MAX_GROUP_EVENTS, NO_EFFECT, Step, Walker, _node_effect, _Pacer, flatten, node_versions
+from replay.engine import (
+    LONG_WINDOW_EVENTS,
+    MAX_GROUP_EVENTS,
+    NO_EFFECT,
+    RENDER_BUDGET_MIN_S,
+    RENDER_BUDGET_S,
+    Step,
+    Walker,
+    _node_effect,
+    _Pacer,
+    flatten,
+    node_versions,
+    render_budget,
+)
 from tests.unit.projector.helpers import Log
 from tests.unit.replay.history import RandomHistory
 
@@ -215,3 +228,20 @@ def test_a_group_that_holds_every_event_is_bounded():
         group = _Group(Walker(empty_state()), _FixedPacer([10 * MAX_GROUP_EVENTS]), wanted, lambda steps: None)
         group.feed(log.events[:1])  # the first group is one event; then the pacer asks for a huge one
         assert group.size == expected
+
+
+def test_a_long_window_gets_a_smaller_render_budget():
+    """Up to LONG_WINDOW_EVENTS a whole-mesh walk keeps the full budget (short windows stay exact); past it the
+    budget shrinks with the window, never under the floor: a 1,000,000-event walk renders coarser groups instead
+    of spending 20 s rendering them."""
+    assert render_budget(0) == render_budget(LONG_WINDOW_EVENTS) == RENDER_BUDGET_S
+    assert render_budget(2 * LONG_WINDOW_EVENTS) == RENDER_BUDGET_S / 2
+    assert render_budget(1_000_000) == render_budget(10**9) == RENDER_BUDGET_MIN_S
+    budgets = [render_budget(n) for n in range(0, 2_000_000, 50_000)]
+    assert budgets == sorted(budgets, reverse=True)
+    # at the same cost per step, the long window's pacer asks for larger groups than the full budget would
+    full, scaled = _Pacer(1_000_000, RENDER_BUDGET_S), _Pacer(1_000_000, render_budget(1_000_000))
+    for pacer in (full, scaled):
+        pacer.record(1, 0.01)
+    assert scaled.size() > 5 * full.size()
+

@@ -167,3 +167,21 @@ def test_a_refused_subscription_is_a_rejection_filed_under_its_service():
     record = Rec(topics.REJECTIONS, 0, 0, 1_000, encode(refused), refused.key.encode())
     kind, service = _support_kind(record)
     assert (kind, service) == (REJECTED, "web")
+
+
+def test_an_instant_the_console_caches_does_not_keep_its_decoder():
+    """A rebuild hands its decoder (memo and all) on to a walk from it; the console keeps up to
+    CACHED_INSTANTS rebuilds for its whole life, so it lets their decoders go."""
+    logs = {TopicPartition(spec.name, p): [] for spec in topics.EVENT_TOPICS for p in range(spec.partitions)}
+    reg = TopicPartition(topics.REGISTRATIONS, 0)
+    for i in range(3):
+        payload = t.InstanceRegistered(service="reviews", instance_id=f"r{i}", address="10.0.0.1", port=80 + i)
+        logs[reg].append(Rec(reg.topic, 0, i, 1000 + i, encode(new_event(payload))))
+    console = Console(FakeConsumer(logs, random.Random(4)), refresh_s=0, verify_events=False, use_snapshot=False)
+
+    async def go():
+        async with console.lock:
+            return await console._rebuilt(1002, what="at")
+
+    rebuilt = asyncio.run(go())
+    assert rebuilt.folded == 3 and rebuilt.decoder is None

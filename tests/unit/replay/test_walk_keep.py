@@ -15,6 +15,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from events import topics
+from events import types as t
 from events.codec import encode
 from events.envelope import new_event
 from replay import report
@@ -163,3 +164,63 @@ def test_a_thinned_service_log_of_groups_with_proxies_equals_the_log_from_every_
     assert all(set(s.effect.views) <= set(proxied) for s in kept)
     convergences = [e.get("convergence") for e in whole["entries"]] + [g["convergence"] for g in whole["groups"]]
     assert any(c and c["proxies"] and c["reached"] for c in convergences)
+
+
+def _services_asking_each(payload) -> set[str]:
+    """``payload_services`` as it was: every attribute asked of the payload itself."""
+    out = {v for a in ("service", "host", "dependency") if isinstance(v := getattr(payload, a, None), str)}
+    if isinstance(payload, t.RouteRuleUpserted):
+        out |= report.rule_destinations(payload)
+    if isinstance(payload, t.RuleRejected):
+        out.add(payload.name)
+    if isinstance(payload, t.EventRefused):
+        head, _sep, rest = payload.event_key.partition("/")
+        out.add(rest.partition("/")[0] if head in ("route", "policy") else head)
+    return out
+
+
+def test_payload_services_reads_only_the_attributes_a_payload_type_has_and_answers_the_same():
+    """A service log asks ``about_service`` of every event of a long window: the attributes a payload type has
+    are looked up once per type (no failed lookup per event), with the same answer for every payload type."""
+    from events.envelope import Logged
+
+    history = RandomHistory("about", 5)
+    payloads = history.payloads(400)
+    payloads += [t.RuleRejected(kind="route_rule", name="about-s1", revision=2, reason="stale", source_topic="x",
+                                source_partition=0, source_offset=1),
+                 t.DependencySubscribed(service="about-s0", instance_id="i0", dependency="about-s2")]
+    assert len({type(p) for p in payloads}) >= 6
+    for p in payloads:
+        assert report.payload_services(p) == _services_asking_each(p)
+        assert report._naming_attrs(type(p)) is not None  # every payload type is known from its class
+    events = [Logged(new_event(p, producer="t"), p.TOPIC, 0, i, 1_000 + i) for i, p in enumerate(payloads)]
+    for service in [*history.services, "nobody"]:
+        about = report.about_service(service)
+        assert [about(lg) for lg in events] == [service in _services_asking_each(lg.payload) for lg in events]
+
+    class Plain:  # not a payload model: its attributes are asked of each instance, as before
+        def __init__(self, service):
+            self.service = service
+
+    assert report.payload_services(Plain("web")) == {"web"}
+
+
+def test_a_walk_goes_on_with_the_decoder_of_its_rebuild():
+    """The window's payloads seen before its start (a health flap, a re-registration) are not validated again:
+    the walk decodes with the rebuild's decoder, memo and all; the steps are those a fresh decoder gives."""
+    consumer, end = fake_log(3, 600)
+    mid = end // 2
+
+    async def go(reuse: bool):
+        base = await rebuild(consumer, mid, use_snapshot=False)
+        before = base.decoder.misses
+        if not reuse:
+            base.decoder = None
+        _walker, steps, _cut = await walk(consumer, base, end, node=None, keep=None)
+        return base, before, steps
+
+    base, before, steps = asyncio.run(go(True))
+    assert base.decoder.hits > 0 and base.decoder.misses > before  # the walk went on with it
+    _fresh, _before, fresh_steps = asyncio.run(go(False))
+    assert [(s.events, s.decisions, s.effect.changed, s.effect.changed_nodes) for s in steps] == \
+        [(s.events, s.decisions, s.effect.changed, s.effect.changed_nodes) for s in fresh_steps]

@@ -2,7 +2,12 @@
 the message of each named resource. See ``projector.render`` for the rules.
 
 A ``Renderer`` caches what several resources share (served rules, virtual
-hosts, endpoints) for the life of one pass; make a new one per state.
+hosts) for the life of one pass; make a new one per state.
+
+A shared resource (no node id in its name) is rendered in two steps:
+``shared_inputs`` reads the state, ``build_shared`` builds the message from
+those inputs alone; its version is the hash of the inputs
+(``projector.versioning``), so ``version`` names it without building it.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from projector import mesh_tls, naming
 from projector import render_envoy as E
 from projector.state import Instance, MeshState
 from projector.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_URLS
+from projector.versioning import inputs_version, version_of
 
 
 def _endpoint_order(row: tuple) -> tuple:
@@ -173,6 +179,15 @@ class Renderer:
                 return None
             return self.served_rule(name), self.protocol(name) == "grpc"
         raise ValueError(f"unknown type url {type_url!r}")
+
+    def version(self, type_url: str, name: str, node_id: str | None) -> str | None:
+        """The version of one named resource (None: it does not exist), as ``render_all`` names it: a
+        shared one's from its inputs (nothing built), a per-node one's from its bytes."""
+        if not naming.is_per_node(name):
+            inputs = self.shared_inputs(type_url, name)
+            return None if inputs is None else inputs_version(type_url, name, inputs)
+        msg = self.resource(type_url, name, node_id)
+        return None if msg is None else version_of(msg.SerializeToString(deterministic=True))
 
     def build_shared(self, type_url: str, name: str, inputs: tuple) -> Message:
         """The message of a shared resource from its ``shared_inputs`` alone (reads nothing of the state)."""

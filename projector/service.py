@@ -633,7 +633,7 @@ class ProjectorService:
                 if r.value is None:
                     resources.pop(rk, None)
                 else:
-                    resources[rk] = pub.version_of(r.value)
+                    resources[rk] = pub.record_version(r.value, r.headers)
             else:
                 node = r.key.decode()
                 owners.pop(node, None)
@@ -1083,8 +1083,8 @@ class ProjectorService:
         self.totals["dead_letters"] += len(dead)
         self.totals["rejections"] += len(envs)
         self.totals["undeliverable"] += len(sender.undeliverable)
-        refused = {(topic, key) for (topic, key, _value), _exc in sender.undeliverable}
-        for (topic, key, value), exc in sender.undeliverable:
+        refused = {(record[0], record[1]) for record, _exc in sender.undeliverable}
+        for (topic, key, value, *_headers), exc in sender.undeliverable:
             log.error(
                 "the broker refused a %d-byte record for %s (key %s) for good: %s; it is skipped and projecting "
                 "goes on (%d such records since start)",

@@ -53,7 +53,8 @@ def delta(prev_parts, cur):
 
 
 def records(plan: pub.ViewPlan) -> dict:
-    return {(topic, key): value for phase in pub.plan_records(plan) for topic, key, value in phase}
+    return {(topic, key): value for phase in pub.plan_records(plan)
+            for topic, key, value, _headers in phase}
 
 
 shard_sets = st.frozensets(st.integers(0, SHARDS - 1))

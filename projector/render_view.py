@@ -22,10 +22,6 @@ from projector.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_URLS
 from projector.versioning import inputs_version, version_of
 
 
-def _endpoint_order(row: tuple) -> tuple:
-    return row[0], row[1], row[2]
-
-
 def _inbound_over_rds(inst: Instance) -> bool:
     """A sidecar whose inbound routes come over RDS: one with a mesh identity (its RBAC policy lives
     there) serving HTTP or gRPC. The others keep their one route inline: nothing in it changes."""
@@ -238,23 +234,29 @@ class Renderer:
                 self.problems.add(f"cluster {name!r}: subset {subset!r} is not defined; served with no endpoints")
                 return ()
             selector = found[0].labels
-        zones: dict[str, list[tuple[str, int, str, object]]] = {}
-        instances = self.s.instances
+        zones: dict[str, list[tuple[str, int, str, str, int]]] = {}
+        instances, effective_health, is_ip = self.s.instances, self.s.effective_health, E.is_ip
         for key in self.s.by_service.get(service, ()):
             reg = instances[key].reg
             labels = reg.labels
             if selector is not None and any(labels.get(k) != v for k, v in selector.items()):
                 continue
-            if not E.is_ip(reg.address):
-                self.problems.add(
-                    f"instance {key!r}: address {reg.address!r} is not an IP address; left out of EDS"
-                )
+            address = reg.address
+            if not is_ip(address):
+                self.problems.add(f"instance {key!r}: address {address!r} is not an IP address; left out of EDS")
                 continue
-            port = reg.sidecar.inbound_port if reg.sidecar is not None else reg.port
-            zones.setdefault(labels.get("zone", ""), []).append(
-                (reg.address, port, key, (reg.address, port, self.s.effective_health(key), reg.weight)))
-        # endpoints sorted by (address, port, instance key) inside zones sorted by name ("" first)
-        return tuple((zone, tuple(row[3] for row in sorted(zones[zone], key=_endpoint_order))) for zone in sorted(zones))
+            sc = reg.sidecar
+            port = sc.inbound_port if sc is not None else reg.port
+            row = (address, port, key, effective_health(key), reg.weight)
+            zone = labels.get("zone", "") if labels else ""
+            rows = zones.get(zone)
+            if rows is None:
+                zones[zone] = [row]
+            else:
+                rows.append(row)
+        # endpoints sorted by (address, port, instance key: unique, so health and weight never decide) inside
+        # zones sorted by name ("" first)
+        return tuple((zone, tuple((a, p, h, w) for a, p, _key, h, w in sorted(zones[zone]))) for zone in sorted(zones))
 
     def listener(self, name: str, node_id: str | None) -> Message | None:
         if not naming.is_per_node(name):

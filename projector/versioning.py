@@ -59,6 +59,8 @@ from __future__ import annotations
 
 from hashlib import sha256
 
+import orjson
+
 VERSION_HEX_CHARS = 16
 
 # Bump whenever ``render_view.Renderer.build_shared`` (or the render_envoy / mesh_tls helpers it calls)
@@ -71,11 +73,17 @@ def version_of(body: bytes) -> str:
     return sha256(body).hexdigest()[:VERSION_HEX_CHARS]
 
 
+def _plain(value):
+    """An event model in the inputs (a destination policy, a route rule) as JSON: its fields in declaration
+    order, dicts in their order in the event (conservative: a reordered dict is other inputs)."""
+    return value.model_dump(mode="json")
+
+
 def inputs_version(type_url: str, name: str, inputs: tuple) -> str:
     """The version of a shared resource whose render inputs are ``inputs``.
 
-    ``inputs`` holds only str, int, bool, None and tuples of them (``repr`` is then the same in every
-    process: no dict or set order, no object identity).
+    ``inputs``: str, int, bool, None, tuples of them and event models (pydantic), encoded as JSON: the same
+    in every process for the same log (no repr, no set order, no object identity).
     """
-    text = f"{SHARED_RENDER_VERSION}|{type_url}|{name}|{inputs!r}"
-    return sha256(text.encode()).hexdigest()[:VERSION_HEX_CHARS]
+    head = f"{SHARED_RENDER_VERSION}|{type_url}|{name}|".encode()
+    return sha256(head + orjson.dumps(inputs, default=_plain)).hexdigest()[:VERSION_HEX_CHARS]

@@ -1,7 +1,8 @@
 """``render_all``: every node's view of the mesh, rendered from scratch or incrementally.
 
 ``render_all(state)`` renders each distinct resource once and serializes it
-deterministically; ``render_all(state, previous=rm)`` gives exactly the same
+deterministically (a shared one's version is the hash of its render inputs,
+a per-node one's of its bytes: ``projector.versioning``); ``render_all(state, previous=rm)`` gives exactly the same
 result but re-renders only what the state change can have touched (the
 states are compared map by map, skipping the structure they share), and
 reports what changed relative to ``previous``: the live projector folds a
@@ -36,10 +37,14 @@ replay and the single projector render). The scope is part of the result,
 ``render_all(state, previous=rm, scope=s)`` starts from ``rm`` whatever
 ``rm``'s scope, and the result has scope ``s``. A scoped render holds:
 
-- every shared resource some node holds (cluster, endpoints, API listener
-  and route of a service: few, and their versions go into the memberships
-  the worker owns, whichever shard owns the resource), with the same bytes
-  and versions as the unscoped render;
+- the version of every shared resource some node holds (cluster, endpoints,
+  API listener and route of a service: their versions go into the
+  memberships the worker owns, whichever shard owns the resource), named
+  from its render inputs (``Renderer.shared_inputs``) as the unscoped render
+  names it; its body (``Renderer.build_shared``, serialized) only if the
+  scope owns the resource's shard (``Ownership.owns_resource``). So
+  ``versions`` covers every held shared resource, ``resources`` the owned
+  bodies only;
 - the per-node resources (``naming.is_per_node``), membership and owner of
   the nodes the scope owns only: for them, the same as the unscoped render;
   a node it does not own costs its view's names only (kept, as shared keys,
@@ -53,9 +58,13 @@ sets equal the unscoped render's (from an unscoped ``previous`` of the same
 state) restricted to those keys, except when the scope changed since
 ``previous``: a node the scope gained is rendered whole and reported in
 ``changed_nodes``, its per-node resources in ``changed`` (they are new to
-this render: ``publisher.plan_takeover`` republishes them anyway), and a node
-it lost leaves the render silently (not in ``removed``/``removed_nodes``:
-its records are another worker's to write, not gone).
+this render: ``publisher.plan_takeover`` republishes them anyway), as are the
+shared bodies of shards it gained; a node it lost leaves the render silently
+(not in ``removed``/``removed_nodes``: its records are another worker's to
+write, not gone), and so do the shared bodies of shards it lost (their
+versions stay). ``changed`` holds the keys whose version is new or changed
+(a shared resource's inputs may change with equal bytes: it is republished,
+harmlessly) and the bodies the render did not hold before.
 """
 
 from __future__ import annotations

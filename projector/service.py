@@ -95,10 +95,12 @@ Restart and crash safety:
 
 Sharing the work (``ProjectorConfig.group``, ``projector run --group G``): every
 worker folds everything as above, but renders only the per-node resources and
-memberships of the nodes it owns (``render_all(..., scope=ownership)``; every
-shared resource some node holds is rendered by every worker: its version goes
-into the memberships), and plans, publishes and records only the view keys of
-the shards the consumer group assigned it (``projector.sharding``; dead
+memberships of the nodes it owns and the shared bodies of its shards
+(``render_all(..., scope=ownership)``; the version of every shared resource
+some node holds is named by every worker from the resource's render inputs,
+without building it, ``projector.versioning``: it goes into the memberships),
+and plans, publishes and records only the view keys of the shards the
+consumer group assigned it (``projector.sharding``; dead
 letters, rejections and snapshots: the owner of shard 0). It joins the group
 only once caught up (``_ready_to_render``), so a new worker takes no shard it
 cannot serve yet. A revocation waits for the

@@ -20,8 +20,10 @@ measured; then a brand-new worker on an empty data dir is started and the time u
 up, joined and published its first shards is measured.
 
 ``--in-process`` (no broker): what one worker's batches cost in CPU-s, by stage, when it owns all 12
-shards, 6 or 3 (``render_all`` scoped by its ownership): decode, fold, render (of it, the shared
-resources), planning; per ``--batch`` events (default 5,000) of the same health transitions.
+shards, 6 or 3 (``render_all`` scoped by its ownership): decode, fold, render (of it, for the shared
+resources: reading their render inputs, which every worker does to name their versions, and building
+the bodies of its shards), planning; per ``--batch`` events (default 5,000) of the same health
+transitions.
 
 Usage: python bench/projector_workers.py [--services 2000] [--instances 5] [--events 50000]
        [--workers 1,2,4] [--in-process [--batch 5000]]

@@ -295,7 +295,8 @@ def _plan(rendered: Any, published: PublishedViews, *, candidates: Iterable[Reso
 def plan_records(plan: ViewPlan) -> list[list[tuple[str, bytes, bytes | None, list | None]]]:
     """The plan as three ordered phases of (topic, key, value, headers) records (a body's headers: its version)."""
     return [
-        [(topics.VIEW_RESOURCES, resource_key(*rk), body, [(VERSION_HEADER, v.encode())]) for rk, body, v in plan.bodies],
+        [(topics.VIEW_RESOURCES, resource_key(*rk), body, [(VERSION_HEADER, v.encode())])
+         for rk, body, v in plan.bodies],
         [(topics.VIEW_MEMBERSHIP, node.encode(), value, None) for node, value, _r in plan.membership],
         [(topics.VIEW_RESOURCES, resource_key(*rk), None, None) for rk in plan.removals],
     ]

@@ -114,7 +114,8 @@ def node_versions(state: MeshState, node_id: str) -> dict[str, dict[str, str]]:
     """The versions of what ``render(state, node_id)`` returns (type_url -> name -> version): the node's
     membership as ``render_all`` names it (``projector.versioning``: shared ones from their inputs)."""
     r = Renderer(state)
-    return {type_url: {n: r.version(type_url, n, node_id) for n in names} for type_url, names in r.view(node_id).items()}
+    return {type_url: {name: r.version(type_url, name, node_id) for name in names}
+            for type_url, names in r.view(node_id).items()}
 
 
 def render_names(

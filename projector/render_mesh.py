@@ -2,13 +2,13 @@
 
 ``render_all(state)`` renders each distinct resource once and serializes it
 deterministically (a shared one's version is the hash of its render inputs,
-a per-node one's of its bytes: ``projector.versioning``); ``render_all(state, previous=rm)`` gives exactly the same
-result but re-renders only what the state change can have touched (the
-states are compared map by map, skipping the structure they share), and
-reports what changed relative to ``previous``: the live projector folds a
-batch, calls ``render_all(state, previous=last)`` and publishes only
-``changed``/``removed`` resources and ``changed_nodes``/``removed_nodes``
-memberships.
+a per-node one's of its bytes: ``projector.versioning``);
+``render_all(state, previous=rm)`` gives exactly the same result but
+re-renders only what the state change can have touched (the states are
+compared map by map, skipping the structure they share), and reports what
+changed relative to ``previous``: the live projector folds a batch, calls
+``render_all(state, previous=last)`` and publishes only ``changed``/``removed``
+resources and ``changed_nodes``/``removed_nodes`` memberships.
 
 What a resource depends on (the incremental rules):
 

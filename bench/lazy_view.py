@@ -93,7 +93,8 @@ async def write_records(bootstrap: str, records: list) -> None:
     await producer.start()
     try:
         for start in range(0, len(records), 5000):
-            sent = [await producer.send(topic, key=key, value=value) for topic, key, value in records[start:start + 5000]]
+            sent = [await producer.send(topic, key=key, value=value, headers=headers)
+                    for topic, key, value, headers in records[start:start + 5000]]
             await asyncio.gather(*sent)
     finally:
         await producer.stop()
@@ -313,7 +314,7 @@ def main(argv=None) -> int:
     records, regular = render_records(args.services, args.instances)
     nodes = random.Random(11).sample(regular, min(args.connect, len(regular)))
     print(f"mesh: {len(regular):,} sidecar nodes, {len(records):,} view records "
-          f"({sum(len(v) for _t, _k, v in records) / 1e6:.0f} MB), rendered in {time.monotonic() - t0:.0f} s wall, "
+          f"({sum(len(v) for _t, _k, v, _h in records) / 1e6:.0f} MB), rendered in {time.monotonic() - t0:.0f} s wall, "
           f"{time.process_time() - c0:.0f} CPU-s; {len(nodes):,} nodes connect", flush=True)
 
     from meshlog.kafka_local import kafka_for_tests

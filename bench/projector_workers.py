@@ -20,8 +20,10 @@ measured; then a brand-new worker on an empty data dir is started and the time u
 up, joined and published its first shards is measured.
 
 ``--in-process`` (no broker): what one worker's batches cost in CPU-s, by stage, when it owns all 12
-shards, 6 or 3 (``render_all`` scoped by its ownership): decode, fold, render (of it, the shared
-resources), planning; per ``--batch`` events (default 5,000) of the same health transitions.
+shards, 6 or 3 (``render_all`` scoped by its ownership): decode, fold, render (of it, for the shared
+resources: reading their render inputs, which every worker does to name their versions, and building
+the bodies of its shards), planning; per ``--batch`` events (default 5,000) of the same health
+transitions.
 
 Usage: python bench/projector_workers.py [--services 2000] [--instances 5] [--events 50000]
        [--workers 1,2,4] [--in-process [--batch 5000]]
@@ -206,19 +208,22 @@ def in_process(args: argparse.Namespace) -> list[dict]:
     from projector.sharding import Ownership
     from projector.state import empty_state
 
-    shared_s = [0.0]
-    resource = render_view.Renderer.resource
+    shared_s = {"inputs": 0.0, "build": 0.0}  # shared resources: naming their versions, building their bodies
+    originals = {"inputs": render_view.Renderer.shared_inputs, "build": render_view.Renderer.build_shared}
 
-    def timed(self, type_url, name, node):  # the shared resources are the ones rendered without a node
-        if node is not None:
-            return resource(self, type_url, name, node)
-        c = time.process_time()
-        try:
-            return resource(self, type_url, name, node)
-        finally:
-            shared_s[0] += time.process_time() - c
+    def timed(stage):
+        original = originals[stage]
 
-    render_view.Renderer.resource = timed
+        def call(self, *args):
+            c = time.process_time()
+            try:
+                return original(self, *args)
+            finally:
+                shared_s[stage] += time.process_time() - c
+        return call
+
+    render_view.Renderer.shared_inputs = timed("inputs")
+    render_view.Renderer.build_shared = timed("build")
     regs = [Logged(bench_projector.envelope(p, i), topics.REGISTRATIONS, 0, i, 1_000_000 + i)
             for i, p in enumerate(bench_projector.registrations(args.services, args.instances, "f"))]
     raw = [encode(bench_projector.envelope(p, i))
@@ -231,7 +236,7 @@ def in_process(args: argparse.Namespace) -> list[dict]:
         published = pub.PublishedViews()
         published.apply(pub.plan_views(rendered, published, scope))
         cpu = {"decode": 0.0, "fold": 0.0, "render": 0.0, "plan": 0.0}
-        shared_s[0] = 0.0
+        shared_s.update(inputs=0.0, build=0.0)
         for i in range(0, len(raw), args.batch):
             c0 = time.process_time()
             logged = [Logged(decode(v, topics.HEALTH), topics.HEALTH, 0, i + j, 2_000_000 + i + j)
@@ -247,9 +252,10 @@ def in_process(args: argparse.Namespace) -> list[dict]:
             for name, took in zip(cpu, (c1 - c0, c2 - c1, c3 - c2, c4 - c3)):
                 cpu[name] += took
         batches = -(-len(raw) // args.batch)
-        out.append({"shards": shards, "batches": batches, "shared_resources": shared_s[0] / batches,
-                    **{k: v / batches for k, v in cpu.items()}})
-    render_view.Renderer.resource = resource
+        cpu["total"] = sum(cpu.values())
+        out.append({"shards": shards, "batches": batches, "shared_inputs": shared_s["inputs"] / batches,
+                    "shared_build": shared_s["build"] / batches, **{k: v / batches for k, v in cpu.items()}})
+    render_view.Renderer.shared_inputs, render_view.Renderer.build_shared = originals["inputs"], originals["build"]
     return out
 
 
@@ -270,8 +276,8 @@ def main() -> int:
               f"nodes; load average {os.getloadavg()[0]:.1f}", flush=True)
         for r in in_process(args):
             print(f"  owning {r['shards']:>2} of 12 shards: decode {r['decode']:.3f}, fold {r['fold']:.3f}, render "
-                  f"{r['render']:.3f} (shared resources {r['shared_resources']:.3f}), planning {r['plan']:.3f}",
-                  flush=True)
+                  f"{r['render']:.3f} (of it shared resources: inputs {r['shared_inputs']:.3f}, bodies built "
+                  f"{r['shared_build']:.3f}), planning {r['plan']:.3f}; total {r['total']:.3f}", flush=True)
         return 0
     counts = [int(x) for x in args.workers.split(",")]
     print(f"mesh: {args.services} services x {args.instances} instances = {args.services * args.instances} "

@@ -272,14 +272,15 @@ class Mesh:
 
 
 class _Rec:
-    __slots__ = ("topic", "key", "value", "timestamp")
+    __slots__ = ("topic", "key", "value", "timestamp", "headers")
 
-    def __init__(self, topic, key, value, timestamp):
-        self.topic, self.key, self.value, self.timestamp = topic, key, value, timestamp
+    def __init__(self, topic, key, value, timestamp, headers=None):
+        self.topic, self.key, self.value, self.timestamp, self.headers = topic, key, value, timestamp, headers
 
 
 def _as_records(rows: list, ts: int) -> list[_Rec]:
-    return [_Rec(topic, key, value, ts) for topic, key, value in rows]
+    """``publisher.plan_records`` rows (topic, key, value, headers: a body's version) as consumer records."""
+    return [_Rec(topic, key, value, ts, headers) for topic, key, value, headers in rows]
 
 
 def gateway_main(conn, write_timeout_s: float, gc_freeze: bool, sync_log: bool = True, tls_dir: str | None = None,

@@ -111,7 +111,7 @@ class FeedBuilder:
         bodies: list[dict] = []
         nodes: dict[str, dict | None] = {}
         eds_changed: set[str] = set()
-        for topic, key, value in records:
+        for topic, key, value, *_headers in records:
             if topic == VIEW_RESOURCES:
                 type_url, _, name = key.decode().partition("|")
                 ident = (type_url, name)

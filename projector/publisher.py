@@ -4,10 +4,13 @@ Two compacted topics (``events.topics``):
 
 - ``VIEW_RESOURCES``: key ``"<type_url>|<name>"`` (utf-8; split at the
   *first* ``|``: a type url never contains one, a subset cluster name does),
-  value = the resource's deterministic serialization. Its version is
-  ``projector.versioning.version_of(value)``, recomputable by any reader. A
-  tombstone (value ``None``) when the resource is in no node's membership
-  any more.
+  value = the resource's deterministic serialization, header
+  ``meshlog-version`` = its version (``projector.versioning``: a shared
+  resource's is the hash of its render inputs, not recomputable from the
+  value; readers take it from the header, ``record_version``, and fall back
+  to ``version_of(value)`` for a record without it: per-node versions are
+  that hash). A tombstone (value ``None``) when the resource is in no node's
+  membership any more.
 - ``VIEW_MEMBERSHIP``: key ``<node_id>`` (utf-8), value = orjson (sorted
   keys) of ``{"node": id, "owner": {"service": S, "instance": I},
   "resources": {type_url: {name: version}}}``; a tombstone when the node is
@@ -71,6 +74,16 @@ _TYPE_RANK = {u: i for i, u in enumerate(TYPE_URLS)}
 
 
 SOURCE_MS_HEADER = "meshlog-source-ms"
+VERSION_HEADER = "meshlog-version"
+
+
+def record_version(value: bytes, headers) -> str:
+    """The version of a body record of ``VIEW_RESOURCES``: its ``meshlog-version`` header, else the hash of its
+    value (a record written before shared versions came from render inputs, or a test's)."""
+    for name, raw in headers or ():
+        if name == VERSION_HEADER:
+            return raw.decode("ascii", "replace")
+    return version_of(value)
 
 
 def source_headers(source_ms: int | None) -> list[tuple[str, bytes]] | None:
@@ -279,12 +292,13 @@ def _plan(rendered: Any, published: PublishedViews, *, candidates: Iterable[Reso
     return ViewPlan(bodies, membership, removals, owners)
 
 
-def plan_records(plan: ViewPlan) -> list[list[tuple[str, bytes, bytes | None]]]:
-    """The plan as three ordered phases of (topic, key, value) records."""
+def plan_records(plan: ViewPlan) -> list[list[tuple[str, bytes, bytes | None, list | None]]]:
+    """The plan as three ordered phases of (topic, key, value, headers) records (a body's headers: its version)."""
     return [
-        [(topics.VIEW_RESOURCES, resource_key(*rk), body) for rk, body, _v in plan.bodies],
-        [(topics.VIEW_MEMBERSHIP, node.encode(), value) for node, value, _r in plan.membership],
-        [(topics.VIEW_RESOURCES, resource_key(*rk), None) for rk in plan.removals],
+        [(topics.VIEW_RESOURCES, resource_key(*rk), body, [(VERSION_HEADER, v.encode())])
+         for rk, body, v in plan.bodies],
+        [(topics.VIEW_MEMBERSHIP, node.encode(), value, None) for node, value, _r in plan.membership],
+        [(topics.VIEW_RESOURCES, resource_key(*rk), None, None) for rk in plan.removals],
     ]
 
 
@@ -298,7 +312,7 @@ UNDELIVERABLE: tuple[type[BaseException], ...] = (
     InvalidTimestampError,
 )
 
-Record = tuple[str, bytes | None, bytes | None]  # topic, key, value
+Record = tuple  # (topic, key, value) or (topic, key, value, headers of this record or None)
 
 
 class OrderedSender:
@@ -331,12 +345,15 @@ class OrderedSender:
 
     async def _send(self, phase: int) -> None:
         records, settled = self._phases[phase], self._settled[phase]
-        extra = {"headers": self._headers[phase]} if self._headers[phase] else {}
+        common = self._headers[phase] or []
         error: BaseException | None = None
         in_flight = []
-        for i, (topic, key, value) in enumerate(records):
+        for i, record in enumerate(records):
             if i in settled:
                 continue
+            topic, key, value = record[:3]
+            headers = common + (record[3] or []) if len(record) > 3 else common
+            extra = {"headers": headers} if headers else {}
             try:
                 in_flight.append((i, await self._producer.send(topic, value=value, key=key, **extra)))
             except UNDELIVERABLE as exc:  # the client's own size check refuses before sending

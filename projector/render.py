@@ -1,7 +1,8 @@
 """The render: ``MeshState -> Envoy v3 resources``, per node and for the whole mesh.
 
 Pure and deterministic: the same state gives the same messages, bytes and
-versions in every process. ``render(state, node)`` renders one node;
+versions in every process (``projector.versioning``: a shared resource's
+version is the hash of its render inputs, a per-node one's of its bytes). ``render(state, node)`` renders one node;
 ``render_all(state, previous=None, scope=None)`` (``projector.render_mesh``)
 renders every node (or, with a ``scope``, the nodes a projector worker owns),
 each shared resource once, incrementally from ``previous`` when given (same
@@ -73,6 +74,7 @@ __all__ = [
     "NodeView",
     "RenderedMesh",
     "node_ids",
+    "node_versions",
     "node_view",
     "proxyless_closure",
     "render",
@@ -106,6 +108,14 @@ def render(state: MeshState, node_id: str) -> dict[str, dict[str, Message]]:
     for type_url, names in r.view(node_id).items():
         out[type_url] = {n: r.resource(type_url, n, node_id) for n in names}
     return out
+
+
+def node_versions(state: MeshState, node_id: str) -> dict[str, dict[str, str]]:
+    """The versions of what ``render(state, node_id)`` returns (type_url -> name -> version): the node's
+    membership as ``render_all`` names it (``projector.versioning``: shared ones from their inputs)."""
+    r = Renderer(state)
+    return {type_url: {name: r.version(type_url, name, node_id) for name in names}
+            for type_url, names in r.view(node_id).items()}
 
 
 def render_names(

@@ -73,7 +73,9 @@ def socket_address(address: str, port: int) -> address_pb2.Address:
 
 
 @lru_cache(maxsize=65536)
+@lru_cache(maxsize=1 << 16)
 def is_ip(address: str) -> bool:
+    """Cached: every endpoints body asks it of each instance's address, on every render of the body."""
     try:
         ipaddress.ip_address(address)
         return True

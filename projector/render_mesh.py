@@ -1,13 +1,14 @@
 """``render_all``: every node's view of the mesh, rendered from scratch or incrementally.
 
 ``render_all(state)`` renders each distinct resource once and serializes it
-deterministically; ``render_all(state, previous=rm)`` gives exactly the same
-result but re-renders only what the state change can have touched (the
-states are compared map by map, skipping the structure they share), and
-reports what changed relative to ``previous``: the live projector folds a
-batch, calls ``render_all(state, previous=last)`` and publishes only
-``changed``/``removed`` resources and ``changed_nodes``/``removed_nodes``
-memberships.
+deterministically (a shared one's version is the hash of its render inputs,
+a per-node one's of its bytes: ``projector.versioning``);
+``render_all(state, previous=rm)`` gives exactly the same result but
+re-renders only what the state change can have touched (the states are
+compared map by map, skipping the structure they share), and reports what
+changed relative to ``previous``: the live projector folds a batch, calls
+``render_all(state, previous=last)`` and publishes only ``changed``/``removed``
+resources and ``changed_nodes``/``removed_nodes`` memberships.
 
 What a resource depends on (the incremental rules):
 
@@ -36,10 +37,14 @@ replay and the single projector render). The scope is part of the result,
 ``render_all(state, previous=rm, scope=s)`` starts from ``rm`` whatever
 ``rm``'s scope, and the result has scope ``s``. A scoped render holds:
 
-- every shared resource some node holds (cluster, endpoints, API listener
-  and route of a service: few, and their versions go into the memberships
-  the worker owns, whichever shard owns the resource), with the same bytes
-  and versions as the unscoped render;
+- the version of every shared resource some node holds (cluster, endpoints,
+  API listener and route of a service: their versions go into the
+  memberships the worker owns, whichever shard owns the resource), named
+  from its render inputs (``Renderer.shared_inputs``) as the unscoped render
+  names it; its body (``Renderer.build_shared``, serialized) only if the
+  scope owns the resource's shard (``Ownership.owns_resource``). So
+  ``versions`` covers every held shared resource, ``resources`` the owned
+  bodies only;
 - the per-node resources (``naming.is_per_node``), membership and owner of
   the nodes the scope owns only: for them, the same as the unscoped render;
   a node it does not own costs its view's names only (kept, as shared keys,
@@ -53,9 +58,13 @@ sets equal the unscoped render's (from an unscoped ``previous`` of the same
 state) restricted to those keys, except when the scope changed since
 ``previous``: a node the scope gained is rendered whole and reported in
 ``changed_nodes``, its per-node resources in ``changed`` (they are new to
-this render: ``publisher.plan_takeover`` republishes them anyway), and a node
-it lost leaves the render silently (not in ``removed``/``removed_nodes``:
-its records are another worker's to write, not gone).
+this render: ``publisher.plan_takeover`` republishes them anyway), as are the
+shared bodies of shards it gained; a node it lost leaves the render silently
+(not in ``removed``/``removed_nodes``: its records are another worker's to
+write, not gone), and so do the shared bodies of shards it lost (their
+versions stay). ``changed`` holds the keys whose version is new or changed
+(a shared resource's inputs may change with equal bytes: it is republished,
+harmlessly) and the bodies the render did not hold before.
 """
 
 from __future__ import annotations
@@ -68,7 +77,7 @@ from projector import naming
 from projector.render_view import Renderer
 from projector.state import MeshState, changed_keys, empty_state
 from projector.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_URLS
-from projector.versioning import version_of
+from projector.versioning import inputs_version, version_of
 
 if TYPE_CHECKING:  # projector.sharding imports aiokafka (events.shard_group): replay must not pay for it
     from projector.sharding import Ownership
@@ -97,9 +106,12 @@ class _Index:
 class RenderedMesh:
     """Every node's view. Dict iteration order is unspecified: sort where order matters."""
 
-    resources: dict[ResourceKey, bytes]  # (type_url, name) -> SerializeToString(deterministic=True)
+    # (type_url, name) -> SerializeToString(deterministic=True); a scoped render: the bodies of its keys only
+    resources: dict[ResourceKey, bytes]
     membership: dict[str, dict[str, dict[str, str]]]  # node -> type_url -> name -> version
-    versions: dict[ResourceKey, str]  # (type_url, name) -> version_of(body)
+    # (type_url, name) -> version (``projector.versioning``): every resource some node in scope holds, and
+    # every shared one some node holds (a scoped render names those without their bodies)
+    versions: dict[ResourceKey, str]
     problems: tuple[str, ...]  # sorted: what was left out of the config, and why
     # node -> (service, instance_id) of the registration the node stands for: who owns the node
     # (published with its membership; the gateway authorizes streams by it)
@@ -166,6 +178,7 @@ class _Step:
         self.state = state
         self.scope = scope
         self.owns = (lambda node: True) if scope is None else scope.owns_node
+        self.owns_body = (lambda key: True) if scope is None else scope.owns_resource
         self.r = Renderer(state)
         idx = prev._index
         self.resources = dict(prev.resources)
@@ -189,7 +202,7 @@ class _Step:
     # ------------------------------------------------ small helpers
 
     def _put(self, key: ResourceKey, msg) -> bool:
-        """Store a rendered resource; True if its bytes are new or changed."""
+        """Store a rendered per-node resource; True if its bytes are new or changed."""
         body = msg.SerializeToString(deterministic=True)
         if self.resources.get(key) == body:
             return False
@@ -199,11 +212,26 @@ class _Step:
         self.removed.discard(key)
         return True
 
+    def _put_shared(self, key: ResourceKey, inputs: tuple) -> bool:
+        """Name a shared resource's version from its render inputs; build its body only if the scope owns
+        it (and its version is new, or the body is not held yet). True if its version is new or changed."""
+        version = inputs_version(key[0], key[1], inputs)
+        new_version = self.versions.get(key) != version
+        if new_version:
+            self.versions[key] = version
+            self.changed.add(key)
+            self.removed.discard(key)
+        if self.owns_body(key) and (new_version or key not in self.resources):
+            msg = self.r.build_shared(key[0], key[1], inputs)
+            self.resources[key] = msg.SerializeToString(deterministic=True)
+            self.changed.add(key)
+        return new_version
+
     def _drop(self, key: ResourceKey) -> None:
-        if self.resources.pop(key, None) is not None:
-            del self.versions[key]
+        if self.versions.pop(key, None) is not None:
+            self.resources.pop(key, None)
             self.changed.discard(key)
-            if key in self.prev.resources:
+            if key in self.prev.versions:
                 self.removed.add(key)
         self.res_problems.pop(key, None)
 
@@ -265,6 +293,10 @@ class _Step:
                         shared.add((type_url, name))
             if shared:
                 self.held[node] = frozenset(shared)
+        # shared bodies follow their own shards: the lost ones leave (their versions stay: memberships
+        # name them), the gained ones are built below (``_put_shared``), like a new body
+        for key in [k for k in self.resources if not naming.is_per_node(k[1]) and not self.owns_body(k)]:
+            del self.resources[key]
         if prev_scope is None:
             return set()  # it owned every node
         return {n for n in self.state.nodes if self.owns(n) and not prev_scope.owns_node(n)}
@@ -334,8 +366,10 @@ class _Step:
                     # HTTP/gRPC: the policy is in the inbound route (re-rendered like a dependency's change);
                     # TCP: in the inbound listener, one of the node's own resources
                     (dirty_nodes if reg.protocol == "tcp" else subscribers).add(reg.node_id)
+        bodies_gained: set[ResourceKey] = set()
         if _scope_key(self.prev.scope) != _scope_key(self.scope):
             dirty_nodes |= self._rescope()  # the nodes it gained: rendered whole, like a new node
+            bodies_gained = {k for k in self.holders if k not in self.resources and self.owns_body(k)}
         # a node whose own instance changed is re-rendered whole; one whose dependencies changed
         # keeps its inbound/outbound listeners and local cluster (they depend on its instance only)
         self_dirty = set(dirty_nodes)
@@ -400,7 +434,7 @@ class _Step:
                 self.node_problems[node] = problems
 
         # 4. shared resources whose inputs changed, plus newly held ones
-        todo = set(fresh)
+        todo = fresh | bodies_gained
         by_service = self.shared_by_service
         for svc in meta_changed | policies_changed:
             todo.update(k for k in by_service.get(svc, ()) if k[0] == CLUSTER)
@@ -414,14 +448,14 @@ class _Step:
             if holders is None:
                 continue
             r.take_problems()
-            msg = r.resource(key[0], key[1], None)
-            assert msg is not None, key
+            inputs = r.shared_inputs(key[0], key[1])
+            assert inputs is not None, key
             problems = r.take_problems()
             if problems:
                 self.res_problems[key] = problems
             else:
                 self.res_problems.pop(key, None)
-            if self._put(key, msg):
+            if self._put_shared(key, inputs):
                 membership = self.membership
                 for node in holders:
                     if node in dirty_nodes or node not in membership:

@@ -2,7 +2,12 @@
 the message of each named resource. See ``projector.render`` for the rules.
 
 A ``Renderer`` caches what several resources share (served rules, virtual
-hosts, endpoints) for the life of one pass; make a new one per state.
+hosts) for the life of one pass; make a new one per state.
+
+A shared resource (no node id in its name) is rendered in two steps:
+``shared_inputs`` reads the state, ``build_shared`` builds the message from
+those inputs alone; its version is the hash of the inputs
+(``projector.versioning``), so ``version`` names it without building it.
 """
 
 from __future__ import annotations
@@ -14,10 +19,7 @@ from projector import mesh_tls, naming
 from projector import render_envoy as E
 from projector.state import Instance, MeshState
 from projector.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_URLS
-
-
-def _endpoint_order(row: tuple) -> tuple:
-    return row[0], row[1], row[2]
+from projector.versioning import inputs_version, version_of
 
 
 def _inbound_over_rds(inst: Instance) -> bool:
@@ -37,7 +39,6 @@ class Renderer:
         self._served: dict[str, t.RouteRuleUpserted | None] = {}
         self._targets: dict[str, tuple[str, ...]] = {}
         self._vhosts: dict[tuple[str, int | None], object] = {}
-        self._lb_endpoints: dict[str, object] = {}
 
     # ------------------------------------------------ mesh facts
 
@@ -136,6 +137,9 @@ class Renderer:
 
     def resource(self, type_url: str, name: str, node_id: str | None) -> Message | None:
         """The message of one named resource; per-node names need their node."""
+        if not naming.is_per_node(name):
+            inputs = self.shared_inputs(type_url, name)
+            return None if inputs is None else self.build_shared(type_url, name, inputs)
         if type_url == CLUSTER:
             return self.cluster(name, node_id)
         if type_url == ENDPOINT:
@@ -144,6 +148,59 @@ class Renderer:
             return self.listener(name, node_id)
         if type_url == ROUTE:
             return self.route(name, node_id)
+        raise ValueError(f"unknown type url {type_url!r}")
+
+    # ------------------------------------------------ shared resources: inputs, then bytes from inputs alone
+
+    def shared_inputs(self, type_url: str, name: str) -> tuple | None:
+        """What a shared resource's bytes depend on (None: it does not exist); see ``projector.versioning``.
+
+        Everything ``build_shared`` reads of the mesh is in here, so equal inputs give equal bytes, and
+        ``versioning.inputs_version`` of them names the body without building it. Problems (a hostname
+        endpoint, an undefined subset) are reported here, by every worker alike.
+        """
+        if type_url == CLUSTER:
+            parsed = naming.parse_cluster(name)
+            if parsed is None:
+                return None
+            service = parsed[0]
+            meta = self.s.services.get(service)
+            return self.protocol(service), self.s.policies.get(service), None if meta is None else meta.trust_domain
+        if type_url == ENDPOINT:
+            return self.endpoint_rows(name)
+        if type_url == LISTENER:
+            return () if name in self.s.services else None
+        if type_url == ROUTE:
+            if name not in self.s.services:
+                return None
+            return self.served_rule(name), self.protocol(name) == "grpc"
+        raise ValueError(f"unknown type url {type_url!r}")
+
+    def version(self, type_url: str, name: str, node_id: str | None) -> str | None:
+        """The version of one named resource (None: it does not exist), as ``render_all`` names it: a
+        shared one's from its inputs (nothing built), a per-node one's from its bytes."""
+        if not naming.is_per_node(name):
+            inputs = self.shared_inputs(type_url, name)
+            return None if inputs is None else inputs_version(type_url, name, inputs)
+        msg = self.resource(type_url, name, node_id)
+        return None if msg is None else version_of(msg.SerializeToString(deterministic=True))
+
+    def build_shared(self, type_url: str, name: str, inputs: tuple) -> Message:
+        """The message of a shared resource from its ``shared_inputs`` alone (reads nothing of the state)."""
+        if type_url == CLUSTER:
+            protocol, policy, trust_domain = inputs
+            service = naming.parse_cluster(name)[0]
+            tls = None
+            if trust_domain is not None:  # its sidecars hold mesh identities: mTLS to them
+                tls = mesh_tls.upstream_transport_socket(trust_domain, service)
+            return E.eds_cluster(name, protocol, policy, tls)
+        if type_url == ENDPOINT:
+            return E.load_assignment(name, [(zone, [E.lb_endpoint(*row) for row in rows]) for zone, rows in inputs])
+        if type_url == LISTENER:
+            return E.api_listener(name, naming.api_route(name))
+        if type_url == ROUTE:
+            rule, streaming = inputs
+            return E.route_configuration(name, [E.virtual_host(name, [name], rule, streaming)])
         raise ValueError(f"unknown type url {type_url!r}")
 
     def _node_inst(self, node_id: str | None) -> Instance | None:
@@ -156,14 +213,15 @@ class Renderer:
             if inst is None or inst.reg.sidecar is None or name != naming.local_cluster(node_id):
                 return None
             return E.static_local_cluster(name, inst.reg.port, inst.reg.protocol)
-        service, _subset = parsed
-        meta = self.s.services.get(service)
-        tls = None
-        if meta is not None and meta.trust_domain is not None:  # its sidecars hold mesh identities: mTLS to them
-            tls = mesh_tls.upstream_transport_socket(meta.trust_domain, service)
-        return E.eds_cluster(name, self.protocol(service), self.s.policies.get(service), tls)
+        return self.build_shared(CLUSTER, name, self.shared_inputs(CLUSTER, name))
 
     def endpoints(self, name: str) -> Message | None:
+        rows = self.endpoint_rows(name)
+        return None if rows is None else self.build_shared(ENDPOINT, name, rows)
+
+    def endpoint_rows(self, name: str) -> tuple | None:
+        """A ClusterLoadAssignment's inputs: ((zone, ((address, port, health, weight), ...)), ...) in
+        their order in the message; None for a name that is not a service's cluster."""
         parsed = naming.parse_cluster(name)
         if parsed is None:
             return None
@@ -174,35 +232,35 @@ class Renderer:
             found = [s for s in policy.subsets if s.name == subset] if policy is not None else []
             if not found:
                 self.problems.add(f"cluster {name!r}: subset {subset!r} is not defined; served with no endpoints")
-                return E.load_assignment(name, ())
+                return ()
             selector = found[0].labels
-        zones: dict[str, list[tuple[str, int, str, object]]] = {}
-        instances = self.s.instances
+        zones: dict[str, list[tuple[str, int, str, str, int]]] = {}
+        instances, effective_health, is_ip = self.s.instances, self.s.effective_health, E.is_ip
         for key in self.s.by_service.get(service, ()):
             reg = instances[key].reg
             labels = reg.labels
             if selector is not None and any(labels.get(k) != v for k, v in selector.items()):
                 continue
-            if not E.is_ip(reg.address):
-                self.problems.add(
-                    f"instance {key!r}: address {reg.address!r} is not an IP address; left out of EDS"
-                )
+            address = reg.address
+            if not is_ip(address):
+                self.problems.add(f"instance {key!r}: address {address!r} is not an IP address; left out of EDS")
                 continue
-            port = reg.sidecar.inbound_port if reg.sidecar is not None else reg.port
-            ep = self._lb_endpoints.get(key)
-            if ep is None:
-                ep = E.lb_endpoint(reg.address, port, self.s.effective_health(key), reg.weight)
-                self._lb_endpoints[key] = ep
-            zones.setdefault(labels.get("zone", ""), []).append((reg.address, port, key, ep))
-        # endpoints sorted by (address, port, instance key) inside zones sorted by name ("" first)
-        by_zone = [(zone, [row[3] for row in sorted(zones[zone], key=_endpoint_order)]) for zone in sorted(zones)]
-        return E.load_assignment(name, by_zone)
+            sc = reg.sidecar
+            port = sc.inbound_port if sc is not None else reg.port
+            row = (address, port, key, effective_health(key), reg.weight)
+            zone = labels.get("zone", "") if labels else ""
+            rows = zones.get(zone)
+            if rows is None:
+                zones[zone] = [row]
+            else:
+                rows.append(row)
+        # endpoints sorted by (address, port, instance key: unique, so health and weight never decide) inside
+        # zones sorted by name ("" first)
+        return tuple((zone, tuple((a, p, h, w) for a, p, _key, h, w in sorted(zones[zone]))) for zone in sorted(zones))
 
     def listener(self, name: str, node_id: str | None) -> Message | None:
         if not naming.is_per_node(name):
-            if name not in self.s.services:
-                return None
-            return E.api_listener(name, naming.api_route(name))
+            return self.resource(LISTENER, name, None)
         inst = self._node_inst(node_id)
         if inst is None or inst.reg.sidecar is None:
             return None
@@ -253,9 +311,7 @@ class Renderer:
 
     def route(self, name: str, node_id: str | None) -> Message | None:
         if not naming.is_per_node(name):
-            if name not in self.s.services:
-                return None
-            return E.route_configuration(name, [self.vhost(name, None)])
+            return self.resource(ROUTE, name, None)
         inst = self._node_inst(node_id)
         if inst is None or inst.reg.sidecar is None:
             return None

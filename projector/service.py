@@ -95,10 +95,12 @@ Restart and crash safety:
 
 Sharing the work (``ProjectorConfig.group``, ``projector run --group G``): every
 worker folds everything as above, but renders only the per-node resources and
-memberships of the nodes it owns (``render_all(..., scope=ownership)``; every
-shared resource some node holds is rendered by every worker: its version goes
-into the memberships), and plans, publishes and records only the view keys of
-the shards the consumer group assigned it (``projector.sharding``; dead
+memberships of the nodes it owns and the shared bodies of its shards
+(``render_all(..., scope=ownership)``; the version of every shared resource
+some node holds is named by every worker from the resource's render inputs,
+without building it, ``projector.versioning``: it goes into the memberships),
+and plans, publishes and records only the view keys of the shards the
+consumer group assigned it (``projector.sharding``; dead
 letters, rejections and snapshots: the owner of shard 0). It joins the group
 only once caught up (``_ready_to_render``), so a new worker takes no shard it
 cannot serve yet. A revocation waits for the
@@ -633,7 +635,7 @@ class ProjectorService:
                 if r.value is None:
                     resources.pop(rk, None)
                 else:
-                    resources[rk] = pub.version_of(r.value)
+                    resources[rk] = pub.record_version(r.value, r.headers)
             else:
                 node = r.key.decode()
                 owners.pop(node, None)
@@ -1083,8 +1085,8 @@ class ProjectorService:
         self.totals["dead_letters"] += len(dead)
         self.totals["rejections"] += len(envs)
         self.totals["undeliverable"] += len(sender.undeliverable)
-        refused = {(topic, key) for (topic, key, _value), _exc in sender.undeliverable}
-        for (topic, key, value), exc in sender.undeliverable:
+        refused = {(record[0], record[1]) for record, _exc in sender.undeliverable}
+        for (topic, key, value, *_headers), exc in sender.undeliverable:
             log.error(
                 "the broker refused a %d-byte record for %s (key %s) for good: %s; it is skipped and projecting "
                 "goes on (%d such records since start)",

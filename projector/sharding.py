@@ -1,18 +1,21 @@
 """Which view records a projector worker publishes: the keys of the shards it owns (pure).
 
-Every worker folds every event and renders, deterministically (the same
-bytes and versions in every process for the same log position), every shared
-resource some node holds; the parts that grow with the nodes — rendering and
-serializing per-node resources, building memberships (``render_all(...,
-scope=ownership)``), planning, publishing and recording view records — are
-split by key:
+Every worker folds every event and names, deterministically (the same
+versions in every process for the same log position), the version of every
+shared resource some node holds — from its render inputs, without building
+it (``projector.versioning``) — since its nodes' memberships name them. The
+rest is split by key: building and serializing shared bodies and per-node
+resources, building memberships (``render_all(..., scope=ownership)``),
+planning, publishing and recording view records:
 
 - a node's membership record, and its per-node resources (names carrying its
   id: ``<node>~outbound``, ``~inbound``, ``~local``, ``~tcp~<svc>``), belong
   to shard ``shard_of(<node id>)``;
 - a shared resource (a service's cluster, endpoints, API listener or route:
   held by many nodes) belongs to shard ``shard_of("<type_url>|<name>")``, its
-  view-topic key, whichever nodes hold it;
+  view-topic key, whichever nodes hold it: only that shard's owner builds,
+  serializes and publishes its body (with its version in a header); the
+  other workers name its version in their nodes' memberships;
 - so every view key belongs to exactly one shard, and the consumer group
   gives every shard to exactly one live worker: one writer per key at a
   time (upserts and tombstones alike), writing the values of its render in

@@ -61,8 +61,8 @@ from events import types as t
 from events.envelope import Logged
 from projector.fold import FoldBuffer, fold_many, fold_with_decisions
 from projector.render import RenderedMesh, render, render_all
+from projector.render import node_versions as render_versions
 from projector.state import MeshState, empty_state, same_state
-from projector.versioning import version_of
 from events.record_decoder import RecordDecoder
 from replay.node_view import NodeViewTracker
 from replay.snapshots import ChosenSnapshot, find_snapshot
@@ -127,10 +127,7 @@ class NoProgress:
 
 def node_versions(state: MeshState, node_id: str) -> Versions:
     """What ``node_id`` is served in ``state``: type_url -> name -> version (as ``render_all``'s membership)."""
-    out: Versions = {}
-    for type_url, named in render(state, node_id).items():
-        out[type_url] = {name: version_of(msg.SerializeToString(deterministic=True)) for name, msg in named.items()}
-    return out
+    return render_versions(state, node_id)
 
 
 def node_bodies(state: MeshState, node_id: str) -> dict[str, dict[str, object]]:

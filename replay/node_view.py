@@ -8,8 +8,8 @@ view whose inputs the fold wrote.
 
 How, with no mesh logic of its own: the view is a pure function of the
 state (``projector.render``). Each part of it -- the names the node gets
-(``Renderer.view``) and each named resource (``Renderer.resource``, then its
-version) -- is computed over a state whose maps note every key read
+(``Renderer.view``) and each named resource's version (``Renderer.version``:
+a shared one's from its render inputs) -- is computed over a state whose maps note every key read
 (``_Reading``); the fold reports every key it writes (``FoldBuffer``'s
 ``written``). A part is recomputed when a key it read was written (or, for a
 part that iterated a whole map, when anything in that map was): what it did
@@ -36,7 +36,6 @@ from events.envelope import Logged
 from projector.fold import FoldBuffer
 from projector.render_view import Renderer
 from projector.state import STATE_FIELDS, MeshState
-from projector.versioning import version_of
 
 if TYPE_CHECKING:  # loads cryptography: only a verifying replay pays for it
     from identity.verifier import Verifier
@@ -148,8 +147,7 @@ class NodeViewTracker:
 
     def _refresh_resource(self, part: tuple[str, str]) -> None:
         reads: set = set()
-        msg = Renderer(self._reading_state(reads)).resource(part[0], part[1], self.node)
-        self._version[part] = version_of(msg.SerializeToString(deterministic=True))
+        self._version[part] = Renderer(self._reading_state(reads)).version(part[0], part[1], self.node)
         self._note(part, reads)
 
     def _assemble(self) -> Versions:

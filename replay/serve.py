@@ -74,7 +74,7 @@ def cache_from_rendered(rendered: RenderedMesh) -> ViewCache:
     cache = ViewCache()
     changed: set[str] = set()
     for (type_url, name), body in sorted(rendered.resources.items()):
-        cache.apply_resource(resource_key(type_url, name), body, changed)
+        cache.apply_resource(resource_key(type_url, name), body, changed, rendered.versions[(type_url, name)])
     for node, resources in sorted(rendered.membership.items()):
         cache.apply_membership(node.encode(), membership_value(node, resources, rendered.owners.get(node)), changed)
     cache.ready.set()

@@ -6,8 +6,11 @@ Invariants:
   a gateway holds no state of its own), then tailing them.
 - ``ready`` is set only once every partition has been read up to the end
   offsets seen at start: a gateway never serves a half-built view.
-- Each resource body is wrapped once in a ``VersionedResource`` (version = hash
-  of its bytes, the same on every replica) and shared by every stream.
+- Each resource body is wrapped once in a ``VersionedResource`` and shared by
+  every stream; its version is the one the projector published with it
+  (header ``meshlog-version``: for a shared body the hash of its render
+  inputs, ``projector.versioning``), else the hash of its bytes — the same on
+  every replica either way.
 - Applying a batch never waits for a stream: it computes which nodes changed
   and calls the registered listeners, which only set flags (diff, then
   publish; a slow stream can never hold the tail back).
@@ -66,7 +69,7 @@ from events import topics
 from events.printable import printable
 from meshlog.outage import KafkaOutageLog
 from events.kafka_security import connection_kwargs
-from projector.publisher import source_ms_of
+from projector.publisher import record_version, source_ms_of
 from xds_gateway import metrics
 from xds_gateway.protocol.resources import VersionedResource, make_resource
 
@@ -205,7 +208,8 @@ class ViewCache:
 
     # ------------------------------------------------------------ applying records
 
-    def apply_resource(self, key: bytes, value: bytes | None, changed: set[str]) -> None:
+    def apply_resource(self, key: bytes, value: bytes | None, changed: set[str], version: str | None = None) -> None:
+        """Apply one body record; ``version``: the one published with it (None: the hash of ``value``)."""
         type_url, sep, name = key.decode().partition("|")
         if not sep:
             log.warning("ignoring view resource with malformed key %s", printable(repr(key), 200))
@@ -224,7 +228,7 @@ class ViewCache:
                     self._shared_view = None
             return
         current = self._resources.get(ident)
-        resource = make_resource(type_url, name, value)
+        resource = make_resource(type_url, name, value, version)
         if current is not None and current.version == resource.version:
             return  # a re-publication of the same bytes
         self._resources[ident] = resource
@@ -309,7 +313,9 @@ class ViewCache:
     def _apply_record(self, record, changed: set[str]) -> None:
         """Apply one view record (a subclass may keep some out of memory, see ``xds_gateway.lazy_view``)."""
         if record.topic == topics.VIEW_RESOURCES:
-            self.apply_resource(record.key, record.value, changed)
+            headers = getattr(record, "headers", None)
+            version = record_version(record.value, headers) if headers and record.value is not None else None
+            self.apply_resource(record.key, record.value, changed, version)
         elif record.topic == topics.VIEW_MEMBERSHIP:
             self.apply_membership(record.key, record.value, changed)
             source = source_ms_of(getattr(record, "headers", None))

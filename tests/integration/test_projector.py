@@ -29,10 +29,9 @@ from events.codec import decode
 from events.kafka_security import connection_kwargs
 from projector.deadletter import parse_dead_letter
 from projector.render_envoy import ON_DEMAND_VHOST
-from projector.publisher import parse_membership_value, parse_resource_key
+from projector.publisher import parse_membership_value, parse_resource_key, record_version
 from projector.snapshots import decode_snapshot
 from projector.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE
-from projector.versioning import version_of
 
 pytestmark = pytest.mark.integration
 
@@ -170,6 +169,17 @@ def resources_of(tail: Tail) -> dict[tuple[str, str], bytes | None]:
     return {parse_resource_key(k): v for k, v in tail.latest().items()}
 
 
+def versions_of(tail: Tail) -> dict[tuple[str, str], str]:
+    """The version each body record was published with (``projector.publisher.record_version``)."""
+    out = {}
+    for r in tail.records:
+        if r.value is None:
+            out.pop(parse_resource_key(r.key), None)
+        else:
+            out[parse_resource_key(r.key)] = record_version(r.value, r.headers)
+    return out
+
+
 @pytest.fixture(scope="module")
 async def bootstrap(kafka_bootstrap):
     await ensure_topics(kafka_bootstrap)
@@ -197,10 +207,11 @@ async def views(bootstrap):
 
 def _all_bodies_present(res: Tail, membership: dict) -> bool:
     have = resources_of(res)
+    published = versions_of(res)
     for type_url, names in membership.items():
         for name, version in names.items():
             body = have.get((type_url, name))
-            if body is None or version_of(body) != version:
+            if body is None or published[(type_url, name)] != version:
                 return False
     return True
 

@@ -29,11 +29,10 @@ from events.envelope import new_event
 from events.kafka_security import connection_kwargs
 from events.producer import EventProducer
 from meshlog.kafka_local import free_port
-from projector.publisher import parse_membership_value, parse_resource_key
+from projector.publisher import parse_membership_value, parse_resource_key, record_version
 from projector.render import render_all
 from projector.snapshots import decode_header
 from projector.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE
-from projector.versioning import version_of
 from proxy.bootstrap import envoy_bootstrap
 from proxy.envoy_process import EnvoyProcess, dynamic_names, endpoint_count
 from replay.engine import open_log, rebuild
@@ -80,8 +79,9 @@ async def append_raw(bootstrap: str, topic: str, key: bytes, value: bytes):
         await producer.stop()
 
 
-async def read_views(bootstrap: str) -> tuple[dict, dict]:
-    """The compacted view topics as they stand: resources (type_url, name) -> body, node -> membership."""
+async def read_views(bootstrap: str, versions: dict | None = None) -> tuple[dict, dict]:
+    """The compacted view topics as they stand: resources (type_url, name) -> body, node -> membership;
+    ``versions`` (when given) gets each body's published version (``publisher.record_version``)."""
     consumer = AIOKafkaConsumer(**connection_kwargs(bootstrap), enable_auto_commit=False, isolation_level="read_committed")
     await consumer.start()
     try:
@@ -98,6 +98,8 @@ async def read_views(bootstrap: str) -> tuple[dict, dict]:
                         continue
                     if tp.topic == topics.VIEW_RESOURCES:
                         resources[parse_resource_key(r.key)] = r.value
+                        if versions is not None and r.value is not None:
+                            versions[parse_resource_key(r.key)] = record_version(r.value, r.headers)
                     else:
                         membership[r.key.decode()] = None if r.value is None else parse_membership_value(r.value)[1]
         return resources, membership
@@ -132,7 +134,8 @@ def random_history(bootstrap, tmp_path_factory):
 
 def test_replay_at_now_equals_the_live_views_byte_for_byte(bootstrap, random_history):
     history, projector = random_history
-    live_resources, live_membership = asyncio.run(read_views(bootstrap))
+    published: dict = {}
+    live_resources, live_membership = asyncio.run(read_views(bootstrap, published))
     mine = {n: m for n, m in live_membership.items() if n.startswith(history.prefix) and m is not None}
     assert len(mine) >= 4, f"too few of this test's nodes are live: {sorted(mine)}"
 
@@ -157,7 +160,7 @@ def test_replay_at_now_equals_the_live_views_byte_for_byte(bootstrap, random_his
             for name, version in names.items():
                 live = live_resources[(type_url, name)]
                 assert live == rendered.resources[(type_url, name)], (type_url, name)
-                assert version_of(live) == version
+                assert published[(type_url, name)] == version == rendered.versions[(type_url, name)]
 
     # one node on its own, with bodies and as a config dump
     node = sorted(mine)[0]

@@ -81,13 +81,20 @@ def latest_value(bootstrap: str, topic: str, key: bytes) -> bytes | None:
     return values[-1] if values else None
 
 
-def append_view(bootstrap: str, records: list[tuple[str, bytes, bytes]]) -> None:
+def latest_headers(bootstrap: str, topic: str, key: bytes) -> list:
+    """The headers of the latest record of ``key`` (a body's: its version, ``publisher.VERSION_HEADER``)."""
+    found = [r.headers for r in all_records(bootstrap, topic) if r.key == key]
+    return list(found[-1]) if found else []
+
+
+def append_view(bootstrap: str, records: list[tuple]) -> None:
+    """Append (topic, key, value[, headers]) records, in order."""
     async def send() -> None:
         producer = AIOKafkaProducer(**connection_kwargs(bootstrap), acks="all")
         await producer.start()
         try:
-            for topic, key, value in records:  # in order: bodies before the membership naming them
-                await (await producer.send(topic, key=key, value=value))
+            for topic, key, value, *headers in records:  # in order: bodies before the membership naming them
+                await (await producer.send(topic, key=key, value=value, headers=headers[0] if headers else None))
         finally:
             await producer.stop()
 
@@ -174,6 +181,7 @@ def test_a_config_envoy_rejects_is_nacked_in_the_log_and_the_next_good_version_c
     bootstrap, gateways, _started = control_plane
     with synced_envoy(bootstrap, gateways, tmp_path) as (node, reviews, envoy):
         good_body = latest_value(bootstrap, topics.VIEW_RESOURCES, resource_key(CDS, reviews))
+        good_headers = latest_headers(bootstrap, topics.VIEW_RESOURCES, resource_key(CDS, reviews))  # its version
         good_membership = latest_value(bootstrap, topics.VIEW_MEMBERSHIP, node.encode())
         _node, resources = parse_membership_value(good_membership)
 
@@ -208,7 +216,7 @@ def test_a_config_envoy_rejects_is_nacked_in_the_log_and_the_next_good_version_c
         assert unknown.returncode == 2 and "--node" in unknown.stderr and node in unknown.stderr, unknown.stderr
 
         # the next good version (the projector's own) clears it
-        append_view(bootstrap, [(topics.VIEW_RESOURCES, resource_key(CDS, reviews), good_body),
+        append_view(bootstrap, [(topics.VIEW_RESOURCES, resource_key(CDS, reviews), good_body, good_headers),
                                 (topics.VIEW_MEMBERSHIP, node.encode(), good_membership)])
         wait_until(lambda: all_synced(row(bootstrap, node)), 60, "the good version ACKed: SYNCED again",
                    on_fail=lambda: f"{row(bootstrap, node)}\n{envoy.log_tail()}")

@@ -36,13 +36,13 @@ MESH = _mesh()
 
 
 def _membership(rows) -> dict[str, dict[str, dict[str, str]]]:
-    return {k.decode(): orjson.loads(v)["resources"] for t, k, v in rows if t == VIEW_MEMBERSHIP}
+    return {k.decode(): orjson.loads(v)["resources"] for t, k, v, _h in rows if t == VIEW_MEMBERSHIP}
 
 
 def test_the_initial_feed_holds_every_body_and_each_nodes_snapshot_names_without_endpoints():
     feed = peer_feed(MESH.initial, [], [])
     bodies = {(b["type"], b["name"]): base64.b64decode(b["body"]) for b in feed["bodies"]}
-    assert bodies == {tuple(k.decode().split("|", 1)): v for t, k, v in MESH.initial if t == VIEW_RESOURCES}
+    assert bodies == {tuple(k.decode().split("|", 1)): v for t, k, v, _h in MESH.initial if t == VIEW_RESOURCES}
     members = _membership(MESH.initial)
     assert feed["nodes"].keys() == members.keys()
     for node, names in feed["nodes"].items():
@@ -54,7 +54,7 @@ def test_a_hot_change_is_its_one_endpoint_body_and_no_snapshot():
     fb.batch(MESH.initial)
     change = fb.batch(MESH.hot_changes[0][0])
     assert [(b["type"], b["name"]) for b in change["bodies"]] == [(ENDPOINT, xds_fanout.HOT)]
-    new_body = next(v for t, k, v in MESH.hot_changes[0][0] if t == VIEW_RESOURCES)
+    new_body = next(v for t, k, v, _h in MESH.hot_changes[0][0] if t == VIEW_RESOURCES)
     assert base64.b64decode(change["bodies"][0]["body"]) == new_body
     assert change["nodes"] == {}  # only endpoint versions moved in the memberships
     assert change["notified"] == len(MESH.dependents | {"edge-1"})  # every node whose view names it

@@ -142,9 +142,10 @@ class VersionedResource:
         return len(self.body) + len(self.name) + len(self.version) + len(self.type_url)
 
 
-def make_resource(type_url: str, name: str, body: bytes) -> VersionedResource:
-    """A :class:`VersionedResource` whose version is :func:`version_of` ``body``."""
-    return VersionedResource(name=name, version=version_of(body), type_url=type_url, body=body)
+def make_resource(type_url: str, name: str, body: bytes, version: str | None = None) -> VersionedResource:
+    """A :class:`VersionedResource` of ``body`` at ``version`` (the one its publisher named), by default
+    :func:`version_of` ``body``."""
+    return VersionedResource(name=name, version=version or version_of(body), type_url=type_url, body=body)
 
 
 #: This node's view: type URL -> resource name -> resource. Treat as immutable;

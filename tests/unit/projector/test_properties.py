@@ -323,8 +323,11 @@ def test_nodes_see_only_their_closure_and_hold_all_they_reference(logs):
 
 
 def _expected_delta(prev, cur):
-    changed = {k for k, v in cur.resources.items() if prev.resources.get(k) != v}
-    removed = set(prev.resources) - set(cur.resources)
+    # a resource changed when its version did (projector.versioning: a shared one's version follows its
+    # render inputs, which may change with equal bytes; a per-node one's follows its bytes)
+    changed = {k for k, v in cur.versions.items() if prev.versions.get(k) != v}
+    assert {k for k, v in cur.resources.items() if prev.resources.get(k) != v} <= changed
+    removed = set(prev.versions) - set(cur.versions)
     changed_nodes = {n for n, m in cur.membership.items()
                      if prev.membership.get(n) != m or prev.owners.get(n) != cur.owners.get(n)}
     removed_nodes = set(prev.membership) - set(cur.membership)

@@ -1,5 +1,6 @@
 """Scoped renders (``render_all(state, previous, scope=Ownership)``): a worker of ``projector run --group``
-renders the per-node resources and memberships of the nodes it owns only, and every held shared resource.
+renders the per-node resources and memberships of the nodes it owns only, and the bodies of the shared
+resources of its shards; it names the version of every held shared resource (from its render inputs).
 
 For every key its scope owns, a scoped render equals the unscoped one; the workers' plans built from scoped
 renders (incremental, across takeovers and revocations) are the plans they would build from unscoped
@@ -24,14 +25,15 @@ SHARDS = 12
 
 
 def in_scope(scope: Ownership, key: tuple[str, str]) -> bool:
-    """What a scoped render holds: every shared resource, the per-node ones of the nodes it owns."""
+    """Whose version a scoped render names: every shared resource, the per-node ones of the nodes it owns."""
     node = naming.node_of(key[1])
     return node is None or scope.owns_node(node)
 
 
 def restricted(rm, scope: Ownership):
-    """The part of a render a scope covers: (resources, versions, membership, owners)."""
-    return ({k: v for k, v in rm.resources.items() if in_scope(scope, k)},
+    """The part of a render a scope covers: (resources, versions, membership, owners); the bodies of its
+    shards' keys only (a per-node resource's shard is its node's)."""
+    return ({k: v for k, v in rm.resources.items() if scope.owns_resource(k)},
             {k: v for k, v in rm.versions.items() if in_scope(scope, k)},
             {n: m for n, m in rm.membership.items() if scope.owns_node(n)},
             {n: o for n, o in rm.owners.items() if scope.owns_node(n)})
@@ -42,15 +44,17 @@ def parts(rm):
 
 
 def delta(prev_parts, cur):
-    resources, _versions, membership, owners = prev_parts
-    return ({k for k, v in cur.resources.items() if resources.get(k) != v},
-            set(resources) - set(cur.resources),
+    """What a render reports as changed: new versions, and bodies it did not hold (shards gained)."""
+    resources, versions, membership, owners = prev_parts
+    return ({k for k, v in cur.versions.items() if versions.get(k) != v} | (set(cur.resources) - set(resources)),
+            set(versions) - set(cur.versions),
             {n for n, m in cur.membership.items() if membership.get(n) != m or owners.get(n) != cur.owners.get(n)},
             set(membership) - set(cur.membership))
 
 
 def records(plan: pub.ViewPlan) -> dict:
-    return {(topic, key): value for phase in pub.plan_records(plan) for topic, key, value in phase}
+    return {(topic, key): value for phase in pub.plan_records(plan)
+            for topic, key, value, _headers in phase}
 
 
 shard_sets = st.frozensets(st.integers(0, SHARDS - 1))
@@ -153,7 +157,10 @@ def test_a_worker_keeps_the_memberships_and_per_node_resources_of_its_nodes_only
     log, state, full, own, mine, scoped = _half_rendered()
     assert set(scoped.membership) == mine
     assert {naming.node_of(n) for _u, n in scoped.resources if naming.node_of(n) is not None} == mine
-    assert {(CLUSTER, "reviews"), (ENDPOINT, "reviews")} <= set(scoped.resources)  # held by nodes of both
+    assert {(CLUSTER, "reviews"), (ENDPOINT, "reviews")} <= set(scoped.versions)  # held by nodes of both
+    # the bodies of shared resources: only those of its shards (their versions come from their inputs)
+    assert {k for k in scoped.resources if naming.node_of(k[1]) is None} == {
+        k for k in full.resources if naming.node_of(k[1]) is None and own.owns_resource(k)}
     # a health change moves the endpoints every node holds: only the owned nodes' memberships are rebuilt
     n = len(log.events)
     log.health("reviews", "r2", "unhealthy")
@@ -167,7 +174,9 @@ def test_gaining_shards_renders_their_nodes_whole_and_losing_them_drops_them_sil
     grown = render_all(state, previous=scoped, scope=everything)
     others = set(full.membership) - mine
     assert grown.changed_nodes == others  # nothing changed in the mesh: the gained nodes are new to the render
-    assert grown.changed == {k for k in full.resources if naming.node_of(k[1]) in others}
+    # new to the render: the gained nodes' per-node resources, and the shared bodies of the gained shards
+    assert grown.changed == {k for k in full.resources if naming.node_of(k[1]) in others
+                             or (naming.node_of(k[1]) is None and not own.owns_resource(k))}
     assert (grown.resources, grown.membership) == (full.resources, full.membership)
     shrunk = render_all(state, previous=grown, scope=own)
     assert not (shrunk.changed or shrunk.removed or shrunk.changed_nodes or shrunk.removed_nodes)

@@ -7,6 +7,7 @@ import pytest
 
 from events import topics
 from projector.publisher import (
+    VERSION_HEADER,
     PublishedViews,
     ViewPlan,
     membership_value,
@@ -14,6 +15,7 @@ from projector.publisher import (
     parse_resource_key,
     plan_records,
     plan_views,
+    record_version,
     resource_key,
 )
 from projector.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE
@@ -52,6 +54,11 @@ def test_first_plan_publishes_every_body_in_type_order_then_memberships():
     assert [r[0] for r in phases[1]] == [topics.VIEW_MEMBERSHIP]
     node, resources = parse_membership_value(phases[1][0][2])
     assert node == "n" and resources[CLUSTER]["db"] == version_of(b"c")
+    # every body goes out with its version (a shared one's is not its bytes' hash: readers take the header)
+    assert all(r[3] == [(VERSION_HEADER, rk_version.encode())]
+               for r, (_rk, _b, rk_version) in zip(phases[0], plan.bodies))
+    assert record_version(b"c", phases[0][0][3]) == plan.bodies[0][2]
+    assert record_version(b"c", None) == version_of(b"c")  # a record from before the header: its bytes' hash
 
 
 def test_an_unchanged_mesh_plans_nothing():
@@ -83,8 +90,8 @@ def test_a_vanished_node_and_its_orphaned_bodies_are_tombstoned_after_the_member
     assert plan.membership == [("gone", None, None)]
     assert sorted(plan.removals) == sorted([(CLUSTER, "x"), (LISTENER, "gone~inbound")])
     phases = plan_records(plan)
-    assert phases[1] == [(topics.VIEW_MEMBERSHIP, b"gone", None)]
-    assert {k for _t, k, v in phases[2] if v is None} == {f"{CLUSTER}|x".encode(), f"{LISTENER}|gone~inbound".encode()}
+    assert phases[1] == [(topics.VIEW_MEMBERSHIP, b"gone", None, None)]
+    assert {k for _t, k, v, _h in phases[2] if v is None} == {f"{CLUSTER}|x".encode(), f"{LISTENER}|gone~inbound".encode()}
     published.apply(plan)
     assert set(published.resources) == {(CLUSTER, "db")} and set(published.membership) == {"stay"}
 

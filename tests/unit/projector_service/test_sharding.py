@@ -36,7 +36,7 @@ def records(plan: pub.ViewPlan) -> dict[tuple[str, bytes], bytes | None]:
     """The plan as the records it sends: (topic, key) -> value."""
     out = {}
     for phase in pub.plan_records(plan):
-        for topic, key, value in phase:
+        for topic, key, value, _headers in phase:
             assert (topic, key) not in out, "a key twice in one plan"
             out[(topic, key)] = value
     return out

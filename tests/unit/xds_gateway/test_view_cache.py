@@ -3,6 +3,7 @@
 import orjson
 
 from events import topics
+from projector.publisher import VERSION_HEADER
 from xds_gateway.protocol.resources import CLUSTER, ENDPOINT, version_of
 from xds_gateway.view_cache import ViewCache
 from tests.unit.xds_gateway.helpers import ViewRec as Rec
@@ -131,6 +132,30 @@ def test_a_version_only_membership_move_notifies_the_node_once_it_names_the_new_
     cache.apply_records([member("web-1", {ENDPOINT: {"reviews": version_of(b"two endpoints")}})])
     assert seen[-1] == {"web-1"}
     assert cache.node_view("web-1")[ENDPOINT]["reviews"].version == version_of(b"two endpoints")
+
+
+def test_a_body_is_served_at_the_version_published_with_it():
+    # a shared body's version is the hash of its render inputs (projector.versioning), named in the
+    # record's meshlog-version header: the membership names that, and the previous body is kept for it
+    def versioned(payload, version):
+        return Rec(topics.VIEW_RESOURCES, f"{ENDPOINT}|reviews".encode(), payload,
+                   headers=((VERSION_HEADER, version.encode()),))
+
+    cache, seen = ready_cache()
+    cache.apply_records([versioned(b"one endpoint", "inputs-1"), member("web-1", {ENDPOINT: {"reviews": "inputs-1"}})])
+    got = cache.node_view("web-1")[ENDPOINT]["reviews"]
+    assert (got.version, got.body) == ("inputs-1", b"one endpoint")
+    seen.clear()
+    cache.apply_records([versioned(b"two endpoints", "inputs-2")])
+    assert not any("web-1" in nodes for nodes in seen)  # its membership still names inputs-1, which is held
+    assert cache.node_view("web-1")[ENDPOINT]["reviews"].body == b"one endpoint"
+    cache.apply_records([member("web-1", {ENDPOINT: {"reviews": "inputs-2"}})])
+    got = cache.node_view("web-1")[ENDPOINT]["reviews"]
+    assert seen[-1] == {"web-1"} and (got.version, got.body) == ("inputs-2", b"two endpoints")
+    # the same version again (another worker taking the shard over republishes it): nothing changes
+    seen.clear()
+    cache.apply_records([versioned(b"two endpoints", "inputs-2")])
+    assert not any("web-1" in nodes for nodes in seen)
 
 
 def test_a_membership_naming_a_version_no_longer_held_gets_the_latest_body():

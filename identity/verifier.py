@@ -24,6 +24,16 @@ Invariants:
   verified again. A root is only ever trusted after its own ECDSA check.
   A serial's issuance never changes once folded (the registry keeps the
   first), so the cache never goes stale.
+- Once a serial has signed a verified event, its held window is memoized:
+  serial -> (held from, held until, the verdict naming its author), from
+  the later of its issuance's log time and its not-before, until the earlier
+  of its not-after and its revocation's log time. An attested event logged
+  inside that window is answered with two comparisons; the window is the
+  same test as ``Registry.status_at`` == "held". The memo belongs to one
+  registry: it is emptied whenever ``self.registry`` is another object
+  (``update`` folds a batch into a new one: an issuance or a revocation
+  always empties it), so a revocation folded between two events of the same
+  signer refuses the later one.
 - ``verify_ahead(events, pool)`` only moves work, never changes an answer:
   it starts the ECDSA checks of a batch on ``pool`` (``verification_pool``:
   worker processes, so they run on another core while the fold runs on this
@@ -127,6 +137,9 @@ class Verifier:
         self.checked = 0  # ECDSA signatures checked (for reporting)
         self.checked_ahead = 0  # of which on verify_ahead's pool
         self._verified: dict[str, Verdict] = {}  # serial -> the verdict naming its author
+        # serial -> (held from ms, held until ms, the verdict naming its author): valid for ``_held_for`` only
+        self._held: dict[str, tuple[int, int, Verdict]] = {}
+        self._held_for: Registry = registry
         self._vouched: set[bytes] = set()  # received digests attested by a trusted verifier (``attested``)
         self.vouched_hits = 0
         self.record_vouches: list[bytes] | None = None  # when a list: received digests of events found well signed
@@ -201,14 +214,14 @@ class Verifier:
         if serial is None or env.signature is None:
             return Verdict(None, None, "unsigned", "the event is not signed")
         attested = received is not None and received in self._vouched
-        if attested:  # replay with attestations: the common case of a held key, without a call more
-            key = self._keys.get(serial)
-            verified = self._verified.get(serial)
-            if verified is not None and key.logged_ms <= logged_ms and key.not_before_ms <= logged_ms < key.not_after_ms:
-                revoked = self.registry.revocations.get(serial)
-                if revoked is None or revoked.logged_ms > logged_ms:
-                    self.vouched_hits += 1
-                    return verified
+        if attested:  # replay with attestations: the common case of a held key, two comparisons
+            if self._held_for is not self.registry:  # another registry (``update``): its windows may differ
+                self._held.clear()
+                self._held_for = self.registry
+            held = self._held.get(serial)
+            if held is not None and held[0] <= logged_ms < held[1]:
+                self.vouched_hits += 1
+                return held[2]
         elif data is None:
             return Verdict(None, serial, "bad_signature", "the event was decoded without its signed bytes (on an "
                            "attestation this verifier does not hold): its signature is not checked")
@@ -238,6 +251,12 @@ class Verifier:
                 verified = self._verified.get(serial)  # one (immutable) answer per serial, not one per event
                 if verified is None:
                     verified = self._verified[serial] = Verdict(key.author, serial)
+                if self._held_for is not self.registry:
+                    self._held.clear()
+                    self._held_for = self.registry
+                # the window ``verdict`` answers attested events of this serial in (see the module docstring)
+                until = key.not_after_ms if revoked is None else min(key.not_after_ms, revoked.logged_ms)
+                self._held[serial] = (max(key.logged_ms, key.not_before_ms), until, verified)
                 return verified
         status = self.registry.status_at(serial, logged_ms)
         if status != "held":

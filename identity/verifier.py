@@ -210,11 +210,11 @@ class Verifier:
 
     def verdict(self, env: Envelope, logged_ms: int) -> Verdict:
         """Who signed ``env`` (logged at broker time ``logged_ms``), or why that is not known."""
-        serial, data, received = env.signer, env.signed_bytes, env.received_digest
-        if serial is None or env.signature is None:
+        serial, signature, received = env.signer, env.signature, env.received_digest
+        if serial is None or signature is None:
             return Verdict(None, None, "unsigned", "the event is not signed")
-        attested = received is not None and received in self._vouched
-        if attested:  # replay with attestations: the common case of a held key, two comparisons
+        if received is not None and received in self._vouched:
+            # replay with attestations: the common case of a held key, two comparisons
             if self._held_for is not self.registry:  # another registry (``update``): its windows may differ
                 self._held.clear()
                 self._held_for = self.registry
@@ -222,11 +222,13 @@ class Verifier:
             if held is not None and held[0] <= logged_ms < held[1]:
                 self.vouched_hits += 1
                 return held[2]
-        elif data is None:
+            return self.check(serial, signature, env.signed_bytes, logged_ms, what="event", proof=env.proof,
+                              received=received, attested=True)
+        data = env.signed_bytes
+        if data is None:
             return Verdict(None, serial, "bad_signature", "the event was decoded without its signed bytes (on an "
                            "attestation this verifier does not hold): its signature is not checked")
-        return self.check(serial, env.signature, data, logged_ms, what="event", proof=env.proof,
-                          received=received, attested=attested)
+        return self.check(serial, signature, data, logged_ms, what="event", proof=env.proof, received=received)
 
     def attested(self) -> set[bytes]:
         """The received digests vouched for so far (``RecordDecoder(attested=...)`` decodes those records lazily);

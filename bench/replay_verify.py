@@ -193,15 +193,17 @@ def _run(records, decoder, verifier, pool, attestations) -> tuple[float, float, 
 
 
 async def _append(bootstrap: str, records: list[tuple[str, bytes | None, bytes]]) -> None:
-    """Append (topic, key, value) in this order (batched, acks=1: the bench log, not the producers' path)."""
+    """Append (topic, key, value) in this order (batched, acks=1: the bench log, not the producers' path; but
+    compressed as they compress, so replay decompresses what it would)."""
     import asyncio
 
     from aiokafka import AIOKafkaProducer
 
     from events.kafka_security import connection_kwargs
+    from events.producer import LOG_COMPRESSION
 
     producer = AIOKafkaProducer(**connection_kwargs(bootstrap), acks=1, linger_ms=50, max_batch_size=1 << 20,
-                                max_request_size=16 << 20)
+                                max_request_size=16 << 20, compression_type=LOG_COMPRESSION)
     await producer.start()
     try:
         pending = []

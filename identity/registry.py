@@ -33,7 +33,8 @@ from events.types import IdentityIssued, IdentityRevoked, JoinTokenRedeemed
 Status = Literal["held", "not_issued", "not_yet_valid", "expired", "revoked"]
 
 
-def _ms(t: datetime) -> int:
+def epoch_ms(t: datetime) -> int:
+    """``t`` in milliseconds since the epoch (how broker times are compared with a certificate's)."""
     return int(t.timestamp() * 1000)
 
 
@@ -91,9 +92,9 @@ class Registry:
         revoked = self.revocations.get(serial)
         if revoked is not None and revoked.logged_ms <= at_ms:
             return "revoked"
-        if at_ms < _ms(cert.not_before):
+        if at_ms < epoch_ms(cert.not_before):
             return "not_yet_valid"
-        if at_ms >= _ms(cert.not_after):
+        if at_ms >= epoch_ms(cert.not_after):
             return "expired"
         return "held"
 

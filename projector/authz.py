@@ -54,6 +54,23 @@ _RULE_FACTS = (t.RouteRuleUpserted, t.RouteRuleDeleted, t.DestinationPolicyUpser
                t.AccessPolicyUpserted, t.AccessPolicyDeleted)
 
 
+# what a payload type is to these rules, as bit flags: computed once per type (``_kind``), so the per-event
+# path makes no ``isinstance`` test (against pydantic's ABC metaclass a miss costs ~0.15 us, a tuple ~0.8 us)
+_INSTANCE, _RULE, _HEALTH, _SUBSCRIBED, _REGISTERED = 1, 2, 4, 8, 16
+_KINDS: dict[type, int] = {}
+
+
+def _kind(payload: t.Payload) -> int:
+    kind = _KINDS.get(type(payload))
+    if kind is None:  # a type not seen yet: the same answers as isinstance, memoized per type (pure)
+        kind = _KINDS[type(payload)] = (
+            (_INSTANCE if isinstance(payload, _INSTANCE_FACTS) else 0) | (_RULE if isinstance(payload, _RULE_FACTS) else 0)
+            | (_HEALTH if isinstance(payload, t.InstanceHealthChanged) else 0)
+            | (_SUBSCRIBED if isinstance(payload, t.DependencySubscribed) else 0)
+            | (_REGISTERED if isinstance(payload, t.InstanceRegistered) else 0))
+    return kind
+
+
 @dataclass(frozen=True, slots=True)
 class Refusal:
     problem: str  # an ``EventRefused.problem``
@@ -66,16 +83,16 @@ def _describe(payload: t.Payload) -> str:
     return f"{payload.TYPE} of {payload.key()}"
 
 
-def _permitted(author: SpiffeId, payload: t.Payload) -> bool:
+def _permitted(author: SpiffeId, payload: t.Payload, kind: int) -> bool:
     role = author.role
     if role == "operator":
         return True
     if role == "sidecar":
-        return isinstance(payload, _INSTANCE_FACTS) and (payload.service, payload.instance_id) == author.segments
+        return bool(kind & _INSTANCE) and (payload.service, payload.instance_id) == author.segments
     if role == "checker":
-        return isinstance(payload, t.InstanceHealthChanged)
+        return bool(kind & _HEALTH)
     if role == "gateway":
-        return isinstance(payload, t.DependencySubscribed) and payload.origin == "learned"
+        return bool(kind & _SUBSCRIBED) and payload.origin == "learned"
     return False
 
 
@@ -119,9 +136,10 @@ def _registration_refusal(author: SpiffeId, p: t.InstanceRegistered, lookup: Loo
 
 def refusal(author: SpiffeId, payload: t.Payload, lookup: Lookup) -> Refusal | None:
     """Why ``author`` may not state ``payload`` in the current state, or None if it may."""
-    if not _permitted(author, payload):
+    kind = _kind(payload)
+    if not _permitted(author, payload, kind):
         what = _describe(payload)
-        if isinstance(payload, _RULE_FACTS):
+        if kind & _RULE:
             why = "only operators edit rules"
         elif author.role == "sidecar":
             why = f"a sidecar may state facts only about its own instance {author.segments[0]}/{author.segments[1]}"
@@ -130,6 +148,6 @@ def refusal(author: SpiffeId, payload: t.Payload, lookup: Lookup) -> Refusal | N
         else:
             why = f"the {author.role} role states none of these facts"
         return Refusal("not_permitted", f"{author.uri} may not state {what}: {why}")
-    if isinstance(payload, t.InstanceRegistered):
+    if kind & _REGISTERED:
         return _registration_refusal(author, payload, lookup)
     return None

@@ -541,12 +541,14 @@ def _refuse_event(logged: Logged, problem: str, reason: str, author: str | None)
 
 
 def _authorship_refusal(tx: _Tx, logged: Logged, verifier: Verifier) -> t.EventRefused | None:
-    verdict = verifier.verdict(logged.envelope, logged.timestamp_ms)
-    if verdict.author is None:
+    env = logged.envelope
+    verdict = verifier.verdict(env, logged.timestamp_ms)
+    author = verdict.author
+    if author is None:
         return _refuse_event(logged, verdict.problem or "unsigned", verdict.detail or "not verified", None)
-    refused = authz.refusal(verdict.author, logged.envelope.payload, tx.m)
+    refused = authz.refusal(author, env.payload, tx.m)
     if refused is not None:
-        return _refuse_event(logged, refused.problem, refused.reason, verdict.author.uri)
+        return _refuse_event(logged, refused.problem, refused.reason, author.uri)
     return None
 
 

@@ -217,10 +217,10 @@ def _use_child(bootstrap: str | None, events: int) -> bool:
     return cores >= 2 and os.getloadavg()[0] <= cores - 1
 
 
-def _read_in_child(bootstrap: str, cut: Cut):
+def _read_in_child(bootstrap: str, cut: Cut, attested=None):
     from replay.pipeline import iter_cut_in_child  # multiprocessing: only a long read pays for the import
 
-    return iter_cut_in_child(bootstrap, cut)
+    return iter_cut_in_child(bootstrap, cut, attested=attested or ())
 
 
 
@@ -305,7 +305,7 @@ async def rebuild(
     # only the end state is wanted: fold into mutable maps, sealed once (the same fold, FoldBuffer)
     buffer = FoldBuffer(state)
     if _use_child(bootstrap, cut.total):
-        batches = _read_in_child(bootstrap, cut)
+        batches = _read_in_child(bootstrap, cut, decoder.attested)  # attested records decoded lazily there too
         stats["reader"] = "child process"
     else:
         batches = iter_cut(consumer, cut, decoder=decoder)

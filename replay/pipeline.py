@@ -18,6 +18,12 @@ Invariants:
   the first time it is seen, and is named by a number after that; an event
   crosses as one flat tuple of its envelope's fields (``Envelope``'s own
   field list, whatever it holds) and its log position.
+- Attested records (``events.record_decoder``'s lazy path) are decoded
+  lazily in the child too: the caller passes the digests its verifier
+  believes (``Verifier.attested``), which cross once, as one byte string;
+  the envelopes then cross without their signed bytes and proofs, and the
+  parent's verifier accepts such an envelope only on an attestation it holds
+  itself (``Verifier.verdict``), so the child can add no trust.
 - The child only reads: it has its own consumer (same bootstrap, same
   security settings, ``read_committed``) and writes nothing. It dies with the
   parent (daemon process; its sends fail once the pipe closes). A failure in
@@ -40,6 +46,7 @@ from aiokafka import TopicPartition
 
 from events import kafka_security, record_decoder
 from events.envelope import Envelope, Logged
+from projector.attestations import DIGEST_BYTES
 from replay.source import Batch, Cut, ReadStalled
 
 log = logging.getLogger(__name__)
@@ -154,13 +161,14 @@ class RowReader:
 # ---------------------------------------------------------------- the child
 
 
-def _child(conn, bootstrap: str, security, start: dict, stop: dict, batch: int, stall_s: float) -> None:
+def _child(conn, bootstrap: str, security, start: dict, stop: dict, batch: int, stall_s: float,
+           attested: bytes = b"") -> None:
     """The reading process: ``iter_cut`` over its own consumer, each batch sent as one pickled message."""
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
     kafka_security.configure(security)
     try:
-        asyncio.run(_read(conn, bootstrap, start, stop, batch, stall_s))
+        asyncio.run(_read(conn, bootstrap, start, stop, batch, stall_s, digests_of(attested)))
     except (BrokenPipeError, EOFError):
         pass  # the parent is gone or stopped listening
     except BaseException as exc:  # noqa: BLE001 - every failure is reported to the parent, which decides
@@ -181,7 +189,20 @@ def _portable(exc: BaseException) -> BaseException:
         return PipelineFailed(f"{type(exc).__name__}: {str(exc)[:500]}")
 
 
-async def _read(conn, bootstrap: str, start: dict, stop: dict, batch: int, stall_s: float) -> None:
+def joined_digests(digests: Iterable[bytes]) -> bytes:
+    """The attested digests as one byte string (what crosses to the child: one object, not a million)."""
+    joined = b"".join(digests)
+    if len(joined) % DIGEST_BYTES:
+        raise ValueError(f"a received digest is {DIGEST_BYTES} bytes")
+    return joined
+
+
+def digests_of(joined: bytes) -> set[bytes]:
+    return {joined[i: i + DIGEST_BYTES] for i in range(0, len(joined), DIGEST_BYTES)}
+
+
+async def _read(conn, bootstrap: str, start: dict, stop: dict, batch: int, stall_s: float,
+                attested: set[bytes]) -> None:
     from events.record_decoder import RecordDecoder
     from replay.source import iter_cut, new_consumer
     from replay.young_gc import young_gc_only
@@ -193,10 +214,11 @@ async def _read(conn, bootstrap: str, start: dict, stop: dict, batch: int, stall
     try:
         writer = RowWriter()
         dumps = pickle.dumps
+        decoder = RecordDecoder(attested=attested or None)
         # decoding makes millions of objects, nearly all freed with their batch, and next to no cyclic garbage:
         # collections only between batches, once the young objects grew (replay.young_gc)
         with young_gc_only() as collect:
-            async for b in iter_cut(consumer, cut, decoder=RecordDecoder(), batch=batch, stall_s=stall_s):
+            async for b in iter_cut(consumer, cut, decoder=decoder, batch=batch, stall_s=stall_s):
                 message = ("batch", writer.rows(b.events), b.undecodable, b.records)
                 conn.send_bytes(dumps(message, pickle.HIGHEST_PROTOCOL))
                 b = message = None  # sent: not to be scanned
@@ -209,15 +231,17 @@ async def _read(conn, bootstrap: str, start: dict, stop: dict, batch: int, stall
 # ---------------------------------------------------------------- the parent
 
 
-async def iter_cut_in_child(bootstrap: str, cut: Cut, *, batch: int = 10_000, stall_s: float = 60.0
-                            ) -> AsyncIterator[Batch]:
-    """``iter_cut(consumer, cut)``'s batches, read and decoded by a child process."""
+async def iter_cut_in_child(bootstrap: str, cut: Cut, *, batch: int = 10_000, stall_s: float = 60.0,
+                            attested: Iterable[bytes] = ()) -> AsyncIterator[Batch]:
+    """``iter_cut(consumer, cut, decoder=RecordDecoder(attested=attested))``'s batches, read and decoded by a
+    child process."""
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited event loop or sockets
     ours, theirs = ctx.Pipe(duplex=False)
     start = {(tp.topic, tp.partition): off for tp, off in cut.start.items()}
     stop = {(tp.topic, tp.partition): off for tp, off in cut.stop.items()}
     proc = ctx.Process(target=_child, name="replay-reader", daemon=True,
-                       args=(theirs, bootstrap, kafka_security.current(), start, stop, batch, stall_s))
+                       args=(theirs, bootstrap, kafka_security.current(), start, stop, batch, stall_s,
+                             joined_digests(attested)))
     proc.start()
     theirs.close()
     loop = asyncio.get_running_loop()

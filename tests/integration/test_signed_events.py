@@ -241,3 +241,35 @@ async def test_replay_takes_the_projectors_attestations_from_the_log(broker, mon
     monkeypatch.setattr(attestations, "MIN_EVENTS", 10 ** 9)  # the full check: the same mesh
     full, verifier = await rebuilt()
     assert verifier.vouched_hits == 0 and full.state == attested.state
+    # read by replay's second process (replay.pipeline): the attested records cross decoded lazily, without their
+    # signed bytes and proofs, and the verifier here takes them on the same attestation: the same mesh
+    from replay import engine
+    from replay.engine import plan_cut
+    from replay.pipeline import iter_cut_in_child
+
+    consumer = new_consumer(broker)
+    await consumer.start()
+    try:
+        cut = await plan_cut(consumer, at_ms)
+    finally:
+        await consumer.stop()
+    read = [lg.envelope for b in [b async for b in iter_cut_in_child(broker, cut, attested=digests)] for lg in b.events]
+    ours = [e for e in read if e.received_digest in set(digests)]
+    assert len(ours) == 2 and all(e.signed_bytes is None and e.signer is not None for e in ours)
+    assert all(e.signed_bytes is not None for e in read if e.signer is not None and e not in ours)  # the full way
+    monkeypatch.setattr(attestations, "MIN_EVENTS", 1)
+    monkeypatch.setattr(engine, "PARALLEL_MIN_EVENTS", 0)
+    monkeypatch.setattr(engine, "PARALLEL", "1")  # whatever the host's load
+
+    async def rebuilt_in_child():
+        consumer = new_consumer(broker)
+        await consumer.start()
+        try:
+            verifier = await load_verifier(consumer, at_ms)
+            return await rebuild(consumer, at_ms, verifier=verifier, use_snapshot=False, bootstrap=broker), verifier
+        finally:
+            await consumer.stop()
+
+    in_child, verifier = await rebuilt_in_child()
+    assert in_child.stats["reader"] == "child process"
+    assert verifier.vouched_hits == 2 and in_child.state == attested.state

@@ -23,8 +23,8 @@ tar -x -C DIR``) on the same log, for before/after in one run.
 Usage: python bench/replay.py [--events 1000000] [--services 500] [--instances 4] [--tail 10000]
        [--repeat N] [--baseline-code DIR] [--no-walks] [--no-in-process]
        MESHLOG_KAFKA_BOOTSTRAP=H:P python bench/replay.py --reuse T_MS ...   (measure a log appended before)
-A cold replay reads the log in a second process (``replay.pipeline``) while a core
-is idle; MESHLOG_REPLAY_PARALLEL=1 (always) or =0 (never) measures either way.
+A replay reads the log in one process unless MESHLOG_REPLAY_PARALLEL=1 (always read
+in a second process, ``replay.pipeline``) or =auto (while a core is idle) says otherwise.
 Uses $MESHLOG_KAFKA_BOOTSTRAP if set (then the log holds other data too and
 "events" counts only this run's), else starts a fresh local broker for the run
 (meshlog.kafka_local), so the log holds exactly the bench events.

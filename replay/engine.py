@@ -35,9 +35,10 @@ Invariants:
   runs; an event no believed attestation lists is verified the full way.
 - Reading: ``rebuild`` folds into a ``projector.fold.FoldBuffer`` (the same
   fold into mutable maps, sealed once), and a long cut (``PARALLEL_MIN_EVENTS``)
-  is fetched and decoded by a second process while this one folds
-  (``replay.pipeline``) when the caller passes the broker's address and a
-  core is idle. Neither
+  can be fetched and decoded by a second process while this one folds
+  (``replay.pipeline``) when the caller passes the broker's address and
+  $MESHLOG_REPLAY_PARALLEL asks for it (off by default: it does not pay on
+  the hosts measured, see ``PARALLEL``). Neither
   changes a result: the same events reach the same fold in the same order.
 - Nothing here prints; the CLI decides the output.
 """
@@ -202,10 +203,17 @@ async def check_instant(consumer: AIOKafkaConsumer, at_ms: int, now_ms: int, *, 
 # a cut this long is fetched and decoded by a second process (replay.pipeline) when the caller gives the
 # broker's address: below it, starting that process (an interpreter and its imports) costs more than it saves
 PARALLEL_MIN_EVENTS = 100_000
-# $MESHLOG_REPLAY_PARALLEL: "auto" (default) reads in a second process only while a core is idle (the 1-minute
-# load average leaves one free): on a host whose cores are all busy the second process gains no time and only
-# adds its transport's CPU (measured, bench/replay.py); "1" always, "0" never
-PARALLEL = os.environ.get("MESHLOG_REPLAY_PARALLEL", "auto")
+# $MESHLOG_REPLAY_PARALLEL: "0" (default) never reads in a second process; "auto" only while a core is idle (the
+# 1-minute load average leaves one free); "1" always. One process is the default because it is faster: on a
+# quiet 2-core host a cold replay of 1,000,000 events took 20.6 s in one process against 27.2 s with the reading
+# process (34.8 CPU-s: taking its batches in costs the folding process about what decoding them would), and a
+# node walk 27.9 s against 26.3 s for 10 CPU-s more (2026-11-30, bench/replay_verify.py's logs); on a busy host
+# the second process gains nothing at all (bench/replay.py)
+def parallel_mode(environ) -> str:
+    return environ.get("MESHLOG_REPLAY_PARALLEL", "0")
+
+
+PARALLEL = parallel_mode(os.environ)
 
 
 def _use_child(bootstrap: str | None, events: int) -> bool:

@@ -114,3 +114,11 @@ def test_when_a_read_goes_to_the_second_process(monkeypatch, mode, load, cores, 
     monkeypatch.setattr(engine.os, "getloadavg", lambda: (load, load, load))
     monkeypatch.setattr(engine.os, "cpu_count", lambda: cores)
     assert engine._use_child(bootstrap, events) is expected
+
+
+def test_a_read_stays_in_one_process_unless_asked():
+    """One process is the default: the second one did not pay on the hosts measured (``engine.PARALLEL``)."""
+    from replay import engine
+
+    assert engine.parallel_mode({}) == "0"
+    assert engine.parallel_mode({"MESHLOG_REPLAY_PARALLEL": "auto"}) == "auto"

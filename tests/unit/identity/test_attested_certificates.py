@@ -15,19 +15,8 @@ import pytest
 
 from events import types as t
 from identity import pki
-from tests.unit.projector.signed import DOMAIN, MS0, T0, Trust, sidecar, signed
-
-IDENT = sidecar("web", "web-1")
-
-
-def health(n: int) -> t.InstanceHealthChanged:
-    return t.InstanceHealthChanged(service="web", instance_id="web-1", status=("healthy", "unhealthy")[n % 2],
-                                   observer="web-1")
-
-
-@pytest.fixture()
-def trust() -> Trust:
-    return Trust()
+from tests.unit.identity.flapping import IDENT, health
+from tests.unit.projector.signed import DOMAIN, MS0, T0, sidecar, signed
 
 
 def test_an_attested_event_is_verified_without_checking_its_signers_certificate(trust, monkeypatch):

@@ -18,24 +18,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
-
 from events import types as t
 from events.envelope import Logged
 from identity.registry import fold_many as fold_identities
-from tests.unit.projector.signed import MS0, Trust, sidecar, signed
+from tests.unit.identity.flapping import IDENT, health
+from tests.unit.projector.signed import MS0, Trust, signed
 
-IDENT = sidecar("web", "web-1")
-
-
-def health(n: int) -> t.InstanceHealthChanged:
-    return t.InstanceHealthChanged(service="web", instance_id="web-1", status=("healthy", "unhealthy")[n % 2],
-                                   observer="web-1")
-
-
-@pytest.fixture()
-def trust() -> Trust:
-    return Trust()
 
 
 def attested_verifier(trust: Trust, signer, count: int):

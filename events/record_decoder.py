@@ -146,6 +146,32 @@ def _envelope_builders():
 _UNSIGNED_ENVELOPE, _SIGNED_ENVELOPE = _envelope_builders()
 
 
+def _logged_builder():
+    """``Logged(envelope, topic, partition, offset, timestamp_ms)`` that sets the slots directly: the frozen
+    dataclass's ``__init__`` sets each field through ``object.__setattr__`` (~4 % of a cold replay's CPU). Equal
+    to ``Logged(...)`` (tested); ``Logged`` itself if its fields change."""
+    names = ("envelope", "topic", "partition", "offset", "timestamp_ms")
+    if tuple(f.name for f in dataclasses.fields(Logged)) != names:
+        return Logged
+    s0, s1, s2, s3, s4 = (Logged.__dict__[name].__set__ for name in names)
+    new = object.__new__
+
+    def logged(envelope: Envelope, topic: str, partition: int, offset: int, timestamp_ms: int) -> Logged:
+        lg = new(Logged)
+        s0(lg, envelope)
+        s1(lg, topic)
+        s2(lg, partition)
+        s3(lg, offset)
+        s4(lg, timestamp_ms)
+        return lg
+
+    return logged
+
+
+#: ``Logged(...)`` for the fast paths (``_logged_builder``); replay's reading transport uses it too
+LOGGED = _logged_builder()
+
+
 class RecordDecoder:
     """``decoder(record) -> Logged``; keeps hit/miss counters for reporting."""
 
@@ -188,7 +214,7 @@ class RecordDecoder:
             env = self._fast_envelope(head, known, record.topic, value)
             if env is not None:
                 self.hits += 1
-                return Logged(env, record.topic, record.partition, record.offset, record.timestamp)
+                return LOGGED(env, record.topic, record.partition, record.offset, record.timestamp)
         logged = decode_record(record)  # the reference path; raises EventValidationError
         self._remember(head, logged.envelope.payload)
         return logged
@@ -241,7 +267,7 @@ class RecordDecoder:
             env = _SIGNED_ENVELOPE(env.event_id, env.type, env.schema_version, env.occurred_at, env.producer,
                                    env.payload, signer, signature, None, None, digest)
             self.lazy += 1
-            return Logged(env, record.topic, record.partition, record.offset, record.timestamp)
+            return LOGGED(env, record.topic, record.partition, record.offset, record.timestamp)
         ptype = PAYLOAD_TYPES[head.type]
         if ptype.TOPIC != record.topic or not head.event_id or not head.producer or _SIGNED_ENVELOPE is None:
             return None
@@ -252,7 +278,7 @@ class RecordDecoder:
                                head.signer, head.signature, None, None, digest)
         self.hits += 1
         self.lazy += 1
-        return Logged(env, record.topic, record.partition, record.offset, record.timestamp)
+        return LOGGED(env, record.topic, record.partition, record.offset, record.timestamp)
 
     def _keep(self, key: tuple[str, int, bytes], entry: tuple[Any, bytes]) -> None:
         if len(self._memo) >= max(1, self.max_entries // 2) or self._young_bytes >= self.max_bytes // 2:

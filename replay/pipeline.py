@@ -66,6 +66,7 @@ utc = timezone.utc
 # checks): the decoder's constructor sets its slots without ``__post_init__`` re-checking it, which cost the
 # folding process more than the rest of taking an event in; ``Envelope`` itself if that constructor is unavailable
 _ENVELOPE = getattr(record_decoder, "_SIGNED_ENVELOPE", None) or Envelope
+_LOGGED = record_decoder.LOGGED  # the same for the frozen ``Logged`` around it
 _EPOCH = datetime(1970, 1, 1, tzinfo=utc)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -144,12 +145,12 @@ class RowReader:
         out = []
         append = out.append
         if self.flat:
-            envelope = _ENVELOPE
+            envelope, logged = _ENVELOPE, _LOGGED
             for ref, eid, version, at, producer, signer, signature, signed_bytes, proof, digest, ti, part, off, ts in rows:
                 p = payloads[ref]
                 if type(at) is int:
                     at = _EPOCH + timedelta(microseconds=at)
-                append(Logged(envelope(eid, p.TYPE, version, at, producer, p, signer, signature, signed_bytes, proof,
+                append(logged(envelope(eid, p.TYPE, version, at, producer, p, signer, signature, signed_bytes, proof,
                                        digest), topics[ti], part, off, ts))
             return out
         for ref, values, ti, part, off, ts in rows:

@@ -196,3 +196,17 @@ def test_a_memo_hit_builds_the_envelope_the_codec_builds_still_frozen():
     assert decoder.hits == 1
     with pytest.raises(dataclasses.FrozenInstanceError):
         got.envelope.producer = "x"  # type: ignore[misc]
+
+
+def test_the_fast_logged_is_a_plain_frozen_logged():
+    import dataclasses
+
+    from events.envelope import Logged
+    from events.record_decoder import LOGGED
+
+    env = new_event(RandomHistory("lg", 1).payloads(1)[0], producer="tester")
+    fast, slow = LOGGED(env, "meshlog.health", 3, 42, 1_700_000_000_123), Logged(env, "meshlog.health", 3, 42,
+                                                                                1_700_000_000_123)
+    assert type(fast) is Logged and fast == slow and repr(fast) == repr(slow)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.offset = 43

@@ -178,9 +178,11 @@ def utc_time_or_none(value: Any) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value)
-        if parsed.tzinfo is None:
+        tz = parsed.tzinfo
+        if tz is None:
             return None
-        return parsed.astimezone(timezone.utc)
+        # what producers write (+00:00) parses to the UTC singleton already: astimezone would only copy it
+        return parsed if tz is timezone.utc else parsed.astimezone(timezone.utc)
     except (ValueError, OverflowError):
         return None
 

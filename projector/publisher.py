@@ -50,6 +50,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -64,7 +65,7 @@ from aiokafka.errors import (
 
 from events import topics
 from projector.typeurls import TYPE_URLS
-from projector.versioning import version_of
+from projector.versioning import VERSION_HEX_CHARS, version_of
 
 ResourceKey = tuple[str, str]  # (type_url, name)
 Membership = dict[str, dict[str, str]]  # type_url -> name -> version
@@ -79,11 +80,16 @@ VERSION_HEADER = "meshlog-version"
 
 def record_version(value: bytes, headers) -> str:
     """The version of a body record of ``VIEW_RESOURCES``: its ``meshlog-version`` header, else the hash of its
-    value (a record written before shared versions came from render inputs, or a test's)."""
+    value (a record written before shared versions came from render inputs, or a test's). A header that is not
+    a version (``VERSION_HEX_CHARS`` lowercase hex digits) is ignored: what reaches a proxy from the log is
+    bounded and plain."""
     for name, raw in headers or ():
-        if name == VERSION_HEADER:
-            return raw.decode("ascii", "replace")
+        if name == VERSION_HEADER and _VERSION_RE.fullmatch(raw):
+            return raw.decode("ascii")
     return version_of(value)
+
+
+_VERSION_RE = re.compile(rb"[0-9a-f]{%d}" % VERSION_HEX_CHARS)
 
 
 def source_headers(source_ms: int | None) -> list[tuple[str, bytes]] | None:

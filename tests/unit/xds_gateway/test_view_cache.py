@@ -141,20 +141,21 @@ def test_a_body_is_served_at_the_version_published_with_it():
         return Rec(topics.VIEW_RESOURCES, f"{ENDPOINT}|reviews".encode(), payload,
                    headers=((VERSION_HEADER, version.encode()),))
 
+    V1, V2 = "a1" * 8, "b2" * 8  # versions as the projector writes them: 16 hex digits
     cache, seen = ready_cache()
-    cache.apply_records([versioned(b"one endpoint", "inputs-1"), member("web-1", {ENDPOINT: {"reviews": "inputs-1"}})])
+    cache.apply_records([versioned(b"one endpoint", V1), member("web-1", {ENDPOINT: {"reviews": V1}})])
     got = cache.node_view("web-1")[ENDPOINT]["reviews"]
-    assert (got.version, got.body) == ("inputs-1", b"one endpoint")
+    assert (got.version, got.body) == (V1, b"one endpoint")
     seen.clear()
-    cache.apply_records([versioned(b"two endpoints", "inputs-2")])
-    assert not any("web-1" in nodes for nodes in seen)  # its membership still names inputs-1, which is held
+    cache.apply_records([versioned(b"two endpoints", V2)])
+    assert not any("web-1" in nodes for nodes in seen)  # its membership still names V1, which is held
     assert cache.node_view("web-1")[ENDPOINT]["reviews"].body == b"one endpoint"
-    cache.apply_records([member("web-1", {ENDPOINT: {"reviews": "inputs-2"}})])
+    cache.apply_records([member("web-1", {ENDPOINT: {"reviews": V2}})])
     got = cache.node_view("web-1")[ENDPOINT]["reviews"]
-    assert seen[-1] == {"web-1"} and (got.version, got.body) == ("inputs-2", b"two endpoints")
+    assert seen[-1] == {"web-1"} and (got.version, got.body) == (V2, b"two endpoints")
     # the same version again (another worker taking the shard over republishes it): nothing changes
     seen.clear()
-    cache.apply_records([versioned(b"two endpoints", "inputs-2")])
+    cache.apply_records([versioned(b"two endpoints", V2)])
     assert not any("web-1" in nodes for nodes in seen)
 
 

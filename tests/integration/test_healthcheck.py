@@ -116,7 +116,12 @@ def events_now(bootstrap: str, start: dict[int, int], service: str) -> list:
     result: list = []
 
     def work():
-        result.append(asyncio.run(health_events(bootstrap, start, service)))
+        try:
+            result.append(asyncio.run(health_events(bootstrap, start, service)))
+        except asyncio.CancelledError:
+            # aiokafka's consumer.stop() now and then re-raises the cancellation of its own coordinator task
+            # (seen once in CI): nothing read this time; the predicate's next call reads again
+            result.append([])
 
     t = threading.Thread(target=work)
     t.start()

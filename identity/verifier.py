@@ -316,6 +316,10 @@ class Verifier:
             return self._not_held(serial, status, what)
         key = self._key(serial)
         if key.public_key is None:
+            # attested events of this serial answered before from the issuance alone are not answered from the
+            # memo any more: from now on they get the answer below too, whatever order they come in
+            self._held.pop(serial, None)
+            self._verified.pop(serial, None)
             return Verdict(None, serial, "untrusted_certificate", f"serial {serial}: {key.problem}")
         if not self._signature_good(key.public_key, serial, signature, data, proof, received, attested):
             return Verdict(None, serial, "bad_signature",

@@ -84,7 +84,7 @@ def record_version(value: bytes, headers) -> str:
     a version (``VERSION_HEX_CHARS`` lowercase hex digits) is ignored: what reaches a proxy from the log is
     bounded and plain."""
     for name, raw in headers or ():
-        if name == VERSION_HEADER and _VERSION_RE.fullmatch(raw):
+        if name == VERSION_HEADER and isinstance(raw, bytes) and _VERSION_RE.fullmatch(raw):
             return raw.decode("ascii")
     return version_of(value)
 

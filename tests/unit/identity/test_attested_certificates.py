@@ -60,6 +60,19 @@ def test_a_certificate_found_untrusted_stays_untrusted_for_attested_events(trust
     assert verifier.verdict(second, MS0 + 2).problem == "untrusted_certificate"
 
 
+def test_attested_events_after_the_certificate_is_found_untrusted_are_refused_too(trust):
+    """The other order: attested events first (answered from the issuance, memoized), then an unattested one
+    finds the certificate untrusted; the attested events after it are refused, not answered from the memo."""
+    other = pki.create_root(DOMAIN, now=T0)
+    rogue = trust.issue(IDENT, ca=other)
+    verifier = trust.verifier()
+    before, unattested, after = signed(health(0), rogue), signed(health(1), rogue), signed(health(2), rogue)
+    verifier.vouch([before.received_digest, after.received_digest])
+    assert verifier.verdict(before, MS0 + 1).author == IDENT
+    assert verifier.verdict(unattested, MS0 + 2).problem == "untrusted_certificate"
+    assert verifier.verdict(after, MS0 + 3).problem == "untrusted_certificate"
+
+
 def test_a_verifier_never_attests_an_event_whose_certificate_is_untrusted(trust):
     """Why the attestation can stand for the certificate check: the projector's verifier (``record_vouches``)
     names only events it verified with a certificate that passed it."""

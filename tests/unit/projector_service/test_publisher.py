@@ -62,6 +62,7 @@ def test_first_plan_publishes_every_body_in_type_order_then_memberships():
     # a header that is not a version is not passed on to proxies: the bytes' hash instead
     for bad in (b"x" * 16, b"0" * 15, b"0" * 17, b"ABCDEF0123456789", b"\x1b[31m0123456789ab", "é".encode() * 8):
         assert record_version(b"c", [("meshlog-version", bad)]) == version_of(b"c")
+    assert record_version(b"c", [("meshlog-version", None)]) == version_of(b"c")  # a header without a value
 
 
 def test_an_unchanged_mesh_plans_nothing():

@@ -1,8 +1,9 @@
 """``render_all``: every node's view of the mesh, rendered from scratch or incrementally.
 
 ``render_all(state)`` renders each distinct resource once and serializes it
-deterministically (a shared one's version is the hash of its render inputs,
-a per-node one's of its bytes: ``projector.versioning``);
+deterministically (its version is the hash of its render inputs,
+``projector.versioning``: a resource whose inputs did not move is not built
+again; ``bodies=False`` names every version and builds nothing);
 ``render_all(state, previous=rm)`` gives exactly the same result but
 re-renders only what the state change can have touched (the states are
 compared map by map, skipping the structure they share), and reports what
@@ -77,7 +78,6 @@ from projector import naming
 from projector.render_view import Renderer
 from projector.state import MeshState, changed_keys, empty_state
 from projector.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_URLS
-from projector.versioning import inputs_version, version_of
 
 if TYPE_CHECKING:  # projector.sharding imports aiokafka (events.shard_group): replay must not pay for it
     from projector.sharding import Ownership
@@ -124,10 +124,13 @@ class RenderedMesh:
     state: MeshState = field(default_factory=empty_state, repr=False, compare=False)
     # the keys this render covers (None: every node); see the module docstring
     scope: Ownership | None = field(default=None, repr=False, compare=False)
+    # False: versions only, no body built (``resources`` is empty); see ``render_all``
+    bodies: bool = field(default=True, repr=False, compare=False)
     _index: _Index = field(default_factory=_Index, repr=False, compare=False)
 
 
 _EMPTY = RenderedMesh(resources={}, membership={}, versions={}, problems=())
+_EMPTY_VERSIONS = replace(_EMPTY, bodies=False)
 
 
 def _only_subscriptions_changed(old: MeshState, new: MeshState, key: str) -> bool:
@@ -162,8 +165,17 @@ def _scope_key(scope: Ownership | None) -> tuple[frozenset[int], int] | None:
     return None if scope is None else (scope.shards, scope.partitions)
 
 
-def render_all(state: MeshState, previous: RenderedMesh | None = None, scope: Ownership | None = None) -> RenderedMesh:
-    prev = previous if previous is not None else _EMPTY
+def render_all(state: MeshState, previous: RenderedMesh | None = None, scope: Ownership | None = None,
+               bodies: bool = True) -> RenderedMesh:
+    """Every node's view of ``state`` (see the module docstring).
+
+    ``bodies=False``: names and versions only; no message is built or serialized (``resources`` stays
+    empty), for readers that need what each node was told but not the bytes (replay's mesh documents). An
+    incremental render keeps its ``previous``'s choice: mixing them is a ValueError.
+    """
+    prev = previous if previous is not None else (_EMPTY if bodies else _EMPTY_VERSIONS)
+    if prev.bodies != bodies:
+        raise ValueError(f"render_all(bodies={bodies}) from a previous render with bodies={prev.bodies}")
     if scope is not None and _owns_all(scope):
         scope = None  # a worker owning every shard renders like one alone
     if prev.state is state and _scope_key(prev.scope) == _scope_key(scope):
@@ -178,7 +190,9 @@ class _Step:
         self.state = state
         self.scope = scope
         self.owns = (lambda node: True) if scope is None else scope.owns_node
-        self.owns_body = (lambda key: True) if scope is None else scope.owns_resource
+        self.bodies = prev.bodies
+        owns_body = (lambda key: True) if scope is None else scope.owns_resource
+        self.owns_body = owns_body if prev.bodies else (lambda key: False)
         self.r = Renderer(state)
         idx = prev._index
         self.resources = dict(prev.resources)
@@ -201,21 +215,24 @@ class _Step:
 
     # ------------------------------------------------ small helpers
 
-    def _put(self, key: ResourceKey, msg) -> bool:
-        """Store a rendered per-node resource; True if its bytes are new or changed."""
-        body = msg.SerializeToString(deterministic=True)
-        if self.resources.get(key) == body:
-            return False
-        self.resources[key] = body
-        self.versions[key] = version_of(body)
-        self.changed.add(key)
-        self.removed.discard(key)
-        return True
+    def _put_node(self, key: ResourceKey, inputs: tuple) -> bool:
+        """Name a per-node resource's version from its render inputs; build its body if the version is new
+        (or the body is not held yet) and this render keeps bodies. True if its version is new or changed."""
+        version = self.r.inputs_version(key[0], key[1], inputs)
+        new_version = self.versions.get(key) != version
+        if new_version:
+            self.versions[key] = version
+            self.changed.add(key)
+            self.removed.discard(key)
+        if self.bodies and (new_version or key not in self.resources):
+            self.resources[key] = self.r.build_node(key[0], key[1], inputs).SerializeToString(deterministic=True)
+            self.changed.add(key)
+        return new_version
 
     def _put_shared(self, key: ResourceKey, inputs: tuple) -> bool:
         """Name a shared resource's version from its render inputs; build its body only if the scope owns
         it (and its version is new, or the body is not held yet). True if its version is new or changed."""
-        version = inputs_version(key[0], key[1], inputs)
+        version = self.r.inputs_version(key[0], key[1], inputs)
         new_version = self.versions.get(key) != version
         if new_version:
             self.versions[key] = version
@@ -424,9 +441,9 @@ class _Step:
                 if naming.is_per_node(key[1]):
                     if own is not None and key in own and key in old_keys:
                         continue
-                    msg = r.resource(key[0], key[1], node)
-                    assert msg is not None, key  # a view only names what exists
-                    self._put(key, msg)
+                    inputs = r.node_inputs(key[0], key[1], node)
+                    assert inputs is not None, key  # a view only names what exists
+                    self._put_node(key, inputs)
                 elif key not in old_keys:
                     self._acquire(key, node, fresh)
             problems = r.take_problems()
@@ -507,6 +524,7 @@ class _Step:
             removed_nodes=frozenset(self.removed_nodes),
             state=new,
             scope=self.scope,
+            bodies=self.bodies,
             _index=_Index(
                 node_deps=self.node_deps,
                 dependents=self.dependents,

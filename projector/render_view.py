@@ -19,7 +19,7 @@ from projector import mesh_tls, naming
 from projector import render_envoy as E
 from projector.state import Instance, MeshState
 from projector.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_URLS
-from projector.versioning import inputs_version, version_of
+from projector.versioning import inputs_version, plain
 
 
 def _inbound_over_rds(inst: Instance) -> bool:
@@ -38,7 +38,8 @@ class Renderer:
         self.rule_problems: dict[str, str] = {}  # host -> why its rule is not served
         self._served: dict[str, t.RouteRuleUpserted | None] = {}
         self._targets: dict[str, tuple[str, ...]] = {}
-        self._vhosts: dict[tuple[str, int | None], object] = {}
+        self._vhosts: dict[tuple, tuple] = {}  # (service, port, id(rule), streaming) -> (rule, virtual host)
+        self._plain_memo: dict[int, tuple] = {}  # id(event model) -> (model, its JSON form)
 
     # ------------------------------------------------ mesh facts
 
@@ -135,20 +136,41 @@ class Renderer:
 
     # ------------------------------------------------ resources by name
 
+    def inputs(self, type_url: str, name: str, node_id: str | None) -> tuple | None:
+        """What one named resource's bytes depend on (None: it does not exist); per-node names need their
+        node. ``build`` makes the message from these alone; ``inputs_version`` of them is its version."""
+        if naming.is_per_node(name):
+            return self.node_inputs(type_url, name, node_id)
+        return self.shared_inputs(type_url, name)
+
+    def build(self, type_url: str, name: str, inputs: tuple) -> Message:
+        """The message of a resource from its ``inputs`` alone (reads nothing of the state)."""
+        if naming.is_per_node(name):
+            return self.build_node(type_url, name, inputs)
+        return self.build_shared(type_url, name, inputs)
+
     def resource(self, type_url: str, name: str, node_id: str | None) -> Message | None:
         """The message of one named resource; per-node names need their node."""
-        if not naming.is_per_node(name):
-            inputs = self.shared_inputs(type_url, name)
-            return None if inputs is None else self.build_shared(type_url, name, inputs)
-        if type_url == CLUSTER:
-            return self.cluster(name, node_id)
-        if type_url == ENDPOINT:
-            return self.endpoints(name)
-        if type_url == LISTENER:
-            return self.listener(name, node_id)
-        if type_url == ROUTE:
-            return self.route(name, node_id)
-        raise ValueError(f"unknown type url {type_url!r}")
+        inputs = self.inputs(type_url, name, node_id)
+        return None if inputs is None else self.build(type_url, name, inputs)
+
+    def version(self, type_url: str, name: str, node_id: str | None) -> str | None:
+        """The version of one named resource (None: it does not exist), as ``render_all`` names it: the hash
+        of its inputs (``projector.versioning``): nothing is built."""
+        inputs = self.inputs(type_url, name, node_id)
+        return None if inputs is None else self.inputs_version(type_url, name, inputs)
+
+    def inputs_version(self, type_url: str, name: str, inputs: tuple) -> str:
+        """``versioning.inputs_version``, each event model in the inputs encoded once per pass (a served
+        rule is in the inputs of every node route depending on its host)."""
+        return inputs_version(type_url, name, inputs, self._plain)
+
+    def _plain(self, value):
+        got = self._plain_memo.get(id(value))
+        if got is None or got[0] is not value:
+            got = (value, plain(value))
+            self._plain_memo[id(value)] = got  # the model is kept alive with it: its id stays its own
+        return got[1]
 
     # ------------------------------------------------ shared resources: inputs, then bytes from inputs alone
 
@@ -176,15 +198,6 @@ class Renderer:
             return self.served_rule(name), self.protocol(name) == "grpc"
         raise ValueError(f"unknown type url {type_url!r}")
 
-    def version(self, type_url: str, name: str, node_id: str | None) -> str | None:
-        """The version of one named resource (None: it does not exist), as ``render_all`` names it: a
-        shared one's from its inputs (nothing built), a per-node one's from its bytes."""
-        if not naming.is_per_node(name):
-            inputs = self.shared_inputs(type_url, name)
-            return None if inputs is None else inputs_version(type_url, name, inputs)
-        msg = self.resource(type_url, name, node_id)
-        return None if msg is None else version_of(msg.SerializeToString(deterministic=True))
-
     def build_shared(self, type_url: str, name: str, inputs: tuple) -> Message:
         """The message of a shared resource from its ``shared_inputs`` alone (reads nothing of the state)."""
         if type_url == CLUSTER:
@@ -207,13 +220,7 @@ class Renderer:
         return None if node_id is None else self.s.node_instance(node_id)
 
     def cluster(self, name: str, node_id: str | None) -> Message | None:
-        parsed = naming.parse_cluster(name)
-        if parsed is None:
-            inst = self._node_inst(node_id)
-            if inst is None or inst.reg.sidecar is None or name != naming.local_cluster(node_id):
-                return None
-            return E.static_local_cluster(name, inst.reg.port, inst.reg.protocol)
-        return self.build_shared(CLUSTER, name, self.shared_inputs(CLUSTER, name))
+        return self.resource(CLUSTER, name, node_id)
 
     def endpoints(self, name: str) -> Message | None:
         rows = self.endpoint_rows(name)
@@ -259,32 +266,84 @@ class Renderer:
         return tuple((zone, tuple((a, p, h, w) for a, p, _key, h, w in sorted(zones[zone]))) for zone in sorted(zones))
 
     def listener(self, name: str, node_id: str | None) -> Message | None:
-        if not naming.is_per_node(name):
-            return self.resource(LISTENER, name, None)
+        return self.resource(LISTENER, name, node_id)
+
+    def route(self, name: str, node_id: str | None) -> Message | None:
+        return self.resource(ROUTE, name, node_id)
+
+    # ------------------------------------------------ per-node resources: inputs, then bytes from inputs alone
+
+    def node_inputs(self, type_url: str, name: str, node_id: str | None) -> tuple | None:
+        """What a per-node resource's bytes depend on (None: the node has no such resource).
+
+        Like ``shared_inputs``: everything ``build_node`` reads is in here (its first item says which of the
+        node's resources it is), so equal inputs give equal bytes and their hash names the body unbuilt.
+        """
         inst = self._node_inst(node_id)
         if inst is None or inst.reg.sidecar is None:
             return None
         reg, sc = inst.reg, inst.reg.sidecar
-        if name == naming.outbound_listener(node_id):
-            return E.outbound_http_listener(name, sc.outbound_port, naming.outbound_route(node_id))
-        if name == naming.inbound_listener(node_id):
-            # what a secure HTTP listener holds depends on the instance alone: its RBAC policy is in its
-            # route configuration (``inbound_route``), so a new caller never needs a new listener
-            tls = rbac = route_name = None
-            if sc.trust_domain is not None:
-                tls = mesh_tls.downstream_transport_socket()
-                if reg.protocol == "tcp":
-                    rbac = mesh_tls.rbac_network_filter(self.inbound_principals(reg.service, sc.trust_domain))
-                else:
-                    rbac, route_name = mesh_tls.rbac_http_filter(), naming.inbound_route(node_id)
-            return E.inbound_listener(
-                name, E.bind_address(reg.address), sc.inbound_port, naming.local_cluster(node_id), reg.protocol,
-                tls, rbac, route_name,
-            )
-        for svc, port in self.tcp_ports(inst):
-            if name == naming.tcp_listener(node_id, svc):
-                return E.outbound_tcp_listener(name, port, svc)
+        if type_url == CLUSTER:
+            return ("local", reg.port, reg.protocol) if name == naming.local_cluster(node_id) else None
+        if type_url == LISTENER:
+            if name == naming.outbound_listener(node_id):
+                return "outbound", sc.outbound_port, naming.outbound_route(node_id)
+            if name == naming.inbound_listener(node_id):
+                # what a secure HTTP listener holds depends on the instance alone: its RBAC policy is in its
+                # route configuration (the inbound route), so a new caller never needs a new listener
+                secure = sc.trust_domain is not None
+                principals = route_name = None
+                if secure:
+                    if reg.protocol == "tcp":
+                        principals = self.inbound_principals(reg.service, sc.trust_domain)
+                    else:
+                        route_name = naming.inbound_route(node_id)
+                return ("inbound", E.bind_address(reg.address), sc.inbound_port, naming.local_cluster(node_id),
+                        reg.protocol, secure, principals, route_name)
+            for svc, port in self.tcp_ports(inst):
+                if name == naming.tcp_listener(node_id, svc):
+                    return "tcp", port, svc
+            return None
+        if type_url == ROUTE:
+            if name == naming.inbound_route(node_id):
+                if not _inbound_over_rds(inst):
+                    return None
+                return ("inbound", naming.local_cluster(node_id), reg.protocol,
+                        self.inbound_principals(reg.service, sc.trust_domain))
+            if name != naming.outbound_route(node_id):
+                return None
+            hosts = tuple((d, self.served_rule(d), self.protocol(d) == "grpc")
+                          for d in inst.dependencies() if self.protocol(d) != "tcp")
+            return "outbound", sc.outbound_port, hosts
         return None
+
+    def build_node(self, type_url: str, name: str, inputs: tuple) -> Message:
+        """The message of a per-node resource from its ``node_inputs`` alone (reads nothing of the state)."""
+        kind = inputs[0]
+        if type_url == CLUSTER:
+            _, app_port, protocol = inputs
+            return E.static_local_cluster(name, app_port, protocol)
+        if type_url == LISTENER:
+            if kind == "outbound":
+                _, port, route_name = inputs
+                return E.outbound_http_listener(name, port, route_name)
+            if kind == "inbound":
+                _, address, port, local, protocol, secure, principals, route_name = inputs
+                tls = rbac = None
+                if secure:
+                    tls = mesh_tls.downstream_transport_socket()
+                    rbac = mesh_tls.rbac_network_filter(principals) if protocol == "tcp" else mesh_tls.rbac_http_filter()
+                return E.inbound_listener(name, address, port, local, protocol, tls, rbac, route_name)
+            _, port, service = inputs
+            return E.outbound_tcp_listener(name, port, service)
+        if type_url == ROUTE:
+            if kind == "inbound":
+                _, local, protocol, principals = inputs
+                return E.inbound_route_configuration(name, local, protocol, [mesh_tls.rbac_per_route(principals)])
+            _, port, hosts = inputs
+            return E.route_configuration(
+                name, [*(self._vhost(d, port, rule, streaming) for d, rule, streaming in hosts), E.on_demand_virtual_host()])
+        raise ValueError(f"no per-node resource of type url {type_url!r}")
 
     def inbound_principals(self, service: str, trust_domain: str | None) -> tuple[str, ...] | None:
         """Who a sidecar of ``service`` admits (URI SAN prefixes), or None for a plaintext sidecar.
@@ -300,35 +359,14 @@ class Renderer:
             callers.update(policy.also)
         return mesh_tls.allowed_principals(trust_domain, callers, policy is not None and policy.allow == "mesh")
 
-    def vhost(self, service: str, outbound_port: int | None):
-        key = (service, outbound_port)
-        vh = self._vhosts.get(key)
-        if vh is None:
-            domains = [service] if outbound_port is None else [service, f"{service}:{outbound_port}"]
-            vh = E.virtual_host(service, domains, self.served_rule(service), self.protocol(service) == "grpc")
-            self._vhosts[key] = vh
-        return vh
-
-    def route(self, name: str, node_id: str | None) -> Message | None:
-        if not naming.is_per_node(name):
-            return self.resource(ROUTE, name, None)
-        inst = self._node_inst(node_id)
-        if inst is None or inst.reg.sidecar is None:
-            return None
-        if name == naming.inbound_route(node_id):
-            return self.inbound_route(name, node_id, inst) if _inbound_over_rds(inst) else None
-        if name != naming.outbound_route(node_id):
-            return None
-        port = inst.reg.sidecar.outbound_port
-        deps = [d for d in inst.dependencies() if self.protocol(d) != "tcp"]
-        return E.route_configuration(name, [*(self.vhost(d, port) for d in deps), E.on_demand_virtual_host()])
-
-    def inbound_route(self, name: str, node_id: str, inst: Instance) -> Message:
-        """A secure HTTP/gRPC sidecar's inbound routes, its RBAC policy on the virtual host."""
-        reg = inst.reg
-        principals = self.inbound_principals(reg.service, reg.sidecar.trust_domain)
-        return E.inbound_route_configuration(
-            name, naming.local_cluster(node_id), reg.protocol, [mesh_tls.rbac_per_route(principals)])
+    def _vhost(self, service: str, outbound_port: int, rule: t.RouteRuleUpserted | None, streaming: bool):
+        """A dependency's virtual host in a node route, built once per pass (many nodes share it)."""
+        key = (service, outbound_port, id(rule), streaming)
+        got = self._vhosts.get(key)
+        if got is None or got[0] is not rule:
+            vh = E.virtual_host(service, [service, f"{service}:{outbound_port}"], rule, streaming)
+            got = self._vhosts[key] = (rule, vh)  # the rule is kept alive with it: its id stays its own
+        return got[1]
 
     def take_problems(self) -> tuple[str, ...]:
         got = tuple(sorted(self.problems))

@@ -404,7 +404,7 @@ async def cmd_at(args: argparse.Namespace, bootstrap: str) -> int:
         raise NotFound(f"service {args.service!r} is unknown at {iso(at_ms)}"
                        f"{_nearby(sorted(report.services_known(state)), args.service)}")
     # the table shows names only (cheap); --json carries every node's resource versions (a full render)
-    rendered = rebuilt.rendered() if args.json else None
+    rendered = rebuilt.rendered(bodies=False) if args.json else None
     doc = report.mesh_document(state, rendered, at_ms=at_ms, source=source, service=args.service)
     if args.json:
         _emit_json(doc)

@@ -242,18 +242,21 @@ class Rebuilt:
     undecodable: list[Undecodable]
     first_ms: int | None
     stats: dict = field(default_factory=dict)
-    _rendered: RenderedMesh | None = None
+    _rendered: dict[bool, RenderedMesh] = field(default_factory=dict)  # bodies? -> the render
     # the decoder the rebuild read with (its memo of payloads, its attested digests): a walk from here goes on
     # with it, so a payload the log repeats is validated once for both (the answers do not depend on the memo)
     decoder: RecordDecoder | None = None
 
-    def rendered(self) -> RenderedMesh:
-        if self._rendered is None:
+    def rendered(self, bodies: bool = True) -> RenderedMesh:
+        """Every node's view at the cut; ``bodies=False``: names and versions only (nothing built), all a
+        document of what each node was told needs."""
+        got = self._rendered.get(bodies)
+        if got is None:
             t0 = time.perf_counter()
             with no_gc():
-                self._rendered = render_all(self.state)
+                got = self._rendered[bodies] = render_all(self.state, bodies=bodies)
             self.stats["render_s"] = round(time.perf_counter() - t0, 4)
-        return self._rendered
+        return got
 
     def source(self) -> dict:
         """Where the state came from (the ``source`` block of the JSON outputs)."""

@@ -165,7 +165,7 @@ class Console:
         if hit is not None:
             return hit
         return self._remember(("mesh", at_ms, None), report.mesh_document(
-            rebuilt.state, rebuilt.rendered(), at_ms=at_ms, source=rebuilt.source()))
+            rebuilt.state, rebuilt.rendered(bodies=False), at_ms=at_ms, source=rebuilt.source()))
 
     async def node(self, at_ms: int, node: str) -> dict:
         """``replay at --at T --node N --full --json``."""

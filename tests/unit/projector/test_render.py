@@ -22,7 +22,7 @@ from projector.render import (
     render_all,
     render_names,
 )
-from projector.versioning import version_of
+from projector.render_view import Renderer
 from tests.unit.projector.helpers import Log, fold_log, route
 
 
@@ -73,7 +73,7 @@ def test_unknown_node_gets_nothing():
     assert node_view(s, "nobody").names == {u: () for u in TYPE_URLS}
 
 
-def test_every_node_has_a_membership_entry_and_versions_match_bytes():
+def test_every_node_has_a_membership_entry_and_versions_match_inputs():
     s, _ = fold_log(_bookinfo().events)
     rm = render_all(s)
     assert sorted(rm.membership) == node_ids(s) == [
@@ -87,8 +87,8 @@ def test_every_node_has_a_membership_entry_and_versions_match_bytes():
             for name, version in named.items():
                 body = rm.resources[(type_url, name)]
                 assert version == rm.versions[(type_url, name)] == node_versions(s, node)[type_url][name]
-                if naming.is_per_node(name):
-                    assert version == version_of(body)
+                r = Renderer(s)
+                assert version == r.inputs_version(type_url, name, r.inputs(type_url, name, node))
                 assert single[type_url][name].SerializeToString(deterministic=True) == body
     assert rm.problems == ()
 

@@ -166,13 +166,16 @@ def _scope_key(scope: Ownership | None) -> tuple[frozenset[int], int] | None:
 
 
 def render_all(state: MeshState, previous: RenderedMesh | None = None, scope: Ownership | None = None,
-               bodies: bool = True) -> RenderedMesh:
+               bodies: bool | None = None) -> RenderedMesh:
     """Every node's view of ``state`` (see the module docstring).
 
     ``bodies=False``: names and versions only; no message is built or serialized (``resources`` stays
-    empty), for readers that need what each node was told but not the bytes (replay's mesh documents). An
-    incremental render keeps its ``previous``'s choice: mixing them is a ValueError.
+    empty), for readers that need what each node was told but not the bytes (replay's documents and walks).
+    An incremental render keeps its ``previous``'s choice (``None``: that one, else bodies); asking for the
+    other is a ValueError.
     """
+    if bodies is None:
+        bodies = True if previous is None else previous.bodies
     prev = previous if previous is not None else (_EMPTY if bodies else _EMPTY_VERSIONS)
     if prev.bodies != bodies:
         raise ValueError(f"render_all(bodies={bodies}) from a previous render with bodies={prev.bodies}")

@@ -409,7 +409,8 @@ class Walker:
         self.verifier = verifier
         self._state = state
         if node is None:
-            self.rendered = rendered if rendered is not None else render_all(state)
+            # versions and memberships are all a walk reports: nothing is built (``render_all(bodies=False)``)
+            self.rendered = rendered if rendered is not None else render_all(state, bodies=False)
             self.start_versions: dict[ResourceKey, str] = dict(self.rendered.versions)
             self.start_membership = dict(self.rendered.membership)
         else:
@@ -554,7 +555,8 @@ async def walk(
     progress = progress or NoProgress()
     start_after = base.cut.stops_by_key()
     cut = await plan_cut(consumer, to_ms, start_after=start_after)
-    walker = Walker(base.state, node=node, rendered=base.rendered() if node is None else None, verifier=verifier)
+    walker = Walker(base.state, node=node, rendered=base.rendered(bodies=False) if node is None else None,
+                    verifier=verifier)
     if render_budget_s is None:
         render_budget_s = render_budget(cut.total)
     pacer = _Pacer(cut.total, render_budget_s) if node is None else None

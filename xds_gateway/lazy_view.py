@@ -59,7 +59,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from events import topics
 from events.kafka_security import connection_kwargs
 from projector.naming import NODE_SEP, escape_node, unescape_node
-from projector.publisher import source_headers, source_ms_of
+from projector.publisher import VERSION_HEADER, source_headers, source_ms_of
 from xds_gateway.view_cache import ViewCache
 
 log = logging.getLogger(__name__)
@@ -194,8 +194,15 @@ class LazyViewCache(ViewCache):
         if not self.keep_bytes:
             return pack(record.partition, record.offset)
         headers = getattr(record, "headers", None)
-        if slot == MEMBERSHIP and headers and source_ms_of(headers) is not None:
-            return record.value, source_ms_of(headers)
+        if slot == MEMBERSHIP:
+            if headers and source_ms_of(headers) is not None:
+                return record.value, source_ms_of(headers)
+        elif headers:
+            # a body's version is not recomputable from its bytes (``projector.versioning``): keep the
+            # header's value with them (a reference to the consumer's bytes object, like the value)
+            version = _version_header(headers)
+            if version is not None:
+                return record.value, version
         return record.value  # a reference to the bytes the consumer made: no copy
 
     # ------------------------------------------------------------ what the shell asks
@@ -326,7 +333,9 @@ class LazyViewCache(ViewCache):
                 records.append(_Kept(topics.VIEW_MEMBERSHIP, node_id.encode(), value, source_headers(source)))
             else:
                 type_url, name = slot_ident(node_id, slot)
-                records.append(_Kept(topics.VIEW_RESOURCES, f"{type_url}|{name}".encode(), entry, None))
+                value, version = entry if isinstance(entry, tuple) else (entry, None)
+                records.append(_Kept(topics.VIEW_RESOURCES, f"{type_url}|{name}".encode(), value,
+                                     None if version is None else [(VERSION_HEADER, version)]))
         unwatched: set[str] = set()
         for record in records:
             super()._apply_record(record, unwatched)
@@ -347,6 +356,14 @@ class LazyViewCache(ViewCache):
         unwatched: set[str] = set()  # nodes loading have no stream watching them yet: nobody to tell
         for record in current:
             super()._apply_record(record, unwatched)
+
+
+def _version_header(headers) -> bytes | None:
+    """The raw ``meshlog-version`` header of a body record (checked where it is read: ``record_version``)."""
+    for name, raw in headers:
+        if name == VERSION_HEADER:
+            return raw
+    return None
 
 
 class _Kept:

@@ -210,9 +210,11 @@ def test_a_versions_only_render_follows_random_logs_like_the_full_one(data):
 def test_an_incremental_render_keeps_its_previous_renders_choice_of_bodies():
     state = fold_log(_bookinfo().events)[0]
     with pytest.raises(ValueError, match="bodies"):
-        render_all(state, previous=render_all(state, bodies=False))
+        render_all(state, previous=render_all(state, bodies=False), bodies=True)
     with pytest.raises(ValueError, match="bodies"):
         render_all(state, previous=render_all(state), bodies=False)
+    lean = render_all(fold_log(_canary().events)[0], previous=render_all(state, bodies=False))  # kept
+    assert not lean.bodies and lean.resources == {} and lean.versions
 
 
 def test_a_node_resource_is_rebuilt_only_when_its_inputs_moved():

@@ -12,7 +12,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from events import topics
-from projector.publisher import source_headers
+from projector.publisher import VERSION_HEADER, source_headers
 from xds_gateway.lazy_view import (MEMBERSHIP, LazyViewCache, ViewIndex, node_slot, pack, unpack,
                                    wanted_positions)
 from xds_gateway.protocol.resources import CLUSTER, LISTENER, version_of
@@ -267,4 +267,25 @@ async def test_a_loaded_node_keeps_the_source_time_of_its_membership(mode):
     assert cache.source_ms("web-1") == 1_700_000_000_123
     release()
     assert cache.source_ms("web-1") is None
+    await cache.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_loaded_node_serves_its_bodies_at_the_versions_published_with_them(mode):
+    """A version is the hash of a resource's render inputs, not of its bytes (``projector.versioning``):
+    a node decoded from the index serves the ``meshlog-version`` its per-node bodies were published with."""
+    log = Log()
+    cache = lazy_cache(log, mode)
+    records = node_records(log, "web-1")
+    records[0].headers = ((VERSION_HEADER, b"00000000000000aa"),)  # the per-node listener's version
+    records[-1] = log.member("web-1", {LISTENER: {"web-1~outbound": "00000000000000aa"},
+                                       CLUSTER: {"reviews": version_of(b"reviews")}})
+    cache.apply_records(records)
+    release = cache.hold("web-1")
+    await cache.loaded("web-1")
+    assert names(cache.node_view("web-1"))[LISTENER] == {"web-1~outbound": "00000000000000aa"}
+    whole = ViewCache()
+    whole.apply_records(records)
+    assert names(cache.node_view("web-1")) == names(whole.node_view("web-1"))
+    release()
     await cache.close()

@@ -37,7 +37,6 @@ principals are sorted; the same inputs give the same bytes.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Iterable
 
 from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.config.rbac.v3 import rbac_pb2 as rbac_config_pb2
@@ -49,6 +48,7 @@ from envoy.config.listener.v3 import listener_components_pb2
 from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import any_pb2, wrappers_pb2
 
+from projector.addressing import allowed_principals, sidecar_prefix  # noqa: F401 - re-exported: one definition
 from projector.render_envoy import pack as _pack
 
 # the contract with the sidecar agent (proxy.sds writes these files, Envoy runs in the agent's work dir)
@@ -63,8 +63,6 @@ RBAC_HTTP_FILTER = "envoy.filters.http.rbac"
 RBAC_NETWORK_FILTER = "envoy.filters.network.rbac"
 POLICY_NAME = "callers"
 
-# every inbound listener admits the central health checkers (they probe through it, ``registrar healthcheck``)
-CHECKER_ROLE = "checker"
 
 
 def _sds(name: str, file_name: str) -> secret_pb2.SdsSecretConfig:
@@ -106,11 +104,6 @@ def _common(san_prefix: str | None) -> tls_pb2.CommonTlsContext:
     )
 
 
-def sidecar_prefix(domain: str, service: str | None = None) -> str:
-    """``spiffe://<domain>/sidecar/`` or, for one service, ``spiffe://<domain>/sidecar/<service>/``."""
-    return f"spiffe://{domain}/sidecar/" if service is None else f"spiffe://{domain}/sidecar/{service}/"
-
-
 @lru_cache(maxsize=4096)
 def upstream_transport_socket(domain: str, service: str) -> base_pb2.TransportSocket:
     """A cluster's mTLS to ``service``'s sidecars: our certificate, their SPIFFE id (cached; copy, never modify)."""
@@ -125,20 +118,6 @@ def downstream_transport_socket() -> base_pb2.TransportSocket:
         common_tls_context=_common(None), require_client_certificate=wrappers_pb2.BoolValue(value=True)
     )
     return base_pb2.TransportSocket(name=TLS_SOCKET, typed_config=_pack(ctx))
-
-
-def allowed_principals(domain: str, callers: Iterable[str], allow_mesh: bool) -> tuple[str, ...]:
-    """The URI SAN prefixes an inbound listener admits, sorted.
-
-    ``allow_mesh``: every sidecar of the trust domain; otherwise each caller
-    service's sidecars. The health checkers are always admitted.
-    """
-    prefixes = {f"spiffe://{domain}/{CHECKER_ROLE}/"}
-    if allow_mesh:
-        prefixes.add(sidecar_prefix(domain))
-    else:
-        prefixes.update(sidecar_prefix(domain, c) for c in callers)
-    return tuple(sorted(prefixes))
 
 
 def _rbac_rules(principals: tuple[str, ...]) -> rbac_config_pb2.RBAC:

@@ -55,15 +55,16 @@ IPs) are left out and reported likewise. Invalid config is never emitted.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
-
-from google.protobuf.message import Message
+from typing import TYPE_CHECKING, Iterable
 
 from projector import naming
 from projector.render_mesh import RenderedMesh, render_all
 from projector.render_view import Renderer
 from projector.state import MeshState
 from projector.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_URLS
+
+if TYPE_CHECKING:  # the Envoy API is imported with the builders, on the first build (``render_view``)
+    from google.protobuf.message import Message
 
 __all__ = [
     "CLUSTER",

@@ -8,7 +8,6 @@ deterministic serialization too.
 
 from __future__ import annotations
 
-import ipaddress
 from functools import lru_cache
 from typing import Iterable, Sequence
 
@@ -73,16 +72,6 @@ def socket_address(address: str, port: int) -> address_pb2.Address:
 
 
 @lru_cache(maxsize=65536)
-@lru_cache(maxsize=1 << 16)
-def is_ip(address: str) -> bool:
-    """Cached: every endpoints body asks it of each instance's address, on every render of the body."""
-    try:
-        ipaddress.ip_address(address)
-        return True
-    except ValueError:
-        return False
-
-
 @lru_cache(maxsize=1)
 def _http2_options() -> any_pb2.Any:
     opts = http_protocol_options_pb2.HttpProtocolOptions(
@@ -406,14 +395,8 @@ def api_listener(name: str, route_name: str) -> listener_pb2.Listener:
     )
 
 
-def bind_address(instance_address: str) -> str:
-    """Where an inbound listener binds: the instance's IP, or every IPv4 address for a hostname."""
-    return instance_address if is_ip(instance_address) else "0.0.0.0"
-
-
 __all__ = [
     "api_listener",
-    "bind_address",
     "eds_cluster",
     "inbound_listener",
     "inbound_route_configuration",

@@ -12,14 +12,25 @@ those inputs alone; its version is the hash of the inputs
 
 from __future__ import annotations
 
-from google.protobuf.message import Message
+from typing import TYPE_CHECKING
 
 from events import types as t
-from projector import mesh_tls, naming
-from projector import render_envoy as E
+from projector import addressing, naming
 from projector.state import Instance, MeshState
 from projector.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_URLS
 from projector.versioning import inputs_version, plain
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
+
+
+def _builders():
+    """The message builders (``render_envoy``, ``mesh_tls``): imported on the first build, so a reader
+    that needs only inputs and versions never loads protobuf and the Envoy API."""
+    from projector import mesh_tls
+    from projector import render_envoy
+
+    return render_envoy, mesh_tls
 
 
 def _inbound_over_rds(inst: Instance) -> bool:
@@ -27,6 +38,9 @@ def _inbound_over_rds(inst: Instance) -> bool:
     there) serving HTTP or gRPC. The others keep their one route inline: nothing in it changes."""
     sc = inst.reg.sidecar
     return sc is not None and sc.trust_domain is not None and inst.reg.protocol != "tcp"
+
+
+_UNKNOWN = object()
 
 
 class Renderer:
@@ -40,12 +54,18 @@ class Renderer:
         self._targets: dict[str, tuple[str, ...]] = {}
         self._vhosts: dict[tuple, tuple] = {}  # (service, port, id(rule), streaming) -> (rule, virtual host)
         self._plain_memo: dict[int, tuple] = {}  # id(event model) -> (model, its JSON form)
+        # a node's view and each of its resources ask for its instance and its dependencies' protocols
+        self._instances: dict[str, Instance | None] = {}
+        self._protocols: dict[str, str] = {}
 
     # ------------------------------------------------ mesh facts
 
     def protocol(self, service: str) -> str:
-        meta = self.s.services.get(service)
-        return "http" if meta is None else meta.protocol
+        got = self._protocols.get(service)
+        if got is None:
+            meta = self.s.services.get(service)
+            got = self._protocols[service] = "http" if meta is None else meta.protocol
+        return got
 
     def served_rule(self, host: str) -> t.RouteRuleUpserted | None:
         if host in self._served:
@@ -83,7 +103,7 @@ class Renderer:
     # ------------------------------------------------ views
 
     def view(self, node_id: str) -> dict[str, tuple[str, ...]]:
-        inst = self.s.node_instance(node_id)
+        inst = self._node_inst(node_id)
         if inst is None:
             return {u: () for u in TYPE_URLS}
         reg = inst.reg
@@ -200,6 +220,7 @@ class Renderer:
 
     def build_shared(self, type_url: str, name: str, inputs: tuple) -> Message:
         """The message of a shared resource from its ``shared_inputs`` alone (reads nothing of the state)."""
+        E, mesh_tls = _builders()
         if type_url == CLUSTER:
             protocol, policy, trust_domain = inputs
             service = naming.parse_cluster(name)[0]
@@ -217,7 +238,12 @@ class Renderer:
         raise ValueError(f"unknown type url {type_url!r}")
 
     def _node_inst(self, node_id: str | None) -> Instance | None:
-        return None if node_id is None else self.s.node_instance(node_id)
+        if node_id is None:
+            return None
+        got = self._instances.get(node_id, _UNKNOWN)
+        if got is _UNKNOWN:
+            got = self._instances[node_id] = self.s.node_instance(node_id)
+        return got
 
     def cluster(self, name: str, node_id: str | None) -> Message | None:
         return self.resource(CLUSTER, name, node_id)
@@ -242,7 +268,7 @@ class Renderer:
                 return ()
             selector = found[0].labels
         zones: dict[str, list[tuple[str, int, str, str, int]]] = {}
-        instances, effective_health, is_ip = self.s.instances, self.s.effective_health, E.is_ip
+        instances, effective_health, is_ip = self.s.instances, self.s.effective_health, addressing.is_ip
         for key in self.s.by_service.get(service, ()):
             reg = instances[key].reg
             labels = reg.labels
@@ -298,7 +324,7 @@ class Renderer:
                         principals = self.inbound_principals(reg.service, sc.trust_domain)
                     else:
                         route_name = naming.inbound_route(node_id)
-                return ("inbound", E.bind_address(reg.address), sc.inbound_port, naming.local_cluster(node_id),
+                return ("inbound", addressing.bind_address(reg.address), sc.inbound_port, naming.local_cluster(node_id),
                         reg.protocol, secure, principals, route_name)
             for svc, port in self.tcp_ports(inst):
                 if name == naming.tcp_listener(node_id, svc):
@@ -319,6 +345,7 @@ class Renderer:
 
     def build_node(self, type_url: str, name: str, inputs: tuple) -> Message:
         """The message of a per-node resource from its ``node_inputs`` alone (reads nothing of the state)."""
+        E, mesh_tls = _builders()
         kind = inputs[0]
         if type_url == CLUSTER:
             _, app_port, protocol = inputs
@@ -357,13 +384,14 @@ class Renderer:
         callers = set(self.s.caller_services(service))
         if policy is not None:
             callers.update(policy.also)
-        return mesh_tls.allowed_principals(trust_domain, callers, policy is not None and policy.allow == "mesh")
+        return addressing.allowed_principals(trust_domain, callers, policy is not None and policy.allow == "mesh")
 
     def _vhost(self, service: str, outbound_port: int, rule: t.RouteRuleUpserted | None, streaming: bool):
         """A dependency's virtual host in a node route, built once per pass (many nodes share it)."""
         key = (service, outbound_port, id(rule), streaming)
         got = self._vhosts.get(key)
         if got is None or got[0] is not rule:
+            E, _ = _builders()
             vh = E.virtual_host(service, [service, f"{service}:{outbound_port}"], rule, streaming)
             got = self._vhosts[key] = (rule, vh)  # the rule is kept alive with it: its id stays its own
         return got[1]

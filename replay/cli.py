@@ -29,7 +29,6 @@ from typing import Sequence
 import orjson
 from aiokafka.errors import KafkaError
 
-from events import topics
 from meshlog.xds_tls_args import add_tls_arguments, files_from_args
 from events import kafka_security
 from meshlog import argtypes

@@ -2,12 +2,23 @@
 the message of each named resource. See ``projector.render`` for the rules.
 
 A ``Renderer`` caches what several resources share (served rules, virtual
-hosts) for the life of one pass; make a new one per state.
+hosts, a node's instance, a service's protocol) for the life of one pass;
+make a new one per state.
 
-A shared resource (no node id in its name) is rendered in two steps:
-``shared_inputs`` reads the state, ``build_shared`` builds the message from
-those inputs alone; its version is the hash of the inputs
-(``projector.versioning``), so ``version`` names it without building it.
+Every resource is rendered in two steps: ``inputs`` reads the state
+(``shared_inputs`` for a service's cluster, endpoints, API listener or route;
+``node_inputs`` for a node's own listeners, local cluster and routes), and
+``build`` makes the message from those inputs alone. Its version is the hash
+of the inputs (``projector.versioning``), so ``version`` names it without
+building it.
+
+Invariants:
+- ``build`` (``build_shared``, ``build_node``) reads nothing of the state:
+  equal inputs give equal bytes, so one version never names two bodies.
+- The inputs side imports no protobuf (``projector.addressing`` holds the
+  pure helpers it needs); the builders (``render_envoy``, ``mesh_tls``) are
+  imported on the first build, so a reader of versions only never loads the
+  Envoy API.
 """
 
 from __future__ import annotations

@@ -540,27 +540,21 @@ def _refuse_event(logged: Logged, problem: str, reason: str, author: str | None)
     )
 
 
-def _authorship_refusal(tx: _Tx, logged: Logged, verifier: Verifier) -> t.EventRefused | None:
-    env = logged.envelope
-    verdict = verifier.verdict(env, logged.timestamp_ms)
-    author = verdict.author
-    if author is None:
-        return _refuse_event(logged, verdict.problem or "unsigned", verdict.detail or "not verified", None)
-    refused = authz.refusal(author, env.payload, tx.m)
-    if refused is not None:
-        return _refuse_event(logged, refused.problem, refused.reason, author.uri)
-    return None
-
-
 def _apply(tx: _Tx, logged: Logged, verifier: Verifier | None = None) -> t.Decision | None:
-    handler = _HANDLERS.get(type(logged.envelope.payload))
+    env = logged.envelope
+    payload = env.payload
+    handler = _HANDLERS.get(type(payload))
     if handler is None:
         return None
-    if verifier is not None:
-        refused = _authorship_refusal(tx, logged, verifier)
+    if verifier is not None:  # who stated it, and may they: checked here, inline (it runs for every event)
+        verdict = verifier.verdict(env, logged.timestamp_ms)
+        author = verdict.author
+        if author is None:
+            return _refuse_event(logged, verdict.problem or "unsigned", verdict.detail or "not verified", None)
+        refused = authz.refusal(author, payload, tx.m)
         if refused is not None:
-            return refused
-    return handler(tx, logged.envelope.payload, logged)
+            return _refuse_event(logged, refused.problem, refused.reason, author.uri)
+    return handler(tx, payload, logged)
 
 
 def fold_with_decisions(state: MeshState, logged: Logged, verifier: Verifier | None = None

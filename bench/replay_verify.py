@@ -42,7 +42,7 @@ identities topic is trusted as it is: the in-process figures (verified
 against the root) are the stricter ones for the certificate work.
 
 Usage: python bench/replay_verify.py [--events 200000] [--services 500] [--instances 4] [--no-ahead]
-       python bench/replay_verify.py --cli [--repeat 2] [--events 1000000]
+       python bench/replay_verify.py --cli [--repeat 2] [--events 1000000] [--baseline TREE]
 """
 
 from __future__ import annotations
@@ -253,7 +253,12 @@ def cli(args, unsigned, signed, identities, stats, attestation_values) -> None:
     runs = [("unsigned log, --insecure-events", "unsigned, --insecure-events", ["--insecure-events"]),
             ("signed log, --insecure-events", "signed, verified, attested", ["--insecure-events"]),
             ("signed log, verified (attested)", "signed, verified, attested", [])]
-    figures: dict[str, list[tuple[float, float, float]]] = {label: [] for label, _log, _flags in runs}
+    # with --baseline: each replay also from that source tree, right after the same replay of this one
+    # (this tree then starts the same way too, from its source: the two differ only in their code)
+    here = str(Path(__file__).resolve().parents[1]) if args.baseline else None
+    codes = [(here, "")] + ([(args.baseline, " [baseline]")] if args.baseline else [])
+    figures: dict[str, list[tuple[float, float, float]]] = {label + suffix: [] for label, _log, _flags in runs
+                                                            for _code, suffix in codes}
     outputs: dict[str, dict] = {}
     with contextlib.ExitStack() as stack:
         brokers = {}
@@ -272,28 +277,35 @@ def cli(args, unsigned, signed, identities, stats, attestation_values) -> None:
         for _ in range(args.repeat):
             for label, log_name, flags in runs:
                 bootstrap, at = brokers[log_name]
-                wall, cpu, rss, doc = bench_replay.run_cli(bootstrap, "--at", at, "--no-snapshot", "--json",
-                                                           "--no-progress", *flags)
-                figures[label].append((wall, cpu, rss))
-                outputs[label] = doc
-                print(f"  {label:<32} {wall:6.2f} s wall  {cpu:6.2f} CPU-s  (load {os.getloadavg()[0]:.1f})",
-                      flush=True)
+                for code, suffix in codes:
+                    wall, cpu, rss, doc = bench_replay.run_cli(bootstrap, "--at", at, "--no-snapshot", "--json",
+                                                               "--no-progress", *flags, code=code)
+                    figures[label + suffix].append((wall, cpu, rss))
+                    outputs[label + suffix] = doc
+                    print(f"  {label + suffix:<44} {wall:6.2f} s wall  {cpu:6.2f} CPU-s  "
+                          f"(load {os.getloadavg()[0]:.1f})", flush=True)
         vouched = asyncio.run(_vouched(brokers["signed, verified, attested"][0]))
     # every node is told the same resources at the same versions verified as unverified: verification refused
     # nothing the producers signed. (The unsigned log is another log: the broker's append times interleave its
     # topics differently, so its views are not compared.)
-    views = [[(n["node"], n["resources"]) for n in outputs[label]["nodes"]] for label, _log, _flags in runs[1:]]
-    if views[0] != views[1]:
-        diff = [(x, y) for x, y in zip(*views) if x != y]
-        raise SystemExit(f"verification changed {len(diff)} of {len(views[1])} nodes' views; first: {diff[:1]}")
+    # With --baseline, the baseline's replays must tell every node the same too.
+    for _code, suffix in codes:
+        views = [[(n["node"], n["resources"]) for n in outputs[label + suffix]["nodes"]]
+                 for label, _log, _flags in runs[1:]]
+        if views[0] != views[1]:
+            diff = [(x, y) for x, y in zip(*views) if x != y]
+            raise SystemExit(f"verification changed {len(diff)} of {len(views[1])} nodes' views{suffix}; "
+                             f"first: {diff[:1]}")
     best = {label: (min(w for w, _c, _r in f), min(c for _w, c, _r in f)) for label, f in figures.items()}
-    (unsigned_label, unsigned_best), (unverified_label, unverified_best), (verified_label, verified_best) = best.items()
     print(f"best of {args.repeat}, wall and CPU-s: " + "; ".join(f"{k} {w:.2f} s, {c:.2f} CPU-s" for k, (w, c)
                                                                  in best.items()))
-    print(f"verified signed log over the unsigned log: wall {verified_best[0] / unsigned_best[0] - 1:+.1%}, CPU "
-          f"{verified_best[1] / unsigned_best[1] - 1:+.1%}; over the same signed log unverified: wall "
-          f"{verified_best[0] / unverified_best[0] - 1:+.1%}, CPU {verified_best[1] / unverified_best[1] - 1:+.1%}; "
-          f"{len(views[0]):,} nodes told the same verified as unverified; the attestations on the log vouch for "
+    for _code, suffix in codes:
+        unsigned_best, unverified_best, verified_best = (best[label + suffix] for label, _log, _flags in runs)
+        print(f"verified signed log over the unsigned log{suffix}: wall {verified_best[0] / unsigned_best[0] - 1:+.1%}, "
+              f"CPU {verified_best[1] / unsigned_best[1] - 1:+.1%}; over the same signed log unverified: wall "
+              f"{verified_best[0] / unverified_best[0] - 1:+.1%}, CPU {verified_best[1] / unverified_best[1] - 1:+.1%}",
+              flush=True)
+    print(f"{len(views[0]):,} nodes told the same verified as unverified; the attestations on the log vouch for "
           f"{vouched['digests']:,} records ({vouched['refused']} refused)", flush=True)
 
 
@@ -317,6 +329,9 @@ def main() -> int:
                     help="skip the verify_ahead run (the longest at 1,000,000 events, and it needs the second core)")
     ap.add_argument("--cli", action="store_true", help="measure through the replay CLI, fetch included (see above)")
     ap.add_argument("--repeat", type=int, default=2, help="with --cli: runs of each replay (default 2)")
+    ap.add_argument("--baseline", metavar="TREE",
+                    help="with --cli: also run each replay from this source tree (e.g. an older commit's `git archive`), "
+                         "right after the same replay of this one, on the same logs: before/after figures")
     ap.add_argument("--parallel", choices=("0", "1"), default="0",
                     help="with --cli: MESHLOG_REPLAY_PARALLEL for the replays (default 0: one process)")
     args = ap.parse_args()

@@ -132,7 +132,8 @@ def refusal(author: SpiffeId, payload: t.Payload, lookup: Lookup) -> Refusal | N
     if role == "checker":
         permitted = kind & _HEALTH
     elif role == "sidecar":
-        permitted = kind & _INSTANCE and (payload.service, payload.instance_id) == author.segments
+        segments = author.segments  # (service, instance): a sidecar id has exactly these two
+        permitted = kind & _INSTANCE and payload.instance_id == segments[1] and payload.service == segments[0]
     elif role == "operator":
         permitted = True
     elif role == "gateway":

@@ -274,10 +274,10 @@ def cli(args, unsigned, signed, identities, stats, attestation_values) -> None:
             print(f"{name}: {sum(map(len, parts)):,} records appended in {time.perf_counter() - t0:.0f} s "
                   f"({bootstrap})", flush=True)
         logs.clear()
-        for _ in range(args.repeat):
+        for repeat in range(args.repeat):
             for label, log_name, flags in runs:
                 bootstrap, at = brokers[log_name]
-                for code, suffix in codes:
+                for code, suffix in (codes if repeat % 2 == 0 else codes[::-1]):  # each tree first in turn
                     wall, cpu, rss, doc = bench_replay.run_cli(bootstrap, "--at", at, "--no-snapshot", "--json",
                                                                "--no-progress", *flags, code=code)
                     figures[label + suffix].append((wall, cpu, rss))

@@ -76,3 +76,19 @@ def test_garbage_that_grew_old_is_freed_by_a_later_full_collection(small_growth)
             _grow(keep)
             schedule.append(collect())
         assert [i + 5 for i, g in enumerate(schedule) if g == 2] == [8, 16]
+
+
+def test_what_the_read_left_alive_leaves_the_young_generations_unscanned_and_dies_at_a_full_collection():
+    """A young collection after the read would walk everything it left alive (millions of objects after a long
+    walk): on exit that is in the old generation; cyclic garbage among it is still freed (by a full collection)."""
+    keep: list = []
+    with young_gc_only():
+        _grow(keep)
+        alive = Cycle()
+        alive.me = alive
+        was_alive = weakref.ref(alive)
+    young = {id(o) for generation in (0, 1) for o in gc.get_objects(generation)}
+    assert id(keep[0]) not in young and id(alive) not in young
+    del alive
+    gc.collect()
+    assert was_alive() is None

@@ -21,9 +21,15 @@ Invariants:
   ``exact=False`` and the documents carry ``"exact": false``). The budget
   shrinks for windows longer than ``LONG_WINDOW_EVENTS`` (``render_budget``):
   a long window's reading and folding already take seconds, so its groups
-  grow instead of its rendering time. A node walk is
+  grow instead of its rendering time. A group large for the state
+  (``worth_buffering``) is folded into a ``FoldBuffer`` and sealed for its
+  render: the same fold and the same steps, at ``rebuild``'s cost per event
+  instead of copy-on-write's. A node walk is
   exact over any window: ``replay.node_view`` keeps the node's view after
-  every event, re-rendering only the parts whose inputs the event wrote.
+  every event, re-rendering only the parts whose inputs the event wrote; it
+  folds a batch in one loop (``Walker.node_steps``) and makes a ``Step``
+  only for the events that changed the view or were refused (unless every
+  step is asked for).
 - Verification (issue 13): given a ``verifier`` (``identity.verifier``, from
   the identities topic) every fold here refuses what the live projector
   refuses, with the same ``EventRefused`` decisions; without one (the CLI's
@@ -694,7 +700,8 @@ class _Pacer:
 class _Group:
     """A whole-mesh walk's current group, folded as its events arrive and rendered once it is full.
 
-    The pacer sets each group's size. Events are folded in the chunks they arrive in (``fold_part``), so a
+    The pacer sets each group's size. Events are folded in the chunks they arrive in (``fold_part``; buffered
+    when the group is large for the state, ``Walker.worth_buffering``), so a
     group of 100k events is never held whole: it keeps its first and last events and, when ``keep`` says
     which it needs (its ``group_events`` predicate, e.g. ``report.for_service_log``), only those; without
     one, every event (a diff names a group's events about each changed resource). Then the group is held

@@ -43,7 +43,8 @@ class Collector:
     generation at the 1st, 2nd, 4th, 8th, ... time); returns the generation collected, or None.
 
     ``growth`` is ``YOUNG_GROWTH`` while collections find garbage and doubles after each that finds none: a
-    read that makes no cyclic garbage (a node walk, a whole-mesh walk's renders: measured, none) pays for a
+    read that makes no cyclic garbage (a node walk, a whole-mesh walk's renders: none found on bench/replay.py's
+    logs) pays for a
     few collections, not for one per ``YOUNG_GROWTH`` (each walks every object the read keeps that is still in
     the young list, ~0.4 CPU-s apiece late in a 1,000,000-event walk)."""
 

@@ -445,7 +445,7 @@ class Walker:
     def step(self, events: list[Logged]) -> Step:
         if self.node is not None:
             return self._node_step(events)
-        before = self._state
+        before = self.state
         return self.render_step(before, events, self.fold_part(events), len(events))
 
     def worth_buffering(self, events: int) -> bool:

@@ -29,7 +29,7 @@ Invariants:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from events import types as t
 from events.envelope import Logged
@@ -161,6 +161,22 @@ class NodeViewTracker:
         if self._dirty:
             self._update()
         return decisions
+
+    def fold_each(self, events: list[Logged], verifier: Verifier | None = None
+                  ) -> Iterator[tuple[int, list[t.Decision], Versions]]:
+        """Fold ``events`` one at a time, as ``fold`` of each alone would; yield ``(i, decisions, view before)``
+        for each event ``events[i]`` the fold refused or after which a part of the view was recomputed (while
+        the generator is paused there, ``versions()`` is the view after it). An event not yielded was folded
+        and left the view as it was: a walk over a long window pays for the others the fold alone."""
+        fold = self._buffer.fold
+        for i, logged in enumerate(events):
+            decisions = fold((logged,), verifier)
+            if self._dirty:
+                before = self._versions
+                self._update()
+                yield i, decisions, before
+            elif decisions:
+                yield i, decisions, self._versions
 
     def _parts(self) -> set[tuple[str, str]]:
         return {(u, n) for u, names in self._names.items() for n in names}

@@ -235,6 +235,35 @@ def payload_services(payload: t.Payload) -> set[str]:
     return out
 
 
+# payload type -> the naming attributes that are all ``payload_services`` reads of it, or None for the types it
+# reads more of (a route rule's destinations, a rejection's name, a refused event's key) or whose attributes are
+# not known from the class
+_PLAIN_ATTRS: dict[type, tuple[str, ...] | None] = {}
+
+
+def _plain_attrs(cls: type) -> tuple[str, ...] | None:
+    try:
+        return _PLAIN_ATTRS[cls]
+    except KeyError:
+        pass
+    plain = None if issubclass(cls, (t.RouteRuleUpserted, t.RuleRejected, t.EventRefused)) else _naming_attrs(cls)
+    _PLAIN_ATTRS[cls] = plain
+    return plain
+
+
+def mentions(payload: t.Payload, service: str) -> bool:
+    """``service in payload_services(payload)``, without building the set: a service log asks it of every
+    event of its window (most are a health change, about one instance's service)."""
+    attrs = _plain_attrs(type(payload))
+    if attrs is None:
+        return service in payload_services(payload)
+    for attr in attrs:
+        value = getattr(payload, attr)
+        if value == service and isinstance(value, str):
+            return True
+    return False
+
+
 def resource_service(key: ResourceKey) -> str | None:
     """The service a shared resource belongs to (None for per-node resources)."""
     type_url, name = key
@@ -512,7 +541,7 @@ def diff_document(
         group = steps[i].events
         if len(group) > 1:
             # a group of events was folded at once: prefer the ones about the resource's service
-            about = [lg for lg in group if service is not None and service in payload_services(lg.envelope.payload)]
+            about = [lg for lg in group if service is not None and mentions(lg.envelope.payload, service)]
             group = about or group
             if len(group) > GROUP_CAUSES:
                 return [*(event_ref(lg) for lg in group[: GROUP_CAUSES - 1]),
@@ -622,7 +651,7 @@ def event_matches(
         return True
     payload = lg.envelope.payload
     if service is not None:
-        if service in payload_services(payload):
+        if mentions(payload, service):
             return True
         return service in (services_touched if services_touched is not None else touched_services(eff))
     # node filter
@@ -684,7 +713,7 @@ def about_service(service: str) -> Callable[[Logged], bool]:
     ``event_matches`` says of an event with no effect): a service log's question for each event of a group."""
 
     def about(lg: Logged) -> bool:
-        return service in payload_services(lg.envelope.payload)
+        return mentions(lg.envelope.payload, service)
 
     return about
 

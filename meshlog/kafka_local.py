@@ -1435,6 +1435,11 @@ def up(
             if brokers is not None and brokers != len(st.node_list):
                 raise KafkaLauncherError(f"a Kafka of {len(st.node_list)} broker(s) is already running at "
                                          f"{st.bootstrap}; run 'meshlog kafka down' first")
+            if data_dir is not None and Path(data_dir).resolve() != Path(st.data_dir).resolve():
+                # answering with the running broker would put this caller's data into another data dir
+                raise KafkaLauncherError(
+                    f"a broker is already running at {st.bootstrap} on data dir {st.data_dir}, not {data_dir}; "
+                    "run 'meshlog kafka down' first, or give the second broker its own MESHLOG_HOME")
             if not current.complete:  # a node of the cluster died: start it again on its data
                 gone = sorted({n["node_id"] for n in st.node_list} - set(current.nodes_running))
                 log.info("restarting node(s) %s of the cluster at %s", ", ".join(map(str, gone)), st.bootstrap)

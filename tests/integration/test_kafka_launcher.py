@@ -149,6 +149,14 @@ def test_cli_up_status_down(cli_env, tmp_path):
     info = json.loads(again.stdout)
     assert info["bootstrap"] == bootstrap and info["pid"] == pid and info["already_running"] is True
 
+    # another data dir is another broker: never answered with this one (its data would land here)
+    other = _meshlog(cli_env, "up", "--data-dir", str(tmp_path / "other"))
+    assert other.returncode == 1
+    assert f"already running at {bootstrap} on data dir {data_dir}" in other.stderr and "MESHLOG_HOME" in other.stderr
+    assert not (tmp_path / "other").exists()
+    same = _meshlog(cli_env, "up", "--data-dir", str(data_dir), "--json")
+    assert same.returncode == 0 and json.loads(same.stdout)["already_running"] is True
+
     status = _meshlog(cli_env, "status")
     assert status.returncode == 0
     assert status.stdout.startswith(f"running {bootstrap} pid={pid}")

@@ -218,32 +218,19 @@ class _Step:
 
     # ------------------------------------------------ small helpers
 
-    def _put_node(self, key: ResourceKey, inputs: tuple) -> bool:
-        """Name a per-node resource's version from its render inputs; build its body if the version is new
-        (or the body is not held yet) and this render keeps bodies. True if its version is new or changed."""
+    def _put(self, key: ResourceKey, inputs: tuple) -> bool:
+        """Name a resource's version from its render inputs; build its body if this render keeps it (a
+        per-node one whenever it keeps bodies, its node being in scope; a shared one only if the scope owns
+        its shard) and the version is new or the body is not held yet. True if its version is new or changed."""
         version = self.r.inputs_version(key[0], key[1], inputs)
         new_version = self.versions.get(key) != version
         if new_version:
             self.versions[key] = version
             self.changed.add(key)
             self.removed.discard(key)
-        if self.bodies and (new_version or key not in self.resources):
-            self.resources[key] = self.r.build_node(key[0], key[1], inputs).SerializeToString(deterministic=True)
-            self.changed.add(key)
-        return new_version
-
-    def _put_shared(self, key: ResourceKey, inputs: tuple) -> bool:
-        """Name a shared resource's version from its render inputs; build its body only if the scope owns
-        it (and its version is new, or the body is not held yet). True if its version is new or changed."""
-        version = self.r.inputs_version(key[0], key[1], inputs)
-        new_version = self.versions.get(key) != version
-        if new_version:
-            self.versions[key] = version
-            self.changed.add(key)
-            self.removed.discard(key)
-        if self.owns_body(key) and (new_version or key not in self.resources):
-            msg = self.r.build_shared(key[0], key[1], inputs)
-            self.resources[key] = msg.SerializeToString(deterministic=True)
+        keeps_body = self.bodies if naming.is_per_node(key[1]) else self.owns_body(key)
+        if keeps_body and (new_version or key not in self.resources):
+            self.resources[key] = self.r.build(key[0], key[1], inputs).SerializeToString(deterministic=True)
             self.changed.add(key)
         return new_version
 
@@ -314,7 +301,7 @@ class _Step:
             if shared:
                 self.held[node] = frozenset(shared)
         # shared bodies follow their own shards: the lost ones leave (their versions stay: memberships
-        # name them), the gained ones are built below (``_put_shared``), like a new body
+        # name them), the gained ones are built below (``_put``), like a new body
         for key in [k for k in self.resources if not naming.is_per_node(k[1]) and not self.owns_body(k)]:
             del self.resources[key]
         if prev_scope is None:
@@ -446,7 +433,7 @@ class _Step:
                         continue
                     inputs = r.node_inputs(key[0], key[1], node)
                     assert inputs is not None, key  # a view only names what exists
-                    self._put_node(key, inputs)
+                    self._put(key, inputs)
                 elif key not in old_keys:
                     self._acquire(key, node, fresh)
             problems = r.take_problems()
@@ -475,7 +462,7 @@ class _Step:
                 self.res_problems[key] = problems
             else:
                 self.res_problems.pop(key, None)
-            if self._put_shared(key, inputs):
+            if self._put(key, inputs):
                 membership = self.membership
                 for node in holders:
                     if node in dirty_nodes or node not in membership:

@@ -31,7 +31,6 @@ import signal
 import socket
 import sys
 import time
-from pathlib import Path
 from typing import Callable, Sequence
 
 import grpc

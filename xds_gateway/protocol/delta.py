@@ -130,7 +130,7 @@ envoyproxy/envoy ``docs/root/api-docs/xds_protocol.rst``, and the comments of
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 from envoy.service.discovery.v3 import discovery_pb2
 

@@ -27,17 +27,28 @@ Invariants:
   a record it refuses, or whose header is not the plain shape (an unknown or
   missing field, a ``schema_version`` that is not a plain int in range, an
   empty ``event_id``/``producer``, an ``occurred_at`` the codec would refuse,
-  a type on the wrong topic), and every first sighting of a payload, goes
-  through the codec itself — so the decoder is exactly as total as the codec.
-  A memo hit needs payload bytes the codec accepted before at the same place
-  in an envelope, so msgspec's laxer skipping of raw values (it does not
-  check UTF-8 or number range inside them) never lets anything new through.
+  a type on the wrong topic), goes through the codec itself — so the decoder
+  is exactly as total as the codec.
+- A first sighting of a payload under a plain header is validated the way
+  the codec validates a payload, and nothing more: orjson reads the payload's
+  own bytes, ``events.upcast.upcast`` then ``codec.validate_payload`` (the
+  pydantic types). Everything else the codec checks of the envelope is the
+  header's, read by msgspec and checked here exactly as on a memo hit, so
+  the codec's per-event work (reading the whole document again, its key and
+  field checks, ``Envelope.__init__``) is not done twice. Whatever that
+  validation refuses (orjson cannot read the bytes, they are not an object,
+  the upcaster or pydantic refuses them) goes through the codec, which says
+  why. So a memo entry always holds payload bytes that the codec's own
+  payload validation accepted for that (type, version): msgspec's laxer
+  skipping of raw values (it does not check UTF-8 or number range inside
+  them) never lets anything new through.
 - A signed envelope takes the same path. Its signature fields are checked by
   the codec's own shape rules (``codec._signature_fields``/``_proof_field``),
   and its ``signed_bytes`` are ``codec.signing_bytes`` of the document as the
   codec would have parsed it: the header's values, with the payload as the
   canonical bytes orjson writes for it (memoized with the payload, computed
-  from the same raw bytes the codec accepted), so the verifier checks exactly
+  from the same raw bytes the codec accepted, the first time a signed
+  envelope needs them: an unsigned log never pays for them), so the verifier checks exactly
   the bytes it would check after ``events.codec.decode``. Its
   ``received_digest`` is ``events.envelope.received_digest_of`` the record's
   value, as the codec sets it.
@@ -65,9 +76,11 @@ import msgspec
 import orjson
 
 from events import codec, topics
-from events.codec import decode_record, utc_time_or_none
+from events.codec import decode_record, utc_time_or_none, validate_payload
+from events.errors import EventValidationError
 from events.envelope import ENVELOPE_FIELDS, REQUIRED_FIELDS, SIGNATURE_FIELDS, Envelope, Logged, received_digest_of
 from events.types import PAYLOAD_TYPES
+from events.upcast import upcast
 
 # The header types the fast path understands. The field *list* is the envelope's; a field it gains
 # that is not typed here (e.g. a new envelope field) switches the fast path off (``_HEADER`` is None)
@@ -108,7 +121,7 @@ _UNSET = msgspec.UNSET
 
 def _envelope_builders():
     """``Envelope(...)`` that sets the slots directly: ``__init__`` goes through the frozen ``__setattr__`` guard
-    and ``__post_init__``'s checks, which cost more than the rest of a memo hit. Only for what ``_fast_envelope``
+    and ``__post_init__``'s checks, which cost more than the rest of a memo hit. Only for what ``__call__``
     has established: ``type`` is ``payload.TYPE`` (the memo's key), ``at`` is in UTC (``utc_time_or_none``), and
     a signed envelope has both ``signer`` and ``signature`` (a proof only with them; ``signed_bytes`` and the
     proof left out only when decoded lazily on an attestation). (unsigned, signed), or
@@ -179,14 +192,15 @@ class RecordDecoder:
 
     def __init__(self, max_entries: int = 65_536, max_bytes: int = 8 << 20,
                  attested: Container[bytes] | None = None) -> None:
-        # (type, version, payload bytes) -> (validated payload, the canonical bytes orjson writes for it), in two
+        # (type, version, payload bytes) -> [validated payload, the canonical bytes orjson writes for it or None
+        # until a signed envelope needs them], in two
         # generations of at most max_entries / 2: when the young one is full it becomes the old one and the old
         # one is let go; a hit in the old one moves the entry back. Payloads a log repeats (health flaps,
         # re-registrations) stay; those it never repeats (each rule revision) age out. Bounded memory on any log:
         # a validated rule holds several KB, and a million-event log has tens of thousands of them. A generation
         # also ends at max_bytes / 2 of payload bytes (a validated model takes about ten times its JSON).
-        self._memo: dict[tuple[str, int, bytes], tuple[Any, bytes]] = {}
-        self._old: dict[tuple[str, int, bytes], tuple[Any, bytes]] = {}
+        self._memo: dict[tuple[str, int, bytes], list] = {}
+        self._old: dict[tuple[str, int, bytes], list] = {}
         self._young_bytes = 0
         self.max_entries = max_entries
         self.max_bytes = max_bytes
@@ -201,7 +215,8 @@ class RecordDecoder:
         value = record.value
         if value is None or _HEADER is None:
             return decode_record(record)  # the codec's answer (or its error)
-        if self.attested and _LAZY_HEADER is not None and record.topic in _LAZY_TOPICS:
+        topic = record.topic
+        if self.attested and _LAZY_HEADER is not None and topic in _LAZY_TOPICS:
             logged = self._attested(record, value)
             if logged is not None:
                 return logged
@@ -209,33 +224,76 @@ class RecordDecoder:
             head = _HEADER.decode(value)
         except Exception:  # noqa: BLE001 - msgspec refuses (or recurses): the codec decides, and says why
             return decode_record(record)
-        known = self._known(head)
+        # one function for the common case (a memo hit on an unsigned record): this runs for every record
+        key = (head.type, head.schema_version, bytes(head.payload))
+        known = self._memo.get(key)
+        hit = known is not None
+        if not hit:
+            known = self._recall(key)
+            hit = known is not None
+            if not hit:
+                known = self._first_sighting(head, key, topic)
         if known is not None:
-            env = self._fast_envelope(head, known, record.topic, value)
-            if env is not None:
-                self.hits += 1
-                return LOGGED(env, record.topic, record.partition, record.offset, record.timestamp)
+            # the type is one the codec knows (it accepted a payload of it); what depends on this record: its
+            # topic, id, producer, time and signature
+            ptype = PAYLOAD_TYPES[head.type]
+            if ptype.TOPIC == topic and head.event_id and head.producer:
+                at = utc_time_or_none(head.occurred_at)
+                if at is not None:
+                    if (head.signer is _UNSET and head.signature is _UNSET and head.proof is _UNSET
+                            and _UNSIGNED_ENVELOPE is not None):
+                        env = _UNSIGNED_ENVELOPE(head.event_id, ptype.TYPE, ptype.SCHEMA_VERSION, at, head.producer,
+                                                 known[0])
+                    else:
+                        env = _signed_or_none(head, ptype, at, known, key[2], value)
+                    if env is not None:
+                        if hit:
+                            self.hits += 1
+                        return LOGGED(env, topic, record.partition, record.offset, record.timestamp)
         logged = decode_record(record)  # the reference path; raises EventValidationError
-        self._remember(head, logged.envelope.payload)
+        if known is None:
+            self._remember(head, logged.envelope.payload)
         return logged
+
+    def _first_sighting(self, head: Any, key: tuple[str, int, bytes], topic: str) -> list | None:
+        """The memo entry for a payload seen for the first time, validated as the codec validates a payload
+        (orjson, ``upcast``, ``validate_payload``); None: the codec decides (and says why)."""
+        ptype = PAYLOAD_TYPES.get(head.type)
+        if ptype is None or ptype.TOPIC != topic or not 1 <= head.schema_version <= ptype.SCHEMA_VERSION:
+            return None
+        try:
+            data = orjson.loads(key[2])
+            if type(data) is not dict:
+                return None
+            payload = validate_payload(ptype, upcast(ptype.TYPE, head.schema_version, data), "payload")
+        except (orjson.JSONDecodeError, EventValidationError):
+            return None
+        except Exception:  # noqa: BLE001 - e.g. a validator's bug: the codec names it (DECODER_BUG)
+            return None
+        self.misses += 1
+        entry = [payload, None]  # [payload, its canonical bytes once a signed envelope needs them]
+        self._keep(key, entry)
+        return entry
 
     def _remember(self, head: Any, payload: Any) -> None:
         """Memoize ``payload``, which the codec accepted from the header's payload bytes (a first sighting)."""
         self.misses += 1
-        # the codec accepted these payload bytes for (type, version), so orjson reads them
-        raw = bytes(head.payload)
-        canonical = orjson.dumps(orjson.loads(raw), option=orjson.OPT_SORT_KEYS)
-        self._keep((head.type, head.schema_version, raw), (payload, raw if canonical == raw else canonical))
+        self._keep((head.type, head.schema_version, bytes(head.payload)), [payload, None])
 
-    def _known(self, head: Any) -> tuple[Any, bytes] | None:
+    def _recall(self, key: tuple[str, int, bytes]) -> list | None:
+        """The old generation's entry for ``key``, moved back to the young one; None if it has none."""
+        if not self._old:
+            return None
+        known = self._old.pop(key, None)
+        if known is not None:
+            self._keep(key, known)
+        return known
+
+    def _known(self, head: Any) -> list | None:
         """The memo's entry for the header's (type, version, payload bytes), None on a first sighting."""
         key = (head.type, head.schema_version, bytes(head.payload))
         known = self._memo.get(key)
-        if known is None and self._old:
-            known = self._old.pop(key, None)
-            if known is not None:
-                self._keep(key, known)
-        return known
+        return known if known is not None else self._recall(key)
 
     def _attested(self, record: Any, value: Any) -> Logged | None:
         """The envelope of an attested signed record, decoded without its signature fields; None: decode it whole.
@@ -280,37 +338,11 @@ class RecordDecoder:
         self.lazy += 1
         return LOGGED(env, record.topic, record.partition, record.offset, record.timestamp)
 
-    def _keep(self, key: tuple[str, int, bytes], entry: tuple[Any, bytes]) -> None:
+    def _keep(self, key: tuple[str, int, bytes], entry: list) -> None:
         if len(self._memo) >= max(1, self.max_entries // 2) or self._young_bytes >= self.max_bytes // 2:
             self._old, self._memo, self._young_bytes = self._memo, {}, 0
         self._memo[key] = entry
         self._young_bytes += len(key[2])
-
-    @staticmethod
-    def _fast_envelope(head: Any, known: tuple[Any, bytes], topic: str, value: Any) -> Envelope | None:
-        """The envelope ``events.codec`` would build from a header whose payload it already accepted, else None.
-
-        The memo hit already says: the type is known, the version is one the codec accepted for it (so
-        it is a plain int >= 1, not a bool: msgspec refuses bools for int), and the payload is valid.
-        What still depends on this record: its topic, its id and producer, its time, and its signature.
-        """
-        ptype = PAYLOAD_TYPES[head.type]
-        if ptype.TOPIC != topic or not head.event_id or not head.producer:
-            return None
-        at = utc_time_or_none(head.occurred_at)
-        if at is None:
-            return None
-        payload = known[0]
-        try:
-            if head.signer is _UNSET and head.signature is _UNSET and head.proof is _UNSET:
-                if _UNSIGNED_ENVELOPE is not None:
-                    return _UNSIGNED_ENVELOPE(head.event_id, ptype.TYPE, ptype.SCHEMA_VERSION, at, head.producer,
-                                              payload)
-                return Envelope(head.event_id, head.type, ptype.SCHEMA_VERSION, at, head.producer, payload)
-            # None: the codec decides
-            return _signed_envelope(head, ptype.TYPE, ptype.SCHEMA_VERSION, at, known, received_digest_of(value))
-        except (ValueError, orjson.JSONEncodeError):  # EventValidationError is a ValueError: the codec decides
-            return None
 
     @property
     def hit_rate(self) -> float:
@@ -318,8 +350,21 @@ class RecordDecoder:
         return self.hits / total if total else 0.0
 
 
-def _signed_envelope(head: Any, type_: str, version: int, at: Any, known: tuple[Any, bytes], digest: bytes
-                     ) -> Envelope | None:
+def _signed_or_none(head: Any, ptype: Any, at: Any, known: list, raw: bytes, value: Any) -> Envelope | None:
+    """The envelope ``events.codec`` builds from a header whose payload (``known``, read from ``raw``) it accepts,
+    when the header is signed (or the fast constructors are off); None: the codec decides."""
+    try:
+        if head.signer is _UNSET and head.signature is _UNSET and head.proof is _UNSET:
+            return Envelope(head.event_id, ptype.TYPE, ptype.SCHEMA_VERSION, at, head.producer, known[0])
+        if known[1] is None:  # the first signed envelope with this payload: its canonical bytes, kept with it
+            canonical = orjson.dumps(orjson.loads(raw), option=orjson.OPT_SORT_KEYS)
+            known[1] = raw if canonical == raw else canonical
+        return _signed_envelope(head, ptype.TYPE, ptype.SCHEMA_VERSION, at, known, received_digest_of(value))
+    except (ValueError, orjson.JSONEncodeError):  # EventValidationError is a ValueError: the codec decides
+        return None
+
+
+def _signed_envelope(head: Any, type_: str, version: int, at: Any, known: list, digest: bytes) -> Envelope | None:
     """The signed envelope the codec builds from ``head``: its shape rules, its ``signing_bytes``."""
     signer, signature, proof = head.signer, head.signature, head.proof
     if signer is _UNSET or signature is _UNSET:

@@ -111,8 +111,11 @@ def replication_for(brokers: int) -> tuple[int, int]:
 
 
 # Registrations and health are keyed per instance, so each instance's history is in one partition, in
-# order; the fold merges partitions by broker time and is correct under any interleaving of them
-# (tests/unit/projector/test_properties.py). More partitions spread the brokers' write load; the
+# order; the fold merges partitions by broker time (``merge_order``) and serves the same under any
+# interleaving of them (tests/unit/projector/test_properties.py), except one decision that reads
+# another instance's key: whether a run-time subscription names a service some instance has ever
+# registered ("unknown_service", ``projector.fold``). That one follows the merge order, which the
+# projector (within each batch) and replay share. More partitions spread the brokers' write load; the
 # projector and replay read every partition the broker reports. Rules keep one partition: the fold
 # relies on their total order (a policy may not drop a subset a route rule uses).
 EVENT_PARTITIONS = 6
@@ -147,4 +150,13 @@ SUPPORT_TOPICS: tuple[TopicSpec, ...] = (
 )
 
 ALL_TOPICS: tuple[TopicSpec, ...] = EVENT_TOPICS + SUPPORT_TOPICS
+
+#: an event topic's rank in the merge order (``merge_order``)
+EVENT_TOPIC_RANK: Mapping[str, int] = MappingProxyType({t.name: i for i, t in enumerate(EVENT_TOPICS)})
+
+
+def merge_order(timestamp_ms: int, topic: str, partition: int, offset: int) -> tuple[int, int, int, int]:
+    """Where a record of an event topic sits in the one order every reader folds in: broker time, then topic,
+    partition and offset (ties in one millisecond broken the same way by the projector and by replay)."""
+    return (timestamp_ms, EVENT_TOPIC_RANK.get(topic, 99), partition, offset)
 BY_NAME: Mapping[str, TopicSpec] = MappingProxyType({t.name: t for t in ALL_TOPICS})

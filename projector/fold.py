@@ -29,7 +29,15 @@ render uses as the node's closure roots: one model for both origins.
 - Subscribing is refused (a ``SubscriptionRejected`` decision, state
   unchanged) if the instance is not registered, or if the dependency is an
   unknown service (no instance of it ever registered): the caller gets a
-  clear "unknown service" rather than a cluster that may never fill.
+  clear "unknown service" rather than a cluster that may never fill. This is
+  the one registrations decision that reads another instance's key, which may
+  sit on another partition: it follows the merge order
+  (``events.topics.merge_order``: broker time, then topic, partition,
+  offset), which replay uses and the projector uses within each batch. Two
+  projector batches are folded in the order they were fetched, so a
+  subscription and its dependency's very first registration logged in the
+  same instant on two partitions could be decided differently live and in
+  replay (not seen; an event-time watermark across partitions would close it).
 - Subscribing to a service whose destination policy is ``restricted`` is
   refused (problem ``restricted``): only instances that declare it may call
   it. Checked after the "already in the closure" rule, so an instance that

@@ -784,8 +784,10 @@ class ProjectorService:
                 fresh.append(r)
         if not fresh:
             return res
-        # merge the topics by broker time (stable: offset order within a partition is kept)
-        fresh.sort(key=lambda r: r.timestamp)
+        # merge the topics by broker time, ties as replay breaks them (``topics.merge_order``): the decisions
+        # that read another instance's key (a run-time subscription's "unknown_service") come out the same
+        order = topics.merge_order
+        fresh.sort(key=lambda r: order(r.timestamp, r.topic, r.partition, r.offset))
 
         decoded: list[tuple[Any, Logged]] = []
         dead: list[tuple[Any, BaseException, str]] = []

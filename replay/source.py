@@ -43,7 +43,7 @@ from events.record_decoder import RecordDecoder
 
 log = logging.getLogger(__name__)
 
-TOPIC_RANK = {t.name: i for i, t in enumerate(topics.EVENT_TOPICS)}
+TOPIC_RANK = topics.EVENT_TOPIC_RANK
 
 
 class ReadStalled(RuntimeError):
@@ -90,7 +90,7 @@ async def event_partitions(consumer: AIOKafkaConsumer) -> list[TopicPartition]:
 
 
 def merge_key(e: Logged) -> tuple[int, int, int, int]:
-    return (e.timestamp_ms, TOPIC_RANK.get(e.topic, 99), e.partition, e.offset)
+    return topics.merge_order(e.timestamp_ms, e.topic, e.partition, e.offset)
 
 
 def _tp_order(tp: TopicPartition) -> tuple[int, str, int]:

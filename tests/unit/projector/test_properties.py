@@ -152,11 +152,14 @@ def rule_events(draw, n):
 
 
 @st.composite
-def topic_logs(draw):
+def topic_logs(draw, run_time_subscriptions: bool = True):
     """Three per-topic logs with their own offsets and non-decreasing broker timestamps."""
     out = {}
+    on_registrations = [registrations(), registrations(), deregistrations]
+    if run_time_subscriptions:
+        on_registrations.append(subscriptions())
     for topic, strat, n in (
-        (topics.REGISTRATIONS, st.one_of(registrations(), registrations(), deregistrations, subscriptions()), 14),
+        (topics.REGISTRATIONS, st.one_of(*on_registrations), 14),
         (topics.HEALTH, health, 8),
         (topics.RULES, None, 14),
     ):
@@ -245,8 +248,10 @@ def test_topic_interleaving_does_not_change_what_is_served(data):
 def test_partition_interleaving_does_not_change_what_is_served(data):
     """Registrations and health on several partitions: any merge that keeps each partition in offset order
     (what a consumer of every partition may fetch, batch by batch) folds to what the single-partition log
-    serves, and batching it does not matter either."""
-    logs = data.draw(topic_logs())
+    serves, and batching it does not matter either. Run-time subscriptions are left out: whether one names a
+    service some instance has registered reads another instance's key, which may sit on another partition
+    (the next test)."""
+    logs = data.draw(topic_logs(run_time_subscriptions=False))
     reference = render_all(fold_log(by_timestamp(logs))[0])
     parts = partitioned(logs, data.draw(st.sampled_from([2, 3, 6])))
     assert _fingerprint(render_all(fold_log(by_timestamp_across_partitions(parts))[0])) == _fingerprint(reference)
@@ -259,6 +264,27 @@ def test_partition_interleaving_does_not_change_what_is_served(data):
         s, _ = fold_many(s, batch)
         start = cut
     assert _fingerprint(render_all(s)) == _fingerprint(reference)
+
+
+def test_a_subscription_is_decided_in_the_merge_order_the_projector_and_replay_share():
+    """The one fold decision that reads another instance's key: a subscription to a service whose first
+    registration sits on another partition in the same millisecond. Both readers fold in
+    ``topics.merge_order`` (the projector sorts each batch by it, replay merges by it), so they decide it
+    alike; a consumer order that put the subscription first would refuse it (``unknown_service``). Across
+    two projector batches the order is the fetch's: the closing note of the change says so."""
+    web = logged(t.InstanceRegistered(service="web", instance_id="1", address="10.0.0.1", port=80),
+                 ts=1000, partition=1, offset=0)
+    ratings = logged(t.InstanceRegistered(service="ratings", instance_id="1", address="10.0.0.2", port=80),
+                     ts=1001, partition=0, offset=0)
+    subscribed = logged(t.DependencySubscribed(service="web", instance_id="1", dependency="ratings"),
+                        ts=1001, partition=1, offset=1)
+    merged = sorted([subscribed, ratings, web],
+                    key=lambda e: topics.merge_order(e.timestamp_ms, e.topic, e.partition, e.offset))
+    assert merged == [web, ratings, subscribed]  # same millisecond: partition 0 before partition 1
+    state, decisions = fold_log(merged)
+    assert decisions == [] and state.instances["web/1"].subscription("ratings") is not None
+    _, decisions = fold_log([web, subscribed, ratings])  # a fetch order that differs from the merge order
+    assert [d.problem for d in decisions] == ["unknown_service"]
 
 
 def _unpack(any_msg, cls):

@@ -19,7 +19,7 @@ from projector.service import ProjectorConfig, ProjectorService, Store
 from projector.state import same_state
 from projector.typeurls import CLUSTER, LISTENER
 
-from .helpers import FakeProducer, Log, Rec, registered
+from .helpers import FakeProducer, Log, Rec, envelope, registered
 
 
 def make(tmp_path, producer: FakeProducer, ends: dict | None = None, **cfg) -> ProjectorService:
@@ -122,6 +122,24 @@ async def test_an_invalid_rule_is_recorded_as_a_rejection_and_changes_no_view(tm
     env = decode(new[0].value)
     assert env.producer == "projector" and new[0].key == b"route_rule/db"
     assert env.payload.source_offset == rec.offset and "v9" in env.payload.reason
+    close(svc)
+
+
+async def test_a_batch_is_folded_in_the_merge_order_replay_uses_ties_included(tmp_path):
+    """Two partitions, one millisecond: the dependency's first registration (partition 0) and a subscription to it
+    (partition 1) arrive in the other order. Replay folds partition 0 first (``topics.merge_order``); so does the
+    projector, and the subscription is accepted by both."""
+    log, producer = Log(), FakeProducer()
+    svc = make(tmp_path, producer)
+    await svc.process([log.append(registered("api", "api-1", "node-api"))])
+    api_partition = Rec(topics.REGISTRATIONS, 1, 0, 2_000_000, b"api/api-1",
+                        encode(envelope(t.DependencySubscribed(service="api", instance_id="api-1", dependency="cache"),
+                                        "sub")))
+    cache_first = Rec(topics.REGISTRATIONS, 0, 1, 2_000_000, b"cache/cache-1",
+                      encode(envelope(registered("cache", "cache-1"), "cache")))
+    res = await svc.process([api_partition, cache_first])
+    assert res.folded == 2 and res.rejected == 0
+    assert any(name == "cache" for name in parse_resource_names(producer, CLUSTER))
     close(svc)
 
 

@@ -4,7 +4,8 @@ The log keeps a bad record forever, so every reader (the projector, replay,
 the health checkers, the demo's event tail) meets it on every read. Each of
 them decodes through ``decode_or_skip``, which gives the event or notes the
 record in the reader's ``UndecodableLog`` and returns None: skip it, say so,
-go on.
+go on (replay's per-record loop, ``replay.source.iter_cut``, does the same
+inline: catch ``EventValidationError``, ``note`` the record).
 
 Invariants:
 - A reader never stops on a record: ``decode_record`` is total

@@ -653,6 +653,16 @@ class FoldBuffer:
         """Fold ``events`` in order; return the decisions (rejections, refusals) they caused."""
         self._sealed = None
         decisions = []
+        if verifier is None:  # ``_apply`` without a verifier, inline: this loop runs for every event of a replay
+            handlers = _HANDLERS.get
+            for logged in events:
+                payload = logged.envelope.payload
+                handler = handlers(type(payload))
+                if handler is not None:
+                    rejected = handler(self, payload, logged)  # type: ignore[arg-type]  # duck-typed as _Tx
+                    if rejected is not None:
+                        decisions.append(rejected)
+            return decisions
         for logged in events:
             rejected = _apply(self, logged, verifier)  # type: ignore[arg-type]  # duck-typed as _Tx (``m`` only)
             if rejected is not None:

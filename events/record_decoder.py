@@ -48,8 +48,9 @@ Invariants:
   codec would have parsed it: the header's values, with the payload as the
   canonical bytes orjson writes for it (memoized with the payload, computed
   from the same raw bytes the codec accepted, the first time a signed
-  envelope needs them: an unsigned log never pays for them), so the verifier checks exactly
-  the bytes it would check after ``events.codec.decode``. Its
+  envelope needs them: an unsigned log never pays for them), so the
+  verifier checks exactly the bytes it would check after
+  ``events.codec.decode``. Its
   ``received_digest`` is ``events.envelope.received_digest_of`` the record's
   value, as the codec sets it.
 - Lazily, on an attestation: a decoder given ``attested`` (the digests of
@@ -77,7 +78,6 @@ import orjson
 
 from events import codec, topics
 from events.codec import decode_record, utc_time_or_none, validate_payload
-from events.errors import EventValidationError
 from events.envelope import ENVELOPE_FIELDS, REQUIRED_FIELDS, SIGNATURE_FIELDS, Envelope, Logged, received_digest_of
 from events.types import PAYLOAD_TYPES
 from events.upcast import upcast
@@ -266,10 +266,8 @@ class RecordDecoder:
             if type(data) is not dict:
                 return None
             payload = validate_payload(ptype, upcast(ptype.TYPE, head.schema_version, data), "payload")
-        except (orjson.JSONDecodeError, EventValidationError):
-            return None
-        except Exception:  # noqa: BLE001 - e.g. a validator's bug: the codec names it (DECODER_BUG)
-            return None
+        except Exception:  # noqa: BLE001 - refused (EventValidationError, orjson's error) or a validator's bug: the
+            return None  # codec says which, and why (DECODER_BUG for a bug)
         self.misses += 1
         entry = [payload, None]  # [payload, its canonical bytes once a signed envelope needs them]
         self._keep(key, entry)

@@ -59,13 +59,13 @@ Invariants:
   of them without its signature fields: no shape checks of the signature and
   proof, no ``signed_bytes``, no ``proof`` (the projector's codec accepted
   and its verifier checked exactly these bytes: the digest binds every one of
-  them). Everything else is the fast path's (a memo hit, the topic, id,
-  producer and time checks), or on a first sighting of the payload the
-  codec's own, on the document without its signature fields; anything it
-  refuses goes the full way (and is refused with the codec's reason). Such an
-  envelope verifies only on that attestation (``Verifier.verdict``); a record
-  whose digest is not attested is decoded and checked the full way, so a bad
-  signature or proof is refused exactly as before.
+  them). Everything else is the fast path's (a memo hit or a first
+  sighting's payload validation, the topic, id, producer and time checks);
+  anything refused there goes the full way (and is refused with the codec's
+  reason). Such an envelope verifies only on that attestation
+  (``Verifier.verdict``); a record whose digest is not attested is decoded
+  and checked the full way, so a bad signature or proof is refused exactly as
+  before.
 """
 
 from __future__ import annotations
@@ -287,12 +287,6 @@ class RecordDecoder:
             self._keep(key, known)
         return known
 
-    def _known(self, head: Any) -> list | None:
-        """The memo's entry for the header's (type, version, payload bytes), None on a first sighting."""
-        key = (head.type, head.schema_version, bytes(head.payload))
-        known = self._memo.get(key)
-        return known if known is not None else self._recall(key)
-
     def _attested(self, record: Any, value: Any) -> Logged | None:
         """The envelope of an attested signed record, decoded without its signature fields; None: decode it whole.
 
@@ -308,22 +302,16 @@ class RecordDecoder:
         digest = received_digest_of(value)
         if digest not in self.attested:
             return None
-        known = self._known(head)
-        if known is None:  # a first sighting of the payload: the codec reads the envelope but its signature fields
-            try:
-                doc = orjson.loads(value)
-                signer, signature = doc.pop("signer"), doc.pop("signature")
-                doc.pop("proof", None)
-                env = codec.decode_document(doc, record.topic)
-            except Exception:  # noqa: BLE001 - the whole way decides, and says why
-                return None
-            self._remember(head, env.payload)
-            if type(signer) is not str or type(signature) is not str or _SIGNED_ENVELOPE is None:
-                return None
-            env = _SIGNED_ENVELOPE(env.event_id, env.type, env.schema_version, env.occurred_at, env.producer,
-                                   env.payload, signer, signature, None, None, digest)
-            self.lazy += 1
-            return LOGGED(env, record.topic, record.partition, record.offset, record.timestamp)
+        key = (head.type, head.schema_version, bytes(head.payload))
+        known = self._memo.get(key)
+        hit = known is not None
+        if not hit:
+            known = self._recall(key)
+            hit = known is not None
+            if not hit:  # a first sighting of the payload: validated as the codec validates a payload
+                known = self._first_sighting(head, key, record.topic)
+                if known is None:
+                    return None  # the whole way decides, and says why
         ptype = PAYLOAD_TYPES[head.type]
         if ptype.TOPIC != record.topic or not head.event_id or not head.producer or _SIGNED_ENVELOPE is None:
             return None
@@ -332,7 +320,8 @@ class RecordDecoder:
             return None
         env = _SIGNED_ENVELOPE(head.event_id, ptype.TYPE, ptype.SCHEMA_VERSION, at, head.producer, known[0],
                                head.signer, head.signature, None, None, digest)
-        self.hits += 1
+        if hit:
+            self.hits += 1
         self.lazy += 1
         return LOGGED(env, record.topic, record.partition, record.offset, record.timestamp)
 

@@ -1,8 +1,8 @@
 """Projector workers sharing the render (``projector run --group``): throughput with 1, 2, 4 workers,
 the takeover of a killed worker's shards, and a brand-new worker becoming useful.
 
-For each worker count W (``--workers 1,2,4``), on a fresh local broker (or $MESHLOG_KAFKA_BOOTSTRAP,
-one run only):
+For each worker count W (``--workers 1,2,4``), on a fresh local broker (or $MESHLOG_KAFKA_BOOTSTRAP with
+``--wipe-topics``: meshlog's topics on it are deleted and recreated before each run):
 
 1. the bench mesh's registrations are appended (``bench/projector.py``'s mesh: services x instances,
    every instance a sidecar node depending on 3 other services; default 2,000 x 5 = 10,000 nodes);
@@ -269,6 +269,10 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=5000, help="--in-process: events per batch")
     parser.add_argument("--signed", action="store_true",
                         help="the producers sign their events (the workers run --insecure-events and do not verify)")
+    parser.add_argument("--wipe-topics", action="store_true",
+                        help="with $MESHLOG_KAFKA_BOOTSTRAP: let the bench delete and recreate meshlog's topics on "
+                             "that broker before each run (every record on them is lost); a broker the bench starts "
+                             "itself is always wiped")
     args = parser.parse_args()
     args.unsigned = not args.signed  # bench/projector.py's producer
     if args.in_process:
@@ -285,6 +289,11 @@ def main() -> int:
     results = []
     with contextlib.ExitStack() as broker:
         bootstrap = os.environ.get("MESHLOG_KAFKA_BOOTSTRAP")
+        if bootstrap and not args.wipe_topics:
+            raise SystemExit(f"projector_workers.py: each run starts by deleting and recreating meshlog's topics; on "
+                             f"$MESHLOG_KAFKA_BOOTSTRAP={bootstrap} that loses every record on them (another "
+                             f"bench's log, a demo's mesh). Pass --wipe-topics to allow it, or unset "
+                             f"MESHLOG_KAFKA_BOOTSTRAP to run on a broker of the bench's own.")
         if not bootstrap:
             from meshlog.kafka_local import LocalKafka
 

@@ -151,6 +151,8 @@ SUPPORT_TOPICS: tuple[TopicSpec, ...] = (
 
 ALL_TOPICS: tuple[TopicSpec, ...] = EVENT_TOPICS + SUPPORT_TOPICS
 
+BY_NAME: Mapping[str, TopicSpec] = MappingProxyType({t.name: t for t in ALL_TOPICS})
+
 #: an event topic's rank in the merge order (``merge_order``)
 EVENT_TOPIC_RANK: Mapping[str, int] = MappingProxyType({t.name: i for i, t in enumerate(EVENT_TOPICS)})
 
@@ -159,4 +161,3 @@ def merge_order(timestamp_ms: int, topic: str, partition: int, offset: int) -> t
     """Where a record of an event topic sits in the one order every reader folds in: broker time, then topic,
     partition and offset (ties in one millisecond broken the same way by the projector and by replay)."""
     return (timestamp_ms, EVENT_TOPIC_RANK.get(topic, 99), partition, offset)
-BY_NAME: Mapping[str, TopicSpec] = MappingProxyType({t.name: t for t in ALL_TOPICS})

@@ -178,7 +178,7 @@ async def iter_cut(
                 except EventValidationError as exc:
                     bad.append(skipped.note(record, exc))
             if last is not None:
-                watermark[tp] = (last.timestamp, TOPIC_RANK.get(tp.topic, 99), last.partition, last.offset)
+                watermark[tp] = topics.merge_order(last.timestamp, tp.topic, last.partition, last.offset)
         for tp in list(remaining):
             pos = await consumer.position(tp)
             if pos != positions.get(tp):

@@ -229,10 +229,7 @@ class RecordDecoder:
         known = self._memo.get(key)
         hit = known is not None
         if not hit:
-            known = self._recall(key)
-            hit = known is not None
-            if not hit:
-                known = self._first_sighting(head, key, topic)
+            known, hit = self._young_miss(head, key, topic)
         if known is not None:
             # the type is one the codec knows (it accepted a payload of it); what depends on this record: its
             # topic, id, producer, time and signature
@@ -254,6 +251,14 @@ class RecordDecoder:
         if known is None:
             self._remember(head, logged.envelope.payload)
         return logged
+
+    def _young_miss(self, head: Any, key: tuple[str, int, bytes], topic: str) -> tuple[list | None, bool]:
+        """After a miss in the young generation: (the old generation's entry, True), else (the entry of a first
+        sighting whose payload validates, or None: the codec decides, False)."""
+        known = self._recall(key)
+        if known is not None:
+            return known, True
+        return self._first_sighting(head, key, topic), False
 
     def _first_sighting(self, head: Any, key: tuple[str, int, bytes], topic: str) -> list | None:
         """The memo entry for a payload seen for the first time, validated as the codec validates a payload
@@ -306,12 +311,9 @@ class RecordDecoder:
         known = self._memo.get(key)
         hit = known is not None
         if not hit:
-            known = self._recall(key)
-            hit = known is not None
-            if not hit:  # a first sighting of the payload: validated as the codec validates a payload
-                known = self._first_sighting(head, key, record.topic)
-                if known is None:
-                    return None  # the whole way decides, and says why
+            known, hit = self._young_miss(head, key, record.topic)
+            if known is None:
+                return None  # the whole way decides, and says why
         ptype = PAYLOAD_TYPES[head.type]
         if ptype.TOPIC != record.topic or not head.event_id or not head.producer or _SIGNED_ENVELOPE is None:
             return None

@@ -145,6 +145,7 @@ from events.undecodable import REASON_MAX, UndecodableLog, decode_or_skip, try_d
 from projector import publisher as pub
 from projector.deadletter import dead_letter_key, dead_letter_record, parse_dead_letter
 from projector.fold import fold_many, fold_with_decisions
+from projector.merge_gate import MergeGate
 from projector.render import render_all
 from projector.sharding import Ownership
 from projector.snapshots import KEY as SNAPSHOT_KEY
@@ -171,6 +172,11 @@ class ProjectorConfig:
     data_dir: Path
     max_batch: int = 20_000
     poll_timeout_s: float = 0.2
+    # How long a partition that is behind (visible records not delivered yet) may hold back the records that
+    # sort after its last one before the fold goes past it anyway and says so (``projector.merge_gate``):
+    # only a partition that stops moving (its leader unreachable) ever waits this long; one being fetched
+    # releases the rest within a fetch.
+    merge_hold_s: float = 2.0
     # Every view change waits for this before it leaves the process, once per publish phase (bodies,
     # memberships, tombstones: each acknowledged before the next), so it adds straight to the time an
     # event takes to reach the proxies. It buys nothing here: a phase's records are all added to the
@@ -377,7 +383,12 @@ class ProjectorService:
         self._reconcile_pending = True
         self._rendered: Any = None  # the last RenderedMesh (the next render starts from it)
         self._render_after: dict[str, int] = {}
-        self._positions: dict[str, int] = {}  # the consumer's position per tp after the last fetch
+        self._positions: dict[str, int] = {}  # per tp: the consumer's position after the last fetch, or the
+        # offset of its first record the merge gate still holds (not folded: not past it yet)
+        self._gate = MergeGate(config.merge_hold_s)  # fetch order -> merge order (``projector.merge_gate``)
+        self._stalled_logged: set[str] = set()
+        self._positions_read: dict[str, int] = {}  # per tp: the consumer's own position after the last fetch
+        self._tp_of: dict[str, TopicPartition] = {}
         self._problems: tuple[str, ...] = ()
         self._was_caught_up = False
         self._started_mono = time.monotonic()
@@ -480,6 +491,7 @@ class ProjectorService:
             for partition in sorted(await self.producer.partitions_for(topic)):
                 self.tps.append(TopicPartition(topic, partition))
         self.consumer.assign(self.tps)
+        self._tp_of = {tp_key(tp.topic, tp.partition): tp for tp in self.tps}
         for tp in self.tps:
             nxt = self.next_folded.get(tp_key(tp.topic, tp.partition), 0)
             self.consumer.seek(tp, nxt)
@@ -690,6 +702,8 @@ class ProjectorService:
                 await self._update_positions()
                 if records:
                     await self.process(records)
+                elif self._gate.held:
+                    pass  # records wait for a partition behind them: the next fetch is from it
                 elif self._group is not None and self._reconcile_pending and self._ready_to_render():
                     await self._reconcile()  # shards gained while idle: take them over now
                 elif self._snapshot_due():
@@ -723,10 +737,16 @@ class ProjectorService:
         gc.freeze()
 
     async def _fetch(self, stop_wait: asyncio.Future) -> list:
+        """The next records to fold, in merge order: fetched, then through the merge gate (fetched records
+        that a partition still behind them could precede stay in the gate, and the next fetch is from the
+        partitions holding them back); [] when stopping or nothing is ready."""
         consumer = self.consumer
         assert consumer is not None
+        gate = self._gate
+        starving = gate.starving(self._positions_read, self._stable_ends())
+        tps = [self._tp_of[k] for k in starving] if starving else self.tps
         fetch = asyncio.ensure_future(
-            consumer.getmany(*self.tps, timeout_ms=int(self.cfg.poll_timeout_s * 1000), max_records=self.cfg.max_batch)
+            consumer.getmany(*tps, timeout_ms=int(self.cfg.poll_timeout_s * 1000), max_records=self.cfg.max_batch)
         )
         done, _ = await asyncio.wait({fetch, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         if fetch not in done:
@@ -736,15 +756,40 @@ class ProjectorService:
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
             return []
-        records = _flatten(fetch.result())
+        got = fetch.result()
         self._fetched_at = time.time()
+        fetched = sum(len(v) for v in got.values())
         # drain what is already buffered, up to max_batch, without waiting
-        while records and len(records) < self.cfg.max_batch:
-            more = _flatten(await consumer.getmany(*self.tps, timeout_ms=0, max_records=self.cfg.max_batch - len(records)))
+        while fetched and fetched < self.cfg.max_batch:
+            more = await consumer.getmany(*tps, timeout_ms=0, max_records=self.cfg.max_batch - fetched)
             if not more:
                 break
-            records += more
-        return records
+            for tp, recs in more.items():
+                got.setdefault(tp, []).extend(recs)
+                fetched += len(recs)
+        for tp, recs in got.items():
+            gate.offer(tp_key(tp.topic, tp.partition), recs)
+        for tp in self.tps:
+            self._positions_read[tp_key(tp.topic, tp.partition)] = await consumer.position(tp)
+        ready = gate.take(self._positions_read, self._stable_ends(), time.monotonic(), self.cfg.max_batch)
+        self._note_stalled()
+        return ready
+
+    def _stable_ends(self) -> dict[str, int | None]:
+        consumer = self.consumer
+        return {tp_key(tp.topic, tp.partition): consumer.last_stable_offset(tp) for tp in self.tps}
+
+    def _note_stalled(self) -> None:
+        stalled = self._gate.stalled
+        for k in stalled - self._stalled_logged:
+            log.warning(
+                "%s is behind and has not moved for %.1fs: folding the other partitions past it (records it "
+                "delivers later may sort before some already folded, so replay may decide them differently)",
+                k, self._gate.hold_s,
+            )
+        for k in self._stalled_logged - stalled:
+            log.info("%s is moving again: the fold waits for it as before", k)
+        self._stalled_logged = set(stalled)
 
     def _note_lag(self) -> None:
         consumer = self.consumer
@@ -1198,7 +1243,10 @@ class ProjectorService:
 
     async def _update_positions(self) -> None:
         for tp in self.tps:
-            self._positions[tp_key(tp.topic, tp.partition)] = await self.consumer.position(tp)
+            k = tp_key(tp.topic, tp.partition)
+            pos = self._positions_read[k] = await self.consumer.position(tp)
+            held = self._gate.first_held_offset(k)
+            self._positions[k] = pos if held is None else min(pos, held)
 
     def _log_batch(self, res: BatchResult, dead_out: list, rej_out: list) -> None:
         if not log.isEnabledFor(logging.DEBUG):

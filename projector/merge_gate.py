@@ -37,25 +37,41 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import operator
 from typing import Any, Iterable, Mapping
 
-from events.topics import merge_order
+from events.topics import EVENT_TOPIC_RANK, merge_order
 
 _NOTHING = None  # a bound below every record: a behind partition has delivered nothing yet
+_TIMESTAMP = operator.attrgetter("timestamp")
+_OFFSET = operator.attrgetter("offset")
 
 
 def _key(record: Any) -> tuple:
     return merge_order(record.timestamp, record.topic, record.partition, record.offset)
 
 
+def _count_upto(items: list, rank: tuple[int, int], bound: tuple) -> int:
+    """How many of one partition's records (offset order; ``rank``: its (topic rank, partition)) have a merge
+    key <= ``bound``. Within one partition the key is (time, rank, offset), so a bisection on time or offset
+    answers it, with no key built per record."""
+    at, bound_rank, offset = bound[0], bound[1:3], bound[3]
+    if rank < bound_rank:  # a tie in time sorts before the bound
+        return bisect.bisect_right(items, at, key=_TIMESTAMP)
+    if rank > bound_rank:
+        return bisect.bisect_left(items, at, key=_TIMESTAMP)
+    return bisect.bisect_right(items, offset, key=_OFFSET)
+
+
 class MergeGate:
     """``offer`` fetched records, ``take`` the ones every behind partition has moved past, in merge order."""
 
-    __slots__ = ("hold_s", "_held", "_frontier", "_moved", "_waiting_since", "stalled")
+    __slots__ = ("hold_s", "_held", "_rank", "_frontier", "_moved", "_waiting_since", "stalled")
 
     def __init__(self, hold_s: float = 2.0) -> None:
         self.hold_s = hold_s
         self._held: dict[str, list] = {}  # partition key -> records not yet released, offset order
+        self._rank: dict[str, tuple[int, int]] = {}  # partition key -> (topic rank, partition), as merge_order
         self._frontier: dict[str, tuple] = {}  # partition key -> merge key of the last record offered
         self._moved: dict[str, int] = {}  # partition key -> the consumer position last seen
         self._waiting_since: dict[str, float] = {}  # partition key -> since when it bounds the release unmoved
@@ -64,8 +80,13 @@ class MergeGate:
     def offer(self, partition: str, records: list) -> None:
         """Records of ``partition`` (its key, ``topic/partition``), in offset order, after those offered before."""
         if records:
-            self._held.setdefault(partition, []).extend(records)
-            self._frontier[partition] = _key(records[-1])
+            last = records[-1]
+            held = self._held.get(partition)
+            if held is None:
+                held = self._held[partition] = []
+                self._rank[partition] = (EVENT_TOPIC_RANK.get(last.topic, 99), last.partition)
+            held.extend(records)
+            self._frontier[partition] = _key(last)
 
     @property
     def held(self) -> int:
@@ -101,15 +122,9 @@ class MergeGate:
                 del self._waiting_since[p]
         if self.stalled & set(limiting):
             bound, _ = self._bound(behind)
-        if bound is _NOTHING:
+        if bound is _NOTHING or limit <= 0:
             return []
-        ready = self._split(bound)
-        if len(ready) > limit:
-            # give back the largest keys: release exactly the first ``limit`` in merge order
-            cut = _key(ready[limit - 1])
-            self._give_back(ready, cut)
-            ready = ready[:limit]
-        return ready
+        return self._release(bound, limit)
 
     def starving(self, positions: Mapping[str, int], stable_ends: Mapping[str, int | None]) -> list[str]:
         """The partitions to fetch from next: those that bound the release; none if nothing is held back."""
@@ -142,29 +157,34 @@ class MergeGate:
                 limiting.append(p)
         return bound, limiting
 
-    def _split(self, bound: tuple | bool) -> list:
-        """Remove and return, merged, every held record whose key is <= ``bound`` (True: all)."""
-        runs = []
+    def _release(self, bound: tuple | bool, limit: int) -> list:
+        """Remove and return, in merge order, the first ``limit`` held records whose key is <= ``bound``
+        (True: any key)."""
+        counts = {}
+        total = 0
         for p, items in self._held.items():
-            if not items:
-                continue
-            if bound is True:
-                runs.append(items)
-                self._held[p] = []
-                continue
-            n = bisect.bisect_right(items, bound, key=_key)
+            n = len(items) if bound is True else _count_upto(items, self._rank[p], bound) if items else 0
             if n:
-                runs.append(items[:n])
-                self._held[p] = items[n:]
-        if len(runs) == 1:
-            return runs[0]
-        return sorted(itertools.chain.from_iterable(runs), key=_key)
+                counts[p] = n
+                total += n
+        if not total:
+            return []
+        merged = self._merge(counts)
+        if total > limit:
+            # the first ``limit``: each partition's share of them is a prefix of what it could release
+            cut = _key(merged[limit - 1])
+            counts = {p: _count_upto(self._held[p], self._rank[p], cut) for p in counts}
+            merged = merged[:limit]
+        for p, n in counts.items():
+            del self._held[p][:n]
+        return merged
 
-    def _give_back(self, ready: list, cut: tuple) -> None:
-        """Put the records of ``ready`` above ``cut`` back in front of their partitions' held records."""
-        back: dict[str, list] = {}
-        for r in ready:
-            if _key(r) > cut:
-                back.setdefault(f"{r.topic}/{r.partition}", []).append(r)
-        for p, items in back.items():
-            self._held[p] = items + self._held.get(p, [])
+    def _merge(self, counts: dict[str, int]) -> list:
+        """The first ``counts[p]`` held records of each partition p, merged in merge order: the runs are
+        chained in (topic rank, partition) order and sorted by time alone. The sort is stable, so a tie in
+        time keeps that order, which is the merge order's own tie-break (timsort merges the runs in C)."""
+        parts = sorted(counts, key=self._rank.__getitem__)
+        if len(parts) == 1:
+            return self._held[parts[0]][:counts[parts[0]]]
+        runs = (itertools.islice(self._held[p], counts[p]) for p in parts)
+        return sorted(itertools.chain.from_iterable(runs), key=_TIMESTAMP)

@@ -701,7 +701,7 @@ class ProjectorService:
                     break
                 await self._update_positions()
                 if records:
-                    await self.process(records)
+                    await self.process(records, in_merge_order=True)
                 elif self._gate.held:
                     pass  # records wait for a partition behind them: the next fetch is from it
                 elif self._group is not None and self._reconcile_pending and self._ready_to_render():
@@ -758,20 +758,21 @@ class ProjectorService:
             return []
         got = fetch.result()
         self._fetched_at = time.time()
-        fetched = sum(len(v) for v in got.values())
-        # drain what is already buffered, up to max_batch, without waiting
-        while fetched and fetched < self.cfg.max_batch:
-            more = await consumer.getmany(*tps, timeout_ms=0, max_records=self.cfg.max_batch - fetched)
-            if not more:
+        # then drain what is already buffered, without waiting, until a batch is full: from the partitions
+        # holding records back while there are some, else from all
+        ready: list = []
+        while True:
+            for tp, recs in got.items():
+                gate.offer(tp_key(tp.topic, tp.partition), recs)
+            for tp in self.tps:
+                self._positions_read[tp_key(tp.topic, tp.partition)] = await consumer.position(tp)
+            ready += gate.take(self._positions_read, self._stable_ends(), time.monotonic(),
+                               self.cfg.max_batch - len(ready))
+            if not got or len(ready) >= self.cfg.max_batch:
                 break
-            for tp, recs in more.items():
-                got.setdefault(tp, []).extend(recs)
-                fetched += len(recs)
-        for tp, recs in got.items():
-            gate.offer(tp_key(tp.topic, tp.partition), recs)
-        for tp in self.tps:
-            self._positions_read[tp_key(tp.topic, tp.partition)] = await consumer.position(tp)
-        ready = gate.take(self._positions_read, self._stable_ends(), time.monotonic(), self.cfg.max_batch)
+            starving = gate.starving(self._positions_read, self._stable_ends())
+            tps = [self._tp_of[k] for k in starving] if starving else self.tps
+            got = await consumer.getmany(*tps, timeout_ms=0, max_records=self.cfg.max_batch)
         self._note_stalled()
         return ready
 
@@ -817,8 +818,9 @@ class ProjectorService:
 
     # ------------------------------------------------ one batch
 
-    async def process(self, records: list) -> BatchResult:
-        """Fold, render, publish and commit one batch of consumer records (any topic/partition mix)."""
+    async def process(self, records: list, *, in_merge_order: bool = False) -> BatchResult:
+        """Fold, render, publish and commit one batch of consumer records (any topic/partition mix; the loop's
+        come from the merge gate already ``in_merge_order``)."""
         res = BatchResult(records=len(records), fetched_at=self._fetched_at)
         t0 = time.perf_counter()
         fresh = []
@@ -831,8 +833,9 @@ class ProjectorService:
             return res
         # merge the topics by broker time, ties as replay breaks them (``topics.merge_order``): the decisions
         # that read another instance's key (a run-time subscription's "unknown_service") come out the same
-        order = topics.merge_order
-        fresh.sort(key=lambda r: order(r.timestamp, r.topic, r.partition, r.offset))
+        if not in_merge_order:
+            order = topics.merge_order
+            fresh.sort(key=lambda r: order(r.timestamp, r.topic, r.partition, r.offset))
 
         decoded: list[tuple[Any, Logged]] = []
         dead: list[tuple[Any, BaseException, str]] = []

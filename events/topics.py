@@ -114,8 +114,8 @@ def replication_for(brokers: int) -> tuple[int, int]:
 # order; the fold merges partitions by broker time (``merge_order``) and serves the same under any
 # interleaving of them (tests/unit/projector/test_properties.py), except one decision that reads
 # another instance's key: whether a run-time subscription names a service some instance has ever
-# registered ("unknown_service", ``projector.fold``). That one follows the merge order, which the
-# projector (within each batch) and replay share. More partitions spread the brokers' write load; the
+# registered ("unknown_service", ``projector.fold``). That one follows the merge order, which replay
+# and the projector (through ``projector.merge_gate``, backlogs included) fold in. More partitions spread the brokers' write load; the
 # projector and replay read every partition the broker reports. Rules keep one partition: the fold
 # relies on their total order (a policy may not drop a subset a route rule uses).
 EVENT_PARTITIONS = 6

@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--poll-ms", type=argtypes.integer(1, 600_000), default=200, help="how long to wait for new records before an idle poll (default 200)"
     )
     run.add_argument(
+        "--merge-hold-ms", type=argtypes.integer(0, 600_000), default=2000,
+        help="how long a partition that is behind and not moving may hold back the records that sort after it, "
+        "before the fold goes past it with a warning (default 2000; see projector.merge_gate)",
+    )
+    run.add_argument(
         "--linger-ms", type=argtypes.integer(0, 60_000), default=0,
         help="how long the view producer waits to fill a batch, per publish phase; it adds to every change's "
         "time to the proxies (default 0)",
@@ -168,6 +173,7 @@ def config_from_args(args: argparse.Namespace, bootstrap: str):
         data_dir=args.data_dir,
         max_batch=args.max_batch,
         poll_timeout_s=args.poll_ms / 1000.0,
+        merge_hold_s=args.merge_hold_ms / 1000.0,
         linger_ms=args.linger_ms,
         full_gc_interval_s=args.full_gc_interval,
         snapshot_events=args.snapshot_events,

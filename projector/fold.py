@@ -33,11 +33,11 @@ render uses as the node's closure roots: one model for both origins.
   the one registrations decision that reads another instance's key, which may
   sit on another partition: it follows the merge order
   (``events.topics.merge_order``: broker time, then topic, partition,
-  offset), which replay uses and the projector uses within each batch. Two
-  projector batches are folded in the order they were fetched, so a
-  subscription and its dependency's very first registration logged in the
-  same instant on two partitions could be decided differently live and in
-  replay (not seen; an event-time watermark across partitions would close it).
+  offset), which replay folds in, and so does the live projector: its merge
+  gate (``projector.merge_gate``) holds a fetched record back until no
+  partition still behind it can deliver an earlier one, so a backlog (a
+  restart, a new worker) is not folded partition by partition. What no reader
+  can order is named there (a transaction's records, several brokers' clocks).
 - Subscribing to a service whose destination policy is ``restricted`` is
   refused (problem ``restricted``): only instances that declare it may call
   it. Checked after the "already in the closure" rule, so an instance that

@@ -34,8 +34,11 @@ directly, with every store update applied as one atomic ``WriteBatch``.
 
 Processing (one loop, one batch at a time):
 
-1. ``getmany`` up to ``max_batch`` records (read_committed); records at
-   offsets already folded are skipped (idempotent re-delivery).
+1. ``getmany`` (read_committed) through the merge gate (``projector.merge_gate``)
+   up to ``max_batch`` records in ``events.topics.merge_order``, the order
+   replay folds in: a fetched record waits while a partition still behind it
+   could deliver an earlier one, and the next fetch is from those partitions.
+   Records at offsets already folded are skipped (idempotent re-delivery).
 2. Decode each (``events.undecodable.try_decode``: total, through the
    memoizing ``events.record_decoder``: exactly the codec's answer, a
    repeated payload validated once); an invalid record is

@@ -38,6 +38,14 @@ def test_both_waits_are_flags(tmp_path):
     assert (cfg.linger_ms, cfg.full_gc_interval_s) == (5, 0.0)
 
 
+def test_the_merge_gate_waits_2s_for_a_stuck_partition_unless_told_otherwise(tmp_path):
+    """Only a partition that is behind and stops moving is ever waited for this long (projector.merge_gate)."""
+    default = cli.config_from_args(cli.build_parser().parse_args(["run", "--data-dir", str(tmp_path)]), "test:9092")
+    told = cli.config_from_args(cli.build_parser().parse_args(["run", "--data-dir", str(tmp_path),
+                                                               "--merge-hold-ms", "250"]), "test:9092")
+    assert (default.merge_hold_s, told.merge_hold_s) == (2.0, 0.25)
+
+
 def _collections(monkeypatch) -> list[int]:
     done: list[int] = []
     monkeypatch.setattr(service_mod.gc, "collect", lambda *a: done.append(1) or 0)

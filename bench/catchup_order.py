@@ -1,0 +1,166 @@
+"""How far from the merge order does a projector fold a backlog? (issue 15 §3 follow-up)
+
+Reads the event topics of an existing log from offset 0 the way the projector fetches them
+(read_committed, 8 MB per partition, batches of ``--max-batch``), twice:
+
+1. ``fetch order``: each batch sorted by ``events.topics.merge_order`` (what the projector did
+   before ``projector.merge_gate``): counts the records that come after a record logged later,
+   and by how much;
+2. ``merge gate``: the same fetches through ``projector.merge_gate`` as the projector's loop
+   drives it (fetch from the starving partitions, fill a batch): the same count (0 expected),
+   and the gate's own CPU.
+
+It appends nothing. Make a log first, e.g. ``python bench/replay.py`` (it prints the
+broker), then::
+
+    MESHLOG_KAFKA_BOOTSTRAP=127.0.0.1:PORT python bench/catchup_order.py
+
+The whole projector's catch-up time is measured by starting ``projector run`` on a fresh
+``--data-dir`` against that log and reading ``caught up at`` in its log (see
+docs/performance-log.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
+
+from events import topics  # noqa: E402
+from events.admin import partitions_of  # noqa: E402
+from events.kafka_security import connection_kwargs  # noqa: E402
+from projector.merge_gate import MergeGate  # noqa: E402
+from projector.snapshots import tp_key  # noqa: E402
+
+EVENT_TOPICS = (topics.REGISTRATIONS, topics.HEALTH, topics.RULES)
+
+
+class Inversions:
+    """Counts records folded after one that sorts later in the merge order."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self.late = 0
+        self.worst_ms = 0
+        self._max: tuple | None = None
+
+    def fold(self, records: list) -> None:
+        for r in records:
+            k = topics.merge_order(r.timestamp, r.topic, r.partition, r.offset)
+            self.seen += 1
+            if self._max is not None and k < self._max:
+                self.late += 1
+                self.worst_ms = max(self.worst_ms, self._max[0] - r.timestamp)
+            else:
+                self._max = k
+
+    def line(self, name: str, wall: float, batches: int, extra: str = "") -> str:
+        share = self.late / self.seen if self.seen else 0.0
+        return (f"{name:<12} {self.seen:>9,} records in {batches:>4} batches, {wall:6.1f} s: {self.late:>9,} folded "
+                f"after a later record ({share:.1%}), up to {self.worst_ms:,} ms late{extra}")
+
+
+async def consumer_for(bootstrap: str) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+    consumer = AIOKafkaConsumer(
+        **connection_kwargs(bootstrap), group_id=None, enable_auto_commit=False, isolation_level="read_committed",
+        auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20, fetch_min_bytes=1,
+    )
+    await consumer.start()
+    found = await partitions_of(consumer, EVENT_TOPICS)
+    tps = [TopicPartition(t, p) for t in EVENT_TOPICS for p in found.get(t, [])]
+    consumer.assign(tps)
+    for tp in tps:
+        consumer.seek(tp, 0)
+    return consumer, tps
+
+
+async def caught_up(consumer: AIOKafkaConsumer, tps: list[TopicPartition], ends: dict) -> bool:
+    for tp in tps:
+        if await consumer.position(tp) < ends[tp]:
+            return False
+    return True
+
+
+async def fetch_order(bootstrap: str, max_batch: int) -> str:
+    consumer, tps = await consumer_for(bootstrap)
+    try:
+        ends = await consumer.end_offsets(tps)
+        count, batches, t0 = Inversions(), 0, time.perf_counter()
+        while not await caught_up(consumer, tps, ends):
+            got = await consumer.getmany(*tps, timeout_ms=1000, max_records=max_batch)
+            records = [r for recs in got.values() for r in recs]
+            while records and len(records) < max_batch:
+                more = await consumer.getmany(*tps, timeout_ms=0, max_records=max_batch - len(records))
+                if not more:
+                    break
+                records += [r for recs in more.values() for r in recs]
+            if records:
+                records.sort(key=lambda r: topics.merge_order(r.timestamp, r.topic, r.partition, r.offset))
+                count.fold(records)
+                batches += 1
+        return count.line("fetch order", time.perf_counter() - t0, batches)
+    finally:
+        await consumer.stop()
+
+
+async def through_gate(bootstrap: str, max_batch: int) -> str:
+    consumer, tps = await consumer_for(bootstrap)
+    by_key = {tp_key(tp.topic, tp.partition): tp for tp in tps}
+    gate = MergeGate()
+    positions: dict[str, int] = {}
+
+    def stable_ends() -> dict[str, int | None]:
+        return {tp_key(tp.topic, tp.partition): consumer.last_stable_offset(tp) for tp in tps}
+
+    try:
+        ends = await consumer.end_offsets(tps)
+        count, batches, gate_cpu, t0 = Inversions(), 0, 0.0, time.perf_counter()
+        while not (await caught_up(consumer, tps, ends) and gate.held == 0):
+            starving = gate.starving(positions, stable_ends())
+            pull = [by_key[k] for k in starving] or tps
+            got = await consumer.getmany(*pull, timeout_ms=1000, max_records=max_batch)
+            ready: list = []
+            while True:
+                c0 = time.process_time()
+                for tp, recs in got.items():
+                    gate.offer(tp_key(tp.topic, tp.partition), recs)
+                for tp in tps:
+                    positions[tp_key(tp.topic, tp.partition)] = await consumer.position(tp)
+                ready += gate.take(positions, stable_ends(), time.monotonic(), max_batch - len(ready))
+                starving = gate.starving(positions, stable_ends())
+                gate_cpu += time.process_time() - c0
+                if not got or len(ready) >= max_batch:
+                    break
+                got = await consumer.getmany(*([by_key[k] for k in starving] or tps), timeout_ms=0,
+                                             max_records=max_batch)
+            if ready:
+                count.fold(ready)
+                batches += 1
+        return count.line("merge gate", time.perf_counter() - t0, batches,
+                          f"; the gate's CPU {gate_cpu:.2f} s ({gate_cpu / max(count.seen, 1) * 1e6:.2f} µs per record)")
+    finally:
+        await consumer.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bootstrap", default=os.environ.get("MESHLOG_KAFKA_BOOTSTRAP"),
+                    help="the broker holding the log (default $MESHLOG_KAFKA_BOOTSTRAP)")
+    ap.add_argument("--max-batch", type=int, default=20_000, help="records per batch, as `projector run` (20000)")
+    args = ap.parse_args()
+    if not args.bootstrap:
+        ap.error("--bootstrap (or $MESHLOG_KAFKA_BOOTSTRAP): the broker holding a log, e.g. bench/replay.py's")
+    print(asyncio.run(fetch_order(args.bootstrap, args.max_batch)), flush=True)
+    print(asyncio.run(through_gate(args.bootstrap, args.max_batch)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -4,9 +4,9 @@ Reads the event topics of an existing log from offset 0 the way the projector fe
 (read_committed, 8 MB per partition, batches of ``--max-batch``), twice:
 
 1. ``fetch order``: each batch sorted by ``events.topics.merge_order`` (what the projector did
-   before ``projector.merge_gate``): counts the records that come after a record logged later,
+   before ``events.merge_gate``): counts the records that come after a record logged later,
    and by how much;
-2. ``merge gate``: the same fetches through ``projector.merge_gate`` as the projector's loop
+2. ``merge gate``: the same fetches through ``events.merge_gate`` as the projector's loop
    drives it (fetch from the starving partitions, fill a batch): the same count (0 expected),
    and the gate's own CPU.
 
@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 from events import topics  # noqa: E402
 from events.admin import partitions_of  # noqa: E402
 from events.kafka_security import connection_kwargs  # noqa: E402
-from projector.merge_gate import MergeGate  # noqa: E402
+from events.merge_gate import MergeGate  # noqa: E402
 from projector.snapshots import tp_key  # noqa: E402
 
 EVENT_TOPICS = (topics.REGISTRATIONS, topics.HEALTH, topics.RULES)

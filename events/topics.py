@@ -115,9 +115,10 @@ def replication_for(brokers: int) -> tuple[int, int]:
 # interleaving of them (tests/unit/projector/test_properties.py), except one decision that reads
 # another instance's key: whether a run-time subscription names a service some instance has ever
 # registered ("unknown_service", ``projector.fold``). That one follows the merge order, which replay
-# and the projector (through ``projector.merge_gate``, backlogs included) fold in. More partitions spread the brokers' write load; the
-# projector and replay read every partition the broker reports. Rules keep one partition: the fold
-# relies on their total order (a policy may not drop a subset a route rule uses).
+# and the projector (through ``events.merge_gate``, backlogs included) fold in. More partitions
+# spread the brokers' write load; the projector and replay read every partition the broker reports.
+# Rules keep one partition: the fold relies on their total order (a policy may not drop a subset a
+# route rule uses).
 EVENT_PARTITIONS = 6
 _EVENTS = _capped(_HISTORY, EVENT_MAX_MESSAGE_BYTES)
 EVENT_TOPICS: tuple[TopicSpec, ...] = (

@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--merge-hold-ms", type=argtypes.integer(0, 600_000), default=2000,
         help="how long a partition that is behind and not moving may hold back the records that sort after it, "
-        "before the fold goes past it with a warning (default 2000; see projector.merge_gate)",
+        "before the fold goes past it with a warning (default 2000; see events.merge_gate)",
     )
     run.add_argument(
         "--linger-ms", type=argtypes.integer(0, 60_000), default=0,

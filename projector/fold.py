@@ -34,7 +34,7 @@ render uses as the node's closure roots: one model for both origins.
   sit on another partition: it follows the merge order
   (``events.topics.merge_order``: broker time, then topic, partition,
   offset), which replay folds in, and so does the live projector: its merge
-  gate (``projector.merge_gate``) holds a fetched record back until no
+  gate (``events.merge_gate``) holds a fetched record back until no
   partition still behind it can deliver an earlier one, so a backlog (a
   restart, a new worker) is not folded partition by partition. What no reader
   can order is named there (a transaction's records, several brokers' clocks).

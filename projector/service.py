@@ -34,7 +34,7 @@ directly, with every store update applied as one atomic ``WriteBatch``.
 
 Processing (one loop, one batch at a time):
 
-1. ``getmany`` (read_committed) through the merge gate (``projector.merge_gate``)
+1. ``getmany`` (read_committed) through the merge gate (``events.merge_gate``)
    up to ``max_batch`` records in ``events.topics.merge_order``, the order
    replay folds in: a fetched record waits while a partition still behind it
    could deliver an earlier one, and the next fetch is from those partitions.
@@ -148,7 +148,7 @@ from events.undecodable import REASON_MAX, UndecodableLog, decode_or_skip, try_d
 from projector import publisher as pub
 from projector.deadletter import dead_letter_key, dead_letter_record, parse_dead_letter
 from projector.fold import fold_many, fold_with_decisions
-from projector.merge_gate import MergeGate
+from events.merge_gate import MergeGate
 from projector.render import render_all
 from projector.sharding import Ownership
 from projector.snapshots import KEY as SNAPSHOT_KEY
@@ -176,7 +176,7 @@ class ProjectorConfig:
     max_batch: int = 20_000
     poll_timeout_s: float = 0.2
     # How long a partition that is behind (visible records not delivered yet) may hold back the records that
-    # sort after its last one before the fold goes past it anyway and says so (``projector.merge_gate``):
+    # sort after its last one before the fold goes past it anyway and says so (``events.merge_gate``):
     # only a partition that stops moving (its leader unreachable) ever waits this long; one being fetched
     # releases the rest within a fetch.
     merge_hold_s: float = 2.0
@@ -388,7 +388,7 @@ class ProjectorService:
         self._render_after: dict[str, int] = {}
         self._positions: dict[str, int] = {}  # per tp: the consumer's position after the last fetch, or the
         # offset of its first record the merge gate still holds (not folded: not past it yet)
-        self._gate = MergeGate(config.merge_hold_s)  # fetch order -> merge order (``projector.merge_gate``)
+        self._gate = MergeGate(config.merge_hold_s)  # fetch order -> merge order (``events.merge_gate``)
         self._stalled_logged: set[str] = set()
         self._positions_read: dict[str, int] = {}  # per tp: the consumer's own position after the last fetch
         self._tp_of: dict[str, TopicPartition] = {}

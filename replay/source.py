@@ -13,9 +13,10 @@ Invariants:
 - Records are yielded merged across partitions in a deterministic order
   (broker timestamp, then topic, partition, offset); the fold is built not to
   depend on cross-topic order, and this order makes output reproducible.
-  ``iter_cut`` streams that order with per-partition watermarks (a record is
-  released once no partition can still deliver an earlier one), so memory
-  stays bounded by what is fetched ahead, not by the length of the log.
+  ``iter_cut`` streams that order through ``events.merge_gate``, the live
+  projector's own merge (a record is released once no unfinished partition
+  can still deliver an earlier one), so memory stays bounded by what is
+  fetched ahead, not by the length of the log.
 - A record that does not decode is reported, not folded, and never stops a
   read: it is skipped as every reader skips it (``events.undecodable``).
   Decoding follows ``events.codec`` exactly (``events.record_decoder``), topic check
@@ -25,8 +26,9 @@ Invariants:
 
 from __future__ import annotations
 
-import itertools
+import bisect
 import logging
+import math
 import operator
 import time
 from dataclasses import dataclass, field
@@ -39,6 +41,7 @@ from events.admin import partitions_of
 from events.envelope import Logged
 from events.kafka_security import connection_kwargs
 from events.errors import EventValidationError
+from events.merge_gate import MergeGate
 from events.undecodable import Undecodable, UndecodableLog
 from events.record_decoder import RecordDecoder
 
@@ -98,7 +101,7 @@ def _tp_order(tp: TopicPartition) -> tuple[int, str, int]:
     return (TOPIC_RANK.get(tp.topic, 99), tp.topic, tp.partition)
 
 
-_TIMESTAMP = operator.attrgetter("timestamp_ms")
+_OFFSET = operator.attrgetter("offset")
 
 
 async def existing_topics(consumer: AIOKafkaConsumer) -> set[str]:
@@ -144,97 +147,58 @@ async def iter_cut(
     batch: int = 10_000,
     stall_s: float = 60.0,
 ) -> AsyncIterator[Batch]:
-    """The records of ``cut``, decoded, in merge order, as batches (each already in order)."""
+    """The records of ``cut``, decoded, in merge order, as batches (each already in order).
+
+    The merge is ``events.merge_gate``'s, the projector's own: a record is released once no unfinished
+    partition can still deliver an earlier one. Replay never goes past a partition (``hold_s`` infinite): one
+    that stops moving ends the read with ``ReadStalled``."""
     decode = decoder or RecordDecoder()
     skipped = UndecodableLog(None, reader="replay")  # reported in the output, not logged
-    # in (topic rank, partition) order: the stable merge below breaks timestamp ties in this order
     todo = sorted((tp for tp in cut.stop if cut.stop[tp] > cut.start[tp]), key=_tp_order)
     if not todo:
         return
     consumer.assign(todo)
     for tp in todo:
         consumer.seek(tp, cut.start[tp])
-    pending: dict[TopicPartition, list[Logged]] = {tp: [] for tp in todo}
-    watermark: dict[TopicPartition, tuple] = {}  # unfinished partition -> merge key of its last decoded record
+    keys = {tp: f"{tp.topic}/{tp.partition}" for tp in todo}
+    gate = MergeGate(hold_s=math.inf)
+    stops = {keys[tp]: cut.stop[tp] for tp in todo}  # a partition is behind until the cut's stop
+    positions = {keys[tp]: cut.start[tp] for tp in todo}
     remaining = set(todo)
     last_progress = time.monotonic()
-    positions: dict[TopicPartition, int] = {}
-    while remaining:
-        fetched = await consumer.getmany(*remaining, timeout_ms=1000, max_records=batch)
+    while remaining or gate.held:
         count = 0
-        bad: list[Undecodable] = []
-        for tp, records in fetched.items():
-            stop = cut.stop[tp]
-            out = pending[tp]
-            last = None
-            append = out.append
-            for record in records:  # ``decode_or_skip``, inline: this loop runs for every record of the cut
-                if record.offset >= stop:
-                    break
-                count += 1
-                last = record
-                try:
-                    append(decode(record))
-                except EventValidationError as exc:
-                    bad.append(skipped.note(record, exc))
-            if last is not None:
-                watermark[tp] = topics.merge_order(last.timestamp, tp.topic, last.partition, last.offset)
-        for tp in list(remaining):
-            pos = await consumer.position(tp)
-            if pos != positions.get(tp):
-                positions[tp] = pos
-                last_progress = time.monotonic()
-            if pos >= cut.stop[tp]:
-                remaining.discard(tp)
-                watermark.pop(tp, None)
-        if remaining and time.monotonic() - last_progress > stall_s:
-            raise ReadStalled(
-                f"reading {', '.join(f'{tp.topic}/{tp.partition}' for tp in sorted(remaining, key=_tp_order))} "
-                f"made no progress for {stall_s:g}s (broker unavailable?)"
-            )
-        # release what no unfinished partition can precede any more
         if remaining:
-            if any(tp not in watermark for tp in remaining):
-                limit = None  # a partition has not delivered anything yet: it could hold anything
-            else:
-                limit = min(watermark[tp] for tp in remaining)
-        else:
-            limit = ()  # everything
-        if limit is None:
-            if count or bad:
-                yield Batch([], bad, count)
-            continue
-        ready = []
-        for tp, items in pending.items():
-            if not items:
-                continue
-            if limit == ():
-                ready.append(items)
-                pending[tp] = []
-            else:
-                # items are in offset (= merge key) order within a partition
-                n = _count_le(items, limit)
-                if n:
-                    ready.append(items[:n])
-                    pending[tp] = items[n:]
-        # ``ready`` is in (rank, partition) order with offsets ascending inside each list, and the sort is
-        # stable (ties keep that order): sorting by timestamp alone yields merge_key order. Timsort merges the
-        # sorted runs it finds, in C (heapq.merge did the same merge in Python)
-        merged = sorted(itertools.chain.from_iterable(ready), key=_TIMESTAMP) if len(ready) > 1 else (
-            ready[0] if ready else [])
-        if merged or bad or count:
-            yield Batch(merged, bad, count)
-
-
-def _count_le(items: list[Logged], limit: tuple) -> int:
-    lo, hi = 0, len(items)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if merge_key(items[mid]) <= limit:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+            fetched = await consumer.getmany(*remaining, timeout_ms=1000, max_records=batch)
+            for tp, records in fetched.items():
+                stop = cut.stop[tp]
+                if records and records[-1].offset >= stop:
+                    records = records[:bisect.bisect_left(records, stop, key=_OFFSET)]
+                count += len(records)
+                gate.offer(keys[tp], records)
+            for tp in list(remaining):
+                pos = await consumer.position(tp)
+                if pos != positions[keys[tp]]:
+                    positions[keys[tp]] = pos
+                    last_progress = time.monotonic()
+                if pos >= cut.stop[tp]:
+                    remaining.discard(tp)
+            if remaining and time.monotonic() - last_progress > stall_s:
+                raise ReadStalled(
+                    f"reading {', '.join(f'{tp.topic}/{tp.partition}' for tp in sorted(remaining, key=_tp_order))} "
+                    f"made no progress for {stall_s:g}s (broker unavailable?)"
+                )
+        ready = gate.take(positions, stops, time.monotonic(), gate.held)
+        events: list[Logged] = []
+        bad: list[Undecodable] = []
+        append = events.append
+        for record in ready:  # ``decode_or_skip``, inline: this loop runs for every record of the cut
+            try:
+                append(decode(record))
+            except EventValidationError as exc:
+                bad.append(skipped.note(record, exc))
+        if events or bad or count:
+            yield Batch(events, bad, count)
 
 
 async def read_cut(

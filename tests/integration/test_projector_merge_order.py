@@ -4,7 +4,7 @@ Given a log in which each run-time subscription comes right after the very first
 service it names, and that registration sits on another partition, a projector started on a fresh data dir
 (so everything is backlog) accepts every subscription, as replay does (``events.topics.merge_order``):
 none is refused as an unknown service. A consumer hands a backlog over one partition at a time, so before
-``projector.merge_gate`` the projector folded the subscriptions' partition ahead of the registrations'
+``events.merge_gate`` the projector folded the subscriptions' partition ahead of the registrations'
 and refused them.
 
 Real broker (the session's, shared: the projector folds everyone's events; only this module's instances are

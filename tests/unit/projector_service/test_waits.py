@@ -39,7 +39,7 @@ def test_both_waits_are_flags(tmp_path):
 
 
 def test_the_merge_gate_waits_2s_for_a_stuck_partition_unless_told_otherwise(tmp_path):
-    """Only a partition that is behind and stops moving is ever waited for this long (projector.merge_gate)."""
+    """Only a partition that is behind and stops moving is ever waited for this long (events.merge_gate)."""
     default = cli.config_from_args(cli.build_parser().parse_args(["run", "--data-dir", str(tmp_path)]), "test:9092")
     told = cli.config_from_args(cli.build_parser().parse_args(["run", "--data-dir", str(tmp_path),
                                                                "--merge-hold-ms", "250"]), "test:9092")

@@ -1,8 +1,12 @@
-"""Folding a live log in the order replay folds it: a sans-I/O gate between the fetch and the fold.
+"""Reading partitions in the merge order: a sans-I/O gate between the fetch and the fold.
 
-Why it exists: a consumer hands records over partition by partition (aiokafka's ``getmany`` drains one
-partition's fetched records before the next one's, up to ``max_records``). A projector catching up on a
-backlog therefore folded later records of one partition before earlier ones of another: over a
+Every streaming reader of the event topics folds through it: the live projector (``projector.service``) and
+replay (``replay.source.iter_cut``, which ends its partitions at a cut and never passes one: ``hold_s``
+infinite). So the projector folds in the order replay folds in, by one piece of code.
+
+Why the projector needs it: a consumer hands records over partition by partition (aiokafka's ``getmany``
+drains one partition's fetched records before the next one's, up to ``max_records``). A projector catching
+up on a backlog therefore folded later records of one partition before earlier ones of another: over a
 1,000,000-event log read from offset 0 in batches of 20,000, 95 % of the records came after a record logged
 later than them, by up to 63 s. Replay folds in ``events.topics.merge_order`` (broker time, then topic,
 partition, offset). The fold decisions that read another key (a run-time subscription to a service whose
@@ -13,8 +17,9 @@ publish different views of one node.
 Invariants:
 - Each partition's records are offered in offset order, as a consumer delivers them; LogAppendTime makes
   their merge keys ascend.
-- A partition is *behind* while the consumer's position in it is short of its last stable offset (visible
-  records it has not delivered yet), or while that offset is unknown (no fetch answered for it yet). A
+- A partition is *behind* while the consumer's position in it is short of its end: its last stable offset
+  for the projector (visible records not delivered yet), the cut's stop for replay; or while that end is
+  unknown (no fetch answered for the partition yet). A
   partition that is not behind constrains nothing: whatever the broker appends to it later is stamped
   later (one broker's clock).
 - A record is released only when its merge key is <= the *frontier* (the merge key of the last record

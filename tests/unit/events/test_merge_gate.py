@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from events import topics
-from projector.merge_gate import MergeGate
+from events.merge_gate import MergeGate
 
 REG, HEALTH, RULES = topics.REGISTRATIONS, topics.HEALTH, topics.RULES
 

@@ -140,6 +140,7 @@ from events.admin import BrokerUnavailable, connect_admin, ensure_topics
 from events.codec import encode
 from events.envelope import Logged, new_event
 from events.errors import EventValidationError
+from events.merge_gate import MergeGate
 from meshlog.outage import KafkaOutageLog
 from events.kafka_security import connection_kwargs
 from events.printable import printable
@@ -148,7 +149,6 @@ from events.undecodable import REASON_MAX, UndecodableLog, decode_or_skip, try_d
 from projector import publisher as pub
 from projector.deadletter import dead_letter_key, dead_letter_record, parse_dead_letter
 from projector.fold import fold_many, fold_with_decisions
-from events.merge_gate import MergeGate
 from projector.render import render_all
 from projector.sharding import Ownership
 from projector.snapshots import KEY as SNAPSHOT_KEY
@@ -717,7 +717,7 @@ class ProjectorService:
                     # publishing on without a membership would write shards that others own by now
                     raise ProjectorError(f"left the group unexpectedly: {self._group_task.exception()!r}")
                 self._note_lag()
-                self._manage_gc(idle=not records)
+                self._manage_gc(idle=not records and not self._gate.held)
         except _Stopping:
             log.warning("stopped while the broker was failing; the unfinished batch is redone on the next start")
         finally:
@@ -1271,13 +1271,6 @@ class ProjectorService:
             log.debug("batch %d timeline: newest event logged at %d ms, fetched %.1f ms after it, views "
                       "published %.1f ms after the fetch", self.totals["batches"], res.newest_event_ms,
                       res.fetched_at * 1000 - res.newest_event_ms, (res.published_at - res.fetched_at) * 1000)
-
-
-def _flatten(batch: dict) -> list:
-    out = []
-    for recs in batch.values():
-        out.extend(recs)
-    return out
 
 
 def _fmt_offsets(offsets: dict[str, int]) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
@@ -12,6 +14,7 @@ from hypothesis import strategies as st
 from events import topics
 from events import types as t
 from events.envelope import Logged
+from events.merge_gate import MergeGate
 from events.shard_group import shard_of
 from projector import naming
 from projector.fold import fold_many
@@ -269,9 +272,8 @@ def test_partition_interleaving_does_not_change_what_is_served(data):
 def test_a_subscription_is_decided_in_the_merge_order_the_projector_and_replay_share():
     """The one fold decision that reads another instance's key: a subscription to a service whose first
     registration sits on another partition in the same millisecond. Both readers fold in
-    ``topics.merge_order`` (the projector sorts each batch by it, replay merges by it), so they decide it
-    alike; a consumer order that put the subscription first would refuse it (``unknown_service``). Across
-    two projector batches the order is the fetch's: the closing note of the change says so."""
+    ``topics.merge_order`` (through ``events.merge_gate``), so they decide it alike; a consumer order that
+    put the subscription first would refuse it (``unknown_service``): the next test."""
     web = logged(t.InstanceRegistered(service="web", instance_id="1", address="10.0.0.1", port=80),
                  ts=1000, partition=1, offset=0)
     ratings = logged(t.InstanceRegistered(service="ratings", instance_id="1", address="10.0.0.2", port=80),
@@ -285,6 +287,46 @@ def test_a_subscription_is_decided_in_the_merge_order_the_projector_and_replay_s
     assert decisions == [] and state.instances["web/1"].subscription("ratings") is not None
     _, decisions = fold_log([web, subscribed, ratings])  # a fetch order that differs from the merge order
     assert [d.problem for d in decisions] == ["unknown_service"]
+
+
+class _Fetched(NamedTuple):
+    """A consumer record as the merge gate reads it, carrying the event it decodes to."""
+
+    timestamp: int
+    topic: str
+    partition: int
+    offset: int
+    event: Logged
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_any_fetch_order_through_the_merge_gate_folds_as_replay_does(data):
+    """Run-time subscriptions included, on several partitions: whichever partition a consumer hands over next
+    and however much of it (one the gate names as starving when it names some, as the projector fetches),
+    the batches the merge gate releases fold to replay's state and decisions (replay folds the merge order).
+    A gate that let records through in fetch order refuses some of those subscriptions (checked)."""
+    parts = partitioned(data.draw(topic_logs()), data.draw(st.sampled_from([2, 3, 6])))
+    merged = sorted((e for evs in parts.values() for e in evs),
+                    key=lambda e: topics.merge_order(e.timestamp_ms, e.topic, e.partition, e.offset))
+    want_state, want_decisions = fold_many(empty_state(), merged)
+    log = {f"{topic}/{partition}": evs for (topic, partition), evs in parts.items()}
+    ends = {k: len(evs) for k, evs in log.items()}
+    delivered = dict.fromkeys(log, 0)
+    gate = MergeGate()
+    state, decisions = empty_state(), []
+    while any(delivered[k] < ends[k] for k in log) or gate.held:
+        left = sorted(k for k in log if delivered[k] < ends[k])
+        if left:
+            k = data.draw(st.sampled_from(sorted(gate.starving(delivered, ends)) or left))
+            chunk = log[k][delivered[k]:delivered[k] + data.draw(st.integers(1, 5))]
+            gate.offer(k, [_Fetched(e.timestamp_ms, e.topic, e.partition, e.offset, e) for e in chunk])
+            delivered[k] += len(chunk)
+        released = gate.take(dict(delivered), ends, now=0.0, limit=data.draw(st.integers(1, 50)))
+        state, refused = fold_many(state, [f.event for f in released])
+        decisions += list(refused)
+    assert decisions == list(want_decisions)
+    assert state_to_bytes(state) == state_to_bytes(want_state)
 
 
 def _unpack(any_msg, cls):

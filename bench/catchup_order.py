@@ -15,9 +15,10 @@ broker), then::
 
     MESHLOG_KAFKA_BOOTSTRAP=127.0.0.1:PORT python bench/catchup_order.py
 
-The whole projector's catch-up time is measured by starting ``projector run`` on a fresh
-``--data-dir`` against that log and reading ``caught up at`` in its log (see
-docs/performance-log.md).
+``--projector`` also times the whole projector's catch-up: ``projector run --insecure-events`` on
+a fresh data dir against that log, until it logs ``caught up at`` (wall and CPU seconds; it
+appends snapshots and adopts the published views, as any new projector would). The log must
+be unsigned (bench/replay.py's is).
 """
 
 from __future__ import annotations
@@ -149,16 +150,51 @@ async def through_gate(bootstrap: str, max_batch: int) -> str:
         await consumer.stop()
 
 
+def projector_catch_up(bootstrap: str) -> str:
+    """``projector run`` on a fresh data dir until it has caught up: (wall s, CPU s) as a line."""
+    import resource
+    import signal
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="meshlog-catchup-") as tmp:
+        log_path = Path(tmp) / "projector.log"
+        with open(log_path, "wb") as out:
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(
+                [str(Path(sys.executable).parent / "projector"), "run", "--bootstrap", bootstrap, "--data-dir",
+                 str(Path(tmp) / "data"), "--insecure-events"],
+                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+            try:
+                deadline = time.monotonic() + 900
+                while b"caught up at" not in log_path.read_bytes():
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise SystemExit(f"projector exited or took over 900 s:\n{log_path.read_text()[-2000:]}")
+                    time.sleep(0.1)
+                wall = time.perf_counter() - t0
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(60)
+        cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+        stalls = log_path.read_text(errors="replace").count("is behind and has not moved")
+    return (f"{'projector':<12} caught up in {wall:.1f} s wall, {cpu.ru_utime + cpu.ru_stime:.1f} CPU-s "
+            f"(until its stop); {stalls} partitions passed by the gate")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bootstrap", default=os.environ.get("MESHLOG_KAFKA_BOOTSTRAP"),
                     help="the broker holding the log (default $MESHLOG_KAFKA_BOOTSTRAP)")
     ap.add_argument("--max-batch", type=int, default=20_000, help="records per batch, as `projector run` (20000)")
+    ap.add_argument("--projector", action="store_true", help="also time a fresh `projector run` catching up")
     args = ap.parse_args()
     if not args.bootstrap:
         ap.error("--bootstrap (or $MESHLOG_KAFKA_BOOTSTRAP): the broker holding a log, e.g. bench/replay.py's")
     print(asyncio.run(fetch_order(args.bootstrap, args.max_batch)), flush=True)
     print(asyncio.run(through_gate(args.bootstrap, args.max_batch)), flush=True)
+    if args.projector:
+        print(projector_catch_up(args.bootstrap), flush=True)
     return 0
 
 

@@ -699,10 +699,9 @@ class ProjectorService:
         stop_wait = asyncio.ensure_future(self._stop.wait())
         try:
             while not self.stopping:
-                records = await self._fetch(stop_wait)
+                records = await self._fetch(stop_wait)  # positions noted too
                 if self.stopping and not records:
                     break
-                await self._update_positions()
                 if records:
                     await self.process(records, in_merge_order=True)
                 elif self._gate.held:
@@ -767,15 +766,15 @@ class ProjectorService:
         while True:
             for tp, recs in got.items():
                 gate.offer(tp_key(tp.topic, tp.partition), recs)
-            for tp in self.tps:
-                self._positions_read[tp_key(tp.topic, tp.partition)] = await consumer.position(tp)
-            ready += gate.take(self._positions_read, self._stable_ends(), time.monotonic(),
-                               self.cfg.max_batch - len(ready))
+            await self._read_positions()
+            ends = self._stable_ends()
+            ready += gate.take(self._positions_read, ends, time.monotonic(), self.cfg.max_batch - len(ready))
             if not got or len(ready) >= self.cfg.max_batch:
                 break
-            starving = gate.starving(self._positions_read, self._stable_ends())
+            starving = gate.starving(self._positions_read, ends)
             tps = [self._tp_of[k] for k in starving] if starving else self.tps
             got = await consumer.getmany(*tps, timeout_ms=0, max_records=self.cfg.max_batch)
+        self._note_positions()
         self._note_stalled()
         return ready
 
@@ -1248,9 +1247,16 @@ class ProjectorService:
         )
 
     async def _update_positions(self) -> None:
+        await self._read_positions()
+        self._note_positions()
+
+    async def _read_positions(self) -> None:
         for tp in self.tps:
-            k = tp_key(tp.topic, tp.partition)
-            pos = self._positions_read[k] = await self.consumer.position(tp)
+            self._positions_read[tp_key(tp.topic, tp.partition)] = await self.consumer.position(tp)
+
+    def _note_positions(self) -> None:
+        """What counts as read per tp: the consumer's position, or its first record the merge gate still holds."""
+        for k, pos in self._positions_read.items():
             held = self._gate.first_held_offset(k)
             self._positions[k] = pos if held is None else min(pos, held)
 

@@ -106,8 +106,9 @@ class MergeGate:
              limit: int) -> list:
         """The held records no behind partition can precede any more, in merge order, at most ``limit``.
 
-        ``positions``: the consumer's position per partition (every partition read); ``stable_ends``: its
-        last stable offset per partition (None: not known yet); ``now``: a monotonic clock, for ``hold_s``."""
+        ``positions``: the consumer's position per partition (every partition read); ``stable_ends``: where
+        each partition ends for this reader (the projector: its last stable offset, None while not known yet;
+        replay: the cut's stop); ``now``: a monotonic clock, for ``hold_s``."""
         behind = [p for p, pos in positions.items() if (end := stable_ends.get(p)) is None or pos < end]
         for p, pos in positions.items():
             if self._moved.get(p) != pos:

@@ -44,6 +44,7 @@ from events.errors import EventValidationError
 from events.merge_gate import MergeGate
 from events.undecodable import Undecodable, UndecodableLog
 from events.record_decoder import RecordDecoder
+from projector.snapshots import tp_key
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ async def iter_cut(
     consumer.assign(todo)
     for tp in todo:
         consumer.seek(tp, cut.start[tp])
-    keys = {tp: f"{tp.topic}/{tp.partition}" for tp in todo}
+    keys = {tp: tp_key(tp.topic, tp.partition) for tp in todo}
     gate = MergeGate(hold_s=math.inf)
     stops = {keys[tp]: cut.stop[tp] for tp in todo}  # a partition is behind until the cut's stop
     positions = {keys[tp]: cut.start[tp] for tp in todo}

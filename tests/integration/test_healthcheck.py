@@ -320,7 +320,7 @@ def test_b_checkers_split_the_shards_and_take_over_without_duplicates(bootstrap,
 
     # every instance is probed by exactly one checker (the owner) once the split settled. A checker stops
     # probing a shard the moment it is revoked, but an app here notes a probe when its handler runs, which on
-    # a loaded host can be a second after the probe was sent: the window starts SETTLE after the split
+    # a loaded host can be a second after the probe was sent: the window starts `settle` after the split
     # (0.5 s was seen to be too short in CI) and is 4 probe intervals long
     settle = 1.5
     time.sleep(max(0.0, t_split + settle - time.time()) + 4 * INTERVAL + 0.5)

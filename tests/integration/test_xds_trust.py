@@ -114,8 +114,9 @@ async def first_response(channel, node: str, type_url: str = CLUSTER):
 
 async def refused_at_start(channel) -> tuple[grpc.StatusCode, str]:
     """Open a stream and send nothing: the gateway refuses a peer (its certificate, or a stream over an admission
-    limit) at the stream's start, before it reads a request. (A request written meanwhile can race the refusal: grpc.aio then reports its own failed send as
-    INTERNAL instead of the gateway's status.) Returns the status the stream ended with and its details."""
+    limit) at the stream's start, before it reads a request. (A request written meanwhile can race the refusal:
+    grpc.aio then reports its own failed send as INTERNAL instead of the gateway's status.) Returns the status
+    the stream ended with and its details."""
     call = stream(channel)
     code = await asyncio.wait_for(call.code(), 10)  # an admitted stream never ends by itself: this times out
     return code, await call.details()

@@ -213,7 +213,7 @@ async def append(bootstrap: str, history: History, events: int, run: str) -> tup
 
 async def write_snapshot(bootstrap: str, at_ms: int) -> dict:
     """Fold the log up to ``at_ms`` (the projector's fold) and append the snapshot record of that cut."""
-    from projector.snapshots import KEY, encode_snapshot
+    from projector.snapshots import KEY, MERGE_ORDER, encode_snapshot
     from projector.state import state_to_bytes
     from replay.engine import open_log, rebuild
 
@@ -221,7 +221,7 @@ async def write_snapshot(bootstrap: str, at_ms: int) -> dict:
         rebuilt = await rebuild(consumer, at_ms, use_snapshot=False)
     offsets = {k: v for k, v in rebuilt.cut.stops_by_key().items()}
     value = encode_snapshot(state_to_bytes(rebuilt.state), next_offsets=offsets, max_timestamp_ms=at_ms,
-                            events=rebuilt.folded)
+                            events=rebuilt.folded, fold_order=MERGE_ORDER)  # replay folds in merge order
     producer = AIOKafkaProducer(**connection_kwargs(bootstrap), acks="all", max_request_size=64 << 20)
     await producer.start()
     try:

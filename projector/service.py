@@ -152,7 +152,7 @@ from projector.fold import fold_many, fold_with_decisions
 from projector.render import render_all
 from projector.sharding import Ownership
 from projector.snapshots import KEY as SNAPSHOT_KEY
-from projector.snapshots import encode_snapshot, parse_tp_key, tp_key
+from projector.snapshots import MERGE_ORDER, encode_snapshot, parse_tp_key, tp_key
 from projector.state import MeshState, empty_state, same_state, state_from_bytes, state_to_bytes
 
 log = logging.getLogger("projector")
@@ -224,6 +224,13 @@ class ProjectorConfig:
 # ---------------------------------------------------------------- store
 
 
+def empty_counters() -> dict[str, Any]:
+    """The counters of an empty state. It is folded through the merge gate from here on, so its snapshots may
+    say ``fold_order: merge``; a checkpoint written before the gate has no ``fold_order`` (its fold went in fetch
+    order), and neither have its snapshots, which replay then does not start from."""
+    return {"events": 0, "dead_lettered": 0, "max_timestamp_ms": None, "fold_order": MERGE_ORDER}
+
+
 @dataclass(slots=True)
 class Stored:
     state: MeshState
@@ -285,7 +292,7 @@ class Store:
             counters = cp["counters"]
         else:
             state, state_offsets = empty_state(), {}
-            counters = {"events": 0, "dead_lettered": 0, "max_timestamp_ms": None}
+            counters = empty_counters()
         em_raw = db.get(self.K_EMITTED)
         em = orjson.loads(em_raw) if em_raw is not None else {}
         published = pub.PublishedViews()
@@ -377,7 +384,7 @@ class ProjectorService:
         self.next_folded: dict[str, int] = {}
         self.emitted: dict[str, int] = {}
         self.published = pub.PublishedViews()
-        self.counters: dict[str, Any] = {"events": 0, "dead_lettered": 0, "max_timestamp_ms": None}
+        self.counters: dict[str, Any] = empty_counters()
         self.snapshot_marks: dict[str, Any] = {"events": 0, "at": None}
         self.totals = {"batches": 0, "published_records": 0, "rejections": 0, "dead_letters": 0, "snapshots": 0,
                        "undeliverable": 0, "attestations": 0, "attestations_lost": 0}
@@ -511,6 +518,11 @@ class ProjectorService:
             len(self.published.resources),
             len(self.published.membership),
         )
+        if self.counters.get("fold_order") != MERGE_ORDER:
+            log.warning(
+                "data dir %s holds a state folded before merge-ordered folding (in fetch order): replay does not "
+                "start from the snapshots it appends; --reset refolds it from the log in merge order", cfg.data_dir,
+            )
         await self._update_positions()
         ends = await self.consumer.end_offsets(self.tps)  # read_committed: last stable offsets
         self.hold_rendering_until({tp_key(tp.topic, tp.partition): ends[tp] for tp in self.tps})
@@ -1178,6 +1190,7 @@ class ProjectorService:
             next_offsets=self.next_folded,
             max_timestamp_ms=self.counters["max_timestamp_ms"],
             events=self.counters["events"],
+            fold_order=self.counters.get("fold_order"),
             dead_lettered=self.counters["dead_lettered"],
             signer=self._signer.current() if self._signer is not None else None,  # replay verifies it
         )

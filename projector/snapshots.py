@@ -33,6 +33,14 @@ Header fields:
   ``compression``: ``"zlib"``; ``state_bytes``: uncompressed body length;
   ``state_sha256``: hex SHA-256 of the uncompressed body (checked on decode).
 - ``created_at`` (UTC ISO-8601) and ``producer`` (``"projector"``).
+- ``fold_order``: ``"merge"`` when every record in the state was folded in
+  ``events.topics.merge_order`` (through ``events.merge_gate``) since the
+  state was empty, so the state is what replay's fold of the same records
+  gives; ``null`` when that is not known: the projector that built the state
+  folded (some of) it in fetch order, before the merge gate, and a catch-up
+  then folds records of one partition before earlier ones of another, so the
+  cut is not a prefix of the merge order. Replay starts only from ``"merge"``
+  snapshots (``replay.snapshots.valid_for``).
 - ``signer`` and ``signature`` (issue 13; present when the projector has a
   mesh identity): the serial of the projector's certificate and its ECDSA
   P-256 signature (``events.signing``) over ``header_signing_bytes``: the
@@ -61,6 +69,7 @@ FORMAT = 1
 KEY = b"snapshot"
 STATE_ENCODING = "projector.state/orjson"
 COMPRESSION = "zlib"
+MERGE_ORDER = "merge"  # the ``fold_order`` of a state folded in merge order from empty
 
 
 class SnapshotError(ValueError):
@@ -101,17 +110,20 @@ def encode_snapshot(
     next_offsets: Mapping[str, int],
     max_timestamp_ms: int | None,
     events: int,
+    fold_order: str | None,
     dead_lettered: int = 0,
     created_at: datetime | None = None,
     level: int = 6,
     signer=None,
 ) -> bytes:
-    """The snapshot record's value; ``signer`` (``events.signing.Signer``): sign its header."""
+    """The snapshot record's value; ``fold_order``: ``MERGE_ORDER`` only for a state folded in merge order from
+    empty (the caller knows, the bytes do not say); ``signer`` (``events.signing.Signer``): sign its header."""
     header = {
         "format": FORMAT,
         "next_offsets": dict(sorted(next_offsets.items())),
         "max_timestamp_ms": max_timestamp_ms,
         "events": events,
+        "fold_order": fold_order,
         "dead_lettered": dead_lettered,
         "state_encoding": STATE_ENCODING,
         "compression": COMPRESSION,

@@ -15,6 +15,12 @@ one folded past T. Several projectors (a fresh data dir, a second
 deployment) may interleave snapshots on the topic; a few records back are
 read as well, and the best valid one wins. Anything undecodable is skipped.
 
+Only a snapshot whose state was folded in merge order (header ``fold_order``
+``"merge"``) is a prefix of what replay folds: a projector from before the
+merge gate folded a catch-up partition by partition, and its snapshots'
+offsets cut the log where replay's order does not. Such snapshots are never
+started from (one warning says how many were passed over).
+
 Signed snapshots (issue 13): given a verifier (replay's default), a
 snapshot is used only if its header is signed by a ``projector`` identity
 held when the snapshot was logged (``snapshot_refusal``, pure); a snapshot
@@ -34,7 +40,9 @@ from typing import Mapping
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from events import topics
-from projector.snapshots import Snapshot, SnapshotError, decode_header, decode_snapshot, header_signing_bytes
+from projector.snapshots import (
+    MERGE_ORDER, Snapshot, SnapshotError, decode_header, decode_snapshot, header_signing_bytes,
+)
 from events.printable import printable
 from replay.source import read_range
 
@@ -80,7 +88,12 @@ class ChosenSnapshot:
 
 
 def valid_for(c: Candidate, at_ms: int, log_stops: Mapping[str, int] | None = None) -> bool:
-    """Whether the snapshot describes a prefix of the log as of ``at_ms``."""
+    """Whether the snapshot's state is replay's fold of a prefix of the log as of ``at_ms``."""
+    return c.header.get("fold_order") == MERGE_ORDER and _within_cut(c, at_ms, log_stops)
+
+
+def _within_cut(c: Candidate, at_ms: int, log_stops: Mapping[str, int] | None) -> bool:
+    """Whether everything the snapshot folded is in the cut at ``at_ms`` (whatever order it was folded in)."""
     mts = c.max_timestamp_ms
     if mts is None or mts > at_ms:
         return False
@@ -133,6 +146,7 @@ async def find_snapshot(
     found = await consumer.offsets_for_times({tp: at_ms + 1 for tp in tps})
     candidates: list[Candidate] = []
     values: dict[tuple[int, int], bytes] = {}
+    fetch_ordered: list[int] = []  # offsets of snapshots passed over for their fold order alone
 
     async def scan(tp: TopicPartition, lo: int, hi: int, split: int) -> None:
         def past(record) -> bool:
@@ -152,9 +166,13 @@ async def find_snapshot(
                 log.debug("skipping snapshot record %d: %s", record.offset, exc)
                 continue
             c = Candidate(record.offset, record.timestamp, header, tp.partition)
-            if valid_for(c, at_ms, log_stops):
+            if not _within_cut(c, at_ms, log_stops):
+                continue
+            if header.get("fold_order") == MERGE_ORDER:
                 candidates.append(c)
                 values[(tp.partition, record.offset)] = record.value
+            else:
+                fetch_ordered.append(record.offset)
 
     for tp in tps:
         if ends[tp] <= begins[tp]:
@@ -169,6 +187,12 @@ async def find_snapshot(
             hi, lo = lo, max(begins[tp], lo - step)
             await scan(tp, lo, hi, hi)
             step *= 4
+    if fetch_ordered:
+        log.warning(
+            "%d snapshot(s) (offsets %d..%d) passed over: their projector folded in fetch order, before "
+            "merge-ordered folding, so their state is not a prefix of replay's fold",
+            len(fetch_ordered), min(fetch_ordered), max(fetch_ordered),
+        )
     for best in choose(candidates, at_ms, log_stops):
         if verifier is not None:
             refused = snapshot_refusal(verifier, best.header, best.timestamp_ms)

@@ -279,6 +279,37 @@ async def test_checkpoint_and_snapshot(tmp_path):
     assert stored.snapshot_marks["events"] == 2
 
 
+async def test_only_a_state_folded_in_merge_order_from_empty_says_so_in_its_snapshots(tmp_path):
+    from projector.snapshots import MERGE_ORDER, decode_header
+
+    log, producer = mesh_log(), FakeProducer()
+    log.append(registered("web", "web-1"))
+    svc = make(tmp_path / "new", producer, snapshot_events=1, checkpoint_events=1)
+    await svc.process(log.records[topics.REGISTRATIONS][:1])
+    close(svc)
+    assert decode_header(producer.to(topics.SNAPSHOTS)[-1].value)["fold_order"] == MERGE_ORDER
+
+    # a data dir checkpointed by a projector from before the merge gate: its counters have no fold_order
+    old = tmp_path / "old"
+    svc = make(old, FakeProducer(), checkpoint_events=1)
+    await svc.process(log.records[topics.REGISTRATIONS][:1])
+    close(svc)
+    store = Store(old / service_mod.DB_NAME)
+    stored = store.load()
+    del stored.counters["fold_order"]
+    store.commit(checkpoint=(service_mod.state_to_bytes(stored.state), stored.state_offsets, stored.counters))
+    store.close()
+    headers = []
+    for record in log.records[topics.REGISTRATIONS][1:]:  # restarted on it, and again: it never forgets
+        producer = FakeProducer()
+        svc = make(old, producer, snapshot_events=1, checkpoint_events=1)
+        await svc.process([record])
+        close(svc)
+        headers += [decode_header(s.value) for s in producer.to(topics.SNAPSHOTS)]
+    assert svc.counters["events"] == 3
+    assert len(headers) == 2 and all(h["fold_order"] is None for h in headers)
+
+
 def test_a_data_dir_of_another_cluster_is_refused(tmp_path):
     svc = make(tmp_path, FakeProducer())
     close(svc)

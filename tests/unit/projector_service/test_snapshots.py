@@ -11,6 +11,7 @@ from events import topics
 from projector.fold import fold_many
 from projector.snapshots import (
     KEY,
+    MERGE_ORDER,
     SnapshotError,
     decode_header,
     decode_snapshot,
@@ -35,7 +36,8 @@ def test_a_snapshot_round_trips_state_and_header():
     state = _state()
     body = state_to_bytes(state)
     data = encode_snapshot(body, next_offsets={tp_key(topics.REGISTRATIONS, 0): 5, tp_key(topics.RULES, 0): 0},
-                           max_timestamp_ms=1004, events=5, dead_lettered=1)
+                           max_timestamp_ms=1004, events=5, dead_lettered=1,
+                           fold_order=MERGE_ORDER)
     assert KEY == b"snapshot" and data.startswith(b"MLSNAP\x01")
     header = decode_header(data)
     assert header["next_offsets"] == {"meshlog.registrations/0": 5, "meshlog.rules/0": 0}
@@ -48,7 +50,7 @@ def test_a_snapshot_round_trips_state_and_header():
 
 
 def test_corrupt_or_foreign_bytes_are_refused():
-    data = encode_snapshot(b'{"format": 1}', next_offsets={}, max_timestamp_ms=None, events=0)
+    data = encode_snapshot(b'{"format": 1}', next_offsets={}, max_timestamp_ms=None, events=0, fold_order=None)
     with pytest.raises(SnapshotError):
         decode_snapshot(b"nope")
     with pytest.raises(SnapshotError):

@@ -9,7 +9,7 @@ import pytest
 
 from projector.fold import fold_many
 from projector.render import render, render_all
-from projector.snapshots import encode_snapshot
+from projector.snapshots import MERGE_ORDER, encode_snapshot
 from projector.state import empty_state, state_to_bytes
 from projector.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from proxy.envoy_process import dynamic_names
@@ -82,7 +82,8 @@ def test_time_forms():
 
 
 def cand(offset, max_ts, offsets, ts=None):
-    return Candidate(offset, ts or (max_ts or 0) + 5, {"max_timestamp_ms": max_ts, "next_offsets": offsets})
+    return Candidate(offset, ts or (max_ts or 0) + 5,
+                     {"max_timestamp_ms": max_ts, "next_offsets": offsets, "fold_order": MERGE_ORDER})
 
 
 def test_choose_the_valid_snapshot_that_folded_most():
@@ -213,7 +214,8 @@ def test_cache_from_rendered_serves_exactly_the_rendered_views():
 
 def test_snapshot_bytes_round_trip_into_the_same_render():
     _h, _log, state = mesh(4)
-    data = encode_snapshot(state_to_bytes(state), next_offsets={"x/0": 1}, max_timestamp_ms=5, events=1)
+    data = encode_snapshot(state_to_bytes(state), next_offsets={"x/0": 1}, max_timestamp_ms=5, events=1,
+                           fold_order=MERGE_ORDER)
     from projector.snapshots import decode_snapshot
 
     assert render_all(decode_snapshot(data).state()).versions == render_all(state).versions

@@ -22,7 +22,7 @@ from identity.registry import EMPTY, fold_many as fold_identities
 from identity.verifier import Verifier
 from events.envelope import Logged, new_event
 from projector.framing import HEADER_LEN as _LEN
-from projector.snapshots import MAGIC, decode_header, encode_snapshot
+from projector.snapshots import MAGIC, MERGE_ORDER, decode_header, encode_snapshot
 from projector.state import empty_state, state_to_bytes
 from replay.engine import rebuild
 from replay.snapshots import find_snapshot, snapshot_refusal
@@ -47,7 +47,7 @@ VERIFIER = Verifier(fold_identities(EMPTY, [PROJECTOR_ISSUED, SIDECAR_ISSUED]), 
 
 def snapshot(signer=None, **header_changes) -> bytes:
     value = encode_snapshot(state_to_bytes(empty_state()), next_offsets={REG_KEY: 0}, max_timestamp_ms=T, events=0,
-                            signer=signer)
+                            fold_order=MERGE_ORDER, signer=signer)
     if not header_changes:
         return value
     header = {**decode_header(value), **header_changes}
@@ -84,7 +84,8 @@ def _signed_mesh_log(best_signer) -> dict[TopicPartition, list[Rec]]:
 
         snap = decode_snapshot(rec.value)
         value = encode_snapshot(zlib_state(snap), next_offsets={REG_KEY: count},
-                                max_timestamp_ms=events[count - 1].timestamp, events=count, signer=signer)
+                                max_timestamp_ms=events[count - 1].timestamp, events=count,
+                                fold_order=MERGE_ORDER, signer=signer)
         return Rec(SNAP.topic, 0, offset, appended_ms, value, b"snapshot")
 
     logs[SNAP] = [signed_snapshot(3, 0, T - 2, PROJECTOR), signed_snapshot(6, 1, T, best_signer)]

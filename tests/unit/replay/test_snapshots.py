@@ -18,7 +18,7 @@ from events import types as t
 from events.codec import encode
 from events.envelope import new_event
 from projector.fold import fold_many
-from projector.snapshots import encode_snapshot
+from projector.snapshots import MERGE_ORDER, encode_snapshot
 from projector.state import empty_state, state_to_bytes
 from events.record_decoder import RecordDecoder
 from replay.engine import rebuild
@@ -32,7 +32,8 @@ REG_KEY = f"{topics.REGISTRATIONS}/0"
 
 
 def candidate(offset: int, max_ts: int, next_offset: int) -> Candidate:
-    return Candidate(offset, max_ts + 1, {"max_timestamp_ms": max_ts, "next_offsets": {REG_KEY: next_offset}})
+    return Candidate(offset, max_ts + 1,
+                     {"max_timestamp_ms": max_ts, "next_offsets": {REG_KEY: next_offset}, "fold_order": MERGE_ORDER})
 
 
 def test_a_snapshot_whose_last_event_is_at_exactly_t_is_valid_and_chosen():
@@ -55,12 +56,13 @@ def event_log() -> list[Rec]:
         for offset, ts in enumerate(stamps)]
 
 
-def snapshot_of(events: list[Rec], count: int, offset: int, appended_ms: int) -> Rec:
+def snapshot_of(events: list[Rec], count: int, offset: int, appended_ms: int, fold_order: str | None = MERGE_ORDER) -> Rec:
     """A snapshot record folding the first ``count`` events, appended at ``appended_ms``."""
     decode = RecordDecoder()
     state, _ = fold_many(empty_state(), [decode(r) for r in events[:count]])
     value = encode_snapshot(state_to_bytes(state), next_offsets={REG_KEY: count},
-                            max_timestamp_ms=events[count - 1].timestamp, events=count)
+                            max_timestamp_ms=events[count - 1].timestamp, events=count,
+                            fold_order=fold_order)
     return Rec(SNAP.topic, 0, offset, appended_ms, value, b"snapshot")
 
 
@@ -96,3 +98,16 @@ def test_a_replay_at_t_starts_from_that_snapshot_and_folds_nothing_more():
     cold = asyncio.run(rebuild(FakeConsumer(logs, random.Random(3)), T, use_snapshot=False))
     assert cold.folded == 6 and cold.state == rebuilt.state
     assert sorted(i.reg.instance_id for i in rebuilt.state.instances.values()) == [f"i{n}" for n in range(6)]
+
+
+def test_a_snapshot_folded_in_fetch_order_is_passed_over_with_a_warning(caplog):
+    # the best snapshot's projector predates merge-ordered folding: its cut need not be a prefix of replay's
+    logs = mesh_log(T)
+    logs[SNAP][1] = snapshot_of(event_log(), 6, 1, T, fold_order=None)
+    with caplog.at_level("WARNING", logger="replay.snapshots"):
+        rebuilt = asyncio.run(rebuild(FakeConsumer(logs, random.Random(4)), T))
+    assert rebuilt.snapshot is not None and rebuilt.snapshot.offset == 0  # the merge-ordered one before it
+    assert rebuilt.folded == 3
+    assert "1 snapshot(s) (offsets 1..1) passed over" in caplog.text and "fetch order" in caplog.text
+    cold = asyncio.run(rebuild(FakeConsumer(logs, random.Random(5)), T, use_snapshot=False))
+    assert cold.state == rebuilt.state

@@ -34,7 +34,7 @@ directly, with every store update applied as one atomic ``WriteBatch``.
 
 Processing (one loop, one batch at a time):
 
-1. ``getmany`` (read_committed) through the merge gate (``events.merge_gate``)
+1. ``getmany`` (read_committed) through the merge gate (``projector.merged_fetch``)
    up to ``max_batch`` records in ``events.topics.merge_order``, the order
    replay folds in: a fetched record waits while a partition still behind it
    could deliver an earlier one, and the next fetch is from those partitions.
@@ -140,7 +140,6 @@ from events.admin import BrokerUnavailable, connect_admin, ensure_topics
 from events.codec import encode
 from events.envelope import Logged, new_event
 from events.errors import EventValidationError
-from events.merge_gate import MergeGate
 from meshlog.outage import KafkaOutageLog
 from events.kafka_security import connection_kwargs
 from events.printable import printable
@@ -152,6 +151,7 @@ from projector.fold import fold_many, fold_with_decisions
 from projector.render import render_all
 from projector.sharding import Ownership
 from projector.snapshots import KEY as SNAPSHOT_KEY
+from projector.merged_fetch import DEFAULT_HOLD_S, MergedFetch
 from projector.snapshots import MERGE_ORDER, encode_snapshot, parse_tp_key, tp_key
 from projector.state import MeshState, empty_state, same_state, state_from_bytes, state_to_bytes
 
@@ -176,10 +176,8 @@ class ProjectorConfig:
     max_batch: int = 20_000
     poll_timeout_s: float = 0.2
     # How long a partition that is behind (visible records not delivered yet) may hold back the records that
-    # sort after its last one before the fold goes past it anyway and says so (``events.merge_gate``):
-    # only a partition that stops moving (its leader unreachable) ever waits this long; one being fetched
-    # releases the rest within a fetch.
-    merge_hold_s: float = 2.0
+    # sort after its last one before the fold goes past it anyway and says so (``projector.merged_fetch``)
+    merge_hold_s: float = DEFAULT_HOLD_S
     # Every view change waits for this before it leaves the process, once per publish phase (bodies,
     # memberships, tombstones: each acknowledged before the next), so it adds straight to the time an
     # event takes to reach the proxies. It buys nothing here: a phase's records are all added to the
@@ -393,12 +391,9 @@ class ProjectorService:
         self._reconcile_pending = True
         self._rendered: Any = None  # the last RenderedMesh (the next render starts from it)
         self._render_after: dict[str, int] = {}
-        self._positions: dict[str, int] = {}  # per tp: the consumer's position after the last fetch, or the
-        # offset of its first record the merge gate still holds (not folded: not past it yet)
-        self._gate = MergeGate(config.merge_hold_s)  # fetch order -> merge order (``events.merge_gate``)
-        self._stalled_logged: set[str] = set()
-        self._positions_read: dict[str, int] = {}  # per tp: the consumer's own position after the last fetch
-        self._tp_of: dict[str, TopicPartition] = {}
+        # fetch order -> merge order (``projector.merged_fetch``); set when the consumer is assigned
+        self._merged: MergedFetch | None = None
+        self._positions: dict[str, int] = {}  # per tp: read and released by the merge gate (not past a held one)
         self._problems: tuple[str, ...] = ()
         self._was_caught_up = False
         self._started_mono = time.monotonic()
@@ -501,7 +496,8 @@ class ProjectorService:
             for partition in sorted(await self.producer.partitions_for(topic)):
                 self.tps.append(TopicPartition(topic, partition))
         self.consumer.assign(self.tps)
-        self._tp_of = {tp_key(tp.topic, tp.partition): tp for tp in self.tps}
+        self._merged = MergedFetch(self.consumer, self.tps, hold_s=cfg.merge_hold_s, reader="projector", logger=log)
+        self._positions = self._merged.positions
         for tp in self.tps:
             nxt = self.next_folded.get(tp_key(tp.topic, tp.partition), 0)
             self.consumer.seek(tp, nxt)
@@ -523,7 +519,7 @@ class ProjectorService:
                 "data dir %s holds a state folded before merge-ordered folding (in fetch order): replay does not "
                 "start from the snapshots it appends; --reset refolds it from the log in merge order", cfg.data_dir,
             )
-        await self._update_positions()
+        await self._merged.update_positions()
         ends = await self.consumer.end_offsets(self.tps)  # read_committed: last stable offsets
         self.hold_rendering_until({tp_key(tp.topic, tp.partition): ends[tp] for tp in self.tps})
         if self._ready_to_render():
@@ -716,7 +712,7 @@ class ProjectorService:
                     break
                 if records:
                     await self.process(records, in_merge_order=True)
-                elif self._gate.held:
+                elif self._merged.held:
                     pass  # records wait for a partition behind them: the next fetch is from it
                 elif self._group is not None and self._reconcile_pending and self._ready_to_render():
                     await self._reconcile()  # shards gained while idle: take them over now
@@ -728,7 +724,7 @@ class ProjectorService:
                     # publishing on without a membership would write shards that others own by now
                     raise ProjectorError(f"left the group unexpectedly: {self._group_task.exception()!r}")
                 self._note_lag()
-                self._manage_gc(idle=not records and not self._gate.held)
+                self._manage_gc(idle=not records and not self._merged.held)
         except _Stopping:
             log.warning("stopped while the broker was failing; the unfinished batch is redone on the next start")
         finally:
@@ -751,70 +747,15 @@ class ProjectorService:
         gc.freeze()
 
     async def _fetch(self, stop_wait: asyncio.Future) -> list:
-        """The next records to fold, in merge order: fetched, then through the merge gate (fetched records
-        that a partition still behind them could precede stay in the gate, and the next fetch is from the
-        partitions holding them back); [] when stopping or nothing is ready."""
-        consumer = self.consumer
-        assert consumer is not None
-        gate = self._gate
-        starving = gate.starving(self._positions_read, self._stable_ends())
-        tps = [self._tp_of[k] for k in starving] if starving else self.tps
-        fetch = asyncio.ensure_future(
-            consumer.getmany(*tps, timeout_ms=int(self.cfg.poll_timeout_s * 1000), max_records=self.cfg.max_batch)
-        )
-        done, _ = await asyncio.wait({fetch, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-        if fetch not in done:
-            fetch.cancel()
-            try:
-                await fetch
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
-            return []
-        got = fetch.result()
-        self._fetched_at = time.time()
-        # then drain what is already buffered, without waiting, until a batch is full: from the partitions
-        # holding records back while there are some, else from all
-        ready: list = []
-        while True:
-            for tp, recs in got.items():
-                gate.offer(tp_key(tp.topic, tp.partition), recs)
-            await self._read_positions()
-            ends = self._stable_ends()
-            ready += gate.take(self._positions_read, ends, time.monotonic(), self.cfg.max_batch - len(ready))
-            if not got or len(ready) >= self.cfg.max_batch:
-                break
-            starving = gate.starving(self._positions_read, ends)
-            tps = [self._tp_of[k] for k in starving] if starving else self.tps
-            got = await consumer.getmany(*tps, timeout_ms=0, max_records=self.cfg.max_batch)
-        self._note_positions()
-        self._note_stalled()
-        return ready
-
-    def _stable_ends(self) -> dict[str, int | None]:
-        consumer = self.consumer
-        return {tp_key(tp.topic, tp.partition): consumer.last_stable_offset(tp) for tp in self.tps}
-
-    def _note_stalled(self) -> None:
-        stalled = self._gate.stalled
-        for k in stalled - self._stalled_logged:
-            log.warning(
-                "%s is behind and has not moved for %.1fs: folding the other partitions past it (records it "
-                "delivers later may sort before some already folded, so replay may decide them differently)",
-                k, self._gate.hold_s,
-            )
-        for k in self._stalled_logged - stalled:
-            log.info("%s is moving again: the fold waits for it as before", k)
-        self._stalled_logged = set(stalled)
+        """The next records to fold, in merge order (``projector.merged_fetch``; positions noted too); [] when
+        stopping or nothing is ready."""
+        assert self._merged is not None
+        records = await self._merged.fetch(int(self.cfg.poll_timeout_s * 1000), self.cfg.max_batch, stop_wait)
+        self._fetched_at = self._merged.fetched_at
+        return records
 
     def _note_lag(self) -> None:
-        consumer = self.consumer
-        behind = False
-        for tp in self.tps:
-            lso = consumer.last_stable_offset(tp)
-            if lso is None or self._positions.get(tp_key(tp.topic, tp.partition), 0) < lso:
-                behind = True
-                break
-        if behind:
+        if self._merged.behind():
             self.caught_up.clear()
             self._was_caught_up = False
         elif not self._was_caught_up:
@@ -1258,20 +1199,6 @@ class ProjectorService:
         return all(
             max(self.next_folded.get(k, 0), self._positions.get(k, 0)) >= v for k, v in self._render_after.items()
         )
-
-    async def _update_positions(self) -> None:
-        await self._read_positions()
-        self._note_positions()
-
-    async def _read_positions(self) -> None:
-        for tp in self.tps:
-            self._positions_read[tp_key(tp.topic, tp.partition)] = await self.consumer.position(tp)
-
-    def _note_positions(self) -> None:
-        """What counts as read per tp: the consumer's position, or its first record the merge gate still holds."""
-        for k, pos in self._positions_read.items():
-            held = self._gate.first_held_offset(k)
-            self._positions[k] = pos if held is None else min(pos, held)
 
     def _log_batch(self, res: BatchResult, dead_out: list, rej_out: list) -> None:
         if not log.isEnabledFor(logging.DEBUG):

@@ -9,8 +9,11 @@ Invariants:
   the others after the session timeout.
 - It knows the mesh only by folding the FULL registrations and health topics
   (read_committed, no group, from the beginning, then tailing) with the
-  projector's own ``projector.fold.fold_many``; there is no second copy of
-  mesh logic here. Probing starts only after catching up with the log as it
+  projector's own ``projector.fold.fold_many``, in the projector's order
+  (``projector.merged_fetch``: the merge order, across partitions and
+  batches), so its fold decides what the projector's does (a node id
+  claimed by two registrations on different partitions goes to the same
+  one); there is no second copy of mesh logic here. Probing starts only after catching up with the log as it
   was at start, so the logged status is known before any decision.
 - Status changes are decided by ``hysteresis`` and appended only when they
   change the logged status, as ``InstanceHealthChanged`` with observer
@@ -61,6 +64,8 @@ from events.types import InstanceHealthChanged, InstanceRegistered
 from meshlog.outage import KafkaOutageLog
 from events.undecodable import UndecodableLog, decode_or_skip
 from projector.fold import fold_many
+from projector.merged_fetch import DEFAULT_HOLD_S, MergedFetch
+from projector.snapshots import tp_key
 from projector.state import MeshState, changed_keys, empty_state
 from registrar.healthcheck.hysteresis import DRAINING, Hysteresis, Transition
 from registrar.healthcheck.probe import mesh_client_context, probe
@@ -154,6 +159,7 @@ class Checker:
         self._dirty = asyncio.Event()
         self._producer: EventProducer | None = None
         self._reader: AIOKafkaConsumer | None = None
+        self._merged: MergedFetch | None = None  # the reader's records in merge order
         self._group: ShardGroup | None = None
         self._outage = KafkaOutageLog(f"Kafka at {settings.bootstrap}", log)
         self._mesh_tls: tuple[tuple, ssl.SSLContext | None] | None = None
@@ -214,6 +220,8 @@ class Checker:
             await self._start(self._reader)
             self._reader.assign(source)
             await self._reader.seek_to_beginning(*source)
+            self._merged = MergedFetch(self._reader, source, hold_s=DEFAULT_HOLD_S,
+                                       reader=f"healthcheck/{s.checker_id}", logger=log)
             await self._catch_up(source, stop)
             if stop.is_set():
                 return
@@ -308,9 +316,10 @@ class Checker:
     async def _catch_up(self, source: list[TopicPartition], stop: asyncio.Event) -> None:
         assert self._reader is not None
         ends = await self._reader.end_offsets(source)
+        merged = self._merged
         while not stop.is_set():
-            positions = {tp: await self._reader.position(tp) for tp in source}
-            if all(positions[tp] >= ends[tp] for tp in source):
+            await merged.update_positions()  # released records only: a held one is not caught up with
+            if all(merged.positions[tp_key(tp.topic, tp.partition)] >= ends[tp] for tp in source):
                 break
             await self._read_batch(timeout_ms=500)
         self.caught_up = True
@@ -327,17 +336,16 @@ class Checker:
                 await asyncio.sleep(1.0)
 
     async def _read_batch(self, timeout_ms: int) -> None:
-        assert self._reader is not None
-        batch = await self._reader.getmany(timeout_ms=timeout_ms, max_records=5000)
+        assert self._merged is not None
+        records = await self._merged.fetch(timeout_ms, max_records=5000)
         events = []
-        for tp, records in batch.items():
-            for record in records:
-                logged = decode_or_skip(record, self.skipped)
-                if logged is not None:
-                    events.append(logged)
-                self._next_offset[tp] = record.offset + 1
+        for record in records:
+            logged = decode_or_skip(record, self.skipped)
+            if logged is not None:
+                events.append(logged)
+            self._next_offset[TopicPartition(record.topic, record.partition)] = record.offset + 1
         self.counters.undecodable = self.skipped.count
-        if not events and not batch:
+        if not records:
             return
         if self._identities is not None:
             # every identity fact logged up to the newest event is folded before verifying (as the projector)

@@ -79,9 +79,13 @@ class FakeConsumer:
     async def position(self, tp):
         return self.pos[tp]
 
+    def last_stable_offset(self, tp):
+        # no open transactions here: every partition is stable up to its end (a live reader's merge gate asks)
+        return self.logs[tp][-1].offset + 1 if self.logs.get(tp) else 0
+
     async def getmany(self, *tps, timeout_ms=0, max_records=None):
         out = {}
-        for tp in tps:
+        for tp in tps or list(self.pos):  # none named: every assigned partition, as aiokafka
             if self.rnd.random() < 0.3:
                 continue  # nothing arrived for this partition in this poll
             recs = [r for r in self.logs[tp] if r.offset >= self.pos[tp]][: self.rnd.randint(1, 7)]

@@ -6,9 +6,9 @@ Reads the event topics of an existing log from offset 0 the way the projector fe
 1. ``fetch order``: each batch sorted by ``events.topics.merge_order`` (what the projector did
    before ``events.merge_gate``): counts the records that come after a record logged later,
    and by how much;
-2. ``merge gate``: the same fetches through ``events.merge_gate`` as the projector's loop
-   drives it (fetch from the starving partitions, fill a batch): the same count (0 expected),
-   and the gate's own CPU.
+2. ``merge gate``: the same fetches through the projector's own fetch shell
+   (``projector.merged_fetch``: ``events.merge_gate``, fetching from the starving partitions,
+   filling a batch): the same count (0 expected), and the gate's own CPU.
 
 It appends nothing. Make a log first, e.g. ``python bench/replay.py`` (it prints the
 broker), then::
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 import time
@@ -38,7 +39,7 @@ from events import topics  # noqa: E402
 from events.admin import partitions_of  # noqa: E402
 from events.kafka_security import connection_kwargs  # noqa: E402
 from events.merge_gate import MergeGate  # noqa: E402
-from projector.snapshots import tp_key  # noqa: E402
+from projector.merged_fetch import DEFAULT_HOLD_S, MergedFetch  # noqa: E402
 
 EVENT_TOPICS = (topics.REGISTRATIONS, topics.HEALTH, topics.RULES)
 
@@ -111,41 +112,50 @@ async def fetch_order(bootstrap: str, max_batch: int) -> str:
         await consumer.stop()
 
 
+class TimedGate(MergeGate):
+    """The merge gate, noting the CPU its own calls take."""
+
+    __slots__ = ("cpu",)
+
+    def __init__(self, hold_s: float) -> None:
+        super().__init__(hold_s)
+        self.cpu = 0.0
+
+    def offer(self, partition, records):
+        c0 = time.process_time()
+        super().offer(partition, records)
+        self.cpu += time.process_time() - c0
+
+    def take(self, positions, stable_ends, now, limit):
+        c0 = time.process_time()
+        try:
+            return super().take(positions, stable_ends, now, limit)
+        finally:
+            self.cpu += time.process_time() - c0
+
+    def starving(self, positions, stable_ends):
+        c0 = time.process_time()
+        try:
+            return super().starving(positions, stable_ends)
+        finally:
+            self.cpu += time.process_time() - c0
+
+
 async def through_gate(bootstrap: str, max_batch: int) -> str:
+    """The same fetches through the projector's own fetch shell (``projector.merged_fetch``)."""
     consumer, tps = await consumer_for(bootstrap)
-    by_key = {tp_key(tp.topic, tp.partition): tp for tp in tps}
-    gate = MergeGate()
-    positions: dict[str, int] = {}
-
-    def stable_ends() -> dict[str, int | None]:
-        return {tp_key(tp.topic, tp.partition): consumer.last_stable_offset(tp) for tp in tps}
-
+    merged = MergedFetch(consumer, tps, hold_s=DEFAULT_HOLD_S, reader="bench", logger=logging.getLogger("bench"))
+    merged.gate = gate = TimedGate(DEFAULT_HOLD_S)
     try:
         ends = await consumer.end_offsets(tps)
-        count, batches, gate_cpu, t0 = Inversions(), 0, 0.0, time.perf_counter()
-        while not (await caught_up(consumer, tps, ends) and gate.held == 0):
-            starving = gate.starving(positions, stable_ends())
-            pull = [by_key[k] for k in starving] or tps
-            got = await consumer.getmany(*pull, timeout_ms=1000, max_records=max_batch)
-            ready: list = []
-            while True:
-                c0 = time.process_time()
-                for tp, recs in got.items():
-                    gate.offer(tp_key(tp.topic, tp.partition), recs)
-                for tp in tps:
-                    positions[tp_key(tp.topic, tp.partition)] = await consumer.position(tp)
-                ready += gate.take(positions, stable_ends(), time.monotonic(), max_batch - len(ready))
-                starving = gate.starving(positions, stable_ends())
-                gate_cpu += time.process_time() - c0
-                if not got or len(ready) >= max_batch:
-                    break
-                got = await consumer.getmany(*([by_key[k] for k in starving] or tps), timeout_ms=0,
-                                             max_records=max_batch)
+        count, batches, t0 = Inversions(), 0, time.perf_counter()
+        while not (await caught_up(consumer, tps, ends) and merged.held == 0):
+            ready = await merged.fetch(timeout_ms=1000, max_records=max_batch)
             if ready:
                 count.fold(ready)
                 batches += 1
         return count.line("merge gate", time.perf_counter() - t0, batches,
-                          f"; the gate's CPU {gate_cpu:.2f} s ({gate_cpu / max(count.seen, 1) * 1e6:.2f} µs per record)")
+                          f"; the gate's CPU {gate.cpu:.2f} s ({gate.cpu / max(count.seen, 1) * 1e6:.2f} µs per record)")
     finally:
         await consumer.stop()
 

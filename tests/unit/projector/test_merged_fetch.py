@@ -120,3 +120,62 @@ def test_what_a_batch_limit_left_releasable_goes_without_waiting_for_new_records
     assert [len(b) for b in batches] == [2, 2, 2, 2, 2, 2, 1]
     # one wait for records, then the held ones go out; the last call looks for more without waiting
     assert consumer.timeouts == [100, 0]
+
+
+class Slow(FakeConsumer):
+    """Waits out ``timeout_ms`` when it has nothing to hand over, as a real poll does; never delivers ``stuck``."""
+
+    def __init__(self, logs, rnd, stuck: TopicPartition | None = None) -> None:
+        super().__init__(logs, rnd)
+        self.stuck = stuck
+
+    async def getmany(self, *tps, timeout_ms=0, max_records=None):
+        asked = [tp for tp in (tps or list(self.pos)) if tp != self.stuck]
+        got = await super().getmany(*asked, timeout_ms=timeout_ms, max_records=max_records) if asked else {}
+        if not got and timeout_ms:
+            await asyncio.sleep(timeout_ms / 1000)
+        return got
+
+
+def test_a_reader_busy_between_fetches_passes_no_partition():
+    # every call comes 50 ms after the last, against a hold of 20 ms: a wall clock would pass partitions
+    # that were never asked in the meantime; the fetch clock does not
+    for seed in range(4):
+        logs = random_log(random.Random(seed), 60)
+        consumer = Slow(logs, random.Random(seed))
+        consumer.assign(TPS)
+        merged = MergedFetch(consumer, TPS, hold_s=0.02, reader="test", logger=logging.getLogger("test"))
+
+        async def run() -> list[Rec]:
+            out: list[Rec] = []
+            while len(out) < 60:
+                out += await merged.fetch(timeout_ms=5, max_records=3)
+                assert not merged.gate.stalled, seed
+                await asyncio.sleep(0.05)  # the reader's own work on the batch
+            return out
+
+        assert asyncio.run(run()) == sorted((r for recs in logs.values() for r in recs), key=key)
+
+
+def test_a_partition_that_does_not_move_while_fetched_is_passed_after_the_hold(caplog):
+    stuck = TPS[0]
+    logs = random_log(random.Random(3), 40)
+    assert logs[stuck]
+    consumer = Slow(logs, random.Random(3), stuck=stuck)
+    consumer.assign(TPS)
+    merged = MergedFetch(consumer, TPS, hold_s=0.05, reader="test reader", logger=logging.getLogger("test"))
+    others = sum(len(v) for tp, v in logs.items() if tp != stuck)
+
+    async def run() -> list[Rec]:
+        out: list[Rec] = []
+        for _ in range(200):
+            out += await merged.fetch(timeout_ms=10, max_records=100)
+            if len(out) == others:
+                return out
+        raise AssertionError(f"{len(out)} of {others} released: the stuck partition held the rest back")
+
+    with caplog.at_level(logging.WARNING, logger="test"):
+        out = asyncio.run(run())
+    assert f"{stuck.topic}/{stuck.partition}" in merged.gate.stalled
+    assert "test reader: meshlog.registrations/0 is behind and has not moved" in caplog.text
+    assert out == sorted(out, key=key)

@@ -22,7 +22,7 @@ Invariants:
   order) and that is logged once as a WARNING naming the reader, and once at INFO when it moves again. Only
   time spent in ``fetch`` counts (the gate's clock is this reader's fetch time): a reader busy with a long
   batch between two fetches gave no partition a chance to move, and passing one then folded a catch-up out
-  of order (4 partitions passed in one catch-up of 1,000,000 events, before this clock).
+  of order (with the wall clock, one catch-up of 1,000,000 events passed 4 partitions).
 """
 
 from __future__ import annotations

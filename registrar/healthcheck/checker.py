@@ -13,8 +13,9 @@ Invariants:
   (``projector.merged_fetch``: the merge order, across partitions and
   batches), so its fold decides what the projector's does (a node id
   claimed by two registrations on different partitions goes to the same
-  one); there is no second copy of mesh logic here. Probing starts only after catching up with the log as it
-  was at start, so the logged status is known before any decision.
+  one); there is no second copy of mesh logic here. Probing starts only
+  after catching up with the log as it was at start, so the logged status
+  is known before any decision.
 - Status changes are decided by ``hysteresis`` and appended only when they
   change the logged status, as ``InstanceHealthChanged`` with observer
   ``healthcheck/<checker id>``, through ``events.producer.EventProducer``.

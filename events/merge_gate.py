@@ -33,9 +33,11 @@ Invariants:
   ``stalled`` meanwhile, and the shell logs it: records folded past it may be decided differently by
   replay.
 
-What no gate here can order (so replay may still differ): a transaction's records become visible at its
-commit but carry their append times; brokers of a cluster stamp with their own clocks; two records in the
-same millisecond on either side of a fetch. See docs/DESIGN.md, events.
+A transaction's records become visible at its commit but carry their append times: the live readers' shell
+(``projector.merged_fetch``) ends a partition at its high watermark, so a partition with an open
+transaction is behind and holds back what sorts after it until the commit (or until ``hold_s`` passes it).
+What no gate here can order (so replay may still differ): brokers of a cluster stamp with their own
+clocks; two records in the same millisecond on either side of a fetch. See docs/DESIGN.md, events.
 """
 
 from __future__ import annotations

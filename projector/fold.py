@@ -36,8 +36,9 @@ render uses as the node's closure roots: one model for both origins.
   offset), which replay folds in, and so does the live projector: its merge
   gate (``events.merge_gate``) holds a fetched record back until no
   partition still behind it can deliver an earlier one, so a backlog (a
-  restart, a new worker) is not folded partition by partition. What no reader
-  can order is named there (a transaction's records, several brokers' clocks).
+  restart, a new worker) is not folded partition by partition, nor a
+  transaction that commits late (``projector.merged_fetch``). What no reader
+  can order is named there (several brokers' clocks, ties across a fetch).
 - Subscribing to a service whose destination policy is ``restricted`` is
   refused (problem ``restricted``): only instances that declare it may call
   it. Checked after the "already in the closure" rule, so an instance that

@@ -10,9 +10,13 @@ Invariants:
 - ``fetch`` returns records in ``events.topics.merge_order``, and records of a later call never sort before
   those of an earlier one, except for what no reader can order (``events.merge_gate``) and a partition passed
   for not moving (below).
-- A partition ends, for this reader, at the consumer's last stable offset (``read_committed``: records of an
-  open transaction are not visible yet); a partition short of it is *behind* and holds back what sorts after
-  the last record it delivered.
+- A partition ends, for the gate, at its high watermark: a partition short of it is *behind* and holds back
+  what sorts after the last record it delivered. That includes a partition whose records past its last stable
+  offset belong to an open transaction (``read_committed`` does not hand them over until it commits): they
+  were logged before anything appended to another partition after them, and replay, reading later, folds
+  them in that order, so the records of the other partitions that sort after them wait for the commit (or
+  the abort). "Caught up" (``behind``) is still judged by the last stable offset: an open transaction is
+  nothing to read yet.
 - ``positions`` counts as read only what was released: per partition, the consumer's position, or the offset
   of its first record the gate still holds. A reader that says "caught up" or "folded past offset N" from
   these is never ahead of what it folded.
@@ -83,7 +87,7 @@ class MergedFetch:
     async def _fetch(self, timeout_ms: int, max_records: int, stop: asyncio.Future | None) -> list:
         consumer = self.consumer
         gate = self.gate
-        ends = self.stable_ends()
+        ends = self._gate_ends()
         # what a batch's limit left releasable goes now: waiting for more records would only delay it
         ready: list = gate.take(self._read, ends, self._now(), max_records) if gate.held else []
         if len(ready) >= max_records:
@@ -107,7 +111,7 @@ class MergedFetch:
             for tp, records in got.items():
                 gate.offer(tp_key(tp.topic, tp.partition), records)
             await self._read_positions()
-            ends = self.stable_ends()
+            ends = self._gate_ends()
             ready += gate.take(self._read, ends, self._now(), max_records - len(ready))
             if not got or len(ready) >= max_records:
                 break
@@ -124,6 +128,10 @@ class MergedFetch:
     def stable_ends(self) -> dict[str, int | None]:
         consumer = self.consumer
         return {k: consumer.last_stable_offset(tp) for k, tp in self._tp_of.items()}
+
+    def _gate_ends(self) -> dict[str, int | None]:
+        consumer = self.consumer
+        return {k: consumer.highwater(tp) for k, tp in self._tp_of.items()}
 
     def behind(self) -> bool:
         """Whether some partition is short of its end (or its end is not known yet) as far as ``positions``
@@ -148,8 +156,9 @@ class MergedFetch:
         stalled = self.gate.stalled
         for k in stalled - self._stalled_logged:
             self._log.warning(
-                "%s: %s is behind and has not moved for %.1fs: folding the other partitions past it (records it "
-                "delivers later may sort before some already folded, so replay may decide them differently)",
+                "%s: %s is behind (records not delivered yet, or a transaction open on it) and has not moved for "
+                "%.1fs of fetching: folding the other partitions past it (records it delivers later may sort "
+                "before some already folded, so replay may decide them differently)",
                 self._reader, k, self.gate.hold_s,
             )
         for k in self._stalled_logged - stalled:

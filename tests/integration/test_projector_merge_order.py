@@ -7,6 +7,13 @@ none is refused as an unknown service. A consumer hands a backlog over one parti
 ``events.merge_gate`` the projector folded the subscriptions' partition ahead of the registrations'
 and refused them.
 
+And a live projector, caught up, folds a transaction that commits late in the order of its broker times:
+given a service's first registration appended in a transaction, then (before the commit) a subscription to
+that service on another partition, the projector waits for the commit and accepts the subscription, as
+replay (reading after the commit) does. ``read_committed`` hands the transaction's records over only at
+the commit, so before ``projector.merged_fetch`` counted a partition with an open transaction as behind,
+the projector folded the subscription first and refused it as an unknown service.
+
 Real broker (the session's, shared: the projector folds everyone's events; only this module's instances are
 looked at). The projector runs in process to read its folded state; it publishes what any projector of this
 log publishes.
@@ -29,6 +36,7 @@ from events.envelope import new_event
 from events.kafka_security import connection_kwargs
 from projector.service import ProjectorConfig, ProjectorService
 from projector.snapshots import tp_key
+from replay.engine import open_log, rebuild
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -88,3 +96,51 @@ async def test_a_projector_catching_up_accepts_subscriptions_as_replay_does(kafk
     finally:
         svc.request_stop()
         await asyncio.wait_for(run, 60)
+
+
+async def test_a_live_projector_folds_a_late_committed_transaction_in_log_order(kafka_bootstrap, tmp_path):
+    await ensure_topics(kafka_bootstrap)
+    app, dep = registered(f"{P}-txapp", node=f"{P}-txnode"), registered(f"{P}-txdep")
+    plain = AIOKafkaProducer(**connection_kwargs(kafka_bootstrap), enable_idempotence=True, acks="all")
+    txn = AIOKafkaProducer(**connection_kwargs(kafka_bootstrap), enable_idempotence=True, acks="all",
+                           transactional_id=f"test-{P}")
+    await plain.start()
+    await txn.start()
+
+    async def send(producer: AIOKafkaProducer, partition: int, payload: t.Payload) -> int:
+        meta = await producer.send_and_wait(topics.REGISTRATIONS, encode(new_event(payload, producer="test")),
+                                            key=payload.key().encode(), partition=partition)
+        return meta.offset
+
+    svc = ProjectorService(ProjectorConfig(bootstrap=kafka_bootstrap, data_dir=tmp_path / "projector",
+                                           insecure_events=True, gc_freeze=False, snapshot_interval_s=3600.0,
+                                           snapshot_events=10_000_000))
+    run = asyncio.create_task(svc.run())
+
+    async def folded_past(partition: int, offset: int) -> None:
+        key, deadline = tp_key(topics.REGISTRATIONS, partition), time.monotonic() + 240
+        while svc.next_folded.get(key, 0) <= offset or not svc.caught_up.is_set():
+            assert not run.done(), f"the projector stopped: {run.exception() if not run.cancelled() else 'cancelled'}"
+            assert time.monotonic() < deadline, f"not folded past {key}@{offset} in 240 s: at {svc.next_folded}"
+            await asyncio.sleep(0.1)
+
+    try:
+        await folded_past(APPS_PARTITION, await send(plain, APPS_PARTITION, app))  # live from here on
+        await txn.begin_transaction()
+        dep_at = await send(txn, 0, dep)  # logged first, visible only at the commit
+        sub = t.DependencySubscribed(service=f"{P}-txapp", instance_id="1", dependency=f"{P}-txdep")
+        sub_at = await send(plain, APPS_PARTITION, sub)  # logged second, visible at once
+        await asyncio.sleep(1.0)  # the projector fetches the subscription meanwhile
+        await txn.commit_transaction()
+        await folded_past(0, dep_at)
+        await folded_past(APPS_PARTITION, sub_at)
+        assert f"{P}-txdep" in svc.state.instances[f"{P}-txapp/1"].dependencies(), (
+            "the subscription was refused: the projector folded it before the registration logged ahead of it")
+        async with open_log(kafka_bootstrap) as consumer:  # replay, reading after the commit, agrees
+            rebuilt = await rebuild(consumer, int(time.time() * 1000), use_snapshot=False)
+        assert f"{P}-txdep" in rebuilt.state.instances[f"{P}-txapp/1"].dependencies()
+    finally:
+        svc.request_stop()
+        await asyncio.wait_for(run, 60)
+        await txn.stop()
+        await plain.stop()

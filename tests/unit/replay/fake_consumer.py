@@ -83,6 +83,8 @@ class FakeConsumer:
         # no open transactions here: every partition is stable up to its end (a live reader's merge gate asks)
         return self.logs[tp][-1].offset + 1 if self.logs.get(tp) else 0
 
+    highwater = last_stable_offset
+
     async def getmany(self, *tps, timeout_ms=0, max_records=None):
         out = {}
         for tp in tps or list(self.pos):  # none named: every assigned partition, as aiokafka

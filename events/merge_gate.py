@@ -17,11 +17,11 @@ publish different views of one node.
 Invariants:
 - Each partition's records are offered in offset order, as a consumer delivers them; LogAppendTime makes
   their merge keys ascend.
-- A partition is *behind* while the consumer's position in it is short of its end: its last stable offset
-  for the projector (visible records not delivered yet), the cut's stop for replay; or while that end is
-  unknown (no fetch answered for the partition yet). A
-  partition that is not behind constrains nothing: whatever the broker appends to it later is stamped
-  later (one broker's clock).
+- A partition is *behind* while the consumer's position in it is short of its end: its high watermark for
+  the live readers (records not delivered yet, visible or in an open transaction:
+  ``projector.merged_fetch``), the cut's stop for replay; or while that end is unknown (no fetch answered
+  for the partition yet). A partition that is not behind constrains nothing: whatever the broker appends
+  to it later is stamped later (one broker's clock).
 - A record is released only when its merge key is <= the *frontier* (the merge key of the last record
   offered) of every behind partition, so no behind partition can still deliver a record that sorts before
   it. Released records come out in merge order, at most ``limit`` per call; the rest stay held, in order.
@@ -109,8 +109,9 @@ class MergeGate:
         """The held records no behind partition can precede any more, in merge order, at most ``limit``.
 
         ``positions``: the consumer's position per partition (every partition read); ``stable_ends``: where
-        each partition ends for this reader (the projector: its last stable offset, None while not known yet;
-        replay: the cut's stop); ``now``: a monotonic clock, for ``hold_s``."""
+        each partition ends for this reader (the live readers: its high watermark, None while not known yet;
+        replay: the cut's stop); ``now``: a clock that only moves forward, for ``hold_s`` (the live readers':
+        their time spent fetching)."""
         behind = [p for p, pos in positions.items() if (end := stable_ends.get(p)) is None or pos < end]
         for p, pos in positions.items():
             if self._moved.get(p) != pos:

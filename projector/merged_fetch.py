@@ -41,8 +41,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from events.merge_gate import MergeGate
 from projector.snapshots import tp_key
 
-# How long a partition that is behind and not moving (its leader unreachable) may hold back what sorts after it;
-# one being fetched releases the rest within a fetch, so only a stuck partition ever waits this long.
+# How long (of fetching) a partition that is behind and not moving (its leader unreachable, a transaction left
+# open) may hold back what sorts after it; one being fetched releases the rest within a fetch, so only a stuck
+# partition ever waits this long.
 DEFAULT_HOLD_S = 2.0
 
 

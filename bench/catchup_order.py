@@ -38,8 +38,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 from events import topics  # noqa: E402
 from events.admin import partitions_of  # noqa: E402
 from events.kafka_security import connection_kwargs  # noqa: E402
-from events.merge_gate import MergeGate  # noqa: E402
-from projector.merged_fetch import DEFAULT_HOLD_S, MergedFetch  # noqa: E402
+from events.merge_gate import DEFAULT_HOLD_S, MergeGate  # noqa: E402
+from projector.merged_fetch import MergedFetch  # noqa: E402
 
 EVENT_TOPICS = (topics.REGISTRATIONS, topics.HEALTH, topics.RULES)
 
@@ -126,17 +126,17 @@ class TimedGate(MergeGate):
         super().offer(partition, records)
         self.cpu += time.process_time() - c0
 
-    def take(self, positions, stable_ends, now, limit):
+    def take(self, positions, ends, now, limit):
         c0 = time.process_time()
         try:
-            return super().take(positions, stable_ends, now, limit)
+            return super().take(positions, ends, now, limit)
         finally:
             self.cpu += time.process_time() - c0
 
-    def starving(self, positions, stable_ends):
+    def starving(self, positions, ends):
         c0 = time.process_time()
         try:
-            return super().starving(positions, stable_ends)
+            return super().starving(positions, ends)
         finally:
             self.cpu += time.process_time() - c0
 

@@ -49,6 +49,11 @@ from typing import Any, Iterable, Mapping
 
 from events.topics import EVENT_TOPIC_RANK, merge_order
 
+# How long (of the reader's clock) a partition that is behind and not moving (its leader unreachable, a
+# transaction left open) may hold back what sorts after it; one being fetched releases the rest within a
+# fetch, so only a stuck partition ever waits this long.
+DEFAULT_HOLD_S = 2.0
+
 _NOTHING = None  # a bound below every record: a behind partition has delivered nothing yet
 _TIMESTAMP = operator.attrgetter("timestamp")
 _OFFSET = operator.attrgetter("offset")
@@ -56,6 +61,11 @@ _OFFSET = operator.attrgetter("offset")
 
 def _key(record: Any) -> tuple:
     return merge_order(record.timestamp, record.topic, record.partition, record.offset)
+
+
+def _behind(positions: Mapping[str, int], ends: Mapping[str, int | None]) -> list[str]:
+    """The partitions short of their end, or whose end is not known yet."""
+    return [p for p, pos in positions.items() if (end := ends.get(p)) is None or pos < end]
 
 
 def _count_upto(items: list, rank: tuple[int, int], bound: tuple) -> int:
@@ -75,7 +85,7 @@ class MergeGate:
 
     __slots__ = ("hold_s", "_held", "_rank", "_frontier", "_moved", "_waiting_since", "stalled")
 
-    def __init__(self, hold_s: float = 2.0) -> None:
+    def __init__(self, hold_s: float = DEFAULT_HOLD_S) -> None:
         self.hold_s = hold_s
         self._held: dict[str, list] = {}  # partition key -> records not yet released, offset order
         self._rank: dict[str, tuple[int, int]] = {}  # partition key -> (topic rank, partition), as merge_order
@@ -104,15 +114,14 @@ class MergeGate:
         items = self._held.get(partition)
         return items[0].offset if items else None
 
-    def take(self, positions: Mapping[str, int], stable_ends: Mapping[str, int | None], now: float,
-             limit: int) -> list:
+    def take(self, positions: Mapping[str, int], ends: Mapping[str, int | None], now: float, limit: int) -> list:
         """The held records no behind partition can precede any more, in merge order, at most ``limit``.
 
-        ``positions``: the consumer's position per partition (every partition read); ``stable_ends``: where
+        ``positions``: the consumer's position per partition (every partition read); ``ends``: where
         each partition ends for this reader (the live readers: its high watermark, None while not known yet;
         replay: the cut's stop); ``now``: a clock that only moves forward, for ``hold_s`` (the live readers':
         their time spent fetching)."""
-        behind = [p for p, pos in positions.items() if (end := stable_ends.get(p)) is None or pos < end]
+        behind = _behind(positions, ends)
         for p, pos in positions.items():
             if self._moved.get(p) != pos:
                 self._moved[p] = pos
@@ -135,12 +144,11 @@ class MergeGate:
             return []
         return self._release(bound, limit)
 
-    def starving(self, positions: Mapping[str, int], stable_ends: Mapping[str, int | None]) -> list[str]:
+    def starving(self, positions: Mapping[str, int], ends: Mapping[str, int | None]) -> list[str]:
         """The partitions to fetch from next: those that bound the release; none if nothing is held back."""
         if not any(self._held.values()):
             return []
-        behind = [p for p, pos in positions.items() if (end := stable_ends.get(p)) is None or pos < end]
-        return self._bound(behind)[1]
+        return self._bound(_behind(positions, ends))[1]
 
     # ------------------------------------------------------------------ internals
 

@@ -25,6 +25,7 @@ from typing import Sequence
 import orjson
 
 from events.admin import BrokerUnavailable
+from events.merge_gate import DEFAULT_HOLD_S
 from events import kafka_security
 from identity import renewal_cli as renewal
 from meshlog import argtypes
@@ -77,9 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--poll-ms", type=argtypes.integer(1, 600_000), default=200, help="how long to wait for new records before an idle poll (default 200)"
     )
     run.add_argument(
-        "--merge-hold-ms", type=argtypes.integer(0, 600_000), default=2000,
-        help="how long a partition that is behind and not moving may hold back the records that sort after it, "
-        "before the fold goes past it with a warning (default 2000; see events.merge_gate)",
+        "--merge-hold-ms", type=argtypes.integer(0, 600_000), default=round(DEFAULT_HOLD_S * 1000),
+        help="how long (of fetching) a partition that is behind and not moving (leader unreachable, a "
+        "transaction left open) may hold back the records that sort after it, before the fold goes past it "
+        f"with a warning (default {round(DEFAULT_HOLD_S * 1000)}; see events.merge_gate)",
     )
     run.add_argument(
         "--linger-ms", type=argtypes.integer(0, 60_000), default=0,

@@ -41,11 +41,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from events.merge_gate import MergeGate
 from projector.snapshots import tp_key
 
-# How long (of fetching) a partition that is behind and not moving (its leader unreachable, a transaction left
-# open) may hold back what sorts after it; one being fetched releases the rest within a fetch, so only a stuck
-# partition ever waits this long.
-DEFAULT_HOLD_S = 2.0
-
 
 class MergedFetch:
     """``await fetch(...)``: the next records of ``tps`` that may be folded, in merge order."""
@@ -126,7 +121,7 @@ class MergedFetch:
         await self._read_positions()
         self._note_positions()
 
-    def stable_ends(self) -> dict[str, int | None]:
+    def _stable_ends(self) -> dict[str, int | None]:
         consumer = self.consumer
         return {k: consumer.last_stable_offset(tp) for k, tp in self._tp_of.items()}
 
@@ -137,7 +132,7 @@ class MergedFetch:
     def behind(self) -> bool:
         """Whether some partition is short of its end (or its end is not known yet) as far as ``positions``
         say: records are visible that were not released."""
-        ends = self.stable_ends()
+        ends = self._stable_ends()
         return any((end := ends[k]) is None or self.positions.get(k, 0) < end for k in self._tp_of)
 
     def _next_tps(self, ends: dict[str, int | None]) -> list[TopicPartition]:

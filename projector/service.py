@@ -151,7 +151,8 @@ from projector.fold import fold_many, fold_with_decisions
 from projector.render import render_all
 from projector.sharding import Ownership
 from projector.snapshots import KEY as SNAPSHOT_KEY
-from projector.merged_fetch import DEFAULT_HOLD_S, MergedFetch
+from events.merge_gate import DEFAULT_HOLD_S
+from projector.merged_fetch import MergedFetch
 from projector.snapshots import MERGE_ORDER, encode_snapshot, parse_tp_key, tp_key
 from projector.state import MeshState, empty_state, same_state, state_from_bytes, state_to_bytes
 

@@ -65,7 +65,8 @@ from events.types import InstanceHealthChanged, InstanceRegistered
 from meshlog.outage import KafkaOutageLog
 from events.undecodable import UndecodableLog, decode_or_skip
 from projector.fold import fold_many
-from projector.merged_fetch import DEFAULT_HOLD_S, MergedFetch
+from events.merge_gate import DEFAULT_HOLD_S
+from projector.merged_fetch import MergedFetch
 from projector.snapshots import tp_key
 from projector.state import MeshState, changed_keys, empty_state
 from registrar.healthcheck.hysteresis import DRAINING, Hysteresis, Transition

@@ -19,7 +19,8 @@ from aiokafka import TopicPartition
 
 from events import topics
 from events.codec import encode
-from projector.merged_fetch import DEFAULT_HOLD_S, MergedFetch
+from events.merge_gate import DEFAULT_HOLD_S
+from projector.merged_fetch import MergedFetch
 from registrar.healthcheck.checker import Checker, Settings
 from tests.unit.projector.signed import SignedLog, Trust, sidecar
 from tests.unit.replay.fake_consumer import FakeConsumer, Rec

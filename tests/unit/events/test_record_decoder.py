@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from events import types as t
 from events.codec import decode_record, encode
-from events.envelope import new_event
+from events.envelope import Envelope, Logged, new_event
 from events.errors import EventValidationError
 from events.record_decoder import RecordDecoder
 from tests.unit.events import strategies as S
@@ -133,6 +134,23 @@ def test_a_payload_the_log_keeps_repeating_stays_in_the_memo_while_one_offs_age_
     assert got.envelope.payload == flap[0]
 
 
+def test_revisioned_rule_edits_never_take_a_place_in_the_memo_so_a_flood_of_them_leaves_the_flaps_there():
+    """A rule edit carries its revision, so the log never repeats its payload: memoized, a burst of edits
+    would push out the health flaps that do repeat (the 1,000,000-event bench log: 46,528 more validations)."""
+    decoder = RecordDecoder(max_entries=8)
+    flap = t.InstanceHealthChanged(service="s", instance_id="i", status="unhealthy", observer="c")
+    decoder(Rec(encode(new_event(flap)), flap.TOPIC))
+    edits = [t.DestinationPolicyUpserted(service="s", revision=r) for r in range(1, 41)]
+    for edit in edits:
+        same(decoder, encode(new_event(edit)), edit.TOPIC)  # decoded exactly as the codec decodes it
+    assert not [key for key in [*decoder._memo, *decoder._old] if key[0] == edits[0].TYPE]
+    misses = decoder.misses
+    assert decoder(Rec(encode(new_event(flap)), flap.TOPIC)).envelope.payload == flap
+    assert decoder.misses == misses  # still a memo hit after 40 edits in a memo of 8
+    again = edits[-1]  # a repeated edit (a stale re-send) is validated again, and decodes the same
+    same(decoder, encode(new_event(again)), again.TOPIC)
+
+
 def _valid_text() -> bytes:
     return orjson.dumps(_doc(), option=orjson.OPT_SORT_KEYS)
 
@@ -194,8 +212,12 @@ def test_a_memo_hit_builds_the_envelope_the_codec_builds_still_frozen():
         want = decode_record(rec)
         assert got == want and hash(got.envelope) == hash(want.envelope) and repr(got) == repr(want)
     assert decoder.hits == 1
+    assert type(got.envelope) is Envelope and type(got) is Logged  # built as a draft, then made one
+    assert pickle.loads(pickle.dumps(got)) == want  # as replay's reading process sends it
     with pytest.raises(dataclasses.FrozenInstanceError):
         got.envelope.producer = "x"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        got.offset = 8  # type: ignore[misc]
 
 
 def test_the_fast_logged_is_a_plain_frozen_logged():

@@ -18,7 +18,12 @@ Invariants:
   frozen models: one validated object is shared by every envelope that
   carries the same bytes. A real log repeats payloads all the time (a health
   flap, a heartbeat re-registration), which is where most of a cold replay's
-  decoding time went.
+  decoding time went. The memo is bounded (two generations), and a payload
+  type a log never repeats (a rule edit, with its revision) is validated
+  every time and never takes a place in it.
+- Envelopes and ``Logged`` values built here are the frozen classes
+  themselves, equal to what their constructors build (filled as unfrozen
+  drafts of the same layout, then given their class: ``_draft_of``).
 - The envelope's header is read with msgspec into a struct whose fields are
   the envelope's wire fields (``events.envelope.REQUIRED_FIELDS`` and
   ``ENVELOPE_FIELDS``, the one list the codec reads too; the signature fields

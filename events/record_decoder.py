@@ -310,15 +310,13 @@ class RecordDecoder:
             return None  # codec says which, and why (DECODER_BUG for a bug)
         self.misses += 1
         entry = [payload, None]  # [payload, its canonical bytes once a signed envelope needs them]
-        if head.type not in _NEVER_REPEATED:
-            self._keep(key, entry)
+        self._keep(key, entry)
         return entry
 
     def _remember(self, head: Any, payload: Any) -> None:
         """Memoize ``payload``, which the codec accepted from the header's payload bytes (a first sighting)."""
         self.misses += 1
-        if head.type not in _NEVER_REPEATED:
-            self._keep((head.type, head.schema_version, bytes(head.payload)), [payload, None])
+        self._keep((head.type, head.schema_version, bytes(head.payload)), [payload, None])
 
     def _recall(self, key: tuple[str, int, bytes]) -> list | None:
         """The old generation's entry for ``key``, moved back to the young one; None if it has none."""
@@ -365,6 +363,9 @@ class RecordDecoder:
         return LOGGED(env, record.topic, record.partition, record.offset, record.timestamp)
 
     def _keep(self, key: tuple[str, int, bytes], entry: list) -> None:
+        """Memoize ``entry`` under ``key``, unless its type is one a log never repeats (``_NEVER_REPEATED``)."""
+        if key[0] in _NEVER_REPEATED:
+            return
         if len(self._memo) >= max(1, self.max_entries // 2) or self._young_bytes >= self.max_bytes // 2:
             self._old, self._memo, self._young_bytes = self._memo, {}, 0
         self._memo[key] = entry

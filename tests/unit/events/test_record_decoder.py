@@ -223,7 +223,6 @@ def test_a_memo_hit_builds_the_envelope_the_codec_builds_still_frozen():
 def test_the_fast_logged_is_a_plain_frozen_logged():
     import dataclasses
 
-    from events.envelope import Logged
     from events.record_decoder import LOGGED
 
     env = new_event(RandomHistory("lg", 1).payloads(1)[0], producer="tester")

@@ -13,16 +13,28 @@ re-export them, so there is one definition of each.
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import lru_cache
 from typing import Iterable
 
 # every inbound listener admits the central health checkers (they probe through it, ``registrar healthcheck``)
 CHECKER_ROLE = "checker"
 
+# exactly the IPv4 literals ``ipaddress`` accepts: four ASCII decimal octets 0-255, no leading zeros
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}\Z", re.ASCII)
+
 
 @lru_cache(maxsize=1 << 16)
 def is_ip(address: str) -> bool:
-    """Cached: every endpoints body asks it of each instance's address, on every render of the body."""
+    """Is ``address`` an IPv4 or IPv6 literal (as ``ipaddress.ip_address`` decides)?
+
+    Cached: every endpoints body asks it of each instance's address, on every render of the body. An IPv4
+    literal, nearly every address, is recognized by one regex match (a fifth of ``ipaddress``' parse, which a
+    fresh replay pays once per instance); anything else is left to ``ipaddress``.
+    """
+    if _IPV4.match(address):
+        return True
     try:
         ipaddress.ip_address(address)
         return True

@@ -157,6 +157,19 @@ def _own_resources(node: str) -> frozenset[ResourceKey]:
     )
 
 
+def _thawed(index: dict, thawed: set, key):
+    """``index[key]`` as a set this step owns (an empty one if absent), copied from the shared frozenset the
+    first time; ``thawed`` notes the keys already copied."""
+    if key in thawed:
+        got = index.get(key)
+        if got is None:
+            got = index[key] = set()
+        return got
+    got = index[key] = set(index.get(key, ()))
+    thawed.add(key)
+    return got
+
+
 def _owns_all(scope: Ownership) -> bool:
     return scope.everything or scope.shards >= frozenset(range(scope.partitions))
 
@@ -211,6 +224,12 @@ class _Step:
         self.res_problems = dict(idx.res_problems)
         self.node_problems = dict(idx.node_problems)
         self.held = dict(idx.held)
+        # The index's sets are shared with ``previous`` (frozen): one this step changes is copied into a set
+        # of its own once (its key noted here), grown or shrunk in place, and frozen again at the end, so a
+        # resource gaining n holders costs O(n), not a new frozenset per holder (O(n²)).
+        self._thawed_holders: set[ResourceKey] = set()
+        self._thawed_services: set[str] = set()
+        self._thawed_dependents: set[str] = set()
         self.changed: set[ResourceKey] = set()
         self.removed: set[ResourceKey] = set()
         self.changed_nodes: set[str] = set()
@@ -245,13 +264,16 @@ class _Step:
     def _acquire(self, key: ResourceKey, node: str, fresh: set[ResourceKey]) -> None:
         cur = self.holders.get(key)
         if cur is None:
-            self.holders[key] = frozenset((node,))
+            self.holders[key] = {node}
+            self._thawed_holders.add(key)
             svc = _service_of(key)
             if svc is not None:
-                self.shared_by_service[svc] = self.shared_by_service.get(svc, frozenset()) | {key}
+                _thawed(self.shared_by_service, self._thawed_services, svc).add(key)
             fresh.add(key)
+        elif key in self._thawed_holders:
+            cur.add(node)
         else:
-            self.holders[key] = cur | {node}
+            _thawed(self.holders, self._thawed_holders, key).add(node)
 
     def _release(self, key: ResourceKey, node: str, released: set[ResourceKey]) -> None:
         cur = self.holders.get(key)
@@ -261,26 +283,39 @@ class _Step:
             del self.holders[key]
             svc = _service_of(key)
             if svc is not None:
-                rest = self.shared_by_service[svc] - {key}
-                if rest:
-                    self.shared_by_service[svc] = rest
-                else:
+                rest = _thawed(self.shared_by_service, self._thawed_services, svc)
+                rest.discard(key)
+                if not rest:
                     del self.shared_by_service[svc]
             released.add(key)
         else:
-            self.holders[key] = cur - {node}
+            _thawed(self.holders, self._thawed_holders, key).discard(node)
 
     def _set_dependents(self, node: str, deps: tuple[str, ...] | None) -> None:
+        dependents, thawed = self.dependents, self._thawed_dependents
         for svc in self.node_deps.pop(node, ()):
-            rest = self.dependents[svc] - {node}
-            if rest:
-                self.dependents[svc] = rest
-            else:
-                del self.dependents[svc]
+            rest = _thawed(dependents, thawed, svc)
+            rest.discard(node)
+            if not rest:
+                del dependents[svc]
         if deps:
             self.node_deps[node] = deps
             for svc in deps:
-                self.dependents[svc] = self.dependents.get(svc, frozenset()) | {node}
+                got = dependents.get(svc) if svc in thawed else None  # thawed, unless emptied and dropped since
+                if got is not None:
+                    got.add(node)
+                else:
+                    _thawed(dependents, thawed, svc).add(node)
+
+    def _freeze_index(self) -> None:
+        """The sets this step thawed, frozen again (the index is shared with the next render)."""
+        for index, thawed in ((self.holders, self._thawed_holders), (self.shared_by_service, self._thawed_services),
+                              (self.dependents, self._thawed_dependents)):
+            for key in thawed:
+                got = index.get(key)
+                if got is not None:
+                    index[key] = frozenset(got)
+            thawed.clear()
 
     def _rescope(self) -> set[str]:
         """The scope changed since ``previous``: the records of the nodes it lost leave the render (their
@@ -427,14 +462,16 @@ class _Step:
                 continue
             self.held.pop(node, None)  # owned now: its membership will hold its names
             own = None if node in self_dirty else _own_resources(node)
-            for key in sorted(new_keys):
-                if naming.is_per_node(key[1]):
-                    if own is not None and key in own and key in old_keys:
-                        continue
-                    inputs = r.node_inputs(key[0], key[1], node)
-                    assert inputs is not None, key  # a view only names what exists
-                    self._put(key, inputs)
-                elif key not in old_keys:
+            # the view names the node's own resources (``node_resources``: each with its inputs) and the shared
+            # ones it holds; a per-node name without inputs would fail below (step 5 finds no version for it)
+            per_node = r.node_resources(node)
+            assert per_node.keys() <= new_keys, node  # and every per-node resource is in the view
+            for key, inputs in per_node.items():
+                if own is not None and key in own and key in old_keys:
+                    continue
+                self._put(key, inputs)
+            for key in new_keys:
+                if key not in old_keys and key not in per_node:
                     self._acquire(key, node, fresh)
             problems = r.take_problems()
             if problems:
@@ -498,6 +535,7 @@ class _Step:
             self.membership[node] = m
             self.owners[node] = owners_now[node]
 
+        self._freeze_index()
         problems = set(self.rule_problems.values())
         for group in (self.res_problems, self.node_problems):
             for ps in group.values():

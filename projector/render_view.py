@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import orjson
+
 from events import types as t
 from projector import addressing, naming
 from projector.state import Instance, MeshState
@@ -64,10 +66,11 @@ class Renderer:
         self._served: dict[str, t.RouteRuleUpserted | None] = {}
         self._targets: dict[str, tuple[str, ...]] = {}
         self._vhosts: dict[tuple, tuple] = {}  # (service, port, id(rule), streaming) -> (rule, virtual host)
-        self._plain_memo: dict[int, tuple] = {}  # id(event model) -> (model, its JSON form)
+        self._plain_memo: dict[int, tuple] = {}  # id(event model) -> (model, its JSON as an orjson.Fragment)
         # a node's view and each of its resources ask for its instance and its dependencies' protocols
         self._instances: dict[str, Instance | None] = {}
         self._protocols: dict[str, str] = {}
+        self._node_resources: dict[str, dict[tuple[str, str], tuple]] = {}  # node -> ``node_resources``
 
     # ------------------------------------------------ mesh facts
 
@@ -199,7 +202,9 @@ class Renderer:
     def _plain(self, value):
         got = self._plain_memo.get(id(value))
         if got is None or got[0] is not value:
-            got = (value, plain(value))
+            # serialized once: a served rule is in the inputs of every node route depending on its host, and
+            # orjson embeds a Fragment's bytes as they are, which are what it would write for the dict itself
+            got = (value, orjson.Fragment(orjson.dumps(plain(value))))
             self._plain_memo[id(value)] = got  # the model is kept alive with it: its id stays its own
         return got[1]
 
@@ -316,43 +321,48 @@ class Renderer:
         Like ``shared_inputs``: everything ``build_node`` reads is in here (its first item says which of the
         node's resources it is), so equal inputs give equal bytes and their hash names the body unbuilt.
         """
+        if node_id is None:
+            return None
+        return self.node_resources(node_id).get((type_url, name))
+
+    def node_resources(self, node_id: str) -> dict[tuple[str, str], tuple]:
+        """Every per-node resource of ``node_id``: (type_url, name) -> its ``node_inputs``; empty for a node
+        with no instance or no sidecar. Worked out once per node and pass (a render asks for each of them)."""
+        got = self._node_resources.get(node_id)
+        if got is None:
+            got = self._node_resources[node_id] = self._work_out_node_resources(node_id)
+        return got
+
+    def _work_out_node_resources(self, node_id: str) -> dict[tuple[str, str], tuple]:
         inst = self._node_inst(node_id)
         if inst is None or inst.reg.sidecar is None:
-            return None
+            return {}
         reg, sc = inst.reg, inst.reg.sidecar
-        if type_url == CLUSTER:
-            return ("local", reg.port, reg.protocol) if name == naming.local_cluster(node_id) else None
-        if type_url == LISTENER:
-            if name == naming.outbound_listener(node_id):
-                return "outbound", sc.outbound_port, naming.outbound_route(node_id)
-            if name == naming.inbound_listener(node_id):
-                # what a secure HTTP listener holds depends on the instance alone: its RBAC policy is in its
-                # route configuration (the inbound route), so a new caller never needs a new listener
-                secure = sc.trust_domain is not None
-                principals = route_name = None
-                if secure:
-                    if reg.protocol == "tcp":
-                        principals = self.inbound_principals(reg.service, sc.trust_domain)
-                    else:
-                        route_name = naming.inbound_route(node_id)
-                return ("inbound", addressing.bind_address(reg.address), sc.inbound_port, naming.local_cluster(node_id),
-                        reg.protocol, secure, principals, route_name)
-            for svc, port in self.tcp_ports(inst):
-                if name == naming.tcp_listener(node_id, svc):
-                    return "tcp", port, svc
-            return None
-        if type_url == ROUTE:
-            if name == naming.inbound_route(node_id):
-                if not _inbound_over_rds(inst):
-                    return None
-                return ("inbound", naming.local_cluster(node_id), reg.protocol,
-                        self.inbound_principals(reg.service, sc.trust_domain))
-            if name != naming.outbound_route(node_id):
-                return None
-            hosts = tuple((d, self.served_rule(d), self.protocol(d) == "grpc")
-                          for d in inst.dependencies() if self.protocol(d) != "tcp")
-            return "outbound", sc.outbound_port, hosts
-        return None
+        local = naming.local_cluster(node_id)
+        outbound_route = naming.outbound_route(node_id)
+        got: dict[tuple[str, str], tuple] = {(CLUSTER, local): ("local", reg.port, reg.protocol)}
+        got[(LISTENER, naming.outbound_listener(node_id))] = ("outbound", sc.outbound_port, outbound_route)
+        # what a secure HTTP listener holds depends on the instance alone: its RBAC policy is in its route
+        # configuration (the inbound route), so a new caller never needs a new listener
+        secure = sc.trust_domain is not None
+        principals = route_name = None
+        if secure:
+            if reg.protocol == "tcp":
+                principals = self.inbound_principals(reg.service, sc.trust_domain)
+            else:
+                route_name = naming.inbound_route(node_id)
+        got[(LISTENER, naming.inbound_listener(node_id))] = (
+            "inbound", addressing.bind_address(reg.address), sc.inbound_port, local, reg.protocol, secure, principals,
+            route_name)
+        for svc, port in self.tcp_ports(inst):
+            got[(LISTENER, naming.tcp_listener(node_id, svc))] = ("tcp", port, svc)
+        if _inbound_over_rds(inst):
+            got[(ROUTE, naming.inbound_route(node_id))] = (
+                "inbound", local, reg.protocol, self.inbound_principals(reg.service, sc.trust_domain))
+        hosts = tuple((d, self.served_rule(d), self.protocol(d) == "grpc")
+                      for d in inst.dependencies() if self.protocol(d) != "tcp")
+        got[(ROUTE, outbound_route)] = ("outbound", sc.outbound_port, hosts)
+        return got
 
     def build_node(self, type_url: str, name: str, inputs: tuple) -> Message:
         """The message of a per-node resource from its ``node_inputs`` alone (reads nothing of the state)."""

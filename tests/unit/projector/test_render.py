@@ -419,3 +419,32 @@ def test_outbound_catch_all_asks_for_the_hosts_cluster_on_demand_over_ads():
     per_route = on_demand_pb2.PerRouteConfig()
     vh.typed_per_filter_config["envoy.filters.http.on_demand"].Unpack(per_route)
     assert per_route.odcds.source.HasField("ads") and per_route.odcds.timeout.seconds == 5
+
+
+def test_a_nodes_own_resources_are_exactly_the_per_node_names_its_view_holds():
+    # ``render_all`` takes a node's own resources from ``Renderer.node_resources`` and the rest of its view as
+    # shared names: the two must agree on every kind of node
+    secure = t.SidecarPorts(inbound_port=15006, outbound_port=15001, trust_domain="mesh.local")
+    log = Log()
+    log.append(t.InstanceRegistered(service="reviews", instance_id="r1", address="10.0.1.1", port=8080,
+                                    node_id="reviews-1", sidecar=secure))  # secure HTTP: its RBAC in an inbound route
+    log.append(t.InstanceRegistered(service="db", instance_id="d1", address="10.0.5.1", port=5432, protocol="tcp",
+                                    node_id="db-1", sidecar=secure))  # secure TCP: its RBAC in the listener
+    log.register("greeter", "g1", "10.0.6.1", protocol="grpc")
+    log.register("web", "w1", "web.internal", port=9090, node_id="web-1", sidecar=(15006, 15001),
+                 depends_on=("reviews", "db", "greeter"))  # a host name, and a TCP listener for db
+    log.register("cli", "c1", "10.0.7.1", node_id="cli-1", depends_on=("greeter",))  # proxyless: nothing of its own
+    state, _ = fold_log(log.events)
+    kinds = {}
+    for node in ("reviews-1", "db-1", "web-1", "cli-1", "nobody"):
+        r = Renderer(state)
+        view = r.view(node)
+        own = r.node_resources(node)
+        assert set(own) == {(u, n) for u, names in view.items() for n in names if naming.is_per_node(n)}, node
+        for (type_url, name), inputs in own.items():
+            assert Renderer(state).node_inputs(type_url, name, node) == inputs  # alone, as a fresh pass asks
+        kinds[node] = sorted((u.rsplit(".", 1)[-1], n) for u, n in own)
+    assert ("Listener", "web-1~tcp~db") in kinds["web-1"]
+    assert ("RouteConfiguration", "reviews-1~inbound") in kinds["reviews-1"]
+    assert ("RouteConfiguration", "db-1~inbound") not in kinds["db-1"]
+    assert kinds["cli-1"] == [] and kinds["nobody"] == []

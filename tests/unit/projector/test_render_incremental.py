@@ -97,3 +97,31 @@ def test_another_instance_taking_over_a_node_id_changes_the_node_even_with_an_id
     assert inc.owners["web-1"] == ("web", "w9")
     assert inc.changed_nodes == {"web-1"}
     assert render_all(fold_log(_mesh().events)[0]).membership["web-1"] == inc.membership["web-1"]
+
+
+def test_a_render_leaves_its_previous_whole_so_two_histories_can_branch_from_it():
+    # the live projector keeps its last render; replay's walks and a worker's takeover render from one
+    # ``previous`` more than once: what one incremental render changes must never leak into ``previous``
+    base = _mesh()
+    before, _ = fold_log(base.events)
+    prev = render_all(before)
+    index_before = {name: dict(getattr(prev._index, name)) for name in ("holders", "dependents", "shared_by_service")}
+
+    leaving = _mesh()
+    leaving.deregister("web", "w2")  # web-2 lets go of reviews' resources and of its place among its dependents
+    leaving.register("api", "a1", "10.0.0.3", node_id="api-1", sidecar=(15006, 15001), depends_on=("details", "reviews"))
+    one = render_all(fold_log(leaving.events)[0], previous=prev)
+
+    joining = _mesh()
+    joining.register("web", "w3", "10.0.0.4", node_id="web-3", sidecar=(15006, 15001), depends_on=("reviews",))
+    joined_state = fold_log(joining.events)[0]
+    other = render_all(joined_state, previous=prev)
+
+    for name, entries in index_before.items():
+        assert dict(getattr(prev._index, name)) == entries, name
+        assert all(type(v) is frozenset for v in getattr(one._index, name).values()), name
+    assert one._index.holders[(ENDPOINT, "reviews")] == {"web-1", "api-1"}
+    assert other._index.holders[(ENDPOINT, "reviews")] == {"web-1", "web-2", "web-3"}
+    full = render_all(joined_state)
+    assert (other.membership, other.versions, other._index.holders, other._index.dependents) == (
+        full.membership, full.versions, full._index.holders, full._index.dependents)

@@ -55,6 +55,20 @@ def test_mesh_output_escapes_node_ids():
     _assert_plain(_printed(lambda c, d: text.print_mesh(c, d, limit=0), doc))
 
 
+def test_mesh_output_escapes_what_a_limited_table_shows_and_the_problems():
+    # only the rows shown are made plain (the document holds the whole mesh): the shown rows, the header
+    # and the problems must still be
+    log = _nasty_events()
+    log.register("b", "b1", "10.0.0.2", node_id="m", sidecar=(15001, 15002))
+    state, _ = fold_many(empty_state(), log.events)
+    doc = report.mesh_document(state, None, at_ms=5, source={"snapshot": {"offset": NASTY, "events": 1}}, service=None)
+    doc["problems"] = [NASTY]
+    out = _printed(lambda c, d: text.print_mesh(c, d, limit=1), doc)
+    _assert_plain(out)
+    assert "\\\\x1b" not in out and out.count("\\x1b[2J") == 4  # header, instance row, node row, problem: once each
+    assert "1 more nodes" in out
+
+
 def test_diff_output_escapes_causes():
     log = _nasty_events()
     walker = Walker(empty_state())

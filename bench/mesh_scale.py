@@ -12,8 +12,9 @@ on 3 other services). For each size, in a fresh child process (so peak memory is
 * view bytes: the resources' serialized bodies and every node's membership record
   (``projector.publisher.membership_value``) as the view topics carry them, in total and per node;
 * a health batch: ``--flips`` health transitions of random instances folded and rendered incrementally
-  (``render_all(state, previous=...)``), as the live projector does a batch: CPU s, events per CPU-s,
-  and how many nodes' memberships changed;
+  (``render_all(state, previous=...)``), as the live projector does a batch, its heap frozen first as the
+  projector freezes it after each batch (``gc.freeze``): CPU s, events per CPU-s, and how many nodes'
+  memberships changed;
 * the same two renders scoped to one shard of 12 (``render_all(..., scope=Ownership({0}, 12))``: a worker
   of ``projector run --group`` owning a twelfth of the nodes), which splits each into what every worker
   spends whatever its share (``shared``: the fold of the batch, shared resources, the indexes) and what
@@ -26,6 +27,7 @@ CPU seconds (time.process_time) are reported beside wall time: the host is share
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import json
 import os
@@ -84,6 +86,10 @@ def one_size(nodes: int, flips: int) -> dict:
     held = [sum(len(names) for names in m.values()) for m in rendered.membership.values()]
     hs = [Logged(bp.envelope(p, i), topics.HEALTH, 0, i, 2_000_000 + i)
           for i, p in enumerate(bp.flaps(services, instances, "m", flips, 1))]
+    # as the projector does after every batch (``projector.service``, ``_manage_gc``): what is alive is frozen,
+    # so no collection walks the whole mesh's state inside the batch; without it, whether a full collection
+    # (about 1 s at 100,000 nodes) lands in this window decided the figure, not the render
+    gc.freeze()
     c3, w3 = time.process_time(), time.monotonic()
     state2, _ = fold_many(state, hs)
     again = render_all(state2, previous=rendered)
@@ -91,6 +97,7 @@ def one_size(nodes: int, flips: int) -> dict:
     one_shard = Ownership(frozenset({0}), 12)
     c5 = time.process_time()
     scoped = render_all(state, scope=one_shard)
+    gc.freeze()
     c6 = time.process_time()
     state3, _ = fold_many(state, hs)
     render_all(state3, previous=scoped, scope=one_shard)

@@ -301,11 +301,7 @@ class _Step:
         if deps:
             self.node_deps[node] = deps
             for svc in deps:
-                got = dependents.get(svc) if svc in thawed else None  # thawed, unless emptied and dropped since
-                if got is not None:
-                    got.add(node)
-                else:
-                    _thawed(dependents, thawed, svc).add(node)
+                _thawed(dependents, thawed, svc).add(node)
 
     def _freeze_index(self) -> None:
         """The sets this step thawed, frozen again (the index is shared with the next render)."""

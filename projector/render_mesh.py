@@ -262,18 +262,13 @@ class _Step:
         self.res_problems.pop(key, None)
 
     def _acquire(self, key: ResourceKey, node: str, fresh: set[ResourceKey]) -> None:
-        cur = self.holders.get(key)
-        if cur is None:
-            self.holders[key] = {node}
-            self._thawed_holders.add(key)
+        new_key = key not in self.holders
+        _thawed(self.holders, self._thawed_holders, key).add(node)
+        if new_key:
             svc = _service_of(key)
             if svc is not None:
                 _thawed(self.shared_by_service, self._thawed_services, svc).add(key)
             fresh.add(key)
-        elif key in self._thawed_holders:
-            cur.add(node)
-        else:
-            _thawed(self.holders, self._thawed_holders, key).add(node)
 
     def _release(self, key: ResourceKey, node: str, released: set[ResourceKey]) -> None:
         cur = self.holders.get(key)

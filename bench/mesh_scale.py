@@ -64,7 +64,7 @@ def one_size(nodes: int, flips: int) -> dict:
     from events import topics
     from events.envelope import Logged
     from projector.fold import fold_many
-    from projector.publisher import membership_value
+    from projector.publisher import membership_value, on_the_wire
     from projector.render import render_all
     from projector.sharding import Ownership
     from projector.state import empty_state
@@ -81,7 +81,7 @@ def one_size(nodes: int, flips: int) -> dict:
     c2, w2 = time.process_time(), time.monotonic()
     peak_rss = rss_mb()
     resource_bytes = sum(len(body) for body in rendered.resources.values())
-    membership_bytes = sum(len(membership_value(node, names, rendered.owners.get(node)))
+    membership_bytes = sum(len(membership_value(node, on_the_wire(names), rendered.owners.get(node)))
                            for node, names in rendered.membership.items())
     held = [sum(len(names) for names in m.values()) for m in rendered.membership.values()]
     hs = [Logged(bp.envelope(p, i), topics.HEALTH, 0, i, 2_000_000 + i)

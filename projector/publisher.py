@@ -17,13 +17,26 @@ Two compacted topics (``events.topics``):
   gone. ``owner`` is the registered instance the node stands for (the
   gateway lets only that instance's identity stream the node); records
   written before it existed lack it, and are republished with it.
+  A ClusterLoadAssignment is named *without* its version (``""``,
+  ``on_the_wire``): the node holds the latest body of that name. An
+  endpoint change is then one body record, not one body plus a membership
+  per node that holds it (1,001 records for a service with 1,000 dependents).
+  That is safe because a ClusterLoadAssignment is a leaf: no other resource
+  names it with a version or depends on its content, so serving the new body
+  before anything else moves cannot point a proxy at something it lacks
+  (make-before-break is about routes and the clusters they name, whose
+  versions memberships keep). A membership written before this (versions
+  for every type) is still read as it says, and republished once in this
+  form. ``resolve_told`` turns a record back into name -> version with the
+  bodies' versions.
 - Every view record carries the header ``meshlog-source-ms``: the broker time
   (ms) of the newest event folded into the batch that produced it, so a
   gateway can measure from an event's append to the proxy's ACK.
 
 Invariants:
 - Only real changes are published: a body whose version equals the one last
-  published, or a membership equal to the last published one, is not sent.
+  published, or a membership whose record (``on_the_wire``) equals the last
+  published one, is not sent: an endpoint change sends its body only.
   What was published is kept by the caller (in RocksDB), so a restart
   republishes nothing unchanged.
 - Order per batch: new/changed bodies first (clusters, endpoints, listeners,
@@ -64,7 +77,7 @@ from aiokafka.errors import (
 )
 
 from events import topics
-from projector.typeurls import TYPE_URLS
+from projector.typeurls import ENDPOINT, TYPE_URLS
 from projector.versioning import VERSION_HEX_CHARS, version_of
 
 ResourceKey = tuple[str, str]  # (type_url, name)
@@ -120,6 +133,41 @@ def parse_resource_key(key: bytes | str) -> ResourceKey:
     return type_url, name
 
 
+#: The version a membership record gives a name whose node holds the latest body (``on_the_wire``).
+LATEST = ""
+#: The types a membership names without versions: leaves, which nothing else names by version.
+VERSIONLESS_TYPES = frozenset({ENDPOINT})
+
+
+def on_the_wire(resources: Mapping[str, Mapping[str, str]]) -> Membership:
+    """A rendered membership (every name with its version) as its record names it: the names of
+    ``VERSIONLESS_TYPES`` with ``LATEST`` (shares the other types' mappings)."""
+    return {u: (dict.fromkeys(names, LATEST) if u in VERSIONLESS_TYPES else names) for u, names in resources.items()}
+
+
+def same_on_the_wire(record: Mapping[str, Mapping[str, str]] | None, rendered: Mapping[str, Mapping[str, str]]) -> bool:
+    """Whether ``record`` (a published membership) is ``on_the_wire(rendered)``, without building it: the
+    check runs for every node holding a changed resource, most of them holding a changed ClusterLoadAssignment."""
+    if record is None or record.keys() != rendered.keys():
+        return False
+    for type_url, names in rendered.items():
+        held = record[type_url]
+        if type_url in VERSIONLESS_TYPES:
+            if held.keys() != names.keys() or any(v != LATEST for v in held.values()):
+                return False
+        elif held != names:
+            return False
+    return True
+
+
+def resolve_told(resources: Mapping[str, Mapping[str, str]], body_versions: Mapping[ResourceKey, str]) -> Membership:
+    """What a membership record tells its node, name -> version: a ``LATEST`` name at the version of the
+    latest body of that name (``body_versions``: (type_url, name) -> version of the bodies on the view
+    topic; left ``LATEST`` when there is no such body)."""
+    return {u: {n: (body_versions.get((u, n), LATEST) if v == LATEST else v) for n, v in names.items()}
+            for u, names in resources.items()}
+
+
 def membership_value(node: str, resources: Mapping[str, Mapping[str, str]], owner: Owner | None = None) -> bytes:
     doc: dict[str, Any] = {"node": node, "resources": resources}
     if owner is not None:
@@ -149,7 +197,8 @@ def _type_order(rk: ResourceKey) -> tuple[int, str, str]:
 
 @dataclass(slots=True)
 class PublishedViews:
-    """What is on the view topics (as far as this projector knows): versions and memberships."""
+    """What is on the view topics (as far as this projector knows): versions and memberships (as their
+    records name them: ``on_the_wire``)."""
 
     resources: dict[ResourceKey, str] = field(default_factory=dict)
     membership: dict[str, Membership] = field(default_factory=dict)
@@ -174,7 +223,8 @@ class PublishedViews:
 @dataclass(frozen=True, slots=True)
 class ViewPlan:
     bodies: list[tuple[ResourceKey, bytes, str]]  # (key, body, version): new or changed
-    membership: list[tuple[str, bytes | None, Membership | None]]  # (node, value, resources); None = tombstone
+    # (node, value, resources as the record names them: ``on_the_wire``); None = tombstone
+    membership: list[tuple[str, bytes | None, Membership | None]]
     removals: list[ResourceKey]  # bodies to tombstone
     owners: dict[str, Owner] = field(default_factory=dict)  # owner of each node in ``membership``
 
@@ -282,8 +332,10 @@ def _plan(rendered: Any, published: PublishedViews, *, candidates: Iterable[Reso
     for node in sorted(nodes):
         res = rendered_membership.get(node)
         owner = rendered_owners.get(node)
-        if res is not None and (published.membership.get(node) != res or published.owners.get(node) != owner):
-            membership.append((node, membership_value(node, res, owner), res))
+        if res is not None and (not same_on_the_wire(published.membership.get(node), res)
+                                or published.owners.get(node) != owner):
+            wire = on_the_wire(res)
+            membership.append((node, membership_value(node, wire, owner), wire))
             if owner is not None:
                 owners[node] = owner
     for node in sorted(gone_nodes):

@@ -2,6 +2,11 @@
 
 Invariants:
 - Read-only and from the log alone: no gateway is asked anything.
+- What a node is told is its membership record, with each name it holds at
+  the latest body (a ClusterLoadAssignment, ``projector.publisher.LATEST``)
+  at the version of that body on ``meshlog.views.resources`` (so that topic
+  is read too, keeping only those bodies' versions); the view changed when
+  the later of the membership and those bodies was written.
 - Sync records decode through ``events.codec`` (``events.record_decoder``); one that
   does not is counted and skipped, never folded and never fatal.
 - ``until_ms`` cuts both topics at a broker time (LogAppendTime: a prefix of
@@ -17,7 +22,14 @@ from aiokafka import TopicPartition
 from events import topics
 from events.envelope import Logged
 from events.errors import EventValidationError
-from projector.publisher import parse_membership_value
+from projector.publisher import (
+    LATEST,
+    VERSIONLESS_TYPES,
+    parse_membership_value,
+    parse_resource_key,
+    record_version,
+    resolve_told,
+)
 from proxysync.table import SyncTable
 from events.record_decoder import RecordDecoder
 from replay.source import read_range
@@ -25,8 +37,8 @@ from replay.source import read_range
 
 @dataclass(slots=True)
 class ViewEntry:
-    resources: dict[str, dict[str, str]]  # type_url -> name -> version
-    changed_ms: int  # broker time of the membership record
+    resources: dict[str, dict[str, str]]  # type_url -> name -> version (resolved: ``resolve_told``)
+    changed_ms: int  # broker time of the membership record, or of a later body it holds at the latest
 
 
 @dataclass(slots=True)
@@ -73,8 +85,28 @@ async def read_sync(consumer, until_ms: int | None = None) -> tuple[SyncTable, i
     return SyncTable().apply_all(records), bad
 
 
+async def _latest_bodies(consumer) -> dict[tuple[str, str], tuple[str, int]]:
+    """(type_url, name) -> (version, broker time) of the bodies a membership may hold at the latest."""
+    prefixes = tuple(f"{u}|".encode() for u in VERSIONLESS_TYPES)
+    bodies: dict[tuple[str, str], tuple[str, int]] = {}
+    for record in await _records(consumer, topics.VIEW_RESOURCES, None):
+        if record.key is None or not record.key.startswith(prefixes):
+            continue
+        try:
+            ident = parse_resource_key(record.key)
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if record.value is None:
+            bodies.pop(ident, None)
+        else:
+            bodies[ident] = (record_version(record.value, record.headers), record.timestamp)
+    return bodies
+
+
 async def read_views(consumer) -> tuple[dict[str, ViewEntry], int]:
-    """Every node's current membership (the compacted view topic read to its end)."""
+    """Every node's current view: its membership (the compacted view topic read to its end), resolved."""
+    bodies = await _latest_bodies(consumer)
+    versions = {ident: version for ident, (version, _ms) in bodies.items()}
     views: dict[str, ViewEntry] = {}
     bad = 0
     for record in await _records(consumer, topics.VIEW_MEMBERSHIP, None):
@@ -88,7 +120,9 @@ async def read_views(consumer) -> tuple[dict[str, ViewEntry], int]:
             continue
         try:
             _node, resources = parse_membership_value(record.value)
-            views[node] = ViewEntry({u: dict(names) for u, names in resources.items()}, record.timestamp)
+            changed_ms = max([record.timestamp] + [bodies[(u, n)][1] for u, names in resources.items()
+                                                   for n, v in names.items() if v == LATEST and (u, n) in bodies])
+            views[node] = ViewEntry(resolve_told(resources, versions), changed_ms)
         except (ValueError, KeyError, TypeError, AttributeError):
             bad += 1
     return views, bad

@@ -464,7 +464,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         for fact in learned:
             if not isinstance(fact, Acked) or converged.get(fact.type_url, opened_source) == source:
                 continue
-            told = self.cache.membership_versions(node_id, fact.type_url)
+            told = self.cache.told_versions(node_id, fact.type_url)
             if compare_type(fact.type_url, told, TypeSync(held=fact.held, acked_ms=0), None).state == SYNCED:
                 converged[fact.type_url] = source
                 metrics.CONVERGENCE.labels(fact.type_url).observe(max(0.0, time.time() - source / 1000))

@@ -39,6 +39,11 @@ Invariants:
   node's view changes when its membership does: clusters and the routes that
   use them change together, and the stream machine orders them. A membership
   naming a version the cache no longer has gets the latest body.
+- A membership names a ClusterLoadAssignment without a version (``""``,
+  ``projector.publisher.LATEST``): the node holds the latest body of that
+  name, so a new one wakes every node naming it at once (an endpoint change
+  is one body record, no membership moves). A ClusterLoadAssignment is a
+  leaf: nothing is sent to a proxy that could name a version of it.
 - Every node's view is in memory all the time: ``hold``/``loaded`` (what the
   shell calls when a stream opens) do nothing here; ``LazyViewCache``
   (``xds_gateway.lazy_view``) overrides ``_apply_record`` and them to decode
@@ -46,8 +51,9 @@ Invariants:
 - A broker outage is logged by ``meshlog.outage`` (started, at a backoff,
   ended with its duration), not as aiokafka's line per failed retry.
 - ``source_ms(node)``: the broker time of the newest event behind the node's
-  current membership (its ``meshlog-source-ms`` header), for measuring
-  append-to-ACK; None when the record carries none.
+  current view (the ``meshlog-source-ms`` header of its membership, or of a
+  body that reached it without one: a ClusterLoadAssignment), for measuring
+  append-to-ACK; None when the records carry none.
 - Each membership record names the node's owner, the (service, instance)
   whose registration the projector rendered as the node; ``owner_of`` gives
   it to the gateway's authorization (which holds the rule; the cache only
@@ -69,7 +75,7 @@ from events import topics
 from events.printable import printable
 from meshlog.outage import KafkaOutageLog
 from events.kafka_security import connection_kwargs
-from projector.publisher import record_version, source_ms_of
+from projector.publisher import LATEST, record_version, source_ms_of
 from xds_gateway import metrics
 from xds_gateway.protocol.resources import VersionedResource, make_resource
 
@@ -117,9 +123,20 @@ class ViewCache:
     def knows_node(self, node_id: str) -> bool:
         return node_id in self._membership
 
-    def membership_versions(self, node_id: str, type_url: str) -> Mapping[str, str]:
-        """The versions the node's membership names for one type (name -> version)."""
-        return self._membership.get(node_id, {}).get(type_url, {})
+    def told_versions(self, node_id: str, type_url: str) -> Mapping[str, str]:
+        """The versions the node is told of one type (name -> version): those its membership names, a name
+        it holds at the latest body (``LATEST``) at that body's (``LATEST`` while there is none)."""
+        named = self._membership.get(node_id, {}).get(type_url, {})
+        if LATEST not in named.values():
+            return named
+        latest = self._resources
+        told = {}
+        for name, version in named.items():
+            if version == LATEST:
+                body = latest.get((type_url, name))
+                version = LATEST if body is None else body.version
+            told[name] = version
+        return told
 
     def source_ms(self, node_id: str) -> int | None:
         return self._source_ms.get(node_id)
@@ -208,8 +225,10 @@ class ViewCache:
 
     # ------------------------------------------------------------ applying records
 
-    def apply_resource(self, key: bytes, value: bytes | None, changed: set[str], version: str | None = None) -> None:
-        """Apply one body record; ``version``: the one published with it (None: the hash of ``value``)."""
+    def apply_resource(self, key: bytes, value: bytes | None, changed: set[str], version: str | None = None,
+                       source_ms: int | None = None) -> None:
+        """Apply one body record; ``version``: the one published with it (None: the hash of ``value``);
+        ``source_ms``: its ``meshlog-source-ms``, which becomes that of every node the body reaches."""
         type_url, sep, name = key.decode().partition("|")
         if not sep:
             log.warning("ignoring view resource with malformed key %s", printable(repr(key), 200))
@@ -238,11 +257,14 @@ class ViewCache:
             self._shared[type_url][name] = resource
             self.shared_changed = True
             self._shared_view = None
+        source = self._source_ms
         for node in self._referenced_by.get(ident, ()):
             # a node whose membership names the body just replaced keeps it until its membership moves
             if current is None or self._membership[node][type_url].get(name) != current.version:
                 changed.add(node)
                 self._type_changed(node, type_url)
+                if source_ms is not None and source_ms > source.get(node, 0):
+                    source[node] = source_ms
 
     def apply_membership(self, key: bytes, value: bytes | None, changed: set[str]) -> None:
         node = key.decode()
@@ -315,7 +337,7 @@ class ViewCache:
         if record.topic == topics.VIEW_RESOURCES:
             headers = getattr(record, "headers", None)
             version = record_version(record.value, headers) if headers and record.value is not None else None
-            self.apply_resource(record.key, record.value, changed, version)
+            self.apply_resource(record.key, record.value, changed, version, source_ms_of(headers))
         elif record.topic == topics.VIEW_MEMBERSHIP:
             self.apply_membership(record.key, record.value, changed)
             source = source_ms_of(getattr(record, "headers", None))

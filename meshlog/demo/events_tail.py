@@ -11,10 +11,14 @@ Invariants:
   time, so a scene can wait for "the checker logged reviews-v1-b unhealthy"
   and count requests from that instant.
 - For the screen's convergences it also keeps, raw, what the gateways logged
-  on ``meshlog.sync`` (``sync``) and each membership view record as
-  (its ``meshlog-source-ms``, node, resources) (``views``); the matching is
-  ``proxysync.convergence``'s (``meshlog.demo.view``), never done here.
-  A membership record that does not parse is skipped like an undecodable one.
+  on ``meshlog.sync`` (``sync``) and each view a node was told as
+  (``meshlog-source-ms``, node, resources) (``views``): one per membership
+  record, and one per node holding a ClusterLoadAssignment at the latest
+  (``projector.publisher.LATEST``) when a new body of it is logged; names held
+  at the latest carry the version of the latest body the tail has seen
+  (``resolve_told``). The matching is ``proxysync.convergence``'s
+  (``meshlog.demo.view``), never done here. A membership record that does
+  not parse is skipped like an undecodable one.
 """
 
 from __future__ import annotations
@@ -30,10 +34,18 @@ from events import topics
 from events.printable import printable
 from events.undecodable import UndecodableLog, decode_or_skip
 from events.kafka_security import connection_kwargs
-from projector.publisher import parse_membership_value, source_ms_of
+from projector.publisher import (
+    LATEST,
+    VERSIONLESS_TYPES,
+    parse_membership_value,
+    parse_resource_key,
+    record_version,
+    resolve_told,
+    source_ms_of,
+)
 
 TAILED = (topics.REGISTRATIONS, topics.HEALTH, topics.RULES)
-FOR_CONVERGENCE = (topics.SYNC, topics.VIEW_MEMBERSHIP)  # kept raw, not in ``seen``
+FOR_CONVERGENCE = (topics.SYNC, topics.VIEW_MEMBERSHIP, topics.VIEW_RESOURCES)  # kept raw, not in ``seen``
 ERRORS_KEPT = 50
 
 
@@ -78,7 +90,9 @@ class EventTail:
         self.skipped = UndecodableLog(None, reader="demo event tail")
         self.health: dict[str, str] = {}  # "<service>/<instance>" -> last logged status (registered = healthy)
         self.sync: list = []  # decoded meshlog.sync events (Logged), in log order
-        self.views: list[tuple[int, str, dict]] = []  # (source ms, node, resources) of membership records
+        self.views: list[tuple[int, str, dict]] = []  # (source ms, node, resources): views told, resolved
+        self._memberships: dict[str, dict] = {}  # node -> its latest membership record's resources
+        self._latest_bodies: dict[tuple[str, str], str] = {}  # (type_url, name) -> version, of VERSIONLESS_TYPES
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="event-tail", daemon=True)
@@ -129,6 +143,9 @@ class EventTail:
         if record.topic == topics.VIEW_MEMBERSHIP:
             self._add_view(record)
             return
+        if record.topic == topics.VIEW_RESOURCES:
+            self._add_body(record)
+            return
         logged = decode_or_skip(record, self.skipped)
         if logged is None:
             bad = self.skipped.last
@@ -169,7 +186,28 @@ class EventTail:
                 del self.errors[:-ERRORS_KEPT]
             return
         with self._lock:
-            self.views.append((source_ms, node, resources))
+            self._memberships[node] = resources
+            self.views.append((source_ms, node, resolve_told(resources, self._latest_bodies)))
+
+    def _add_body(self, record) -> None:
+        """A new body of a type memberships hold at the latest: every node holding it is told it now."""
+        try:
+            ident = parse_resource_key(record.key)
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            return  # not a body key: nothing a node is told
+        if ident[0] not in VERSIONLESS_TYPES:
+            return
+        with self._lock:
+            if record.value is None:
+                self._latest_bodies.pop(ident, None)
+                return
+            self._latest_bodies[ident] = record_version(record.value, record.headers)
+            source_ms = source_ms_of(record.headers)
+            if source_ms is None:
+                return
+            for node, resources in self._memberships.items():
+                if resources.get(ident[0], {}).get(ident[1]) == LATEST:
+                    self.views.append((source_ms, node, resolve_told(resources, self._latest_bodies)))
 
     def convergence_inputs(self) -> tuple[list[SeenEvent], list[tuple[int, str, dict]], list]:
         """Copies of (seen, views, sync) taken together, for ``meshlog.demo.view.convergence_lines``."""

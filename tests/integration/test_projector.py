@@ -29,7 +29,7 @@ from events.codec import decode
 from events.kafka_security import connection_kwargs
 from projector.deadletter import parse_dead_letter
 from projector.render_envoy import ON_DEMAND_VHOST
-from projector.publisher import parse_membership_value, parse_resource_key, record_version
+from projector.publisher import LATEST, parse_membership_value, parse_resource_key, record_version
 from projector.snapshots import decode_snapshot
 from projector.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
@@ -211,7 +211,7 @@ def _all_bodies_present(res: Tail, membership: dict) -> bool:
     for type_url, names in membership.items():
         for name, version in names.items():
             body = have.get((type_url, name))
-            if body is None or published[(type_url, name)] != version:
+            if body is None or (version != LATEST and published[(type_url, name)] != version):
                 return False
     return True
 
@@ -226,6 +226,7 @@ async def test_registrations_come_out_on_the_view_topics(bootstrap, projector, v
     assert set(m) == {CLUSTER, ENDPOINT, LISTENER, ROUTE}
     assert f"{P}-db" in m[CLUSTER] and f"{P}-db" in m[ENDPOINT]
     assert f"{node}~outbound" in m[LISTENER] and f"{node}~inbound" in m[LISTENER]
+    assert m[ENDPOINT][f"{P}-db"] == LATEST  # endpoints are held at their latest body, not a version
     # every body the membership names is on the resources topic, with the version it names
     await res.until(lambda t: _all_bodies_present(t, m), f"bodies named by {node}'s membership")
     # and the endpoints of db name the registered instance

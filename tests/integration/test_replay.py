@@ -29,7 +29,7 @@ from events.envelope import new_event
 from events.kafka_security import connection_kwargs
 from events.producer import EventProducer
 from meshlog.kafka_local import free_port
-from projector.publisher import parse_membership_value, parse_resource_key, record_version
+from projector.publisher import parse_membership_value, parse_resource_key, record_version, resolve_told
 from projector.render import render_all
 from projector.snapshots import decode_header
 from projector.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE
@@ -80,8 +80,10 @@ async def append_raw(bootstrap: str, topic: str, key: bytes, value: bytes):
 
 
 async def read_views(bootstrap: str, versions: dict | None = None) -> tuple[dict, dict]:
-    """The compacted view topics as they stand: resources (type_url, name) -> body, node -> membership;
-    ``versions`` (when given) gets each body's published version (``publisher.record_version``)."""
+    """The compacted view topics as they stand: resources (type_url, name) -> body, node -> what its membership
+    tells it (``publisher.resolve_told``: endpoints at their latest body's version); ``versions`` (when given)
+    gets each body's published version (``publisher.record_version``)."""
+    versions = {} if versions is None else versions
     consumer = AIOKafkaConsumer(**connection_kwargs(bootstrap), enable_auto_commit=False, isolation_level="read_committed")
     await consumer.start()
     try:
@@ -98,11 +100,12 @@ async def read_views(bootstrap: str, versions: dict | None = None) -> tuple[dict
                         continue
                     if tp.topic == topics.VIEW_RESOURCES:
                         resources[parse_resource_key(r.key)] = r.value
-                        if versions is not None and r.value is not None:
+                        if r.value is not None:
                             versions[parse_resource_key(r.key)] = record_version(r.value, r.headers)
                     else:
                         membership[r.key.decode()] = None if r.value is None else parse_membership_value(r.value)[1]
-        return resources, membership
+        live = {rk: v for rk, v in versions.items() if resources.get(rk) is not None}
+        return resources, {n: None if m is None else resolve_told(m, live) for n, m in membership.items()}
     finally:
         await consumer.stop()
 

@@ -27,7 +27,14 @@ from envoy.config.cluster.v3 import cluster_pb2
 from events import topics
 from events.admin import ensure_topics
 from events.kafka_security import connection_kwargs
-from projector.publisher import membership_value, parse_membership_value, resource_key
+from projector.publisher import (
+    membership_value,
+    parse_membership_value,
+    parse_resource_key,
+    record_version,
+    resolve_told,
+    resource_key,
+)
 from projector.versioning import version_of
 from proxy.envoy_process import dynamic_names, endpoint_count
 from tests.integration.test_gateway_envoy import a_mesh, registrar, start_envoy
@@ -102,7 +109,14 @@ def append_view(bootstrap: str, records: list[tuple]) -> None:
 
 
 def view_versions(bootstrap: str, node: str) -> dict[str, dict[str, str]]:
-    return parse_membership_value(latest_value(bootstrap, topics.VIEW_MEMBERSHIP, node.encode()))[1]
+    """What the node is told: its membership, endpoints (named at the latest) at their latest body's version."""
+    bodies: dict = {}
+    for r in all_records(bootstrap, topics.VIEW_RESOURCES):
+        if r.value is None:
+            bodies.pop(parse_resource_key(r.key), None)
+        else:
+            bodies[parse_resource_key(r.key)] = record_version(r.value, r.headers)
+    return resolve_told(parse_membership_value(latest_value(bootstrap, topics.VIEW_MEMBERSHIP, node.encode()))[1], bodies)
 
 
 @contextmanager

@@ -236,3 +236,35 @@ def test_the_tail_keeps_sync_records_and_membership_views_for_the_convergences_a
     assert tail.errors == [f"{topics.VIEW_MEMBERSHIP}@5: membership record does not parse"]
     [(_ms, _label, summary)] = convergence_lines(seen, views, sync)
     assert summary == "reached 1 of 1 proxies (median 84 ms); slowest web-1 84 ms"
+
+
+def test_a_new_endpoints_body_is_a_view_told_to_every_node_holding_it_at_the_latest():
+    """Memberships name endpoints without a version: a health flip reaches the tail as one body record."""
+    from events import topics
+    from meshlog.demo.events_tail import EventTail
+    from projector.publisher import LATEST, VERSION_HEADER, membership_value, resource_key, source_headers
+
+    EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+    V1, V2 = "a1" * 8, "b2" * 8
+
+    def endpoints(version: str, ms: int) -> Record:
+        return Record(topics.VIEW_RESOURCES, b"cla", key=resource_key(EDS, "reviews"),
+                      headers=((VERSION_HEADER, version.encode()), *source_headers(ms)))
+
+    tail = EventTail("127.0.0.1:1", since=0)
+    tail._add(endpoints(V1, RULE_MS))  # no node holds it yet: no view
+    holds = {CDS: {"reviews": "c1"}, EDS: {"reviews": LATEST}}
+    for node in ("web-1", "web-2"):
+        tail._add(Record(topics.VIEW_MEMBERSHIP, membership_value(node, holds), key=node.encode(),
+                         headers=tuple(source_headers(RULE_MS))))
+    tail._add(Record(topics.VIEW_MEMBERSHIP, membership_value("api-1", {CDS: {"reviews": "c1"}}), key=b"api-1",
+                     headers=tuple(source_headers(RULE_MS))))
+    tail._add(Record(topics.VIEW_RESOURCES, b"cluster", key=resource_key(CDS, "reviews"),
+                     headers=tuple(source_headers(RULE_MS + 5))))  # a cluster: memberships name its version
+    tail._add(endpoints(V2, RULE_MS + 10))
+    _seen, views, _sync = tail.convergence_inputs()
+    told = {CDS: {"reviews": "c1"}}
+    assert views == [(RULE_MS, "web-1", {**told, EDS: {"reviews": V1}}), (RULE_MS, "web-2", {**told, EDS: {"reviews": V1}}),
+                     (RULE_MS, "api-1", told),
+                     (RULE_MS + 10, "web-1", {**told, EDS: {"reviews": V2}}),
+                     (RULE_MS + 10, "web-2", {**told, EDS: {"reviews": V2}})]

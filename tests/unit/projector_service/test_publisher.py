@@ -7,16 +7,20 @@ import pytest
 
 from events import topics
 from projector.publisher import (
+    LATEST,
     VERSION_HEADER,
     PublishedViews,
     ViewPlan,
     membership_value,
+    on_the_wire,
     parse_membership_value,
     parse_resource_key,
     plan_records,
     plan_views,
     record_version,
+    resolve_told,
     resource_key,
+    same_on_the_wire,
 )
 from projector.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from projector.versioning import version_of
@@ -74,15 +78,58 @@ def test_an_unchanged_mesh_plans_nothing():
     assert again.empty and again.bodies == [] and again.membership == [] and again.removals == []
 
 
-def test_a_changed_body_is_sent_with_the_memberships_naming_its_new_version():
+def test_a_changed_cluster_is_sent_with_the_memberships_naming_its_new_version():
     bodies = {(CLUSTER, "db"): b"c", (ENDPOINT, "db"): b"e"}
     published = PublishedViews()
-    published.apply(plan_views(mesh(bodies, {"n": list(bodies), "m": [(CLUSTER, "db")]}), published))
-    bodies2 = {(CLUSTER, "db"): b"c", (ENDPOINT, "db"): b"e2"}
-    plan = plan_views(mesh(bodies2, {"n": list(bodies2), "m": [(CLUSTER, "db")]}), published)
-    assert [(rk, b) for rk, b, _v in plan.bodies] == [((ENDPOINT, "db"), b"e2")]
-    assert [n for n, _v, _r in plan.membership] == ["n"]  # m does not name the endpoints: unchanged
+    published.apply(plan_views(mesh(bodies, {"n": list(bodies), "m": [(ENDPOINT, "db")]}), published))
+    bodies2 = {(CLUSTER, "db"): b"c2", (ENDPOINT, "db"): b"e"}
+    plan = plan_views(mesh(bodies2, {"n": list(bodies2), "m": [(ENDPOINT, "db")]}), published)
+    assert [(rk, b) for rk, b, _v in plan.bodies] == [((CLUSTER, "db"), b"c2")]
+    assert [n for n, _v, _r in plan.membership] == ["n"]  # m does not name the cluster: unchanged
+    assert parse_membership_value(plan.membership[0][1])[1][CLUSTER] == {"db": version_of(b"c2")}
     assert plan.removals == []
+
+
+def test_changed_endpoints_are_one_body_record_and_no_membership_moves():
+    """A ClusterLoadAssignment is named without its version: its holders hold the latest body."""
+    holders = {f"n{i}": [(CLUSTER, "db"), (ENDPOINT, "db")] for i in range(3)}
+    published = PublishedViews()
+    first = plan_views(mesh({(CLUSTER, "db"): b"c", (ENDPOINT, "db"): b"e"}, holders), published)
+    assert {n: parse_membership_value(v)[1][ENDPOINT] for n, v, _r in first.membership} == {n: {"db": LATEST} for n in holders}
+    published.apply(first)
+    plan = plan_views(mesh({(CLUSTER, "db"): b"c", (ENDPOINT, "db"): b"e2"}, holders), published)
+    assert [(rk, b) for rk, b, _v in plan.bodies] == [((ENDPOINT, "db"), b"e2")]
+    assert plan.membership == [] and plan.removals == []
+    # a node starting to hold the endpoints is a membership change, as any new name is
+    plan = plan_views(mesh({(CLUSTER, "db"): b"c", (ENDPOINT, "db"): b"e2"},
+                           {**holders, "n3": [(CLUSTER, "db"), (ENDPOINT, "db")]}), published)
+    assert [n for n, _v, _r in plan.membership] == ["n3"]
+
+
+def test_a_membership_published_with_endpoint_versions_is_republished_once_without_them():
+    """A record from before ClusterLoadAssignments were named at the latest moves to the new form."""
+    bodies = {(CLUSTER, "db"): b"c", (ENDPOINT, "db"): b"e"}
+    rendered = mesh(bodies, {"n": list(bodies)})
+    published = PublishedViews(resources={rk: version_of(b) for rk, b in bodies.items()},
+                               membership={"n": rendered.membership["n"]})  # as an older projector wrote it
+    plan = plan_views(rendered, published)
+    assert plan.bodies == [] and [n for n, _v, _r in plan.membership] == ["n"]
+    published.apply(plan)
+    assert plan_views(rendered, published).empty
+
+
+def test_on_the_wire_and_back():
+    rendered = {CLUSTER: {"db": "c1"}, ENDPOINT: {"db": "e1", "web": "e2"}, LISTENER: {}, ROUTE: {}}
+    wire = on_the_wire(rendered)
+    assert wire == {CLUSTER: {"db": "c1"}, ENDPOINT: {"db": LATEST, "web": LATEST}, LISTENER: {}, ROUTE: {}}
+    assert same_on_the_wire(wire, rendered)
+    assert same_on_the_wire(wire, {**rendered, ENDPOINT: {"db": "e9", "web": "e8"}})  # versions of a leaf: no matter
+    assert not same_on_the_wire(wire, {**rendered, ENDPOINT: {"db": "e1"}})  # a name left
+    assert not same_on_the_wire(wire, {**rendered, CLUSTER: {"db": "c2"}})  # a cluster's version did move
+    assert not same_on_the_wire(rendered, rendered)  # an older record naming endpoint versions
+    assert not same_on_the_wire(None, rendered)
+    assert resolve_told(wire, {(ENDPOINT, "db"): "e7"}) == {
+        CLUSTER: {"db": "c1"}, ENDPOINT: {"db": "e7", "web": LATEST}, LISTENER: {}, ROUTE: {}}
 
 
 def test_a_vanished_node_and_its_orphaned_bodies_are_tombstoned_after_the_memberships():

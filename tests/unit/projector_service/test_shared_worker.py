@@ -95,16 +95,16 @@ async def test_between_revocation_and_assignment_nothing_is_published_and_the_ga
     producer.sent.clear()
 
     await svc._shards_revoked(set(range(SHARDS)))
-    n = len(log.records[topics.HEALTH]) if topics.HEALTH in log.records else 0
-    log.append(t.InstanceHealthChanged(service="db", instance_id="db-1", status="unhealthy", observer="test"))
-    await svc.process(log.records[topics.HEALTH][n:])
+    # db's balancing policy: its cluster, which every node names with its version, changes
+    log.append(t.DestinationPolicyUpserted(service="db", revision=1, lb_policy="least_request"))
+    await svc.process(log.records[topics.RULES])
     assert producer.sent == []  # paused: the shards may be someone else's by now
 
     kept = set(range(0, 6))
     await svc._shards_assigned(kept)  # kept half, lost half
     await svc._reconcile()
     own = owner_view(kept)
-    # the endpoints of db changed: the memberships of the kept shards' nodes move, and only those
+    # the cluster of db changed: the memberships of the kept shards' nodes move, and only those
     assert memberships(producer) == {n for n in NODES if own.owns_node(n)}
     assert not [s for s in producer.to(topics.VIEW_RESOURCES) if not own.owns_resource(parse_resource_key(s.key))]
     close(svc)

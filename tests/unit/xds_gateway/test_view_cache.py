@@ -3,7 +3,7 @@
 import orjson
 
 from events import topics
-from projector.publisher import VERSION_HEADER
+from projector.publisher import LATEST, SOURCE_MS_HEADER, VERSION_HEADER
 from xds_gateway.protocol.resources import CLUSTER, ENDPOINT, version_of
 from xds_gateway.view_cache import ViewCache
 from tests.unit.xds_gateway.helpers import ViewRec as Rec
@@ -164,6 +164,35 @@ def test_a_membership_naming_a_version_no_longer_held_gets_the_latest_body():
     cache.apply_records([body(ENDPOINT, "reviews", b"v1"), member("web-1", {ENDPOINT: {"reviews": version_of(b"v1")}})])
     cache.apply_records([body(ENDPOINT, "reviews", b"v2"), body(ENDPOINT, "reviews", b"v3")])  # v1 dropped
     assert cache.node_view("web-1")[ENDPOINT]["reviews"].version == version_of(b"v3")
+
+
+def test_endpoints_named_at_the_latest_reach_their_holders_with_the_body_alone():
+    # the projector names a ClusterLoadAssignment without a version (LATEST): an endpoint change is one
+    # body record, which every node holding it sees at once, with the body's source time
+    def endpoints(payload, version, source_ms):
+        return Rec(topics.VIEW_RESOURCES, f"{ENDPOINT}|reviews".encode(), payload,
+                   headers=((VERSION_HEADER, version.encode()), (SOURCE_MS_HEADER, str(source_ms).encode())))
+
+    V1, V2 = "a1" * 8, "b2" * 8
+    cache, seen = ready_cache()
+    holds = {CLUSTER: {"reviews": version_of(b"reviews")}, ENDPOINT: {"reviews": LATEST}}
+    cache.apply_records([body(CLUSTER, "reviews"), endpoints(b"one endpoint", V1, 1000),
+                         member("web-1", holds), member("web-2", holds), member("api-1", {CLUSTER: {}})])
+    assert cache.node_view("web-1")[ENDPOINT]["reviews"].body == b"one endpoint"
+    assert cache.told_versions("web-1", ENDPOINT) == {"reviews": V1}
+    assert cache.told_versions("web-1", CLUSTER) == {"reviews": version_of(b"reviews")}
+    clusters_before = cache.node_view("web-1")[CLUSTER]
+    seen.clear()
+    cache.apply_records([endpoints(b"two endpoints", V2, 2000)])
+    assert seen == [{"web-1", "web-2"}]  # its holders, and only them
+    got = cache.node_view("web-2")[ENDPOINT]["reviews"]
+    assert (got.version, got.body) == (V2, b"two endpoints")
+    assert cache.node_view("web-1")[CLUSTER] is clusters_before  # only the endpoints' type was rebuilt
+    assert cache.told_versions("web-1", ENDPOINT) == {"reviews": V2}
+    assert cache.source_ms("web-1") == 2000 and cache.source_ms("api-1") is None
+    cache.apply_records([Rec(topics.VIEW_RESOURCES, f"{ENDPOINT}|reviews".encode(), None)])
+    assert "reviews" not in cache.node_view("web-1")[ENDPOINT]  # no body: nothing to hold
+    assert cache.told_versions("web-1", ENDPOINT) == {"reviews": LATEST}
 
 
 def test_the_cache_carries_each_node_owner_and_a_new_owner_alone_changes_the_node():

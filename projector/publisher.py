@@ -148,12 +148,18 @@ def on_the_wire(resources: Mapping[str, Mapping[str, str]]) -> Membership:
 def same_on_the_wire(record: Mapping[str, Mapping[str, str]] | None, rendered: Mapping[str, Mapping[str, str]]) -> bool:
     """Whether ``record`` (a published membership) is ``on_the_wire(rendered)``, without building it: the
     check runs for every node holding a changed resource, most of them holding a changed ClusterLoadAssignment."""
-    if record is None or record.keys() != rendered.keys():
+    if record is None or len(record) != len(rendered):
         return False
     for type_url, names in rendered.items():
-        held = record[type_url]
+        held = record.get(type_url)
+        if held is names:
+            continue  # the record shares the rendered mapping of a type that did not move since
+        if held is None:
+            return False
         if type_url in VERSIONLESS_TYPES:
-            if held.keys() != names.keys() or any(v != LATEST for v in held.values()):
+            # a record names such a type's names all at LATEST (``on_the_wire``) or, written by an older
+            # projector, all with versions: its first value tells which
+            if held.keys() != names.keys() or next(iter(held.values()), LATEST) != LATEST:
                 return False
         elif held != names:
             return False

@@ -13,8 +13,9 @@ on 3 other services). For each size, in a fresh child process (so peak memory is
   (``projector.publisher.membership_value``) as the view topics carry them, in total and per node;
 * a health batch: ``--flips`` health transitions of random instances folded and rendered incrementally
   (``render_all(state, previous=...)``), as the live projector does a batch, its heap frozen first as the
-  projector freezes it after each batch (``gc.freeze``): CPU s, events per CPU-s, and how many nodes'
-  memberships changed;
+  projector freezes it after each batch (``gc.freeze``): CPU s, events per CPU-s, how many nodes' views
+  changed, and the view records the projector publishes for it (``plan_changes``: changed bodies, and the
+  memberships whose record moved; a node holding changed endpoints names them at the latest, so not one);
 * the same two renders scoped to one shard of 12 (``render_all(..., scope=Ownership({0}, 12))``: a worker
   of ``projector run --group`` owning a twelfth of the nodes), which splits each into what every worker
   spends whatever its share (``shared``: the fold of the batch, shared resources, the indexes) and what
@@ -64,7 +65,7 @@ def one_size(nodes: int, flips: int) -> dict:
     from events import topics
     from events.envelope import Logged
     from projector.fold import fold_many
-    from projector.publisher import membership_value, on_the_wire
+    from projector.publisher import PublishedViews, membership_value, on_the_wire, plan_changes
     from projector.render import render_all
     from projector.sharding import Ownership
     from projector.state import empty_state
@@ -94,6 +95,11 @@ def one_size(nodes: int, flips: int) -> dict:
     state2, _ = fold_many(state, hs)
     again = render_all(state2, previous=rendered)
     c4, w4 = time.process_time(), time.monotonic()
+    # what the projector would publish for the batch: its memberships are records whose content moved (a node
+    # holding changed endpoints names them at the latest: not one of them), its bodies the changed ones
+    published = PublishedViews(dict(rendered.versions), {n: on_the_wire(m) for n, m in rendered.membership.items()},
+                               dict(rendered.owners))
+    flip_plan = plan_changes(again, published)
     one_shard = Ownership(frozenset({0}), 12)
     c5 = time.process_time()
     scoped = render_all(state, scope=one_shard)
@@ -115,6 +121,7 @@ def one_size(nodes: int, flips: int) -> dict:
         "flips": flips, "flip_batch_cpu_s": round(c4 - c3, 2), "flip_batch_wall_s": round(w4 - w3, 2),
         "flip_events_per_cpu_s": round(flips / max(1e-9, c4 - c3)),
         "flip_changed_nodes": len(again.changed_nodes), "flip_changed_resources": len(again.changed),
+        "flip_membership_records": len(flip_plan.membership), "flip_body_records": len(flip_plan.bodies),
         "scoped_render_all_cpu_s": round(c6 - c5, 2), "scoped_flip_batch_cpu_s": round(c7 - c6, 2),
         "render_shared_ms_per_node": round(cold[0] * 1000 / nodes, 3),
         "render_split_ms_per_node": round(cold[1] * 1000 / nodes, 3),
@@ -149,7 +156,8 @@ def main() -> int:
               f"bodies + {r['membership_bytes'] / 1e6:.1f} MB memberships = {r['view_bytes_per_node']:,} B per node "
               f"({r['resources_held_per_node']} resources held each); {r['flips']:,} health flips folded+rendered "
               f"in {r['flip_batch_cpu_s']} CPU-s = {r['flip_events_per_cpu_s']:,} events/CPU-s, "
-              f"{r['flip_changed_nodes']:,} nodes changed; load avg {r['loadavg_1m']}")
+              f"{r['flip_changed_nodes']:,} nodes changed, published as {r['flip_body_records']:,} bodies and "
+              f"{r['flip_membership_records']:,} memberships; load avg {r['loadavg_1m']}")
         print(f"  scoped to 1 shard of 12 (a worker of projector run --group): render_all "
               f"{r['scoped_render_all_cpu_s']} CPU-s, the flips {r['scoped_flip_batch_cpu_s']} CPU-s; so every worker "
               f"spends {r['render_shared_ms_per_node']} ms per node of the mesh on a cold render and "

@@ -80,8 +80,10 @@ def size(n: int, c: dict[str, float]) -> Size:
     peak = steady * c["peak_factor"]
     headroom = c["cpu_headroom"]
     per_event_nodes = c["nodes_changed_per_event"]
-    # every record written: the event, the changed memberships and the changed body, each stored 3 times
-    records = peak * (1 + per_event_nodes + 1) * 3
+    per_event_memberships = c["memberships_changed_per_event"]
+    # every record written: the event, the membership records it moves (not those of the nodes holding changed
+    # endpoints: memberships name them at the latest) and the changed body, each stored 3 times
+    records = peak * (1 + per_event_memberships + 1) * 3
     brokers = max(3, math.ceil(records / (c["broker_records_per_s"] * headroom)))
     # every worker decodes and folds every event and renders the shared resources it changes; the per-node
     # resources and memberships, the planning and the publishing are divided (projector run --group renders
@@ -90,7 +92,7 @@ def size(n: int, c: dict[str, float]) -> Size:
     # shared part alone exceeds it
     own_share = peak * (1 / c["decode_events_per_s"] + c["render_shared_ms_per_event"] / 1000)
     divided_s = peak * ((c["render_ms_per_event"] - c["render_shared_ms_per_event"])
-                        + c["publish_ms_per_record"] * (per_event_nodes + 1)) / 1000
+                        + c["publish_ms_per_record"] * (per_event_memberships + 1)) / 1000
     workers = max(2, math.ceil(divided_s / (headroom - own_share))) if own_share < headroom else None
     # a new worker renders the shared resources and its share of the nodes (W, or alone when none suffices)
     cold_ms_per_node = c["render_shared_ms_per_node"] + (c["render_ms_per_node"] - c["render_shared_ms_per_node"]) / (

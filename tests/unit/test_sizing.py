@@ -15,7 +15,7 @@ sys.modules[_spec.name] = sizing  # dataclasses look their module up there
 _spec.loader.exec_module(sizing)
 
 COSTS = {"instances_per_service": 5, "minutes_between_events": 10, "peak_factor": 10, "cpu_headroom": 0.5,
-         "nodes_changed_per_event": 15, "broker_records_per_s": 30_000, "decode_events_per_s": 25_000,
+         "nodes_changed_per_event": 15, "memberships_changed_per_event": 5, "broker_records_per_s": 30_000, "decode_events_per_s": 25_000,
          "render_ms_per_event": 1.0, "render_shared_ms_per_event": 0.4, "publish_ms_per_record": 0.1,
          "render_ms_per_node": 0.2, "render_shared_ms_per_node": 0.05, "projector_kb_per_node": 10,
          "view_bytes_per_node": 2_000, "streams_per_gateway": 10_000, "responses_per_gateway_cpu_s": 1_500,
@@ -38,8 +38,8 @@ def test_the_derivation_at_a_million_proxies():
     s = sizing.size(1_000_000, COSTS)
     assert s.services == 200_000
     assert s.events_peak == pytest.approx(1_000_000 / 600 * 10)
-    # 16,667 events/s x (1 event + 15 memberships + 1 body) x 3 copies over 30,000 x 0.5 records/s per broker
-    assert s.brokers == 57
+    # 16,667 events/s x (1 event + 5 memberships + 1 body) x 3 copies over 30,000 x 0.5 records/s per broker
+    assert s.brokers == 24
     # every worker decodes every event and renders its shared part: 16,667 x (1/25,000 + 0.4 ms) = 7.3 cores
     # each, over its half core whatever the count: no number of workers suffices
     assert s.workers is None and s.worker_core_need == pytest.approx(16_667 * (1 / 25_000 + 0.0004), rel=1e-3)
@@ -74,7 +74,7 @@ def test_projector_workers_divide_the_per_node_render_and_the_publishing():
 
 def test_the_divided_part_spreads_over_the_workers():
     # a decoder and a shared render cheap enough: 1,666.7 events/s at 100,000 proxies, each worker's own
-    # part 1,666.7 x (1/100,000 + 0.1 ms) = 0.183 core, the divided part 1,666.7 x (0.9 + 1.6) ms = 4.17
-    # cores: 14 workers at their half core (were every worker to render every node, 1.7 cores each: none)
+    # part 1,666.7 x (1/100,000 + 0.1 ms) = 0.183 core, the divided part 1,666.7 x (0.9 + 0.1 x (5 memberships +
+    # 1 body)) ms = 2.5 cores: 8 workers at their half core (were every worker to render every node: none)
     s = sizing.size(100_000, {**COSTS, "decode_events_per_s": 100_000, "render_shared_ms_per_event": 0.1})
-    assert s.workers == 14 and s.worker_core_need == pytest.approx(1_666.7 * (1 / 100_000 + 0.0001), rel=1e-3)
+    assert s.workers == 8 and s.worker_core_need == pytest.approx(1_666.7 * (1 / 100_000 + 0.0001), rel=1e-3)

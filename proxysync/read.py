@@ -16,6 +16,7 @@ Invariants:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from aiokafka import TopicPartition
 
@@ -49,7 +50,7 @@ class SyncSnapshot:
     bad_views: int = 0
 
 
-async def _records(consumer, topic: str, until_ms: int | None) -> list:
+async def _records(consumer, topic: str, until_ms: int | None, keep: Callable[[object], bool] | None = None) -> list:
     spec = topics.BY_NAME[topic]
     tps = [TopicPartition(topic, p) for p in range(spec.partitions)]
     starts = await consumer.beginning_offsets(tps)
@@ -59,7 +60,7 @@ async def _records(consumer, topic: str, until_ms: int | None) -> list:
         ends = {tp: (cut[tp].offset if cut.get(tp) is not None else ends[tp]) for tp in tps}
     out: list = []
     for tp in tps:
-        out += await read_range(consumer, tp, starts[tp], ends[tp])
+        out += await read_range(consumer, tp, starts[tp], ends[tp], keep=keep)
     out.sort(key=lambda r: (r.timestamp, r.partition, r.offset))
     return out
 
@@ -88,10 +89,12 @@ async def read_sync(consumer, until_ms: int | None = None) -> tuple[SyncTable, i
 async def _latest_bodies(consumer) -> dict[tuple[str, str], tuple[str, int]]:
     """(type_url, name) -> (version, broker time) of the bodies a membership may hold at the latest."""
     prefixes = tuple(f"{u}|".encode() for u in VERSIONLESS_TYPES)
+
+    def held_at_the_latest(record) -> bool:  # the topic is mostly per-node bodies: hold none of them
+        return record.key is not None and record.key.startswith(prefixes)
+
     bodies: dict[tuple[str, str], tuple[str, int]] = {}
-    for record in await _records(consumer, topics.VIEW_RESOURCES, None):
-        if record.key is None or not record.key.startswith(prefixes):
-            continue
+    for record in await _records(consumer, topics.VIEW_RESOURCES, None, keep=held_at_the_latest):
         try:
             ident = parse_resource_key(record.key)
         except (ValueError, UnicodeDecodeError):

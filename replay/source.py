@@ -224,8 +224,10 @@ async def read_range(
     stop: int,
     *,
     until: Callable[[object], bool] | None = None,
+    keep: Callable[[object], bool] | None = None,
 ) -> list:
-    """Raw records of one partition with ``start <= offset < stop``, in order; stops early once ``until(record)``."""
+    """Raw records of one partition with ``start <= offset < stop``, in order; stops early once ``until(record)``;
+    with ``keep``, only the records it accepts are held (a reader of a few keys of a large topic)."""
     out: list = []
     if stop <= start:
         return out
@@ -236,7 +238,8 @@ async def read_range(
         for record in fetched.get(tp, ()):
             if record.offset >= stop:
                 return out
-            out.append(record)
+            if keep is None or keep(record):
+                out.append(record)
             if until is not None and until(record):
                 return out
     return out

@@ -100,7 +100,7 @@ class ViewCache:
         # the body each name had before its latest one, while memberships may still name it
         self._previous: dict[tuple[str, str], VersionedResource] = {}
         self._membership: dict[str, dict[str, dict[str, str]]] = {}
-        self._source_ms: dict[str, int] = {}  # node -> append time of the newest event behind its membership
+        self._source_ms: dict[str, int] = {}  # node -> append time of the newest event behind its view
         self._owners: dict[str, tuple[str, str]] = {}
         # (type_url, name) -> nodes whose membership names it: lets a body change find its nodes in O(k)
         self._referenced_by: dict[tuple[str, str], set[str]] = defaultdict(set)

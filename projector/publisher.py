@@ -152,8 +152,6 @@ def same_on_the_wire(record: Mapping[str, Mapping[str, str]] | None, rendered: M
         return False
     for type_url, names in rendered.items():
         held = record.get(type_url)
-        if held is names:
-            continue  # the record shares the rendered mapping of a type that did not move since
         if held is None:
             return False
         if type_url in VERSIONLESS_TYPES:
@@ -161,7 +159,7 @@ def same_on_the_wire(record: Mapping[str, Mapping[str, str]] | None, rendered: M
             # projector, all with versions: its first value tells which
             if held.keys() != names.keys() or next(iter(held.values()), LATEST) != LATEST:
                 return False
-        elif held != names:
+        elif held is not names and held != names:  # ``is``: the record shares a mapping that did not move since
             return False
     return True
 
@@ -172,6 +170,28 @@ def resolve_told(resources: Mapping[str, Mapping[str, str]], body_versions: Mapp
     topic; left ``LATEST`` when there is no such body)."""
     return {u: {n: (body_versions.get((u, n), LATEST) if v == LATEST else v) for n, v in names.items()}
             for u, names in resources.items()}
+
+
+_LATEST_PREFIXES = tuple(f"{u}|".encode() for u in sorted(VERSIONLESS_TYPES))
+
+
+def held_at_the_latest(record) -> bool:
+    """Whether a ``VIEW_RESOURCES`` record is a body of a type memberships name at the latest (by its key alone:
+    a reader of that topic can skip the rest, mostly per-node bodies, without parsing them)."""
+    key = record.key
+    return isinstance(key, bytes) and key.startswith(_LATEST_PREFIXES)
+
+
+def latest_body(record) -> tuple[ResourceKey, str | None] | None:
+    """A ``VIEW_RESOURCES`` record as ((type_url, name), its version; None for a tombstone) when it is a body of a
+    type memberships name at the latest (what ``resolve_told`` needs of the topic); None for any other record."""
+    if not held_at_the_latest(record):
+        return None
+    try:
+        ident = parse_resource_key(record.key)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return ident, None if record.value is None else record_version(record.value, record.headers)
 
 
 def membership_value(node: str, resources: Mapping[str, Mapping[str, str]], owner: Owner | None = None) -> bytes:

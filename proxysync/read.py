@@ -23,14 +23,7 @@ from aiokafka import TopicPartition
 from events import topics
 from events.envelope import Logged
 from events.errors import EventValidationError
-from projector.publisher import (
-    LATEST,
-    VERSIONLESS_TYPES,
-    parse_membership_value,
-    parse_resource_key,
-    record_version,
-    resolve_told,
-)
+from projector.publisher import LATEST, held_at_the_latest, latest_body, parse_membership_value, resolve_told
 from proxysync.table import SyncTable
 from events.record_decoder import RecordDecoder
 from replay.source import read_range
@@ -88,21 +81,17 @@ async def read_sync(consumer, until_ms: int | None = None) -> tuple[SyncTable, i
 
 async def _latest_bodies(consumer) -> dict[tuple[str, str], tuple[str, int]]:
     """(type_url, name) -> (version, broker time) of the bodies a membership may hold at the latest."""
-    prefixes = tuple(f"{u}|".encode() for u in VERSIONLESS_TYPES)
-
-    def held_at_the_latest(record) -> bool:  # the topic is mostly per-node bodies: hold none of them
-        return record.key is not None and record.key.startswith(prefixes)
-
     bodies: dict[tuple[str, str], tuple[str, int]] = {}
+    # the topic is mostly per-node bodies: none of them is held
     for record in await _records(consumer, topics.VIEW_RESOURCES, None, keep=held_at_the_latest):
-        try:
-            ident = parse_resource_key(record.key)
-        except (ValueError, UnicodeDecodeError):
+        body = latest_body(record)
+        if body is None:
             continue
-        if record.value is None:
+        ident, version = body
+        if version is None:
             bodies.pop(ident, None)
         else:
-            bodies[ident] = (record_version(record.value, record.headers), record.timestamp)
+            bodies[ident] = (version, record.timestamp)
     return bodies
 
 

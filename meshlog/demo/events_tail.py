@@ -34,15 +34,7 @@ from events import topics
 from events.printable import printable
 from events.undecodable import UndecodableLog, decode_or_skip
 from events.kafka_security import connection_kwargs
-from projector.publisher import (
-    LATEST,
-    VERSIONLESS_TYPES,
-    parse_membership_value,
-    parse_resource_key,
-    record_version,
-    resolve_told,
-    source_ms_of,
-)
+from projector.publisher import LATEST, latest_body, parse_membership_value, resolve_told, source_ms_of
 
 TAILED = (topics.REGISTRATIONS, topics.HEALTH, topics.RULES)
 FOR_CONVERGENCE = (topics.SYNC, topics.VIEW_MEMBERSHIP, topics.VIEW_RESOURCES)  # kept raw, not in ``seen``
@@ -191,17 +183,15 @@ class EventTail:
 
     def _add_body(self, record) -> None:
         """A new body of a type memberships hold at the latest: every node holding it is told it now."""
-        try:
-            ident = parse_resource_key(record.key)
-        except (ValueError, UnicodeDecodeError, AttributeError):
-            return  # not a body key: nothing a node is told
-        if ident[0] not in VERSIONLESS_TYPES:
-            return
+        body = latest_body(record)
+        if body is None:
+            return  # a body memberships name with its version (they move with it), or not a body key
+        ident, version = body
         with self._lock:
-            if record.value is None:
+            if version is None:
                 self._latest_bodies.pop(ident, None)
                 return
-            self._latest_bodies[ident] = record_version(record.value, record.headers)
+            self._latest_bodies[ident] = version
             source_ms = source_ms_of(record.headers)
             if source_ms is None:
                 return

@@ -11,6 +11,7 @@ from projector.publisher import (
     VERSION_HEADER,
     PublishedViews,
     ViewPlan,
+    latest_body,
     membership_value,
     on_the_wire,
     parse_membership_value,
@@ -247,3 +248,18 @@ def test_a_record_from_before_owners_has_none():
     from projector.publisher import parse_membership_owner
 
     assert parse_membership_owner(membership_value("n", {CLUSTER: {}})) is None
+
+
+def test_latest_body_reads_only_the_bodies_memberships_name_at_the_latest():
+    class Rec:
+        def __init__(self, key, value, headers=()):
+            self.key, self.value, self.headers = key, value, headers
+
+    version = "c3" * 8
+    got = latest_body(Rec(resource_key(ENDPOINT, "db|v1"), b"cla", ((VERSION_HEADER, version.encode()),)))
+    assert got == ((ENDPOINT, "db|v1"), version)
+    assert latest_body(Rec(resource_key(ENDPOINT, "db"), b"cla")) == ((ENDPOINT, "db"), version_of(b"cla"))
+    assert latest_body(Rec(resource_key(ENDPOINT, "db"), None)) == ((ENDPOINT, "db"), None)  # a tombstone
+    assert latest_body(Rec(resource_key(CLUSTER, "db"), b"c")) is None  # named with its version
+    assert latest_body(Rec(f"{ENDPOINT}|\xff".encode("latin-1"), b"x")) is None  # not a key we wrote
+    assert latest_body(Rec(None, b"x")) is None

@@ -248,7 +248,7 @@ def in_process(args: argparse.Namespace) -> list[dict]:
             c1 = time.process_time()
             state, _ = fold_many(state, logged)
             c2 = time.process_time()
-            rendered = render_all(state, previous=rendered, scope=scope)
+            rendered = render_all(state, previous=rendered, scope=scope, consume_previous=True)  # as the worker does
             c3 = time.process_time()
             plan = pub.plan_changes(rendered, published, scope)
             c4 = time.process_time()

@@ -980,9 +980,12 @@ class ProjectorService:
         change sets.
         """
         previous = self._rendered
+        # the render takes the previous one's maps over (``consume_previous``: no copy of the mesh per batch); if
+        # it raises, the next render is from scratch, diffed in full against what was published
+        self._rendered = None
         # a worker of a group renders its own nodes only (the scope changes with its shards: a gained node is
         # rendered whole, a lost one leaves the render); alone, it owns everything and renders it all
-        rendered = render_all(self.state, previous=previous, scope=self.ownership)
+        rendered = render_all(self.state, previous=previous, scope=self.ownership, consume_previous=True)
         incremental = previous is not None and hasattr(rendered, "changed_nodes")
         self._rendered = rendered
         self._reconcile_pending = False

@@ -427,3 +427,36 @@ def test_incremental_render_equals_render_from_scratch(data):
     first = render_all(fold_log(events[: len(events) // 2])[0])
     back = render_all(first.state, previous=rm)
     assert _fingerprint(back) == _fingerprint(first)
+
+
+def _whole(rm):
+    """Everything a render holds, its index included, as plain values (sets of the index frozen or not)."""
+    idx = rm._index
+    index = tuple({k: (frozenset(v) if isinstance(v, (set, frozenset)) else v) for k, v in d.items()}
+                  for d in (idx.node_deps, idx.dependents, idx.holders, idx.shared_by_service, idx.held))
+    return (_fingerprint(rm), rm.versions, rm.owners, rm.problems, set(rm.changed), set(rm.removed),
+            set(rm.changed_nodes), set(rm.removed_nodes), index, idx.served, idx.rule_problems, idx.res_problems,
+            idx.node_problems)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_a_render_that_consumes_its_previous_equals_one_that_copies_it(data):
+    """The live projector gives each previous render up (``consume_previous``): the same renders, change sets
+    and index, scoped (a worker's shards moving between renders) or not."""
+    from projector.sharding import Ownership
+
+    events = data.draw(interleaving(data.draw(topic_logs())))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(events)), max_size=6)))
+    shard_sets = st.one_of(st.none(), st.frozensets(st.integers(0, 11)).map(lambda s: Ownership(s, 12)))
+    s = empty_state()
+    copying = consuming = None
+    start = 0
+    for cut in [*cuts, len(events)]:
+        s, _ = fold_many(s, events[start:cut])
+        start = cut
+        scope = data.draw(shard_sets)
+        copied = render_all(s, previous=copying, scope=scope)
+        consumed = render_all(s, previous=consuming, scope=scope, consume_previous=True)
+        assert _whole(consumed) == _whole(copied)
+        copying, consuming = copied, consumed

@@ -202,7 +202,9 @@ def render_all(state: MeshState, previous: RenderedMesh | None = None, scope: Ow
         raise ValueError(f"render_all(bodies={bodies}) from a previous render with bodies={prev.bodies}")
     if scope is not None and _owns_all(scope):
         scope = None  # a worker owning every shard renders like one alone
-    if prev.state is state and _scope_key(prev.scope) == _scope_key(scope):
+    # a render from scratch always builds maps of its own: the empty render's are shared by every caller (and a
+    # later ``consume_previous`` render changes its previous's maps in place)
+    if previous is not None and prev.state is state and _scope_key(prev.scope) == _scope_key(scope):
         return replace(prev, changed=frozenset(), removed=frozenset(), changed_nodes=frozenset(), removed_nodes=frozenset(),
                        scope=scope)
     return _Step(prev, state, scope, consume=consume_previous and previous is not None).run()

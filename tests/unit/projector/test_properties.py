@@ -439,6 +439,18 @@ def _whole(rm):
             idx.node_problems)
 
 
+def test_consuming_a_render_of_the_empty_state_leaves_the_next_render_from_scratch_empty():
+    """``empty_state()`` is one shared object: its render from scratch must not hand out maps of the module's
+    empty render, which a consuming render would then change for every later caller (found by the test below)."""
+    first = render_all(empty_state())
+    s, _ = fold_log([logged(t.InstanceRegistered(service="a", instance_id="1", address="10.0.0.1", port=80,
+                                                  node_id="n1", depends_on=("b",)), ts=1)])
+    render_all(s, previous=first, consume_previous=True)
+    again = render_all(empty_state())
+    assert (again.resources, again.versions, again.membership, again.owners, again.problems) == ({}, {}, {}, {}, ())
+    assert again._index.node_deps == {} and again._index.holders == {}
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.data())
 def test_a_render_that_consumes_its_previous_equals_one_that_copies_it(data):

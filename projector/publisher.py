@@ -77,8 +77,8 @@ from aiokafka.errors import (
 )
 
 from events import topics
-from projector.typeurls import ENDPOINT, TYPE_URLS
-from projector.versioning import VERSION_HEX_CHARS, version_of
+from projector.typeurls import TYPE_URLS
+from projector.versioning import LATEST, VERSION_HEX_CHARS, VERSIONLESS_TYPES, version_of
 
 ResourceKey = tuple[str, str]  # (type_url, name)
 Membership = dict[str, dict[str, str]]  # type_url -> name -> version
@@ -132,11 +132,6 @@ def parse_resource_key(key: bytes | str) -> ResourceKey:
         raise ValueError(f"not a resource view key: {text!r}")
     return type_url, name
 
-
-#: The version a membership record gives a name whose node holds the latest body (``on_the_wire``).
-LATEST = ""
-#: The types a membership names without versions: leaves, which nothing else names by version.
-VERSIONLESS_TYPES = frozenset({ENDPOINT})
 
 
 def on_the_wire(resources: Mapping[str, Mapping[str, str]]) -> Membership:

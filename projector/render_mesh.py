@@ -56,7 +56,8 @@ replay and the single projector render). The scope is part of the result,
   a node it does not own costs its view's names only (kept, as shared keys,
   in the index: the holders and dependents indexes stay whole, so shared
   resources and the memberships of owned nodes stay right);
-- ``problems``: the shared resources' and rules', and the owned nodes'.
+- ``problems``: the shared resources' and rules', and the owned nodes'
+  (with ``endpoint_versions=False``: the endpoints of its own shards only).
 
 So for every key the scope owns (``Ownership.owns_node``/``owns_resource``)
 a scoped render equals the unscoped render of the same state, and its change
@@ -71,6 +72,20 @@ write, not gone), and so do the shared bodies of shards it lost (their
 versions stay). ``changed`` holds the keys whose version is new or changed
 (a shared resource's inputs may change with equal bytes: it is republished,
 harmlessly) and the bodies the render did not hold before.
+
+Endpoints named at the latest (``endpoint_versions=False``, the live
+projector): a membership names each ClusterLoadAssignment at
+``versioning.LATEST``, as its record on the view topic does
+(``publisher.on_the_wire``), instead of at its version. A ClusterLoadAssignment
+is a leaf (nothing names its version), so an endpoint change then moves its
+body only: no holder's membership changes, and a scoped render names the
+version of (and builds) only the endpoints of its own shards, since nothing
+it writes names the others'. Otherwise the render is the one with versions:
+the same resources and versions (a scoped one: but for other shards'
+endpoints), memberships equal to ``on_the_wire`` of its memberships, and
+``changed_nodes`` the nodes whose membership moved on the wire (tested). Replay
+keeps the versions (``endpoint_versions=True``, the default): it reports what
+each node was told, an endpoint's version included.
 """
 
 from __future__ import annotations
@@ -83,6 +98,7 @@ from projector import naming
 from projector.render_view import Renderer
 from projector.state import MeshState, changed_keys, empty_state
 from projector.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_URLS
+from projector.versioning import LATEST
 
 if TYPE_CHECKING:  # projector.sharding imports aiokafka (events.shard_group): replay must not pay for it
     from projector.sharding import Ownership
@@ -131,11 +147,14 @@ class RenderedMesh:
     scope: Ownership | None = field(default=None, repr=False, compare=False)
     # False: versions only, no body built (``resources`` is empty); see ``render_all``
     bodies: bool = field(default=True, repr=False, compare=False)
+    # False: memberships name endpoints at ``LATEST`` (see the module docstring)
+    endpoint_versions: bool = field(default=True, repr=False, compare=False)
     _index: _Index = field(default_factory=_Index, repr=False, compare=False)
 
 
-_EMPTY = RenderedMesh(resources={}, membership={}, versions={}, problems=())
-_EMPTY_VERSIONS = replace(_EMPTY, bodies=False)
+# the render of nothing, by (bodies, endpoint_versions)
+_EMPTY = {(b, e): RenderedMesh(resources={}, membership={}, versions={}, problems=(), bodies=b, endpoint_versions=e)
+          for b in (True, False) for e in (True, False)}
 
 
 def _only_subscriptions_changed(old: MeshState, new: MeshState, key: str) -> bool:
@@ -184,7 +203,8 @@ def _scope_key(scope: Ownership | None) -> tuple[frozenset[int], int] | None:
 
 
 def render_all(state: MeshState, previous: RenderedMesh | None = None, scope: Ownership | None = None,
-               bodies: bool | None = None, consume_previous: bool = False) -> RenderedMesh:
+               bodies: bool | None = None, consume_previous: bool = False,
+               endpoint_versions: bool | None = None) -> RenderedMesh:
     """Every node's view of ``state`` (see the module docstring).
 
     ``bodies=False``: names and versions only; no message is built or serialized (``resources`` stays
@@ -192,14 +212,22 @@ def render_all(state: MeshState, previous: RenderedMesh | None = None, scope: Ow
     An incremental render keeps its ``previous``'s choice (``None``: that one, else bodies); asking for the
     other is a ValueError.
 
+    ``endpoint_versions=False``: memberships name endpoints at ``LATEST`` (module docstring); kept and checked
+    like ``bodies``.
+
     ``consume_previous=True``: ``previous`` is given up, its maps become the result's (changed in place, not
     copied); the caller must not read ``previous`` again, even if this raises.
     """
     if bodies is None:
         bodies = True if previous is None else previous.bodies
-    prev = previous if previous is not None else (_EMPTY if bodies else _EMPTY_VERSIONS)
+    if endpoint_versions is None:
+        endpoint_versions = True if previous is None else previous.endpoint_versions
+    prev = previous if previous is not None else _EMPTY[(bodies, endpoint_versions)]
     if prev.bodies != bodies:
         raise ValueError(f"render_all(bodies={bodies}) from a previous render with bodies={prev.bodies}")
+    if prev.endpoint_versions != endpoint_versions:
+        raise ValueError(f"render_all(endpoint_versions={endpoint_versions}) from a previous render with "
+                         f"endpoint_versions={prev.endpoint_versions}")
     if scope is not None and _owns_all(scope):
         scope = None  # a worker owning every shard renders like one alone
     # a render from scratch always builds maps of its own: the empty render's are shared by every caller (and a
@@ -217,8 +245,12 @@ class _Step:
         self.scope = scope
         self.owns = (lambda node: True) if scope is None else scope.owns_node
         self.bodies = prev.bodies
-        owns_body = (lambda key: True) if scope is None else scope.owns_resource
-        self.owns_body = owns_body if prev.bodies else (lambda key: False)
+        owns_shard = (lambda key: True) if scope is None else scope.owns_resource
+        self.owns_body = owns_shard if prev.bodies else (lambda key: False)
+        self.endpoint_versions = prev.endpoint_versions
+        # whether this render names the version of a shared endpoint: always, but at the latest in a scoped
+        # render (only the endpoints of its shards: no membership it writes names another's version)
+        self.names_endpoint = owns_shard if not prev.endpoint_versions else (lambda key: True)
         self.r = Renderer(state)
         idx = prev._index
         own = (lambda d: d) if consume else dict  # ``consume``: ``previous``'s maps are this step's to change
@@ -268,6 +300,12 @@ class _Step:
             self.resources[key] = self.r.build(key[0], key[1], inputs).SerializeToString(deterministic=True)
             self.changed.add(key)
         return new_version
+
+    def _note_problems(self, key: ResourceKey, problems: tuple[str, ...]) -> None:
+        if problems:
+            self.res_problems[key] = problems
+        else:
+            self.res_problems.pop(key, None)
 
     def _drop(self, key: ResourceKey) -> None:
         if self._named_before is None:
@@ -350,6 +388,9 @@ class _Step:
         # name them), the gained ones are built below (``_put``), like a new body
         for key in [k for k in self.resources if not naming.is_per_node(k[1]) and not self.owns_body(k)]:
             del self.resources[key]
+        if not self.endpoint_versions:  # at the latest, an endpoint of a lost shard leaves its version too
+            for key in [k for k in self.versions if k[0] == ENDPOINT and not self.names_endpoint(k)]:
+                del self.versions[key]
         if prev_scope is None:
             return set()  # it owned every node
         return {n for n in self.state.nodes if self.owns(n) and not prev_scope.owns_node(n)}
@@ -498,18 +539,24 @@ class _Step:
         for svc in meta_changed | served_changed:
             todo.update(k for k in by_service.get(svc, ()) if k[0] == ROUTE)
         moved: dict[str, list[ResourceKey]] = {}  # node out of ``dirty_nodes`` -> its shared keys with new bytes
+        at_latest = not self.endpoint_versions
         for key in sorted(todo):
             holders = self.holders.get(key)
             if holders is None:
                 continue
+            if at_latest and key[0] == ENDPOINT:
+                # a leaf named at the latest: its version moves its body only, never a holder's membership
+                if self.names_endpoint(key):
+                    r.take_problems()
+                    inputs = r.shared_inputs(key[0], key[1])
+                    assert inputs is not None, key
+                    self._note_problems(key, r.take_problems())
+                    self._put(key, inputs)
+                continue
             r.take_problems()
             inputs = r.shared_inputs(key[0], key[1])
             assert inputs is not None, key
-            problems = r.take_problems()
-            if problems:
-                self.res_problems[key] = problems
-            else:
-                self.res_problems.pop(key, None)
+            self._note_problems(key, r.take_problems())
             if self._put(key, inputs):
                 membership = self.membership
                 for node in holders:
@@ -539,7 +586,9 @@ class _Step:
                 if self.membership.pop(node, None) is not None:
                     self.removed_nodes.add(node)
                 continue
-            m = {u: {n: self.versions[(u, n)] for n in view[u]} for u in TYPE_URLS}
+            versions = self.versions
+            m = {u: (dict.fromkeys(view[u], LATEST) if at_latest and u == ENDPOINT
+                     else {n: versions[(u, n)] for n in view[u]}) for u in TYPE_URLS}
             # another instance taking over a node id changes its membership record even with equal names (a dirty
             # owned node's membership and owner are written here only, so ``prev``'s hold the old ones even when
             # this step owns ``prev``'s maps)
@@ -566,6 +615,7 @@ class _Step:
             state=new,
             scope=self.scope,
             bodies=self.bodies,
+            endpoint_versions=self.endpoint_versions,
             _index=_Index(
                 node_deps=self.node_deps,
                 dependents=self.dependents,

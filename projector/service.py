@@ -984,8 +984,11 @@ class ProjectorService:
         # it raises, the next render is from scratch, diffed in full against what was published
         self._rendered = None
         # a worker of a group renders its own nodes only (the scope changes with its shards: a gained node is
-        # rendered whole, a lost one leaves the render); alone, it owns everything and renders it all
-        rendered = render_all(self.state, previous=previous, scope=self.ownership, consume_previous=True)
+        # rendered whole, a lost one leaves the render); alone, it owns everything and renders it all. Endpoints
+        # are rendered as the view topic names them, at the latest (``endpoint_versions=False``): an endpoint
+        # change moves no membership, and a worker names only its own shards' endpoints
+        rendered = render_all(self.state, previous=previous, scope=self.ownership, consume_previous=True,
+                              endpoint_versions=False)
         incremental = previous is not None and hasattr(rendered, "changed_nodes")
         self._rendered = rendered
         self._reconcile_pending = False

@@ -62,7 +62,15 @@ from hashlib import sha256
 
 import orjson
 
+from projector.typeurls import ENDPOINT
+
 VERSION_HEX_CHARS = 16
+
+#: The version a membership gives a name whose node holds the latest body of it (``publisher.on_the_wire``).
+LATEST = ""
+#: The types a membership record names without versions: leaves, which nothing else names by version (a
+#: ClusterLoadAssignment). A render with ``endpoint_versions=False`` names them so too (``render_mesh``).
+VERSIONLESS_TYPES = frozenset({ENDPOINT})
 
 # Bump whenever ``render_view.Renderer.build`` (or the render_envoy / mesh_tls helpers it calls) gives
 # other bytes for the same inputs. tests/unit/projector/test_versioning.py holds the golden digests of fixed

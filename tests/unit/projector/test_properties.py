@@ -408,15 +408,16 @@ def test_incremental_render_equals_render_from_scratch(data):
     logs = data.draw(topic_logs())
     events = data.draw(interleaving(logs))
     cuts = sorted(data.draw(st.lists(st.integers(0, len(events)), max_size=6)))
+    endpoint_versions = data.draw(st.booleans())  # False: endpoints named at the latest, as the projector renders
     s = empty_state()
-    rm = render_all(s)
+    rm = render_all(s, endpoint_versions=endpoint_versions)
     start = 0
     for cut in [*cuts, len(events)]:
         s, _ = fold_many(s, events[start:cut])
         start = cut
         before = (dict(rm.resources), {n: {u: dict(d) for u, d in m.items()} for n, m in rm.membership.items()})
         inc = render_all(s, previous=rm)
-        full = render_all(s)
+        full = render_all(s, endpoint_versions=endpoint_versions)
         assert _fingerprint(inc) == _fingerprint(full)
         assert inc.versions == full.versions
         assert (set(inc.changed), set(inc.removed), set(inc.changed_nodes), set(inc.removed_nodes)) == _expected_delta(rm, full)
@@ -424,7 +425,7 @@ def test_incremental_render_equals_render_from_scratch(data):
         assert (rm.resources, rm.membership) == before
         rm = inc
     # going back in time (a previous from a later state) is exact too
-    first = render_all(fold_log(events[: len(events) // 2])[0])
+    first = render_all(fold_log(events[: len(events) // 2])[0], endpoint_versions=endpoint_versions)
     back = render_all(first.state, previous=rm)
     assert _fingerprint(back) == _fingerprint(first)
 
@@ -461,6 +462,7 @@ def test_a_render_that_consumes_its_previous_equals_one_that_copies_it(data):
     events = data.draw(interleaving(data.draw(topic_logs())))
     cuts = sorted(data.draw(st.lists(st.integers(0, len(events)), max_size=6)))
     shard_sets = st.one_of(st.none(), st.frozensets(st.integers(0, 11)).map(lambda s: Ownership(s, 12)))
+    endpoint_versions = data.draw(st.booleans())
     s = empty_state()
     copying = consuming = None
     start = 0
@@ -468,7 +470,35 @@ def test_a_render_that_consumes_its_previous_equals_one_that_copies_it(data):
         s, _ = fold_many(s, events[start:cut])
         start = cut
         scope = data.draw(shard_sets)
-        copied = render_all(s, previous=copying, scope=scope)
-        consumed = render_all(s, previous=consuming, scope=scope, consume_previous=True)
+        copied = render_all(s, previous=copying, scope=scope, endpoint_versions=endpoint_versions)
+        consumed = render_all(s, previous=consuming, scope=scope, consume_previous=True,
+                              endpoint_versions=endpoint_versions)
         assert _whole(consumed) == _whole(copied)
         copying, consuming = copied, consumed
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_naming_endpoints_at_the_latest_is_the_render_with_versions_as_the_view_topic_carries_it(data):
+    """The projector's render (``endpoint_versions=False``) and replay's (with versions) hold the same resources
+    and versions, and memberships that are the same records on the wire; incrementally, it reports as changed
+    the nodes whose record moved (a moved endpoint version alone moves none)."""
+    from projector import publisher as pub
+
+    events = data.draw(interleaving(data.draw(topic_logs())))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(events)), max_size=6)))
+    s = empty_state()
+    versioned = latest = None
+    start = 0
+    for cut in [*cuts, len(events)]:
+        s, _ = fold_many(s, events[start:cut])
+        start = cut
+        prev_wire, prev_owners = ({}, {}) if latest is None else (latest.membership, latest.owners)
+        versioned = render_all(s, previous=versioned)
+        latest = render_all(s, previous=latest, endpoint_versions=False)
+        assert (latest.resources, latest.versions, latest.owners, latest.problems) == (
+            versioned.resources, versioned.versions, versioned.owners, versioned.problems)
+        assert latest.membership == {n: pub.on_the_wire(m) for n, m in versioned.membership.items()}
+        assert set(latest.changed_nodes) == {n for n, m in latest.membership.items()
+                                             if prev_wire.get(n) != m or prev_owners.get(n) != latest.owners.get(n)}
+        assert set(latest.changed) == set(versioned.changed) and set(latest.removed) == set(versioned.removed)

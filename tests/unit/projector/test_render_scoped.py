@@ -9,6 +9,7 @@ renders, record for record.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,17 +25,20 @@ from tests.unit.projector.test_properties import interleaving, topic_logs
 SHARDS = 12
 
 
-def in_scope(scope: Ownership, key: tuple[str, str]) -> bool:
-    """Whose version a scoped render names: every shared resource, the per-node ones of the nodes it owns."""
+def in_scope(scope: Ownership, key: tuple[str, str], endpoint_versions: bool = True) -> bool:
+    """Whose version a scoped render names: every shared resource (but, endpoints named at the latest, the
+    endpoints of other shards), the per-node ones of the nodes it owns."""
     node = naming.node_of(key[1])
-    return node is None or scope.owns_node(node)
+    if node is None:
+        return endpoint_versions or key[0] != ENDPOINT or scope.owns_resource(key)
+    return scope.owns_node(node)
 
 
 def restricted(rm, scope: Ownership):
     """The part of a render a scope covers: (resources, versions, membership, owners); the bodies of its
     shards' keys only (a per-node resource's shard is its node's)."""
     return ({k: v for k, v in rm.resources.items() if scope.owns_resource(k)},
-            {k: v for k, v in rm.versions.items() if in_scope(scope, k)},
+            {k: v for k, v in rm.versions.items() if in_scope(scope, k, rm.endpoint_versions)},
             {n: m for n, m in rm.membership.items() if scope.owns_node(n)},
             {n: o for n, o in rm.owners.items() if scope.owns_node(n)})
 
@@ -68,6 +72,7 @@ def test_a_scoped_render_is_the_unscoped_one_for_its_keys_across_scope_changes(d
     against the previous scoped render restricted to the new scope (gained nodes: new; lost ones: silent)."""
     events = data.draw(interleaving(data.draw(topic_logs())))
     cuts = sorted(data.draw(st.lists(st.integers(0, len(events)), max_size=6)))
+    endpoint_versions = data.draw(st.booleans())  # False: endpoints named at the latest, as the projector renders
     s = empty_state()
     scoped = None
     start = 0
@@ -76,8 +81,8 @@ def test_a_scoped_render_is_the_unscoped_one_for_its_keys_across_scope_changes(d
         start = cut
         shards = data.draw(st.one_of(st.none(), shard_sets))
         scope = Ownership(shards, SHARDS)
-        full = render_all(s)
-        cur = render_all(s, previous=scoped, scope=scope)
+        full = render_all(s, endpoint_versions=endpoint_versions)
+        cur = render_all(s, previous=scoped, scope=scope, endpoint_versions=endpoint_versions)
         assert parts(cur) == restricted(full, scope)
         assert cur.scope is (None if shards is None or len(shards) == SHARDS else scope)
         assert set(cur.problems) <= set(full.problems)
@@ -88,7 +93,8 @@ def test_a_scoped_render_is_the_unscoped_one_for_its_keys_across_scope_changes(d
     # back in time, to a smaller scope: still exact
     first = fold_log(events[: len(events) // 2])[0]
     half = Ownership(frozenset(range(6)), SHARDS)
-    assert parts(render_all(first, previous=scoped, scope=half)) == restricted(render_all(first), half)
+    assert parts(render_all(first, previous=scoped, scope=half)) == restricted(
+        render_all(first, endpoint_versions=endpoint_versions), half)
 
 
 @settings(max_examples=100, deadline=None)
@@ -102,6 +108,8 @@ def test_workers_plan_from_scoped_renders_what_they_would_from_unscoped_ones(dat
     cuts = sorted(data.draw(st.lists(st.integers(0, len(events)), max_size=5)))
     s = empty_state()
     unscoped = None
+    # the workers name endpoints at the latest, as the projector renders; the reference keeps their versions:
+    # the records are the same either way
     workers = [{"rendered": None, "published": pub.PublishedViews(), "shards": frozenset()} for _ in range(2)]
     start = 0
     for cut in [*cuts, len(events)]:
@@ -115,7 +123,7 @@ def test_workers_plan_from_scoped_renders_what_they_would_from_unscoped_ones(dat
             own = Ownership(shards, SHARDS)
             gained = shards - w["shards"]
             incremental = w["rendered"] is not None
-            rendered = render_all(s, previous=w["rendered"], scope=own)
+            rendered = render_all(s, previous=w["rendered"], scope=own, endpoint_versions=False)
             plan = pub.plan_for_shards(rendered, w["published"], own, gained, incremental)
             ref_plan = pub.plan_for_shards(reference, w["published"], own, gained, unscoped is not None)
             assert records(plan) == records(ref_plan)
@@ -198,3 +206,51 @@ def test_owning_everything_is_the_unscoped_render():
         assert rm.scope is None and parts(rm) == parts(full)
     every_shard = render_all(state, scope=Ownership(frozenset(range(SHARDS)), SHARDS))  # a worker alone in its group
     assert every_shard.scope is None and parts(every_shard) == parts(full)
+
+
+def test_at_the_latest_an_endpoint_change_moves_one_body_and_only_in_the_worker_owning_it():
+    """The projector renders endpoints as the view topic names them (``endpoint_versions=False``): a health
+    change re-renders the endpoints' body in the worker owning its shard, and nothing else anywhere."""
+    log = _mesh()
+    state = fold_log(log.events)[0]
+    key = (ENDPOINT, "reviews")
+    owner = Ownership(frozenset({next(i for i in range(SHARDS) if Ownership(frozenset({i}), SHARDS).owns_resource(key))}),
+                      SHARDS)
+    scopes = {"owner": owner, "other": owner.only(frozenset(range(SHARDS)) - owner.shards)}
+    before = {w: render_all(state, scope=scope, endpoint_versions=False) for w, scope in scopes.items()}
+    assert key in before["owner"].versions and key in before["owner"].resources
+    assert key not in before["other"].versions  # nothing the other worker writes names its version
+    assert before["owner"].membership and before["other"].membership  # both own nodes holding it
+    for rm in before.values():
+        for m in rm.membership.values():
+            assert m[ENDPOINT] == {"reviews": pub.LATEST} or not m[ENDPOINT]
+    n = len(log.events)
+    log.health("reviews", "r2", "unhealthy")
+    state2 = fold_log(log.events[n:], state)[0]
+    after = {w: render_all(state2, previous=before[w], scope=scope) for w, scope in scopes.items()}
+    assert after["owner"].changed == {key} and not after["owner"].changed_nodes
+    assert not (after["other"].changed or after["other"].changed_nodes or after["other"].removed)
+    plan = pub.plan_changes(after["owner"], _published(before["owner"], owner), owner)
+    assert [rk for rk, _body, _v in plan.bodies] == [key] and plan.membership == []
+    # the body is the one the render with versions builds, and each membership is its record on the wire
+    with_versions = render_all(state2)
+    assert after["owner"].resources[key] == with_versions.resources[key]
+    for w in scopes:
+        for node, m in after[w].membership.items():
+            assert m == pub.on_the_wire(with_versions.membership[node])
+
+
+def _published(rm, scope):
+    published = pub.PublishedViews()
+    published.apply(pub.plan_views(rm, published, scope))
+    return published
+
+
+def test_a_render_keeps_how_its_previous_named_endpoints():
+    state = fold_log(_mesh().events)[0]
+    at_latest = render_all(state, endpoint_versions=False)
+    assert render_all(state, previous=at_latest).endpoint_versions is False
+    with pytest.raises(ValueError, match="endpoint_versions"):
+        render_all(state, previous=at_latest, endpoint_versions=True)
+    with pytest.raises(ValueError, match="endpoint_versions"):
+        render_all(state, previous=render_all(state), endpoint_versions=False)

@@ -12,7 +12,13 @@ For each worker count W (``--workers 1,2,4``), on a fresh local broker (or $MESH
    worst case: each batch changes endpoints that most nodes hold, so most memberships change);
 4. throughput = events / (time from the first transition's broker timestamp to the time the last
    worker logged the batch that published past the last one); CPU = the workers' user+system CPU
-   seconds over that span (from /proc), beside the wall time and the load average.
+   seconds over that span (from /proc), beside the wall time and the load average. The producer runs
+   meanwhile, on the same 2 cores: this is the pipeline's rate, and it cannot exceed the producer's;
+5. then the workers' own capacity, on a backlog: every worker is paused (SIGSTOP), another
+   ``--events`` transitions are appended, the workers are resumed (SIGCONT) and throughput = events /
+   (time from the resume until the last worker published past the last one). The pause is shorter
+   than the group's session timeout (6 s) at the default event count, so no worker is evicted
+   (evictions are counted and printed).
 
 With W = 2, then: one worker is killed with SIGKILL and the time until the other logs the gained
 shards (the group's session timeout, 6 s, plus the rebalance) and until it has published them is
@@ -39,6 +45,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -164,12 +171,38 @@ def run(bootstrap: str, workers: int, args: argparse.Namespace, workdir: Path) -
                    evictions=sum(sum("member_id was not recognized" in line for line in log_lines(w)) for w in procs),
                    stages={w.name: stage_split(w, flap["first_timestamp_ms"] / 1000.0, done + 0.01) for w in procs},
                    load_before=load0, load_after=os.getloadavg())
+        out["backlog"] = backlog(bootstrap, procs, args, prefix)
         if workers == 2:
             out.update(takeover(bootstrap, procs, workdir, group))
     finally:
         for w in procs:
             w.stop()
     return out
+
+
+def backlog(bootstrap: str, procs: list[Process], args: argparse.Namespace, prefix: str) -> dict:
+    """The workers' own rate: ``--events`` transitions appended while every worker is paused, then folded,
+    rendered and published from the moment they resume (no producer beside them)."""
+    time.sleep(1.0)
+    for w in procs:
+        os.kill(w.pid, signal.SIGSTOP)
+    try:
+        flap = produce(bootstrap, "flaps", args, prefix, args.events, 3)
+        cpu0 = {w.name: cpu_s(w.pid) for w in procs}
+        load0 = os.getloadavg()
+    finally:
+        resumed = time.time()
+        for w in procs:
+            os.kill(w.pid, signal.SIGCONT)
+    wait_until(lambda: all(reached(w, flap["ends"]) for w in procs), 3600, "every worker past the backlog",
+               interval=0.5, on_fail=lambda: "\n".join(w.log_tail() for w in procs))
+    done = max(reached(w, flap["ends"]) for w in procs)
+    cpu = {w.name: cpu_s(w.pid) - cpu0[w.name] for w in procs}
+    wall = done - resumed
+    return {"events": flap["count"], "wall_s": wall, "events_per_s": flap["count"] / wall, "cpu_s": sum(cpu.values()),
+            "cpu_per_worker_s": cpu, "paused_s": resumed - flap["first_timestamp_ms"] / 1000.0,
+            "stages": {w.name: stage_split(w, resumed, done + 0.01) for w in procs},
+            "load_before": load0, "load_after": os.getloadavg()}
 
 
 def takeover(bootstrap: str, procs: list[Process], workdir: Path, group: str) -> dict:
@@ -336,6 +369,13 @@ async def fresh_topics(bootstrap: str) -> None:
     raise SystemExit("could not recreate the topics")
 
 
+def print_stages(stages: dict, indent: str = "  ") -> None:
+    for name, st in sorted(stages.items()):
+        print(f"{indent}{name}: {st['batches']} batches; in every worker: decode {st['decode']:.2f} s, fold "
+              f"{st['fold']:.2f} s, render+plan {st['render']:.2f} s; for its shards: publish {st['publish']:.2f} s, "
+              f"commit {st['commit']:.2f} s (wall in the worker)", flush=True)
+
+
 def report(r: dict) -> None:
     n = r["workers"]
     per = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["cpu_per_worker_s"].items()))
@@ -344,10 +384,14 @@ def report(r: dict) -> None:
           f"{r['load_after'][0]:.1f}; first useful {r['first_useful_s']:.1f} s after start; peak RSS per worker "
           f"{max(r['peak_rss_mb'].values()):.0f} MB; "
           f"producer took {r['producer_s']:.1f} s; group evictions seen {r['evictions']}", flush=True)
-    for name, st in sorted(r.get("stages", {}).items()):
-        print(f"  {name}: {st['batches']} batches; in every worker: decode {st['decode']:.2f} s, fold {st['fold']:.2f} s, "
-              f"render+plan {st['render']:.2f} s; for its shards: publish {st['publish']:.2f} s, commit "
-              f"{st['commit']:.2f} s (wall in the worker)", flush=True)
+    print_stages(r.get("stages", {}))
+    b = r.get("backlog")
+    if b is not None:
+        per = ", ".join(f"{k} {v:.1f}" for k, v in sorted(b["cpu_per_worker_s"].items()))
+        print(f"  on a backlog ({b['events']:,} more appended while the workers were paused, the first waiting "
+              f"{b['paused_s']:.1f} s; then resumed): {b['wall_s']:.2f} s = {b['events_per_s']:,.0f} events/s; workers' CPU {b['cpu_s']:.1f} s "
+              f"({per}); load average {b['load_before'][0]:.1f} -> {b['load_after'][0]:.1f}", flush=True)
+        print_stages(b["stages"], indent="    ")
     if "takeover_detected_s" in r:
         print(f"  kill -9 of one of 2: the other got its shards {r['takeover_detected_s']:.1f} s later and had "
               f"published them {r['takeover_published_s']:.1f} s after the kill; a brand-new worker (empty data "

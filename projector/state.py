@@ -427,15 +427,46 @@ def _meta_row(m: ServiceMeta) -> list:
     return row
 
 
-def state_to_bytes(state: MeshState) -> bytes:
-    """Deterministic bytes of the primary maps (the indexes are derived)."""
+class RowMemo:
+    """The serialized rows of the instances a state holds, kept for the next ``state_to_bytes`` of a later
+    state of the same history, so a checkpoint serializes only the registrations that changed since the
+    last one (10,000 instances: 0.14 of the 0.15 CPU-s of a checkpoint were their ``model_dump``).
+
+    Keyed by the ``Instance``'s identity: an ``Instance`` is immutable (the fold makes a new one for any
+    change), so one object always gives the same row. The memo holds every object it keys (an id stays
+    unique while its object lives) and, after each call, only the objects the last state held. Each row is
+    an ``orjson.Fragment`` of the bytes ``orjson.dumps(row, option=OPT_SORT_KEYS)`` gives, which the
+    sorted-keys dump of the whole document inserts as they are: the same bytes as without the memo (tested).
+    """
+
+    __slots__ = ("_rows",)
+
+    def __init__(self) -> None:
+        self._rows: dict[int, tuple[Instance, orjson.Fragment]] = {}
+
+    def instance_rows(self, instances: PMap) -> list:
+        old, new = self._rows, {}
+        out = []
+        for key, inst in sorted(instances.items(), key=lambda kv: kv[0]):
+            hit = old.get(id(inst))
+            if hit is None or hit[0] is not inst:
+                hit = (inst, orjson.Fragment(orjson.dumps(_instance_row(inst), option=orjson.OPT_SORT_KEYS)))
+            new[id(inst)] = hit
+            out.append([key, hit[1]])
+        self._rows = new
+        return out
+
+
+def state_to_bytes(state: MeshState, memo: RowMemo | None = None) -> bytes:
+    """Deterministic bytes of the primary maps (the indexes are derived). ``memo``: the same bytes, reusing
+    the rows of the instances an earlier call's state held (the live projector's checkpoints)."""
 
     def rows(pmap: PMap, enc: Callable[[Any], Any]) -> list:
         return [[k, enc(v)] for k, v in sorted(pmap.items(), key=lambda kv: kv[0])]
 
     doc = {
         "format": _FORMAT,
-        "instances": rows(state.instances, _instance_row),
+        "instances": rows(state.instances, _instance_row) if memo is None else memo.instance_rows(state.instances),
         "health": rows(state.health, lambda h: [h.status, h.ts]),
         "services": rows(state.services, _meta_row),
         "route_rules": rows(state.route_rules, _dump_model),

@@ -165,9 +165,14 @@ class EventTail:
                 self.health[event.key] = "deregistered"
 
     def _add_view(self, record) -> None:
+        if record.value is None:  # a node gone: a later endpoints body tells it nothing
+            if isinstance(record.key, bytes):
+                with self._lock:
+                    self._memberships.pop(record.key.decode(errors="replace"), None)
+            return
         source_ms = source_ms_of(record.headers)
-        if record.value is None or source_ms is None:
-            return  # a node gone, or a record with no event behind it: nothing to converge to
+        if source_ms is None:
+            return  # a record with no event behind it: nothing to converge to
         try:
             node, resources = parse_membership_value(record.value)
             if not isinstance(node, str) or not all(isinstance(names, dict) for names in resources.values()):

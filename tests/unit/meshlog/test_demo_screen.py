@@ -268,3 +268,7 @@ def test_a_new_endpoints_body_is_a_view_told_to_every_node_holding_it_at_the_lat
                      (RULE_MS, "api-1", told),
                      (RULE_MS + 10, "web-1", {**told, EDS: {"reviews": V2}}),
                      (RULE_MS + 10, "web-2", {**told, EDS: {"reviews": V2}})]
+    # web-2 is gone (its membership's tombstone): the next endpoints reach web-1 only
+    tail._add(Record(topics.VIEW_MEMBERSHIP, None, key=b"web-2"))
+    tail._add(endpoints("c3" * 8, RULE_MS + 20))
+    assert tail.convergence_inputs()[1][5:] == [(RULE_MS + 20, "web-1", {**told, EDS: {"reviews": "c3" * 8}})]

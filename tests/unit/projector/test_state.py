@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from projector.state import EMPTY_PMAP, PMap, empty_state, state_from_bytes, state_to_bytes
+from projector.state import EMPTY_PMAP, PMap, RowMemo, empty_state, state_from_bytes, state_to_bytes
 from projector.versioning import version_of
 from tests.unit.projector.feature_mesh import feature_mesh
 
@@ -74,6 +74,18 @@ def test_state_round_trips_with_indexes_rebuilt():
 
 def test_state_bytes_are_deterministic_and_versionable():
     assert version_of(state_to_bytes(feature_mesh())) == version_of(state_to_bytes(feature_mesh()))
+
+
+def test_a_row_memo_gives_the_same_bytes_and_keeps_only_the_last_states_instances():
+    s = feature_mesh()  # subscriptions, access policies, rules: every optional part of a row
+    memo = RowMemo()
+    assert state_to_bytes(s, memo) == state_to_bytes(s)
+    first = dict(memo._rows)
+    assert len(first) == len(s.instances)
+    assert state_to_bytes(s, memo) == state_to_bytes(s)  # from the memo's rows this time: none serialized again
+    assert all(memo._rows[k][1] is row for k, (_inst, row) in first.items())
+    assert state_to_bytes(empty_state(), memo) == state_to_bytes(empty_state())
+    assert memo._rows == {}  # the instances of the last state only: nothing held for a state long gone
 
 
 def test_state_from_bytes_refuses_foreign_documents():

@@ -402,6 +402,16 @@ def _expected_delta(prev, cur):
     return changed, removed, changed_nodes, removed_nodes
 
 
+def states_at(events: list, cuts: list[int]):
+    """The state folded up to each cut, then to the end of ``events``, one fold per stretch (as batches)."""
+    s = empty_state()
+    start = 0
+    for cut in [*cuts, len(events)]:
+        s, _ = fold_many(s, events[start:cut])
+        start = cut
+        yield s
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.data())
 def test_incremental_render_equals_render_from_scratch(data):
@@ -463,12 +473,8 @@ def test_a_render_that_consumes_its_previous_equals_one_that_copies_it(data):
     cuts = sorted(data.draw(st.lists(st.integers(0, len(events)), max_size=6)))
     shard_sets = st.one_of(st.none(), st.frozensets(st.integers(0, 11)).map(lambda s: Ownership(s, 12)))
     endpoint_versions = data.draw(st.booleans())
-    s = empty_state()
     copying = consuming = None
-    start = 0
-    for cut in [*cuts, len(events)]:
-        s, _ = fold_many(s, events[start:cut])
-        start = cut
+    for s in states_at(events, cuts):
         scope = data.draw(shard_sets)
         copied = render_all(s, previous=copying, scope=scope, endpoint_versions=endpoint_versions)
         consumed = render_all(s, previous=consuming, scope=scope, consume_previous=True,
@@ -487,12 +493,8 @@ def test_naming_endpoints_at_the_latest_is_the_render_with_versions_as_the_view_
 
     events = data.draw(interleaving(data.draw(topic_logs())))
     cuts = sorted(data.draw(st.lists(st.integers(0, len(events)), max_size=6)))
-    s = empty_state()
     versioned = latest = None
-    start = 0
-    for cut in [*cuts, len(events)]:
-        s, _ = fold_many(s, events[start:cut])
-        start = cut
+    for s in states_at(events, cuts):
         prev_wire, prev_owners = ({}, {}) if latest is None else (latest.membership, latest.owners)
         versioned = render_all(s, previous=versioned)
         latest = render_all(s, previous=latest, endpoint_versions=False)
@@ -513,11 +515,7 @@ def test_checkpoints_through_one_row_memo_are_the_bytes_without_it(data):
     events = data.draw(interleaving(data.draw(topic_logs())))
     cuts = sorted(data.draw(st.lists(st.integers(0, len(events)), max_size=6)))
     memo = RowMemo()
-    s = empty_state()
-    start = 0
-    for cut in [*cuts, len(events)]:
-        s, _ = fold_many(s, events[start:cut])
-        start = cut
+    for s in states_at(events, cuts):
         through_memo = state_to_bytes(s, memo)
         assert through_memo == state_to_bytes(s)
         assert state_from_bytes(through_memo) == s

@@ -460,10 +460,13 @@ class _Step:
                     # HTTP/gRPC: the policy is in the inbound route (re-rendered like a dependency's change);
                     # TCP: in the inbound listener, one of the node's own resources
                     (dirty_nodes if reg.protocol == "tcp" else subscribers).add(reg.node_id)
-        bodies_gained: set[ResourceKey] = set()
+        gained: set[ResourceKey] = set()  # shared keys new to this render's scope: bodies, endpoints at the latest
         if _scope_key(self.prev.scope) != _scope_key(self.scope):
             dirty_nodes |= self._rescope()  # the nodes it gained: rendered whole, like a new node
-            bodies_gained = {k for k in self.holders if k not in self.resources and self.owns_body(k)}
+            gained = {k for k in self.holders if k not in self.resources and self.owns_body(k)}
+            if not self.endpoint_versions:  # named at the latest, a gained shard's endpoints get their versions
+                gained.update(k for k in self.holders
+                              if k[0] == ENDPOINT and k not in self.versions and self.names_endpoint(k))
         # a node whose own instance changed is re-rendered whole; one whose dependencies changed
         # keeps its inbound/outbound listeners and local cluster (they depend on its instance only)
         self_dirty = set(dirty_nodes)
@@ -530,7 +533,7 @@ class _Step:
                 self.node_problems[node] = problems
 
         # 4. shared resources whose inputs changed, plus newly held ones
-        todo = fresh | bodies_gained
+        todo = fresh | gained
         by_service = self.shared_by_service
         for svc in meta_changed | policies_changed:
             todo.update(k for k in by_service.get(svc, ()) if k[0] == CLUSTER)

@@ -73,6 +73,7 @@ def test_a_scoped_render_is_the_unscoped_one_for_its_keys_across_scope_changes(d
     events = data.draw(interleaving(data.draw(topic_logs())))
     cuts = sorted(data.draw(st.lists(st.integers(0, len(events)), max_size=6)))
     endpoint_versions = data.draw(st.booleans())  # False: endpoints named at the latest, as the projector renders
+    bodies = data.draw(st.booleans())  # False: names and versions only
     s = empty_state()
     scoped = None
     start = 0
@@ -81,8 +82,8 @@ def test_a_scoped_render_is_the_unscoped_one_for_its_keys_across_scope_changes(d
         start = cut
         shards = data.draw(st.one_of(st.none(), shard_sets))
         scope = Ownership(shards, SHARDS)
-        full = render_all(s, endpoint_versions=endpoint_versions)
-        cur = render_all(s, previous=scoped, scope=scope, endpoint_versions=endpoint_versions)
+        full = render_all(s, endpoint_versions=endpoint_versions, bodies=bodies)
+        cur = render_all(s, previous=scoped, scope=scope, endpoint_versions=endpoint_versions, bodies=bodies)
         assert parts(cur) == restricted(full, scope)
         assert cur.scope is (None if shards is None or len(shards) == SHARDS else scope)
         assert set(cur.problems) <= set(full.problems)
@@ -94,7 +95,7 @@ def test_a_scoped_render_is_the_unscoped_one_for_its_keys_across_scope_changes(d
     first = fold_log(events[: len(events) // 2])[0]
     half = Ownership(frozenset(range(6)), SHARDS)
     assert parts(render_all(first, previous=scoped, scope=half)) == restricted(
-        render_all(first, endpoint_versions=endpoint_versions), half)
+        render_all(first, endpoint_versions=endpoint_versions, bodies=bodies), half)
 
 
 @settings(max_examples=100, deadline=None)

@@ -4,7 +4,9 @@ Figures printed:
 
 1. fold only (in process, no Kafka): events/s of ``fold_many`` in batches and
    of ``fold_with_decisions`` one by one; ``render_all`` and
-   ``state_to_bytes`` time for the bench mesh.
+   ``state_to_bytes`` time for the bench mesh, from scratch and as the live
+   projector's checkpoints run it (``RowMemo``: after each 5,000 transitions,
+   the median).
 2. sustained: a running, caught-up projector (in this process, one asyncio
    thread) while a separate producer process appends a mesh's registrations
    and then ``--events`` health transitions as fast as it can; events/s
@@ -87,7 +89,7 @@ def flaps(services: int, instances: int, prefix: str, count: int, seed: int) -> 
 def fold_only(services: int, instances: int, events: int) -> dict:
     from projector.fold import fold_many, fold_with_decisions
     from projector.render import render_all
-    from projector.state import empty_state, state_to_bytes
+    from projector.state import RowMemo, empty_state, state_to_bytes
 
     regs = [Logged(envelope(p, i), topics.REGISTRATIONS, 0, i, 1_000_000 + i)
             for i, p in enumerate(registrations(services, instances, "f"))]
@@ -108,6 +110,13 @@ def fold_only(services: int, instances: int, events: int) -> dict:
     t4 = time.perf_counter()
     body = state_to_bytes(s)
     t5 = time.perf_counter()
+    memo, checkpoints, s2 = RowMemo(), [], state
+    state_to_bytes(s2, memo)
+    for i in range(0, len(hs), 5000):
+        s2, _ = fold_many(s2, hs[i : i + 5000])
+        c = time.perf_counter()
+        state_to_bytes(s2, memo)
+        checkpoints.append(time.perf_counter() - c)
     return {
         "registrations_per_s": len(regs) / (t1 - t0),
         "fold_many_per_s": len(hs) / (t2 - t1),
@@ -117,6 +126,7 @@ def fold_only(services: int, instances: int, events: int) -> dict:
         "nodes": len(r.membership),
         "state_to_bytes_ms": (t5 - t4) * 1000,
         "state_bytes": len(body),
+        "checkpoint_ms": sorted(checkpoints)[len(checkpoints) // 2] * 1000,
     }
 
 
@@ -406,7 +416,8 @@ def main() -> int:
     print(f"fold only (in process): registrations {f['registrations_per_s']:,.0f}/s; health transitions "
           f"fold_many {f['fold_many_per_s']:,.0f}/s, one by one {f['fold_one_by_one_per_s']:,.0f}/s")
     print(f"render_all: {f['render_all_ms']:.0f} ms for {f['resources']:,} resources / {f['nodes']:,} nodes; "
-          f"state_to_bytes {f['state_to_bytes_ms']:.0f} ms ({f['state_bytes']:,} bytes)")
+          f"state_to_bytes {f['state_to_bytes_ms']:.0f} ms ({f['state_bytes']:,} bytes), "
+          f"{f['checkpoint_ms']:.1f} ms as a checkpoint after 5,000 transitions (RowMemo)")
     v = verified_fold(args.services, args.instances, min(args.events, 30_000))
     print(f"signed events (in process, {v['events']:,} events from {v['identities']:,} identities; events per CPU-s of "
           f"all threads / per wall-s; producers sign {v['sign_per_s']:,.0f}/s):")

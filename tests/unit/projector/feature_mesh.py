@@ -32,6 +32,13 @@ class Ports:
 
 
 def feature_mesh(p: Ports = Ports(), local_address: str = "10.0.1.1") -> MeshState:
+    state, decisions = fold_log(feature_mesh_log(p, local_address).events)
+    assert decisions == [], decisions
+    return state
+
+
+def feature_mesh_log(p: Ports = Ports(), local_address: str = "10.0.1.1") -> Log:
+    """The events of ``feature_mesh``, for a test that goes on appending to them."""
     log = Log()
     log.register(
         "web", "web-1", local_address, 8080, node_id="web-1", sidecar=(p.web_in, p.web_out),
@@ -71,6 +78,4 @@ def feature_mesh(p: Ports = Ports(), local_address: str = "10.0.1.1") -> MeshSta
               retries=t.RetryPolicy(attempts=2, per_try_timeout_ms=500, retry_on=("5xx", "reset"))),
     )
     log.rule("ratings", 1, route(("v1", 50), ("v2", 50), prefix="/"))
-    state, decisions = fold_log(log.events)
-    assert decisions == [], decisions
-    return state
+    return log

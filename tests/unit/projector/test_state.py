@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 
 from projector.state import EMPTY_PMAP, PMap, RowMemo, empty_state, state_from_bytes, state_to_bytes
 from projector.versioning import version_of
-from tests.unit.projector.feature_mesh import feature_mesh
+from tests.unit.projector.feature_mesh import feature_mesh, feature_mesh_log
+from tests.unit.projector.helpers import fold_log
 
 
 def test_pmap_updates_share_and_never_mutate():
@@ -76,14 +77,33 @@ def test_state_bytes_are_deterministic_and_versionable():
     assert version_of(state_to_bytes(feature_mesh())) == version_of(state_to_bytes(feature_mesh()))
 
 
-def test_a_row_memo_gives_the_same_bytes_and_keeps_only_the_last_states_instances():
-    s = feature_mesh()  # subscriptions, access policies, rules: every optional part of a row
+def test_a_row_memo_gives_the_same_bytes_and_serializes_again_only_what_changed():
+    log = feature_mesh_log()  # subscriptions, access policies, rules: every optional part of a row
+    s = fold_log(log.events)[0]
     memo = RowMemo()
     assert state_to_bytes(s, memo) == state_to_bytes(s)
-    first = dict(memo._rows)
-    assert len(first) == len(s.instances)
-    assert state_to_bytes(s, memo) == state_to_bytes(s)  # from the memo's rows this time: none serialized again
-    assert all(memo._rows[k][1] is row for k, (_inst, row) in first.items())
+    rows = dict(memo._rows)
+    assert len(rows) == len(s.instances)
+    sections = {name: fragment for name, (_map, fragment) in memo._sections.items()}
+    # a health transition: a new health map, every other map as it was
+    n = len(log.events)
+    log.health("reviews", "reviews-1", "unhealthy")
+    s2, decisions = fold_log(log.events[n:], s)
+    assert decisions == []
+    assert s2.instances is s.instances and s2.health is not s.health
+    assert state_to_bytes(s2, memo) == state_to_bytes(s2)
+    kept = {name: fragment for name, (_map, fragment) in memo._sections.items()}
+    assert kept["health"] is not sections["health"]  # serialized again
+    assert all(kept[name] is sections[name] for name in sections if name != "health")  # taken as they were
+    # a re-registration: the instances section again, but only that registration's row
+    n = len(log.events)
+    log.register("reviews-legacy", "legacy-1", "10.0.3.9", 9080)
+    s3, decisions = fold_log(log.events[n:], s2)
+    assert decisions == []
+    assert state_to_bytes(s3, memo) == state_to_bytes(s3)
+    changed = {k for k in s3.instances if s3.instances[k] is not s2.instances.get(k)}
+    assert len(changed) == 1 and all(memo._rows[id(s3.instances[k])][1] is rows[id(s2.instances[k])][1]
+                           for k in s3.instances if k not in changed)
     assert state_to_bytes(empty_state(), memo) == state_to_bytes(empty_state())
     assert memo._rows == {}  # the instances of the last state only: nothing held for a state long gone
 

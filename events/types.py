@@ -115,7 +115,12 @@ Revision = Annotated[int, Strict(), Field(ge=1, le=2**63 - 1)]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # defer_build: a type's validator is built when it first validates, not at import. Building all of
+    # them was the largest single cost of importing this module (~40 ms of every CLI start, `replay at`
+    # and `registrar publish` included), and a process validates a few types at most. The build is
+    # thread-safe from pydantic 2.14 (a lock in model_rebuild; pyproject requires it), so a first
+    # validation in two threads at once cannot see the parent's field-less validator.
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 class Payload(_Frozen):

@@ -66,7 +66,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from contextlib import ExitStack
 from pathlib import Path

@@ -455,11 +455,11 @@ async def _gateway(conn, write_timeout_s: float, gc_freeze: bool, sync_log: bool
                     t0 = time.thread_time()
                     gc.collect(gen)
                     probe[f"collect{gen}_ms"] = round((time.thread_time() - t0) * 1000, 2)
-                junk = [{} for _ in range(2000)]
+                young = [{} for _ in range(2000)]  # a young generation of 2,000 dicts to collect
                 t0 = time.thread_time()
                 gc.collect(0)
                 probe["collect0_2000_dicts_ms"] = round((time.thread_time() - t0) * 1000, 2)
-                del junk
+                del young
                 stats["probe"] = probe
             conn.send(("gc", stats, gc.get_freeze_count()))
         elif cmd == "profile_start":
@@ -774,7 +774,6 @@ def wait_until(pred, timeout: float, step: float = 0.002) -> bool:
 
 async def sotw_probe(port: int, node_id: str, timeout: float, tls_dir: str | None = None) -> dict:
     """State of the world for a node depending on every service: CDS wildcard, then EDS for all clusters."""
-    import grpc
     from envoy.config.cluster.v3 import cluster_pb2
     from envoy.config.core.v3 import base_pb2
     from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2

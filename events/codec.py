@@ -38,7 +38,6 @@ import orjson
 from pydantic import ValidationError as PydanticValidationError
 
 from events.envelope import (
-    BATCH_FIELDS,
     ENVELOPE_FIELDS,
     REQUIRED_FIELDS,
     SIGNATURE_FIELDS,

@@ -481,10 +481,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         view = self._view_for(node_id, known)
         allowed: Callable[[str, str], bool] | None = None if known else self.cache.proxyless_allowed
         if kind == "delta":
-            hold = None
+            hold: Callable[[str], bool] | None = None
             if self.on_demand is not None:
-                def hold(cluster: str) -> bool:  # only a node in the view has an instance to record it for
+                def hold_if_known(cluster: str) -> bool:  # only a node in the view has an instance to record it for
                     return self.cache.knows_node(node_id) and may_learn(cluster)
+                hold = hold_if_known
             return DeltaStream(stream_id, view, allowed=allowed, wildcard_allowed=known,
                                report_sync=self.sync_log is not None, limits=self.limits.stream, hold_missing=hold)
         return SotwStream(stream_id, view, allowed=allowed, wildcard_allowed=known, report_sync=self.sync_log is not None,

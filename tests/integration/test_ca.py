@@ -21,9 +21,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
-from cryptography.hazmat.primitives import serialization
 
-from events import topics
 from events.admin import ensure_topics
 from events.envelope import new_event
 from events.producer import EventProducer

@@ -11,7 +11,6 @@ meshlog.identities that renews the serial the sidecar started with.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from datetime import timedelta
 

@@ -18,7 +18,7 @@ from events.codec import decode, encode
 from identity import pki
 from projector.authz import MAX_INSTANCE_WEIGHT
 from projector.fold import fold_many, fold_with_decisions
-from projector.render import CLUSTER, ENDPOINT, render
+from projector.render import ENDPOINT, render
 from projector.state import empty_state
 from projector.versioning import version_of
 from tests.unit.projector.helpers import route

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from events.files import write_file_atomic
-from identity import pki, spiffe
+from identity import spiffe
 from proxy import sds
 from proxy.bootstrap import XDS_CLUSTER, envoy_bootstrap
 from tests.support.trust import MeshCA

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import copy
 import json
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 from events import types as t
 from proxy import cli
 from proxy.subscriptions import Reply, Request, held_dependencies, holds, parse_request, rejection_reply
-from tests.unit.proxy.test_options import BASE, parse, problems
+from tests.unit.proxy.test_options import parse, problems
 
 DUMP = json.loads((Path(__file__).parent / "fixtures" / "config_dump_ads.json").read_text())
 NODE = "cli-c1"

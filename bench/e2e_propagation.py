@@ -73,6 +73,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(Path(__file__).resolve().parent))  # after ROOT: bench/projector.py must not shadow projector/
 
+from bench.host_window import HostWindow  # noqa: E402
 from xds_fanout import HOT, add_mesh_arguments, ask, pct, registrations, wait_until  # noqa: E402
 
 TARGET_P99_MS = 150.0
@@ -89,9 +90,14 @@ _TIMELINE = re.compile(r"batch (\d+) timeline: newest event logged at (\d+) ms, 
 _BATCH = re.compile(r"batch (\d+): .*decode ([\d.]+)ms fold ([\d.]+)ms render ([\d.]+)ms publish ([\d.]+)ms")
 
 
-def load_line() -> str:
+def load_line(window: HostWindow | None = None) -> str:
+    """The load average; with ``window``, also the CPU time the hypervisor stole since it opened."""
     one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} ({os.cpu_count()} cores)"
+    stolen = ""
+    if window is not None:
+        share = window.steal_share()
+        stolen = "; steal n/a" if share is None else f"; {share:.0%} of the CPU time stolen by the hypervisor over the run"
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} ({os.cpu_count()} cores){stolen}"
 
 
 def gateway_gauges(http_port: int) -> dict[str, float]:
@@ -174,6 +180,7 @@ def main(argv=None) -> int:
     args.hot = min(args.hot, args.streams)
     deadline = time.monotonic() + args.deadline
     workdir = Path(tempfile.mkdtemp(prefix="meshlog-bench-e2e-"))
+    window = HostWindow()
     results: dict = {"config": {k: v for k, v in vars(args).items() if k != "json"}, "load_start": load_line()}
     shape = ("the projector alone" if args.projector_only else
              f"{args.hot} subscribers of {HOT}, {args.streams} streams over {args.replicas} gateway replicas")
@@ -188,7 +195,7 @@ def main(argv=None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
         elif not ok:
             print(f"logs kept in {workdir}", flush=True)
-    results["load_end"] = load_line()
+    results["load_end"] = load_line(window)
     report(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))

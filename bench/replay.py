@@ -63,6 +63,7 @@ from aiokafka import AIOKafkaProducer  # noqa: E402
 from events import topics  # noqa: E402
 from events import types as t  # noqa: E402
 from events.kafka_security import connection_kwargs  # noqa: E402
+from bench.host_window import HostWindow  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -296,15 +297,22 @@ def _range(values: list[float], fmt: str = "{:.2f}") -> str:
 
 
 def measure(label: str, bootstrap: str, args: list[str], repeat: int, code: str | None) -> dict | None:
-    """Run the CLI ``repeat`` times; print wall, CPU and peak RSS as ranges; return the last JSON output."""
-    walls, cpus, rsss, doc = [], [], [], None
+    """Run the CLI ``repeat`` times; print wall, CPU and peak RSS as ranges, and the share of the machine's CPU
+    time the hypervisor stole during the runs (bench/host_window.py: where wall exceeds CPU, that is usually
+    why); return the last JSON output."""
+    walls, cpus, rsss, steals, doc = [], [], [], [], None
     for _ in range(repeat):
+        window = HostWindow()
         wall, cpu, rss, doc = run_cli(bootstrap, *args, code=code)
         walls.append(wall)
         cpus.append(cpu)
         rsss.append(rss)
+        share = window.steal_share()
+        if share is not None:
+            steals.append(share * 100)
+    stolen = f"steal {_range(steals, '{:.0f}')} %" if steals else "steal n/a"
     print(f"{label:<58} wall {_range(walls):>12}s  CPU {_range(cpus):>12}s  peak RSS {_range(rsss, '{:.0f}'):>9} MB  "
-          f"(load {os.getloadavg()[0]:.1f})", flush=True)
+          f"(load {os.getloadavg()[0]:.1f}, {stolen})", flush=True)
     return doc
 
 

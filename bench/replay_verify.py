@@ -232,6 +232,8 @@ def cli(args, unsigned, signed, identities, stats, attestation_values) -> None:
     from events.codec import encode
     from projector.attestations import KEY as ATTESTATION_KEY
 
+    from bench.host_window import HostWindow
+
     bench_replay = _bench_replay()
     # "0": one process, its CPU is the whole figure; "1": fetch and decode in a second process (replay.pipeline),
     # what a cold replay does by default on a host with a free core (the CPU figure then counts both processes)
@@ -278,12 +280,13 @@ def cli(args, unsigned, signed, identities, stats, attestation_values) -> None:
             for label, log_name, flags in runs:
                 bootstrap, at = brokers[log_name]
                 for code, suffix in (codes if repeat % 2 == 0 else codes[::-1]):  # each tree first in turn
+                    window = HostWindow()
                     wall, cpu, rss, doc = bench_replay.run_cli(bootstrap, "--at", at, "--no-snapshot", "--json",
                                                                "--no-progress", *flags, code=code)
                     figures[label + suffix].append((wall, cpu, rss))
                     outputs[label + suffix] = doc
-                    print(f"  {label + suffix:<44} {wall:6.2f} s wall  {cpu:6.2f} CPU-s  "
-                          f"(load {os.getloadavg()[0]:.1f})", flush=True)
+                    print(f"  {label + suffix:<44} {wall:6.2f} s wall  {cpu:6.2f} CPU-s  ({window.describe()})",
+                          flush=True)
         vouched = asyncio.run(_vouched(brokers["signed, verified, attested"][0]))
     # every node is told the same resources at the same versions verified as unverified: verification refused
     # nothing the producers signed. (The unsigned log is another log: the broker's append times interleave its

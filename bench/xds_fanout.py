@@ -89,6 +89,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(Path(__file__).resolve().parent))  # after ROOT: bench/projector.py must not shadow projector/
 
+from bench.host_window import HostWindow  # noqa: E402
+
+_RUN_WINDOW = HostWindow()  # opened when the bench starts: the end line says how much CPU time the host stole since
+
 HOT = "svc-000"
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -1199,7 +1203,9 @@ def report_side_by_side(by_peer: dict[str, dict]) -> None:
     for label, get, fl in rows:
         print("| " + " | ".join([label] + [str(get(r)) for r in by_peer.values()] + [str(fl if fl is not None else "—")])
               + " |")
-    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    share = _RUN_WINDOW.steal_share()
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+          + ("steal n/a" if share is None else f"{share:.0%} of the CPU time stolen by the hypervisor over the run"))
 
 
 def report(r: dict) -> None:

@@ -905,6 +905,9 @@ def main(argv=None) -> int:
         report(r)
     if len(by_peer) > 1:
         report_side_by_side(by_peer)
+    share = _RUN_WINDOW.steal_share()
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+          + ("steal n/a" if share is None else f"{share:.0%} of the CPU time stolen by the hypervisor over the run"))
     if args.json:
         out = results_of(by_peer) if len(by_peer) == 1 else by_peer
         Path(args.json).write_text(json.dumps(out, indent=2, default=str))
@@ -1205,9 +1208,6 @@ def report_side_by_side(by_peer: dict[str, dict]) -> None:
     for label, get, fl in rows:
         print("| " + " | ".join([label] + [str(get(r)) for r in by_peer.values()] + [str(fl if fl is not None else "—")])
               + " |")
-    share = _RUN_WINDOW.steal_share()
-    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
-          + ("steal n/a" if share is None else f"{share:.0%} of the CPU time stolen by the hypervisor over the run"))
 
 
 def report(r: dict) -> None:

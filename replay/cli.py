@@ -357,6 +357,7 @@ async def cmd_at(args: argparse.Namespace, bootstrap: str) -> int:
         rebuilt = await rebuild(consumer, at_ms, use_snapshot=not args.no_snapshot, progress=RichProgress(args.progress),
                                 verifier=await _verifier(args, consumer), bootstrap=bootstrap)
         rebuilt.first_ms = first
+        _hint_unsigned(rebuilt.refused)
         source = rebuilt.source()
         if rebuilt.undecodable:
             from replay.deadletters import dead_lettered_among
@@ -414,6 +415,15 @@ async def cmd_at(args: argparse.Namespace, bootstrap: str) -> int:
     return EXIT_OK
 
 
+def _hint_unsigned(refused: dict[str, int]) -> None:
+    """Say on stderr how to read a log whose events are unsigned, when verifying refused them."""
+    unsigned = refused.get("unsigned", 0)
+    if unsigned:
+        log.warning("%d unsigned events were refused, as a projector refuses them unless it runs with "
+                    "--insecure-events; a log written without mesh identities (a plaintext broker, or before "
+                    "identities existed) is replayed with --insecure-events, as its projector ran", unsigned)
+
+
 async def _window(args: argparse.Namespace, consumer) -> tuple[int, int]:
     # a window may start before the first event (the state there is empty); it must end by now
     await check_instant(consumer, args.to_ms, args.now_ms, what="--to")
@@ -432,6 +442,7 @@ async def cmd_diff(args: argparse.Namespace, bootstrap: str) -> int:
         verifier = await _verifier(args, consumer)
         base = await rebuild(consumer, from_ms, use_snapshot=not args.no_snapshot, progress=progress,
                              verifier=verifier, bootstrap=bootstrap)
+        _hint_unsigned(base.refused)
         dropped = Dropped()
         walker, steps, _cut = await walk(consumer, base, to_ms_, node=args.node, progress=progress,
                                          on_undecodable=undecodable.append, keep=if_changes_something,
@@ -473,6 +484,7 @@ async def cmd_log(args: argparse.Namespace, bootstrap: str) -> int:
         verifier = None if args.insecure_events else shown
         base = await rebuild(consumer, from_ms, use_snapshot=not args.no_snapshot, progress=progress,
                              verifier=verifier, bootstrap=bootstrap)
+        _hint_unsigned(base.refused)
         # read first: the walk then keeps the views it was told only for nodes a proxy streamed for
         sync_records = await sync_records_for(consumer, to_ms_)
         keep = report.for_service_log(args.service, nodes_with_proxies(sync_records)) if args.service else None

@@ -35,6 +35,10 @@ Invariants:
   refuses, with the same ``EventRefused`` decisions; without one (the CLI's
   ``--insecure-events``) events are folded unverified, as the projector's
   insecure mode does. Replay must run in the projector's mode to agree with it.
+  A rebuild counts what its fold refused, by problem (``Rebuilt.refused``,
+  the ``source`` block's ``events_refused``): a state that left events out
+  says so, and why (an unsigned log replayed verifying folds to an empty
+  mesh; without the count that looked like an empty log).
 - Attestations (issue 13): a verifying ``rebuild`` of a long cut first takes
   the projector's signed attestations (``replay.attestations``): their
   signatures stand for the events' ECDSA checks, every other check still
@@ -80,6 +84,8 @@ if TYPE_CHECKING:  # loads cryptography: only a verifying replay pays for it
     from identity.verifier import Verifier
 
 log = logging.getLogger(__name__)
+
+REFUSED = t.EventRefused.TYPE  # a decision that left its event out of the state (the others are rules' rejections)
 
 ResourceKey = tuple[str, str]  # (type_url, name)
 Versions = dict[str, dict[str, str]]  # type_url -> name -> version (a node's membership)
@@ -252,6 +258,8 @@ class Rebuilt:
     # the decoder the rebuild read with (its memo of payloads, its attested digests): a walk from here goes on
     # with it, so a payload the log repeats is validated once for both (the answers do not depend on the memo)
     decoder: RecordDecoder | None = None
+    # events the fold refused since the snapshot (or the start), by ``EventRefused.problem``
+    refused: dict[str, int] = field(default_factory=dict)
 
     def rendered(self, bodies: bool = True) -> RenderedMesh:
         """Every node's view at the cut; ``bodies=False``: names and versions only (nothing built), all a
@@ -271,6 +279,8 @@ class Rebuilt:
             "events_folded": self.folded,
             "events_total": (self.snapshot.snapshot.events if self.snapshot else 0) + self.folded,
             "undecodable": len(self.undecodable),
+            "events_refused": sum(self.refused.values()),
+            "refused_by_problem": dict(sorted(self.refused.items())),
             "cut": self.cut.stops_by_key(),
             "first_event": iso(self.first_ms),
         }
@@ -326,13 +336,17 @@ async def rebuild(
         stats["reader"] = "child process"
     else:
         batches = iter_cut(consumer, cut, decoder=decoder)
+    refused: dict[str, int] = {}
     with no_gc():
         async for batch in batches:
             if batch.events:
                 f0 = time.perf_counter()
-                buffer.fold(batch.events, verifier)
+                decisions = buffer.fold(batch.events, verifier)
                 fold_only += time.perf_counter() - f0
                 folded += len(batch.events)
+                for decision in decisions:
+                    if decision.TYPE == REFUSED:
+                        refused[decision.problem] = refused.get(decision.problem, 0) + 1
             undecodable += batch.undecodable
             progress.advance(batch.records)
         state = buffer.state()
@@ -345,7 +359,10 @@ async def rebuild(
         stats["decode_memo_hit_rate"] = round(decoder.hit_rate, 4)
     # in log order: batches of several partitions arrive in whatever order the fetches answered
     undecodable.sort(key=lambda u: (u.timestamp_ms or 0, u.topic, u.partition, u.offset))
-    return Rebuilt(at_ms, state, cut, chosen, folded, undecodable, None, stats, decoder=decoder)
+    if refused:
+        log.warning("rebuild: %d of %d events refused (%s)", sum(refused.values()), folded,
+                    ", ".join(f"{problem} {n}" for problem, n in sorted(refused.items())))
+    return Rebuilt(at_ms, state, cut, chosen, folded, undecodable, None, stats, decoder=decoder, refused=refused)
 
 
 async def _vouch_attested(consumer: AIOKafkaConsumer, verifier: Verifier, cut, chosen: ChosenSnapshot | None

@@ -51,6 +51,10 @@ def _source_line(doc: dict) -> str:
     if snap:
         parts.append(f"snapshot @{snap['offset']} ({snap['events']} events)")
     parts.append(f"{src.get('events_folded', 0)} events folded" + (" after it" if snap else ""))
+    if src.get("events_refused"):
+        # a state that left events out says so: an unsigned log replayed verifying is an empty mesh otherwise
+        by_problem = ", ".join(f"{problem} {n}" for problem, n in (src.get("refused_by_problem") or {}).items())
+        parts.append(f"{src['events_refused']} of them refused ({by_problem})")
     if src.get("undecodable"):
         # "dead-lettered live" only for what the dead-letter topic records (replay.deadletters)
         live = src.get("undecodable_dead_lettered", 0)

@@ -41,6 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.host_window import HostWindow  # noqa: E402
+
 
 def _bench_projector():
     """bench/projector.py's mesh generator (loaded by path: ``projector`` is also the package's name)."""
@@ -75,6 +77,7 @@ def one_size(nodes: int, flips: int) -> dict:
     start_rss = rss_mb()
     regs = [Logged(bp.envelope(p, i), topics.REGISTRATIONS, 0, i, 1_000_000 + i)
             for i, p in enumerate(bp.registrations(services, instances, "m"))]
+    window = HostWindow()
     c0, w0 = time.process_time(), time.monotonic()
     state, _ = fold_many(empty_state(), regs)
     c1, w1 = time.process_time(), time.monotonic()
@@ -135,6 +138,7 @@ def one_size(nodes: int, flips: int) -> dict:
         "flip_shared_ms_per_event": round(batch[0] * 1000 / flips, 3),
         "flip_split_ms_per_event": round(batch[1] * 1000 / flips, 3),
         "loadavg_1m": round(os.getloadavg()[0], 1),
+        "steal": window.steal_share(),  # of the machine's CPU time, over the run (bench/host_window.py)
     }
 
 
@@ -164,7 +168,8 @@ def main() -> int:
               f"({r['resources_held_per_node']} resources held each); {r['flips']:,} health flips folded+rendered "
               f"in {r['flip_batch_cpu_s']} CPU-s = {r['flip_events_per_cpu_s']:,} events/CPU-s, "
               f"{r['flip_changed_nodes']:,} nodes changed, published as {r['flip_body_records']:,} bodies and "
-              f"{r['flip_membership_records']:,} memberships; load avg {r['loadavg_1m']}")
+              f"{r['flip_membership_records']:,} memberships; load avg {r['loadavg_1m']}, "
+              + ("steal n/a" if r["steal"] is None else f"steal {r['steal']:.0%}"))
         print(f"  scoped to 1 shard of 12 (a worker of projector run --group): render_all "
               f"{r['scoped_render_all_cpu_s']} CPU-s, the flips {r['scoped_flip_batch_cpu_s']} CPU-s; so every worker "
               f"spends {r['render_shared_ms_per_node']} ms per node of the mesh on a cold render and "

@@ -55,6 +55,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.host_window import HostWindow  # noqa: E402
 from meshlog.procs import BIN, Process, spawn, wait_until  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("bench_projector", Path(__file__).with_name("projector.py"))
@@ -158,7 +159,7 @@ def run(bootstrap: str, workers: int, args: argparse.Namespace, workdir: Path) -
         out["first_useful_s"] = max(first_after(w, "took over shards") for w in procs) - started
         time.sleep(2.0)  # let the last rebalance settle
         cpu0 = {w.name: cpu_s(w.pid) for w in procs}
-        load0 = os.getloadavg()
+        load0, window = os.getloadavg(), HostWindow()
         flap = produce(bootstrap, "flaps", args, prefix, args.events, 2)
         wait_until(lambda: all(reached(w, flap["ends"]) for w in procs), 3600, "every worker past the flaps",
                    interval=1.0, on_fail=lambda: "\n".join(w.log_tail() for w in procs))
@@ -170,7 +171,7 @@ def run(bootstrap: str, workers: int, args: argparse.Namespace, workdir: Path) -
                    peak_rss_mb={w.name: peak_rss_mb(w.pid) for w in procs},
                    evictions=sum(sum("member_id was not recognized" in line for line in log_lines(w)) for w in procs),
                    stages={w.name: stage_split(w, flap["first_timestamp_ms"] / 1000.0, done + 0.01) for w in procs},
-                   load_before=load0, load_after=os.getloadavg())
+                   load_before=load0, load_after=os.getloadavg(), steal=window.steal_share())
         out["backlog"] = backlog(bootstrap, procs, args, prefix)
         if workers == 2:
             out.update(takeover(bootstrap, procs, workdir, group))
@@ -189,7 +190,7 @@ def backlog(bootstrap: str, procs: list[Process], args: argparse.Namespace, pref
     try:
         flap = produce(bootstrap, "flaps", args, prefix, args.events, 3)
         cpu0 = {w.name: cpu_s(w.pid) for w in procs}
-        load0 = os.getloadavg()
+        load0, window = os.getloadavg(), HostWindow()
     finally:
         resumed = time.time()
         for w in procs:
@@ -202,7 +203,7 @@ def backlog(bootstrap: str, procs: list[Process], args: argparse.Namespace, pref
     return {"events": flap["count"], "wall_s": wall, "events_per_s": flap["count"] / wall, "cpu_s": sum(cpu.values()),
             "cpu_per_worker_s": cpu, "paused_s": resumed - flap["first_timestamp_ms"] / 1000.0,
             "stages": {w.name: stage_split(w, resumed, done + 0.01) for w in procs},
-            "load_before": load0, "load_after": os.getloadavg()}
+            "load_before": load0, "load_after": os.getloadavg(), "steal": window.steal_share()}
 
 
 def takeover(bootstrap: str, procs: list[Process], workdir: Path, group: str) -> dict:
@@ -376,12 +377,18 @@ def print_stages(stages: dict, indent: str = "  ") -> None:
               f"commit {st['commit']:.2f} s (wall in the worker)", flush=True)
 
 
+def _steal(r: dict) -> str:
+    """The share of the machine's CPU time the hypervisor stole during the run (bench/host_window.py)."""
+    share = r.get("steal")
+    return "steal n/a" if share is None else f"steal {share:.0%}"
+
+
 def report(r: dict) -> None:
     n = r["workers"]
     per = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["cpu_per_worker_s"].items()))
     print(f"{n} worker(s): {r['events']:,} events in {r['wall_s']:.1f} s = {r['events_per_s']:,.0f} events/s; "
           f"workers' CPU {r['cpu_s']:.1f} s ({per}); load average {r['load_before'][0]:.1f} -> "
-          f"{r['load_after'][0]:.1f}; first useful {r['first_useful_s']:.1f} s after start; peak RSS per worker "
+          f"{r['load_after'][0]:.1f}, {_steal(r)}; first useful {r['first_useful_s']:.1f} s after start; peak RSS per worker "
           f"{max(r['peak_rss_mb'].values()):.0f} MB; "
           f"producer took {r['producer_s']:.1f} s; group evictions seen {r['evictions']}", flush=True)
     print_stages(r.get("stages", {}))
@@ -390,7 +397,7 @@ def report(r: dict) -> None:
         per = ", ".join(f"{k} {v:.1f}" for k, v in sorted(b["cpu_per_worker_s"].items()))
         print(f"  on a backlog ({b['events']:,} more appended while the workers were paused, the first waiting "
               f"{b['paused_s']:.1f} s; then resumed): {b['wall_s']:.2f} s = {b['events_per_s']:,.0f} events/s; workers' CPU {b['cpu_s']:.1f} s "
-              f"({per}); load average {b['load_before'][0]:.1f} -> {b['load_after'][0]:.1f}", flush=True)
+              f"({per}); load average {b['load_before'][0]:.1f} -> {b['load_after'][0]:.1f}, {_steal(b)}", flush=True)
         print_stages(b["stages"], indent="    ")
     if "takeover_detected_s" in r:
         print(f"  kill -9 of one of 2: the other got its shards {r['takeover_detected_s']:.1f} s later and had "

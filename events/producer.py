@@ -161,6 +161,11 @@ class EventProducer:
             raise TopicsNotAuthorized(self._bootstrap, refused)
         raise TopicsMissing(self._bootstrap, missing)
 
+    @property
+    def signs(self) -> bool:
+        """Whether this producer signs what it appends (it has a signer: a mesh identity)."""
+        return self._signer is not None
+
     def signed(self, env: Envelope) -> Envelope:
         """``env`` as this producer appends it: signed by its signer, if it has one and ``env`` is not signed yet."""
         if self._signer is None or env.signed:

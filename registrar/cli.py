@@ -145,9 +145,18 @@ def _describe(appended: Appended) -> str:
     )
 
 
+UNSIGNED_WARNING = ("registrar: warning: appending unsigned events: this process has no mesh identity (no Kafka "
+                    "client certificate); a projector refuses unsigned events unless it runs with --insecure-events "
+                    "(or $MESHLOG_INSECURE_EVENTS=1, which also silences this warning)")
+
+
 async def _append(bootstrap: str, envelopes: list[Envelope], timeout_s: float) -> list[Appended]:
     transactional = len(envelopes) > 1
     async with EventProducer(bootstrap, timeout_s=timeout_s, transactional=transactional) as producer:
+        if not producer.signs and not insecure_events_default():
+            # appended all the same (plaintext development writes unsigned events), but never silently: a
+            # projector in its default mode will refuse every one of them
+            print(UNSIGNED_WARNING, file=sys.stderr)
         if transactional:
             return await producer.append_many(envelopes)
         return [await producer.append(envelopes[0])]

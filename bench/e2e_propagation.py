@@ -73,7 +73,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(Path(__file__).resolve().parent))  # after ROOT: bench/projector.py must not shadow projector/
 
-from bench.host_window import HostWindow  # noqa: E402
+from bench.host_window import HostWindow, steal_text  # noqa: E402
 from xds_fanout import HOT, add_mesh_arguments, ask, pct, registrations, wait_until  # noqa: E402
 
 TARGET_P99_MS = 150.0
@@ -93,10 +93,7 @@ _BATCH = re.compile(r"batch (\d+): .*decode ([\d.]+)ms fold ([\d.]+)ms render ([
 def load_line(window: HostWindow | None = None) -> str:
     """The load average; with ``window``, also the CPU time the hypervisor stole since it opened."""
     one, five, fifteen = os.getloadavg()
-    stolen = ""
-    if window is not None:
-        share = window.steal_share()
-        stolen = "; steal n/a" if share is None else f"; {share:.0%} of the CPU time stolen by the hypervisor over the run"
+    stolen = "" if window is None else f"; {steal_text(window.steal_share())} of the CPU time over the run"
     return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} ({os.cpu_count()} cores){stolen}"
 
 

@@ -58,6 +58,11 @@ def steal_share(before: CpuTicks | None, after: CpuTicks | None) -> float | None
     return max(0, after.steal - before.steal) / (after.total - before.total)
 
 
+def steal_text(share: float | None) -> str:
+    """How every bench line says a steal share: "steal 12%", or "steal n/a" when it is not known."""
+    return "steal n/a" if share is None else f"steal {share:.0%}"
+
+
 class HostWindow:
     """A measurement window: ``describe()`` says the load now and the steal share since the window opened."""
 
@@ -68,6 +73,4 @@ class HostWindow:
         return steal_share(self.start, read_cpu_ticks())
 
     def describe(self) -> str:
-        share = self.steal_share()
-        steal = "steal n/a" if share is None else f"steal {share:.0%}"
-        return f"load {os.getloadavg()[0]:.1f}, {steal}"
+        return f"load {os.getloadavg()[0]:.1f}, {steal_text(self.steal_share())}"

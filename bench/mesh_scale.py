@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.host_window import HostWindow  # noqa: E402
+from bench.host_window import HostWindow, steal_text  # noqa: E402
 
 
 def _bench_projector():
@@ -168,8 +168,7 @@ def main() -> int:
               f"({r['resources_held_per_node']} resources held each); {r['flips']:,} health flips folded+rendered "
               f"in {r['flip_batch_cpu_s']} CPU-s = {r['flip_events_per_cpu_s']:,} events/CPU-s, "
               f"{r['flip_changed_nodes']:,} nodes changed, published as {r['flip_body_records']:,} bodies and "
-              f"{r['flip_membership_records']:,} memberships; load avg {r['loadavg_1m']}, "
-              + ("steal n/a" if r["steal"] is None else f"steal {r['steal']:.0%}"))
+              f"{r['flip_membership_records']:,} memberships; load avg {r['loadavg_1m']}, {steal_text(r['steal'])}")
         print(f"  scoped to 1 shard of 12 (a worker of projector run --group): render_all "
               f"{r['scoped_render_all_cpu_s']} CPU-s, the flips {r['scoped_flip_batch_cpu_s']} CPU-s; so every worker "
               f"spends {r['render_shared_ms_per_node']} ms per node of the mesh on a cold render and "

@@ -55,7 +55,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.host_window import HostWindow  # noqa: E402
+from bench.host_window import HostWindow, steal_text  # noqa: E402
 from meshlog.procs import BIN, Process, spawn, wait_until  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("bench_projector", Path(__file__).with_name("projector.py"))
@@ -377,18 +377,12 @@ def print_stages(stages: dict, indent: str = "  ") -> None:
               f"commit {st['commit']:.2f} s (wall in the worker)", flush=True)
 
 
-def _steal(r: dict) -> str:
-    """The share of the machine's CPU time the hypervisor stole during the run (bench/host_window.py)."""
-    share = r.get("steal")
-    return "steal n/a" if share is None else f"steal {share:.0%}"
-
-
 def report(r: dict) -> None:
     n = r["workers"]
     per = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["cpu_per_worker_s"].items()))
     print(f"{n} worker(s): {r['events']:,} events in {r['wall_s']:.1f} s = {r['events_per_s']:,.0f} events/s; "
           f"workers' CPU {r['cpu_s']:.1f} s ({per}); load average {r['load_before'][0]:.1f} -> "
-          f"{r['load_after'][0]:.1f}, {_steal(r)}; first useful {r['first_useful_s']:.1f} s after start; peak RSS per worker "
+          f"{r['load_after'][0]:.1f}, {steal_text(r.get('steal'))}; first useful {r['first_useful_s']:.1f} s after start; peak RSS per worker "
           f"{max(r['peak_rss_mb'].values()):.0f} MB; "
           f"producer took {r['producer_s']:.1f} s; group evictions seen {r['evictions']}", flush=True)
     print_stages(r.get("stages", {}))
@@ -397,7 +391,7 @@ def report(r: dict) -> None:
         per = ", ".join(f"{k} {v:.1f}" for k, v in sorted(b["cpu_per_worker_s"].items()))
         print(f"  on a backlog ({b['events']:,} more appended while the workers were paused, the first waiting "
               f"{b['paused_s']:.1f} s; then resumed): {b['wall_s']:.2f} s = {b['events_per_s']:,.0f} events/s; workers' CPU {b['cpu_s']:.1f} s "
-              f"({per}); load average {b['load_before'][0]:.1f} -> {b['load_after'][0]:.1f}, {_steal(b)}", flush=True)
+              f"({per}); load average {b['load_before'][0]:.1f} -> {b['load_after'][0]:.1f}, {steal_text(b.get('steal'))}", flush=True)
         print_stages(b["stages"], indent="    ")
     if "takeover_detected_s" in r:
         print(f"  kill -9 of one of 2: the other got its shards {r['takeover_detected_s']:.1f} s later and had "

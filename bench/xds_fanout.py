@@ -89,9 +89,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(Path(__file__).resolve().parent))  # after ROOT: bench/projector.py must not shadow projector/
 
-from bench.host_window import HostWindow  # noqa: E402
-
-_RUN_WINDOW = HostWindow()  # opened when the bench starts: the end line says how much CPU time the host stole since
+from bench.host_window import HostWindow, steal_text  # noqa: E402
 
 HOT = "svc-000"
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -807,6 +805,7 @@ async def sotw_probe(port: int, node_id: str, timeout: float, tls_dir: str | Non
 
 
 def main(argv=None) -> int:
+    window = HostWindow()  # the end line says how much CPU time the host stole over the run
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a small run (1,000 streams, 200 services)")
     add_mesh_arguments(p)
@@ -905,9 +904,8 @@ def main(argv=None) -> int:
         report(r)
     if len(by_peer) > 1:
         report_side_by_side(by_peer)
-    share = _RUN_WINDOW.steal_share()
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
-          + ("steal n/a" if share is None else f"{share:.0%} of the CPU time stolen by the hypervisor over the run"))
+          f"{steal_text(window.steal_share())} of the CPU time over the run")
     if args.json:
         out = results_of(by_peer) if len(by_peer) == 1 else by_peer
         Path(args.json).write_text(json.dumps(out, indent=2, default=str))

@@ -357,7 +357,7 @@ async def cmd_at(args: argparse.Namespace, bootstrap: str) -> int:
         rebuilt = await rebuild(consumer, at_ms, use_snapshot=not args.no_snapshot, progress=RichProgress(args.progress),
                                 verifier=await _verifier(args, consumer), bootstrap=bootstrap)
         rebuilt.first_ms = first
-        _hint_unsigned(rebuilt.refused)
+        _say_refused(rebuilt.refused)
         source = rebuilt.source()
         if rebuilt.undecodable:
             from replay.deadletters import dead_lettered_among
@@ -415,8 +415,11 @@ async def cmd_at(args: argparse.Namespace, bootstrap: str) -> int:
     return EXIT_OK
 
 
-def _hint_unsigned(refused: dict[str, int]) -> None:
-    """Say on stderr how to read a log whose events are unsigned, when verifying refused them."""
+def _say_refused(refused: dict[str, int]) -> None:
+    """Say on stderr what a rebuild's fold refused (by reason), and how to read a log whose events are unsigned."""
+    if refused:
+        log.warning("the state left out %d refused events (%s)", sum(refused.values()),
+                    ", ".join(f"{problem} {n}" for problem, n in sorted(refused.items())))
     unsigned = refused.get("unsigned", 0)
     if unsigned:
         log.warning("%d unsigned events were refused, as a projector refuses them unless it runs with "
@@ -442,7 +445,7 @@ async def cmd_diff(args: argparse.Namespace, bootstrap: str) -> int:
         verifier = await _verifier(args, consumer)
         base = await rebuild(consumer, from_ms, use_snapshot=not args.no_snapshot, progress=progress,
                              verifier=verifier, bootstrap=bootstrap)
-        _hint_unsigned(base.refused)
+        _say_refused(base.refused)
         dropped = Dropped()
         walker, steps, _cut = await walk(consumer, base, to_ms_, node=args.node, progress=progress,
                                          on_undecodable=undecodable.append, keep=if_changes_something,
@@ -484,7 +487,7 @@ async def cmd_log(args: argparse.Namespace, bootstrap: str) -> int:
         verifier = None if args.insecure_events else shown
         base = await rebuild(consumer, from_ms, use_snapshot=not args.no_snapshot, progress=progress,
                              verifier=verifier, bootstrap=bootstrap)
-        _hint_unsigned(base.refused)
+        _say_refused(base.refused)
         # read first: the walk then keeps the views it was told only for nodes a proxy streamed for
         sync_records = await sync_records_for(consumer, to_ms_)
         keep = report.for_service_log(args.service, nodes_with_proxies(sync_records)) if args.service else None

@@ -359,9 +359,6 @@ async def rebuild(
         stats["decode_memo_hit_rate"] = round(decoder.hit_rate, 4)
     # in log order: batches of several partitions arrive in whatever order the fetches answered
     undecodable.sort(key=lambda u: (u.timestamp_ms or 0, u.topic, u.partition, u.offset))
-    if refused:
-        log.warning("rebuild: %d of %d events refused (%s)", sum(refused.values()), folded,
-                    ", ".join(f"{problem} {n}" for problem, n in sorted(refused.items())))
     return Rebuilt(at_ms, state, cut, chosen, folded, undecodable, None, stats, decoder=decoder, refused=refused)
 
 

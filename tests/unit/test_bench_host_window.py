@@ -49,3 +49,9 @@ def test_a_window_on_this_machine_says_its_load_and_the_share_stolen_once_a_tick
     share = window.steal_share()
     assert share is not None and 0 <= share <= 1
     assert text.endswith("%") and "steal n/a" not in text
+
+
+def test_every_bench_line_says_a_share_the_same_way():
+    from bench.host_window import steal_text
+
+    assert (steal_text(0.123), steal_text(0.0), steal_text(None)) == ("steal 12%", "steal 0%", "steal n/a")

@@ -21,7 +21,7 @@ from events.codec import encode
 from events.envelope import new_event
 from identity.verifier import Verifier
 from replay import text
-from replay.cli import _hint_unsigned
+from replay.cli import _say_refused
 from replay.engine import rebuild
 from tests.unit.replay.fake_consumer import FakeConsumer, Rec
 
@@ -53,10 +53,15 @@ def test_the_same_log_replayed_insecurely_refuses_nothing_and_says_nothing_of_re
     assert "refused" not in text._source_line({"source": source})
 
 
-def test_the_cli_hints_at_insecure_events_only_for_unsigned_refusals(caplog):
+def test_the_cli_says_what_was_refused_and_hints_at_insecure_events_only_for_unsigned_ones(caplog):
     with caplog.at_level(logging.WARNING, logger="replay"):
-        _hint_unsigned({"not_permitted": 2})
-        assert not caplog.records  # a refusal for another reason is the log's own story, shown by `replay log`
-        _hint_unsigned({"unsigned": 3, "not_permitted": 1})
-    (record,) = caplog.records
-    assert "3 unsigned events were refused" in record.getMessage() and "--insecure-events" in record.getMessage()
+        _say_refused({})
+        assert not caplog.records  # nothing refused, nothing said
+        _say_refused({"not_permitted": 2})
+        (count,) = [r.getMessage() for r in caplog.records]
+        assert "left out 2 refused events (not_permitted 2)" in count and "--insecure-events" not in count
+        caplog.clear()
+        _say_refused({"unsigned": 3, "not_permitted": 1})
+    count, hint = [r.getMessage() for r in caplog.records]
+    assert "left out 4 refused events (not_permitted 1, unsigned 3)" in count
+    assert "3 unsigned events were refused" in hint and "--insecure-events" in hint

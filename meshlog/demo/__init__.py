@@ -75,7 +75,11 @@ def _on_signal(signum, _frame):
 
 
 def traffic_summary(demo: Demo) -> str:
-    """Every failed request of the run, attributed to the scene it happened in (none hidden)."""
+    """Every failed request of the run, attributed to the scene it failed in (none hidden).
+
+    By the time its failure arrived, not the time it was sent: a request sent in a scene's last
+    milliseconds and failed by the next scene's fault (an instance that starts failing) belongs to
+    the next scene."""
     total, errors = demo.traffic.total()
     scenes = sorted((t, k[len("scene:"):]) for k, t in demo.marks.items() if k.startswith("scene:"))
     by_scene: dict[str, int] = {}
@@ -84,7 +88,7 @@ def traffic_summary(demo: Demo) -> str:
             continue
         where = "start-up"
         for started, name in scenes:
-            if sample.started >= started:
+            if sample.finished >= started:
                 where = name
         by_scene[where] = by_scene.get(where, 0) + 1
     detail = ", ".join(f"{n} during {where}" for where, n in by_scene.items())

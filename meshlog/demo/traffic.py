@@ -26,6 +26,7 @@ class Sample:
     ok: bool
     version: str
     instance: str  # the answering instance, or the error
+    finished: float = 0.0  # wall clock when its answer (or failure) arrived
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,9 @@ class Traffic:
             except (OSError, http.client.HTTPException) as exc:
                 ok, version, instance = False, "", type(exc).__name__
                 client.close()
+            finished = time.time()
             with self._lock:
-                self.records.append(Sample(started, ok, version, instance))
+                self.records.append(Sample(started, ok, version, instance, finished))
         client.close()
 
     def window(self, since: float, until: float | None = None) -> Window:

@@ -197,15 +197,18 @@ class EventProducer:
             return list(envs)
         return self._signer.sign_batch(list(envs))
 
-    async def append_batch(self, envs: Sequence[Envelope]) -> None:
+    async def append_batch(self, envs: Sequence[Envelope]) -> list[Appended]:
         """Append ``envs`` pipelined (all sent, then all acknowledged); not atomic: for high-volume facts.
-        They are signed as one batch: one signature for all, verified once."""
+        They are signed as one batch: one signature for all, verified once. AppendFailed if any was not
+        acknowledged (some of the others may have been logged)."""
         envs = self.signed_batch(envs)
+        await self._require_topics({env.topic for env in envs})
         try:
             futures = [await asyncio.wait_for(self._send(env), self._timeout_s) for env in envs]
-            await asyncio.wait_for(asyncio.gather(*futures), self._timeout_s)
+            metas = await asyncio.wait_for(asyncio.gather(*futures), self._timeout_s)
         except (asyncio.TimeoutError, KafkaError) as exc:
             raise AppendFailed(f"append at {self._bootstrap} was not acknowledged: {type(exc).__name__}: {exc}") from None
+        return [self._appended(env, meta) for env, meta in zip(envs, metas)]
 
     async def append_many(self, envs: Sequence[Envelope]) -> list[Appended]:
         """Append all of ``envs`` in one transaction (the producer must be transactional), signed as one batch."""

@@ -21,6 +21,14 @@ Invariants:
   ``healthcheck/<checker id>``, through ``events.producer.EventProducer``.
   An appended transition stays pending until the reader has folded past its
   offset, so a slow read-back never causes a duplicate.
+- One append is in flight at a time; the transitions decided meanwhile go
+  together in the next (up to ``APPEND_BATCH_MAX``), signed as one batch
+  (``EventProducer.append_batch``: one ECDSA signature over their Merkle
+  root). A lone transition is appended at once and signed alone, so a quiet
+  mesh waits for nothing; a burst (a zone failing) costs this checker one
+  signature, and the projector one verification, per batch instead of one
+  per instance. A batch's transitions are logged in the order they were
+  decided; if the batch is not acknowledged, each is retried on its next probe.
 - It folds what the projector folds: by default with the projector's
   verifier (``identity.verifier``, fed from the identities topic by
   ``projector.identities.IdentityFeed`` up to each batch's newest event), so
@@ -77,6 +85,8 @@ log = logging.getLogger("registrar.healthcheck")
 
 SOURCE_TOPICS = (topics.REGISTRATIONS, topics.HEALTH)
 _REASON_MAX = 256
+# transitions signed and appended together at most (a zone's worth of instances failing at once)
+APPEND_BATCH_MAX = 1000
 
 
 def default_checker_id() -> str:
@@ -136,6 +146,7 @@ def probe_target(reg: InstanceRegistered) -> tuple[str, int]:
 class _Counters:
     probes: int = 0
     appended: int = 0
+    appended_batches: int = 0  # appends of several transitions signed together
     append_failures: int = 0
     undecodable: int = 0
 
@@ -155,6 +166,8 @@ class Checker:
         self.skipped = UndecodableLog(log, reader=f"healthcheck/{settings.checker_id}")
         self._tasks: dict[str, asyncio.Task] = {}
         self._appends: set[asyncio.Task] = set()
+        self._outbox: list[tuple[Transition, InstanceRegistered]] = []  # decided, not yet handed to the producer
+        self._sender: asyncio.Task | None = None
         self._awaiting: dict[str, tuple[TopicPartition, int]] = {}
         self._next_offset: dict[TopicPartition, int] = {}
         self._sem = asyncio.Semaphore(settings.max_concurrent_probes)
@@ -437,31 +450,58 @@ class Checker:
             log.debug("probe %s at %s:%d: %s", key, host, port, result.detail)
             transition = self.tracker.record(key, result.ok, result.detail)
             if transition is not None:
-                task = asyncio.create_task(self._append(transition, inst.reg))
-                self._appends.add(task)
-                task.add_done_callback(self._appends.discard)
+                self._queue_append(transition, inst.reg)
             self._mark_dirty()
             await asyncio.sleep(next_delay(s.interval, s.jitter, self.rng))
 
+    def _queue_append(self, transition: Transition, reg: InstanceRegistered) -> None:
+        """Append ``transition`` now, or with the next batch if an append is in flight (the module docstring)."""
+        self._outbox.append((transition, reg))
+        if self._sender is None or self._sender.done():
+            self._sender = task = asyncio.create_task(self._send_outbox(), name="healthcheck-append")
+            self._appends.add(task)
+            task.add_done_callback(self._appends.discard)
+
+    async def _send_outbox(self) -> None:
+        # one sender at a time, so the transitions decided while its append waits for the broker go together
+        while self._outbox:
+            batch, self._outbox = self._outbox[:APPEND_BATCH_MAX], self._outbox[APPEND_BATCH_MAX:]
+            await self._append_batch(batch)
+
     async def _append(self, transition: Transition, reg: InstanceRegistered) -> None:
+        await self._append_batch([(transition, reg)])
+
+    async def _append_batch(self, batch: list[tuple[Transition, InstanceRegistered]]) -> None:
         assert self._producer is not None
-        reason = printable(transition.reason, _REASON_MAX)
-        payload = InstanceHealthChanged(service=reg.service, instance_id=reg.instance_id, status=transition.status,
-                                        reason=reason, observer=self.s.observer)
+        envs = [new_event(InstanceHealthChanged(service=reg.service, instance_id=reg.instance_id,
+                                                status=transition.status,
+                                                reason=printable(transition.reason, _REASON_MAX),
+                                                observer=self.s.observer), producer=self.s.producer)
+                for transition, reg in batch]
         try:
-            appended = await self._producer.append(new_event(payload, producer=self.s.producer))
-        except BrokerUnavailable as exc:
-            self.counters.append_failures += 1
-            self.tracker.append_failed(transition.key)
-            log.error("%s: NOT appended, will retry on the next probe: %s", transition.describe(), exc)
+            if len(envs) == 1:
+                appended = [await self._producer.append(envs[0])]
+            else:  # signed together: one signature over the batch's Merkle root (events.signing.sign_batch)
+                appended = await self._producer.append_batch(envs)
+        except Exception as exc:  # noqa: BLE001 - whatever failed, each transition must be free to be decided again
+            if not isinstance(exc, BrokerUnavailable):
+                log.exception("appending %d transition(s) failed unexpectedly", len(batch))
+            self.counters.append_failures += len(batch)
+            for transition, _reg in batch:
+                self.tracker.append_failed(transition.key)
+                log.error("%s: NOT appended, will retry on the next probe: %s", transition.describe(), exc)
             return
-        self.counters.appended += 1
-        log.info("%s [appended %s offset %d]", transition.describe(), appended.topic, appended.offset)
-        tp = TopicPartition(appended.topic, appended.partition)
-        if self._next_offset.get(tp, 0) > appended.offset:
-            self.tracker.settled(transition.key)  # already read back
-        else:
-            self._awaiting[transition.key] = (tp, appended.offset)
+        self.counters.appended += len(batch)
+        if len(batch) > 1:
+            self.counters.appended_batches += 1
+        for (transition, _reg), done in zip(batch, appended):
+            log.info("%s [appended %s offset %d%s]", transition.describe(), done.topic, done.offset,
+                     f", one of {len(batch)} signed together" if len(batch) > 1 else "")
+            tp = TopicPartition(done.topic, done.partition)
+            if self._next_offset.get(tp, 0) > done.offset:
+                self.tracker.settled(transition.key)  # already read back
+            else:
+                self._awaiting[transition.key] = (tp, done.offset)
         self._mark_dirty()
 
     # ------------------------------------------------------------ status file
@@ -496,6 +536,7 @@ class Checker:
             "instances": instances,
             "probes": self.counters.probes,
             "appended": self.counters.appended,
+            "appended_batches": self.counters.appended_batches,
             "append_failures": self.counters.append_failures,
             "undecodable": self.counters.undecodable,
             "updated_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),

@@ -410,16 +410,20 @@ def main() -> int:
         print(json.dumps(result))
         return 0
 
+    from bench.host_window import HostWindow
+
     mesh = f"{args.services} services x {args.instances} instances = {args.services * args.instances} sidecar nodes"
     print(f"mesh: {mesh}")
+    window = HostWindow()
     f = fold_only(args.services, args.instances, args.events)
-    print(f"fold only (in process): registrations {f['registrations_per_s']:,.0f}/s; health transitions "
+    print(f"fold only (in process; {window.describe()}): registrations {f['registrations_per_s']:,.0f}/s; health transitions "
           f"fold_many {f['fold_many_per_s']:,.0f}/s, one by one {f['fold_one_by_one_per_s']:,.0f}/s")
     print(f"render_all: {f['render_all_ms']:.0f} ms for {f['resources']:,} resources / {f['nodes']:,} nodes; "
           f"state_to_bytes {f['state_to_bytes_ms']:.0f} ms ({f['state_bytes']:,} bytes), "
           f"{f['checkpoint_ms']:.1f} ms as a checkpoint after 5,000 transitions (RowMemo)")
+    window = HostWindow()
     v = verified_fold(args.services, args.instances, min(args.events, 30_000))
-    print(f"signed events (in process, {v['events']:,} events from {v['identities']:,} identities; events per CPU-s of "
+    print(f"signed events (in process; {window.describe()}; {v['events']:,} events from {v['identities']:,} identities; events per CPU-s of "
           f"all threads / per wall-s; producers sign {v['sign_per_s']:,.0f}/s):")
     for key, what in (("unsigned", "decode+fold, unsigned"),
                       ("per_event", "decode+verify+fold, one signature per event"),
@@ -441,6 +445,7 @@ def main() -> int:
             kafka = stack.enter_context(LocalKafka())
             bootstrap = kafka.bootstrap
             print(f"started a local broker at {bootstrap}")
+        window = HostWindow()
         r = asyncio.run(live(bootstrap, args))
     s, b = r["sustained"], r["burst"]
     print(f"sustained: {s['events']:,} events in {s['wall_s']:.2f} s = {s['events_per_s_wall']:,.0f} events/s "
@@ -448,7 +453,7 @@ def main() -> int:
           f"projector CPU {s['projector_cpu_s']:.2f} s = {s['events_per_cpu_s']:,.0f} events/CPU-s; "
           f"busy {s['busy_fraction']:.0%}; {s['view_records_published']:,} view records published; "
           f"producer offered {s['producer_events_per_s']:,.0f}/s; {'unsigned, not verified' if args.unsigned else 'signed and verified'}, "
-          f"{s['refused']} refused)")
+          f"{s['refused']} refused; over both live parts: {window.describe()})")
     print(f"burst: {b['events']:,} events caught up {b['catch_up_s']:.2f} s after the first was appended "
           f"(producer took {b['producer_s']:.2f} s; projector busy {b['processing_s']:.2f} s in {b['batches']} "
           f"batches; {b['view_records_published']:,} view records published)")

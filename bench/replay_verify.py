@@ -4,14 +4,17 @@ The log is ``bench/replay.py``'s history (a mesh of services x instances, then
 70 % health transitions, 20 % re-registrations, 3 % deregistrations, 7 %
 rules), signed as its producers sign it: each registration and
 deregistration alone by its instance's sidecar identity, health transitions
-by the checker in batches of 1,000 (``append_batch``: one signature over a
-Merkle root, a proof per event), rules alone by an operator; the
+by the checker alone (``--health-batch 1``, the default: ``registrar
+healthcheck`` signs a transition alone unless others were decided while its
+previous append was in flight) or ``N`` at a time (a burst: ``append_batch``,
+one signature over a Merkle root, a proof per event), rules alone by an
+operator; the
 certificates' issuance events signed by the root. Each record goes through
 replay's own decoder (``events.record_decoder.RecordDecoder``) and a
 ``projector.fold.FoldBuffer`` in batches of 5,000, as ``replay --at
 --no-snapshot``'s rebuild runs them after the fetch (the fetch is left out
-here: the signed log is 2.6 times the bytes, so ``--cli`` is the figure that
-counts).
+here: the signed log is 1.5 times the bytes with transitions signed alone,
+2.6 times in batches of 1,000, so ``--cli`` is the figure that counts).
 
 Figures, per run: CPU seconds of the process (all threads) and wall seconds,
 for: unsigned records folded without a verifier; signed records verified in
@@ -41,7 +44,7 @@ plaintext broker no mesh root is configured (``configured_roots``), so the
 identities topic is trusted as it is: the in-process figures (verified
 against the root) are the stricter ones for the certificate work.
 
-Usage: python bench/replay_verify.py [--events 200000] [--services 500] [--instances 4] [--no-ahead]
+Usage: python bench/replay_verify.py [--events 200000] [--services 500] [--instances 4] [--health-batch 1] [--no-ahead]
        python bench/replay_verify.py --cli [--repeat 2] [--events 1000000] [--baseline TREE]
 """
 
@@ -102,9 +105,11 @@ def build(args) -> tuple[list, list, list, object]:
     signed: list = [None] * len(envs)
     health = [i for i, env in enumerate(envs) if isinstance(env.payload, t.InstanceHealthChanged)]
     t0 = time.process_time()
-    for j in range(0, len(health), 1000):
-        idx = health[j: j + 1000]
-        for i, env in zip(idx, checker.sign_batch([envs[i] for i in idx])):
+    step = args.health_batch
+    for j in range(0, len(health), step):
+        idx = health[j: j + step]
+        batch = [envs[i] for i in idx]
+        for i, env in zip(idx, checker.sign_batch(batch) if step > 1 else [checker.sign(batch[0])]):
             signed[i] = env
     singles = 0
     for i, env in enumerate(envs):
@@ -123,15 +128,16 @@ def build(args) -> tuple[list, list, list, object]:
              "unsigned_bytes": sum(len(v) for _t, v in unsigned_values),
              "signed_bytes": sum(len(v) for _t, v in signed_values), "projector": projector,
              "keys": [env.payload.key().encode() for env in envs]}  # as the producers key them (both logs)
-    stats["unsigned_zstd_bytes"] = compressed_size(envs, unsigned_values, health)
-    stats["signed_zstd_bytes"] = compressed_size(envs, signed_values, health)
+    stats["unsigned_zstd_bytes"] = compressed_size(envs, unsigned_values, health, step)
+    stats["signed_zstd_bytes"] = compressed_size(envs, signed_values, health, step)
     return unsigned_values, signed_values, identities, (ca, stats)
 
 
-def compressed_size(envs, values, health) -> int:
+def compressed_size(envs, values, health, step: int) -> int:
     """The log's bytes as ``events.producer`` sends them with zstd (aiokafka's own codec): each event alone
-    (linger 0), except the health transitions, appended 1,000 at a time (``append_batch``): per partition
-    of their key, in producer batches of up to 16 KiB (aiokafka's default ``max_batch_size``)."""
+    (linger 0; estimated from an even sample when there are more than 20,000), except the health transitions
+    when they are signed ``step`` at a time (``append_batch``): per partition of their key, in producer batches
+    of up to 16 KiB (aiokafka's default ``max_batch_size``)."""
     import zlib
 
     from aiokafka.codec import zstd_encode
@@ -140,11 +146,15 @@ def compressed_size(envs, values, health) -> int:
     from events.topics import EVENT_PARTITIONS
 
     assert LOG_COMPRESSION == "zstd"
-    in_batches = set(health)
-    total = sum(len(zstd_encode(values[i][1])) for i in range(len(values)) if i not in in_batches)
-    for j in range(0, len(health), 1000):
+    in_batches = set(health) if step > 1 else set()
+    alone = [i for i in range(len(values)) if i not in in_batches]
+    # each compressed alone: at most 20,000 of them, evenly spaced, scaled up (compressing a million records one
+    # by one grew this process by gigabytes: cramjam's compressor does not give its memory back at once)
+    every = max(1, len(alone) // 20_000)
+    total = sum(len(zstd_encode(values[i][1])) for i in alone[::every]) * len(alone) // len(alone[::every] or [0])
+    for j in range(0, len(in_batches), step):
         partitions: dict[int, list[bytes]] = {}
-        for i in health[j: j + 1000]:
+        for i in health[j: j + step]:
             partitions.setdefault(zlib.crc32(envs[i].payload.key().encode()) % EVENT_PARTITIONS, []).append(values[i][1])
         for records in partitions.values():
             batch, size = [], 0
@@ -328,6 +338,9 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--services", type=int, default=500)
     ap.add_argument("--instances", type=int, default=4)
+    ap.add_argument("--health-batch", type=int, default=1, metavar="N",
+                    help="health transitions signed N at a time (default 1: each alone, as `registrar healthcheck` "
+                         "signs a lone transition; 1000: a burst signed as one batch, each event with its proof)")
     ap.add_argument("--no-ahead", action="store_true",
                     help="skip the verify_ahead run (the longest at 1,000,000 events, and it needs the second core)")
     ap.add_argument("--cli", action="store_true", help="measure through the replay CLI, fetch included (see above)")
@@ -343,8 +356,9 @@ def main() -> int:
     from identity.verifier import Verifier, verification_pool
 
     unsigned, signed, identities, (ca, stats) = build(args)
-    print(f"log: {args.events:,} events ({stats['singles']:,} signed alone, {stats['batch_signed']:,} batch-signed "
-          f"by 1,000; {stats['identities']:,} identities; signing took {stats['sign_cpu_s']:.1f} CPU-s); "
+    how = f"in batches of {args.health_batch:,}" if args.health_batch > 1 else "alone"
+    print(f"log: {args.events:,} events ({stats['singles']:,} signed alone, {stats['batch_signed']:,} health "
+          f"transitions signed {how}; {stats['identities']:,} identities; signing took {stats['sign_cpu_s']:.1f} CPU-s); "
           f"{stats['unsigned_bytes'] / 1e6:,.0f} MB unsigned, {stats['signed_bytes'] / 1e6:,.0f} MB signed; with the "
           f"producers' zstd {stats['unsigned_zstd_bytes'] / 1e6:,.1f} MB unsigned, {stats['signed_zstd_bytes'] / 1e6:,.1f} "
           f"MB signed; "

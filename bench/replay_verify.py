@@ -150,8 +150,8 @@ def compressed_size(envs, values, health, step: int) -> int:
     alone = [i for i in range(len(values)) if i not in in_batches]
     # each compressed alone: at most 20,000 of them, evenly spaced, scaled up (compressing a million records one
     # by one grew this process by gigabytes: cramjam's compressor does not give its memory back at once)
-    every = max(1, len(alone) // 20_000)
-    total = sum(len(zstd_encode(values[i][1])) for i in alone[::every]) * len(alone) // len(alone[::every] or [0])
+    sample = alone[:: max(1, len(alone) // 20_000)]
+    total = sum(len(zstd_encode(values[i][1])) for i in sample) * len(alone) // max(1, len(sample))
     for j in range(0, len(in_batches), step):
         partitions: dict[int, list[bytes]] = {}
         for i in health[j: j + step]:

@@ -468,9 +468,6 @@ class Checker:
             batch, self._outbox = self._outbox[:APPEND_BATCH_MAX], self._outbox[APPEND_BATCH_MAX:]
             await self._append_batch(batch)
 
-    async def _append(self, transition: Transition, reg: InstanceRegistered) -> None:
-        await self._append_batch([(transition, reg)])
-
     async def _append_batch(self, batch: list[tuple[Transition, InstanceRegistered]]) -> None:
         assert self._producer is not None
         envs = [new_event(InstanceHealthChanged(service=reg.service, instance_id=reg.instance_id,

@@ -27,7 +27,7 @@ async def test_a_probe_detail_with_control_characters_reaches_the_log_escaped_an
     checker = Checker(Settings(bootstrap="localhost:9092", checker_id="c1"))
     checker._producer = producer = _Producer()
     reg = InstanceRegistered(service="web", instance_id="web-1", address="10.0.0.1", port=8080)
-    await checker._append(Transition("web/web-1", "healthy", UNHEALTHY, 3, "HTTP 503: \x1b[2J\u202e" + "x" * 5000), reg)
+    await checker._append_batch([(Transition("web/web-1", "healthy", UNHEALTHY, 3, "HTTP 503: \x1b[2J\u202e" + "x" * 5000), reg)])
     reason = producer.sent[0].payload.reason
     assert reason.startswith("3 consecutive failures (HTTP 503: \\x1b[2J\\u202e")
     assert reason.isprintable() and len(reason) <= 256

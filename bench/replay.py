@@ -13,9 +13,9 @@ the in-process breakdown of the same work):
    --to T --service S``, each over the whole log (goal: stream, bounded memory).
 
 Each CLI figure is wall time, CPU time and peak RSS of the replay process
-alone (``os.wait4``; Linux carries the peak RSS of the process that forked it
-into the child, so right after appending the log every figure shows the
-bench's own ~640 MB: measure RSS with ``--reuse``), as a range over ``--repeat`` runs, with the load average
+alone (``bench/child_usage.py``: started by a small stub, because Linux carries
+the peak RSS of the process that forked a child into the child's, and this
+bench holds the whole log), as a range over ``--repeat`` runs, with the load average
 (the machine is shared: report ranges and the load). ``--baseline-code DIR``
 runs every figure also with an older source tree (``git archive <commit> |
 tar -x -C DIR``) on the same log, for before/after in one run.
@@ -63,6 +63,7 @@ from aiokafka import AIOKafkaProducer  # noqa: E402
 from events import topics  # noqa: E402
 from events import types as t  # noqa: E402
 from events.kafka_security import connection_kwargs  # noqa: E402
+from bench.child_usage import run_measured  # noqa: E402
 from bench.host_window import HostWindow  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -251,17 +252,14 @@ def run_cli(bootstrap: str, *args: str, code: str | None = None) -> tuple[float,
                 "sys.exit(main())")
         argv = [sys.executable, "-c", boot]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen([*argv, "--bootstrap", bootstrap, *args, "--log-level", "INFO"], stdout=out, stderr=err)
-        _pid, status, usage = os.wait4(proc.pid, 0)  # this child's own CPU time and peak RSS
-        wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        # through a small stub: a child forked from this process would report this process's peak RSS as its own
+        usage = run_measured([*argv, "--bootstrap", bootstrap, *args, "--log-level", "INFO"], stdout=out, stderr=err)
         out.seek(0)
         err.seek(0)
-        if proc.returncode != 0:
-            raise SystemExit(f"replay {' '.join(args)} failed ({proc.returncode}): {err.read().decode()[-2000:]}")
+        if usage.returncode != 0:
+            raise SystemExit(f"replay {' '.join(args)} failed ({usage.returncode}): {err.read().decode()[-2000:]}")
         doc = json.loads(out.read()) if "--json" in args else None
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, doc
+    return usage.wall_s, usage.cpu_s, usage.peak_rss_mb, doc
 
 
 async def in_process(bootstrap: str, at_ms: int, use_snapshot: bool) -> dict:
@@ -366,7 +364,7 @@ def main() -> None:
         at = f"@{at_ms}"
         codes = [("", None)] + ([("baseline ", args.baseline_code)] if args.baseline_code else [])
         print(f"\nuptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
-        print(f"{os.cpu_count()} CPUs; every figure is the replay process alone (os.wait4); wall times suffer from "
+        print(f"{os.cpu_count()} CPUs; every figure is the replay process alone (bench/child_usage.py); wall times suffer from "
               f"the load, CPU times less\n", flush=True)
         figures = set(args.figures.split(","))
         docs: dict[str, dict] = {}

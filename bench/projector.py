@@ -13,10 +13,12 @@ Figures printed:
    through decode + fold + render (once per batch) + publish + RocksDB
    commit, over wall time and over the projector's own CPU time.
    The producers sign as the real ones do (each registration by its
-   sidecar identity, transitions by a checker in batches of 1,000; their
-   identities issued, root-signed, on the identities topic first) and the
-   projector verifies (``--unsigned``: the figures before issue 13, the
-   projector in ``--insecure-events``).
+   sidecar identity, transitions by a checker: ``--health-batch N`` at a
+   time, default 1, each alone, as ``registrar healthcheck`` signs a lone
+   transition; 1000 is a burst's extreme, one signature over a batch's Merkle
+   root; their identities issued, root-signed, on the identities topic
+   first) and the projector verifies (``--unsigned``: the figures before
+   issue 13, the projector in ``--insecure-events``).
 3. burst: a ``--burst`` burst (default 10,000 health transitions) appended to
    the caught-up projector; time from the burst's first broker timestamp to
    the commit of the batch that published the views of its last event.
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import random
@@ -42,6 +45,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -135,16 +139,20 @@ def _pool_cpu(pool) -> float:
     return 0.0 if pool is None else pool.submit(time.process_time).result()
 
 
-def verified_fold(services: int, instances: int, events: int) -> dict:
+def verified_fold(services: int, instances: int, events: int, decode: str = "projector", freeze: bool = True) -> dict:
     """Decode + fold with and without signature verification, in process, on the same records.
 
     Every registration is signed by its own sidecar identity, every health transition by one checker (as the
     demo's events are); the records are decoded from their bytes each round (the decode keeps the bytes the
-    signature covers). Verification happens in the fold (``fold_many(..., verifier)``), exactly as the
-    projector runs it; one certificate check per identity, one ECDSA P-256 verification per event.
+    signature covers), with the projector's own decoder (``events.record_decoder.RecordDecoder``, a fresh one
+    each round: its memo of validated payloads starts empty, as after a projector's start), or with
+    ``decode="codec"`` the write side's codec (``events.codec.decode``: every payload validated again; what this
+    bench measured before 2026-12-02). Verification happens in the fold (``fold_many(..., verifier)``), exactly
+    as the projector runs it; one certificate check per identity, one ECDSA P-256 verification per event.
     """
-    from events.codec import decode, encode
+    from events.codec import decode_record, encode
     from events.envelope import new_event
+    from events.record_decoder import RecordDecoder
     from events.signing import Signer
     from identity import pki, records, spiffe
     from identity.registry import EMPTY, fold_many as fold_identities
@@ -187,16 +195,24 @@ def verified_fold(services: int, instances: int, events: int) -> dict:
         # CPU time of this process (all its threads) and of the verification pool's worker process (measured
         # there): the figure cores give, whatever else the machine runs; wall time: what the second core buys
         w0 = _pool_cpu(pool)
+        gc.collect()
         t0, c0, m0 = time.perf_counter(), time.process_time(), time.thread_time()
-        logged = [Logged(decode(value, topic), topic, 0, i, now_ms + i) for i, (topic, value) in enumerate(records)]
+        decoder = RecordDecoder() if decode == "projector" else decode_record
         state = empty_state()
-        for i in range(0, len(logged), 5000):
+        # in batches, as the projector takes them: decode, (verify ahead,) fold, then freeze what survived
+        # (ProjectorConfig.gc_freeze: a collection then never walks the state again)
+        for i in range(0, len(records), 5000):
+            logged = [decoder(_Record(value, topic, 0, n, now_ms + n))
+                      for n, (topic, value) in enumerate(records[i: i + 5000], start=i)]
             if pool is not None:  # as the projector runs it: checks start in the pool, the fold takes the answers
-                verifier.verify_ahead(logged[i: i + 5000], pool)
-            state, decisions = fold_many(state, logged[i: i + 5000], verifier)
+                verifier.verify_ahead(logged, pool)
+            state, decisions = fold_many(state, logged, verifier)
             assert not decisions, decisions[:1]
+            if freeze:
+                gc.freeze()
         cpu, wall, main = time.process_time() - c0, time.perf_counter() - t0, time.thread_time() - m0
         cpu += _pool_cpu(pool) - w0
+        gc.unfreeze()
         folded[name] = state_to_bytes(state)
         # on two free cores the slower of the two sides sets the pace: the bound, whatever the host's load
         return {"per_cpu_s": len(records) / cpu, "per_wall_s": len(records) / wall,
@@ -221,11 +237,21 @@ def verified_fold(services: int, instances: int, events: int) -> dict:
     return out
 
 
+class _Record(NamedTuple):
+    """What the decoders read of a consumer record."""
+
+    value: bytes
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+
+
 # ---------------------------------------------------------------- the producer process
 
 
 async def produce(bootstrap: str, kind: str, services: int, instances: int, prefix: str, count: int, seed: int,
-                  signed: bool = True) -> dict:
+                  signed: bool = True, health_batch: int = 1) -> dict:
     from aiokafka import AIOKafkaProducer
 
     from events.kafka_security import connection_kwargs
@@ -254,7 +280,11 @@ async def produce(bootstrap: str, kind: str, services: int, instances: int, pref
                     for e in envs]
         else:
             checker = signer_of(spiffe.checker("mesh.local", prefix))
-            envs = [x for i in range(0, len(envs), 1000) for x in checker.sign_batch(envs[i: i + 1000])]
+            if health_batch > 1:
+                envs = [x for i in range(0, len(envs), health_batch)
+                        for x in checker.sign_batch(envs[i: i + health_batch])]
+            else:
+                envs = [checker.sign(e) for e in envs]
     first = [(e.payload.TOPIC, e.payload.key().encode(), encode(e)) for e in identities]
     records = [(e.payload.TOPIC, e.payload.key().encode(), encode(e)) for e in envs]
     producer = AIOKafkaProducer(**connection_kwargs(bootstrap), enable_idempotence=True, linger_ms=10,
@@ -283,7 +313,7 @@ def run_producer(bootstrap: str, kind: str, args: argparse.Namespace, prefix: st
     return subprocess.Popen(
         [sys.executable, __file__, "--produce", kind, "--bootstrap", bootstrap, "--services", str(args.services),
          "--instances", str(args.instances), "--prefix", prefix, "--count", str(count), "--seed", str(seed),
-         *(["--unsigned"] if args.unsigned else [])],
+         "--health-batch", str(args.health_batch), *(["--unsigned"] if args.unsigned else [])],
         stdout=subprocess.PIPE, text=True,
     )
 
@@ -299,9 +329,9 @@ class Recorder:
         self.batches: list[dict] = []
         original = svc.process
 
-        async def process(records):
+        async def process(records, **kwargs):  # the service's own keywords (in_merge_order), passed through
             t0, c0 = time.perf_counter(), time.process_time()
-            res = await original(records)
+            res = await original(records, **kwargs)
             self.batches.append({
                 "start": t0, "end": time.perf_counter(), "cpu": time.process_time() - c0, "wall_end": time.time(),
                 "records": res.records, "folded": res.folded, "rendered": res.rendered, "refused": res.rejected,
@@ -395,6 +425,13 @@ def main() -> int:
     parser.add_argument("--unsigned", action="store_true",
                         help="live part: unsigned events, the projector in --insecure-events (the figures before "
                         "issue 13); by default events are signed as their producers sign them and verified")
+    parser.add_argument("--decode", choices=("projector", "codec"), default="projector",
+                        help="in-process signed part: decode with the projector's RecordDecoder (default) or with "
+                             "the codec (events.codec, every payload validated again: this bench before 2026-12-02)")
+    parser.add_argument("--health-batch", type=int, default=1, metavar="N",
+                        help="live part: the checker signs its transitions N at a time (default 1: each alone, as "
+                             "`registrar healthcheck` signs a lone transition; 1000: a burst's extreme, one signature "
+                             "per batch)")
     parser.add_argument("--verify-workers", type=int, default=1, help="live part: the projector's --verify-workers")
     # internal: the producer process
     parser.add_argument("--produce", choices=("registrations", "flaps"), help=argparse.SUPPRESS)
@@ -406,7 +443,8 @@ def main() -> int:
 
     if args.produce:
         result = asyncio.run(produce(args.bootstrap, args.produce, args.services, args.instances, args.prefix,
-                                     args.count, args.seed, signed=not args.unsigned))
+                                     args.count, args.seed, signed=not args.unsigned,
+                                     health_batch=args.health_batch))
         print(json.dumps(result))
         return 0
 
@@ -422,8 +460,9 @@ def main() -> int:
           f"state_to_bytes {f['state_to_bytes_ms']:.0f} ms ({f['state_bytes']:,} bytes), "
           f"{f['checkpoint_ms']:.1f} ms as a checkpoint after 5,000 transitions (RowMemo)")
     window = HostWindow()
-    v = verified_fold(args.services, args.instances, min(args.events, 30_000))
-    print(f"signed events (in process; {window.describe()}; {v['events']:,} events from {v['identities']:,} identities; events per CPU-s of "
+    v = verified_fold(args.services, args.instances, min(args.events, 30_000), args.decode)
+    print(f"signed events (in process, decoded by the {'projector' if args.decode == 'projector' else 'codec'}'s "
+          f"decoder; {window.describe()}; {v['events']:,} events from {v['identities']:,} identities; events per CPU-s of "
           f"all threads / per wall-s; producers sign {v['sign_per_s']:,.0f}/s):")
     for key, what in (("unsigned", "decode+fold, unsigned"),
                       ("per_event", "decode+verify+fold, one signature per event"),
@@ -452,7 +491,8 @@ def main() -> int:
           f"(fold+render+publish+commit; {s['batches']} batches, mean {s['mean_batch']:,.0f} events; "
           f"projector CPU {s['projector_cpu_s']:.2f} s = {s['events_per_cpu_s']:,.0f} events/CPU-s; "
           f"busy {s['busy_fraction']:.0%}; {s['view_records_published']:,} view records published; "
-          f"producer offered {s['producer_events_per_s']:,.0f}/s; {'unsigned, not verified' if args.unsigned else 'signed and verified'}, "
+          f"producer offered {s['producer_events_per_s']:,.0f}/s; {'unsigned, not verified' if args.unsigned else 'signed and verified'}"
+          f"{'' if args.unsigned else ' (transitions signed ' + ('alone' if args.health_batch <= 1 else f'in batches of {args.health_batch:,}') + ')'}, "
           f"{s['refused']} refused; over both live parts: {window.describe()})")
     print(f"burst: {b['events']:,} events caught up {b['catch_up_s']:.2f} s after the first was appended "
           f"(producer took {b['producer_s']:.2f} s; projector busy {b['processing_s']:.2f} s in {b['batches']} "

@@ -298,6 +298,8 @@ def cli(args, unsigned, signed, identities, stats, attestation_values) -> None:
                     print(f"  {label + suffix:<44} {wall:6.2f} s wall  {cpu:6.2f} CPU-s  ({window.describe()})",
                           flush=True)
         vouched = asyncio.run(_vouched(brokers["signed, verified, attested"][0]))
+        if args.hold:
+            _hold(brokers)
     # every node is told the same resources at the same versions verified as unverified: verification refused
     # nothing the producers signed. (The unsigned log is another log: the broker's append times interleave its
     # topics differently, so its views are not compared.)
@@ -320,6 +322,21 @@ def cli(args, unsigned, signed, identities, stats, attestation_values) -> None:
               flush=True)
     print(f"{len(views[0]):,} nodes told the same verified as unverified; the attestations on the log vouch for "
           f"{vouched['digests']:,} records ({vouched['refused']} refused)", flush=True)
+
+
+def _hold(brokers: dict[str, tuple[str, str]]) -> None:
+    """``--hold``: keep the brokers and their logs until interrupted, saying how to replay each by hand."""
+    for name, (bootstrap, at) in brokers.items():
+        print(f"holding {name}: replay --bootstrap {bootstrap} --at {at} --no-snapshot", flush=True)
+    print("holding the brokers until interrupted (Ctrl-C, SIGINT or SIGTERM)", flush=True)
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping the brokers", flush=True)
 
 
 async def _vouched(bootstrap: str) -> dict:
@@ -348,6 +365,9 @@ def main() -> int:
     ap.add_argument("--baseline", metavar="TREE",
                     help="with --cli: also run each replay from this source tree (e.g. an older commit's `git archive`), "
                          "right after the same replay of this one, on the same logs: before/after figures")
+    ap.add_argument("--hold", action="store_true",
+                    help="with --cli: after the figures, keep the brokers and their logs running until interrupted "
+                         "(SIGINT/SIGTERM), printing each log's bootstrap and cut, to measure them further by hand")
     ap.add_argument("--parallel", choices=("0", "1"), default="0",
                     help="with --cli: MESHLOG_REPLAY_PARALLEL for the replays (default 0: one process)")
     args = ap.parse_args()

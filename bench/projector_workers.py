@@ -307,6 +307,9 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=5000, help="--in-process: events per batch")
     parser.add_argument("--signed", action="store_true",
                         help="the producers sign their events (the workers run --insecure-events and do not verify)")
+    parser.add_argument("--health-batch", type=int, default=1000, metavar="N",
+                        help="with --signed: the checker signs its transitions N at a time (default 1000, as this "
+                             "bench always has; 1: each alone, bench/projector.py's default)")
     parser.add_argument("--wipe-topics", action="store_true",
                         help="with $MESHLOG_KAFKA_BOOTSTRAP: let the bench delete and recreate meshlog's topics on "
                              "that broker before each run (every record on them is lost); a broker the bench starts "

@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -81,15 +82,22 @@ async def run_one(bootstrap: str, n: int, interval: float, window: float, respon
                                                          port=ports[k % len(ports)]), producer="bench"))
             for k, i in enumerate(ids)
         ])
+    # the bench appends unsigned registrations (no mesh identities here): the checker folds them in the explicit
+    # insecure mode, as the projector would have to; by default it refuses them and has nothing to probe
+    log = tempfile.TemporaryFile()
     proc = subprocess.Popen([REGISTRAR, "--bootstrap", bootstrap, "healthcheck", "--checker-id", f"bench-{n}",
                              "--group", f"bench-hc-{uuid.uuid4().hex[:8]}", "--interval", str(interval),
-                             "--timeout", "1.0", "--fall", "3", "--rise", "2"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             "--timeout", "1.0", "--fall", "3", "--rise", "2", "--insecure-events"],
+                            stdout=subprocess.DEVNULL, stderr=log)
     try:
         # settle: the first probes are spread over one interval after the group assignment
         deadline = time.monotonic() + 60
-        while responder.count < n and time.monotonic() < deadline:
+        while responder.count < n and time.monotonic() < deadline and proc.poll() is None:
             await asyncio.sleep(0.2)
+        if responder.count == 0:  # a checker that probed nothing measures nothing: say why, from its own log
+            log.seek(0)
+            raise SystemExit(f"the checker probed nothing in 60 s (exit {proc.poll()}); its log ends:\n"
+                             f"{log.read().decode(errors='replace')[-3000:]}")
         await asyncio.sleep(2 * interval)
         c0, cpu0, t0 = responder.count, cpu_seconds(proc.pid), time.monotonic()
         await asyncio.sleep(window)
@@ -100,6 +108,7 @@ async def run_one(bootstrap: str, n: int, interval: float, window: float, respon
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
         async with EventProducer(bootstrap) as producer:
             await asyncio.gather(*[producer.append(new_event(InstanceDeregistered(service=service, instance_id=i),
                                                              producer="bench")) for i in ids])

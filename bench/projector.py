@@ -372,11 +372,13 @@ async def live(bootstrap: str, args: argparse.Namespace) -> dict:
             await asyncio.wait_for(svc.caught_up.wait(), 300)
             # the mesh: registrations (nodes appear), then the sustained stream of health transitions
             p = run_producer(bootstrap, "registrations", args, prefix, 0, 0)
-            reg = json.loads(p.communicate()[0])
+            reg = json.loads((await asyncio.to_thread(p.communicate))[0])
             await rec.until(reg["ends"])
             n0 = len(rec.batches)
             p = run_producer(bootstrap, "flaps", args, prefix, args.events, 2)
-            flap = json.loads(p.communicate()[0])
+            # waited for in a thread: the projector folds while the producer appends (a blocking wait here had
+            # held the projector until the producer was done, so 'sustained' measured a backlog)
+            flap = json.loads((await asyncio.to_thread(p.communicate))[0])
             last = await rec.until(flap["ends"])
             batches = [b for b in rec.batches[n0:]]
             first = batches[0]
@@ -396,7 +398,7 @@ async def live(bootstrap: str, args: argparse.Namespace) -> dict:
             await asyncio.sleep(1.0)
             n1 = len(rec.batches)
             p = run_producer(bootstrap, "flaps", args, prefix, args.burst, 3)
-            burst = json.loads(p.communicate()[0])
+            burst = json.loads((await asyncio.to_thread(p.communicate))[0])
             done = await rec.until(burst["ends"])
             bb = rec.batches[n1:]
             out["burst"] = {

@@ -41,7 +41,7 @@ NOT_IMPORTED = {
 }
 # imports in the packages that only the test fixtures reach (kafka_for_tests picks a testcontainers
 # broker when Docker answers): covered by the test extra, not by the runtime dependencies
-TEST_ONLY_IMPORTS = {("meshlog/kafka_local.py", "docker"), ("meshlog/kafka_local.py", "testcontainers")}
+TEST_ONLY_IMPORTS = {("meshlog/kafka_local/for_tests.py", "docker"), ("meshlog/kafka_local/for_tests.py", "testcontainers")}
 
 
 def _name(requirement: str) -> str:

@@ -18,6 +18,7 @@ import pytest
 
 from meshlog import cli
 from meshlog import kafka_local as kl
+from meshlog.kafka_local import detached
 
 POM_NS = {"m": "http://maven.apache.org/POM/4.0.0"}
 
@@ -420,7 +421,7 @@ def test_status_without_and_with_stale_state(tmp_path, monkeypatch):
     data = tmp_path / "data"
     data.mkdir()
     (data / kl.DATA_MARKER_NAME).write_text("")
-    kl._save_state(kl.KafkaState(pid=dead.pid, bootstrap="127.0.0.1:1", data_dir=str(data),
+    detached._save_state(kl.KafkaState(pid=dead.pid, bootstrap="127.0.0.1:1", data_dir=str(data),
                                  log_path=str(data / "kafka.log"), properties_path=str(data / "server.properties")))
     st = kl.status()
     assert st.state is not None and st.state.pid == dead.pid and not st.running

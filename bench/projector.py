@@ -422,7 +422,7 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=100_000, help="sustained health transitions")
     parser.add_argument("--burst", type=int, default=10_000)
     parser.add_argument("--max-batch", type=int, default=20_000)
-    parser.add_argument("--no-gc-freeze", action="store_true", help="leave Python's GC as it is")
+    parser.add_argument("--no-gc-freeze", action="store_true", help="leave Python's GC as it is (the live projector, and the in-process signed part's per-batch freeze)")
     parser.add_argument("--skip-live", action="store_true", help="fold-only figures, no broker")
     parser.add_argument("--unsigned", action="store_true",
                         help="live part: unsigned events, the projector in --insecure-events (the figures before "
@@ -462,7 +462,8 @@ def main() -> int:
           f"state_to_bytes {f['state_to_bytes_ms']:.0f} ms ({f['state_bytes']:,} bytes), "
           f"{f['checkpoint_ms']:.1f} ms as a checkpoint after 5,000 transitions (RowMemo)")
     window = HostWindow()
-    v = verified_fold(args.services, args.instances, min(args.events, 30_000), args.decode)
+    v = verified_fold(args.services, args.instances, min(args.events, 30_000), args.decode,
+                      freeze=not args.no_gc_freeze)
     print(f"signed events (in process, decoded by the {'projector' if args.decode == 'projector' else 'codec'}'s "
           f"decoder; {window.describe()}; {v['events']:,} events from {v['identities']:,} identities; events per CPU-s of "
           f"all threads / per wall-s; producers sign {v['sign_per_s']:,.0f}/s):")

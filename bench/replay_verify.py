@@ -152,7 +152,7 @@ def compressed_size(envs, values, health, step: int) -> int:
     # by one grew this process by gigabytes: cramjam's compressor does not give its memory back at once)
     sample = alone[:: max(1, len(alone) // 20_000)]
     total = sum(len(zstd_encode(values[i][1])) for i in sample) * len(alone) // max(1, len(sample))
-    for j in range(0, len(in_batches), step):
+    for j in range(0, len(health) if step > 1 else 0, step):
         partitions: dict[int, list[bytes]] = {}
         for i in health[j: j + step]:
             partitions.setdefault(zlib.crc32(envs[i].payload.key().encode()) % EVENT_PARTITIONS, []).append(values[i][1])

@@ -33,6 +33,10 @@ Invariants:
   never carry a client's text (``metrics.type_label``).
 - With a ``SyncLog``, each stream reports its opening, what its machine learned
   from ACKs/NACKs and its closing (with why) to it; those calls never wait.
+  The sync log's own work (building and appending records) waits while a view
+  change is being fanned out (``fanning_out``: some stream holds a view-change
+  token it has not taken), at most one sync window: what proxies are sent
+  goes before the record of what they ACKed.
 - Trust (with a ``TrustGuard``, i.e. TLS): a stream gets a node's view only
   if ``authz`` allows its certificate's identity that node, decided at the
   first request and again at every change of the node (its owner may
@@ -106,6 +110,16 @@ _MESSAGE_EXCERPT = 300  # characters of a NACK's error_detail.message that reach
 NACK_LOG_BURST, NACK_LOG_INTERVAL_S = 5, 10.0  # per stream: NACK lines logged at once, then one per interval
 
 
+class _FanOut:
+    """How many streams hold a view-change token they have not taken yet: above 0, a view change is being
+    fanned out (each stream's handler still has to build and write its response)."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending = 0
+
+
 class _Inbox:
     """One queue per stream carrying client requests and view-change tokens, in arrival order.
 
@@ -117,12 +131,13 @@ class _Inbox:
     this short costs nothing.
     """
 
-    __slots__ = ("_items", "_waiter", "_changed_at", "_loop")
+    __slots__ = ("_items", "_waiter", "_changed_at", "_loop", "_fanout")
 
-    def __init__(self) -> None:
+    def __init__(self, fanout: _FanOut) -> None:
         self._items: list = []
         self._waiter: asyncio.Future | None = None
         self._changed_at: float | None = None
+        self._fanout = fanout  # counts this inbox's token while it is queued
         # the stream's loop, looked up once (asyncio.get_running_loop() makes a getpid() system call each time)
         self._loop = asyncio.get_running_loop()
 
@@ -147,10 +162,15 @@ class _Inbox:
     def view_changed(self, now: float) -> None:
         if self._changed_at is None:
             self._changed_at = now
+            self._fanout.pending += 1
             self.put(_VIEW)
 
     def take_change(self) -> float | None:
+        """The time of the oldest view change not taken yet (None: none); the token is taken (also when the stream
+        ends with one queued, so the fan-out count never keeps a closed stream)."""
         changed_at, self._changed_at = self._changed_at, None
+        if changed_at is not None:
+            self._fanout.pending -= 1
         return changed_at
 
 
@@ -219,7 +239,15 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self._unknown_watchers: set[_Inbox] = set()
         self._streams: set[asyncio.Task] = set()
         self._closing = False
+        self._fanout = _FanOut()
         cache.subscribe(self._on_view_change)
+        if sync_log is not None:
+            # recording what proxies ACKed waits while a view change is being sent (bounded by the sync log)
+            sync_log.defer_while(self.fanning_out)
+
+    def fanning_out(self) -> bool:
+        """Is a view change being fanned out: some stream has yet to take it (build and write its response)?"""
+        return self._fanout.pending > 0
 
     def begin_shutdown(self) -> None:
         """Streams ending from now on end because the gateway stops (so the sync log says)."""
@@ -283,7 +311,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             if peer.refusal is not None:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, peer.refusal.detail)
         stream_id = f"{os.getpid()}-{next(_stream_ids)}"
-        inbox = _Inbox()
+        inbox = _Inbox(self._fanout)
         handler = asyncio.current_task()  # the task writing this stream's responses
 
         async def read_requests() -> None:
@@ -449,6 +477,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 if not watch_set:
                     self._watchers.pop(node_id, None)
             self._unknown_watchers.discard(inbox)
+            inbox.take_change()  # a token still queued is no longer a fan-out in progress
             reader.cancel()
             _children(kind, "")[1].dec()
             if sync is not None:

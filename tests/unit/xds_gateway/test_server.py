@@ -313,3 +313,68 @@ async def test_a_held_cluster_is_answered_as_missing_once_the_hold_is_over():
     finally:
         stream.cancel()
         await asyncio.gather(stream, return_exceptions=True)
+
+
+# ---------------------------------------------------------------- fan-out in progress (what the sync log waits for)
+
+
+def changed_cluster(tag: str) -> list[ViewRec]:
+    """NODE's three clusters (``cache_with(3)``), the first one changed: every stream of NODE has a view change."""
+    records = view_records(3)
+    value = body(CDS, "c0-", tag)
+    records[0] = ViewRec(topics.VIEW_RESOURCES, f"{CDS}|c0-".encode(), value)
+    names = {f"c{i}-": version_of(records[i].value) for i in range(3)}
+    records[-1] = ViewRec(topics.VIEW_MEMBERSHIP, NODE.encode(), orjson.dumps({"node": NODE, "resources": {CDS: names}}))
+    return records
+
+
+async def test_a_view_change_is_being_fanned_out_until_every_stream_took_it():
+    cache = cache_with(3)
+    servicer = AdsServicer(cache, write_timeout_s=30.0)
+    contexts = [Context(reads=True) for _ in range(3)]
+    streams = [asyncio.create_task(servicer.DeltaAggregatedResources(None, c)) for c in contexts]
+    await wait_for(lambda: all(c.writes == 1 for c in contexts), 5.0, "the first responses")
+    assert not servicer.fanning_out()
+
+    cache.apply_records(changed_cluster("v2"))
+    # the view tail queued a token per stream; no handler has run yet
+    assert servicer.fanning_out()
+    await wait_for(lambda: not servicer.fanning_out(), 5.0, "every stream taking the change")
+
+    # a stream that ends with its token still queued does not leave a fan-out behind
+    cache.apply_records(changed_cluster("v3"))
+    assert servicer.fanning_out()
+    for stream in streams:
+        stream.cancel()
+    await asyncio.gather(*streams, return_exceptions=True)
+    assert not servicer.fanning_out() and watched(servicer) == 0
+
+
+async def test_the_sync_log_writes_nothing_while_a_change_is_being_fanned_out():
+    from xds_gateway.sync_log import SyncLog
+
+    written = []
+
+    async def sink(envs) -> None:
+        written.extend(e.type for e in envs)
+
+    cache = cache_with(3)
+    sync = SyncLog(sink, "gw-1", window_s=2.0)
+    servicer = AdsServicer(cache, write_timeout_s=30.0, sync_log=sync)
+    sync.start()
+    # a stream whose handler never gets to take a view change: it is stuck in a write that does not complete
+    stuck = Context(reads=False)
+    stream = asyncio.create_task(servicer.DeltaAggregatedResources(None, stuck))
+    await wait_for(lambda: stuck.writes == 1, 5.0, "the first response")
+    await wait_for(lambda: written == ["sync.stream_opened"], 5.0, "the stream's opening")
+    cache.apply_records(changed_cluster("v2"))
+    assert servicer.fanning_out()
+
+    sync.opened("s-other", "other-node", "delta", "peer")  # a record to write while the change is pending
+    await asyncio.sleep(0.5)
+    assert written == ["sync.stream_opened"]  # held: the fan-out goes first
+    stream.cancel()  # the stuck stream ends, and with it the fan-out
+    await asyncio.gather(stream, return_exceptions=True)
+    await wait_for(lambda: "sync.stream_closed" in written, 5.0, "the held records")
+    assert written[:2] == ["sync.stream_opened", "sync.stream_opened"]
+    await sync.close()

@@ -97,3 +97,51 @@ async def test_an_invalid_record_is_dropped_and_counted_not_raised():
     await log.close()
     assert dropped("invalid") - before == 1
     assert [e.type for e in sink.records] == ["sync.stream_opened", "sync.stream_closed"]
+
+
+async def test_while_the_gateway_is_busy_nothing_is_written_then_everything_is_in_order():
+    sink = ListSink()
+    busy = [True]
+    log = SyncLog(sink, "gw-1", window_s=5.0)
+    log.defer_while(lambda: busy[0])
+    log.start()
+    log.opened("s1", "web", "delta", "peer")
+    log.learned("s1", [Acked(CDS, "s1-1", {"a": "v1"})])
+    await asyncio.sleep(0.3)
+    assert sink.records == []  # the gateway is fanning a change out: the records wait
+    busy[0] = False
+    for _ in range(100):  # a bound against hanging, not a measurement
+        if len(sink.records) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert sink.types() == [("sync.stream_opened", None), ("sync.acked", "s1-1")]
+    await log.close()
+
+
+async def test_a_gateway_that_is_always_busy_still_gets_its_records_written_a_window_late():
+    sink = ListSink()
+    log = SyncLog(sink, "gw-1", window_s=0.3)
+    log.defer_while(lambda: True)
+    log.start()
+    log.opened("s1", "web", "delta", "peer")
+    log.learned("s1", [Acked(CDS, "s1-1", {"a": "v1"})])
+    await asyncio.sleep(0.1)
+    assert sink.records == []
+    for _ in range(150):
+        if len(sink.records) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert sink.types() == [("sync.stream_opened", None), ("sync.acked", "s1-1")]
+    await log.close()
+
+
+async def test_close_does_not_wait_for_a_busy_gateway():
+    sink = ListSink()
+    log = SyncLog(sink, "gw-1", window_s=60.0)
+    log.defer_while(lambda: True)
+    log.start()
+    log.opened("s1", "web", "delta", "peer")
+    log.learned("s1", [Acked(CDS, "s1-1", {"a": "v1"})])
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(log.close(timeout_s=5.0), 10.0)  # a bound against hanging on the 60 s window
+    assert sink.types() == [("sync.stream_opened", None), ("sync.acked", "s1-1"), ("sync.stream_closed", None)]

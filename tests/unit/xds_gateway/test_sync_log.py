@@ -99,49 +99,50 @@ async def test_an_invalid_record_is_dropped_and_counted_not_raised():
     assert [e.type for e in sink.records] == ["sync.stream_opened", "sync.stream_closed"]
 
 
-async def test_while_the_gateway_is_busy_nothing_is_written_then_everything_is_in_order():
-    sink = ListSink()
-    busy = [True]
-    log = SyncLog(sink, "gw-1", window_s=5.0)
-    log.defer_while(lambda: busy[0])
+def busy_log(sink: ListSink, busy, window_s: float) -> SyncLog:
+    """A started sync log deferring while ``busy()``, one stream opened and its first ACK learned."""
+    log = SyncLog(sink, "gw-1", window_s=window_s)
+    log.defer_while(busy)
     log.start()
     log.opened("s1", "web", "delta", "peer")
     log.learned("s1", [Acked(CDS, "s1-1", {"a": "v1"})])
+    return log
+
+
+async def written(sink: ListSink, count: int, within_s: float) -> list:
+    """The sink's record types once it holds ``count`` records (the wait is a bound against hanging)."""
+    for _ in range(int(within_s / 0.02)):
+        if len(sink.records) >= count:
+            break
+        await asyncio.sleep(0.02)
+    return sink.types()
+
+
+OPENED_AND_ACKED = [("sync.stream_opened", None), ("sync.acked", "s1-1")]
+
+
+async def test_while_the_gateway_is_busy_nothing_is_written_then_everything_is_in_order():
+    sink, busy = ListSink(), [True]
+    log = busy_log(sink, lambda: busy[0], window_s=5.0)
     await asyncio.sleep(0.3)
     assert sink.records == []  # the gateway is fanning a change out: the records wait
     busy[0] = False
-    for _ in range(100):  # a bound against hanging, not a measurement
-        if len(sink.records) == 2:
-            break
-        await asyncio.sleep(0.02)
-    assert sink.types() == [("sync.stream_opened", None), ("sync.acked", "s1-1")]
+    assert await written(sink, 2, within_s=2.0) == OPENED_AND_ACKED
     await log.close()
 
 
 async def test_a_gateway_that_is_always_busy_still_gets_its_records_written_a_window_late():
     sink = ListSink()
-    log = SyncLog(sink, "gw-1", window_s=0.3)
-    log.defer_while(lambda: True)
-    log.start()
-    log.opened("s1", "web", "delta", "peer")
-    log.learned("s1", [Acked(CDS, "s1-1", {"a": "v1"})])
+    log = busy_log(sink, lambda: True, window_s=0.3)
     await asyncio.sleep(0.1)
     assert sink.records == []
-    for _ in range(150):
-        if len(sink.records) == 2:
-            break
-        await asyncio.sleep(0.02)
-    assert sink.types() == [("sync.stream_opened", None), ("sync.acked", "s1-1")]
+    assert await written(sink, 2, within_s=3.0) == OPENED_AND_ACKED
     await log.close()
 
 
 async def test_close_does_not_wait_for_a_busy_gateway():
     sink = ListSink()
-    log = SyncLog(sink, "gw-1", window_s=60.0)
-    log.defer_while(lambda: True)
-    log.start()
-    log.opened("s1", "web", "delta", "peer")
-    log.learned("s1", [Acked(CDS, "s1-1", {"a": "v1"})])
+    log = busy_log(sink, lambda: True, window_s=60.0)
     await asyncio.sleep(0.05)
     await asyncio.wait_for(log.close(timeout_s=5.0), 10.0)  # a bound against hanging on the 60 s window
-    assert sink.types() == [("sync.stream_opened", None), ("sync.acked", "s1-1"), ("sync.stream_closed", None)]
+    assert sink.types() == [*OPENED_AND_ACKED, ("sync.stream_closed", None)]

@@ -27,10 +27,10 @@ Invariants:
 - Second to the streams (``defer_while``): while the gateway says it is busy
   (fanning a view change out), a flush does not start, a started one does not
   build its next slice, and the writer does not hand over its next batch --
-  for at most ``window_s`` from the flush's (or the writer's) wake-up, so a
-  gateway that is always busy still records everything, at most one window
-  late, and the queue drains as fast as before once that window is over.
-  ``close`` stops deferring. Building and appending the
+  for at most ``window_s`` per busy spell, flush and writer together (one
+  mark, ``_busy_since``), so a gateway that is always busy still records
+  everything, at most one window late, and the queue drains as fast as before
+  once that window is over. ``close`` stops deferring. Building and appending the
   records of 1,000 ACKs takes tens of milliseconds of the one event loop; in
   the middle of a fan-out that is latency added to the proxies not yet sent
   the change.
@@ -101,20 +101,23 @@ class SyncLog:
         self._ids = itertools.count(1)
         self._appended = {}  # event type -> its counter child, resolved once
         self._busy: Callable[[], bool] | None = None
+        self._busy_since: float | None = None  # loop time the current busy spell was first seen
 
     def defer_while(self, busy: Callable[[], bool]) -> None:
-        """Hold this log's work while ``busy()`` is true, up to ``window_s`` at a time (see the invariants)."""
+        """Hold this log's work while ``busy()`` is true, up to ``window_s`` per busy spell (see the invariants)."""
         self._busy = busy
 
-    async def _second_to_streams(self, since: float) -> None:
-        """Wait while the gateway is busy, until ``window_s`` after ``since`` (loop time) at the latest."""
-        if self._busy is None or not self._busy():
-            return
-        loop = asyncio.get_running_loop()
-        deadline = since + self.window_s
+    async def _second_to_streams(self) -> None:
+        """Wait while the gateway is busy, for at most ``window_s`` since this busy spell was first seen."""
         # self._busy read again each time: ``close`` clears it to end the wait
-        while self._busy is not None and self._busy() and loop.time() < deadline:
+        while self._busy is not None and self._busy():
+            now = asyncio.get_running_loop().time()
+            if self._busy_since is None:
+                self._busy_since = now
+            elif now - self._busy_since >= self.window_s:
+                return  # this spell has had its window: go on (the mark stays until the gateway is idle)
             await asyncio.sleep(BUSY_POLL_S)
+        self._busy_since = None
 
     # ------------------------------------------------------------ from streams (never block)
 
@@ -172,11 +175,9 @@ class SyncLog:
 
     async def _coalesce_loop(self) -> None:
         # leading edge: the first fact after a quiet spell goes out at once; then at most one flush per window
-        loop = asyncio.get_running_loop()
         while True:
             await self._coalesce_wake.wait()
-            woken = loop.time()
-            await self._second_to_streams(woken)
+            await self._second_to_streams()
             self._coalesce_wake.clear()
             self._flushing, self._coalesced = self._coalesced, {}
             done = 0
@@ -191,7 +192,7 @@ class SyncLog:
                 if done >= self._slice:
                     done = 0
                     await asyncio.sleep(0)
-                    await self._second_to_streams(woken)
+                    await self._second_to_streams()
             await asyncio.sleep(self.window_s)
 
     def _flush_all(self) -> None:
@@ -236,13 +237,11 @@ class SyncLog:
         self._write_wake.set()
 
     async def _write_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._write_wake.wait()
             self._write_wake.clear()
-            woken = loop.time()
             while self._queue:
-                await self._second_to_streams(woken)
+                await self._second_to_streams()
                 batch = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
                 self._idle.clear()
                 try:

@@ -10,10 +10,14 @@ Reads the event topics of an existing log from offset 0 the way the projector fe
    (``projector.merged_fetch``: ``events.merge_gate``, fetching from the starving partitions,
    filling a batch): the same count (0 expected), and the gate's own CPU.
 
-It appends nothing. Make a log first, e.g. ``python bench/replay.py`` (it prints the
-broker), then::
+Given a broker (``--bootstrap`` or $MESHLOG_KAFKA_BOOTSTRAP) it reads the log there as it is,
+appending nothing, e.g. the one ``python bench/replay.py`` leaves (it prints the broker)::
 
     MESHLOG_KAFKA_BOOTSTRAP=127.0.0.1:PORT python bench/catchup_order.py
+
+Without one it starts a fresh local broker (``meshlog.kafka_local.kafka_for_tests``), appends
+``--events`` of bench/replay.py's history (default 200,000) and measures that; the broker is
+stopped at the end. ``--events`` with a broker appends to its log first.
 
 ``--projector`` also times the whole projector's catch-up: ``projector run --insecure-events`` on
 a fresh data dir against that log, until it logs ``caught up at`` (wall and CPU seconds; it
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -198,14 +203,48 @@ def main() -> int:
                     help="the broker holding the log (default $MESHLOG_KAFKA_BOOTSTRAP)")
     ap.add_argument("--max-batch", type=int, default=20_000, help="records per batch, as `projector run` (20000)")
     ap.add_argument("--projector", action="store_true", help="also time a fresh `projector run` catching up")
+    ap.add_argument("--events", type=int, default=None,
+                    help="append this many events of bench/replay.py's history first (default: none given a "
+                         "broker; 200000 on the local broker started without one)")
     args = ap.parse_args()
-    if not args.bootstrap:
-        ap.error("--bootstrap (or $MESHLOG_KAFKA_BOOTSTRAP): the broker holding a log, e.g. bench/replay.py's")
-    print(asyncio.run(fetch_order(args.bootstrap, args.max_batch)), flush=True)
-    print(asyncio.run(through_gate(args.bootstrap, args.max_batch)), flush=True)
-    if args.projector:
-        print(projector_catch_up(args.bootstrap), flush=True)
+    if args.events is not None and args.events < 1:
+        ap.error("--events: at least 1")
+    if args.max_batch < 1:
+        ap.error("--max-batch: at least 1")
+    with contextlib.ExitStack() as stack:
+        bootstrap = args.bootstrap
+        if not bootstrap:
+            from meshlog.kafka_local import kafka_for_tests
+
+            # no broker given (nor $MESHLOG_KAFKA_BOOTSTRAP): a fresh one of its own, stopped at the end
+            bootstrap = stack.enter_context(kafka_for_tests())
+            if args.events is None:
+                args.events = 200_000
+        if args.events:
+            print(append_history(bootstrap, args.events), flush=True)
+        print(asyncio.run(fetch_order(bootstrap, args.max_batch)), flush=True)
+        print(asyncio.run(through_gate(bootstrap, args.max_batch)), flush=True)
+        if args.projector:
+            print(projector_catch_up(bootstrap), flush=True)
     return 0
+
+
+def append_history(bootstrap: str, events: int) -> str:
+    """Append ``events`` of bench/replay.py's history (its mesh, 500 services x 4 instances) to the event
+    topics, creating them if missing; a line saying what was appended."""
+    import importlib.util
+    import uuid
+
+    from events.admin import ensure_topics
+
+    # bench/replay.py, loaded by path: its module name is the ``replay`` package's
+    spec = importlib.util.spec_from_file_location("bench_replay", Path(__file__).resolve().parent / "replay.py")
+    bench_replay = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_replay)
+    asyncio.run(ensure_topics(bootstrap))
+    run = f"co{uuid.uuid4().hex[:6]}"
+    secs, n = asyncio.run(bench_replay.append(bootstrap, bench_replay.History(500, 4, run), events, run))
+    return f"log: {n:,} events of bench/replay.py's history appended to {bootstrap} in {secs:.1f} s"
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -64,6 +65,16 @@ def main() -> int:
     if not 1 <= args.services <= 500:
         parser.error("--services: keep it between 1 and 500")
 
+    workdir = Path(tempfile.mkdtemp(prefix="meshlog-bench-on-demand-"))
+    code = _measure(args, workdir)
+    if code == 0:  # the processes' logs stay only when something went wrong, to be read
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        print(f"the processes' logs are kept in {workdir}", flush=True)
+    return code
+
+
+def _measure(args, workdir: Path) -> int:
     import logging
 
     from events.admin import ensure_topics
@@ -75,7 +86,6 @@ def main() -> int:
     from tests.support.stack import start_gateway, start_projector, wait_until
 
     logging.basicConfig(level=logging.WARNING)
-    workdir = Path(tempfile.mkdtemp(prefix="meshlog-bench-on-demand-"))
     sfx = uuid.uuid4().hex[:6]
     services = [f"od{i}-{sfx}" for i in range(args.services)]
     processes = []

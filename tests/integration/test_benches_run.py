@@ -59,3 +59,13 @@ def test_the_on_demand_bench_gets_every_first_request_answered():
     out = run_bench("on_demand_first_request", "--services", "2", timeout=360)
     assert re.search(r"^first +n= +2 ", out, re.MULTILINE), out
     assert "failed first requests: 0 []" in out, out
+
+
+@pytest.mark.timeout(300)
+def test_the_catch_up_order_bench_builds_its_log_and_the_gate_folds_it_in_merge_order():
+    out = run_bench("catchup_order", "--events", "3000", "--projector", timeout=240)
+    assert re.search(r"^log: 3,000 events of bench/replay\.py's history appended", out, re.MULTILINE), out
+    assert re.search(r"^fetch order +3,000 records in", out, re.MULTILINE), out
+    # the projector's own fetch shell releases every record in the merge order
+    assert re.search(r"^merge gate +3,000 records in .*: +0 folded after a later record", out, re.MULTILINE), out
+    assert re.search(r"^projector +caught up in [\d.]+ s wall", out, re.MULTILINE), out

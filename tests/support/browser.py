@@ -13,6 +13,7 @@ import asyncio
 import base64
 import itertools
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -107,8 +108,10 @@ class Chromium:
         self.session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> "Chromium":
+        # TMPDIR inside the profile: chromium's own scratch dirs (its singleton socket's) go with it
         self.proc = subprocess.Popen([self.executable, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     env={**os.environ, "TMPDIR": str(self.profile)})
         port_file = self.profile / "DevToolsActivePort"
         deadline = time.monotonic() + 60
         while not (port_file.exists() and port_file.read_text().strip()):

@@ -59,9 +59,7 @@ Invariants:
   ``received_digest`` is ``events.envelope.received_digest_of`` the record's
   value, as the codec sets it.
 - Lazily, on an attestation: a decoder given ``attested`` (the digests of
-  records a believed projector attestation names: ``Verifier.attested``, an
-  ``events.attested.AttestedDigests``: the decoder keeps its own cursor into
-  it, as records come in the order they were attested)
+  records a believed projector attestation names: ``Verifier.attested``)
   decodes a signed record of an event topic whose ``received_digest`` is one
   of them without its signature fields: no shape checks of the signature and
   proof, no ``signed_bytes``, no ``proof`` (the projector's codec accepted
@@ -85,7 +83,6 @@ import msgspec
 import orjson
 
 from events import codec, topics
-from events.attested import DIGEST_BYTES, AttestedDigests
 from events.codec import decode_record, utc_time_or_none, validate_payload
 from events.envelope import ENVELOPE_FIELDS, REQUIRED_FIELDS, SIGNATURE_FIELDS, Envelope, Logged, received_digest_of
 from events.types import PAYLOAD_TYPES
@@ -225,8 +222,7 @@ LOGGED = _logged_builder()
 class RecordDecoder:
     """``decoder(record) -> Logged``; keeps hit/miss counters for reporting."""
 
-    __slots__ = ("_memo", "_old", "_young_bytes", "max_entries", "max_bytes", "hits", "misses", "_digests",
-                 "_attested_body", "_cursor", "lazy")
+    __slots__ = ("_memo", "_old", "_young_bytes", "max_entries", "max_bytes", "hits", "misses", "attested", "lazy")
 
     def __init__(self, max_entries: int = 65_536, max_bytes: int = 8 << 20,
                  attested: Container[bytes] | None = None) -> None:
@@ -245,32 +241,17 @@ class RecordDecoder:
         self.max_bytes = max_bytes
         self.hits = 0
         self.misses = 0
-        # the received digests of records a believed attestation names (``attested``: the verifier's, read at
-        # each call: it grows as attestations are read); None or empty: every record is decoded whole
+        # the received digests of records a believed attestation names (the verifier's set, read at each call:
+        # it grows as attestations are read); None or empty: every record is decoded whole
         self.attested = attested
         self.lazy = 0  # records decoded lazily on an attestation
-
-    @property
-    def attested(self) -> AttestedDigests | None:
-        return self._digests
-
-    @attested.setter
-    def attested(self, attested: Container[bytes] | None) -> None:
-        """``AttestedDigests`` (a verifier's ``attested()``: shared, read at each call) or any container of
-        digests (copied); this decoder keeps its own cursor into it (``events.attested``)."""
-        if attested is not None and not isinstance(attested, AttestedDigests):
-            attested = AttestedDigests(attested) if attested else None
-        self._digests = attested
-        # the digests' bytes, the same (growing) bytearray: its truthiness is read per record, at C speed
-        self._attested_body = attested.body if attested is not None else None
-        self._cursor = 0
 
     def __call__(self, record: Any) -> Logged:
         value = record.value
         if value is None or _HEADER is None:
             return decode_record(record)  # the codec's answer (or its error)
         topic = record.topic
-        if self._attested_body and _LAZY_HEADER is not None and topic in _LAZY_TOPICS:
+        if self.attested and _LAZY_HEADER is not None and topic in _LAZY_TOPICS:
             logged = self._attested(record, value)
             if logged is not None:
                 return logged
@@ -359,10 +340,7 @@ class RecordDecoder:
         if head.signer is _UNSET or head.signature is _UNSET:
             return None  # not signed (or half): nothing an attestation names
         digest = received_digest_of(value)
-        cursor = self._cursor
-        if self._attested_body.startswith(digest, cursor):  # the next one attested (``events.attested``)
-            self._cursor = cursor + DIGEST_BYTES
-        elif digest not in self._digests:
+        if digest not in self.attested:
             return None
         key = (head.type, head.schema_version, bytes(head.payload))
         known = self._memo.get(key)

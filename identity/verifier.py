@@ -91,7 +91,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from events.attested import DIGEST_BYTES, AttestedDigests
 from events.envelope import Envelope, Logged
 from events.signing import BATCH_PREFIX, leaf_hash, root_from_proof, verify_signature
 from identity.registry import EMPTY, Registry, epoch_ms, fold_many
@@ -149,10 +148,7 @@ class Verifier:
         # serial -> (held from ms, held until ms, the verdict naming its author): valid for ``_held_for`` only
         self._held: dict[str, tuple[int, int, Verdict]] = {}
         self._held_for: Registry = registry
-        # received digests attested by a trusted verifier (``attested``), in the order attested, and this
-        # verifier's cursor into them (``events.attested``: ``verdict`` is asked in the order records were folded)
-        self._vouched = AttestedDigests()
-        self._vouched_cursor = 0
+        self._vouched: set[bytes] = set()  # received digests attested by a trusted verifier (``attested``)
         self.vouched_hits = 0
         self.record_vouches: list[bytes] | None = None  # when a list: received digests of events found well signed
         self._root_keys = {format(root.serial_number, "x"): root.public_key() for root in self.roots}
@@ -225,16 +221,7 @@ class Verifier:
         serial, signature, received = env.signer, env.signature, env.received_digest
         if serial is None or signature is None:
             return Verdict(None, None, "unsigned", "the event is not signed")
-        if received is None:
-            vouched = False
-        else:  # attested? the digest at this verifier's cursor (which then moves on), or any other (events.attested)
-            cursor = self._vouched_cursor
-            if len(received) == DIGEST_BYTES and self._vouched.body.startswith(received, cursor):
-                self._vouched_cursor = cursor + DIGEST_BYTES
-                vouched = True
-            else:
-                vouched = received in self._vouched
-        if vouched:
+        if received is not None and received in self._vouched:
             # replay with attestations: the common case of a held key, two comparisons
             if self._held_for is not self.registry:  # another registry (``update``): its windows may differ
                 self._held.clear()
@@ -299,9 +286,9 @@ class Verifier:
         what = "expired at" if status == "expired" else "not valid before"
         return Verdict(None, serial, status, f"{cert.spiffe_id} (serial {serial}) {what} {when.isoformat()}")
 
-    def attested(self) -> AttestedDigests:
+    def attested(self) -> set[bytes]:
         """The received digests vouched for so far (``RecordDecoder(attested=...)`` decodes those records lazily);
-        the live object: later ``vouch`` calls add to it."""
+        the live set: later ``vouch`` calls add to it."""
         return self._vouched
 
     def check(self, serial: str, signature: str, data: bytes | None, logged_ms: int, *, what: str = "record",
@@ -440,7 +427,7 @@ class Verifier:
     def vouch(self, digests: Iterable[bytes]) -> None:
         """Take the received digests of records a trusted verifier found good as checked (see the module
         docstring)."""
-        self._vouched.add(digests)
+        self._vouched.update(digests)
 
     def _signature_ok(self, public_key, serial: str, signature: str, data: bytes, proof) -> bool:
         if proof is None:

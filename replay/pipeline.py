@@ -45,7 +45,6 @@ from typing import Any, AsyncIterator, Iterable
 from aiokafka import TopicPartition
 
 from events import kafka_security, record_decoder
-from events.attested import AttestedDigests
 from events.envelope import Envelope, Logged
 from projector.attestations import DIGEST_BYTES
 from replay.source import Batch, Cut, ReadStalled
@@ -192,22 +191,19 @@ def _portable(exc: BaseException) -> BaseException:
 
 
 def joined_digests(digests: Iterable[bytes]) -> bytes:
-    """The attested digests as one byte string (what crosses to the child: one object, not a million), in the
-    order attested when they are ``AttestedDigests``."""
-    if isinstance(digests, AttestedDigests):
-        return bytes(digests.body)
+    """The attested digests as one byte string (what crosses to the child: one object, not a million)."""
     joined = b"".join(digests)
     if len(joined) % DIGEST_BYTES:
         raise ValueError(f"a received digest is {DIGEST_BYTES} bytes")
     return joined
 
 
-def digests_of(joined: bytes) -> AttestedDigests:
-    return AttestedDigests.of_body(joined)
+def digests_of(joined: bytes) -> set[bytes]:
+    return {joined[i: i + DIGEST_BYTES] for i in range(0, len(joined), DIGEST_BYTES)}
 
 
 async def _read(conn, bootstrap: str, start: dict, stop: dict, batch: int, stall_s: float,
-                attested: AttestedDigests) -> None:
+                attested: set[bytes]) -> None:
     from events.record_decoder import RecordDecoder
     from replay.source import iter_cut, new_consumer
     from replay.young_gc import young_gc_only

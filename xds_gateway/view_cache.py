@@ -35,7 +35,9 @@ Invariants:
   that adds those clusters; serving it at once would hand Envoy a route to
   clusters it does not have yet (503 until they arrive). So the body a
   membership names is kept while a newer one waits for the membership to
-  move (the cache keeps the latest and the one before it per name), and the
+  move (the cache keeps the latest and the one before it per name; for a
+  versionless type, named at ``LATEST``, the one before only while some
+  membership names it by version), and the
   node's view changes when its membership does: clusters and the routes that
   use them change together, and the stream machine orders them. A membership
   naming a version the cache no longer has gets the latest body.
@@ -76,6 +78,7 @@ from events.printable import printable
 from meshlog.outage import KafkaOutageLog
 from events.kafka_security import connection_kwargs
 from projector.publisher import LATEST, record_version, source_ms_of
+from projector.versioning import VERSIONLESS_TYPES
 from xds_gateway import metrics
 from xds_gateway.protocol.resources import VersionedResource, make_resource
 
@@ -251,13 +254,12 @@ class ViewCache:
         if current is not None and current.version == resource.version:
             return  # a re-publication of the same bytes
         self._resources[ident] = resource
-        if current is not None:
-            self._previous[ident] = current
         if shared:
             self._shared[type_url][name] = resource
             self.shared_changed = True
             self._shared_view = None
         source = self._source_ms
+        named = False  # does some membership name the body just replaced?
         for node in self._referenced_by.get(ident, ()):
             # a node whose membership names the body just replaced keeps it until its membership moves
             if current is None or self._membership[node][type_url].get(name) != current.version:
@@ -265,6 +267,15 @@ class ViewCache:
                 self._type_changed(node, type_url)
                 if source_ms is not None and source_ms > source.get(node, 0):
                     source[node] = source_ms
+            else:
+                named = True
+        # the body before is kept for memberships that name it. Those of a versionless type (endpoints) name
+        # ``LATEST``: their body before is kept only while one names it by version (a projector from before
+        # ``VERSIONLESS_TYPES``), so an endpoint's every change no longer leaves a second body in memory
+        if current is not None and (named or type_url not in VERSIONLESS_TYPES):
+            self._previous[ident] = current
+        else:
+            self._previous.pop(ident, None)
 
     def apply_membership(self, key: bytes, value: bytes | None, changed: set[str]) -> None:
         node = key.decode()

@@ -195,6 +195,31 @@ def test_endpoints_named_at_the_latest_reach_their_holders_with_the_body_alone()
     assert cache.told_versions("web-1", ENDPOINT) == {"reviews": LATEST}
 
 
+def test_an_endpoint_body_named_at_the_latest_leaves_no_body_before_it_in_memory():
+    # a body before is kept only for memberships that name it; endpoints are named at LATEST, so every health
+    # flip used to leave a second body per endpoint name that nothing could ask for
+    cache, _ = ready_cache()
+    cache.apply_records([body(ENDPOINT, "reviews", b"one endpoint"), body(ENDPOINT, "ratings", b"r1"),
+                         member("web-1", {ENDPOINT: {"reviews": LATEST, "ratings": LATEST}})])
+    cache.apply_records([body(ENDPOINT, "reviews", b"two endpoints"), body(ENDPOINT, "ratings", b"r2")])
+    assert cache._previous == {}
+    assert cache.node_view("web-1")[ENDPOINT]["reviews"].body == b"two endpoints"
+    # one membership naming it by version (a projector from before LATEST): kept while it does
+    cache.apply_records([member("api-1", {ENDPOINT: {"reviews": version_of(b"two endpoints")}})])
+    cache.apply_records([body(ENDPOINT, "reviews", b"three endpoints")])
+    assert cache.node_view("api-1")[ENDPOINT]["reviews"].body == b"two endpoints"
+    assert cache.node_view("web-1")[ENDPOINT]["reviews"].body == b"three endpoints"
+    cache.apply_records([member("api-1", {ENDPOINT: {"reviews": LATEST}}), body(ENDPOINT, "reviews", b"four")])
+    assert cache._previous == {}
+
+
+def test_a_route_body_before_is_kept_for_its_membership_as_before():
+    cache, _ = ready_cache()
+    cache.apply_records([body(ROUTE, "web-1~outbound", b"old"), member("web-1", {ROUTE: {"web-1~outbound": "x"}})])
+    cache.apply_records([body(ROUTE, "web-1~outbound", b"new")])  # nobody names "old"'s version: kept anyway
+    assert (ROUTE, "web-1~outbound") in cache._previous
+
+
 def test_the_cache_carries_each_node_owner_and_a_new_owner_alone_changes_the_node():
     cache, seen = ready_cache()
 

@@ -69,3 +69,12 @@ def test_the_catch_up_order_bench_builds_its_log_and_the_gate_folds_it_in_merge_
     # the projector's own fetch shell releases every record in the merge order
     assert re.search(r"^merge gate +3,000 records in .*: +0 folded after a later record", out, re.MULTILINE), out
     assert re.search(r"^projector +caught up in [\d.]+ s wall", out, re.MULTILINE), out
+
+
+@pytest.mark.timeout(120)
+def test_the_view_cache_memory_bench_changes_every_endpoint_and_keeps_no_body_before():
+    out = run_bench("view_cache_memory", "--names", "200", "--nodes", "100", "--changes", "2", timeout=90)
+    assert re.search(r"^200 endpoint bodies of 300 B, 100 memberships naming 5 each at LATEST: [\d.]+ MB held",
+                     out, re.MULTILINE), out
+    assert len(re.findall(r"^after change round \d \(every body once\): [\d.]+ MB held, 0 bodies before kept",
+                          out, re.MULTILINE)) == 2, out

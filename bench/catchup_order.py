@@ -232,15 +232,12 @@ def main() -> int:
 def append_history(bootstrap: str, events: int) -> str:
     """Append ``events`` of bench/replay.py's history (its mesh, 500 services x 4 instances) to the event
     topics, creating them if missing; a line saying what was appended."""
-    import importlib.util
     import uuid
 
     from events.admin import ensure_topics
+    from tests.support.benches import bench_module
 
-    # bench/replay.py, loaded by path: its module name is the ``replay`` package's
-    spec = importlib.util.spec_from_file_location("bench_replay", Path(__file__).resolve().parent / "replay.py")
-    bench_replay = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_replay)
+    bench_replay = bench_module("replay", registered_as="bench_replay")  # its name is the ``replay`` package's
     asyncio.run(ensure_topics(bootstrap))
     run = f"co{uuid.uuid4().hex[:6]}"
     secs, n = asyncio.run(bench_replay.append(bootstrap, bench_replay.History(500, 4, run), events, run))

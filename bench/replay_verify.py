@@ -62,12 +62,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def _bench_replay():
     """bench/replay.py (its history), loaded by path: its module name is the ``replay`` package's."""
-    import importlib.util
+    from tests.support.benches import bench_module
 
-    spec = importlib.util.spec_from_file_location("bench_replay", Path(__file__).resolve().parent / "replay.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("replay", registered_as="bench_replay")
 
 
 def build(args) -> tuple[list, list, list, object]:

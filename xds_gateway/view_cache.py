@@ -36,8 +36,8 @@ Invariants:
   clusters it does not have yet (503 until they arrive). So the body a
   membership names is kept while a newer one waits for the membership to
   move (the cache keeps the latest and the one before it per name; for a
-  versionless type, named at ``LATEST``, the one before only while some
-  membership names it by version), and the
+  versionless type, named at ``LATEST``, the one before only if some
+  membership names it by version when it is replaced), and the
   node's view changes when its membership does: clusters and the routes that
   use them change together, and the stream machine orders them. A membership
   naming a version the cache no longer has gets the latest body.
@@ -270,8 +270,8 @@ class ViewCache:
             else:
                 named = True
         # the body before is kept for memberships that name it. Those of a versionless type (endpoints) name
-        # ``LATEST``: their body before is kept only while one names it by version (a projector from before
-        # ``VERSIONLESS_TYPES``), so an endpoint's every change no longer leaves a second body in memory
+        # ``LATEST``: their body before is kept only if one names it by version when it is replaced (a projector
+        # from before ``VERSIONLESS_TYPES``), so an endpoint's every change no longer leaves a second body in memory
         if current is not None and (named or type_url not in VERSIONLESS_TYPES):
             self._previous[ident] = current
         else:

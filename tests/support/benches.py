@@ -13,9 +13,11 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
-def bench_module(name: str):
-    """``bench/<name>.py`` as a module."""
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+def bench_module(name: str, registered_as: str | None = None):
+    """``bench/<name>.py`` as a module, in ``sys.modules`` as ``registered_as`` (default: ``name``; give another
+    where the script's name is a package's, e.g. ``bench/replay.py`` and ``replay``)."""
+    registered_as = registered_as or name
+    spec = importlib.util.spec_from_file_location(registered_as, BENCH / f"{name}.py")
+    module = sys.modules[registered_as] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -22,10 +22,13 @@ the fold (one thread); signed records with ``Verifier.verify_ahead`` in a
 worker process (the wall figure is what a free second core buys; the CPU
 figure is this process's only); signed records attested by the projector:
 its attestation records (``projector.attestations``, one per 5,000 events
-it folded, signed by its identity) are checked as replay's ``rebuild`` does
-(``replay.attestations.vouch_records``, counted: one ECDSA check per record)
-and their digests then stand for each listed signature's ECDSA check and
-Merkle proof. The folds must agree byte for byte (checked). The log's size
+it folded in merge order, naming the runs of each partition's records in
+that batch, signed by its identity: ``attestation_values``) are checked as
+replay's ``rebuild`` does (``replay.attestations.vouch_records``, counted:
+one ECDSA check per record), each run is matched against the records'
+bytes as replay's read does (``replay.attested_runs``), and a matched run
+then stands for each of its signatures' ECDSA check and Merkle proof. The
+folds must agree byte for byte (checked). The log's size
 is also given as the event producers send it, zstd-compressed per producer
 batch (``compressed_size``).
 
@@ -33,7 +36,8 @@ batch (``compressed_size``).
 on a fresh local broker (bench/replay.py's, or $MESHLOG_KAFKA_BOOTSTRAP),
 fetch included: the unsigned log replayed with ``--insecure-events``; the
 signed one with its identities and the projector's attestations on their
-topics, replayed verifying (the default). ``replay --at T --no-snapshot
+topics (made from the records as the broker logged them: read back, in
+merge order, in batches of 5,000), replayed verifying (the default). ``replay --at T --no-snapshot
 --json``, in one process (MESHLOG_REPLAY_PARALLEL=0, so its CPU is all in
 the figure; ``--parallel 1``: with replay's second reading process),
 ``--repeat`` runs each, alternating, of: the unsigned log, the signed log
@@ -169,6 +173,18 @@ def compressed_size(envs, values, health, step: int) -> int:
 BASE_MS = int(time.time() * 1000)  # the records' broker time: one for every run (the state keeps it)
 
 
+def attestation_values(records, signer, good=lambda record: True, per: int = 5000) -> list[bytes]:
+    """The attestation records a projector folding ``records`` (in merge order) in batches of ``per`` appends: the
+    runs of each batch's records found ``good`` (``projector.attestations.runs_of``), signed by ``signer``."""
+    from projector.attestations import MAX_RUNS, encode_attestation, runs_of
+
+    values = []
+    for i in range(0, len(records), per):
+        runs = runs_of((r.topic, r.partition, r.offset, r.value, good(r)) for r in records[i: i + per])
+        values += [encode_attestation(runs[j: j + MAX_RUNS], signer) for j in range(0, len(runs), MAX_RUNS)]
+    return values
+
+
 def run(values, verifier, pool, attestations=()) -> tuple[float, float, bytes]:
     from events.record_decoder import RecordDecoder
     from replay.engine import no_gc
@@ -185,12 +201,21 @@ def _run(records, decoder, verifier, pool, attestations) -> tuple[float, float, 
     from projector.state import empty_state, state_to_bytes
 
     t0, c0 = time.perf_counter(), time.process_time()
-    if attestations:  # as replay's rebuild takes them: each record's signature checked once, then its digests
+    if attestations:  # as replay's rebuild takes them: each record's signature checked once, then its runs
         from replay.attestations import vouch_records
 
         vouched = vouch_records(verifier, attestations)
         assert vouched.refused == 0, vouched.why
-        decoder.attested = verifier.attested()  # as rebuild decodes: the attested records without their signatures
+        # as replay's read matches them (``iter_cut``), a partition at a time here: the log is in memory
+        screen = vouched.attested().screen()
+        by_partition: dict = {}
+        for r in records:
+            by_partition.setdefault((r.topic, r.partition), []).append(r)
+        for (topic, partition), found in by_partition.items():
+            held = screen.offer(topic, partition, found) + screen.finish(topic, partition)
+            assert len(held) == len(found)
+        assert screen.mismatched == 0, screen.as_dict()
+        decoder.attested = screen  # as rebuild decodes: the records of matched runs without their signatures
     buffer, refused = FoldBuffer(empty_state()), []  # as rebuild folds a long cut
     for i in range(0, len(records), 5000):
         batch = [decoder(r) for r in records[i: i + 5000]]
@@ -229,7 +254,7 @@ async def _append(bootstrap: str, records: list[tuple[str, bytes | None, bytes]]
         await producer.stop()
 
 
-def cli(args, unsigned, signed, identities, stats, attestation_values) -> None:
+def cli(args, unsigned, signed, identities, stats) -> None:
     """Both logs through the ``replay`` CLI, each on its own fresh broker (see the module docstring)."""
     import asyncio
     import os
@@ -249,12 +274,11 @@ def cli(args, unsigned, signed, identities, stats, attestation_values) -> None:
     logs = {
         "unsigned, --insecure-events": ([(topic, keys[i], v) for i, (topic, v) in enumerate(unsigned)],
                                         ["--insecure-events"]),
-        # in three appends, each acknowledged before the next: an event logged before its signer's issuance is
-        # refused (unknown_signer), an attestation is read only after the events it names
+        # in two appends, each acknowledged before the next: an event logged before its signer's issuance is
+        # refused (unknown_signer); the attestations follow, made from the log as the broker wrote it
         "signed, verified, attested": (
             [(topics.IDENTITIES, lg.envelope.payload.key().encode(), encode(lg.envelope)) for lg in identities],
             [(topic, keys[i], v) for i, (topic, v) in enumerate(signed)],
-            [(topics.ATTESTATIONS, ATTESTATION_KEY, value) for value in attestation_values],
             []),
     }
     # what is timed: each log replayed as it must be, and the signed log also unverified (what verification
@@ -279,8 +303,16 @@ def cli(args, unsigned, signed, identities, stats, attestation_values) -> None:
             for records in parts:
                 asyncio.run(_append(bootstrap, records))
                 time.sleep(0.05)
+            appended = sum(map(len, parts))
+            if name == "signed, verified, attested":  # what the projector, folding this log, would attest
+                logged = asyncio.run(_read_back(bootstrap))
+                values = attestation_values(logged, stats["projector"])
+                asyncio.run(_append(bootstrap, [(topics.ATTESTATIONS, ATTESTATION_KEY, v) for v in values]))
+                appended += len(values)
+                print(f"attestations: {len(values):,} records naming {len(logged):,} records, "
+                      f"{sum(map(len, values)) / 1e6:.1f} MB", flush=True)
             brokers[name] = (bootstrap, f"@{int(time.time() * 1000)}")
-            print(f"{name}: {sum(map(len, parts)):,} records appended in {time.perf_counter() - t0:.0f} s "
+            print(f"{name}: {appended:,} records appended in {time.perf_counter() - t0:.0f} s "
                   f"({bootstrap})", flush=True)
         logs.clear()
         for repeat in range(args.repeat):
@@ -318,7 +350,7 @@ def cli(args, unsigned, signed, identities, stats, attestation_values) -> None:
               f"{verified_best[0] / unverified_best[0] - 1:+.1%}, CPU {verified_best[1] / unverified_best[1] - 1:+.1%}",
               flush=True)
     print(f"{len(views[0]):,} nodes told the same verified as unverified; the attestations on the log vouch for "
-          f"{vouched['digests']:,} records ({vouched['refused']} refused)", flush=True)
+          f"{vouched['records']:,} records in {vouched['runs']:,} runs ({vouched['refused']} refused)", flush=True)
 
 
 def _hold(brokers: dict[str, tuple[str, str]]) -> None:
@@ -334,6 +366,24 @@ def _hold(brokers: dict[str, tuple[str, str]]) -> None:
             time.sleep(3600)
     except KeyboardInterrupt:
         print("stopping the brokers", flush=True)
+
+
+async def _read_back(bootstrap: str) -> list:
+    """Every record of the event topics as the broker logged them, in merge order (as the projector folds)."""
+    from events import topics
+    from replay.engine import open_log
+    from replay.source import plan_cut
+
+    async with open_log(bootstrap) as consumer:
+        cut = await plan_cut(consumer, int(time.time() * 1000) + 60_000)
+        consumer.assign(list(cut.stop))
+        records = []
+        for tp, stop in cut.stop.items():
+            consumer.seek(tp, cut.start[tp])
+            while await consumer.position(tp) < stop:
+                records += (await consumer.getmany(tp, timeout_ms=1000, max_records=50_000)).get(tp, [])
+    order = topics.merge_order
+    return sorted(records, key=lambda r: order(r.timestamp, r.topic, r.partition, r.offset))
 
 
 async def _vouched(bootstrap: str) -> dict:
@@ -400,21 +450,22 @@ def main() -> int:
     folds["inline"] = body
     from events import topics
 
-    projector = stats["projector"]
-    # the projector's attestation records: one per batch it folded (5,000 events here), signed by it
-    from projector.attestations import encode_attestation
+    if args.cli:
+        cli(args, unsigned, signed, identities, stats)
+        return 0
+    # the projector's attestation records: one per batch it folded (5,000 events here), naming the runs of the
+    # records it found well signed (those the verifier above found so), signed by it
+    from events.envelope import received_digest_of
     from tests.unit.events.test_record_decoder import Rec
 
-    per = 5000 * len(vouches) // max(1, args.events)
-    attestations = [Rec(encode_attestation(vouches[i: i + per], projector), topics.ATTESTATIONS, 0, n, BASE_MS + args.events)
-                    for n, i in enumerate(range(0, len(vouches), per))]
-    print(f"attestations: {len(attestations):,} records, {sum(len(r.value) for r in attestations) / 1e6:.1f} MB",
+    good = set(vouches)
+    logged = [Rec(v, topic, 0, i, BASE_MS + i) for i, (topic, v) in enumerate(signed)]  # as ``run`` logs them
+    attested = [Rec(value, topics.ATTESTATIONS, 0, n, BASE_MS + args.events) for n, value in
+                enumerate(attestation_values(logged, stats["projector"], lambda r: received_digest_of(r.value) in good))]
+    print(f"attestations: {len(attested):,} records, {sum(len(r.value) for r in attested) / 1e6:.1f} MB",
           flush=True)
-    if args.cli:
-        cli(args, unsigned, signed, identities, stats, [r.value for r in attestations])
-        return 0
     v = verifier()
-    cpu, wall, body = run(signed, v, None, attestations)
+    cpu, wall, body = run(signed, v, None, attested)
     results["signed, attested by the projector"] = (cpu, wall, v.checked)
     folds["attested"] = body
     assert v.vouched_hits == len(vouches), (v.vouched_hits, len(vouches))

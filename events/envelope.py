@@ -23,9 +23,13 @@ Invariants:
   (``received_digest_of``), set by the decoders and nothing else; what a
   projector attestation names (``projector.attestations``). It binds every
   byte of the record: signature, proof, serial, payload and their spelling.
-  An envelope decoded lazily because an attestation named its digest
-  (``events.record_decoder``) has no ``signed_bytes`` and no ``proof``: the
-  verifier accepts it only on that attestation. No part in equality.
+  An envelope decoded lazily because its record lies in a projector's
+  attested run that the read matched (``events.record_decoder``,
+  ``replay.attested_runs``) has no ``signed_bytes`` and no ``proof``, and
+  ``ATTESTED_RUN`` for its ``received_digest``: the verifier accepts it only
+  as attested. Only that decoder path sets ``ATTESTED_RUN``; nothing read
+  from a record can be it (an object, not bytes: compared by identity). No
+  part in equality.
 """
 
 from __future__ import annotations
@@ -49,6 +53,23 @@ SIGNATURE_FIELDS: tuple[str, ...] = ("signer", "signature")
 #: an envelope signed as part of a batch also has this (its Merkle proof, events.signing)
 BATCH_FIELDS: tuple[str, ...] = ("proof",)
 ENVELOPE_FIELDS: tuple[str, ...] = REQUIRED_FIELDS + SIGNATURE_FIELDS + BATCH_FIELDS
+
+
+class _AttestedRun:
+    """The type of ``ATTESTED_RUN``: one instance, which pickles by name (it crosses from replay's reading
+    process as itself, ``replay.pipeline``)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ATTESTED_RUN"
+
+    def __reduce__(self) -> str:
+        return "ATTESTED_RUN"
+
+
+#: the ``received_digest`` of an envelope decoded lazily in a matched attested run (see the module docstring)
+ATTESTED_RUN = _AttestedRun()
 
 
 def received_digest_of(value: bytes) -> bytes:

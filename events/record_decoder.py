@@ -58,18 +58,21 @@ Invariants:
   ``events.codec.decode``. Its
   ``received_digest`` is ``events.envelope.received_digest_of`` the record's
   value, as the codec sets it.
-- Lazily, on an attestation: a decoder given ``attested`` (the digests of
-  records a believed projector attestation names: ``Verifier.attested``)
-  decodes a signed record of an event topic whose ``received_digest`` is one
-  of them without its signature fields: no shape checks of the signature and
-  proof, no ``signed_bytes``, no ``proof`` (the projector's codec accepted
-  and its verifier checked exactly these bytes: the digest binds every one of
-  them). Everything else is the fast path's (a memo hit or a first
+- Lazily, on an attestation: a decoder given ``attested`` (what a read
+  matched of the projector's attested runs: ``replay.attested_runs.RunScreen``,
+  whose ``covers(record)`` says the record lies in a run whose bytes were
+  found exactly as the projector verified them) decodes a signed record of
+  an event topic it covers without its signature fields: no shape checks of
+  the signature and proof, no ``signed_bytes``, no ``proof``, no digest of
+  its own (the projector's codec accepted and its verifier checked exactly
+  these bytes: the run's digest binds every one of them). Its
+  ``received_digest`` is ``events.envelope.ATTESTED_RUN``, which only this
+  path sets. Everything else is the fast path's (a memo hit or a first
   sighting's payload validation, the topic, id, producer and time checks);
   anything refused there goes the full way (and is refused with the codec's
-  reason). Such an envelope verifies only on that attestation
-  (``Verifier.verdict``); a record whose digest is not attested is decoded
-  and checked the full way, so a bad signature or proof is refused exactly as
+  reason). Such an envelope verifies only as attested
+  (``Verifier.verdict``); a record no matched run covers is decoded and
+  checked the full way, so a bad signature or proof is refused exactly as
   before.
 """
 
@@ -77,14 +80,15 @@ from __future__ import annotations
 
 import dataclasses
 import types
-from typing import Any, Container
+from typing import Any
 
 import msgspec
 import orjson
 
 from events import codec, topics
 from events.codec import decode_record, utc_time_or_none, validate_payload
-from events.envelope import ENVELOPE_FIELDS, REQUIRED_FIELDS, SIGNATURE_FIELDS, Envelope, Logged, received_digest_of
+from events.envelope import (ATTESTED_RUN, ENVELOPE_FIELDS, REQUIRED_FIELDS, SIGNATURE_FIELDS, Envelope, Logged,
+                             received_digest_of)
 from events.types import PAYLOAD_TYPES
 from events.upcast import upcast
 
@@ -225,7 +229,7 @@ class RecordDecoder:
     __slots__ = ("_memo", "_old", "_young_bytes", "max_entries", "max_bytes", "hits", "misses", "attested", "lazy")
 
     def __init__(self, max_entries: int = 65_536, max_bytes: int = 8 << 20,
-                 attested: Container[bytes] | None = None) -> None:
+                 attested: Any = None) -> None:
         # (type, version, payload bytes) -> [validated payload, the canonical bytes orjson writes for it or None
         # until a signed envelope needs them], in two
         # generations of at most max_entries / 2: when the young one is full it becomes the old one and the old
@@ -241,8 +245,8 @@ class RecordDecoder:
         self.max_bytes = max_bytes
         self.hits = 0
         self.misses = 0
-        # the received digests of records a believed attestation names (the verifier's set, read at each call:
-        # it grows as attestations are read); None or empty: every record is decoded whole
+        # what this read matched of the believed attestations (``replay.attested_runs.RunScreen``: ``covers``);
+        # None: every record is decoded whole
         self.attested = attested
         self.lazy = 0  # records decoded lazily on an attestation
 
@@ -251,7 +255,8 @@ class RecordDecoder:
         if value is None or _HEADER is None:
             return decode_record(record)  # the codec's answer (or its error)
         topic = record.topic
-        if self.attested and _LAZY_HEADER is not None and topic in _LAZY_TOPICS:
+        if (self.attested is not None and _LAZY_HEADER is not None and topic in _LAZY_TOPICS
+                and self.attested.covers(record)):
             logged = self._attested(record, value)
             if logged is not None:
                 return logged
@@ -328,9 +333,10 @@ class RecordDecoder:
         return known
 
     def _attested(self, record: Any, value: Any) -> Logged | None:
-        """The envelope of an attested signed record, decoded without its signature fields; None: decode it whole.
+        """The envelope of a signed record in a matched attested run, decoded without its signature fields; None:
+        decode it whole.
 
-        The projector decoded and verified exactly these bytes (``digest`` binds them all), so what its codec
+        The projector decoded and verified exactly these bytes (the run's digest binds them all), so what its codec
         checked of the signature fields (their shape) holds; ``signed_bytes`` and ``proof`` are only needed to
         check a signature the verifier will not check."""
         try:
@@ -339,9 +345,6 @@ class RecordDecoder:
             return None
         if head.signer is _UNSET or head.signature is _UNSET:
             return None  # not signed (or half): nothing an attestation names
-        digest = received_digest_of(value)
-        if digest not in self.attested:
-            return None
         key = (head.type, head.schema_version, bytes(head.payload))
         known = self._memo.get(key)
         hit = known is not None
@@ -356,7 +359,7 @@ class RecordDecoder:
         if at is None:
             return None
         env = _SIGNED_ENVELOPE(head.event_id, ptype.TYPE, ptype.SCHEMA_VERSION, at, head.producer, known[0],
-                               head.signer, head.signature, None, None, digest)
+                               head.signer, head.signature, None, None, ATTESTED_RUN)
         if hit:
             self.hits += 1
         self.lazy += 1

@@ -48,28 +48,26 @@ Invariants:
   time (held at the event's log time, revoked) stay in ``verdict``, in fold
   order. Only results for keys the registry already held are computed ahead;
   anything else is checked in the fold as before.
-- Attested signatures (the building block of projector attestations, see
-  ``vouch``): the ``received_digest`` of a signed record (SHA-256 of its
-  value exactly as received: ``events.envelope.received_digest_of``) vouched
-  for by a verifier the caller trusts (the projector, whose signed records
-  replay verifies before use) stands for the ECDSA check (and, for a batch
+- Attested signatures (what projector attestations give replay:
+  ``projector.attestations``, ``replay.attested_runs``): an envelope whose
+  ``received_digest`` is ``events.envelope.ATTESTED_RUN`` was decoded from a
+  record lying in a run a projector attested and the read found byte for
+  byte as attested; the run stands for the ECDSA check (and, for a batch
   member, the Merkle proof) of the signature in those bytes: a fact about
-  the key and the bytes only. The digest binds every byte of the record
-  (serial, signature, proof, signed fields), so no record but that one can
-  use it. The checks that depend on the log time (issued before it, valid
-  at it, not revoked) still run for every attested event. The certificate's
-  own check (its chain to a root, its key, its SPIFFE id against the
-  issuance's) is vouched for too: a verifier attests a signature only after
-  it verified it with a certificate that passed that check, so replay does
-  not parse the certificates of signers whose events are all attested (an
-  ECDSA check and a parse each, ~0.27 ms: 2,000 signers ~0.5 s of a cold
-  replay). The author is then the issuance's SPIFFE id, the root-signed fact
-  the certificate check compares the certificate with; a certificate this
-  verifier found untrusted (on an unattested event) stays untrusted. An envelope decoded without its signed bytes
-  (lazily, on an attestation: ``events.record_decoder``) is accepted only on
-  an attestation this verifier holds, else refused (``bad_signature``). With
-  ``record_vouches`` set to a list, the received digest of every event whose
-  signature this verifier found good is appended to it (what it can attest).
+  the key and the bytes only. The checks that depend on the log time
+  (issued before it, valid at it, not revoked) still run for every attested
+  event. The certificate's own check (its chain to a root, its key, its
+  SPIFFE id against the issuance's) is vouched for too: a projector attests
+  a signature only after it verified it with a certificate that passed that
+  check, so replay does not parse the certificates of signers whose events
+  are all attested (an ECDSA check and a parse each, ~0.27 ms: 2,000
+  signers ~0.5 s of a cold replay). The author is then the issuance's
+  SPIFFE id, the root-signed fact the certificate check compares the
+  certificate with; a certificate this verifier found untrusted (on an
+  unattested event) stays untrusted. Any other envelope without its signed
+  bytes is refused (``bad_signature``). With ``record_vouches`` set to a
+  list, the received digest of every event whose signature this verifier
+  found good is appended to it (what the projector attests).
 - Identity facts are the root's: with roots, ``update`` folds an identity
   event only if it is signed by one of them (the envelope names the root's
   serial; one ECDSA check against the configured root, nothing learned from
@@ -91,7 +89,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from events.envelope import Envelope, Logged
+from events.envelope import ATTESTED_RUN, Envelope, Logged
 from events.signing import BATCH_PREFIX, leaf_hash, root_from_proof, verify_signature
 from identity.registry import EMPTY, Registry, epoch_ms, fold_many
 from identity.spiffe import SpiffeId, SpiffeIdError, parse
@@ -148,8 +146,7 @@ class Verifier:
         # serial -> (held from ms, held until ms, the verdict naming its author): valid for ``_held_for`` only
         self._held: dict[str, tuple[int, int, Verdict]] = {}
         self._held_for: Registry = registry
-        self._vouched: set[bytes] = set()  # received digests attested by a trusted verifier (``attested``)
-        self.vouched_hits = 0
+        self.vouched_hits = 0  # attested events answered (``ATTESTED_RUN``)
         self.record_vouches: list[bytes] | None = None  # when a list: received digests of events found well signed
         self._root_keys = {format(root.serial_number, "x"): root.public_key() for root in self.roots}
         self.identities_refused = 0
@@ -221,7 +218,7 @@ class Verifier:
         serial, signature, received = env.signer, env.signature, env.received_digest
         if serial is None or signature is None:
             return Verdict(None, None, "unsigned", "the event is not signed")
-        if received is not None and received in self._vouched:
+        if received is ATTESTED_RUN:
             # replay with attestations: the common case of a held key, two comparisons
             if self._held_for is not self.registry:  # another registry (``update``): its windows may differ
                 self._held.clear()
@@ -233,8 +230,8 @@ class Verifier:
             return self._attested_verdict(serial, logged_ms)
         data = env.signed_bytes
         if data is None:
-            return Verdict(None, serial, "bad_signature", "the event was decoded without its signed bytes (on an "
-                           "attestation this verifier does not hold): its signature is not checked")
+            return Verdict(None, serial, "bad_signature", "the event was decoded without its signed bytes and not "
+                           "in an attested run: its signature is not checked")
         return self.check(serial, signature, data, logged_ms, what="event", proof=env.proof, received=received)
 
     def _attested_verdict(self, serial: str, logged_ms: int) -> Verdict:
@@ -285,11 +282,6 @@ class Verifier:
         when = cert.not_after if status == "expired" else cert.not_before
         what = "expired at" if status == "expired" else "not valid before"
         return Verdict(None, serial, status, f"{cert.spiffe_id} (serial {serial}) {what} {when.isoformat()}")
-
-    def attested(self) -> set[bytes]:
-        """The received digests vouched for so far (``RecordDecoder(attested=...)`` decodes those records lazily);
-        the live set: later ``vouch`` calls add to it."""
-        return self._vouched
 
     def check(self, serial: str, signature: str, data: bytes | None, logged_ms: int, *, what: str = "record",
               proof: tuple[str, ...] | None = None, received: bytes | None = None, attested: bool = False
@@ -357,8 +349,6 @@ class Verifier:
                 key = self._key(serial)  # the certificate check: once per serial, cached
             if key.public_key is None:
                 continue
-            if env.received_digest is not None and env.received_digest in self._vouched:
-                continue  # attested: verdict will not check it
             if env.proof is not None:
                 if (serial, signature) in batches:
                     continue
@@ -423,11 +413,6 @@ class Verifier:
                     self._stolen[cache_key] = verify_signature(public_key, signature, data)
                 return True
         return False
-
-    def vouch(self, digests: Iterable[bytes]) -> None:
-        """Take the received digests of records a trusted verifier found good as checked (see the module
-        docstring)."""
-        self._vouched.update(digests)
 
     def _signature_ok(self, public_key, serial: str, signature: str, data: bytes, proof) -> bool:
         if proof is None:

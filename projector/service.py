@@ -830,7 +830,7 @@ class ProjectorService:
         dead += fold_dead
         self.state = new_state
         if self.verifier is not None and self.verifier.record_vouches:
-            await self._attest()
+            await self._attest(fresh, decoded)
         t2 = time.perf_counter()
 
         # offsets and counters of the in-memory state
@@ -913,17 +913,21 @@ class ProjectorService:
         self._log_batch(res, dead_out, rej_out)
         return res
 
-    async def _attest(self) -> None:
-        """Append the signatures this batch's fold found good, signed (``projector.attestations``): replay takes
-        them instead of checking each again. Not waited for: a lost one costs replay the full check, nothing else."""
-        from projector.attestations import KEY, MAX_DIGESTS, encode_attestation
+    async def _attest(self, fresh: list, decoded: list[tuple[Any, Logged]]) -> None:
+        """Append the runs of records whose signatures this batch's fold found good, signed
+        (``projector.attestations``): replay takes them instead of checking each again. ``fresh``: the batch's
+        records in the order taken in; ``decoded``: (record, event) of those decoded. Not waited for: a lost one
+        costs replay the full check, nothing else."""
+        from projector.attestations import KEY, MAX_RUNS, encode_attestation, runs_of
 
-        digests, self.verifier.record_vouches = self.verifier.record_vouches, []
+        good, self.verifier.record_vouches = set(self.verifier.record_vouches), []
         if not self._records_decisions():
             return  # another worker (the owner of shard 0) folds the same events and attests them
+        digest_of = {id(r): lg.envelope.received_digest for r, lg in decoded}
+        runs = runs_of((r.topic, r.partition, r.offset, r.value, digest_of.get(id(r)) in good) for r in fresh)
         signer = self._signer.current()
-        for i in range(0, len(digests), MAX_DIGESTS):
-            value = encode_attestation(digests[i: i + MAX_DIGESTS], signer)
+        for i in range(0, len(runs), MAX_RUNS):
+            value = encode_attestation(runs[i: i + MAX_RUNS], signer)
             try:
                 fut = await self.producer.send(topics.ATTESTATIONS, value=value, key=KEY)
             except (KafkaError, asyncio.TimeoutError) as exc:

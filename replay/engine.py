@@ -75,6 +75,7 @@ from projector.render import RenderedMesh, render, render_all
 from projector.render import node_versions as render_versions
 from projector.state import STATE_FIELDS, MeshState, empty_state, same_state
 from events.record_decoder import RecordDecoder
+from replay.attested_runs import AttestedRuns
 from replay.node_view import NodeViewTracker
 from replay.snapshots import ChosenSnapshot, find_snapshot
 from replay.young_gc import young_gc_only
@@ -82,6 +83,7 @@ from replay.source import Cut, Undecodable, existing_topics, first_event_ms, ite
 
 if TYPE_CHECKING:  # loads cryptography: only a verifying replay pays for it
     from identity.verifier import Verifier
+    from replay.attestations import Vouched
 
 log = logging.getLogger(__name__)
 
@@ -237,10 +239,10 @@ def _use_child(bootstrap: str | None, events: int) -> bool:
     return cores >= 2 and os.getloadavg()[0] <= cores - 1
 
 
-def _read_in_child(bootstrap: str, cut: Cut, attested=None):
+def _read_in_child(bootstrap: str, cut: Cut, attested: AttestedRuns | None = None):
     from replay.pipeline import iter_cut_in_child  # multiprocessing: only a long read pays for the import
 
-    return iter_cut_in_child(bootstrap, cut, attested=attested or ())
+    return iter_cut_in_child(bootstrap, cut, attested=attested)
 
 
 
@@ -255,11 +257,13 @@ class Rebuilt:
     first_ms: int | None
     stats: dict = field(default_factory=dict)
     _rendered: dict[bool, RenderedMesh] = field(default_factory=dict)  # bodies? -> the render
-    # the decoder the rebuild read with (its memo of payloads, its attested digests): a walk from here goes on
-    # with it, so a payload the log repeats is validated once for both (the answers do not depend on the memo)
+    # the decoder the rebuild read with (its memo of payloads): a walk from here goes on with it, so a payload the
+    # log repeats is validated once for both (the answers do not depend on the memo)
     decoder: RecordDecoder | None = None
     # events the fold refused since the snapshot (or the start), by ``EventRefused.problem``
     refused: dict[str, int] = field(default_factory=dict)
+    # the projector's attested runs the rebuild believed (``replay.attestations``): a walk from here reads with them
+    attested: AttestedRuns | None = None
 
     def rendered(self, bodies: bool = True) -> RenderedMesh:
         """Every node's view at the cut; ``bodies=False``: names and versions only (nothing built), all a
@@ -320,9 +324,11 @@ async def rebuild(
         if chosen is not None:
             for tp in cut.start:
                 cut.start[tp] = max(cut.start[tp], chosen.snapshot.next_offset(tp.topic, tp.partition))
+    attested = None
     if verifier is not None:
-        stats["attestations"] = await _vouch_attested(consumer, verifier, cut, chosen)
-        decoder.attested = verifier.attested()  # attested records are decoded without their signature fields
+        vouched = await _vouch_attested(consumer, verifier, cut, chosen)
+        stats["attestations"] = vouched.as_dict() if vouched is not None else None
+        attested = vouched.attested() if vouched is not None else None
     t1 = time.perf_counter()
     stats["plan_s"] = round(t1 - t0, 4)
     folded = 0
@@ -332,10 +338,10 @@ async def rebuild(
     # only the end state is wanted: fold into mutable maps, sealed once (the same fold, FoldBuffer)
     buffer = FoldBuffer(state)
     if _use_child(bootstrap, cut.total):
-        batches = _read_in_child(bootstrap, cut, decoder.attested)  # attested records decoded lazily there too
+        batches = _read_in_child(bootstrap, cut, attested)  # attested records decoded lazily there too
         stats["reader"] = "child process"
     else:
-        batches = iter_cut(consumer, cut, decoder=decoder)
+        batches = iter_cut(consumer, cut, decoder=decoder, attested=attested)
     refused: dict[str, int] = {}
     with no_gc():
         async for batch in batches:
@@ -357,22 +363,26 @@ async def rebuild(
              folded, fold_only, stats["fold_s"], time.process_time())
     if "reader" not in stats:
         stats["decode_memo_hit_rate"] = round(decoder.hit_rate, 4)
+        if decoder.attested is not None and stats.get("attestations"):
+            stats["attestations"].update(decoder.attested.as_dict())
+    decoder.attested = None  # this read's: a walk from here matches the runs of its own read
     # in log order: batches of several partitions arrive in whatever order the fetches answered
     undecodable.sort(key=lambda u: (u.timestamp_ms or 0, u.topic, u.partition, u.offset))
-    return Rebuilt(at_ms, state, cut, chosen, folded, undecodable, None, stats, decoder=decoder, refused=refused)
+    return Rebuilt(at_ms, state, cut, chosen, folded, undecodable, None, stats, decoder=decoder, refused=refused,
+                   attested=attested)
 
 
 async def _vouch_attested(consumer: AIOKafkaConsumer, verifier: Verifier, cut, chosen: ChosenSnapshot | None
-                          ) -> dict | None:
-    """Vouch for the signatures the projector attested since the start state (``replay.attestations``), for a
-    cut long enough to gain from it; the verdicts are the same either way."""
+                          ) -> Vouched | None:
+    """The runs of signed records the projector attested since the start state (``replay.attestations``), for a
+    cut long enough to gain from them; the verdicts are the same either way."""
     from replay.attestations import MIN_EVENTS, vouch_attested
 
     if cut.total < MIN_EVENTS:
         return None
     # an attestation is logged after the events it vouches for: none before the start state's newest event
     since = (chosen.snapshot.max_timestamp_ms or 0) if chosen is not None else 0
-    return (await vouch_attested(consumer, verifier, since, None)).as_dict()
+    return await vouch_attested(consumer, verifier, since, None)
 
 
 # ---------------------------------------------------------------- walking a window
@@ -639,7 +649,9 @@ async def walk(
     with young_gc_only() as collect:
         group = _Group(walker, pacer, getattr(keep, "group_events", None), add) if pacer is not None else None
         in_child = _use_child(bootstrap, cut.total)
-        async for batch in (_read_in_child(bootstrap, cut) if in_child else iter_cut(consumer, cut, decoder=base.decoder)):
+        batches = (_read_in_child(bootstrap, cut, base.attested) if in_child
+                   else iter_cut(consumer, cut, decoder=base.decoder, attested=base.attested))
+        async for batch in batches:
             if group is not None:
                 group.feed(batch.events)
             elif keep is if_changes_something:  # what `add` does, without a Step for most events

@@ -19,11 +19,13 @@ Invariants:
   crosses as one flat tuple of its envelope's fields (``Envelope``'s own
   field list, whatever it holds) and its log position.
 - Attested records (``events.record_decoder``'s lazy path) are decoded
-  lazily in the child too: the caller passes the digests its verifier
-  believes (``Verifier.attested``), which cross once, as one byte string;
-  the envelopes then cross without their signed bytes and proofs, and the
-  parent's verifier accepts such an envelope only on an attestation it holds
-  itself (``Verifier.verdict``), so the child can add no trust.
+  lazily in the child too: the caller passes the runs it believes
+  (``replay.attested_runs.AttestedRuns``, from attestations whose signatures
+  it checked), which cross once; the child matches them against the bytes
+  it reads, exactly as ``iter_cut`` does in process, and the envelopes of
+  matched runs cross without their signed bytes and proofs, marked
+  ``ATTESTED_RUN`` (which pickles as itself). The child is this program
+  reading the same log: it matches runs, it cannot add one.
 - The child only reads: it has its own consumer (same bootstrap, same
   security settings, ``read_committed``) and writes nothing. It dies with the
   parent (daemon process; its sends fail once the pipe closes). A failure in
@@ -46,7 +48,7 @@ from aiokafka import TopicPartition
 
 from events import kafka_security, record_decoder
 from events.envelope import Envelope, Logged
-from projector.attestations import DIGEST_BYTES
+from replay.attested_runs import AttestedRuns
 from replay.source import Batch, Cut, ReadStalled
 
 log = logging.getLogger(__name__)
@@ -163,13 +165,13 @@ class RowReader:
 
 
 def _child(conn, bootstrap: str, security, start: dict, stop: dict, batch: int, stall_s: float,
-           attested: bytes = b"") -> None:
+           attested: list | None = None) -> None:
     """The reading process: ``iter_cut`` over its own consumer, each batch sent as one pickled message."""
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
     kafka_security.configure(security)
     try:
-        asyncio.run(_read(conn, bootstrap, start, stop, batch, stall_s, digests_of(attested)))
+        asyncio.run(_read(conn, bootstrap, start, stop, batch, stall_s, AttestedRuns(attested or ())))
     except (BrokenPipeError, EOFError):
         pass  # the parent is gone or stopped listening
     except BaseException as exc:  # noqa: BLE001 - every failure is reported to the parent, which decides
@@ -190,20 +192,8 @@ def _portable(exc: BaseException) -> BaseException:
         return PipelineFailed(f"{type(exc).__name__}: {str(exc)[:500]}")
 
 
-def joined_digests(digests: Iterable[bytes]) -> bytes:
-    """The attested digests as one byte string (what crosses to the child: one object, not a million)."""
-    joined = b"".join(digests)
-    if len(joined) % DIGEST_BYTES:
-        raise ValueError(f"a received digest is {DIGEST_BYTES} bytes")
-    return joined
-
-
-def digests_of(joined: bytes) -> set[bytes]:
-    return {joined[i: i + DIGEST_BYTES] for i in range(0, len(joined), DIGEST_BYTES)}
-
-
 async def _read(conn, bootstrap: str, start: dict, stop: dict, batch: int, stall_s: float,
-                attested: set[bytes]) -> None:
+                attested: AttestedRuns) -> None:
     from events.record_decoder import RecordDecoder
     from replay.source import iter_cut, new_consumer
     from replay.young_gc import young_gc_only
@@ -215,16 +205,17 @@ async def _read(conn, bootstrap: str, start: dict, stop: dict, batch: int, stall
     try:
         writer = RowWriter()
         dumps = pickle.dumps
-        decoder = RecordDecoder(attested=attested or None)
+        decoder = RecordDecoder()
         # decoding makes millions of objects, nearly all freed with their batch, and next to no cyclic garbage:
         # collections only between batches, once the young objects grew (replay.young_gc)
         with young_gc_only() as collect:
-            async for b in iter_cut(consumer, cut, decoder=decoder, batch=batch, stall_s=stall_s):
+            async for b in iter_cut(consumer, cut, decoder=decoder, batch=batch, stall_s=stall_s, attested=attested):
                 message = ("batch", writer.rows(b.events), b.undecodable, b.records)
                 conn.send_bytes(dumps(message, pickle.HIGHEST_PROTOCOL))
                 b = message = None  # sent: not to be scanned
                 collect()
-        conn.send_bytes(dumps(("end", time.process_time()), pickle.HIGHEST_PROTOCOL))
+        matched = decoder.attested.as_dict() if decoder.attested is not None else {}
+        conn.send_bytes(dumps(("end", time.process_time(), matched), pickle.HIGHEST_PROTOCOL))
     finally:
         await consumer.stop()
 
@@ -233,8 +224,8 @@ async def _read(conn, bootstrap: str, start: dict, stop: dict, batch: int, stall
 
 
 async def iter_cut_in_child(bootstrap: str, cut: Cut, *, batch: int = 10_000, stall_s: float = 60.0,
-                            attested: Iterable[bytes] = ()) -> AsyncIterator[Batch]:
-    """``iter_cut(consumer, cut, decoder=RecordDecoder(attested=attested))``'s batches, read and decoded by a
+                            attested: AttestedRuns | None = None) -> AsyncIterator[Batch]:
+    """``iter_cut(consumer, cut, decoder=RecordDecoder(), attested=attested)``'s batches, read and decoded by a
     child process."""
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited event loop or sockets
     ours, theirs = ctx.Pipe(duplex=False)
@@ -242,7 +233,7 @@ async def iter_cut_in_child(bootstrap: str, cut: Cut, *, batch: int = 10_000, st
     stop = {(tp.topic, tp.partition): off for tp, off in cut.stop.items()}
     proc = ctx.Process(target=_child, name="replay-reader", daemon=True,
                        args=(theirs, bootstrap, kafka_security.current(), start, stop, batch, stall_s,
-                             joined_digests(attested)))
+                             attested.as_runs() if attested else None))
     proc.start()
     theirs.close()
     loop = asyncio.get_running_loop()
@@ -259,7 +250,8 @@ async def iter_cut_in_child(bootstrap: str, cut: Cut, *, batch: int = 10_000, st
             c0 = time.process_time()
             message = pickle.loads(data)
             if message[0] == "end":
-                log.info("reading process: %.2f CPU-s; here, taking its batches in: %.2f CPU-s", message[1], spent)
+                log.info("reading process: %.2f CPU-s; here, taking its batches in: %.2f CPU-s; attested runs: %s",
+                         message[1], spent, message[2] or "none")
                 return
             if message[0] == "error":
                 raise message[1]

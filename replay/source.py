@@ -44,6 +44,7 @@ from events.errors import EventValidationError
 from events.merge_gate import MergeGate
 from events.undecodable import Undecodable, UndecodableLog
 from events.record_decoder import RecordDecoder
+from replay.attested_runs import AttestedRuns
 from projector.snapshots import tp_key
 
 log = logging.getLogger(__name__)
@@ -147,13 +148,21 @@ async def iter_cut(
     decoder: Callable[[object], Logged] | None = None,
     batch: int = 10_000,
     stall_s: float = 60.0,
+    attested: AttestedRuns | None = None,
 ) -> AsyncIterator[Batch]:
     """The records of ``cut``, decoded, in merge order, as batches (each already in order).
 
     The merge is ``events.merge_gate``'s, the projector's own: a record is released once no unfinished
     partition can still deliver an earlier one. Replay never goes past a partition (``hold_s`` infinite): one
-    that stops moving ends the read with ``ReadStalled``."""
+    that stops moving ends the read with ``ReadStalled``.
+
+    ``attested``: the projector's runs replay believes. Each partition's records are matched against them as
+    fetched, before the merge (``replay.attested_runs``), and ``decoder`` (a ``RecordDecoder``) is given this
+    read's ``RunScreen``: the records of runs matched whole are decoded without their signature fields."""
     decode = decoder or RecordDecoder()
+    screen = attested.screen() if attested else None
+    if screen is not None:
+        decode.attested = screen
     skipped = UndecodableLog(None, reader="replay")  # reported in the output, not logged
     todo = sorted((tp for tp in cut.stop if cut.stop[tp] > cut.start[tp]), key=_tp_order)
     if not todo:
@@ -176,7 +185,7 @@ async def iter_cut(
                 if records and records[-1].offset >= stop:
                     records = records[:bisect.bisect_left(records, stop, key=_OFFSET)]
                 count += len(records)
-                gate.offer(keys[tp], records)
+                gate.offer(keys[tp], records if screen is None else screen.offer(tp.topic, tp.partition, records))
             for tp in list(remaining):
                 pos = await consumer.position(tp)
                 if pos != positions[keys[tp]]:
@@ -184,6 +193,8 @@ async def iter_cut(
                     last_progress = time.monotonic()
                 if pos >= cut.stop[tp]:
                     remaining.discard(tp)
+                    if screen is not None:  # a run the cut ends inside: its records go on, unmatched
+                        gate.offer(keys[tp], screen.finish(tp.topic, tp.partition))
             if remaining and time.monotonic() - last_progress > stall_s:
                 raise ReadStalled(
                     f"reading {', '.join(f'{tp.topic}/{tp.partition}' for tp in sorted(remaining, key=_tp_order))} "

@@ -32,7 +32,7 @@ import urllib.request
 from pathlib import Path
 
 from events.files import write_file_atomic
-from meshlog.procs import die_with_parent
+from meshlog.procs import tied_to_parent
 
 def envoy_binary() -> str:
     beside_python = Path(sys.executable).with_name("envoy")
@@ -88,12 +88,10 @@ class EnvoyProcess:
     def launch(self) -> "EnvoyProcess":
         """Write the bootstrap and spawn Envoy; do not wait for it."""
         write_file_atomic(self.config_path, json.dumps(self.bootstrap).encode())
+        argv, popen_kwargs = tied_to_parent(self.argv()) if self.die_with_parent else (self.argv(), {})
         with open(self.log_path, "ab") as log:
             # Envoy runs in its work dir: the rendered mesh TLS config names its SDS files relative to it
-            self.proc = subprocess.Popen(
-                self.argv(), stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
-                preexec_fn=die_with_parent() if self.die_with_parent else None,
-            )
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, **popen_kwargs)
         return self
 
     @property

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from events.kafka_security import KafkaSecurity
-from meshlog.procs import die_with_parent
+from meshlog.procs import tied_to_parent
 from meshlog.kafka_local.config import (
     error_lines, free_port, jvm_opts_from_env, random_cluster_id, render_log4j2_config, render_properties,
     secure_properties, server_properties, tail_text,
@@ -198,10 +198,11 @@ class LocalKafka:
             str(libs / "*"),
         ]
 
-    def _popen_kwargs(self) -> dict:
+    def _popen_args(self, argv: list[str]) -> tuple[list[str], dict]:
+        """The argv and Popen kwargs for a JVM: tied to this thread in its own group, or in its own session."""
         if self.detached:
-            return {"start_new_session": True}
-        return {"preexec_fn": die_with_parent(own_group=True)}
+            return argv, {"start_new_session": True}
+        return tied_to_parent(argv, own_group=True)
 
     def _start_once(self, java: str, libs: Path, t0: float, wait: bool = True) -> None:
         d = self._require_data_dir()
@@ -225,8 +226,9 @@ class LocalKafka:
             self.cluster_id = self._given_cluster_id or random_cluster_id()
             fmt = [*base, STORAGE_TOOL_CLASS, "format", "-t", self.cluster_id, "-c", str(self.properties_path)]
             try:
+                fmt, popen_kwargs = self._popen_args(fmt)
                 res = subprocess.run(fmt, capture_output=True, text=True, timeout=120,
-                                     stdin=subprocess.DEVNULL, **self._popen_kwargs())
+                                     stdin=subprocess.DEVNULL, **popen_kwargs)
             except subprocess.TimeoutExpired as e:
                 raise KafkaLauncherError("kafka StorageTool format timed out") from e
             if res.returncode != 0:
@@ -240,10 +242,11 @@ class LocalKafka:
             self._log_offset = self.log_path.stat().st_size  # the log is appended to across restarts
         except OSError:
             self._log_offset = 0
+        cmd, popen_kwargs = self._popen_args(cmd)
         with open(self.console_log_path, "ab") as console:
             self.process = subprocess.Popen(
                 cmd, cwd=d, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
-                close_fds=True, **self._popen_kwargs()
+                close_fds=True, **popen_kwargs
             )
         if not self.detached and not self._atexit_registered:
             atexit.register(self._atexit_stop)

@@ -359,9 +359,9 @@ def test_pdeathsig_kills_child_when_parent_dies(tmp_path):
     pidfile = tmp_path / "child.pid"
     parent_code = textwrap.dedent(f"""
         import os, subprocess, sys, time
-        from meshlog.procs import die_with_parent
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
-                                 preexec_fn=die_with_parent(own_group=True))
+        from meshlog.procs import tied_to_parent
+        argv, kwargs = tied_to_parent([sys.executable, "-c", "import time; time.sleep(60)"], own_group=True)
+        child = subprocess.Popen(argv, **kwargs)
         open({str(pidfile)!r}, "w").write(str(child.pid))
         time.sleep(60)
     """)

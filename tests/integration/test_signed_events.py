@@ -183,15 +183,16 @@ async def test_forged_events_are_refused_and_replay_names_their_verified_author(
 
 
 async def test_replay_takes_the_projectors_attestations_from_the_log(broker, monkeypatch):
-    """Through the real broker: a projector-signed attestation on meshlog.attestations stands for the listed
-    events' signature checks in `replay --at`'s rebuild; one signed by a sidecar is not believed; the mesh
-    rebuilt is the same either way."""
+    """Through the real broker: a projector-signed attestation on meshlog.attestations stands for the signature
+    checks of the events in the runs it names, in `replay --at`'s rebuild; one signed by a sidecar is not believed;
+    the mesh rebuilt is the same either way."""
     from aiokafka import AIOKafkaProducer
 
     from events.codec import encode
-    from events.envelope import received_digest_of
-    from projector.attestations import KEY, encode_attestation
+    from events.envelope import ATTESTED_RUN
+    from projector.attestations import KEY, Run, encode_attestation, run_digest
     from replay import attestations
+    from replay.attested_runs import AttestedRuns
     from replay.engine import rebuild
     from replay.identities import load_verifier
     from replay.source import new_consumer
@@ -209,17 +210,18 @@ async def test_replay_takes_the_projectors_attestations_from_the_log(broker, mon
             signers[ident.uri] = Signer(key, pki.serial_hex(cert))
     envs = [signers[spiffe.sidecar(DOMAIN, svc, i).uri].sign(new_event(_reg(svc, i, f"10.0.9.{n}", 9080)))
             for n, i in enumerate(("a", "b"), start=1)]
-    digests = [received_digest_of(encode(e)) for e in envs]  # the records' bytes, as the projector received them
     producer = AIOKafkaProducer(**connection_kwargs(broker), enable_idempotence=True)
     await producer.start()
     try:
+        runs = []  # each record where the broker logged it, named by its bytes as the projector received them
         for env in envs:
-            await producer.send_and_wait(topics.REGISTRATIONS, encode(env), key=env.key.encode())
+            at = await producer.send_and_wait(topics.REGISTRATIONS, encode(env), key=env.key.encode())
+            runs.append(Run(topics.REGISTRATIONS, at.partition, at.offset, at.offset, 1, run_digest([encode(env)])))
         # a sidecar's "attestation" first (not believed), then the projector's
         await producer.send_and_wait(topics.ATTESTATIONS, encode_attestation(
-            digests, signers[spiffe.sidecar(DOMAIN, svc, "a").uri]), key=KEY)
+            runs, signers[spiffe.sidecar(DOMAIN, svc, "a").uri]), key=KEY)
         await producer.send_and_wait(topics.ATTESTATIONS, encode_attestation(
-            digests, signers[spiffe.projector(DOMAIN).uri]), key=KEY)
+            runs, signers[spiffe.projector(DOMAIN).uri]), key=KEY)
     finally:
         await producer.stop()
     at_ms = int(time.time() * 1000) + 1000
@@ -253,8 +255,9 @@ async def test_replay_takes_the_projectors_attestations_from_the_log(broker, mon
         cut = await plan_cut(consumer, at_ms)
     finally:
         await consumer.stop()
-    read = [lg.envelope for b in [b async for b in iter_cut_in_child(broker, cut, attested=digests)] for lg in b.events]
-    ours = [e for e in read if e.received_digest in set(digests)]
+    read = [lg.envelope for b in [b async for b in iter_cut_in_child(broker, cut, attested=AttestedRuns(runs))]
+            for lg in b.events]
+    ours = [e for e in read if e.received_digest is ATTESTED_RUN]
     assert len(ours) == 2 and all(e.signed_bytes is None and e.signer is not None for e in ours)
     assert all(e.signed_bytes is not None for e in read if e.signer is not None and e not in ours)  # the full way
     monkeypatch.setattr(attestations, "MIN_EVENTS", 1)

@@ -1,7 +1,7 @@
 """Stories: an attested event's certificate is vouched for with its signature; the time checks still run.
 
-Replay answers an attested event (its received digest named by a projector
-attestation it verified) without checking its signature, and without
+Replay answers an attested event (decoded from a record in a projector's
+attested run it matched: ``as_attested``) without checking its signature, and without
 parsing and checking its signer's certificate: the projector attested the
 signature only after verifying it with a certificate that passed that check
 (``identity.verifier``). What depends on the event's log time (issued, valid,
@@ -16,14 +16,13 @@ import pytest
 from events import types as t
 from identity import pki
 from tests.unit.identity.flapping import IDENT, health
-from tests.unit.projector.signed import DOMAIN, MS0, T0, sidecar, signed
+from tests.unit.projector.signed import DOMAIN, MS0, T0, as_attested, sidecar, signed
 
 
 def test_an_attested_event_is_verified_without_checking_its_signers_certificate(trust, monkeypatch):
     signer = trust.issue(IDENT)
     verifier = trust.verifier()
-    attested, unattested = signed(health(0), signer), signed(health(1), signer)
-    verifier.vouch([attested.received_digest])
+    attested, unattested = as_attested(signed(health(0), signer)), signed(health(1), signer)
 
     def no_certificate_check(serial):
         raise AssertionError(f"the certificate of {serial} was checked")
@@ -39,8 +38,7 @@ def test_an_attested_event_is_verified_without_checking_its_signers_certificate(
 def test_the_log_time_checks_still_refuse_an_attested_event(trust):
     signer = trust.issue(IDENT)
     verifier = trust.verifier()
-    envs = [signed(health(n), signer) for n in range(3)]
-    verifier.vouch(env.received_digest for env in envs)
+    envs = [as_attested(signed(health(n), signer)) for n in range(3)]
     issued_ms = MS0 - 60_000  # ``Trust.issue`` logs the issuance at its not-before, a minute before MS0
     assert verifier.verdict(envs[0], issued_ms - 1).problem == "unknown_signer"
     assert verifier.verdict(envs[1], issued_ms + 24 * 3_600_000).problem == "expired"
@@ -56,8 +54,7 @@ def test_a_certificate_found_untrusted_stays_untrusted_for_attested_events(trust
     verifier = trust.verifier()
     first, second = signed(health(0), rogue), signed(health(1), rogue)
     assert verifier.verdict(first, MS0 + 1).problem == "untrusted_certificate"
-    verifier.vouch([second.received_digest])
-    assert verifier.verdict(second, MS0 + 2).problem == "untrusted_certificate"
+    assert verifier.verdict(as_attested(second), MS0 + 2).problem == "untrusted_certificate"
 
 
 def test_attested_events_after_the_certificate_is_found_untrusted_are_refused_too(trust):
@@ -66,8 +63,8 @@ def test_attested_events_after_the_certificate_is_found_untrusted_are_refused_to
     other = pki.create_root(DOMAIN, now=T0)
     rogue = trust.issue(IDENT, ca=other)
     verifier = trust.verifier()
-    before, unattested, after = signed(health(0), rogue), signed(health(1), rogue), signed(health(2), rogue)
-    verifier.vouch([before.received_digest, after.received_digest])
+    before, unattested, after = (as_attested(signed(health(0), rogue)), signed(health(1), rogue),
+                                 as_attested(signed(health(2), rogue)))
     assert verifier.verdict(before, MS0 + 1).author == IDENT
     assert verifier.verdict(unattested, MS0 + 2).problem == "untrusted_certificate"
     assert verifier.verdict(after, MS0 + 3).problem == "untrusted_certificate"

@@ -22,17 +22,15 @@ from events import types as t
 from events.envelope import Logged
 from identity.registry import fold_many as fold_identities
 from tests.unit.identity.flapping import IDENT, health
-from tests.unit.projector.signed import MS0, Trust, signed
+from tests.unit.projector.signed import MS0, Trust, as_attested, signed
 
 
 
 def attested_verifier(trust: Trust, signer, count: int):
-    """A verifier holding the trust's identities so far, and ``count`` envelopes by ``signer`` it holds
-    attestations for (as replay does after ``vouch_records``)."""
+    """A verifier holding the trust's identities so far, and ``count`` envelopes by ``signer`` as replay decodes
+    them in a matched attested run."""
     verifier = trust.verifier()
-    envs = [signed(health(n), signer) for n in range(count)]
-    verifier.vouch(env.received_digest for env in envs)
-    return verifier, envs
+    return verifier, [as_attested(signed(health(n), signer)) for n in range(count)]
 
 
 def test_a_revocation_folded_between_two_events_of_a_signer_refuses_the_later_one(trust):
@@ -70,7 +68,6 @@ def test_an_attested_event_outside_the_memoized_window_gets_the_full_checks_answ
     assert verifier.verdict(late, not_after_ms).problem == "expired"
     # the same answers as a verifier that never memoized this serial
     fresh = trust.verifier()
-    fresh.vouch([early.received_digest, late.received_digest])
     assert fresh.verdict(early, issued_ms - 1).problem == "unknown_signer"
     assert fresh.verdict(late, not_after_ms).problem == "expired"
 

@@ -364,10 +364,10 @@ async def test_by_default_an_unsigned_event_is_refused_recorded_and_reaches_no_v
 
 async def test_a_signing_projector_attests_the_signatures_its_fold_found_good(tmp_path):
     """Verification on, the projector with a mesh identity: after the batch, one signed attestation on
-    meshlog.attestations lists the digest of every good signature (the honest registration), not the forged one."""
+    meshlog.attestations names the run of records with good signatures (the two signed registrations), which the
+    unsigned one after them ends."""
     from identity import spiffe
-    from events.envelope import received_digest_of
-    from projector.attestations import decode_attestation
+    from projector.attestations import Run, decode_attestation, run_digest
     from replay.attestations import attestation_refusal
     from tests.unit.projector.signed import MS0, SignedLog, Trust, sidecar
 
@@ -386,10 +386,10 @@ async def test_a_signing_projector_attests_the_signatures_its_fold_found_good(tm
     res = await svc.process(records)
     assert res.folded == 3 and res.rejected == 2
     (sent,) = producer.to(topics.ATTESTATIONS)
-    header, digests = decode_attestation(sent.value)
+    header, runs = decode_attestation(sent.value)
     assert sent.key == b"attestation"
     # both signed registrations carry good signatures (api's is refused for what it states, not how it is signed)
-    assert digests == [received_digest_of(r.value) for r in records[:2]]  # the records' bytes as received
+    assert runs == [Run(topics.REGISTRATIONS, 0, 0, 1, 2, run_digest([r.value for r in records[:2]]))]
     assert attestation_refusal(trust.verifier(), header, MS0 + 10) is None  # the projector's, checkable by replay
     assert svc.totals["attestations"] == 1
     close(svc)

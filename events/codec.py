@@ -18,7 +18,8 @@ Invariants:
   ``signing_bytes(doc)`` of the document it read on the envelope
   (``signed_bytes``), so what is verified is what was signed even once the
   payload is upcast, and ``received_digest_of`` the bytes it decoded
-  (``received_digest``: what an attestation names). A JSON document
+  (``received_digest``: what the projector's verifier reports as found good,
+  ``Verifier.record_vouches``, to attest). A JSON document
   re-serialized by orjson has the same bytes as the one it was parsed from
   when orjson wrote it (sorted keys, no whitespace), which is how a producer
   wrote it.

@@ -157,7 +157,8 @@ class Signer:
     def sign(self, env: Envelope) -> Envelope:
         data = self._data(env)
         # received_digest: a signed envelope just made was not received (one re-signed must not keep the digest of
-        # the record it was decoded from: an attestation of that record would stand for this new signature)
+        # the record it was decoded from, nor be ``ATTESTED_RUN``: an attestation of that record would stand for this
+        # new signature)
         return dataclasses.replace(env, signer=self.serial, signature=signature_of(self.key, data), signed_bytes=data,
                                    proof=None, received_digest=None)
 

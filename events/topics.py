@@ -34,8 +34,8 @@ RULES = PREFIX + "rules"
 REJECTIONS = PREFIX + "rejections"
 DEADLETTER = PREFIX + "deadletter"
 SNAPSHOTS = PREFIX + "snapshots"
-# the projector's signed lists of the signatures it verified (projector.attestations): replay takes them instead
-# of checking each signature again; written only by the projector, like snapshots
+# the projector's signed runs of records whose signatures it verified (projector.attestations): replay takes them
+# instead of checking each signature again; written only by the projector, like snapshots
 ATTESTATIONS = PREFIX + "attestations"
 VIEW_RESOURCES = PREFIX + "views.resources"
 VIEW_MEMBERSHIP = PREFIX + "views.membership"

@@ -73,9 +73,10 @@ decision on ``REJECTIONS``, like a rule rejection. ``insecure_events`` (the
 ``--insecure-events`` flag, for local development and logs written before
 signing) folds without verifying. The projector signs its own records on
 ``REJECTIONS`` with its Kafka client identity, when it has one; with one, it
-also appends after each batch an attestation of the signatures the fold
-found good (``projector.attestations``, on ``ATTESTATIONS``; not waited for:
-a lost one only costs replay the full check). A batch's signatures are
+also appends after each batch an attestation of the runs of records whose
+signatures the fold found good (``projector.attestations``, on
+``ATTESTATIONS``; not waited for: a lost one only costs replay the full
+check). A batch's signatures are
 checked in a worker process while the fold runs (``verify_workers``,
 ``identity.verifier.verify_ahead``); a worker that dies is replaced.
 
